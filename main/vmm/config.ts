@@ -1,0 +1,190 @@
+// The machine configuration: what the CLI, the config file and the manager all produce.
+// Parsing and validation live here so every entry point gives the same clear errors.
+
+export type SerialBackend =
+  | { kind: 'none' }
+  | { kind: 'stdio' }
+  | { kind: 'pty' }
+  | { kind: 'tcp'; host: string; port: number; listen: boolean }
+  | { kind: 'unix'; path: string; listen: boolean }
+  | { kind: 'file'; path: string }
+  | { kind: 'device'; path: string };
+
+export type BootSource =
+  | { kind: 'firmware'; path?: string }
+  | { kind: 'linux'; kernel: string; initrd?: string; append: string }
+  /** A raw real-mode program loaded at `address` and entered at its first byte (test guests). */
+  | { kind: 'flat'; path: string; address: number };
+
+export interface MachineConfig {
+  name: string;
+  memoryBytes: number;
+  cpus: number;
+  boot: BootSource;
+  /** Where SeaBIOS is looked for when boot.kind is 'linux' or firmware path is not given. */
+  firmwarePath?: string;
+  /** COM1..COM4 */
+  serial: SerialBackend[];
+  /** Debug console on port 0x402 (SeaBIOS log): where its bytes go. */
+  debugcon: SerialBackend;
+  /** Extra option ROMs handed to firmware as fw_cfg genroms/ files. */
+  optionRoms: string[];
+  /** QEMU-compatible isa-debug-exit on port 0xf4 (tests and benchmarks only). */
+  debugExit: boolean;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export const MAX_CPUS = 64;
+const MiB = 1024 * 1024;
+
+/** "256" means MiB; "512M", "2G", "1024K" and "1T" also work. */
+export function parseMemorySize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$/.exec(text);
+  if (!m) throw new ConfigError(`memory size "${text}" is not a number with an optional K, M, G or T suffix`);
+  const n = Number(m[1]);
+  const unit = { '': MiB, k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[m[2].toLowerCase()] as number;
+  const bytes = Math.round(n * unit);
+  if (bytes < 2 * MiB) throw new ConfigError(`memory size "${text}" is too small: a guest needs at least 2 MiB`);
+  if (bytes > 1024 * 1024 * MiB) throw new ConfigError(`memory size "${text}" is larger than 1 TiB`);
+  if (bytes % 4096 !== 0) throw new ConfigError(`memory size "${text}" is not a whole number of 4 KiB pages`);
+  return bytes;
+}
+
+/** Parses a --serial value: stdio, pty, none, file:PATH, unix:PATH, unix-listen:PATH,
+ *  tcp:HOST:PORT, tcp-listen:[HOST:]PORT, or a device path like /dev/ttyUSB0. */
+export function parseSerialBackend(text: string): SerialBackend {
+  const t = text.trim();
+  if (t === 'none' || t === 'off') return { kind: 'none' };
+  if (t === 'stdio') return { kind: 'stdio' };
+  if (t === 'pty') return { kind: 'pty' };
+  if (t.startsWith('/dev/')) return { kind: 'device', path: t };
+  const colon = t.indexOf(':');
+  const scheme = colon < 0 ? t : t.slice(0, colon);
+  const rest = colon < 0 ? '' : t.slice(colon + 1);
+  switch (scheme) {
+    case 'file':
+      if (!rest) throw new ConfigError('serial "file:" needs a path');
+      return { kind: 'file', path: rest };
+    case 'device':
+      if (!rest) throw new ConfigError('serial "device:" needs a path');
+      return { kind: 'device', path: rest };
+    case 'unix':
+    case 'unix-listen':
+      if (!rest) throw new ConfigError(`serial "${scheme}:" needs a socket path`);
+      return { kind: 'unix', path: rest, listen: scheme === 'unix-listen' };
+    case 'tcp':
+    case 'tcp-listen': {
+      const listen = scheme === 'tcp-listen';
+      const i = rest.lastIndexOf(':');
+      const host = i < 0 ? '127.0.0.1' : rest.slice(0, i) || '127.0.0.1';
+      const portText = i < 0 ? rest : rest.slice(i + 1);
+      const port = Number(portText);
+      if (!/^\d+$/.test(portText) || port < 1 || port > 65535) {
+        throw new ConfigError(`serial "${t}": "${portText}" is not a TCP port (1-65535)`);
+      }
+      if (!listen && i < 0) throw new ConfigError(`serial "${t}": tcp needs HOST:PORT`);
+      return { kind: 'tcp', host, port, listen };
+    }
+    default:
+      throw new ConfigError(
+        `serial "${t}" is not understood: use stdio, pty, none, file:PATH, unix:PATH, unix-listen:PATH, tcp:HOST:PORT, tcp-listen:PORT or a /dev path`,
+      );
+  }
+}
+
+export function describeSerialBackend(b: SerialBackend): string {
+  switch (b.kind) {
+    case 'none': case 'stdio': case 'pty': return b.kind;
+    case 'tcp': return `${b.listen ? 'tcp-listen' : 'tcp'}:${b.host}:${b.port}`;
+    case 'unix': return `${b.listen ? 'unix-listen' : 'unix'}:${b.path}`;
+    case 'file': return `file:${b.path}`;
+    case 'device': return b.path;
+  }
+}
+
+export function defaultConfig(): MachineConfig {
+  return {
+    name: 'vm',
+    memoryBytes: 256 * MiB,
+    cpus: 1,
+    boot: { kind: 'firmware' },
+    serial: [{ kind: 'none' }, { kind: 'none' }, { kind: 'none' }, { kind: 'none' }],
+    debugcon: { kind: 'none' },
+    optionRoms: [],
+    debugExit: false,
+  };
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(v: unknown, where: string): string {
+  if (typeof v !== 'string' || v.length === 0) throw new ConfigError(`${where} must be a non-empty string`);
+  return v;
+}
+
+/** The JSON config file format (version 1). Later issues add fields; unknown fields are errors. */
+export function machineConfigFromJson(input: unknown, source = 'config'): MachineConfig {
+  if (!isRecord(input)) throw new ConfigError(`${source}: the top level must be a JSON object`);
+  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit']);
+  for (const k of Object.keys(input)) {
+    if (!allowed.has(k)) throw new ConfigError(`${source}: unknown field "${k}"`);
+  }
+  if (input.version !== undefined && input.version !== 1) {
+    throw new ConfigError(`${source}: version ${String(input.version)} is not supported (this Porthole reads version 1)`);
+  }
+  const c = defaultConfig();
+  if (input.name !== undefined) c.name = str(input.name, `${source}: name`);
+  if (input.memory !== undefined) {
+    const m = input.memory;
+    if (typeof m === 'number') c.memoryBytes = parseMemorySize(String(m));
+    else if (typeof m === 'string') c.memoryBytes = parseMemorySize(m);
+    else throw new ConfigError(`${source}: memory must be a number of MiB or a string like "512M"`);
+  }
+  if (input.cpus !== undefined) c.cpus = parseCpus(input.cpus, `${source}: cpus`);
+  if (input.firmware !== undefined) c.firmwarePath = str(input.firmware, `${source}: firmware`);
+  if (input.boot !== undefined) {
+    const b = input.boot;
+    if (!isRecord(b)) throw new ConfigError(`${source}: boot must be an object`);
+    if (b.kind === 'firmware') c.boot = { kind: 'firmware', path: b.path === undefined ? undefined : str(b.path, `${source}: boot.path`) };
+    else if (b.kind === 'linux') {
+      c.boot = {
+        kind: 'linux',
+        kernel: str(b.kernel, `${source}: boot.kernel`),
+        initrd: b.initrd === undefined ? undefined : str(b.initrd, `${source}: boot.initrd`),
+        append: b.append === undefined ? '' : typeof b.append === 'string' ? b.append : (() => { throw new ConfigError(`${source}: boot.append must be a string`); })(),
+      };
+    } else throw new ConfigError(`${source}: boot.kind must be "firmware" or "linux"`);
+  }
+  if (input.serial !== undefined) {
+    if (!Array.isArray(input.serial) || input.serial.length > 4) throw new ConfigError(`${source}: serial must be a list of up to 4 ports`);
+    input.serial.forEach((s, i) => {
+      c.serial[i] = parseSerialBackend(str(s, `${source}: serial[${i}]`));
+    });
+  }
+  if (input.debugcon !== undefined) c.debugcon = parseSerialBackend(str(input.debugcon, `${source}: debugcon`));
+  if (input.optionRoms !== undefined) {
+    if (!Array.isArray(input.optionRoms)) throw new ConfigError(`${source}: optionRoms must be a list of paths`);
+    c.optionRoms = input.optionRoms.map((p, i) => str(p, `${source}: optionRoms[${i}]`));
+  }
+  if (input.debugExit !== undefined) {
+    if (typeof input.debugExit !== 'boolean') throw new ConfigError(`${source}: debugExit must be true or false`);
+    c.debugExit = input.debugExit;
+  }
+  return c;
+}
+
+export function parseCpus(v: unknown, where = 'cpus'): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_CPUS) {
+    throw new ConfigError(`${where} must be a whole number from 1 to ${MAX_CPUS}`);
+  }
+  return n;
+}

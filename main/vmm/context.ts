@@ -1,0 +1,48 @@
+// What a device model may use of the machine it lives in.
+import type { MmioBus, PioBus } from './bus';
+import type { MachineConfig } from './config';
+import type { GuestMemory } from './memory';
+import type { ByteRing } from './shared';
+
+export interface SerialLink {
+  /** Guest → host bytes. */
+  output: ByteRing;
+  /** Host → guest bytes are delivered by calling the device's receive(). */
+}
+
+/** Line settings a UART asks the host side to apply (for real serial devices). */
+export interface LineSettings {
+  baud: number;
+  dataBits: 5 | 6 | 7 | 8;
+  parity: 'none' | 'odd' | 'even' | 'mark' | 'space';
+  stopBits: 1 | 2;
+}
+
+export interface ModemControl {
+  dtr: boolean;
+  rts: boolean;
+}
+
+export interface MachineContext {
+  readonly config: MachineConfig;
+  readonly memory: GuestMemory;
+  readonly pio: PioBus;
+  readonly mmio: MmioBus;
+  readonly cpuCount: number;
+  /** Drives an interrupt line (GSI) of the in-kernel PIC/IOAPIC. */
+  setIrq(gsi: number, level: boolean): void;
+  /** Delivers an MSI through KVM. */
+  signalMsi(addressLo: number, addressHi: number, data: number): void;
+  requestReset(): void;
+  requestPowerOff(): void;
+  /** A line for the VM's log (shown by the CLI with --verbose and kept by the manager). */
+  log(text: string): void;
+  /** Sends a structured event to the VM host thread (serial line settings, modem lines). */
+  notifyHost(message: HostNotification): void;
+  /** Host-side output ring for COM port `index` (0..3), the debug console is index 4. */
+  serialRing(index: number): ByteRing;
+}
+
+export type HostNotification =
+  | { type: 'serial-line'; port: number; settings: LineSettings }
+  | { type: 'serial-modem'; port: number; modem: ModemControl };

@@ -1,0 +1,113 @@
+// Decodes one KVM exit from a kvm_run page and dispatches it to the buses.
+// Runs on the machine thread for vCPU 0 and for every AP (whose run pages are shared).
+import { EXIT, EXIT_NAMES, RUN } from '../../native';
+import type { MmioBus, PioBus } from './bus';
+
+/** What the run loop should do after an exit. */
+export const ACTION = { CONTINUE: 0, RESET: 1, POWEROFF: 2, ERROR: 3 } as const;
+export type Action = (typeof ACTION)[keyof typeof ACTION];
+
+export class ExitDispatcher {
+  /** Exits by reason (index = KVM exit reason). */
+  readonly exitCounts = new Float64Array(64);
+  /** Set by devices (reset register, ACPI S5) during an access. */
+  pendingAction: Action = ACTION.CONTINUE;
+  errorMessage = '';
+
+  constructor(private readonly pio: PioBus, private readonly mmio: MmioBus) {}
+
+  requestReset(): void {
+    if (this.pendingAction === ACTION.CONTINUE) this.pendingAction = ACTION.RESET;
+  }
+  requestPowerOff(): void {
+    if (this.pendingAction !== ACTION.ERROR) this.pendingAction = ACTION.POWEROFF;
+  }
+  fail(message: string): void {
+    this.pendingAction = ACTION.ERROR;
+    this.errorMessage = message;
+  }
+
+  handle(run: DataView, bytes: Uint8Array, cpu: number): Action {
+    const reason = run.getUint32(RUN.EXIT_REASON, true);
+    this.exitCounts[reason & 63]++;
+    switch (reason) {
+      case EXIT.IO:
+        this.handleIo(run, bytes);
+        break;
+      case EXIT.MMIO:
+        this.handleMmio(run, bytes);
+        break;
+      case EXIT.INTR:
+        break;
+      case EXIT.SHUTDOWN:
+        // Triple fault: a PC resets.
+        this.requestReset();
+        break;
+      case EXIT.SYSTEM_EVENT: {
+        const type = run.getUint32(RUN.SYSTEM_EVENT_TYPE, true);
+        if (type === 1) this.requestPowerOff();
+        else if (type === 2) this.requestReset();
+        else this.fail(`vCPU ${cpu}: system event ${type}`);
+        break;
+      }
+      case EXIT.HLT:
+        this.fail(`vCPU ${cpu}: halted with no in-kernel irqchip to wake it`);
+        break;
+      case EXIT.INTERNAL_ERROR:
+        this.fail(`vCPU ${cpu}: KVM internal error, suberror ${run.getUint32(RUN.INTERNAL_SUBERROR, true)}`);
+        break;
+      case EXIT.FAIL_ENTRY:
+        this.fail(`vCPU ${cpu}: KVM failed to enter the guest (hardware reason 0x${run.getBigUint64(RUN.FAIL_ENTRY_REASON, true).toString(16)})`);
+        break;
+      default:
+        this.fail(`vCPU ${cpu}: unhandled exit ${EXIT_NAMES[reason] ?? reason}`);
+    }
+    const action = this.pendingAction;
+    if (action !== ACTION.CONTINUE && action !== ACTION.ERROR) this.pendingAction = ACTION.CONTINUE;
+    return action;
+  }
+
+  private handleIo(run: DataView, bytes: Uint8Array): void {
+    const out = bytes[RUN.IO_DIRECTION] === 1;
+    const size = bytes[RUN.IO_SIZE];
+    const port = run.getUint16(RUN.IO_PORT, true);
+    const count = run.getUint32(RUN.IO_COUNT, true);
+    let o = run.getUint32(RUN.IO_DATA_OFFSET, true);
+    // KVM bounds data_offset + count*size inside the run area; check anyway.
+    if (o + count * size > bytes.length || (size !== 1 && size !== 2 && size !== 4)) {
+      this.fail(`bad PIO exit: port 0x${port.toString(16)} size ${size} count ${count}`);
+      return;
+    }
+    for (let i = 0; i < count; i++, o += size) {
+      if (out) {
+        const v = size === 1 ? bytes[o] : size === 2 ? run.getUint16(o, true) : run.getUint32(o, true);
+        this.pio.write(port, size, v);
+      } else {
+        const v = this.pio.read(port, size);
+        if (size === 1) bytes[o] = v;
+        else if (size === 2) run.setUint16(o, v, true);
+        else run.setUint32(o, v >>> 0, true);
+      }
+    }
+  }
+
+  private handleMmio(run: DataView, bytes: Uint8Array): void {
+    const addr = run.getUint32(RUN.MMIO_PHYS_ADDR, true) + run.getUint32(RUN.MMIO_PHYS_ADDR + 4, true) * 0x100000000;
+    const len = run.getUint32(RUN.MMIO_LEN, true);
+    if (len < 1 || len > 8) {
+      this.fail(`bad MMIO exit: length ${len} at 0x${addr.toString(16)}`);
+      return;
+    }
+    if (bytes[RUN.MMIO_IS_WRITE]) {
+      let v = 0n;
+      for (let i = len - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[RUN.MMIO_DATA + i]);
+      this.mmio.write(addr, len, v);
+    } else {
+      let v = this.mmio.read(addr, len);
+      for (let i = 0; i < len; i++) {
+        bytes[RUN.MMIO_DATA + i] = Number(v & 0xffn);
+        v >>= 8n;
+      }
+    }
+  }
+}

@@ -1,0 +1,52 @@
+// Entry point of the machine thread (a worker of the VM process).
+import { parentPort, workerData } from 'node:worker_threads';
+import type { MachineConfig } from './config';
+import { Machine, type MachineToHost } from './machine';
+import { ByteRing, ControlBlock } from './shared';
+
+export type HostToMachine =
+  | { type: 'resume' }
+  | { type: 'stats' }
+  | { type: 'serial-input'; port: number; data: Uint8Array }
+  | { type: 'serial-modem-status'; port: number; cts: boolean; dsr: boolean; ri: boolean; dcd: boolean };
+
+export interface MachineThreadData {
+  config: MachineConfig;
+  control: SharedArrayBuffer;
+  rings: SharedArrayBuffer[];
+}
+
+const port = parentPort;
+if (!port) throw new Error('machine-thread must run as a worker');
+const data = workerData as MachineThreadData;
+const post = (m: MachineToHost) => port.postMessage(m);
+
+async function main(): Promise<void> {
+  const machine = new Machine(data.config, {
+    control: new ControlBlock(data.control),
+    rings: data.rings.map((b) => new ByteRing(b)),
+    post,
+  });
+  await machine.setup();
+  port!.on('message', (m: HostToMachine) => {
+    switch (m.type) {
+      case 'resume':
+        machine.resume();
+        break;
+      case 'stats':
+        post({ type: 'stats', stats: machine.stats() });
+        break;
+      case 'serial-input':
+        machine.devices.serial?.[m.port]?.receive(m.data);
+        break;
+      case 'serial-modem-status':
+        machine.devices.serial?.[m.port]?.setModemStatus(m);
+        break;
+    }
+  });
+  machine.start();
+}
+
+main().catch((e: Error) => {
+  post({ type: 'ended', end: { reason: 'error', message: e.message }, stats: { exits: {}, devices: [], kicks: 0, apExits: 0 } });
+});

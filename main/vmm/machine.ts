@@ -1,0 +1,279 @@
+// One virtual machine, living on the machine thread. This thread owns the device
+// models and runs vCPU 0 itself, so vCPU 0's exits are handled with no thread hop.
+// APs run in their own workers and hand their I/O exits here through mailboxes.
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, libc } from '../../native';
+import { MmioBus, PioBus } from './bus';
+import type { MachineConfig } from './config';
+import type { HostNotification, MachineContext } from './context';
+import { ACTION, type Action, ExitDispatcher } from './exits';
+import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memory';
+import { buildPlatform, type Platform } from './platform';
+import { prepareBoot } from './boot';
+import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, STATE } from './shared';
+
+export type MachineEnd =
+  | { reason: 'poweroff'; exitCode: number }
+  | { reason: 'reset' }
+  | { reason: 'stopped' }
+  | { reason: 'error'; message: string };
+
+export interface MachineStats {
+  exits: Record<string, number>;
+  devices: { name: string; reads: number; writes: number }[];
+  kicks: number;
+  apExits: number;
+}
+
+export interface MachineChannels {
+  control: ControlBlock;
+  /** COM1..COM4 output rings, then the debug console. */
+  rings: ByteRing[];
+  post(message: MachineToHost): void;
+}
+
+export type MachineToHost =
+  | { type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[] }
+  | { type: 'log'; text: string }
+  | { type: 'notify'; notification: HostNotification }
+  | { type: 'stats'; stats: MachineStats }
+  | { type: 'ended'; end: MachineEnd; stats: MachineStats };
+
+interface VcpuHandle {
+  cpu: number;
+  vcpu: KvmVcpu;
+  worker: Worker | null;
+}
+
+const EXIT_REASON_NAMES: Record<number, string> = {
+  2: 'io', 6: 'mmio', 10: 'intr', 5: 'hlt', 8: 'shutdown', 24: 'system_event', 17: 'internal_error', 9: 'fail_entry',
+};
+
+export class Machine implements MachineContext {
+  readonly config: MachineConfig;
+  readonly pio = new PioBus();
+  readonly mmio = new MmioBus();
+  readonly memory: GuestMemory;
+  readonly cpuCount: number;
+  readonly regions: MemoryRegion[];
+  readonly dispatcher: ExitDispatcher;
+  private readonly kvm: KvmSystem;
+  private readonly vm: KvmVm;
+  private readonly vcpus: VcpuHandle[] = [];
+  private platform!: Platform;
+  private kicks = 0;
+  private apExits = 0;
+  private exitCode = 0;
+  private ended = false;
+  private running = false;
+
+  constructor(config: MachineConfig, private readonly channels: MachineChannels) {
+    this.config = config;
+    this.cpuCount = config.cpus;
+    this.dispatcher = new ExitDispatcher(this.pio, this.mmio);
+    this.kvm = new KvmSystem();
+    this.vm = this.kvm.createVm();
+    // Three pages below the BIOS for the TSS and the EPT identity map (Intel needs them).
+    this.vm.setIdentityMapAddr(0xfeffc000n);
+    this.vm.setTssAddr(0xfeffd000);
+    this.vm.createIrqchip();
+    this.vm.createPit2();
+    this.regions = allocateRam(config.memoryBytes);
+    this.memory = new GuestMemory(this.regions);
+  }
+
+  // --- MachineContext -------------------------------------------------------
+  setIrq(gsi: number, level: boolean): void {
+    this.vm.irqLine(gsi, level);
+  }
+  signalMsi(addressLo: number, addressHi: number, data: number): void {
+    this.vm.signalMsi(addressLo, addressHi, data);
+  }
+  requestReset(): void {
+    this.dispatcher.requestReset();
+  }
+  requestPowerOff(exitCode = 0): void {
+    this.exitCode = exitCode;
+    this.dispatcher.requestPowerOff();
+  }
+  log(text: string): void {
+    this.channels.post({ type: 'log', text });
+  }
+  notifyHost(notification: HostNotification): void {
+    this.channels.post({ type: 'notify', notification });
+  }
+  serialRing(index: number): ByteRing {
+    return this.channels.rings[index];
+  }
+  /** Adds a ROM window (mapped read-only into the guest) before the machine starts. */
+  addRegion(region: MemoryRegion): void {
+    if (this.running) throw new Error('memory regions can only be added before the machine starts');
+    this.regions.push(region);
+    (this as { memory: GuestMemory }).memory = new GuestMemory(this.regions);
+  }
+  get kvmVm(): KvmVm {
+    return this.vm;
+  }
+  get bsp(): KvmVcpu {
+    return this.vcpus[0].vcpu;
+  }
+  get devices(): Platform {
+    return this.platform;
+  }
+
+  // --- set-up -----------------------------------------------------------------
+  async setup(): Promise<void> {
+    this.platform = buildPlatform(this);
+    const mmapSize = this.kvm.vcpuMmapSize();
+    const cpuid = this.kvm.supportedCpuid();
+    for (let cpu = 0; cpu < this.cpuCount; cpu++) {
+      const vcpu = new KvmVcpu(this.vm.createVcpu(cpu), mmapSize);
+      vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount));
+      this.vcpus.push({ cpu, vcpu, worker: null });
+    }
+    await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
+    mapRegions(this.vm, this.regions);
+  }
+
+  start(): void {
+    const control = this.channels.control;
+    libc.installKickHandler();
+    control.setTid(0, libc.gettid());
+    for (const h of this.vcpus.slice(1)) {
+      h.worker = new Worker(path.join(__dirname, 'ap-worker.js'), {
+        workerData: {
+          cpu: h.cpu, fd: h.vcpu.fd, runBuffer: h.vcpu.runBuffer, runOffset: h.vcpu.runBytes.byteOffset,
+          runSize: h.vcpu.runBytes.length, control: control.buffer,
+        },
+      });
+      h.worker.on('error', (e) => this.end({ reason: 'error', message: `vCPU ${h.cpu} thread failed: ${e.message}` }));
+    }
+    this.running = true;
+    control.setState(STATE.RUNNING);
+    this.channels.post({
+      type: 'started', cpus: this.cpuCount, ramBytes: this.memory.ramSize,
+      runPages: this.vcpus.map((h) => ({ buffer: h.vcpu.runBuffer, offset: h.vcpu.runBytes.byteOffset })),
+    });
+    setImmediate(() => this.runSlice());
+  }
+
+  /** Called when the host posts a message: it already kicked vCPU 0, so we are in the event loop. */
+  resume(): void {
+    if (this.ended) return;
+    if (this.channels.control.command === COMMAND.RUN && this.channels.control.state === STATE.PAUSED) {
+      this.channels.control.setState(STATE.RUNNING);
+      setImmediate(() => this.runSlice());
+    }
+  }
+
+  stats(): MachineStats {
+    const exits: Record<string, number> = {};
+    this.dispatcher.exitCounts.forEach((n, reason) => {
+      if (n > 0) exits[EXIT_REASON_NAMES[reason] ?? `exit_${reason}`] = n;
+    });
+    const devices = [...this.pio.counters, ...this.mmio.counters]
+      .filter((c) => c.reads + c.writes > 0)
+      .map((c) => ({ name: c.name, reads: c.reads, writes: c.writes }));
+    return { exits, devices, kicks: this.kicks, apExits: this.apExits };
+  }
+
+  // --- the run loop -------------------------------------------------------------
+  private runSlice(): void {
+    if (this.ended) return;
+    const control = this.channels.control;
+    const vcpu = this.vcpus[0].vcpu;
+    const run = vcpu.run;
+    const bytes = vcpu.runBytes;
+    const dispatcher = this.dispatcher;
+    try {
+      for (let budget = 0; budget < 8192; budget++) {
+        const command = control.command;
+        if (command !== COMMAND.RUN) return this.onCommand(command);
+        if (vcpu.runOnce() < 0) {
+          // Kicked: clear immediate_exit and let the event loop deliver what the host sent.
+          bytes[1] = 0;
+          this.kicks++;
+          if (control.apPending !== 0) this.serviceAps();
+          break;
+        }
+        const action = dispatcher.handle(run, bytes, 0);
+        if (action !== ACTION.CONTINUE) return this.onAction(action);
+        if (control.apPending !== 0 && this.serviceAps()) return;
+      }
+    } catch (e) {
+      return this.end({ reason: 'error', message: (e as Error).message });
+    }
+    setImmediate(() => this.runSlice());
+  }
+
+  /** Handles pending AP exits. Returns true if the machine ended. */
+  private serviceAps(): boolean {
+    const control = this.channels.control;
+    for (const h of this.vcpus) {
+      if (h.cpu === 0 || control.mailbox(h.cpu) !== MAILBOX.REQUEST) continue;
+      this.apExits++;
+      const action = this.dispatcher.handle(h.vcpu.run, h.vcpu.runBytes, h.cpu);
+      control.completeApExit(h.cpu, MAILBOX.DONE);
+      if (action !== ACTION.CONTINUE) {
+        this.onAction(action);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private onCommand(command: number): void {
+    const control = this.channels.control;
+    if (command === COMMAND.PAUSE) {
+      control.setState(STATE.PAUSED);
+      // Keep serving APs that were mid-exit when the pause came.
+      this.serviceAps();
+      return;
+    }
+    this.end({ reason: 'stopped' });
+  }
+
+  private onAction(action: Action): void {
+    if (action === ACTION.RESET) this.end({ reason: 'reset' });
+    else if (action === ACTION.POWEROFF) this.end({ reason: 'poweroff', exitCode: this.exitCode });
+    else this.end({ reason: 'error', message: this.dispatcher.errorMessage });
+  }
+
+  /** Stops every vCPU (none may stay in KVM_RUN), frees KVM objects and reports the end. */
+  private end(end: MachineEnd): void {
+    if (this.ended) return;
+    this.ended = true;
+    const control = this.channels.control;
+    control.setCommand(COMMAND.STOP);
+    const waits: Promise<number>[] = [];
+    for (const h of this.vcpus.slice(1)) {
+      kickVcpu(h.vcpu.runBuffer, h.vcpu.runBytes.byteOffset, control.tid(h.cpu));
+      if (control.mailbox(h.cpu) === MAILBOX.REQUEST) control.completeApExit(h.cpu, MAILBOX.CANCELLED);
+      if (h.worker) waits.push(new Promise((resolve) => h.worker?.once('exit', resolve)));
+    }
+    control.setTid(0, 0);
+    void Promise.all(waits).then(() => {
+      for (const h of this.vcpus) h.vcpu.close();
+      this.vm.close();
+      this.kvm.close();
+      control.setState(STATE.STOPPED);
+      this.channels.post({ type: 'ended', end, stats: this.stats() });
+    });
+  }
+}
+
+/** Per-vCPU CPUID: KVM's supported set with this vCPU's APIC id and the hypervisor bit. */
+function cpuidFor(supported: CpuidEntry[], cpu: number, count: number): CpuidEntry[] {
+  return supported.map((e) => {
+    const entry = { ...e };
+    if (e.function === 1) {
+      entry.ebx = ((e.ebx & 0x0000ffff) | ((count & 0xff) << 16) | (cpu << 24)) >>> 0;
+      entry.ecx = (e.ecx | (1 << 31)) >>> 0; // running under a hypervisor
+      if (count > 1) entry.edx = (e.edx | (1 << 28)) >>> 0; // HTT: the count in EBX[23:16] is valid
+    } else if (e.function === 0xb || e.function === 0x1f) {
+      entry.edx = cpu;
+    }
+    return entry;
+  });
+}

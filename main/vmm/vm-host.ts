@@ -1,0 +1,251 @@
+// The VM host: runs on the VM process's main thread. It starts the machine thread,
+// connects COM ports and the debug console to their host backends, carries control
+// commands (pause, resume, stop, reset) and restarts the machine on a guest reset.
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { MachineConfig } from './config';
+import type { HostNotification } from './context';
+import type { HostToMachine, MachineThreadData } from './machine-thread';
+import type { MachineEnd, MachineStats, MachineToHost } from './machine';
+import { DEBUGCON_RING } from './platform';
+import { openSerialBackend, type SerialEndpoint } from './serial-backends';
+import { ByteRing, COMMAND, ControlBlock, kickVcpu, STATE } from './shared';
+
+export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
+
+export interface VmHostEvents {
+  state: [VmState];
+  log: [string];
+  /** Bytes the guest wrote to COM `port` (0..3) or the debug console (4). */
+  output: [number, Uint8Array];
+  /** A backend is ready; e.g. "COM1: /dev/pts/5". */
+  endpoint: [number, string];
+  ended: [MachineEnd, MachineStats];
+}
+
+const RING_POLL_MS = 2;
+
+export class VmHost extends EventEmitter<VmHostEvents> {
+  private worker: Worker | null = null;
+  private control = new ControlBlock();
+  private readonly rings = Array.from({ length: 5 }, () => new ByteRing());
+  private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
+  private pollTimer: NodeJS.Timeout | null = null;
+  private endpoints: (SerialEndpoint | null)[] = [];
+  private _state: VmState = 'stopped';
+  private resetCount = 0;
+  private stopRequested = false;
+  private statsWaiters: ((s: MachineStats) => void)[] = [];
+  /** Maximum guest-initiated resets in a row before the VM is stopped (a reset loop). */
+  maxResets = 1000;
+
+  constructor(readonly config: MachineConfig) {
+    super();
+  }
+
+  get state(): VmState {
+    return this._state;
+  }
+
+  private setState(s: VmState): void {
+    if (this._state === s) return;
+    this._state = s;
+    this.emit('state', s);
+  }
+
+  /** Opens the serial backends and starts the machine. Resolves once vCPUs run. */
+  async start(): Promise<void> {
+    if (this._state !== 'stopped') throw new Error(`cannot start a VM that is ${this._state}`);
+    this.stopRequested = false;
+    this.setState('starting');
+    try {
+      const specs = [...this.config.serial, this.config.debugcon];
+      this.endpoints = await Promise.all(specs.map((spec, index) =>
+        spec.kind === 'none' ? Promise.resolve(null) : openSerialBackend(spec, {
+          label: index === DEBUGCON_RING ? 'debugcon' : `COM${index + 1}`,
+          onInput: (data) => this.sendSerialInput(index, data),
+        })));
+      this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
+    } catch (e) {
+      this.closeEndpoints();
+      this.setState('stopped');
+      throw e;
+    }
+    await this.launchMachine();
+    this.pollTimer = setInterval(() => this.drainRings(), RING_POLL_MS);
+  }
+
+  private launchMachine(): Promise<void> {
+    this.control = new ControlBlock();
+    const data: MachineThreadData = {
+      config: this.config,
+      control: this.control.buffer,
+      rings: this.rings.map((r) => r.buffer),
+    };
+    const worker = new Worker(path.join(__dirname, 'machine-thread.js'), { workerData: data });
+    this.worker = worker;
+    return new Promise((resolve, reject) => {
+      let started = false;
+      worker.on('message', (m: MachineToHost) => {
+        switch (m.type) {
+          case 'started':
+            started = true;
+            this.runPages = m.runPages;
+            if (this.stopRequested) this.stop();
+            else this.setState('running');
+            resolve();
+            break;
+          case 'log':
+            this.emit('log', m.text);
+            break;
+          case 'notify':
+            this.onNotification(m.notification);
+            break;
+          case 'stats':
+            this.statsWaiters.splice(0).forEach((w) => w(m.stats));
+            break;
+          case 'ended':
+            this.onMachineEnded(m.end, m.stats);
+            if (!started) {
+              if (m.end.reason === 'error') reject(new Error(m.end.message));
+              else resolve();
+            }
+            break;
+        }
+      });
+      worker.on('error', (e) => {
+        this.onMachineEnded({ reason: 'error', message: `machine thread crashed: ${e.message}` }, emptyStats());
+        if (!started) reject(e);
+      });
+    });
+  }
+
+  private onMachineEnded(end: MachineEnd, stats: MachineStats): void {
+    const worker = this.worker;
+    this.worker = null;
+    void worker?.terminate();
+    this.drainRings();
+    if (end.reason === 'reset' && !this.stopRequested && this.resetCount++ < this.maxResets) {
+      this.emit('log', 'guest reset');
+      this.launchMachine().catch((e: Error) => this.finish({ reason: 'error', message: e.message }, stats));
+      return;
+    }
+    this.finish(end, stats);
+  }
+
+  private finish(end: MachineEnd, stats: MachineStats): void {
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.drainRings();
+    this.closeEndpoints();
+    this.setState('stopped');
+    this.emit('ended', end, stats);
+  }
+
+  private closeEndpoints(): void {
+    for (const e of this.endpoints) e?.close();
+    this.endpoints = [];
+  }
+
+  private drainRings(): void {
+    this.rings.forEach((ring, i) => {
+      if (ring.used === 0) return;
+      const data = ring.drain();
+      this.endpoints[i]?.write(data);
+      this.emit('output', i, data);
+    });
+  }
+
+  private onNotification(n: HostNotification): void {
+    const endpoint = this.endpoints[n.port];
+    if (!endpoint) return;
+    if (n.type === 'serial-line') endpoint.applyLineSettings?.(n.settings);
+    else endpoint.applyModemControl?.(n.modem);
+  }
+
+  private post(m: HostToMachine): void {
+    this.worker?.postMessage(m);
+    this.kick(0);
+  }
+
+  private kick(cpu: number): void {
+    const page = this.runPages[cpu];
+    if (page) kickVcpu(page.buffer, page.offset, this.control.tid(cpu));
+  }
+
+  /** Host → guest bytes for COM `port` (0..3). */
+  sendSerialInput(port: number, data: Uint8Array): void {
+    if (port < 0 || port > 3) return;
+    this.post({ type: 'serial-input', port, data });
+  }
+
+  /** Modem status lines from a real serial device, forwarded to the guest's UART. */
+  sendModemStatus(port: number, lines: { cts: boolean; dsr: boolean; ri: boolean; dcd: boolean }): void {
+    this.post({ type: 'serial-modem-status', port, ...lines });
+  }
+
+  pause(): void {
+    if (this._state !== 'running') throw new Error(`cannot pause a VM that is ${this._state}`);
+    this.control.setCommand(COMMAND.PAUSE);
+    for (let cpu = 0; cpu < this.runPages.length; cpu++) this.kick(cpu);
+    this.setState('paused');
+  }
+
+  resume(): void {
+    if (this._state !== 'paused') throw new Error(`cannot resume a VM that is ${this._state}`);
+    this.control.setCommand(COMMAND.RUN);
+    this.post({ type: 'resume' });
+    this.setState('running');
+  }
+
+  /** Asks the machine to stop; resolves when every vCPU has left KVM_RUN and KVM is closed. */
+  stop(): Promise<void> {
+    if (this._state === 'stopped') return Promise.resolve();
+    this.stopRequested = true;
+    const done = new Promise<void>((resolve) => this.once('ended', () => resolve()));
+    if (this._state !== 'starting') this.setState('stopping');
+    this.control.setCommand(COMMAND.STOP);
+    for (let cpu = 0; cpu < this.runPages.length; cpu++) this.kick(cpu);
+    // A paused machine thread sits in its event loop: a message wakes it to see STOP.
+    this.worker?.postMessage({ type: 'resume' } satisfies HostToMachine);
+    return done;
+  }
+
+  /** A hard reset from the user: the machine is rebuilt as on a guest reset. */
+  async reset(): Promise<void> {
+    if (this._state !== 'running' && this._state !== 'paused') throw new Error(`cannot reset a VM that is ${this._state}`);
+    this.resetCount = 0;
+    const worker = this.worker;
+    if (!worker) return;
+    const ended = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    this.control.setCommand(COMMAND.STOP);
+    for (let cpu = 0; cpu < this.runPages.length; cpu++) this.kick(cpu);
+    worker.postMessage({ type: 'resume' } satisfies HostToMachine);
+    // onMachineEnded sees reason "stopped"; mark it as a reset by relaunching here.
+    worker.removeAllListeners('message');
+    worker.on('message', (m: MachineToHost) => {
+      if (m.type === 'ended') void worker.terminate();
+    });
+    await ended;
+    this.setState('starting');
+    await this.launchMachine();
+  }
+
+  /** Exit and device counters from the running machine. */
+  stats(): Promise<MachineStats> {
+    if (!this.worker) return Promise.resolve(emptyStats());
+    return new Promise((resolve) => {
+      this.statsWaiters.push(resolve);
+      this.post({ type: 'stats' });
+    });
+  }
+
+  get machineState(): number {
+    return this.control.state === STATE.STOPPED ? STATE.STOPPED : this.control.state;
+  }
+}
+
+function emptyStats(): MachineStats {
+  return { exits: {}, devices: [], kicks: 0, apExits: 0 };
+}

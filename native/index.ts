@@ -1,0 +1,3 @@
+export * as libc from './libc';
+export * from './kvm';
+export { NativeError } from './libc';

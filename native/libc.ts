@@ -1,0 +1,256 @@
+// Thin typed wrappers over the libc calls Porthole needs. Every failure throws a
+// NativeError naming the call and the errno, e.g. "open(/dev/kvm): EACCES (permission denied)".
+import koffi from 'koffi';
+import os from 'node:os';
+
+// Tests set this so that nothing on a VM path can use external ArrayBuffers,
+// which Electron refuses (see shared/DESIGN.md).
+if (process.env.PORTHOLE_FORBID_KOFFI_VIEW === '1') {
+  (koffi as unknown as { view: unknown }).view = () => {
+    throw new Error('koffi.view is forbidden: guest memory must be V8-owned SharedArrayBuffer memory');
+  };
+}
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(os.constants.errno)) {
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
+
+const errnoText: Record<string, string> = {
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ENOENT: 'no such file or directory',
+  EBUSY: 'device or resource busy',
+  EINVAL: 'invalid argument',
+  ENOMEM: 'out of memory',
+  EEXIST: 'already exists',
+  EINTR: 'interrupted',
+  EAGAIN: 'try again',
+  ENOTTY: 'not a terminal or unsupported ioctl',
+  EFAULT: 'bad address',
+  ENXIO: 'no such device or address',
+  E2BIG: 'argument list too long',
+};
+
+export class NativeError extends Error {
+  readonly call: string;
+  readonly errno: number;
+  readonly code: string;
+  constructor(call: string, errno: number) {
+    const code = errnoName(errno);
+    const text = errnoText[code];
+    super(`${call}: ${code}${text ? ` (${text})` : ''}`);
+    this.name = 'NativeError';
+    this.call = call;
+    this.errno = errno;
+    this.code = code;
+  }
+}
+
+const lib = koffi.load('libc.so.6');
+
+const c = {
+  open: lib.func('int open(const char *path, int flags, int mode)'),
+  close: lib.func('int close(int fd)'),
+  ioctlValue: lib.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
+  ioctlBuffer: lib.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)'),
+  mmap: lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
+  munmap: lib.func('int munmap(uintptr_t addr, size_t length)'),
+  eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
+  read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
+  write: lib.func('intptr_t write(int fd, const uint8_t *buf, size_t count)'),
+  poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
+  gettid: lib.func('int gettid()'),
+  getpid: lib.func('int getpid()'),
+  tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
+  signal: lib.func('uintptr_t signal(int sig, uintptr_t handler)'),
+  dlsym: lib.func('uintptr_t dlsym(uintptr_t handle, const char *symbol)'),
+  // memset(p, 0, 0) returns p: the portable way to learn where V8 put a buffer.
+  addressOf: lib.func('uintptr_t memset(uint8_t *buf, int c, size_t n)'),
+  posixOpenpt: lib.func('int posix_openpt(int flags)'),
+  grantpt: lib.func('int grantpt(int fd)'),
+  unlockpt: lib.func('int unlockpt(int fd)'),
+  ptsnameR: lib.func('int ptsname_r(int fd, _Out_ uint8_t *buf, size_t len)'),
+  tcgetattr: lib.func('int tcgetattr(int fd, _Out_ uint8_t *termios)'),
+  tcsetattr: lib.func('int tcsetattr(int fd, int action, const uint8_t *termios)'),
+  cfsetispeed: lib.func('int cfsetispeed(_Inout_ uint8_t *termios, unsigned int speed)'),
+  cfsetospeed: lib.func('int cfsetospeed(_Inout_ uint8_t *termios, unsigned int speed)'),
+  cfmakeraw: lib.func('void cfmakeraw(_Inout_ uint8_t *termios)'),
+};
+
+function fail(call: string): never {
+  throw new NativeError(call, koffi.errno());
+}
+
+function check(call: string, result: number): number {
+  if (result < 0) fail(call);
+  return result;
+}
+
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+export const O_NOCTTY = 0o400;
+export const O_NONBLOCK = 0o4000;
+export const O_CLOEXEC = 0o2000000;
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+const MAP_FAILED = 0xffffffffffffffffn;
+
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+
+export const POLLIN = 0x001;
+export const POLLOUT = 0x004;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+
+export function open(path: string, flags: number, mode = 0): number {
+  return check(`open(${path})`, c.open(path, flags | O_CLOEXEC, mode));
+}
+
+export function close(fd: number): void {
+  check('close', c.close(fd));
+}
+
+export function ioctl(fd: number, name: string, request: number, arg: number | bigint = 0): number {
+  return check(name, c.ioctlValue(fd, request, arg));
+}
+
+export function ioctlBuffer(fd: number, name: string, request: number, buf: Uint8Array): number {
+  return check(name, c.ioctlBuffer(fd, request, buf));
+}
+
+/** ioctl that may fail with an errno the caller handles; returns -errno instead of throwing. */
+export function ioctlTry(fd: number, request: number, arg: number | bigint = 0): number {
+  const r = c.ioctlValue(fd, request, arg) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+export function addressOf(view: Uint8Array): bigint {
+  return BigInt(c.addressOf(view, 0, 0));
+}
+
+export function mmap(addr: bigint, length: number, prot: number, flags: number, fd: number, offset = 0): bigint {
+  const r = BigInt(c.mmap(addr, length, prot, flags, fd, offset));
+  if (r === MAP_FAILED) fail('mmap');
+  return r;
+}
+
+export function munmap(addr: bigint, length: number): void {
+  check('munmap', c.munmap(addr, length));
+}
+
+export function eventfd(initial = 0, flags = EFD_CLOEXEC): number {
+  return check('eventfd', c.eventfd(initial, flags));
+}
+
+/** Returns bytes read, or -errno for EAGAIN/EINTR so callers can poll. */
+export function read(fd: number, buf: Uint8Array, length = buf.length): number {
+  const r = Number(c.read(fd, buf, length));
+  if (r < 0) {
+    const e = koffi.errno();
+    if (e === os.constants.errno.EAGAIN || e === os.constants.errno.EINTR) return -e;
+    throw new NativeError('read', e);
+  }
+  return r;
+}
+
+export function write(fd: number, buf: Uint8Array, length = buf.length): number {
+  const r = Number(c.write(fd, buf, length));
+  if (r < 0) {
+    const e = koffi.errno();
+    if (e === os.constants.errno.EAGAIN || e === os.constants.errno.EINTR) return -e;
+    throw new NativeError('write', e);
+  }
+  return r;
+}
+
+/** poll() over fds; returns the revents of each. */
+export function poll(fds: { fd: number; events: number }[], timeoutMs: number): number[] {
+  const buf = Buffer.alloc(8 * fds.length);
+  fds.forEach((p, i) => {
+    buf.writeInt32LE(p.fd, i * 8);
+    buf.writeInt16LE(p.events, i * 8 + 4);
+  });
+  const r = c.poll(buf, fds.length, timeoutMs) as number;
+  if (r < 0) {
+    const e = koffi.errno();
+    if (e === os.constants.errno.EINTR) return fds.map(() => 0);
+    throw new NativeError('poll', e);
+  }
+  return fds.map((_, i) => buf.readInt16LE(i * 8 + 6));
+}
+
+export function gettid(): number {
+  return c.gettid() as number;
+}
+
+export function getpid(): number {
+  return c.getpid() as number;
+}
+
+export function tgkill(pid: number, tid: number, sig: number): void {
+  check('tgkill', c.tgkill(pid, tid, sig));
+}
+
+/** The signal Porthole uses to knock a vCPU thread out of KVM_RUN. */
+export const SIG_KICK = 40; // SIGRTMIN+6 under glibc; unused by Node and libuv
+
+let kickHandlerInstalled = false;
+/**
+ * Installs a no-op C handler for SIG_KICK so the signal interrupts KVM_RUN (EINTR)
+ * instead of killing the process. A JS callback would be unsafe in signal context,
+ * so the handler is libc's getpid, which ignores its argument and is async-signal-safe.
+ */
+export function installKickHandler(): void {
+  if (kickHandlerInstalled) return;
+  const handler = BigInt(c.dlsym(0, 'getpid'));
+  if (handler === 0n) throw new Error('dlsym(getpid) failed');
+  const previous = BigInt(c.signal(SIG_KICK, handler));
+  if (previous === MAP_FAILED) fail('signal');
+  kickHandlerInstalled = true;
+}
+
+export function openPty(): { fd: number; path: string } {
+  const fd = check('posix_openpt', c.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+  check('grantpt', c.grantpt(fd));
+  check('unlockpt', c.unlockpt(fd));
+  const name = Buffer.alloc(128);
+  const r = c.ptsnameR(fd, name, name.length) as number;
+  if (r !== 0) throw new NativeError('ptsname_r', r);
+  return { fd, path: name.toString('latin1', 0, name.indexOf(0)) };
+}
+
+// struct termios on Linux x86_64 glibc: iflag, oflag, cflag, lflag (u32 each), c_line (u8),
+// c_cc[32], then c_ispeed and c_ospeed (u32) at offsets 52 and 56; 60 bytes in all.
+export const TERMIOS_SIZE = 60;
+export const TCSANOW = 0;
+
+export function tcgetattr(fd: number): Buffer {
+  const t = Buffer.alloc(TERMIOS_SIZE);
+  check('tcgetattr', c.tcgetattr(fd, t));
+  return t;
+}
+
+export function tcsetattr(fd: number, termios: Buffer): void {
+  check('tcsetattr', c.tcsetattr(fd, TCSANOW, termios));
+}
+
+export function cfsetspeed(termios: Buffer, speedConstant: number): void {
+  check('cfsetispeed', c.cfsetispeed(termios, speedConstant));
+  check('cfsetospeed', c.cfsetospeed(termios, speedConstant));
+}
+
+export function cfmakeraw(termios: Buffer): void {
+  c.cfmakeraw(termios);
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs and builds what the tests need: Debian packages (seabios, nasm, qemu for
+# benchmarks), the test guests, and a Debian kernel for the Linux boot test.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -f /usr/share/seabios/bios-256k.bin ] || need+=(seabios)
+command -v nasm >/dev/null || need+=(nasm)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v gcc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "fixtures: installing ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "fixtures: please install: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+mkdir -p build/guests
+for src in test/guests/*.asm; do
+  out="build/guests/$(basename "${src%.asm}").bin"
+  if [ ! -f "$out" ] || [ "$src" -nt "$out" ]; then
+    nasm -f bin -I test/guests/ "$src" -o "$out"
+  fi
+done
+for hook in test/guests/*.fixture.sh; do
+  [ -f "$hook" ] && bash "$hook"
+done
+echo "fixtures: ready"

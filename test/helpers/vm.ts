@@ -1,0 +1,67 @@
+// Test helpers: run a VM to completion (or until a pattern appears) and collect output.
+import fs from 'node:fs';
+import path from 'node:path';
+import { defaultConfig, type MachineConfig } from '../../main/vmm/config';
+import type { MachineEnd, MachineStats } from '../../main/vmm/machine';
+import { VmHost } from '../../main/vmm/vm-host';
+
+export const repoRoot = path.resolve(__dirname, '..', '..', '..');
+export const guestsDir = path.join(repoRoot, 'build', 'guests');
+
+export function guest(name: string): string {
+  return path.join(guestsDir, `${name}.bin`);
+}
+
+/** Why a KVM-backed test must skip, or null if it can run. */
+export function kvmSkipReason(): string | null {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    return null;
+  } catch {
+    return '/dev/kvm is not available to this user';
+  }
+}
+
+export interface RunResult {
+  end: MachineEnd;
+  stats: MachineStats;
+  /** Output per ring: COM1..COM4, then the debug console. */
+  output: string[];
+  host: VmHost;
+}
+
+export function flatConfig(name: string, patch: Partial<MachineConfig> = {}): MachineConfig {
+  return { ...defaultConfig(), boot: { kind: 'flat', path: guest(name), address: 0x1000 }, debugExit: true, ...patch };
+}
+
+/**
+ * Starts a VM and resolves when it ends, or when `until` matches the output of ring
+ * `untilRing` (then the VM is stopped). Rejects after timeoutMs with the output so far.
+ */
+export async function runVm(
+  config: MachineConfig,
+  opts: { timeoutMs?: number; until?: RegExp; untilRing?: number; onStart?: (h: VmHost) => void } = {},
+): Promise<RunResult> {
+  const host = new VmHost(config);
+  const output = ['', '', '', '', ''];
+  const timeoutMs = opts.timeoutMs ?? 30000;
+  return new Promise<RunResult>((resolve, reject) => {
+    let matched = false;
+    const timer = setTimeout(() => {
+      void host.stop().finally(() =>
+        reject(new Error(`VM did not finish in ${timeoutMs} ms; output so far:\n${output.map((o, i) => `[${i}] ${o}`).join('\n')}`)));
+    }, timeoutMs);
+    host.on('output', (ring, data) => {
+      output[ring] += Buffer.from(data).toString('latin1');
+      if (!matched && opts.until && opts.until.test(output[opts.untilRing ?? 0])) {
+        matched = true;
+        void host.stop();
+      }
+    });
+    host.on('ended', (end, stats) => {
+      clearTimeout(timer);
+      resolve({ end, stats, output, host });
+    });
+    host.start().then(() => opts.onStart?.(host), (e: Error) => { clearTimeout(timer); reject(e); });
+  });
+}
