@@ -1,0 +1,176 @@
+// Command-line parsing for `porthole`. Pure: returns what to do or throws UsageError.
+import {
+  ConfigError, defaultConfig, machineConfigFromJson, parseCpus, parseMemorySize, parseSerialBackend, type MachineConfig,
+} from '../vmm/config';
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export type CliCommand =
+  | { command: 'help' }
+  | { command: 'version' }
+  | { command: 'run'; config: MachineConfig; stats: boolean; verbose: boolean };
+
+export const USAGE = `Usage: porthole run [options]
+       porthole --help | --version
+
+Boot source (one of):
+  --firmware PATH        SeaBIOS image (default: /usr/share/seabios/bios-256k.bin)
+  --kernel PATH          Linux bzImage or vmlinux ELF, booted directly
+    --initrd PATH        initial ramdisk for --kernel
+    --append "ARGS"      kernel command line for --kernel
+  --config FILE          a VM config file (JSON, version 1); other options override it
+
+Machine:
+  --mem SIZE             memory: 256 (MiB), 512M, 2G                (default 256)
+  --cpus N               virtual CPUs                                (default 1)
+  --name NAME            a name for logs
+  --serial SPEC          connect the next COM port (COM1 first), or COMn=SPEC;
+                         SPEC: stdio, pty, none, file:PATH, unix:PATH, unix-listen:PATH,
+                         tcp:HOST:PORT, tcp-listen:[HOST:]PORT, /dev/ttyUSB0
+  --debugcon SPEC        where the debug console (port 0x402, SeaBIOS log) goes
+  --option-rom PATH      an extra option ROM for the firmware (repeatable)
+
+Diagnostics:
+  --stats                print VM exits by reason and by device when the VM ends
+  --verbose              print the VM's log lines
+  --debug-exit           QEMU-compatible isa-debug-exit device on port 0xf4 (tests)
+  --flat PATH[@ADDR]     run a raw real-mode test program at ADDR (default 0x1000)
+`;
+
+const VALUE_FLAGS = new Set([
+  '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
+  '--option-rom', '--flat',
+]);
+const BOOL_FLAGS = new Set(['--stats', '--verbose', '--debug-exit']);
+
+/** Splits argv into [flag, value] pairs, accepting --flag=value and --flag value. */
+function tokenize(argv: string[]): [string, string | null][] {
+  const out: [string, string | null][] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) throw new UsageError(`unexpected argument "${a}"`);
+    const eq = a.indexOf('=');
+    const flag = eq < 0 ? a : a.slice(0, eq);
+    if (BOOL_FLAGS.has(flag)) {
+      if (eq >= 0) throw new UsageError(`${flag} takes no value`);
+      out.push([flag, null]);
+    } else if (VALUE_FLAGS.has(flag)) {
+      let value: string;
+      if (eq >= 0) value = a.slice(eq + 1);
+      else {
+        if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+        value = argv[++i];
+      }
+      out.push([flag, value]);
+    } else {
+      throw new UsageError(`unknown option ${flag} (see porthole --help)`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Parses the command line. `readConfig` loads a config file (injected so tests need no files).
+ */
+export function parseArgs(argv: string[], readConfig: (file: string) => unknown): CliCommand {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') return { command: 'help' };
+  if (argv[0] === '--version' || argv[0] === '-V') return { command: 'version' };
+  if (argv[0] !== 'run') throw new UsageError(`unknown command "${argv[0]}" (try: porthole run --help)`);
+  const rest = argv.slice(1);
+  if (rest.includes('--help') || rest.includes('-h')) return { command: 'help' };
+  const pairs = tokenize(rest);
+
+  let config: MachineConfig = defaultConfig();
+  const configFlag = pairs.filter(([f]) => f === '--config');
+  if (configFlag.length > 1) throw new UsageError('--config may be given once');
+  if (configFlag.length === 1) {
+    const file = configFlag[0][1] as string;
+    config = machineConfigFromJson(readConfig(file), file);
+  }
+
+  let stats = false;
+  let verbose = false;
+  let nextSerial = 0;
+  let kernel: string | undefined;
+  let initrd: string | undefined;
+  let append: string | undefined;
+  let firmware: string | undefined;
+  let flat: { path: string; address: number } | undefined;
+  const optionRoms: string[] = [];
+
+  for (const [flag, value] of pairs) {
+    const v = value as string;
+    switch (flag) {
+      case '--config': break;
+      case '--stats': stats = true; break;
+      case '--verbose': verbose = true; break;
+      case '--debug-exit': config.debugExit = true; break;
+      case '--mem': config.memoryBytes = parseMemorySize(v); break;
+      case '--cpus': config.cpus = parseCpus(v, '--cpus'); break;
+      case '--name':
+        if (!v.trim()) throw new UsageError('--name must not be empty');
+        config.name = v;
+        break;
+      case '--firmware': firmware = nonEmpty(flag, v); break;
+      case '--kernel': kernel = nonEmpty(flag, v); break;
+      case '--initrd': initrd = nonEmpty(flag, v); break;
+      case '--append': append = v; break;
+      case '--option-rom': optionRoms.push(nonEmpty(flag, v)); break;
+      case '--debugcon': config.debugcon = parseSerialBackend(v); break;
+      case '--flat': flat = parseFlat(v); break;
+      case '--serial': {
+        const m = /^com([1-4])=(.*)$/i.exec(v);
+        if (m) {
+          const index = Number(m[1]) - 1;
+          config.serial[index] = parseSerialBackend(m[2]);
+          nextSerial = Math.max(nextSerial, index + 1);
+        } else {
+          if (nextSerial >= 4) throw new UsageError('at most four --serial ports (COM1..COM4)');
+          config.serial[nextSerial++] = parseSerialBackend(v);
+        }
+        break;
+      }
+    }
+  }
+
+  const sources = [kernel && '--kernel', firmware && '--firmware', flat && '--flat'].filter(Boolean);
+  if (sources.length > 1) throw new UsageError(`choose one boot source, not ${sources.join(' and ')}`);
+  if ((initrd !== undefined || append !== undefined) && !kernel && config.boot.kind !== 'linux') {
+    throw new UsageError('--initrd and --append need --kernel');
+  }
+  if (kernel) config.boot = { kind: 'linux', kernel, initrd, append: append ?? '' };
+  else if (config.boot.kind === 'linux') {
+    if (initrd !== undefined) config.boot.initrd = initrd;
+    if (append !== undefined) config.boot.append = append;
+  }
+  if (firmware) config.boot = { kind: 'firmware', path: firmware };
+  if (flat) config.boot = { kind: 'flat', ...flat };
+  if (optionRoms.length) config.optionRoms = [...config.optionRoms, ...optionRoms];
+
+  const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
+  if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
+  return { command: 'run', config, stats, verbose };
+}
+
+function nonEmpty(flag: string, v: string): string {
+  if (!v.trim()) throw new UsageError(`${flag} needs a path`);
+  return v;
+}
+
+function parseFlat(v: string): { path: string; address: number } {
+  const at = v.lastIndexOf('@');
+  if (at < 0) return { path: nonEmpty('--flat', v), address: 0x1000 };
+  const addressText = v.slice(at + 1);
+  const address = Number(addressText);
+  if (!Number.isInteger(address) || address < 0) throw new UsageError(`--flat: "${addressText}" is not an address`);
+  return { path: nonEmpty('--flat', v.slice(0, at)), address };
+}
+
+export function isUserError(e: unknown): e is Error {
+  return e instanceof UsageError || e instanceof ConfigError;
+}

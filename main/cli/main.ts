@@ -1,0 +1,118 @@
+// `porthole`: runs one VM in this process. Errors a user can fix are one line on
+// stderr and a non-zero exit; nothing here prints a stack trace for them.
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConfigError } from '../vmm/config';
+import type { MachineEnd, MachineStats } from '../vmm/machine';
+import { VmHost } from '../vmm/vm-host';
+import { isUserError, parseArgs, USAGE } from './args';
+import { formatStats } from './stats';
+
+const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
+
+function readConfigFile(file: string): unknown {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`config file ${file} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** Why /dev/kvm cannot be used, as a sentence with the fix, or null. */
+export function kvmAccessProblem(device = '/dev/kvm'): string | null {
+  try {
+    fs.accessSync(device, fs.constants.R_OK | fs.constants.W_OK);
+    return null;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
+      return `${device} does not exist: enable virtualization (VT-x/AMD-V) in the firmware settings and load kvm_intel or kvm_amd`;
+    }
+    if (code === 'EACCES' || code === 'EPERM') {
+      return `cannot open ${device}: ${code} (permission denied); add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again`;
+    }
+    return `cannot open ${device}: ${code ?? (e as Error).message}`;
+  }
+}
+
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+    return pkg.version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+function exitCodeFor(end: MachineEnd): number {
+  switch (end.reason) {
+    case 'poweroff': return end.exitCode;
+    case 'stopped': return 0;
+    case 'reset': return 0;
+    case 'error': return 1;
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let command;
+  try {
+    command = parseArgs(argv, readConfigFile);
+  } catch (e) {
+    if (isUserError(e)) {
+      process.stderr.write(`porthole: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (command.command === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (command.command === 'version') {
+    process.stdout.write(`porthole ${packageVersion()}\n`);
+    return 0;
+  }
+  const problem = kvmAccessProblem();
+  if (problem) {
+    process.stderr.write(`porthole: ${problem}\n`);
+    return 1;
+  }
+  const { config, stats, verbose } = command;
+  const host = new VmHost(config);
+  host.on('endpoint', (ring, description) => {
+    if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);
+  });
+  if (verbose) host.on('log', (line) => process.stderr.write(`porthole: ${line}\n`));
+
+  const ended = new Promise<[MachineEnd, MachineStats]>((resolve) => host.once('ended', (end, s) => resolve([end, s])));
+  const onSignal = () => void host.stop();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+  try {
+    await host.start();
+  } catch (e) {
+    process.stderr.write(`porthole: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const [end, machineStats] = await ended;
+  if (end.reason === 'error') process.stderr.write(`porthole: the VM stopped with an error: ${end.message}\n`);
+  if (stats) process.stderr.write(formatStats(machineStats));
+  return exitCodeFor(end);
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: Error) => {
+      process.stderr.write(`porthole: internal error: ${e.stack ?? e.message}\n`);
+      process.exit(70);
+    },
+  );
+}

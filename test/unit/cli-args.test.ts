@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { parseArgs, UsageError } from '../../main/cli/args';
+import { kvmAccessProblem } from '../../main/cli/main';
+import { ConfigError, machineConfigFromJson, parseMemorySize, parseSerialBackend } from '../../main/vmm/config';
+
+const noFiles = (f: string): unknown => { throw new ConfigError(`no file ${f}`); };
+const MiB = 1024 * 1024;
+
+function run(argv: string[], files: Record<string, unknown> = {}) {
+  const r = parseArgs(['run', ...argv], (f) => (f in files ? files[f] : noFiles(f)));
+  assert.equal(r.command, 'run');
+  return r as Extract<typeof r, { command: 'run' }>;
+}
+
+test('memory sizes: a plain number is MiB, suffixes K/M/G/T work', () => {
+  assert.equal(parseMemorySize('256'), 256 * MiB);
+  assert.equal(parseMemorySize('512M'), 512 * MiB);
+  assert.equal(parseMemorySize('2G'), 2048 * MiB);
+  assert.equal(parseMemorySize('1.5G'), 1536 * MiB);
+  assert.equal(parseMemorySize('4096K'), 4 * MiB);
+  assert.equal(parseMemorySize('2GiB'), 2048 * MiB);
+  assert.throws(() => parseMemorySize('1X'), /not a number/);
+  assert.throws(() => parseMemorySize('1'), /too small/);
+  assert.throws(() => parseMemorySize('-5'), /not a number/);
+  assert.throws(() => parseMemorySize('2T'), /larger than 1 TiB/);
+});
+
+test('serial specs parse to backends and bad ones name the problem', () => {
+  assert.deepEqual(parseSerialBackend('stdio'), { kind: 'stdio' });
+  assert.deepEqual(parseSerialBackend('pty'), { kind: 'pty' });
+  assert.deepEqual(parseSerialBackend('/dev/ttyUSB0'), { kind: 'device', path: '/dev/ttyUSB0' });
+  assert.deepEqual(parseSerialBackend('tcp-listen:4555'), { kind: 'tcp', host: '127.0.0.1', port: 4555, listen: true });
+  assert.deepEqual(parseSerialBackend('tcp:10.0.0.1:23'), { kind: 'tcp', host: '10.0.0.1', port: 23, listen: false });
+  assert.deepEqual(parseSerialBackend('unix-listen:/tmp/s'), { kind: 'unix', path: '/tmp/s', listen: true });
+  assert.deepEqual(parseSerialBackend('file:/tmp/log'), { kind: 'file', path: '/tmp/log' });
+  assert.throws(() => parseSerialBackend('tcp:4555'), /tcp needs HOST:PORT/);
+  assert.throws(() => parseSerialBackend('tcp-listen:99999'), /not a TCP port/);
+  assert.throws(() => parseSerialBackend('bogus'), /not understood/);
+  assert.throws(() => parseSerialBackend('file:'), /needs a path/);
+});
+
+test('porthole run: kernel boot with initrd, append, memory, cpus and serial ports', () => {
+  const r = run(['--kernel', 'bz', '--initrd=rd', '--append', 'console=ttyS0', '--mem', '1G', '--cpus', '2',
+    '--serial', 'stdio', '--serial', 'pty', '--serial', 'com4=file:/tmp/x', '--stats']);
+  assert.deepEqual(r.config.boot, { kind: 'linux', kernel: 'bz', initrd: 'rd', append: 'console=ttyS0' });
+  assert.equal(r.config.memoryBytes, 1024 * MiB);
+  assert.equal(r.config.cpus, 2);
+  assert.deepEqual(r.config.serial.map((s) => s.kind), ['stdio', 'pty', 'none', 'file']);
+  assert.equal(r.stats, true);
+});
+
+test('porthole run: a config file is read and flags override it', () => {
+  const r = run(['--config', 'vm.json', '--mem', '512'], {
+    'vm.json': { version: 1, name: 'x', memory: '2G', cpus: 4, boot: { kind: 'firmware' }, serial: ['pty'] },
+  });
+  assert.equal(r.config.memoryBytes, 512 * MiB);
+  assert.equal(r.config.cpus, 4);
+  assert.equal(r.config.name, 'x');
+  assert.deepEqual(r.config.serial[0], { kind: 'pty' });
+});
+
+test('wrong arguments give one clear message', () => {
+  const bad: [string[], RegExp][] = [
+    [['--bogus'], /unknown option --bogus/],
+    [['--mem'], /--mem needs a value/],
+    [['--cpus', 'two'], /whole number from 1 to 64/],
+    [['--cpus', '65'], /whole number from 1 to 64/],
+    [['--kernel', 'a', '--firmware', 'b'], /choose one boot source/],
+    [['--initrd', 'x'], /need --kernel/],
+    [['--serial', 'stdio', '--debugcon', 'stdio'], /only one port can be connected to stdio/],
+    [['--serial', 'a', '--serial', 'b', '--serial', 'c', '--serial', 'd', '--serial', 'e'], /not understood|at most four/],
+    [['--config', 'missing.json'], /no file missing.json/],
+    [['stray'], /unexpected argument "stray"/],
+    [['--stats=yes'], /takes no value/],
+  ];
+  for (const [argv, re] of bad) {
+    assert.throws(() => run(argv), (e: Error) => (e instanceof UsageError || e instanceof ConfigError) && re.test(e.message), argv.join(' '));
+  }
+  assert.throws(() => parseArgs(['frobnicate'], noFiles), /unknown command "frobnicate"/);
+  assert.equal(parseArgs([], noFiles).command, 'help');
+  assert.equal(parseArgs(['run', '--help'], noFiles).command, 'help');
+});
+
+test('config files are validated strictly with the file name in the message', () => {
+  assert.throws(() => machineConfigFromJson([], 'a.json'), /a.json: the top level must be a JSON object/);
+  assert.throws(() => machineConfigFromJson({ version: 2 }, 'a.json'), /version 2 is not supported/);
+  assert.throws(() => machineConfigFromJson({ memry: 5 }, 'a.json'), /unknown field "memry"/);
+  assert.throws(() => machineConfigFromJson({ boot: { kind: 'linux' } }, 'a.json'), /boot.kernel must be a non-empty string/);
+  assert.throws(() => machineConfigFromJson({ serial: [1] }, 'a.json'), /serial\[0\] must be a non-empty string/);
+  assert.throws(() => machineConfigFromJson({ cpus: 1.5 }, 'a.json'), /cpus must be a whole number/);
+});
+
+test('a missing or inaccessible /dev/kvm is explained with the fix', () => {
+  assert.match(kvmAccessProblem('/nonexistent/kvm') ?? '', /does not exist: enable virtualization/);
+});
