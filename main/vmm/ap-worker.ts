@@ -2,7 +2,7 @@
 // the machine thread, which owns the device models.
 import { workerData } from 'node:worker_threads';
 import { EXIT, libc, RUN } from '../../native';
-import { COMMAND, ControlBlock, MAILBOX } from './shared';
+import { COMMAND, ControlBlock, kickVcpu, MAILBOX } from './shared';
 
 interface ApWorkerData {
   cpu: number;
@@ -11,6 +11,9 @@ interface ApWorkerData {
   runOffset: number;
   runSize: number;
   control: SharedArrayBuffer;
+  /** vCPU 0's kvm_run page, to set its immediate_exit when handing it an exit. */
+  bspRunBuffer: SharedArrayBuffer;
+  bspRunOffset: number;
 }
 
 const data = workerData as ApWorkerData;
@@ -18,6 +21,7 @@ const control = new ControlBlock(data.control);
 const run = new DataView(data.runBuffer, data.runOffset, data.runSize);
 const bytes = new Uint8Array(data.runBuffer, data.runOffset, data.runSize);
 const KVM_RUN = 0xae80;
+const kickBsp = () => kickVcpu(data.bspRunBuffer, data.bspRunOffset, control.tid(0));
 
 libc.installKickHandler();
 control.setTid(data.cpu, libc.gettid());
@@ -36,7 +40,7 @@ try {
     }
     if (r < 0) throw new libc.NativeError(`KVM_RUN (vCPU ${data.cpu})`, -r);
     if (run.getUint32(RUN.EXIT_REASON, true) === EXIT.INTR) continue;
-    if (control.postApExit(data.cpu) === MAILBOX.CANCELLED) break;
+    if (control.postApExit(data.cpu, kickBsp) === MAILBOX.CANCELLED) break;
   }
 } finally {
   control.setTid(data.cpu, 0);

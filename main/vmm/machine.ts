@@ -145,6 +145,7 @@ export class Machine implements MachineContext {
         workerData: {
           cpu: h.cpu, fd: h.vcpu.fd, runBuffer: h.vcpu.runBuffer, runOffset: h.vcpu.runBytes.byteOffset,
           runSize: h.vcpu.runBytes.length, control: control.buffer,
+          bspRunBuffer: this.bsp.runBuffer, bspRunOffset: this.bsp.runBytes.byteOffset,
         },
       });
       h.worker.on('error', (e) => this.end({ reason: 'error', message: `vCPU ${h.cpu} thread failed: ${e.message}` }));

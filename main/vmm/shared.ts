@@ -36,12 +36,15 @@ export class ControlBlock {
   tid(cpu: number): number { return Atomics.load(this.words, CTRL_TIDS + cpu); }
   get apPending(): number { return Atomics.load(this.words, CTRL_AP_PENDING); }
 
-  /** AP side: post an exit to the machine thread and block until it is handled. */
-  postApExit(cpu: number): number {
+  /**
+   * AP side: post an exit to the machine thread and block until it is handled.
+   * `kickBsp` must set vCPU 0's immediate_exit as well as signal it: the signal alone
+   * is lost if the machine thread is between KVM_RUN calls, and vCPU 0 may then halt.
+   */
+  postApExit(cpu: number, kickBsp: () => void): number {
     Atomics.store(this.words, CTRL_MAILBOX + cpu, MAILBOX.REQUEST);
     Atomics.add(this.words, CTRL_AP_PENDING, 1);
-    const bspTid = this.tid(0);
-    if (bspTid !== 0) kickThread(bspTid);
+    kickBsp();
     for (;;) {
       const v = Atomics.load(this.words, CTRL_MAILBOX + cpu);
       if (v !== MAILBOX.REQUEST) {

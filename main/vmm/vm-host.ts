@@ -10,7 +10,7 @@ import type { HostToMachine, MachineThreadData } from './machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from './machine';
 import { DEBUGCON_RING } from './platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
-import { ByteRing, COMMAND, ControlBlock, kickVcpu, STATE } from './shared';
+import { ByteRing, COMMAND, ControlBlock, kickVcpu } from './shared';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -35,7 +35,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private endpoints: (SerialEndpoint | null)[] = [];
   private _state: VmState = 'stopped';
   private resetCount = 0;
+  private launchedAt = 0;
   private stopRequested = false;
+  private userResetRequested = false;
   private statsWaiters: ((s: MachineStats) => void)[] = [];
   /** Maximum guest-initiated resets in a row before the VM is stopped (a reset loop). */
   maxResets = 1000;
@@ -78,6 +80,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   private launchMachine(): Promise<void> {
     this.control = new ControlBlock();
+    this.launchedAt = Date.now();
     const data: MachineThreadData = {
       config: this.config,
       control: this.control.buffer,
@@ -126,8 +129,17 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.worker = null;
     void worker?.terminate();
     this.drainRings();
-    if (end.reason === 'reset' && !this.stopRequested && this.resetCount++ < this.maxResets) {
-      this.emit('log', 'guest reset');
+    const userReset = this.userResetRequested && end.reason === 'stopped';
+    this.userResetRequested = false;
+    // A guest that has run a while since its last reset is not in a reset loop.
+    if (Date.now() - this.launchedAt > 10000) this.resetCount = 0;
+    if ((end.reason === 'reset' || userReset) && !this.stopRequested) {
+      if (this.resetCount++ >= this.maxResets) {
+        this.finish({ reason: 'error', message: `the guest reset ${this.maxResets} times in a row; stopped it` }, stats);
+        return;
+      }
+      this.emit('log', userReset ? 'reset by the user' : 'guest reset');
+      this.setState('starting');
       this.launchMachine().catch((e: Error) => this.finish({ reason: 'error', message: e.message }, stats));
       return;
     }
@@ -212,24 +224,25 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     return done;
   }
 
-  /** A hard reset from the user: the machine is rebuilt as on a guest reset. */
-  async reset(): Promise<void> {
-    if (this._state !== 'running' && this._state !== 'paused') throw new Error(`cannot reset a VM that is ${this._state}`);
-    this.resetCount = 0;
-    const worker = this.worker;
-    if (!worker) return;
-    const ended = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  /** A hard reset from the user: the machine is rebuilt, as on a guest reset. */
+  reset(): Promise<void> {
+    if (this._state !== 'running' && this._state !== 'paused') {
+      return Promise.reject(new Error(`cannot reset a VM that is ${this._state}`));
+    }
+    this.userResetRequested = true;
+    const relaunched = new Promise<void>((resolve) => {
+      const onState = (s: VmState) => {
+        if (s === 'running' || s === 'stopped') {
+          this.off('state', onState);
+          resolve();
+        }
+      };
+      this.on('state', onState);
+    });
     this.control.setCommand(COMMAND.STOP);
     for (let cpu = 0; cpu < this.runPages.length; cpu++) this.kick(cpu);
-    worker.postMessage({ type: 'resume' } satisfies HostToMachine);
-    // onMachineEnded sees reason "stopped"; mark it as a reset by relaunching here.
-    worker.removeAllListeners('message');
-    worker.on('message', (m: MachineToHost) => {
-      if (m.type === 'ended') void worker.terminate();
-    });
-    await ended;
-    this.setState('starting');
-    await this.launchMachine();
+    this.worker?.postMessage({ type: 'resume' } satisfies HostToMachine);
+    return relaunched;
   }
 
   /** Exit and device counters from the running machine. */
@@ -239,10 +252,6 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.statsWaiters.push(resolve);
       this.post({ type: 'stats' });
     });
-  }
-
-  get machineState(): number {
-    return this.control.state === STATE.STOPPED ? STATE.STOPPED : this.control.state;
   }
 }
 
