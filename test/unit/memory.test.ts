@@ -1,0 +1,55 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { allocateRam, allocateRom, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory';
+import { Prng } from '../helpers/prng';
+
+test('small guests get one low RAM region', () => {
+  const regions = allocateRam(64 * MiB);
+  assert.deepEqual(regions.map((r) => [r.guestBase, r.size, r.name]), [[0, 64 * MiB, 'ram-low']]);
+});
+
+test('RAM beyond the PCI hole is placed above 4 GiB', () => {
+  const regions = allocateRam(PCI_HOLE_START + 64 * MiB);
+  assert.deepEqual(regions.map((r) => [r.guestBase, r.size]), [[0, PCI_HOLE_START], [FOUR_GIB, 64 * MiB]]);
+  const mem = new GuestMemory(regions);
+  assert.equal(mem.ramSize, PCI_HOLE_START + 64 * MiB);
+  mem.writeU32(FOUR_GIB + 8, 0xdeadbeef);
+  assert.equal(mem.readU32(FOUR_GIB + 8), 0xdeadbeef);
+  assert.equal(mem.contains(PCI_HOLE_START, 1), false);
+  assert.throws(() => mem.readU32(PCI_HOLE_START - 2), GuestMemoryError);
+});
+
+test('bad sizes are refused', () => {
+  assert.throws(() => allocateRam(1 * MiB), /at least 2 MiB/);
+  assert.throws(() => allocateRam(3 * MiB + 5), /multiple of 4 KiB/);
+});
+
+test('guest memory views are bounds checked and ROM is read-only', () => {
+  const mem = new GuestMemory([...allocateRam(4 * MiB), allocateRom(0xfffff000, new Uint8Array([1, 2, 3]), 'rom')]);
+  assert.deepEqual([...mem.read(0xfffffffd, 3)], [1, 2, 3]);
+  assert.throws(() => mem.write(0xfffffffd, new Uint8Array(1)), /read-only/);
+  assert.throws(() => mem.slice(4 * MiB - 2, 4), /outside guest memory/);
+  assert.throws(() => mem.slice(-1, 1), /invalid/);
+  assert.throws(() => mem.slice(0, -1), /invalid/);
+  assert.throws(() => mem.slice(1.5, 1), /invalid/);
+  assert.throws(() => mem.slice(2 ** 60, 1), /invalid/);
+  assert.equal(mem.slice(4 * MiB, 0).length, 0);
+});
+
+test('fuzz: any address and length either maps inside one region or throws GuestMemoryError', () => {
+  const mem = new GuestMemory(allocateRam(4 * MiB));
+  const rng = new Prng(1234);
+  const edges = [0, 1, 4095, 4096, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 0xffffffff, 2 ** 32, 2 ** 53];
+  for (let i = 0; i < 20000; i++) {
+    const gpa = rng.below(3) === 0 ? rng.pick(edges) - rng.below(8) : rng.next() % (8 * MiB);
+    const len = rng.below(4) === 0 ? rng.pick([0, 1, 8, 4096, 4 * MiB, 2 ** 31]) : rng.below(9000);
+    try {
+      const view = mem.slice(gpa, len);
+      assert.ok(gpa >= 0 && gpa + len <= 4 * MiB, `mapped out-of-range ${gpa}+${len}`);
+      assert.equal(view.length, len);
+    } catch (e) {
+      assert.ok(e instanceof GuestMemoryError, `unexpected ${(e as Error).name} for ${gpa}+${len}`);
+      assert.ok(!(gpa >= 0 && Number.isSafeInteger(gpa) && gpa + len <= 4 * MiB && len >= 0));
+    }
+  }
+});
