@@ -1,0 +1,338 @@
+// The contract between the UI and main: every call, every event, every error.
+// The renderer sees exactly this as `window.porthole`, in Electron (preload) and in
+// browser mode (main/api/web-client.ts). This file imports nothing: the renderer may
+// import it, and so may main.
+//
+// Rules every implementation follows:
+// - Every call returns a Promise. A failed call rejects with an ApiError-shaped value
+//   `{ code, message }` whose message is one sentence for the UI. Use `toApiError(e)` to
+//   turn whatever was caught into one.
+// - Every argument is validated in main (main/api/schema.ts); the renderer may run the
+//   same validators to show problems as the user types.
+// - Events arrive in order through `onEvent`. A VM's full summary is re-sent whenever
+//   anything about it changes, so the UI can simply replace what it holds.
+
+export const API_VERSION = 1;
+
+// ---------------------------------------------------------------------------------
+// Errors
+
+export type ApiErrorCode =
+  /** An argument has the wrong type, shape or range (the message names the field). */
+  | 'invalid-argument'
+  /** No VM with that id (or a file that does not exist). */
+  | 'not-found'
+  /** The VM is in a state where this call makes no sense, e.g. pausing a stopped VM. */
+  | 'invalid-state'
+  /** The platform cannot do this here, e.g. native file dialogs in browser mode. */
+  | 'unsupported'
+  /** The VM process or the VMM refused or failed (the message says why). */
+  | 'vm-failed'
+  /** Reading or writing the VM library failed. */
+  | 'io'
+  /** The call did not finish in time (e.g. a VM that does not stop; use force-off). */
+  | 'timeout'
+  /** Browser mode only: the token is missing or wrong, or the page is not ours. */
+  | 'unauthorized'
+  /** A bug in Porthole. The message still is a sentence; details are in the app log. */
+  | 'internal';
+
+export const API_ERROR_CODES: readonly ApiErrorCode[] = [
+  'invalid-argument', 'not-found', 'invalid-state', 'unsupported', 'vm-failed', 'io', 'timeout', 'unauthorized', 'internal',
+];
+
+export interface ApiErrorShape {
+  code: ApiErrorCode;
+  message: string;
+}
+
+export class ApiError extends Error implements ApiErrorShape {
+  constructor(readonly code: ApiErrorCode, message: string) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  toJSON(): ApiErrorShape {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isApiErrorShape(e: unknown): e is ApiErrorShape {
+  if (typeof e !== 'object' || e === null) return false;
+  const r = e as Record<string, unknown>;
+  return typeof r.message === 'string' && typeof r.code === 'string' && (API_ERROR_CODES as readonly string[]).includes(r.code);
+}
+
+/** Whatever a call rejected with, as an ApiError whose message can be shown as is. */
+export function toApiError(e: unknown): ApiError {
+  if (e instanceof ApiError) return e;
+  if (isApiErrorShape(e)) return new ApiError(e.code, e.message);
+  return new ApiError('internal', 'Something went wrong inside Porthole; the app log has the details.');
+}
+
+// ---------------------------------------------------------------------------------
+// VM specs: what the user creates and edits (stored in the library)
+
+/** Lower-case letters, digits and dashes, 1..64 chars, starting with a letter or digit. Chosen by main. */
+export type VmId = string;
+export const VM_ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,63}$/;
+
+export const LIMITS = {
+  nameMaxLength: 64,
+  memoryMiBMin: 2,
+  memoryMiBMax: 1024 * 1024,
+  cpusMin: 1,
+  cpusMax: 64,
+  pathMaxLength: 4096,
+  cmdlineMaxLength: 4096,
+  disksMax: 8,
+  optionRomsMax: 8,
+  /** Bytes of one console input call (after UTF-8 encoding). */
+  consoleInputMaxBytes: 64 * 1024,
+  /** Scroll-back the manager keeps per console stream. */
+  consoleScrollbackBytes: 256 * 1024,
+  /** Log lines kept per VM (returned by getVmLog and in crash reports). */
+  logLines: 500,
+} as const;
+
+/**
+ * Where a COM port is connected besides the app's console. Unless the setting is
+ * "none", the app's console shows the port's output (with scroll-back) and can type
+ * into it: a forward is an extra host endpoint, not a replacement. Input from the
+ * console and from the forward are merged; output goes to both.
+ *
+ *   "ui"                  the app's console only (the default for COM1)
+ *   "none"                nothing connected: the guest still sees the UART (a PC has
+ *                         COM1..COM4), its output is dropped and the console cannot type
+ *   "pty"                 a pseudo-terminal; its /dev/pts path is in VmSummary.endpoints
+ *   "tcp-listen:4555"     a TCP server on 127.0.0.1:4555 ("tcp-listen:HOST:PORT" picks the address)
+ *   "tcp:HOST:PORT"       connect to a TCP server
+ *   "unix:PATH" / "unix-listen:PATH"   a Unix socket (connect / listen)
+ *   "file:/path/to/log"   append output to a file (input only from the console)
+ *   "/dev/ttyUSB0"        a real serial device (any absolute /dev path)
+ */
+export type SerialForward = string;
+
+export type BootSpec =
+  | {
+    kind: 'firmware';
+    /** SeaBIOS image; empty means the system's (Debian: /usr/share/seabios/bios-256k.bin). */
+    firmware: string;
+    /** Disk images, in boot order. */
+    disks: string[];
+    /** An ISO image for a CD drive, or "" for none. */
+    cdrom: string;
+    /** Extra option ROM files handed to the firmware (advanced; tests use it). */
+    optionRoms: string[];
+  }
+  | {
+    kind: 'linux';
+    kernel: string;
+    /** "" for none. */
+    initrd: string;
+    cmdline: string;
+  }
+  | {
+    /** A raw real-mode test program loaded at 0x1000 and run from its first byte. */
+    kind: 'flat';
+    path: string;
+  };
+
+export type BootKind = BootSpec['kind'];
+
+export interface VmSpec {
+  /** Shown in the library; 1..64 characters, not unique. */
+  name: string;
+  /** Whole MiB, LIMITS.memoryMiBMin..LIMITS.memoryMiBMax. */
+  memoryMiB: number;
+  cpus: number;
+  boot: BootSpec;
+  /** COM1..COM4: exactly four entries. */
+  serial: [SerialForward, SerialForward, SerialForward, SerialForward];
+  /** QEMU's isa-debug-exit port 0xf4, which lets a test program power the VM off with a status. */
+  debugExit: boolean;
+}
+
+/** A good starting point for the "New VM" dialog. */
+export function defaultVmSpec(): VmSpec {
+  return {
+    name: 'New VM',
+    memoryMiB: 512,
+    cpus: 1,
+    boot: { kind: 'firmware', firmware: '', disks: [], cdrom: '', optionRoms: [] },
+    serial: ['ui', 'none', 'none', 'none'],
+    debugExit: false,
+  };
+}
+
+/** One problem with one field of a VmSpec, for showing next to that field. */
+export interface FieldProblem {
+  /** A dotted path into VmSpec: "name", "memoryMiB", "boot.kernel", "boot.disks.1", "serial.0". */
+  field: string;
+  message: string;
+}
+
+// ---------------------------------------------------------------------------------
+// VMs as the UI sees them
+
+export type VmState =
+  | 'stopped'
+  /** The VM process is starting or the machine is being built. */
+  | 'starting'
+  | 'running'
+  | 'paused'
+  | 'stopping'
+  /** The VM process died unexpectedly: see `lastExit`. Start it again to recover. */
+  | 'crashed';
+
+/** The console streams of a VM: COM1..COM4 and the firmware debug console (port 0x402, output only). */
+export type ConsolePort = 'com1' | 'com2' | 'com3' | 'com4' | 'debugcon';
+export const CONSOLE_PORTS: readonly ConsolePort[] = ['com1', 'com2', 'com3', 'com4', 'debugcon'];
+
+/** How the last run of a VM ended. */
+export interface VmExitInfo {
+  /** ISO 8601 time. */
+  at: string;
+  kind:
+    /** The guest powered off (ACPI or isa-debug-exit). */
+    | 'poweroff'
+    /** Stopped from the UI. */
+    | 'stopped'
+    /** Forced off from the UI (the VM process was killed). */
+    | 'forced-off'
+    /** The VMM stopped the machine because of an error (message says which). */
+    | 'error'
+    /** The VM process died: see exitCode/signal and logTail. */
+    | 'crashed';
+  /** One sentence for the UI, e.g. "The VM process was killed by signal SIGKILL." */
+  message: string;
+  /** Guest exit status (isa-debug-exit) or the VM process's exit code. */
+  exitCode: number | null;
+  /** The signal that ended the VM process, e.g. "SIGKILL". */
+  signal: string | null;
+  /** The last lines of the VM's log (VMM log and the VM process's stderr). */
+  logTail: string[];
+}
+
+export interface VmSummary {
+  id: VmId;
+  spec: VmSpec;
+  state: VmState;
+  /** ISO 8601 times. */
+  createdAt: string;
+  updatedAt: string;
+  /** Host ends of forwarded ports while running, e.g. { com1: "/dev/pts/5" }. */
+  endpoints: Partial<Record<ConsolePort, string>>;
+  lastExit: VmExitInfo | null;
+}
+
+/** A library file that could not be loaded; it is skipped, the others load. */
+export interface LibraryProblem {
+  /** The file's name inside the library directory. */
+  file: string;
+  reason: string;
+}
+
+export interface VmList {
+  vms: VmSummary[];
+  problems: LibraryProblem[];
+}
+
+export interface VmStats {
+  /** VM exits by reason since the machine was built. */
+  exits: Record<string, number>;
+  devices: { name: string; reads: number; writes: number }[];
+}
+
+// ---------------------------------------------------------------------------------
+// App
+
+export interface AppInfo {
+  appVersion: string;
+  apiVersion: number;
+  mode: 'electron' | 'browser';
+  capabilities: {
+    /** true in Electron: use chooseFile. false in browser mode: show a path field. */
+    nativeFileDialogs: boolean;
+  };
+  /** The directory holding one JSON file per VM. */
+  libraryDir: string;
+  /** Whether /dev/kvm can be opened; if not, `kvmProblem` says why in one sentence. */
+  kvmAvailable: boolean;
+  kvmProblem: string | null;
+}
+
+export type FilePurpose = 'disk' | 'cdrom' | 'kernel' | 'initrd' | 'firmware' | 'option-rom' | 'flat';
+
+export interface FileChoice {
+  purpose: FilePurpose;
+  /** Title of the dialog; a sensible default per purpose when absent. */
+  title?: string;
+}
+
+// ---------------------------------------------------------------------------------
+// Events
+
+export type PortholeEvent =
+  /** A VM was created, edited, or changed state / endpoints / lastExit. */
+  | { type: 'vm-updated'; vm: VmSummary }
+  | { type: 'vm-removed'; id: VmId }
+  /** The connection to main was lost (browser mode) or re-established; refresh on "connected". */
+  | { type: 'connection'; status: 'connected' | 'disconnected' };
+
+/** Called with bytes from a console stream, in order, starting with the scroll-back. */
+export type ConsoleListener = (data: Uint8Array) => void;
+
+// ---------------------------------------------------------------------------------
+// The API
+
+export interface PortholeApi {
+  getInfo(): Promise<AppInfo>;
+
+  /** Every VM in the library plus the files that could not be loaded. */
+  listVms(): Promise<VmList>;
+  getVm(id: VmId): Promise<VmSummary>;
+  /** Problems with a spec, including files that do not exist; [] when it is good. */
+  checkVmSpec(spec: VmSpec): Promise<FieldProblem[]>;
+  createVm(spec: VmSpec): Promise<VmSummary>;
+  /** Only while the VM is stopped or crashed. */
+  updateVm(id: VmId, spec: VmSpec): Promise<VmSummary>;
+  /** Only while the VM is stopped or crashed. */
+  deleteVm(id: VmId): Promise<void>;
+
+  /** Resolves once the VM runs; rejects with a sentence saying why it could not start. */
+  startVm(id: VmId): Promise<VmSummary>;
+  /** A clean stop of the machine; resolves once stopped. Rejects with "timeout" if it hangs: use forceOffVm. */
+  stopVm(id: VmId): Promise<VmSummary>;
+  /** Kills the VM process at once. */
+  forceOffVm(id: VmId): Promise<VmSummary>;
+  pauseVm(id: VmId): Promise<VmSummary>;
+  resumeVm(id: VmId): Promise<VmSummary>;
+  /** A hard reset: the machine is rebuilt as if powered on again. */
+  resetVm(id: VmId): Promise<VmSummary>;
+
+  /** The last lines of the VM's log (kept across runs, bounded). */
+  getVmLog(id: VmId): Promise<string[]>;
+  getVmStats(id: VmId): Promise<VmStats>;
+
+  /**
+   * Streams a console's output to `listener`: first the scroll-back the manager kept,
+   * then live bytes, nothing lost or repeated. Works whether or not the VM runs (a
+   * stream outlives VM restarts). Resolves to a function that ends the stream.
+   */
+  openConsole(id: VmId, port: ConsolePort, listener: ConsoleListener): Promise<() => void>;
+  /** Types into a COM port (UTF-8 encoded). Only while running or paused; not for "debugcon". */
+  sendConsoleInput(id: VmId, port: ConsolePort, data: string): Promise<void>;
+
+  /** The native file dialog (Electron only; see AppInfo.capabilities). Resolves to null if cancelled. */
+  chooseFile(choice: FileChoice): Promise<string | null>;
+
+  /** Subscribes to events; returns the unsubscribe function. */
+  onEvent(listener: (event: PortholeEvent) => void): () => void;
+}
+
+declare global {
+  interface Window {
+    porthole: PortholeApi;
+  }
+}

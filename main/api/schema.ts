@@ -1,0 +1,252 @@
+// Runtime validators for everything that crosses the contract. Pure functions with no
+// Node or DOM imports: main validates every call with them, and the renderer may use
+// them to show problems while the user types. Messages are sentences for the UI.
+import {
+  ApiError, CONSOLE_PORTS, LIMITS, VM_ID_PATTERN,
+  type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type VmSpec,
+} from './contract';
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+const FILE_PURPOSES: readonly FilePurpose[] = ['disk', 'cdrom', 'kernel', 'initrd', 'firmware', 'option-rom', 'flat'];
+
+/** Why `text` is not a COM port forward (see SerialForward), or null if it is one. */
+export function serialForwardProblem(text: unknown): string | null {
+  if (typeof text !== 'string') return 'must be text such as "ui", "pty" or "tcp-listen:4555"';
+  const t = text.trim();
+  if (t !== text || t === '') return 'must not be empty or start or end with spaces';
+  if (t.length > LIMITS.pathMaxLength) return `must be at most ${LIMITS.pathMaxLength} characters`;
+  if (/[\0\r\n]/.test(t)) return 'must not contain control characters';
+  if (t === 'ui' || t === 'none' || t === 'pty') return null;
+  if (t.startsWith('/dev/')) return t.length > 5 ? null : 'needs a device name after /dev/';
+  const colon = t.indexOf(':');
+  const scheme = colon < 0 ? t : t.slice(0, colon);
+  const rest = colon < 0 ? '' : t.slice(colon + 1);
+  switch (scheme) {
+    case 'file':
+    case 'unix':
+    case 'unix-listen':
+      if (!rest.startsWith('/')) return `"${scheme}:" needs an absolute path, e.g. ${scheme}:/tmp/com1`;
+      return null;
+    case 'tcp':
+    case 'tcp-listen': {
+      const i = rest.lastIndexOf(':');
+      const portText = i < 0 ? rest : rest.slice(i + 1);
+      const port = Number(portText);
+      if (!/^\d{1,5}$/.test(portText) || port < 1 || port > 65535) return `"${portText}" is not a TCP port (1 to 65535)`;
+      if (scheme === 'tcp' && (i <= 0)) return '"tcp:" needs HOST:PORT, e.g. tcp:127.0.0.1:4555';
+      return null;
+    }
+    default:
+      return 'is not understood: use ui, none, pty, tcp-listen:PORT, tcp:HOST:PORT, unix:PATH, unix-listen:PATH, file:PATH or a /dev path';
+  }
+}
+
+function pathProblem(v: unknown, optional: boolean): string | null {
+  if (typeof v !== 'string') return 'must be a file path';
+  if (v === '') return optional ? null : 'is required';
+  if (v.length > LIMITS.pathMaxLength) return `must be at most ${LIMITS.pathMaxLength} characters`;
+  if (v.includes('\0')) return 'must not contain NUL characters';
+  if (!v.startsWith('/')) return 'must be an absolute path (starting with /)';
+  return null;
+}
+
+const FIELD_LABELS: Record<string, string> = {
+  name: 'Name',
+  memoryMiB: 'Memory',
+  cpus: 'vCPUs',
+  boot: 'Boot source',
+  'boot.kind': 'Boot source',
+  'boot.firmware': 'Firmware',
+  'boot.disks': 'Disk images',
+  'boot.cdrom': 'ISO image',
+  'boot.optionRoms': 'Option ROMs',
+  'boot.kernel': 'Kernel',
+  'boot.initrd': 'Initrd',
+  'boot.cmdline': 'Kernel command line',
+  'boot.path': 'Test program',
+  serial: 'Serial ports',
+  debugExit: 'Debug exit',
+};
+
+/** "boot.disks.1" → "Disk image 2", "serial.0" → "COM1", else the label of the field. */
+export function fieldLabel(field: string): string {
+  const disk = /^boot\.disks\.(\d+)$/.exec(field);
+  if (disk) return `Disk image ${Number(disk[1]) + 1}`;
+  const rom = /^boot\.optionRoms\.(\d+)$/.exec(field);
+  if (rom) return `Option ROM ${Number(rom[1]) + 1}`;
+  const com = /^serial\.(\d)$/.exec(field);
+  if (com) return `COM${Number(com[1]) + 1}`;
+  return FIELD_LABELS[field] ?? field;
+}
+
+function problem(field: string, what: string): FieldProblem {
+  return { field, message: `${fieldLabel(field)} ${what}.` };
+}
+
+function unknownKeys(r: Record<string, unknown>, allowed: readonly string[], prefix: string, out: FieldProblem[]): void {
+  for (const k of Object.keys(r)) {
+    if (!allowed.includes(k)) out.push({ field: prefix + k, message: `"${prefix}${k}" is not a setting Porthole knows.` });
+  }
+}
+
+function pathListProblems(v: unknown, field: string, max: number, out: FieldProblem[]): void {
+  if (!Array.isArray(v)) {
+    out.push(problem(field, 'must be a list of file paths'));
+    return;
+  }
+  if (v.length > max) out.push(problem(field, `may have at most ${max} entries`));
+  v.slice(0, max).forEach((p, i) => {
+    const why = pathProblem(p, false);
+    if (why) out.push(problem(`${field}.${i}`, why));
+  });
+}
+
+function bootProblems(b: unknown, out: FieldProblem[]): void {
+  if (!isRecord(b)) {
+    out.push(problem('boot', 'must be chosen'));
+    return;
+  }
+  const check = (key: string, optional: boolean) => {
+    const why = pathProblem(b[key], optional);
+    if (why) out.push(problem(`boot.${key}`, why));
+  };
+  switch (b.kind) {
+    case 'firmware':
+      unknownKeys(b, ['kind', 'firmware', 'disks', 'cdrom', 'optionRoms'], 'boot.', out);
+      check('firmware', true);
+      pathListProblems(b.disks, 'boot.disks', LIMITS.disksMax, out);
+      check('cdrom', true);
+      pathListProblems(b.optionRoms, 'boot.optionRoms', LIMITS.optionRomsMax, out);
+      break;
+    case 'linux':
+      unknownKeys(b, ['kind', 'kernel', 'initrd', 'cmdline'], 'boot.', out);
+      check('kernel', false);
+      check('initrd', true);
+      if (typeof b.cmdline !== 'string') out.push(problem('boot.cmdline', 'must be text'));
+      else if (b.cmdline.length > LIMITS.cmdlineMaxLength) out.push(problem('boot.cmdline', `must be at most ${LIMITS.cmdlineMaxLength} characters`));
+      else if (/[\0\r\n]/.test(b.cmdline)) out.push(problem('boot.cmdline', 'must be a single line'));
+      break;
+    case 'flat':
+      unknownKeys(b, ['kind', 'path'], 'boot.', out);
+      check('path', false);
+      break;
+    default:
+      out.push(problem('boot.kind', 'must be "firmware", "linux" or "flat"'));
+  }
+}
+
+/**
+ * Every shape and range problem of a VM spec, in field order; [] when it is good.
+ * File existence is checked by main (checkVmSpec), not here.
+ */
+export function vmSpecProblems(input: unknown): FieldProblem[] {
+  const out: FieldProblem[] = [];
+  if (!isRecord(input)) return [{ field: '', message: 'The VM settings must be an object.' }];
+  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit'], '', out);
+  const name = input.name;
+  if (typeof name !== 'string' || name.trim() === '') out.push(problem('name', 'is required'));
+  else if (name.length > LIMITS.nameMaxLength) out.push(problem('name', `must be at most ${LIMITS.nameMaxLength} characters`));
+  else if (/[\u0000-\u001f\u007f]/.test(name)) out.push(problem('name', 'must not contain control characters'));
+  const mem = input.memoryMiB;
+  if (typeof mem !== 'number' || !Number.isInteger(mem) || mem < LIMITS.memoryMiBMin || mem > LIMITS.memoryMiBMax) {
+    out.push(problem('memoryMiB', `must be a whole number of MiB from ${LIMITS.memoryMiBMin} to ${LIMITS.memoryMiBMax}`));
+  }
+  const cpus = input.cpus;
+  if (typeof cpus !== 'number' || !Number.isInteger(cpus) || cpus < LIMITS.cpusMin || cpus > LIMITS.cpusMax) {
+    out.push(problem('cpus', `must be a whole number from ${LIMITS.cpusMin} to ${LIMITS.cpusMax}`));
+  }
+  bootProblems(input.boot, out);
+  if (!Array.isArray(input.serial) || input.serial.length !== 4) {
+    out.push(problem('serial', 'must list exactly four ports (COM1 to COM4)'));
+  } else {
+    input.serial.forEach((s, i) => {
+      const why = serialForwardProblem(s);
+      if (why) out.push(problem(`serial.${i}`, why));
+    });
+  }
+  if (typeof input.debugExit !== 'boolean') out.push(problem('debugExit', 'must be true or false'));
+  return out;
+}
+
+function copyBoot(b: BootSpec): BootSpec {
+  switch (b.kind) {
+    case 'firmware':
+      return { kind: 'firmware', firmware: b.firmware, disks: [...b.disks], cdrom: b.cdrom, optionRoms: [...b.optionRoms] };
+    case 'linux':
+      return { kind: 'linux', kernel: b.kernel, initrd: b.initrd, cmdline: b.cmdline };
+    case 'flat':
+      return { kind: 'flat', path: b.path };
+  }
+}
+
+/** A validated copy of `input` (no extra fields survive), or ApiError naming the first problem. */
+export function parseVmSpec(input: unknown): VmSpec {
+  const problems = vmSpecProblems(input);
+  if (problems.length > 0) throw new ApiError('invalid-argument', problems[0].message);
+  const s = input as VmSpec;
+  return {
+    name: s.name,
+    memoryMiB: s.memoryMiB,
+    cpus: s.cpus,
+    boot: copyBoot(s.boot),
+    serial: [s.serial[0], s.serial[1], s.serial[2], s.serial[3]],
+    debugExit: s.debugExit,
+  };
+}
+
+export function parseVmId(input: unknown): string {
+  if (typeof input !== 'string' || !VM_ID_PATTERN.test(input)) {
+    throw new ApiError('invalid-argument', 'That is not a VM id.');
+  }
+  return input;
+}
+
+export function parseConsolePort(input: unknown): ConsolePort {
+  if (typeof input !== 'string' || !(CONSOLE_PORTS as readonly string[]).includes(input)) {
+    throw new ApiError('invalid-argument', 'The console port must be com1, com2, com3, com4 or debugcon.');
+  }
+  return input as ConsolePort;
+}
+
+/** COM port index 0..3 of a console port, or null for the debug console. */
+export function comIndex(port: ConsolePort): number | null {
+  const i = CONSOLE_PORTS.indexOf(port);
+  return i < 4 ? i : null;
+}
+
+export function parseConsoleInput(input: unknown): string {
+  if (typeof input !== 'string') throw new ApiError('invalid-argument', 'Console input must be text.');
+  // UTF-8 needs at most 3 bytes per UTF-16 unit; the exact limit is checked after encoding.
+  if (input.length > LIMITS.consoleInputMaxBytes) {
+    throw new ApiError('invalid-argument', `Console input is limited to ${LIMITS.consoleInputMaxBytes} bytes per call.`);
+  }
+  return input;
+}
+
+export function parseFileChoice(input: unknown): FileChoice {
+  if (!isRecord(input) || typeof input.purpose !== 'string' || !(FILE_PURPOSES as readonly string[]).includes(input.purpose)) {
+    throw new ApiError('invalid-argument', `The file choice needs a purpose: ${FILE_PURPOSES.join(', ')}.`);
+  }
+  for (const k of Object.keys(input)) {
+    if (k !== 'purpose' && k !== 'title') throw new ApiError('invalid-argument', `"${k}" is not a file choice setting.`);
+  }
+  if (input.title !== undefined && (typeof input.title !== 'string' || input.title.length > 200)) {
+    throw new ApiError('invalid-argument', 'The dialog title must be text of at most 200 characters.');
+  }
+  return { purpose: input.purpose as FilePurpose, title: input.title as string | undefined };
+}
+
+/** The subscription id a client picks for a console stream (wire protocol only). */
+export function parseSubscriptionId(input: unknown): string {
+  if (typeof input !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(input)) {
+    throw new ApiError('invalid-argument', 'That is not a console subscription id.');
+  }
+  return input;
+}
+
+export function isSerialForward(v: unknown): v is SerialForward {
+  return serialForwardProblem(v) === null;
+}

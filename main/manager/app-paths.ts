@@ -1,0 +1,18 @@
+// Where the app's own files are, relative to the compiled code in dist/main/….
+import fs from 'node:fs';
+import path from 'node:path';
+
+/** The directory holding package.json and dist/ (the repository, or the packaged app). */
+export const APP_ROOT = path.resolve(__dirname, '..', '..', '..');
+
+/** The renderer's Vite build (renderer/vite.config.ts writes here). */
+export const RENDERER_DIR = path.join(APP_ROOT, 'dist', 'renderer');
+
+export function appVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(APP_ROOT, 'package.json'), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}

@@ -1,0 +1,33 @@
+// Messages between the manager and one VM process (main/manager/vm-process.ts).
+// Carried by child_process IPC with "advanced" serialization under Node, and by
+// utilityProcess's MessagePort under Electron; both clone Uint8Arrays.
+import type { MachineConfig } from '../vmm/config';
+import type { MachineEnd, MachineStats } from '../vmm/machine';
+import type { VmState as HostState } from '../vmm/vm-host';
+
+export type VmCommand = 'stop' | 'pause' | 'resume' | 'reset' | 'stats';
+
+export type ManagerToVm =
+  | { type: 'start'; config: MachineConfig }
+  | { type: 'command'; id: number; command: VmCommand }
+  /** Host → guest bytes for COM port `port` (0..3). */
+  | { type: 'input'; port: number; data: Uint8Array };
+
+export type VmToManager =
+  /** The process is up and waits for "start". */
+  | { type: 'ready' }
+  | { type: 'started' }
+  | { type: 'start-failed'; message: string }
+  | { type: 'state'; state: HostState }
+  /** Guest output, batched; ring 0..3 = COM1..COM4, 4 = debug console. */
+  | { type: 'output'; ring: number; data: Uint8Array }
+  | { type: 'endpoint'; ring: number; description: string }
+  | { type: 'log'; line: string }
+  | { type: 'reply'; id: number; ok: true; stats?: MachineStats }
+  | { type: 'reply'; id: number; ok: false; message: string }
+  /** The machine ended; the process exits right after (code 0, or non-zero if the process itself failed). */
+  | { type: 'ended'; end: MachineEnd; stats: MachineStats };
+
+/** How long guest output is held to batch it into fewer messages. */
+export const OUTPUT_BATCH_MS = 10;
+export const OUTPUT_BATCH_BYTES = 64 * 1024;

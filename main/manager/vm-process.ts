@@ -1,0 +1,173 @@
+// Entry of a VM process: one VM per process, so a crashing VM takes down nothing else.
+// Runs a VmHost for the config the manager sends and speaks the protocol in
+// vm-process-protocol.ts over child_process IPC (Node) or the utilityProcess parent
+// port (Electron).
+//
+// process.exit() hangs while a thread is inside KVM_RUN, so every way out stops the
+// machine first; if even that hangs, the process kills itself with SIGKILL.
+import type { MachineConfig } from '../vmm/config';
+import { VmHost } from '../vmm/vm-host';
+import {
+  OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, type ManagerToVm, type VmCommand, type VmToManager,
+} from './vm-process-protocol';
+
+interface ElectronParentPort {
+  postMessage(message: unknown): void;
+  on(event: 'message', listener: (e: { data: unknown }) => void): void;
+}
+
+const parentPort = (process as unknown as { parentPort?: ElectronParentPort }).parentPort;
+
+function send(m: VmToManager, done?: () => void): void {
+  if (parentPort) {
+    parentPort.postMessage(m);
+    if (done) setTimeout(done, 100);
+  } else if (process.send && process.connected) {
+    process.send(m, undefined, {}, () => done?.());
+  } else {
+    done?.();
+  }
+}
+
+function onMessage(listener: (m: ManagerToVm) => void): void {
+  if (parentPort) parentPort.on('message', (e) => listener(e.data as ManagerToVm));
+  else process.on('message', (m) => listener(m as ManagerToVm));
+}
+
+let host: VmHost | null = null;
+let exiting = false;
+/** Non-zero once this process failed: the manager then reports a crash, not a clean stop. */
+let exitCode = 0;
+
+/** Guest output waiting to be sent, per ring. */
+const pending: Uint8Array[][] = [[], [], [], [], []];
+let pendingBytes = 0;
+let flushTimer: NodeJS.Timeout | null = null;
+
+function flushOutput(): void {
+  if (flushTimer) clearTimeout(flushTimer);
+  flushTimer = null;
+  pending.forEach((chunks, ring) => {
+    if (chunks.length === 0) return;
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    const data = new Uint8Array(total);
+    let at = 0;
+    for (const c of chunks) {
+      data.set(c, at);
+      at += c.length;
+    }
+    chunks.length = 0;
+    send({ type: 'output', ring, data });
+  });
+  pendingBytes = 0;
+}
+
+function queueOutput(ring: number, data: Uint8Array): void {
+  if (ring < 0 || ring >= pending.length || data.length === 0) return;
+  // VmHost hands out a fresh array per drain, but copy anyway: it is cheap and safe.
+  pending[ring].push(data.slice());
+  pendingBytes += data.length;
+  if (pendingBytes >= OUTPUT_BATCH_BYTES) flushOutput();
+  else if (!flushTimer) flushTimer = setTimeout(flushOutput, OUTPUT_BATCH_MS);
+}
+
+function exitAfter(code: number): void {
+  if (exiting) return;
+  exiting = true;
+  exitCode = code;
+  // Last resort if the machine cannot be stopped (a thread stuck in KVM_RUN).
+  setTimeout(() => process.kill(process.pid, 'SIGKILL'), 5000).unref();
+  const stopped = host ? host.stop() : Promise.resolve();
+  void stopped.finally(() => {
+    flushOutput();
+    process.exit(code);
+  });
+}
+
+function startVm(config: MachineConfig): void {
+  if (host) {
+    send({ type: 'start-failed', message: 'this VM process already runs a machine' });
+    return;
+  }
+  const h = new VmHost(config);
+  host = h;
+  h.on('state', (state) => send({ type: 'state', state }));
+  h.on('log', (line) => send({ type: 'log', line }));
+  h.on('output', (ring, data) => queueOutput(ring, data));
+  h.on('endpoint', (ring, description) => send({ type: 'endpoint', ring, description }));
+  h.on('ended', (end, stats) => {
+    flushOutput();
+    exiting = true;
+    send({ type: 'ended', end, stats }, () => process.exit(exitCode));
+  });
+  h.start().then(
+    () => send({ type: 'started' }),
+    (e: Error) => {
+      send({ type: 'start-failed', message: e.message });
+      // When no machine was built, "ended" never comes: leave now.
+      if (h.state === 'stopped' && !exiting) {
+        exiting = true;
+        flushOutput();
+        send({ type: 'ended', end: { reason: 'error', message: e.message }, stats: { exits: {}, devices: [], kicks: 0, apExits: 0 } }, () => process.exit(0));
+      }
+    },
+  );
+}
+
+async function runCommand(id: number, command: VmCommand): Promise<void> {
+  const h = host;
+  try {
+    if (!h) throw new Error('the machine is not running');
+    switch (command) {
+      case 'stop':
+        send({ type: 'reply', id, ok: true });
+        await h.stop();
+        return;
+      case 'pause':
+        h.pause();
+        break;
+      case 'resume':
+        h.resume();
+        break;
+      case 'reset':
+        await h.reset();
+        break;
+      case 'stats': {
+        flushOutput();
+        send({ type: 'reply', id, ok: true, stats: await h.stats() });
+        return;
+      }
+    }
+    send({ type: 'reply', id, ok: true });
+  } catch (e) {
+    send({ type: 'reply', id, ok: false, message: (e as Error).message });
+  }
+}
+
+onMessage((m) => {
+  if (typeof m !== 'object' || m === null) return;
+  switch (m.type) {
+    case 'start':
+      startVm(m.config);
+      break;
+    case 'command':
+      void runCommand(m.id, m.command);
+      break;
+    case 'input':
+      if (host && m.data instanceof Uint8Array) host.sendSerialInput(m.port, m.data);
+      break;
+  }
+});
+
+process.on('uncaughtException', (e) => {
+  process.stderr.write(`VM process error: ${e.stack ?? e.message}\n`);
+  exitAfter(70);
+});
+process.on('unhandledRejection', (e) => {
+  process.stderr.write(`VM process error: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+  exitAfter(70);
+});
+// The manager went away (Node only; Electron kills utility processes with the app).
+process.on('disconnect', () => exitAfter(0));
+
+send({ type: 'ready' });
