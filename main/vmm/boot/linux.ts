@@ -1,0 +1,550 @@
+// Linux direct boot (Documentation/arch/x86/boot.rst): a bzImage (boot protocol 2.06+)
+// entered at its 64-bit entry point in long mode (or its 32-bit entry point in flat
+// protected mode when it is not a 64-bit kernel), or an uncompressed ELF64 vmlinux
+// entered at e_entry in long mode. The loader also writes the zero page, command line,
+// initrd, e820 map, MP and ACPI tables. Everything read from the image is checked: a
+// malformed kernel gives a KernelImageError naming the file, never a RangeError.
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import type { KvmVcpu } from '../../../native';
+import { buildAcpiTables, type AcpiOptions } from '../acpi';
+import { buildE820, type E820Entry } from '../e820';
+import type { Machine } from '../machine';
+import type { Platform } from '../platform';
+import type { GuestMemory } from '../memory';
+import { buildMpTable, pcIrqRoutes, type PciIrqWire } from '../mptable';
+import { ACPI_SCI_IRQ, PCI_MMIO_BASE, PCI_MMIO_END } from '../layout';
+import { PciBus } from '../devices/pci';
+import {
+  buildBootGdt, buildIdentityPageTables, CPUID_FEATURES, type CpuidFeature, type CpuMode, enterAt, setBootMsrs, setupLegacyLapic,
+  withoutCpuidFeatures,
+} from './x86-setup';
+
+export class KernelImageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'KernelImageError';
+  }
+}
+
+const MiB = 0x100000;
+
+/** Where the loader puts its own structures (all below 1 MiB, in e820 RAM or the BIOS area). */
+export const LINUX_BOOT_LAYOUT = {
+  GDT: 0x500,
+  ZERO_PAGE: 0x7000,
+  STACK_TOP: 0x8ff0,
+  PAGE_TABLES: 0x9000,
+  CMDLINE: 0x20000,
+  /** Command lines end before the EBDA. */
+  CMDLINE_LIMIT: 0x9fc00,
+} as const;
+/** Identity map size: at least the first 4 GiB (MMIO included). */
+const IDENTITY_MAP_GIB = 4;
+
+/** Offsets in struct setup_header, counted from the start of the image / zero page. */
+const HDR = {
+  SETUP_SECTS: 0x1f1,
+  BOOT_FLAG: 0x1fe,
+  JUMP: 0x200,
+  HEADER: 0x202,
+  VERSION: 0x206,
+  TYPE_OF_LOADER: 0x210,
+  LOADFLAGS: 0x211,
+  CODE32_START: 0x214,
+  RAMDISK_IMAGE: 0x218,
+  RAMDISK_SIZE: 0x21c,
+  HEAP_END_PTR: 0x224,
+  CMD_LINE_PTR: 0x228,
+  INITRD_ADDR_MAX: 0x22c,
+  KERNEL_ALIGNMENT: 0x230,
+  RELOCATABLE_KERNEL: 0x234,
+  XLOADFLAGS: 0x236,
+  CMDLINE_SIZE: 0x238,
+  PREF_ADDRESS: 0x258,
+  INIT_SIZE: 0x260,
+} as const;
+/** Offsets in struct boot_params outside the setup header. */
+const BP = {
+  ACPI_RSDP_ADDR: 0x070,
+  EXT_RAMDISK_IMAGE: 0x0c0,
+  EXT_RAMDISK_SIZE: 0x0c4,
+  EXT_CMD_LINE_PTR: 0x0c8,
+  E820_ENTRIES: 0x1e8,
+  /** The setup header may not run past here (edd_mbr_sig_buffer). */
+  SETUP_HEADER_LIMIT: 0x290,
+  E820_TABLE: 0x2d0,
+  E820_MAX: 128,
+  SIZE: 0x1000,
+} as const;
+
+const HDRS_MAGIC = 0x53726448; // "HdrS"
+const LOADED_HIGH = 0x01;
+const CAN_USE_HEAP = 0x80;
+const XLF_KERNEL_64 = 0x01;
+const LOADER_TYPE_UNDEFINED = 0xff;
+export const MIN_PROTOCOL = 0x206;
+/** Protocol version written into the header synthesised for an ELF vmlinux. */
+export const ELF_SYNTHETIC_PROTOCOL = 0x20f;
+/** x86 COMMAND_LINE_SIZE is 2048; cmdline_size excludes the terminating NUL. */
+const ELF_CMDLINE_SIZE = 2047;
+const ELF_INITRD_ADDR_MAX = 0x7fffffff;
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+function protocolText(version: number): string {
+  return `${version >> 8}.${(version & 0xff).toString().padStart(2, '0')}`;
+}
+
+/** Bounds-checked little-endian reads of an untrusted file. */
+class ImageReader {
+  constructor(readonly bytes: Uint8Array, private readonly what: string) {}
+  private need(offset: number, size: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + size > this.bytes.length) {
+      throw new KernelImageError(`${this.what} is truncated: needs ${size} bytes at offset ${hex(offset)} but has ${this.bytes.length}`);
+    }
+  }
+  u8(o: number): number {
+    this.need(o, 1);
+    return this.bytes[o];
+  }
+  u16(o: number): number {
+    this.need(o, 2);
+    return this.bytes[o] | (this.bytes[o + 1] << 8);
+  }
+  u32(o: number): number {
+    this.need(o, 4);
+    return (this.bytes[o] | (this.bytes[o + 1] << 8) | (this.bytes[o + 2] << 16) | (this.bytes[o + 3] << 24)) >>> 0;
+  }
+  /** A 64-bit field that must fit a JS safe integer (no guest address needs more). */
+  u64(o: number, field: string): number {
+    const value = this.u32(o) + this.u32(o + 4) * 0x100000000;
+    if (!Number.isSafeInteger(value)) throw new KernelImageError(`${this.what}: ${field} ${hex(value)} is out of range`);
+    return value;
+  }
+  /** A 64-bit field that may be a kernel virtual address. */
+  u64big(o: number): bigint {
+    return BigInt(this.u32(o)) | (BigInt(this.u32(o + 4)) << 32n);
+  }
+  slice(offset: number, length: number): Uint8Array {
+    this.need(offset, length);
+    return this.bytes.subarray(offset, offset + length);
+  }
+}
+
+export interface BzImage {
+  format: 'bzImage';
+  protocol: number;
+  /** Setup header bytes from 0x1f1 to its end, copied into the zero page. */
+  setupHeader: Uint8Array;
+  /** The protected-mode kernel (everything after the setup sectors). */
+  kernel: Uint8Array;
+  is64: boolean;
+  relocatable: boolean;
+  alignment: number;
+  prefAddress: number;
+  /** Memory the kernel needs from its load address while decompressing. */
+  initSize: number;
+  cmdlineSize: number;
+  initrdAddrMax: number;
+}
+
+export interface ElfSegment {
+  paddr: number;
+  data: Uint8Array;
+  memsz: number;
+}
+
+export interface ElfKernel {
+  format: 'elf';
+  segments: ElfSegment[];
+  /** Physical entry point. */
+  entry: number;
+}
+
+export type KernelImage = BzImage | ElfKernel;
+
+function isPowerOfTwo(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}
+
+export function parseBzImage(bytes: Uint8Array, name: string): BzImage {
+  const what = `kernel ${name}`;
+  const r = new ImageReader(bytes, what);
+  const protocol = r.u16(HDR.VERSION);
+  if (protocol < MIN_PROTOCOL) {
+    throw new KernelImageError(`${what} uses boot protocol ${protocolText(protocol)}; Porthole needs ${protocolText(MIN_PROTOCOL)} or newer`);
+  }
+  if (!(r.u8(HDR.LOADFLAGS) & LOADED_HIGH)) {
+    throw new KernelImageError(`${what} is a zImage (loaded below 1 MiB); only bzImage kernels can be booted`);
+  }
+  const setupSects = r.u8(HDR.SETUP_SECTS) || 4;
+  const kernelOffset = (setupSects + 1) * 512;
+  if (kernelOffset >= bytes.length) {
+    throw new KernelImageError(`${what} is truncated: its ${setupSects} setup sectors leave no protected-mode kernel`);
+  }
+  // The header ends at 0x202 + the jump offset in byte 0x201; never past boot_params' limit.
+  const headerEnd = Math.min(HDR.HEADER + r.u8(HDR.JUMP + 1), BP.SETUP_HEADER_LIMIT, bytes.length);
+  const setupHeader = bytes.slice(HDR.SETUP_SECTS, headerEnd);
+  const relocatable = r.u8(HDR.RELOCATABLE_KERNEL) !== 0;
+  const alignment = r.u32(HDR.KERNEL_ALIGNMENT);
+  if (relocatable && !isPowerOfTwo(alignment)) {
+    throw new KernelImageError(`${what} has an invalid kernel_alignment ${hex(alignment)}`);
+  }
+  const kernel = bytes.subarray(kernelOffset);
+  const hasPref = protocol >= 0x20a;
+  const prefAddress = hasPref ? r.u64(HDR.PREF_ADDRESS, 'pref_address') : MiB;
+  // Before 2.10 the decompressor's needs are not stated; 4x the compressed size is generous.
+  const initSize = hasPref ? r.u32(HDR.INIT_SIZE) : kernel.length * 4;
+  return {
+    format: 'bzImage',
+    protocol,
+    setupHeader,
+    kernel,
+    is64: protocol >= 0x20c && (r.u16(HDR.XLOADFLAGS) & XLF_KERNEL_64) !== 0,
+    relocatable,
+    alignment: relocatable ? alignment : MiB,
+    prefAddress,
+    initSize: Math.max(initSize, kernel.length),
+    cmdlineSize: r.u32(HDR.CMDLINE_SIZE),
+    initrdAddrMax: r.u32(HDR.INITRD_ADDR_MAX),
+  };
+}
+
+const ELF_CLASS64 = 2;
+const ELF_DATA_LE = 1;
+const ELF_TYPE_EXEC = 2;
+const ELF_MACHINE_X86_64 = 62;
+const ELF_PHDR_SIZE = 56;
+const PT_LOAD = 1;
+const ELF_MAX_PHDRS = 256;
+
+export function parseElfKernel(bytes: Uint8Array, name: string): ElfKernel {
+  const what = `kernel ${name}`;
+  const r = new ImageReader(bytes, what);
+  const elfClass = r.u8(4);
+  const machine = r.u16(18);
+  if (elfClass !== ELF_CLASS64 || r.u8(5) !== ELF_DATA_LE || machine !== ELF_MACHINE_X86_64) {
+    throw new KernelImageError(`${what} is an ELF file for another machine (class ${elfClass}, machine ${machine}); only x86_64 (ELF64) kernels can be booted`);
+  }
+  if (r.u16(16) !== ELF_TYPE_EXEC) throw new KernelImageError(`${what} is an ELF file but not an executable vmlinux`);
+  const entry = r.u64big(0x18);
+  const phoff = r.u64(0x20, 'e_phoff');
+  const phentsize = r.u16(0x36);
+  const phnum = r.u16(0x38);
+  if (phentsize !== ELF_PHDR_SIZE || phnum === 0 || phnum > ELF_MAX_PHDRS) {
+    throw new KernelImageError(`${what} has a malformed program header table (${phnum} entries of ${phentsize} bytes)`);
+  }
+  r.slice(phoff, phnum * ELF_PHDR_SIZE);
+  const segments: (ElfSegment & { vaddr: bigint })[] = [];
+  for (let i = 0; i < phnum; i++) {
+    const p = phoff + i * ELF_PHDR_SIZE;
+    if (r.u32(p) !== PT_LOAD) continue;
+    const offset = r.u64(p + 8, `segment ${i} p_offset`);
+    const vaddr = r.u64big(p + 16);
+    const paddr = r.u64(p + 24, `segment ${i} p_paddr`);
+    const filesz = r.u64(p + 32, `segment ${i} p_filesz`);
+    const memsz = r.u64(p + 40, `segment ${i} p_memsz`);
+    if (filesz > memsz) throw new KernelImageError(`${what}: segment ${i} has more file bytes (${filesz}) than memory bytes (${memsz})`);
+    if (offset + filesz > bytes.length) {
+      throw new KernelImageError(`${what} is truncated: segment ${i} needs bytes up to ${hex(offset + filesz)} but the file has ${bytes.length}`);
+    }
+    segments.push({ paddr, vaddr, data: bytes.subarray(offset, offset + filesz), memsz });
+  }
+  if (segments.length === 0) throw new KernelImageError(`${what} has no loadable segments`);
+  // vmlinux's e_entry is physical already; a virtual one is translated through its segment.
+  const inside = (a: bigint, base: bigint, size: number) => a >= base && a < base + BigInt(size);
+  let physEntry = -1;
+  const physical = segments.find((seg) => inside(entry, BigInt(seg.paddr), seg.memsz));
+  const virtual = segments.find((seg) => inside(entry, seg.vaddr, seg.memsz));
+  if (physical) physEntry = Number(entry);
+  else if (virtual) physEntry = Number(entry - virtual.vaddr) + virtual.paddr;
+  if (physEntry < 0) throw new KernelImageError(`${what}: entry point 0x${entry.toString(16)} is not inside any loadable segment`);
+  return { format: 'elf', segments: segments.map(({ paddr, data, memsz }) => ({ paddr, data, memsz })), entry: physEntry };
+}
+
+/** Recognises a bzImage ("HdrS" + 0xAA55) or an ELF vmlinux. */
+export function parseKernelImage(bytes: Uint8Array, name: string): KernelImage {
+  const r = new ImageReader(bytes, `kernel ${name}`);
+  if (bytes.length >= 4 && bytes[0] === 0x7f && bytes[1] === 0x45 && bytes[2] === 0x4c && bytes[3] === 0x46) {
+    return parseElfKernel(bytes, name);
+  }
+  if (bytes.length >= HDR.VERSION + 2 && r.u16(HDR.BOOT_FLAG) === 0xaa55 && r.u32(HDR.HEADER) === HDRS_MAGIC) {
+    return parseBzImage(bytes, name);
+  }
+  throw new KernelImageError(`kernel ${name} is not a bzImage or ELF vmlinux`);
+}
+
+export interface LinuxLoadOptions {
+  kernel: Uint8Array;
+  kernelName: string;
+  initrd?: Uint8Array;
+  initrdName?: string;
+  cmdline: string;
+  cpus: number;
+  /** Extra ACPI inputs (8042 present, PCI wiring). */
+  acpi?: Omit<AcpiOptions, 'cpus'>;
+}
+
+export interface LinuxLoadResult {
+  format: KernelImage['format'];
+  /** Boot protocol of the image (the synthesised one for ELF). */
+  protocol: number;
+  mode: CpuMode;
+  entry: number;
+  zeroPage: number;
+  gdt: number;
+  pageTables: number;
+  stack: number;
+  kernelStart: number;
+  kernelEnd: number;
+  cmdline: number;
+  initrd: { address: number; size: number } | null;
+  rsdp: number;
+  mpTable: number;
+  e820: E820Entry[];
+}
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+/** End of the RAM block that contains 1 MiB: where the kernel, initrd and low tables live. */
+function lowRamEnd(memory: GuestMemory): number {
+  const r = memory.ramRanges().find((x) => x.base <= MiB && x.base + x.size > MiB);
+  return r ? r.base + r.size : 0;
+}
+
+function ramRangeText(memory: GuestMemory): string {
+  return `guest RAM ends at ${hex(lowRamEnd(memory))} below 4 GiB`;
+}
+
+/** Chooses where a bzImage's protected-mode kernel goes. */
+function bzImageLoadAddress(img: BzImage, memory: GuestMemory, name: string): number {
+  const candidates = img.relocatable
+    ? [img.prefAddress, alignUp(MiB, img.alignment)]
+    : [img.prefAddress, MiB];
+  for (const at of candidates) {
+    if (at < MiB || (img.relocatable && at % img.alignment !== 0)) continue;
+    if (memory.contains(at, img.initSize)) return at;
+  }
+  throw new KernelImageError(
+    `kernel ${name} needs ${Math.ceil(img.initSize / MiB)} MiB from ${hex(candidates[0])} but ${ramRangeText(memory)}: give the VM more memory`,
+  );
+}
+
+function writeE820(zeroPage: Buffer, entries: E820Entry[]): void {
+  if (entries.length > BP.E820_MAX) throw new Error(`the memory map has ${entries.length} entries; the zero page holds ${BP.E820_MAX}`);
+  zeroPage[BP.E820_ENTRIES] = entries.length;
+  entries.forEach((e, i) => {
+    const o = BP.E820_TABLE + i * 20;
+    zeroPage.writeBigUInt64LE(BigInt(e.addr), o);
+    zeroPage.writeBigUInt64LE(BigInt(e.size), o + 8);
+    zeroPage.writeUInt32LE(e.type, o + 16);
+  });
+}
+
+/** The setup header a bzImage would carry, for an ELF kernel that has none. */
+function syntheticSetupHeader(): Uint8Array {
+  const zp = Buffer.alloc(BP.SETUP_HEADER_LIMIT);
+  zp.writeUInt16LE(0xaa55, HDR.BOOT_FLAG);
+  zp.writeUInt32LE(HDRS_MAGIC, HDR.HEADER);
+  zp.writeUInt16LE(ELF_SYNTHETIC_PROTOCOL, HDR.VERSION);
+  zp.writeUInt32LE(0x1000000, HDR.KERNEL_ALIGNMENT);
+  zp.writeUInt32LE(ELF_INITRD_ADDR_MAX, HDR.INITRD_ADDR_MAX);
+  zp.writeUInt32LE(ELF_CMDLINE_SIZE, HDR.CMDLINE_SIZE);
+  zp.writeUInt16LE(XLF_KERNEL_64, HDR.XLOADFLAGS);
+  zp[HDR.LOADFLAGS] = LOADED_HIGH;
+  return zp.subarray(HDR.SETUP_SECTS, HDR.INIT_SIZE + 4);
+}
+
+/**
+ * Loads a kernel (and initrd) into guest memory with everything Linux reads at boot:
+ * zero page, command line, e820, GDT, identity page tables, MP table and ACPI tables.
+ * Pure with respect to KVM: only `memory` is touched.
+ */
+export function loadLinux(memory: GuestMemory, opts: LinuxLoadOptions): LinuxLoadResult {
+  const L = LINUX_BOOT_LAYOUT;
+  const image = parseKernelImage(opts.kernel, opts.kernelName);
+  const zp = Buffer.alloc(BP.SIZE);
+
+  let mode: CpuMode;
+  let entry: number;
+  let kernelStart: number;
+  let kernelEnd: number;
+  let cmdlineSize: number;
+  let initrdAddrMax: number;
+  let protocol: number;
+  if (image.format === 'bzImage') {
+    const at = bzImageLoadAddress(image, memory, opts.kernelName);
+    memory.write(at, image.kernel);
+    zp.set(image.setupHeader, HDR.SETUP_SECTS);
+    zp.writeUInt32LE(at, HDR.CODE32_START);
+    mode = image.is64 ? 'long' : 'protected';
+    // The 64-bit entry point is 0x200 past the 32-bit one.
+    entry = image.is64 ? at + 0x200 : at;
+    kernelStart = at;
+    kernelEnd = at + image.initSize;
+    cmdlineSize = image.cmdlineSize;
+    initrdAddrMax = image.initrdAddrMax;
+    protocol = image.protocol;
+  } else {
+    kernelStart = Infinity;
+    kernelEnd = 0;
+    for (const s of image.segments) {
+      if (s.paddr < MiB || !memory.contains(s.paddr, s.memsz)) {
+        throw new KernelImageError(
+          `kernel ${opts.kernelName}: segment at ${hex(s.paddr)} (${s.memsz} bytes) is outside guest RAM above 1 MiB (${ramRangeText(memory)})`,
+        );
+      }
+      kernelStart = Math.min(kernelStart, s.paddr);
+      kernelEnd = Math.max(kernelEnd, s.paddr + s.memsz);
+    }
+    for (const s of image.segments) {
+      memory.write(s.paddr, s.data);
+      memory.slice(s.paddr + s.data.length, s.memsz - s.data.length, true).fill(0);
+    }
+    zp.set(syntheticSetupHeader(), HDR.SETUP_SECTS);
+    mode = 'long';
+    entry = image.entry;
+    cmdlineSize = ELF_CMDLINE_SIZE;
+    initrdAddrMax = ELF_INITRD_ADDR_MAX;
+    protocol = ELF_SYNTHETIC_PROTOCOL;
+  }
+
+  zp[HDR.TYPE_OF_LOADER] = LOADER_TYPE_UNDEFINED;
+  zp[HDR.LOADFLAGS] |= LOADED_HIGH | CAN_USE_HEAP;
+  zp.writeUInt16LE(0xfe00, HDR.HEAP_END_PTR);
+
+  const cmdline = Buffer.from(opts.cmdline, 'utf8');
+  if (cmdline.includes(0)) throw new KernelImageError('the kernel command line contains a NUL character');
+  const cmdlineLimit = Math.min(cmdlineSize, L.CMDLINE_LIMIT - L.CMDLINE - 1);
+  if (cmdline.length > cmdlineLimit) {
+    throw new KernelImageError(`the kernel command line is ${cmdline.length} bytes; kernel ${opts.kernelName} accepts at most ${cmdlineLimit}`);
+  }
+  memory.write(L.CMDLINE, Buffer.concat([cmdline, Buffer.alloc(1)]));
+  zp.writeUInt32LE(L.CMDLINE, HDR.CMD_LINE_PTR);
+  zp.writeUInt32LE(0, BP.EXT_CMD_LINE_PTR);
+
+  let initrd: LinuxLoadResult['initrd'] = null;
+  if (opts.initrd) {
+    const size = opts.initrd.length;
+    const what = opts.initrdName ? `initrd ${opts.initrdName}` : 'the initrd';
+    if (size === 0) throw new KernelImageError(`${what} is empty`);
+    // initrd_addr_max is the highest address the initrd's last byte may have.
+    const limit = Math.min(initrdAddrMax + 1, lowRamEnd(memory));
+    const address = Math.floor((limit - size) / 4096) * 4096;
+    const floor = alignUp(kernelEnd, 4096);
+    if (address < floor) {
+      throw new KernelImageError(
+        `${what} (${size} bytes) does not fit below ${hex(limit)} above the kernel (which ends at ${hex(floor)}): give the VM more memory`,
+      );
+    }
+    memory.write(address, opts.initrd);
+    zp.writeUInt32LE(address, HDR.RAMDISK_IMAGE);
+    zp.writeUInt32LE(size, HDR.RAMDISK_SIZE);
+    zp.writeUInt32LE(0, BP.EXT_RAMDISK_IMAGE);
+    zp.writeUInt32LE(0, BP.EXT_RAMDISK_SIZE);
+    initrd = { address, size };
+  }
+
+  const e820 = buildE820(memory);
+  writeE820(zp, e820);
+
+  const acpi = buildAcpiTables({ cpus: opts.cpus, ...opts.acpi });
+  for (const blob of acpi.blobs) memory.write(blob.address, blob.bytes);
+  zp.writeBigUInt64LE(BigInt(acpi.rsdpAddress), BP.ACPI_RSDP_ADDR);
+  const mp = buildMpTable({ cpus: opts.cpus, levelIsaIrqs: [ACPI_SCI_IRQ], pciIrqs: opts.acpi?.pci?.irqs });
+  memory.write(mp.address, mp.bytes);
+
+  memory.write(L.GDT, buildBootGdt(mode));
+  if (mode === 'long') {
+    const pt = buildIdentityPageTables(L.PAGE_TABLES, IDENTITY_MAP_GIB);
+    memory.write(pt.address, pt.bytes);
+  }
+  memory.write(L.ZERO_PAGE, zp);
+
+  return {
+    format: image.format, protocol, mode, entry, zeroPage: L.ZERO_PAGE, gdt: L.GDT, pageTables: L.PAGE_TABLES,
+    stack: L.STACK_TOP, kernelStart, kernelEnd, cmdline: L.CMDLINE, initrd, rsdp: acpi.rsdpAddress, mpTable: mp.address, e820,
+  };
+}
+
+async function readInput(file: string, what: string): Promise<Uint8Array> {
+  try {
+    return await readFile(file);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const reason = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied'
+      : err.code === 'EISDIR' ? 'it is a directory' : err.code ?? err.message;
+    throw new KernelImageError(`cannot read ${what} ${file}: ${reason}`);
+  }
+}
+
+/**
+ * CPU features Linux uses when CPUID offers them but that a PVM host (KVM without
+ * VMX/SVM, which emulates guest kernel code) refuses to emulate, so the guest would
+ * stop with a KVM emulation error. Hidden only there; real VMX/SVM hosts keep them.
+ */
+export const PVM_HIDDEN_FEATURES: readonly CpuidFeature[] = [
+  // SLUB's lockless fast path uses cmpxchg16b when CX16 is present.
+  CPUID_FEATURES.CX16,
+  // XSAVE, AVX, SSE4.2 and POPCNT cannot be hidden: PVM's KVM_SET_CPUID2 puts the host's
+  // leaf 1 bits back. A guest can still avoid xsave with the `noxsave` parameter.
+];
+
+/** PIRQ A..D steering for guests booted without firmware: SeaBIOS's choice, so both boots look alike. */
+export const DIRECT_BOOT_PIRQ_IRQS: readonly number[] = [10, 10, 11, 11];
+
+/** Every INTx pin of slots 1..31 through the i440FX/PIIX swizzle to the IRQ its PIRQ is steered to. */
+export function pciIrqWiring(pirqIrqs: readonly number[]): PciIrqWire[] {
+  const wires: PciIrqWire[] = [];
+  for (let slot = 1; slot < 32; slot++) {
+    for (let pin = 1; pin <= 4; pin++) wires.push({ slot, pin, gsi: pirqIrqs[PciBus.pirqOf(slot, pin)] });
+  }
+  return wires;
+}
+
+/** True when /dev/kvm is PVM (the kvm_pvm module), whose instruction emulator is partial. */
+export function hostIsPvm(): boolean {
+  return existsSync('/sys/module/kvm_pvm');
+}
+
+/** Boots `boot.kernel` on `machine`: loads it and puts the BSP at its entry point. */
+export async function bootLinux(
+  machine: Machine, vcpus: KvmVcpu[], boot: { kernel: string; initrd?: string; append: string },
+): Promise<LinuxLoadResult> {
+  const kernel = await readInput(boot.kernel, 'kernel');
+  const initrd = boot.initrd === undefined ? undefined : await readInput(boot.initrd, 'initrd');
+  const devices: Partial<Platform> = machine.devices;
+  // No firmware will program the PIIX3's PIRQ routing: do it here, as the tables say.
+  let pci: AcpiOptions['pci'];
+  if (devices.pci) {
+    devices.pci.isaBridge.routePirqs(DIRECT_BOOT_PIRQ_IRQS);
+    pci = { irqs: pciIrqWiring(DIRECT_BOOT_PIRQ_IRQS), mmioBase: PCI_MMIO_BASE, mmioEnd: PCI_MMIO_END };
+  }
+  const result = loadLinux(machine.memory, {
+    kernel, kernelName: boot.kernel, initrd, initrdName: boot.initrd, cmdline: boot.append, cpus: machine.cpuCount,
+    acpi: { has8042: devices.i8042 !== undefined, pci },
+  });
+  // The tables put ISA IRQ 0 on IOAPIC pin 2; make KVM deliver the PIT there too.
+  machine.kvmVm.setGsiRouting(pcIrqRoutes());
+  const pvm = hostIsPvm();
+  if (pvm) machine.log(`linux boot: PVM host, hiding ${PVM_HIDDEN_FEATURES.map((f) => f.name).join(', ')} from the guest`);
+  for (const vcpu of vcpus) {
+    if (pvm) vcpu.setCpuid2(withoutCpuidFeatures(vcpu.getCpuid2(), PVM_HIDDEN_FEATURES));
+    const refused = setBootMsrs(vcpu);
+    if (refused.length > 0) machine.log(`linux boot: KVM refused MSRs ${refused.map(hex).join(', ')}`);
+  }
+  // APs stay in KVM's wait-for-SIPI state; Linux starts them with INIT-SIPI-SIPI.
+  setupLegacyLapic(vcpus[0]);
+  enterAt(vcpus[0], {
+    mode: result.mode, gdtBase: result.gdt, cr3: result.mode === 'long' ? result.pageTables : undefined,
+    entry: result.entry, stack: result.stack, rsi: result.zeroPage,
+  });
+  machine.log(`linux boot: ${result.format} (protocol ${protocolText(result.protocol)}) at ${hex(result.kernelStart)}, `
+    + `entry ${hex(result.entry)} in ${result.mode} mode${result.initrd ? `, initrd ${result.initrd.size} bytes at ${hex(result.initrd.address)}` : ''}`);
+  return result;
+}
