@@ -49,6 +49,7 @@ export const KVM = {
   GET_LAPIC: ior(0x8e, 1024),
   SET_LAPIC: iow(0x8f, 1024),
   SET_CPUID2: iow(0x90, 8),
+  GET_CPUID2: iowr(0x91, 8),
   GET_MP_STATE: ior(0x98, 4),
   SET_MP_STATE: iow(0x99, 4),
   GET_XSAVE: ior(0xa4, 4096),
@@ -111,6 +112,10 @@ export const RUN = {
   SYSTEM_EVENT_TYPE: 32,
   FAIL_ENTRY_REASON: 32,
 } as const;
+
+/** KVM_RUN results other than an exit (negated errno). */
+export const RUN_KICKED = -4; // EINTR
+export const RUN_AGAIN = -11; // EAGAIN
 
 export const MP_STATE = { RUNNABLE: 0, UNINITIALIZED: 1, INIT_RECEIVED: 2, HALTED: 3, SIPI_RECEIVED: 4 } as const;
 
@@ -364,10 +369,15 @@ export class KvmVcpu {
     retainedRunBuffers.add(this.runBuffer);
   }
 
-  /** KVM_RUN; returns 0, or -EINTR when kicked. */
+  /**
+   * KVM_RUN. Returns 0 after an exit, RUN_KICKED when a signal interrupted it, or
+   * RUN_AGAIN when there is no exit to handle: a vCPU waiting for SIPI returns EAGAIN
+   * once INIT/SIPI changed its state, and KVM expects the caller to simply run again.
+   */
   runOnce(): number {
     const r = libc.ioctlTry(this.fd, KVM.RUN);
-    if (r >= 0 || r === -4 /* EINTR */) return r;
+    if (r >= 0) return 0;
+    if (r === RUN_KICKED || r === RUN_AGAIN) return r;
     throw new libc.NativeError('KVM_RUN', -r);
   }
   get exitReason(): number {
@@ -410,6 +420,13 @@ export class KvmVcpu {
   }
   setCpuid2(entries: CpuidEntry[]): void {
     libc.ioctlBuffer(this.fd, 'KVM_SET_CPUID2', KVM.SET_CPUID2, encodeCpuid(entries));
+  }
+  /** The CPUID this vCPU was given (KVM_MAX_CPUID_ENTRIES is 256). */
+  getCpuid2(): CpuidEntry[] {
+    const b = Buffer.alloc(8 + 256 * 40);
+    b.writeUInt32LE(256, 0);
+    libc.ioctlBuffer(this.fd, 'KVM_GET_CPUID2', KVM.GET_CPUID2, b);
+    return decodeCpuid(b);
   }
   getMsrs(indices: number[]): MsrEntry[] {
     const b = Buffer.alloc(8 + indices.length * 16);

@@ -80,6 +80,7 @@ const c = {
   cfsetispeed: lib.func('int cfsetispeed(_Inout_ uint8_t *termios, unsigned int speed)'),
   cfsetospeed: lib.func('int cfsetospeed(_Inout_ uint8_t *termios, unsigned int speed)'),
   cfmakeraw: lib.func('void cfmakeraw(_Inout_ uint8_t *termios)'),
+  fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
 };
 
 function fail(call: string): never {
@@ -221,8 +222,9 @@ export function installKickHandler(): void {
   kickHandlerInstalled = true;
 }
 
-export function openPty(): { fd: number; path: string } {
-  const fd = check('posix_openpt', c.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+/** A new PTY master (`extraFlags` e.g. O_NONBLOCK) and the path of its slave. */
+export function openPty(extraFlags = 0): { fd: number; path: string } {
+  const fd = check('posix_openpt', c.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC | extraFlags));
   check('grantpt', c.grantpt(fd));
   check('unlockpt', c.unlockpt(fd));
   const name = Buffer.alloc(128);
@@ -253,4 +255,34 @@ export function cfsetspeed(termios: Buffer, speedConstant: number): void {
 
 export function cfmakeraw(termios: Buffer): void {
   c.cfmakeraw(termios);
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/** A second descriptor for the same open file (close-on-exec). */
+export function dup(fd: number): number {
+  return check('fcntl(F_DUPFD_CLOEXEC)', c.fcntl(fd, F_DUPFD_CLOEXEC, 'int', 0) as number);
+}
+
+// Modem control lines of a tty (asm-generic/termios.h, ioctls.h).
+export const TIOCMGET = 0x5415;
+export const TIOCMSET = 0x5418;
+export const TIOCM_DTR = 0x002;
+export const TIOCM_RTS = 0x004;
+export const TIOCM_CTS = 0x020;
+export const TIOCM_CAR = 0x040;
+export const TIOCM_RNG = 0x080;
+export const TIOCM_DSR = 0x100;
+
+/** The TIOCM_* line bits; throws NativeError (e.g. ENOTTY on a PTY, which has no modem lines). */
+export function tiocmget(fd: number): number {
+  const bits = Buffer.alloc(4);
+  ioctlBuffer(fd, 'ioctl(TIOCMGET)', TIOCMGET, bits);
+  return bits.readInt32LE(0);
+}
+
+export function tiocmset(fd: number, bits: number): void {
+  const arg = Buffer.alloc(4);
+  arg.writeInt32LE(bits, 0);
+  ioctlBuffer(fd, 'ioctl(TIOCMSET)', TIOCMSET, arg);
 }

@@ -1,7 +1,7 @@
 // An application processor: runs KVM_RUN on its own thread and hands I/O exits to
 // the machine thread, which owns the device models.
 import { workerData } from 'node:worker_threads';
-import { EXIT, libc, RUN } from '../../native';
+import { EXIT, libc, RUN, RUN_AGAIN, RUN_KICKED } from '../../native';
 import { COMMAND, ControlBlock, kickVcpu, MAILBOX } from './shared';
 
 interface ApWorkerData {
@@ -34,10 +34,12 @@ try {
       continue;
     }
     const r = libc.ioctlTry(data.fd, KVM_RUN);
-    if (r === -4) {
+    if (r === RUN_KICKED) {
       bytes[RUN.IMMEDIATE_EXIT] = 0;
       continue;
     }
+    // EAGAIN: INIT/SIPI changed this AP's state while it waited; run again.
+    if (r === RUN_AGAIN) continue;
     if (r < 0) throw new libc.NativeError(`KVM_RUN (vCPU ${data.cpu})`, -r);
     if (run.getUint32(RUN.EXIT_REASON, true) === EXIT.INTR) continue;
     if (control.postApExit(data.cpu, kickBsp) === MAILBOX.CANCELLED) break;

@@ -3,7 +3,7 @@
 // APs run in their own workers and hand their I/O exits here through mailboxes.
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, libc } from '../../native';
+import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, libc, RUN, RUN_AGAIN, RUN_KICKED } from '../../native';
 import { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from './config';
 import type { HostNotification, MachineContext } from './context';
@@ -191,13 +191,15 @@ export class Machine implements MachineContext {
       for (let budget = 0; budget < 8192; budget++) {
         const command = control.command;
         if (command !== COMMAND.RUN) return this.onCommand(command);
-        if (vcpu.runOnce() < 0) {
+        const r = vcpu.runOnce();
+        if (r === RUN_KICKED) {
           // Kicked: clear immediate_exit and let the event loop deliver what the host sent.
-          bytes[1] = 0;
+          bytes[RUN.IMMEDIATE_EXIT] = 0;
           this.kicks++;
           if (control.apPending !== 0) this.serviceAps();
           break;
         }
+        if (r === RUN_AGAIN) continue;
         const action = dispatcher.handle(run, bytes, 0);
         if (action !== ACTION.CONTINUE) return this.onAction(action);
         if (control.apPending !== 0 && this.serviceAps()) return;

@@ -30,6 +30,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private worker: Worker | null = null;
   private control = new ControlBlock();
   private readonly rings = Array.from({ length: 5 }, () => new ByteRing());
+  private readonly ringWakeups = [0, 0, 0, 0, 0];
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   private pollTimer: NodeJS.Timeout | null = null;
   private endpoints: (SerialEndpoint | null)[] = [];
@@ -67,6 +68,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         spec.kind === 'none' ? Promise.resolve(null) : openSerialBackend(spec, {
           label: index === DEBUGCON_RING ? 'debugcon' : `COM${index + 1}`,
           onInput: (data) => this.sendSerialInput(index, data),
+          onModemStatus: (lines) => this.sendModemStatus(index, lines),
+          onLog: (text) => this.emit('log', text),
         })));
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
     } catch (e) {
@@ -162,10 +165,24 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   private drainRings(): void {
     this.rings.forEach((ring, i) => {
-      if (ring.used === 0) return;
+      if (this.ringWakeups[i] > 0) {
+        this.ringWakeups[i]--;
+        this.kick(0);
+      }
+      const endpoint = this.endpoints[i];
+      // A congested endpoint leaves bytes in the ring: the guest sees THR busy and waits.
+      if (ring.used === 0 || endpoint?.congested) return;
+      const wasFull = ring.free === 0;
       const data = ring.drain();
-      this.endpoints[i]?.write(data);
+      endpoint?.write(data);
       this.emit('output', i, data);
+      if (wasFull) {
+        // A UART that found its ring full re-checks from a short timer on the machine
+        // thread, which only runs when vCPU 0 leaves KVM_RUN: kick it now and on the
+        // next round (when that timer is surely due) so a halted guest gets its THRE.
+        this.kick(0);
+        this.ringWakeups[i] = 1;
+      }
     });
   }
 
