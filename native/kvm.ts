@@ -56,6 +56,8 @@ export const KVM = {
   SET_XSAVE: iow(0xa5, 4096),
 } as const;
 
+const KVM_RUN_REQUEST = KVM.RUN;
+
 export const KVM_CAP = {
   IRQCHIP: 0,
   HLT: 1,
@@ -375,7 +377,7 @@ export class KvmVcpu {
    * once INIT/SIPI changed its state, and KVM expects the caller to simply run again.
    */
   runOnce(): number {
-    const r = libc.ioctlTry(this.fd, KVM.RUN);
+    const r = libc.ioctlHot(this.fd, KVM_RUN_REQUEST);
     if (r >= 0) return 0;
     if (r === RUN_KICKED || r === RUN_AGAIN) return r;
     throw new libc.NativeError('KVM_RUN', -r);

@@ -58,6 +58,8 @@ const c = {
   close: lib.func('int close(int fd)'),
   ioctlValue: lib.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   ioctlBuffer: lib.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)'),
+  // KVM_RUN's own binding: plain 32-bit arguments convert fastest, and it runs once per exit.
+  ioctlRun: lib.func('int ioctl(int fd, unsigned int request, int arg)'),
   mmap: lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: lib.func('int munmap(uintptr_t addr, size_t length)'),
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
@@ -134,6 +136,12 @@ export function ioctlBuffer(fd: number, name: string, request: number, buf: Uint
 /** ioctl that may fail with an errno the caller handles; returns -errno instead of throwing. */
 export function ioctlTry(fd: number, request: number, arg: number | bigint = 0): number {
   const r = c.ioctlValue(fd, request, arg) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** ioctl(fd, request, 0) on the per-exit hot path; returns the result or -errno. */
+export function ioctlHot(fd: number, request: number): number {
+  const r = c.ioctlRun(fd, request, 0) as number;
   return r < 0 ? -koffi.errno() : r;
 }
 

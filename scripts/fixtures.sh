@@ -25,7 +25,12 @@ fi
 mkdir -p build/guests
 for src in test/guests/*.asm; do
   out="build/guests/$(basename "${src%.asm}").bin"
-  if [ ! -f "$out" ] || [ "$src" -nt "$out" ]; then
+  stale=0
+  [ -f "$out" ] || stale=1
+  for dep in "$src" test/guests/*.inc; do
+    [ -f "$dep" ] && [ "$dep" -nt "$out" ] && stale=1
+  done
+  if [ "$stale" = 1 ]; then
     nasm -f bin -I test/guests/ "$src" -o "$out"
   fi
 done

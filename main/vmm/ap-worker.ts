@@ -1,7 +1,8 @@
 // An application processor: runs KVM_RUN on its own thread and hands I/O exits to
 // the machine thread, which owns the device models.
 import { workerData } from 'node:worker_threads';
-import { EXIT, libc, RUN, RUN_AGAIN, RUN_KICKED } from '../../native';
+import * as libc from '../../native/libc';
+import { EXIT, KVM, RUN, RUN_AGAIN, RUN_KICKED } from '../../native/kvm';
 import { COMMAND, ControlBlock, kickVcpu, MAILBOX } from './shared';
 
 interface ApWorkerData {
@@ -20,7 +21,7 @@ const data = workerData as ApWorkerData;
 const control = new ControlBlock(data.control);
 const run = new DataView(data.runBuffer, data.runOffset, data.runSize);
 const bytes = new Uint8Array(data.runBuffer, data.runOffset, data.runSize);
-const KVM_RUN = 0xae80;
+const KVM_RUN = KVM.RUN;
 const kickBsp = () => kickVcpu(data.bspRunBuffer, data.bspRunOffset, control.tid(0));
 
 libc.installKickHandler();
@@ -33,7 +34,7 @@ try {
       control.waitWhileCommand(COMMAND.PAUSE);
       continue;
     }
-    const r = libc.ioctlTry(data.fd, KVM_RUN);
+    const r = libc.ioctlHot(data.fd, KVM_RUN);
     if (r === RUN_KICKED) {
       bytes[RUN.IMMEDIATE_EXIT] = 0;
       continue;
@@ -46,4 +47,6 @@ try {
   }
 } finally {
   control.setTid(data.cpu, 0);
+  // If this thread failed, vCPU 0 may be halted in KVM_RUN: wake it to see the error.
+  kickBsp();
 }

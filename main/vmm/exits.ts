@@ -1,6 +1,8 @@
 // Decodes one KVM exit from a kvm_run page and dispatches it to the buses.
 // Runs on the machine thread for vCPU 0 and for every AP (whose run pages are shared).
-import { EXIT, EXIT_NAMES, RUN } from '../../native';
+// Imported from the module itself, not the native/ index: re-exports are getters,
+// and these constants are read on every exit.
+import { EXIT, EXIT_NAMES, RUN } from '../../native/kvm';
 import type { MmioBus, PioBus } from './bus';
 
 /** What the run loop should do after an exit. */

@@ -3,7 +3,9 @@
 // APs run in their own workers and hand their I/O exits here through mailboxes.
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, libc, RUN, RUN_AGAIN, RUN_KICKED } from '../../native';
+import * as libc from '../../native/libc';
+// From the module itself, not the native/ index, whose re-exports are getters (hot path).
+import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED } from '../../native/kvm';
 import { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from './config';
 import type { HostNotification, MachineContext } from './context';
@@ -44,6 +46,8 @@ interface VcpuHandle {
   cpu: number;
   vcpu: KvmVcpu;
   worker: Worker | null;
+  /** Settles when the AP thread has exited; made at spawn so an early exit is not missed. */
+  exited: Promise<number> | null;
 }
 
 const EXIT_REASON_NAMES: Record<number, string> = {
@@ -130,7 +134,7 @@ export class Machine implements MachineContext {
     for (let cpu = 0; cpu < this.cpuCount; cpu++) {
       const vcpu = new KvmVcpu(this.vm.createVcpu(cpu), mmapSize);
       vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount));
-      this.vcpus.push({ cpu, vcpu, worker: null });
+      this.vcpus.push({ cpu, vcpu, worker: null, exited: null });
     }
     await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
     mapRegions(this.vm, this.regions);
@@ -149,6 +153,8 @@ export class Machine implements MachineContext {
         },
       });
       h.worker.on('error', (e) => this.end({ reason: 'error', message: `vCPU ${h.cpu} thread failed: ${e.message}` }));
+      const worker = h.worker;
+      h.exited = new Promise((resolve) => worker.once('exit', resolve));
     }
     this.running = true;
     control.setState(STATE.RUNNING);
@@ -253,7 +259,7 @@ export class Machine implements MachineContext {
     for (const h of this.vcpus.slice(1)) {
       kickVcpu(h.vcpu.runBuffer, h.vcpu.runBytes.byteOffset, control.tid(h.cpu));
       if (control.mailbox(h.cpu) === MAILBOX.REQUEST) control.completeApExit(h.cpu, MAILBOX.CANCELLED);
-      if (h.worker) waits.push(new Promise((resolve) => h.worker?.once('exit', resolve)));
+      if (h.exited) waits.push(h.exited);
     }
     control.setTid(0, 0);
     void Promise.all(waits).then(() => {
