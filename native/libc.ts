@@ -59,6 +59,7 @@ const c = {
   ioctlValue: lib.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   ioctlBuffer: lib.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)'),
   // KVM_RUN's own binding: plain 32-bit arguments convert fastest, and it runs once per exit.
+  // The third argument must be passed as 0: KVM_RUN fails with EINVAL on a non-zero arg.
   ioctlRun: lib.func('int ioctl(int fd, unsigned int request, int arg)'),
   mmap: lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: lib.func('int munmap(uintptr_t addr, size_t length)'),
@@ -139,7 +140,7 @@ export function ioctlTry(fd: number, request: number, arg: number | bigint = 0):
   return r < 0 ? -koffi.errno() : r;
 }
 
-/** ioctl(fd, request, 0) on the per-exit hot path; returns the result or -errno. */
+/** An argument-less ioctl on the per-exit hot path (KVM_RUN); returns the result or -errno. */
 export function ioctlHot(fd: number, request: number): number {
   const r = c.ioctlRun(fd, request, 0) as number;
   return r < 0 ? -koffi.errno() : r;

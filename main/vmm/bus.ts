@@ -29,7 +29,10 @@ export class PioBus {
   private readonly slotOfPort = new Uint16Array(0x10000);
   private readonly baseOfPort = new Uint16Array(0x10000);
   private readonly devices: (IoDevice | null)[] = [null];
-  readonly counters: DeviceCounters[] = [{ name: 'unassigned', reads: 0, writes: 0 }];
+  private readonly names: string[] = ['unassigned'];
+  // Per-slot access counts in typed arrays: incremented on every PIO exit.
+  private readCounts = new Float64Array(16);
+  private writeCounts = new Float64Array(16);
 
   register(base: number, length: number, device: IoDevice): void {
     if (base < 0 || length <= 0 || base + length > 0x10000) {
@@ -45,7 +48,12 @@ export class PioBus {
     if (slot < 0) {
       slot = this.devices.length;
       this.devices.push(device);
-      this.counters.push({ name: device.name, reads: 0, writes: 0 });
+      this.names.push(device.name);
+      if (slot >= this.readCounts.length) {
+        const grow = (a: Float64Array) => { const b = new Float64Array(a.length * 2); b.set(a); return b; };
+        this.readCounts = grow(this.readCounts);
+        this.writeCounts = grow(this.writeCounts);
+      }
     }
     for (let p = base; p < base + length; p++) {
       this.slotOfPort[p] = slot;
@@ -59,7 +67,7 @@ export class PioBus {
 
   read(port: number, size: number): number {
     const slot = this.slotOfPort[port];
-    this.counters[slot].reads++;
+    this.readCounts[slot]++;
     const device = this.devices[slot];
     if (device === null) return size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
     return device.read(port - this.baseOfPort[port], size);
@@ -67,9 +75,13 @@ export class PioBus {
 
   write(port: number, size: number, value: number): void {
     const slot = this.slotOfPort[port];
-    this.counters[slot].writes++;
+    this.writeCounts[slot]++;
     const device = this.devices[slot];
     if (device !== null) device.write(port - this.baseOfPort[port], size, value);
+  }
+
+  get counters(): DeviceCounters[] {
+    return this.names.map((name, slot) => ({ name, reads: this.readCounts[slot], writes: this.writeCounts[slot] }));
   }
 
   ownerOf(port: number): string | null {

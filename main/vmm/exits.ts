@@ -80,6 +80,12 @@ export class ExitDispatcher {
       this.fail(`bad PIO exit: port 0x${port.toString(16)} size ${size} count ${count}`);
       return;
     }
+    if (count === 1 && size === 1) {
+      // The common case (one byte, e.g. a UART or POST port) without the loop.
+      if (out) this.pio.write(port, 1, bytes[o]);
+      else bytes[o] = this.pio.read(port, 1);
+      return;
+    }
     for (let i = 0; i < count; i++, o += size) {
       if (out) {
         const v = size === 1 ? bytes[o] : size === 2 ? run.getUint16(o, true) : run.getUint32(o, true);

@@ -189,26 +189,27 @@ export class Machine implements MachineContext {
   private runSlice(): void {
     if (this.ended) return;
     const control = this.channels.control;
+    // Commands and AP requests are checked only at slice start and after a kick: whoever
+    // sets them also sets immediate_exit, so KVM_RUN returns at once and nothing waits.
+    const command = control.command;
+    if (command !== COMMAND.RUN) return this.onCommand(command);
+    if (control.apPending !== 0 && this.serviceAps()) return;
     const vcpu = this.vcpus[0].vcpu;
     const run = vcpu.run;
     const bytes = vcpu.runBytes;
     const dispatcher = this.dispatcher;
     try {
       for (let budget = 0; budget < 8192; budget++) {
-        const command = control.command;
-        if (command !== COMMAND.RUN) return this.onCommand(command);
         const r = vcpu.runOnce();
-        if (r === RUN_KICKED) {
+        if (r !== 0) {
+          if (r === RUN_AGAIN) continue;
           // Kicked: clear immediate_exit and let the event loop deliver what the host sent.
           bytes[RUN.IMMEDIATE_EXIT] = 0;
           this.kicks++;
-          if (control.apPending !== 0) this.serviceAps();
           break;
         }
-        if (r === RUN_AGAIN) continue;
         const action = dispatcher.handle(run, bytes, 0);
         if (action !== ACTION.CONTINUE) return this.onAction(action);
-        if (control.apPending !== 0 && this.serviceAps()) return;
       }
     } catch (e) {
       return this.end({ reason: 'error', message: (e as Error).message });
