@@ -1,0 +1,21 @@
+// The rig scenarios fast enough for CI (ci: true in test/rig/scenarios.ts): each boots the
+// L1 workstation under QEMU TCG and must end with RIG-RESULT: PASS. The others run behind
+// npm run test:rig.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { SCENARIOS } from '../rig/scenarios';
+import { processesWith, QEMU_PID_RE, rigSkipReason, startRunner } from '../rig/runner-process';
+
+const skip = rigSkipReason();
+
+for (const s of SCENARIOS.filter((x) => x.ci && x.expect === 'pass')) {
+  test(`rig scenario ${s.name}: ${s.description}`, { skip, timeout: (s.bootTimeoutSec + s.timeoutSec + 300) * 1000 }, async () => {
+    const run = startRunner([s.name]);
+    const { code, output } = await run.ended;
+    assert.equal(code, 0, `runner exit ${code}; output:\n${output.slice(-6000)}`);
+    assert.match(output, /RIG-RESULT: PASS /);
+    const token = QEMU_PID_RE.exec(output)?.[2];
+    assert.ok(token);
+    assert.deepEqual(processesWith(token), []);
+  });
+}

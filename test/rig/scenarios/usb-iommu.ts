@@ -1,0 +1,182 @@
+// The rig's USB devices and IOMMU as a workstation's Porthole would see them: node-usb
+// (libusb) enumerates and opens the emulated devices, usb-storage serves stick0's known
+// sectors, every PCI device sits in an IOMMU group, and an e1000 moves to vfio-pci and back
+// with its VFIO group viable.
+import fs from 'node:fs';
+import path from 'node:path';
+import { getDeviceList, type Device } from 'usb';
+import { libc } from '../../../native';
+import { type ScenarioContext, scenario } from '../scenario';
+import { STICKS, SECTOR, checkStickSector } from '../sticks';
+
+const EXPECTED_USB = [
+  { id: '46f4:0001', what: 'usb-storage' },
+  { id: '0627:0001', what: 'usb-kbd' },
+  { id: '0403:6001', what: 'usb-serial (FTDI)' },
+];
+
+// linux/vfio.h: _IO(';', 100 + n).
+const VFIO_GET_API_VERSION = 0x3b64;
+const VFIO_CHECK_EXTENSION = 0x3b65;
+const VFIO_GROUP_GET_STATUS = 0x3b67;
+const VFIO_TYPE1_IOMMU = 1;
+const VFIO_GROUP_FLAGS_VIABLE = 1;
+
+const hex4 = (n: number) => n.toString(16).padStart(4, '0');
+const readTrim = (p: string) => fs.readFileSync(p, 'utf8').trim();
+
+function stringDescriptor(dev: Device, index: number): Promise<string> {
+  if (!index) return Promise.resolve('');
+  return new Promise((resolve, reject) => dev.getStringDescriptor(index, (err, value) => (err ? reject(err) : resolve(value ?? ''))));
+}
+
+async function until<T>(what: string, timeoutMs: number, probe: () => T | null): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = probe();
+    if (v !== null) return v;
+    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function checkUsb(ctx: ScenarioContext): Promise<string> {
+  // usb-storage waits delay_use (1 s) before scanning; all three devices exist long before that.
+  let ids: string[] = [];
+  const devices = await until('enumeration of the three rig USB devices', 60000, () => {
+    const list = getDeviceList();
+    ids = list.map((d) => `${hex4(d.deviceDescriptor.idVendor)}:${hex4(d.deviceDescriptor.idProduct)}`);
+    return EXPECTED_USB.every((e) => ids.includes(e.id)) ? list : null;
+  }).catch((e: Error) => {
+    const sysfs = fs.readdirSync('/sys/bus/usb/devices').map((n) => {
+      const p = `/sys/bus/usb/devices/${n}/idVendor`;
+      return fs.existsSync(p) ? `${n}=${readTrim(p)}:${readTrim(`/sys/bus/usb/devices/${n}/idProduct`)}` : n;
+    });
+    throw new Error(`${e.message}; node-usb saw [${ids.join(' ')}], sysfs has [${sysfs.join(' ')}]`);
+  });
+  let opened = 0;
+  for (const dev of devices) {
+    const d = dev.deviceDescriptor;
+    const id = `${hex4(d.idVendor)}:${hex4(d.idProduct)}`;
+    let strings = '(hub, not opened)';
+    if (d.bDeviceClass !== 9) {
+      dev.open();
+      try {
+        strings = [await stringDescriptor(dev, d.iManufacturer), await stringDescriptor(dev, d.iProduct), await stringDescriptor(dev, d.iSerialNumber)]
+          .map((s) => JSON.stringify(s)).join(' ');
+        opened++;
+      } finally {
+        dev.close();
+      }
+    }
+    ctx.log(`usb ${dev.busNumber}-${(dev.portNumbers ?? []).join('.') || 'root'} ${id} class ${d.bDeviceClass} ${strings}`);
+  }
+  return `node-usb saw ${devices.length} devices and read the strings of ${opened}`;
+}
+
+/** The block device whose USB ancestor reports `serial`. */
+function blockDeviceWithSerial(serial: string): string | null {
+  let names: string[] = [];
+  try { names = fs.readdirSync('/sys/block').filter((n) => n.startsWith('sd')); } catch { return null; }
+  for (const name of names) {
+    for (let dir = fs.realpathSync(`/sys/block/${name}/device`); dir !== '/'; dir = path.dirname(dir)) {
+      if (fs.existsSync(path.join(dir, 'idVendor')) && fs.existsSync(path.join(dir, 'serial'))) {
+        if (readTrim(path.join(dir, 'serial')) === serial) return name;
+        break;
+      }
+    }
+  }
+  return null;
+}
+
+async function checkStick(ctx: ScenarioContext): Promise<string> {
+  const spec = STICKS.stick0;
+  const name = await until(`a block device for USB stick ${spec.serial}`, 60000, () => blockDeviceWithSerial(spec.serial));
+  const sectors = Number(readTrim(`/sys/block/${name}/size`));
+  if (sectors * 512 !== spec.sizeMiB * 1048576) throw new Error(`/dev/${name} has ${sectors} sectors, expected ${spec.sizeMiB} MiB`);
+  const fd = fs.openSync(`/dev/${name}`, 'r');
+  try {
+    const buf = Buffer.alloc(SECTOR);
+    for (const s of [0, 1, 4095, sectors - 1]) {
+      fs.readSync(fd, buf, 0, SECTOR, s * SECTOR);
+      const bad = checkStickSector(spec.label, s, buf);
+      if (bad) throw new Error(`/dev/${name}: ${bad}`);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  ctx.log(`stick0 is /dev/${name}: ${sectors} sectors, known contents read back`);
+  return `stick0 is /dev/${name} with its known contents`;
+}
+
+interface PciDev { bdf: string; id: string; cls: string; driver: string; group: string }
+
+function pciDevices(): PciDev[] {
+  const base = '/sys/bus/pci/devices';
+  return fs.readdirSync(base).map((bdf) => {
+    const d = path.join(base, bdf);
+    const link = (p: string) => { try { return path.basename(fs.readlinkSync(path.join(d, p))); } catch { return '-'; } };
+    return {
+      bdf, id: `${readTrim(`${d}/vendor`).slice(2)}:${readTrim(`${d}/device`).slice(2)}`,
+      cls: readTrim(`${d}/class`).slice(2, 6), driver: link('driver'), group: link('iommu_group'),
+    };
+  });
+}
+
+function bind(bdf: string, driverOverride: string): void {
+  const d = `/sys/bus/pci/devices/${bdf}`;
+  fs.writeFileSync(`${d}/driver_override`, driverOverride === '' ? '\n' : driverOverride);
+  if (fs.existsSync(`${d}/driver`)) fs.writeFileSync(`${d}/driver/unbind`, bdf);
+  fs.writeFileSync('/sys/bus/pci/drivers_probe', bdf);
+}
+
+function checkVfio(ctx: ScenarioContext, devs: PciDev[]): string {
+  const nic = devs.find((d) => d.id === '8086:100e');
+  if (!nic) throw new Error('no e1000 (8086:100e) in L1');
+  bind(nic.bdf, 'vfio-pci');
+  const driver = path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${nic.bdf}/driver`));
+  if (driver !== 'vfio-pci') throw new Error(`e1000 ${nic.bdf} bound to ${driver}, not vfio-pci`);
+  const groupDev = `/dev/vfio/${nic.group}`;
+  let detail: string;
+  const container = libc.open('/dev/vfio/vfio', libc.O_RDWR);
+  try {
+    const api = libc.ioctl(container, 'VFIO_GET_API_VERSION', VFIO_GET_API_VERSION);
+    const type1 = libc.ioctl(container, 'VFIO_CHECK_EXTENSION', VFIO_CHECK_EXTENSION, VFIO_TYPE1_IOMMU);
+    const group = libc.open(groupDev, libc.O_RDWR);
+    try {
+      const status = Buffer.alloc(8);
+      status.writeUInt32LE(8, 0);
+      libc.ioctlBuffer(group, 'VFIO_GROUP_GET_STATUS', VFIO_GROUP_GET_STATUS, status);
+      const flags = status.readUInt32LE(4);
+      ctx.log(`vfio: API ${api}, type1 ${type1}, ${groupDev} flags ${flags}`);
+      if (api !== 0 || type1 !== 1) throw new Error(`VFIO API ${api} / type1 IOMMU ${type1}: not usable`);
+      if (!(flags & VFIO_GROUP_FLAGS_VIABLE)) throw new Error(`${groupDev} is not viable (flags ${flags})`);
+      detail = `e1000 ${nic.bdf} bound to vfio-pci, ${groupDev} viable`;
+    } finally {
+      libc.close(group);
+    }
+  } finally {
+    libc.close(container);
+  }
+  bind(nic.bdf, '');
+  const back = path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${nic.bdf}/driver`));
+  ctx.log(`e1000 ${nic.bdf} returned to ${back}`);
+  if (back !== 'e1000') throw new Error(`e1000 ${nic.bdf} went back to ${back}, not e1000`);
+  return `${detail}, then back to e1000`;
+}
+
+scenario('usb-iommu', async (ctx) => {
+  const usb = await checkUsb(ctx);
+  const stick = await checkStick(ctx);
+  const devs = pciDevices();
+  for (const d of devs) ctx.log(`pci ${d.bdf} [${d.cls}] ${d.id} driver ${d.driver} iommu group ${d.group}`);
+  const ungrouped = devs.filter((d) => d.group === '-');
+  if (ungrouped.length) throw new Error(`PCI devices without an IOMMU group: ${ungrouped.map((d) => d.bdf).join(', ')}`);
+  const groups = new Set(devs.map((d) => d.group));
+  const xhcis = devs.filter((d) => d.cls === '0c03');
+  const alone = xhcis.filter((x) => devs.filter((d) => d.group === x.group).length === 1);
+  ctx.log(`${groups.size} IOMMU groups; ${alone.length} of ${xhcis.length} xHCI controllers alone in their group`);
+  if (xhcis.length < 2 || alone.length < 2) throw new Error('the two xHCI controllers are not each alone in an IOMMU group');
+  const vfio = checkVfio(ctx, devs);
+  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${vfio}`;
+});
