@@ -51,6 +51,13 @@ export class ControlBlock {
         Atomics.store(this.words, CTRL_MAILBOX + cpu, MAILBOX.IDLE);
         return v;
       }
+      // The machine may have finished its last look at the mailboxes before this request
+      // arrived: once it is stopping, withdraw the request instead of waiting forever.
+      if (Atomics.load(this.words, CTRL_COMMAND) === COMMAND.STOP &&
+          Atomics.compareExchange(this.words, CTRL_MAILBOX + cpu, MAILBOX.REQUEST, MAILBOX.IDLE) === MAILBOX.REQUEST) {
+        Atomics.sub(this.words, CTRL_AP_PENDING, 1);
+        return MAILBOX.CANCELLED;
+      }
       Atomics.wait(this.words, CTRL_MAILBOX + cpu, MAILBOX.REQUEST, 100);
     }
   }

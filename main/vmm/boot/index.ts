@@ -1,7 +1,9 @@
 // Puts the boot payload into guest memory and sets the vCPUs' starting state.
 import type { KvmVcpu } from '../../../native';
 import type { Machine } from '../machine';
+import { bootFirmware } from './firmware';
 import { bootFlat } from './flat';
+import { bootLinux } from './linux';
 
 export async function prepareBoot(machine: Machine, vcpus: KvmVcpu[]): Promise<void> {
   const boot = machine.config.boot;
@@ -9,8 +11,9 @@ export async function prepareBoot(machine: Machine, vcpus: KvmVcpu[]): Promise<v
     case 'flat':
       return bootFlat(machine, vcpus[0], boot.path, boot.address);
     case 'firmware':
-      throw new Error('firmware boot is not available yet');
+      return bootFirmware(machine, vcpus);
     case 'linux':
-      throw new Error('Linux direct boot is not available yet');
+      await bootLinux(machine, vcpus, boot);
+      return;
   }
 }

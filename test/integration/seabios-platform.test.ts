@@ -1,0 +1,28 @@
+// The platform registers firmware and OSes use to end or restart a machine: ACPI S5
+// through the PIIX4 PM1a control register and the PIIX reset control register (0xcf9).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { flatConfig, kvmSkipReason, runVm } from '../helpers/vm';
+
+const skip = kvmSkipReason() ?? false;
+const DEBUGCON = 4;
+
+test('a guest writing SLP_TYP=S5 | SLP_EN to PM1a_CNT powers the VM off with exit code 0', { skip }, async () => {
+  const r = await runVm(flatConfig('acpi-s5'));
+  assert.deepEqual(r.end, { reason: 'poweroff', exitCode: 0 });
+  assert.equal(r.output[DEBUGCON], 's5 guest\n');
+  assert.ok(r.stats.devices.some((d) => d.name === 'acpi-pm' && d.writes === 1), JSON.stringify(r.stats.devices));
+});
+
+test('a guest writing 0x06 to 0xcf9 resets: the machine is rebuilt and runs again from the start', { skip }, async () => {
+  const logs: string[] = [];
+  const r = await runVm(flatConfig('acpi-reset'), {
+    until: /banner[\s\S]*banner/,
+    untilRing: DEBUGCON,
+    onStart: (host) => host.on('log', (line) => logs.push(line)),
+  });
+  // Stopping can overtake the next reset: either way the VM ends, not on an error.
+  assert.ok(r.end.reason === 'stopped' || r.end.reason === 'reset', JSON.stringify(r.end));
+  assert.match(r.output[DEBUGCON], /^banner\nbanner\n/);
+  assert.ok(logs.includes('guest reset'), logs.join('\n'));
+});
