@@ -1,6 +1,6 @@
 // The rig scenarios fast enough for CI (ci: true in test/rig/scenarios.ts): each boots the
 // L1 workstation under QEMU TCG and must end with RIG-RESULT: PASS. The others run behind
-// npm run test:rig.
+// npm run test:rig. The runner may run a scenario twice (an L1 triple fault or stall).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SCENARIOS } from '../rig/scenarios';
@@ -9,7 +9,7 @@ import { processesWith, QEMU_PID_RE, rigSkipReason, startRunner } from '../rig/r
 const skip = rigSkipReason();
 
 for (const s of SCENARIOS.filter((x) => x.ci && x.expect === 'pass')) {
-  test(`rig scenario ${s.name}: ${s.description}`, { skip, timeout: (s.bootTimeoutSec + s.timeoutSec + 300) * 1000 }, async () => {
+  test(`rig scenario ${s.name}: ${s.description}`, { skip, timeout: (2 * (s.bootTimeoutSec + s.timeoutSec) + 300) * 1000 }, async () => {
     const run = startRunner([s.name]);
     const { code, output } = await run.ended;
     assert.equal(code, 0, `runner exit ${code}; output:\n${output.slice(-6000)}`);
