@@ -13,6 +13,7 @@ import { ACTION, type Action, ExitDispatcher } from './exits';
 import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memory';
 import { buildPlatform, type Platform } from './platform';
 import { prepareBoot } from './boot';
+import { pcIrqRoutes } from './mptable';
 import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, STATE } from './shared';
 
 export type MachineEnd =
@@ -82,6 +83,9 @@ export class Machine implements MachineContext {
     this.vm.setIdentityMapAddr(0xfeffc000n);
     this.vm.setTssAddr(0xfeffd000);
     this.vm.createIrqchip();
+    // The PC wiring (ISA IRQ 0 on IOAPIC pin 2, as the ACPI/MP tables and SeaBIOS say) for
+    // every boot kind; KVM's identity default would leave the PIT on pin 0.
+    this.vm.setGsiRouting(pcIrqRoutes());
     this.vm.createPit2();
     this.regions = allocateRam(config.memoryBytes);
     this.memory = new GuestMemory(this.regions);

@@ -12,7 +12,6 @@ import { buildE820, E820_RAM, encodeE820 } from '../e820';
 import { COM_PORTS } from '../layout';
 import type { Machine } from '../machine';
 import { allocateRom, FOUR_GIB, type GuestMemory } from '../memory';
-import { pcIrqRoutes } from '../mptable';
 
 /** Where Debian's seabios package puts the image (256 KiB first: it has more features). */
 export const DEFAULT_FIRMWARE_PATHS = ['/usr/share/seabios/bios-256k.bin', '/usr/share/seabios/bios.bin'];
@@ -67,8 +66,6 @@ export async function bootFirmware(machine: Machine, _vcpus: KvmVcpu[]): Promise
   const isaSize = Math.min(image.length, ISA_BIOS_MAX);
   machine.memory.write(ISA_BIOS_END - isaSize, image.subarray(image.length - isaSize));
 
-  // The PIT's IRQ 0 reaches IOAPIC pin 2, as SeaBIOS's tables say (irq0-override).
-  machine.kvmVm.setGsiRouting(pcIrqRoutes());
 
   configureFirmware(machine.devices.fwCfg, {
     config: machine.config,

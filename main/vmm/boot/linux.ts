@@ -12,7 +12,7 @@ import { buildE820, type E820Entry } from '../e820';
 import type { Machine } from '../machine';
 import type { Platform } from '../platform';
 import type { GuestMemory } from '../memory';
-import { buildMpTable, pcIrqRoutes, type PciIrqWire } from '../mptable';
+import { buildMpTable, type PciIrqWire } from '../mptable';
 import { ACPI_SCI_IRQ, PCI_MMIO_BASE, PCI_MMIO_END } from '../layout';
 import { PciBus } from '../devices/pci';
 import {
@@ -529,8 +529,6 @@ export async function bootLinux(
     kernel, kernelName: boot.kernel, initrd, initrdName: boot.initrd, cmdline: boot.append, cpus: machine.cpuCount,
     acpi: { has8042: devices.i8042 !== undefined, pci },
   });
-  // The tables put ISA IRQ 0 on IOAPIC pin 2; make KVM deliver the PIT there too.
-  machine.kvmVm.setGsiRouting(pcIrqRoutes());
   const pvm = hostIsPvm();
   if (pvm) machine.log(`linux boot: PVM host, hiding ${PVM_HIDDEN_FEATURES.map((f) => f.name).join(', ')} from the guest`);
   for (const vcpu of vcpus) {
