@@ -47,7 +47,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'smoke',
-    description: 'Porthole (porthole run --kernel) boots the L2 kit in L1; uname -r, CPU count and lspci -nn over its serial console',
+    description: 'Porthole (porthole run --kernel) boots the L2 kit in L1; uname -r, CPU count and lspci -nn over its serial console; Linux drivers find our 16550A, i8042 and CMOS RTC; poweroff ends Porthole through ACPI S5',
     // Healthy runs take 25-80 s on a busy 2-core host.
     devices: {}, bootTimeoutSec: 240, timeoutSec: 300, expect: 'pass', ci: true,
   },

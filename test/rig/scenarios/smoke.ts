@@ -18,6 +18,35 @@ scenario('smoke', async (ctx) => {
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
   vm.stderr!.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l.trim()) ctx.log(`porthole: ${l}`); });
   vm.on('exit', (code, sig) => ctx.log(`porthole exited (${sig ?? `code ${code}`})`));
+  const exited = new Promise<string>((resolve) => vm.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
   const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
-  return `Porthole in L1: ${await kitChecks(ctx, con, cpus, 420000)}`;
+  const checks = await kitChecks(ctx, con, cpus, 420000);
+  // What Linux's own drivers made of our devices (8250 autoconfig, RTC, i8042, ACPI PM timer).
+  const drivers = await con.runOk("dmesg | grep -iE 'ttyS[0-3] at|rtc|i8042|PM-Timer|ACPI: (FACP|APIC|DSDT)|clocksource: Switched' || true");
+  ctx.log(`L2 driver lines:\n${drivers.trim()}`);
+  if (!/ttyS0 at I\/O 0x3f8 \(irq = 4[^)]*\) is a 16550A/.test(drivers)) {
+    throw new Error('Linux\'s 8250 driver did not identify COM1 as a 16550A at 0x3f8, IRQ 4');
+  }
+  if (!/serio: i8042 KBD port at 0x60,0x64 irq 1/.test(drivers)) throw new Error('Linux\'s i8042 driver found no keyboard port');
+  // rtc_cmos sets the guest clock from our CMOS: it must agree with L1's clock (same day at least).
+  const rtc = /rtc_cmos \S+: setting system clock to (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)/.exec(drivers);
+  if (!rtc) throw new Error('Linux\'s rtc_cmos driver did not read the time from the CMOS');
+  const skewHours = Math.abs(Date.parse(`${rtc[1]}Z`) - Date.now()) / 3600000;
+  if (!(skewHours < 24)) throw new Error(`the guest read ${rtc[1]} from the CMOS RTC, ${skewHours.toFixed(1)} h from the host clock`);
+
+  // Linux powers off through ACPI (our FADT and \_S5, then S5 written to the PIIX4 PM1a_CNT):
+  // Porthole must end with exit code 0. Without ACPI the kernel would only halt and hang here.
+  con.send('poweroff -f\n');
+  let timer: NodeJS.Timeout | undefined;
+  const end = await Promise.race([
+    exited,
+    new Promise<string>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120000); }),
+  ]);
+  clearTimeout(timer);
+  if (end !== 'code 0') {
+    throw new Error(end === 'timeout'
+      ? 'after "poweroff -f" in L2, porthole did not exit within 120 s (no ACPI S5 power-off)'
+      : `after "poweroff -f" in L2, porthole exited with ${end}, expected code 0 (ACPI S5)`);
+  }
+  return `Porthole in L1: ${checks}; poweroff in L2 ended porthole through ACPI S5 with exit code 0`;
 });
