@@ -4,17 +4,10 @@
 ; If no reset happens, it exits through isa-debug-exit with status 0x7f.
 bits 16
 org 0x1000
+%include "debugcon.inc"
 
 start:
-  mov si, msg
-.next:
-  lodsb
-  test al, al
-  jz .reset
-  mov dx, 0x402
-  out dx, al
-  jmp .next
-.reset:
+  debugcon_puts msg
   mov dx, 0xcf9
   mov al, 0x06
   out dx, al

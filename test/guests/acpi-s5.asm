@@ -3,21 +3,14 @@
 ; If the machine does not power off, it exits through isa-debug-exit with status 0x7f.
 bits 16
 org 0x1000
+%include "debugcon.inc"
 
 PM1A_CNT equ 0x604
 SLP_EN   equ 1 << 13
 SLP_TYP  equ 0 << 10
 
 start:
-  mov si, msg
-.next:
-  lodsb
-  test al, al
-  jz .sleep
-  mov dx, 0x402
-  out dx, al
-  jmp .next
-.sleep:
+  debugcon_puts msg
   mov dx, PM1A_CNT
   mov ax, SLP_TYP | SLP_EN
   out dx, ax

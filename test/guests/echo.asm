@@ -6,14 +6,9 @@
 bits 16
 org 0x1000
 
-COM1      equ 0x3f8
-REG_DATA  equ 0
-REG_IER   equ 1
-REG_IIR   equ 2
-REG_FCR   equ 2
-REG_LCR   equ 3
-REG_MCR   equ 4
-REG_LSR   equ 5
+%include "pic.inc"
+%include "com1.inc"
+
 IRQ4_VECTOR equ 0x0c          ; the PIC's IRQ base is 8, as on a PC
 
 start:
@@ -26,50 +21,13 @@ start:
   cld
 
   ; 8259 pair: edge-triggered, vectors 8..15 and 0x70..0x77, only IRQ 4 unmasked.
-  mov al, 0x11
-  out 0x20, al
-  out 0xa0, al
-  mov al, 0x08
-  out 0x21, al
-  mov al, 0x70
-  out 0xa1, al
-  mov al, 0x04
-  out 0x21, al
-  mov al, 0x02
-  out 0xa1, al
-  mov al, 0x01
-  out 0x21, al
-  out 0xa1, al
-  mov al, 0xef
-  out 0x21, al
-  mov al, 0xff
-  out 0xa1, al
+  pic_init 0xef, 0xff
 
   mov word [IRQ4_VECTOR * 4], com1_isr
   mov word [IRQ4_VECTOR * 4 + 2], 0
 
-  ; COM1: 115200 baud (divisor 1), 8N1, FIFOs on and cleared, trigger level 14.
-  mov dx, COM1 + REG_IER
-  xor al, al
-  out dx, al
-  mov dx, COM1 + REG_LCR
-  mov al, 0x80
-  out dx, al
-  mov dx, COM1 + REG_DATA
-  mov al, 1
-  out dx, al
-  mov dx, COM1 + REG_IER
-  xor al, al
-  out dx, al
-  mov dx, COM1 + REG_LCR
-  mov al, 0x03
-  out dx, al
-  mov dx, COM1 + REG_FCR
-  mov al, 0xc7
-  out dx, al
-  mov dx, COM1 + REG_MCR
-  mov al, 0x0b                ; DTR, RTS, OUT2 (OUT2 connects the IRQ on a PC)
-  out dx, al
+  ; COM1: 115200 baud, 8N1, FIFOs; DTR, RTS, OUT2 (OUT2 connects the IRQ on a PC).
+  com1_init 0x0b
 
   mov si, banner
 .banner:
@@ -80,7 +38,7 @@ start:
   jmp .banner
 .banner_done:
 
-  mov dx, COM1 + REG_IER
+  mov dx, COM1 + UART_IER
   mov al, 0x01                ; received data available (and character timeout)
   out dx, al
 
@@ -94,16 +52,16 @@ com1_isr:
   push ax
   push dx
 .check:
-  mov dx, COM1 + REG_IIR
+  mov dx, COM1 + UART_IIR
   in al, dx
   test al, 1
   jnz .done
 .drain:
-  mov dx, COM1 + REG_LSR
+  mov dx, COM1 + UART_LSR
   in al, dx
   test al, 1
   jz .check
-  mov dx, COM1 + REG_DATA
+  mov dx, COM1 + UART_DATA
   in al, dx
   call putc
   jmp .drain
@@ -118,13 +76,13 @@ com1_isr:
 putc:
   push dx
   push ax
-  mov dx, COM1 + REG_LSR
+  mov dx, COM1 + UART_LSR
 .wait:
   in al, dx
   test al, 0x20
   jz .wait
   pop ax
-  mov dx, COM1 + REG_DATA
+  mov dx, COM1 + UART_DATA
   out dx, al
   pop dx
   ret

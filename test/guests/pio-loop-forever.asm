@@ -3,19 +3,12 @@
 ; watches the port's write count to see whether the guest runs.
 bits 16
 org 0x1000
+%include "debugcon.inc"
 start:
   cli
   xor ax, ax
   mov ds, ax
-  mov si, banner
-.next:
-  lodsb
-  test al, al
-  jz .count
-  mov dx, 0x402
-  out dx, al
-  jmp .next
-.count:
+  debugcon_puts banner
   xor al, al
 .loop:
   inc al

@@ -3,6 +3,7 @@
 ; prints the result and exits through isa-debug-exit.
 bits 16
 org 0x1000
+%include "debug-exit.inc"
 start:
   cli
   xor ax, ax
@@ -10,11 +11,6 @@ start:
   mov ss, ax
   mov sp, 0x7000
   call pio_loop
-  mov al, 0
-  out 0xf4, al
-.park:
-  cli
-  hlt
-  jmp .park
+  debug_exit 0
 
 %include "pio-loop.inc"

@@ -3,12 +3,13 @@
 ; If no reset happens it says so and exits through isa-debug-exit with status 0x7f.
 bits 16
 org 0x1000
+%include "debugcon.inc"
+%include "debug-exit.inc"
 start:
   cli
   xor ax, ax
   mov ds, ax
-  mov si, banner
-  call print
+  debugcon_puts banner
   ; Wait for the controller's input buffer to be empty, as firmware does.
   mov cx, 1000
 .wait_ibf:
@@ -17,23 +18,8 @@ start:
   loopnz .wait_ibf
   mov al, 0xfe
   out 0x64, al
-  mov si, no_reset
-  call print
-  mov al, 0x3f
-  out 0xf4, al
-.park:
-  hlt
-  jmp .park
-
-print:
-  lodsb
-  test al, al
-  jz .done
-  mov dx, 0x402
-  out dx, al
-  jmp print
-.done:
-  ret
+  debugcon_puts no_reset
+  debug_exit 0x3f
 
 banner:   db "boot: i8042 reset", 10, 0
 no_reset: db "i8042 reset did nothing", 10, 0

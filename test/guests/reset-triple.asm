@@ -6,28 +6,19 @@
 ; If no reset happens it says so and exits through isa-debug-exit with status 0x7f.
 bits 16
 org 0x1000
+%include "debugcon.inc"
+%include "debug-exit.inc"
 start:
   cli
   xor ax, ax
   mov ds, ax
-  mov si, banner
-  call print
+  debugcon_puts banner
   lgdt [gdt_desc]
   lidt [null_idt]
   mov eax, cr0
   or al, 1
   mov cr0, eax
   jmp 0x08:pm32
-
-print:
-  lodsb
-  test al, al
-  jz .done
-  mov dx, 0x402
-  out dx, al
-  jmp print
-.done:
-  ret
 
 bits 32
 pm32:
@@ -38,20 +29,8 @@ pm32:
   mov esp, 0x7000
   ud2
   ; Not reached when the triple fault resets the machine.
-  mov esi, no_reset
-.next:
-  lodsb
-  test al, al
-  jz .done
-  mov dx, 0x402
-  out dx, al
-  jmp .next
-.done:
-  mov al, 0x3f
-  out 0xf4, al
-.park:
-  hlt
-  jmp .park
+  debugcon_puts no_reset
+  debug_exit 0x3f
 
 align 8
 gdt:

@@ -3,13 +3,8 @@
 ; The checksum byte at the end is fixed up by the benchmark (sum of all bytes = 0).
 bits 16
 org 0
-ROM_BLOCKS equ 2                     ; 1 KiB
-  db 0x55, 0xaa
-  db ROM_BLOCKS
-  jmp init
-  times 0x18 - ($ - $$) db 0
-  dw 0                               ; no PCI data structure
-  dw 0                               ; no PnP header
+%include "optionrom-header.inc"
+  optionrom_header 2, init           ; 1 KiB
 init:
   cli
   cld
@@ -23,5 +18,4 @@ init:
 
 %include "serial-flood.inc"
 
-  times ROM_BLOCKS * 512 - 1 - ($ - $$) db 0
-checksum: db 0
+  optionrom_end

@@ -5,11 +5,12 @@
 ; came back after a full output ring, this guest would sleep forever.
 bits 16
 org 0x1000
+%include "pic.inc"
+%include "com1.inc"
 
 %ifndef SERIAL_IRQ_FLOOD_BYTES
 SERIAL_IRQ_FLOOD_BYTES equ 196608
 %endif
-COM1 equ 0x3f8
 IRQ4_VECTOR equ 0x0c
 
 start:
@@ -21,66 +22,15 @@ start:
   mov sp, 0x7000
 
   ; 8259 pair: vectors 8..15 and 0x70..0x77, edge-triggered, only IRQ 4 unmasked.
-  mov al, 0x11
-  out 0x20, al
-  out 0xa0, al
-  mov al, 0x08
-  out 0x21, al
-  mov al, 0x70
-  out 0xa1, al
-  mov al, 0x04
-  out 0x21, al
-  mov al, 0x02
-  out 0xa1, al
-  mov al, 0x01
-  out 0x21, al
-  out 0xa1, al
-  mov al, 0xef
-  out 0x21, al
-  mov al, 0xff
-  out 0xa1, al
+  pic_init 0xef, 0xff
   mov word [IRQ4_VECTOR * 4], isr
   mov word [IRQ4_VECTOR * 4 + 2], 0
 
   ; COM1: 115200 8N1, FIFOs on, DTR RTS OUT2.
-  mov dx, COM1 + 1
-  xor al, al
-  out dx, al
-  mov dx, COM1 + 3
-  mov al, 0x80
-  out dx, al
-  mov dx, COM1
-  mov al, 1
-  out dx, al
-  mov dx, COM1 + 1
-  xor al, al
-  out dx, al
-  mov dx, COM1 + 3
-  mov al, 0x03
-  out dx, al
-  mov dx, COM1 + 2
-  mov al, 0xc7
-  out dx, al
-  mov dx, COM1 + 4
-  mov al, 0x0b
-  out dx, al
+  com1_init 0x0b
 
   mov si, marker
-.marker:
-  lodsb
-  test al, al
-  jz .marker_done
-  mov ah, al
-  mov dx, COM1 + 5
-.wait:
-  in al, dx
-  test al, 0x20
-  jz .wait
-  mov al, ah
-  mov dx, COM1
-  out dx, al
-  jmp .marker
-.marker_done:
+  com1_puts_si
 
   mov dword [remaining], SERIAL_IRQ_FLOOD_BYTES
   mov dx, COM1 + 1

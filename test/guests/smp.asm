@@ -12,6 +12,8 @@
 ; No int/iret anywhere: KVM's emulator on this host refuses them in 32-bit mode.
 bits 16
 org 0x1000
+%include "debugcon.inc"
+%include "debug-exit.inc"
 
 LAPIC           equ 0xfee00000
 LAPIC_ID        equ LAPIC + 0x20
@@ -25,7 +27,6 @@ ICR_SIPI        equ 0x000c4600
 TRAMPOLINE      equ 0x8000          ; 4 KiB aligned, below 1 MiB: SIPI vector 0x08
 AP_COUNT        equ 0x0500          ; word, incremented with lock by each AP
 ID_FLAGS        equ 0x0510          ; one byte per APIC id (0..63)
-DEBUGCON        equ 0x402
 ; TSC cycles for the MP spec delays, sized for TSCs up to ~3 GHz (longer is harmless).
 DELAY_10MS      equ 30000000
 DELAY_200US     equ 600000
@@ -115,26 +116,9 @@ start:
   mov al, 10
   call putc
 
-  mov al, 0                 ; isa-debug-exit status (0 << 1) | 1 = 1
-  out 0xf4, al
-.park:
-  cli
-  hlt
-  jmp .park
+  debug_exit 0
 
-; Loads FS with a flat 4 GiB data segment through a short trip into protected mode.
-enter_unreal:
-  lgdt [gdt_desc]
-  mov eax, cr0
-  or al, 1
-  mov cr0, eax
-  jmp short .pm             ; serialise (not required by KVM, required by old CPUs)
-.pm:
-  mov bx, 0x08
-  mov fs, bx
-  and al, 0xfe
-  mov cr0, eax
-  ret
+%include "unreal.inc"
 
 wait_icr:
   test dword [fs:dword LAPIC_ICR_LO], ICR_PENDING
@@ -159,25 +143,7 @@ delay:
   pop eax
   ret
 
-; Prints the NUL-terminated string at DS:SI.
-print:
-  push ax
-.next:
-  lodsb
-  test al, al
-  jz .done
-  call putc
-  jmp .next
-.done:
-  pop ax
-  ret
-
-putc:
-  push dx
-  mov dx, DEBUGCON
-  out dx, al
-  pop dx
-  ret
+%include "debugcon-print.inc"
 
 ; Prints AX in decimal.
 print_dec:
@@ -230,14 +196,6 @@ ap_trampoline:
   hlt
   jmp short .park
 ap_trampoline_end:
-
-align 8
-gdt:
-  dq 0
-  dq 0x00cf92000000ffff     ; 0x08: data, base 0, limit 4 GiB, writable
-gdt_desc:
-  dw gdt_desc - gdt - 1
-  dd gdt
 
 msg_start: db "smp: start", 10, 0
 msg_aps:   db "aps: ", 0

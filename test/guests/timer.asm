@@ -7,6 +7,8 @@
 ; and exits through isa-debug-exit.
 bits 16
 org 0x1000
+%include "debugcon.inc"
+%include "debug-exit.inc"
 
 LAPIC           equ 0xfee00000
 LAPIC_EOI       equ LAPIC + 0xb0
@@ -24,7 +26,6 @@ POLLED_TICKS    equ 3
 TOTAL_TICKS     equ 10
 ; Bound for the polled wait, in TSC cycles (several seconds on any host).
 POLL_LIMIT_HI   equ 4               ; x 2^32 cycles
-DEBUGCON        equ 0x402
 
 start:
   cli
@@ -104,12 +105,7 @@ start:
   mov al, 10
   call putc
 
-  mov al, 0                 ; isa-debug-exit status (0 << 1) | 1 = 1
-  out 0xf4, al
-.park:
-  cli
-  hlt
-  jmp .park
+  debug_exit 0
 
 timer_isr:
   push eax
@@ -129,38 +125,9 @@ timer_isr:
 spurious_isr:
   iret
 
-; Loads FS with a flat 4 GiB data segment through a short trip into protected mode.
-enter_unreal:
-  lgdt [gdt_desc]
-  mov eax, cr0
-  or al, 1
-  mov cr0, eax
-  jmp short .pm
-.pm:
-  mov bx, 0x08
-  mov fs, bx
-  and al, 0xfe
-  mov cr0, eax
-  ret
+%include "unreal.inc"
 
-print:
-  push ax
-.next:
-  lodsb
-  test al, al
-  jz .done
-  call putc
-  jmp .next
-.done:
-  pop ax
-  ret
-
-putc:
-  push dx
-  mov dx, DEBUGCON
-  out dx, al
-  pop dx
-  ret
+%include "debugcon-print.inc"
 
 ; Prints EAX as 8 hex digits.
 print_hex:
@@ -208,14 +175,6 @@ print_dec32:
   pop ebx
   pop eax
   ret
-
-align 8
-gdt:
-  dq 0
-  dq 0x00cf92000000ffff     ; 0x08: data, base 0, limit 4 GiB, writable
-gdt_desc:
-  dw gdt_desc - gdt - 1
-  dd gdt
 
 align 4
 ticks:          dd 0
