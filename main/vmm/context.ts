@@ -39,6 +39,11 @@ export interface MachineContext {
   log(text: string): void;
   /** Sends a structured event to the VM host thread (serial line settings, modem lines). */
   notifyHost(message: HostNotification): void;
+  /**
+   * Runs `fn` on the machine thread after about `delayMs`, even while the guest sits in
+   * KVM_RUN (the VM host kicks vCPU 0 when it is due). Returns a function that cancels it.
+   */
+  setTimer(delayMs: number, fn: () => void): () => void;
   /** Host-side output ring for COM port `index` (0..3), the debug console is index 4. */
   serialRing(index: number): ByteRing;
 }

@@ -14,7 +14,7 @@ import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memor
 import { buildPlatform, type Platform } from './platform';
 import { prepareBoot } from './boot';
 import { pcIrqRoutes } from './mptable';
-import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, STATE } from './shared';
+import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, monotonicMs, STATE } from './shared';
 
 export type MachineEnd =
   | { reason: 'poweroff'; exitCode: number }
@@ -72,6 +72,7 @@ export class Machine implements MachineContext {
   private exitCode = 0;
   private ended = false;
   private running = false;
+  private readonly timers = new Set<{ deadline: number; fn: () => void }>();
 
   constructor(config: MachineConfig, private readonly channels: MachineChannels) {
     this.config = config;
@@ -113,6 +114,28 @@ export class Machine implements MachineContext {
   }
   serialRing(index: number): ByteRing {
     return this.channels.rings[index];
+  }
+  setTimer(delayMs: number, fn: () => void): () => void {
+    const deadline = monotonicMs() + delayMs;
+    const entry = { deadline, fn };
+    const timer = setTimeout(() => {
+      this.timers.delete(entry);
+      this.publishTimerDeadline();
+      if (!this.ended) fn();
+    }, delayMs);
+    timer.unref();
+    this.timers.add(entry);
+    this.publishTimerDeadline();
+    return () => {
+      clearTimeout(timer);
+      this.timers.delete(entry);
+      this.publishTimerDeadline();
+    };
+  }
+  private publishTimerDeadline(): void {
+    let earliest = 0;
+    for (const t of this.timers) if (earliest === 0 || t.deadline < earliest) earliest = t.deadline;
+    this.channels.control.timerDeadline = earliest;
   }
   /** Adds a ROM window (mapped read-only into the guest) before the machine starts. */
   addRegion(region: MemoryRegion): void {

@@ -55,6 +55,7 @@ export function buildPlatform(ctx: MachineContext & { requestPowerOff(exitCode?:
     const uart = new Uart16550({
       port, output: ctx.serialRing(port), irq: irqLines.pin(irq, `COM${port + 1}`),
       notifyHost: (message) => ctx.notifyHost(message),
+      scheduleRetry: (retry) => { ctx.setTimer(1, retry); },
     });
     ctx.pio.register(base, 8, uart);
     return uart;

@@ -12,15 +12,30 @@ const CTRL_AP_PENDING = 2;
 const CTRL_TIDS = 8;
 const CTRL_MAILBOX = CTRL_TIDS + MAX_CPUS;
 const CTRL_WORDS = CTRL_MAILBOX + MAX_CPUS;
+/** Byte offset of a Float64 after the words: the machine's earliest timer deadline. */
+const CTRL_DEADLINE_BYTE = Math.ceil((CTRL_WORDS * 4) / 8) * 8;
+
+/** Milliseconds on the monotonic clock, comparable across threads. */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
 
 export const MAILBOX = { IDLE: 0, REQUEST: 1, DONE: 2, CANCELLED: 3 } as const;
 
 /** The control block: command, state, vCPU thread ids and AP exit mailboxes. */
 export class ControlBlock {
   readonly words: Int32Array;
-  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(CTRL_WORDS * 4)) {
-    this.words = new Int32Array(buffer);
+  private readonly deadline: Float64Array;
+  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(CTRL_DEADLINE_BYTE + 8)) {
+    this.words = new Int32Array(buffer, 0, CTRL_WORDS);
+    this.deadline = new Float64Array(buffer, CTRL_DEADLINE_BYTE, 1);
   }
+  /**
+   * The machine thread's earliest timer deadline (monotonicMs), 0 if none. Its timers can
+   * only fire when vCPU 0 leaves KVM_RUN, so the VM host kicks it once this has passed.
+   */
+  get timerDeadline(): number { return this.deadline[0]; }
+  set timerDeadline(ms: number) { this.deadline[0] = ms; }
   get command(): number { return Atomics.load(this.words, CTRL_COMMAND); }
   setCommand(c: number): void {
     Atomics.store(this.words, CTRL_COMMAND, c);

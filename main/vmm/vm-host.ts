@@ -10,7 +10,7 @@ import type { HostToMachine, MachineThreadData } from './machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from './machine';
 import { DEBUGCON_RING } from './platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
-import { ByteRing, COMMAND, ControlBlock, kickVcpu } from './shared';
+import { ByteRing, COMMAND, ControlBlock, kickVcpu, monotonicMs } from './shared';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -30,7 +30,6 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private worker: Worker | null = null;
   private control = new ControlBlock();
   private readonly rings = Array.from({ length: 5 }, () => new ByteRing());
-  private readonly ringWakeups = [0, 0, 0, 0, 0];
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   private pollTimer: NodeJS.Timeout | null = null;
   private endpoints: (SerialEndpoint | null)[] = [];
@@ -163,27 +162,20 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.endpoints = [];
   }
 
+  /** Every RING_POLL_MS: moves guest output to the backends and fires due machine timers. */
   private drainRings(): void {
     this.rings.forEach((ring, i) => {
-      if (this.ringWakeups[i] > 0) {
-        this.ringWakeups[i]--;
-        this.kick(0);
-      }
       const endpoint = this.endpoints[i];
       // A congested endpoint leaves bytes in the ring: the guest sees THR busy and waits.
       if (ring.used === 0 || endpoint?.congested) return;
-      const wasFull = ring.free === 0;
       const data = ring.drain();
       endpoint?.write(data);
       this.emit('output', i, data);
-      if (wasFull) {
-        // A UART that found its ring full re-checks from a short timer on the machine
-        // thread, which only runs when vCPU 0 leaves KVM_RUN: kick it now and on the
-        // next round (when that timer is surely due) so a halted guest gets its THRE.
-        this.kick(0);
-        this.ringWakeups[i] = 1;
-      }
     });
+    // Machine-thread timers (e.g. a UART re-checking a ring that was full) run only when
+    // vCPU 0 leaves KVM_RUN; a halted guest would never get there by itself.
+    const deadline = this.control.timerDeadline;
+    if (deadline !== 0 && monotonicMs() >= deadline) this.kick(0);
   }
 
   private onNotification(n: HostNotification): void {

@@ -11,7 +11,7 @@
 //   When the ring is full the byte waits in the 16-byte TX FIFO and THRE/TEMT read 0:
 //   a polling guest waits (backpressure, nothing dropped); THRE returns, with its
 //   interrupt, once the host has drained the ring (checked on LSR/IIR access and by a
-//   short retry timer, which the host's kick after draining a full ring lets run).
+//   short retry timer: a machine timer, which the VM host kicks vCPU 0 to run when due).
 // - Receive: host bytes wait in a host-side queue (bounded, beyond the 16-byte FIFO)
 //   and move into the FIFO whenever it has room, so pasted text is not lost; the
 //   guest never sees an overrun for host data unless that queue overflows.
