@@ -187,34 +187,62 @@ function closeQuietly(fd: number): void {
   }
 }
 
-/** Bytes waiting for a non-blocking fd that said EAGAIN. */
-class PendingOutput {
+/**
+ * Output for a non-blocking fd: what the fd does not take now (EAGAIN) waits and is
+ * retried from a short timer. The owner decides what a failed write means.
+ */
+class FdWriter {
   private chunks: Uint8Array[] = [];
+  private retryTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
   bytes = 0;
-  push(data: Uint8Array): void {
+  constructor(
+    private readonly fd: number,
+    private readonly events: { onError(): void; onDrained?(): void },
+  ) {}
+
+  write(data: Uint8Array): void {
     this.chunks.push(data);
     this.bytes += data.length;
+    this.flush();
   }
-  /** Writes as much as the fd takes; returns false if the fd failed (other than EAGAIN). */
-  flush(fd: number): boolean {
+
+  private flush(): void {
     while (this.chunks.length > 0) {
       const chunk = this.chunks[0];
       let n: number;
       try {
-        n = libc.write(fd, chunk);
+        n = libc.write(this.fd, chunk);
       } catch {
-        return false;
+        this.events.onError();
+        return;
       }
-      if (n < 0) return true; // EAGAIN/EINTR: try again later
+      if (n < 0) break; // EAGAIN/EINTR: try again later
       this.bytes -= n;
       if (n === chunk.length) this.chunks.shift();
       else this.chunks[0] = chunk.subarray(n);
     }
-    return true;
+    if (this.bytes === 0) {
+      this.events.onDrained?.();
+    } else if (!this.retryTimer) {
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        if (!this.stopped) this.flush();
+      }, FLUSH_RETRY_MS);
+    }
   }
+
+  /** Drops what is waiting (the caller counts it first if it wants to). */
   clear(): void {
     this.chunks = [];
     this.bytes = 0;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.clear();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
   }
 }
 
@@ -233,8 +261,7 @@ class PtyEndpoint implements SerialEndpoint {
   private reader: TtyReader | null = null;
   private attached = true;
   private closed = false;
-  private readonly pending = new PendingOutput();
-  private flushTimer: NodeJS.Timeout | null = null;
+  private readonly pending: FdWriter;
   private attachTimer: NodeJS.Timeout | null = null;
   private dropping = false;
 
@@ -247,6 +274,11 @@ class PtyEndpoint implements SerialEndpoint {
     }
     this.fd = pty.fd;
     this.description = pty.path;
+    this.pending = new FdWriter(this.fd, {
+      // EIO before the reader noticed the hang-up: count it and carry on.
+      onError: () => { this.dropped += this.pending.bytes; this.pending.clear(); },
+      onDrained: () => { this.dropping = false; },
+    });
     try {
       // On Linux, termios calls on the master act on the slave.
       const termios = libc.tcgetattr(this.fd);
@@ -304,33 +336,13 @@ class PtyEndpoint implements SerialEndpoint {
       this.dropping = true;
       return;
     }
-    this.pending.push(data);
-    this.flush();
-  }
-
-  private flush(): void {
-    if (!this.pending.flush(this.fd)) {
-      // EIO before the reader noticed the hang-up.
-      this.dropped += this.pending.bytes;
-      this.pending.clear();
-      return;
-    }
-    if (this.pending.bytes === 0) {
-      this.dropping = false;
-      return;
-    }
-    if (!this.flushTimer) {
-      this.flushTimer = setTimeout(() => {
-        this.flushTimer = null;
-        if (!this.closed) this.flush();
-      }, FLUSH_RETRY_MS);
-    }
+    this.pending.write(data);
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.pending.stop();
     if (this.attachTimer) clearInterval(this.attachTimer);
     this.reader?.stop();
     this.reader = null;
@@ -531,8 +543,7 @@ class DeviceEndpoint implements SerialEndpoint {
   dropped = 0;
   private readonly fd: number;
   private reader: TtyReader | null = null;
-  private readonly pending = new PendingOutput();
-  private flushTimer: NodeJS.Timeout | null = null;
+  private readonly pending: FdWriter;
   private modemTimer: NodeJS.Timeout | null = null;
   private lastModemBits = -1;
   private hasModemLines = true;
@@ -546,6 +557,9 @@ class DeviceEndpoint implements SerialEndpoint {
     } catch (e) {
       throw new Error(`${opts.label}: cannot open ${path}: ${describeError(e)}`);
     }
+    this.pending = new FdWriter(this.fd, {
+      onError: () => { this.dropped += this.pending.bytes; this.fail('write failed'); },
+    });
     try {
       let termios: Buffer;
       try {
@@ -595,22 +609,7 @@ class DeviceEndpoint implements SerialEndpoint {
       this.dropped += data.length;
       return;
     }
-    this.pending.push(data);
-    this.flush();
-  }
-
-  private flush(): void {
-    if (!this.pending.flush(this.fd)) {
-      this.dropped += this.pending.bytes;
-      this.fail('write failed');
-      return;
-    }
-    if (this.pending.bytes > 0 && !this.flushTimer) {
-      this.flushTimer = setTimeout(() => {
-        this.flushTimer = null;
-        if (!this.closed && !this.failed) this.flush();
-      }, FLUSH_RETRY_MS);
-    }
+    this.pending.write(data);
   }
 
   applyLineSettings(settings: LineSettings): void {
@@ -674,7 +673,7 @@ class DeviceEndpoint implements SerialEndpoint {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.pending.stop();
     if (this.modemTimer) clearInterval(this.modemTimer);
     this.reader?.stop();
     this.reader = null;

@@ -8,6 +8,7 @@ import { guest } from '../helpers/vm';
 import {
   browserSkipReason, consoleText, fitsWidth, fixtureSkipReason, unnamedControls, libraryItem, screenshot, startE2eApp, waitForBadge, waitForConsole,
   waitUntil, type E2eApp,
+  withDiagnostics,
 } from './harness';
 
 const skip = browserSkipReason();
@@ -53,20 +54,7 @@ describe('Porthole in Chromium', { skip: skip ?? false }, () => {
     await app?.close();
   });
 
-  /** Runs a test body; on failure, adds what the server and the browser said. */
-  async function withDiagnostics(body: () => Promise<void>): Promise<void> {
-    // Each test starts from a freshly loaded page, whatever the last one left open.
-    await app.page.reload();
-    await app.page.getByRole('heading', { name: 'Virtual machines' }).waitFor();
-    try {
-      await body();
-    } catch (e) {
-      if (e instanceof Error) e.message += `\n--- diagnostics ---\n${app.diagnostics.slice(-60).join('\n')}`;
-      throw e;
-    }
-  }
-
-  it('validates the New VM dialog as the user types, and Escape closes it', () => withDiagnostics(async () => {
+  it('validates the New VM dialog as the user types, and Escape closes it', () => withDiagnostics(app, async () => {
     const { page } = app;
     await page.getByText('No VMs yet.').waitFor();
     await screenshot(page, 'library-empty');
@@ -115,7 +103,7 @@ describe('Porthole in Chromium', { skip: skip ?? false }, () => {
 
   it('boots SeaBIOS with a test option ROM and shows its line in the console; stops and deletes the VM', {
     skip: fixtureSkipReason('optionrom') ?? false,
-  }, () => withDiagnostics(async () => {
+  }, () => withDiagnostics(app, async () => {
     const { page } = app;
     await createThroughDialog(page, { name: 'ROM test', memory: '128M', optionRom: guest('optionrom') }, { screenshotName: 'new-vm-dialog' });
     await libraryItem(page, 'ROM test').locator('.badge', { hasText: 'Stopped' }).waitFor();
@@ -143,7 +131,7 @@ describe('Porthole in Chromium', { skip: skip ?? false }, () => {
 
   it('types into the echo guest through the console, with shortcuts for pause, resume and stop', {
     skip: fixtureSkipReason('echo') ?? false,
-  }, () => withDiagnostics(async () => {
+  }, () => withDiagnostics(app, async () => {
     const { page } = app;
     await createThroughDialog(page, { name: 'Echo', testProgram: guest('echo') });
 
@@ -203,7 +191,7 @@ describe('Porthole in Chromium', { skip: skip ?? false }, () => {
 
   it('shows a VM whose process was killed with SIGKILL as crashed, with the reason, and keeps working', {
     skip: fixtureSkipReason('echo') ?? false,
-  }, () => withDiagnostics(async () => {
+  }, () => withDiagnostics(app, async () => {
     const { page } = app;
     await createThroughDialog(page, { name: 'Victim', testProgram: guest('echo') });
     await page.getByRole('button', { name: 'Start', exact: true }).click();

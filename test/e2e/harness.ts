@@ -115,6 +115,21 @@ export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
   }
 }
 
+/**
+ * Runs a test body on a freshly loaded page (whatever the last test left open); on failure
+ * the error also carries what the server and the browser said.
+ */
+export async function withDiagnostics(app: E2eApp, body: () => Promise<void>): Promise<void> {
+  await app.page.reload();
+  await app.page.getByRole('heading', { name: 'Virtual machines' }).waitFor();
+  try {
+    await body();
+  } catch (e) {
+    if (e instanceof Error) e.message += `\n--- diagnostics ---\n${app.diagnostics.slice(-60).join('\n')}`;
+    throw e;
+  }
+}
+
 export async function screenshot(page: Page, name: string): Promise<string> {
   fs.mkdirSync(ARTIFACTS_DIR, { recursive: true });
   const file = path.join(ARTIFACTS_DIR, `${name}.png`);

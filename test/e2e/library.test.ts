@@ -10,6 +10,7 @@ import { guest } from '../helpers/vm';
 import {
   browserSkipReason, fitsWidth, fixtureSkipReason, libraryItem, unnamedControls, screenshot, startE2eApp, waitForBadge, waitForConsole, waitUntil,
   type E2eApp,
+  withDiagnostics,
 } from './harness';
 
 const skip = browserSkipReason() ?? fixtureSkipReason('echo');
@@ -42,18 +43,7 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
     await app?.close();
   });
 
-  async function withDiagnostics(body: () => Promise<void>): Promise<void> {
-    await app.page.reload();
-    await app.page.getByRole('heading', { name: 'Virtual machines' }).waitFor();
-    try {
-      await body();
-    } catch (e) {
-      if (e instanceof Error) e.message += `\n--- diagnostics ---\n${app.diagnostics.slice(-60).join('\n')}`;
-      throw e;
-    }
-  }
-
-  it('lists the good VMs and reports the malformed file; arrow keys move through the library', () => withDiagnostics(async () => {
+  it('lists the good VMs and reports the malformed file; arrow keys move through the library', () => withDiagnostics(app, async () => {
     const { page } = app;
     await libraryItem(page, 'Alpha').waitFor();
     await libraryItem(page, 'Beta').waitFor();
@@ -81,7 +71,7 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
     assert.equal(await libraryItem(page, 'Alpha').evaluate((el) => el === el.ownerDocument.activeElement), true);
   }));
 
-  it('shows why a VM cannot start as a sentence', () => withDiagnostics(async () => {
+  it('shows why a VM cannot start as a sentence', () => withDiagnostics(app, async () => {
     const { page } = app;
     await libraryItem(page, 'Beta').click();
     await page.getByRole('tab', { name: 'Details' }).click();
@@ -98,7 +88,7 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
     await notice.waitFor({ state: 'detached' });
   }));
 
-  it('edits a stopped VM and forwards a COM port to a pty while running', () => withDiagnostics(async () => {
+  it('edits a stopped VM and forwards a COM port to a pty while running', () => withDiagnostics(app, async () => {
     const { page } = app;
     await libraryItem(page, 'Alpha').click();
 
