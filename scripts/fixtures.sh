@@ -11,6 +11,8 @@ command -v nasm >/dev/null || need+=(nasm)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v gcc >/dev/null || need+=(gcc)
+command -v mkfs.fat >/dev/null || need+=(dosfstools)
+command -v mcopy >/dev/null || need+=(mtools)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "fixtures: installing ${need[*]}"

@@ -17,14 +17,14 @@ import { rigBuildDir, rigSourceDir } from './paths';
 export const L1_MODULES = [
   'kvm_amd', 'xhci_pci', 'usb_storage', 'sd_mod', 'usbhid', 'hid_generic', 'ftdi_sio',
   'vfio_pci', 'vfio_iommu_type1', 'virtio_pci', '9pnet_virtio', '9p', 'e1000', 'tun',
-  'vfat', 'nls_cp437', 'nls_iso8859_1',
+  'vfat', 'nls_cp437', 'nls_iso8859_1', 'virtio_console', 'nvme', 'snd_usb_audio', 'uas',
 ];
 
 /** In the L2 kit, loaded on demand with kit.modules=: the drivers that meet Porthole's devices. */
 export const KIT_MODULES = [
   'xhci_pci', 'ehci_pci', 'uhci_hcd', 'usb_storage', 'uas', 'sd_mod', 'sr_mod', 'usbhid', 'hid_generic',
   'ftdi_sio', 'cdc_acm', 'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_scsi',
-  'ne2k_pci', 'e1000', 'ahci', 'vfat', 'nls_cp437', 'nls_iso8859_1', 'ext4',
+  'ne2k_pci', 'e1000', 'ahci', 'vfat', 'nls_cp437', 'nls_iso8859_1', 'ext4', 'nvme', 'snd_usb_audio',
 ];
 
 const BUILDER_FILES = ['build-image.js', 'deb.js', 'cpio.js'];

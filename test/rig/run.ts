@@ -1,13 +1,19 @@
 // `npm run rig -- <scenario> [options]`: runs one rig scenario in L1 and exits 0 on PASS,
 // 1 on FAIL, 2 on timeout, 3 when the rig itself could not run. `--all` runs every
 // scenario that is expected to pass (npm run test:rig); `--ci` only the fast ones.
+import fs from 'node:fs';
+import path from 'node:path';
 import { RigBuildError } from './deb';
+import { ALL_DEVICES, DEVICE_NAMES, parseDeviceList } from './devices';
 import { RigError, runScenario, type RunOptions, type RunReport } from './runner';
 import { SCENARIOS, findScenario, type ScenarioSpec } from './scenarios';
 
-const USAGE = `usage: npm run rig -- <scenario> [--timeout SEC] [--boot-timeout SEC] [--verbose] [--cpus N] [--mem SIZE] [--env NAME=VALUE] [--append KERNEL_ARG]
+const USAGE = `usage: npm run rig -- <scenario> [--timeout SEC] [--boot-timeout SEC] [--verbose] [--cpus N] [--mem SIZE]
+                      [--env NAME=VALUE] [--append KERNEL_ARG] [--devices LIST] [--tcg single|multi]
+       npm run rig -- exec FILE.js [--devices LIST] [options]   (your own script in L1; see test/rig/README.md)
        npm run rig -- --all | --ci | --list
-       npm run rig -- shell      (an interactive shell in L1)`;
+       npm run rig -- shell      (an interactive shell in L1)
+devices: ${Object.keys(DEVICE_NAMES).join(', ')}, all`;
 
 const SIGNAL_CODES: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
@@ -40,6 +46,21 @@ function parse(argv: string[]): { names: string[]; opts: RunOptions; list: boole
       const arg = argv[++i];
       if (!arg || /\s/.test(arg)) fail('--append needs one kernel argument without spaces (repeat it for more)');
       (opts.append ??= []).push(arg);
+    } else if (a === '--devices') {
+      const v = argv[++i];
+      if (!v) fail('--devices needs a list such as usb,extra-xhci,iommu');
+      try { opts.devices = parseDeviceList(v); } catch (e) { fail(`--devices: ${(e as Error).message}`); }
+    } else if (a === '--tcg') {
+      const v = argv[++i];
+      if (v !== 'single' && v !== 'multi') fail('--tcg needs single or multi');
+      opts.tcg = v;
+    } else if (a === 'exec') {
+      const file = argv[++i];
+      if (!file) fail('exec needs a script: npm run rig -- exec FILE.js');
+      const abs = path.resolve(process.env.INIT_CWD ?? process.cwd(), file);
+      if (!fs.existsSync(abs) || !fs.statSync(abs).isFile()) fail(`exec: ${abs} is not a file`);
+      opts.execScript = fs.realpathSync(abs);
+      names.push('exec');
     } else if (a === '--list') list = true;
     else if (a === '--all') names.push(...SCENARIOS.filter((s) => s.expect === 'pass').map((s) => s.name));
     else if (a === '--ci') names.push(...SCENARIOS.filter((s) => s.ci && s.expect === 'pass').map((s) => s.name));
@@ -49,11 +70,17 @@ function parse(argv: string[]): { names: string[]; opts: RunOptions; list: boole
   return { names, opts, list };
 }
 
-function specFor(name: string): ScenarioSpec {
+function specFor(name: string, opts: RunOptions): ScenarioSpec {
+  if (name === 'exec') {
+    return {
+      name: 'exec', description: `${opts.execScript} in L1`, expect: 'pass', ci: false,
+      devices: {}, bootTimeoutSec: 240, timeoutSec: 600,
+    };
+  }
   if (name === 'shell') {
     return {
       name: 'shell', description: 'an interactive busybox shell in L1 with every rig device', expect: 'pass', ci: false,
-      devices: { usb: true, extraXhci: true, e1000: true, iommu: true }, bootTimeoutSec: 240, timeoutSec: 24 * 3600,
+      devices: ALL_DEVICES, bootTimeoutSec: 240, timeoutSec: 24 * 3600,
     };
   }
   const spec = findScenario(name);
@@ -68,7 +95,8 @@ async function main(): Promise<number> {
     return 0;
   }
   if (names.length === 0) fail('name a scenario');
-  const specs = names.map(specFor);
+  if (names.includes('exec') && names.length > 1) fail('exec runs one script on its own');
+  const specs = names.map((n) => specFor(n, opts));
   const reports: RunReport[] = [];
   for (const spec of specs) {
     const r = await runScenario(spec, { ...opts, interactive: spec.name === 'shell' });
@@ -77,13 +105,14 @@ async function main(): Promise<number> {
   }
   if (reports.length === 1) {
     const k = reports[0].outcome.kind;
-    return k === 'pass' ? 0 : k === 'fail' ? 1 : k === 'timeout' ? 2 : 3;
+    return k === 'pass' ? 0 : k === 'fail' ? 1 : k === 'timeout' || k === 'stall' ? 2 : 3;
   }
   let passed = 0;
   for (const r of reports) {
     const ok = r.outcome.kind === 'pass';
     if (ok) passed++;
-    console.log(`rig: ${ok ? 'ok  ' : 'FAIL'} ${r.scenario.padEnd(10)} ${r.totalSeconds.toFixed(1).padStart(6)} s  ${r.outcome.kind}: ${r.outcome.detail}`);
+    const retries = r.retried.length ? ` (after ${r.retried.length} retry: ${r.retried.map((x) => x.outcome.kind).join(', ')})` : '';
+    console.log(`rig: ${ok ? 'ok  ' : 'FAIL'} ${r.scenario.padEnd(10)} ${r.totalSeconds.toFixed(1).padStart(6)} s  ${r.outcome.kind}: ${r.outcome.detail}${retries}`);
   }
   console.log(`${passed} passed, ${reports.length - passed} failed`);
   return passed === reports.length ? 0 : 1;

@@ -1,19 +1,26 @@
 // Boots the rig's L1 workstation in QEMU (TCG) for one scenario, streams its console with
 // timestamps, and ends on the scenario's RIG-RESULT line or a timeout. QEMU runs in its own
 // process group with a parent-death signal, and the group is killed on every way out:
-// result, timeout, QEMU's own exit, SIGINT/SIGTERM, and exceptions in the runner.
+// result, timeout, a stall, QEMU's own exit, SIGINT/SIGTERM, and exceptions in the runner.
+// A scenario talks to the runner over a control channel (control.ts): test events, and
+// requests the runner carries out on the rig host, such as plugging devices through QMP.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { ensureImage, type RigImage } from './build-image';
+import { CONTROL_PORT_NAME, ControlServer, type ControlMessage } from './control';
+import { deviceArgs, type PluggableDevice, type RigDevices } from './devices';
 import { inL1, repoRoot, rigBuildDir } from './paths';
-import type { ScenarioSpec } from './scenarios';
-import { STICKS, ensureStickImage } from './sticks';
+import { QmpServerClient } from './qmp';
+import type { ScenarioSpec, TcgMode } from './scenarios';
 
 export type RigOutcome =
   | { kind: 'pass' | 'fail'; detail: string }
   | { kind: 'timeout'; detail: string }
+  /** L1 itself stopped running: no console output (not even its heartbeat) for stallSec. */
+  | { kind: 'stall'; detail: string }
   | { kind: 'error'; detail: string };
 
 export interface RunReport {
@@ -30,6 +37,8 @@ export interface RunReport {
   interrupted: NodeJS.Signals | null;
   /** QEMU ended because L1 triple-faulted. */
   l1TripleFault: boolean;
+  /** Earlier attempts of this run that L1 spoiled (stall, triple fault), in order. */
+  retried: { outcome: RigOutcome; logFile: string }[];
 }
 
 export interface RunOptions {
@@ -50,6 +59,16 @@ export interface RunOptions {
   l1FaultRetries?: number;
   /** Pass the terminal through to L1's console (the "shell" scenario). */
   interactive?: boolean;
+  /** TCG threading for L1 (default: the scenario's, else single). */
+  tcg?: TcgMode;
+  /** Devices instead of the scenario's own (npm run rig -- exec --devices). */
+  devices?: RigDevices;
+  /** A script outside the project for the exec scenario; its folder is shared read-only. */
+  execScript?: string;
+  /** Seconds without any console output (L1 prints a heartbeat every 5 s) that count as a stall. */
+  stallSec?: number;
+  /** Sees every message the scenario sends over the control channel that is not a request. */
+  onMessage?: (m: ControlMessage) => void;
 }
 
 export class RigError extends Error {}
@@ -79,56 +98,60 @@ function hostShares(): { virtfs: [tag: string, hostPath: string][]; nodeInL1: st
   return { virtfs, nodeInL1: path.posix.join('/opt/node', path.relative(prefix, node)) };
 }
 
-export function qemuArgs(spec: ScenarioSpec, image: RigImage, opts: RunOptions, token: string, debugLog: string): string[] {
+/** Host-side files of one attempt: sockets, per-run stick copies, files L1 writes. */
+export interface RunFiles {
+  dir: string;
+  controlSocket: string;
+  qmpSocket: string;
+  /** Shared read-write with L1 as /rig-out (mount tag rigout). */
+  outDir: string;
+}
+
+export interface QemuCommand {
+  args: string[];
+  pluggable: Map<string, PluggableDevice>;
+  hostFiles: Record<string, string>;
+}
+
+export function qemuArgs(spec: ScenarioSpec, image: RigImage, opts: RunOptions, token: string, debugLog: string, files: RunFiles): QemuCommand {
   const shares = hostShares();
-  const d = spec.devices;
+  const devices = deviceArgs(opts.devices ?? spec.devices, path.join(rigBuildDir, 'sticks'), files.dir, files.outDir);
+  const tcg = opts.tcg ?? spec.tcg ?? 'single';
   const append = [
     'console=ttyS0,115200', 'panic=-1', 'mitigations=off', opts.verbose ? 'loglevel=7' : 'quiet',
     `rig.scenario=${spec.name}`, `rig.kit=${inL1(image.dir)}`, `rig.node=${shares.nodeInL1}`,
     ...(opts.env ?? []).map((kv) => `rig.env=${kv}`),
-    ...(opts.append ?? []),
   ];
+  const virtfs = [...shares.virtfs.map(([tag, p]) => [tag, p, true] as const), ['rigout', files.outDir, false] as const];
+  if (opts.execScript) {
+    virtfs.push(['rigexec', path.dirname(opts.execScript), true]);
+    append.push(`rig.exec=${path.basename(opts.execScript)}`);
+  }
   const args = [
-    '-name', token, '-accel', 'tcg', '-M', 'q35', '-cpu', 'qemu64,+svm,+npt',
+    '-name', token, '-accel', tcg === 'single' ? 'tcg,thread=single' : 'tcg,thread=multi', '-M', 'q35', '-cpu', 'qemu64,+svm,+npt',
     '-m', opts.memory ?? '2G', '-smp', String(opts.cpus ?? 2),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
     // With -no-reboot a reset ends QEMU like a poweroff; this log tells a triple fault apart.
     '-d', 'cpu_reset', '-D', debugLog,
     '-kernel', image.vmlinuz, '-initrd', image.l1Initrd,
   ];
-  // The IOMMU goes first: QEMU wants it before the PCI devices it translates for.
-  if (d.iommu) {
-    args.push('-device', 'intel-iommu,intremap=on');
-    append.push('intel_iommu=on', 'iommu=pt');
+  // QEMU connects both chardevs to sockets the runner already listens on.
+  args.push('-chardev', `socket,id=rigqmp,path=${files.qmpSocket}`, '-mon', 'chardev=rigqmp,mode=control');
+  args.push(...devices.qemu);
+  append.push(...devices.kernel, ...(opts.append ?? []));
+  for (const [tag, hostPath, readonly] of virtfs) {
+    args.push('-virtfs', `local,path=${hostPath},mount_tag=${tag},security_model=none${readonly ? ',readonly=on' : ''}`);
   }
-  for (const [tag, hostPath] of shares.virtfs) {
-    args.push('-virtfs', `local,path=${hostPath},mount_tag=${tag},security_model=none,readonly=on`);
-  }
-  const stickDir = path.join(rigBuildDir, 'sticks');
-  const stick = (bus: string, s: (typeof STICKS)[keyof typeof STICKS]) => {
-    const file = ensureStickImage(stickDir, s);
-    // snapshot=on: guests may write to the stick; the image on disk never changes.
-    args.push('-drive', `if=none,id=${s.label},format=raw,file=${file},snapshot=on`);
-    args.push('-device', `usb-storage,bus=${bus}.0,drive=${s.label},serial=${s.serial}`);
-  };
-  if (d.usb) {
-    args.push('-device', 'qemu-xhci,id=xhci0');
-    stick('xhci0', STICKS.stick0);
-    args.push('-device', 'usb-kbd,bus=xhci0.0');
-    // usb-serial attaches only once its chardev is open; a null chardev never is, a ringbuf always.
-    args.push('-chardev', 'ringbuf,id=usbserial0', '-device', 'usb-serial,bus=xhci0.0,chardev=usbserial0');
-  }
-  if (d.extraXhci) {
-    args.push('-device', 'qemu-xhci,id=xhci1');
-    stick('xhci1', STICKS.stick1);
-  }
-  if (d.e1000) args.push('-netdev', 'user,id=net0', '-device', 'e1000,netdev=net0');
+  args.push('-device', 'virtio-serial-pci,id=rigvser', '-chardev', `socket,id=rigctl,path=${files.controlSocket}`,
+    '-device', `virtserialport,bus=rigvser.0,chardev=rigctl,name=${CONTROL_PORT_NAME}`);
   args.push('-append', append.join(' '));
-  return args;
+  return { args, pluggable: devices.pluggable, hostFiles: devices.hostFiles };
 }
 
 const RESULT_RE = /^RIG-RESULT: (PASS|FAIL)\b ?(.*)$/;
 const START_RE = /^RIG-SCENARIO-START: /;
+const STAGE_RE = /^RIG-STAGE: /;
+const HEARTBEAT_RE = /^RIG-HEARTBEAT\b/;
 
 function isAlive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch { return false; }
@@ -154,15 +177,17 @@ function pruneLogs(dir: string, keep: number): void {
  */
 export async function runScenario(spec: ScenarioSpec, opts: RunOptions = {}): Promise<RunReport> {
   const retries = opts.l1FaultRetries ?? 1;
+  const retried: RunReport['retried'] = [];
   for (let attempt = 0; ; attempt++) {
     const report = await runAttempt(spec, opts);
-    // L1's kernel under TCG also stalls now and then (seen inside KVM_CREATE_VM, before any
-    // Porthole code runs): a scenario that should pass but timed out gets one more try too.
-    // A real hang in Porthole times out again, and both runs are in the log.
-    const stalled = report.outcome.kind === 'timeout' && spec.expect === 'pass';
+    report.retried = retried.slice();
+    // A stall is L1 itself stopping (its heartbeat stops), not the scenario hanging: the
+    // scenario's own timeouts cannot fire. A scenario that hangs with L1 alive times out.
+    const stalled = report.outcome.kind === 'stall';
     if (!(report.l1TripleFault || stalled) || report.interrupted || attempt >= retries) return report;
+    retried.push({ outcome: report.outcome, logFile: report.logFile });
     (opts.print ?? ((l: string) => process.stdout.write(l + '\n')))(
-      `rig: L1 ${stalled ? 'stalled' : 'triple-faulted'} (an emulation fault below the scenario, not its result); running ${spec.name} again`);
+      `rig: RETRY ${retried.length}: L1 ${stalled ? 'stalled' : 'triple-faulted'} (below the scenario, not its result); running ${spec.name} again`);
   }
 }
 
@@ -181,23 +206,41 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   pruneLogs(logDir, 40);
   const logFile = path.join(logDir, `${new Date().toISOString().replace(/[:.]/g, '-')}-${spec.name}.log`);
   const debugLog = logFile.replace(/\.log$/, '.qemu-debug.log');
-  const args = qemuArgs(spec, image, opts, token, debugLog);
+  const files = makeRunFiles(token);
+  let command: QemuCommand;
+  try {
+    command = qemuArgs(spec, image, opts, token, debugLog, files);
+  } catch (e) {
+    removeRunFiles(files);
+    throw new RigError(`cannot prepare L1's devices: ${(e as Error).message}`);
+  }
+  const args = command.args;
   const log = fs.openSync(logFile, 'w');
   fs.writeSync(log, `${QEMU} ${args.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
+
+  const qmp = await QmpServerClient.listen(files.qmpSocket);
+  const requests = new RigRequests(qmp, command, (m) => say(m));
+  const control = await ControlServer.listen(files.controlSocket, (op, msg) => requests.handle(op, msg),
+    (m) => opts.onMessage?.(m), (line) => say(`control channel: not a message: ${line.slice(0, 200)}`));
 
   // setpriv makes the kernel kill QEMU if this runner dies without cleaning up (SIGKILL).
   const setpriv = which('setpriv');
   const [cmd, cmdArgs] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', qemu, ...args]] : [qemu, args];
   const timeoutSec = opts.timeoutSec ?? spec.timeoutSec;
   const bootTimeoutSec = opts.bootTimeoutSec ?? spec.bootTimeoutSec;
+  const stallSec = opts.stallSec ?? 30;
+  const tcg = opts.tcg ?? spec.tcg ?? 'single';
   say(`scenario ${spec.name}: ${spec.description}`);
-  say(`starting ${QEMU} (TCG, ${opts.cpus ?? 2} CPUs, ${opts.memory ?? '2G'}); boot timeout ${bootTimeoutSec} s, scenario timeout ${timeoutSec} s; log ${path.relative(repoRoot, logFile)}`);
+  say(`starting ${QEMU} (TCG ${tcg}-threaded, ${opts.cpus ?? 2} CPUs, ${opts.memory ?? '2G'}); boot timeout ${bootTimeoutSec} s, scenario timeout ${timeoutSec} s, stall after ${stallSec} s of silence; log ${path.relative(repoRoot, logFile)}`);
 
   let child: ChildProcess;
   try {
     child = spawn(cmd, cmdArgs, { detached: true, stdio: [opts.interactive ? 'inherit' : 'pipe', 'pipe', 'pipe'] });
   } catch (e) {
     fs.closeSync(log);
+    control.close();
+    qmp.close();
+    removeRunFiles(files);
     throw new RigError(`cannot start ${QEMU}: ${(e as Error).message}`);
   }
   const pgid = child.pid ?? null;
@@ -219,13 +262,24 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   let bootSeconds = null as number | null;
   let tripleFault = false;
   let exitInfo: string | null = null;
+  let heartbeats = 0;
   const outcome = await new Promise<RigOutcome>((resolve) => {
     let done = false;
     let timer: NodeJS.Timeout | null = null;
+    // From L1's /init on, silence longer than stallSec means L1 stopped running.
+    let lastOutput = Date.now();
+    let watching = false;
+    const stallWatch = setInterval(() => {
+      const quiet = (Date.now() - lastOutput) / 1000;
+      if (watching && !opts.interactive && quiet > stallSec) {
+        finish?.({ kind: 'stall', detail: `L1 stalled: no console output, not even its heartbeat, for ${quiet.toFixed(0)} s` });
+      }
+    }, 1000);
     finish = (o) => {
       if (done) return;
       done = true;
       if (timer) clearTimeout(timer);
+      clearInterval(stallWatch);
       resolve(o);
     };
     const arm = (sec: number, what: string) => {
@@ -239,6 +293,9 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
     let partial = '';
     const onLine = (raw: string) => {
       const line = raw.replace(/\r$/, '').replace(/\r/g, '');
+      lastOutput = Date.now();
+      if (STAGE_RE.test(line)) watching = true;
+      if (HEARTBEAT_RE.test(line)) { heartbeats++; return; }
       fs.writeSync(log, line + '\n');
       if (!opts.interactive) print(`${stamp()} ${line}`);
       if (bootSeconds === null && START_RE.test(line)) {
@@ -287,7 +344,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   });
 
   try {
-    if (outcome.kind === 'timeout') say(`TIMEOUT: ${outcome.detail}; stopping QEMU`);
+    if (outcome.kind === 'timeout' || outcome.kind === 'stall') say(`${outcome.kind.toUpperCase()}: ${outcome.detail}; stopping QEMU`);
     if ((outcome.kind === 'pass' || outcome.kind === 'fail') && child.exitCode === null && child.signalCode === null) {
       // L1 powers itself off right after its result; let it, rather than cut it short.
       await Promise.race([new Promise((r) => child.once('exit', r)), new Promise((r) => setTimeout(r, 3000))]);
@@ -297,11 +354,15 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
     process.off('exit', onExit);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    fs.writeSync(log, `rig: ${heartbeats} heartbeats from L1\n`);
     fs.closeSync(log);
+    control.close();
+    qmp.close();
+    removeRunFiles(files);
   }
   const report: RunReport = {
     scenario: spec.name, outcome, bootSeconds, totalSeconds: (Date.now() - t0) / 1000, qemuPid: pgid, token, logFile, interrupted: signalled,
-    l1TripleFault: outcome.kind === 'error' && tripleFault,
+    l1TripleFault: outcome.kind === 'error' && tripleFault, retried: [],
   };
   say(`${outcome.kind.toUpperCase()}: ${outcome.detail} (L1 boot ${bootSeconds === null ? '-' : bootSeconds.toFixed(1)} s, total ${report.totalSeconds.toFixed(1)} s)`);
   return report;
@@ -323,5 +384,78 @@ async function stopGroup(pgid: number, child: ChildProcess, say: (m: string) => 
     // A zombie group member cannot be killed; anything else here is a bug worth a loud line.
     const left = spawnSync('ps', ['-o', 'pid,stat,args', '-g', String(pgid)], { encoding: 'utf8' }).stdout;
     say(`warning: processes of group ${pgid} remain:\n${left}`);
+  }
+}
+
+/** A scratch folder per attempt, under /tmp so socket paths stay short. */
+function makeRunFiles(token: string): RunFiles {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${token}-`));
+  const outDir = path.join(rigBuildDir, 'out', token);
+  fs.mkdirSync(outDir, { recursive: true });
+  pruneOutDirs(path.dirname(outDir), 20);
+  return { dir, controlSocket: path.join(dir, 'control.sock'), qmpSocket: path.join(dir, 'qmp.sock'), outDir };
+}
+
+function removeRunFiles(files: RunFiles): void {
+  fs.rmSync(files.dir, { recursive: true, force: true });
+}
+
+function pruneOutDirs(dir: string, keep: number): void {
+  const runs = fs.readdirSync(dir).map((f) => ({ f, t: fs.statSync(path.join(dir, f)).mtimeMs })).sort((a, b) => a.t - b.t);
+  for (const r of runs.slice(0, Math.max(0, runs.length - keep))) fs.rmSync(path.join(dir, r.f), { recursive: true, force: true });
+}
+
+/**
+ * What a scenario may ask of the rig host: raw QMP, unplugging and plugging the devices L1
+ * was started with (the same port; another driver imitates a device that re-enumerates with
+ * another product ID), adding PCI devices, and reading files QEMU writes on the host.
+ */
+class RigRequests {
+  constructor(private readonly qmp: QmpServerClient, private readonly command: QemuCommand, private readonly say: (m: string) => void) {}
+
+  async handle(op: string, m: ControlMessage): Promise<unknown> {
+    const str = (k: string): string => {
+      const v = m[k];
+      if (typeof v !== 'string' || !v) throw new Error(`${op} needs a string "${k}"`);
+      return v;
+    };
+    switch (op) {
+      case 'qmp': {
+        const args = m.arguments;
+        if (args !== undefined && (typeof args !== 'object' || args === null)) throw new Error('qmp "arguments" must be an object');
+        return this.qmp.execute(str('execute'), args as Record<string, unknown> | undefined);
+      }
+      case 'unplug': return this.unplug(str('device'));
+      case 'plug': return this.plug(str('device'), typeof m.driver === 'string' ? m.driver : undefined, m.props);
+      case 'devices': return [...this.command.pluggable.values()];
+      // QEMU writes these into the run's shared folder, where L1 reads them under /rig-out.
+      case 'host-files': return Object.fromEntries(Object.keys(this.command.hostFiles).map((k) => [k, `/rig-out/${k}`]));
+      default: throw new Error(`unknown request "${op}"`);
+    }
+  }
+
+  private async unplug(id: string): Promise<string> {
+    const dev = this.command.pluggable.get(id);
+    if (!dev) throw new Error(`no device "${id}" to unplug; this run has: ${[...this.command.pluggable.keys()].join(', ') || 'none'}`);
+    const deleted = (e: { event: string; data?: Record<string, unknown> }) => e.event === 'DEVICE_DELETED' && e.data?.device === id;
+    this.qmp.dropEvents(deleted);
+    this.say(`QMP: device_del ${id}`);
+    await this.qmp.execute('device_del', { id });
+    await this.qmp.waitEvent(deleted, 30000, `QEMU did not report ${id} deleted`);
+    return `${id} unplugged`;
+  }
+
+  private async plug(id: string, driver: string | undefined, extra: unknown): Promise<string> {
+    const known = this.command.pluggable.get(id);
+    if (extra !== undefined && (typeof extra !== 'object' || extra === null)) throw new Error('plug "props" must be an object');
+    if (!known && !driver) throw new Error(`"${id}" is not one of this run's devices (${[...this.command.pluggable.keys()].join(', ')}): name a driver to add a new one`);
+    const dev: PluggableDevice = {
+      id, driver: driver ?? known!.driver,
+      props: { ...(known?.props ?? {}), ...(extra as Record<string, string | number | boolean> | undefined) },
+    };
+    this.say(`QMP: device_add ${dev.driver} id=${id} ${JSON.stringify(dev.props)}`);
+    await this.qmp.execute('device_add', { driver: dev.driver, id, ...dev.props });
+    this.command.pluggable.set(id, dev);
+    return `${id} plugged as ${dev.driver}`;
   }
 }

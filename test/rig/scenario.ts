@@ -6,6 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { RigImage } from './build-image';
 import { SerialConsole } from './console';
+import { ControlClient, findControlPort, type ControlMessage } from './control';
+import type { PluggableDevice } from './devices';
 
 export interface KitFiles {
   kernelRelease: string;
@@ -13,8 +15,31 @@ export interface KitFiles {
   initrd: string;
 }
 
+/** What a scenario may ask of the rig host, over the control channel. */
+export interface RigHost {
+  /** Any QMP command on L1's QEMU; resolves with its "return" value. */
+  qmp(execute: string, args?: Record<string, unknown>): Promise<unknown>;
+  /** Unplugs one of this run's devices (stick0, kbd0, serial0, audio0, fatstick, nic0 ...) and waits until QEMU has. */
+  unplug(id: string): Promise<string>;
+  /**
+   * Plugs a device in: again as it was (same port and properties), as another driver on the
+   * same port (a stick that re-enumerates with another product ID), or a new device.
+   */
+  plug(id: string, driver?: string, props?: Record<string, string | number | boolean>): Promise<string>;
+  /** The devices of this run that can be unplugged and plugged, with their properties. */
+  devices(): Promise<PluggableDevice[]>;
+  /** Files QEMU writes on the rig host (usb-audio.wav ...), by name, as L1 paths under /rig-out. */
+  hostFiles(): Promise<Record<string, string>>;
+  /** Sends a message to the runner that needs no answer (test events). */
+  send(message: ControlMessage): Promise<void>;
+}
+
 export interface ScenarioContext {
   name: string;
+  /** The rig host's side: QMP plugging and the runner's files. */
+  rig: RigHost;
+  /** Where a scenario may leave files that land on the rig host (build/rig/out/<run>/). */
+  outDir: string;
   /** The L2 kit as L1 sees it. */
   kit: KitFiles;
   log(message: string): void;
@@ -38,10 +63,33 @@ function readKit(): KitFiles {
   };
 }
 
+function rigHost(): { host: RigHost; close(): Promise<void> } {
+  const port = findControlPort();
+  const client = port ? new ControlClient(port) : null;
+  const need = (): ControlClient => {
+    if (!client) throw new Error('L1 has no rig control port (virtio_console and the runner\'s virtserialport); this needs npm run rig');
+    return client;
+  };
+  return {
+    host: {
+      qmp: (execute, args) => need().request('qmp', { execute, arguments: args }),
+      unplug: (id) => need().request<string>('unplug', { device: id }),
+      plug: (id, driver, props) => need().request<string>('plug', { device: id, driver, props }),
+      devices: () => need().request<PluggableDevice[]>('devices'),
+      hostFiles: () => need().request<Record<string, string>>('host-files'),
+      send: (m) => need().send(m),
+    },
+    close: () => client?.close() ?? Promise.resolve(),
+  };
+}
+
 export function scenario(name: string, body: (ctx: ScenarioContext) => Promise<string>): void {
   const children = new Set<ChildProcess>();
+  const rig = rigHost();
   const ctx: ScenarioContext = {
     name,
+    rig: rig.host,
+    outDir: '/rig-out',
     kit: undefined as unknown as KitFiles,
     log: (m) => { for (const l of m.split('\n')) process.stdout.write(`[${name}] ${l}\n`); },
     spawn: (command, args, opts = {}) => {
@@ -63,7 +111,7 @@ export function scenario(name: string, body: (ctx: ScenarioContext) => Promise<s
     }
     const line = `RIG-RESULT: ${pass ? 'PASS' : 'FAIL'} ${detail.replace(/\s*\n\s*/g, ' | ')}`;
     try { fs.writeFileSync(RESULT_FILE, line + '\n'); } catch { /* not in L1: the line is enough */ }
-    process.stdout.write(line + '\n', () => process.exit(pass ? 0 : 1));
+    void rig.close().then(() => process.stdout.write(line + '\n', () => process.exit(pass ? 0 : 1)));
   };
   (async () => {
     ctx.kit = readKit();

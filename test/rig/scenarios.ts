@@ -1,16 +1,11 @@
 // The rig's scenarios as the runner sees them: what L1 needs and how long each may take.
 // The code each one runs inside L1 is scenarios/<name>.ts (compiled to dist/).
 
-export interface RigDevices {
-  /** qemu-xhci with stick0 (usb-storage), a usb-kbd and a usb-serial (FTDI) adapter. */
-  usb?: boolean;
-  /** A second qemu-xhci with stick1, for assigning a whole controller through VFIO. */
-  extraXhci?: boolean;
-  /** An e1000 on user-mode networking, for VFIO assignment of a NIC. */
-  e1000?: boolean;
-  /** intel-iommu with interrupt remapping, so L1 has IOMMU groups and VFIO. */
-  iommu?: boolean;
-}
+import { ALL_DEVICES, type RigDevices } from './devices';
+export type { RigDevices };
+
+/** Which TCG L1 runs on: one host thread for all vCPUs, or one each. */
+export type TcgMode = 'single' | 'multi';
 
 export interface ScenarioSpec {
   name: string;
@@ -24,9 +19,9 @@ export interface ScenarioSpec {
   expect: 'pass' | 'timeout';
   /** Fast enough for CI (test/integration/rig-*.test.ts); the rest run behind npm run test:rig. */
   ci: boolean;
+  /** TCG threading for L1; default single (multi-threaded TCG stalls L1 now and then). */
+  tcg?: TcgMode;
 }
-
-const ALL_DEVICES: RigDevices = { usb: true, extraXhci: true, e1000: true, iommu: true };
 
 export const SCENARIOS: ScenarioSpec[] = [
   {
@@ -37,7 +32,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'usb-iommu',
-    description: 'node-usb sees the rig\'s USB devices, stick0 reads back its known contents, IOMMU groups exist and an e1000 binds to vfio-pci',
+    description: 'node-usb sees the rig\'s USB devices, stick0 reads back its known contents, IOMMU groups exist, an e1000 binds to vfio-pci, the FAT stick\'s files match, usb-audio binds, and stick0 is unplugged, replugged and re-enumerated through QMP',
     devices: ALL_DEVICES, bootTimeoutSec: 240, timeoutSec: 180, expect: 'pass', ci: true,
   },
   {

@@ -45,9 +45,18 @@ else
 fi
 has_tag hostnode && mount9p hostnode /opt/node
 mount9p project /project
+# The run's folder on the rig host, writable: files a scenario leaves there land on the host.
+mkdir -p /rig-out
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 rigout /rig-out || echo "RIG-WARN: cannot mount 9p tag rigout on /rig-out"
+# npm run rig -- exec FILE.js: the script's own folder, read-only.
+if has_tag rigexec; then
+  mkdir -p /rig-exec
+  mount9p rigexec /rig-exec
+fi
 
-echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
-echo 'root:x:0:' > /etc/group
+# nobody: tests check what an unprivileged user without /dev/kvm access gets.
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > /etc/passwd
+printf 'root:x:0:\nnogroup:x:65534:\n' > /etc/group
 printf '127.0.0.1 localhost\n::1 localhost\n' > /etc/hosts
 hostname rig
 ip link set lo up
@@ -56,12 +65,20 @@ scenario=$(arg rig.scenario)
 node=$(arg rig.node)
 [ -n "$node" ] || node=/usr/bin/node
 export HOME=/root TERM=dumb RIG_SCENARIO="$scenario" RIG_KIT_DIR="$(arg rig.kit)" RIG_NODE="$node"
+# require('porthole-rig') from any script in L1 (npm run rig -- exec).
+export NODE_PATH=/project/dist/test/rig/node-path
+exec_script=$(arg rig.exec)
+[ -n "$exec_script" ] && export RIG_EXEC_SCRIPT="/rig-exec/$exec_script"
 # rig.env=NAME=VALUE (repeatable, from the runner's --env) reaches the scenario as RIG_NAME.
 for a in $(cat /proc/cmdline); do
   case "$a" in rig.env=*=*) kv=${a#rig.env=}; export "RIG_${kv%%=*}=${kv#*=}";; esac
 done
 echo "RIG-STAGE: modules loaded and shares mounted, uptime $(cut -d' ' -f1 /proc/uptime) s"
 cd /project
+if [ "$scenario" != shell ]; then
+  # The runner takes 30 s of silence for a stalled L1; this keeps a quiet scenario audible.
+  ( while sleep 5; do echo "RIG-HEARTBEAT $(cut -d' ' -f1 /proc/uptime)"; done ) &
+fi
 if [ "$scenario" = shell ]; then
   echo "RIG-SCENARIO-START: shell"
   setsid cttyhack sh

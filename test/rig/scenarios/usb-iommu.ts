@@ -6,8 +6,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { getDeviceList, type Device } from 'usb';
 import { libc } from '../../../native';
+import { blockDeviceWithSerial, checkFatStick, checkRawStick, checkUsbAudio, hotplugStick0, readTrim, until } from '../l1-usb';
 import { type ScenarioContext, scenario } from '../scenario';
-import { STICKS, SECTOR, checkStickSector } from '../sticks';
+import { STICKS } from '../sticks';
 
 const EXPECTED_USB = [
   { id: '46f4:0001', what: 'usb-storage' },
@@ -23,21 +24,10 @@ const VFIO_TYPE1_IOMMU = 1;
 const VFIO_GROUP_FLAGS_VIABLE = 1;
 
 const hex4 = (n: number) => n.toString(16).padStart(4, '0');
-const readTrim = (p: string) => fs.readFileSync(p, 'utf8').trim();
 
 function stringDescriptor(dev: Device, index: number): Promise<string> {
   if (!index) return Promise.resolve('');
   return new Promise((resolve, reject) => dev.getStringDescriptor(index, (err, value) => (err ? reject(err) : resolve(value ?? ''))));
-}
-
-async function until<T>(what: string, timeoutMs: number, probe: () => T | null): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v !== null) return v;
-    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
 }
 
 async function checkUsb(ctx: ScenarioContext): Promise<string> {
@@ -74,38 +64,11 @@ async function checkUsb(ctx: ScenarioContext): Promise<string> {
   return `node-usb saw ${devices.length} devices and read the strings of ${opened}`;
 }
 
-/** The block device whose USB ancestor reports `serial`. */
-function blockDeviceWithSerial(serial: string): string | null {
-  let names: string[] = [];
-  try { names = fs.readdirSync('/sys/block').filter((n) => n.startsWith('sd')); } catch { return null; }
-  for (const name of names) {
-    for (let dir = fs.realpathSync(`/sys/block/${name}/device`); dir !== '/'; dir = path.dirname(dir)) {
-      if (fs.existsSync(path.join(dir, 'idVendor')) && fs.existsSync(path.join(dir, 'serial'))) {
-        if (readTrim(path.join(dir, 'serial')) === serial) return name;
-        break;
-      }
-    }
-  }
-  return null;
-}
-
 async function checkStick(ctx: ScenarioContext): Promise<string> {
   const spec = STICKS.stick0;
   const name = await until(`a block device for USB stick ${spec.serial}`, 60000, () => blockDeviceWithSerial(spec.serial));
-  const sectors = Number(readTrim(`/sys/block/${name}/size`));
-  if (sectors * 512 !== spec.sizeMiB * 1048576) throw new Error(`/dev/${name} has ${sectors} sectors, expected ${spec.sizeMiB} MiB`);
-  const fd = fs.openSync(`/dev/${name}`, 'r');
-  try {
-    const buf = Buffer.alloc(SECTOR);
-    for (const s of [0, 1, 4095, sectors - 1]) {
-      fs.readSync(fd, buf, 0, SECTOR, s * SECTOR);
-      const bad = checkStickSector(spec.label, s, buf);
-      if (bad) throw new Error(`/dev/${name}: ${bad}`);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  ctx.log(`stick0 is /dev/${name}: ${sectors} sectors, known contents read back`);
+  checkRawStick(name, spec.label, spec.sizeMiB);
+  ctx.log(`stick0 is /dev/${name}: known contents read back`);
   return `stick0 is /dev/${name} with its known contents`;
 }
 
@@ -178,5 +141,8 @@ scenario('usb-iommu', async (ctx) => {
   ctx.log(`${groups.size} IOMMU groups; ${alone.length} of ${xhcis.length} xHCI controllers alone in their group`);
   if (xhcis.length < 2 || alone.length < 2) throw new Error('the two xHCI controllers are not each alone in an IOMMU group');
   const vfio = checkVfio(ctx, devs);
-  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${vfio}`;
+  const fat = await checkFatStick(ctx);
+  const audio = await checkUsbAudio(ctx);
+  const hotplug = await hotplugStick0(ctx);
+  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${vfio}; ${fat}; ${audio}; ${hotplug}`;
 });
