@@ -11,6 +11,7 @@ import {
   RigBuildError, candidateVersion, ensureAptLists, fetchDeb, metaDependency, moduleClosure, moduleKey, parseModInfo,
   readDebTar, type ModInfo,
 } from './deb';
+import { KIT_TOOLS, kitToolEntries, kitToolVersions } from './kit-tools';
 import { rigBuildDir, rigSourceDir } from './paths';
 
 /** Loaded at L1 boot: nested KVM, USB host + devices, VFIO, 9p for the shares, e1000. */
@@ -27,7 +28,7 @@ export const KIT_MODULES = [
   'ne2k_pci', 'e1000', 'ahci', 'vfat', 'nls_cp437', 'nls_iso8859_1', 'ext4', 'nvme', 'snd_usb_audio',
 ];
 
-const BUILDER_FILES = ['build-image.js', 'deb.js', 'cpio.js'];
+const BUILDER_FILES = ['build-image.js', 'deb.js', 'cpio.js', 'kit-tools.js'];
 const INIT_FILES = ['l1-init.sh', 'kit-init.sh', 'kit-lspci.sh'];
 
 export interface RigImage {
@@ -52,16 +53,17 @@ export interface BuildOptions {
   force?: boolean;
 }
 
-function inputsKey(kernelPackage: string, kernelVersion: string, busyboxVersion: string): string {
+function inputsKey(kernelPackage: string, kernelVersion: string, busyboxVersion: string, toolVersions: Record<string, string>): string {
   const h = crypto.createHash('sha256');
   h.update(`${kernelPackage}=${kernelVersion}\nbusybox-static=${busyboxVersion}\n`);
+  h.update(`tools:${JSON.stringify(toolVersions)}\n`);
   h.update(`l1:${L1_MODULES.join(',')}\nkit:${KIT_MODULES.join(',')}\n`);
   for (const f of BUILDER_FILES) h.update(fs.readFileSync(path.join(__dirname, f)));
   for (const f of INIT_FILES) h.update(fs.readFileSync(path.join(rigSourceDir, 'init', f)));
   return h.digest('hex').slice(0, 16);
 }
 
-interface ResolvedPackages { kernelPackage: string; kernelVersion: string; busyboxVersion: string }
+interface ResolvedPackages { kernelPackage: string; kernelVersion: string; busyboxVersion: string; toolVersions: Record<string, string> }
 
 /** Identifies the state of apt's package lists; when it is unchanged so are the candidates. */
 function aptListsStamp(): string {
@@ -80,7 +82,7 @@ function resolvePackages(): ResolvedPackages {
   const stamp = aptListsStamp();
   try {
     const m = JSON.parse(fs.readFileSync(memo, 'utf8')) as ResolvedPackages & { stamp: string };
-    if (stamp && m.stamp === stamp) return m;
+    if (stamp && m.stamp === stamp && m.toolVersions) return m;
   } catch { /* none yet */ }
   ensureAptLists('busybox-static');
   const kernelPackage = metaDependency('linux-image-amd64', 'linux-image-');
@@ -88,7 +90,7 @@ function resolvePackages(): ResolvedPackages {
   const kernelVersion = candidateVersion(kernelPackage);
   const busyboxVersion = candidateVersion('busybox-static');
   if (!kernelVersion || !busyboxVersion) throw new RigBuildError(`apt has no candidate for ${kernelVersion ? 'busybox-static' : kernelPackage}`);
-  const resolved = { kernelPackage, kernelVersion, busyboxVersion };
+  const resolved = { kernelPackage, kernelVersion, busyboxVersion, toolVersions: kitToolVersions() };
   fs.mkdirSync(rigBuildDir, { recursive: true });
   fs.writeFileSync(memo, JSON.stringify({ ...resolved, stamp: aptListsStamp() }) + '\n');
   return resolved;
@@ -100,8 +102,8 @@ export async function ensureImage(opts: BuildOptions = {}): Promise<RigImage> {
   for (const tool of ['apt-cache', 'apt-get', 'dpkg-deb']) {
     if (!fs.existsSync(`/usr/bin/${tool}`)) throw new RigBuildError(`the rig builds its images from Debian packages and needs ${tool}, which this system lacks`);
   }
-  const { kernelPackage, kernelVersion, busyboxVersion } = resolvePackages();
-  const key = inputsKey(kernelPackage, kernelVersion, busyboxVersion);
+  const { kernelPackage, kernelVersion, busyboxVersion, toolVersions } = resolvePackages();
+  const key = inputsKey(kernelPackage, kernelVersion, busyboxVersion, toolVersions);
   const dir = path.join(rigBuildDir, `img-${key}`);
   const manifestPath = path.join(dir, 'manifest.json');
   if (!opts.force && fs.existsSync(manifestPath)) return JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as RigImage;
@@ -154,6 +156,9 @@ export async function ensureImage(opts: BuildOptions = {}): Promise<RigImage> {
   await readDebTar(busyboxDeb, (e) => e.name === 'bin/busybox', (_e, data) => { busybox = data; });
   if (!busybox) throw new RigBuildError(`${busyboxDeb} has no bin/busybox`);
 
+  const tools = await kitToolEntries(toolVersions, debDir);
+  log(`kit tools: ${KIT_TOOLS.map((t) => path.basename(t)).join(', ')} with ${tools.entries.length - KIT_TOOLS.length} libraries, links and data files`);
+
   const script = (f: string) => fs.readFileSync(path.join(rigSourceDir, 'init', f));
   const l1 = buildCpioGz(withParents([
     { kind: 'file', path: 'init', data: script('l1-init.sh'), mode: 0o755 },
@@ -170,6 +175,7 @@ export async function ensureImage(opts: BuildOptions = {}): Promise<RigImage> {
     { kind: 'chardev', path: 'dev/console', major: 5, minor: 1 },
     { kind: 'file', path: 'lib/modules/deps', data: Buffer.from(depsText) },
     ...kitAll.map((k): CpioEntry => ({ kind: 'file', path: `lib/modules/${k}.ko`, data: koData.get(k)! })),
+    ...tools.entries,
   ]));
 
   // Write beside the final place and rename, so a concurrent or interrupted build never
@@ -190,7 +196,7 @@ export async function ensureImage(opts: BuildOptions = {}): Promise<RigImage> {
   fs.writeFileSync(path.join(tmp, 'manifest.json'), JSON.stringify(image, null, 2) + '\n');
   fs.rmSync(dir, { recursive: true, force: true });
   fs.renameSync(tmp, dir);
-  pruneOldImages(key, kernelDeb, busyboxDeb);
+  pruneOldImages(key, kernelDeb, busyboxDeb, ...tools.debs);
   log(`built in ${image.buildSeconds.toFixed(1)} s: vmlinuz ${mb(image.sizes.vmlinuz)}, L1 initramfs ${mb(l1.length)} ` +
     `(${l1Order.length} modules), kit initramfs ${mb(kit.length)} (${kitAll.length} modules)`);
   return image;

@@ -85,7 +85,7 @@ function which(cmd: string): string | null {
 
 /** Shares and kernel arguments that let L1 run the host's own node binary. */
 function hostShares(): { virtfs: [tag: string, hostPath: string][]; nodeInL1: string } {
-  const virtfs: [string, string][] = [['hostusr', '/usr'], ['project', repoRoot]];
+  const virtfs: [string, string][] = [['hostusr', '/usr'], ['hostetc', '/etc'], ['project', repoRoot]];
   const merged = (p: string) => { try { return fs.lstatSync(p).isSymbolicLink(); } catch { return true; } };
   if (!merged('/lib')) virtfs.push(['hostlib', '/lib']);
   if (!merged('/lib64')) virtfs.push(['hostlib64', '/lib64']);
@@ -306,11 +306,11 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
       if (m) finish?.({ kind: m[1] === 'PASS' ? 'pass' : 'fail', detail: m[2] });
       else if (/Kernel panic - not syncing/.test(line)) finish?.({ kind: 'fail', detail: `L1 kernel panic: ${line}` });
     };
-    child.stdout!.setEncoding('latin1');
+    child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => {
-      // Interactive: the terminal gets the bytes as they come (a prompt has no newline);
+      // Interactive: the terminal gets the text as it comes (a prompt has no newline);
       // lines are still assembled to find the RIG-* markers.
-      if (opts.interactive) process.stdout.write(Buffer.from(chunk, 'latin1'));
+      if (opts.interactive) process.stdout.write(chunk);
       partial += chunk;
       let nl: number;
       while ((nl = partial.indexOf('\n')) >= 0) {

@@ -3,7 +3,8 @@
 # modules named by kit.modules=a,b (with their dependencies) and keeps a root shell on
 # the console for the test's prompt-and-command helper.
 /bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin
+# Debian tools in /usr/bin (lsusb, aplay, the lspci script) come before busybox applets.
+export PATH=/usr/bin:/bin
 mkdir -p /proc /sys /dev /tmp /run /root
 mount -t proc proc /proc
 mount -t sysfs sys /sys

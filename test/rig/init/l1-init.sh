@@ -58,6 +58,13 @@ fi
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > /etc/passwd
 printf 'root:x:0:\nnogroup:x:65534:\n' > /etc/group
 printf '127.0.0.1 localhost\n::1 localhost\n' > /etc/hosts
+# The host's /etc for what host programs look up there (/etc/alternatives links, fonts,
+# chromium.d); L1's own files above stay L1's.
+if has_tag hostetc; then
+  mkdir -p /host-etc
+  mount9p hostetc /host-etc
+  for e in /host-etc/*; do [ -e "/etc/${e##*/}" ] || ln -s "$e" "/etc/${e##*/}"; done
+fi
 hostname rig
 ip link set lo up
 

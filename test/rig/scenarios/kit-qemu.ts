@@ -8,7 +8,9 @@ scenario('kit-qemu', async (ctx) => {
   const qemu = ctx.spawn('qemu-system-x86_64', [
     '-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', '256M', '-smp', String(cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
-    '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', 'console=ttyS0 quiet panic=-1 kit.modules=usb-storage,e1000',
+    // USB devices for the kit's Debian tools: lsusb lists them, aplay finds the sound card.
+    '-device', 'qemu-xhci,id=xhci', '-device', 'usb-tablet,bus=xhci.0', '-audiodev', 'none,id=snd0', '-device', 'usb-audio,bus=xhci.0,audiodev=snd0',
+    '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', 'console=ttyS0 quiet panic=-1 kit.modules=usb-storage,e1000,xhci-pci,usbhid,snd-usb-audio',
   ]);
   qemu.stderr!.on('data', (d: Buffer) => ctx.log(`qemu: ${d.toString().trim()}`));
   const con = SerialConsole.fromChild(qemu, { name: 'L2 on QEMU\'s serial', onOutput: consoleLogger('L2| ') });
@@ -16,8 +18,17 @@ scenario('kit-qemu', async (ctx) => {
   // kit.modules= loads the named modules and their dependencies, in order.
   const loaded = (await con.runOk('cut -d" " -f1 /proc/modules')).split('\n');
   ctx.log(`L2 modules: ${loaded.join(' ')}`);
-  for (const m of ['usb_storage', 'usbcore', 'scsi_mod', 'e1000']) {
-    if (!loaded.includes(m)) throw new Error(`kit.modules=usb-storage,e1000 did not load ${m}`);
+  for (const m of ['usb_storage', 'usbcore', 'scsi_mod', 'e1000', 'xhci_pci', 'usbhid', 'snd_usb_audio']) {
+    if (!loaded.includes(m)) throw new Error(`kit.modules=usb-storage,e1000,xhci-pci,usbhid,snd-usb-audio did not load ${m}`);
   }
-  return `QEMU/KVM in L1: ${checks}; kit.modules loaded ${loaded.length} modules`;
+  // Debian's lsusb and aplay, with their libraries, run in the kit.
+  const lsusb = await con.runOk('lsusb');
+  ctx.log(`lsusb:\n${lsusb.trim()}`);
+  if (!/ID 0627:0001/.test(lsusb) || !/ID 46f4:0002/.test(lsusb)) throw new Error('lsusb in the kit does not list the usb-tablet (0627:0001) and usb-audio (46f4:0002)');
+  const cards = await con.runOk('aplay -l');
+  ctx.log(`aplay -l:\n${cards.trim()}`);
+  if (!/card \d+: .*USB Audio/i.test(cards)) throw new Error('aplay -l in the kit lists no USB audio card');
+  // 0.1 s of silence through the card: aplay opens, configures and plays it.
+  await con.runOk('head -c 19200 /dev/zero > /tmp/silence.raw && aplay -q -D plughw:0,0 -f S16_LE -r 48000 -c 2 /tmp/silence.raw');
+  return `QEMU/KVM in L1: ${checks}; kit.modules loaded ${loaded.length} modules; lsusb lists the USB devices; aplay played to the USB audio card`;
 });

@@ -192,7 +192,13 @@ test('when the manager process dies, its VM processes stop too (no orphans)', { 
   const child = spawn(process.execPath, [script, path.join(config.home, 'orphan-lib'), JSON.stringify(flatSpec('echo'))], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-  await waitFor(() => /running \d+/.test(out), 30000, () => `manager child said: ${out}`);
+  try {
+    await waitFor(() => /running \d+/.test(out), 60000, () => `manager child said: ${out}`);
+  } catch (e) {
+    // A manager that never started its VM must not outlive the test and hold this file open.
+    child.kill('SIGKILL');
+    throw e;
+  }
   const vmPid = Number(/running (\d+)/.exec(out)![1]);
   const alive = () => { try { process.kill(vmPid, 0); return true; } catch { return false; } };
   assert.ok(alive());
