@@ -1,9 +1,10 @@
 // End-to-end harness: the real manager and browser-mode web server in this process (on a
 // temporary XDG_CONFIG_HOME), and Debian's Chromium driven by playwright-core.
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium, type BrowserContext, type Locator, type Page } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core';
 import { libraryDir } from '../../main/manager/library';
 import { RENDERER_DIR } from '../../main/manager/app-paths';
 import { VmManager } from '../../main/manager/manager';
@@ -12,7 +13,56 @@ import { startWebServer, type WebServer } from '../../main/web/server';
 import { guest, kvmSkipReason, repoRoot } from '../helpers/vm';
 
 export const CHROMIUM = '/usr/bin/chromium';
-export const ARTIFACTS_DIR = path.join(repoRoot, 'test-artifacts');
+/** In the rig's L1 the checkout is read-only; screenshots go to the run's folder on the host. */
+export const ARTIFACTS_DIR = process.env.PORTHOLE_TEST_ARTIFACTS ?? path.join(repoRoot, 'test-artifacts');
+
+/**
+ * In the rig's L1 (test/rig/scenarios/kvm-tests.ts) Chromium runs on the rig host, which
+ * reaches this process's server through ports forwarded to PORTHOLE_E2E_LISTEN.
+ */
+interface RemoteBrowser { wsEndpoint: string; ports: number[]; listen: string }
+
+function remoteBrowser(): RemoteBrowser | null {
+  const wsEndpoint = process.env.PORTHOLE_E2E_BROWSER_WS;
+  if (!wsEndpoint) return null;
+  const ports = (process.env.PORTHOLE_E2E_PORTS ?? '').split(',').map(Number).filter((n) => n > 0);
+  const listen = process.env.PORTHOLE_E2E_LISTEN ?? '';
+  if (!ports.length || !listen) throw new Error('PORTHOLE_E2E_BROWSER_WS needs PORTHOLE_E2E_PORTS and PORTHOLE_E2E_LISTEN');
+  return { wsEndpoint, ports, listen };
+}
+
+/** Relays connections from `listen`:port to the server on 127.0.0.1:port. */
+async function relay(listen: string, port: number): Promise<net.Server> {
+  const relayServer = net.createServer((inbound) => {
+    const outbound = net.connect(port, '127.0.0.1');
+    inbound.pipe(outbound).pipe(inbound);
+    const end = () => { inbound.destroy(); outbound.destroy(); };
+    inbound.on('error', end);
+    outbound.on('error', end);
+    inbound.on('close', end);
+    outbound.on('close', end);
+  });
+  await new Promise<void>((resolve, reject) => {
+    relayServer.once('error', reject);
+    relayServer.listen(port, listen, () => resolve());
+  });
+  return relayServer;
+}
+
+async function startServerOnFreePort(remote: RemoteBrowser, start: (port: number) => Promise<WebServer>): Promise<{ server: WebServer; relayServer: net.Server }> {
+  let last: Error | null = null;
+  for (const port of remote.ports) {
+    let server: WebServer | null = null;
+    try {
+      server = await start(port);
+      return { server, relayServer: await relay(remote.listen, port) };
+    } catch (e) {
+      last = e as Error;
+      await server?.close();
+    }
+  }
+  throw new Error(`no free port among ${remote.ports.join(', ')} for the web server: ${last?.message}`);
+}
 
 const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
@@ -21,7 +71,7 @@ const CHROMIUM_ARGS = [
 
 /** Why the browser tests cannot run here, or null. A missing UI build is a failure, not a skip. */
 export function browserSkipReason(): string | null {
-  if (!fs.existsSync(CHROMIUM)) return `${CHROMIUM} is missing: run scripts/fixtures.sh (it installs Debian's chromium)`;
+  if (!process.env.PORTHOLE_E2E_BROWSER_WS && !fs.existsSync(CHROMIUM)) return `${CHROMIUM} is missing: run scripts/fixtures.sh (it installs Debian's chromium)`;
   return kvmSkipReason();
 }
 
@@ -79,19 +129,28 @@ export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
     log: (line) => diagnostics.push(`manager: ${line}`),
   });
   manager.load();
-  const server = await startWebServer({
-    backend: manager, rendererDir: RENDERER_DIR, port: 0, log: (line) => diagnostics.push(`web: ${line}`),
+  const remote = remoteBrowser();
+  const start = (port: number) => startWebServer({
+    backend: manager, rendererDir: RENDERER_DIR, port, log: (line) => diagnostics.push(`web: ${line}`),
   });
+  const { server, relayServer } = remote ? await startServerOnFreePort(remote, start) : { server: await start(0), relayServer: null };
   let context: BrowserContext | null = null;
+  let browser: Browser | null = null;
+  const contextOptions = {
+    viewport: { width: 1280, height: 720 },
+    // The console's Copy buttons write to the clipboard; the tests read it back.
+    permissions: ['clipboard-read', 'clipboard-write'],
+  };
   try {
-    context = await chromium.launchPersistentContext(path.join(scratch, 'chromium-profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1280, height: 720 },
-      // The console's Copy buttons write to the clipboard; the tests read it back.
-      permissions: ['clipboard-read', 'clipboard-write'],
-    });
+    if (remote) {
+      // The browser server takes connections for its own loopback name only.
+      browser = await chromium.connect(remote.wsEndpoint, { headers: { host: `127.0.0.1:${new URL(remote.wsEndpoint).port}` } });
+      context = await browser.newContext(contextOptions);
+    } else {
+      context = await chromium.launchPersistentContext(path.join(scratch, 'chromium-profile'), {
+        executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, ...contextOptions,
+      });
+    }
     const page = context.pages()[0] ?? await context.newPage();
     page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') diagnostics.push(`browser ${m.type()}: ${m.text()}`); });
     page.on('pageerror', (e) => diagnostics.push(`browser page error: ${e.message}`));
@@ -102,13 +161,17 @@ export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
       page, context: ctx, server, manager, processes, diagnostics,
       async close() {
         await ctx.close().catch(() => undefined);
+        await browser?.close().catch(() => undefined);
         await manager.shutdownAll('force-off').catch(() => undefined);
+        relayServer?.close();
         await server.close();
         fs.rmSync(scratch, { recursive: true, force: true });
       },
     };
   } catch (e) {
     await context?.close().catch(() => undefined);
+    await browser?.close().catch(() => undefined);
+    relayServer?.close();
     await server.close();
     fs.rmSync(scratch, { recursive: true, force: true });
     throw e;

@@ -18,7 +18,7 @@ import { rigBuildDir, rigSourceDir } from './paths';
 export const L1_MODULES = [
   'kvm_amd', 'xhci_pci', 'usb_storage', 'sd_mod', 'usbhid', 'hid_generic', 'ftdi_sio',
   'vfio_pci', 'vfio_iommu_type1', 'virtio_pci', '9pnet_virtio', '9p', 'e1000', 'tun',
-  'vfat', 'nls_cp437', 'nls_iso8859_1', 'virtio_console', 'nvme', 'snd_usb_audio', 'uas',
+  'vfat', 'nls_cp437', 'nls_iso8859_1', 'virtio_console', 'nvme', 'snd_usb_audio', 'uas', 'virtio_net',
 ];
 
 /** In the L2 kit, loaded on demand with kit.modules=: the drivers that meet Porthole's devices. */

@@ -22,12 +22,22 @@ export interface RigDevices {
   nvmeSriov?: boolean;
   /** Two empty PCIe root ports (hp0, hp1) that PCI devices can be hot-plugged into. */
   pciSlots?: boolean;
+  /**
+   * L1's own user-mode network to the rig host (L1 is 10.0.2.15, the host's loopback is
+   * 10.0.2.2), with ports forwarded on request: a browser on the host drives a UI in L1.
+   */
+  rigNet?: boolean;
 }
+
+/** The MAC of the rigNet NIC, by which L1's /init finds and configures it. */
+export const RIG_NET_MAC = '52:54:00:72:69:67';
+export const RIG_NET_L1_ADDRESS = '10.0.2.15';
+export const RIG_NET_HOST_ADDRESS = '10.0.2.2';
 
 /** The names `--devices` takes, and the flag each sets. */
 export const DEVICE_NAMES: Record<string, keyof RigDevices> = {
   usb: 'usb', 'extra-xhci': 'extraXhci', e1000: 'e1000', iommu: 'iommu', 'usb-audio': 'usbAudio',
-  'fat-stick': 'fatStick', 'nvme-sriov': 'nvmeSriov', 'pci-slots': 'pciSlots',
+  'fat-stick': 'fatStick', 'nvme-sriov': 'nvmeSriov', 'pci-slots': 'pciSlots', 'rig-net': 'rigNet',
 };
 
 export const ALL_DEVICES: RigDevices = Object.fromEntries(Object.values(DEVICE_NAMES).map((k) => [k, true])) as RigDevices;
@@ -131,6 +141,9 @@ export function deviceArgs(d: RigDevices, stickDir: string, runDir: string, outD
     // flexible ones to its VFs (nvme virt-mgmt) before they come up.
     qemu.push('-device', 'nvme,id=nvme0,serial=RIGNVME0,bus=nvmerp,subsys=nvmesubsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=5');
     qemu.push('-device', 'nvme-ns,drive=nvme0-disk,bus=nvme0,nsid=1,shared=false,detached=false');
+  }
+  if (d.rigNet) {
+    qemu.push('-netdev', 'user,id=rignet,net=10.0.2.0/24', '-device', `virtio-net-pci,netdev=rignet,mac=${RIG_NET_MAC}`);
   }
   if (d.pciSlots) {
     qemu.push('-device', 'pcie-root-port,id=hp0,chassis=20,slot=20', '-device', 'pcie-root-port,id=hp1,chassis=21,slot=21');

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ensureImage, type RigImage } from './build-image';
 import { CONTROL_PORT_NAME, ControlServer, type ControlMessage } from './control';
-import { deviceArgs, type PluggableDevice, type RigDevices } from './devices';
+import { RIG_NET_HOST_ADDRESS, RIG_NET_L1_ADDRESS, deviceArgs, type PluggableDevice, type RigDevices } from './devices';
 import { inL1, repoRoot, rigBuildDir } from './paths';
 import { QmpServerClient } from './qmp';
 import type { ScenarioSpec, TcgMode } from './scenarios';
@@ -357,6 +357,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
     fs.writeSync(log, `rig: ${heartbeats} heartbeats from L1\n`);
     fs.closeSync(log);
     control.close();
+    await requests.close();
     qmp.close();
     removeRunFiles(files);
   }
@@ -430,8 +431,37 @@ class RigRequests {
       case 'devices': return [...this.command.pluggable.values()];
       // QEMU writes these into the run's shared folder, where L1 reads them under /rig-out.
       case 'host-files': return Object.fromEntries(Object.keys(this.command.hostFiles).map((k) => [k, `/rig-out/${k}`]));
+      case 'browser': return this.browser();
+      case 'forward': {
+        const port = Number(m.port);
+        if (!Number.isInteger(port) || port < 1024 || port > 65535) throw new Error('forward needs a "port" from 1024 to 65535');
+        // Same number on both sides, so a page's Host header names the server it reached.
+        const out = await this.qmp.execute('human-monitor-command', { 'command-line': `hostfwd_add rignet tcp:127.0.0.1:${port}-${RIG_NET_L1_ADDRESS}:${port}` });
+        if (typeof out === 'string' && out.trim()) throw new Error(`hostfwd_add ${port}: ${out.trim()}`);
+        return `127.0.0.1:${port} on the rig host reaches ${RIG_NET_L1_ADDRESS}:${port} in L1`;
+      }
       default: throw new Error(`unknown request "${op}"`);
     }
+  }
+
+  private browserServer: { wsEndpoint(): string; close(): Promise<void> } | null = null;
+
+  /** Debian's Chromium on the rig host, for Playwright in L1 (Chromium under TCG is far too slow). */
+  private async browser(): Promise<string> {
+    if (!this.browserServer) {
+      const { chromium } = await import('playwright-core');
+      this.browserServer = await chromium.launchServer({
+        executablePath: '/usr/bin/chromium', headless: true, host: '127.0.0.1', port: 0,
+        args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      });
+      this.say(`Chromium on the rig host for L1: ${this.browserServer.wsEndpoint()}`);
+    }
+    return this.browserServer.wsEndpoint().replace('ws://127.0.0.1:', `ws://${RIG_NET_HOST_ADDRESS}:`);
+  }
+
+  async close(): Promise<void> {
+    await this.browserServer?.close().catch(() => undefined);
+    this.browserServer = null;
   }
 
   private async unplug(id: string): Promise<string> {

@@ -30,6 +30,10 @@ export interface RigHost {
   devices(): Promise<PluggableDevice[]>;
   /** Files QEMU writes on the rig host (usb-audio.wav ...), by name, as L1 paths under /rig-out. */
   hostFiles(): Promise<Record<string, string>>;
+  /** Chromium on the rig host (needs the rigNet device): a Playwright endpoint for chromium.connect(). */
+  browser(): Promise<string>;
+  /** Forwards 127.0.0.1:port on the rig host to L1's rigNet address, same port (needs rigNet). */
+  forward(port: number): Promise<string>;
   /** Sends a message to the runner that needs no answer (test events). */
   send(message: ControlMessage): Promise<void>;
 }
@@ -77,6 +81,8 @@ function rigHost(): { host: RigHost; close(): Promise<void> } {
       plug: (id, driver, props) => need().request<string>('plug', { device: id, driver, props }),
       devices: () => need().request<PluggableDevice[]>('devices'),
       hostFiles: () => need().request<Record<string, string>>('host-files'),
+      browser: () => need().request<string>('browser', {}, 120000),
+      forward: (port) => need().request<string>('forward', { port }),
       send: (m) => need().send(m),
     },
     close: () => client?.close() ?? Promise.resolve(),

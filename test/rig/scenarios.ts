@@ -51,7 +51,8 @@ export const SCENARIOS: ScenarioSpec[] = [
     name: 'kvm-tests',
     description: 'the KVM test files (dist/test/kvm, dist/test/e2e) on L1\'s /dev/kvm, for a host without one; npm test runs it (test/rig/kvm-venue.test.ts)',
     // About 6 minutes on a quiet 2-core host; a stall is caught by the heartbeat within 30 s.
-    devices: {}, bootTimeoutSec: 240, timeoutSec: 1800, expect: 'pass', ci: false,
+    // rigNet: the end-to-end tests drive Chromium on the rig host.
+    devices: { rigNet: true }, bootTimeoutSec: 240, timeoutSec: 1800, expect: 'pass', ci: false,
   },
   {
     name: 'broken',

@@ -67,6 +67,14 @@ if has_tag hostetc; then
 fi
 hostname rig
 ip link set lo up
+# The rig's own network (rigNet), found by its MAC: the rig host's loopback is 10.0.2.2.
+for n in /sys/class/net/*; do
+  if [ "$(cat "$n/address" 2>/dev/null)" = 52:54:00:72:69:67 ]; then
+    ip addr add 10.0.2.15/24 dev "${n##*/}"
+    ip link set "${n##*/}" up
+    ip route add default via 10.0.2.2
+  fi
+done
 
 scenario=$(arg rig.scenario)
 node=$(arg rig.node)
