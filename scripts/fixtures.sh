@@ -13,6 +13,8 @@ command -v xz >/dev/null || need+=(xz-utils)
 command -v gcc >/dev/null || need+=(gcc)
 command -v mkfs.fat >/dev/null || need+=(dosfstools)
 command -v mcopy >/dev/null || need+=(mtools)
+# The rig's L1 runs the host's /usr: nvme-cli brings up NVMe SR-IOV virtual functions there.
+command -v nvme >/dev/null || need+=(nvme-cli)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "fixtures: installing ${need[*]}"

@@ -9,7 +9,7 @@ import { RigError, runScenario, type RunOptions, type RunReport } from './runner
 import { SCENARIOS, findScenario, type ScenarioSpec } from './scenarios';
 
 const USAGE = `usage: npm run rig -- <scenario> [--timeout SEC] [--boot-timeout SEC] [--verbose] [--cpus N] [--mem SIZE]
-                      [--env NAME=VALUE] [--append KERNEL_ARG] [--devices LIST] [--tcg single|multi]
+                      [--env NAME=VALUE] [--append KERNEL_ARG] [--devices LIST] [--tcg single|multi] [--repeat N]
        npm run rig -- exec FILE.js [--devices LIST] [options]   (your own script in L1; see test/rig/README.md)
        npm run rig -- --all | --ci | --list
        npm run rig -- shell      (an interactive shell in L1)
@@ -20,6 +20,32 @@ const SIGNAL_CODES: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 function fail(message: string): never {
   process.stderr.write(`rig: ${message}\n${USAGE}\n`);
   process.exit(3);
+}
+
+let repeat = 1;
+
+/**
+ * `--repeat N`: each scenario N times without the stall and triple-fault retry, and a tally
+ * of the outcomes, to measure how often L1 stalls (the retry would hide it).
+ */
+async function tally(specs: ScenarioSpec[], opts: RunOptions, times: number): Promise<number> {
+  const counts = new Map<string, number>();
+  const seconds: number[] = [];
+  for (let i = 0; i < times; i++) {
+    for (const spec of specs) {
+      const r = await runScenario(spec, { ...opts, l1FaultRetries: 0 });
+      if (r.interrupted) return SIGNAL_CODES[r.interrupted] ?? 1;
+      const kind = r.l1TripleFault ? 'triple-fault' : r.outcome.kind;
+      const key = `${spec.name} ${kind}`;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+      seconds.push(r.totalSeconds);
+      console.log(`rig: tally ${i + 1}/${times} ${spec.name}: ${kind} after ${r.totalSeconds.toFixed(1)} s (${r.outcome.detail.slice(0, 160)})`);
+    }
+  }
+  seconds.sort((a, b) => a - b);
+  console.log(`rig: tally over ${times} runs each, TCG ${opts.tcg ?? 'as the scenario says'}: ` +
+    [...counts].map(([k, n]) => `${k} ${n}`).join(', ') + `; median run ${seconds[Math.floor(seconds.length / 2)].toFixed(1)} s`);
+  return [...counts.keys()].every((k) => k.endsWith(' pass')) ? 0 : 1;
 }
 
 function parse(argv: string[]): { names: string[]; opts: RunOptions; list: boolean } {
@@ -50,6 +76,8 @@ function parse(argv: string[]): { names: string[]; opts: RunOptions; list: boole
       const v = argv[++i];
       if (!v) fail('--devices needs a list such as usb,extra-xhci,iommu');
       try { opts.devices = parseDeviceList(v); } catch (e) { fail(`--devices: ${(e as Error).message}`); }
+    } else if (a === '--repeat') {
+      repeat = Math.floor(num(a, argv[++i]));
     } else if (a === '--tcg') {
       const v = argv[++i];
       if (v !== 'single' && v !== 'multi') fail('--tcg needs single or multi');
@@ -97,6 +125,7 @@ async function main(): Promise<number> {
   if (names.length === 0) fail('name a scenario');
   if (names.includes('exec') && names.length > 1) fail('exec runs one script on its own');
   const specs = names.map((n) => specFor(n, opts));
+  if (repeat > 1) return tally(specs, opts, repeat);
   const reports: RunReport[] = [];
   for (const spec of specs) {
     const r = await runScenario(spec, { ...opts, interactive: spec.name === 'shell' });

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { getDeviceList, type Device } from 'usb';
 import { libc } from '../../../native';
+import { checkNvmeSriov } from '../l1-nvme';
 import { blockDeviceWithSerial, checkFatStick, checkRawStick, checkUsbAudio, hotplugStick0, readTrim, until } from '../l1-usb';
 import { type ScenarioContext, scenario } from '../scenario';
 import { STICKS } from '../sticks';
@@ -144,5 +145,6 @@ scenario('usb-iommu', async (ctx) => {
   const fat = await checkFatStick(ctx);
   const audio = await checkUsbAudio(ctx);
   const hotplug = await hotplugStick0(ctx);
-  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${vfio}; ${fat}; ${audio}; ${hotplug}`;
+  const nvme = await checkNvmeSriov(ctx);
+  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${vfio}; ${fat}; ${audio}; ${hotplug}; ${nvme}`;
 });
