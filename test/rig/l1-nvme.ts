@@ -41,8 +41,17 @@ export async function checkNvmeSriov(ctx: ScenarioContext): Promise<string> {
   if (scid === undefined) throw new Error(`nvme list-secondary names no controller for VF 1: ${secondary.trim()}`);
   run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-r', '1', '-a', '8', '-n', '1']);
   run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-r', '0', '-a', '8', '-n', '2']);
-  run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-a', '9']);
-  fs.writeFileSync('/sys/bus/pci/drivers/nvme/bind', vf);
+  run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-r', '0', '-a', '9', '-n', '0']);
+  // The VF's controller picks its new resources up on a function reset.
+  fs.writeFileSync(`/sys/bus/pci/devices/${vf}/reset`, '1');
+  // With autoprobe off, a VF binds only to the driver its driver_override names.
+  fs.writeFileSync(`/sys/bus/pci/devices/${vf}/driver_override`, 'nvme');
+  try {
+    fs.writeFileSync('/sys/bus/pci/drivers/nvme/bind', vf);
+  } catch (e) {
+    const dmesg = spawnSync('dmesg', [], { encoding: 'utf8' }).stdout.split('\n').filter((l) => /nvme|pci/i.test(l)).slice(-15).join('\n');
+    throw new Error(`the nvme driver did not take VF ${vf} (${(e as Error).message}); dmesg:\n${dmesg}`);
+  }
   const ns = await until(`a namespace behind VF ${vf}`, 60000, () => {
     try { return fs.readdirSync(`/sys/bus/pci/devices/${vf}/nvme`).length ? pciDriver(vf) : null; } catch { return null; }
   });

@@ -25,12 +25,15 @@ export function blockDeviceWithSerial(serial: string): string | null {
   let names: string[] = [];
   try { names = fs.readdirSync('/sys/block').filter((n) => n.startsWith('sd')); } catch { return null; }
   for (const name of names) {
-    for (let dir = fs.realpathSync(`/sys/block/${name}/device`); dir !== '/'; dir = path.dirname(dir)) {
-      if (fs.existsSync(path.join(dir, 'idVendor')) && fs.existsSync(path.join(dir, 'serial'))) {
-        if (readTrim(path.join(dir, 'serial')) === serial) return name;
-        break;
+    // A disk may be half-registered or going away while this looks.
+    try {
+      for (let dir = fs.realpathSync(`/sys/block/${name}/device`); dir !== '/'; dir = path.dirname(dir)) {
+        if (fs.existsSync(path.join(dir, 'idVendor')) && fs.existsSync(path.join(dir, 'serial'))) {
+          if (readTrim(path.join(dir, 'serial')) === serial) return name;
+          break;
+        }
       }
-    }
+    } catch { /* next */ }
   }
   return null;
 }
@@ -40,15 +43,20 @@ export interface SysfsUsbDevice { name: string; id: string; serial: string; driv
 /** USB devices (not interfaces, not root hubs) in sysfs, with the drivers bound to their interfaces. */
 export function sysfsUsbDevices(): SysfsUsbDevice[] {
   const base = '/sys/bus/usb/devices';
-  return fs.readdirSync(base).filter((n) => /^\d+-[\d.]+$/.test(n)).map((name) => {
-    const d = path.join(base, name);
-    const drivers = fs.readdirSync(d).filter((i) => i.startsWith(`${name}:`)).map((i) => {
-      try { return path.basename(fs.readlinkSync(path.join(d, i, 'driver'))); } catch { return '-'; }
-    });
-    let serial = '';
-    try { serial = readTrim(path.join(d, 'serial')); } catch { /* none */ }
-    return { name, id: `${readTrim(path.join(d, 'idVendor'))}:${readTrim(path.join(d, 'idProduct'))}`, serial, drivers };
-  });
+  const out: SysfsUsbDevice[] = [];
+  for (const name of fs.readdirSync(base).filter((n) => /^\d+-[\d.]+$/.test(n))) {
+    // A device may go away (or not be filled in yet) between the listing and the reads.
+    try {
+      const d = path.join(base, name);
+      const drivers = fs.readdirSync(d).filter((i) => i.startsWith(`${name}:`)).map((i) => {
+        try { return path.basename(fs.readlinkSync(path.join(d, i, 'driver'))); } catch { return '-'; }
+      });
+      let serial = '';
+      try { serial = readTrim(path.join(d, 'serial')); } catch { /* none */ }
+      out.push({ name, id: `${readTrim(path.join(d, 'idVendor'))}:${readTrim(path.join(d, 'idProduct'))}`, serial, drivers });
+    } catch { /* gone */ }
+  }
+  return out;
 }
 
 /** Reads a few known sectors of a raw-pattern stick; throws naming the first bad one. */
