@@ -65,7 +65,7 @@ export interface RunOptions {
   devices?: RigDevices;
   /** A script outside the project for the exec scenario; its folder is shared read-only. */
   execScript?: string;
-  /** Seconds without any console output (L1 prints a heartbeat every 5 s) that count as a stall. */
+  /** Seconds without L1's heartbeat (printed every 5 s) that count as a stall. */
   stallSec?: number;
   /** Sees every message the scenario sends over the control channel that is not a request. */
   onMessage?: (m: ControlMessage) => void;
@@ -231,7 +231,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   const stallSec = opts.stallSec ?? 30;
   const tcg = opts.tcg ?? spec.tcg ?? 'single';
   say(`scenario ${spec.name}: ${spec.description}`);
-  say(`starting ${QEMU} (TCG ${tcg}-threaded, ${opts.cpus ?? 2} CPUs, ${opts.memory ?? '2G'}); boot timeout ${bootTimeoutSec} s, scenario timeout ${timeoutSec} s, stall after ${stallSec} s of silence; log ${path.relative(repoRoot, logFile)}`);
+  say(`starting ${QEMU} (TCG ${tcg}-threaded, ${opts.cpus ?? 2} CPUs, ${opts.memory ?? '2G'}); boot timeout ${bootTimeoutSec} s, scenario timeout ${timeoutSec} s, stall after ${stallSec} s without a heartbeat; log ${path.relative(repoRoot, logFile)}`);
 
   let child: ChildProcess;
   try {
@@ -266,13 +266,14 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   const outcome = await new Promise<RigOutcome>((resolve) => {
     let done = false;
     let timer: NodeJS.Timeout | null = null;
-    // From L1's /init on, silence longer than stallSec means L1 stopped running.
-    let lastOutput = Date.now();
+    // From L1's /init on, no heartbeat for stallSec means L1's user space stopped running.
+    // Its kernel may still print (soft lockup reports every 30 s), so only the heartbeat counts.
+    let lastHeartbeat = Date.now();
     let watching = false;
     const stallWatch = setInterval(() => {
-      const quiet = (Date.now() - lastOutput) / 1000;
+      const quiet = (Date.now() - lastHeartbeat) / 1000;
       if (watching && !opts.interactive && quiet > stallSec) {
-        finish?.({ kind: 'stall', detail: `L1 stalled: no console output, not even its heartbeat, for ${quiet.toFixed(0)} s` });
+        finish?.({ kind: 'stall', detail: `L1 stalled: no heartbeat for ${quiet.toFixed(0)} s` });
       }
     }, 1000);
     finish = (o) => {
@@ -293,9 +294,8 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
     let partial = '';
     const onLine = (raw: string) => {
       const line = raw.replace(/\r$/, '').replace(/\r/g, '');
-      lastOutput = Date.now();
-      if (STAGE_RE.test(line)) watching = true;
-      if (HEARTBEAT_RE.test(line)) { heartbeats++; return; }
+      if (STAGE_RE.test(line) && !watching) { watching = true; lastHeartbeat = Date.now(); }
+      if (HEARTBEAT_RE.test(line)) { heartbeats++; lastHeartbeat = Date.now(); return; }
       fs.writeSync(log, line + '\n');
       if (!opts.interactive) print(`${stamp()} ${line}`);
       if (bootSeconds === null && START_RE.test(line)) {
