@@ -2,7 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { MachineConfig } from './config';
 import { Machine, type MachineToHost } from './machine';
-import { ByteRing, ControlBlock } from './shared';
+import { ByteRing, ControlBlock, epochMs } from './shared';
 
 export type HostToMachine =
   | { type: 'resume' }
@@ -16,6 +16,8 @@ export interface MachineThreadData {
   rings: SharedArrayBuffer[];
 }
 
+// Stamped once this thread's modules (koffi and the device models) are loaded.
+const threadReadyAt = epochMs();
 const port = parentPort;
 if (!port) throw new Error('machine-thread must run as a worker');
 const data = workerData as MachineThreadData;
@@ -27,6 +29,7 @@ async function main(): Promise<void> {
     rings: data.rings.map((b) => new ByteRing(b)),
     post,
   });
+  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
   await machine.setup();
   port!.on('message', (m: HostToMachine) => {
     switch (m.type) {

@@ -14,7 +14,7 @@ import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memor
 import { buildPlatform, type Platform } from './platform';
 import { prepareBoot } from './boot';
 import { pcIrqRoutes } from './mptable';
-import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, monotonicMs, STATE } from './shared';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from './shared';
 
 export type MachineEnd =
   | { reason: 'poweroff'; exitCode: number }
@@ -37,7 +37,11 @@ export interface MachineChannels {
 }
 
 export type MachineToHost =
-  | { type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[] }
+  | {
+    type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[];
+    /** Milestones of this launch, the last one just before vCPU 0's first KVM_RUN. */
+    timings: StartupTiming[];
+  }
   | { type: 'log'; text: string }
   | { type: 'notify'; notification: HostNotification }
   | { type: 'stats'; stats: MachineStats }
@@ -73,6 +77,8 @@ export class Machine implements MachineContext {
   private ended = false;
   private running = false;
   private readonly timers = new Set<{ deadline: number; fn: () => void }>();
+  /** Start-up milestones; the machine thread adds its own before the constructor runs. */
+  readonly timings: StartupTiming[] = [];
 
   constructor(config: MachineConfig, private readonly channels: MachineChannels) {
     this.config = config;
@@ -88,8 +94,10 @@ export class Machine implements MachineContext {
     // every boot kind; KVM's identity default would leave the PIT on pin 0.
     this.vm.setGsiRouting(pcIrqRoutes());
     this.vm.createPit2();
+    this.timings.push({ label: 'vm-created', epochMs: epochMs() });
     this.regions = allocateRam(config.memoryBytes);
     this.memory = new GuestMemory(this.regions);
+    this.timings.push({ label: 'ram-allocated', epochMs: epochMs() });
   }
 
   // --- MachineContext -------------------------------------------------------
@@ -163,8 +171,10 @@ export class Machine implements MachineContext {
       vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount));
       this.vcpus.push({ cpu, vcpu, worker: null, exited: null });
     }
+    this.timings.push({ label: 'vcpus-created', epochMs: epochMs() });
     await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
     mapRegions(this.vm, this.regions);
+    this.timings.push({ label: 'boot-loaded', epochMs: epochMs() });
   }
 
   start(): void {
@@ -185,9 +195,12 @@ export class Machine implements MachineContext {
     }
     this.running = true;
     control.setState(STATE.RUNNING);
+    // vCPU 0 enters the guest in the next turn of this thread's event loop.
+    this.timings.push({ label: 'first-kvm-run', epochMs: epochMs() });
     this.channels.post({
       type: 'started', cpus: this.cpuCount, ramBytes: this.memory.ramSize,
       runPages: this.vcpus.map((h) => ({ buffer: h.vcpu.runBuffer, offset: h.vcpu.runBytes.byteOffset })),
+      timings: this.timings,
     });
     setImmediate(() => this.runSlice());
   }
