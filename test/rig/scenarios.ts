@@ -52,6 +52,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 300, expect: 'pass', ci: true,
   },
   {
+    name: 'bench',
+    description: 'npm run bench in L1 (pio, serial, boot): Porthole beside QEMU -accel kvm; started by npm run bench, args in --env BENCH_ARGS',
+    // A full boot bench is 20 or more L2 boots of 10-40 s each.
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 5400, expect: 'pass', ci: false,
+  },
+  {
     name: 'broken',
     description: 'a guest that never answers: the runner must stop at its timeout and leave no QEMU behind',
     devices: {}, bootTimeoutSec: 240, timeoutSec: 20, expect: 'timeout', ci: true,
