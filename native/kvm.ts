@@ -476,6 +476,8 @@ const retainedRunBuffers = new Set<SharedArrayBuffer>();
  * Guest RAM backed by a SharedArrayBuffer that V8 owns. The host address handed to
  * KVM is page aligned; `bytes` is the guest-visible window.
  */
+const HUGE_PAGE = 2 * 1024 * 1024;
+
 export class GuestRamBlock {
   readonly buffer: SharedArrayBuffer;
   readonly bytes: Uint8Array;
@@ -483,11 +485,17 @@ export class GuestRamBlock {
   readonly offset: number;
   constructor(readonly size: number) {
     if (size % 4096 !== 0) throw new Error(`guest RAM block size ${size} is not page aligned`);
-    this.buffer = new SharedArrayBuffer(size + 4096);
+    // KVM maps guest RAM with 2 MiB pages only where the host address and the guest address
+    // agree modulo 2 MiB and the host backs it with huge pages: so RAM blocks start on a
+    // 2 MiB boundary (the padding is never touched, so it costs address space, not memory).
+    const align = size >= HUGE_PAGE ? HUGE_PAGE : 4096;
+    this.buffer = new SharedArrayBuffer(size + align);
     const base = libc.addressOf(new Uint8Array(this.buffer, 0, 1));
-    this.offset = Number((4096n - (base % 4096n)) % 4096n);
+    this.offset = Number((BigInt(align) - (base % BigInt(align))) % BigInt(align));
     this.hostAddr = base + BigInt(this.offset);
     this.bytes = new Uint8Array(this.buffer, this.offset, size);
+    // Where transparent huge pages are "madvise" only, ask for them (as QEMU does).
+    if (align === HUGE_PAGE) libc.madvise(this.hostAddr, size - (size % HUGE_PAGE), libc.MADV_HUGEPAGE);
   }
   /** Re-derives a block from a buffer passed to another thread (same memory, same address). */
   static fromShared(buffer: SharedArrayBuffer, offset: number, size: number): Uint8Array {

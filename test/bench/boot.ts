@@ -217,7 +217,8 @@ export async function runBootBench(o: BootBenchOptions): Promise<BootBenchResult
     const rows: [string, number[]][] = [
       ['Porthole: spawn -> first KVM_RUN', phase(p, spawnAt, m('first-kvm-run'))],
       ['  spawn -> CLI running (node start-up)', phase(p, spawnAt, m('cli'))],
-      ['  CLI -> machine thread loaded', phase(p, m('cli'), m('machine-thread'))],
+      ['  CLI -> machine thread started', phase(p, m('cli'), m('machine-thread-start'))],
+      ['  machine thread start -> its modules loaded', phase(p, m('machine-thread-start'), m('machine-thread'))],
       ['  machine thread -> VM created', phase(p, m('machine-thread'), m('vm-created'))],
       ['  VM created -> RAM allocated', phase(p, m('vm-created'), m('ram-allocated'))],
       ['  RAM -> devices and vCPUs created', phase(p, m('ram-allocated'), m('vcpus-created'))],
