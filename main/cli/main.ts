@@ -72,7 +72,13 @@ function exitCodeFor(end: MachineEnd): number {
   }
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** What bin/porthole saw before this module loaded. */
+export interface LaunchInfo {
+  /** Wall clock (epoch ms) when node had started, before Porthole's modules were loaded. */
+  nodeReadyAt?: number;
+}
+
+export async function main(argv: string[], launch: LaunchInfo = {}): Promise<number> {
   let command;
   try {
     command = parseArgs(argv, readConfigFile);
@@ -97,7 +103,10 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   const { config, stats, verbose, timings } = command;
-  if (timings) printTiming('cli', epochMs());
+  if (timings) {
+    if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
+    printTiming('cli', epochMs());
+  }
   const host = new VmHost(config);
   if (timings) host.on('timing', (t) => printTiming(t.label, t.epochMs));
   host.on('endpoint', (ring, description) => {

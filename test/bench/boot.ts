@@ -52,6 +52,9 @@ export interface BootSample {
   shell?: number;
   /** Why the boot did not reach the shell: 'reset', 'stall' or how the process ended. */
   failure?: string;
+  /** Porthole's userspace exits by reason and the busiest devices (--stats, taken on SIGTERM). */
+  exits?: Record<string, number>;
+  devices?: string[];
 }
 
 export interface BootBenchResult {
@@ -74,7 +77,7 @@ function commandFor(vmm: BootVmm, kit: KitPaths, cpus: number): [string, string[
   if (vmm === 'porthole') {
     return [process.execPath, [
       path.join(repoRoot, 'bin', 'porthole'), 'run', '--kernel', kit.vmlinuz, '--initrd', kit.initrd, '--append', KIT_APPEND,
-      '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', '--timings', '--verbose',
+      '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', '--timings', '--verbose', '--stats',
     ]];
   }
   return ['qemu-system-x86_64', [
@@ -100,6 +103,7 @@ async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number
   live.add(child);
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   let guestReset = false;
+  const statsLines: string[] = [];
   let errText = '';
   let errPartial = '';
   child.stderr!.setEncoding('utf8');
@@ -111,6 +115,7 @@ async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number
       // A launch after a guest reset stamps again; the first launch is the one measured.
       if (m) { if (!(m[1] in sample.milestones)) sample.milestones[m[1]] = Number(m[2]) - spawnedAt; continue; }
       if (line.includes('porthole: guest reset')) guestReset = true;
+      if (!line.startsWith('porthole: ')) statsLines.push(line);
       if (line.trim()) errText = (errText + line + '\n').slice(-2000);
     }
   });
@@ -132,11 +137,36 @@ async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number
       ? `exited (${child.signalCode ?? `code ${child.exitCode}`})` : /within|did not finish/.test(why) ? 'stall' : why;
     if (errText) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
   } finally {
+    // Porthole prints its exit counts (--stats) when it stops on SIGTERM; QEMU just goes.
+    if (vmm === 'porthole' && !sample.failure) {
+      child.kill('SIGTERM');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
+    }
     killGroup(child);
     await exited;
     live.delete(child);
   }
+  if (vmm === 'porthole') parseStats(statsLines, sample);
   return sample;
+}
+
+/** Reads formatStats' table (main/cli/stats.ts) from Porthole's stderr. */
+function parseStats(lines: string[], sample: BootSample): void {
+  let section = '';
+  const exits: Record<string, number> = {};
+  const devices: string[] = [];
+  for (const line of lines) {
+    if (/^VM exits by reason:/.test(line)) { section = 'exits'; continue; }
+    if (/^Accesses by device:/.test(line)) { section = 'devices'; continue; }
+    const m = /^\s+(\S+)\s+(\d+)(?:\s+(\d+))?$/.exec(line);
+    if (!m) continue;
+    if (section === 'exits') exits[m[1]] = Number(m[2]);
+    else if (section === 'devices' && m[3] !== undefined && devices.length < 4) devices.push(`${m[1]} ${Number(m[2]) + Number(m[3])}`);
+  }
+  if (Object.keys(exits).length > 0) {
+    sample.exits = exits;
+    sample.devices = devices;
+  }
 }
 
 export function median(values: number[]): number {
@@ -168,6 +198,7 @@ function describeSample(s: BootSample): string {
     parts.push(`first console byte ${sec(s.firstOutput ?? NaN)}`);
   }
   parts.push(`KIT-READY ${sec(s.kitReady!)} (guest uptime ${s.guestUptimeSec?.toFixed(2)} s)`);
+  if (s.exits) parts.push(`exits to Porthole ${s.exits.total ?? '?'} (${Object.entries(s.exits).filter(([k]) => k !== 'total').map(([k, v]) => `${k} ${v}`).join(', ')}; ${s.devices?.join(', ')})`);
   return parts.join(', ');
 }
 
@@ -216,7 +247,8 @@ export async function runBootBench(o: BootBenchOptions): Promise<BootBenchResult
     const spawnAt = () => 0;
     const rows: [string, number[]][] = [
       ['Porthole: spawn -> first KVM_RUN', phase(p, spawnAt, m('first-kvm-run'))],
-      ['  spawn -> CLI running (node start-up)', phase(p, spawnAt, m('cli'))],
+      ['  spawn -> node started', phase(p, spawnAt, m('node-ready'))],
+      ['  node started -> CLI loaded and running', phase(p, m('node-ready'), m('cli'))],
       ['  CLI -> machine thread started', phase(p, m('cli'), m('machine-thread-start'))],
       ['  machine thread start -> its modules loaded', phase(p, m('machine-thread-start'), m('machine-thread'))],
       ['  machine thread -> VM created', phase(p, m('machine-thread'), m('vm-created'))],
