@@ -326,7 +326,11 @@ async function runInRig(o: Options, benches: BenchName[]): Promise<boolean> {
     }
     process.stdout.write(line + '\n');
   };
+  // The rig's L1 reports its own load; this machine's (shared with other work) matters too.
+  const hostLoad = () => `${os.loadavg().map((l) => l.toFixed(2)).join(' ')} (1, 5, 15 min) on ${os.cpus().length} CPUs`;
+  console.log(`bench: rig host load average at start: ${hostLoad()}`);
   const report = await runScenario(spec, { env: [`BENCH_ARGS=${encodeBenchArgs(args)}`], print });
+  console.log(`bench: rig host load average at end: ${hostLoad()}`);
   if (report.interrupted) process.exitCode = 130;
   if (report.outcome.kind === 'pass') return true;
   if (report.outcome.kind === 'fail' && /targets missed/.test(report.outcome.detail)) return false;
