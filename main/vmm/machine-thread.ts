@@ -32,8 +32,7 @@ async function main(): Promise<void> {
     rings: data.rings.map((b) => new ByteRing(b)),
     post,
   });
-  // A worker's timeOrigin is when the thread started, before it loaded any module.
-  machine.timings.unshift({ label: 'machine-thread-start', epochMs: performance.timeOrigin }, { label: 'machine-thread', epochMs: threadReadyAt });
+  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
   await machine.setup();
   port!.on('message', (m: HostToMachine) => {
     switch (m.type) {
