@@ -10,6 +10,7 @@ import type { HostToMachine, MachineThreadData } from './machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from './machine';
 import { DEBUGCON_RING } from './platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
+import { CoalescedRing } from '../../native/kvm';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from './shared';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -38,6 +39,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private _state: VmState = 'stopped';
   private resetCount = 0;
   private launchedAt = 0;
+  /** KVM's coalesced write ring of this launch, and the entry it showed at the last poll. */
+  private coalescedRing: CoalescedRing | null = null;
+  private coalescedLastSeen = -1;
   /** Set until the guest's first COM byte of this launch has been stamped. */
   private awaitingFirstOutput = false;
   private stopRequested = false;
@@ -103,6 +107,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           case 'started':
             started = true;
             this.runPages = m.runPages;
+            this.coalescedRing = m.coalescedRing && new CoalescedRing(m.coalescedRing.buffer, m.coalescedRing.offset);
+            this.coalescedLastSeen = -1;
             for (const t of m.timings) this.emit('timing', t);
             if (this.stopRequested) this.stop();
             else this.setState('running');
@@ -136,6 +142,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private onMachineEnded(end: MachineEnd, stats: MachineStats): void {
     const worker = this.worker;
     this.worker = null;
+    this.coalescedRing = null;
     void worker?.terminate();
     this.drainRings();
     const userReset = this.userResetRequested && end.reason === 'stopped';
@@ -188,6 +195,14 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     // vCPU 0 leaves KVM_RUN; a halted guest would never get there by itself.
     const deadline = this.control.timerDeadline;
     if (deadline !== 0 && monotonicMs() >= deadline) this.kick(0);
+    // A queued write still there a poll later (the guest halted right after it, e.g. a
+    // reset through 0xcf9) is applied when vCPU 0 leaves KVM_RUN: make it leave.
+    const ring = this.coalescedRing;
+    if (ring !== null) {
+      const last = ring.pending() ? ring.last : -1;
+      if (last !== -1 && last === this.coalescedLastSeen) this.kick(0);
+      this.coalescedLastSeen = last;
+    }
   }
 
   private onNotification(n: HostNotification): void {
