@@ -3,7 +3,6 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { MachineConfig } from './config';
 import { prefetchLinuxFiles } from './boot/linux';
 import { Machine, type MachineToHost } from './machine';
-import { PRESTART_MARKER } from './machine-prestart';
 import { ByteRing, ControlBlock, epochMs } from './shared';
 
 export type HostToMachine =
@@ -11,12 +10,6 @@ export type HostToMachine =
   | { type: 'stats' }
   | { type: 'serial-input'; port: number; data: Uint8Array }
   | { type: 'serial-modem-status'; port: number; cts: boolean; dsr: boolean; ri: boolean; dcd: boolean };
-
-/** The first message to a prestarted machine thread. */
-export interface MachineThreadInit {
-  type: 'init';
-  data: MachineThreadData;
-}
 
 export interface MachineThreadData {
   config: MachineConfig;
@@ -28,17 +21,10 @@ export interface MachineThreadData {
 const threadReadyAt = epochMs();
 const port = parentPort;
 if (!port) throw new Error('machine-thread must run as a worker');
+const data = workerData as MachineThreadData;
 const post = (m: MachineToHost) => port.postMessage(m);
 
-/** A prestarted thread (machine-prestart.ts) gets its data in the first message. */
-function receiveData(): Promise<MachineThreadData> {
-  if (workerData !== PRESTART_MARKER) return Promise.resolve(workerData as MachineThreadData);
-  return new Promise((resolve) => port!.once('message', (m: MachineThreadInit) => resolve(m.data)));
-}
-
 async function main(): Promise<void> {
-  const data = await receiveData();
-  const configReceivedAt = epochMs();
   // The kernel and initrd are read while KVM creates the VM, its RAM and vCPUs.
   prefetchLinuxFiles(data.config.boot);
   const machine = new Machine(data.config, {
@@ -46,7 +32,7 @@ async function main(): Promise<void> {
     rings: data.rings.map((b) => new ByteRing(b)),
     post,
   });
-  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt }, { label: 'machine-config', epochMs: configReceivedAt });
+  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
   await machine.setup();
   port!.on('message', (m: HostToMachine) => {
     switch (m.type) {

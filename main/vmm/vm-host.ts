@@ -6,8 +6,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { MachineConfig } from './config';
 import type { HostNotification } from './context';
-import type { HostToMachine, MachineThreadData, MachineThreadInit } from './machine-thread';
-import { takePrestartedMachineThread } from './machine-prestart';
+import type { HostToMachine, MachineThreadData } from './machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from './machine';
 import { DEBUGCON_RING } from './platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
@@ -99,10 +98,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       control: this.control.buffer,
       rings: this.rings.map((r) => r.buffer),
     };
-    // bin/porthole may have started the thread already, to load its modules in parallel.
-    const prestarted = takePrestartedMachineThread();
-    const worker = prestarted ?? new Worker(path.join(__dirname, 'machine-thread.js'), { workerData: data });
-    if (prestarted) prestarted.postMessage({ type: 'init', data } satisfies MachineThreadInit);
+    const worker = new Worker(path.join(__dirname, 'machine-thread.js'), { workerData: data });
     this.worker = worker;
     return new Promise((resolve, reject) => {
       let started = false;

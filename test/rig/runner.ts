@@ -50,8 +50,6 @@ export interface RunOptions {
   l1FaultRetries?: number;
   /** Pass the terminal through to L1's console (the "shell" scenario). */
   interactive?: boolean;
-  /** QEMU's -accel for L1 (default "tcg"; the bench uses "tcg,thread=single"). */
-  accel?: string;
 }
 
 export class RigError extends Error {}
@@ -91,7 +89,7 @@ export function qemuArgs(spec: ScenarioSpec, image: RigImage, opts: RunOptions, 
     ...(opts.append ?? []),
   ];
   const args = [
-    '-name', token, '-accel', opts.accel ?? 'tcg', '-M', 'q35', '-cpu', 'qemu64,+svm,+npt',
+    '-name', token, '-accel', 'tcg', '-M', 'q35', '-cpu', 'qemu64,+svm,+npt',
     '-m', opts.memory ?? '2G', '-smp', String(opts.cpus ?? 2),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
     // With -no-reboot a reset ends QEMU like a poweroff; this log tells a triple fault apart.
