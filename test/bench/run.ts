@@ -14,8 +14,9 @@
 // sets host, since inside L1 "here" is the venue).
 //
 // Usage: node dist/test/bench/run.js [pio] [serial] [boot] [--runs N] [--batches N] [--batch N]
-//        [--only porthole,c,qemu] [--no-serial] [--cpus 1,2] [--check]
+//        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
 //   --runs N: pio runs and boot rounds (default 5); --cpus: vCPU counts for boot;
+//   --bytes N: serial bytes per phase (default 1 MiB);
 //   --check: exit 1 if a target is missed.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -48,6 +49,8 @@ export interface Options {
   only: VmmName[];
   /** vCPU counts for the boot bench. */
   cpus: number[];
+  /** Bytes per phase for the serial bench (its default when absent). */
+  serialBytes?: number;
   check: boolean;
   /** The option arguments as given (without names), to pass on to the rig. */
   optionArgs: string[];
@@ -87,9 +90,13 @@ export function parseArgs(argv: string[]): Options {
       const counts = text.split(',').map((c) => Number(c.trim()));
       if (counts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_CPUS)) throw new BenchError(`--cpus: "${text}" is not a list of vCPU counts from 1 to ${MAX_CPUS}`);
       o.cpus = counts;
+    } else if (a === '--bytes') {
+      const n = positiveInt(value(), a);
+      if (n % 16 !== 0) throw new BenchError('--bytes must be a multiple of 16');
+      o.serialBytes = n;
     } else if (a === '--no-serial') noSerial = true;
     else if (a === '--check') o.check = true;
-    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --only LIST, --no-serial, --cpus LIST, --check)`);
+    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
   // No name: every bench; --no-serial (from before benches had names) leaves serial out.
@@ -370,7 +377,7 @@ async function main(): Promise<void> {
     if (bench === 'pio') met = (await pioExitBench(o)) && met;
     else if (bench === 'serial') {
       console.log('\nserial throughput:');
-      await runSerialThroughputBench();
+      await runSerialThroughputBench({ bytes: o.serialBytes });
     } else {
       const r = await runBootBench({ kit: await kitPaths(), rounds: o.runs, cpuCounts: o.cpus });
       met = Object.values(r.ratios).every((x) => x <= BOOT_TARGET) && met;

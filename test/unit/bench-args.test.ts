@@ -12,6 +12,8 @@ test('npm run bench: no name runs every bench; names pick benches; today\'s opti
   assert.deepEqual(o.optionArgs, ['--runs', '3', '--batches', '10', '--batch', '50', '--only', 'porthole,qemu', '--check']);
   assert.deepEqual(parseArgs(['boot', '--cpus', '1,2,4']).cpus, [1, 2, 4]);
   assert.deepEqual(parseArgs([]).cpus, [1, 2]);
+  assert.equal(parseArgs(['serial', '--bytes', '4096']).serialBytes, 4096);
+  assert.throws(() => parseArgs(['--bytes', '100']), /multiple of 16/);
   assert.throws(() => parseArgs(['bogus']), /no bench "bogus"/);
   assert.throws(() => parseArgs(['--cpus', '0']), /--cpus/);
   assert.throws(() => parseArgs(['--runs']), /needs a value/);
