@@ -25,6 +25,7 @@ export const KVM = {
   CREATE_VCPU: io(0x41),
   SET_USER_MEMORY_REGION: iow(0x46, 32),
   SET_TSS_ADDR: io(0x47),
+  REGISTER_COALESCED_MMIO: iow(0x67, 16),
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, 8),
@@ -72,6 +73,9 @@ export const KVM_CAP = {
   SIGNAL_MSI: 77,
   READONLY_MEM: 81,
   IMMEDIATE_EXIT: 136,
+  /** Returns the page (in a vCPU's mmap) holding the coalesced write ring, or 0. */
+  COALESCED_MMIO: 15,
+  COALESCED_PIO: 162,
 } as const;
 
 export const EXIT = {
@@ -266,6 +270,17 @@ export class KvmVm {
     const b = Buffer.alloc(8);
     b.writeBigUInt64LE(addr);
     libc.ioctlBuffer(this.fd, 'KVM_SET_IDENTITY_MAP_ADDR', KVM.SET_IDENTITY_MAP_ADDR, b);
+  }
+  /**
+   * Guest writes to ports [port, port+size) no longer exit: KVM queues them in the
+   * coalesced ring (CoalescedRing), which must be drained before any other exit is handled.
+   */
+  registerCoalescedPio(port: number, size: number): void {
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64LE(BigInt(port), 0);
+    b.writeUInt32LE(size, 8);
+    b.writeUInt32LE(1, 12); // pio
+    libc.ioctlBuffer(this.fd, 'KVM_REGISTER_COALESCED_MMIO', KVM.REGISTER_COALESCED_MMIO, b);
   }
   createIrqchip(): void {
     libc.ioctl(this.fd, 'KVM_CREATE_IRQCHIP', KVM.CREATE_IRQCHIP);
@@ -476,6 +491,61 @@ const retainedRunBuffers = new Set<SharedArrayBuffer>();
  * Guest RAM backed by a SharedArrayBuffer that V8 owns. The host address handed to
  * KVM is page aligned; `bytes` is the guest-visible window.
  */
+/**
+ * KVM's coalesced write ring (struct kvm_coalesced_mmio_ring): one page shared by all vCPUs
+ * of a VM, seen at the same page of every vCPU's mmap. KVM appends at `last`; the one
+ * consumer (the machine thread) takes entries from `first`. Plain views, no FFI.
+ */
+export class CoalescedRing {
+  /** Entries per page: (4096 - 8-byte header) / 24-byte entries. */
+  static readonly CAPACITY = Math.floor((4096 - 8) / 24);
+  private readonly header: Int32Array;
+  private readonly view: DataView;
+
+  /** `byteOffset` is the ring page's offset in `buffer` (a vCPU's run area). */
+  constructor(readonly buffer: SharedArrayBuffer, readonly byteOffset: number) {
+    this.header = new Int32Array(buffer, byteOffset, 2);
+    this.view = new DataView(buffer, byteOffset, 4096);
+  }
+
+  /** True if KVM has queued writes not yet applied. */
+  pending(): boolean {
+    return Atomics.load(this.header, 0) !== Atomics.load(this.header, 1);
+  }
+
+  /** Index KVM will write next: changes whenever a write is queued. */
+  get last(): number {
+    return Atomics.load(this.header, 1);
+  }
+
+  /**
+   * Applies queued writes in order: apply(isPio, address, length, value) with the value's
+   * low 4 bytes (ports take at most 4). Returns how many were applied.
+   */
+  drain(apply: (isPio: boolean, address: number, length: number, value: number) => void): number {
+    let first = Atomics.load(this.header, 0);
+    // Atomics.load of `last` orders the entry reads after KVM's writes to them.
+    const last = Atomics.load(this.header, 1);
+    let n = 0;
+    while (first !== last && n < CoalescedRing.CAPACITY) {
+      const e = 8 + first * 24;
+      const address = this.view.getUint32(e, true) + this.view.getUint32(e + 4, true) * 0x100000000;
+      const length = this.view.getUint32(e + 8, true);
+      const isPio = this.view.getUint32(e + 12, true) !== 0;
+      const value = length >= 4 ? this.view.getUint32(e + 16, true)
+        : length === 2 ? this.view.getUint16(e + 16, true) : this.view.getUint8(e + 16);
+      first = (first + 1) % CoalescedRing.CAPACITY;
+      // Consumed before applying, so a device that ends the machine leaves no stale entry.
+      Atomics.store(this.header, 0, first);
+      apply(isPio, address, length, value);
+      n++;
+    }
+    return n;
+  }
+}
+
+const HUGE_PAGE = 2 * 1024 * 1024;
+
 export class GuestRamBlock {
   readonly buffer: SharedArrayBuffer;
   readonly bytes: Uint8Array;
@@ -483,11 +553,17 @@ export class GuestRamBlock {
   readonly offset: number;
   constructor(readonly size: number) {
     if (size % 4096 !== 0) throw new Error(`guest RAM block size ${size} is not page aligned`);
-    this.buffer = new SharedArrayBuffer(size + 4096);
+    // KVM maps guest RAM with 2 MiB pages only where the host address and the guest address
+    // agree modulo 2 MiB and the host backs it with huge pages: so RAM blocks start on a
+    // 2 MiB boundary (the padding is never touched, so it costs address space, not memory).
+    const align = size >= HUGE_PAGE ? HUGE_PAGE : 4096;
+    this.buffer = new SharedArrayBuffer(size + align);
     const base = libc.addressOf(new Uint8Array(this.buffer, 0, 1));
-    this.offset = Number((4096n - (base % 4096n)) % 4096n);
+    this.offset = Number((BigInt(align) - (base % BigInt(align))) % BigInt(align));
     this.hostAddr = base + BigInt(this.offset);
     this.bytes = new Uint8Array(this.buffer, this.offset, size);
+    // Where transparent huge pages are "madvise" only, ask for them (as QEMU does).
+    if (align === HUGE_PAGE) libc.madvise(this.hostAddr, size - (size % HUGE_PAGE), libc.MADV_HUGEPAGE);
   }
   /** Re-derives a block from a buffer passed to another thread (same memory, same address). */
   static fromShared(buffer: SharedArrayBuffer, offset: number, size: number): Uint8Array {

@@ -63,6 +63,7 @@ const c = {
   ioctlRun: lib.func('int ioctl(int fd, unsigned int request, int arg)'),
   mmap: lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: lib.func('int munmap(uintptr_t addr, size_t length)'),
+  madvise: lib.func('int madvise(uintptr_t addr, size_t length, int advice)'),
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
   write: lib.func('intptr_t write(int fd, const uint8_t *buf, size_t count)'),
@@ -109,6 +110,7 @@ export const MAP_PRIVATE = 0x02;
 export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 const MAP_FAILED = 0xffffffffffffffffn;
+export const MADV_HUGEPAGE = 14;
 
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
@@ -154,6 +156,12 @@ export function mmap(addr: bigint, length: number, prot: number, flags: number, 
   const r = BigInt(c.mmap(addr, length, prot, flags, fd, offset));
   if (r === MAP_FAILED) fail('mmap');
   return r;
+}
+
+/** Advice about a range of memory; returns 0 or -errno (advice may be refused harmlessly). */
+export function madvise(addr: bigint, length: number, advice: number): number {
+  const r = c.madvise(addr, length, advice) as number;
+  return r < 0 ? -koffi.errno() : r;
 }
 
 export function munmap(addr: bigint, length: number): void {

@@ -13,7 +13,7 @@ export class UsageError extends Error {
 export type CliCommand =
   | { command: 'help' }
   | { command: 'version' }
-  | { command: 'run'; config: MachineConfig; stats: boolean; verbose: boolean };
+  | { command: 'run'; config: MachineConfig; stats: boolean; verbose: boolean; timings: boolean };
 
 export const USAGE = `Usage: porthole run [options]
        porthole --help | --version
@@ -38,6 +38,8 @@ Machine:
 Diagnostics:
   --stats                print VM exits by reason and by device when the VM ends
   --verbose              print the VM's log lines
+  --timings              print start-up milestones on stderr, in ms since process
+                         start (e.g. first-kvm-run, first-console-byte)
   --debug-exit           QEMU-compatible isa-debug-exit device on port 0xf4 (tests)
   --flat PATH[@ADDR]     run a raw real-mode test program at ADDR (default 0x1000)
 `;
@@ -46,7 +48,7 @@ const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
   '--option-rom', '--flat',
 ]);
-const BOOL_FLAGS = new Set(['--stats', '--verbose', '--debug-exit']);
+const BOOL_FLAGS = new Set(['--stats', '--verbose', '--timings', '--debug-exit']);
 
 /** Splits argv into [flag, value] pairs, accepting --flag=value and --flag value. */
 function tokenize(argv: string[]): [string, string | null][] {
@@ -95,6 +97,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
 
   let stats = false;
   let verbose = false;
+  let timings = false;
   let nextSerial = 0;
   let kernel: string | undefined;
   let initrd: string | undefined;
@@ -109,6 +112,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--config': break;
       case '--stats': stats = true; break;
       case '--verbose': verbose = true; break;
+      case '--timings': timings = true; break;
       case '--debug-exit': config.debugExit = true; break;
       case '--mem': config.memoryBytes = parseMemorySize(v); break;
       case '--cpus': config.cpus = parseCpus(v, '--cpus'); break;
@@ -154,7 +158,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
-  return { command: 'run', config, stats, verbose };
+  return { command: 'run', config, stats, verbose, timings };
 }
 
 function nonEmpty(flag: string, v: string): string {

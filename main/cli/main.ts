@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../vmm/config';
 import type { MachineEnd, MachineStats } from '../vmm/machine';
+import { epochMs } from '../vmm/shared';
 import { VmHost } from '../vmm/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
 import { formatStats } from './stats';
@@ -50,6 +51,18 @@ function packageVersion(): string {
   }
 }
 
+/**
+ * One start-up milestone: ms since this process started, and the wall clock, so a caller
+ * that spawned us can line it up with its own clock (npm run bench -- boot does).
+ */
+export function formatTiming(label: string, at: number, processStart = performance.timeOrigin): string {
+  return `porthole: timing: ${label} +${(at - processStart).toFixed(1)} ms (epoch ${at.toFixed(1)})\n`;
+}
+
+function printTiming(label: string, at: number): void {
+  process.stderr.write(formatTiming(label, at));
+}
+
 function exitCodeFor(end: MachineEnd): number {
   switch (end.reason) {
     case 'poweroff': return end.exitCode;
@@ -59,7 +72,13 @@ function exitCodeFor(end: MachineEnd): number {
   }
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** What bin/porthole saw before this module loaded. */
+export interface LaunchInfo {
+  /** Wall clock (epoch ms) when node had started, before Porthole's modules were loaded. */
+  nodeReadyAt?: number;
+}
+
+export async function main(argv: string[], launch: LaunchInfo = {}): Promise<number> {
   let command;
   try {
     command = parseArgs(argv, readConfigFile);
@@ -83,8 +102,13 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`porthole: ${problem}\n`);
     return 1;
   }
-  const { config, stats, verbose } = command;
+  const { config, stats, verbose, timings } = command;
+  if (timings) {
+    if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
+    printTiming('cli', epochMs());
+  }
   const host = new VmHost(config);
+  if (timings) host.on('timing', (t) => printTiming(t.label, t.epochMs));
   host.on('endpoint', (ring, description) => {
     if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);
   });

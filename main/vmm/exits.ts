@@ -2,7 +2,7 @@
 // Runs on the machine thread for vCPU 0 and for every AP (whose run pages are shared).
 // Imported from the module itself, not the native/ index: re-exports are getters,
 // and these constants are read on every exit.
-import { EXIT, EXIT_NAMES, RUN } from '../../native/kvm';
+import { type CoalescedRing, EXIT, EXIT_NAMES, RUN } from '../../native/kvm';
 import type { MmioBus, PioBus } from './bus';
 
 /** What the run loop should do after an exit. */
@@ -15,8 +15,27 @@ export class ExitDispatcher {
   /** Set by devices (reset register, ACPI S5) during an access. */
   pendingAction: Action = ACTION.CONTINUE;
   errorMessage = '';
+  /** Writes KVM queued instead of exiting (e.g. to PCI's 0xcf8); null when none are. */
+  coalesced: CoalescedRing | null = null;
+  private readonly applyCoalesced = (isPio: boolean, address: number, length: number, value: number): void => {
+    if (isPio) this.pio.write(address, length, value);
+    else this.mmio.write(address, length, BigInt(value >>> 0));
+  };
 
   constructor(private readonly pio: PioBus, private readonly mmio: MmioBus) {}
+
+  /**
+   * Applies queued (coalesced) writes; they happened before whatever exit comes next.
+   * Returns the action one of them asked for (a reset through 0xcf9), else CONTINUE.
+   */
+  drainCoalesced(): Action {
+    const ring = this.coalesced;
+    if (ring === null || !ring.pending()) return ACTION.CONTINUE;
+    ring.drain(this.applyCoalesced);
+    const action = this.pendingAction;
+    if (action !== ACTION.CONTINUE && action !== ACTION.ERROR) this.pendingAction = ACTION.CONTINUE;
+    return action;
+  }
 
   requestReset(): void {
     if (this.pendingAction === ACTION.CONTINUE) this.pendingAction = ACTION.RESET;
@@ -30,6 +49,11 @@ export class ExitDispatcher {
   }
 
   handle(run: DataView, bytes: Uint8Array, cpu: number): Action {
+    // A queued write that resets or stops the machine wins over this later exit.
+    if (this.coalesced !== null) {
+      const earlier = this.drainCoalesced();
+      if (earlier !== ACTION.CONTINUE) return earlier;
+    }
     const reason = run.getUint32(RUN.EXIT_REASON, true);
     this.exitCounts[reason & 63]++;
     switch (reason) {

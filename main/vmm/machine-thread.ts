@@ -1,8 +1,9 @@
 // Entry point of the machine thread (a worker of the VM process).
 import { parentPort, workerData } from 'node:worker_threads';
 import type { MachineConfig } from './config';
+import { prefetchLinuxFiles } from './boot/linux';
 import { Machine, type MachineToHost } from './machine';
-import { ByteRing, ControlBlock } from './shared';
+import { ByteRing, ControlBlock, epochMs } from './shared';
 
 export type HostToMachine =
   | { type: 'resume' }
@@ -16,17 +17,22 @@ export interface MachineThreadData {
   rings: SharedArrayBuffer[];
 }
 
+// Stamped once this thread's modules (koffi and the device models) are loaded.
+const threadReadyAt = epochMs();
 const port = parentPort;
 if (!port) throw new Error('machine-thread must run as a worker');
 const data = workerData as MachineThreadData;
 const post = (m: MachineToHost) => port.postMessage(m);
 
 async function main(): Promise<void> {
+  // The kernel and initrd are read while KVM creates the VM, its RAM and vCPUs.
+  prefetchLinuxFiles(data.config.boot);
   const machine = new Machine(data.config, {
     control: new ControlBlock(data.control),
     rings: data.rings.map((b) => new ByteRing(b)),
     post,
   });
+  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
   await machine.setup();
   port!.on('message', (m: HostToMachine) => {
     switch (m.type) {

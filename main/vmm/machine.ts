@@ -5,7 +5,10 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import * as libc from '../../native/libc';
 // From the module itself, not the native/ index, whose re-exports are getters (hot path).
-import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED } from '../../native/kvm';
+import {
+  CoalescedRing, KVM_CAP, KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED,
+} from '../../native/kvm';
+import { PCI_CONFIG_ADDRESS_PORT } from './devices/pci/pci-bus';
 import { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from './config';
 import type { HostNotification, MachineContext } from './context';
@@ -14,7 +17,7 @@ import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memor
 import { buildPlatform, type Platform } from './platform';
 import { prepareBoot } from './boot';
 import { pcIrqRoutes } from './mptable';
-import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, monotonicMs, STATE } from './shared';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from './shared';
 
 export type MachineEnd =
   | { reason: 'poweroff'; exitCode: number }
@@ -37,7 +40,13 @@ export interface MachineChannels {
 }
 
 export type MachineToHost =
-  | { type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[] }
+  | {
+    type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[];
+    /** Milestones of this launch, the last one just before vCPU 0's first KVM_RUN. */
+    timings: StartupTiming[];
+    /** Where KVM queues coalesced writes, so the host can kick vCPU 0 to apply stale ones. */
+    coalescedRing: { buffer: SharedArrayBuffer; offset: number } | null;
+  }
   | { type: 'log'; text: string }
   | { type: 'notify'; notification: HostNotification }
   | { type: 'stats'; stats: MachineStats }
@@ -73,6 +82,8 @@ export class Machine implements MachineContext {
   private ended = false;
   private running = false;
   private readonly timers = new Set<{ deadline: number; fn: () => void }>();
+  /** Start-up milestones; the machine thread adds its own before the constructor runs. */
+  readonly timings: StartupTiming[] = [];
 
   constructor(config: MachineConfig, private readonly channels: MachineChannels) {
     this.config = config;
@@ -88,8 +99,10 @@ export class Machine implements MachineContext {
     // every boot kind; KVM's identity default would leave the PIT on pin 0.
     this.vm.setGsiRouting(pcIrqRoutes());
     this.vm.createPit2();
+    this.timings.push({ label: 'vm-created', epochMs: epochMs() });
     this.regions = allocateRam(config.memoryBytes);
     this.memory = new GuestMemory(this.regions);
+    this.timings.push({ label: 'ram-allocated', epochMs: epochMs() });
   }
 
   // --- MachineContext -------------------------------------------------------
@@ -163,8 +176,31 @@ export class Machine implements MachineContext {
       vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount));
       this.vcpus.push({ cpu, vcpu, worker: null, exited: null });
     }
+    this.coalescePciAddressWrites(mmapSize);
+    this.timings.push({ label: 'vcpus-created', epochMs: epochMs() });
     await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
     mapRegions(this.vm, this.regions);
+    this.timings.push({ label: 'boot-loaded', epochMs: epochMs() });
+  }
+
+  /**
+   * Writes to PCI's CONFIG_ADDRESS (0xcf8) need no exit: KVM queues them, and they are
+   * applied before the data access (0xcfc, an exit) that uses them, as QEMU does. Linux
+   * on an AMD family 0xf CPU probes every bus for a GART bridge: about half its 34,000
+   * boot-time exits here are those writes. Skipped where KVM lacks coalesced PIO.
+   */
+  private coalescePciAddressWrites(mmapSize: number): void {
+    if (!this.platform.pci || this.kvm.checkExtension(KVM_CAP.COALESCED_PIO) <= 0) return;
+    const ringPage = this.kvm.checkExtension(KVM_CAP.COALESCED_MMIO);
+    if (ringPage <= 0 || (ringPage + 1) * 4096 > mmapSize) return;
+    try {
+      this.vm.registerCoalescedPio(PCI_CONFIG_ADDRESS_PORT, 4);
+    } catch (e) {
+      this.log(`coalesced PIO refused (${(e as Error).message}); 0xcf8 writes exit as usual`);
+      return;
+    }
+    const bsp = this.vcpus[0].vcpu;
+    this.dispatcher.coalesced = new CoalescedRing(bsp.runBuffer, bsp.runBytes.byteOffset + ringPage * 4096);
   }
 
   start(): void {
@@ -185,9 +221,13 @@ export class Machine implements MachineContext {
     }
     this.running = true;
     control.setState(STATE.RUNNING);
+    // vCPU 0 enters the guest in the next turn of this thread's event loop.
+    this.timings.push({ label: 'first-kvm-run', epochMs: epochMs() });
     this.channels.post({
       type: 'started', cpus: this.cpuCount, ramBytes: this.memory.ramSize,
       runPages: this.vcpus.map((h) => ({ buffer: h.vcpu.runBuffer, offset: h.vcpu.runBytes.byteOffset })),
+      timings: this.timings,
+      coalescedRing: this.dispatcher.coalesced && { buffer: this.dispatcher.coalesced.buffer, offset: this.dispatcher.coalesced.byteOffset },
     });
     setImmediate(() => this.runSlice());
   }
@@ -220,6 +260,9 @@ export class Machine implements MachineContext {
     // sets them also sets immediate_exit, so KVM_RUN returns at once and nothing waits.
     const command = control.command;
     if (command !== COMMAND.RUN) return this.onCommand(command);
+    // The host kicks vCPU 0 when queued writes sit unapplied (a guest halted after one).
+    const queued = this.dispatcher.drainCoalesced();
+    if (queued !== ACTION.CONTINUE) return this.onAction(queued);
     if (control.apPending !== 0 && this.serviceAps()) return;
     const vcpu = this.vcpus[0].vcpu;
     const run = vcpu.run;

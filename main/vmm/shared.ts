@@ -20,6 +20,20 @@ export function monotonicMs(): number {
   return Number(process.hrtime.bigint()) / 1e6;
 }
 
+/**
+ * Wall-clock milliseconds with sub-millisecond resolution, comparable across threads and
+ * processes on one machine (for start-up timings that another process lines up).
+ */
+export function epochMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** A start-up milestone, stamped once per machine launch (never on a hot path). */
+export interface StartupTiming {
+  label: string;
+  epochMs: number;
+}
+
 export const MAILBOX = { IDLE: 0, REQUEST: 1, DONE: 2, CANCELLED: 3 } as const;
 
 /** The control block: command, state, vCPU thread ids and AP exit mailboxes. */

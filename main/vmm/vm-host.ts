@@ -10,7 +10,8 @@ import type { HostToMachine, MachineThreadData } from './machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from './machine';
 import { DEBUGCON_RING } from './platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
-import { ByteRing, COMMAND, ControlBlock, kickVcpu, monotonicMs } from './shared';
+import { CoalescedRing } from '../../native/kvm';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from './shared';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -22,6 +23,8 @@ export interface VmHostEvents {
   /** A backend is ready; e.g. "COM1: /dev/pts/5". */
   endpoint: [number, string];
   ended: [MachineEnd, MachineStats];
+  /** A start-up milestone of each launch (porthole run --timings prints them). */
+  timing: [StartupTiming];
 }
 
 const RING_POLL_MS = 2;
@@ -36,6 +39,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private _state: VmState = 'stopped';
   private resetCount = 0;
   private launchedAt = 0;
+  /** KVM's coalesced write ring of this launch, and the entry it showed at the last poll. */
+  private coalescedRing: CoalescedRing | null = null;
+  private coalescedLastSeen = -1;
+  /** Set until the guest's first COM byte of this launch has been stamped. */
+  private awaitingFirstOutput = false;
   private stopRequested = false;
   private userResetRequested = false;
   private statsWaiters: ((s: MachineStats) => void)[] = [];
@@ -83,6 +91,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private launchMachine(): Promise<void> {
     this.control = new ControlBlock();
     this.launchedAt = Date.now();
+    this.awaitingFirstOutput = true;
+    this.emit('timing', { label: 'machine-launch', epochMs: epochMs() });
     const data: MachineThreadData = {
       config: this.config,
       control: this.control.buffer,
@@ -97,6 +107,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           case 'started':
             started = true;
             this.runPages = m.runPages;
+            this.coalescedRing = m.coalescedRing && new CoalescedRing(m.coalescedRing.buffer, m.coalescedRing.offset);
+            this.coalescedLastSeen = -1;
+            for (const t of m.timings) this.emit('timing', t);
             if (this.stopRequested) this.stop();
             else this.setState('running');
             resolve();
@@ -129,6 +142,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private onMachineEnded(end: MachineEnd, stats: MachineStats): void {
     const worker = this.worker;
     this.worker = null;
+    this.coalescedRing = null;
     void worker?.terminate();
     this.drainRings();
     const userReset = this.userResetRequested && end.reason === 'stopped';
@@ -168,6 +182,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       const endpoint = this.endpoints[i];
       // A congested endpoint leaves bytes in the ring: the guest sees THR busy and waits.
       if (ring.used === 0 || endpoint?.congested) return;
+      if (this.awaitingFirstOutput && i !== DEBUGCON_RING) {
+        // Within RING_POLL_MS of the guest's write; a one-shot, off the vCPU's path.
+        this.awaitingFirstOutput = false;
+        this.emit('timing', { label: 'first-console-byte', epochMs: epochMs() });
+      }
       const data = ring.drain();
       endpoint?.write(data);
       this.emit('output', i, data);
@@ -176,6 +195,14 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     // vCPU 0 leaves KVM_RUN; a halted guest would never get there by itself.
     const deadline = this.control.timerDeadline;
     if (deadline !== 0 && monotonicMs() >= deadline) this.kick(0);
+    // A queued write still there a poll later (the guest halted right after it, e.g. a
+    // reset through 0xcf9) is applied when vCPU 0 leaves KVM_RUN: make it leave.
+    const ring = this.coalescedRing;
+    if (ring !== null) {
+      const last = ring.pending() ? ring.last : -1;
+      if (last !== -1 && last === this.coalescedLastSeen) this.kick(0);
+      this.coalescedLastSeen = last;
+    }
   }
 
   private onNotification(n: HostNotification): void {

@@ -1,22 +1,34 @@
-// The benchmark runner (`npm run bench`). PIO-exit cost: the same guest loop of
-// `out 0x80, al` (batches x batch size), timed by the guest with rdtsc, run by Porthole
-// (flat guest), by a minimal C KVM runner (test/bench/kvm-baseline.c) and by QEMU (as an
-// option ROM), in one run, several rounds interleaved. Then the serial throughput bench,
-// if present.
+// The benchmark runner (`npm run bench -- [NAME...] [options]`). Each bench runs Porthole
+// and QEMU (-accel kvm) on the same guest workload in one run and prints the ratio.
 //
-// Usage: node dist/test/bench/run.js [--runs N] [--batches N] [--batch N]
-//        [--only porthole,c,qemu] [--no-serial] [--check]   (--check: exit 1 if a target is missed)
+//   pio     PIO-exit cost: the same guest loop of `out 0x80, al` (batches x batch size), timed
+//           by the guest with rdtsc, run by Porthole (flat guest), by a minimal C KVM runner
+//           (test/bench/kvm-baseline.c) and by QEMU (as an option ROM), rounds interleaved.
+//   serial  guest COM1 -> PTY throughput (test/bench/serial-throughput.ts).
+//   boot    the rig's L2 kit booted to a shell by Porthole and by QEMU (test/bench/boot.ts).
+//
+// No name runs all three. Where they run: pio and serial on this machine's /dev/kvm when it
+// is usable, boot always in the rig's L1 (it needs a KVM that boots Linux), and whatever
+// cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
+// L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
+// sets host, since inside L1 "here" is the venue).
+//
+// Usage: node dist/test/bench/run.js [pio] [serial] [boot] [--runs N] [--batches N] [--batch N]
+//        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
+//   --runs N: pio runs and boot rounds (default 5); --cpus: vCPU counts for boot;
+//   --bytes N: serial bytes per phase (default 1 MiB);
+//   --check: exit 1 if a target is missed.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { defaultConfig, type MachineConfig } from '../../main/vmm/config';
+import { kvmAccessProblem } from '../../main/cli/main';
+import { defaultConfig, MAX_CPUS, type MachineConfig } from '../../main/vmm/config';
 import type { MachineEnd } from '../../main/vmm/machine';
 import { VmHost } from '../../main/vmm/vm-host';
-
-const repoRoot = path.resolve(__dirname, '..', '..', '..');
-const guestsSrc = path.join(repoRoot, 'test', 'guests');
-const benchBuild = path.join(repoRoot, 'build', 'bench');
+import { BOOT_TARGET, runBootBench, type KitPaths } from './boot';
+import { benchOutputDir, guestsSrc, repoRoot, writeBenchResult } from './paths';
+import { runSerialThroughputBench } from './serial-throughput';
 
 /** Targets from the issue: Porthole within 1.10x of the C runner, and faster than QEMU. */
 const TARGET_VS_C = 1.1;
@@ -25,26 +37,47 @@ const TARGET_VS_QEMU = 1.0;
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-interface Options {
+export const BENCH_NAMES = ['pio', 'serial', 'boot'] as const;
+export type BenchName = (typeof BENCH_NAMES)[number];
+
+export interface Options {
+  /** The benches to run, in BENCH_NAMES order. */
+  benches: BenchName[];
   runs: number;
   batches: number;
   batch: number;
   only: VmmName[];
-  serial: boolean;
+  /** vCPU counts for the boot bench. */
+  cpus: number[];
+  /** Bytes per phase for the serial bench (its default when absent). */
+  serialBytes?: number;
   check: boolean;
+  /** The option arguments as given (without names), to pass on to the rig. */
+  optionArgs: string[];
 }
 
-class BenchError extends Error {}
+export class BenchError extends Error {}
 
-function parseArgs(argv: string[]): Options {
-  const o: Options = { runs: 5, batches: 100, batch: 1000, only: ['porthole', 'c', 'qemu'], serial: true, check: false };
+export function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    benches: [], runs: 5, batches: 100, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
+  };
+  const named = new Set<BenchName>();
+  let noSerial = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
       const v = argv[++i];
       if (v === undefined) throw new BenchError(`${a} needs a value`);
+      o.optionArgs.push(v);
       return v;
     };
+    if (!a.startsWith('-')) {
+      if (!(BENCH_NAMES as readonly string[]).includes(a)) throw new BenchError(`there is no bench "${a}"; the benches are ${BENCH_NAMES.join(', ')}`);
+      named.add(a as BenchName);
+      continue;
+    }
+    o.optionArgs.push(a);
     if (a === '--runs') o.runs = positiveInt(value(), a);
     else if (a === '--batches') o.batches = positiveInt(value(), a);
     else if (a === '--batch') o.batch = positiveInt(value(), a);
@@ -52,12 +85,36 @@ function parseArgs(argv: string[]): Options {
       const names = value().split(',').map((s) => s.trim());
       for (const n of names) if (!(n in VMM_LABELS)) throw new BenchError(`--only: "${n}" is not one of porthole, c, qemu`);
       o.only = names as VmmName[];
-    } else if (a === '--no-serial') o.serial = false;
+    } else if (a === '--cpus') {
+      const text = value();
+      const counts = text.split(',').map((c) => Number(c.trim()));
+      if (counts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_CPUS)) throw new BenchError(`--cpus: "${text}" is not a list of vCPU counts from 1 to ${MAX_CPUS}`);
+      o.cpus = counts;
+    } else if (a === '--bytes') {
+      const n = positiveInt(value(), a);
+      if (n % 16 !== 0) throw new BenchError('--bytes must be a multiple of 16');
+      o.serialBytes = n;
+    } else if (a === '--no-serial') noSerial = true;
     else if (a === '--check') o.check = true;
-    else throw new BenchError(`unknown option "${a}" (use --runs N, --batches N, --batch N, --only LIST, --no-serial, --check)`);
+    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
+  // No name: every bench; --no-serial (from before benches had names) leaves serial out.
+  o.benches = BENCH_NAMES.filter((n) => (named.size === 0 ? !(n === 'serial' && noSerial) : named.has(n)));
   return o;
+}
+
+export type Venue = 'host' | 'rig';
+
+/**
+ * Where a bench runs: PORTHOLE_BENCH_VENUE when set; otherwise pio and serial on this
+ * machine's /dev/kvm if it is usable, and boot (which needs a KVM that boots Linux) in the rig.
+ */
+export function venueFor(bench: BenchName, forced: string | undefined, kvmUsable: boolean): Venue {
+  if (forced === 'host' || forced === 'rig') return forced;
+  if (forced) throw new BenchError(`PORTHOLE_BENCH_VENUE must be host or rig, not "${forced}"`);
+  if (bench === 'boot') return 'rig';
+  return kvmUsable ? 'host' : 'rig';
 }
 
 function positiveInt(text: string, flag: string): number {
@@ -79,7 +136,7 @@ function has(command: string): boolean {
 
 /** Assembles both forms of the loop with the requested counts; fixes the ROM checksum. */
 function buildGuests(o: Options): { flat: string; rom: string } {
-  fs.mkdirSync(benchBuild, { recursive: true });
+  const benchBuild = benchOutputDir();
   const flat = path.join(benchBuild, 'pio-loop.bin');
   const rom = path.join(benchBuild, 'pio-loop-rom.bin');
   const common = ['-f', 'bin', '-I', `${guestsSrc}/`, `-DPIO_LOOP_BATCHES=${o.batches}`, `-DPIO_LOOP_BATCH=${o.batch}`];
@@ -95,7 +152,7 @@ function buildGuests(o: Options): { flat: string; rom: string } {
 
 function buildBaseline(): string {
   const src = path.join(repoRoot, 'test', 'bench', 'kvm-baseline.c');
-  const bin = path.join(benchBuild, 'kvm-baseline');
+  const bin = path.join(benchOutputDir(), 'kvm-baseline');
   if (!fs.existsSync(bin) || fs.statSync(src).mtimeMs > fs.statSync(bin).mtimeMs) {
     tool('gcc', ['-O2', '-Wall', '-o', bin, src], 'compiling kvm-baseline.c');
   }
@@ -242,38 +299,91 @@ async function pioExitBench(o: Options): Promise<boolean> {
   };
   compare('c', TARGET_VS_C, false, 'Porthole / C baseline:');
   compare('qemu', TARGET_VS_QEMU, true, 'Porthole / QEMU:      ');
-  fs.writeFileSync(path.join(benchBuild, 'pio-exit.json'), `${JSON.stringify(report, null, 2)}\n`);
+  writeBenchResult('pio-exit.json', report);
   return met;
 }
 
-/** The serial throughput bench lives in its own file (another owner); run it if it is there. */
-async function serialBench(): Promise<void> {
-  const file = path.join(__dirname, 'serial-throughput.js');
-  if (!fs.existsSync(file)) {
-    console.log('\nserial throughput: test/bench/serial-throughput.ts is not there yet; skipped.');
-    return;
+/** The L2 kit: the rig's, as L1 sees it, or built (or found) on this machine. */
+async function kitPaths(): Promise<KitPaths> {
+  const dir = process.env.RIG_KIT_DIR;
+  if (dir) {
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { vmlinuz: string; kitInitrd: string };
+    // The manifest holds host paths; the files sit beside it in L1's view of the project.
+    return { vmlinuz: path.join(dir, path.basename(manifest.vmlinuz)), initrd: path.join(dir, path.basename(manifest.kitInitrd)) };
   }
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const mod = require(file) as Record<string, unknown>;
-  const names = ['runSerialThroughputBench', 'runSerialThroughput', 'serialThroughputBench', 'run', 'main', 'default'];
-  const name = names.find((n) => typeof mod[n] === 'function');
-  if (!name) {
-    console.log(`\nserial throughput: serial-throughput.js exports none of ${names.join(', ')}; skipped.`);
-    return;
-  }
-  console.log(`\nserial throughput (${name}):`);
-  await (mod[name] as () => unknown)();
+  const { ensureImage } = await import('../rig/build-image');
+  const image = await ensureImage({ log: (m) => console.log(`rig image: ${m}`) });
+  return { vmlinuz: image.vmlinuz, initrd: image.kitInitrd };
+}
+
+/** Runs the named benches in the rig's L1 (one L1 boot for all of them), streaming output. */
+async function runInRig(o: Options, benches: BenchName[]): Promise<boolean> {
+  const { runScenario } = await import('../rig/runner');
+  const { findScenario } = await import('../rig/scenarios');
+  const spec = findScenario('bench');
+  if (!spec) throw new BenchError('the rig has no "bench" scenario');
+  const args = [...benches, ...o.optionArgs];
+  console.log(`bench: running ${benches.join(', ')} in the rig's L1 (no usable /dev/kvm here${benches.includes('boot') ? ', or it needs Linux guests' : ''}): ${args.join(' ')}`);
+  // A stalled L1 (its heartbeat stops) is caught by the runner, which runs the bench once more.
+  const print = (line: string) => {
+    // Result files written in L1 (a read-only view of the project) come back as lines.
+    const m = /BENCH-JSON (\S+) (.*)$/.exec(line);
+    if (m && /^[\w.-]+\.json$/.test(m[1])) {
+      fs.writeFileSync(path.join(benchOutputDir(), m[1]), `${JSON.stringify(JSON.parse(m[2]), null, 2)}\n`);
+      return;
+    }
+    process.stdout.write(line + '\n');
+  };
+  // The rig's L1 reports its own load; this machine's (shared with other work) matters too.
+  const hostLoad = () => `${os.loadavg().map((l) => l.toFixed(2)).join(' ')} (1, 5, 15 min) on ${os.cpus().length} CPUs`;
+  console.log(`bench: rig host load average at start: ${hostLoad()}`);
+  const report = await runScenario(spec, { env: [`BENCH_ARGS=${encodeBenchArgs(args)}`], print });
+  console.log(`bench: rig host load average at end: ${hostLoad()}`);
+  for (const r of report.retried) console.log(`bench: RETRY: L1 ${r.outcome.kind} (${r.outcome.detail}); log ${path.relative(repoRoot, r.logFile)}`);
+  if (report.interrupted) process.exitCode = 130;
+  if (report.outcome.kind === 'pass') return true;
+  if (report.outcome.kind === 'fail' && /targets missed/.test(report.outcome.detail)) return false;
+  throw new BenchError(`the rig bench ended with ${report.outcome.kind}: ${report.outcome.detail} (log: ${path.relative(repoRoot, report.logFile)})`);
+}
+
+/** Arguments travel on L1's kernel command line, which splits at spaces: base64url JSON. */
+export function encodeBenchArgs(args: string[]): string {
+  return Buffer.from(JSON.stringify(args)).toString('base64url');
+}
+
+export function decodeBenchArgs(text: string): string[] {
+  const args = JSON.parse(Buffer.from(text, 'base64url').toString('utf8')) as unknown;
+  if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new BenchError('BENCH_ARGS is not a list of arguments');
+  return args as string[];
 }
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  const kvmUsable = kvmAccessProblem() === null;
+  const forced = process.env.PORTHOLE_BENCH_VENUE || undefined;
+  const here = o.benches.filter((b) => venueFor(b, forced, kvmUsable) === 'host');
+  const rig = o.benches.filter((b) => venueFor(b, forced, kvmUsable) === 'rig');
   let met = true;
-  if (o.only.length > 0) met = await pioExitBench(o);
-  if (o.serial) await serialBench();
-  if (o.check && !met) process.exitCode = 1;
+  for (const bench of here) {
+    if (bench === 'pio') met = (await pioExitBench(o)) && met;
+    else if (bench === 'serial') {
+      console.log('\nserial throughput:');
+      await runSerialThroughputBench({ bytes: o.serialBytes });
+    } else {
+      const r = await runBootBench({ kit: await kitPaths(), rounds: o.runs, cpuCounts: o.cpus });
+      met = Object.values(r.ratios).every((x) => x <= BOOT_TARGET) && met;
+    }
+  }
+  if (rig.length > 0) met = (await runInRig(o, rig)) && met;
+  if (o.check && !met) {
+    console.log('bench: targets missed');
+    process.exitCode = 1;
+  }
 }
 
-main().catch((e: Error) => {
-  console.error(e instanceof BenchError ? `bench: ${e.message}` : e.stack ?? e.message);
-  process.exitCode = 2;
-});
+if (require.main === module) {
+  main().catch((e: Error) => {
+    console.error(e instanceof BenchError ? `bench: ${e.message}` : e.stack ?? e.message);
+    process.exitCode = 2;
+  });
+}

@@ -11,10 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { defaultConfig, type MachineConfig } from '../../main/vmm/config';
 import { VmHost } from '../../main/vmm/vm-host';
-
-const repoRoot = path.resolve(__dirname, '..', '..', '..');
-const guestsSrc = path.join(repoRoot, 'test', 'guests');
-const benchBuild = path.join(repoRoot, 'build', 'bench');
+import { benchOutputDir, guestsSrc, writeBenchResult } from './paths';
 
 export type FloodPhase = 'byte' | 'fifo';
 const PHASES: FloodPhase[] = ['byte', 'fifo'];
@@ -48,7 +45,7 @@ function run(command: string, args: string[], what: string): void {
 }
 
 function buildGuests(bytes: number): { flat: string; rom: string } {
-  fs.mkdirSync(benchBuild, { recursive: true });
+  const benchBuild = benchOutputDir();
   const flat = path.join(benchBuild, 'serial-flood.bin');
   const rom = path.join(benchBuild, 'serial-flood-rom.bin');
   const common = ['-f', 'bin', '-I', `${guestsSrc}/`, `-DSERIAL_FLOOD_BYTES=${bytes}`];
@@ -234,7 +231,7 @@ export async function runSerialThroughputBench(opts: SerialThroughputOptions = {
   }
   const corrupt = results.filter((r) => r.corrupt > 0);
   if (corrupt.length > 0) throw new BenchError(`corrupted bytes: ${corrupt.map((r) => `${r.vmm} ${r.phase}: ${r.corrupt}`).join(', ')}`);
-  fs.writeFileSync(path.join(benchBuild, 'serial-throughput.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeBenchResult('serial-throughput.json', results);
   return results;
 }
 

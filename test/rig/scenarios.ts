@@ -57,6 +57,13 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { rigNet: true }, bootTimeoutSec: 240, timeoutSec: 1800, expect: 'pass', ci: false,
   },
   {
+    name: 'bench',
+    description: 'npm run bench in L1 (pio, serial, boot): Porthole beside QEMU -accel kvm; started by npm run bench, args in --env BENCH_ARGS',
+    // A full boot bench is 20 or more L2 boots of 10-40 s each. Multi-threaded TCG: Porthole's
+    // L2 hangs on single-threaded TCG (issue 7).
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 5400, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'broken',
     description: 'a guest that never answers: the runner must stop at its timeout and leave no QEMU behind',
     devices: {}, bootTimeoutSec: 240, timeoutSec: 20, expect: 'timeout', ci: true,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseArgs, UsageError } from '../../main/cli/args';
-import { kvmAccessProblem } from '../../main/cli/main';
+import { formatTiming, kvmAccessProblem } from '../../main/cli/main';
 import { ConfigError, machineConfigFromJson, parseMemorySize, parseSerialBackend } from '../../main/vmm/config';
 
 const noFiles = (f: string): unknown => { throw new ConfigError(`no file ${f}`); };
@@ -93,4 +93,14 @@ test('config files are validated strictly with the file name in the message', ()
 
 test('a missing or inaccessible /dev/kvm is explained with the fix', () => {
   assert.match(kvmAccessProblem('/nonexistent/kvm') ?? '', /does not exist: enable virtualization/);
+});
+
+test('--timings is off by default, a flag without a value, and prints ms since process start with the wall clock', () => {
+  assert.equal(run(['--kernel', 'k']).timings, false);
+  assert.equal(run(['--kernel', 'k', '--timings']).timings, true);
+  assert.equal(run(['--kernel', 'k', '--timings', '--verbose']).verbose, true);
+  assert.throws(() => run(['--kernel', 'k', '--timings=yes']), /--timings takes no value/);
+  assert.equal(formatTiming('first-kvm-run', 1000.25, 750), 'porthole: timing: first-kvm-run +250.3 ms (epoch 1000.3)\n');
+  // The line the boot bench parses (test/bench/boot.ts).
+  assert.match(formatTiming('first-console-byte', 1764265000123.4, 1764265000000), /^porthole: timing: first-console-byte \+123\.4 ms \(epoch 1764265000123\.4\)\n$/);
 });

@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import type { KvmVcpu } from '../../../native';
 import { buildAcpiTables, type AcpiOptions } from '../acpi';
 import { buildE820, type E820Entry } from '../e820';
+import type { BootSource } from '../config';
 import type { Machine } from '../machine';
 import type { Platform } from '../platform';
 import type { GuestMemory } from '../memory';
@@ -472,9 +473,29 @@ export function loadLinux(memory: GuestMemory, opts: LinuxLoadOptions): LinuxLoa
   };
 }
 
+/** Reads started by prefetchLinuxFiles, taken (once) by readInput. */
+const prefetched = new Map<string, Promise<Uint8Array>>();
+
+/**
+ * Starts reading a Linux boot's kernel and initrd, so the reads (slow from a network or 9p
+ * filesystem) overlap with creating the VM and its vCPUs. A failed read is reported where
+ * bootLinux takes it, with the same message as without prefetching.
+ */
+export function prefetchLinuxFiles(boot: BootSource): void {
+  if (boot.kind !== 'linux') return;
+  for (const file of [boot.kernel, boot.initrd]) {
+    if (file === undefined || prefetched.has(file)) continue;
+    const read = readFile(file);
+    read.catch(() => { /* handled in readInput */ });
+    prefetched.set(file, read);
+  }
+}
+
 async function readInput(file: string, what: string): Promise<Uint8Array> {
   try {
-    return await readFile(file);
+    const early = prefetched.get(file);
+    prefetched.delete(file);
+    return await (early ?? readFile(file));
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const reason = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied'
@@ -516,8 +537,10 @@ export function hostIsPvm(): boolean {
 export async function bootLinux(
   machine: Machine, vcpus: KvmVcpu[], boot: { kernel: string; initrd?: string; append: string },
 ): Promise<LinuxLoadResult> {
-  const kernel = await readInput(boot.kernel, 'kernel');
-  const initrd = boot.initrd === undefined ? undefined : await readInput(boot.initrd, 'initrd');
+  const [kernel, initrd] = await Promise.all([
+    readInput(boot.kernel, 'kernel'),
+    boot.initrd === undefined ? Promise.resolve(undefined) : readInput(boot.initrd, 'initrd'),
+  ]);
   const devices: Partial<Platform> = machine.devices;
   // No firmware will program the PIIX3's PIRQ routing: do it here, as the tables say.
   let pci: AcpiOptions['pci'];

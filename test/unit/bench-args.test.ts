@@ -1,0 +1,38 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { decodeBenchArgs, encodeBenchArgs, parseArgs, venueFor } from '../bench/run';
+
+test('npm run bench: no name runs every bench; names pick benches; today\'s options still work', () => {
+  assert.deepEqual(parseArgs([]).benches, ['pio', 'serial', 'boot']);
+  assert.deepEqual(parseArgs(['--no-serial']).benches, ['pio', 'boot']);
+  assert.deepEqual(parseArgs(['boot']).benches, ['boot']);
+  assert.deepEqual(parseArgs(['serial', 'pio']).benches, ['pio', 'serial']);
+  const o = parseArgs(['pio', '--runs', '3', '--batches', '10', '--batch', '50', '--only', 'porthole,qemu', '--check']);
+  assert.deepEqual([o.runs, o.batches, o.batch, o.only, o.check], [3, 10, 50, ['porthole', 'qemu'], true]);
+  assert.deepEqual(o.optionArgs, ['--runs', '3', '--batches', '10', '--batch', '50', '--only', 'porthole,qemu', '--check']);
+  assert.deepEqual(parseArgs(['boot', '--cpus', '1,2,4']).cpus, [1, 2, 4]);
+  assert.deepEqual(parseArgs([]).cpus, [1, 2]);
+  assert.equal(parseArgs(['serial', '--bytes', '4096']).serialBytes, 4096);
+  assert.throws(() => parseArgs(['--bytes', '100']), /multiple of 16/);
+  assert.throws(() => parseArgs(['bogus']), /no bench "bogus"/);
+  assert.throws(() => parseArgs(['--cpus', '0']), /--cpus/);
+  assert.throws(() => parseArgs(['--runs']), /needs a value/);
+  assert.throws(() => parseArgs(['--fast']), /unknown option/);
+});
+
+test('bench venue: pio and serial follow /dev/kvm, boot goes to the rig, PORTHOLE_BENCH_VENUE forces one', () => {
+  assert.equal(venueFor('pio', undefined, true), 'host');
+  assert.equal(venueFor('serial', undefined, false), 'rig');
+  assert.equal(venueFor('boot', undefined, true), 'rig');
+  assert.equal(venueFor('boot', 'host', false), 'host');
+  assert.equal(venueFor('pio', 'rig', true), 'rig');
+  assert.throws(() => venueFor('pio', 'l1', true), /host or rig/);
+});
+
+test('bench arguments survive the trip on L1\'s kernel command line', () => {
+  const args = ['boot', '--cpus', '1,2', '--only', 'porthole, qemu'];
+  const text = encodeBenchArgs(args);
+  assert.match(text, /^[A-Za-z0-9_-]+$/);
+  assert.deepEqual(decodeBenchArgs(text), args);
+  assert.throws(() => decodeBenchArgs(Buffer.from('{"a":1}').toString('base64url')), /not a list/);
+});
