@@ -89,7 +89,8 @@ export function qemuArgs(spec: ScenarioSpec, image: RigImage, opts: RunOptions, 
     ...(opts.append ?? []),
   ];
   const args = [
-    '-name', token, '-accel', 'tcg', '-M', 'q35', '-cpu', 'qemu64,+svm,+npt',
+    // PORTHOLE_RIG_ACCEL (e.g. tcg,thread=single) overrides TCG's threading for experiments.
+    '-name', token, '-accel', process.env.PORTHOLE_RIG_ACCEL ?? 'tcg', '-M', 'q35', '-cpu', 'qemu64,+svm,+npt',
     '-m', opts.memory ?? '2G', '-smp', String(opts.cpus ?? 2),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
     // With -no-reboot a reset ends QEMU like a poweroff; this log tells a triple fault apart.
