@@ -14,6 +14,7 @@ import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memor
 import { buildPlatform, type Platform } from './platform';
 import { prepareBoot } from './boot';
 import { pcIrqRoutes } from './mptable';
+import { describePic, describeVcpu } from './vcpu-dump';
 import { ByteRing, COMMAND, ControlBlock, kickVcpu, MAILBOX, monotonicMs, STATE } from './shared';
 
 export type MachineEnd =
@@ -198,6 +199,20 @@ export class Machine implements MachineContext {
     if (this.channels.control.command === COMMAND.RUN && this.channels.control.state === STATE.PAUSED) {
       this.channels.control.setState(STATE.RUNNING);
       setImmediate(() => this.runSlice());
+    }
+  }
+
+  /**
+   * Logs vCPU 0's registers, LAPIC state and stack. The host kicked it to post this
+   * message, so it is outside KVM_RUN; APs are left alone (they may be inside it).
+   */
+  dumpVcpus(): void {
+    if (this.ended) return;
+    try {
+      this.log(describeVcpu(0, this.bsp, this.memory));
+      this.log(`  ${describePic('PIC master', this.vm.getIrqchip(0))}; ${describePic('PIC slave', this.vm.getIrqchip(1))}`);
+    } catch (e) {
+      this.log(`vCPU 0 dump failed: ${(e as Error).message}`);
     }
   }
 
