@@ -5,7 +5,8 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import * as libc from '../../native/libc';
 // From the module itself, not the native/ index, whose re-exports are getters (hot path).
-import { KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED } from '../../native/kvm';
+import { KVM_CAP, KvmSystem, KvmVcpu, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED } from '../../native/kvm';
+import { cpuidFor } from './cpuid';
 import { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from './config';
 import type { HostNotification, MachineContext } from './context';
@@ -159,9 +160,10 @@ export class Machine implements MachineContext {
     this.platform = buildPlatform(this);
     const mmapSize = this.kvm.vcpuMmapSize();
     const cpuid = this.kvm.supportedCpuid();
+    const tscDeadline = this.kvm.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0;
     for (let cpu = 0; cpu < this.cpuCount; cpu++) {
       const vcpu = new KvmVcpu(this.vm.createVcpu(cpu), mmapSize);
-      vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount));
+      vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount, { tscDeadline }));
       this.vcpus.push({ cpu, vcpu, worker: null, exited: null });
     }
     await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
@@ -313,19 +315,4 @@ export class Machine implements MachineContext {
       this.channels.post({ type: 'ended', end, stats: this.stats() });
     });
   }
-}
-
-/** Per-vCPU CPUID: KVM's supported set with this vCPU's APIC id and the hypervisor bit. */
-function cpuidFor(supported: CpuidEntry[], cpu: number, count: number): CpuidEntry[] {
-  return supported.map((e) => {
-    const entry = { ...e };
-    if (e.function === 1) {
-      entry.ebx = ((e.ebx & 0x0000ffff) | ((count & 0xff) << 16) | (cpu << 24)) >>> 0;
-      entry.ecx = (e.ecx | (1 << 31)) >>> 0; // running under a hypervisor
-      if (count > 1) entry.edx = (e.edx | (1 << 28)) >>> 0; // HTT: the count in EBX[23:16] is valid
-    } else if (e.function === 0xb || e.function === 0x1f) {
-      entry.edx = cpu;
-    }
-    return entry;
-  });
 }
