@@ -63,6 +63,7 @@ const c = {
   ioctlRun: lib.func('int ioctl(int fd, unsigned int request, int arg)'),
   mmap: lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: lib.func('int munmap(uintptr_t addr, size_t length)'),
+  madvise: lib.func('int madvise(uintptr_t addr, size_t length, int advice)'),
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
   write: lib.func('intptr_t write(int fd, const uint8_t *buf, size_t count)'),
@@ -148,6 +149,13 @@ export function ioctlHot(fd: number, request: number): number {
 
 export function addressOf(view: Uint8Array): bigint {
   return BigInt(c.addressOf(view, 0, 0));
+}
+
+export const MADV_HUGEPAGE = 14;
+
+/** madvise(2); returns false (and leaves errno unread) where the kernel refuses the advice. */
+export function madvise(addr: bigint, length: number, advice: number): boolean {
+  return c.madvise(addr, length, advice) === 0;
 }
 
 export function mmap(addr: bigint, length: number, prot: number, flags: number, fd: number, offset = 0): bigint {
