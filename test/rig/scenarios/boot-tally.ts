@@ -122,6 +122,13 @@ async function bootOnce(ctx: ScenarioContext, vmm: Vmm, append: string, stallSec
   clearTimeout(earlySample);
   if (first === 'shell') {
     outcome = 'shell';
+    if (diag) {
+      // Interrupts the guest counted against what L1's KVM says it injected: more in the guest
+      // than injected would mean interrupts reach L2 past KVM (a nested-virtualization bug).
+      const interrupts = await con.runOk("grep -E '^ *(0|4|LOC|TIMER|RES|CAL|ERR|SPU):' /proc/interrupts").catch((e: Error) => e.message);
+      const injected = runShell(ctx, 'cat /sys/kernel/debug/kvm/*-*/irq_injections 2>/dev/null || (mount -t debugfs none /sys/kernel/debug && cat /sys/kernel/debug/kvm/*-*/irq_injections)').trim();
+      ctx.log(`${vmm} at the shell: KVM irq_injections ${injected}; guest /proc/interrupts:\n${interrupts}`);
+    }
   } else if (first === 'stall') {
     outcome = 'stall';
     detail = `last line: ${lastLine.trim().slice(0, 160)}`;
@@ -133,8 +140,8 @@ async function bootOnce(ctx: ScenarioContext, vmm: Vmm, append: string, stallSec
       const dump = stderr.slice(from).join('\n');
       ctx.log(`vCPU dump:\n${dump}`);
       for (const m of dump.matchAll(/0x(ffffffff[89a-f][0-9a-f]{7})\b/g)) stalledRips.add(m[1]);
-      await sampleKvm(ctx, child);
     }
+    if (diag) await sampleKvm(ctx, child);
   } else if (first === 'closed') {
     // QEMU with -no-reboot exits on a guest reset; Porthole says so on stderr first.
     const end = await exited;
@@ -156,18 +163,18 @@ async function stop(child: ChildProcess, exited: Promise<string>): Promise<void>
   await exited;
 }
 
-function shell(ctx: ScenarioContext, cmd: string): string {
+function runShell(ctx: ScenarioContext, cmd: string): string {
   try { return ctx.exec('sh', ['-c', cmd]); } catch (e) { return `(${(e as Error).message})`; }
 }
 
 /** The change of every non-zero KVM statistic of the (only) VM in L1 over `ms` (blocks). */
 function kvmStatDeltas(ctx: ScenarioContext, ms: number): string {
-  shell(ctx, 'mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug');
-  const vmDir = shell(ctx, 'ls -d /sys/kernel/debug/kvm/*-*/ | head -1').trim();
-  const read = () => shell(ctx, `cd ${vmDir} && grep -H . * 2>/dev/null | grep -v ':0$'`);
+  runShell(ctx, 'mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug');
+  const vmDir = runShell(ctx, 'ls -d /sys/kernel/debug/kvm/*-*/ | head -1').trim();
+  const read = () => runShell(ctx, `cd ${vmDir} && grep -H . * 2>/dev/null | grep -v ':0$'`);
   const parse = (s: string) => new Map(s.split('\n').map((l) => l.split(':')).filter((p) => p.length === 2).map(([k, v]) => [k, Number(v)]));
   const before = parse(read());
-  shell(ctx, `sleep ${ms / 1000}`);
+  runShell(ctx, `sleep ${ms / 1000}`);
   return [...parse(read())].map(([k, v]) => `${k}=${v}(+${v - (before.get(k) ?? 0)})`).join(' ');
 }
 
