@@ -70,6 +70,7 @@ export const KVM_CAP = {
   PIT2: 33,
   IOEVENTFD: 36,
   MAX_VCPUS: 66,
+  TSC_DEADLINE_TIMER: 72,
   SIGNAL_MSI: 77,
   READONLY_MEM: 81,
   IMMEDIATE_EXIT: 136,
@@ -544,6 +545,7 @@ export class CoalescedRing {
   }
 }
 
+/** Blocks of at least this size start on a 2 MiB boundary and ask for transparent huge pages. */
 const HUGE_PAGE = 2 * 1024 * 1024;
 
 export class GuestRamBlock {
@@ -551,19 +553,22 @@ export class GuestRamBlock {
   readonly bytes: Uint8Array;
   readonly hostAddr: bigint;
   readonly offset: number;
+  /** True if the kernel took MADV_HUGEPAGE for this block. */
+  readonly hugePages: boolean;
   constructor(readonly size: number) {
     if (size % 4096 !== 0) throw new Error(`guest RAM block size ${size} is not page aligned`);
-    // KVM maps guest RAM with 2 MiB pages only where the host address and the guest address
-    // agree modulo 2 MiB and the host backs it with huge pages: so RAM blocks start on a
-    // 2 MiB boundary (the padding is never touched, so it costs address space, not memory).
+    // A 2 MiB-aligned block lets KVM map guest RAM with 2 MiB pages (when the host backs it
+    // with huge pages), as QEMU does: a first touch of each 4 KiB page then costs no nested
+    // page fault, which under nested virtualization is an exit to L1 each time.
     const align = size >= HUGE_PAGE ? HUGE_PAGE : 4096;
     this.buffer = new SharedArrayBuffer(size + align);
     const base = libc.addressOf(new Uint8Array(this.buffer, 0, 1));
-    this.offset = Number((BigInt(align) - (base % BigInt(align))) % BigInt(align));
+    const alignBig = BigInt(align);
+    this.offset = Number((alignBig - (base % alignBig)) % alignBig);
     this.hostAddr = base + BigInt(this.offset);
     this.bytes = new Uint8Array(this.buffer, this.offset, size);
-    // Where transparent huge pages are "madvise" only, ask for them (as QEMU does).
-    if (align === HUGE_PAGE) libc.madvise(this.hostAddr, size - (size % HUGE_PAGE), libc.MADV_HUGEPAGE);
+    const hugeLength = size - (size % HUGE_PAGE);
+    this.hugePages = align === HUGE_PAGE && libc.madvise(this.hostAddr, hugeLength, libc.MADV_HUGEPAGE);
   }
   /** Re-derives a block from a buffer passed to another thread (same memory, same address). */
   static fromShared(buffer: SharedArrayBuffer, offset: number, size: number): Uint8Array {

@@ -152,16 +152,16 @@ export function addressOf(view: Uint8Array): bigint {
   return BigInt(c.addressOf(view, 0, 0));
 }
 
+
+/** madvise(2); returns false (and leaves errno unread) where the kernel refuses the advice. */
+export function madvise(addr: bigint, length: number, advice: number): boolean {
+  return c.madvise(addr, length, advice) === 0;
+}
+
 export function mmap(addr: bigint, length: number, prot: number, flags: number, fd: number, offset = 0): bigint {
   const r = BigInt(c.mmap(addr, length, prot, flags, fd, offset));
   if (r === MAP_FAILED) fail('mmap');
   return r;
-}
-
-/** Advice about a range of memory; returns 0 or -errno (advice may be refused harmlessly). */
-export function madvise(addr: bigint, length: number, advice: number): number {
-  const r = c.madvise(addr, length, advice) as number;
-  return r < 0 ? -koffi.errno() : r;
 }
 
 export function munmap(addr: bigint, length: number): void {

@@ -119,6 +119,8 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   process.on('SIGHUP', onSignal);
+  // SIGUSR2 logs where vCPU 0 is (with --verbose): for a guest that stops making progress.
+  process.on('SIGUSR2', () => host.dumpVcpus());
   try {
     await host.start();
   } catch (e) {

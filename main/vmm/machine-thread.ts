@@ -8,6 +8,7 @@ import { ByteRing, ControlBlock, epochMs } from './shared';
 export type HostToMachine =
   | { type: 'resume' }
   | { type: 'stats' }
+  | { type: 'dump-vcpus' }
   | { type: 'serial-input'; port: number; data: Uint8Array }
   | { type: 'serial-modem-status'; port: number; cts: boolean; dsr: boolean; ri: boolean; dcd: boolean };
 
@@ -41,6 +42,9 @@ async function main(): Promise<void> {
         break;
       case 'stats':
         post({ type: 'stats', stats: machine.stats() });
+        break;
+      case 'dump-vcpus':
+        machine.dumpVcpus();
         break;
       case 'serial-input':
         machine.devices.serial?.[m.port]?.receive(m.data);

@@ -6,9 +6,10 @@ import { Worker } from 'node:worker_threads';
 import * as libc from '../../native/libc';
 // From the module itself, not the native/ index, whose re-exports are getters (hot path).
 import {
-  CoalescedRing, KVM_CAP, KvmSystem, KvmVcpu, type CpuidEntry, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED,
+  CoalescedRing, KVM_CAP, KvmSystem, KvmVcpu, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED,
 } from '../../native/kvm';
 import { PCI_CONFIG_ADDRESS_PORT } from './devices/pci/pci-bus';
+import { cpuidFor } from './cpuid';
 import { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from './config';
 import type { HostNotification, MachineContext } from './context';
@@ -17,6 +18,7 @@ import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memor
 import { buildPlatform, type Platform } from './platform';
 import { prepareBoot } from './boot';
 import { pcIrqRoutes } from './mptable';
+import { describePic, describeVcpu } from './vcpu-dump';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from './shared';
 
 export type MachineEnd =
@@ -171,9 +173,10 @@ export class Machine implements MachineContext {
     this.platform = buildPlatform(this);
     const mmapSize = this.kvm.vcpuMmapSize();
     const cpuid = this.kvm.supportedCpuid();
+    const tscDeadline = this.kvm.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0;
     for (let cpu = 0; cpu < this.cpuCount; cpu++) {
       const vcpu = new KvmVcpu(this.vm.createVcpu(cpu), mmapSize);
-      vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount));
+      vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount, { tscDeadline }));
       this.vcpus.push({ cpu, vcpu, worker: null, exited: null });
     }
     this.coalescePciAddressWrites(mmapSize);
@@ -238,6 +241,20 @@ export class Machine implements MachineContext {
     if (this.channels.control.command === COMMAND.RUN && this.channels.control.state === STATE.PAUSED) {
       this.channels.control.setState(STATE.RUNNING);
       setImmediate(() => this.runSlice());
+    }
+  }
+
+  /**
+   * Logs vCPU 0's registers, LAPIC state and stack. The host kicked it to post this
+   * message, so it is outside KVM_RUN; APs are left alone (they may be inside it).
+   */
+  dumpVcpus(): void {
+    if (this.ended) return;
+    try {
+      this.log(describeVcpu(0, this.bsp, this.memory));
+      this.log(`  ${describePic('PIC master', this.vm.getIrqchip(0))}; ${describePic('PIC slave', this.vm.getIrqchip(1))}`);
+    } catch (e) {
+      this.log(`vCPU 0 dump failed: ${(e as Error).message}`);
     }
   }
 
@@ -341,19 +358,4 @@ export class Machine implements MachineContext {
       this.channels.post({ type: 'ended', end, stats: this.stats() });
     });
   }
-}
-
-/** Per-vCPU CPUID: KVM's supported set with this vCPU's APIC id and the hypervisor bit. */
-function cpuidFor(supported: CpuidEntry[], cpu: number, count: number): CpuidEntry[] {
-  return supported.map((e) => {
-    const entry = { ...e };
-    if (e.function === 1) {
-      entry.ebx = ((e.ebx & 0x0000ffff) | ((count & 0xff) << 16) | (cpu << 24)) >>> 0;
-      entry.ecx = (e.ecx | (1 << 31)) >>> 0; // running under a hypervisor
-      if (count > 1) entry.edx = (e.edx | (1 << 28)) >>> 0; // HTT: the count in EBX[23:16] is valid
-    } else if (e.function === 0xb || e.function === 0x1f) {
-      entry.edx = cpu;
-    }
-    return entry;
-  });
 }

@@ -281,6 +281,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     return relaunched;
   }
 
+  /** Asks the machine thread to log vCPU 0's state (a 'log' event), for a guest that hangs. */
+  dumpVcpus(): void {
+    if (this.worker) this.post({ type: 'dump-vcpus' });
+  }
+
   /** Exit and device counters from the running machine. */
   stats(): Promise<MachineStats> {
     if (!this.worker) return Promise.resolve(emptyStats());

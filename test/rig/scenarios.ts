@@ -64,6 +64,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 5400, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'boot-tally',
+    description: 'boots the L2 kit N times (--env N=20) under Porthole and under QEMU -accel kvm, alternating, and counts shells, resets and stalls per VMM',
+    // 2 x 20 boots of 15-60 s each, plus stalls.
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 7200, expect: 'pass', ci: false,
+  },
+  {
     name: 'broken',
     description: 'a guest that never answers: the runner must stop at its timeout and leave no QEMU behind',
     devices: {}, bootTimeoutSec: 240, timeoutSec: 20, expect: 'timeout', ci: true,

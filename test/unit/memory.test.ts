@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { allocateRam, allocateRom, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory';
+import { GuestRamBlock } from '../../native/kvm';
 import { Prng } from '../helpers/prng';
 
 test('small guests get one low RAM region', () => {
@@ -52,4 +53,16 @@ test('fuzz: any address and length either maps inside one region or throws Guest
       assert.ok(!(gpa >= 0 && Number.isSafeInteger(gpa) && gpa + len <= 4 * MiB && len >= 0));
     }
   }
+});
+
+test('guest RAM blocks of 2 MiB or more start on a 2 MiB boundary (so KVM can map huge pages)', () => {
+  for (const size of [2 * MiB, 6 * MiB + 4096, 64 * MiB]) {
+    const block = new GuestRamBlock(size);
+    assert.equal(block.hostAddr % BigInt(2 * MiB), 0n, `${size} bytes`);
+    assert.equal(block.bytes.length, size);
+    assert.equal(block.offset + size <= block.buffer.byteLength, true);
+  }
+  const small = new GuestRamBlock(64 * 1024);
+  assert.equal(small.hostAddr % 4096n, 0n);
+  assert.equal(small.hugePages, false);
 });
