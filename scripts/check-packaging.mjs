@@ -30,8 +30,8 @@ const RUNTIME_FILES = [
   'dist/main/app/electron-main.js',
   'dist/preload/preload.js',
   'dist/main/manager/vm-process.js',
-  'dist/main/vmm/machine-thread.js',
-  'dist/main/vmm/ap-worker.js',
+  'dist/main/vmm/machine/machine-thread.js',
+  'dist/main/vmm/vcpu/ap-worker.js',
   'dist/native/kvm.js',
   'dist/renderer/index.html',
 ];

@@ -3,9 +3,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../vmm/config';
-import type { MachineEnd, MachineStats } from '../vmm/machine';
-import { epochMs } from '../vmm/shared';
-import { VmHost } from '../vmm/vm-host';
+import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
+import { epochMs } from '../vmm/shared/control';
+import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
 import { formatStats } from './stats';
 

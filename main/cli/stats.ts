@@ -1,4 +1,4 @@
-import type { MachineStats } from '../vmm/machine';
+import type { MachineStats } from '../vmm/machine/machine';
 
 /** The --stats table: exits by reason, then by device. */
 export function formatStats(s: MachineStats): string {

@@ -12,7 +12,7 @@ import { comIndex, vmSpecProblems } from '../api/schema';
 import type { ApiBackend } from '../api/session';
 import type { ServerEvent } from '../api/wire';
 import type { MachineConfig } from '../vmm/config';
-import type { MachineEnd, MachineStats } from '../vmm/machine';
+import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import { LogBuffer, ScrollbackBuffer } from './buffers';
 import { VmLibrary, type VmRecord, LIBRARY_FORMAT_VERSION } from './library';
 import { machineConfigOf, specFileProblems } from './machine-config';

@@ -2,8 +2,8 @@
 // Carried by child_process IPC with "advanced" serialization under Node, and by
 // utilityProcess's MessagePort under Electron; both clone Uint8Arrays.
 import type { MachineConfig } from '../vmm/config';
-import type { MachineEnd, MachineStats } from '../vmm/machine';
-import type { VmState as HostState } from '../vmm/vm-host';
+import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
+import type { VmState as HostState } from '../vmm/host/vm-host';
 
 export type VmCommand = 'stop' | 'pause' | 'resume' | 'reset' | 'stats';
 

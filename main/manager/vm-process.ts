@@ -6,7 +6,7 @@
 // process.exit() hangs while a thread is inside KVM_RUN, so every way out stops the
 // machine first; if even that hangs, the process kills itself with SIGKILL.
 import type { MachineConfig } from '../vmm/config';
-import { VmHost } from '../vmm/vm-host';
+import { VmHost } from '../vmm/host/vm-host';
 import {
   OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, type ManagerToVm, type VmCommand, type VmToManager,
 } from './vm-process-protocol';

@@ -10,7 +10,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { defaultConfig, type MachineConfig } from '../../main/vmm/config';
-import { VmHost } from '../../main/vmm/vm-host';
+import { VmHost } from '../../main/vmm/host/vm-host';
 import { benchOutputDir, guestsSrc, writeBenchResult } from './paths';
 
 export type FloodPhase = 'byte' | 'fifo';

@@ -2,9 +2,9 @@
 // line, recorded host notifications and a manual retry scheduler), a terminal on a PTY
 // slave, and waiting for a condition.
 import fs from 'node:fs';
-import type { HostNotification } from '../../main/vmm/context';
+import type { HostNotification } from '../../main/vmm/devices/context';
 import { IER, Uart16550, type TransmitSink } from '../../main/vmm/devices/uart16550';
-import { IrqLines, type IrqPin, type SharedIrqLine } from '../../main/vmm/irq';
+import { IrqLines, type IrqPin, type SharedIrqLine } from '../../main/vmm/platform/irq';
 
 export class FakeRing implements TransmitSink {
   bytes: number[] = [];

@@ -2,8 +2,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { defaultConfig, type MachineConfig } from '../../main/vmm/config';
-import type { MachineEnd, MachineStats } from '../../main/vmm/machine';
-import { VmHost } from '../../main/vmm/vm-host';
+import type { MachineEnd, MachineStats } from '../../main/vmm/machine/machine';
+import { VmHost } from '../../main/vmm/host/vm-host';
 
 export const repoRoot = path.resolve(__dirname, '..', '..', '..');
 export const guestsDir = path.join(repoRoot, 'build', 'guests');

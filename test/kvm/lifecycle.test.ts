@@ -3,8 +3,8 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { MachineConfig } from '../../main/vmm/config';
-import type { MachineEnd, MachineStats } from '../../main/vmm/machine';
-import { VmHost, type VmState } from '../../main/vmm/vm-host';
+import type { MachineEnd, MachineStats } from '../../main/vmm/machine/machine';
+import { VmHost, type VmState } from '../../main/vmm/host/vm-host';
 import { flatConfig, kvmSkipReason } from '../helpers/vm';
 
 const skip = kvmSkipReason() ?? false;

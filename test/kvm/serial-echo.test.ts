@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { VmHost } from '../../main/vmm/vm-host';
+import { VmHost } from '../../main/vmm/host/vm-host';
 import { waitFor } from '../helpers/uart';
 import { flatConfig, kvmSkipReason } from '../helpers/vm';
 

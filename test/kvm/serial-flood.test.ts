@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { libc } from '../../native';
-import { VmHost } from '../../main/vmm/vm-host';
+import { VmHost } from '../../main/vmm/host/vm-host';
 import { waitFor } from '../helpers/uart';
 import { flatConfig, kvmSkipReason } from '../helpers/vm';
 

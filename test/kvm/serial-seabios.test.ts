@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { defaultConfig } from '../../main/vmm/config';
-import { VmHost } from '../../main/vmm/vm-host';
+import { VmHost } from '../../main/vmm/host/vm-host';
 import { waitFor } from '../helpers/uart';
 import { kvmSkipReason } from '../helpers/vm';
 

@@ -2,8 +2,8 @@
 // poweroff does with the values read from our FADT and DSDT must power the machine off.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { buildAcpiTables } from '../../main/vmm/acpi';
-import { MmioBus, PioBus } from '../../main/vmm/bus';
+import { buildAcpiTables } from '../../main/vmm/platform/acpi';
+import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
 import { buildPciPlatform } from '../../main/vmm/devices/pci';
 
 /** Decodes an AML integer constant (ZeroOp, OneOp, Byte/Word/DWord prefix). */

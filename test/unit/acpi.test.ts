@@ -6,10 +6,10 @@ import path from 'node:path';
 import { test } from 'node:test';
 import {
   ACPI_TABLES_BASE, amlInteger, amlPkgLength, buildAcpiTables, buildDsdtAml, eisaId, type AcpiOptions, type AcpiTables,
-} from '../../main/vmm/acpi';
+} from '../../main/vmm/platform/acpi';
 import {
   ACPI_GPE0_BASE, ACPI_PM1A_CNT, ACPI_PM1A_EVT, ACPI_PM_TMR, ACPI_S5_SLP_TYP, ACPI_SCI_IRQ, IOAPIC_BASE, LAPIC_BASE,
-} from '../../main/vmm/layout';
+} from '../../main/vmm/platform/layout';
 
 const sum = (b: Uint8Array) => b.reduce((s, x) => (s + x) & 0xff, 0);
 

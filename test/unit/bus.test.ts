@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/bus';
-import { ByteRing } from '../../main/vmm/shared';
+import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/devices/bus';
+import { ByteRing } from '../../main/vmm/shared/control';
 
 class Latch implements IoDevice {
   last: [number, number, number] | null = null;

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CoalescedRing, EXIT, RUN } from '../../native/kvm';
-import { PioBus, MmioBus, type IoDevice } from '../../main/vmm/bus';
-import { ACTION, ExitDispatcher } from '../../main/vmm/exits';
+import { PioBus, MmioBus, type IoDevice } from '../../main/vmm/devices/bus';
+import { ACTION, ExitDispatcher } from '../../main/vmm/machine/exits';
 
 /** Queues a write the way KVM does (struct kvm_coalesced_mmio at `last`, then `last` moves). */
 function queue(buffer: SharedArrayBuffer, ringOffset: number, port: number, length: number, value: number): void {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { cpuidFor } from '../../main/vmm/cpuid';
+import { cpuidFor } from '../../main/vmm/machine/cpuid';
 import type { CpuidEntry } from '../../native/kvm';
 
 const entry = (fn: number, index: number, regs: Partial<CpuidEntry> = {}): CpuidEntry =>

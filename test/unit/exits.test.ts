@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EXIT, RUN } from '../../native';
-import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/bus';
-import { ACTION, ExitDispatcher } from '../../main/vmm/exits';
+import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/devices/bus';
+import { ACTION, ExitDispatcher } from '../../main/vmm/machine/exits';
 import { Prng } from '../helpers/prng';
 
 const RUN_SIZE = 3 * 4096;

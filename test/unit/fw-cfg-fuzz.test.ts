@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { FW_CFG, FW_CFG_DMA, FwCfg } from '../../main/vmm/devices/fw-cfg';
-import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory';
+import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
 
 /** xorshift32: a small seeded PRNG so a failure replays exactly. */
 function prng(seed: number): () => number {

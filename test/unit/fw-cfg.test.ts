@@ -3,8 +3,8 @@ import { test } from 'node:test';
 import { configureFirmware } from '../../main/vmm/boot/firmware';
 import { defaultConfig } from '../../main/vmm/config';
 import { FW_CFG, FW_CFG_DMA, FwCfg, u32 } from '../../main/vmm/devices/fw-cfg';
-import { buildE820, E820_RAM, E820_RESERVED, encodeE820 } from '../../main/vmm/e820';
-import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory';
+import { buildE820, E820_RAM, E820_RESERVED, encodeE820 } from '../../main/vmm/platform/e820';
+import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
 
 const RAM_SIZE = 0x100000;
 const ROM_BASE = 0x200000;

@@ -1,6 +1,6 @@
 // Synthetic kernel images for the Linux loader tests: a bzImage with a real setup
 // header layout and a minimal ELF64 vmlinux. Not test files themselves.
-import { GuestMemory } from '../../main/vmm/memory';
+import { GuestMemory } from '../../main/vmm/memory/guest-memory';
 
 /** Guest RAM of `size` bytes at address 0, with no KVM behind it. */
 export function ramOf(size: number): GuestMemory {

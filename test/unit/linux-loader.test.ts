@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KernelImageError, LINUX_BOOT_LAYOUT, loadLinux, parseKernelImage, type LinuxLoadOptions } from '../../main/vmm/boot/linux';
-import { buildE820 } from '../../main/vmm/e820';
-import { GuestMemory } from '../../main/vmm/memory';
+import { buildE820 } from '../../main/vmm/platform/e820';
+import { GuestMemory } from '../../main/vmm/memory/guest-memory';
 import { makeBzImage, makeElfKernel, ramOf } from './linux-loader-images';
 
 const MiB = 0x100000;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { allocateRam, allocateRom, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory';
+import { allocateRam, allocateRom, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory/guest-memory';
 import { GuestRamBlock } from '../../native/kvm';
 import { Prng } from '../helpers/prng';
 

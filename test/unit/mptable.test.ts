@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { IOAPIC_BASE, LAPIC_BASE } from '../../main/vmm/layout';
-import { buildMpTable, isaIrqPin, ISA_IRQ0_PIN, MPTABLE_ADDRESS, pcIrqRoutes, type MpTableOptions } from '../../main/vmm/mptable';
+import { IOAPIC_BASE, LAPIC_BASE } from '../../main/vmm/platform/layout';
+import { buildMpTable, isaIrqPin, ISA_IRQ0_PIN, MPTABLE_ADDRESS, pcIrqRoutes, type MpTableOptions } from '../../main/vmm/platform/mptable';
 
 const sum = (b: Uint8Array) => b.reduce((s, x) => (s + x) & 0xff, 0);
 

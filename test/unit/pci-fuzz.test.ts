@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/bus';
+import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/devices/bus';
 import { buildPciPlatform, MsiCapability, PciDevice } from '../../main/vmm/devices/pci';
 
 function prng(seed: number): () => number {

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/bus';
+import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/devices/bus';
 import {
   buildPciPlatform, MsiCapability, PCI_CFG, PCI_COMMAND, PciBus, PciDevice, PIIX4_PMBA, PIIX4_PMREGMISC, PM1_CNT, PM1_STS,
 } from '../../main/vmm/devices/pci';
-import { ACPI_GPE0_BASE, ACPI_PM_BASE } from '../../main/vmm/layout';
+import { ACPI_GPE0_BASE, ACPI_PM_BASE } from '../../main/vmm/platform/layout';
 
 interface Recorder {
   irqs: [number, boolean][];

@@ -9,7 +9,7 @@ import { libc } from '../../native';
 import type { SerialBackend } from '../../main/vmm/config';
 import {
   cflagFor, nearestBaud, openSerialBackend, type ModemStatusLines, type SerialEndpoint,
-} from '../../main/vmm/serial-backends';
+} from '../../main/vmm/host/serial-backends';
 import { openTerminal, waitFor } from '../helpers/uart';
 
 const { O_NOCTTY, O_NONBLOCK } = fs.constants;

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { HostNotification } from '../../main/vmm/context';
+import type { HostNotification } from '../../main/vmm/devices/context';
 import { Uart16550 } from '../../main/vmm/devices/uart16550';
-import { IrqLines } from '../../main/vmm/irq';
+import { IrqLines } from '../../main/vmm/platform/irq';
 import { Prng } from '../helpers/prng';
 import { FakeRing } from '../helpers/uart';
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { IrqLines, irqLinesOf } from '../../main/vmm/irq';
+import { IrqLines, irqLinesOf } from '../../main/vmm/platform/irq';
 import { IER, MCR, Uart16550 } from '../../main/vmm/devices/uart16550';
 import { FakeRing, REG } from '../helpers/uart';
 

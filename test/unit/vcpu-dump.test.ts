@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { allocateRam, GuestMemory, MiB } from '../../main/vmm/memory';
-import { apicVectors, describePic, translate } from '../../main/vmm/vcpu-dump';
+import { allocateRam, GuestMemory, MiB } from '../../main/vmm/memory/guest-memory';
+import { apicVectors, describePic, translate } from '../../main/vmm/machine/vcpu-dump';
 
 test('apicVectors lists the set bits of a 256-bit LAPIC register (words 16 bytes apart)', () => {
   const page = Buffer.alloc(1024);

@@ -8,10 +8,10 @@ import path from 'node:path';
 import type { KvmVcpu } from '../../../native';
 import { ConfigError, type MachineConfig } from '../config';
 import { FW_CFG, type FwCfg, u16, u32, u64 } from '../devices/fw-cfg';
-import { buildE820, E820_RAM, encodeE820 } from '../e820';
-import { COM_PORTS } from '../layout';
-import type { Machine } from '../machine';
-import { allocateRom, FOUR_GIB, type GuestMemory } from '../memory';
+import { buildE820, E820_RAM, encodeE820 } from '../platform/e820';
+import { COM_PORTS } from '../platform/layout';
+import type { Machine } from '../machine/machine';
+import { allocateRom, FOUR_GIB, type GuestMemory } from '../memory/guest-memory';
 
 /** Where Debian's seabios package puts the image (256 KiB first: it has more features). */
 export const DEFAULT_FIRMWARE_PATHS = ['/usr/share/seabios/bios-256k.bin', '/usr/share/seabios/bios.bin'];

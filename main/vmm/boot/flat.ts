@@ -2,7 +2,7 @@
 // Used by test guests and benchmarks that need no firmware.
 import { readFile } from 'node:fs/promises';
 import type { KvmVcpu } from '../../../native';
-import type { Machine } from '../machine';
+import type { Machine } from '../machine/machine';
 
 export async function bootFlat(machine: Machine, bsp: KvmVcpu, file: string, address: number): Promise<void> {
   const image = await readFile(file).catch((e: NodeJS.ErrnoException) => {

@@ -1,6 +1,6 @@
 // Puts the boot payload into guest memory and sets the vCPUs' starting state.
 import type { KvmVcpu } from '../../../native';
-import type { Machine } from '../machine';
+import type { Machine } from '../machine/machine';
 import { bootFirmware } from './firmware';
 import { bootFlat } from './flat';
 import { bootLinux } from './linux';

@@ -7,14 +7,14 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { KvmVcpu } from '../../../native';
-import { buildAcpiTables, type AcpiOptions } from '../acpi';
-import { buildE820, type E820Entry } from '../e820';
+import { buildAcpiTables, type AcpiOptions } from '../platform/acpi';
+import { buildE820, type E820Entry } from '../platform/e820';
 import type { BootSource } from '../config';
-import type { Machine } from '../machine';
-import type { Platform } from '../platform';
-import type { GuestMemory } from '../memory';
-import { buildMpTable, type PciIrqWire } from '../mptable';
-import { ACPI_SCI_IRQ, PCI_MMIO_BASE, PCI_MMIO_END } from '../layout';
+import type { Machine } from '../machine/machine';
+import type { Platform } from '../platform/platform';
+import type { GuestMemory } from '../memory/guest-memory';
+import { buildMpTable, type PciIrqWire } from '../platform/mptable';
+import { ACPI_SCI_IRQ, PCI_MMIO_BASE, PCI_MMIO_END } from '../platform/layout';
 import { PciBus } from '../devices/pci';
 import {
   buildBootGdt, buildIdentityPageTables, CPUID_FEATURES, type CpuidFeature, type CpuMode, enterAt, setBootMsrs, setupLegacyLapic,

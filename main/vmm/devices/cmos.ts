@@ -1,7 +1,7 @@
 // The MC146818-compatible RTC and CMOS NVRAM at ports 0x70 (index, bit 7 masks NMI) and
 // 0x71 (data). The clock is computed from the host clock on access (the machine thread
 // has no timers while a vCPU runs), as is register C's flags; IRQ 8 is not raised.
-import type { IoDevice } from '../bus';
+import type { IoDevice } from './bus';
 
 export const CMOS_PORT = 0x70;
 

@@ -2,8 +2,8 @@
 // driver use it: a 16-bit selector at 0x510, an 8-bit auto-incrementing data port at
 // 0x511, and the DMA interface at 0x514 (big-endian address, high half then low half;
 // writing the low half runs the transfer synchronously).
-import type { IoDevice } from '../bus';
-import type { GuestMemory } from '../memory';
+import type { IoDevice } from './bus';
+import type { GuestMemory } from '../memory/guest-memory';
 
 export const FW_CFG = {
   SIGNATURE: 0x00,

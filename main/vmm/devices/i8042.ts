@@ -15,7 +15,7 @@
 // A20: KVM guests always run with A20 enabled and we do not emulate the address wrap
 // (nothing after DOS needs it, and unmapping the wrap alias would cost a memory slot
 // per toggle). The gate's state is recorded and read back so probes see what they wrote.
-import type { IoDevice } from '../bus';
+import type { IoDevice } from './bus';
 
 /** Status register bits (port 0x64 read). */
 export const STATUS = {

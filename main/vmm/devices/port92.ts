@@ -1,7 +1,7 @@
 // System Control Port A (port 0x92, "fast A20 and reset" of PS/2 and later chipsets).
 // Bit 1 gates A20 and bit 0 resets the CPU on a 0 → 1 transition; the other bits are
 // kept and read back. A20 is recorded, not emulated: see devices/i8042.ts.
-import type { IoDevice } from '../bus';
+import type { IoDevice } from './bus';
 
 export const PORT92_RESET = 0x01;
 export const PORT92_A20 = 0x02;

@@ -1,7 +1,7 @@
 // Small fixed-function ports: the debug console (0x402), the POST code port (0x80)
 // and QEMU's isa-debug-exit (0xf4) for tests.
-import type { IoDevice } from '../bus';
-import type { ByteRing } from '../shared';
+import type { IoDevice } from './bus';
+import type { ByteRing } from '../shared/control';
 
 /** QEMU/Bochs debug console: bytes written go to the host; reads return 0xe9 (present). */
 export class DebugConsole implements IoDevice {

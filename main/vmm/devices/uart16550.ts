@@ -25,9 +25,9 @@
 //   re-raises the interrupt as a new edge; we give the edge at once (the IRQ output is
 //   pulsed) so an ISA edge-triggered PIC still interrupts a driver that reads one byte
 //   per interrupt.
-import type { IoDevice } from '../bus';
-import type { HostNotification, LineSettings, ModemControl } from '../context';
-import type { IrqPin } from '../irq';
+import type { IoDevice } from './bus';
+import type { HostNotification, LineSettings, ModemControl } from './context';
+import type { IrqPin } from '../platform/irq';
 
 /** Where transmitted bytes go (the port's ByteRing to the VM host thread). */
 export interface TransmitSink {

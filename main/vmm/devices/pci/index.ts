@@ -1,8 +1,8 @@
 // The i440FX/PIIX PCI platform: bus 0, configuration mechanism #1, the host bridge at
 // 00:00.0, the PIIX3 ISA bridge at 00:01.0 and the PIIX4 PM function at 00:01.3.
-import type { MmioBus, PioBus } from '../../bus';
-import { irqLinesOf, type IrqPin } from '../../irq';
-import { ACPI_SCI_IRQ } from '../../layout';
+import type { MmioBus, PioBus } from '../bus';
+import { irqLinesOf, type IrqPin } from '../../platform/irq';
+import { ACPI_SCI_IRQ } from '../../platform/layout';
 import { I440fxHostBridge } from './i440fx';
 import { PCI_CONFIG_ADDRESS_PORT, PCI_HOST_PORT_SPAN, PciBus, PciHost } from './pci-bus';
 import { Piix3IsaBridge, Piix4Pm } from './piix';

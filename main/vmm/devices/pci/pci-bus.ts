@@ -1,7 +1,7 @@
 // PCI bus 0 and the host's configuration mechanism #1: the address register at 0xcf8
 // (dword, bit 31 enables), data at 0xcfc-0xcff (byte/word/dword), and the PIIX reset
 // control register, a byte at 0xcf9 in the middle of the address register.
-import type { IoDevice, MmioBus, PioBus } from '../../bus';
+import type { IoDevice, MmioBus, PioBus } from '../bus';
 import type { PciDevice } from './pci-device';
 
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;

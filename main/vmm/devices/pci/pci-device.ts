@@ -1,7 +1,7 @@
 // A PCI function's type 0 configuration space: identity, command/status, BARs (with the
 // write-all-ones sizing protocol), interrupt pin/line, a capability list, INTx and MSI.
 // Device models (virtio, xHCI, ...) extend PciDevice and declare their BARs.
-import type { IoDevice, MmioDevice } from '../../bus';
+import type { IoDevice, MmioDevice } from '../bus';
 import type { PciBus } from './pci-bus';
 
 export const PCI_CFG = {

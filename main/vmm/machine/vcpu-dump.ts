@@ -2,8 +2,8 @@
 // more exits is spinning: registers, control registers, the LAPIC's interrupt state and the
 // words on its stack that look like kernel text addresses (a poor man's backtrace).
 // Runs on the thread that owns the vCPU while it is outside KVM_RUN.
-import type { KvmVcpu } from '../../native/kvm';
-import type { GuestMemory } from './memory';
+import type { KvmVcpu } from '../../../native/kvm';
+import type { GuestMemory } from '../memory/guest-memory';
 
 /** LAPIC register offsets inside struct kvm_lapic_state (the APIC page). */
 const APIC_TPR = 0x80;

@@ -1,9 +1,9 @@
 // Entry point of the machine thread (a worker of the VM process).
 import { parentPort, workerData } from 'node:worker_threads';
-import type { MachineConfig } from './config';
-import { prefetchLinuxFiles } from './boot/linux';
+import type { MachineConfig } from '../config';
+import { prefetchLinuxFiles } from '../boot/linux';
 import { Machine, type MachineToHost } from './machine';
-import { ByteRing, ControlBlock, epochMs } from './shared';
+import { ByteRing, ControlBlock, epochMs } from '../shared/control';
 
 export type HostToMachine =
   | { type: 'resume' }

@@ -1,8 +1,8 @@
 // What a device model may use of the machine it lives in.
 import type { MmioBus, PioBus } from './bus';
-import type { MachineConfig } from './config';
-import type { GuestMemory } from './memory';
-import type { ByteRing } from './shared';
+import type { MachineConfig } from '../config';
+import type { GuestMemory } from '../memory/guest-memory';
+import type { ByteRing } from '../shared/control';
 
 export interface SerialLink {
   /** Guest → host bytes. */

@@ -3,23 +3,23 @@
 // APs run in their own workers and hand their I/O exits here through mailboxes.
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import * as libc from '../../native/libc';
+import * as libc from '../../../native/libc';
 // From the module itself, not the native/ index, whose re-exports are getters (hot path).
 import {
   CoalescedRing, KVM_CAP, KvmSystem, KvmVcpu, type KvmVm, RUN, RUN_AGAIN, RUN_KICKED,
-} from '../../native/kvm';
-import { PCI_CONFIG_ADDRESS_PORT } from './devices/pci/pci-bus';
+} from '../../../native/kvm';
+import { PCI_CONFIG_ADDRESS_PORT } from '../devices/pci/pci-bus';
 import { cpuidFor } from './cpuid';
-import { MmioBus, PioBus } from './bus';
-import type { MachineConfig } from './config';
-import type { HostNotification, MachineContext } from './context';
+import { MmioBus, PioBus } from '../devices/bus';
+import type { MachineConfig } from '../config';
+import type { HostNotification, MachineContext } from '../devices/context';
 import { ACTION, type Action, ExitDispatcher } from './exits';
-import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from './memory';
-import { buildPlatform, type Platform } from './platform';
-import { prepareBoot } from './boot';
-import { pcIrqRoutes } from './mptable';
+import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from '../memory/guest-memory';
+import { buildPlatform, type Platform } from '../platform/platform';
+import { prepareBoot } from '../boot';
+import { pcIrqRoutes } from '../platform/mptable';
 import { describePic, describeVcpu } from './vcpu-dump';
-import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from './shared';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from '../shared/control';
 
 export type MachineEnd =
   | { reason: 'poweroff'; exitCode: number }
@@ -211,7 +211,7 @@ export class Machine implements MachineContext {
     libc.installKickHandler();
     control.setTid(0, libc.gettid());
     for (const h of this.vcpus.slice(1)) {
-      h.worker = new Worker(path.join(__dirname, 'ap-worker.js'), {
+      h.worker = new Worker(path.join(__dirname, '..', 'vcpu', 'ap-worker.js'), {
         workerData: {
           cpu: h.cpu, fd: h.vcpu.fd, runBuffer: h.vcpu.runBuffer, runOffset: h.vcpu.runBytes.byteOffset,
           runSize: h.vcpu.runBytes.length, control: control.buffer,

@@ -1,6 +1,6 @@
 // Guest physical memory: RAM below the PCI hole, RAM above 4 GiB for large guests,
 // and read-only ROM windows. All of it is V8-owned SharedArrayBuffer memory.
-import { GuestRamBlock, KVM_MEM_READONLY, libc, type KvmVm } from '../../native';
+import { GuestRamBlock, KVM_MEM_READONLY, libc, type KvmVm } from '../../../native';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;

@@ -6,9 +6,9 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import tty from 'node:tty';
-import { libc, NativeError } from '../../native';
-import type { SerialBackend } from './config';
-import type { LineSettings, ModemControl } from './context';
+import { libc, NativeError } from '../../../native';
+import type { SerialBackend } from '../config';
+import type { LineSettings, ModemControl } from '../devices/context';
 
 export interface SerialEndpoint {
   /** Human-readable: "stdio", "/dev/pts/5", "tcp 127.0.0.1:4555", … */

@@ -2,7 +2,7 @@
 // table) describing CPUs, buses, the IOAPIC and interrupt wiring, for guests that do
 // not use ACPI (Linux with acpi=off, old kernels). Also the platform's ISA interrupt
 // wiring itself, which the ACPI MADT and KVM's GSI routing must agree with.
-import type { IrqRoute } from '../../native';
+import type { IrqRoute } from '../../../native';
 import { IOAPIC_BASE, IOAPIC_PINS, LAPIC_BASE } from './layout';
 
 /** ISA IRQ 0 (the PIT) is wired to IOAPIC pin 2, as on PC chipsets; pin 0 carries the 8259's INTR. */

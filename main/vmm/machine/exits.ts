@@ -2,8 +2,8 @@
 // Runs on the machine thread for vCPU 0 and for every AP (whose run pages are shared).
 // Imported from the module itself, not the native/ index: re-exports are getters,
 // and these constants are read on every exit.
-import { type CoalescedRing, EXIT, EXIT_NAMES, RUN } from '../../native/kvm';
-import type { MmioBus, PioBus } from './bus';
+import { type CoalescedRing, EXIT, EXIT_NAMES, RUN } from '../../../native/kvm';
+import type { MmioBus, PioBus } from '../devices/bus';
 
 /** What the run loop should do after an exit. */
 export const ACTION = { CONTINUE: 0, RESET: 1, POWEROFF: 2, ERROR: 3 } as const;

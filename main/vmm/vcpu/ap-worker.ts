@@ -1,9 +1,9 @@
 // An application processor: runs KVM_RUN on its own thread and hands I/O exits to
 // the machine thread, which owns the device models.
 import { workerData } from 'node:worker_threads';
-import * as libc from '../../native/libc';
-import { EXIT, KVM, RUN, RUN_AGAIN, RUN_KICKED } from '../../native/kvm';
-import { COMMAND, ControlBlock, kickVcpu, MAILBOX } from './shared';
+import * as libc from '../../../native/libc';
+import { EXIT, KVM, RUN, RUN_AGAIN, RUN_KICKED } from '../../../native/kvm';
+import { COMMAND, ControlBlock, kickVcpu, MAILBOX } from '../shared/control';
 
 interface ApWorkerData {
   cpu: number;

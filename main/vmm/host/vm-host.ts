@@ -4,14 +4,14 @@
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { MachineConfig } from './config';
-import type { HostNotification } from './context';
-import type { HostToMachine, MachineThreadData } from './machine-thread';
-import type { MachineEnd, MachineStats, MachineToHost } from './machine';
-import { DEBUGCON_RING } from './platform';
+import type { MachineConfig } from '../config';
+import type { HostNotification } from '../devices/context';
+import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
+import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
+import { DEBUGCON_RING } from '../platform/platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
-import { CoalescedRing } from '../../native/kvm';
-import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from './shared';
+import { CoalescedRing } from '../../../native/kvm';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from '../shared/control';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -98,7 +98,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       control: this.control.buffer,
       rings: this.rings.map((r) => r.buffer),
     };
-    const worker = new Worker(path.join(__dirname, 'machine-thread.js'), { workerData: data });
+    const worker = new Worker(path.join(__dirname, '..', 'machine', 'machine-thread.js'), { workerData: data });
     this.worker = worker;
     return new Promise((resolve, reject) => {
       let started = false;

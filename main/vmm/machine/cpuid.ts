@@ -1,5 +1,5 @@
 // The CPUID each vCPU gets: what KVM supports, plus the bits only the VMM can decide.
-import type { CpuidEntry } from '../../native/kvm';
+import type { CpuidEntry } from '../../../native/kvm';
 
 /** CPUID leaf 1 ECX bits KVM_GET_SUPPORTED_CPUID leaves for the VMM to decide. */
 const CPUID1_ECX_TSC_DEADLINE = 1 << 24;

@@ -1,6 +1,6 @@
 // The BIOS memory map (e820) of a machine, shared by the firmware (fw_cfg "etc/e820")
 // and the Linux loader (boot_params), so both describe the same layout.
-import type { GuestMemory } from './memory';
+import type { GuestMemory } from '../memory/guest-memory';
 
 export const E820_RAM = 1;
 export const E820_RESERVED = 2;

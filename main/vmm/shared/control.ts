@@ -1,7 +1,7 @@
 // State shared between the VM host thread, the machine thread (vCPU 0 + devices)
 // and the AP threads, all in SharedArrayBuffers so no message is needed on hot paths.
-import { libc, RUN } from '../../native';
-import { MAX_CPUS } from './config';
+import { libc, RUN } from '../../../native';
+import { MAX_CPUS } from '../config';
 
 export const COMMAND = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 export const STATE = { STARTING: 0, RUNNING: 1, PAUSED: 2, STOPPED: 3 } as const;

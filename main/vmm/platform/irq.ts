@@ -2,7 +2,7 @@
 // share IRQ 4, COM2 and COM4 share IRQ 3, PCI INTx pins share their routed GSI): the
 // line is the OR of their levels, and the irqchip is told only when that OR changes,
 // so one device lowering its output never drops an interrupt another device asserts.
-import type { MachineContext } from './context';
+import type { MachineContext } from '../devices/context';
 
 /** One device's connection to an interrupt line. */
 export interface IrqPin {

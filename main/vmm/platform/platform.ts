@@ -1,15 +1,15 @@
 // The PC platform: which device models a machine has and where they sit.
-import type { MachineContext } from './context';
-import { DebugConsole, DebugExitPort, PostCodePort } from './devices/simple';
-import { I8042 } from './devices/i8042';
-import { Port92 } from './devices/port92';
-import { Uart16550 } from './devices/uart16550';
+import type { MachineContext } from '../devices/context';
+import { DebugConsole, DebugExitPort, PostCodePort } from '../devices/simple';
+import { I8042 } from '../devices/i8042';
+import { Port92 } from '../devices/port92';
+import { Uart16550 } from '../devices/uart16550';
 import { irqLinesOf } from './irq';
 import { COM_PORTS, FW_CFG_PORT_SEL } from './layout';
-import { Cmos, CMOS_PORT } from './devices/cmos';
-import { FW_CFG_PORT_SPAN, FwCfg } from './devices/fw-cfg';
-import { buildPciPlatform, type PciPlatform } from './devices/pci';
-import { FOUR_GIB } from './memory';
+import { Cmos, CMOS_PORT } from '../devices/cmos';
+import { FW_CFG_PORT_SPAN, FwCfg } from '../devices/fw-cfg';
+import { buildPciPlatform, type PciPlatform } from '../devices/pci';
+import { FOUR_GIB } from '../memory/guest-memory';
 
 /** What the host side needs of a UART: bytes in and modem status lines. */
 export interface SerialPortModel {
