@@ -3,6 +3,7 @@ import type { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from '../config';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { ByteRing } from '../shared/control';
+import type { StatsRegistry } from '../shared/stats';
 
 export interface SerialLink {
   /** Guest → host bytes. */
@@ -29,6 +30,8 @@ export interface MachineContext {
   readonly pio: PioBus;
   readonly mmio: MmioBus;
   readonly cpuCount: number;
+  /** Where device models register and bump their counters. */
+  readonly statistics: StatsRegistry;
   /** Drives an interrupt line (GSI) of the in-kernel PIC/IOAPIC. */
   setIrq(gsi: number, level: boolean): void;
   /** Delivers an MSI through KVM. */

@@ -11,6 +11,7 @@ import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine
 import { DEBUGCON_RING } from '../platform/platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
+import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from '../shared/control';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -25,14 +26,21 @@ export interface VmHostEvents {
   ended: [MachineEnd, MachineStats];
   /** A start-up milestone of each launch (porthole run --timings prints them). */
   timing: [StartupTiming];
+  /** A reading of the statistics registry, several times a second while the VM runs. */
+  stats: [StatsSample];
 }
 
 const RING_POLL_MS = 2;
+const STATS_BYTES = STATS_CAPACITY * 4;
 
 export class VmHost extends EventEmitter<VmHostEvents> {
   private worker: Worker | null = null;
   private control = new ControlBlock();
   private readonly rings = Array.from({ length: 5 }, () => new ByteRing());
+  /** The statistics registry's counters: made once per VM, kept across resets. */
+  private readonly statsBuffer = new SharedArrayBuffer(STATS_BYTES);
+  private statsSchema: CounterSpec[] = [];
+  readonly statsSampler = new StatsSampler(this.statsBuffer);
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   private pollTimer: NodeJS.Timeout | null = null;
   private endpoints: (SerialEndpoint | null)[] = [];
@@ -97,6 +105,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       config: this.config,
       control: this.control.buffer,
       rings: this.rings.map((r) => r.buffer),
+      stats: { buffer: this.statsBuffer, schema: this.statsSchema },
     };
     const worker = new Worker(path.join(__dirname, '..', 'machine', 'machine-thread.js'), { workerData: data });
     this.worker = worker;
@@ -107,6 +116,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           case 'started':
             started = true;
             this.runPages = m.runPages;
+            this.statsSchema = m.statsSchema;
+            this.statsSampler.setSchema(m.statsSchema);
             this.coalescedRing = m.coalescedRing && new CoalescedRing(m.coalescedRing.buffer, m.coalescedRing.offset);
             this.coalescedLastSeen = -1;
             for (const t of m.timings) this.emit('timing', t);

@@ -4,6 +4,7 @@ import type { MachineConfig } from '../config';
 import { prefetchLinuxFiles } from '../boot/linux';
 import { Machine, type MachineToHost } from './machine';
 import { ByteRing, ControlBlock, epochMs } from '../shared/control';
+import { type CounterSpec, StatsRegistry } from '../shared/stats';
 
 export type HostToMachine =
   | { type: 'resume' }
@@ -16,6 +17,8 @@ export interface MachineThreadData {
   config: MachineConfig;
   control: SharedArrayBuffer;
   rings: SharedArrayBuffer[];
+  /** The VM's statistics registry and the counters earlier launches registered. */
+  stats: { buffer: SharedArrayBuffer; schema: CounterSpec[] };
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -25,12 +28,19 @@ if (!port) throw new Error('machine-thread must run as a worker');
 const data = workerData as MachineThreadData;
 const post = (m: MachineToHost) => port.postMessage(m);
 
+function statsRegistryOf(stats: MachineThreadData['stats']): StatsRegistry {
+  const registry = new StatsRegistry(stats.buffer);
+  registry.adopt(stats.schema);
+  return registry;
+}
+
 async function main(): Promise<void> {
   // The kernel and initrd are read while KVM creates the VM, its RAM and vCPUs.
   prefetchLinuxFiles(data.config.boot);
   const machine = new Machine(data.config, {
     control: new ControlBlock(data.control),
     rings: data.rings.map((b) => new ByteRing(b)),
+    stats: statsRegistryOf(data.stats),
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });

@@ -19,6 +19,7 @@ import { buildPlatform, type Platform } from '../platform/platform';
 import { prepareBoot } from '../boot';
 import { pcIrqRoutes } from '../platform/mptable';
 import { describePic, describeVcpu } from './vcpu-dump';
+import type { CounterSpec, StatsRegistry } from '../shared/stats';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from '../shared/control';
 
 export type MachineEnd =
@@ -38,6 +39,8 @@ export interface MachineChannels {
   control: ControlBlock;
   /** COM1..COM4 output rings, then the debug console. */
   rings: ByteRing[];
+  /** The VM's statistics registry (made by the VM host, kept across resets). */
+  stats: StatsRegistry;
   post(message: MachineToHost): void;
 }
 
@@ -46,6 +49,8 @@ export type MachineToHost =
     type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[];
     /** Milestones of this launch, the last one just before vCPU 0's first KVM_RUN. */
     timings: StartupTiming[];
+    /** Every counter registered so far, in slot order. */
+    statsSchema: CounterSpec[];
     /** Where KVM queues coalesced writes, so the host can kick vCPU 0 to apply stale ones. */
     coalescedRing: { buffer: SharedArrayBuffer; offset: number } | null;
   }
@@ -120,6 +125,9 @@ export class Machine implements MachineContext {
   requestPowerOff(exitCode = 0): void {
     this.exitCode = exitCode;
     this.dispatcher.requestPowerOff();
+  }
+  get statistics(): StatsRegistry {
+    return this.channels.stats;
   }
   log(text: string): void {
     this.channels.post({ type: 'log', text });
@@ -230,6 +238,7 @@ export class Machine implements MachineContext {
       type: 'started', cpus: this.cpuCount, ramBytes: this.memory.ramSize,
       runPages: this.vcpus.map((h) => ({ buffer: h.vcpu.runBuffer, offset: h.vcpu.runBytes.byteOffset })),
       timings: this.timings,
+      statsSchema: this.statistics.schema,
       coalescedRing: this.dispatcher.coalesced && { buffer: this.dispatcher.coalesced.buffer, offset: this.dispatcher.coalesced.byteOffset },
     });
     setImmediate(() => this.runSlice());
