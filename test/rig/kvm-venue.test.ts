@@ -13,7 +13,9 @@ import { findScenario } from './scenarios';
 import { kvmTestFiles, type ReportedFile, type ReportedTest } from './test-events';
 
 const groups = (process.env.PORTHOLE_RIG_TEST_GROUPS ?? 'kvm,e2e').split(',').filter(Boolean);
-const files = kvmTestFiles(repoRoot, groups);
+// PORTHOLE_RIG_TEST_FILES=dist/test/kvm/a.test.js,... runs only those files (a developer's quick check).
+const onlyFiles = process.env.PORTHOLE_RIG_TEST_FILES?.split(',').filter(Boolean) ?? null;
+const files = kvmTestFiles(repoRoot, groups).filter((f) => !onlyFiles || onlyFiles.includes(f));
 const results = new Map<string, ReportedFile>();
 const waiters = new Map<string, (r: ReportedFile | null) => void>();
 const attempts: RunReport[] = [];
@@ -32,7 +34,7 @@ async function runInL1(): Promise<void> {
     if (remaining.length === 0) break;
     const report = await runScenario(spec, {
       l1FaultRetries: 0,
-      env: [`TEST_GROUPS=${groups.join(',')}`, ...(attempt > 0 ? [`TEST_FILES=${remaining.join(',')}`] : [])],
+      env: [`TEST_GROUPS=${groups.join(',')}`, ...(attempt > 0 || onlyFiles ? [`TEST_FILES=${remaining.join(',')}`] : [])],
       print: progress,
       onMessage: (m) => {
         if (m.t !== 'test-file') return;
