@@ -43,6 +43,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   readonly statsSampler = new StatsSampler(this.statsBuffer);
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   private pollTimer: NodeJS.Timeout | null = null;
+  private statsTimer: NodeJS.Timeout | null = null;
+  /** How often the statistics registry is sampled into a 'stats' event (100 ms = 10 Hz at most). */
+  statsIntervalMs = 250;
   private endpoints: (SerialEndpoint | null)[] = [];
   private _state: VmState = 'stopped';
   private resetCount = 0;
@@ -94,6 +97,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     }
     await this.launchMachine();
     this.pollTimer = setInterval(() => this.drainRings(), RING_POLL_MS);
+    // Counters are read from shared memory: no vCPU is kicked for a sample.
+    this.statsTimer = setInterval(() => this.emit('stats', this.statsSampler.sample()), Math.max(100, this.statsIntervalMs));
+    this.statsTimer.unref();
   }
 
   private launchMachine(): Promise<void> {
@@ -176,6 +182,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private finish(end: MachineEnd, stats: MachineStats): void {
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = null;
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    this.emit('stats', this.statsSampler.sample());
     this.drainRings();
     this.closeEndpoints();
     this.setState('stopped');

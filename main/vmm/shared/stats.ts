@@ -6,6 +6,14 @@
 // threads, and no BigInt on the hot path). The sampler turns wrapped values into
 // 64-bit-safe totals by adding each interval's delta modulo 2^32.
 
+// Naming convention (group / name), so the UI, the CLI and tests agree:
+//   exits        / io, mmio, hlt, intr, ... (KVM exit reasons, all vCPUs)
+//   <device>     / pio-reads, pio-writes, mmio-reads, mmio-writes (bus accesses; device name as on the bus)
+//   COM1..COM4   / tx-bytes, rx-bytes (bytes)
+//   irq          / gsi-<n> (line assertions), msi (messages sent)
+//   <device>     / msix-<vector> (MSI-X messages sent per vector)
+//   <backend>    / read-bytes, write-bytes (bytes), reads, writes (operations)
+
 /** What a counter counts; the UI picks an axis and a unit from it. */
 export type CounterUnit = 'count' | 'bytes';
 
