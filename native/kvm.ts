@@ -520,10 +520,11 @@ export class CoalescedRing {
   }
 
   /**
-   * Applies queued writes in order: apply(isPio, address, length, value) with the value's
-   * low 4 bytes (ports take at most 4). Returns how many were applied.
+   * Applies queued writes in order: apply(isPio, address, length, value, high) with the
+   * value's low 4 bytes and, for an 8-byte MMIO write, its high 4 bytes (ports take at
+   * most 4). Returns how many were applied.
    */
-  drain(apply: (isPio: boolean, address: number, length: number, value: number) => void): number {
+  drain(apply: (isPio: boolean, address: number, length: number, value: number, high: number) => void): number {
     let first = Atomics.load(this.header, 0);
     // Atomics.load of `last` orders the entry reads after KVM's writes to them.
     const last = Atomics.load(this.header, 1);
@@ -535,10 +536,11 @@ export class CoalescedRing {
       const isPio = this.view.getUint32(e + 12, true) !== 0;
       const value = length >= 4 ? this.view.getUint32(e + 16, true)
         : length === 2 ? this.view.getUint16(e + 16, true) : this.view.getUint8(e + 16);
+      const high = length > 4 ? this.view.getUint32(e + 20, true) : 0;
       first = (first + 1) % CoalescedRing.CAPACITY;
       // Consumed before applying, so a device that ends the machine leaves no stale entry.
       Atomics.store(this.header, 0, first);
-      apply(isPio, address, length, value);
+      apply(isPio, address, length, value, high);
       n++;
     }
     return n;

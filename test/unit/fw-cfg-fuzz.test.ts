@@ -72,7 +72,7 @@ for (const seed of [1, 0xdecafbad, 20240229]) {
     // Invariants: ROM never written, read-only items unchanged, the interface still works.
     assert.ok(new Uint8Array(rom.buffer).every((b) => b === 0xa5));
     for (const [name, data] of frozen) assert.deepEqual(fw.itemData(name), data, `${name} changed`);
-    assert.ok(fw.dmaErrors <= fw.dmaTransfers);
+    assert.ok(fw.counters.dmaErrors.value <= fw.counters.dmaTransfers.value);
     fw.write(0, 2, FW_CFG.SIGNATURE);
     assert.equal(String.fromCharCode(fw.read(1, 1), fw.read(1, 1), fw.read(1, 1), fw.read(1, 1)), 'QEMU');
   });

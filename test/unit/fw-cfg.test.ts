@@ -136,7 +136,7 @@ test('a DMA read with SELECT copies the item, zero-fills past its end and report
   const control = dma(fw, memory, 0x1000, (key << 16) | FW_CFG_DMA.SELECT | FW_CFG_DMA.READ, 8, 0x3000);
   assert.equal(control, 0);
   assert.deepEqual([...memory.read(0x3000, 8)], [10, 11, 12, 13, 14, 0, 0, 0]);
-  assert.equal(fw.dmaErrors, 0);
+  assert.equal(fw.counters.dmaErrors.value, 0);
 });
 
 test('DMA SKIP advances the offset and a following READ continues from there', () => {
@@ -173,7 +173,7 @@ test('DMA WRITE only changes writable items, whole and in bounds', () => {
   // A read-only item: error.
   assert.equal(dma(fw, memory, 0x1000, (roKey << 16) | FW_CFG_DMA.SELECT | FW_CFG_DMA.WRITE, 1, 0x3000), FW_CFG_DMA.ERROR);
   assert.deepEqual([...(fw.itemData('etc/readonly') as Uint8Array)], [0, 0, 0, 0]);
-  assert.equal(fw.dmaErrors, 2);
+  assert.equal(fw.counters.dmaErrors.value, 2);
 });
 
 test('DMA targets outside guest memory or in ROM set the error bit and touch nothing', () => {
@@ -186,7 +186,7 @@ test('DMA targets outside guest memory or in ROM set the error bit and touch not
   assert.equal(dma(fw, memory, 0x1000, read, 16, ROM_BASE), FW_CFG_DMA.ERROR); // read-only
   assert.deepEqual([...memory.read(ROM_BASE, 16)], new Array(16).fill(0));
   assert.deepEqual([...memory.read(RAM_SIZE - 8, 8)], new Array(8).fill(0));
-  assert.equal(fw.dmaErrors, 4);
+  assert.equal(fw.counters.dmaErrors.value, 4);
 });
 
 test('a descriptor outside guest memory or in ROM is ignored without throwing', () => {
@@ -196,8 +196,8 @@ test('a descriptor outside guest memory or in ROM is ignored without throwing', 
   fw.write(DMA_HIGH, 4, 0);
   fw.write(DMA_LOW, 4, bswap32(RAM_SIZE - 4));
   fw.write(DMA_LOW, 4, bswap32(ROM_BASE)); // readable (zeros: no-op) but the status cannot be written
-  assert.equal(fw.dmaTransfers, 3);
-  assert.equal(fw.dmaErrors, 2);
+  assert.equal(fw.counters.dmaTransfers.value, 3);
+  assert.equal(fw.counters.dmaErrors.value, 2);
   assert.deepEqual([...memory.read(ROM_BASE, 16)], new Array(16).fill(0));
 });
 
@@ -206,7 +206,7 @@ test('the high address half is consumed by each transfer', () => {
   select(fw, FW_CFG.SIGNATURE);
   fw.write(DMA_HIGH, 4, bswap32(1));
   fw.write(DMA_LOW, 4, bswap32(0x1000)); // 4 GiB + 0x1000: outside
-  assert.equal(fw.dmaErrors, 1);
+  assert.equal(fw.counters.dmaErrors.value, 1);
   assert.equal(dma(fw, memory, 0x1000, FW_CFG_DMA.READ, 4, 0x3000), 0); // high half is 0 again
   assert.equal(Buffer.from(memory.read(0x3000, 4)).toString('latin1'), 'QEMU');
 });
@@ -227,7 +227,7 @@ test('with DMA disabled, DMA register writes do nothing', () => {
   d.setUint32(12, 0x3000, false);
   memory.write(0x1000, new Uint8Array(d.buffer));
   fw.write(DMA_LOW, 4, bswap32(0x1000));
-  assert.equal(fw.dmaTransfers, 0);
+  assert.equal(fw.counters.dmaTransfers.value, 0);
   assert.deepEqual([...memory.read(0x3000, 4)], [0, 0, 0, 0]);
 });
 

@@ -203,7 +203,7 @@ test('bytes to the absent aux device come back as 0xFE with aux and timeout bits
   assert.equal(status() & (STATUS.OUTPUT_FULL | STATUS.AUX_DATA | STATUS.TIMEOUT), STATUS.OUTPUT_FULL | STATUS.AUX_DATA | STATUS.TIMEOUT);
   assert.equal(readData(), 0xfe);
   assert.equal(status() & (STATUS.TIMEOUT | STATUS.AUX_DATA), 0, 'the error bits go with the byte');
-  assert.equal(kbc.auxWrites, 1);
+  assert.equal(kbc.counters.auxWrites.value, 1);
   assert.equal(kbc.keyboard.scanning, true, 'the keyboard never saw the byte');
 });
 

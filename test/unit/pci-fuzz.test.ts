@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/devices/bus';
+import { MmioBus, PioBus, type IoDevice } from '../../main/vmm/devices/bus';
 import { buildPciPlatform, MsiCapability, PciDevice } from '../../main/vmm/devices/pci';
 
 function prng(seed: number): () => number {
@@ -13,12 +13,10 @@ function prng(seed: number): () => number {
   };
 }
 
-class Probe implements IoDevice, MmioDevice {
+class Probe implements IoDevice {
   constructor(readonly name: string) {}
   read(): number { return 0; }
   write(): void {}
-  readMmio(): number { return 0; }
-  writeMmio(): void {}
 }
 
 class FuzzDevice extends PciDevice {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MmioBus, PioBus, type IoDevice, type MmioDevice } from '../../main/vmm/devices/bus';
+import { MmioBus, PioBus, type IoDevice } from '../../main/vmm/devices/bus';
 import {
   buildPciPlatform, MsiCapability, PCI_CFG, PCI_COMMAND, PciBus, PciDevice, PIIX4_PMBA, PIIX4_PMREGMISC, PM1_CNT, PM1_STS,
 } from '../../main/vmm/devices/pci';
@@ -38,18 +38,16 @@ function setup(clockNs?: () => bigint) {
   return { ctx, rec, platform, cfgRead, cfgWrite };
 }
 
-class Probe implements IoDevice, MmioDevice {
-  constructor(readonly name: string) {}
-  read(): number { return 0x42; }
+class Probe implements IoDevice {
+  constructor(readonly name: string, private readonly value: number) {}
+  read(): number { return this.value; }
   write(): void {}
-  readMmio(): number { return 0x43; }
-  writeMmio(): void {}
 }
 
 /** A device with every BAR kind, a ROM and INTA. */
 class TestDevice extends PciDevice {
-  readonly io = new Probe('test-io');
-  readonly mem = new Probe('test-mem');
+  readonly io = new Probe('test-io', 0x42);
+  readonly mem = new Probe('test-mem', 0x43);
   readonly msi: MsiCapability;
   constructor() {
     super('test-dev', { vendorId: 0x1234, deviceId: 0x5678, classCode: 0xff0000, interruptPin: 1 });
@@ -162,7 +160,7 @@ test('BARs decode only with their command bit, and move when reprogrammed', () =
   assert.equal(ctx.pio.ownerOf(0xc000), 'test-io');
   assert.equal(ctx.pio.ownerOf(0xc01f), 'test-io');
   assert.equal(ctx.pio.read(0xc010, 1), 0x42);
-  assert.equal(ctx.mmio.read(0xfebf0010, 4), 0x43n);
+  assert.equal(ctx.mmio.read(0xfebf0010, 4), 0x43);
   assert.equal(dev.barAddress(0), 0xc000);
   assert.equal(dev.barAddress(1), 0xfebf0000);
   cfgWrite(3, 0, 0x10, 4, 0xd001);
@@ -174,7 +172,7 @@ test('BARs decode only with their command bit, and move when reprogrammed', () =
   assert.equal(dev.barAddress(2), 0x100100000);
   cfgWrite(3, 0, PCI_CFG.COMMAND, 2, 0);
   assert.equal(ctx.pio.ownerOf(0xd000), null);
-  assert.equal(ctx.mmio.read(0xfebf0010, 4), 0xffffffffn);
+  assert.equal(ctx.mmio.read(0xfebf0010, 4), 0xffffffff);
   assert.equal(dev.barAddress(2), null);
 });
 

@@ -139,7 +139,7 @@ test('a host flood beyond the host queue is reported as an overrun', () => {
   assert.equal(b.rd(REG.LSR) & LSR.OE, 0);
   b.uart.receive(new Uint8Array(100).fill(7));
   assert.equal(b.rd(REG.LSR) & LSR.OE, LSR.OE);
-  assert.equal(b.uart.counters.receiveDropped, 100);
+  assert.equal(b.uart.counters.rxDropped.value, 100);
   assert.equal(b.uart.pendingInput, HOST_QUEUE_LIMIT + 16);
 });
 
@@ -249,7 +249,7 @@ test('a full output ring holds THRE/TEMT at 0 (backpressure) and nothing is lost
   received.push(...b.ring.drain());
   assert.equal(String.fromCharCode(...received), message);
   assert.ok(waits >= 4, 'the guest had to wait for the host');
-  assert.equal(b.uart.counters.transmitDropped, 0);
+  assert.equal(b.uart.counters.txDropped.value, 0);
 });
 
 test('a burst of 16 bytes after THRE fits the transmit FIFO even when the ring has little room', () => {
@@ -285,7 +285,7 @@ test('a byte written into a full transmit FIFO is lost and counted, never a cras
   const b = uartBench({ ringCapacity: 0 });
   b.init();
   for (let i = 0; i < 20; i++) b.wr(REG.DATA, i);
-  assert.equal(b.uart.counters.transmitDropped, 4);
+  assert.equal(b.uart.counters.txDropped.value, 4);
   b.ring.capacity = 100;
   b.runRetries();
   assert.deepEqual(b.ring.bytes, [...Array(16).keys()]);

@@ -7,15 +7,14 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { KvmVcpu } from '../../../native';
-import { buildAcpiTables, type AcpiOptions } from '../platform/acpi';
+import { buildAcpiTables, IAPC_BOOT_ARCH, type AcpiOptions } from '../platform/acpi';
 import { buildE820, type E820Entry } from '../platform/e820';
 import type { BootSource } from '../config';
 import type { Machine } from '../machine/machine';
-import type { Platform } from '../platform/platform';
 import type { GuestMemory } from '../memory/guest-memory';
 import { buildMpTable, type PciIrqWire } from '../platform/mptable';
-import { ACPI_SCI_IRQ, PCI_MMIO_BASE, PCI_MMIO_END } from '../platform/layout';
-import { PciBus } from '../devices/pci';
+import { ACPI_SCI_IRQ } from '../platform/layout';
+import { pciIrqWiringOf } from '../devices/pci';
 import {
   buildBootGdt, buildIdentityPageTables, CPUID_FEATURES, type CpuidFeature, type CpuMode, enterAt, setBootMsrs, setupLegacyLapic,
   withoutCpuidFeatures,
@@ -287,6 +286,8 @@ export interface LinuxLoadOptions {
   cpus: number;
   /** Extra ACPI inputs (8042 present, PCI wiring). */
   acpi?: Omit<AcpiOptions, 'cpus'>;
+  /** ISA IRQs the MP table describes as level-triggered (default: the ACPI SCI). */
+  levelIsaIrqs?: number[];
 }
 
 export interface LinuxLoadResult {
@@ -457,7 +458,7 @@ export function loadLinux(memory: GuestMemory, opts: LinuxLoadOptions): LinuxLoa
   const acpi = buildAcpiTables({ cpus: opts.cpus, ...opts.acpi });
   for (const blob of acpi.blobs) memory.write(blob.address, blob.bytes);
   zp.writeBigUInt64LE(BigInt(acpi.rsdpAddress), BP.ACPI_RSDP_ADDR);
-  const mp = buildMpTable({ cpus: opts.cpus, levelIsaIrqs: [ACPI_SCI_IRQ], pciIrqs: opts.acpi?.pci?.irqs });
+  const mp = buildMpTable({ cpus: opts.cpus, levelIsaIrqs: opts.levelIsaIrqs ?? [ACPI_SCI_IRQ], pciIrqs: opts.acpi?.pci?.irqs });
   memory.write(mp.address, mp.bytes);
 
   memory.write(L.GDT, buildBootGdt(mode));
@@ -521,11 +522,7 @@ export const DIRECT_BOOT_PIRQ_IRQS: readonly number[] = [10, 10, 11, 11];
 
 /** Every INTx pin of slots 1..31 through the i440FX/PIIX swizzle to the IRQ its PIRQ is steered to. */
 export function pciIrqWiring(pirqIrqs: readonly number[]): PciIrqWire[] {
-  const wires: PciIrqWire[] = [];
-  for (let slot = 1; slot < 32; slot++) {
-    for (let pin = 1; pin <= 4; pin++) wires.push({ slot, pin, gsi: pirqIrqs[PciBus.pirqOf(slot, pin)] });
-  }
-  return wires;
+  return pciIrqWiringOf(pirqIrqs);
 }
 
 /** True when /dev/kvm is PVM (the kvm_pvm module), whose instruction emulator is partial. */
@@ -541,16 +538,14 @@ export async function bootLinux(
     readInput(boot.kernel, 'kernel'),
     boot.initrd === undefined ? Promise.resolve(undefined) : readInput(boot.initrd, 'initrd'),
   ]);
-  const devices: Partial<Platform> = machine.devices;
   // No firmware will program the PIIX3's PIRQ routing: do it here, as the tables say.
-  let pci: AcpiOptions['pci'];
-  if (devices.pci) {
-    devices.pci.isaBridge.routePirqs(DIRECT_BOOT_PIRQ_IRQS);
-    pci = { irqs: pciIrqWiring(DIRECT_BOOT_PIRQ_IRQS), mmioBase: PCI_MMIO_BASE, mmioEnd: PCI_MMIO_END };
-  }
+  machine.devices.pci?.isaBridge.routePirqs(DIRECT_BOOT_PIRQ_IRQS);
+  // Each device describes itself (the PCI root bridge its INTx wiring as just routed).
+  const tables = machine.devices.tables();
   const result = loadLinux(machine.memory, {
     kernel, kernelName: boot.kernel, initrd, initrdName: boot.initrd, cmdline: boot.append, cpus: machine.cpuCount,
-    acpi: { has8042: devices.i8042 !== undefined, pci },
+    acpi: { has8042: ((tables.bootArch ?? 0) & IAPC_BOOT_ARCH.I8042) !== 0, pci: tables.pciRoot },
+    levelIsaIrqs: tables.levelIsaIrqs,
   });
   const pvm = hostIsPvm();
   if (pvm) machine.log(`linux boot: PVM host, hiding ${PVM_HIDDEN_FEATURES.map((f) => f.name).join(', ')} from the guest`);

@@ -1,41 +1,32 @@
-// PIO and MMIO buses. Devices register ranges; each access is counted per device
-// so the UI can graph where exits go.
+// PIO and MMIO buses. Devices register ranges of one interface (device.ts); every access
+// is counted per device in the statistics registry (group = the device's name, names
+// pio-reads, pio-writes, mmio-reads, mmio-writes), so the UI can graph where exits go.
+import { allOnes, type IoDevice, privateStatistics } from './device';
+import type { StatsRegistry } from '../shared/stats';
 
-export interface IoDevice {
-  /** Shown in statistics and errors. */
-  readonly name: string;
-  /** offset is relative to the registered base; size is 1, 2, 4 or 8 bytes. */
-  read(offset: number, size: number): number;
-  write(offset: number, size: number, value: number): void;
-}
-
-export interface MmioDevice {
-  readonly name: string;
-  /** Returns the value read; for 8-byte accesses a bigint may be returned. */
-  readMmio(offset: number, size: number): number | bigint;
-  writeMmio(offset: number, size: number, value: bigint): void;
-}
-
-export interface DeviceCounters {
-  name: string;
-  reads: number;
-  writes: number;
-}
+export type { IoDevice } from './device';
 
 const UNASSIGNED = 0;
+const UNASSIGNED_NAME = 'unassigned';
 
 /** Port I/O bus: a 64 Ki table from port to device slot, so dispatch is one array lookup. */
 export class PioBus {
   private readonly slotOfPort = new Uint16Array(0x10000);
   private readonly baseOfPort = new Uint16Array(0x10000);
   private readonly devices: (IoDevice | null)[] = [null];
-  private readonly names: string[] = ['unassigned'];
-  // Per-slot access counts in typed arrays: incremented on every PIO exit.
-  private readCounts = new Float64Array(16);
-  private writeCounts = new Float64Array(16);
+  /** The registry's counts and, per device slot, the counter slots of its reads and writes. */
+  private readonly counts: Uint32Array;
+  private readSlot = new Int32Array(16);
+  private writeSlot = new Int32Array(16);
+
+  constructor(readonly statistics: StatsRegistry = privateStatistics()) {
+    this.counts = statistics.counts;
+    this.readSlot[UNASSIGNED] = statistics.counter(UNASSIGNED_NAME, 'pio-reads');
+    this.writeSlot[UNASSIGNED] = statistics.counter(UNASSIGNED_NAME, 'pio-writes');
+  }
 
   register(base: number, length: number, device: IoDevice): void {
-    if (base < 0 || length <= 0 || base + length > 0x10000) {
+    if (!Number.isInteger(base) || !Number.isInteger(length) || base < 0 || length <= 0 || base + length > 0x10000) {
       throw new Error(`${device.name}: port range 0x${base.toString(16)}+${length} is outside 0..0xffff`);
     }
     for (let p = base; p < base + length; p++) {
@@ -47,13 +38,15 @@ export class PioBus {
     let slot = this.devices.indexOf(device);
     if (slot < 0) {
       slot = this.devices.length;
+      if (slot > 0xffff) throw new Error(`${device.name}: the port bus has no room for another device`);
       this.devices.push(device);
-      this.names.push(device.name);
-      if (slot >= this.readCounts.length) {
-        const grow = (a: Float64Array) => { const b = new Float64Array(a.length * 2); b.set(a); return b; };
-        this.readCounts = grow(this.readCounts);
-        this.writeCounts = grow(this.writeCounts);
+      if (slot >= this.readSlot.length) {
+        const grow = (a: Int32Array) => { const b = new Int32Array(a.length * 2); b.set(a); return b; };
+        this.readSlot = grow(this.readSlot);
+        this.writeSlot = grow(this.writeSlot);
       }
+      this.readSlot[slot] = this.statistics.counter(device.name, 'pio-reads');
+      this.writeSlot[slot] = this.statistics.counter(device.name, 'pio-writes');
     }
     for (let p = base; p < base + length; p++) {
       this.slotOfPort[p] = slot;
@@ -61,27 +54,28 @@ export class PioBus {
     }
   }
 
-  unregister(base: number, length: number): void {
-    for (let p = base; p < base + length && p < 0x10000; p++) this.slotOfPort[p] = UNASSIGNED;
+  /** Frees ports base..base+length-1; with `device`, only the ports it owns. */
+  unregister(base: number, length: number, device?: IoDevice): void {
+    const slot = device === undefined ? -1 : this.devices.indexOf(device);
+    if (device !== undefined && slot < 0) return;
+    for (let p = Math.max(0, base); p < base + length && p < 0x10000; p++) {
+      if (slot < 0 || this.slotOfPort[p] === slot) this.slotOfPort[p] = UNASSIGNED;
+    }
   }
 
   read(port: number, size: number): number {
     const slot = this.slotOfPort[port];
-    this.readCounts[slot]++;
+    Atomics.add(this.counts, this.readSlot[slot], 1);
     const device = this.devices[slot];
-    if (device === null) return size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
+    if (device === null) return allOnes(size);
     return device.read(port - this.baseOfPort[port], size);
   }
 
   write(port: number, size: number, value: number): void {
     const slot = this.slotOfPort[port];
-    this.writeCounts[slot]++;
+    Atomics.add(this.counts, this.writeSlot[slot], 1);
     const device = this.devices[slot];
     if (device !== null) device.write(port - this.baseOfPort[port], size, value);
-  }
-
-  get counters(): DeviceCounters[] {
-    return this.names.map((name, slot) => ({ name, reads: this.readCounts[slot], writes: this.writeCounts[slot] }));
   }
 
   ownerOf(port: number): string | null {
@@ -92,32 +86,57 @@ export class PioBus {
 interface MmioRange {
   base: number;
   end: number; // exclusive
-  device: MmioDevice;
-  counters: DeviceCounters;
+  device: IoDevice;
+  readSlot: number;
+  writeSlot: number;
 }
 
-/** MMIO bus over guest-physical addresses (numbers: < 2^53 is plenty for x86 physical space). */
+/**
+ * MMIO bus over guest-physical addresses (numbers: < 2^53 is plenty for x86 physical
+ * space). Accesses of 1, 2 and 4 bytes go through read/write; 8-byte accesses through
+ * read64/write64, which hand a device its two halves (see device.ts).
+ */
 export class MmioBus {
   private ranges: MmioRange[] = [];
-  readonly unassigned: DeviceCounters = { name: 'unassigned', reads: 0, writes: 0 };
+  private readonly counts: Uint32Array;
+  private readonly unassignedReads: number;
+  private readonly unassignedWrites: number;
+  /** The range of the last access: a device's registers are usually hit again. */
+  private last: MmioRange | null = null;
 
-  register(base: number, length: number, device: MmioDevice): void {
-    if (length <= 0) throw new Error(`${device.name}: empty MMIO range`);
+  constructor(readonly statistics: StatsRegistry = privateStatistics()) {
+    this.counts = statistics.counts;
+    this.unassignedReads = statistics.counter(UNASSIGNED_NAME, 'mmio-reads');
+    this.unassignedWrites = statistics.counter(UNASSIGNED_NAME, 'mmio-writes');
+  }
+
+  register(base: number, length: number, device: IoDevice): void {
+    if (!Number.isSafeInteger(base) || !Number.isSafeInteger(length) || base < 0 || length <= 0) {
+      throw new Error(`${device.name}: MMIO range 0x${base.toString(16)}+0x${length.toString(16)} is not valid`);
+    }
     const end = base + length;
     for (const r of this.ranges) {
       if (base < r.end && r.base < end) {
         throw new Error(`${device.name}: MMIO 0x${base.toString(16)}+0x${length.toString(16)} overlaps ${r.device.name}`);
       }
     }
-    this.ranges.push({ base, end, device, counters: { name: device.name, reads: 0, writes: 0 } });
+    this.ranges.push({
+      base, end, device,
+      readSlot: this.statistics.counter(device.name, 'mmio-reads'),
+      writeSlot: this.statistics.counter(device.name, 'mmio-writes'),
+    });
     this.ranges.sort((a, b) => a.base - b.base);
   }
 
-  unregister(device: MmioDevice, base?: number): void {
+  unregister(device: IoDevice, base?: number): void {
     this.ranges = this.ranges.filter((r) => !(r.device === device && (base === undefined || r.base === base)));
+    this.last = null;
   }
 
-  private find(addr: number): MmioRange | null {
+  /** The range holding all of addr..addr+size-1, or null. */
+  private find(addr: number, size: number): MmioRange | null {
+    const last = this.last;
+    if (last !== null && addr >= last.base && addr + size <= last.end) return last;
     let lo = 0;
     let hi = this.ranges.length - 1;
     while (lo <= hi) {
@@ -125,32 +144,75 @@ export class MmioBus {
       const r = this.ranges[mid];
       if (addr < r.base) hi = mid - 1;
       else if (addr >= r.end) lo = mid + 1;
-      else return r;
+      else {
+        // An access that runs past the end of a range is unassigned.
+        if (addr + size > r.end) return null;
+        this.last = r;
+        return r;
+      }
     }
     return null;
   }
 
-  read(addr: number, size: number): bigint {
-    const r = this.find(addr);
-    if (r === null || addr + size > r.end) {
-      this.unassigned.reads++;
-      return size >= 8 ? 0xffffffffffffffffn : BigInt(2 ** (size * 8) - 1);
+  read(addr: number, size: number): number {
+    const r = this.find(addr, size);
+    if (r === null) {
+      Atomics.add(this.counts, this.unassignedReads, 1);
+      return allOnes(size);
     }
-    r.counters.reads++;
-    return BigInt(r.device.readMmio(addr - r.base, size));
+    Atomics.add(this.counts, r.readSlot, 1);
+    return r.device.read(addr - r.base, size);
   }
 
-  write(addr: number, size: number, value: bigint): void {
-    const r = this.find(addr);
-    if (r === null || addr + size > r.end) {
-      this.unassigned.writes++;
+  write(addr: number, size: number, value: number): void {
+    const r = this.find(addr, size);
+    if (r === null) {
+      Atomics.add(this.counts, this.unassignedWrites, 1);
       return;
     }
-    r.counters.writes++;
-    r.device.writeMmio(addr - r.base, size, value);
+    Atomics.add(this.counts, r.writeSlot, 1);
+    r.device.write(addr - r.base, size, value);
   }
 
-  get counters(): DeviceCounters[] {
-    return [this.unassigned, ...this.ranges.map((r) => r.counters)];
+  /** An 8-byte read: halves[0] gets the low 32 bits, halves[1] the high 32 bits. */
+  read64(addr: number, halves: Uint32Array): void {
+    const r = this.find(addr, 8);
+    if (r === null) {
+      Atomics.add(this.counts, this.unassignedReads, 1);
+      halves[0] = 0xffffffff;
+      halves[1] = 0xffffffff;
+      return;
+    }
+    Atomics.add(this.counts, r.readSlot, 1);
+    const offset = addr - r.base;
+    const device = r.device;
+    if (device.read64 !== undefined) {
+      device.read64(offset, halves);
+      return;
+    }
+    halves[0] = device.read(offset, 4);
+    halves[1] = device.read(offset + 4, 4);
+  }
+
+  /** An 8-byte write of `low` and `high` (each 0..2^32-1). */
+  write64(addr: number, low: number, high: number): void {
+    const r = this.find(addr, 8);
+    if (r === null) {
+      Atomics.add(this.counts, this.unassignedWrites, 1);
+      return;
+    }
+    Atomics.add(this.counts, r.writeSlot, 1);
+    const offset = addr - r.base;
+    const device = r.device;
+    if (device.write64 !== undefined) {
+      device.write64(offset, low, high);
+      return;
+    }
+    device.write(offset, 4, low);
+    device.write(offset + 4, 4, high);
+  }
+
+  ownerOf(addr: number): string | null {
+    return this.find(addr, 1)?.device.name ?? null;
   }
 }

@@ -1,7 +1,7 @@
 // The MC146818-compatible RTC and CMOS NVRAM at ports 0x70 (index, bit 7 masks NMI) and
 // 0x71 (data). The clock is computed from the host clock on access (the machine thread
 // has no timers while a vCPU runs), as is register C's flags; IRQ 8 is not raised.
-import type { IoDevice } from './bus';
+import type { DeviceFactory, IoDevice } from './device';
 
 export const CMOS_PORT = 0x70;
 
@@ -296,3 +296,16 @@ function decodeHours(v: number, regB: number): number {
   const h12 = decodeField(v & 0x7f, regB) % 12;
   return v & 0x80 ? h12 + 12 : h12;
 }
+
+const FOUR_GIB = 2 ** 32;
+
+export const cmosDevice: DeviceFactory = (ctx) => {
+  const cmos = new Cmos();
+  const ramRanges = ctx.memory.ramRanges();
+  cmos.setMemoryLayout({
+    lowRamBytes: ramRanges.filter((r) => r.base < FOUR_GIB).reduce((n, r) => n + r.size, 0),
+    highRamBytes: ramRanges.filter((r) => r.base >= FOUR_GIB).reduce((n, r) => n + r.size, 0),
+    cpus: ctx.cpuCount,
+  });
+  return { name: cmos.name, instance: cmos, pio: [{ base: CMOS_PORT, length: 2, io: cmos }] };
+};

@@ -2,8 +2,10 @@
 // driver use it: a 16-bit selector at 0x510, an 8-bit auto-incrementing data port at
 // 0x511, and the DMA interface at 0x514 (big-endian address, high half then low half;
 // writing the low half runs the transfer synchronously).
-import type { IoDevice } from './bus';
+import { counter, type Counter, type DeviceFactory, type IoDevice, privateStatistics } from './device';
 import type { GuestMemory } from '../memory/guest-memory';
+import type { StatsRegistry } from '../shared/stats';
+import { FW_CFG_PORT_SEL } from '../platform/layout';
 
 export const FW_CFG = {
   SIGNATURE: 0x00,
@@ -77,15 +79,21 @@ export class FwCfg implements IoDevice {
   private selectedKey = 0;
   private offset = 0;
   private dmaAddressHigh = 0;
-  /** DMA transfers that ended with the error bit (for statistics and tests). */
-  dmaErrors = 0;
-  dmaTransfers = 0;
+  /** DMA transfers run, and those that ended with the error bit. */
+  readonly counters: { dmaTransfers: Counter; dmaErrors: Counter };
 
   /**
    * `memory` is asked on every DMA transfer: the machine's GuestMemory is replaced when
    * ROM regions are added before start, and DMA must see the final one.
    */
-  constructor(private readonly memory: () => GuestMemory, private readonly dmaEnabled = true) {
+  constructor(
+    private readonly memory: () => GuestMemory, private readonly dmaEnabled = true,
+    statistics: StatsRegistry = privateStatistics(),
+  ) {
+    this.counters = {
+      dmaTransfers: counter(statistics, this.name, 'dma-transfers'),
+      dmaErrors: counter(statistics, this.name, 'dma-errors'),
+    };
     this.setItem(FW_CFG.SIGNATURE, new TextEncoder().encode('QEMU'));
     this.setItem(FW_CFG.ID, u32(FW_CFG_VERSION | (dmaEnabled ? FW_CFG_VERSION_DMA : 0)));
     this.rebuildDirectory();
@@ -205,11 +213,11 @@ export class FwCfg implements IoDevice {
 
   /** Runs one FWCfgDmaAccess at guest address `address`. Never throws on guest input. */
   private runDma(address: number): void {
-    this.dmaTransfers++;
+    this.counters.dmaTransfers.add();
     const memory = this.memory();
     if (!memory.contains(address, DMA_ACCESS_SIZE)) {
       // The descriptor itself is unreachable: nothing to report the error in.
-      this.dmaErrors++;
+      this.counters.dmaErrors.add();
       return;
     }
     const descriptor = memory.slice(address, DMA_ACCESS_SIZE);
@@ -227,7 +235,7 @@ export class FwCfg implements IoDevice {
     if (op === null) length = 0;
 
     const ok = length === 0 || op === null ? true : this.transfer(memory, op, target, length);
-    if (!ok) this.dmaErrors++;
+    if (!ok) this.counters.dmaErrors.add();
     // A descriptor in ROM cannot take the status; the guest then sees no completion.
     if (isWritable(memory, address)) {
       view.setUint32(0, ok ? 0 : FW_CFG_DMA.ERROR, false);
@@ -262,6 +270,12 @@ export class FwCfg implements IoDevice {
     return true;
   }
 }
+
+export const fwCfgDevice: DeviceFactory = (ctx) => {
+  // DMA reads ctx.memory on each transfer: ROM regions added by the boot replace it.
+  const fwCfg = new FwCfg(() => ctx.memory, true, ctx.statistics);
+  return { name: fwCfg.name, instance: fwCfg, pio: [{ base: FW_CFG_PORT_SEL, length: FW_CFG_PORT_SPAN, io: fwCfg }], counters: fwCfg.counters };
+};
 
 function isWritable(memory: GuestMemory, gpa: number): boolean {
   const r = memory.regions.find((x) => gpa >= x.guestBase && gpa < x.guestBase + x.size);

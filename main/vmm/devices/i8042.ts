@@ -15,7 +15,9 @@
 // A20: KVM guests always run with A20 enabled and we do not emulate the address wrap
 // (nothing after DOS needs it, and unmapping the wrap alias would cost a memory slot
 // per toggle). The gate's state is recorded and read back so probes see what they wrote.
-import type { IoDevice } from './bus';
+import { counter, type Counter, type DeviceFactory, type IoDevice, privateStatistics } from './device';
+import type { StatsRegistry } from '../shared/stats';
+import { IAPC_BOOT_ARCH } from '../platform/acpi';
 
 /** Status register bits (port 0x64 read). */
 export const STATUS = {
@@ -84,11 +86,11 @@ export class Ps2Keyboard {
   scancodeSet = 2;
   leds = 0;
   typematic = 0x2b;
-  dropped = 0;
   private pendingCommand = -1;
   private lastSent = ACK;
 
-  constructor(private readonly translated: () => boolean) {}
+  /** `dropped` counts bytes lost to a full queue. */
+  constructor(private readonly translated: () => boolean, private readonly dropped: Counter) {}
 
   reset(): void {
     this.queue.length = 0;
@@ -102,7 +104,7 @@ export class Ps2Keyboard {
   private send(...bytes: number[]): void {
     for (const b of bytes) {
       if (this.queue.length >= KEYBOARD_QUEUE_LIMIT) {
-        this.dropped++;
+        this.dropped.add();
         continue;
       }
       this.queue.push(b);
@@ -216,12 +218,16 @@ export class I8042 {
   private a20Gate = true;
   private kbdIrqLevel = false;
   private auxIrqLevel = false;
-  /** Writes to the aux device: none is attached, each one times out. */
-  auxWrites = 0;
-  resets = 0;
+  /** Writes to the aux device (none is attached, each one times out), reset pulses, keyboard bytes lost. */
+  readonly counters: { auxWrites: Counter; resets: Counter; keyboardDropped: Counter };
 
-  constructor(private readonly host: I8042Host) {
-    this.keyboard = new Ps2Keyboard(() => (this.commandByte & CTR.TRANSLATE) !== 0);
+  constructor(private readonly host: I8042Host, statistics: StatsRegistry = privateStatistics()) {
+    this.counters = {
+      auxWrites: counter(statistics, this.name, 'aux-writes'),
+      resets: counter(statistics, this.name, 'resets'),
+      keyboardDropped: counter(statistics, this.name, 'keyboard-dropped'),
+    };
+    this.keyboard = new Ps2Keyboard(() => (this.commandByte & CTR.TRANSLATE) !== 0, this.counters.keyboardDropped);
     this.dataPort = {
       name: 'i8042 (0x60)',
       read: () => this.readData(),
@@ -278,7 +284,7 @@ export class I8042 {
     } else if (command === 0xd3) {
       this.queueController(value, STATUS.AUX_DATA, true);
     } else if (command === 0xd4) {
-      this.auxWrites++;
+      this.counters.auxWrites.add();
       this.queueController(RESEND, STATUS.AUX_DATA | STATUS.TIMEOUT, true);
     }
     this.refill();
@@ -369,7 +375,7 @@ export class I8042 {
   }
 
   private pulseReset(): void {
-    this.resets++;
+    this.counters.resets.add();
     this.host.requestReset();
   }
 
@@ -422,3 +428,14 @@ export class I8042 {
     return { kbd: this.kbdIrqLevel, aux: this.auxIrqLevel };
   }
 }
+
+export const i8042Device: DeviceFactory = (ctx) => {
+  const kbc = new I8042(ctx, ctx.statistics);
+  return {
+    name: kbc.name, instance: kbc,
+    pio: [{ base: 0x60, length: 1, io: kbc.dataPort }, { base: 0x64, length: 1, io: kbc.commandPort }],
+    irqs: [KBD_IRQ, AUX_IRQ],
+    tables: () => ({ bootArch: IAPC_BOOT_ARCH.I8042 }),
+    counters: kbc.counters,
+  };
+};

@@ -25,9 +25,11 @@
 //   re-raises the interrupt as a new edge; we give the edge at once (the IRQ output is
 //   pulsed) so an ISA edge-triggered PIC still interrupts a driver that reads one byte
 //   per interrupt.
-import type { IoDevice } from './bus';
+import { counter, type Counter, type DeviceFactory, type IoDevice, privateStatistics } from './device';
 import type { HostNotification, LineSettings, ModemControl } from './context';
 import type { IrqPin } from '../platform/irq';
+import { COM_PORTS } from '../platform/layout';
+import type { StatsRegistry } from '../shared/stats';
 
 /** Where transmitted bytes go (the port's ByteRing to the VM host thread). */
 export interface TransmitSink {
@@ -51,6 +53,20 @@ export interface Uart16550Options {
   notifyHost(message: HostNotification): void;
   /** Runs `retry` a little later; the default is a 1 ms timer that does not keep the thread alive. */
   scheduleRetry?: (retry: () => void) => void;
+  /** Where its counters go (group = its name); a private registry by default. */
+  statistics?: StatsRegistry;
+}
+
+export interface UartCounters {
+  /** Bytes the guest transmitted (to the host, or to itself in loopback). */
+  txBytes: Counter;
+  /** Bytes that entered the receive FIFO. */
+  rxBytes: Counter;
+  /** Bytes written to a full transmit FIFO, lost. */
+  txDropped: Counter;
+  /** Host bytes beyond the host queue, lost. */
+  rxDropped: Counter;
+  overruns: Counter;
 }
 
 // Register offsets.
@@ -129,12 +145,20 @@ export class Uart16550 implements IoDevice {
   private lastSettings: LineSettings | null = null;
   private lastModem: ModemControl = { dtr: false, rts: false };
 
-  /** Counters for statistics and tests. */
-  readonly counters = { transmitted: 0, received: 0, transmitDropped: 0, receiveDropped: 0, overruns: 0 };
+  /** Counters in the statistics registry. */
+  readonly counters: UartCounters;
 
   constructor(opts: Uart16550Options) {
     this.port = opts.port;
     this.name = opts.name ?? `COM${opts.port + 1}`;
+    const statistics = opts.statistics ?? privateStatistics();
+    this.counters = {
+      txBytes: counter(statistics, this.name, 'tx-bytes', 'bytes'),
+      rxBytes: counter(statistics, this.name, 'rx-bytes', 'bytes'),
+      txDropped: counter(statistics, this.name, 'tx-dropped', 'bytes'),
+      rxDropped: counter(statistics, this.name, 'rx-dropped', 'bytes'),
+      overruns: counter(statistics, this.name, 'overruns'),
+    };
     this.output = opts.output;
     this.irq = opts.irq;
     this.notify = opts.notifyHost;
@@ -168,8 +192,8 @@ export class Uart16550 implements IoDevice {
     let accepted = data;
     if (data.length > room) {
       // The guest is not reading and the host keeps sending: report the loss as an overrun.
-      this.counters.receiveDropped += data.length - room;
-      this.counters.overruns++;
+      this.counters.rxDropped.add(data.length - room);
+      this.counters.overruns.add();
       this.lineErrors |= LSR.OE;
       accepted = data.subarray(0, room);
     }
@@ -303,18 +327,18 @@ export class Uart16550 implements IoDevice {
     this.transmitterEmpty = false;
     if (this.loopback) {
       // The transmitter's output is wired to the receiver; nothing reaches the line.
-      this.counters.transmitted++;
+      this.counters.txBytes.add();
       this.receiveOwnByte(value);
     } else {
       this.flushTransmitFifo();
       if (this.txCount === 0 && this.output.push(value)) {
-        this.counters.transmitted++;
+        this.counters.txBytes.add();
       } else if (this.txCount < (this.fifoEnabled ? FIFO_SIZE : 1)) {
         this.txFifo[(this.txHead + this.txCount) % FIFO_SIZE] = value;
         this.txCount++;
       } else {
         // Written while THRE was 0 and the FIFO is full: lost, as on the chip.
-        this.counters.transmitDropped++;
+        this.counters.txDropped.add();
       }
     }
     this.refreshTransmitter();
@@ -418,7 +442,7 @@ export class Uart16550 implements IoDevice {
   private pushReceived(entry: number): void {
     this.rxFifo[(this.rxHead + this.rxCount) % FIFO_SIZE] = entry;
     this.rxCount++;
-    this.counters.received++;
+    this.counters.rxBytes.add();
     if (this.rxCount === 1) this.revealTopError();
   }
 
@@ -445,7 +469,7 @@ export class Uart16550 implements IoDevice {
       return;
     }
     this.lineErrors |= LSR.OE;
-    this.counters.overruns++;
+    this.counters.overruns.add();
     if (!this.fifoEnabled) {
       // 16450 mode: the new character overwrites the unread one.
       this.rxFifo[this.rxHead] = entry;
@@ -481,7 +505,7 @@ export class Uart16550 implements IoDevice {
     while (this.txCount > 0 && this.output.push(this.txFifo[this.txHead])) {
       this.txHead = (this.txHead + 1) % FIFO_SIZE;
       this.txCount--;
-      this.counters.transmitted++;
+      this.counters.txBytes.add();
     }
   }
 
@@ -563,4 +587,27 @@ function parityOf(lcr: number): LineSettings['parity'] {
   const even = (lcr & 0x10) !== 0;
   if ((lcr & 0x20) !== 0) return even ? 'space' : 'mark'; // stick parity
   return even ? 'even' : 'odd';
+}
+
+/** COM`index + 1` at its PC port and IRQ (COM1/COM3 share IRQ 4, COM2/COM4 IRQ 3). */
+export function serialPortDevice(index: number): DeviceFactory {
+  return (ctx) => {
+    const { base, irq } = COM_PORTS[index];
+    const name = `COM${index + 1}`;
+    const uart = new Uart16550({
+      port: index, name, output: ctx.serialRing(index), irq: ctx.irqPin(irq, name),
+      notifyHost: (message) => ctx.notifyHost(message),
+      scheduleRetry: (retry) => { ctx.setTimer(1, retry); },
+      statistics: ctx.statistics,
+    });
+    return {
+      name, instance: uart, pio: [{ base, length: 8, io: uart }], irqs: [irq], counters: { ...uart.counters },
+      hostMessages: {
+        input: (payload) => {
+          if (payload instanceof Uint8Array) uart.receive(payload);
+        },
+        'modem-status': (payload) => uart.setModemStatus(payload as ModemStatusLines),
+      },
+    };
+  };
 }

@@ -140,6 +140,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           case 'stats':
             this.statsWaiters.splice(0).forEach((w) => w(m.stats));
             break;
+          case 'stats-schema':
+            this.statsSchema = m.statsSchema;
+            this.statsSampler.setSchema(m.statsSchema);
+            break;
           case 'ended':
             this.onMachineEnded(m.end, m.stats);
             if (!started) {
@@ -242,15 +246,22 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (page) kickVcpu(page.buffer, page.offset, this.control.tid(cpu));
   }
 
+  /** A message for device `device` of the machine (by its name in the device list). */
+  sendToDevice(device: string, kind: string, payload: unknown): void {
+    this.post({ type: 'device', device, kind, payload });
+  }
+
   /** Host → guest bytes for COM `port` (0..3). */
   sendSerialInput(port: number, data: Uint8Array): void {
-    if (port < 0 || port > 3) return;
-    this.post({ type: 'serial-input', port, data });
+    if (!Number.isInteger(port) || port < 0 || port > 3) return;
+    this.sendToDevice(`COM${port + 1}`, 'input', data);
   }
 
   /** Modem status lines from a real serial device, forwarded to the guest's UART. */
   sendModemStatus(port: number, lines: { cts: boolean; dsr: boolean; ri: boolean; dcd: boolean }): void {
-    this.post({ type: 'serial-modem-status', port, ...lines });
+    if (!Number.isInteger(port) || port < 0 || port > 3) return;
+    const { cts, dsr, ri, dcd } = lines;
+    this.sendToDevice(`COM${port + 1}`, 'modem-status', { cts, dsr, ri, dcd });
   }
 
   pause(): void {

@@ -4,25 +4,53 @@
 // and these constants are read on every exit.
 import { type CoalescedRing, EXIT, EXIT_NAMES, RUN } from '../../../native/kvm';
 import type { MmioBus, PioBus } from '../devices/bus';
+import { privateStatistics } from '../devices/device';
+import type { StatsRegistry } from '../shared/stats';
+
+/** Counter names of KVM exit reasons (group 'exits'); others are counted as exit_<n>. */
+export const EXIT_REASON_NAMES: Readonly<Record<number, string>> = {
+  2: 'io', 6: 'mmio', 10: 'intr', 5: 'hlt', 8: 'shutdown', 24: 'system_event', 17: 'internal_error', 9: 'fail_entry',
+};
+const EXIT_SLOTS = 64;
 
 /** What the run loop should do after an exit. */
 export const ACTION = { CONTINUE: 0, RESET: 1, POWEROFF: 2, ERROR: 3 } as const;
 export type Action = (typeof ACTION)[keyof typeof ACTION];
 
 export class ExitDispatcher {
-  /** Exits by reason (index = KVM exit reason). */
-  readonly exitCounts = new Float64Array(64);
+  /** The registry's counts, and the counter slot of each exit reason (-1: not registered yet). */
+  private readonly counts: Uint32Array;
+  private readonly exitSlots = new Int32Array(EXIT_SLOTS).fill(-1);
+  /** Scratch for 8-byte MMIO reads (low, high), so none allocates. */
+  private readonly halves = new Uint32Array(2);
   /** Set by devices (reset register, ACPI S5) during an access. */
   pendingAction: Action = ACTION.CONTINUE;
   errorMessage = '';
   /** Writes KVM queued instead of exiting (e.g. to PCI's 0xcf8); null when none are. */
   coalesced: CoalescedRing | null = null;
-  private readonly applyCoalesced = (isPio: boolean, address: number, length: number, value: number): void => {
+  private readonly applyCoalesced = (isPio: boolean, address: number, length: number, value: number, high: number): void => {
     if (isPio) this.pio.write(address, length, value);
-    else this.mmio.write(address, length, BigInt(value >>> 0));
+    else if (length === 8) this.mmio.write64(address, value, high);
+    else this.mmio.write(address, length, value);
   };
 
-  constructor(private readonly pio: PioBus, private readonly mmio: MmioBus) {}
+  constructor(
+    private readonly pio: PioBus, private readonly mmio: MmioBus,
+    readonly statistics: StatsRegistry = privateStatistics(),
+  ) {
+    this.counts = statistics.counts;
+    // The common reasons get their slots now, so the schema a launch posts already has them.
+    for (const reason of [2, 6, 10, 5, 8]) this.exitSlot(reason);
+  }
+
+  /** The counter slot of exits with `reason` (registered on first use: an unusual exit is rare). */
+  private exitSlot(reason: number): number {
+    const known = reason < EXIT_SLOTS ? this.exitSlots[reason] : -1;
+    if (known >= 0) return known;
+    const slot = this.statistics.counter('exits', EXIT_REASON_NAMES[reason] ?? `exit_${reason}`);
+    if (reason < EXIT_SLOTS) this.exitSlots[reason] = slot;
+    return slot;
+  }
 
   /**
    * Applies queued (coalesced) writes; they happened before whatever exit comes next.
@@ -55,7 +83,8 @@ export class ExitDispatcher {
       if (earlier !== ACTION.CONTINUE) return earlier;
     }
     const reason = run.getUint32(RUN.EXIT_REASON, true);
-    this.exitCounts[reason & 63]++;
+    const slot = reason < EXIT_SLOTS ? this.exitSlots[reason] : -1;
+    Atomics.add(this.counts, slot >= 0 ? slot : this.exitSlot(reason), 1);
     switch (reason) {
       case EXIT.IO:
         this.handleIo(run, bytes);
@@ -123,23 +152,34 @@ export class ExitDispatcher {
     }
   }
 
+  /**
+   * Data bytes go between the run page and the bus as numbers: 1, 2 and 4 bytes as one
+   * access, 8 bytes as two 32-bit halves (MmioBus.read64/write64), other lengths (an odd
+   * instruction the emulator split) one byte at a time.
+   */
   private handleMmio(run: DataView, bytes: Uint8Array): void {
     const addr = run.getUint32(RUN.MMIO_PHYS_ADDR, true) + run.getUint32(RUN.MMIO_PHYS_ADDR + 4, true) * 0x100000000;
     const len = run.getUint32(RUN.MMIO_LEN, true);
-    if (len < 1 || len > 8) {
-      this.fail(`bad MMIO exit: length ${len} at 0x${addr.toString(16)}`);
+    const d = RUN.MMIO_DATA;
+    const mmio = this.mmio;
+    if (bytes[RUN.MMIO_IS_WRITE]) {
+      if (len === 4) mmio.write(addr, 4, run.getUint32(d, true));
+      else if (len === 1) mmio.write(addr, 1, bytes[d]);
+      else if (len === 2) mmio.write(addr, 2, run.getUint16(d, true));
+      else if (len === 8) mmio.write64(addr, run.getUint32(d, true), run.getUint32(d + 4, true));
+      else if (len > 0 && len < 8) for (let i = 0; i < len; i++) mmio.write(addr + i, 1, bytes[d + i]);
+      else this.fail(`bad MMIO exit: length ${len} at 0x${addr.toString(16)}`);
       return;
     }
-    if (bytes[RUN.MMIO_IS_WRITE]) {
-      let v = 0n;
-      for (let i = len - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[RUN.MMIO_DATA + i]);
-      this.mmio.write(addr, len, v);
-    } else {
-      let v = this.mmio.read(addr, len);
-      for (let i = 0; i < len; i++) {
-        bytes[RUN.MMIO_DATA + i] = Number(v & 0xffn);
-        v >>= 8n;
-      }
-    }
+    if (len === 4) run.setUint32(d, mmio.read(addr, 4) >>> 0, true);
+    else if (len === 1) bytes[d] = mmio.read(addr, 1);
+    else if (len === 2) run.setUint16(d, mmio.read(addr, 2), true);
+    else if (len === 8) {
+      const halves = this.halves;
+      mmio.read64(addr, halves);
+      run.setUint32(d, halves[0], true);
+      run.setUint32(d + 4, halves[1], true);
+    } else if (len > 0 && len < 8) for (let i = 0; i < len; i++) bytes[d + i] = mmio.read(addr + i, 1);
+    else this.fail(`bad MMIO exit: length ${len} at 0x${addr.toString(16)}`);
   }
 }

@@ -10,8 +10,8 @@ export type HostToMachine =
   | { type: 'resume' }
   | { type: 'stats' }
   | { type: 'dump-vcpus' }
-  | { type: 'serial-input'; port: number; data: Uint8Array }
-  | { type: 'serial-modem-status'; port: number; cts: boolean; dsr: boolean; ri: boolean; dcd: boolean };
+  /** A message for one device, by its name in the device list (see DeviceModel.hostMessages). */
+  | { type: 'device'; device: string; kind: string; payload: unknown };
 
 export interface MachineThreadData {
   config: MachineConfig;
@@ -56,11 +56,9 @@ async function main(): Promise<void> {
       case 'dump-vcpus':
         machine.dumpVcpus();
         break;
-      case 'serial-input':
-        machine.devices.serial?.[m.port]?.receive(m.data);
-        break;
-      case 'serial-modem-status':
-        machine.devices.serial?.[m.port]?.setModemStatus(m);
+      case 'device':
+        // A port that is not present (COM3 on a machine without it) drops the message.
+        machine.devices.deliver(m.device, m.kind, m.payload);
         break;
     }
   });

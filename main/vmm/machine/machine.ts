@@ -57,6 +57,8 @@ export type MachineToHost =
   | { type: 'log'; text: string }
   | { type: 'notify'; notification: HostNotification }
   | { type: 'stats'; stats: MachineStats }
+  /** Counters registered after 'started' (a BAR mapped, a first interrupt on a line): the whole schema. */
+  | { type: 'stats-schema'; statsSchema: CounterSpec[] }
   | { type: 'ended'; end: MachineEnd; stats: MachineStats };
 
 interface VcpuHandle {
@@ -67,14 +69,17 @@ interface VcpuHandle {
   exited: Promise<number> | null;
 }
 
-const EXIT_REASON_NAMES: Record<number, string> = {
-  2: 'io', 6: 'mmio', 10: 'intr', 5: 'hlt', 8: 'shutdown', 24: 'system_event', 17: 'internal_error', 9: 'fail_entry',
-};
+/** Bus access counters (group = device name) that MachineStats sums into reads and writes. */
+const READ_COUNTERS = new Set(['pio-reads', 'mmio-reads']);
+const WRITE_COUNTERS = new Set(['pio-writes', 'mmio-writes']);
+/** GSIs with a counter of their assertions (the IOAPIC's pins). */
+const COUNTED_GSIS = 24;
+const SCHEMA_CHECK_MS = 200;
 
 export class Machine implements MachineContext {
   readonly config: MachineConfig;
-  readonly pio = new PioBus();
-  readonly mmio = new MmioBus();
+  readonly pio: PioBus;
+  readonly mmio: MmioBus;
   readonly memory: GuestMemory;
   readonly cpuCount: number;
   readonly regions: MemoryRegion[];
@@ -83,8 +88,17 @@ export class Machine implements MachineContext {
   private readonly vm: KvmVm;
   private readonly vcpus: VcpuHandle[] = [];
   private platform!: Platform;
-  private kicks = 0;
-  private apExits = 0;
+  /** The registry as this launch found it: MachineStats reports this launch's counts. */
+  private readonly baseline: Uint32Array;
+  private readonly counts: Uint32Array;
+  private readonly kickSlot: number;
+  private readonly apExitSlot: number;
+  private readonly msiSlot: number;
+  /** Counter slot of each GSI's assertions (-1: registered on its first assertion). */
+  private readonly irqSlots = new Int32Array(COUNTED_GSIS).fill(-1);
+  /** Schema length the VM host last heard of, and the timer that checks for more. */
+  private postedSchemaLength = 0;
+  private schemaTimer: NodeJS.Timeout | null = null;
   private exitCode = 0;
   private ended = false;
   private running = false;
@@ -95,7 +109,15 @@ export class Machine implements MachineContext {
   constructor(config: MachineConfig, private readonly channels: MachineChannels) {
     this.config = config;
     this.cpuCount = config.cpus;
-    this.dispatcher = new ExitDispatcher(this.pio, this.mmio);
+    const statistics = channels.stats;
+    this.counts = statistics.counts;
+    this.baseline = statistics.counts.slice();
+    this.kickSlot = statistics.counter('vcpu', 'kicks');
+    this.apExitSlot = statistics.counter('vcpu', 'ap-exits');
+    this.msiSlot = statistics.counter('irq', 'msi');
+    this.pio = new PioBus(statistics);
+    this.mmio = new MmioBus(statistics);
+    this.dispatcher = new ExitDispatcher(this.pio, this.mmio, statistics);
     this.kvm = new KvmSystem();
     this.vm = this.kvm.createVm();
     // Three pages below the BIOS for the TSS and the EPT identity map (Intel needs them).
@@ -114,9 +136,15 @@ export class Machine implements MachineContext {
 
   // --- MachineContext -------------------------------------------------------
   setIrq(gsi: number, level: boolean): void {
+    if (level && gsi >= 0 && gsi < COUNTED_GSIS) {
+      let slot = this.irqSlots[gsi];
+      if (slot < 0) slot = this.irqSlots[gsi] = this.statistics.counter('irq', `gsi-${gsi}`);
+      Atomics.add(this.counts, slot, 1);
+    }
     this.vm.irqLine(gsi, level);
   }
   signalMsi(addressLo: number, addressHi: number, data: number): void {
+    Atomics.add(this.counts, this.msiSlot, 1);
     this.vm.signalMsi(addressLo, addressHi, data);
   }
   requestReset(): void {
@@ -238,10 +266,13 @@ export class Machine implements MachineContext {
       type: 'started', cpus: this.cpuCount, ramBytes: this.memory.ramSize,
       runPages: this.vcpus.map((h) => ({ buffer: h.vcpu.runBuffer, offset: h.vcpu.runBytes.byteOffset })),
       timings: this.timings,
-      statsSchema: this.statistics.schema,
+      statsSchema: this.postSchema(),
       coalescedRing: this.dispatcher.coalesced && { buffer: this.dispatcher.coalesced.buffer, offset: this.dispatcher.coalesced.byteOffset },
     });
     setImmediate(() => this.runSlice());
+    // A few times a second, between slices: counters registered while the guest runs.
+    this.schemaTimer = setInterval(() => this.postNewCounters(), SCHEMA_CHECK_MS);
+    this.schemaTimer.unref();
   }
 
   /** Called when the host posts a message: it already kicked vCPU 0, so we are in the event loop. */
@@ -267,15 +298,40 @@ export class Machine implements MachineContext {
     }
   }
 
+  /** The registry's schema, remembered as known to the VM host. */
+  private postSchema(): CounterSpec[] {
+    const schema = this.statistics.schema;
+    this.postedSchemaLength = schema.length;
+    return schema;
+  }
+
+  /** Tells the VM host about counters registered since it last heard (so its samples name them). */
+  private postNewCounters(): void {
+    if (this.statistics.schema.length !== this.postedSchemaLength) {
+      this.channels.post({ type: 'stats-schema', statsSchema: this.postSchema() });
+    }
+  }
+
+  /** This launch's counts, read from the statistics registry. */
   stats(): MachineStats {
     const exits: Record<string, number> = {};
-    this.dispatcher.exitCounts.forEach((n, reason) => {
-      if (n > 0) exits[EXIT_REASON_NAMES[reason] ?? `exit_${reason}`] = n;
+    const byDevice = new Map<string, { name: string; reads: number; writes: number }>();
+    let kicks = 0;
+    let apExits = 0;
+    this.statistics.schema.forEach((spec, slot) => {
+      const n = (Atomics.load(this.counts, slot) - this.baseline[slot]) >>> 0;
+      if (n === 0) return;
+      if (spec.group === 'exits') exits[spec.name] = n;
+      else if (spec.group === 'vcpu' && spec.name === 'kicks') kicks = n;
+      else if (spec.group === 'vcpu' && spec.name === 'ap-exits') apExits = n;
+      else if (READ_COUNTERS.has(spec.name) || WRITE_COUNTERS.has(spec.name)) {
+        let d = byDevice.get(spec.group);
+        if (!d) byDevice.set(spec.group, d = { name: spec.group, reads: 0, writes: 0 });
+        if (READ_COUNTERS.has(spec.name)) d.reads += n;
+        else d.writes += n;
+      }
     });
-    const devices = [...this.pio.counters, ...this.mmio.counters]
-      .filter((c) => c.reads + c.writes > 0)
-      .map((c) => ({ name: c.name, reads: c.reads, writes: c.writes }));
-    return { exits, devices, kicks: this.kicks, apExits: this.apExits };
+    return { exits, devices: [...byDevice.values()], kicks, apExits };
   }
 
   // --- the run loop -------------------------------------------------------------
@@ -301,7 +357,7 @@ export class Machine implements MachineContext {
           if (r === RUN_AGAIN) continue;
           // Kicked: clear immediate_exit and let the event loop deliver what the host sent.
           bytes[RUN.IMMEDIATE_EXIT] = 0;
-          this.kicks++;
+          Atomics.add(this.counts, this.kickSlot, 1);
           break;
         }
         const action = dispatcher.handle(run, bytes, 0);
@@ -318,7 +374,7 @@ export class Machine implements MachineContext {
     const control = this.channels.control;
     for (const h of this.vcpus) {
       if (h.cpu === 0 || control.mailbox(h.cpu) !== MAILBOX.REQUEST) continue;
-      this.apExits++;
+      Atomics.add(this.counts, this.apExitSlot, 1);
       const action = this.dispatcher.handle(h.vcpu.run, h.vcpu.runBytes, h.cpu);
       control.completeApExit(h.cpu, MAILBOX.DONE);
       if (action !== ACTION.CONTINUE) {
@@ -350,6 +406,8 @@ export class Machine implements MachineContext {
   private end(end: MachineEnd): void {
     if (this.ended) return;
     this.ended = true;
+    if (this.schemaTimer) clearInterval(this.schemaTimer);
+    this.postNewCounters();
     const control = this.channels.control;
     control.setCommand(COMMAND.STOP);
     const waits: Promise<number>[] = [];

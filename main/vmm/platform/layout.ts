@@ -33,4 +33,6 @@ export const FW_CFG_PORT_DATA = 0x511;
 export const FW_CFG_PORT_DMA = 0x514;
 
 export const DEBUGCON_PORT = 0x402;
+/** The debug console's output ring: after COM1..COM4's. */
+export const DEBUGCON_RING = 4;
 export const DEBUG_EXIT_PORT = 0xf4;

@@ -1,76 +1,116 @@
-// The PC platform: which device models a machine has and where they sit.
+// The platform: a machine's devices, built from a list of factories (pc.ts), installed on
+// its buses, and looked up by name for host messages, firmware tables and boot code.
 import type { MachineContext } from '../devices/context';
-import { DebugConsole, DebugExitPort, PostCodePort } from '../devices/simple';
+import {
+  type DeviceContext, type DeviceFactory, type DeviceModel, installDevice, type TableFragment,
+} from '../devices/device';
+import type { DebugExitPort } from '../devices/simple';
+import type { FwCfg } from '../devices/fw-cfg';
 import { I8042 } from '../devices/i8042';
-import { Port92 } from '../devices/port92';
+import type { PciPlatform } from '../devices/pci';
+import type { PciBus } from '../devices/pci/pci-bus';
 import { Uart16550 } from '../devices/uart16550';
 import { irqLinesOf } from './irq';
-import { COM_PORTS, FW_CFG_PORT_SEL } from './layout';
-import { Cmos, CMOS_PORT } from '../devices/cmos';
-import { FW_CFG_PORT_SPAN, FwCfg } from '../devices/fw-cfg';
-import { buildPciPlatform, type PciPlatform } from '../devices/pci';
-import { FOUR_GIB } from '../memory/guest-memory';
+import { COM_PORTS, DEBUGCON_RING } from './layout';
+import { PC_DEVICES } from './pc';
 
-/** What the host side needs of a UART: bytes in and modem status lines. */
-export interface SerialPortModel {
-  receive(data: Uint8Array): void;
-  setModemStatus(lines: { cts: boolean; dsr: boolean; ri: boolean; dcd: boolean }): void;
-}
+export { DEBUGCON_RING };
 
-export interface Platform {
+export class Platform {
+  readonly models: readonly DeviceModel[];
+  private readonly byName = new Map<string, DeviceModel>();
+
+  constructor(ctx: MachineContext & { requestPowerOff(exitCode?: number): void }, factories: readonly DeviceFactory[] = PC_DEVICES) {
+    // Getters, not copies: the boot replaces ctx.memory when it adds ROM regions.
+    const deviceCtx: DeviceContext = {
+      get config() { return ctx.config; },
+      get memory() { return ctx.memory; },
+      get pio() { return ctx.pio; },
+      get mmio() { return ctx.mmio; },
+      get cpuCount() { return ctx.cpuCount; },
+      get statistics() { return ctx.statistics; },
+      setIrq: (gsi, level) => ctx.setIrq(gsi, level),
+      signalMsi: (lo, hi, data) => ctx.signalMsi(lo, hi, data),
+      requestReset: () => ctx.requestReset(),
+      requestPowerOff: (exitCode?: number) => ctx.requestPowerOff(exitCode),
+      log: (text) => ctx.log(text),
+      notifyHost: (message) => ctx.notifyHost(message),
+      setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
+      serialRing: (index) => ctx.serialRing(index),
+      irqPin: (gsi, name) => irqLinesOf(deviceCtx).pin(gsi, name),
+    };
+    const models: DeviceModel[] = [];
+    let pciBus: PciBus | undefined;
+    for (const make of factories) {
+      const model = make(deviceCtx);
+      if (model === null) continue;
+      if (this.byName.has(model.name)) throw new Error(`two devices are named ${model.name}`);
+      installDevice(ctx, model, model.pciBus ?? pciBus);
+      pciBus ??= model.pciBus;
+      this.byName.set(model.name, model);
+      models.push(model);
+    }
+    this.models = models;
+  }
+
+  model(name: string): DeviceModel | undefined {
+    return this.byName.get(name);
+  }
+
+  /** The device object of model `name`, if it is a `type`. */
+  instance<T>(name: string, type: abstract new (...args: never[]) => T): T | undefined {
+    const i = this.byName.get(name)?.instance;
+    return i instanceof type ? i : undefined;
+  }
+
+  /**
+   * Routes a message from the VM host to device `device`'s handler for `kind`. Returns
+   * false if there is no such device or handler (a port that is not present).
+   */
+  deliver(device: string, kind: string, payload: unknown): boolean {
+    const handler = this.byName.get(device)?.hostMessages?.[kind];
+    if (!handler) return false;
+    handler(payload);
+    return true;
+  }
+
+  /** Every device's part of the firmware tables, merged. */
+  tables(): TableFragment {
+    const merged: TableFragment = { bootArch: 0, levelIsaIrqs: [] };
+    for (const m of this.models) {
+      const f = m.tables?.();
+      if (!f) continue;
+      merged.bootArch = (merged.bootArch ?? 0) | (f.bootArch ?? 0);
+      for (const irq of f.levelIsaIrqs ?? []) if (!merged.levelIsaIrqs!.includes(irq)) merged.levelIsaIrqs!.push(irq);
+      if (f.pciRoot) {
+        if (merged.pciRoot) throw new Error(`${m.name}: a second PCI root bridge is not supported`);
+        merged.pciRoot = f.pciRoot;
+      }
+    }
+    return merged;
+  }
+
+  // --- what boot code and tests look up ----------------------------------------------
+  get fwCfg(): FwCfg {
+    const fwCfg = this.byName.get('fw-cfg')?.instance as FwCfg | undefined;
+    if (!fwCfg) throw new Error('this machine has no fw_cfg device');
+    return fwCfg;
+  }
+  get pci(): PciPlatform | undefined {
+    return this.byName.get('pci')?.instance as PciPlatform | undefined;
+  }
+  get i8042(): I8042 | undefined {
+    return this.instance('i8042', I8042);
+  }
   /** COM1..COM4 (null where a port is not present). */
-  serial?: (SerialPortModel | null)[];
-  debugcon: DebugConsole;
-  postCode: PostCodePort;
-  debugExit: DebugExitPort | null;
-  i8042: I8042;
-  port92: Port92;
-  cmos: Cmos;
-  /** QEMU-compatible firmware configuration; the firmware boot fills in its items. */
-  fwCfg: FwCfg;
-  /** i440FX host bridge, PIIX3 ISA bridge, PIIX4 PM (ACPI PM block, SCI, PM timer). */
-  pci: PciPlatform;
+  get serial(): (Uart16550 | null)[] {
+    return COM_PORTS.map((_, i) => this.instance(`COM${i + 1}`, Uart16550) ?? null);
+  }
+  get debugExit(): DebugExitPort | null {
+    return (this.byName.get('debug-exit')?.instance as DebugExitPort | undefined) ?? null;
+  }
 }
-
-export const DEBUGCON_RING = 4;
 
 export function buildPlatform(ctx: MachineContext & { requestPowerOff(exitCode?: number): void }): Platform {
-  const debugcon = new DebugConsole(ctx.serialRing(DEBUGCON_RING));
-  ctx.pio.register(0x402, 1, debugcon);
-  const postCode = new PostCodePort();
-  ctx.pio.register(0x80, 1, postCode);
-  let debugExit: DebugExitPort | null = null;
-  if (ctx.config.debugExit) {
-    debugExit = new DebugExitPort((status) => ctx.requestPowerOff(status));
-    ctx.pio.register(0xf4, 1, debugExit);
-  }
-  const i8042 = new I8042(ctx);
-  ctx.pio.register(0x60, 1, i8042.dataPort);
-  ctx.pio.register(0x64, 1, i8042.commandPort);
-  const port92 = new Port92(() => ctx.requestReset());
-  ctx.pio.register(0x92, 1, port92);
-  // COM1..COM4; COM1/COM3 share IRQ 4 and COM2/COM4 share IRQ 3 through wired-OR lines.
-  const irqLines = irqLinesOf(ctx);
-  const serial = COM_PORTS.map(({ base, irq }, port) => {
-    const uart = new Uart16550({
-      port, output: ctx.serialRing(port), irq: irqLines.pin(irq, `COM${port + 1}`),
-      notifyHost: (message) => ctx.notifyHost(message),
-      scheduleRetry: (retry) => { ctx.setTimer(1, retry); },
-    });
-    ctx.pio.register(base, 8, uart);
-    return uart;
-  });
-  const cmos = new Cmos();
-  const ramRanges = ctx.memory.ramRanges();
-  cmos.setMemoryLayout({
-    lowRamBytes: ramRanges.filter((r) => r.base < FOUR_GIB).reduce((n, r) => n + r.size, 0),
-    highRamBytes: ramRanges.filter((r) => r.base >= FOUR_GIB).reduce((n, r) => n + r.size, 0),
-    cpus: ctx.cpuCount,
-  });
-  ctx.pio.register(CMOS_PORT, 2, cmos);
-  // DMA reads ctx.memory on each transfer: ROM regions added by the boot replace it.
-  const fwCfg = new FwCfg(() => ctx.memory);
-  ctx.pio.register(FW_CFG_PORT_SEL, FW_CFG_PORT_SPAN, fwCfg);
-  const pci = buildPciPlatform(ctx);
-  return { debugcon, postCode, debugExit, i8042, port92, serial, cmos, fwCfg, pci };
+  return new Platform(ctx);
 }

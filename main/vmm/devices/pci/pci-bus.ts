@@ -1,8 +1,9 @@
 // PCI bus 0 and the host's configuration mechanism #1: the address register at 0xcf8
 // (dword, bit 31 enables), data at 0xcfc-0xcff (byte/word/dword), and the PIIX reset
 // control register, a byte at 0xcf9 in the middle of the address register.
-import type { IoDevice, MmioBus, PioBus } from '../bus';
-import type { PciDevice } from './pci-device';
+import type { MmioBus, PioBus } from '../bus';
+import { allOnes, type IoDevice } from '../device';
+import type { ConfigWriteResult, PciDevice } from './pci-device';
 
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
 export const PCI_HOST_PORT_SPAN = 8;
@@ -49,6 +50,29 @@ export class PciBus {
     device.function = fn;
     this.functions.set(devfn, device);
     device.attached();
+    this.apply(device, device.mappingsAtAttach());
+  }
+
+  /**
+   * Maps and unmaps what a configuration write of `device` changed. Runs after the
+   * device's write returned, never inside it. A block that cannot be registered (a guest
+   * may program overlapping BARs) stays silent, as on hardware where decode conflicts.
+   */
+  private apply(device: PciDevice, changes: ConfigWriteResult): void {
+    const { pio, mmio } = this.ctx;
+    for (const m of changes.unmap) {
+      if (m.space === 'io') pio.unregister(m.base, m.length, m.io);
+      else mmio.unregister(m.io, m.base);
+    }
+    for (const m of changes.map) {
+      try {
+        if (m.space === 'io') pio.register(m.base, m.length, m.io);
+        else mmio.register(m.base, m.length, m.io);
+      } catch (e) {
+        const what = m.bar === undefined ? m.io.name : `BAR ${m.bar}`;
+        this.log(`${device.name}: ${what} at 0x${m.base.toString(16)} not mapped: ${(e as Error).message}`);
+      }
+    }
   }
 
   functionAt(devfn: number): PciDevice | undefined {
@@ -79,7 +103,9 @@ export class PciBus {
 
   writeConfig(bus: number, devfn: number, register: number, size: number, value: number): void {
     const device = bus === 0 ? this.functions.get(devfn) : undefined;
-    device?.writeConfig(register, size, value);
+    if (device === undefined) return;
+    const changes = device.writeConfig(register, size, value);
+    if (changes !== null) this.apply(device, changes);
   }
 }
 
@@ -128,10 +154,6 @@ export class PciHost implements IoDevice {
     if (byte + size > 4) return null;
     return { bus: (a >>> 16) & 0xff, devfn: (a >>> 8) & 0xff, register: (a & 0xfc) + byte };
   }
-}
-
-function allOnes(size: number): number {
-  return size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
 }
 
 function hex2(n: number): string {

@@ -1,7 +1,11 @@
 // A PCI function's type 0 configuration space: identity, command/status, BARs (with the
 // write-all-ones sizing protocol), interrupt pin/line, a capability list, INTx and MSI.
 // Device models (virtio, xHCI, ...) extend PciDevice and declare their BARs.
-import type { IoDevice, MmioDevice } from '../bus';
+//
+// A configuration write never maps anything itself: it returns what it changed (a
+// ConfigWriteResult, after crosvm's) and the bus owner (PciBus) applies that once the
+// write has returned, so no register block is re-registered while a bus dispatches to it.
+import type { IoDevice } from '../device';
 import type { PciBus } from './pci-bus';
 
 export const PCI_CFG = {
@@ -41,15 +45,40 @@ export interface BarSpec {
   /** Registered on the PIO bus while the BAR is mapped (I/O BARs). */
   io?: IoDevice;
   /** Registered on the MMIO bus while the BAR is mapped (memory BARs). */
-  mmio?: MmioDevice;
+  mmio?: IoDevice;
 }
 
 interface BarState {
   spec: BarSpec;
-  /** Where the BAR is decoded now (null: not decoded), as last applied. */
+  /** Where the BAR decodes (null: nowhere), as last reported in a ConfigWriteResult. */
   mapped: number | null;
-  /** Whether the handler is actually registered on a bus at `mapped`. */
-  registered: boolean;
+}
+
+/** A register block a function decodes: a BAR, or a window a config register places (PIIX4's PM block). */
+export interface PciMapping {
+  space: 'io' | 'mmio';
+  base: number;
+  length: number;
+  io: IoDevice;
+  /** The BAR index, for BARs. */
+  bar?: number;
+}
+
+/** What a configuration write changed: blocks to unmap, then blocks to map. */
+export class ConfigWriteResult {
+  readonly unmap: PciMapping[] = [];
+  readonly map: PciMapping[] = [];
+
+  get empty(): boolean {
+    return this.unmap.length === 0 && this.map.length === 0;
+  }
+
+  /** Records that `io` moved from `from` to `to` (either may be null: not decoded). */
+  move(space: PciMapping['space'], io: IoDevice, length: number, from: number | null, to: number | null, bar?: number): void {
+    if (from === to) return;
+    if (from !== null) this.unmap.push({ space, base: from, length, io, bar });
+    if (to !== null) this.map.push({ space, base: to, length, io, bar });
+  }
 }
 
 export interface PciIdentity {
@@ -138,7 +167,7 @@ export class PciDevice {
     if (index === PCI_ROM_BAR && (kind !== 'mem32' || size < 2048)) throw new Error(`${this.name}: the expansion ROM BAR is a 32-bit memory BAR of at least 2 KiB`);
     const upperHalfOf = index > 0 && this.bars[index - 1]?.spec.kind === 'mem64';
     if (upperHalfOf || (kind === 'mem64' && this.bars[index + 1])) throw new Error(`${this.name}: BAR ${index} overlaps a 64-bit BAR`);
-    this.bars[index] = { spec, mapped: null, registered: false };
+    this.bars[index] = { spec, mapped: null };
     if (index === PCI_ROM_BAR) {
       this.setU32(PCI_CFG.ROM_ADDRESS, 0);
       this.setWritable(PCI_CFG.ROM_ADDRESS, 4, ((0xfffff800 & ~(size - 1)) | 1) >>> 0);
@@ -244,7 +273,11 @@ export class PciDevice {
     return v;
   }
 
-  writeConfig(offset: number, size: number, value: number): void {
+  /**
+   * Stores a guest write (through the write and clear masks) and returns what it moved,
+   * or null if nothing; the caller (the bus) maps and unmaps once this has returned.
+   */
+  writeConfig(offset: number, size: number, value: number): ConfigWriteResult | null {
     for (let i = 0; i < size; i++) {
       const at = offset + i;
       const byte = Math.floor(value / 2 ** (8 * i)) & 0xff;
@@ -252,68 +285,60 @@ export class PciDevice {
       const c = this.clearMask[at];
       this.config[at] = ((this.config[at] & ~w) | (byte & w)) & ~(byte & c);
     }
+    const changes = new ConfigWriteResult();
     const end = offset + size;
     if (offset < PCI_CFG.COMMAND + 2 && end > PCI_CFG.COMMAND) {
       this.updateIntx();
-      this.updateBars();
+      this.updateBars(changes);
     } else if ((offset < PCI_CFG.BAR0 + 24 && end > PCI_CFG.BAR0) || (offset < PCI_CFG.ROM_ADDRESS + 4 && end > PCI_CFG.ROM_ADDRESS)) {
-      this.updateBars();
+      this.updateBars(changes);
     }
-    this.configWritten(offset, size);
+    this.configWritten(offset, size, changes);
+    return changes.empty ? null : changes;
   }
 
   /** Hook: refresh dynamic registers before a read. */
   protected beforeConfigRead(_offset: number, _size: number): void {}
-  /** Hook: react to a configuration write (after the bytes were stored). */
-  protected configWritten(_offset: number, _size: number): void {}
+  /**
+   * Hook: react to a configuration write (after the bytes were stored). A window the
+   * write moved goes into `changes`; the bus applies it.
+   */
+  protected configWritten(_offset: number, _size: number, _changes: ConfigWriteResult): void {}
 
-  /** Called by the bus once the function has its address; maps what is already enabled. */
-  attached(): void {
-    this.updateBars();
+  /** Called by the bus once the function has its address. */
+  attached(): void {}
+
+  /**
+   * Everything that decodes now, as if the whole space had just been written: the bus
+   * applies it when the function is attached.
+   */
+  mappingsAtAttach(): ConfigWriteResult {
+    const changes = new ConfigWriteResult();
+    this.updateBars(changes);
+    this.configWritten(0, 256, changes);
+    return changes;
   }
 
   // --- BAR mapping -------------------------------------------------------------------
 
-  /** Re-applies every BAR's decode state after a command or BAR write. */
-  updateBars(): void {
+  /** Reports every BAR whose decode state changed since the last report. */
+  private updateBars(changes: ConfigWriteResult): void {
     for (let i = 0; i <= PCI_ROM_BAR; i++) {
       const bar = this.bars[i];
       if (!bar) continue;
       const address = this.barAddress(i);
       if (address === bar.mapped) continue;
       const previous = bar.mapped;
-      if (bar.registered) this.unregisterBar(bar);
       bar.mapped = address;
-      if (address !== null) this.registerBar(i, bar, address);
+      const { spec } = bar;
+      const handler = spec.kind === 'io' ? spec.io : spec.mmio;
+      if (handler) changes.move(spec.kind === 'io' ? 'io' : 'mmio', handler, spec.size, previous, address, i);
       this.barMoved(i, address, previous);
     }
   }
 
-  /** Hook: a BAR started, stopped or moved decoding (after the bus registration). */
+  /** Hook: a BAR started, stopped or moved decoding (the bus maps it once the write returns). */
   protected barMoved(_index: number, _address: number | null, _previous: number | null): void {}
-
-  private registerBar(index: number, bar: BarState, address: number): void {
-    const bus = this.bus;
-    if (!bus) return;
-    const { spec } = bar;
-    try {
-      if (spec.kind === 'io' && spec.io) bus.pio.register(address, spec.size, spec.io);
-      else if (spec.kind !== 'io' && spec.mmio) bus.mmio.register(address, spec.size, spec.mmio);
-      else return;
-      bar.registered = true;
-    } catch (e) {
-      // A guest may program overlapping BARs; the BAR then stays silent.
-      bus.log(`${this.name}: BAR ${index} at 0x${address.toString(16)} not mapped: ${(e as Error).message}`);
-    }
-  }
-
-  private unregisterBar(bar: BarState): void {
-    const bus = this.bus;
-    if (!bus || bar.mapped === null) return;
-    if (bar.spec.kind === 'io') bus.pio.unregister(bar.mapped, bar.spec.size);
-    else if (bar.spec.mmio) bus.mmio.unregister(bar.spec.mmio, bar.mapped);
-    bar.registered = false;
-  }
 
   // --- interrupts --------------------------------------------------------------------
 

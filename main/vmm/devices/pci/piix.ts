@@ -1,10 +1,10 @@
 // The PIIX3 PCI-to-ISA bridge (00:01.0) with its PIRQ routing registers, and the PIIX4
 // power-management function (00:01.3) with the ACPI PM1a event/control registers, the
 // PM timer, GPE0, the APM control port and the SCI — the same mix QEMU's "pc" uses.
-import type { IoDevice, PioBus } from '../bus';
-import { ACPI_GPE0_BASE, ACPI_PM_BASE, ACPI_S5_SLP_TYP, ACPI_SCI_IRQ } from '../../platform/layout';
+import type { IoDevice } from '../device';
+import { ACPI_PM_BASE, ACPI_S5_SLP_TYP, ACPI_SCI_IRQ } from '../../platform/layout';
 import type { IntxRouter } from './pci-bus';
-import { PciDevice, PCI_CFG } from './pci-device';
+import { type ConfigWriteResult, PciDevice, PCI_CFG } from './pci-device';
 
 // --- PIIX3 ISA bridge -------------------------------------------------------------------
 
@@ -143,9 +143,9 @@ export class Piix4Pm extends PciDevice {
   private readonly startNs: bigint;
   /** 2^23-tick epoch of the PM timer when TMROF_STS was last cleared. */
   private timerEpochCleared: bigint;
+  /** Where PMBA/PMREGMISC place the PM block, as last reported to the bus (null: nowhere). */
   private mappedBase: number | null = null;
-  private pio: PioBus | null = null;
-  /** The PM block (PMBA), GPE0 and APM control/status ports. */
+  /** The PM block (PMBA), GPE0 and APM control/status ports (the last two at fixed ports: see pci/index.ts). */
   readonly pmIo: IoDevice;
   readonly gpeIo: IoDevice;
   readonly apmIo: IoDevice;
@@ -184,16 +184,6 @@ export class Piix4Pm extends PciDevice {
     };
   }
 
-  override attached(): void {
-    super.attached();
-    const bus = this.bus;
-    if (!bus) return;
-    this.pio = bus.pio;
-    bus.pio.register(ACPI_GPE0_BASE, 4, this.gpeIo);
-    bus.pio.register(APM_CNT_PORT, 2, this.apmIo);
-    this.updatePmMapping();
-  }
-
   /** Where the PM block decodes now, or null. */
   get pmBase(): number | null {
     return this.mappedBase;
@@ -218,26 +208,14 @@ export class Piix4Pm extends PciDevice {
     return ((this.clockNs() - this.startNs) * BigInt(PM_TIMER_HZ)) / 1_000_000_000n;
   }
 
-  protected override configWritten(offset: number, size: number): void {
+  protected override configWritten(offset: number, size: number, changes: ConfigWriteResult): void {
     const touches = (at: number, len: number) => offset < at + len && offset + size > at;
-    if (touches(PIIX4_PMBA, 4) || touches(PIIX4_PMREGMISC, 1)) this.updatePmMapping();
-  }
-
-  private updatePmMapping(): void {
-    const pio = this.pio;
-    if (!pio) return;
+    if (!touches(PIIX4_PMBA, 4) && !touches(PIIX4_PMREGMISC, 1)) return;
+    // PMBA moves the PM block at once (see above); the bus maps it after this write.
     const base = this.config[PIIX4_PMREGMISC] & 1 ? this.getU32(PIIX4_PMBA) & 0xffc0 : 0;
     const wanted = base === 0 ? null : base;
-    if (wanted === this.mappedBase) return;
-    if (this.mappedBase !== null) pio.unregister(this.mappedBase, PM_BLOCK_SIZE);
-    this.mappedBase = null;
-    if (wanted === null) return;
-    try {
-      pio.register(wanted, PM_BLOCK_SIZE, this.pmIo);
-      this.mappedBase = wanted;
-    } catch (e) {
-      this.opts.log(`piix4-pm: PM block at 0x${wanted.toString(16)} not mapped: ${(e as Error).message}`);
-    }
+    changes.move('io', this.pmIo, PM_BLOCK_SIZE, this.mappedBase, wanted);
+    this.mappedBase = wanted;
   }
 
   // --- PM I/O block ----------------------------------------------------------------------

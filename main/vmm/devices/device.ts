@@ -1,0 +1,142 @@
+// The one device interface. A register block answers PIO and MMIO the same way:
+// read(offset, size) returns a number, write(offset, size, value) takes one. No BigInt.
+//
+// Sizes are 1, 2 or 4 bytes. An 8-byte MMIO access (a 64-bit mov) reaches a register
+// block as one call only if it implements read64/write64, with the value as two 32-bit
+// halves; otherwise the bus splits it into two 4-byte accesses, low half (offset) first,
+// then high half (offset + 4), which is what a 32-bit PCI device sees of a 64-bit access
+// on real hardware. A device whose registers must see both halves at once (a 64-bit
+// doorbell or a 64-bit table entry) implements the 64-bit pair.
+//
+// A device model (DeviceModel) is what the machine is built from: a list of them in
+// platform/pc.ts. It declares its name, where its register blocks decode (I/O ranges, or
+// PCI functions whose BARs the PCI bus maps), the interrupt lines it drives, what it adds
+// to the firmware tables (ACPI, MP), the messages the VM host may send it, and its
+// counters (in the statistics registry).
+import type { MmioBus, PioBus } from './bus';
+import type { MachineContext } from './context';
+import type { PciBus } from './pci/pci-bus';
+import type { PciDevice } from './pci/pci-device';
+import { type CounterUnit, StatsRegistry } from '../shared/stats';
+import type { IrqPin } from '../platform/irq';
+import type { PciIrqWire } from '../platform/mptable';
+
+export interface IoDevice {
+  /** Shown in statistics and errors; also the counter group of its bus accesses. */
+  readonly name: string;
+  /** `offset` is relative to the registered base; `size` is 1, 2 or 4. */
+  read(offset: number, size: number): number;
+  write(offset: number, size: number, value: number): void;
+  /** An 8-byte MMIO read as one access: fills halves[0] (low) and halves[1] (high). */
+  read64?(offset: number, halves: Uint32Array): void;
+  /** An 8-byte MMIO write as one access, as its low and high 32-bit halves. */
+  write64?(offset: number, low: number, high: number): void;
+}
+
+/** A register block at a fixed place in port or memory space. */
+export interface IoRange {
+  base: number;
+  length: number;
+  io: IoDevice;
+}
+
+/** A PCI function and where it sits on bus 0. */
+export interface PciFunctionPlacement {
+  slot: number;
+  fn: number;
+  device: PciDevice;
+}
+
+/**
+ * What a device adds to the firmware tables a direct (firmware-less) boot builds. Read at
+ * boot, after the loader set the platform up, so it describes the device's current state.
+ */
+export interface TableFragment {
+  /** FADT IAPC_BOOT_ARCH bits (the i8042 adds "8042 present"). */
+  bootArch?: number;
+  /** ISA IRQs that are level-triggered, active high (the ACPI SCI): MP table entries. */
+  levelIsaIrqs?: number[];
+  /** A PCI root bridge: the DSDT's \_SB.PCI0 with its _PRT, and the MP table's PCI entries. */
+  pciRoot?: { irqs: PciIrqWire[]; mmioBase: number; mmioEnd: number };
+}
+
+/** A message from the VM host, routed to a device by name (serial input, modem lines). */
+export type HostMessageHandler = (payload: unknown) => void;
+
+export interface DeviceModel<T = unknown> {
+  /** Unique in a machine: host messages are addressed by it ('COM1', 'i8042'). */
+  readonly name: string;
+  /** The device object itself, for boot code and tests (machine.devices.instance(name)). */
+  readonly instance?: T;
+  /** Register blocks on the port bus. */
+  readonly pio?: readonly IoRange[];
+  /** Register blocks on the memory bus (fixed addresses; BARs belong to PCI functions). */
+  readonly mmio?: readonly IoRange[];
+  /** PCI functions on bus 0; the PCI bus maps their BARs as the guest programs them. */
+  readonly pci?: readonly PciFunctionPlacement[];
+  /** GSIs this device drives (shared, wired-OR lines; see platform/irq.ts). */
+  readonly irqs?: readonly number[];
+  /** Its part of the ACPI and MP tables. */
+  tables?(): TableFragment;
+  /** Messages from the VM host, by kind. */
+  readonly hostMessages?: Readonly<Record<string, HostMessageHandler>>;
+  /** Its own counters in the statistics registry (bus accesses are counted by the buses). */
+  readonly counters?: Readonly<Record<string, Counter>>;
+  /** A PCI bus this model brings (the host bridge); later models' functions attach to it. */
+  readonly pciBus?: PciBus;
+}
+
+/** What a device factory gets: the machine, and its shared interrupt lines. */
+export interface DeviceContext extends MachineContext {
+  /** Connects device `name` to GSI `gsi` (a wired-OR line other devices may share). */
+  irqPin(gsi: number, name: string): IrqPin;
+  requestPowerOff(exitCode?: number): void;
+}
+
+/** Makes one device of a machine (null: not in this configuration, e.g. isa-debug-exit). */
+export type DeviceFactory = (ctx: DeviceContext) => DeviceModel | null;
+
+/** One counter of the statistics registry, bound to its slot. */
+export class Counter {
+  constructor(private readonly registry: StatsRegistry, readonly slot: number) {}
+  add(n = 1): void {
+    this.registry.add(this.slot, n);
+  }
+  /** The raw 32-bit count (it wraps; the VM host's sampler makes totals of it). */
+  get value(): number {
+    return Atomics.load(this.registry.counts, this.slot);
+  }
+}
+
+export function counter(registry: StatsRegistry, group: string, name: string, unit: CounterUnit = 'count'): Counter {
+  return new Counter(registry, registry.counter(group, name, unit));
+}
+
+/** A small registry of its own, for a device built outside a machine (unit tests, tools). */
+export function privateStatistics(): StatsRegistry {
+  return new StatsRegistry(new SharedArrayBuffer(256 * 4));
+}
+
+/** All ones of `size` bytes: what an access nothing decodes reads. */
+export function allOnes(size: number): number {
+  return size >= 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
+}
+
+/** Where a device model's declared blocks go. */
+export interface DeviceBuses {
+  readonly pio: PioBus;
+  readonly mmio: MmioBus;
+}
+
+/**
+ * Registers a model's I/O ranges and attaches its PCI functions to `pciBus` (which maps
+ * their BARs). Throws on a conflict: the device list is ours, not the guest's.
+ */
+export function installDevice(buses: DeviceBuses, model: DeviceModel, pciBus?: PciBus): void {
+  for (const r of model.pio ?? []) buses.pio.register(r.base, r.length, r.io);
+  for (const r of model.mmio ?? []) buses.mmio.register(r.base, r.length, r.io);
+  if (model.pci && model.pci.length > 0) {
+    if (!pciBus) throw new Error(`${model.name}: has PCI functions but the machine has no PCI bus`);
+    for (const p of model.pci) pciBus.attach(p.device, p.slot, p.fn);
+  }
+}
