@@ -3,10 +3,15 @@
 // identity map and TSS pages, KVM's supported CPUID, 256 MiB of RAM), loads the flat
 // binary at 0x1000 in real mode and handles each exit with the same trivial work as
 // Porthole's device models: port 0x80 keeps the last POST code and counts writes, 0x402
-// prints, 0xf4 ends the run. Prints the guest's output, then "tsc_khz: N" (the guest
-// TSC frequency from KVM_GET_TSC_KHZ) and "exits: N".
+// prints, 0xf4 ends the run; an MMIO exit (the MMIO bench touches an address nothing
+// decodes) reads as all ones and its writes are dropped, as Porthole's unassigned MMIO.
+// Prints the guest's output, then "tsc_khz: N" (the guest TSC frequency from
+// KVM_GET_TSC_KHZ) and "exits: N".
 //
 // Usage: kvm-baseline GUEST.bin
+//        kvm-baseline --ioctl-loop N: times N KVM_GET_API_VERSION ioctls (the cheapest
+//        successful KVM ioctl) and prints "ioctl_ns: X", the syscall cost that Porthole's
+//        koffi call of the same ioctl is compared with (the exit-path profile).
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -16,6 +21,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RAM_BYTES (256UL << 20)
@@ -32,7 +38,23 @@ static int checked_ioctl(int fd, unsigned long request, void *arg, const char *w
   return r;
 }
 
+static int ioctl_loop(long n) {
+  int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  if (kvm < 0) die("/dev/kvm");
+  struct timespec t0, t1;
+  for (long i = 0; i < n / 10; i++) ioctl(kvm, KVM_GET_API_VERSION, 0);  // warm up
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long i = 0; i < n; i++) {
+    if (ioctl(kvm, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) die("KVM_GET_API_VERSION");
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double ns = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
+  printf("ioctl_ns: %.1f\n", ns / n);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--ioctl-loop") == 0) return ioctl_loop(atol(argv[2]));
   if (argc != 2) {
     fprintf(stderr, "usage: kvm-baseline GUEST.bin\n");
     return 2;
@@ -88,7 +110,7 @@ int main(int argc, char **argv) {
 
   // The devices' state: what Porthole's PostCodePort and DebugConsole keep.
   uint8_t post_code = 0;
-  uint64_t post_writes = 0, exits = 0;
+  uint64_t post_writes = 0, exits = 0, mmio_exits = 0;
   int exit_status = -1;
   while (exit_status < 0) {
     if (ioctl(vcpu, KVM_RUN, 0) < 0) {
@@ -96,6 +118,11 @@ int main(int argc, char **argv) {
       die("KVM_RUN");
     }
     exits++;
+    if (run->exit_reason == KVM_EXIT_MMIO) {
+      mmio_exits++;
+      if (!run->mmio.is_write) memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+      continue;
+    }
     if (run->exit_reason != KVM_EXIT_IO) {
       fprintf(stderr, "kvm-baseline: unexpected exit reason %u\n", run->exit_reason);
       return 2;
@@ -117,7 +144,7 @@ int main(int argc, char **argv) {
     }
   }
   int tsc_khz = ioctl(vcpu, KVM_GET_TSC_KHZ, 0);
-  printf("tsc_khz: %d\nexits: %llu\npost_writes: %llu\n", tsc_khz, (unsigned long long)exits,
-         (unsigned long long)post_writes);
+  printf("tsc_khz: %d\nexits: %llu\npost_writes: %llu\nmmio_exits: %llu\n", tsc_khz, (unsigned long long)exits,
+         (unsigned long long)post_writes, (unsigned long long)mmio_exits);
   return exit_status == 1 ? 0 : exit_status;
 }

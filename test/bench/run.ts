@@ -4,16 +4,20 @@
 //   pio     PIO-exit cost: the same guest loop of `out 0x80, al` (batches x batch size), timed
 //           by the guest with rdtsc, run by Porthole (flat guest), by a minimal C KVM runner
 //           (test/bench/kvm-baseline.c) and by QEMU (as an option ROM), rounds interleaved.
+//   mmio    MMIO-exit cost against PIO: one guest times `out 0x80, al`, then 4-byte MMIO
+//           writes and reads to an address nothing decodes (test/guests/mmio-loop.inc), run
+//           by Porthole, the C runner and QEMU; prints MMIO/PIO and MMIO Porthole/QEMU, and
+//           a profile of the PIO exit path's JavaScript side (test/bench/exit-path.ts).
 //   serial  guest COM1 -> PTY throughput (test/bench/serial-throughput.ts).
 //   boot    the rig's L2 kit booted to a shell by Porthole and by QEMU (test/bench/boot.ts).
 //
-// No name runs all three. Where they run: pio and serial on this machine's /dev/kvm when it
+// No name runs them all. Where they run: pio, mmio and serial on this machine's /dev/kvm when it
 // is usable, boot always in the rig's L1 (it needs a KVM that boots Linux), and whatever
 // cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
 // L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
 // sets host, since inside L1 "here" is the venue).
 //
-// Usage: node dist/test/bench/run.js [pio] [serial] [boot] [--runs N] [--batches N] [--batch N]
+// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [--runs N] [--batches N] [--batch N]
 //        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
 //   --runs N: pio runs and boot rounds (default 5); --cpus: vCPU counts for boot;
 //   --bytes N: serial bytes per phase (default 1 MiB);
@@ -29,15 +33,19 @@ import { VmHost } from '../../main/vmm/host/vm-host';
 import { BOOT_TARGET, runBootBench, type KitPaths } from './boot';
 import { benchOutputDir, guestsSrc, repoRoot, writeBenchResult } from './paths';
 import { runSerialThroughputBench } from './serial-throughput';
+import { profileExitPath } from './exit-path';
 
 /** Targets from the issue: Porthole within 1.10x of the C runner, and faster than QEMU. */
 const TARGET_VS_C = 1.1;
 const TARGET_VS_QEMU = 1.0;
+/** Issue 8: an MMIO exit within 1.1x of a PIO exit; the JavaScript side at most 0.3 µs over C. */
+const TARGET_MMIO_VS_PIO = 1.1;
+const TARGET_JS_OVER_C_NS = 300;
 
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-export const BENCH_NAMES = ['pio', 'serial', 'boot'] as const;
+export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 
 export interface Options {
@@ -135,13 +143,13 @@ function has(command: string): boolean {
 }
 
 /** Assembles both forms of the loop with the requested counts; fixes the ROM checksum. */
-function buildGuests(o: Options): { flat: string; rom: string } {
+function buildGuests(o: Options, name = 'pio-loop'): { flat: string; rom: string } {
   const benchBuild = benchOutputDir();
-  const flat = path.join(benchBuild, 'pio-loop.bin');
-  const rom = path.join(benchBuild, 'pio-loop-rom.bin');
+  const flat = path.join(benchBuild, `${name}.bin`);
+  const rom = path.join(benchBuild, `${name}-rom.bin`);
   const common = ['-f', 'bin', '-I', `${guestsSrc}/`, `-DPIO_LOOP_BATCHES=${o.batches}`, `-DPIO_LOOP_BATCH=${o.batch}`];
-  tool('nasm', [...common, path.join(guestsSrc, 'pio-loop.asm'), '-o', flat], 'assembling pio-loop.asm');
-  tool('nasm', [...common, path.join(guestsSrc, 'pio-loop-rom.asm'), '-o', rom], 'assembling pio-loop-rom.asm');
+  tool('nasm', [...common, path.join(guestsSrc, `${name}.asm`), '-o', flat], `assembling ${name}.asm`);
+  tool('nasm', [...common, path.join(guestsSrc, `${name}-rom.asm`), '-o', rom], `assembling ${name}-rom.asm`);
   const image = fs.readFileSync(rom);
   let sum = 0;
   for (let i = 0; i < image.length - 1; i++) sum = (sum + image[i]) & 0xff;
@@ -169,15 +177,16 @@ interface LoopResult {
 }
 
 /** Finds the loop's own report in a debug console log (QEMU's also holds SeaBIOS's log). */
-function parseLoop(text: string, who: string): LoopResult {
-  const m = /pio-loop: exits=([0-9a-f]{8}) cycles=([0-9a-f]{16}) best-batch=([0-9a-f]{8}) batch=([0-9a-f]{8})/.exec(text);
-  if (!m) throw new BenchError(`${who}: the guest printed no result; its output was:\n${text.slice(-2000)}`);
+function parseLoop(text: string, who: string, label = 'pio-loop'): LoopResult {
+  const m = new RegExp(`${label}: exits=([0-9a-f]{8}) cycles=([0-9a-f]{16}) best-batch=([0-9a-f]{8}) batch=([0-9a-f]{8})`).exec(text);
+  if (!m) throw new BenchError(`${who}: the guest printed no ${label} result; its output was:\n${text.slice(-2000)}`);
   return {
     exits: parseInt(m[1], 16), cycles: Number(BigInt(`0x${m[2]}`)), bestBatch: parseInt(m[3], 16), batch: parseInt(m[4], 16),
   };
 }
 
-async function runPorthole(guest: string): Promise<LoopResult> {
+/** Runs a flat guest in Porthole; returns its debug console output. */
+async function runPortholeText(guest: string): Promise<string> {
   const config: MachineConfig = { ...defaultConfig(), name: 'bench', boot: { kind: 'flat', path: guest, address: 0x1000 }, debugExit: true };
   const host = new VmHost(config);
   let output = '';
@@ -188,17 +197,30 @@ async function runPorthole(guest: string): Promise<LoopResult> {
   await host.start();
   const end = await ended;
   if (end.reason !== 'poweroff') throw new BenchError(`Porthole: the VM ended with ${JSON.stringify(end)}`);
-  return parseLoop(output, 'Porthole');
+  return output;
+}
+
+async function runPorthole(guest: string): Promise<LoopResult> {
+  return parseLoop(await runPortholeText(guest), 'Porthole');
 }
 
 function runBaseline(bin: string, guest: string): LoopResult & { tscKhz: number } {
-  const out = tool(bin, [guest], 'the C baseline');
-  const khz = /tsc_khz: (\d+)/.exec(out);
-  return { ...parseLoop(out, 'C baseline'), tscKhz: khz ? Number(khz[1]) : 0 };
+  const { text, tscKhz } = runBaselineText(bin, guest);
+  return { ...parseLoop(text, 'C baseline'), tscKhz };
+}
+
+function runBaselineText(bin: string, guest: string): { text: string; tscKhz: number } {
+  const text = tool(bin, [guest], 'the C baseline');
+  const khz = /tsc_khz: (\d+)/.exec(text);
+  return { text, tscKhz: khz ? Number(khz[1]) : 0 };
+}
+
+function runQemu(rom: string): LoopResult {
+  return parseLoop(runQemuText(rom), 'QEMU');
 }
 
 // QEMU's default CPU model (-cpu host fails here: this KVM refuses an MSR it sets).
-function runQemu(rom: string): LoopResult {
+function runQemuText(rom: string): string {
   const log = path.join(os.tmpdir(), `porthole-bench-qemu-${process.pid}.log`);
   fs.rmSync(log, { force: true });
   const r = spawnSync('qemu-system-x86_64', [
@@ -212,7 +234,7 @@ function runQemu(rom: string): LoopResult {
   if (r.error) throw new BenchError(`QEMU: ${r.error.message}`);
   // isa-debug-exit with 0 ends QEMU with status (0 << 1) | 1 = 1.
   if (r.status !== 1) throw new BenchError(`QEMU exited with status ${r.status}: ${r.stderr.trim()}`);
-  return parseLoop(text, 'QEMU');
+  return text;
 }
 
 /** The guest TSC rate: KVM_GET_TSC_KHZ from the C runner, else the host's cpu MHz. */
@@ -303,6 +325,106 @@ async function pioExitBench(o: Options): Promise<boolean> {
   return met;
 }
 
+const PHASES = ['pio-loop', 'mmio-write', 'mmio-read'] as const;
+type Phase = (typeof PHASES)[number];
+const PHASE_LABELS: Record<Phase, string> = { 'pio-loop': 'PIO write', 'mmio-write': 'MMIO write', 'mmio-read': 'MMIO read' };
+
+/**
+ * The MMIO bench: per VMM and phase, the median over runs of each run's fastest batch
+ * (cycles per exit), then the ratios, then the exit-path profile.
+ */
+async function mmioExitBench(o: Options): Promise<boolean> {
+  if (!fs.existsSync('/dev/kvm')) throw new BenchError('/dev/kvm is not available: the MMIO-exit bench needs KVM');
+  const missing = ['nasm', ...(o.only.includes('c') ? ['gcc'] : [])].filter((c) => !has(c));
+  if (missing.length) throw new BenchError(`missing tools: ${missing.join(', ')} (run npm run fixtures)`);
+  const vmms = o.only.filter((v) => v !== 'qemu' || has('qemu-system-x86_64'));
+  if (o.only.includes('qemu') && !vmms.includes('qemu')) console.log('QEMU is not installed: its column is skipped.');
+  const { flat, rom } = buildGuests(o, 'mmio-loop');
+  const baseline = vmms.includes('c') ? buildBaseline() : '';
+  const exits = o.batches * o.batch;
+  const fastest: Record<VmmName, Record<Phase, number[]>> = {
+    porthole: { 'pio-loop': [], 'mmio-write': [], 'mmio-read': [] },
+    c: { 'pio-loop': [], 'mmio-write': [], 'mmio-read': [] },
+    qemu: { 'pio-loop': [], 'mmio-write': [], 'mmio-read': [] },
+  };
+  let tscKhz = 0;
+  console.log(`\nMMIO-exit bench: ${o.batches} batches x ${o.batch} exits per phase (PIO write, MMIO write, MMIO read), ${o.runs} runs, interleaved`);
+  console.log(`host load average: ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} CPUs`);
+  for (let run = 1; run <= o.runs; run++) {
+    const line: string[] = [];
+    for (const vmm of vmms) {
+      let text: string;
+      if (vmm === 'porthole') text = await runPortholeText(flat);
+      else if (vmm === 'c') {
+        const r = runBaselineText(baseline, flat);
+        if (r.tscKhz > 0) tscKhz = r.tscKhz;
+        text = r.text;
+      } else text = runQemuText(rom);
+      const cells: string[] = [];
+      for (const phase of PHASES) {
+        const r = parseLoop(text, VMM_LABELS[vmm], phase);
+        if (r.exits !== exits || r.batch !== o.batch) {
+          throw new BenchError(`${VMM_LABELS[vmm]} ran ${r.exits} ${phase} exits in batches of ${r.batch}, expected ${exits} in ${o.batch}`);
+        }
+        fastest[vmm][phase].push(r.bestBatch / r.batch);
+        cells.push((r.bestBatch / r.batch).toFixed(0));
+      }
+      line.push(`${VMM_LABELS[vmm]} ${cells.join('/')}`);
+    }
+    console.log(`  run ${run}: fastest-batch cycles/exit (PIO/MMIO write/MMIO read)  ${line.join('  ')}`);
+  }
+  if (tscKhz === 0) tscKhz = cpuinfoTscKhz();
+  const ns = (cycles: number) => (tscKhz > 0 ? (cycles * 1e6) / tscKhz : NaN);
+  const judged = (vmm: VmmName, phase: Phase) => median(fastest[vmm][phase]);
+  console.log(`\nguest TSC: ${(tscKhz / 1000).toFixed(1)} MHz; per exit, median over runs of the fastest batch (cycles, ns)`);
+  console.log(`${pad('VMM', 12)}${PHASES.map((p) => pad(PHASE_LABELS[p], 18, true)).join('')}`);
+  for (const vmm of vmms) {
+    console.log(`${pad(VMM_LABELS[vmm], 12)}${PHASES.map((p) => pad(`${judged(vmm, p).toFixed(0)} ${ns(judged(vmm, p)).toFixed(0)}ns`, 18, true)).join('')}`);
+  }
+  const report: Record<string, unknown> = { batches: o.batches, batch: o.batch, runs: o.runs, tscKhz, loadAverage: os.loadavg()[0], fastest };
+  let met = true;
+  console.log('\nMMIO / PIO (same VMM, same run; the kernel emulates the MMIO instruction, so C shows its share):');
+  for (const vmm of vmms) {
+    const w = judged(vmm, 'mmio-write') / judged(vmm, 'pio-loop');
+    const r = judged(vmm, 'mmio-read') / judged(vmm, 'pio-loop');
+    report[`mmioOverPio_${vmm}`] = { write: w, read: r };
+    let verdict = '';
+    if (vmm === 'porthole') {
+      const ok = w <= TARGET_MMIO_VS_PIO && r <= TARGET_MMIO_VS_PIO;
+      met &&= ok;
+      verdict = `  target <= ${TARGET_MMIO_VS_PIO.toFixed(2)}x: ${ok ? 'met' : 'MISSED'}`;
+    }
+    console.log(`  ${pad(VMM_LABELS[vmm], 12)} write ${w.toFixed(3)}x  read ${r.toFixed(3)}x${verdict}`);
+  }
+  for (const other of ['qemu', 'c'] as const) {
+    if (!vmms.includes('porthole') || !vmms.includes(other)) continue;
+    const w = judged('porthole', 'mmio-write') / judged(other, 'mmio-write');
+    const r = judged('porthole', 'mmio-read') / judged(other, 'mmio-read');
+    const p = judged('porthole', 'pio-loop') / judged(other, 'pio-loop');
+    report[`portholeOver_${other}`] = { mmioWrite: w, mmioRead: r, pio: p };
+    console.log(`MMIO Porthole / ${VMM_LABELS[other]}: write ${w.toFixed(3)}x  read ${r.toFixed(3)}x   (PIO: ${p.toFixed(3)}x)`);
+  }
+
+  // Where a PIO exit's time goes: Porthole over C, split by what the profile measures.
+  const profile = profileExitPath({ baseline: baseline || undefined });
+  report.exitPath = profile;
+  console.log('\nPIO exit path, JavaScript side (ns per exit; the profile runs in this process, same venue):');
+  const koffiOver = profile.cIoctlNs === null ? null : profile.koffiIoctlNs - profile.cIoctlNs;
+  console.log(`  koffi ioctl call       ${profile.koffiIoctlNs.toFixed(0).padStart(6)}  (C: ${profile.cIoctlNs?.toFixed(0) ?? '?'}; koffi's own share ${koffiOver?.toFixed(0) ?? '?'})`);
+  console.log(`  decode+dispatch+count  ${profile.pioDispatchNs.toFixed(0).padStart(6)}  (of which 2 counter Atomics.add: ${profile.countersNs.toFixed(0)}; an MMIO write exit: ${profile.mmioDispatchNs.toFixed(0)})`);
+  if (vmms.includes('porthole') && vmms.includes('c')) {
+    const over = ns(judged('porthole', 'pio-loop') - judged('c', 'pio-loop'));
+    const rest = over - (koffiOver ?? 0) - profile.pioDispatchNs;
+    report.pioOverCNs = over;
+    const ok = over <= TARGET_JS_OVER_C_NS;
+    met &&= ok;
+    console.log(`  run loop and the rest  ${rest.toFixed(0).padStart(6)}  (what remains of Porthole over C)`);
+    console.log(`  Porthole over C        ${over.toFixed(0).padStart(6)}  target <= ${TARGET_JS_OVER_C_NS}: ${ok ? 'met' : 'MISSED'}`);
+  }
+  writeBenchResult('mmio-exit.json', report);
+  return met;
+}
+
 /** The L2 kit: the rig's, as L1 sees it, or built (or found) on this machine. */
 async function kitPaths(): Promise<KitPaths> {
   const dir = process.env.RIG_KIT_DIR;
@@ -366,6 +488,7 @@ async function main(): Promise<void> {
   let met = true;
   for (const bench of here) {
     if (bench === 'pio') met = (await pioExitBench(o)) && met;
+    else if (bench === 'mmio') met = (await mmioExitBench(o)) && met;
     else if (bench === 'serial') {
       console.log('\nserial throughput:');
       await runSerialThroughputBench({ bytes: o.serialBytes });

@@ -3,8 +3,8 @@ import { test } from 'node:test';
 import { decodeBenchArgs, encodeBenchArgs, parseArgs, venueFor } from '../bench/run';
 
 test('npm run bench: no name runs every bench; names pick benches; today\'s options still work', () => {
-  assert.deepEqual(parseArgs([]).benches, ['pio', 'serial', 'boot']);
-  assert.deepEqual(parseArgs(['--no-serial']).benches, ['pio', 'boot']);
+  assert.deepEqual(parseArgs([]).benches, ['pio', 'mmio', 'serial', 'boot']);
+  assert.deepEqual(parseArgs(['--no-serial']).benches, ['pio', 'mmio', 'boot']);
   assert.deepEqual(parseArgs(['boot']).benches, ['boot']);
   assert.deepEqual(parseArgs(['serial', 'pio']).benches, ['pio', 'serial']);
   const o = parseArgs(['pio', '--runs', '3', '--batches', '10', '--batch', '50', '--only', 'porthole,qemu', '--check']);
