@@ -20,6 +20,7 @@ import { prepareBoot } from '../boot';
 import { pcIrqRoutes } from '../platform/mptable';
 import { describePic, describeVcpu } from './vcpu-dump';
 import type { CounterSpec, StatsRegistry } from '../shared/stats';
+import { machineStatsFrom, type MachineStats } from './machine-stats';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from '../shared/control';
 
 export type MachineEnd =
@@ -28,12 +29,7 @@ export type MachineEnd =
   | { reason: 'stopped' }
   | { reason: 'error'; message: string };
 
-export interface MachineStats {
-  exits: Record<string, number>;
-  devices: { name: string; reads: number; writes: number }[];
-  kicks: number;
-  apExits: number;
-}
+export type { MachineStats } from './machine-stats';
 
 export interface MachineChannels {
   control: ControlBlock;
@@ -69,9 +65,6 @@ interface VcpuHandle {
   exited: Promise<number> | null;
 }
 
-/** Bus access counters (group = device name) that MachineStats sums into reads and writes. */
-const READ_COUNTERS = new Set(['pio-reads', 'mmio-reads']);
-const WRITE_COUNTERS = new Set(['pio-writes', 'mmio-writes']);
 /** GSIs with a counter of their assertions (the IOAPIC's pins). */
 const COUNTED_GSIS = 24;
 const SCHEMA_CHECK_MS = 200;
@@ -314,24 +307,7 @@ export class Machine implements MachineContext {
 
   /** This launch's counts, read from the statistics registry. */
   stats(): MachineStats {
-    const exits: Record<string, number> = {};
-    const byDevice = new Map<string, { name: string; reads: number; writes: number }>();
-    let kicks = 0;
-    let apExits = 0;
-    this.statistics.schema.forEach((spec, slot) => {
-      const n = (Atomics.load(this.counts, slot) - this.baseline[slot]) >>> 0;
-      if (n === 0) return;
-      if (spec.group === 'exits') exits[spec.name] = n;
-      else if (spec.group === 'vcpu' && spec.name === 'kicks') kicks = n;
-      else if (spec.group === 'vcpu' && spec.name === 'ap-exits') apExits = n;
-      else if (READ_COUNTERS.has(spec.name) || WRITE_COUNTERS.has(spec.name)) {
-        let d = byDevice.get(spec.group);
-        if (!d) byDevice.set(spec.group, d = { name: spec.group, reads: 0, writes: 0 });
-        if (READ_COUNTERS.has(spec.name)) d.reads += n;
-        else d.writes += n;
-      }
-    });
-    return { exits, devices: [...byDevice.values()], kicks, apExits };
+    return machineStatsFrom(this.statistics.schema, this.counts, this.baseline);
   }
 
   // --- the run loop -------------------------------------------------------------

@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { defaultConfig, type MachineConfig } from '../../main/vmm/config';
+import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
+import type { HostNotification, MachineContext } from '../../main/vmm/devices/context';
+import { counter, type DeviceFactory, type IoDevice } from '../../main/vmm/devices/device';
+import { PCI_CFG, PCI_COMMAND, PciDevice } from '../../main/vmm/devices/pci';
+import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
+import { machineStatsFrom } from '../../main/vmm/machine/machine-stats';
+import { IAPC_BOOT_ARCH } from '../../main/vmm/platform/acpi';
+import { PC_DEVICES } from '../../main/vmm/platform/pc';
+import { Platform } from '../../main/vmm/platform/platform';
+import { ByteRing } from '../../main/vmm/shared/control';
+import { StatsRegistry } from '../../main/vmm/shared/stats';
+
+function context(config: MachineConfig = defaultConfig()) {
+  const statistics = new StatsRegistry();
+  const irqs: [number, boolean][] = [];
+  const notes: HostNotification[] = [];
+  const rings = Array.from({ length: 5 }, () => new ByteRing());
+  const ctx: MachineContext & { requestPowerOff(code?: number): void } = {
+    config,
+    // The PC's CMOS asks for the RAM layout; nothing else reads guest memory at build time.
+    memory: { ramRanges: () => [{ base: 0, size: config.memoryBytes }] } as unknown as GuestMemory,
+    pio: new PioBus(statistics),
+    mmio: new MmioBus(statistics),
+    cpuCount: config.cpus,
+    statistics,
+    setIrq: (gsi, level) => { irqs.push([gsi, level]); },
+    signalMsi: () => {},
+    requestReset: () => {},
+    requestPowerOff: () => {},
+    log: () => {},
+    notifyHost: (n) => { notes.push(n); },
+    setTimer: () => () => {},
+    serialRing: (i) => rings[i],
+  };
+  return { ctx, statistics, irqs, notes, rings };
+}
+
+function count(registry: StatsRegistry, group: string, name: string): number {
+  const slot = registry.schema.findIndex((s) => s.group === group && s.name === name);
+  return slot < 0 ? 0 : registry.counts[slot];
+}
+
+test('the PC is built from its device list: ports, PCI functions, host messages, table fragments', () => {
+  const { ctx, statistics, rings } = context();
+  const pc = new Platform(ctx, PC_DEVICES);
+  assert.deepEqual(pc.models.map((m) => m.name),
+    ['debugcon', 'post-code', 'i8042', 'port92', 'COM1', 'COM2', 'COM3', 'COM4', 'cmos', 'fw-cfg', 'pci']);
+  for (const [port, owner] of [[0x402, 'debugcon'], [0x80, 'post-code'], [0x64, 'i8042 (0x64)'], [0x3f8, 'COM1'],
+    [0x2e8, 'COM4'], [0x70, 'cmos'], [0x511, 'fw-cfg'], [0xcfc, 'pci-host'], [0x600, 'acpi-pm'], [0xb2, 'apm']] as const) {
+    assert.equal(ctx.pio.ownerOf(port), owner, `port 0x${port.toString(16)}`);
+  }
+  assert.equal(ctx.pio.ownerOf(0xf4), null, 'isa-debug-exit only when configured');
+  assert.ok(pc.fwCfg && pc.pci && pc.i8042);
+  assert.equal(pc.serial.length, 4);
+  // Host messages go to a device by name; an absent device or kind is refused.
+  assert.equal(pc.deliver('COM1', 'input', new Uint8Array([0x41, 0x42])), true);
+  assert.equal(pc.serial[0]?.pendingInput, 2);
+  assert.equal(count(statistics, 'COM1', 'rx-bytes'), 1, 'one byte entered the 16450-mode FIFO');
+  assert.equal(pc.deliver('COM9', 'input', new Uint8Array([1])), false);
+  assert.equal(pc.deliver('cmos', 'input', new Uint8Array([1])), false);
+  // The UART counts what the guest transmits, in the registry.
+  ctx.pio.write(0x3f8, 1, 0x5a);
+  assert.deepEqual([...rings[0].drain()], [0x5a]);
+  assert.equal(count(statistics, 'COM1', 'tx-bytes'), 1);
+  assert.equal(count(statistics, 'COM1', 'pio-writes'), 1);
+  // Every device describes its part of the firmware tables.
+  pc.pci?.isaBridge.routePirqs([10, 10, 11, 11]);
+  const tables = pc.tables();
+  assert.equal((tables.bootArch ?? 0) & IAPC_BOOT_ARCH.I8042, IAPC_BOOT_ARCH.I8042);
+  assert.deepEqual(tables.levelIsaIrqs, [9]);
+  assert.equal(tables.pciRoot?.irqs.length, 31 * 4);
+  assert.deepEqual(tables.pciRoot?.irqs[0], { slot: 1, pin: 1, gsi: 10 });
+});
+
+class Scratch implements IoDevice {
+  readonly name = 'scratch-bar';
+  value = 0;
+  read(): number { return this.value; }
+  write(_o: number, _s: number, v: number): void { this.value = v; }
+}
+
+class ScratchPci extends PciDevice {
+  readonly regs = new Scratch();
+  constructor() {
+    super('scratch', { vendorId: 0x1234, deviceId: 0x0001, classCode: 0xff0000 });
+    this.defineBar(0, { kind: 'mem32', size: 0x1000, mmio: this.regs });
+  }
+}
+
+test('adding a device is one factory: a PCI device after the PCI platform attaches to its bus and counts', () => {
+  const { ctx, statistics } = context({ ...defaultConfig(), debugExit: true });
+  const dev = new ScratchPci();
+  let pokes = 0;
+  const scratch: DeviceFactory = (c) => ({
+    name: 'scratch', instance: dev, pci: [{ slot: 5, fn: 0, device: dev }],
+    hostMessages: { poke: () => { pokes++; } },
+    counters: { pokes: counter(c.statistics, 'scratch', 'pokes') },
+  });
+  const pc = new Platform(ctx, [...PC_DEVICES, scratch]);
+  assert.equal(ctx.pio.ownerOf(0xf4), 'debug-exit');
+  assert.equal(pc.model('scratch')?.instance, dev);
+  assert.equal(pc.deliver('scratch', 'poke', null), true);
+  assert.equal(pokes, 1);
+  // The guest programs the BAR through 0xcf8/0xcfc; the PCI bus maps it after the write.
+  const cfg = (reg: number, size: number, value: number) => {
+    ctx.pio.write(0xcf8, 4, (0x80000000 | (5 << 11) | reg) >>> 0);
+    ctx.pio.write(0xcfc, size, value);
+  };
+  cfg(PCI_CFG.BAR0, 4, 0xe0001000);
+  cfg(PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  ctx.mmio.write(0xe0001010, 4, 0x1234);
+  assert.equal(ctx.mmio.read(0xe0001000, 4), 0x1234);
+  assert.equal(count(statistics, 'scratch-bar', 'mmio-writes'), 1);
+  assert.equal(count(statistics, 'scratch-bar', 'mmio-reads'), 1);
+  cfg(PCI_CFG.BAR0, 4, 0xe0002000);
+  assert.equal(ctx.mmio.ownerOf(0xe0001000), null);
+  assert.equal(ctx.mmio.ownerOf(0xe0002000), 'scratch-bar');
+  assert.throws(() => new Platform(context().ctx, [scratch, scratch]), /PCI|two devices/);
+});
+
+test('MachineStats is one launch\'s share of the registry: exits, device reads and writes, kicks', () => {
+  const stats = new StatsRegistry();
+  const io = stats.counter('exits', 'io');
+  const reads = stats.counter('COM1', 'pio-reads');
+  const writes = stats.counter('COM1', 'pio-writes');
+  const mmioWrites = stats.counter('COM1', 'mmio-writes');
+  const kicks = stats.counter('vcpu', 'kicks');
+  stats.counter('COM1', 'tx-bytes', 'bytes');
+  stats.add(io, 5);
+  stats.add(writes, 3);
+  // A previous launch left counts behind (the registry survives resets).
+  const baseline = stats.counts.slice();
+  stats.add(io, 2);
+  stats.add(reads, 1);
+  stats.add(mmioWrites, 4);
+  stats.add(kicks, 1);
+  const tx = stats.counter('COM1', 'tx-bytes', 'bytes');
+  stats.add(tx, 100);
+  assert.deepEqual(machineStatsFrom(stats.schema, stats.counts, baseline), {
+    exits: { io: 2 }, devices: [{ name: 'COM1', reads: 1, writes: 4 }], kicks: 1, apExits: 0,
+  });
+});
