@@ -84,7 +84,8 @@ export class ExitDispatcher {
     }
     const reason = run.getUint32(RUN.EXIT_REASON, true);
     const slot = reason < EXIT_SLOTS ? this.exitSlots[reason] : -1;
-    Atomics.add(this.counts, slot >= 0 ? slot : this.exitSlot(reason), 1);
+    // A plain increment: every exit is dispatched on the machine thread (see devices/bus.ts).
+    this.counts[slot >= 0 ? slot : this.exitSlot(reason)]++;
     switch (reason) {
       case EXIT.IO:
         this.handleIo(run, bytes);
