@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { StatsSample } from '../../main/vmm/shared/stats';
 import { flatConfig, kvmSkipReason, runVm } from '../helpers/vm';
 
 const skip = kvmSkipReason() ?? false;
@@ -15,4 +16,17 @@ test('a flat guest writes to the debug console and exits through isa-debug-exit'
 test('stopping a VM whose APs sit idle in KVM_RUN returns promptly', { skip }, async () => {
   const r = await runVm(flatConfig('hello', { cpus: 4 }));
   assert.equal(r.end.reason, 'poweroff');
+});
+
+test('the statistics registry counts exits by reason and accesses by device, as the VM host samples it', { skip }, async () => {
+  let last: StatsSample | undefined;
+  const r = await runVm(flatConfig('hello'), { onStart: (h) => h.on('stats', (s) => { last = s; }) });
+  assert.equal(r.end.reason, 'poweroff');
+  const total = (group: string, name: string) => last?.counters.find((c) => c.group === group && c.name === name)?.total;
+  // The final sample, taken when the VM ended: the same counts as the machine's own stats.
+  assert.equal(total('exits', 'io'), 22);
+  assert.equal(total('debugcon', 'pio-writes'), 21);
+  assert.equal(total('debug-exit', 'pio-writes'), 1);
+  assert.equal(total('debugcon', 'dropped-bytes'), 0);
+  assert.equal(total('COM1', 'tx-bytes'), 0);
 });
