@@ -11,7 +11,7 @@ import type { PciPlatform } from '../devices/pci';
 import type { PciBus } from '../devices/pci/pci-bus';
 import { Uart16550 } from '../devices/uart16550';
 import { irqLinesOf } from './irq';
-import { COM_PORTS, DEBUGCON_RING } from './layout';
+import { COM_PORTS, DEBUGCON_RING, IOAPIC_PINS } from './layout';
 import { PC_DEVICES } from './pc';
 
 export { DEBUGCON_RING };
@@ -45,6 +45,9 @@ export class Platform {
       const model = make(deviceCtx);
       if (model === null) continue;
       if (this.byName.has(model.name)) throw new Error(`two devices are named ${model.name}`);
+      for (const gsi of model.irqs ?? []) {
+        if (!Number.isInteger(gsi) || gsi < 0 || gsi >= IOAPIC_PINS) throw new Error(`${model.name}: interrupt line ${gsi} does not exist`);
+      }
       installDevice(ctx, model, model.pciBus ?? pciBus);
       pciBus ??= model.pciBus;
       this.byName.set(model.name, model);
