@@ -9,6 +9,10 @@
 // KVM_GET_TSC_KHZ) and "exits: N".
 //
 // Usage: kvm-baseline GUEST.bin
+//        KVM_BASELINE_TOUCH_PAGES=N kvm-baseline GUEST.bin: also reads one byte of each of N
+//        fixed pages on every exit, as a bigger user-space working set would (the profile
+//        uses it to price the TLB refills a VM exit costs in the rig's TCG L1, which flushes
+//        its software TLB on every nested VM entry and exit).
 //        kvm-baseline --ioctl-loop N: times N KVM_GET_API_VERSION ioctls (the cheapest
 //        successful KVM ioctl) and prints "ioctl_ns: X", the syscall cost that Porthole's
 //        koffi call of the same ioctl is compared with (the exit-path profile).
@@ -108,6 +112,17 @@ int main(int argc, char **argv) {
   struct kvm_regs regs = {.rip = LOAD_ADDR, .rsp = 0x7000, .rflags = 2};
   checked_ioctl(vcpu, KVM_SET_REGS, &regs, "KVM_SET_REGS");
 
+  const char *touch_env = getenv("KVM_BASELINE_TOUCH_PAGES");
+  long touch_pages = touch_env ? atol(touch_env) : 0;
+  if (touch_pages < 0 || touch_pages > 65536) touch_pages = 0;
+  volatile uint8_t *touch = NULL;
+  if (touch_pages > 0) {
+    touch = mmap(NULL, touch_pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (touch == MAP_FAILED) die("mmap touch pages");
+    for (long p = 0; p < touch_pages; p++) touch[p * 4096] = 1;
+  }
+  unsigned touch_sum = 0;
+
   // The devices' state: what Porthole's PostCodePort and DebugConsole keep.
   uint8_t post_code = 0;
   uint64_t post_writes = 0, exits = 0, mmio_exits = 0;
@@ -118,6 +133,7 @@ int main(int argc, char **argv) {
       die("KVM_RUN");
     }
     exits++;
+    for (long p = 0; p < touch_pages; p++) touch_sum += touch[p * 4096];
     if (run->exit_reason == KVM_EXIT_MMIO) {
       mmio_exits++;
       if (!run->mmio.is_write) memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
@@ -144,6 +160,7 @@ int main(int argc, char **argv) {
     }
   }
   int tsc_khz = ioctl(vcpu, KVM_GET_TSC_KHZ, 0);
+  if (touch_pages > 0) printf("touched: %u\n", touch_sum);
   printf("tsc_khz: %d\nexits: %llu\npost_writes: %llu\nmmio_exits: %llu\n", tsc_khz, (unsigned long long)exits,
          (unsigned long long)post_writes, (unsigned long long)mmio_exits);
   return exit_status == 1 ? 0 : exit_status;

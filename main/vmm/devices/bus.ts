@@ -14,10 +14,12 @@ export type { IoDevice } from './device';
 const UNASSIGNED = 0;
 const UNASSIGNED_NAME = 'unassigned';
 
-/** Port I/O bus: a 64 Ki table from port to device slot, so dispatch is one array lookup. */
+/**
+ * Port I/O bus: a 64 Ki table from port to (device slot << 16 | base port), so dispatch is
+ * one array lookup that touches one memory page.
+ */
 export class PioBus {
-  private readonly slotOfPort = new Uint16Array(0x10000);
-  private readonly baseOfPort = new Uint16Array(0x10000);
+  private readonly entryOfPort = new Uint32Array(0x10000);
   private readonly devices: (IoDevice | null)[] = [null];
   /** The registry's counts and, per device slot, the counter slots of its reads and writes. */
   private readonly counts: Uint32Array;
@@ -35,7 +37,7 @@ export class PioBus {
       throw new Error(`${device.name}: port range 0x${base.toString(16)}+${length} is outside 0..0xffff`);
     }
     for (let p = base; p < base + length; p++) {
-      const owner = this.slotOfPort[p];
+      const owner = this.entryOfPort[p] >>> 16;
       if (owner !== UNASSIGNED) {
         throw new Error(`${device.name}: port 0x${p.toString(16)} already belongs to ${this.devices[owner]?.name}`);
       }
@@ -53,10 +55,7 @@ export class PioBus {
       this.readSlot[slot] = this.statistics.counter(device.name, 'pio-reads');
       this.writeSlot[slot] = this.statistics.counter(device.name, 'pio-writes');
     }
-    for (let p = base; p < base + length; p++) {
-      this.slotOfPort[p] = slot;
-      this.baseOfPort[p] = base;
-    }
+    for (let p = base; p < base + length; p++) this.entryOfPort[p] = ((slot << 16) | base) >>> 0;
   }
 
   /** Frees ports base..base+length-1; with `device`, only the ports it owns. */
@@ -64,27 +63,29 @@ export class PioBus {
     const slot = device === undefined ? -1 : this.devices.indexOf(device);
     if (device !== undefined && slot < 0) return;
     for (let p = Math.max(0, base); p < base + length && p < 0x10000; p++) {
-      if (slot < 0 || this.slotOfPort[p] === slot) this.slotOfPort[p] = UNASSIGNED;
+      if (slot < 0 || this.entryOfPort[p] >>> 16 === slot) this.entryOfPort[p] = UNASSIGNED;
     }
   }
 
   read(port: number, size: number): number {
-    const slot = this.slotOfPort[port];
+    const entry = this.entryOfPort[port];
+    const slot = entry >>> 16;
     this.counts[this.readSlot[slot]]++;
     const device = this.devices[slot];
     if (device === null) return allOnes(size);
-    return device.read(port - this.baseOfPort[port], size);
+    return device.read(port - (entry & 0xffff), size);
   }
 
   write(port: number, size: number, value: number): void {
-    const slot = this.slotOfPort[port];
+    const entry = this.entryOfPort[port];
+    const slot = entry >>> 16;
     this.counts[this.writeSlot[slot]]++;
     const device = this.devices[slot];
-    if (device !== null) device.write(port - this.baseOfPort[port], size, value);
+    if (device !== null) device.write(port - (entry & 0xffff), size, value);
   }
 
   ownerOf(port: number): string | null {
-    return this.devices[this.slotOfPort[port]]?.name ?? null;
+    return this.devices[this.entryOfPort[port] >>> 16]?.name ?? null;
   }
 }
 
