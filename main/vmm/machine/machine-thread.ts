@@ -4,14 +4,15 @@ import type { MachineConfig } from '../config';
 import { prefetchLinuxFiles } from '../boot/linux';
 import { Machine, type MachineToHost } from './machine';
 import { ByteRing, ControlBlock, epochMs } from '../shared/control';
+import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
+import { decodeModemStatus, SERIAL_KIND } from '../shared/serial-messages';
 import { type CounterSpec, StatsRegistry } from '../shared/stats';
 
+// Control messages. Host I/O (serial input, backend completions) comes over the channel.
 export type HostToMachine =
   | { type: 'resume' }
   | { type: 'stats' }
-  | { type: 'dump-vcpus' }
-  | { type: 'serial-input'; port: number; data: Uint8Array }
-  | { type: 'serial-modem-status'; port: number; cts: boolean; dsr: boolean; ri: boolean; dcd: boolean };
+  | { type: 'dump-vcpus' };
 
 export interface MachineThreadData {
   config: MachineConfig;
@@ -19,6 +20,8 @@ export interface MachineThreadData {
   rings: SharedArrayBuffer[];
   /** The VM's statistics registry and the counters earlier launches registered. */
   stats: { buffer: SharedArrayBuffer; schema: CounterSpec[] };
+  /** The VM's host channel pair and the VM host's doorbell (made once per VM, kept across resets). */
+  hostLink: { doorbell: SharedArrayBuffer; toMachine: SharedArrayBuffer; toHost: SharedArrayBuffer };
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -37,10 +40,16 @@ function statsRegistryOf(stats: MachineThreadData['stats']): StatsRegistry {
 async function main(): Promise<void> {
   // The kernel and initrd are read while KVM creates the VM, its RAM and vCPUs.
   prefetchLinuxFiles(data.config.boot);
+  const hostDoorbell = new Doorbell(data.hostLink.doorbell);
+  const toHost = new Channel(data.hostLink.toHost);
+  toHost.onWake = () => hostDoorbell.ring();
   const machine = new Machine(data.config, {
     control: new ControlBlock(data.control),
-    rings: data.rings.map((b) => new ByteRing(b)),
+    rings: data.rings.map((b) => new ByteRing(b, hostDoorbell)),
     stats: statsRegistryOf(data.stats),
+    hostDoorbell,
+    fromHost: new Channel(data.hostLink.toMachine),
+    toHost,
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
@@ -56,15 +65,25 @@ async function main(): Promise<void> {
       case 'dump-vcpus':
         machine.dumpVcpus();
         break;
-      case 'serial-input':
-        machine.devices.serial?.[m.port]?.receive(m.data);
-        break;
-      case 'serial-modem-status':
-        machine.devices.serial?.[m.port]?.setModemStatus(m);
-        break;
     }
   });
+  routeSerialInput(machine);
   machine.start();
+}
+
+/** COM port input and modem lines from the host backends, over the channel. */
+function routeSerialInput(machine: Machine): void {
+  machine.devices.serial?.forEach((uart, port) => {
+    if (!uart) return;
+    machine.onHostMessage(CHANNEL_TARGET.SERIAL + port, (kind, payload) => {
+      if (kind === SERIAL_KIND.INPUT) {
+        uart.receive(payload);
+      } else if (kind === SERIAL_KIND.MODEM_STATUS) {
+        const lines = decodeModemStatus(payload);
+        if (lines) uart.setModemStatus(lines);
+      }
+    });
+  });
 }
 
 main().catch((e: Error) => {
