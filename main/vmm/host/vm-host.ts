@@ -50,6 +50,8 @@ const CHANNEL_BYTES = 64 * 1024;
 const BACKLOG_LIMIT_BYTES = 1024 * 1024;
 /** Largest payload of one serial input record; longer input is split. */
 const SERIAL_RECORD_BYTES = 4096;
+/** While the machine keeps ringing, it is served at most once per this many ms. */
+const SERVICE_BATCH_MS = 1;
 /** Ring drains in one pass before yielding to the event loop (a guest that writes without pause). */
 const DRAIN_ROUNDS = 4;
 
@@ -141,11 +143,17 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.setState('stopped');
       throw e;
     }
-    await this.launchMachine();
+    // Serving starts before the launch, so a machine that ends at once (finish) stops it.
     void this.serveMachine();
     // Counters are read from shared memory: no vCPU is kicked for a sample.
     this.statsTimer = setInterval(() => this.emit('stats', this.statsSampler.sample()), Math.max(100, this.statsIntervalMs));
     this.statsTimer.unref();
+    try {
+      await this.launchMachine();
+    } catch (e) {
+      this.stopServing();
+      throw e;
+    }
   }
 
   private launchMachine(): Promise<void> {
@@ -232,11 +240,15 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.finish(end, stats);
   }
 
-  private finish(end: MachineEnd, stats: MachineStats): void {
+  private stopServing(): void {
     this.serviceGeneration++;
     this.doorbell.ring(); // ends the service loop's wait
     if (this.statsTimer) clearInterval(this.statsTimer);
     this.statsTimer = null;
+  }
+
+  private finish(end: MachineEnd, stats: MachineStats): void {
+    this.stopServing();
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
     this.closeEndpoints();
@@ -255,11 +267,19 @@ export class VmHost extends EventEmitter<VmHostEvents> {
    */
   private async serveMachine(): Promise<void> {
     const generation = ++this.serviceGeneration;
+    let servedAt = 0;
     while (generation === this.serviceGeneration) {
       // Read before looking, so a ring while we look makes the wait return at once.
       const seen = this.doorbell.value;
-      if (this.serviceMachine()) await new Promise<void>((resolve) => setImmediate(resolve));
+      const more = this.serviceMachine();
+      servedAt = performance.now();
+      if (more) await new Promise<void>((resolve) => setImmediate(resolve));
       else await this.doorbell.wait(seen);
+      // Output that streams gathers for a moment: a write per batch, not per byte, and the
+      // machine rings only once per batch (the ring stays non-empty meanwhile). The first
+      // ring after a quiet spell is served at once.
+      const since = performance.now() - servedAt;
+      if (since < SERVICE_BATCH_MS) await new Promise<void>((resolve) => setTimeout(resolve, SERVICE_BATCH_MS - since));
     }
   }
 
