@@ -7,7 +7,8 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import { epochMs } from '../vmm/shared/control';
 import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
-import { formatStats } from './stats';
+import { formatLiveStats, formatStats, MachineStatsRates } from './stats';
+import type { StatsSample } from '../vmm/shared/stats';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
 
@@ -63,6 +64,28 @@ function printTiming(label: string, at: number): void {
   process.stderr.write(formatTiming(label, at));
 }
 
+/**
+ * A line of the busiest counters per --stats-interval, on stderr. The statistics registry
+ * is read when it has counters; until then the machine's tallies are asked for each
+ * interval (one kick of vCPU 0 per line).
+ */
+function printLiveStats(host: VmHost): void {
+  const startedAt = Date.now();
+  const rates = new MachineStatsRates();
+  host.on('stats', (sample) => {
+    if (host.state !== 'running' || sample.intervalMs === 0) return;
+    if (sample.counters.length > 0) {
+      process.stderr.write(formatLiveStats(sample, sample.atMs - startedAt));
+      return;
+    }
+    void host.stats().then((machineStats) => {
+      const now = Date.now();
+      const fromMachine = rates.sample(machineStats, now);
+      if (fromMachine.intervalMs > 0 && host.state === 'running') process.stderr.write(formatLiveStats(fromMachine, now - startedAt));
+    });
+  });
+}
+
 function exitCodeFor(end: MachineEnd): number {
   switch (end.reason) {
     case 'poweroff': return end.exitCode;
@@ -102,7 +125,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     process.stderr.write(`porthole: ${problem}\n`);
     return 1;
   }
-  const { config, stats, verbose, timings } = command;
+  const { config, stats, liveStatsMs, verbose, timings } = command;
   if (timings) {
     if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
     printTiming('cli', epochMs());
@@ -113,6 +136,13 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);
   });
   if (verbose) host.on('log', (line) => process.stderr.write(`porthole: ${line}\n`));
+  // The registry's samples (no vCPU is kicked for them); the last one feeds the end table.
+  let lastSample: StatsSample | null = null;
+  host.on('stats', (sample) => { lastSample = sample; });
+  if (liveStatsMs !== null) {
+    host.statsIntervalMs = liveStatsMs;
+    printLiveStats(host);
+  }
 
   const ended = new Promise<[MachineEnd, MachineStats]>((resolve) => host.once('ended', (end, s) => resolve([end, s])));
   const onSignal = () => void host.stop();
@@ -129,7 +159,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   }
   const [end, machineStats] = await ended;
   if (end.reason === 'error') process.stderr.write(`porthole: the VM stopped with an error: ${end.message}\n`);
-  if (stats) process.stderr.write(formatStats(machineStats));
+  if (stats) process.stderr.write(formatStats(machineStats, lastSample));
   return exitCodeFor(end);
 }
 

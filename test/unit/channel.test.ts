@@ -45,6 +45,20 @@ test('channel records straddle the end of the ring and the 2^32 wrap of its posi
   assert.ok(header[0] > 0, 'the head position wrapped past 2^32');
 });
 
+test('large channel payloads (copied in two pieces) straddle the end of the ring intact', () => {
+  const channel = Channel.create(512);
+  const sent: Record[] = [];
+  for (let seq = 0; seq < 100; seq++) {
+    const payload = Uint8Array.from({ length: 65 + ((seq * 37) % 180) }, (_, i) => (seq * 7 + i) & 0xff);
+    if (!channel.send(seq, 1, payload)) {
+      assert.deepEqual(receiveAll(channel), sent.splice(0));
+      assert.equal(channel.send(seq, 1, payload), true);
+    }
+    sent.push([seq, 1, [...payload]]);
+  }
+  assert.deepEqual(receiveAll(channel), sent);
+});
+
 test('a full channel refuses a record, writes nothing, and frees room as the consumer takes records', async () => {
   const channel = Channel.create(64);
   let woken = 0;

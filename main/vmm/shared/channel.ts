@@ -29,6 +29,8 @@ const TAIL = 1;
 const WANT_SPACE = 2;
 const HEADER_BYTES = 16;
 const RECORD_HEADER_BYTES = 8;
+/** Payloads up to this size are copied byte by byte. */
+const SMALL_PAYLOAD = 64;
 
 /** Largest target or kind number (each is 16 bits in the record header). */
 export const CHANNEL_MAX_TAG = 0xffff;
@@ -98,9 +100,15 @@ export class Channel {
     this.dataWords[at >>> 2] = target | (kind << 16);
     this.dataWords[(at >>> 2) + 1] = payload.length;
     const start = (at + RECORD_HEADER_BYTES) & (this.capacity - 1);
-    const first = Math.min(payload.length, this.capacity - start);
-    this.data.set(payload.subarray(0, first), start);
-    if (first < payload.length) this.data.set(payload.subarray(first), 0);
+    const mask = this.capacity - 1;
+    if (payload.length <= SMALL_PAYLOAD) {
+      // Small payloads: a byte loop is cheaper than making subarrays.
+      for (let i = 0; i < payload.length; i++) this.data[(start + i) & mask] = payload[i];
+    } else {
+      const first = Math.min(payload.length, this.capacity - start);
+      this.data.set(payload.subarray(0, first), start);
+      if (first < payload.length) this.data.set(payload.subarray(first), 0);
+    }
     Atomics.store(this.words, HEAD, (head + size) | 0);
     // The consumer had taken everything before this record: it may be asleep.
     if (Atomics.load(this.words, TAIL) === head) {
@@ -141,9 +149,14 @@ export class Channel {
       }
       const start = (at + RECORD_HEADER_BYTES) & (this.capacity - 1);
       const payload = new Uint8Array(length);
-      const first = Math.min(length, this.capacity - start);
-      payload.set(this.data.subarray(start, start + first));
-      if (first < length) payload.set(this.data.subarray(0, length - first), first);
+      if (length <= SMALL_PAYLOAD) {
+        const mask = this.capacity - 1;
+        for (let i = 0; i < length; i++) payload[i] = this.data[(start + i) & mask];
+      } else {
+        const first = Math.min(length, this.capacity - start);
+        payload.set(this.data.subarray(start, start + first));
+        if (first < length) payload.set(this.data.subarray(0, length - first), first);
+      }
       tail = (tail + size) | 0;
       this.release(tail);
       count++;
