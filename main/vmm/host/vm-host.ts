@@ -50,10 +50,8 @@ const CHANNEL_BYTES = 64 * 1024;
 const BACKLOG_LIMIT_BYTES = 1024 * 1024;
 /** Largest payload of one serial input record; longer input is split. */
 const SERIAL_RECORD_BYTES = 4096;
-/** While the machine keeps ringing, it is served at most once per this many ms. */
-const SERVICE_BATCH_MS = 1;
-/** Ring drains in one pass before yielding to the event loop (a guest that writes without pause). */
-const DRAIN_ROUNDS = 4;
+/** While output streams, the VM host looks this often (the doorbell wakes it after a quiet spell). */
+const STREAM_BATCH_MS = 2;
 
 interface Backlogged {
   target: number;
@@ -267,57 +265,50 @@ export class VmHost extends EventEmitter<VmHostEvents> {
    */
   private async serveMachine(): Promise<void> {
     const generation = ++this.serviceGeneration;
-    let servedAt = 0;
     while (generation === this.serviceGeneration) {
       // Read before looking, so a ring while we look makes the wait return at once.
       const seen = this.doorbell.value;
-      const more = this.serviceMachine();
-      servedAt = performance.now();
-      if (more) await new Promise<void>((resolve) => setImmediate(resolve));
-      else await this.doorbell.wait(seen);
-      // Output that streams gathers for a moment: a write per batch, not per byte, and the
-      // machine rings only once per batch (the ring stays non-empty meanwhile). The first
-      // ring after a quiet spell is served at once.
-      const since = performance.now() - servedAt;
-      if (since < SERVICE_BATCH_MS) await new Promise<void>((resolve) => setTimeout(resolve, SERVICE_BATCH_MS - since));
+      if (this.serviceMachine()) {
+        // Output streams: gather the next batch as a poll would (a write per batch, not
+        // per byte). Waiting on the doorbell resumes once a look finds nothing to do.
+        await new Promise<void>((resolve) => setTimeout(resolve, STREAM_BATCH_MS));
+      } else {
+        await this.doorbell.wait(seen);
+      }
     }
   }
 
   /**
    * Moves guest output to the backends, takes the machine's records and re-arms the timer
-   * for its deadline. Returns true if there is more to do at once. Every source is looked
-   * at again after it was emptied (the re-check Channel describes), so nothing that
-   * arrived while we looked is left without a ring.
+   * for its deadline. Returns true if anything moved (look again soon). A look that moves
+   * nothing saw every ring empty after its last drain (the re-check Channel describes),
+   * so a byte that arrived meanwhile rang the doorbell.
    */
   private serviceMachine(): boolean {
-    let more = false;
+    let moved = false;
     this.rings.forEach((ring, i) => {
       const endpoint = this.endpoints[i];
       // A congested endpoint leaves bytes in the ring: the guest sees THR busy and waits.
       // The endpoint's onWritable rings the doorbell when it can take more.
-      for (let round = 0; ring.used > 0 && !endpoint?.congested; round++) {
-        if (round === DRAIN_ROUNDS) {
-          more = true;
-          break;
-        }
-        if (this.awaitingFirstOutput && i !== DEBUGCON_RING) {
-          // A one-shot, off the vCPU's path.
-          this.awaitingFirstOutput = false;
-          this.emit('timing', { label: 'first-console-byte', epochMs: epochMs() });
-        }
-        const data = ring.drain();
-        endpoint?.write(data);
-        this.emit('output', i, data);
+      if (ring.used === 0 || endpoint?.congested) return;
+      if (this.awaitingFirstOutput && i !== DEBUGCON_RING) {
+        // A one-shot, off the vCPU's path.
+        this.awaitingFirstOutput = false;
+        this.emit('timing', { label: 'first-console-byte', epochMs: epochMs() });
       }
+      const data = ring.drain();
+      endpoint?.write(data);
+      this.emit('output', i, data);
+      moved = true;
     });
     try {
-      this.toHost.receive(this.routeFromMachine);
+      if (this.toHost.receive(this.routeFromMachine) > 0) moved = true;
     } catch (e) {
       this.emit('log', `a machine message failed: ${(e as Error).message}`);
+      moved = true;
     }
-    if (!this.toHost.empty) more = true;
     this.deadlines.update();
-    return more;
+    return moved;
   }
 
   private readonly routeFromMachine = (target: number, kind: number, payload: Uint8Array): void => {

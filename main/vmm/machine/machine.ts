@@ -53,7 +53,6 @@ export interface MachineChannels {
   post(message: MachineToHost): void;
 }
 
-
 export type MachineToHost =
   | {
     type: 'started'; cpus: number; ramBytes: number; runPages: { buffer: SharedArrayBuffer; offset: number }[];
