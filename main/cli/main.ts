@@ -7,7 +7,7 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import { epochMs } from '../vmm/shared/control';
 import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
-import { formatLiveStats, formatStats, MachineStatsRates } from './stats';
+import { formatStats, printLiveStats } from './stats';
 import type { StatsSample } from '../vmm/shared/stats';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
@@ -62,28 +62,6 @@ export function formatTiming(label: string, at: number, processStart = performan
 
 function printTiming(label: string, at: number): void {
   process.stderr.write(formatTiming(label, at));
-}
-
-/**
- * A line of the busiest counters per --stats-interval, on stderr. The statistics registry
- * is read when it has counters; until then the machine's tallies are asked for each
- * interval (one kick of vCPU 0 per line).
- */
-function printLiveStats(host: VmHost): void {
-  const startedAt = Date.now();
-  const rates = new MachineStatsRates();
-  host.on('stats', (sample) => {
-    if (host.state !== 'running' || sample.intervalMs === 0) return;
-    if (sample.counters.length > 0) {
-      process.stderr.write(formatLiveStats(sample, sample.atMs - startedAt));
-      return;
-    }
-    void host.stats().then((machineStats) => {
-      const now = Date.now();
-      const fromMachine = rates.sample(machineStats, now);
-      if (fromMachine.intervalMs > 0 && host.state === 'running') process.stderr.write(formatLiveStats(fromMachine, now - startedAt));
-    });
-  });
 }
 
 function exitCodeFor(end: MachineEnd): number {
@@ -141,7 +119,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   host.on('stats', (sample) => { lastSample = sample; });
   if (liveStatsMs !== null) {
     host.statsIntervalMs = liveStatsMs;
-    printLiveStats(host);
+    printLiveStats(host, (line) => process.stderr.write(line));
   }
 
   const ended = new Promise<[MachineEnd, MachineStats]>((resolve) => host.once('ended', (end, s) => resolve([end, s])));

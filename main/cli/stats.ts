@@ -2,6 +2,7 @@
 // statistics registry through the VM host's 'stats' samples; where the registry has no
 // counters of a kind yet, the machine's own tallies (MachineStats) fill in.
 import type { MachineStats } from '../vmm/machine/machine';
+import type { VmState } from '../vmm/host/vm-host';
 import type { CounterReading, StatsSample } from '../vmm/shared/stats';
 
 const ACCESS_NAMES = new Set(['pio-reads', 'pio-writes', 'mmio-reads', 'mmio-writes']);
@@ -119,4 +120,32 @@ export class MachineStatsRates {
     this.lastAt = nowMs;
     return { atMs: nowMs, intervalMs, counters };
   }
+}
+
+/** What the live line needs of a VmHost. */
+export interface LiveStatsSource {
+  readonly state: VmState;
+  on(event: 'stats', listener: (sample: StatsSample) => void): unknown;
+  stats(): Promise<MachineStats>;
+}
+
+/**
+ * Writes a line of the busiest counters for each of the VM host's samples while the VM
+ * runs. The statistics registry is read when it has counters; until then the machine's
+ * tallies are asked for at each sample (one kick of vCPU 0 per line).
+ */
+export function printLiveStats(host: LiveStatsSource, write: (line: string) => void, startedAt = Date.now()): void {
+  const rates = new MachineStatsRates();
+  host.on('stats', (sample) => {
+    if (host.state !== 'running' || sample.intervalMs === 0) return;
+    if (sample.counters.length > 0) {
+      write(formatLiveStats(sample, sample.atMs - startedAt));
+      return;
+    }
+    void host.stats().then((machineStats) => {
+      const now = Date.now();
+      const fromMachine = rates.sample(machineStats, now);
+      if (fromMachine.intervalMs > 0 && host.state === 'running') write(formatLiveStats(fromMachine, now - startedAt));
+    });
+  });
 }

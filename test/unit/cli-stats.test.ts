@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { formatAmount, formatLiveStats, formatStats, MachineStatsRates } from '../../main/cli/stats';
+import { EventEmitter } from 'node:events';
+import { formatAmount, formatLiveStats, formatStats, MachineStatsRates, printLiveStats } from '../../main/cli/stats';
 import type { MachineStats } from '../../main/vmm/machine/machine';
 import type { CounterReading, StatsSample } from '../../main/vmm/shared/stats';
 
@@ -59,4 +60,27 @@ test('machine tallies become per-second rates, and a reset that restarts them do
   const afterReset = rates.sample({ ...machineStats, exits: { io: 10 } }, 2500);
   assert.equal(afterReset.counters.find((c) => c.name === 'io')?.perSecond, 10);
   assert.ok(afterReset.counters.every((c) => c.perSecond >= 0));
+});
+
+test('the live printer reads registry samples, and asks the machine while the registry is empty', async () => {
+  const lines: string[] = [];
+  let asked = 0;
+  const tallies = [{ ...machineStats, exits: { io: 100 } }, { ...machineStats, exits: { io: 300 } }];
+  const host = Object.assign(new EventEmitter(), {
+    state: 'running' as const,
+    stats: () => Promise.resolve(tallies[Math.min(asked++, 1)]),
+  });
+  printLiveStats(host, (line) => lines.push(line), 0);
+  const registrySample: StatsSample = { atMs: 3000, intervalMs: 1000, counters: [reading('exits', 'io', 10, 500)] };
+  host.emit('stats', { atMs: 1000, intervalMs: 0, counters: [] }); // the first sample has no interval
+  host.emit('stats', registrySample);
+  assert.deepEqual(lines, ['porthole: stats 3.0s exits 500/s: io 500/s\n']);
+  host.emit('stats', { atMs: 4000, intervalMs: 1000, counters: [] });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  host.emit('stats', { atMs: 5000, intervalMs: 1000, counters: [] });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(asked, 2);
+  assert.equal(lines.length, 2, 'the first machine tally only starts the rates');
+  // 200 more io exits over the ~20 ms between the two tallies (no kicks: vcpu/kicks stays out).
+  assert.match(lines[1], /^porthole: stats \d+\.\ds exits \S+\/s: io \S+\/s\n$/);
 });
