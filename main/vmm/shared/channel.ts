@@ -133,36 +133,41 @@ export class Channel {
   /**
    * Hands every waiting record to `handler`, in order, and returns how many. Each payload
    * is a copy the handler may keep. Records are released one by one before their handler
-   * runs, so a handler that throws loses only its own record.
+   * runs, so a handler that throws loses only its own record. It returns only after it saw
+   * the ring empty following its last release, so no record is left without a wake-up.
    */
   receive(handler: ChannelHandler): number {
     let tail = Atomics.load(this.words, TAIL);
-    const head = Atomics.load(this.words, HEAD);
     let count = 0;
-    while (tail !== head) {
-      const at = (tail >>> 0) & (this.capacity - 1);
-      const tag = this.dataWords[at >>> 2];
-      const length = this.dataWords[(at >>> 2) + 1];
-      const size = recordBytes(length);
-      if (length > this.capacity - RECORD_HEADER_BYTES || size > ((head - tail) >>> 0)) {
-        throw new Error(`channel record at ${tail >>> 0} is corrupt (${length} bytes)`);
+    for (;;) {
+      // Re-read after our last release: a record sent before that store is seen here, and
+      // one sent after it found the ring empty and woke us (see the top of this file).
+      const head = Atomics.load(this.words, HEAD);
+      if (tail === head) return count;
+      while (tail !== head) {
+        const at = (tail >>> 0) & (this.capacity - 1);
+        const tag = this.dataWords[at >>> 2];
+        const length = this.dataWords[(at >>> 2) + 1];
+        const size = recordBytes(length);
+        if (length > this.capacity - RECORD_HEADER_BYTES || size > ((head - tail) >>> 0)) {
+          throw new Error(`channel record at ${tail >>> 0} is corrupt (${length} bytes)`);
+        }
+        const start = (at + RECORD_HEADER_BYTES) & (this.capacity - 1);
+        const payload = new Uint8Array(length);
+        if (length <= SMALL_PAYLOAD) {
+          const mask = this.capacity - 1;
+          for (let i = 0; i < length; i++) payload[i] = this.data[(start + i) & mask];
+        } else {
+          const first = Math.min(length, this.capacity - start);
+          payload.set(this.data.subarray(start, start + first));
+          if (first < length) payload.set(this.data.subarray(0, length - first), first);
+        }
+        tail = (tail + size) | 0;
+        this.release(tail);
+        count++;
+        handler(tag & 0xffff, tag >>> 16, payload);
       }
-      const start = (at + RECORD_HEADER_BYTES) & (this.capacity - 1);
-      const payload = new Uint8Array(length);
-      if (length <= SMALL_PAYLOAD) {
-        const mask = this.capacity - 1;
-        for (let i = 0; i < length; i++) payload[i] = this.data[(start + i) & mask];
-      } else {
-        const first = Math.min(length, this.capacity - start);
-        payload.set(this.data.subarray(start, start + first));
-        if (first < length) payload.set(this.data.subarray(0, length - first), first);
-      }
-      tail = (tail + size) | 0;
-      this.release(tail);
-      count++;
-      handler(tag & 0xffff, tag >>> 16, payload);
     }
-    return count;
   }
 
   private release(tail: number): void {
