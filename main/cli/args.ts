@@ -13,7 +13,19 @@ export class UsageError extends Error {
 export type CliCommand =
   | { command: 'help' }
   | { command: 'version' }
-  | { command: 'run'; config: MachineConfig; stats: boolean; verbose: boolean; timings: boolean };
+  | {
+    command: 'run'; config: MachineConfig;
+    /** Print the end-of-run counter table. */
+    stats: boolean;
+    /** Print a line of the busiest counters every this many ms while the VM runs, or null. */
+    liveStatsMs: number | null;
+    verbose: boolean; timings: boolean;
+  };
+
+/** Bounds of --stats-interval (the VM host samples at most every 100 ms). */
+export const LIVE_STATS_MIN_MS = 100;
+export const LIVE_STATS_MAX_MS = 60000;
+const LIVE_STATS_DEFAULT_MS = 1000;
 
 export const USAGE = `Usage: porthole run [options]
        porthole --help | --version
@@ -37,6 +49,9 @@ Machine:
 
 Diagnostics:
   --stats                print VM exits by reason and by device when the VM ends
+  --stats=live           that, and a line of the busiest counters per second on
+                         stderr every second while the VM runs
+  --stats-interval MS    print the live line every MS ms (100..60000)
   --verbose              print the VM's log lines
   --timings              print start-up milestones on stderr, in ms since process
                          start (e.g. first-kvm-run, first-console-byte)
@@ -46,9 +61,11 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat',
+  '--option-rom', '--flat', '--stats-interval',
 ]);
-const BOOL_FLAGS = new Set(['--stats', '--verbose', '--timings', '--debug-exit']);
+/** Flags that stand alone or take a value after "=" (never the next argument). */
+const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
+const BOOL_FLAGS = new Set(['--verbose', '--timings', '--debug-exit']);
 
 /** Splits argv into [flag, value] pairs, accepting --flag=value and --flag value. */
 function tokenize(argv: string[]): [string, string | null][] {
@@ -58,7 +75,9 @@ function tokenize(argv: string[]): [string, string | null][] {
     if (!a.startsWith('--')) throw new UsageError(`unexpected argument "${a}"`);
     const eq = a.indexOf('=');
     const flag = eq < 0 ? a : a.slice(0, eq);
-    if (BOOL_FLAGS.has(flag)) {
+    if (OPTIONAL_VALUE_FLAGS.has(flag)) {
+      out.push([flag, eq >= 0 ? a.slice(eq + 1) : null]);
+    } else if (BOOL_FLAGS.has(flag)) {
       if (eq >= 0) throw new UsageError(`${flag} takes no value`);
       out.push([flag, null]);
     } else if (VALUE_FLAGS.has(flag)) {
@@ -96,6 +115,8 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   }
 
   let stats = false;
+  let liveStatsMs: number | null = null;
+  let liveStatsInterval: number | null = null;
   let verbose = false;
   let timings = false;
   let nextSerial = 0;
@@ -110,7 +131,21 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     const v = value as string;
     switch (flag) {
       case '--config': break;
-      case '--stats': stats = true; break;
+      case '--stats':
+        if (value === null || value === 'end') stats = true;
+        else if (value === 'live') {
+          stats = true;
+          liveStatsMs = LIVE_STATS_DEFAULT_MS;
+        } else throw new UsageError(`--stats takes no value except "live" or "end" (got "${value}")`);
+        break;
+      case '--stats-interval': {
+        const ms = Number(v);
+        if (!Number.isInteger(ms) || ms < LIVE_STATS_MIN_MS || ms > LIVE_STATS_MAX_MS) {
+          throw new UsageError(`--stats-interval: "${v}" is not a whole number of ms from ${LIVE_STATS_MIN_MS} to ${LIVE_STATS_MAX_MS}`);
+        }
+        liveStatsInterval = ms;
+        break;
+      }
       case '--verbose': verbose = true; break;
       case '--timings': timings = true; break;
       case '--debug-exit': config.debugExit = true; break;
@@ -158,7 +193,8 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
-  return { command: 'run', config, stats, verbose, timings };
+  if (liveStatsInterval !== null) liveStatsMs = liveStatsInterval;
+  return { command: 'run', config, stats, liveStatsMs, verbose, timings };
 }
 
 function nonEmpty(flag: string, v: string): string {

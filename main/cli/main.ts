@@ -7,7 +7,8 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import { epochMs } from '../vmm/shared/control';
 import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
-import { formatStats } from './stats';
+import { formatStats, printLiveStats } from './stats';
+import type { StatsSample } from '../vmm/shared/stats';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
 
@@ -102,7 +103,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     process.stderr.write(`porthole: ${problem}\n`);
     return 1;
   }
-  const { config, stats, verbose, timings } = command;
+  const { config, stats, liveStatsMs, verbose, timings } = command;
   if (timings) {
     if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
     printTiming('cli', epochMs());
@@ -113,6 +114,13 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);
   });
   if (verbose) host.on('log', (line) => process.stderr.write(`porthole: ${line}\n`));
+  // The registry's samples (no vCPU is kicked for them); the last one feeds the end table.
+  let lastSample: StatsSample | null = null;
+  host.on('stats', (sample) => { lastSample = sample; });
+  if (liveStatsMs !== null) {
+    host.statsIntervalMs = liveStatsMs;
+    printLiveStats(host, (line) => process.stderr.write(line));
+  }
 
   const ended = new Promise<[MachineEnd, MachineStats]>((resolve) => host.once('ended', (end, s) => resolve([end, s])));
   const onSignal = () => void host.stop();
@@ -129,7 +137,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   }
   const [end, machineStats] = await ended;
   if (end.reason === 'error') process.stderr.write(`porthole: the VM stopped with an error: ${end.message}\n`);
-  if (stats) process.stderr.write(formatStats(machineStats));
+  if (stats) process.stderr.write(formatStats(machineStats, lastSample));
   return exitCodeFor(end);
 }
 

@@ -92,7 +92,7 @@ test('stop returns while every vCPU sits in hlt with interrupts off, and the pro
   // KVM_RUN and no handle may keep the event loop alive after stop().
   const dist = path.resolve(__dirname, '..', '..');
   const script = `
-    const { VmHost } = require(${JSON.stringify(path.join(dist, 'main', 'vmm', 'vm-host.js'))});
+    const { VmHost } = require(${JSON.stringify(path.join(dist, 'main', 'vmm', 'host', 'vm-host.js'))});
     const { flatConfig } = require(${JSON.stringify(path.join(dist, 'test', 'helpers', 'vm.js'))});
     // Without isa-debug-exit the smp guest parks every CPU with cli; hlt.
     const host = new VmHost(flatConfig('smp', { cpus: 2, debugExit: false }));

@@ -50,6 +50,19 @@ test('porthole run: kernel boot with initrd, append, memory, cpus and serial por
   assert.equal(r.stats, true);
 });
 
+test('porthole run: --stats prints the end table, --stats=live and --stats-interval add the live line', () => {
+  assert.deepEqual([run(['--stats']).stats, run(['--stats']).liveStatsMs], [true, null]);
+  assert.deepEqual([run(['--stats=end']).stats, run(['--stats=end']).liveStatsMs], [true, null]);
+  assert.deepEqual([run(['--stats=live']).stats, run(['--stats=live']).liveStatsMs], [true, 1000]);
+  const r = run(['--stats=live', '--stats-interval', '250']);
+  assert.deepEqual([r.stats, r.liveStatsMs], [true, 250]);
+  const live = run(['--stats-interval=500']);
+  assert.deepEqual([live.stats, live.liveStatsMs], [false, 500]);
+  assert.deepEqual([run([]).stats, run([]).liveStatsMs], [false, null]);
+  // "--stats" never takes the next argument as its value.
+  assert.throws(() => run(['--stats', 'live']), /unexpected argument "live"/);
+});
+
 test('porthole run: a config file is read and flags override it', () => {
   const r = run(['--config', 'vm.json', '--mem', '512'], {
     'vm.json': { version: 1, name: 'x', memory: '2G', cpus: 4, boot: { kind: 'firmware' }, serial: ['pty'] },
@@ -73,6 +86,8 @@ test('wrong arguments give one clear message', () => {
     [['--config', 'missing.json'], /no file missing.json/],
     [['stray'], /unexpected argument "stray"/],
     [['--stats=yes'], /takes no value/],
+    [['--stats-interval', '50'], /from 100 to 60000/],
+    [['--stats-interval', '1.5e3x'], /not a whole number/],
   ];
   for (const [argv, re] of bad) {
     assert.throws(() => run(argv), (e: Error) => (e instanceof UsageError || e instanceof ConfigError) && re.test(e.message), argv.join(' '));

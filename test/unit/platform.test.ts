@@ -10,7 +10,9 @@ import { machineStatsFrom } from '../../main/vmm/machine/machine-stats';
 import { IAPC_BOOT_ARCH } from '../../main/vmm/platform/acpi';
 import { PC_DEVICES } from '../../main/vmm/platform/pc';
 import { Platform } from '../../main/vmm/platform/platform';
+import { CHANNEL_TARGET } from '../../main/vmm/shared/channel';
 import { ByteRing } from '../../main/vmm/shared/control';
+import { encodeModemStatus, SERIAL_KIND } from '../../main/vmm/shared/serial-messages';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 
 function context(config: MachineConfig = defaultConfig()) {
@@ -18,6 +20,13 @@ function context(config: MachineConfig = defaultConfig()) {
   const irqs: [number, boolean][] = [];
   const notes: HostNotification[] = [];
   const rings = Array.from({ length: 5 }, () => new ByteRing());
+  const handlers = new Map<number, (kind: number, payload: Uint8Array) => void>();
+  /** What the machine does with a channel record from the VM host: hands it to the target's handler. */
+  const fromHost = (target: number, kind: number, payload: Uint8Array): boolean => {
+    const h = handlers.get(target);
+    h?.(kind, payload);
+    return h !== undefined;
+  };
   const ctx: MachineContext & { requestPowerOff(code?: number): void } = {
     config,
     // The PC's CMOS asks for the RAM layout; nothing else reads guest memory at build time.
@@ -34,8 +43,10 @@ function context(config: MachineConfig = defaultConfig()) {
     notifyHost: (n) => { notes.push(n); },
     setTimer: () => () => {},
     serialRing: (i) => rings[i],
+    onHostMessage: (target, handler) => { handlers.set(target, handler); },
+    sendToHost: () => true,
   };
-  return { ctx, statistics, irqs, notes, rings };
+  return { ctx, statistics, irqs, notes, rings, fromHost };
 }
 
 function count(registry: StatsRegistry, group: string, name: string): number {
@@ -44,7 +55,7 @@ function count(registry: StatsRegistry, group: string, name: string): number {
 }
 
 test('the PC is built from its device list: ports, PCI functions, host messages, table fragments', () => {
-  const { ctx, statistics, rings } = context();
+  const { ctx, statistics, rings, fromHost } = context();
   const pc = new Platform(ctx, PC_DEVICES);
   assert.deepEqual(pc.models.map((m) => m.name),
     ['debugcon', 'post-code', 'i8042', 'port92', 'COM1', 'COM2', 'COM3', 'COM4', 'cmos', 'fw-cfg', 'pci']);
@@ -55,12 +66,16 @@ test('the PC is built from its device list: ports, PCI functions, host messages,
   assert.equal(ctx.pio.ownerOf(0xf4), null, 'isa-debug-exit only when configured');
   assert.ok(pc.fwCfg && pc.pci && pc.i8042);
   assert.equal(pc.serial.length, 4);
-  // Host messages go to a device by name; an absent device or kind is refused.
-  assert.equal(pc.deliver('COM1', 'input', new Uint8Array([0x41, 0x42])), true);
+  // Host messages reach a device on the channel target it declared (the COM ports: SERIAL + port).
+  assert.equal(pc.hostTarget('COM1'), CHANNEL_TARGET.SERIAL);
+  assert.equal(pc.hostTarget('COM4'), CHANNEL_TARGET.SERIAL + 3);
+  assert.equal(pc.hostTarget('cmos'), null);
+  assert.equal(fromHost(CHANNEL_TARGET.SERIAL, SERIAL_KIND.INPUT, new Uint8Array([0x41, 0x42])), true);
   assert.equal(pc.serial[0]?.pendingInput, 2);
   assert.equal(count(statistics, 'COM1', 'rx-bytes'), 1, 'one byte entered the 16450-mode FIFO');
-  assert.equal(pc.deliver('COM9', 'input', new Uint8Array([1])), false);
-  assert.equal(pc.deliver('cmos', 'input', new Uint8Array([1])), false);
+  fromHost(CHANNEL_TARGET.SERIAL + 1, SERIAL_KIND.MODEM_STATUS, encodeModemStatus({ cts: false, dsr: false, ri: true, dcd: false }));
+  ctx.pio.write(0x2f8 + 1, 1, 0);
+  assert.equal(ctx.pio.read(0x2f8 + 6, 1) & 0xf0, 0x40, 'COM2 sees RI only');
   // The UART counts what the guest transmits, in the registry.
   ctx.pio.write(0x3f8, 1, 0x5a);
   assert.deepEqual([...rings[0].drain()], [0x5a]);
@@ -91,19 +106,19 @@ class ScratchPci extends PciDevice {
 }
 
 test('adding a device is one factory: a PCI device after the PCI platform attaches to its bus and counts', () => {
-  const { ctx, statistics } = context({ ...defaultConfig(), debugExit: true });
+  const { ctx, statistics, fromHost } = context({ ...defaultConfig(), debugExit: true });
   const dev = new ScratchPci();
   let pokes = 0;
   const scratch: DeviceFactory = (c) => ({
     name: 'scratch', instance: dev, pci: [{ slot: 5, fn: 0, device: dev }],
-    hostMessages: { poke: () => { pokes++; } },
+    hostMessages: { target: CHANNEL_TARGET.FIRST_FREE, handle: (kind) => { pokes += kind; } },
     counters: { pokes: counter(c.statistics, 'scratch', 'pokes') },
   });
   const pc = new Platform(ctx, [...PC_DEVICES, scratch]);
   assert.equal(ctx.pio.ownerOf(0xf4), 'debug-exit');
   assert.equal(pc.model('scratch')?.instance, dev);
-  assert.equal(pc.deliver('scratch', 'poke', null), true);
-  assert.equal(pokes, 1);
+  assert.equal(fromHost(CHANNEL_TARGET.FIRST_FREE, 3, new Uint8Array(0)), true);
+  assert.equal(pokes, 3);
   // The guest programs the BAR through 0xcf8/0xcfc; the PCI bus maps it after the write.
   const cfg = (reg: number, size: number, value: number) => {
     ctx.pio.write(0xcf8, 4, (0x80000000 | (5 << 11) | reg) >>> 0);

@@ -49,6 +49,13 @@ export interface MachineContext {
   setTimer(delayMs: number, fn: () => void): () => void;
   /** Host-side output ring for COM port `index` (0..3), the debug console is index 4. */
   serialRing(index: number): ByteRing;
+  /**
+   * Routes the VM host's channel records for `target` (a backend's completions, host
+   * input) to `handler` on this thread. Targets from CHANNEL_TARGET.FIRST_FREE up are free.
+   */
+  onHostMessage(target: number, handler: (kind: number, payload: Uint8Array) => void): void;
+  /** Sends a record to the VM host's handler for `target`; false when the channel is full (keep it, retry). */
+  sendToHost(target: number, kind: number, payload?: Uint8Array): boolean;
 }
 
 export type HostNotification =

@@ -60,11 +60,17 @@ export interface TableFragment {
   pciRoot?: { irqs: PciIrqWire[]; mmioBase: number; mmioEnd: number };
 }
 
-/** A message from the VM host, routed to a device by name (serial input, modem lines). */
-export type HostMessageHandler = (payload: unknown) => void;
+/** A record from the VM host on the device's channel target (shared/channel.ts). */
+export type HostMessageHandler = (kind: number, payload: Uint8Array) => void;
+
+/** Which channel target a device listens on, and its handler (kinds are the device's own). */
+export interface HostMessages {
+  readonly target: number;
+  readonly handle: HostMessageHandler;
+}
 
 export interface DeviceModel<T = unknown> {
-  /** Unique in a machine: host messages are addressed by it ('COM1', 'i8042'). */
+  /** Unique in a machine: statistics and lookups use it ('COM1', 'i8042'). */
   readonly name: string;
   /** The device object itself, for boot code and tests (machine.devices.instance(name)). */
   readonly instance?: T;
@@ -78,8 +84,8 @@ export interface DeviceModel<T = unknown> {
   readonly irqs?: readonly number[];
   /** Its part of the ACPI and MP tables. */
   tables?(): TableFragment;
-  /** Messages from the VM host, by kind. */
-  readonly hostMessages?: Readonly<Record<string, HostMessageHandler>>;
+  /** Messages from the VM host: the channel target the device owns, and its handler. */
+  readonly hostMessages?: HostMessages;
   /** Its own counters in the statistics registry (bus accesses are counted by the buses). */
   readonly counters?: Readonly<Record<string, Counter>>;
   /** A PCI bus this model brings (the host bridge); later models' functions attach to it. */

@@ -30,6 +30,8 @@ import type { HostNotification, LineSettings, ModemControl } from './context';
 import type { IrqPin } from '../platform/irq';
 import { COM_PORTS } from '../platform/layout';
 import type { StatsRegistry } from '../shared/stats';
+import { CHANNEL_TARGET } from '../shared/channel';
+import { decodeModemStatus, SERIAL_KIND } from '../shared/serial-messages';
 
 /** Where transmitted bytes go (the port's ByteRing to the VM host thread). */
 export interface TransmitSink {
@@ -602,11 +604,16 @@ export function serialPortDevice(index: number): DeviceFactory {
     });
     return {
       name, instance: uart, pio: [{ base, length: 8, io: uart }], irqs: [irq], counters: { ...uart.counters },
+      // Input and modem lines from the port's host backend (VmHost.sendSerialInput, sendModemStatus).
       hostMessages: {
-        input: (payload) => {
-          if (payload instanceof Uint8Array) uart.receive(payload);
+        target: CHANNEL_TARGET.SERIAL + index,
+        handle: (kind, payload) => {
+          if (kind === SERIAL_KIND.INPUT) uart.receive(payload);
+          else if (kind === SERIAL_KIND.MODEM_STATUS) {
+            const lines = decodeModemStatus(payload);
+            if (lines) uart.setModemStatus(lines);
+          }
         },
-        'modem-status': (payload) => uart.setModemStatus(payload as ModemStatusLines),
       },
     };
   };

@@ -40,6 +40,8 @@ export interface SerialEndpointOptions {
   onModemStatus?(lines: ModemStatusLines): void;
   /** Connection changes and problems worth a line in the VM's log. */
   onLog?(text: string): void;
+  /** An endpoint that reported `congested` can take output again (the VM host drains the ring). */
+  onWritable?(): void;
 }
 
 /** Output held for a present but slow receiver before the endpoint reports congestion. */
@@ -198,7 +200,7 @@ class FdWriter {
   bytes = 0;
   constructor(
     private readonly fd: number,
-    private readonly events: { onError(): void; onDrained?(): void },
+    private readonly events: { onError(): void; onDrained?(): void; onWritten?(): void },
   ) {}
 
   write(data: Uint8Array): void {
@@ -219,6 +221,7 @@ class FdWriter {
       }
       if (n < 0) break; // EAGAIN/EINTR: try again later
       this.bytes -= n;
+      this.events.onWritten?.();
       if (n === chunk.length) this.chunks.shift();
       else this.chunks[0] = chunk.subarray(n);
     }
@@ -426,9 +429,15 @@ class SocketEndpoint implements SerialEndpoint {
     this.client = socket;
     if (socket.setNoDelay) socket.setNoDelay(true);
     socket.on('data', (data: Buffer) => this.opts.onInput(data));
+    // Congestion means write() returned false, so 'drain' follows once the queue empties.
+    socket.on('drain', () => this.opts.onWritable?.());
     socket.on('error', () => { /* 'close' follows and says what happened */ });
     socket.on('close', () => {
-      if (this.client === socket) this.client = null;
+      if (this.client === socket) {
+        this.client = null;
+        // A congested client is gone: its output is dropped now, so the ring drains again.
+        this.opts.onWritable?.();
+      }
       if (!this.closed) this.opts.onLog?.(`${this.opts.label}: ${what} on ${this.description} closed`);
     });
   }
@@ -549,6 +558,8 @@ class DeviceEndpoint implements SerialEndpoint {
   private hasModemLines = true;
   private failed = false;
   private closed = false;
+  /** Output was held back as congested, and the VM host has not been told it may go on. */
+  private wasCongested = false;
 
   constructor(readonly path: string, private readonly opts: SerialEndpointOptions) {
     this.description = path;
@@ -559,6 +570,7 @@ class DeviceEndpoint implements SerialEndpoint {
     }
     this.pending = new FdWriter(this.fd, {
       onError: () => { this.dropped += this.pending.bytes; this.fail('write failed'); },
+      onWritten: () => { if (this.wasCongested && !this.congested) this.becameWritable(); },
     });
     try {
       let termios: Buffer;
@@ -591,10 +603,17 @@ class DeviceEndpoint implements SerialEndpoint {
     }
   }
 
+  private becameWritable(): void {
+    this.wasCongested = false;
+    this.opts.onWritable?.();
+  }
+
   private fail(why: string): void {
     if (this.failed) return;
     this.failed = true;
     this.pending.clear();
+    // Output is dropped from now on: the VM host must drain the ring again.
+    if (this.wasCongested) this.becameWritable();
     if (this.modemTimer) clearInterval(this.modemTimer);
     this.modemTimer = null;
     this.opts.onLog?.(`${this.opts.label}: ${this.path}: ${why}; its output is dropped from now on`);
@@ -610,6 +629,7 @@ class DeviceEndpoint implements SerialEndpoint {
       return;
     }
     this.pending.write(data);
+    if (this.congested) this.wasCongested = true;
   }
 
   applyLineSettings(settings: LineSettings): void {

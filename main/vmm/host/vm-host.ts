@@ -5,14 +5,18 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { MachineConfig } from '../config';
-import type { HostNotification } from '../devices/context';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
 import { DEBUGCON_RING } from '../platform/platform';
+import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
-import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from '../shared/control';
+import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
+import {
+  decodeLineSettings, decodeModemControl, encodeModemStatus, type ModemStatusLines, SERIAL_KIND,
+} from '../shared/serial-messages';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, type StartupTiming } from '../shared/control';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -30,19 +34,58 @@ export interface VmHostEvents {
   stats: [StatsSample];
 }
 
-const RING_POLL_MS = 2;
 const STATS_BYTES = STATS_CAPACITY * 4;
+/**
+ * How often KVM's coalesced write ring is looked at for a write left unapplied. Such a
+ * write is applied at vCPU 0's next exit; it can only wait longer when the guest makes no
+ * exits at all (halted right after it). A CONFIG_ADDRESS write has no effect until the
+ * data-port access, which exits and applies it first, so the one write that can be left
+ * waiting with an effect is a reset-control byte (0xcf9, inside the coalesced range):
+ * it waits at most two looks, far less than the machine rebuild that follows.
+ */
+const COALESCED_WATCHDOG_MS = 20;
+/** Bytes of ring per channel direction. */
+const CHANNEL_BYTES = 64 * 1024;
+/** Host → machine records held while the channel is full (no machine yet, or a burst); beyond it input is dropped, and logged. */
+const BACKLOG_LIMIT_BYTES = 1024 * 1024;
+/** Largest payload of one serial input record; longer input is split. */
+const SERIAL_RECORD_BYTES = 4096;
+/** While output streams, the VM host looks this often (the doorbell wakes it after a quiet spell). */
+const STREAM_BATCH_MS = 2;
+
+interface Backlogged {
+  target: number;
+  kind: number;
+  payload: Uint8Array;
+}
 
 export class VmHost extends EventEmitter<VmHostEvents> {
   private worker: Worker | null = null;
   private control = new ControlBlock();
   private readonly rings = Array.from({ length: 5 }, () => new ByteRing());
+  /** Rung by the machine thread: ring output, toHost records, a new timer deadline. Kept across resets. */
+  private readonly doorbell = new Doorbell();
+  /** Host → machine records (serial input, backend completions); a send to an empty channel kicks vCPU 0. */
+  private readonly toMachine = Channel.create(CHANNEL_BYTES);
+  private readonly toHost = Channel.create(CHANNEL_BYTES);
+  private readonly machineHandlers = new Map<number, (kind: number, payload: Uint8Array) => void>();
+  /** Records waiting for room in toMachine, in order. */
+  private backlog: Backlogged[] = [];
+  private backlogBytes = 0;
+  private backlogDropped = 0;
+  /** Bumped to end the service loop of an earlier start. */
+  private serviceGeneration = 0;
+  /**
+   * Machine-thread timers (e.g. a UART re-checking a ring that was full) run only when
+   * vCPU 0 leaves KVM_RUN; a halted guest would never get there by itself.
+   */
+  private readonly deadlines = new DeadlineKicker(() => this.control.timerDeadline, () => this.kick(0));
+  private coalescedTimer: NodeJS.Timeout | null = null;
   /** The statistics registry's counters: made once per VM, kept across resets. */
   private readonly statsBuffer = new SharedArrayBuffer(STATS_BYTES);
   private statsSchema: CounterSpec[] = [];
   readonly statsSampler = new StatsSampler(this.statsBuffer);
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
-  private pollTimer: NodeJS.Timeout | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
   /** How often the statistics registry is sampled into a 'stats' event (100 ms = 10 Hz at most). */
   statsIntervalMs = 250;
@@ -63,6 +106,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   constructor(readonly config: MachineConfig) {
     super();
+    this.toMachine.onWake = () => this.kick(0);
   }
 
   get state(): VmState {
@@ -88,6 +132,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           onInput: (data) => this.sendSerialInput(index, data),
           onModemStatus: (lines) => this.sendModemStatus(index, lines),
           onLog: (text) => this.emit('log', text),
+          // The ring kept bytes while the endpoint was congested: look again.
+          onWritable: () => this.doorbell.ring(),
         })));
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
     } catch (e) {
@@ -95,15 +141,22 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.setState('stopped');
       throw e;
     }
-    await this.launchMachine();
-    this.pollTimer = setInterval(() => this.drainRings(), RING_POLL_MS);
+    // Serving starts before the launch, so a machine that ends at once (finish) stops it.
+    void this.serveMachine();
     // Counters are read from shared memory: no vCPU is kicked for a sample.
     this.statsTimer = setInterval(() => this.emit('stats', this.statsSampler.sample()), Math.max(100, this.statsIntervalMs));
     this.statsTimer.unref();
+    try {
+      await this.launchMachine();
+    } catch (e) {
+      this.stopServing();
+      throw e;
+    }
   }
 
   private launchMachine(): Promise<void> {
     this.control = new ControlBlock();
+    this.deadlines.stop();
     this.launchedAt = Date.now();
     this.awaitingFirstOutput = true;
     this.emit('timing', { label: 'machine-launch', epochMs: epochMs() });
@@ -112,6 +165,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       control: this.control.buffer,
       rings: this.rings.map((r) => r.buffer),
       stats: { buffer: this.statsBuffer, schema: this.statsSchema },
+      hostLink: { doorbell: this.doorbell.buffer, toMachine: this.toMachine.buffer, toHost: this.toHost.buffer },
     };
     const worker = new Worker(path.join(__dirname, '..', 'machine', 'machine-thread.js'), { workerData: data });
     this.worker = worker;
@@ -126,6 +180,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
             this.statsSampler.setSchema(m.statsSchema);
             this.coalescedRing = m.coalescedRing && new CoalescedRing(m.coalescedRing.buffer, m.coalescedRing.offset);
             this.coalescedLastSeen = -1;
+            if (this.coalescedRing) {
+              this.coalescedTimer = setInterval(() => this.checkCoalescedRing(), COALESCED_WATCHDOG_MS);
+              this.coalescedTimer.unref();
+            }
             for (const t of m.timings) this.emit('timing', t);
             if (this.stopRequested) this.stop();
             else this.setState('running');
@@ -133,9 +191,6 @@ export class VmHost extends EventEmitter<VmHostEvents> {
             break;
           case 'log':
             this.emit('log', m.text);
-            break;
-          case 'notify':
-            this.onNotification(m.notification);
             break;
           case 'stats':
             this.statsWaiters.splice(0).forEach((w) => w(m.stats));
@@ -164,8 +219,12 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     const worker = this.worker;
     this.worker = null;
     this.coalescedRing = null;
+    if (this.coalescedTimer) clearInterval(this.coalescedTimer);
+    this.coalescedTimer = null;
+    this.deadlines.stop();
+    this.runPages = [];
     void worker?.terminate();
-    this.drainRings();
+    this.serviceMachine();
     const userReset = this.userResetRequested && end.reason === 'stopped';
     this.userResetRequested = false;
     // A guest that has run a while since its last reset is not in a reset loop.
@@ -183,13 +242,17 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.finish(end, stats);
   }
 
-  private finish(end: MachineEnd, stats: MachineStats): void {
-    if (this.pollTimer) clearInterval(this.pollTimer);
-    this.pollTimer = null;
+  private stopServing(): void {
+    this.serviceGeneration++;
+    this.doorbell.ring(); // ends the service loop's wait
     if (this.statsTimer) clearInterval(this.statsTimer);
     this.statsTimer = null;
+  }
+
+  private finish(end: MachineEnd, stats: MachineStats): void {
+    this.stopServing();
     this.emit('stats', this.statsSampler.sample());
-    this.drainRings();
+    this.serviceMachine();
     this.closeEndpoints();
     this.setState('stopped');
     this.emit('ended', end, stats);
@@ -200,40 +263,130 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.endpoints = [];
   }
 
-  /** Every RING_POLL_MS: moves guest output to the backends and fires due machine timers. */
-  private drainRings(): void {
+  /**
+   * Serves the machine thread without polling: sleeps on the doorbell, which the machine
+   * rings when a ring or toHost goes from empty to non-empty or its timer deadline moves.
+   */
+  private async serveMachine(): Promise<void> {
+    const generation = ++this.serviceGeneration;
+    while (generation === this.serviceGeneration) {
+      // Read before looking, so a ring while we look makes the wait return at once.
+      const seen = this.doorbell.value;
+      if (this.serviceMachine()) {
+        // Output streams: gather the next batch as a poll would (a write per batch, not
+        // per byte). Waiting on the doorbell resumes once a look finds nothing to do.
+        await new Promise<void>((resolve) => setTimeout(resolve, STREAM_BATCH_MS));
+      } else {
+        await this.doorbell.wait(seen);
+      }
+    }
+  }
+
+  /**
+   * Moves guest output to the backends, takes the machine's records and re-arms the timer
+   * for its deadline. Returns true if anything moved (look again soon). A look that moves
+   * nothing saw every ring empty after its last drain (the re-check Channel describes),
+   * so a byte that arrived meanwhile rang the doorbell.
+   */
+  private serviceMachine(): boolean {
+    let moved = false;
     this.rings.forEach((ring, i) => {
       const endpoint = this.endpoints[i];
       // A congested endpoint leaves bytes in the ring: the guest sees THR busy and waits.
+      // The endpoint's onWritable rings the doorbell when it can take more.
       if (ring.used === 0 || endpoint?.congested) return;
       if (this.awaitingFirstOutput && i !== DEBUGCON_RING) {
-        // Within RING_POLL_MS of the guest's write; a one-shot, off the vCPU's path.
+        // A one-shot, off the vCPU's path.
         this.awaitingFirstOutput = false;
         this.emit('timing', { label: 'first-console-byte', epochMs: epochMs() });
       }
       const data = ring.drain();
       endpoint?.write(data);
       this.emit('output', i, data);
+      moved = true;
     });
-    // Machine-thread timers (e.g. a UART re-checking a ring that was full) run only when
-    // vCPU 0 leaves KVM_RUN; a halted guest would never get there by itself.
-    const deadline = this.control.timerDeadline;
-    if (deadline !== 0 && monotonicMs() >= deadline) this.kick(0);
-    // A queued write still there a poll later (the guest halted right after it, e.g. a
-    // reset through 0xcf9) is applied when vCPU 0 leaves KVM_RUN: make it leave.
-    const ring = this.coalescedRing;
-    if (ring !== null) {
-      const last = ring.pending() ? ring.last : -1;
-      if (last !== -1 && last === this.coalescedLastSeen) this.kick(0);
-      this.coalescedLastSeen = last;
+    try {
+      if (this.toHost.receive(this.routeFromMachine) > 0) moved = true;
+    } catch (e) {
+      this.emit('log', `a machine message failed: ${(e as Error).message}`);
+      moved = true;
+    }
+    this.deadlines.update();
+    return moved;
+  }
+
+  private readonly routeFromMachine = (target: number, kind: number, payload: Uint8Array): void => {
+    const port = target - CHANNEL_TARGET.SERIAL;
+    if (port >= 0 && port < 4) return this.onSerialMessage(port, kind, payload);
+    const handler = this.machineHandlers.get(target);
+    if (handler) handler(kind, payload);
+    else this.emit('log', `a machine message for unknown target ${target} (kind ${kind}) was dropped`);
+  };
+
+  private onSerialMessage(port: number, kind: number, payload: Uint8Array): void {
+    const endpoint = this.endpoints[port];
+    if (!endpoint) return;
+    if (kind === SERIAL_KIND.LINE_SETTINGS) {
+      const settings = decodeLineSettings(payload);
+      if (settings) endpoint.applyLineSettings?.(settings);
+    } else if (kind === SERIAL_KIND.MODEM_CONTROL) {
+      const modem = decodeModemControl(payload);
+      if (modem) endpoint.applyModemControl?.(modem);
     }
   }
 
-  private onNotification(n: HostNotification): void {
-    const endpoint = this.endpoints[n.port];
-    if (!endpoint) return;
-    if (n.type === 'serial-line') endpoint.applyLineSettings?.(n.settings);
-    else endpoint.applyModemControl?.(n.modem);
+  /** A queued write still there a look later is applied when vCPU 0 leaves KVM_RUN: make it leave. */
+  private checkCoalescedRing(): void {
+    const ring = this.coalescedRing;
+    if (ring === null) return;
+    const last = ring.pending() ? ring.last : -1;
+    if (last !== -1 && last === this.coalescedLastSeen) this.kick(0);
+    this.coalescedLastSeen = last;
+  }
+
+  /**
+   * Sends a record to the machine thread's handler for `target`, in order with earlier
+   * ones. While the channel is full records wait here (and go once the machine has made
+   * room); past BACKLOG_LIMIT_BYTES they are dropped, counted and logged.
+   * Returns false if this record was dropped.
+   */
+  sendToMachine(target: number, kind: number, payload: Uint8Array = new Uint8Array(0)): boolean {
+    if (this.backlog.length === 0 && this.toMachine.send(target, kind, payload)) return true;
+    if (this.backlogBytes + payload.length > BACKLOG_LIMIT_BYTES) {
+      if (this.backlogDropped === 0) this.emit('log', 'the machine is not taking host input; dropping it');
+      this.backlogDropped += payload.length;
+      return false;
+    }
+    this.backlog.push({ target, kind, payload });
+    this.backlogBytes += payload.length;
+    if (this.backlog.length === 1) void this.sendBacklog();
+    return true;
+  }
+
+  private async sendBacklog(): Promise<void> {
+    while (this.backlog.length > 0) {
+      const next = this.backlog[0];
+      if (!this.toMachine.send(next.target, next.kind, next.payload)) {
+        await this.toMachine.waitForSpace(next.payload.length);
+        continue;
+      }
+      this.backlog.shift();
+      this.backlogBytes -= next.payload.length;
+      if (this.backlog.length === 0 && this.backlogDropped > 0) {
+        this.emit('log', `host input resumed; ${this.backlogDropped} bytes were dropped`);
+        this.backlogDropped = 0;
+      }
+    }
+  }
+
+  /**
+   * Routes the machine thread's records for `target` (at or above CHANNEL_TARGET.FIRST_FREE)
+   * to `handler` on this thread.
+   */
+  onMachineMessage(target: number, handler: (kind: number, payload: Uint8Array) => void): void {
+    if (target < CHANNEL_TARGET.FIRST_FREE) throw new Error(`channel target ${target} is reserved`);
+    if (this.machineHandlers.has(target)) throw new Error(`channel target ${target} has a handler already`);
+    this.machineHandlers.set(target, handler);
   }
 
   private post(m: HostToMachine): void {
@@ -246,22 +399,18 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (page) kickVcpu(page.buffer, page.offset, this.control.tid(cpu));
   }
 
-  /** A message for device `device` of the machine (by its name in the device list). */
-  sendToDevice(device: string, kind: string, payload: unknown): void {
-    this.post({ type: 'device', device, kind, payload });
-  }
-
   /** Host → guest bytes for COM `port` (0..3). */
   sendSerialInput(port: number, data: Uint8Array): void {
-    if (!Number.isInteger(port) || port < 0 || port > 3) return;
-    this.sendToDevice(`COM${port + 1}`, 'input', data);
+    if (port < 0 || port > 3) return;
+    for (let at = 0; at < data.length; at += SERIAL_RECORD_BYTES) {
+      this.sendToMachine(CHANNEL_TARGET.SERIAL + port, SERIAL_KIND.INPUT, data.subarray(at, at + SERIAL_RECORD_BYTES));
+    }
   }
 
   /** Modem status lines from a real serial device, forwarded to the guest's UART. */
-  sendModemStatus(port: number, lines: { cts: boolean; dsr: boolean; ri: boolean; dcd: boolean }): void {
-    if (!Number.isInteger(port) || port < 0 || port > 3) return;
-    const { cts, dsr, ri, dcd } = lines;
-    this.sendToDevice(`COM${port + 1}`, 'modem-status', { cts, dsr, ri, dcd });
+  sendModemStatus(port: number, lines: ModemStatusLines): void {
+    if (port < 0 || port > 3) return;
+    this.sendToMachine(CHANNEL_TARGET.SERIAL + port, SERIAL_KIND.MODEM_STATUS, encodeModemStatus(lines));
   }
 
   pause(): void {

@@ -4,14 +4,14 @@ import type { MachineConfig } from '../config';
 import { prefetchLinuxFiles } from '../boot/linux';
 import { Machine, type MachineToHost } from './machine';
 import { ByteRing, ControlBlock, epochMs } from '../shared/control';
+import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import { type CounterSpec, StatsRegistry } from '../shared/stats';
 
+// Control messages. Host I/O (serial input, backend completions) comes over the channel.
 export type HostToMachine =
   | { type: 'resume' }
   | { type: 'stats' }
-  | { type: 'dump-vcpus' }
-  /** A message for one device, by its name in the device list (see DeviceModel.hostMessages). */
-  | { type: 'device'; device: string; kind: string; payload: unknown };
+  | { type: 'dump-vcpus' };
 
 export interface MachineThreadData {
   config: MachineConfig;
@@ -19,6 +19,8 @@ export interface MachineThreadData {
   rings: SharedArrayBuffer[];
   /** The VM's statistics registry and the counters earlier launches registered. */
   stats: { buffer: SharedArrayBuffer; schema: CounterSpec[] };
+  /** The VM's host channel pair and the VM host's doorbell (made once per VM, kept across resets). */
+  hostLink: { doorbell: SharedArrayBuffer; toMachine: SharedArrayBuffer; toHost: SharedArrayBuffer };
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -37,10 +39,16 @@ function statsRegistryOf(stats: MachineThreadData['stats']): StatsRegistry {
 async function main(): Promise<void> {
   // The kernel and initrd are read while KVM creates the VM, its RAM and vCPUs.
   prefetchLinuxFiles(data.config.boot);
+  const hostDoorbell = new Doorbell(data.hostLink.doorbell);
+  const toHost = new Channel(data.hostLink.toHost);
+  toHost.onWake = () => hostDoorbell.ring();
   const machine = new Machine(data.config, {
     control: new ControlBlock(data.control),
-    rings: data.rings.map((b) => new ByteRing(b)),
+    rings: data.rings.map((b) => new ByteRing(b, hostDoorbell)),
     stats: statsRegistryOf(data.stats),
+    hostDoorbell,
+    fromHost: new Channel(data.hostLink.toMachine),
+    toHost,
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
@@ -55,10 +63,6 @@ async function main(): Promise<void> {
         break;
       case 'dump-vcpus':
         machine.dumpVcpus();
-        break;
-      case 'device':
-        // A port that is not present (COM3 on a machine without it) drops the message.
-        machine.devices.deliver(m.device, m.kind, m.payload);
         break;
     }
   });

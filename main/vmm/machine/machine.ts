@@ -10,6 +10,7 @@ import {
 } from '../../../native/kvm';
 import { PCI_CONFIG_ADDRESS_PORT } from '../devices/pci/pci-bus';
 import { cpuidFor } from './cpuid';
+import { MachineTimers } from './timers';
 import { MmioBus, PioBus } from '../devices/bus';
 import type { MachineConfig } from '../config';
 import type { HostNotification, MachineContext } from '../devices/context';
@@ -21,7 +22,9 @@ import { pcIrqRoutes } from '../platform/mptable';
 import { describePic, describeVcpu } from './vcpu-dump';
 import type { CounterSpec, StatsRegistry } from '../shared/stats';
 import { machineStatsFrom, type MachineStats } from './machine-stats';
-import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, monotonicMs, STATE, type StartupTiming } from '../shared/control';
+import { type Channel, type ChannelHandler, CHANNEL_TARGET, type Doorbell } from '../shared/channel';
+import { encodeLineSettings, encodeModemControl, SERIAL_KIND } from '../shared/serial-messages';
+import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, STATE, type StartupTiming } from '../shared/control';
 
 export type MachineEnd =
   | { reason: 'poweroff'; exitCode: number }
@@ -37,6 +40,12 @@ export interface MachineChannels {
   rings: ByteRing[];
   /** The VM's statistics registry (made by the VM host, kept across resets). */
   stats: StatsRegistry;
+  /** Rung when the VM host has something to look at: ring output, toHost records, a new timer deadline. */
+  hostDoorbell: Doorbell;
+  /** Records from the VM host (backend completions, serial input), drained by this thread. */
+  fromHost: Channel;
+  /** Records for the VM host; the channel rings hostDoorbell when it becomes non-empty. */
+  toHost: Channel;
   post(message: MachineToHost): void;
 }
 
@@ -51,7 +60,6 @@ export type MachineToHost =
     coalescedRing: { buffer: SharedArrayBuffer; offset: number } | null;
   }
   | { type: 'log'; text: string }
-  | { type: 'notify'; notification: HostNotification }
   | { type: 'stats'; stats: MachineStats }
   /** Counters registered after 'started' (a BAR mapped, a first interrupt on a line): the whole schema. */
   | { type: 'stats-schema'; statsSchema: CounterSpec[] }
@@ -95,7 +103,19 @@ export class Machine implements MachineContext {
   private exitCode = 0;
   private ended = false;
   private running = false;
-  private readonly timers = new Set<{ deadline: number; fn: () => void }>();
+  /** Device timers; a new earliest deadline is published for the VM host, which kicks vCPU 0 then. */
+  private readonly timers = new MachineTimers((deadline) => {
+    this.channels.control.timerDeadline = deadline;
+    this.channels.hostDoorbell.ring();
+  });
+  private readonly unsentNotifications = new Map<string, { target: number; kind: number; payload: Uint8Array }>();
+  /** Who handles records from the VM host, by target. */
+  private readonly hostHandlers = new Map<number, (kind: number, payload: Uint8Array) => void>();
+  private readonly routeFromHost: ChannelHandler = (target, kind, payload) => {
+    const handler = this.hostHandlers.get(target);
+    if (handler) handler(kind, payload);
+    else this.log(`a host message for unknown target ${target} (kind ${kind}) was dropped`);
+  };
   /** Start-up milestones; the machine thread adds its own before the constructor runs. */
   readonly timings: StartupTiming[] = [];
 
@@ -154,32 +174,58 @@ export class Machine implements MachineContext {
     this.channels.post({ type: 'log', text });
   }
   notifyHost(notification: HostNotification): void {
-    this.channels.post({ type: 'notify', notification });
+    // Line settings and modem lines are states: when the channel is full only the
+    // latest of each kind per port is kept, and sent once there is room.
+    const kind = notification.type === 'serial-line' ? SERIAL_KIND.LINE_SETTINGS : SERIAL_KIND.MODEM_CONTROL;
+    const payload = notification.type === 'serial-line' ? encodeLineSettings(notification.settings) : encodeModemControl(notification.modem);
+    const target = CHANNEL_TARGET.SERIAL + notification.port;
+    this.unsentNotifications.delete(`${target}:${kind}`);
+    if (this.sendToHost(target, kind, payload)) return;
+    this.unsentNotifications.set(`${target}:${kind}`, { target, kind, payload });
+    if (this.unsentNotifications.size === 1) void this.sendUnsentNotifications();
+  }
+  private async sendUnsentNotifications(): Promise<void> {
+    while (this.unsentNotifications.size > 0 && !this.ended) {
+      const [key, n] = this.unsentNotifications.entries().next().value as [string, { target: number; kind: number; payload: Uint8Array }];
+      await this.channels.toHost.waitForSpace(n.payload.length);
+      if (this.unsentNotifications.get(key) !== n) continue;
+      if (this.sendToHost(n.target, n.kind, n.payload)) this.unsentNotifications.delete(key);
+    }
   }
   serialRing(index: number): ByteRing {
     return this.channels.rings[index];
   }
   setTimer(delayMs: number, fn: () => void): () => void {
-    const deadline = monotonicMs() + delayMs;
-    const entry = { deadline, fn };
-    const timer = setTimeout(() => {
-      this.timers.delete(entry);
-      this.publishTimerDeadline();
-      if (!this.ended) fn();
-    }, delayMs);
-    timer.unref();
-    this.timers.add(entry);
-    this.publishTimerDeadline();
-    return () => {
-      clearTimeout(timer);
-      this.timers.delete(entry);
-      this.publishTimerDeadline();
-    };
+    return this.timers.set(delayMs, () => { if (!this.ended) fn(); });
   }
-  private publishTimerDeadline(): void {
-    let earliest = 0;
-    for (const t of this.timers) if (earliest === 0 || t.deadline < earliest) earliest = t.deadline;
-    this.channels.control.timerDeadline = earliest;
+  /**
+   * Routes the VM host's records for `target` to `handler` on this thread (a device's
+   * host messages, a backend's completions). One handler per target.
+   */
+  onHostMessage(target: number, handler: (kind: number, payload: Uint8Array) => void): void {
+    if (this.hostHandlers.has(target)) throw new Error(`channel target ${target} has a handler already`);
+    this.hostHandlers.set(target, handler);
+  }
+  /** Sends a record to the VM host; false when its channel is full (the caller keeps it and retries). */
+  sendToHost(target: number, kind: number, payload?: Uint8Array): boolean {
+    return this.channels.toHost.send(target, kind, payload);
+  }
+  /** Handles what the VM host sent. Returns true if the machine ended meanwhile. */
+  private receiveFromHost(): boolean {
+    if (this.channels.fromHost.empty) return false;
+    try {
+      this.channels.fromHost.receive(this.routeFromHost);
+    } catch (e) {
+      this.end({ reason: 'error', message: `host message: ${(e as Error).message}` });
+    }
+    return this.ended;
+  }
+  /** Out of KVM_RUN (paused, or between slices) the channel is drained from the event loop. */
+  private async watchFromHost(): Promise<void> {
+    while (!this.ended) {
+      await this.channels.fromHost.waitForData();
+      if (this.receiveFromHost()) return;
+    }
   }
   /** Adds a ROM window (mapped read-only into the guest) before the machine starts. */
   addRegion(region: MemoryRegion): void {
@@ -266,6 +312,7 @@ export class Machine implements MachineContext {
     // A few times a second, between slices: counters registered while the guest runs.
     this.schemaTimer = setInterval(() => this.postNewCounters(), SCHEMA_CHECK_MS);
     this.schemaTimer.unref();
+    void this.watchFromHost();
   }
 
   /** Called when the host posts a message: it already kicked vCPU 0, so we are in the event loop. */
@@ -321,6 +368,9 @@ export class Machine implements MachineContext {
     // The host kicks vCPU 0 when queued writes sit unapplied (a guest halted after one).
     const queued = this.dispatcher.drainCoalesced();
     if (queued !== ACTION.CONTINUE) return this.onAction(queued);
+    // Host records and due timers: the VM host kicks vCPU 0 for both, so they come here.
+    if (this.receiveFromHost()) return;
+    this.timers.runDue();
     if (control.apPending !== 0 && this.serviceAps()) return;
     const vcpu = this.vcpus[0].vcpu;
     const run = vcpu.run;
@@ -384,6 +434,7 @@ export class Machine implements MachineContext {
     this.ended = true;
     if (this.schemaTimer) clearInterval(this.schemaTimer);
     this.postNewCounters();
+    this.timers.clear();
     const control = this.channels.control;
     control.setCommand(COMMAND.STOP);
     const waits: Promise<number>[] = [];

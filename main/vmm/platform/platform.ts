@@ -37,6 +37,8 @@ export class Platform {
       notifyHost: (message) => ctx.notifyHost(message),
       setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
       serialRing: (index) => ctx.serialRing(index),
+      onHostMessage: (target, handler) => ctx.onHostMessage(target, handler),
+      sendToHost: (target, kind, payload) => ctx.sendToHost(target, kind, payload),
       irqPin: (gsi, name) => irqLinesOf(deviceCtx).pin(gsi, name),
     };
     const models: DeviceModel[] = [];
@@ -49,6 +51,11 @@ export class Platform {
         if (!Number.isInteger(gsi) || gsi < 0 || gsi >= IOAPIC_PINS) throw new Error(`${model.name}: interrupt line ${gsi} does not exist`);
       }
       installDevice(ctx, model, model.pciBus ?? pciBus);
+      if (model.hostMessages) {
+        const owner = [...this.byName.values()].find((m) => m.hostMessages?.target === model.hostMessages?.target);
+        if (owner) throw new Error(`${model.name}: channel target ${model.hostMessages.target} belongs to ${owner.name}`);
+        ctx.onHostMessage(model.hostMessages.target, model.hostMessages.handle);
+      }
       pciBus ??= model.pciBus;
       this.byName.set(model.name, model);
       models.push(model);
@@ -66,15 +73,9 @@ export class Platform {
     return i instanceof type ? i : undefined;
   }
 
-  /**
-   * Routes a message from the VM host to device `device`'s handler for `kind`. Returns
-   * false if there is no such device or handler (a port that is not present).
-   */
-  deliver(device: string, kind: string, payload: unknown): boolean {
-    const handler = this.byName.get(device)?.hostMessages?.[kind];
-    if (!handler) return false;
-    handler(payload);
-    return true;
+  /** The channel target device `name` takes host messages on, or null. */
+  hostTarget(name: string): number | null {
+    return this.byName.get(name)?.hostMessages?.target ?? null;
   }
 
   /** Every device's part of the firmware tables, merged. */

@@ -2,6 +2,7 @@
 // and the AP threads, all in SharedArrayBuffers so no message is needed on hot paths.
 import { libc, RUN } from '../../../native';
 import { MAX_CPUS } from '../config';
+import type { Doorbell } from './channel';
 
 export const COMMAND = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 export const STATE = { STARTING: 0, RUNNING: 1, PAUSED: 2, STOPPED: 3 } as const;
@@ -116,12 +117,18 @@ export function kickVcpu(runBuffer: SharedArrayBuffer, runOffset: number, tid: n
 /**
  * A single-producer single-consumer byte ring in shared memory. The guest side never
  * blocks: when the ring is full the device reports "transmitter busy" and the guest waits.
+ * With a doorbell, a push that makes the ring non-empty rings it (the consumer may be
+ * asleep); the consumer re-checks `used` after a drain, as Channel explains, so a push
+ * racing with the drain is never left unseen.
  */
 export class ByteRing {
   private readonly header: Int32Array;
   private readonly data: Uint8Array;
   readonly capacity: number;
-  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(8 + 65536)) {
+  constructor(
+    readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(8 + 65536),
+    private readonly doorbell: Doorbell | null = null,
+  ) {
     this.header = new Int32Array(buffer, 0, 2);
     this.data = new Uint8Array(buffer, 8);
     this.capacity = this.data.length;
@@ -135,6 +142,7 @@ export class ByteRing {
     if (((head - Atomics.load(this.header, 1)) | 0) >= this.capacity) return false;
     this.data[(head >>> 0) % this.capacity] = byte;
     Atomics.store(this.header, 0, (head + 1) | 0);
+    if (this.doorbell !== null && Atomics.load(this.header, 1) === head) this.doorbell.ring();
     return true;
   }
   /** Takes everything available (consumer side). */
