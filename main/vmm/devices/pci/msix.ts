@@ -388,28 +388,34 @@ function pick(dword: number, offset: number, size: number): number {
 /**
  * The MMIO handler of a BAR that holds only the MSI-X table and PBA (as virtio-pci lays
  * it out). Aligned 8-byte accesses are split into two dword accesses, low first; the rest
- * of the BAR reads 0 and ignores writes.
+ * of the BAR reads 0 and ignores writes. The BAR is defined before the capability that
+ * checks it, so the handler reaches the capability through `msix`, called at each access:
+ *   this.defineBar(2, { kind: 'mem32', size: 0x1000, mmio: new MsixMmio('x-msix', 2, () => this.msix) });
  */
 export class MsixMmio implements MmioDevice {
-  constructor(readonly name: string, private readonly msix: MsixCapability, private readonly bar: number) {}
+  constructor(readonly name: string, private readonly bar: number, private readonly msix: () => MsixCapability | undefined) {}
 
   readMmio(offset: number, size: number): number | bigint {
+    const msix = this.msix();
+    if (!msix) return size === 8 ? 0n : 0;
     if (size === 8) {
       if (offset % 8 !== 0) return 0n;
-      const lo = this.msix.readBar(this.bar, offset, 4) ?? 0;
-      const hi = this.msix.readBar(this.bar, offset + 4, 4) ?? 0;
+      const lo = msix.readBar(this.bar, offset, 4) ?? 0;
+      const hi = msix.readBar(this.bar, offset + 4, 4) ?? 0;
       return BigInt(lo) | (BigInt(hi) << 32n);
     }
-    return this.msix.readBar(this.bar, offset, size) ?? 0;
+    return msix.readBar(this.bar, offset, size) ?? 0;
   }
 
   writeMmio(offset: number, size: number, value: bigint): void {
+    const msix = this.msix();
+    if (!msix) return;
     if (size === 8) {
       if (offset % 8 !== 0) return;
-      this.msix.writeBar(this.bar, offset, 4, Number(value & 0xffffffffn));
-      this.msix.writeBar(this.bar, offset + 4, 4, Number((value >> 32n) & 0xffffffffn));
+      msix.writeBar(this.bar, offset, 4, Number(value & 0xffffffffn));
+      msix.writeBar(this.bar, offset + 4, 4, Number((value >> 32n) & 0xffffffffn));
       return;
     }
-    this.msix.writeBar(this.bar, offset, size, Number(value & 0xffffffffn));
+    msix.writeBar(this.bar, offset, size, Number(value & 0xffffffffn));
   }
 }
