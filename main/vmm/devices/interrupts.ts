@@ -35,7 +35,12 @@ export interface MsiRoute {
   release(): void;
 }
 
-/** An irqfd on an interrupt line (a GSI of the IOAPIC/PIC), e.g. a PCI INTx or ISA IRQ. */
+/**
+ * An irqfd on an interrupt line (a GSI of the IOAPIC/PIC), e.g. a PCI INTx or ISA IRQ.
+ * Without resampling, a write pulses the line on KVM's user-space source, the same one
+ * setIrq drives: it would lower a level a device asserts there, so such a line needs a
+ * GSI of its own. A resampling irqfd has a source of its own.
+ */
 export interface LineIrqfd {
   readonly gsi: number;
   /** A write raises the line: a pulse (edge), or with resampling, a level held until EOI. */
