@@ -65,6 +65,7 @@ export const KVM_CAP = {
   USER_MEMORY: 3,
   SET_TSS_ADDR: 4,
   NR_VCPUS: 9,
+  /** Returns the most routes KVM_SET_GSI_ROUTING takes (KVM_MAX_IRQ_ROUTES, 4096 on x86). */
   IRQ_ROUTING: 25,
   IRQFD: 32,
   PIT2: 33,
@@ -73,6 +74,7 @@ export const KVM_CAP = {
   TSC_DEADLINE_TIMER: 72,
   SIGNAL_MSI: 77,
   READONLY_MEM: 81,
+  IRQFD_RESAMPLE: 82,
   IMMEDIATE_EXIT: 136,
   /** Returns the page (in a vCPU's mmap) holding the coalesced write ring, or 0. */
   COALESCED_MMIO: 15,
@@ -191,6 +193,27 @@ export interface CpuidEntry {
   function: number; index: number; flags: number; eax: number; ebx: number; ecx: number; edx: number;
 }
 export interface MsrEntry { index: number; data: bigint }
+export interface IrqfdOptions {
+  deassign?: boolean;
+  /** Level-triggered line: KVM signals this eventfd when the guest acknowledges the interrupt. */
+  resampleFd?: number;
+}
+
+export interface IoeventfdOptions {
+  /** A port (pio) or a guest-physical address below 2^53. */
+  address: number;
+  /** Bytes of the write: 1, 2, 4 or 8 (MMIO); 1, 2 or 4 (ports). */
+  length: number;
+  eventFd: number;
+  pio: boolean;
+  /** Only writes of this value signal (the value's low `length` bytes). */
+  datamatch?: number | bigint;
+  deassign?: boolean;
+}
+
+export const KVM_IRQFD_FLAG = { DEASSIGN: 1, RESAMPLE: 2 } as const;
+export const KVM_IOEVENTFD_FLAG = { DATAMATCH: 1, PIO: 2, DEASSIGN: 4 } as const;
+
 export interface IrqRoute {
   gsi: number;
   /** irqchip: 0 = PIC master, 1 = PIC slave, 2 = IOAPIC */
@@ -321,20 +344,42 @@ export class KvmVm {
     });
     libc.ioctlBuffer(this.fd, 'KVM_SET_GSI_ROUTING', KVM.SET_GSI_ROUTING, b);
   }
-  irqfd(eventFd: number, gsi: number, deassign = false): void {
+  /**
+   * KVM_IRQFD: a write to `eventFd` (from any thread) raises GSI `gsi` with no exit to
+   * user space; `deassign` undoes it (same fd and GSI). With `resampleFd`, the line is
+   * level-triggered: KVM holds it asserted until the guest acknowledges it (EOI), then
+   * lowers it and signals `resampleFd`, so the device model can re-assert it if the
+   * condition persists (KVM_CAP_IRQFD_RESAMPLE; an irqchip GSI, not an MSI route).
+   */
+  irqfd(eventFd: number, gsi: number, opts: IrqfdOptions = {}): void {
     const b = Buffer.alloc(32);
-    b.writeUInt32LE(eventFd, 0); b.writeUInt32LE(gsi, 4); b.writeUInt32LE(deassign ? 1 : 0, 8);
-    libc.ioctlBuffer(this.fd, 'KVM_IRQFD', KVM.IRQFD, b);
+    let flags = 0;
+    if (opts.deassign) flags |= KVM_IRQFD_FLAG.DEASSIGN;
+    if (opts.resampleFd !== undefined && !opts.deassign) flags |= KVM_IRQFD_FLAG.RESAMPLE;
+    b.writeUInt32LE(eventFd >>> 0, 0); b.writeUInt32LE(gsi >>> 0, 4); b.writeUInt32LE(flags, 8);
+    if (flags & KVM_IRQFD_FLAG.RESAMPLE) b.writeUInt32LE((opts.resampleFd as number) >>> 0, 12);
+    const what = opts.deassign ? 'deassign' : opts.resampleFd !== undefined ? 'assign, resample' : 'assign';
+    libc.ioctlBuffer(this.fd, `KVM_IRQFD(fd ${eventFd}, GSI ${gsi}, ${what})`, KVM.IRQFD, b);
   }
-  ioeventfd(opts: { addr: bigint; len: number; eventFd: number; pio: boolean; datamatch?: bigint; deassign?: boolean }): void {
+  /**
+   * KVM_IOEVENTFD: a guest write of `length` bytes at `address` (a port with `pio`, else
+   * guest-physical) adds 1 to `eventFd` instead of exiting. With `datamatch` only writes of
+   * that value do; others exit as before. `deassign` removes the same registration.
+   */
+  ioeventfd(opts: IoeventfdOptions): void {
     const b = Buffer.alloc(64);
     let flags = 0;
-    if (opts.datamatch !== undefined) { flags |= 1; b.writeBigUInt64LE(opts.datamatch, 0); }
-    if (opts.pio) flags |= 2;
-    if (opts.deassign) flags |= 4;
-    b.writeBigUInt64LE(opts.addr, 8); b.writeUInt32LE(opts.len, 16); b.writeInt32LE(opts.eventFd, 20);
+    if (opts.datamatch !== undefined) {
+      flags |= KVM_IOEVENTFD_FLAG.DATAMATCH;
+      b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(opts.datamatch)), 0);
+    }
+    if (opts.pio) flags |= KVM_IOEVENTFD_FLAG.PIO;
+    if (opts.deassign) flags |= KVM_IOEVENTFD_FLAG.DEASSIGN;
+    b.writeBigUInt64LE(BigInt(opts.address), 8); b.writeUInt32LE(opts.length, 16); b.writeInt32LE(opts.eventFd, 20);
     b.writeUInt32LE(flags, 24);
-    libc.ioctlBuffer(this.fd, 'KVM_IOEVENTFD', KVM.IOEVENTFD, b);
+    const where = `${opts.pio ? 'port' : 'MMIO'} 0x${opts.address.toString(16)}+${opts.length}`;
+    const match = opts.datamatch === undefined ? '' : `, data 0x${opts.datamatch.toString(16)}`;
+    libc.ioctlBuffer(this.fd, `KVM_IOEVENTFD(${where}${match}${opts.deassign ? ', deassign' : ''})`, KVM.IOEVENTFD, b);
   }
   getIrqchip(chip: number): Buffer {
     const b = Buffer.alloc(520);

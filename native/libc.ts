@@ -172,6 +172,43 @@ export function eventfd(initial = 0, flags = EFD_CLOEXEC): number {
   return check('eventfd', c.eventfd(initial, flags));
 }
 
+// One 8-byte counter buffer per thread (each worker loads its own copy of this module).
+const eventfdCounter = Buffer.alloc(8);
+const eventfdIncrement = Buffer.alloc(8);
+
+/**
+ * Reads and clears an eventfd's counter (eventfd(2)). Returns 0 instead of blocking
+ * when the counter is zero on a non-blocking eventfd (EAGAIN), or when interrupted.
+ */
+export function eventfdRead(fd: number): number {
+  const r = Number(c.read(fd, eventfdCounter, 8));
+  if (r < 0) {
+    const e = koffi.errno();
+    if (e === os.constants.errno.EAGAIN || e === os.constants.errno.EINTR) return 0;
+    throw new NativeError('read(eventfd)', e);
+  }
+  if (r !== 8) throw new Error(`read(eventfd): ${r} bytes instead of 8`);
+  return eventfdCounter.readUInt32LE(0) + eventfdCounter.readUInt32LE(4) * 2 ** 32;
+}
+
+/**
+ * Adds `n` (1 by default, below 2^32) to an eventfd's counter, from any thread. A write
+ * that would overflow the counter fails with EAGAIN on a non-blocking eventfd: that
+ * returns false, as the reader has not caught up with about 2^64 events.
+ */
+export function eventfdWrite(fd: number, n = 1): boolean {
+  if (!Number.isInteger(n) || n < 1 || n > 0xffffffff) throw new RangeError(`eventfd increment ${n} is not 1..2^32-1`);
+  eventfdIncrement.writeUInt32LE(n, 0);
+  for (;;) {
+    const r = Number(c.write(fd, eventfdIncrement, 8));
+    if (r === 8) return true;
+    const e = r < 0 ? koffi.errno() : os.constants.errno.EIO;
+    if (e === os.constants.errno.EINTR) continue;
+    if (e === os.constants.errno.EAGAIN) return false;
+    throw new NativeError('write(eventfd)', e);
+  }
+}
+
 /** Returns bytes read, or -errno for EAGAIN/EINTR so callers can poll. */
 export function read(fd: number, buf: Uint8Array, length = buf.length): number {
   const r = Number(c.read(fd, buf, length));

@@ -45,6 +45,9 @@ function context(config: MachineConfig = defaultConfig()) {
     serialRing: (i) => rings[i],
     onHostMessage: (target, handler) => { handlers.set(target, handler); },
     sendToHost: () => true,
+    // No device of the PC uses irqfd routes or ioeventfds.
+    interrupts: {} as MachineContext['interrupts'],
+    doorbells: {} as MachineContext['doorbells'],
   };
   return { ctx, statistics, irqs, notes, rings, fromHost };
 }

@@ -1,6 +1,7 @@
 // What a device model may use of the machine it lives in.
 import type { MmioBus, PioBus } from './bus';
 import type { MachineConfig } from '../config';
+import type { DoorbellRegistry, InterruptRouter } from './interrupts';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { ByteRing } from '../shared/control';
 import type { StatsRegistry } from '../shared/stats';
@@ -36,6 +37,10 @@ export interface MachineContext {
   setIrq(gsi: number, level: boolean): void;
   /** Delivers an MSI through KVM. */
   signalMsi(addressLo: number, addressHi: number, data: number): void;
+  /** MSI routes and line irqfds: interrupts any thread injects by writing an eventfd. */
+  readonly interrupts: InterruptRouter;
+  /** ioeventfds: doorbell registers whose guest writes do not exit. */
+  readonly doorbells: DoorbellRegistry;
   requestReset(): void;
   requestPowerOff(): void;
   /** A line for the VM's log (shown by the CLI with --verbose and kept by the manager). */

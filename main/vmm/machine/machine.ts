@@ -19,6 +19,8 @@ import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from '../memo
 import { buildPlatform, type Platform } from '../platform/platform';
 import { prepareBoot } from '../boot';
 import { pcIrqRoutes } from '../platform/mptable';
+import { IrqRouting } from './irq-routing';
+import { Doorbells } from './doorbells';
 import { describePic, describeVcpu } from './vcpu-dump';
 import type { CounterSpec, StatsRegistry } from '../shared/stats';
 import { machineStatsFrom, type MachineStats } from './machine-stats';
@@ -85,6 +87,9 @@ export class Machine implements MachineContext {
   readonly cpuCount: number;
   readonly regions: MemoryRegion[];
   readonly dispatcher: ExitDispatcher;
+  /** KVM's GSI routing table: the PC's lines, and MSI routes with their irqfds. */
+  readonly interrupts: IrqRouting;
+  readonly doorbells: Doorbells;
   private readonly kvm: KvmSystem;
   private readonly vm: KvmVm;
   private readonly vcpus: VcpuHandle[] = [];
@@ -139,7 +144,11 @@ export class Machine implements MachineContext {
     this.vm.createIrqchip();
     // The PC wiring (ISA IRQ 0 on IOAPIC pin 2, as the ACPI/MP tables and SeaBIOS say) for
     // every boot kind; KVM's identity default would leave the PIT on pin 0.
-    this.vm.setGsiRouting(pcIrqRoutes());
+    this.interrupts = new IrqRouting(this.vm, {
+      lineRoutes: pcIrqRoutes(), maxRoutes: this.kvm.checkExtension(KVM_CAP.IRQ_ROUTING),
+    });
+    this.interrupts.commit();
+    this.doorbells = new Doorbells(this.vm);
     this.vm.createPit2();
     this.timings.push({ label: 'vm-created', epochMs: epochMs() });
     this.regions = allocateRam(config.memoryBytes);
@@ -447,6 +456,8 @@ export class Machine implements MachineContext {
     void Promise.all(waits).then(() => {
       for (const h of this.vcpus) h.vcpu.close();
       this.vm.close();
+      this.interrupts.close();
+      this.doorbells.close();
       this.kvm.close();
       control.setState(STATE.STOPPED);
       this.channels.post({ type: 'ended', end, stats: this.stats() });

@@ -29,6 +29,8 @@ export class Platform {
       get mmio() { return ctx.mmio; },
       get cpuCount() { return ctx.cpuCount; },
       get statistics() { return ctx.statistics; },
+      get interrupts() { return ctx.interrupts; },
+      get doorbells() { return ctx.doorbells; },
       setIrq: (gsi, level) => ctx.setIrq(gsi, level),
       signalMsi: (lo, hi, data) => ctx.signalMsi(lo, hi, data),
       requestReset: () => ctx.requestReset(),

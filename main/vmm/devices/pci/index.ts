@@ -13,6 +13,7 @@ export * from './i440fx';
 export * from './pci-bus';
 export * from './pci-device';
 export * from './piix';
+export * from './msix';
 
 export interface PciPlatformContext {
   readonly pio: PioBus;

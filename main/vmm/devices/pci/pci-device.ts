@@ -6,6 +6,7 @@
 // ConfigWriteResult, after crosvm's) and the bus owner (PciBus) applies that once the
 // write has returned, so no register block is re-registered while a bus dispatches to it.
 import type { IoDevice } from '../device';
+import type { MsiMessage, MsiRoute, MsiRouter } from '../interrupts';
 import type { PciBus } from './pci-bus';
 
 export const PCI_CFG = {
@@ -108,6 +109,8 @@ export class PciDevice {
   private nextCapability = 0x40;
   private lastCapability = -1;
   private intxAsserted = false;
+  /** Capabilities that follow configuration writes (MSI, MSI-X). */
+  private readonly configListeners: ((offset: number, size: number) => void)[] = [];
   bus: PciBus | null = null;
   slot = -1;
   function = -1;
@@ -293,8 +296,14 @@ export class PciDevice {
     } else if ((offset < PCI_CFG.BAR0 + 24 && end > PCI_CFG.BAR0) || (offset < PCI_CFG.ROM_ADDRESS + 4 && end > PCI_CFG.ROM_ADDRESS)) {
       this.updateBars(changes);
     }
+    for (const listener of this.configListeners) listener(offset, size);
     this.configWritten(offset, size, changes);
     return changes.empty ? null : changes;
+  }
+
+  /** Calls `listener` after every configuration write (after BARs and INTx were updated). */
+  addConfigListener(listener: (offset: number, size: number) => void): void {
+    this.configListeners.push(listener);
   }
 
   /** Hook: refresh dynamic registers before a read. */
@@ -364,11 +373,16 @@ function isPowerOfTwo(n: number): boolean {
 
 /**
  * An MSI capability with a 64-bit address and 1..32 vectors (no per-vector masking).
- * `signal(vector)` delivers the message if the guest enabled MSI and bus mastering.
+ * `signal(vector)` delivers the message if the guest enabled MSI and bus mastering. With a
+ * router, each vector used gets an MSI route whose eventfd (vectorEventFd) any thread may
+ * write; the route follows the guest's address/data and is unbound while MSI is off.
  */
 export class MsiCapability {
   readonly offset: number;
-  constructor(private readonly device: PciDevice, readonly vectors = 1) {
+  private readonly routes: (MsiRoute | null)[] = [];
+  private routesRefused = false;
+
+  constructor(private readonly device: PciDevice, readonly vectors = 1, private readonly router: MsiRouter | null = null) {
     if (![1, 2, 4, 8, 16, 32].includes(vectors)) throw new Error(`${device.name}: MSI vectors must be 1, 2, 4, 8, 16 or 32`);
     const o = device.addCapability(PCI_CAP_ID.MSI, 0x0e);
     this.offset = o;
@@ -377,6 +391,12 @@ export class MsiCapability {
     device.initCapability(o + 4, 4, 0, 0xfffffffc);
     device.initCapability(o + 8, 4, 0, 0xffffffff);
     device.initCapability(o + 12, 2, 0, 0xffff);
+    if (router) {
+      device.addConfigListener((at, size) => {
+        const touches = (start: number, end: number) => at < end && at + size > start;
+        if (touches(PCI_CFG.COMMAND, PCI_CFG.COMMAND + 2) || touches(o, o + 0x0e)) this.updateRoutes();
+      });
+    }
   }
 
   get enabled(): boolean {
@@ -391,11 +411,70 @@ export class MsiCapability {
 
   /** Returns true if a message was sent. */
   signal(vector = 0): boolean {
-    if (!this.enabled || !Number.isInteger(vector) || vector < 0 || vector >= this.enabledVectors) return false;
+    if (!this.deliverable(vector)) return false;
+    const route = this.routeOf(vector);
+    if (route) {
+      route.trigger();
+      return true;
+    }
+    const m = this.messageOf(vector);
+    return this.device.sendMsi(m.addressLo, m.addressHi, m.data);
+  }
+
+  /**
+   * The eventfd that sends `vector` when written, from any thread (a VM host backend);
+   * writes while the vector cannot be sent (MSI off, bus mastering off) are dropped.
+   * Needs a router. Valid until the machine ends.
+   */
+  vectorEventFd(vector: number): number {
+    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors) throw new RangeError(`${this.device.name}: no MSI vector ${vector}`);
+    const route = this.routeOf(vector);
+    if (!route) throw new Error(`${this.device.name}: MSI vector ${vector} has no irqfd route`);
+    return route.eventFd;
+  }
+
+  private deliverable(vector: number): boolean {
+    return this.enabled && (this.device.command & PCI_COMMAND.MASTER) !== 0 && Number.isInteger(vector)
+      && vector >= 0 && vector < this.enabledVectors;
+  }
+
+  private messageOf(vector: number): MsiMessage {
     const o = this.offset;
-    const base = this.device.getU16(o + 12);
     // The low bits of the data select the vector within the enabled block.
-    const data = (base & ~(this.enabledVectors - 1)) | vector;
-    return this.device.sendMsi(this.device.getU32(o + 4), this.device.getU32(o + 8), data);
+    const data = (this.device.getU16(o + 12) & ~(this.enabledVectors - 1)) | vector;
+    return { addressLo: this.device.getU32(o + 4), addressHi: this.device.getU32(o + 8), data };
+  }
+
+  /** The route of `vector`, made on first use and bound if the vector is deliverable; null without a router. */
+  private routeOf(vector: number): MsiRoute | null {
+    if (!this.router || this.routesRefused) return null;
+    let route = this.routes[vector] ?? null;
+    if (!route) {
+      try {
+        route = this.router.createMsiRoute();
+      } catch (e) {
+        if (!(e instanceof RangeError)) throw e;
+        // KVM's table is full: this function sends through KVM_SIGNAL_MSI instead.
+        this.routesRefused = true;
+        return null;
+      }
+      this.routes[vector] = route;
+      this.updateRoute(vector, route);
+    }
+    return route;
+  }
+
+  private updateRoutes(): void {
+    this.router?.batch(() => this.routes.forEach((route, vector) => { if (route) this.updateRoute(vector, route); }));
+  }
+
+  private updateRoute(vector: number, route: MsiRoute): void {
+    if (!this.deliverable(vector)) {
+      route.detach();
+      return;
+    }
+    // Writes made while the vector could not be sent are dropped, not delivered late.
+    if (!route.attached) route.takePending();
+    route.attach(this.messageOf(vector));
   }
 }
