@@ -11,6 +11,7 @@ import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine
 import { DEBUGCON_RING } from '../platform/platform';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
+import { allocateRam, type MemoryRegion } from '../memory/guest-memory';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, monotonicMs, type StartupTiming } from '../shared/control';
 
@@ -42,6 +43,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private statsSchema: CounterSpec[] = [];
   readonly statsSampler = new StatsSampler(this.statsBuffer);
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
+  /** Guest RAM: made at start, handed to every machine launch (it survives resets), dropped at the end. */
+  private ram: MemoryRegion[] | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
   /** How often the statistics registry is sampled into a 'stats' event (100 ms = 10 Hz at most). */
@@ -69,6 +72,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     return this._state;
   }
 
+  /** The guest's RAM regions while the VM runs (the same buffers across resets), else null. */
+  get guestRam(): readonly MemoryRegion[] | null {
+    return this.ram;
+  }
+
   private setState(s: VmState): void {
     if (this._state === s) return;
     this._state = s;
@@ -90,6 +98,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           onLog: (text) => this.emit('log', text),
         })));
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
+      // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
+      this.ram = allocateRam(this.config.memoryBytes);
     } catch (e) {
       this.closeEndpoints();
       this.setState('stopped');
@@ -112,6 +122,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       control: this.control.buffer,
       rings: this.rings.map((r) => r.buffer),
       stats: { buffer: this.statsBuffer, schema: this.statsSchema },
+      ram: this.ram ?? [],
     };
     const worker = new Worker(path.join(__dirname, '..', 'machine', 'machine-thread.js'), { workerData: data });
     this.worker = worker;
@@ -187,6 +198,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.emit('stats', this.statsSampler.sample());
     this.drainRings();
     this.closeEndpoints();
+    this.ram = null;
     this.setState('stopped');
     this.emit('ended', end, stats);
   }

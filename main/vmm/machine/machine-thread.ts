@@ -5,6 +5,7 @@ import { prefetchLinuxFiles } from '../boot/linux';
 import { Machine, type MachineToHost } from './machine';
 import { ByteRing, ControlBlock, epochMs } from '../shared/control';
 import { type CounterSpec, StatsRegistry } from '../shared/stats';
+import type { MemoryRegion } from '../memory/guest-memory';
 
 export type HostToMachine =
   | { type: 'resume' }
@@ -19,6 +20,8 @@ export interface MachineThreadData {
   rings: SharedArrayBuffer[];
   /** The VM's statistics registry and the counters earlier launches registered. */
   stats: { buffer: SharedArrayBuffer; schema: CounterSpec[] };
+  /** Guest RAM, made once per VM by the VM host and kept across resets. */
+  ram: MemoryRegion[];
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -41,6 +44,7 @@ async function main(): Promise<void> {
     control: new ControlBlock(data.control),
     rings: data.rings.map((b) => new ByteRing(b)),
     stats: statsRegistryOf(data.stats),
+    ram: data.ram,
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
