@@ -10,6 +10,7 @@ import { Cmos, CMOS_PORT } from '../devices/cmos';
 import { FW_CFG_PORT_SPAN, FwCfg } from '../devices/fw-cfg';
 import { buildPciPlatform, type PciPlatform } from '../devices/pci';
 import { FOUR_GIB } from '../memory/guest-memory';
+import { DmaMemory } from '../memory/dma';
 
 /** What the host side needs of a UART: bytes in and modem status lines. */
 export interface SerialPortModel {
@@ -68,8 +69,7 @@ export function buildPlatform(ctx: MachineContext & { requestPowerOff(exitCode?:
     cpus: ctx.cpuCount,
   });
   ctx.pio.register(CMOS_PORT, 2, cmos);
-  // DMA reads ctx.memory on each transfer: ROM regions added by the boot replace it.
-  const fwCfg = new FwCfg(() => ctx.memory);
+  const fwCfg = new FwCfg(new DmaMemory(ctx.memory));
   ctx.pio.register(FW_CFG_PORT_SEL, FW_CFG_PORT_SPAN, fwCfg);
   const pci = buildPciPlatform(ctx);
   return { debugcon, postCode, debugExit, i8042, port92, serial, cmos, fwCfg, pci };

@@ -1,6 +1,7 @@
 // The i440FX/PIIX PCI platform: bus 0, configuration mechanism #1, the host bridge at
 // 00:00.0, the PIIX3 ISA bridge at 00:01.0 and the PIIX4 PM function at 00:01.3.
 import type { MmioBus, PioBus } from '../bus';
+import type { GuestMemory } from '../../memory/guest-memory';
 import { irqLinesOf, type IrqPin } from '../../platform/irq';
 import { ACPI_SCI_IRQ } from '../../platform/layout';
 import { I440fxHostBridge } from './i440fx';
@@ -16,6 +17,8 @@ export * from './msix';
 export interface PciPlatformContext {
   readonly pio: PioBus;
   readonly mmio: MmioBus;
+  /** Guest memory the functions reach by DMA (see PciDevice.dma). */
+  readonly memory?: GuestMemory;
   setIrq(gsi: number, level: boolean): void;
   signalMsi(addressLo: number, addressHi: number, data: number): void;
   requestReset(): void;
