@@ -7,9 +7,9 @@
 // machine first; if even that hangs, the process kills itself with SIGKILL.
 import type { MachineConfig } from '../vmm/config';
 import { VmHost } from '../vmm/host/vm-host';
-import type { StatsSample } from '../vmm/shared/stats';
+import { SampleForwarder } from './sample-forwarder';
 import {
-  OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, STATS_MIN_INTERVAL_MS, type ManagerToVm, type VmCommand, type VmToManager,
+  OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, type ManagerToVm, type VmCommand, type VmToManager,
 } from './vm-process-protocol';
 
 interface ElectronParentPort {
@@ -72,20 +72,8 @@ function queueOutput(ring: number, data: Uint8Array): void {
   else if (!flushTimer) flushTimer = setTimeout(flushOutput, OUTPUT_BATCH_MS);
 }
 
-/** The VM host's latest statistics sample (answers the "stats" command without a kick). */
-let latestSample: StatsSample | null = null;
-/** Whether the manager wants samples (somebody watches this VM's vm-stats). */
-let statsStreamOn = false;
-let lastSampleSentAt = 0;
-
-function onSample(sample: StatsSample): void {
-  latestSample = sample;
-  if (!statsStreamOn) return;
-  const now = Date.now();
-  if (lastSampleSentAt !== 0 && now - lastSampleSentAt < STATS_MIN_INTERVAL_MS) return;
-  lastSampleSentAt = now;
-  send({ type: 'stats', sample });
-}
+/** Samples from the VM host: the latest is kept, and sent on while the manager wants them. */
+const samples = new SampleForwarder((sample) => send({ type: 'stats', sample }));
 
 function exitAfter(code: number): void {
   if (exiting) return;
@@ -111,7 +99,7 @@ function startVm(config: MachineConfig): void {
   h.on('log', (line) => send({ type: 'log', line }));
   h.on('output', (ring, data) => queueOutput(ring, data));
   h.on('endpoint', (ring, description) => send({ type: 'endpoint', ring, description }));
-  h.on('stats', (sample) => onSample(sample));
+  h.on('stats', (sample) => samples.offer(sample, performance.now()));
   h.on('ended', (end, stats) => {
     flushOutput();
     exiting = true;
@@ -152,7 +140,8 @@ async function runCommand(id: number, command: VmCommand): Promise<void> {
       case 'stats': {
         flushOutput();
         // The registry, read by the VM host anyway, once it has counters; else ask the machine.
-        if (latestSample && latestSample.counters.length > 0) send({ type: 'reply', id, ok: true, sample: latestSample });
+        const sample = samples.latestWithCounters;
+        if (sample) send({ type: 'reply', id, ok: true, sample });
         else send({ type: 'reply', id, ok: true, stats: await h.stats() });
         return;
       }
@@ -176,7 +165,7 @@ onMessage((m) => {
       if (host && m.data instanceof Uint8Array) host.sendSerialInput(m.port, m.data);
       break;
     case 'stats-stream':
-      statsStreamOn = m.on === true;
+      samples.setStreaming(m.on === true);
       break;
   }
 });
