@@ -233,7 +233,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
       logTail: (lines) => vm.log.tail(lines),
       sample: (sample) => this.stats.publish(id, sample),
       exited: (info) => this.onRunExited(vm, run, info),
-    }, { statsWanted: this.stats.wanted(id), startTimeoutMs: this.startTimeoutMs });
+    }, { statsWanted: () => this.stats.wanted(id), startTimeoutMs: this.startTimeoutMs });
     vm.run = run;
     this.changed(vm);
     await run.started();

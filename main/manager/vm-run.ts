@@ -46,8 +46,8 @@ export interface RunObserver {
 }
 
 export interface RunOptions {
-  /** Whether the process should send statistics samples from the start. */
-  statsWanted: boolean;
+  /** Whether the process should send statistics samples (asked when it is ready). */
+  statsWanted: () => boolean;
   startTimeoutMs: number;
 }
 
@@ -140,7 +140,7 @@ export class VmRun {
       case 'ready':
         if (!this.to('building')) return;
         this.link.send({ type: 'start', config: this.config });
-        if (this.options.statsWanted) this.link.send({ type: 'stats-stream', on: true });
+        if (this.options.statsWanted()) this.link.send({ type: 'stats-stream', on: true });
         break;
       case 'started':
         if (this.to('live')) this.settleStart(null);

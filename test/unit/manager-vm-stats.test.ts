@@ -217,3 +217,18 @@ test('a run moves through explicit phases; messages out of order are ignored', a
   proc.message({ type: 'state', state: 'running' }); // after the exit nothing counts
   assert.equal(manager.getVm(vm.id).state, 'crashed', 'exit code 0 without "ended" is still a crash');
 });
+
+test('a watcher that leaves while the VM process is still launching is not asked for', async () => {
+  const vm = manager.createVm(flatSpec('flood', { boot: { kind: 'flat', path: path.join(home.home, 'flood.bin') } }));
+  const stop = manager.subscribeVmStats(vm.id, () => undefined);
+  const p = manager.startVm(vm.id);
+  const proc = procs[0];
+  stop();
+  proc.boot();
+  await p;
+  assert.deepEqual(streamWishes(proc), [], 'nobody watches by the time the process is ready');
+  const stopLate = manager.subscribeVmStats(vm.id, () => undefined);
+  assert.deepEqual(streamWishes(proc), [true]);
+  stopLate();
+  assert.deepEqual(streamWishes(proc), [true, false]);
+});
