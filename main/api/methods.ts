@@ -14,6 +14,11 @@ export interface ArgSpec<T = unknown> {
   readonly name: string;
   /** Returns the validated value or throws an ApiError "invalid-argument". */
   readonly parse: (input: unknown) => T;
+  /**
+   * The validator's messages about an object's fields already name the field ("Name is
+   * required."), for the UI to show as they are; other messages get the argument's name.
+   */
+  readonly namesFields?: true;
 }
 
 /** How a stream's items travel on the event channel (the ServerMessage type). */
@@ -50,7 +55,7 @@ export type MethodEntry = CallEntry | StreamEntry | EventsEntry;
 
 const anything: ArgSpec<unknown> = { name: 'spec', parse: (input) => input };
 const vmId: ArgSpec<string> = { name: 'id', parse: parseVmId };
-const vmSpec = { name: 'spec', parse: parseVmSpec } as const;
+const vmSpec = { name: 'spec', parse: parseVmSpec, namesFields: true } as const;
 const consolePort = { name: 'port', parse: parseConsolePort } as const;
 const consoleInput = { name: 'data', parse: parseConsoleInput } as const;
 const fileChoice = { name: 'choice', parse: parseFileChoice } as const;

@@ -38,7 +38,8 @@ function parseArgs(method: string, specs: readonly ArgSpec[], args: unknown[]): 
     try {
       return spec.parse(args[i]);
     } catch (e) {
-      if (e instanceof ApiError && e.code === 'invalid-argument') {
+      const fieldMessage = spec.namesFields === true && typeof args[i] === 'object' && args[i] !== null && !Array.isArray(args[i]);
+      if (e instanceof ApiError && e.code === 'invalid-argument' && !fieldMessage) {
         throw new ApiError('invalid-argument', `${e.message.replace(/\.$/, '')} (argument "${spec.name}" of ${method}).`);
       }
       throw e;

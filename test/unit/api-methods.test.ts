@@ -275,6 +275,9 @@ test('a bad argument is refused before the backend, with an error naming the arg
       }
     }
     assert.ok(checked >= 15, `${checked} arguments checked`);
+    // A problem with a field of a VM spec names that field, as the UI shows it (unchanged).
+    const field = await session.call('createVm', [{ ...goodSpec, name: '' }]);
+    assert.deepEqual(field, { ok: false, error: { code: 'invalid-argument', message: 'Name is required.' } });
     // Extra arguments keep their old message.
     const extra = await session.call('getVm', ['vm-1', 'more']);
     assert.deepEqual(extra, { ok: false, error: { code: 'invalid-argument', message: 'The call getVm takes one argument.' } });
