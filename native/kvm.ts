@@ -65,6 +65,8 @@ export const KVM_CAP = {
   USER_MEMORY: 3,
   SET_TSS_ADDR: 4,
   NR_VCPUS: 9,
+  /** How many memory slots userspace may use (slot ids 0..n-1). */
+  NR_MEMSLOTS: 10,
   /** Returns the most routes KVM_SET_GSI_ROUTING takes (KVM_MAX_IRQ_ROUTES, 4096 on x86). */
   IRQ_ROUTING: 25,
   IRQFD: 32,

@@ -1,16 +1,22 @@
 // The only bridge from the renderer to main: exposes `window.porthole` (PortholeApi)
 // and nothing else. Sandboxed preloads can require only "electron", so this file has no
-// other runtime imports (contract types are erased); the channel names are checked
-// against main/api/wire.ts by a unit test.
+// other runtime imports (contract types are erased): it asks main for the method table
+// (main/api/methods.ts, without validators) once, synchronously, and builds the API from
+// it. The channel names are checked against main/api/wire.ts by a unit test.
 import { contextBridge, ipcRenderer } from 'electron';
-import type { ConsoleListener, PortholeApi, PortholeEvent } from '../main/api/contract';
-import type { DirectMethod, ServerMessage, WireMethod, WireResult } from '../main/api/wire';
+import type { PortholeApi, PortholeEvent } from '../main/api/contract';
+import type { MethodDescription } from '../main/api/methods';
+import type { ServerMessage, WireResult } from '../main/api/wire';
 
 const PRELOAD_CALL_CHANNEL = 'porthole:call';
 const PRELOAD_EVENT_CHANNEL = 'porthole:event';
+const PRELOAD_METHODS_CHANNEL = 'porthole:methods';
+
+type Listener = (item: unknown) => void;
 
 const eventListeners = new Set<(e: PortholeEvent) => void>();
-const consoles = new Map<string, ConsoleListener>();
+/** Open streams by subscription id: the message type that carries their items, and the listener. */
+const streams = new Map<string, { message: string; listener: Listener }>();
 let subscriptionCounter = 0;
 
 ipcRenderer.on(PRELOAD_EVENT_CHANNEL, (_event, message: ServerMessage<Uint8Array>) => {
@@ -22,62 +28,51 @@ ipcRenderer.on(PRELOAD_EVENT_CHANNEL, (_event, message: ServerMessage<Uint8Array
         console.error('porthole event listener failed', e);
       }
     }
-  } else if (message.type === 'console') {
-    // IPC keeps order and never reconnects, so offsets need no checking here.
-    consoles.get(message.subscription)?.(message.data);
+  } else if (message.type === 'console' || message.type === 'vm-stats') {
+    // IPC keeps order and never reconnects, so console offsets need no checking here.
+    const s = streams.get(message.subscription);
+    if (!s || s.message !== message.type) return;
+    s.listener(message.type === 'console' ? message.data : message.event);
   }
 });
 
 /** Rejects with a plain { code, message } (what crosses contextBridge intact). */
-async function rawCall(method: WireMethod, args: unknown[]): Promise<unknown> {
+async function rawCall(method: string, args: unknown[]): Promise<unknown> {
   const result = (await ipcRenderer.invoke(PRELOAD_CALL_CHANNEL, method, args)) as WireResult;
   if (result.ok) return result.value;
   throw { code: result.error.code, message: result.error.message };
 }
 
-function call<T>(method: DirectMethod, ...args: unknown[]): Promise<T> {
-  return rawCall(method, args) as Promise<T>;
+async function openStream(m: MethodDescription, args: unknown[], listener: unknown): Promise<() => void> {
+  if (typeof listener !== 'function') throw { code: 'invalid-argument', message: `${m.name} needs a listener function.` };
+  const sub = `e${++subscriptionCounter}`;
+  streams.set(sub, { message: m.message ?? '', listener: listener as Listener });
+  try {
+    await rawCall(m.name, [...args, sub]);
+  } catch (e) {
+    streams.delete(sub);
+    throw e;
+  }
+  return () => {
+    if (streams.delete(sub) && m.close) void rawCall(m.close, [sub]).catch(() => undefined);
+  };
 }
 
-const api: PortholeApi = {
-  getInfo: () => call('getInfo'),
-  listVms: () => call('listVms'),
-  getVm: (id) => call('getVm', id),
-  checkVmSpec: (spec) => call('checkVmSpec', spec),
-  createVm: (spec) => call('createVm', spec),
-  updateVm: (id, spec) => call('updateVm', id, spec),
-  deleteVm: (id) => call('deleteVm', id),
-  startVm: (id) => call('startVm', id),
-  stopVm: (id) => call('stopVm', id),
-  forceOffVm: (id) => call('forceOffVm', id),
-  pauseVm: (id) => call('pauseVm', id),
-  resumeVm: (id) => call('resumeVm', id),
-  resetVm: (id) => call('resetVm', id),
-  getVmLog: (id) => call('getVmLog', id),
-  getVmStats: (id) => call('getVmStats', id),
-  sendConsoleInput: (id, port, data) => call('sendConsoleInput', id, port, data),
-  chooseFile: (choice) => call('chooseFile', choice),
-
-  async openConsole(id, port, listener) {
-    if (typeof listener !== 'function') throw { code: 'invalid-argument', message: 'openConsole needs a listener function.' };
-    const sub = `e${++subscriptionCounter}`;
-    consoles.set(sub, listener);
-    try {
-      await rawCall('openConsole', [id, port, sub]);
-    } catch (e) {
-      consoles.delete(sub);
-      throw e;
-    }
-    return () => {
-      if (consoles.delete(sub)) void rawCall('closeConsole', [sub]).catch(() => undefined);
+const api: Record<string, unknown> = {};
+const methods = ipcRenderer.sendSync(PRELOAD_METHODS_CHANNEL) as MethodDescription[];
+for (const m of Array.isArray(methods) ? methods : []) {
+  if (m.kind === 'call') {
+    api[m.name] = (...args: unknown[]) => rawCall(m.name, args.slice(0, m.argCount));
+  } else if (m.kind === 'stream') {
+    api[m.name] = (...args: unknown[]) => openStream(m, args.slice(0, m.argCount), args[m.argCount]);
+  } else if (m.kind === 'events') {
+    api[m.name] = (listener: unknown) => {
+      if (typeof listener !== 'function') return () => undefined;
+      const l = listener as (e: PortholeEvent) => void;
+      eventListeners.add(l);
+      return () => { eventListeners.delete(l); };
     };
-  },
+  }
+}
 
-  onEvent(listener) {
-    if (typeof listener !== 'function') return () => undefined;
-    eventListeners.add(listener);
-    return () => { eventListeners.delete(listener); };
-  },
-};
-
-contextBridge.exposeInMainWorld('porthole', api);
+contextBridge.exposeInMainWorld('porthole', api as unknown as PortholeApi);

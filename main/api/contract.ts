@@ -244,6 +244,36 @@ export interface VmStats {
   devices: { name: string; reads: number; writes: number }[];
 }
 
+/**
+ * Live counters of a running VM (the statistics registry, main/vmm/shared/stats.ts),
+ * sampled by its VM host a few times a second. Names follow the convention there:
+ * group "exits" / name "io", group "COM1" / name "tx-bytes", ...
+ */
+export interface VmStatsCounter {
+  group: string;
+  name: string;
+  unit: 'count' | 'bytes';
+  /** Since the VM started (across resets). */
+  total: number;
+  /** Over the last interval, per second. */
+  perSecond: number;
+}
+
+export interface VmStatsSample {
+  /** Wall-clock milliseconds when the counters were read. */
+  atMs: number;
+  /** Milliseconds since the previous sample (0 for the first). */
+  intervalMs: number;
+  counters: VmStatsCounter[];
+}
+
+/** The `vm-stats` event: one sample of one VM, to the listeners of watchVmStats. */
+export interface VmStatsEvent {
+  type: 'vm-stats';
+  id: VmId;
+  sample: VmStatsSample;
+}
+
 // ---------------------------------------------------------------------------------
 // App
 
@@ -314,6 +344,12 @@ export interface PortholeApi {
   /** The last lines of the VM's log (kept across runs, bounded). */
   getVmLog(id: VmId): Promise<string[]>;
   getVmStats(id: VmId): Promise<VmStats>;
+  /**
+   * Streams `vm-stats` events of one VM to `listener` while it runs (several a second; none
+   * while it is stopped; the stream carries on across restarts). A VM process only sends
+   * samples while somebody watches it. Resolves to a function that ends the stream.
+   */
+  watchVmStats(id: VmId, listener: (event: VmStatsEvent) => void): Promise<() => void>;
 
   /**
    * Streams a console's output to `listener`: first the scroll-back the manager kept,

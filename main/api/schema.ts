@@ -239,10 +239,10 @@ export function parseFileChoice(input: unknown): FileChoice {
   return { purpose: input.purpose as FilePurpose, title: input.title as string | undefined };
 }
 
-/** The subscription id a client picks for a console stream (wire protocol only). */
+/** The subscription id a client picks for a stream (console, vm-stats; wire protocol only). */
 export function parseSubscriptionId(input: unknown): string {
   if (typeof input !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(input)) {
-    throw new ApiError('invalid-argument', 'That is not a console subscription id.');
+    throw new ApiError('invalid-argument', 'That is not a subscription id.');
   }
   return input;
 }

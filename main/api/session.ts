@@ -1,52 +1,64 @@
 // One client connection of the contract (an Electron window, or a browser page's
 // WebSocket): validates every call's arguments, runs it on the backend, turns every
-// failure into a typed error, and carries events and console bytes back in order.
+// failure into a typed error, and carries events and stream items back in order.
 // Both transports (main/app/ipc.ts and main/web/server.ts) use this, so the contract
-// behaves the same in Electron and in browser mode.
+// behaves the same in Electron and in browser mode. The dispatch is derived from the
+// method table (methods.ts).
+import { ApiError, isApiErrorShape, type ConsolePort, type PortholeApi, type VmStatsEvent } from './contract';
 import {
-  ApiError, isApiErrorShape,
-  type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type VmList, type VmSpec, type VmStats, type VmSummary,
-} from './contract';
-import {
-  parseConsoleInput, parseConsolePort, parseFileChoice, parseSubscriptionId, parseVmId, parseVmSpec,
-} from './schema';
-import { WIRE_METHODS, type ServerEvent, type ServerMessage, type WireMethod, type WireResult } from './wire';
+  API_METHODS, type ArgSpec, type CallName, type MethodEntry, type ParsedArgs, type StreamEntry, type StreamMessageType,
+} from './methods';
+import { parseSubscriptionId } from './schema';
+import { WIRE_METHODS, type ServerEvent, type ServerMessage, type WireResult } from './wire';
+
+/** The backend's answer to call K: the contract's result, sync or async. */
+type Answer<K extends CallName> = Awaited<ReturnType<PortholeApi[K]>>;
+
+/** One handler per call of the table, with the validated arguments. */
+export type ApiCallHandlers = { [K in CallName]: (...args: ParsedArgs<K>) => Answer<K> | Promise<Answer<K>> };
 
 /** What main offers behind the contract (arguments already validated). */
-export interface ApiBackend {
-  getInfo(): AppInfo;
-  listVms(): VmList;
-  getVm(id: string): VmSummary;
-  /** Shape problems of `spec` (unvalidated) and, when the shape is good, file problems. */
-  checkVmSpec(spec: unknown): FieldProblem[];
-  createVm(spec: VmSpec): VmSummary;
-  updateVm(id: string, spec: VmSpec): VmSummary;
-  deleteVm(id: string): void;
-  startVm(id: string): Promise<VmSummary>;
-  stopVm(id: string): Promise<VmSummary>;
-  forceOffVm(id: string): Promise<VmSummary>;
-  pauseVm(id: string): Promise<VmSummary>;
-  resumeVm(id: string): Promise<VmSummary>;
-  resetVm(id: string): Promise<VmSummary>;
-  getVmLog(id: string): string[];
-  getVmStats(id: string): Promise<VmStats>;
+export interface ApiBackend extends ApiCallHandlers {
   /** Calls `listener` at once with the scroll-back (if any), then with live bytes. */
   subscribeConsole(id: string, port: ConsolePort, listener: (offset: number, data: Uint8Array) => void): () => void;
-  sendConsoleInput(id: string, port: ConsolePort, data: string): void;
-  chooseFile(choice: FileChoice): Promise<string | null>;
+  /** Calls `listener` with each `vm-stats` event of VM `id` until the returned function is called. */
+  subscribeVmStats(id: string, listener: (event: VmStatsEvent) => void): () => void;
   onEvent(listener: (event: ServerEvent) => void): () => void;
 }
 
-const MAX_CONSOLE_SUBSCRIPTIONS = 64;
-
-function arity(method: WireMethod, args: unknown[], count: number): void {
+function arity(method: string, args: unknown[], count: number): void {
   if (args.length > count) {
     throw new ApiError('invalid-argument', `The call ${method} takes ${count === 0 ? 'no arguments' : count === 1 ? 'one argument' : `${count} arguments`}.`);
   }
 }
 
+/** Validates the arguments of `method` in order; a bad one is named in the error. */
+function parseArgs(method: string, specs: readonly ArgSpec[], args: unknown[]): unknown[] {
+  return specs.map((spec, i) => {
+    try {
+      return spec.parse(args[i]);
+    } catch (e) {
+      const fieldMessage = spec.namesFields === true && typeof args[i] === 'object' && args[i] !== null && !Array.isArray(args[i]);
+      if (e instanceof ApiError && e.code === 'invalid-argument' && !fieldMessage) {
+        throw new ApiError('invalid-argument', `${e.message.replace(/\.$/, '')} (argument "${spec.name}" of ${method}).`);
+      }
+      throw e;
+    }
+  });
+}
+
+/** The last wire argument of a stream and the only one of its close call (picked by the client). */
+const SUBSCRIPTION: ArgSpec<string> = { name: 'subscription', parse: parseSubscriptionId };
+
+interface OpenStream {
+  method: string;
+  stop: () => void;
+}
+
 export class ApiSession<Bytes> {
-  private readonly consoles = new Map<string, () => void>();
+  /** Open streams by `${stream method}\0${subscription}`. */
+  private readonly streams = new Map<string, OpenStream>();
+  private readonly closeOf = new Map<string, string>();
   private readonly stopEvents: () => void;
   private closed = false;
 
@@ -57,6 +69,9 @@ export class ApiSession<Bytes> {
     /** Where unexpected (non-ApiError) failures are reported with their stack. */
     private readonly reportBug: (e: unknown) => void = (e) => console.error('porthole: call failed:', e),
   ) {
+    for (const [name, entry] of Object.entries(API_METHODS) as [string, MethodEntry][]) {
+      if (entry.kind === 'stream') this.closeOf.set(entry.close, name);
+    }
     this.stopEvents = backend.onEvent((event) => this.post({ type: 'event', event }));
   }
 
@@ -71,7 +86,7 @@ export class ApiSession<Bytes> {
         throw new ApiError('invalid-argument', `There is no call named ${JSON.stringify(String(method)).slice(0, 80)}.`);
       }
       if (!Array.isArray(args)) throw new ApiError('invalid-argument', 'The call arguments must be a list.');
-      const value = await this.run(method as WireMethod, args);
+      const value = await this.run(method, args);
       return { ok: true, value: value === undefined ? null : value };
     } catch (e) {
       if (e instanceof ApiError) return { ok: false, error: e.toJSON() };
@@ -81,60 +96,62 @@ export class ApiSession<Bytes> {
     }
   }
 
-  private async run(method: WireMethod, args: unknown[]): Promise<unknown> {
-    const b = this.backend;
-    const id = () => parseVmId(args[0]);
-    switch (method) {
-      case 'getInfo': arity(method, args, 0); return b.getInfo();
-      case 'listVms': arity(method, args, 0); return b.listVms();
-      case 'getVm': arity(method, args, 1); return b.getVm(id());
-      case 'checkVmSpec': arity(method, args, 1); return b.checkVmSpec(args[0]);
-      case 'createVm': arity(method, args, 1); return b.createVm(parseVmSpec(args[0]));
-      case 'updateVm': {
-        arity(method, args, 2);
-        const vmId = id();
-        return b.updateVm(vmId, parseVmSpec(args[1]));
-      }
-      case 'deleteVm': arity(method, args, 1); b.deleteVm(id()); return null;
-      case 'startVm': arity(method, args, 1); return b.startVm(id());
-      case 'stopVm': arity(method, args, 1); return b.stopVm(id());
-      case 'forceOffVm': arity(method, args, 1); return b.forceOffVm(id());
-      case 'pauseVm': arity(method, args, 1); return b.pauseVm(id());
-      case 'resumeVm': arity(method, args, 1); return b.resumeVm(id());
-      case 'resetVm': arity(method, args, 1); return b.resetVm(id());
-      case 'getVmLog': arity(method, args, 1); return b.getVmLog(id());
-      case 'getVmStats': arity(method, args, 1); return b.getVmStats(id());
-      case 'sendConsoleInput': {
-        arity(method, args, 3);
-        const vmId = id();
-        b.sendConsoleInput(vmId, parseConsolePort(args[1]), parseConsoleInput(args[2]));
-        return null;
-      }
-      case 'openConsole': {
-        arity(method, args, 3);
-        const vmId = id();
-        const port = parseConsolePort(args[1]);
-        const sub = parseSubscriptionId(args[2]);
-        this.closeConsole(sub);
-        if (this.consoles.size >= MAX_CONSOLE_SUBSCRIPTIONS) {
-          throw new ApiError('invalid-state', `A window may have at most ${MAX_CONSOLE_SUBSCRIPTIONS} consoles open.`);
-        }
-        const stop = b.subscribeConsole(vmId, port, (offset, data) => {
-          this.post({ type: 'console', subscription: sub, offset, data: this.encode(data) });
-        });
-        this.consoles.set(sub, stop);
-        return null;
-      }
-      case 'closeConsole': arity(method, args, 1); this.closeConsole(parseSubscriptionId(args[0])); return null;
-      case 'chooseFile': arity(method, args, 1); return b.chooseFile(parseFileChoice(args[0]));
+  private async run(method: string, args: unknown[]): Promise<unknown> {
+    const streamMethod = this.closeOf.get(method);
+    if (streamMethod !== undefined) {
+      arity(method, args, 1);
+      this.closeStream(streamMethod, parseArgs(method, [SUBSCRIPTION], args)[0] as string);
+      return null;
+    }
+    const entry = (API_METHODS as Record<string, MethodEntry>)[method];
+    if (entry.kind === 'call') {
+      arity(method, args, entry.args.length);
+      const parsed = parseArgs(method, entry.args, args);
+      const handler = (this.backend as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
+      return await handler.apply(this.backend, parsed);
+    }
+    if (entry.kind === 'stream') {
+      arity(method, args, entry.args.length + 1);
+      const parsed = parseArgs(method, [...entry.args, SUBSCRIPTION], args);
+      const sub = parsed.pop() as string;
+      this.openStream(method, entry, parsed, sub);
+      return null;
+    }
+    throw new ApiError('invalid-argument', `There is no call named ${JSON.stringify(method)}.`);
+  }
+
+  private openStream(method: string, entry: StreamEntry, args: unknown[], sub: string): void {
+    this.closeStream(method, sub);
+    const open = [...this.streams.values()].filter((s) => s.method === method).length;
+    if (open >= entry.maxPerSession) {
+      throw new ApiError('invalid-state', `A window may have at most ${entry.maxPerSession} ${entry.noun} open.`);
+    }
+    const deliver = this.deliverer(entry.message, sub);
+    const subscribe = this.backend[entry.subscribe] as (...a: unknown[]) => () => void;
+    const stop = subscribe.call(this.backend, ...args, deliver);
+    this.streams.set(`${method}\u0000${sub}`, { method, stop });
+  }
+
+  /** The listener handed to the backend: it packs each item into its event-channel message. */
+  private deliverer(message: StreamMessageType, subscription: string): (...item: never[]) => void {
+    switch (message) {
+      case 'console':
+        return ((offset: number, data: Uint8Array) => {
+          this.post({ type: 'console', subscription, offset, data: this.encode(data) });
+        }) as (...item: never[]) => void;
+      case 'vm-stats':
+        return ((event: VmStatsEvent) => {
+          this.post({ type: 'vm-stats', subscription, event });
+        }) as (...item: never[]) => void;
     }
   }
 
-  private closeConsole(sub: string): void {
-    const stop = this.consoles.get(sub);
-    if (!stop) return;
-    this.consoles.delete(sub);
-    stop();
+  private closeStream(method: string, sub: string): void {
+    const key = `${method}\u0000${sub}`;
+    const open = this.streams.get(key);
+    if (!open) return;
+    this.streams.delete(key);
+    open.stop();
   }
 
   /** The client is gone: drop its subscriptions. */
@@ -142,7 +159,7 @@ export class ApiSession<Bytes> {
     if (this.closed) return;
     this.closed = true;
     this.stopEvents();
-    for (const stop of this.consoles.values()) stop();
-    this.consoles.clear();
+    for (const s of this.streams.values()) s.stop();
+    this.streams.clear();
   }
 }

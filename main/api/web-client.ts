@@ -1,14 +1,13 @@
 // The browser-mode implementation of PortholeApi: calls over HTTP (fetch), events and
 // console bytes over one WebSocket. DOM APIs only (no Node imports), so the renderer can
 // import it: `window.porthole = createWebClient()` when no preload provided one.
-// Node tests pass their own fetch/WebSocket and the token.
-import {
-  ApiError, isApiErrorShape,
-  type ConsoleListener, type ConsolePort, type PortholeApi, type PortholeEvent,
-} from './contract';
+// Node tests pass their own fetch/WebSocket and the token. Its methods are derived from
+// the method table (methods.ts).
+import { ApiError, isApiErrorShape, type PortholeApi, type PortholeEvent, type VmStatsEvent } from './contract';
+import { methodEntries, type StreamEntry } from './methods';
 import {
   ConsoleCursor, HTTP_CALL_PATH, SESSION_HEADER, TOKEN_QUERY, WS_EVENTS_PATH, base64ToBytes,
-  type DirectMethod, type ServerMessage, type WireMethod,
+  type ServerMessage, type WireMethod,
 } from './wire';
 
 /** The part of the WebSocket interface this client uses (DOM's WebSocket and the ws package fit). */
@@ -54,6 +53,13 @@ interface BrowserGlobals {
   location?: { origin: string };
 }
 
+interface OpenStream {
+  method: WireMethod;
+  args: unknown[];
+  message: StreamEntry['message'];
+  deliver(m: ServerMessage<string>): void;
+}
+
 const NOT_CONNECTED = 'Porthole is not reachable; check that it is still running and reload the page.';
 
 export function createWebClient(options: WebClientOptions = {}): WebClient {
@@ -66,7 +72,8 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
   const query = options.token === undefined ? '' : `?${TOKEN_QUERY}=${encodeURIComponent(options.token)}`;
 
   const eventListeners = new Set<(e: PortholeEvent) => void>();
-  const consoles = new Map<string, { id: string; port: ConsolePort; listener: ConsoleListener; cursor: ConsoleCursor }>();
+  /** Open streams by subscription id: how to re-open one after a reconnect, and where its items go. */
+  const streams = new Map<string, OpenStream>();
   let session: string | null = null;
   const sessionWaiters: ((s: string | null) => void)[] = [];
   let socket: SocketLike | null = null;
@@ -134,15 +141,12 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
       emit({ type: 'connection', status: 'connected' });
       // After a reconnect the new session has no subscriptions: open them again; the
       // cursors drop the part of the scroll-back that was already delivered.
-      for (const [sub, c] of consoles) void rawCall('openConsole', [c.id, c.port, sub], session).catch(() => undefined);
+      for (const [sub, c] of streams) void rawCall(c.method, [...c.args, sub], session).catch(() => undefined);
     } else if (m.type === 'event') {
       emit(m.event);
-    } else if (m.type === 'console') {
-      const c = consoles.get(m.subscription);
-      const bytes = typeof m.data === 'string' ? base64ToBytes(m.data) : null;
-      if (!c || !bytes || typeof m.offset !== 'number') return;
-      const fresh = c.cursor.accept(m.offset, bytes);
-      if (fresh) c.listener(fresh);
+    } else if (m.type === 'console' || m.type === 'vm-stats') {
+      const c = streams.get(m.subscription);
+      if (c && c.message === m.type) c.deliver(m);
     }
   }
 
@@ -167,47 +171,61 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
     };
   }
 
-  function call<T>(method: DirectMethod, ...args: unknown[]): Promise<T> {
-    return rawCall(method, args, session) as Promise<T>;
+  function call(method: WireMethod, args: unknown[]): Promise<unknown> {
+    return rawCall(method, args, session);
+  }
+
+  /** The item handler of a new stream of kind `message`, calling the user's `listener`. */
+  function streamDeliverer(message: StreamEntry['message'], listener: (item: never) => void): (m: ServerMessage<string>) => void {
+    switch (message) {
+      case 'console': {
+        const cursor = new ConsoleCursor();
+        return (m) => {
+          if (m.type !== 'console') return;
+          const bytes = typeof m.data === 'string' ? base64ToBytes(m.data) : null;
+          if (!bytes || typeof m.offset !== 'number') return;
+          const fresh = cursor.accept(m.offset, bytes);
+          if (fresh) (listener as (data: Uint8Array) => void)(fresh);
+        };
+      }
+      case 'vm-stats':
+        return (m) => {
+          if (m.type === 'vm-stats') (listener as (event: VmStatsEvent) => void)(m.event);
+        };
+    }
+  }
+
+  async function openStream(method: WireMethod, entry: StreamEntry, args: unknown[], listener: unknown): Promise<() => void> {
+    if (typeof listener !== 'function') throw new ApiError('invalid-argument', `${method} needs a listener function.`);
+    const sub = `c${++subscriptionCounter}`;
+    const current = await waitForSession();
+    if (!current) throw new ApiError('internal', NOT_CONNECTED);
+    streams.set(sub, { method, args, message: entry.message, deliver: streamDeliverer(entry.message, listener as (item: never) => void) });
+    try {
+      await rawCall(method, [...args, sub], current);
+    } catch (e) {
+      streams.delete(sub);
+      throw e;
+    }
+    return () => {
+      if (!streams.delete(sub)) return;
+      if (session) void rawCall(entry.close as WireMethod, [sub], session).catch(() => undefined);
+    };
   }
 
   connect();
 
-  return {
-    getInfo: () => call('getInfo'),
-    listVms: () => call('listVms'),
-    getVm: (id) => call('getVm', id),
-    checkVmSpec: (spec) => call('checkVmSpec', spec),
-    createVm: (spec) => call('createVm', spec),
-    updateVm: (id, spec) => call('updateVm', id, spec),
-    deleteVm: (id) => call('deleteVm', id),
-    startVm: (id) => call('startVm', id),
-    stopVm: (id) => call('stopVm', id),
-    forceOffVm: (id) => call('forceOffVm', id),
-    pauseVm: (id) => call('pauseVm', id),
-    resumeVm: (id) => call('resumeVm', id),
-    resetVm: (id) => call('resetVm', id),
-    getVmLog: (id) => call('getVmLog', id),
-    getVmStats: (id) => call('getVmStats', id),
-    sendConsoleInput: (id, port, data) => call('sendConsoleInput', id, port, data),
-    chooseFile: (choice) => call('chooseFile', choice),
+  const api: Record<string, unknown> = {};
+  for (const [name, entry] of methodEntries()) {
+    if (entry.kind === 'call') {
+      api[name] = (...args: unknown[]) => call(name as WireMethod, args.slice(0, entry.args.length));
+    } else if (entry.kind === 'stream') {
+      api[name] = (...args: unknown[]) => openStream(name as WireMethod, entry, args.slice(0, entry.args.length), args[entry.args.length]);
+    }
+  }
 
-    async openConsole(id, port, listener) {
-      const sub = `c${++subscriptionCounter}`;
-      const current = await waitForSession();
-      if (!current) throw new ApiError('internal', NOT_CONNECTED);
-      consoles.set(sub, { id, port, listener, cursor: new ConsoleCursor() });
-      try {
-        await rawCall('openConsole', [id, port, sub], current);
-      } catch (e) {
-        consoles.delete(sub);
-        throw e;
-      }
-      return () => {
-        if (!consoles.delete(sub)) return;
-        if (session) void rawCall('closeConsole', [sub], session).catch(() => undefined);
-      };
-    },
+  return {
+    ...(api as unknown as Omit<PortholeApi, 'onEvent'>),
 
     onEvent(listener) {
       eventListeners.add(listener);

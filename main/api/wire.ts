@@ -1,24 +1,22 @@
 // How the contract travels: the same call names and envelopes over Electron IPC and
-// over browser mode's HTTP + WebSocket. Only types and constants; no imports besides
-// the contract, so the preload, the browser client and main can all use it.
-import type { ApiErrorShape, PortholeApi, PortholeEvent } from './contract';
+// over browser mode's HTTP + WebSocket. The names come from the method table
+// (methods.ts); no Node or DOM imports, so the preload's types, the browser client and
+// main can all use it.
+import type { ApiErrorShape, PortholeEvent, VmStatsEvent } from './contract';
+import { wireMethodNames, type CallName, type CloseName, type StreamName } from './methods';
 
 /** Calls that map one to one onto PortholeApi methods. */
-export type DirectMethod = Exclude<keyof PortholeApi, 'openConsole' | 'onEvent'>;
+export type DirectMethod = CallName;
 
 /**
- * Every call name on the wire. PortholeApi.openConsole becomes
+ * Every call name on the wire. A stream such as PortholeApi.openConsole becomes
  * openConsole(id, port, subscription) + closeConsole(subscription), where the client picks
- * the subscription id; the bytes then arrive as "console" messages on the event channel,
- * scroll-back first, so they are ordered with nothing lost or repeated.
+ * the subscription id; the items then arrive on the event channel ("console" messages for
+ * bytes, scroll-back first, so they are ordered with nothing lost or repeated).
  */
-export type WireMethod = DirectMethod | 'openConsole' | 'closeConsole';
+export type WireMethod = CallName | StreamName | CloseName;
 
-export const WIRE_METHODS: readonly WireMethod[] = [
-  'getInfo', 'listVms', 'getVm', 'checkVmSpec', 'createVm', 'updateVm', 'deleteVm',
-  'startVm', 'stopVm', 'forceOffVm', 'pauseVm', 'resumeVm', 'resetVm',
-  'getVmLog', 'getVmStats', 'openConsole', 'closeConsole', 'sendConsoleInput', 'chooseFile',
-];
+export const WIRE_METHODS: readonly WireMethod[] = wireMethodNames() as WireMethod[];
 
 export type WireResult = { ok: true; value: unknown } | { ok: false; error: ApiErrorShape };
 
@@ -30,12 +28,16 @@ export type ServerMessage<Bytes> =
   | { type: 'event'; event: ServerEvent }
   /** `offset` is the stream position of data[0], so a client can drop bytes it already has (after a reconnect). */
   | { type: 'console'; subscription: string; offset: number; data: Bytes }
+  /** One `vm-stats` event for a watchVmStats subscription. */
+  | { type: 'vm-stats'; subscription: string; event: VmStatsEvent }
   /** Browser mode: the first WebSocket message; HTTP calls name this session in SESSION_HEADER. */
   | { type: 'hello'; session: string };
 
 /** Electron IPC channel names. */
 export const IPC_CALL_CHANNEL = 'porthole:call';
 export const IPC_EVENT_CHANNEL = 'porthole:event';
+/** Synchronous: answers the method table without validators (describeMethods()) for the preload. */
+export const IPC_METHODS_CHANNEL = 'porthole:methods';
 
 /** Browser mode paths and names. */
 export const HTTP_CALL_PATH = '/api/call';

@@ -4,6 +4,7 @@
 import type { MachineConfig } from '../vmm/config';
 import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { VmState as HostState } from '../vmm/host/vm-host';
+import type { StatsSample } from '../vmm/shared/stats';
 
 export type VmCommand = 'stop' | 'pause' | 'resume' | 'reset' | 'stats';
 
@@ -11,7 +12,9 @@ export type ManagerToVm =
   | { type: 'start'; config: MachineConfig }
   | { type: 'command'; id: number; command: VmCommand }
   /** Host → guest bytes for COM port `port` (0..3). */
-  | { type: 'input'; port: number; data: Uint8Array };
+  | { type: 'input'; port: number; data: Uint8Array }
+  /** Whether to send "stats" messages (the manager has vm-stats watchers for this VM). Off at start. */
+  | { type: 'stats-stream'; on: boolean };
 
 export type VmToManager =
   /** The process is up and waits for "start". */
@@ -23,10 +26,16 @@ export type VmToManager =
   | { type: 'output'; ring: number; data: Uint8Array }
   | { type: 'endpoint'; ring: number; description: string }
   | { type: 'log'; line: string }
-  | { type: 'reply'; id: number; ok: true; stats?: MachineStats }
+  /** A sample of the statistics registry, only while the stream is on; at most every STATS_MIN_INTERVAL_MS. */
+  | { type: 'stats'; sample: StatsSample }
+  /** "stats" answers `sample` (no kick) when the registry has counters, else `stats` from the machine. */
+  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample }
   | { type: 'reply'; id: number; ok: false; message: string }
   /** The machine ended; the process exits right after (code 0, or non-zero if the process itself failed). */
   | { type: 'ended'; end: MachineEnd; stats: MachineStats };
+
+/** Samples closer together than this are not sent (the VM host samples every 250 ms by default). */
+export const STATS_MIN_INTERVAL_MS = 100;
 
 /** How long guest output is held to batch it into fewer messages. */
 export const OUTPUT_BATCH_MS = 10;

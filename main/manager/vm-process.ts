@@ -7,6 +7,7 @@
 // machine first; if even that hangs, the process kills itself with SIGKILL.
 import type { MachineConfig } from '../vmm/config';
 import { VmHost } from '../vmm/host/vm-host';
+import { SampleForwarder } from './sample-forwarder';
 import {
   OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, type ManagerToVm, type VmCommand, type VmToManager,
 } from './vm-process-protocol';
@@ -71,6 +72,9 @@ function queueOutput(ring: number, data: Uint8Array): void {
   else if (!flushTimer) flushTimer = setTimeout(flushOutput, OUTPUT_BATCH_MS);
 }
 
+/** Samples from the VM host: the latest is kept, and sent on while the manager wants them. */
+const samples = new SampleForwarder((sample) => send({ type: 'stats', sample }));
+
 function exitAfter(code: number): void {
   if (exiting) return;
   exiting = true;
@@ -95,6 +99,7 @@ function startVm(config: MachineConfig): void {
   h.on('log', (line) => send({ type: 'log', line }));
   h.on('output', (ring, data) => queueOutput(ring, data));
   h.on('endpoint', (ring, description) => send({ type: 'endpoint', ring, description }));
+  h.on('stats', (sample) => samples.offer(sample, performance.now()));
   h.on('ended', (end, stats) => {
     flushOutput();
     exiting = true;
@@ -134,7 +139,10 @@ async function runCommand(id: number, command: VmCommand): Promise<void> {
         break;
       case 'stats': {
         flushOutput();
-        send({ type: 'reply', id, ok: true, stats: await h.stats() });
+        // The registry, read by the VM host anyway, once it has counters; else ask the machine.
+        const sample = samples.latestWithCounters;
+        if (sample) send({ type: 'reply', id, ok: true, sample });
+        else send({ type: 'reply', id, ok: true, stats: await h.stats() });
         return;
       }
     }
@@ -155,6 +163,9 @@ onMessage((m) => {
       break;
     case 'input':
       if (host && m.data instanceof Uint8Array) host.sendSerialInput(m.port, m.data);
+      break;
+    case 'stats-stream':
+      samples.setStreaming(m.on === true);
       break;
   }
 });

@@ -9,6 +9,7 @@ import { Machine, type MachineToHost } from '../../main/vmm/machine/machine';
 import { ByteRing, ControlBlock } from '../../main/vmm/shared/control';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { Channel, Doorbell } from '../../main/vmm/shared/channel';
+import { allocateRam } from '../../main/vmm/memory/guest-memory';
 
 export interface IrqfdMachineData {
   config: MachineConfig;
@@ -54,6 +55,7 @@ async function main(): Promise<void> {
     hostDoorbell: new Doorbell(),
     fromHost: Channel.create(),
     toHost: Channel.create(),
+    ram: allocateRam(data.config.memoryBytes),
     post,
   });
   await machine.setup();

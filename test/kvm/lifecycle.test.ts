@@ -165,3 +165,34 @@ for (const { guest, banner, how } of resetGuests) {
     if (guest === 'reset-port92') assert.equal(stats.devices.find((d) => d.name === 'port92')?.writes, 2);
   });
 }
+
+test('guest RAM is made once per VM: it keeps its buffers and contents through a guest reset and a user reset', { skip }, async () => {
+  // Each launch (start, after the guest's reset, after the user's) records the RAM buffers
+  // the VM host hands to that machine.
+  const launches: SharedArrayBuffer[][] = [];
+  const w = watch(flatConfig('reset-keeps-ram'), (host) => {
+    host.on('state', (s) => {
+      if (s === 'running') launches.push((host.guestRam ?? []).map((r) => r.buffer));
+    });
+  });
+  await w.host.start();
+  const ram = w.host.guestRam;
+  assert.ok(ram && ram.length > 0, 'no guest RAM while running');
+  const low = ram[0];
+  await waitFor('the guest to find its marker after its own reset', () => /marker kept through the guest reset\n/.test(w.debugcon()));
+  // The guest's marker is in the very buffer the VM host made ("PRAM", stage 2).
+  assert.equal(Buffer.from(low.buffer, low.offset + 0x20000, 4).toString('latin1'), 'PRAM');
+  assert.equal(new Uint8Array(low.buffer, low.offset + 0x20004, 1)[0], 2);
+  await w.host.reset();
+  const { end } = await endedWithin(w);
+  const seen = `end: ${JSON.stringify(end)}, debug console:\n${w.debugcon()}`;
+  assert.deepEqual(end, { reason: 'poweroff', exitCode: 0x43 }, seen);
+  assert.equal(w.debugcon(), 'ram: marker written\nram: marker kept through the guest reset\nram: marker kept through the user reset\n', seen);
+  assert.equal(launches.length, 3, `launches: ${launches.length}; ${seen}`);
+  for (const [i, buffers] of launches.entries()) {
+    assert.equal(buffers.length, ram.length, `launch ${i} got ${buffers.length} RAM regions`);
+    buffers.forEach((b, j) => assert.ok(b === ram[j].buffer, `launch ${i}: RAM region ${j} is a new buffer`));
+  }
+  assert.equal(new Uint8Array(low.buffer, low.offset + 0x20004, 1)[0], 3, 'the last stage the guest wrote is in the same buffer');
+  assert.equal(w.host.guestRam, null, 'RAM is dropped when the VM ends');
+});

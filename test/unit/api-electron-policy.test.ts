@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { VmSummary } from '../../main/api/contract';
-import { IPC_CALL_CHANNEL, IPC_EVENT_CHANNEL } from '../../main/api/wire';
+import { IPC_CALL_CHANNEL, IPC_EVENT_CHANNEL, IPC_METHODS_CHANNEL } from '../../main/api/wire';
 import {
   APP_CSP, APP_INDEX_URL, appWebPreferences, isTrustedSender, navigationDecision, openDialogOptions, permissionDecision, quitPrompt,
   utilityExitReason, windowOpenDecision,
@@ -91,13 +91,14 @@ test('the compiled preload needs only "electron", exposes only window.porthole, 
   assert.deepEqual(exposed, ['porthole']);
   assert.ok(js.includes(`'${IPC_CALL_CHANNEL}'`) || js.includes(`"${IPC_CALL_CHANNEL}"`));
   assert.ok(js.includes(`'${IPC_EVENT_CHANNEL}'`) || js.includes(`"${IPC_EVENT_CHANNEL}"`));
+  assert.ok(js.includes(`'${IPC_METHODS_CHANNEL}'`) || js.includes(`"${IPC_METHODS_CHANNEL}"`));
 });
 
 test('the renderer-importable API files import no Node or Electron modules', () => {
-  for (const file of ['contract.ts', 'schema.ts', 'wire.ts', 'web-client.ts']) {
+  for (const file of ['contract.ts', 'schema.ts', 'methods.ts', 'wire.ts', 'web-client.ts']) {
     const src = fs.readFileSync(path.join(repoRoot, 'main', 'api', file), 'utf8');
     const imports = [...src.matchAll(/from\s+'([^']+)'/g)].map((m) => m[1]);
-    for (const i of imports) assert.match(i, /^\.\/(contract|schema|wire)$/, `${file} imports ${i}`);
+    for (const i of imports) assert.match(i, /^\.\/(contract|schema|methods|wire)$/, `${file} imports ${i}`);
     assert.ok(!/\brequire\(/.test(src), `${file} uses require`);
   }
 });

@@ -2,7 +2,7 @@
 // recording backend (no processes, no server), plus a fuzz of raw calls.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { API_ERROR_CODES, ApiError, type ConsolePort, type VmSummary } from '../../main/api/contract';
+import { API_ERROR_CODES, ApiError, type ConsolePort, type VmStatsEvent, type VmStatsSample, type VmSummary } from '../../main/api/contract';
 import { ApiSession, type ApiBackend } from '../../main/api/session';
 import { WIRE_METHODS, type ServerEvent, type ServerMessage, type WireResult } from '../../main/api/wire';
 
@@ -12,6 +12,8 @@ interface Recorder {
   emit(e: ServerEvent): void;
   feed(port: ConsolePort, offset: number, data: Uint8Array): void;
   subscribers(): number;
+  sample(id: string, sample: VmStatsSample): void;
+  watchers(): number;
 }
 
 function summary(id: string): VmSummary {
@@ -25,6 +27,7 @@ function recorder(): Recorder {
   const calls: string[] = [];
   const eventListeners = new Set<(e: ServerEvent) => void>();
   const consoles = new Set<{ port: ConsolePort; listener(offset: number, data: Uint8Array): void }>();
+  const statsWatchers = new Set<{ id: string; listener(event: VmStatsEvent): void }>();
   const record = (name: string, ...args: unknown[]) => { calls.push(`${name}(${args.map((a) => JSON.stringify(a)).join(',')})`); };
   const backend: ApiBackend = {
     getInfo: () => { record('getInfo'); return { appVersion: 't', apiVersion: 1, mode: 'browser', capabilities: { nativeFileDialogs: false }, libraryDir: '/l', kvmAvailable: true, kvmProblem: null }; },
@@ -49,6 +52,12 @@ function recorder(): Recorder {
       consoles.add(s);
       return () => { consoles.delete(s); };
     },
+    subscribeVmStats: (id, listener) => {
+      record('subscribeVmStats', id);
+      const s = { id, listener };
+      statsWatchers.add(s);
+      return () => { statsWatchers.delete(s); };
+    },
     sendConsoleInput: (id, port, data) => { record('sendConsoleInput', id, port, data); },
     chooseFile: async (choice) => { record('chooseFile', choice.purpose); return null; },
     onEvent: (l) => { eventListeners.add(l); return () => { eventListeners.delete(l); }; },
@@ -59,6 +68,8 @@ function recorder(): Recorder {
     emit: (e) => eventListeners.forEach((l) => l(e)),
     feed: (port, offset, data) => consoles.forEach((s) => { if (s.port === port) s.listener(offset, data); }),
     subscribers: () => consoles.size,
+    sample: (id, sample) => statsWatchers.forEach((w) => { if (w.id === id) w.listener({ type: 'vm-stats', id, sample }); }),
+    watchers: () => statsWatchers.size,
   };
 }
 

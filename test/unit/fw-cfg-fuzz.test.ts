@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { FW_CFG, FW_CFG_DMA, FwCfg } from '../../main/vmm/devices/fw-cfg';
 import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
+import { DmaMemory } from '../../main/vmm/memory/dma';
 
 /** xorshift32: a small seeded PRNG so a failure replays exactly. */
 function prng(seed: number): () => number {
@@ -26,7 +27,7 @@ for (const seed of [1, 0xdecafbad, 20240229]) {
     const rom = region(romBase, 0x1000, true, 'rom');
     new Uint8Array(rom.buffer).fill(0xa5);
     const memory = new GuestMemory([region(0, ramSize, false, 'ram'), rom]);
-    const fw = new FwCfg(() => memory);
+    const fw = new FwCfg(new DmaMemory(memory));
     const writable = new Uint8Array(32);
     fw.addFile('etc/e820', new Uint8Array(40).fill(1));
     fw.addFile('etc/writable', writable, { writable: true });

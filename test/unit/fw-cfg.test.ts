@@ -5,6 +5,7 @@ import { defaultConfig } from '../../main/vmm/config';
 import { FW_CFG, FW_CFG_DMA, FwCfg, u32 } from '../../main/vmm/devices/fw-cfg';
 import { buildE820, E820_RAM, E820_RESERVED, encodeE820 } from '../../main/vmm/platform/e820';
 import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
+import { DmaMemory } from '../../main/vmm/memory/dma';
 
 const RAM_SIZE = 0x100000;
 const ROM_BASE = 0x200000;
@@ -15,7 +16,7 @@ function region(guestBase: number, size: number, readonly: boolean, name: string
 
 function setup(dma = true) {
   const memory = new GuestMemory([region(0, RAM_SIZE, false, 'ram'), region(ROM_BASE, 0x1000, true, 'rom')]);
-  const fw = new FwCfg(() => memory, dma);
+  const fw = new FwCfg(new DmaMemory(memory), dma);
   return { memory, fw };
 }
 

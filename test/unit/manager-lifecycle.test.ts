@@ -5,45 +5,10 @@ import { afterEach, beforeEach, test } from 'node:test';
 import type { ApiErrorShape } from '../../main/api/contract';
 import type { ServerEvent } from '../../main/api/wire';
 import { VmManager } from '../../main/manager/manager';
-import type { VmProcessHandle } from '../../main/manager/process-launcher';
-import type { ManagerToVm, VmToManager } from '../../main/manager/vm-process-protocol';
 import { flatSpec, tempConfigHome } from '../helpers/manager';
+import { ScriptedProcess } from '../helpers/scripted-process';
 import fs from 'node:fs';
 import path from 'node:path';
-
-class ScriptedProcess implements VmProcessHandle {
-  readonly pid = 4242;
-  readonly sent: ManagerToVm[] = [];
-  readonly signals: string[] = [];
-  private messageListeners: ((m: VmToManager) => void)[] = [];
-  private textListeners: ((t: string) => void)[] = [];
-  private exitListeners: ((code: number | null, signal: string | null) => void)[] = [];
-  /** What a kill does; by default the process dies of the signal. */
-  onKill: (signal: string) => void = (signal) => this.exit(null, signal);
-
-  send(message: ManagerToVm): void { this.sent.push(message); }
-  kill(signal: NodeJS.Signals): void { this.signals.push(signal); this.onKill(signal); }
-  onMessage(l: (m: VmToManager) => void): void { this.messageListeners.push(l); }
-  onOutputText(l: (t: string) => void): void { this.textListeners.push(l); }
-  onExit(l: (code: number | null, signal: string | null) => void): void { this.exitListeners.push(l); }
-
-  message(m: VmToManager): void { this.messageListeners.forEach((l) => l(m)); }
-  stderr(t: string): void { this.textListeners.forEach((l) => l(t)); }
-  exit(code: number | null, signal: string | null): void { this.exitListeners.forEach((l) => l(code, signal)); }
-  /** Answers the last command with `ok`. */
-  reply(ok = true, message = 'nope'): void {
-    const last = [...this.sent].reverse().find((m) => m.type === 'command');
-    assert.ok(last && last.type === 'command');
-    this.message(ok ? { type: 'reply', id: last.id, ok: true } : { type: 'reply', id: last.id, ok: false, message });
-  }
-  /** The normal start handshake. */
-  boot(): void {
-    this.message({ type: 'ready' });
-    this.message({ type: 'state', state: 'starting' });
-    this.message({ type: 'state', state: 'running' });
-    this.message({ type: 'started' });
-  }
-}
 
 let home: ReturnType<typeof tempConfigHome>;
 let manager: VmManager;

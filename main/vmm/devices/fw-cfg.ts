@@ -3,7 +3,7 @@
 // 0x511, and the DMA interface at 0x514 (big-endian address, high half then low half;
 // writing the low half runs the transfer synchronously).
 import { counter, type Counter, type DeviceFactory, type IoDevice, privateStatistics } from './device';
-import type { GuestMemory } from '../memory/guest-memory';
+import { DMA_OK, DmaMemory } from '../memory/dma';
 import type { StatsRegistry } from '../shared/stats';
 import { FW_CFG_PORT_SEL } from '../platform/layout';
 
@@ -82,12 +82,9 @@ export class FwCfg implements IoDevice {
   /** DMA transfers run, and those that ended with the error bit. */
   readonly counters: { dmaTransfers: Counter; dmaErrors: Counter };
 
-  /**
-   * `memory` is asked on every DMA transfer: the machine's GuestMemory is replaced when
-   * ROM regions are added before start, and DMA must see the final one.
-   */
+  /** `dma` is how transfers reach guest memory (bounds-checked, error values). */
   constructor(
-    private readonly memory: () => GuestMemory, private readonly dmaEnabled = true,
+    private readonly dma: DmaMemory, private readonly dmaEnabled = true,
     statistics: StatsRegistry = privateStatistics(),
   ) {
     this.counters = {
@@ -214,14 +211,14 @@ export class FwCfg implements IoDevice {
   /** Runs one FWCfgDmaAccess at guest address `address`. Never throws on guest input. */
   private runDma(address: number): void {
     this.counters.dmaTransfers.add();
-    const memory = this.memory();
-    if (!memory.contains(address, DMA_ACCESS_SIZE)) {
+    const dma = this.dma;
+    const descriptor = this.descriptor;
+    if (dma.read(address, descriptor) !== DMA_OK) {
       // The descriptor itself is unreachable: nothing to report the error in.
       this.counters.dmaErrors.add();
       return;
     }
-    const descriptor = memory.slice(address, DMA_ACCESS_SIZE);
-    const view = new DataView(descriptor.buffer, descriptor.byteOffset, DMA_ACCESS_SIZE);
+    const view = this.descriptorView;
     const control = view.getUint32(0, false);
     let length = view.getUint32(4, false);
     const target = view.getUint32(8, false) * 0x100000000 + view.getUint32(12, false);
@@ -234,16 +231,21 @@ export class FwCfg implements IoDevice {
     else op = null;
     if (op === null) length = 0;
 
-    const ok = length === 0 || op === null ? true : this.transfer(memory, op, target, length);
+    const ok = length === 0 || op === null ? true : this.transfer(op, target, length);
     if (!ok) this.counters.dmaErrors.add();
-    // A descriptor in ROM cannot take the status; the guest then sees no completion.
-    if (isWritable(memory, address)) {
-      view.setUint32(0, ok ? 0 : FW_CFG_DMA.ERROR, false);
-    }
+    // The status goes in the control field, big-endian. A descriptor in ROM cannot take
+    // it (the write is refused); the guest then sees no completion.
+    const status = this.status;
+    status[0] = 0; status[1] = 0; status[2] = 0; status[3] = ok ? 0 : FW_CFG_DMA.ERROR;
+    dma.write(address, status);
   }
 
+  private readonly descriptor = new Uint8Array(DMA_ACCESS_SIZE);
+  private readonly descriptorView = new DataView(this.descriptor.buffer);
+  private readonly status = new Uint8Array(4);
+
   /** Moves `length` bytes between the selected item and guest memory at `target`. */
-  private transfer(memory: GuestMemory, op: 'read' | 'write' | 'skip', target: number, length: number): boolean {
+  private transfer(op: 'read' | 'write' | 'skip', target: number, length: number): boolean {
     const item = this.selected;
     const available = item === null ? 0 : Math.max(0, item.data.length - this.offset);
     const fromItem = Math.min(length, available);
@@ -251,35 +253,24 @@ export class FwCfg implements IoDevice {
       this.offset += fromItem;
       return true;
     }
-    if (!Number.isSafeInteger(target + length) || !memory.contains(target, length)) return false;
+    const dma = this.dma;
     if (op === 'read') {
-      if (!isWritable(memory, target)) return false;
-      const dest = memory.slice(target, length, true);
-      if (item !== null && fromItem > 0) dest.set(item.data.subarray(this.offset, this.offset + fromItem));
+      // All or nothing: the whole target must be writable guest memory.
+      if (dma.check(target, length, true) !== DMA_OK) return false;
+      if (item !== null && fromItem > 0) dma.write(target, item.data.subarray(this.offset, this.offset + fromItem));
       // Past the end of the item the guest reads zeros.
-      dest.fill(0, fromItem);
+      dma.fill(target + fromItem, length - fromItem, 0);
       this.offset += fromItem;
       return true;
     }
     // Writes must fit entirely inside a writable item.
     if (item === null || !item.writable || fromItem !== length) return false;
     const at = this.offset;
-    item.data.set(memory.slice(target, length), at);
+    if (dma.read(target, item.data.subarray(at, at + length)) !== DMA_OK) return false;
     this.offset += length;
     item.onWrite?.(at, length);
     return true;
   }
-}
-
-export const fwCfgDevice: DeviceFactory = (ctx) => {
-  // DMA reads ctx.memory on each transfer: ROM regions added by the boot replace it.
-  const fwCfg = new FwCfg(() => ctx.memory, true, ctx.statistics);
-  return { name: fwCfg.name, instance: fwCfg, pio: [{ base: FW_CFG_PORT_SEL, length: FW_CFG_PORT_SPAN, io: fwCfg }], counters: fwCfg.counters };
-};
-
-function isWritable(memory: GuestMemory, gpa: number): boolean {
-  const r = memory.regions.find((x) => gpa >= x.guestBase && gpa < x.guestBase + x.size);
-  return r !== undefined && !r.readonly;
 }
 
 function bswap32(v: number): number {
@@ -303,3 +294,8 @@ export function u64(v: number | bigint): Uint8Array {
   new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
   return b;
 }
+
+export const fwCfgDevice: DeviceFactory = (ctx) => {
+  const fwCfg = new FwCfg(new DmaMemory(ctx.memory), true, ctx.statistics);
+  return { name: fwCfg.name, instance: fwCfg, pio: [{ base: FW_CFG_PORT_SEL, length: FW_CFG_PORT_SPAN, io: fwCfg }], counters: fwCfg.counters };
+};

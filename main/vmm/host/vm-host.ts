@@ -11,6 +11,7 @@ import { DEBUGCON_RING } from '../platform/platform';
 import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
+import { allocateRam, type MemoryRegion } from '../memory/guest-memory';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import {
@@ -86,6 +87,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private statsSchema: CounterSpec[] = [];
   readonly statsSampler = new StatsSampler(this.statsBuffer);
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
+  /** Guest RAM: made at start, handed to every machine launch (it survives resets), dropped at the end. */
+  private ram: MemoryRegion[] | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
   /** How often the statistics registry is sampled into a 'stats' event (100 ms = 10 Hz at most). */
   statsIntervalMs = 250;
@@ -113,6 +116,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     return this._state;
   }
 
+  /** The guest's RAM regions while the VM runs (the same buffers across resets), else null. */
+  get guestRam(): readonly MemoryRegion[] | null {
+    return this.ram;
+  }
+
   private setState(s: VmState): void {
     if (this._state === s) return;
     this._state = s;
@@ -136,6 +144,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           onWritable: () => this.doorbell.ring(),
         })));
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
+      // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
+      this.ram = allocateRam(this.config.memoryBytes);
     } catch (e) {
       this.closeEndpoints();
       this.setState('stopped');
@@ -166,6 +176,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       rings: this.rings.map((r) => r.buffer),
       stats: { buffer: this.statsBuffer, schema: this.statsSchema },
       hostLink: { doorbell: this.doorbell.buffer, toMachine: this.toMachine.buffer, toHost: this.toHost.buffer },
+      ram: this.ram ?? [],
     };
     const worker = new Worker(path.join(__dirname, '..', 'machine', 'machine-thread.js'), { workerData: data });
     this.worker = worker;
@@ -254,6 +265,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
     this.closeEndpoints();
+    this.ram = null;
     this.setState('stopped');
     this.emit('ended', end, stats);
   }

@@ -6,6 +6,7 @@ import { Machine, type MachineToHost } from './machine';
 import { ByteRing, ControlBlock, epochMs } from '../shared/control';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import { type CounterSpec, StatsRegistry } from '../shared/stats';
+import type { MemoryRegion } from '../memory/guest-memory';
 
 // Control messages. Host I/O (serial input, backend completions) comes over the channel.
 export type HostToMachine =
@@ -21,6 +22,8 @@ export interface MachineThreadData {
   stats: { buffer: SharedArrayBuffer; schema: CounterSpec[] };
   /** The VM's host channel pair and the VM host's doorbell (made once per VM, kept across resets). */
   hostLink: { doorbell: SharedArrayBuffer; toMachine: SharedArrayBuffer; toHost: SharedArrayBuffer };
+  /** Guest RAM, made once per VM by the VM host and kept across resets. */
+  ram: MemoryRegion[];
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -49,6 +52,7 @@ async function main(): Promise<void> {
     hostDoorbell,
     fromHost: new Channel(data.hostLink.toMachine),
     toHost,
+    ram: data.ram,
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });

@@ -15,7 +15,8 @@ import { MmioBus, PioBus } from '../devices/bus';
 import type { MachineConfig } from '../config';
 import type { HostNotification, MachineContext } from '../devices/context';
 import { ACTION, type Action, ExitDispatcher } from './exits';
-import { allocateRam, GuestMemory, mapRegions, type MemoryRegion } from '../memory/guest-memory';
+import { GuestMemory, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
+import { MemorySlots } from '../memory/slots';
 import { buildPlatform, type Platform } from '../platform/platform';
 import { prepareBoot } from '../boot';
 import { pcIrqRoutes } from '../platform/mptable';
@@ -48,6 +49,8 @@ export interface MachineChannels {
   fromHost: Channel;
   /** Records for the VM host; the channel rings hostDoorbell when it becomes non-empty. */
   toHost: Channel;
+  /** Guest RAM (made by the VM host, kept across resets): the machine maps it, never allocates it. */
+  ram: MemoryRegion[];
   post(message: MachineToHost): void;
 }
 
@@ -83,9 +86,12 @@ export class Machine implements MachineContext {
   readonly config: MachineConfig;
   readonly pio: PioBus;
   readonly mmio: MmioBus;
-  readonly memory: GuestMemory;
+  /** One object for the machine's life; its region list changes as ROMs and BARs come and go. */
+  readonly memory = new GuestMemory();
+  /** KVM memory slots behind `memory`'s regions. */
+  readonly slots: MemorySlots;
+  private readonly slotOfRegion = new Map<MemoryRegion, number>();
   readonly cpuCount: number;
-  readonly regions: MemoryRegion[];
   readonly dispatcher: ExitDispatcher;
   /** KVM's GSI routing table: the PC's lines, and MSI routes with their irqfds. */
   readonly interrupts: IrqRouting;
@@ -150,9 +156,14 @@ export class Machine implements MachineContext {
     this.interrupts.commit();
     this.doorbells = new Doorbells(this.vm);
     this.vm.createPit2();
+    this.slots = new MemorySlots(
+      (slot, flags, guestBase, size, hostAddr) => this.vm.setUserMemoryRegion(slot, BigInt(guestBase), size, hostAddr, flags),
+      this.kvm.checkExtension(KVM_CAP.NR_MEMSLOTS),
+    );
     this.timings.push({ label: 'vm-created', epochMs: epochMs() });
-    this.regions = allocateRam(config.memoryBytes);
-    this.memory = new GuestMemory(this.regions);
+    const ramBytes = channels.ram.reduce((n, r) => n + r.size, 0);
+    if (ramBytes !== config.memoryBytes) throw new Error(`the VM host gave ${ramBytes} bytes of RAM for a ${config.memoryBytes}-byte machine`);
+    for (const region of channels.ram) this.addRegion(region);
     this.timings.push({ label: 'ram-allocated', epochMs: epochMs() });
   }
 
@@ -236,11 +247,24 @@ export class Machine implements MachineContext {
       if (this.receiveFromHost()) return;
     }
   }
-  /** Adds a ROM window (mapped read-only into the guest) before the machine starts. */
+  /** Maps a region (RAM, a read-only ROM window, later BARs) into the guest, at any time. */
   addRegion(region: MemoryRegion): void {
-    if (this.running) throw new Error('memory regions can only be added before the machine starts');
-    this.regions.push(region);
-    (this as { memory: GuestMemory }).memory = new GuestMemory(this.regions);
+    const slot = this.slots.add(region.guestBase, region.size, hostAddressOf(region), { readonly: region.readonly, name: region.name });
+    try {
+      this.memory.add(region);
+    } catch (e) {
+      this.slots.remove(slot);
+      throw e;
+    }
+    this.slotOfRegion.set(region, slot);
+  }
+  /** Unmaps a region added by addRegion: its KVM slot is deleted, then devices stop seeing it. */
+  removeRegion(region: MemoryRegion): void {
+    const slot = this.slotOfRegion.get(region);
+    if (slot === undefined) throw new Error(`memory region ${region.name} is not mapped`);
+    this.slots.remove(slot);
+    this.slotOfRegion.delete(region);
+    this.memory.remove(region);
   }
   get kvmVm(): KvmVm {
     return this.vm;
@@ -266,7 +290,6 @@ export class Machine implements MachineContext {
     this.coalescePciAddressWrites(mmapSize);
     this.timings.push({ label: 'vcpus-created', epochMs: epochMs() });
     await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
-    mapRegions(this.vm, this.regions);
     this.timings.push({ label: 'boot-loaded', epochMs: epochMs() });
   }
 

@@ -1,6 +1,6 @@
 // Guest physical memory: RAM below the PCI hole, RAM above 4 GiB for large guests,
 // and read-only ROM windows. All of it is V8-owned SharedArrayBuffer memory.
-import { GuestRamBlock, KVM_MEM_READONLY, libc, type KvmVm } from '../../../native';
+import { GuestRamBlock, libc } from '../../../native';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -25,33 +25,74 @@ export class GuestMemoryError extends Error {
 }
 
 /**
- * A view of guest memory usable on any thread. Every access is bounds-checked
- * against the RAM regions; guest addresses never reach outside them.
+ * The guest's physical memory map: one object per machine whose region list changes as
+ * ROM windows and BARs come and go, so device models hold it directly (never a getter).
+ * Usable on any thread. Every access is bounds-checked; guest addresses never reach
+ * outside a region. Host-side helpers (loaders, tests) get a GuestMemoryError for a bad
+ * address; device models use DmaMemory (dma.ts), which returns error values instead.
  */
 export class GuestMemory {
-  readonly regions: MemoryRegion[];
-  private readonly views: Uint8Array[];
+  private list: MemoryRegion[] = [];
+  private views: Uint8Array[] = [];
 
-  constructor(regions: MemoryRegion[]) {
-    this.regions = [...regions].sort((a, b) => a.guestBase - b.guestBase);
-    this.views = this.regions.map((r) => new Uint8Array(r.buffer, r.offset, r.size));
+  constructor(regions: MemoryRegion[] = []) {
+    for (const r of regions) this.add(r);
+  }
+
+  /** The regions, sorted by guest address. Replaced (not mutated) when the map changes. */
+  get regions(): readonly MemoryRegion[] {
+    return this.list;
+  }
+
+  /** Adds a region; refuses one that overlaps another. */
+  add(region: MemoryRegion): void {
+    const { guestBase, size } = region;
+    if (!Number.isSafeInteger(guestBase) || !Number.isSafeInteger(size) || guestBase < 0 || size <= 0 || !Number.isSafeInteger(guestBase + size)) {
+      throw new GuestMemoryError(`region ${region.name}: guest range 0x${guestBase.toString(16)}+0x${size.toString(16)} is invalid`);
+    }
+    if (region.offset < 0 || region.offset + size > region.buffer.byteLength) {
+      throw new GuestMemoryError(`region ${region.name}: ${size} bytes at offset ${region.offset} do not fit its buffer`);
+    }
+    const clash = this.list.find((r) => guestBase < r.guestBase + r.size && r.guestBase < guestBase + size);
+    if (clash) {
+      throw new GuestMemoryError(`region ${region.name} (0x${guestBase.toString(16)}+0x${size.toString(16)}) overlaps ${clash.name} (0x${clash.guestBase.toString(16)}+0x${clash.size.toString(16)})`);
+    }
+    const list = [...this.list, region].sort((a, b) => a.guestBase - b.guestBase);
+    this.views = list.map((r) => new Uint8Array(r.buffer, r.offset, r.size));
+    this.list = list;
+  }
+
+  /** Removes a region added earlier (the same object); returns false if it was not there. */
+  remove(region: MemoryRegion): boolean {
+    const i = this.list.indexOf(region);
+    if (i < 0) return false;
+    this.list = this.list.filter((r) => r !== region);
+    this.views = this.views.filter((_, j) => j !== i);
+    return true;
+  }
+
+  /** Index of the region holding [gpa, gpa+length), or -1 (also for ranges crossing regions). */
+  regionIndexOf(gpa: number, length: number): number {
+    const list = this.list;
+    for (let i = 0; i < list.length; i++) {
+      const r = list[i];
+      if (gpa >= r.guestBase && gpa + length <= r.guestBase + r.size) return i;
+    }
+    return -1;
+  }
+
+  /** The byte view of region `index` of `regions` (aliases guest memory). */
+  viewOf(index: number): Uint8Array {
+    return this.views[index];
   }
 
   get ramSize(): number {
     return this.regions.filter((r) => !r.readonly).reduce((n, r) => n + r.size, 0);
   }
 
-  private indexOf(gpa: number, length: number): number {
-    for (let i = 0; i < this.regions.length; i++) {
-      const r = this.regions[i];
-      if (gpa >= r.guestBase && gpa + length <= r.guestBase + r.size) return i;
-    }
-    return -1;
-  }
-
   /** True if [gpa, gpa+length) lies entirely inside one region. */
   contains(gpa: number, length: number): boolean {
-    return Number.isSafeInteger(gpa) && length >= 0 && gpa >= 0 && this.indexOf(gpa, length) >= 0;
+    return Number.isSafeInteger(gpa) && length >= 0 && gpa >= 0 && this.regionIndexOf(gpa, length) >= 0;
   }
 
   /**
@@ -62,9 +103,9 @@ export class GuestMemory {
     if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(length) || gpa < 0 || length < 0) {
       throw new GuestMemoryError(`guest address 0x${gpa.toString(16)}+${length} is invalid`);
     }
-    const i = this.indexOf(gpa, length);
+    const i = this.regionIndexOf(gpa, length);
     if (i < 0) throw new GuestMemoryError(`guest range 0x${gpa.toString(16)}+0x${length.toString(16)} is outside guest memory`);
-    const r = this.regions[i];
+    const r = this.list[i];
     if (forWrite && r.readonly) throw new GuestMemoryError(`guest range 0x${gpa.toString(16)} is read-only (${r.name})`);
     const start = gpa - r.guestBase;
     return this.views[i].subarray(start, start + length);
@@ -133,13 +174,7 @@ export function allocateRom(guestBase: number, image: Uint8Array, name: string):
   return { guestBase, size, buffer: block.buffer, offset: block.offset, readonly: true, name };
 }
 
-/** Registers every region with KVM as a memory slot. */
-export function mapRegions(vm: KvmVm, regions: MemoryRegion[]): void {
-  regions.forEach((r, slot) => {
-    vm.setUserMemoryRegion(slot, BigInt(r.guestBase), r.size, hostAddressOf(r), r.readonly ? KVM_MEM_READONLY : 0);
-  });
-}
-
-function hostAddressOf(r: MemoryRegion): bigint {
+/** The host address of a region's first byte (for KVM_SET_USER_MEMORY_REGION). */
+export function hostAddressOf(r: MemoryRegion): bigint {
   return libc.addressOf(new Uint8Array(r.buffer, r.offset, 1));
 }

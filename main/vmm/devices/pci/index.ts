@@ -2,6 +2,7 @@
 // 00:00.0, the PIIX3 ISA bridge at 00:01.0 and the PIIX4 PM function at 00:01.3.
 import type { MmioBus, PioBus } from '../bus';
 import { type DeviceFactory, type DeviceModel, installDevice } from '../device';
+import type { GuestMemory } from '../../memory/guest-memory';
 import { irqLinesOf, type IrqPin } from '../../platform/irq';
 import type { PciIrqWire } from '../../platform/mptable';
 import { ACPI_GPE0_BASE, ACPI_SCI_IRQ, PCI_MMIO_BASE, PCI_MMIO_END } from '../../platform/layout';
@@ -18,6 +19,8 @@ export * from './msix';
 export interface PciPlatformContext {
   readonly pio: PioBus;
   readonly mmio: MmioBus;
+  /** Guest memory the functions reach by DMA (see PciDevice.dma). */
+  readonly memory?: GuestMemory;
   setIrq(gsi: number, level: boolean): void;
   signalMsi(addressLo: number, addressHi: number, data: number): void;
   requestReset(): void;

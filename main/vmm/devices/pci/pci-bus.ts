@@ -4,6 +4,7 @@
 import type { MmioBus, PioBus } from '../bus';
 import { allOnes, type IoDevice } from '../device';
 import type { ConfigWriteResult, PciDevice } from './pci-device';
+import type { GuestMemory } from '../../memory/guest-memory';
 
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
 export const PCI_HOST_PORT_SPAN = 8;
@@ -14,6 +15,8 @@ export const RCR_RESET_CPU = 0x04;
 export interface PciBusContext {
   readonly pio: PioBus;
   readonly mmio: MmioBus;
+  /** Guest memory for the functions' DMA; without it every DMA is refused. */
+  readonly memory?: GuestMemory;
   log(text: string): void;
   signalMsi(addressLo: number, addressHi: number, data: number): void;
 }
@@ -32,6 +35,7 @@ export class PciBus {
 
   get pio(): PioBus { return this.ctx.pio; }
   get mmio(): MmioBus { return this.ctx.mmio; }
+  get memory(): GuestMemory | undefined { return this.ctx.memory; }
   log(text: string): void { this.ctx.log(text); }
   signalMsi(addressLo: number, addressHi: number, data: number): void {
     this.ctx.signalMsi(addressLo, addressHi, data);

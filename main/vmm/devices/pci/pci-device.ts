@@ -8,6 +8,7 @@
 import type { IoDevice } from '../device';
 import type { MsiMessage, MsiRoute, MsiRouter } from '../interrupts';
 import type { PciBus } from './pci-bus';
+import { DmaMemory, NO_MEMORY } from '../../memory/dma';
 
 export const PCI_CFG = {
   VENDOR_ID: 0x00,
@@ -247,6 +248,22 @@ export class PciDevice {
   initCapability(at: number, size: number, value: number, writeMask: number): void {
     for (let i = 0; i < size; i++) this.config[at + i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
     this.setWritable(at, size, writeMask);
+  }
+
+  private dmaAccessor: DmaMemory | null = null;
+
+  /**
+   * Guest memory as this function reaches it by DMA. Every access returns an error value
+   * (DMA_DISABLED) while the command register's bus-master bit is clear, and DMA_OUTSIDE
+   * while the function is not on a bus with guest memory.
+   */
+  get dma(): DmaMemory {
+    let accessor = this.dmaAccessor;
+    if (accessor === null || accessor.memory === NO_MEMORY) {
+      accessor = new DmaMemory(this.bus?.memory ?? NO_MEMORY, () => (this.config[PCI_CFG.COMMAND] & PCI_COMMAND.MASTER) !== 0);
+      this.dmaAccessor = accessor;
+    }
+    return accessor;
   }
 
   /** Sends an MSI as this function; dropped (false) unless the guest enabled bus mastering. */
