@@ -36,7 +36,7 @@ const PLAUSIBLE: Array<[number, number, number, number, number]> = [
   [0x01, 11, 0, 0, 0], [0x80, 0, 0, 0, 2], [0x81, 0, 0, 0, 2], [0x82, 0, 0, 0x81, 2], [0x02, 1, 0, 0x81, 0],
   [0x02, 3, 0, 0x81, 0], [0x00, 3, 1, 0, 0], [0x00, 1, 1, 0, 0], [0x81, 6, 0x2200, 0, 63], [0x81, 6, 0x2100, 0, 9],
   [0xa1, 1, 0x0100, 0, 8], [0xa1, 1, 0x0200, 0, 1], [0x21, 9, 0x0200, 0, 1], [0xa1, 2, 0, 0, 1],
-  [0x21, 0x0a, 0, 0, 0], [0xa1, 3, 0, 0, 1], [0x21, 0x0b, 0, 0, 0], [0x21, 0x0b, 1, 0, 0],
+  [0x21, 0x0a, 0, 0, 0], [0x21, 0x0a, 0x0800, 0, 0], [0x21, 0x0a, 0x0100, 0, 0], [0xa1, 3, 0, 0, 1], [0x21, 0x0b, 0, 0, 0], [0x21, 0x0b, 1, 0, 0],
 ];
 
 function randomSetup(rng: Prng): UsbSetup {
@@ -134,8 +134,30 @@ function fuzzDevice(makeDevice: () => UsbHidDevice, input: (dev: UsbHidDevice, r
   stats = { ok: 0, stall: 0, pendingAtEnd: 0 };
 }
 
+/** A manual clock for idle-rate repeats; input steps move it on. */
+const clock = {
+  time: 0,
+  timers: [] as Array<{ at: number; fn: () => void; live: boolean }>,
+  now(): number {
+    return this.time;
+  },
+  set(delayMs: number, fn: () => void): () => void {
+    assert.ok(Number.isFinite(delayMs) && delayMs > 0, `timer delay ${delayMs}`);
+    const t = { at: this.time + delayMs, fn, live: true };
+    this.timers.push(t);
+    return () => { t.live = false; };
+  },
+  advance(ms: number): void {
+    this.time += ms;
+    const due = this.timers.filter((t) => t.live && t.at <= this.time);
+    this.timers = this.timers.filter((t) => t.live && t.at > this.time);
+    for (const t of due) { t.live = false; t.fn(); }
+  },
+};
+
 const keyboardInput = (dev: UsbHidDevice, rng: Prng) => {
   const kbd = dev as UsbKeyboard;
+  if (rng.below(3) === 0) clock.advance(rng.below(200));
   switch (rng.below(5)) {
     case 0: kbd.key(rng.below(300) - 10, rng.below(2) === 0); break;
     case 1: kbd.keyCode(rng.pick(KEY_NAMES), rng.below(2) === 0); break;
@@ -148,6 +170,7 @@ const keyboardInput = (dev: UsbHidDevice, rng: Prng) => {
 const ODD_NUMBERS = [Number.NaN, Infinity, -Infinity, -1, 1e12, 0.5, -0.5, 32767, 32768];
 const tabletInput = (dev: UsbHidDevice, rng: Prng) => {
   const tab = dev as UsbTablet;
+  if (rng.below(3) === 0) clock.advance(rng.below(200));
   const n = () => (rng.below(4) === 0 ? rng.pick(ODD_NUMBERS) : rng.below(40000) - 2000);
   switch (rng.below(5)) {
     case 0: tab.move(n(), n()); break;
@@ -163,7 +186,7 @@ const tabletInput = (dev: UsbHidDevice, rng: Prng) => {
 };
 
 test(`fuzz: HID keyboard survives ${CASES} random sessions of control and data transfers`, () => {
-  fuzzDevice(() => new UsbKeyboard({ speed: 'full' }), keyboardInput, 0x5eed01);
+  fuzzDevice(() => new UsbKeyboard({ speed: 'full', timers: clock }), keyboardInput, 0x5eed01);
 });
 
 test(`fuzz: high-speed HID keyboard (seed 2)`, () => {
@@ -171,5 +194,5 @@ test(`fuzz: high-speed HID keyboard (seed 2)`, () => {
 });
 
 test(`fuzz: HID tablet survives ${CASES} random sessions of control and data transfers`, () => {
-  fuzzDevice(() => new UsbTablet(), tabletInput, 0x7ab1e7);
+  fuzzDevice(() => new UsbTablet({ timers: clock }), tabletInput, 0x7ab1e7);
 });

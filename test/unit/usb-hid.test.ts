@@ -361,3 +361,79 @@ test('tablet reports: position, buttons, wheel; moves coalesce while nothing is 
   assert.deepEqual(drain(tab), [], 'no change, no report');
   assert.deepEqual([...request(tab, 0xa1, 0x01, 0x0100, 0, 6).data], [6, 0, 0, 0, 0x40, 0]);
 });
+
+/** A manual clock with MachineTimers' shape. */
+class FakeTimers {
+  time = 1000;
+  private timers: Array<{ at: number; fn: () => void; live: boolean }> = [];
+  now(): number {
+    return this.time;
+  }
+  set(delayMs: number, fn: () => void): () => void {
+    const t = { at: this.time + delayMs, fn, live: true };
+    this.timers.push(t);
+    return () => {
+      t.live = false;
+    };
+  }
+  get armed(): number {
+    return this.timers.filter((t) => t.live).length;
+  }
+  advance(ms: number): void {
+    this.time += ms;
+    for (const t of [...this.timers]) {
+      if (t.live && t.at <= this.time) {
+        t.live = false;
+        t.fn();
+      }
+    }
+    this.timers = this.timers.filter((t) => t.live);
+  }
+}
+
+test('keyboard idle rate: with a clock, the unchanged report repeats every idle*4 ms (SeaBIOS key repeat)', () => {
+  const timers = new FakeTimers();
+  const kbd = configuredDevice(new UsbKeyboard({ timers }));
+  // SeaBIOS: SET_PROTOCOL(boot), SET_IDLE(33 ms: 8 units of 4 ms).
+  assert.equal(request(kbd, 0x21, 0x0b, 0, 0, 0).status, 'ok');
+  assert.equal(request(kbd, 0x21, 0x0a, 8 << 8, 0, 0).status, 'ok');
+  const first = readReport(kbd);
+  assert.deepEqual(reportBytes(first), [0, 0, 0, 0, 0, 0, 0, 0], 'nothing sent yet: the current state at once');
+  kbd.keyCode('KeyA', true);
+  const press = readReport(kbd);
+  assert.deepEqual(reportBytes(press), [0, 0, 4, 0, 0, 0, 0, 0]);
+  const repeat = readReport(kbd);
+  assert.equal(repeat.transfer.status, 'pending');
+  assert.equal(timers.armed, 1);
+  timers.advance(31);
+  assert.equal(repeat.transfer.status, 'pending');
+  timers.advance(1);
+  assert.deepEqual(reportBytes(repeat), [0, 0, 4, 0, 0, 0, 0, 0], 'repeated after 32 ms');
+  // A change in between restarts the period.
+  const next = readReport(kbd);
+  timers.advance(20);
+  kbd.keyCode('KeyA', false);
+  assert.deepEqual(reportBytes(next), [0, 0, 0, 0, 0, 0, 0, 0]);
+  const after = readReport(kbd);
+  timers.advance(31);
+  assert.equal(after.transfer.status, 'pending', 'the period counts from the last report');
+  timers.advance(1);
+  assert.equal(after.transfer.status, 'ok');
+  // Idle 0 (Linux): no repeats; the armed timer finds nothing to do.
+  const waiting = readReport(kbd);
+  assert.equal(request(kbd, 0x21, 0x0a, 0, 0, 0).status, 'ok');
+  timers.advance(10_000);
+  assert.equal(waiting.transfer.status, 'pending');
+  assert.equal(timers.armed, 0);
+  // Without a clock a nonzero idle rate is only remembered.
+  const plain = configuredDevice(new UsbKeyboard());
+  request(plain, 0x21, 0x0a, 8 << 8, 0, 0);
+  assert.equal(readReport(plain).transfer.status, 'pending');
+  // Reset and detach stop the timer.
+  request(kbd, 0x21, 0x0a, 8 << 8, 0, 0);
+  assert.equal(waiting.transfer.status, 'ok');
+  readReport(kbd);
+  assert.equal(timers.armed, 1);
+  kbd.reset();
+  assert.equal(timers.armed, 0);
+});

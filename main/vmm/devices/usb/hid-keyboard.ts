@@ -6,7 +6,7 @@
 // polls. More than six keys held: every slot reads ErrorRollOver (HID Usage Tables 10).
 // Runs on the machine thread.
 
-import { UsbHidDevice } from './hid';
+import { UsbHidDevice, type HidTimers } from './hid';
 
 /** The report descriptor (HID 1.11 appendix B.1 layout; keys 0..255 so F13-F24 and the Intl keys fit). */
 export const KEYBOARD_REPORT_DESCRIPTOR = Uint8Array.of(
@@ -90,6 +90,8 @@ export interface UsbKeyboardOptions {
   name?: string;
   speed?: 'full' | 'high';
   serial?: string;
+  /** The machine's clock and timers, for idle-rate repeats (SeaBIOS key repeat). */
+  timers?: HidTimers;
   /** Called when the guest sets the LEDs (SET_REPORT output). */
   onLeds?: (leds: number) => void;
 }
@@ -118,6 +120,7 @@ export class UsbKeyboard extends UsbHidDevice {
       reportDescriptor: KEYBOARD_REPORT_DESCRIPTOR,
       maxPacketSize: KEYBOARD_REPORT_LENGTH,
       defaultIdle: 0,
+      timers: options.timers,
     });
     this.onLeds = options.onLeds;
   }

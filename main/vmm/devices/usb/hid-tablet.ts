@@ -6,7 +6,7 @@
 // newest queued report if its buttons are the same; a button change always gets its own
 // report so clicks are never lost; wheel steps add up. Runs on the machine thread.
 
-import { UsbHidDevice } from './hid';
+import { UsbHidDevice, type HidTimers } from './hid';
 
 export const TABLET_REPORT_DESCRIPTOR = Uint8Array.of(
   0x05, 0x01, // Usage Page (Generic Desktop)
@@ -67,6 +67,8 @@ export interface UsbTabletOptions {
   name?: string;
   speed?: 'full' | 'high';
   serial?: string;
+  /** The machine's clock and timers, for idle-rate repeats. */
+  timers?: HidTimers;
 }
 
 function clampCoordinate(v: number): number {
@@ -91,6 +93,7 @@ export class UsbTablet extends UsbHidDevice {
       reportDescriptor: TABLET_REPORT_DESCRIPTOR,
       maxPacketSize: 8,
       defaultIdle: 0,
+      timers: options.timers,
     });
   }
 

@@ -2,8 +2,9 @@
 // One interface (number 0) with one interrupt IN endpoint (0x81); no report IDs.
 // - GET_DESCRIPTOR(HID / REPORT) asked of the interface;
 // - GET_REPORT (input: the current state; output: the last output report), SET_REPORT (output);
-// - GET/SET_IDLE (kept and reported; reports are sent on change only: the guest repeats keys
-//   itself, as Linux does);
+// - GET/SET_IDLE: with a nonzero idle rate and a clock (options.timers), the current report is
+//   sent again when nothing changed for that long (SeaBIOS's key repeat counts on it); Linux
+//   sets idle 0: reports on change only. Without a clock, reports go out on change only;
 // - GET/SET_PROTOCOL on a boot interface (subclass 1); other interfaces STALL them.
 // The interrupt IN endpoint sends the subclass's next queued report, or stays pending (a NAK)
 // while there is none; a subclass calls reportQueued() when it queued one.
@@ -37,6 +38,14 @@ export function hidDescriptor(reportDescriptorLength: number, countryCode = 0): 
   );
 }
 
+/** The machine thread's clock and timers (MachineTimers.set and monotonicMs fit). */
+export interface HidTimers {
+  /** Milliseconds on a monotonic clock. */
+  now(): number;
+  /** Runs fn once after about delayMs; returns a function that cancels it. */
+  set(delayMs: number, fn: () => void): () => void;
+}
+
 export interface UsbHidDeviceOptions {
   name: string;
   speed: 'full' | 'high';
@@ -53,6 +62,8 @@ export interface UsbHidDeviceOptions {
   maxPacketSize: number;
   /** Default idle rate (4 ms units; 0: report on change only). */
   defaultIdle: number;
+  /** For idle-rate repeats; without it a nonzero idle rate is kept but not acted on. */
+  timers?: HidTimers;
 }
 
 export abstract class UsbHidDevice extends UsbDeviceBase {
@@ -61,6 +72,10 @@ export abstract class UsbHidDevice extends UsbDeviceBase {
   private readonly defaultIdle: number;
   private protocolValue: number = HidProtocol.report;
   private idleValue: number;
+  private readonly timers?: HidTimers;
+  /** When the interrupt IN endpoint last sent a report (timers.now()). */
+  private lastSent = -Infinity;
+  private cancelIdleTimer: (() => void) | null = null;
 
   constructor(options: UsbHidDeviceOptions) {
     const configuration: UsbConfigurationSpec = {
@@ -107,6 +122,7 @@ export abstract class UsbHidDevice extends UsbDeviceBase {
     this.bootInterface = options.subclass === 1;
     this.defaultIdle = options.defaultIdle;
     this.idleValue = options.defaultIdle;
+    this.timers = options.timers;
   }
 
   /** 0: boot protocol, 1: report protocol. */
@@ -145,20 +161,53 @@ export abstract class UsbHidDevice extends UsbDeviceBase {
   protected override onReset(): void {
     this.protocolValue = HidProtocol.report;
     this.idleValue = this.defaultIdle;
+    this.stopIdleTimer();
     this.clearQueue();
   }
 
+  protected override onDetach(): void {
+    this.stopIdleTimer();
+  }
+
   protected override onConfigurationChanged(_value: number): void {
+    this.stopIdleTimer();
+    this.lastSent = -Infinity;
     this.clearQueue();
   }
 
   protected override handleData(transfer: UsbTransfer, address: number): UsbDataResult {
     if (address !== HID_IN_ENDPOINT) return 'stall';
     const report = this.takeReport();
-    if (!report) return 'pending';
+    if (report) return this.send(transfer, report);
+    if (this.idleValue > 0 && this.timers) {
+      // Idle rate: the unchanged report again once idle * 4 ms passed since the last one.
+      const due = this.lastSent + this.idleValue * 4;
+      const now = this.timers.now();
+      if (now >= due) return this.send(transfer, this.currentReport());
+      this.armIdleTimer(due - now);
+    }
+    return 'pending';
+  }
+
+  private send(transfer: UsbTransfer, report: Uint8Array): UsbDataResult {
     if (report.length > transfer.data.length) return 'babble';
     transfer.data.set(report);
+    if (this.timers) this.lastSent = this.timers.now();
     return report.length;
+  }
+
+  private armIdleTimer(delayMs: number): void {
+    if (this.cancelIdleTimer || !this.timers) return;
+    this.cancelIdleTimer = this.timers.set(delayMs, () => {
+      this.cancelIdleTimer = null;
+      this.kick(HID_IN_ENDPOINT);
+    });
+  }
+
+  private stopIdleTimer(): void {
+    const cancel = this.cancelIdleTimer;
+    this.cancelIdleTimer = null;
+    cancel?.();
   }
 
   protected override handleControl(setup: UsbSetup, outData: Uint8Array | null): UsbControlResult {
@@ -198,6 +247,9 @@ export abstract class UsbHidDevice extends UsbDeviceBase {
       case HidRequest.setIdle: {
         if (dirIn || reportId !== 0 || setup.length !== 0) return 'stall';
         this.idleValue = setup.value >>> 8;
+        // A waiting transfer is looked at again under the new rate.
+        this.stopIdleTimer();
+        this.kick(HID_IN_ENDPOINT);
         return 'ok';
       }
       case HidRequest.getProtocol: {
