@@ -481,6 +481,15 @@ test('reset cancels everything and returns to the default state; detach complete
   assert.equal(c.transfer.status, 'no-device');
   assert.equal(c.completions, 1);
   assert.equal(submit(dev, bulkIn(4)).transfer.status, 'no-device');
+  // Plugged in again: a fresh, unconfigured device; a second attach without detach drops what was queued.
+  dev.attach(new RecordingPort());
+  assert.deepEqual(dev.state, { address: 0, config: 0, wakeup: false });
+  enumerate(dev);
+  const d = submit(dev, bulkIn(4));
+  dev.attach(new RecordingPort());
+  assert.equal(d.transfer.status, 'no-device');
+  assert.equal(d.completions, 1);
+  dev.detach();
   assert.equal(control(dev, { requestType: 0x80, request: 6, value: 0x100, index: 0, length: 18 }).transfer.status, 'no-device');
 });
 

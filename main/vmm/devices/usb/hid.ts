@@ -211,7 +211,7 @@ export abstract class UsbHidDevice extends UsbDeviceBase {
   }
 
   protected override handleControl(setup: UsbSetup, outData: Uint8Array | null): UsbControlResult {
-    if (requestRecipient(setup) !== 1 || (setup.index & 0xff) !== 0 || setup.index > 0xff) return 'stall';
+    if (requestRecipient(setup) !== 1 || setup.index !== 0) return 'stall'; // interface 0 only
     const kind = (setup.requestType >>> 5) & 3;
     const dirIn = (setup.requestType & 0x80) !== 0;
     if (kind === 0) {

@@ -268,6 +268,8 @@ export abstract class UsbDeviceBase implements UsbDevice {
   // ---- UsbDevice --------------------------------------------------------------------------
 
   attach(port: UsbPortHost): void {
+    // Plugged in again without a detach: nothing from the old port survives.
+    this.#cancelAll('no-device');
     this.port = port;
     this.#resetState();
     this.onReset();
