@@ -1,10 +1,10 @@
 // USB Mass Storage Bulk-Only Transport 1.0: the CBW / data / CSW state machine on a bulk IN
 // and a bulk OUT endpoint, in front of a SCSI logical unit. Runs on the machine thread.
 //
-// Transfers wait in one queue per endpoint and complete in order once the transport can serve
-// them; the SCSI command behind a data phase streams asynchronously (reads are fetched ahead
-// of the host, writes are taken from the host while earlier ones are still going to the
-// backend). Everything the host sends is checked: a CBW that is not valid (31 bytes with the
+// The device layer queues transfers per endpoint and offers the head of each queue; the head
+// completes once the transport can serve it. The SCSI command behind a data phase streams
+// asynchronously: reads are fetched ahead of the host, and writes are taken from the host
+// while earlier ones are still going to the backend. Everything the host sends is checked: a CBW that is not valid (31 bytes with the
 // signature) halts both endpoints until a Bulk-Only Mass Storage Reset (spec 6.6.1).
 //
 // The thirteen cases (spec 6.7) where host and device disagree about the data phase:
@@ -15,7 +15,7 @@
 // - host sends, device takes less or nothing (9, 11): the rest is accepted and dropped,
 //   residue = host length - data taken; device would take more (13): the host's bytes go to
 //   the command, then phase error; device would send (10): bulk OUT halts, then phase error.
-import type { UsbStatus, UsbTransfer } from '../usb-device';
+import type { UsbTransfer } from '../usb-device';
 import { STATUS_GOOD, type ScsiCommand, type ScsiDisk } from './scsi';
 
 export const CBW_SIGNATURE = 0x43425355;
@@ -30,26 +30,30 @@ export const CSW_PHASE_ERROR = 2;
 const READ_AHEAD = 1 << 20;
 const WRITE_BEHIND = 1 << 20;
 
-type Done = (transfer: UsbTransfer) => void;
-interface Queued {
-  transfer: UsbTransfer;
-  done: Done;
-}
-
 type Phase = 'cbw' | 'data-in' | 'data-out' | 'status' | 'csw';
+
+/** What the transport needs of the USB device whose bulk endpoints it serves (UsbDeviceBase). */
+export interface BotEndpoints {
+  /**
+   * Completes a transfer at the head of its endpoint's queue: a byte count (status 'ok'; IN
+   * bytes are already in transfer.data) or 'stall' (the endpoint halts). False when that
+   * transfer is no longer the head (it was cancelled or drained meanwhile).
+   */
+  complete(transfer: UsbTransfer, result: number | 'stall'): boolean;
+  /** Halts the bulk IN or OUT endpoint: queued and new transfers STALL until the halt is cleared. */
+  halt(inEndpoint: boolean): void;
+}
 
 export class BulkOnlyTransport {
   private phase: Phase = 'cbw';
   /** Bumped by a reset: completions of backend work started before it are ignored. */
   private generation = 0;
-  private readonly inQueue: Queued[] = [];
-  private readonly outQueue: Queued[] = [];
+  /** The transfer at the head of each endpoint's queue, as offered by the device. */
+  private headIn: UsbTransfer | null = null;
+  private headOut: UsbTransfer | null = null;
   private pumping = false;
   private again = false;
-
-  /** Endpoint halts (STALL); `locked` keeps both until a Bulk-Only Mass Storage Reset. */
-  haltedIn = false;
-  haltedOut = false;
+  /** An invalid CBW keeps both endpoints halted until a Bulk-Only Mass Storage Reset. */
   private locked = false;
 
   // The command in progress.
@@ -80,39 +84,24 @@ export class BulkOnlyTransport {
   private writing = 0;
   private writeFailed = false;
 
-  constructor(private readonly disk: ScsiDisk) {}
+  constructor(private readonly disk: ScsiDisk, private readonly endpoints: BotEndpoints) {}
 
-  /** A transfer on the bulk IN (`transfer.in`) or bulk OUT endpoint. */
-  submit(transfer: UsbTransfer, done: Done): void {
-    transfer.status = 'pending';
-    transfer.actualLength = 0;
-    (transfer.in ? this.inQueue : this.outQueue).push({ transfer, done });
+  /** The head transfer of the bulk IN (`transfer.in`) or OUT queue; it completes through `endpoints`. */
+  offer(transfer: UsbTransfer): void {
+    if (transfer.in) this.headIn = transfer;
+    else this.headOut = transfer;
     this.pump();
   }
 
-  /** Completes a queued transfer as 'cancelled'; false if it is not queued here. */
-  cancel(transfer: UsbTransfer): boolean {
-    for (const queue of [this.inQueue, this.outQueue]) {
-      const at = queue.findIndex((q) => q.transfer === transfer);
-      if (at >= 0) {
-        const [q] = queue.splice(at, 1);
-        this.complete(q, 'cancelled', 0);
-        return true;
-      }
-    }
-    return false;
-  }
-
-  /** Completes every queued transfer with `status` ('cancelled' on a bus reset, 'no-device' on unplug). */
-  flushQueues(status: UsbStatus): void {
-    for (const queue of [this.inQueue, this.outQueue]) {
-      for (const q of queue.splice(0)) this.complete(q, status, 0);
-    }
+  /** A transfer offered earlier was cancelled or drained. */
+  forget(transfer: UsbTransfer): void {
+    if (this.headIn === transfer) this.headIn = null;
+    if (this.headOut === transfer) this.headOut = null;
   }
 
   /**
-   * Bulk-Only Mass Storage Reset (class request 0xff): ready for a CBW again. The endpoint
-   * halts stay (spec 3.1) but may now be cleared.
+   * Bulk-Only Mass Storage Reset (class request 0xff): ready for a CBW again. Endpoint halts
+   * stay (spec 3.1) but may be cleared from now on.
    */
   massStorageReset(): void {
     this.generation++;
@@ -121,34 +110,40 @@ export class BulkOnlyTransport {
     this.pump();
   }
 
-  /** A bus reset: the transport as new, queued transfers cancelled. */
+  /** A bus reset, a configuration change or an unplug: the device layer has dropped every transfer. */
   busReset(): void {
-    this.flushQueues('cancelled');
-    this.haltedIn = false;
-    this.haltedOut = false;
+    this.headIn = null;
+    this.headOut = null;
     this.massStorageReset();
     this.disk.resetSense();
   }
 
-  /** CLEAR_FEATURE(ENDPOINT_HALT); refused (the halt stays) after an invalid CBW until a reset. */
-  clearHalt(inEndpoint: boolean): void {
-    if (this.locked) return;
-    if (inEndpoint) this.haltedIn = false;
-    else this.haltedOut = false;
-    this.pump();
+  /** After CLEAR_FEATURE(ENDPOINT_HALT): the halt comes straight back while an invalid CBW is unanswered. */
+  haltCleared(inEndpoint: boolean): void {
+    if (this.locked) this.halt(inEndpoint);
   }
 
-  /** SET_FEATURE(ENDPOINT_HALT). */
-  setHalt(inEndpoint: boolean): void {
-    if (inEndpoint) this.haltedIn = true;
-    else this.haltedOut = true;
-    this.pump();
+  private halt(inEndpoint: boolean): void {
+    if (inEndpoint) this.headIn = null;
+    else this.headOut = null;
+    this.endpoints.halt(inEndpoint);
   }
 
-  private complete(q: Queued, status: UsbStatus, actualLength: number): void {
-    q.transfer.status = status;
-    q.transfer.actualLength = actualLength;
-    q.done(q.transfer);
+  /** Completes a head transfer and forgets it. */
+  private complete(transfer: UsbTransfer, result: number | 'stall'): void {
+    this.forget(transfer);
+    this.again = true;
+    this.endpoints.complete(transfer, result);
+  }
+
+  /** The head of an endpoint if it is still waiting (a drained transfer is no longer 'pending'). */
+  private head(inEndpoint: boolean): UsbTransfer | null {
+    const t = inEndpoint ? this.headIn : this.headOut;
+    if (t && t.status !== 'pending') {
+      this.forget(t);
+      return null;
+    }
+    return t;
   }
 
   /** Runs the state machine until it can do nothing more; re-entrant calls just ask for another round. */
@@ -169,20 +164,12 @@ export class BulkOnlyTransport {
   }
 
   private step(): void {
-    if (this.haltedIn && this.inQueue.length > 0) {
-      this.complete(this.inQueue.shift()!, 'stall', 0);
-      this.again = true;
-      return;
-    }
-    if (this.haltedOut && this.outQueue.length > 0) {
-      this.complete(this.outQueue.shift()!, 'stall', 0);
-      this.again = true;
-      return;
-    }
     switch (this.phase) {
-      case 'cbw':
-        if (this.outQueue.length > 0) this.takeCbw(this.outQueue.shift()!);
+      case 'cbw': {
+        const head = this.head(false);
+        if (head) this.takeCbw(head);
         return;
+      }
       case 'data-in':
         this.stepDataIn();
         return;
@@ -191,9 +178,11 @@ export class BulkOnlyTransport {
         return;
       case 'status':
         return;
-      case 'csw':
-        if (this.inQueue.length > 0) this.sendCsw(this.inQueue.shift()!);
+      case 'csw': {
+        const head = this.head(true);
+        if (head) this.sendCsw(head);
         return;
+      }
     }
   }
 
@@ -219,21 +208,20 @@ export class BulkOnlyTransport {
     this.writeFailed = false;
   }
 
-  private takeCbw(q: Queued): void {
+  private takeCbw(transfer: UsbTransfer): void {
     this.again = true;
-    const data = q.transfer.data;
+    const data = transfer.data;
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
     const valid = data.length === CBW_LENGTH && view.getUint32(0, true) === CBW_SIGNATURE;
     const cbLength = valid ? data[14] & 0x1f : 0;
     if (!valid || cbLength < 1 || cbLength > 16) {
       // Not a valid (or not a meaningful) CBW: halt both endpoints until reset recovery.
       this.locked = true;
-      this.haltedIn = true;
-      this.haltedOut = true;
-      this.complete(q, 'stall', 0);
+      this.complete(transfer, 'stall');
+      this.halt(true);
       return;
     }
-    this.complete(q, 'ok', CBW_LENGTH);
+    // Everything is read before the transfer completes: then its buffer is the controller's again.
     this.tag = view.getUint32(4, true);
     this.hostLength = view.getUint32(8, true);
     const hostIn = (data[12] & 0x80) !== 0;
@@ -241,6 +229,7 @@ export class BulkOnlyTransport {
     const command = this.disk.command(data.subarray(15, 15 + cbLength), lun);
     this.command = command;
     const generation = this.generation;
+    this.complete(transfer, CBW_LENGTH);
 
     if (this.hostLength === 0) {
       if (command.direction !== 'none') {
@@ -273,8 +262,7 @@ export class BulkOnlyTransport {
   /** The command is not run; the CSW says phase error, after a halt of the endpoint given. */
   private refuse(haltIn: boolean | null): void {
     this.command = null;
-    if (haltIn === true) this.haltedIn = true;
-    if (haltIn === false) this.haltedOut = true;
+    if (haltIn !== null) this.halt(haltIn);
     this.status = CSW_PHASE_ERROR;
     this.phase = 'csw';
   }
@@ -295,8 +283,8 @@ export class BulkOnlyTransport {
     const command = this.command!;
     const generation = this.generation;
     const buffered = this.fetched - this.dataMoved;
-    const head = this.inQueue[0];
-    const want = head ? Math.min(head.transfer.data.length, this.hostLength - this.moved) : 0;
+    const head = this.head(true);
+    const want = head ? Math.min(head.data.length, this.hostLength - this.moved) : 0;
 
     // Fetch ahead: enough for the transfer waiting, and up to READ_AHEAD beyond what was sent.
     if (!this.fetching && !this.fetchFailed && this.fetched < this.deviceLength && buffered < Math.max(want, READ_AHEAD)) {
@@ -328,15 +316,13 @@ export class BulkOnlyTransport {
     const dataEnd = this.fetchFailed ? this.fetched : this.deviceLength;
     const dataWanted = Math.max(0, Math.min(want, dataEnd - this.dataMoved));
     if (this.fetched - this.dataMoved < dataWanted) return; // still fetching
-    this.inQueue.shift();
-    const out = head.transfer.data;
+    const out = head.data;
     this.copyChunks(out, dataWanted);
     out.fill(0, dataWanted, want);
     this.dataMoved += dataWanted;
     this.moved += want;
     if (this.moved >= this.hostLength) this.phase = this.status === null ? 'status' : 'csw';
-    this.again = true;
-    this.complete(head, 'ok', want);
+    this.complete(head, want);
   }
 
   private copyChunks(out: Uint8Array, length: number): void {
@@ -357,10 +343,9 @@ export class BulkOnlyTransport {
   private stepDataOut(): void {
     const command = this.command!;
     const generation = this.generation;
-    const head = this.outQueue[0];
+    const head = this.head(false);
     if (head && this.moved < this.hostLength && this.pendingBytes + this.writing < WRITE_BEHIND) {
-      this.outQueue.shift();
-      const data = head.transfer.data;
+      const data = head.data;
       const take = Math.min(data.length, this.hostLength - this.moved);
       const forCommand = Math.max(0, Math.min(take, this.deviceLength - this.dataMoved));
       if (forCommand > 0 && !this.writeFailed) {
@@ -369,8 +354,7 @@ export class BulkOnlyTransport {
       }
       this.dataMoved += forCommand;
       this.moved += take;
-      this.again = true;
-      this.complete(head, 'ok', data.length);
+      this.complete(head, data.length);
       return;
     }
     if (this.writing === 0 && this.pendingBytes > 0) {
@@ -398,13 +382,12 @@ export class BulkOnlyTransport {
     }
   }
 
-  private sendCsw(q: Queued): void {
+  private sendCsw(transfer: UsbTransfer): void {
     this.again = true;
-    const out = q.transfer.data;
+    const out = transfer.data;
     if (out.length < CSW_LENGTH) {
       // No room for the CSW: halt, and keep it for the host's next try.
-      this.haltedIn = true;
-      this.complete(q, 'stall', 0);
+      this.complete(transfer, 'stall');
       return;
     }
     const view = new DataView(out.buffer, out.byteOffset, CSW_LENGTH);
@@ -413,7 +396,7 @@ export class BulkOnlyTransport {
     view.setUint32(8, this.hostLength - this.dataMoved, true);
     out[12] = this.status ?? CSW_PHASE_ERROR;
     this.startCbwPhase();
-    this.complete(q, 'ok', CSW_LENGTH);
+    this.complete(transfer, CSW_LENGTH);
   }
 }
 
