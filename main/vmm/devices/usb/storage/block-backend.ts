@@ -122,7 +122,9 @@ export class RawImageFile implements BlockBackend {
     this.readOnly = readOnly;
     let fd: number;
     try {
-      fd = fs.openSync(path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NOCTTY);
+      fd = fs.openSync(path,
+        // O_NONBLOCK: opening a FIFO or a device must not hang; a regular file ignores it.
+        (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NOCTTY | fs.constants.O_NONBLOCK);
     } catch (error) {
       throw describeOpenError(path, (error as NodeJS.ErrnoException).code, readOnly);
     }
