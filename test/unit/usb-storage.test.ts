@@ -557,6 +557,21 @@ test('completions that arrive late, and a mass storage reset while a read is in 
   submit(tcsw, 'csw');
   backend.runAll();
   assert.deepEqual(parseCsw(tcsw.data).tag, 4);
+
+  // A reset while a write is on its way to the backend: the next command waits for it.
+  done.length = 0;
+  submit(bulkOut(cbw(5, 512, false, write10(1, 1))), 'cbw');
+  submit(bulkOut(new Uint8Array(512).fill(0x77)), 'data');
+  resetRecovery(device);
+  submit(bulkOut(cbw(6, 512, true, read10(1, 1))), 'next');
+  assert.deepEqual(done, ['cbw:ok:31', 'data:ok:512'], 'the next CBW waits');
+  assert.equal(backend.pending.length, 1);
+  backend.runOne();
+  assert.deepEqual(done, ['cbw:ok:31', 'data:ok:512', 'next:ok:31']);
+  const read = bulkIn(512);
+  submit(read, 'read');
+  backend.runAll();
+  assert.deepEqual(read.data, new Uint8Array(512).fill(0x77));
   assert.deepEqual(backend.violations, []);
   device.detach();
 });

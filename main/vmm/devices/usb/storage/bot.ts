@@ -52,6 +52,8 @@ export class BulkOnlyTransport {
   private headIn: UsbTransfer | null = null;
   private headOut: UsbTransfer | null = null;
   private pumping = false;
+  /** Backend operations (reads, writes, finishes) not yet completed, of any generation. */
+  private backendBusy = 0;
   private again = false;
   /** An invalid CBW keeps both endpoints halted until a Bulk-Only Mass Storage Reset. */
   private locked = false;
@@ -166,6 +168,9 @@ export class BulkOnlyTransport {
   private step(): void {
     switch (this.phase) {
       case 'cbw': {
+        // Backend work of a command dropped by a reset finishes first, so that a new command
+        // never overtakes it (a read of a block whose old write is still on its way).
+        if (this.backendBusy > 0) return;
         const head = this.head(false);
         if (head) this.takeCbw(head);
         return;
@@ -184,6 +189,14 @@ export class BulkOnlyTransport {
         return;
       }
     }
+  }
+
+  /** Counts a backend completion; true when it belongs to a command a reset dropped. */
+  private settled(generation: number): boolean {
+    this.backendBusy--;
+    if (generation === this.generation) return false;
+    if (this.backendBusy === 0) this.pump(); // a CBW may be waiting
+    return true;
   }
 
   private startCbwPhase(): void {
@@ -271,8 +284,9 @@ export class BulkOnlyTransport {
     const command = this.command;
     if (!command || this.finishing) return;
     this.finishing = true;
+    this.backendBusy++;
     command.finish((status) => {
-      if (generation !== this.generation) return;
+      if (this.settled(generation)) return;
       this.status = this.phaseError ? CSW_PHASE_ERROR : status === STATUS_GOOD ? CSW_PASSED : CSW_FAILED;
       if (this.phase === 'status') this.phase = 'csw';
       this.pump();
@@ -291,8 +305,9 @@ export class BulkOnlyTransport {
       const n = Math.min(this.deviceLength - this.fetched, Math.max(want, READ_AHEAD) - buffered);
       this.fetching = true;
       this.again = true;
+      this.backendBusy++;
       command.read(n, (data) => {
-        if (generation !== this.generation) return;
+        if (this.settled(generation)) return;
         this.fetching = false;
         if (!data || data.length === 0) {
           this.fetchFailed = true; // the rest of the data phase is padding
@@ -363,8 +378,9 @@ export class BulkOnlyTransport {
       this.writing = this.pendingBytes;
       this.pendingBytes = 0;
       this.again = true;
+      this.backendBusy++;
       command.write(data, (ok) => {
-        if (generation !== this.generation) return;
+        if (this.settled(generation)) return;
         this.writing = 0;
         if (!ok) {
           this.writeFailed = true;
