@@ -550,12 +550,15 @@ test('completions that arrive late, and a mass storage reset while a read is in 
   submit(lost, 'lost');
   device.cancel(lost);
   resetRecovery(device);
+  submit(bulkOut(cbw(4, 512, true, read10(9, 1))), 'next');
+  const fresh = bulkIn(512);
+  submit(fresh, 'fresh');
+  assert.deepEqual(done, ['cbw:ok:31', 'lost:cancelled:0'], 'the next CBW waits for the dropped read');
   backend.runAll();
-  assert.deepEqual(done, ['cbw:ok:31', 'lost:cancelled:0']);
-  submit(bulkOut(cbw(4, 0, false, [0, 0, 0, 0, 0, 0])), 'tur');
+  assert.deepEqual(done, ['cbw:ok:31', 'lost:cancelled:0', 'next:ok:31', 'fresh:ok:512']);
+  assert.deepEqual(fresh.data, backend.bytes.subarray(9 * 512, 10 * 512), 'the dropped read is not delivered');
   const tcsw = bulkIn(13);
   submit(tcsw, 'csw');
-  backend.runAll();
   assert.deepEqual(parseCsw(tcsw.data).tag, 4);
 
   // A reset while a write is on its way to the backend: the next command waits for it.
