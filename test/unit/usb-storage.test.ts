@@ -172,8 +172,8 @@ test('READ CAPACITY (10) and (16), READ FORMAT CAPACITIES and REPORT LUNS give t
   }
 });
 
-test('WRITE then READ (10 and 16) move a pattern through CBW, data split over several transfers, and CSW', async () => {
-  const s = stick();
+test('WRITE then READ (6, 10 and 16) move a pattern through CBW, data split over several transfers, and CSW', async () => {
+  const s = stick({ size: 4 * MIB });
   try {
     const data = pattern(8 * 512, 1);
     const w = await scsi(s.device, write10(100, 8), { length: data.length, out: data, chunks: [512, 1000, 31, 4096] });
@@ -183,13 +183,26 @@ test('WRITE then READ (10 and 16) move a pattern through CBW, data split over se
     assert.equal(r.csw.residue, 0);
     assert.deepEqual(r.data, data);
 
-    // 16-byte CDBs, a larger transfer than the read-ahead window in one go.
-    const big = pattern(3 * MIB / 4, 2);
+    // 16-byte CDBs and more than the 1 MiB read-ahead, in one transfer and in many.
+    const big = pattern(3 * MIB / 2, 2);
     const w16 = await scsi(s.device, write16(512, big.length / 512), { length: big.length, out: big, chunks: [65536] });
     assert.equal(w16.csw.status, 0);
     const r16 = await scsi(s.device, read16(512, big.length / 512), { dirIn: true, length: big.length });
     assert.equal(r16.csw.status, 0);
     assert.deepEqual(r16.data, big);
+    const chunked = await scsi(s.device, read16(512, big.length / 512), { dirIn: true, length: big.length, chunks: [65536, 512, 300000] });
+    assert.equal(chunked.csw.status, 0);
+    assert.deepEqual(chunked.data, big);
+
+    // 6-byte CDBs; a transfer length of 0 means 256 blocks there.
+    const small = pattern(1024, 3);
+    assert.equal((await scsi(s.device, [0x0a, 0, 0, 200, 2, 0], { length: 1024, out: small })).csw.status, 0);
+    const r6 = await scsi(s.device, [0x08, 0, 0, 200, 2, 0], { dirIn: true, length: 1024 });
+    assert.deepEqual(r6.data, small);
+    const r256 = await scsi(s.device, [0x08, 0, 0, 0, 0, 0], { dirIn: true, length: 256 * 512 });
+    assert.equal(r256.csw.status, 0);
+    assert.equal(r256.data.length, 256 * 512);
+    assert.deepEqual(r256.data.subarray(100 * 512, 101 * 512), data.subarray(0, 512));
 
     // Untouched blocks still hold the image's own bytes.
     const before = await scsi(s.device, read10(99, 1), { dirIn: true, length: 512 });
