@@ -85,6 +85,7 @@ const c = {
   cfsetospeed: lib.func('int cfsetospeed(_Inout_ uint8_t *termios, unsigned int speed)'),
   cfmakeraw: lib.func('void cfmakeraw(_Inout_ uint8_t *termios)'),
   fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
+  flock: lib.func('int flock(int fd, int operation)'),
 };
 
 function fail(call: string): never {
@@ -339,4 +340,24 @@ export function tiocmset(fd: number, bits: number): void {
   const arg = Buffer.alloc(4);
   arg.writeInt32LE(bits, 0);
   ioctlBuffer(fd, 'ioctl(TIOCMSET)', TIOCMSET, arg);
+}
+
+// flock(2) operations.
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/**
+ * flock(2): an advisory lock on the whole file, held by the open file description and
+ * dropped when it closes or the process dies. Returns 0, or -errno (EWOULDBLOCK when another
+ * description holds a conflicting lock and LOCK_NB was given).
+ */
+export function flock(fd: number, operation: number): number {
+  for (;;) {
+    const r = c.flock(fd, operation) as number;
+    if (r === 0) return 0;
+    const e = koffi.errno();
+    if (e !== os.constants.errno.EINTR) return -e;
+  }
 }

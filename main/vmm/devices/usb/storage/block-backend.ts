@@ -1,0 +1,240 @@
+// Where a block device's bytes live. The device models (SCSI over USB mass storage) see only
+// the asynchronous BlockBackend interface, so the lead can move the file onto the VM host
+// thread behind the host channel without touching them: a completion may arrive before the
+// call returns or much later.
+//
+// RawImageFile is a raw image on the host's file system. Opening it checks everything that
+// can be checked before a device appears (exists, is a regular file, can be opened the way
+// asked, is not in use, has a usable size) and throws an ImageError that names the path and
+// the problem in plain words.
+//
+// Locking: flock(2) on the image itself (native/libc.ts), shared for a read-only device and
+// exclusive for a writable one, never waiting. An flock belongs to the open file description,
+// so it also keeps two devices of this process off one image, and the kernel drops it when
+// the process dies: a crashed VM leaves nothing stale behind, which an O_EXCL lock file would.
+// It is advisory: programs that do not take flock locks are not kept out (QEMU takes byte-range
+// OFD locks instead, which Linux keeps separate from flock locks on local file systems).
+import fs from 'node:fs';
+import path from 'node:path';
+import { libc } from '../../../../../native';
+
+export type BlockReadCallback = (error: Error | null, data: Uint8Array | null) => void;
+export type BlockDoneCallback = (error: Error | null) => void;
+
+export interface BlockBackend {
+  /** Bytes; fixed while the backend is open. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Reads `length` bytes at `offset`; the data is the caller's to keep. */
+  read(offset: number, length: number, done: BlockReadCallback): void;
+  /** Writes `data` at `offset`; the caller may reuse `data` as soon as the call returns. */
+  write(offset: number, data: Uint8Array, done: BlockDoneCallback): void;
+  /** Makes every completed write durable (fdatasync for a file). */
+  flush(done: BlockDoneCallback): void;
+  /** Releases the image once the operations in flight have completed. */
+  close(): void;
+}
+
+export type ImageProblem =
+  | 'missing' | 'not-a-file' | 'permission' | 'read-only-file-system' | 'locked' | 'empty' | 'size' | 'unreadable';
+
+/** An image that cannot back a device; the message says which file and why. */
+export class ImageError extends Error {
+  constructor(readonly path: string, readonly problem: ImageProblem, detail: string) {
+    super(`disk image ${path}: ${detail}`);
+    this.name = 'ImageError';
+  }
+}
+
+export interface RawImageOptions {
+  readOnly?: boolean;
+}
+
+const BLOCK = 512;
+
+function describeOpenError(file: string, code: string | undefined, readOnly: boolean): ImageError {
+  const mode = readOnly ? 'reading' : 'reading and writing';
+  switch (code) {
+    case 'ENOENT': {
+      const folder = path.dirname(file);
+      if (!fs.existsSync(folder)) return new ImageError(file, 'missing', `it does not exist (nor does the folder ${folder})`);
+      return new ImageError(file, 'missing', 'it does not exist');
+    }
+    case 'ENOTDIR':
+      return new ImageError(file, 'missing', 'it does not exist (a part of its path is a file, not a folder)');
+    case 'EISDIR':
+      return new ImageError(file, 'not-a-file', 'it is a folder, not an image file');
+    case 'EACCES':
+    case 'EPERM':
+      return new ImageError(file, 'permission', `permission denied: it cannot be opened for ${mode}` +
+        (readOnly ? '' : ' (attach it read-only, or change its permissions)'));
+    case 'EROFS':
+      return new ImageError(file, 'read-only-file-system', 'it is on a read-only file system; attach it read-only');
+    case 'ETXTBSY':
+    case 'EBUSY':
+      return new ImageError(file, 'locked', 'it is in use by another program');
+    default:
+      return new ImageError(file, 'unreadable', `it cannot be opened for ${mode} (${code ?? 'unknown error'})`);
+  }
+}
+
+/** Reads or writes all of `length` bytes, looping over short transfers; 0 bytes means end of file. */
+function transferAll(
+  op: 'read' | 'write', fd: number, buffer: Uint8Array, position: number, done: BlockDoneCallback,
+): void {
+  let moved = 0;
+  const step = (error: NodeJS.ErrnoException | null, count: number): void => {
+    if (error) {
+      done(error);
+      return;
+    }
+    moved += count;
+    if (moved >= buffer.length) {
+      done(null);
+      return;
+    }
+    if (count === 0) {
+      done(new Error(op === 'read' ? `end of file at offset ${position + moved}` : `nothing written at offset ${position + moved}`));
+      return;
+    }
+    next();
+  };
+  const next = (): void => {
+    if (op === 'read') fs.read(fd, buffer, moved, buffer.length - moved, position + moved, step);
+    else fs.write(fd, buffer, moved, buffer.length - moved, position + moved, step);
+  };
+  next();
+}
+
+export class RawImageFile implements BlockBackend {
+  readonly size: number;
+  readonly readOnly: boolean;
+  private fd: number;
+  private inFlight = 0;
+  private closing = false;
+
+  /** Opens and locks the image; throws ImageError when it cannot back a device. */
+  static open(file: string, options: RawImageOptions = {}): RawImageFile {
+    return new RawImageFile(path.resolve(file), options.readOnly ?? false);
+  }
+
+  private constructor(readonly path: string, readOnly: boolean) {
+    this.readOnly = readOnly;
+    let fd: number;
+    try {
+      fd = fs.openSync(path,
+        // O_NONBLOCK: opening a FIFO or a device must not hang; a regular file ignores it.
+        (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NOCTTY | fs.constants.O_NONBLOCK);
+    } catch (error) {
+      throw describeOpenError(path, (error as NodeJS.ErrnoException).code, readOnly);
+    }
+    try {
+      const stat = fs.fstatSync(fd);
+      if (stat.isDirectory()) throw new ImageError(path, 'not-a-file', 'it is a folder, not an image file');
+      if (!stat.isFile()) throw new ImageError(path, 'not-a-file', 'it is not a regular file (a device, pipe or socket cannot be an image here)');
+      const locked = libc.flock(fd, (readOnly ? libc.LOCK_SH : libc.LOCK_EX) | libc.LOCK_NB);
+      if (locked !== 0) {
+        const code = libc.errnoName(-locked);
+        if (code === 'EWOULDBLOCK' || code === 'EAGAIN') {
+          throw new ImageError(path, 'locked', readOnly
+            ? 'it is in use: another program or device is writing to it'
+            : 'it is in use: another program or device has it open');
+        }
+        throw new ImageError(path, 'locked', `it cannot be locked (${code})`);
+      }
+      if (stat.size === 0) throw new ImageError(path, 'empty', 'it is empty (0 bytes)');
+      if (stat.size % BLOCK !== 0) {
+        throw new ImageError(path, 'size', `it is ${stat.size} bytes, which is not a whole number of ${BLOCK}-byte blocks`);
+      }
+      if (!Number.isSafeInteger(stat.size)) throw new ImageError(path, 'size', `it is too large (${stat.size} bytes)`);
+      // One read proves the data can be read (an image on a failing disk, or a FUSE file).
+      const probe = new Uint8Array(BLOCK);
+      try {
+        if (fs.readSync(fd, probe, 0, BLOCK, 0) !== BLOCK) throw new Error('short read');
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+        throw new ImageError(path, 'unreadable', `its first block cannot be read (${code})`);
+      }
+      this.size = stat.size;
+    } catch (error) {
+      fs.closeSync(fd);
+      throw error;
+    }
+    this.fd = fd;
+  }
+
+  read(offset: number, length: number, done: BlockReadCallback): void {
+    const refused = this.refuse(offset, length, false);
+    if (refused) {
+      queueMicrotask(() => done(refused, null));
+      return;
+    }
+    const buffer = new Uint8Array(length);
+    this.begin();
+    transferAll('read', this.fd, buffer, offset, (error) => {
+      this.end();
+      done(error, error ? null : buffer);
+    });
+  }
+
+  write(offset: number, data: Uint8Array, done: BlockDoneCallback): void {
+    const refused = this.refuse(offset, data.length, true);
+    if (refused) {
+      queueMicrotask(() => done(refused));
+      return;
+    }
+    // The caller may reuse its buffer once this returns.
+    const copy = data.slice();
+    this.begin();
+    transferAll('write', this.fd, copy, offset, (error) => {
+      this.end();
+      done(error);
+    });
+  }
+
+  flush(done: BlockDoneCallback): void {
+    if (this.closing) {
+      queueMicrotask(() => done(new Error(`${this.path} is closed`)));
+      return;
+    }
+    if (this.readOnly) {
+      queueMicrotask(() => done(null));
+      return;
+    }
+    this.begin();
+    fs.fdatasync(this.fd, (error) => {
+      this.end();
+      done(error);
+    });
+  }
+
+  close(): void {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.inFlight === 0) this.release();
+  }
+
+  private refuse(offset: number, length: number, write: boolean): Error | null {
+    if (this.closing) return new Error(`${this.path} is closed`);
+    if (write && this.readOnly) return new Error(`${this.path} is open read-only`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      return new RangeError(`${length} bytes at offset ${offset} lie outside ${this.path} (${this.size} bytes)`);
+    }
+    return null;
+  }
+
+  private begin(): void {
+    this.inFlight++;
+  }
+
+  private end(): void {
+    this.inFlight--;
+    if (this.closing && this.inFlight === 0) this.release();
+  }
+
+  private release(): void {
+    if (this.fd < 0) return;
+    fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
