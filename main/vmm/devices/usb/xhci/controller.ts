@@ -390,7 +390,7 @@ export class XhciController implements XhciServices {
           ir.erdpHigh = v;
         }
         ir.dequeueMoved();
-        if (!ir.hasUnread()) ir.pending = false;
+        ir.pending = ir.hasUnread();
         this.signal(i);
         return;
       default:
@@ -446,7 +446,7 @@ export class XhciController implements XhciServices {
 
   private portChanged(port: XhciPort): void {
     this.usbsts |= USBSTS_PCD;
-    if (this.running()) this.postEvent(0, 0, port.number << 24, CC_SUCCESS << 24, TRB_PORT_STATUS_CHANGE << 10, false);
+    if (this.running()) this.postEvent(0, (port.number << 24) >>> 0, 0, CC_SUCCESS << 24, TRB_PORT_STATUS_CHANGE << 10, false);
   }
 
   // --- command ring -------------------------------------------------------------------------

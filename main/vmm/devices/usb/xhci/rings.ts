@@ -145,29 +145,34 @@ export class EventRing {
     return null;
   }
 
-  /** Software moved ERDP: a full ring may take events again. */
+  /** Software moved ERDP: a full ring takes events again once there is room. */
   dequeueMoved(): void {
-    if (this.full && this.dequeue !== this.enqueue) this.full = false;
+    if (this.full && this.valid && this.after(1) !== this.dequeue) this.full = false;
   }
 
-  /** Whether events are waiting past ERDP. */
+  /** Whether events are waiting past ERDP (one slot always stays empty, so enqueue = dequeue means none). */
   hasUnread(): boolean {
-    return this.valid && (this.full || this.dequeue !== this.enqueue);
+    return this.valid && this.dequeue !== this.enqueue;
   }
 
   /**
    * Writes an event TRB. Returns 'ok', 'dropped' (ring full: Event Ring Full Error was, or is
-   * now, the last event), or 'dma' (the segment could not be written).
+   * now, the last event), or 'dma' (the segment could not be written). One slot always stays
+   * empty so that enqueue = dequeue means "empty" (xHCI 4.9.4).
    */
   post(dma: DmaMemory, p0: number, p1: number, status: number, control: number): 'ok' | 'dropped' | 'dma' {
     if (this.full) {
-      if (this.dequeue === this.enqueue) return 'dropped';
+      if (this.after(1) === this.dequeue) return 'dropped';
       this.full = false;
     }
+    const deq = this.dequeue;
+    if (this.after(1) === deq) {
+      this.full = true;
+      return 'dropped';
+    }
     const at = this.enqueue;
-    const next = this.advance();
-    if (next === this.dequeue) {
-      // One slot left: it gets Event Ring Full Error (xHCI 4.9.4), the event is lost.
+    if (this.after(2) === deq) {
+      // Room for one more: it gets Event Ring Full Error, the event is lost.
       if (this.write(dma, at, 0, 0, CC_EVENT_RING_FULL << 24, TRB_HOST_CONTROLLER_EVENT << 10) !== DMA_OK) return 'dma';
       this.step();
       this.full = true;
@@ -190,11 +195,18 @@ export class EventRing {
     return s;
   }
 
-  /** The enqueue address after one step. */
-  private advance(): number {
-    const s = this.segments[this.segment];
-    if (this.index + 1 < s.size) return s.base + (this.index + 1) * 16;
-    return this.segments[(this.segment + 1) % this.segments.length].base;
+  /** The enqueue address `steps` (1 or 2) TRBs on. */
+  private after(steps: number): number {
+    let segment = this.segment;
+    let index = this.index;
+    for (let i = 0; i < steps; i++) {
+      index++;
+      if (index >= this.segments[segment].size) {
+        index = 0;
+        segment = (segment + 1) % this.segments.length;
+      }
+    }
+    return this.segments[segment].base + index * 16;
   }
 
   private step(): void {

@@ -84,7 +84,7 @@ export class TransferEngine {
         this.hc.fatal(`transfer ring of slot ${slot.id} DCI ${ep.dci}: TRB at 0x${cursor.ptr.toString(16)} is not readable`);
         return false;
       }
-      if (r !== FETCH_OK) return this.brokenTd(ep, start, startCycle, cursor.ptr);
+      if (r !== FETCH_OK) return this.brokenTd(slot, ep, start, startCycle, cursor.ptr);
       if (trbs.length === 0) startCycle = cursor.cycle;
       trbs.push(trb);
       cursor.ptr += 16;
@@ -93,7 +93,7 @@ export class TransferEngine {
       if (type === TRB_STATUS) sawStatus = true;
       const chained = (trb.control & TRB_CH) !== 0;
       if (control ? sawStatus && !chained : !chained) break;
-      if (trbs.length >= MAX_TRBS_PER_TD) return this.brokenTd(ep, trbs[0].addr, startCycle, trb.addr);
+      if (trbs.length >= MAX_TRBS_PER_TD) return this.brokenTd(slot, ep, trbs[0].addr, startCycle, trb.addr);
     }
     // A TD starting after Links starts at its first TRB.
     const first = trbs[0];
@@ -101,12 +101,13 @@ export class TransferEngine {
   }
 
   /** Queues a TRB Error at `trbAddr`: reported in order, then the endpoint halts. */
-  private brokenTd(ep: Endpoint, start: number, startCycle: number, trbAddr: number): boolean {
+  private brokenTd(slot: Slot, ep: Endpoint, start: number, startCycle: number, trbAddr: number): boolean {
     this.hc.count('trb-errors');
     ep.inflight.push({
       transfer: null, errorTrb: trbAddr, errorCode: CC_TRB_ERROR, trbs: [], start, startCycle, end: start, endCycle: startCycle,
       complete: true, stale: false, lengths: [],
     });
+    this.retire(slot, ep);
     return false;
   }
 
@@ -156,10 +157,10 @@ export class TransferEngine {
       } else {
         lengths.push(-1);
       }
-      if (bad) return this.brokenTd(ep, start, startCycle, trb.addr);
+      if (bad) return this.brokenTd(slot, ep, start, startCycle, trb.addr);
     }
     if (firstType === TRB_SETUP) {
-      if (stage !== 2) return this.brokenTd(ep, start, startCycle, trbs[trbs.length - 1].addr);
+      if (stage !== 2) return this.brokenTd(slot, ep, start, startCycle, trbs[trbs.length - 1].addr);
       const s = trbs[0];
       setup = {
         requestType: s.p0 & 0xff, request: (s.p0 >>> 8) & 0xff, value: s.p0 >>> 16, index: s.p1 & 0xffff, length: s.p1 >>> 16,
