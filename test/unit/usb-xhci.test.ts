@@ -596,3 +596,25 @@ test('HCRST while transfers are pending cancels them and shows the connected por
   assert.equal(d.r32(OP + 4) & 1, 1);
   void DCBAA; void INPUT_CTX; void RingWriter;
 });
+
+test('the buffers of TDs in flight are bounded controller-wide; a waiting TD goes when others finish', () => {
+  const d = new Driver();
+  d.start();
+  const dev = new LoopbackDevice('high');
+  d.hc.attach(5, dev);
+  const slot = d.enumerate(5, 3);
+  d.rings.set(`${slot}/3`, new RingWriter(d.dma, 0x50000, 2048));
+  d.configure(slot, [[2, 2], [3, 6]]);
+  const ring = d.ring(slot, 3);
+  for (let td = 0; td < 5; td++) {
+    for (let i = 0; i < 256; i++) ring.push(DATA, 0, 0x10000, trb(1, i < 255 ? 1 << 4 : 1 << 5));
+  }
+  d.w32(DB + 4 * slot, 3);
+  assert.equal(dev.pendingIn, 4, '4 × 16 MiB fit in the 64 MiB budget, the fifth waits');
+  d.ring(slot, 2).push(0x55, 0, 1, trb(1, (1 << 5) | (1 << 6)));
+  d.w32(DB + 4 * slot, 2);
+  assert.equal(dev.pendingIn, 4, 'the first IN finished and the waiting fifth took its place');
+  assert.equal(d.counters.get('transfers'), 5 + 1, 'all five IN TDs and the OUT were submitted');
+  const ev = d.events();
+  assert.deepEqual(ev.filter((e) => e.ep === 3).map((e) => [e.code, e.length]), [[CC.SHORT, 0x10000 - 1]]);
+});

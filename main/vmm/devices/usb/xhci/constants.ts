@@ -191,6 +191,10 @@ export const MAX_TRBS_PER_TD = 4096;
 export const MAX_TD_BYTES = 16 * 1024 * 1024;
 /** TDs submitted to a device and not yet completed, per endpoint. */
 export const MAX_TDS_IN_FLIGHT = 32;
+/** Buffer bytes of all TDs in flight on the controller: a guest cannot make the host allocate more. */
+export const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** A TD this small goes even over the budget when its endpoint has nothing in flight. */
+export const SMALL_TD_BYTES = 1024 * 1024;
 /** TDs fetched per endpoint kick; more waits for a timer (a device that completes at once could loop). */
 export const MAX_TDS_PER_KICK = 256;
 /** Commands run per command-ring doorbell; more waits for a timer. */

@@ -422,6 +422,7 @@ export class XhciController implements XhciServices {
     this.cmdStopPending = false;
     this.cmdTimer?.();
     this.cmdTimer = null;
+    this.commands.reset();
     for (const slot of this.slots) this.transfers.abortSlot(slot);
   }
 

@@ -5,7 +5,7 @@ import type { UsbDevice, UsbSetup, UsbTransfer, UsbTransferType } from '../usb-d
 import {
   CC_BABBLE, CC_SHORT_PACKET, CC_STALL, CC_STOPPED_LENGTH_INVALID, CC_SUCCESS, CC_TRANSACTION_ERROR, CC_TRB_ERROR,
   EP_HALTED, EP_RUNNING, EP_STOPPED, EPT_CONTROL, EPT_INTR_IN, EPT_INTR_OUT, EPT_ISOCH_IN, EPT_ISOCH_OUT,
-  MAX_TD_BYTES, MAX_TDS_IN_FLIGHT, MAX_TDS_PER_KICK, MAX_TRBS_PER_TD, TRB_BEI, TRB_CH, TRB_DATA, TRB_DIR_IN,
+  MAX_INFLIGHT_BYTES, MAX_TD_BYTES, SMALL_TD_BYTES, MAX_TDS_IN_FLIGHT, MAX_TDS_PER_KICK, MAX_TRBS_PER_TD, TRB_BEI, TRB_CH, TRB_DATA, TRB_DIR_IN,
   TRB_EVENT_DATA, TRB_IDT, TRB_IOC, TRB_ISOCH, TRB_ISP, TRB_NOOP, TRB_NORMAL, TRB_SETUP, TRB_STATUS,
   TRB_TRANSFER_EVENT,
 } from './constants';
@@ -27,6 +27,10 @@ const immediate = new Uint8Array(8);
 const immediateView = new DataView(immediate.buffer);
 
 export class TransferEngine {
+  /** Buffer bytes of the TDs in flight, and the endpoints waiting for some of them to finish. */
+  private inflightBytes = 0;
+  private readonly starved = new Set<Endpoint>();
+
   constructor(private readonly hc: XhciServices) {}
 
   /** A doorbell for endpoint `dci` of a slot. */
@@ -171,14 +175,24 @@ export class TransferEngine {
       transfer: null, errorTrb: 0, errorCode: 0, trbs, start, startCycle, end: end.ptr, endCycle: end.cycle,
       complete: false, stale: false, lengths,
     };
-    ep.fetch = end.ptr;
-    ep.fetchCycle = end.cycle;
     if (firstType !== TRB_SETUP && firstType !== TRB_NORMAL && firstType !== TRB_ISOCH) {
       td.complete = true; // No-Op / Event Data: only its event
+      ep.fetch = end.ptr;
+      ep.fetchCycle = end.cycle;
       ep.inflight.push(td);
       this.retire(slot, ep);
       return true;
     }
+    if (total > 0 && this.inflightBytes > 0 && this.inflightBytes + total > MAX_INFLIGHT_BYTES
+      && !(ep.inflight.length === 0 && total <= SMALL_TD_BYTES)) {
+      // Over the controller's budget: the TD stays on the ring until others finish. An idle
+      // endpoint may still send a small TD (an OUT that a big pending IN waits for); only
+      // devices on ports have TDs in flight, so that is bounded too.
+      this.starved.add(ep);
+      return false;
+    }
+    ep.fetch = end.ptr;
+    ep.fetchCycle = end.cycle;
     const data = new Uint8Array(total);
     if (!dirIn) {
       let at = 0;
@@ -204,6 +218,7 @@ export class TransferEngine {
     if (isIsochEp) (transfer as { isoPackets?: number[] }).isoPackets = [total];
     td.transfer = transfer;
     ep.inflight.push(td);
+    this.inflightBytes += total;
     this.hc.count('transfers');
     const device = this.deviceOf(slot);
     if (device === null) {
@@ -231,6 +246,7 @@ export class TransferEngine {
   private retire(slot: Slot, ep: Endpoint): void {
     while (ep.inflight.length > 0 && ep.inflight[0].complete) {
       const td = ep.inflight.shift() as Td;
+      this.release(td);
       if (!this.finish(slot, ep, td)) return;
       ep.deq = td.end;
       ep.deqCycle = td.endCycle;
@@ -412,11 +428,33 @@ export class TransferEngine {
   private dropInflight(ep: Endpoint, slot: Slot): void {
     const tds = ep.inflight.splice(0);
     const device = this.deviceOf(slot);
-    for (const td of tds) td.stale = true;
+    for (const td of tds) {
+      td.stale = true;
+      this.release(td);
+    }
+    this.starved.delete(ep);
     for (const td of tds) {
       if (td.transfer !== null && !td.complete && device !== null) {
         this.hc.count('transfers-cancelled');
         device.cancel(td.transfer);
+      }
+    }
+  }
+
+  private release(td: Td): void {
+    if (td.transfer === null) return;
+    this.inflightBytes -= td.transfer.data.length;
+    if (this.starved.size === 0) return;
+    const waiting = [...this.starved];
+    this.starved.clear();
+    // Kicked from a timer: this runs inside another endpoint's completion.
+    for (const ep of waiting) {
+      const slot = this.hc.slots[ep.slotId];
+      if (ep.cancelTimer === null) {
+        ep.cancelTimer = this.hc.setTimer(0, () => {
+          ep.cancelTimer = null;
+          if (slot.endpoints[ep.dci] === ep && ep.state === EP_RUNNING) this.kick(slot, ep);
+        });
       }
     }
   }
