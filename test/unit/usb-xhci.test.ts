@@ -607,7 +607,7 @@ test('the buffers of TDs in flight are bounded controller-wide; a waiting TD goe
   d.configure(slot, [[2, 2], [3, 6]]);
   const ring = d.ring(slot, 3);
   for (let td = 0; td < 5; td++) {
-    for (let i = 0; i < 256; i++) ring.push(DATA, 0, 0x10000, trb(1, i < 255 ? 1 << 4 : 1 << 5));
+    for (let i = 0; i < 256; i++) ring.push(DATA, 0, 0x10000, trb(1, (i < 255 ? 1 << 4 : 1 << 5) | (1 << 2)));
   }
   d.w32(DB + 4 * slot, 3);
   assert.equal(dev.pendingIn, 4, '4 × 16 MiB fit in the 64 MiB budget, the fifth waits');

@@ -353,8 +353,10 @@ export class TransferEngine {
     if (short && !shortReported && td.transfer?.type !== 'control') {
       const last = td.trbs[td.trbs.length - 1];
       if ((last.control & TRB_IOC) && isDataTrb(trbType(last.control))) {
-        const n = td.lengths[td.trbs.length - 1];
-        this.event(slot, ep, last.addr, 0, CC_SHORT_PACKET, n, false, (last.status >>> 22) & 0x3ff, false);
+        // No ISP where it came up short: the TD's IOC TRB reports it, with what the whole TD
+        // lacks (a driver computes requested - residual).
+        const lacking = Math.min(0xffffff, (td.transfer as UsbTransfer).data.length - moved);
+        this.event(slot, ep, last.addr, 0, CC_SHORT_PACKET, lacking, false, (last.status >>> 22) & 0x3ff, false);
       }
     }
   }
