@@ -1,0 +1,474 @@
+// Transfer rings: TDs fetched from an endpoint's ring become UsbTransfers; completions write
+// IN data back and post Transfer Events in TD order.
+import { DMA_OK } from '../../../memory/dma';
+import type { UsbDevice, UsbSetup, UsbTransfer, UsbTransferType } from '../usb-device';
+import {
+  CC_BABBLE, CC_SHORT_PACKET, CC_STALL, CC_STOPPED_LENGTH_INVALID, CC_SUCCESS, CC_TRANSACTION_ERROR, CC_TRB_ERROR,
+  EP_HALTED, EP_RUNNING, EP_STOPPED, EPT_CONTROL, EPT_INTR_IN, EPT_INTR_OUT, EPT_ISOCH_IN, EPT_ISOCH_OUT,
+  MAX_INFLIGHT_BYTES, MAX_TD_BYTES, SMALL_TD_BYTES, MAX_TDS_IN_FLIGHT, MAX_TDS_PER_KICK, MAX_TRBS_PER_TD, TRB_BEI, TRB_CH, TRB_DATA, TRB_DIR_IN,
+  TRB_EVENT_DATA, TRB_IDT, TRB_IOC, TRB_ISOCH, TRB_ISP, TRB_NOOP, TRB_NORMAL, TRB_SETUP, TRB_STATUS,
+  TRB_TRANSFER_EVENT,
+} from './constants';
+import { type Endpoint, high32, low32, pointer, type Slot, type Td, type Trb, trbType, type XhciServices } from './core';
+import { FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, type RingCursor } from './rings';
+
+function isDataTrb(type: number): boolean {
+  return type === TRB_NORMAL || type === TRB_DATA || type === TRB_ISOCH;
+}
+
+function transferType(epType: number): UsbTransferType {
+  if (epType === EPT_CONTROL) return 'control';
+  if (epType === EPT_ISOCH_OUT || epType === EPT_ISOCH_IN) return 'isochronous';
+  if (epType === EPT_INTR_OUT || epType === EPT_INTR_IN) return 'interrupt';
+  return 'bulk';
+}
+
+const immediate = new Uint8Array(8);
+const immediateView = new DataView(immediate.buffer);
+
+export class TransferEngine {
+  /** Buffer bytes of the TDs in flight, and the endpoints waiting for some of them to finish. */
+  private inflightBytes = 0;
+  private readonly starved = new Set<Endpoint>();
+
+  constructor(private readonly hc: XhciServices) {}
+
+  /** A doorbell for endpoint `dci` of a slot. */
+  doorbell(slotId: number, dci: number): void {
+    const slot = this.hc.slots[slotId];
+    if (slot === undefined || !slot.enabled || dci < 1 || dci > 31) return;
+    const ep = slot.endpoints[dci];
+    if (ep === null) return;
+    if (ep.state === EP_STOPPED) {
+      ep.state = EP_RUNNING;
+      this.writeEndpointContext(slot, ep);
+    }
+    if (ep.state === EP_RUNNING) this.kick(slot, ep);
+  }
+
+  /** Fetches and submits TDs until the ring is empty, the endpoint is busy, or the work bound. */
+  kick(slot: Slot, ep: Endpoint): void {
+    if (ep.kicking) return;
+    ep.kicking = true;
+    try {
+      let tds = 0;
+      while (ep.state === EP_RUNNING && this.hc.running() && ep.inflight.length < MAX_TDS_IN_FLIGHT) {
+        const last = ep.inflight[ep.inflight.length - 1];
+        if (last !== undefined && last.errorCode !== 0) break; // nothing past a broken TD
+        if (tds >= MAX_TDS_PER_KICK) {
+          if (ep.cancelTimer === null) {
+            ep.cancelTimer = this.hc.setTimer(0, () => {
+              ep.cancelTimer = null;
+              this.kick(slot, ep);
+            });
+          }
+          break;
+        }
+        if (!this.fetchTd(slot, ep)) break;
+        tds++;
+      }
+    } finally {
+      ep.kicking = false;
+    }
+  }
+
+  /** Reads one TD at ep.fetch and submits it. False when there is none (or the ring broke). */
+  private fetchTd(slot: Slot, ep: Endpoint): boolean {
+    const cursor: RingCursor = { ptr: ep.fetch, cycle: ep.fetchCycle };
+    const trbs: Trb[] = [];
+    const start = cursor.ptr;
+    let startCycle = cursor.cycle;
+    let control = false;
+    let sawStatus = false;
+    for (;;) {
+      const trb = newTrb();
+      const r = fetchTrb(this.hc.dma, cursor, trb);
+      if (r === FETCH_EMPTY) return false; // the TD is not all there yet
+      if (r === FETCH_DMA_ERROR) {
+        this.hc.fatal(`transfer ring of slot ${slot.id} DCI ${ep.dci}: TRB at 0x${cursor.ptr.toString(16)} is not readable`);
+        return false;
+      }
+      if (r !== FETCH_OK) return this.brokenTd(slot, ep, start, startCycle, cursor.ptr);
+      if (trbs.length === 0) startCycle = cursor.cycle;
+      trbs.push(trb);
+      cursor.ptr += 16;
+      const type = trbType(trb.control);
+      if (trbs.length === 1) control = type === TRB_SETUP;
+      if (type === TRB_STATUS) sawStatus = true;
+      const chained = (trb.control & TRB_CH) !== 0;
+      if (control ? sawStatus && !chained : !chained) break;
+      if (trbs.length >= MAX_TRBS_PER_TD) return this.brokenTd(slot, ep, trbs[0].addr, startCycle, trb.addr);
+    }
+    // A TD starting after Links starts at its first TRB.
+    const first = trbs[0];
+    return this.submitTd(slot, ep, trbs, first.addr, startCycle, cursor);
+  }
+
+  /** Queues a TRB Error at `trbAddr`: reported in order, then the endpoint halts. */
+  private brokenTd(slot: Slot, ep: Endpoint, start: number, startCycle: number, trbAddr: number): boolean {
+    this.hc.count('trb-errors');
+    ep.inflight.push({
+      transfer: null, errorTrb: trbAddr, errorCode: CC_TRB_ERROR, trbs: [], start, startCycle, end: start, endCycle: startCycle,
+      complete: true, stale: false, lengths: [],
+    });
+    this.retire(slot, ep);
+    return false;
+  }
+
+  private submitTd(slot: Slot, ep: Endpoint, trbs: Trb[], start: number, startCycle: number, end: RingCursor): boolean {
+    const lengths: number[] = [];
+    let total = 0;
+    let setup: UsbSetup | null = null;
+    let dirIn = (ep.dci & 1) === 1;
+    const firstType = trbType(trbs[0].control);
+    const isControlEp = ep.type === EPT_CONTROL;
+    const isIsochEp = ep.type === EPT_ISOCH_IN || ep.type === EPT_ISOCH_OUT;
+    let stage = 0; // control: 0 setup seen, 1 in data stage, 2 status seen
+    let dataTrbs = 0;
+    for (let i = 0; i < trbs.length; i++) {
+      const trb = trbs[i];
+      const type = trbType(trb.control);
+      let bad = false;
+      if (firstType === TRB_SETUP) {
+        if (i === 0) {
+          bad = !isControlEp || (trb.control & TRB_IDT) === 0 || (trb.status & 0x1ffff) !== 8;
+        } else if (type === TRB_DATA) {
+          bad = stage !== 0 || dataTrbs > 0;
+          stage = 1;
+          dirIn = (trb.control & TRB_DIR_IN) !== 0;
+        } else if (type === TRB_NORMAL) {
+          bad = stage !== 1;
+        } else if (type === TRB_STATUS) {
+          bad = stage === 2;
+          stage = 2;
+        } else {
+          bad = type !== TRB_EVENT_DATA && type !== TRB_NOOP;
+        }
+      } else if (firstType === TRB_NORMAL || firstType === TRB_ISOCH) {
+        if (i === 0) bad = isControlEp || (firstType === TRB_ISOCH) !== isIsochEp;
+        else bad = type !== TRB_NORMAL && type !== TRB_EVENT_DATA && type !== TRB_NOOP;
+      } else {
+        // A lone No-Op or Event Data; anything else (a Status without Setup, a command TRB) is an error.
+        bad = trbs.length !== 1 || (type !== TRB_NOOP && type !== TRB_EVENT_DATA);
+      }
+      if (!bad && isDataTrb(type)) {
+        const length = trb.status & 0x1ffff;
+        if ((trb.control & TRB_IDT) !== 0 && (length > 8 || dirIn)) bad = true;
+        lengths.push(length);
+        total += length;
+        dataTrbs++;
+        if (total > MAX_TD_BYTES) bad = true;
+      } else {
+        lengths.push(-1);
+      }
+      if (bad) return this.brokenTd(slot, ep, start, startCycle, trb.addr);
+    }
+    if (firstType === TRB_SETUP) {
+      if (stage !== 2) return this.brokenTd(slot, ep, start, startCycle, trbs[trbs.length - 1].addr);
+      const s = trbs[0];
+      setup = {
+        requestType: s.p0 & 0xff, request: (s.p0 >>> 8) & 0xff, value: s.p0 >>> 16, index: s.p1 & 0xffff, length: s.p1 >>> 16,
+      };
+      if (dataTrbs === 0) dirIn = (setup.requestType & 0x80) !== 0;
+    }
+    const td: Td = {
+      transfer: null, errorTrb: 0, errorCode: 0, trbs, start, startCycle, end: end.ptr, endCycle: end.cycle,
+      complete: false, stale: false, lengths,
+    };
+    if (firstType !== TRB_SETUP && firstType !== TRB_NORMAL && firstType !== TRB_ISOCH) {
+      td.complete = true; // No-Op / Event Data: only its event
+      ep.fetch = end.ptr;
+      ep.fetchCycle = end.cycle;
+      ep.inflight.push(td);
+      this.retire(slot, ep);
+      return true;
+    }
+    if (total > 0 && this.inflightBytes > 0 && this.inflightBytes + total > MAX_INFLIGHT_BYTES
+      && !(ep.inflight.length === 0 && total <= SMALL_TD_BYTES)) {
+      // Over the controller's budget: the TD stays on the ring until others finish. An idle
+      // endpoint may still send a small TD (an OUT that a big pending IN waits for); only
+      // devices on ports have TDs in flight, so that is bounded too.
+      this.starved.add(ep);
+      return false;
+    }
+    ep.fetch = end.ptr;
+    ep.fetchCycle = end.cycle;
+    const data = new Uint8Array(total);
+    if (!dirIn) {
+      let at = 0;
+      for (let i = 0; i < trbs.length; i++) {
+        const n = lengths[i];
+        if (n <= 0) continue;
+        const trb = trbs[i];
+        if (trb.control & TRB_IDT) {
+          immediateView.setUint32(0, trb.p0, true);
+          immediateView.setUint32(4, trb.p1, true);
+          data.set(immediate.subarray(0, n), at);
+        } else if (this.hc.dma.read(pointer(trb.p0, trb.p1), data.subarray(at, at + n)) !== DMA_OK) {
+          this.hc.fatal(`slot ${slot.id} DCI ${ep.dci}: OUT buffer of TRB 0x${trb.addr.toString(16)} is not readable`);
+          return false;
+        }
+        at += n;
+      }
+    }
+    const transfer: UsbTransfer = {
+      endpoint: ep.dci >>> 1, in: dirIn, type: transferType(ep.type), setup, data,
+      status: 'pending', actualLength: 0,
+    };
+    if (isIsochEp) (transfer as { isoPackets?: number[] }).isoPackets = [total];
+    td.transfer = transfer;
+    ep.inflight.push(td);
+    this.inflightBytes += total;
+    this.hc.count('transfers');
+    const device = this.deviceOf(slot);
+    if (device === null) {
+      transfer.status = 'no-device';
+      td.complete = true;
+      this.retire(slot, ep);
+      return true;
+    }
+    let called = false;
+    device.submit(transfer, () => {
+      if (called || td.stale) return;
+      called = true;
+      td.complete = true;
+      this.retire(slot, ep);
+      if (!ep.kicking && ep.state === EP_RUNNING) this.kick(slot, ep);
+    });
+    return true;
+  }
+
+  deviceOf(slot: Slot): UsbDevice | null {
+    return this.hc.ports[slot.port - 1]?.device ?? null;
+  }
+
+  /** Finishes completed TDs at the head of the endpoint's queue, in order. */
+  private retire(slot: Slot, ep: Endpoint): void {
+    while (ep.inflight.length > 0 && ep.inflight[0].complete) {
+      const td = ep.inflight.shift() as Td;
+      this.release(td);
+      if (!this.finish(slot, ep, td)) return;
+      ep.deq = td.end;
+      ep.deqCycle = td.endCycle;
+    }
+  }
+
+  /** Posts the TD's events. False when the endpoint halted (or the controller did). */
+  private finish(slot: Slot, ep: Endpoint, td: Td): boolean {
+    if (td.errorCode !== 0) {
+      this.halt(slot, ep, td);
+      this.event(slot, ep, td.errorTrb, 0, td.errorCode, 0, false, 0, false);
+      return false;
+    }
+    const t = td.transfer;
+    if (t === null) {
+      this.postCompletionEvents(slot, ep, td, 0, false);
+      return true;
+    }
+    const total = t.data.length;
+    const actual = Math.max(0, Math.min(total, Number.isInteger(t.actualLength) ? t.actualLength : 0));
+    if (t.status === 'ok') {
+      if (t.in && actual > 0 && !this.scatter(slot, ep, td, actual)) return false;
+      this.hc.count(t.in ? 'bytes-in' : 'bytes-out', t.in ? actual : total);
+      this.postCompletionEvents(slot, ep, td, t.in ? actual : total, t.in);
+      return this.hc.running();
+    }
+    const code = t.status === 'stall' ? CC_STALL : t.status === 'babble' ? CC_BABBLE : CC_TRANSACTION_ERROR;
+    this.hc.count('transfer-errors');
+    // The TRB where the transfer stopped, and what was left of it.
+    let at = td.trbs[td.trbs.length - 1];
+    let residual = 0;
+    let before = 0;
+    for (let i = 0; i < td.trbs.length; i++) {
+      const n = td.lengths[i];
+      if (n < 0) continue;
+      if (actual < before + n || (n === 0 && actual === before)) {
+        at = td.trbs[i];
+        residual = before + n - actual;
+        break;
+      }
+      before += n;
+    }
+    const isoch = ep.type === EPT_ISOCH_IN || ep.type === EPT_ISOCH_OUT;
+    if (!isoch) this.halt(slot, ep, td);
+    this.event(slot, ep, at.addr, 0, code, residual, false, (at.status >>> 22) & 0x3ff, false);
+    return isoch && this.hc.running();
+  }
+
+  /** Writes `actual` IN bytes into the TD's data buffers. */
+  private scatter(slot: Slot, ep: Endpoint, td: Td, actual: number): boolean {
+    const data = (td.transfer as UsbTransfer).data;
+    let at = 0;
+    for (let i = 0; i < td.trbs.length && at < actual; i++) {
+      const n = Math.min(td.lengths[i], actual - at);
+      if (n <= 0) continue;
+      const trb = td.trbs[i];
+      if (this.hc.dma.write(pointer(trb.p0, trb.p1), data.subarray(at, at + n)) !== DMA_OK) {
+        this.hc.fatal(`slot ${slot.id} DCI ${ep.dci}: IN buffer of TRB 0x${trb.addr.toString(16)} is not writable`);
+        return false;
+      }
+      at += n;
+    }
+    return true;
+  }
+
+  /**
+   * The events of a TD that completed: one per IOC TRB, Short Packet where an IN transfer came
+   * up short (on a TRB with ISP or IOC, else on the TD's last IOC TRB), Event Data events with
+   * the bytes moved since the last one (EDTLA). A control TD still runs its Status stage.
+   */
+  private postCompletionEvents(slot: Slot, ep: Endpoint, td: Td, moved: number, canBeShort: boolean): void {
+    let remaining = moved;
+    let edtla = 0;
+    let short = false;
+    let shortReported = false;
+    for (let i = 0; i < td.trbs.length; i++) {
+      const trb = td.trbs[i];
+      const type = trbType(trb.control);
+      const ioc = (trb.control & TRB_IOC) !== 0;
+      const target = (trb.status >>> 22) & 0x3ff;
+      const bei = (trb.control & TRB_BEI) !== 0 && (type === TRB_NORMAL || type === TRB_ISOCH || type === TRB_EVENT_DATA);
+      if (isDataTrb(type)) {
+        if (short) continue;
+        const n = td.lengths[i];
+        const got = Math.min(n, remaining);
+        remaining -= got;
+        edtla += got;
+        if (got < n && canBeShort) {
+          short = true;
+          if (ioc || (trb.control & TRB_ISP)) {
+            this.event(slot, ep, trb.addr, 0, CC_SHORT_PACKET, n - got, false, target, bei);
+            shortReported = true;
+          }
+        } else if (ioc) {
+          this.event(slot, ep, trb.addr, 0, CC_SUCCESS, 0, false, target, bei);
+        }
+      } else if (type === TRB_EVENT_DATA) {
+        if (ioc) this.event(slot, ep, trb.p0, trb.p1, short ? CC_SHORT_PACKET : CC_SUCCESS, edtla, true, target, bei);
+        edtla = 0;
+      } else if (ioc) {
+        this.event(slot, ep, trb.addr, 0, CC_SUCCESS, 0, false, target, false);
+      }
+    }
+    if (short && !shortReported && td.transfer?.type !== 'control') {
+      const last = td.trbs[td.trbs.length - 1];
+      if ((last.control & TRB_IOC) && isDataTrb(trbType(last.control))) {
+        // No ISP where it came up short: the TD's IOC TRB reports it, with what the whole TD
+        // lacks (a driver computes requested - residual).
+        const lacking = Math.min(0xffffff, (td.transfer as UsbTransfer).data.length - moved);
+        this.event(slot, ep, last.addr, 0, CC_SHORT_PACKET, lacking, false, (last.status >>> 22) & 0x3ff, false);
+      }
+    }
+  }
+
+  private event(slot: Slot, ep: Endpoint, p0: number, p1: number, code: number, residual: number, eventData: boolean, target: number, bei: boolean): void {
+    // A TRB address (p1 0) may be above 4 GiB: split it.
+    const lo = p1 === 0 ? low32(p0) : p0;
+    const hi = p1 === 0 ? high32(p0) : p1;
+    this.hc.postEvent(
+      target,
+      lo, hi,
+      ((code << 24) | (residual & 0xffffff)) >>> 0,
+      ((slot.id << 24) | (ep.dci << 16) | (TRB_TRANSFER_EVENT << 10) | (eventData ? 1 << 2 : 0)) >>> 0,
+      bei,
+    );
+  }
+
+  /** The endpoint halts on `td`: later TDs are cancelled and will be fetched again after a reset. */
+  private halt(slot: Slot, ep: Endpoint, td: Td): void {
+    ep.state = EP_HALTED;
+    ep.deq = td.start;
+    ep.deqCycle = td.startCycle;
+    this.dropInflight(ep, slot);
+    ep.fetch = ep.deq;
+    ep.fetchCycle = ep.deqCycle;
+    this.writeEndpointContext(slot, ep);
+  }
+
+  /**
+   * Stop Endpoint: cancels what is in flight; the TD that was running gets a Stopped - Length
+   * Invalid event and will run again from its start unless software moves the dequeue pointer.
+   */
+  stop(slot: Slot, ep: Endpoint): void {
+    const head = ep.inflight[0];
+    if (head !== undefined) {
+      ep.deq = head.start;
+      ep.deqCycle = head.startCycle;
+    }
+    this.dropInflight(ep, slot);
+    ep.fetch = ep.deq;
+    ep.fetchCycle = ep.deqCycle;
+    ep.state = EP_STOPPED;
+    this.writeEndpointContext(slot, ep);
+    if (head !== undefined && head.trbs.length > 0) {
+      const trb = head.trbs[0];
+      this.event(slot, ep, trb.addr, 0, CC_STOPPED_LENGTH_INVALID, 0, false, (trb.status >>> 22) & 0x3ff, false);
+    }
+  }
+
+  /**
+   * Drops what is in flight without events (unplug, port reset, controller halt): the ring
+   * rewinds to the first unfinished TD.
+   */
+  abort(slot: Slot, ep: Endpoint): void {
+    const head = ep.inflight[0];
+    if (head !== undefined) {
+      ep.deq = head.start;
+      ep.deqCycle = head.startCycle;
+    }
+    this.dropInflight(ep, slot);
+    ep.fetch = ep.deq;
+    ep.fetchCycle = ep.deqCycle;
+    ep.cancelTimer?.();
+    ep.cancelTimer = null;
+  }
+
+  abortSlot(slot: Slot): void {
+    for (const ep of slot.endpoints) if (ep !== null) this.abort(slot, ep);
+  }
+
+  private dropInflight(ep: Endpoint, slot: Slot): void {
+    const tds = ep.inflight.splice(0);
+    const device = this.deviceOf(slot);
+    for (const td of tds) {
+      td.stale = true;
+      this.release(td);
+    }
+    this.starved.delete(ep);
+    for (const td of tds) {
+      if (td.transfer !== null && !td.complete && device !== null) {
+        this.hc.count('transfers-cancelled');
+        device.cancel(td.transfer);
+      }
+    }
+  }
+
+  private release(td: Td): void {
+    if (td.transfer === null) return;
+    this.inflightBytes -= td.transfer.data.length;
+    if (this.starved.size === 0) return;
+    const waiting = [...this.starved];
+    this.starved.clear();
+    // Kicked from a timer: this runs inside another endpoint's completion.
+    for (const ep of waiting) {
+      const slot = this.hc.slots[ep.slotId];
+      if (ep.cancelTimer === null) {
+        ep.cancelTimer = this.hc.setTimer(0, () => {
+          ep.cancelTimer = null;
+          if (slot.endpoints[ep.dci] === ep && ep.state === EP_RUNNING) this.kick(slot, ep);
+        });
+      }
+    }
+  }
+
+  /** Writes the endpoint's state and dequeue pointer to its output context. */
+  writeEndpointContext(slot: Slot, ep: Endpoint): void {
+    const base = slot.outputContext + 32 * ep.dci;
+    const dw0 = this.hc.dma.readU32(base);
+    if (dw0 < 0
+      || this.hc.dma.writeU32(base, ((dw0 & ~7) | ep.state) >>> 0) !== DMA_OK
+      || this.hc.dma.writeU64Halves(base + 8, ((low32(ep.deq) & ~0xf) | ep.deqCycle) >>> 0, high32(ep.deq)) !== DMA_OK) {
+      this.hc.fatal(`slot ${slot.id}: output endpoint context at 0x${base.toString(16)} is not writable`);
+    }
+  }
+}
