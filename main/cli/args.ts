@@ -1,6 +1,7 @@
 // Command-line parsing for `porthole`. Pure: returns what to do or throws UsageError.
 import {
-  ConfigError, defaultConfig, machineConfigFromJson, parseCpus, parseMemorySize, parseSerialBackend, type MachineConfig,
+  ConfigError, defaultConfig, machineConfigFromJson, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
+  type UsbDeviceConfig, USB_MAX_DEVICES,
 } from '../vmm/config';
 
 export class UsageError extends Error {
@@ -46,6 +47,8 @@ Machine:
                          tcp:HOST:PORT, tcp-listen:[HOST:]PORT, /dev/ttyUSB0
   --debugcon SPEC        where the debug console (port 0x402, SeaBIOS log) goes
   --option-rom PATH      an extra option ROM for the firmware (repeatable)
+  --usb DEVICE           an emulated USB device on an xHCI controller (repeatable):
+                         keyboard, tablet, storage:IMAGE or storage-ro:IMAGE
 
 Diagnostics:
   --stats                print VM exits by reason and by device when the VM ends
@@ -61,7 +64,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval',
+  '--option-rom', '--flat', '--stats-interval', '--usb',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -126,6 +129,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   let firmware: string | undefined;
   let flat: { path: string; address: number } | undefined;
   const optionRoms: string[] = [];
+  const usbDevices: UsbDeviceConfig[] = [];
 
   for (const [flag, value] of pairs) {
     const v = value as string;
@@ -160,6 +164,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--initrd': initrd = nonEmpty(flag, v); break;
       case '--append': append = v; break;
       case '--option-rom': optionRoms.push(nonEmpty(flag, v)); break;
+      case '--usb': usbDevices.push(parseUsbDevice(v)); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
       case '--serial': {
@@ -190,6 +195,11 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   if (firmware) config.boot = { kind: 'firmware', path: firmware };
   if (flat) config.boot = { kind: 'flat', ...flat };
   if (optionRoms.length) config.optionRoms = [...config.optionRoms, ...optionRoms];
+  if (usbDevices.length) {
+    const devices = [...(config.usb?.devices ?? []), ...usbDevices];
+    if (devices.length > USB_MAX_DEVICES) throw new UsageError(`at most ${USB_MAX_DEVICES} USB devices (the controller has 8 ports)`);
+    config.usb = { controller: 'xhci', devices };
+  }
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');

@@ -16,6 +16,23 @@ export type BootSource =
   /** A raw real-mode program loaded at `address` and entered at its first byte (test guests). */
   | { kind: 'flat'; path: string; address: number };
 
+/** An emulated USB device on the VM's xHCI controller. */
+export type UsbDeviceConfig =
+  /** USB mass storage (Bulk-Only Transport) backed by a raw image file. */
+  | { kind: 'storage'; path: string; readOnly: boolean }
+  | { kind: 'keyboard' }
+  /** An absolute pointer (a tablet), as a desktop VM's mouse. */
+  | { kind: 'tablet' };
+
+export interface UsbConfig {
+  /** 'xhci': a USB 3 controller on PCI (4 USB 3 and 4 USB 2 ports); 'none': no USB. */
+  controller: 'none' | 'xhci';
+  /** Plugged in at start, in order, each on the first free port of its speed. */
+  devices: UsbDeviceConfig[];
+}
+
+export const USB_MAX_DEVICES = 8;
+
 export interface MachineConfig {
   name: string;
   memoryBytes: number;
@@ -31,6 +48,8 @@ export interface MachineConfig {
   optionRoms: string[];
   /** QEMU-compatible isa-debug-exit on port 0xf4 (tests and benchmarks only). */
   debugExit: boolean;
+  /** The USB controller and its emulated devices (absent: none). */
+  usb?: UsbConfig;
 }
 
 export class ConfigError extends Error {
@@ -121,6 +140,41 @@ export function defaultConfig(): MachineConfig {
   };
 }
 
+/** Parses a --usb value: keyboard, tablet, storage:PATH or storage-ro:PATH. */
+export function parseUsbDevice(text: string): UsbDeviceConfig {
+  const t = text.trim();
+  if (t === 'keyboard' || t === 'tablet') return { kind: t };
+  const m = /^(storage|storage-ro):(.+)$/.exec(t);
+  if (m) return { kind: 'storage', path: m[2], readOnly: m[1] === 'storage-ro' };
+  throw new ConfigError(`USB device "${t}" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH`);
+}
+
+function usbConfigFromJson(v: unknown, where: string): UsbConfig {
+  if (!isRecord(v)) throw new ConfigError(`${where} must be an object like {"controller": "xhci", "devices": [...]}`);
+  for (const k of Object.keys(v)) {
+    if (k !== 'controller' && k !== 'devices') throw new ConfigError(`${where}: unknown field "${k}"`);
+  }
+  const devicesIn = v.devices ?? [];
+  if (!Array.isArray(devicesIn)) throw new ConfigError(`${where}.devices must be a list`);
+  if (devicesIn.length > USB_MAX_DEVICES) throw new ConfigError(`${where}.devices: at most ${USB_MAX_DEVICES} devices (the controller has 8 ports)`);
+  const devices = devicesIn.map((d, i): UsbDeviceConfig => {
+    const at = `${where}.devices[${i}]`;
+    if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "kind"`);
+    const allowed = d.kind === 'storage' ? ['kind', 'path', 'readOnly'] : ['kind'];
+    for (const k of Object.keys(d)) if (!allowed.includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+    if (d.kind === 'keyboard' || d.kind === 'tablet') return { kind: d.kind };
+    if (d.kind === 'storage') {
+      if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
+      return { kind: 'storage', path: str(d.path, `${at}.path`), readOnly: d.readOnly === true };
+    }
+    throw new ConfigError(`${at}.kind must be "storage", "keyboard" or "tablet"`);
+  });
+  const controller = v.controller ?? 'xhci';
+  if (controller !== 'xhci' && controller !== 'none') throw new ConfigError(`${where}.controller must be "xhci" or "none"`);
+  if (controller === 'none' && devices.length > 0) throw new ConfigError(`${where}: devices need a controller ("controller": "xhci")`);
+  return { controller, devices };
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -133,7 +187,7 @@ function str(v: unknown, where: string): string {
 /** The JSON config file format (version 1). Later issues add fields; unknown fields are errors. */
 export function machineConfigFromJson(input: unknown, source = 'config'): MachineConfig {
   if (!isRecord(input)) throw new ConfigError(`${source}: the top level must be a JSON object`);
-  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit']);
+  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb']);
   for (const k of Object.keys(input)) {
     if (!allowed.has(k)) throw new ConfigError(`${source}: unknown field "${k}"`);
   }
@@ -174,6 +228,7 @@ export function machineConfigFromJson(input: unknown, source = 'config'): Machin
     if (!Array.isArray(input.optionRoms)) throw new ConfigError(`${source}: optionRoms must be a list of paths`);
     c.optionRoms = input.optionRoms.map((p, i) => str(p, `${source}: optionRoms[${i}]`));
   }
+  if (input.usb !== undefined) c.usb = usbConfigFromJson(input.usb, `${source}: usb`);
   if (input.debugExit !== undefined) {
     if (typeof input.debugExit !== 'boolean') throw new ConfigError(`${source}: debugExit must be true or false`);
     c.debugExit = input.debugExit;

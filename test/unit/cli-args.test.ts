@@ -119,3 +119,43 @@ test('--timings is off by default, a flag without a value, and prints ms since p
   // The line the boot bench parses (test/bench/boot.ts).
   assert.match(formatTiming('first-console-byte', 1764265000123.4, 1764265000000), /^porthole: timing: first-console-byte \+123\.4 ms \(epoch 1764265000123\.4\)\n$/);
 });
+
+test('--usb adds emulated devices on an xHCI controller; bad specs name the problem', () => {
+  const r = run(['--usb', 'keyboard', '--usb', 'storage:/tmp/a.img', '--usb', 'storage-ro:/tmp/b.img', '--usb', 'tablet']);
+  assert.deepEqual(r.config.usb, {
+    controller: 'xhci',
+    devices: [
+      { kind: 'keyboard' },
+      { kind: 'storage', path: '/tmp/a.img', readOnly: false },
+      { kind: 'storage', path: '/tmp/b.img', readOnly: true },
+      { kind: 'tablet' },
+    ],
+  });
+  assert.equal(run([]).config.usb, undefined);
+  assert.throws(() => run(['--usb', 'mouse']), /USB device "mouse" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH/);
+  assert.throws(() => run(['--usb', 'storage:']), /not understood/);
+  assert.throws(() => run(Array.from({ length: 9 }, () => ['--usb', 'keyboard']).flat()), /at most 8 USB devices/);
+  // A config file's devices come first, the command line's after them.
+  const f = run(['--config', 'vm.json', '--usb', 'tablet'], { 'vm.json': { usb: { devices: [{ kind: 'keyboard' }] } } });
+  assert.deepEqual(f.config.usb?.devices, [{ kind: 'keyboard' }, { kind: 'tablet' }]);
+});
+
+test('the config file usb section is validated and its errors name the field', () => {
+  assert.deepEqual(machineConfigFromJson({ usb: { devices: [{ kind: 'storage', path: 'x.img', readOnly: true }] } }, 'a.json').usb,
+    { controller: 'xhci', devices: [{ kind: 'storage', path: 'x.img', readOnly: true }] });
+  assert.deepEqual(machineConfigFromJson({ usb: { controller: 'none' } }, 'a.json').usb, { controller: 'none', devices: [] });
+  const bad: [unknown, RegExp][] = [
+    [[], /a.json: usb must be an object/],
+    [{ ports: 4 }, /a.json: usb: unknown field "ports"/],
+    [{ controller: 'ehci' }, /a.json: usb.controller must be "xhci" or "none"/],
+    [{ devices: {} }, /a.json: usb.devices must be a list/],
+    [{ devices: ['keyboard'] }, /a.json: usb.devices\[0\] must be an object with a "kind"/],
+    [{ devices: [{ kind: 'webcam' }] }, /a.json: usb.devices\[0\].kind must be "storage", "keyboard" or "tablet"/],
+    [{ devices: [{ kind: 'storage' }] }, /a.json: usb.devices\[0\].path must be a non-empty string/],
+    [{ devices: [{ kind: 'storage', path: 'x', readOnly: 'yes' }] }, /a.json: usb.devices\[0\].readOnly must be true or false/],
+    [{ devices: [{ kind: 'keyboard', path: 'x' }] }, /a.json: usb.devices\[0\]: unknown field "path"/],
+    [{ controller: 'none', devices: [{ kind: 'keyboard' }] }, /a.json: usb: devices need a controller/],
+    [{ devices: Array.from({ length: 9 }, () => ({ kind: 'tablet' })) }, /at most 8 devices/],
+  ];
+  for (const [usb, message] of bad) assert.throws(() => machineConfigFromJson({ usb }, 'a.json'), message);
+});

@@ -90,6 +90,8 @@ export interface DeviceModel<T = unknown> {
   readonly counters?: Readonly<Record<string, Counter>>;
   /** A PCI bus this model brings (the host bridge); later models' functions attach to it. */
   readonly pciBus?: PciBus;
+  /** Releases host resources (image files and their locks) when the machine ends or is rebuilt. */
+  close?(): void;
 }
 
 /** What a device factory gets: the machine, and its shared interrupt lines. */

@@ -478,6 +478,8 @@ export class Machine implements MachineContext {
     control.setTid(0, 0);
     void Promise.all(waits).then(() => {
       for (const h of this.vcpus) h.vcpu.close();
+      // Image files and their locks: the next launch (a reset) opens them again.
+      this.platform?.close();
       this.vm.close();
       this.interrupts.close();
       this.doorbells.close();

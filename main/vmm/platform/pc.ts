@@ -9,6 +9,7 @@ import { pciPlatformDevice } from '../devices/pci';
 import { port92Device } from '../devices/port92';
 import { debugConsoleDevice, debugExitDevice, postCodeDevice } from '../devices/simple';
 import { serialPortDevice } from '../devices/uart16550';
+import { usbControllerDevice } from '../devices/usb/xhci-pci';
 
 export const PC_DEVICES: readonly DeviceFactory[] = [
   debugConsoleDevice,
@@ -23,4 +24,5 @@ export const PC_DEVICES: readonly DeviceFactory[] = [
   cmosDevice,
   fwCfgDevice,
   pciPlatformDevice,
+  usbControllerDevice,
 ];

@@ -17,7 +17,7 @@ import { PC_DEVICES } from './pc';
 export { DEBUGCON_RING };
 
 export class Platform {
-  readonly models: readonly DeviceModel[];
+  models: readonly DeviceModel[] = [];
   private readonly byName = new Map<string, DeviceModel>();
 
   constructor(ctx: MachineContext & { requestPowerOff(exitCode?: number): void }, factories: readonly DeviceFactory[] = PC_DEVICES) {
@@ -44,6 +44,19 @@ export class Platform {
       irqPin: (gsi, name) => irqLinesOf(deviceCtx).pin(gsi, name),
     };
     const models: DeviceModel[] = [];
+    try {
+      this.install(factories, deviceCtx, models);
+    } catch (e) {
+      // A device that could not be made (an image that cannot be opened): release what was.
+      this.models = models;
+      this.close();
+      throw e;
+    }
+    this.models = models;
+  }
+
+  private install(factories: readonly DeviceFactory[], deviceCtx: DeviceContext, models: DeviceModel[]): void {
+    const ctx = deviceCtx;
     let pciBus: PciBus | undefined;
     for (const make of factories) {
       const model = make(deviceCtx);
@@ -62,7 +75,17 @@ export class Platform {
       this.byName.set(model.name, model);
       models.push(model);
     }
-    this.models = models;
+  }
+
+  /** Releases every device's host resources; the machine calls it once, when it ends. */
+  close(): void {
+    for (const m of this.models) {
+      try {
+        m.close?.();
+      } catch {
+        // One device failing to let go must not keep the others' files open.
+      }
+    }
   }
 
   model(name: string): DeviceModel | undefined {

@@ -48,6 +48,13 @@ export class ImageError extends Error {
 
 export interface RawImageOptions {
   readOnly?: boolean;
+  /**
+   * Complete every operation before the call returns (readSync/writeSync/fdatasyncSync).
+   * The machine thread needs this while the image lives there: it sits in KVM_RUN, so an
+   * asynchronous completion (or a microtask) would wait for the guest's next exit, and a
+   * guest halted waiting for its disk would never make one.
+   */
+  synchronous?: boolean;
 }
 
 const BLOCK = 512;
@@ -115,10 +122,10 @@ export class RawImageFile implements BlockBackend {
 
   /** Opens and locks the image; throws ImageError when it cannot back a device. */
   static open(file: string, options: RawImageOptions = {}): RawImageFile {
-    return new RawImageFile(path.resolve(file), options.readOnly ?? false);
+    return new RawImageFile(path.resolve(file), options.readOnly ?? false, options.synchronous ?? false);
   }
 
-  private constructor(readonly path: string, readOnly: boolean) {
+  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean) {
     this.readOnly = readOnly;
     let fd: number;
     try {
@@ -166,10 +173,15 @@ export class RawImageFile implements BlockBackend {
   read(offset: number, length: number, done: BlockReadCallback): void {
     const refused = this.refuse(offset, length, false);
     if (refused) {
-      queueMicrotask(() => done(refused, null));
+      this.later(() => done(refused, null));
       return;
     }
     const buffer = new Uint8Array(length);
+    if (this.synchronous) {
+      const error = this.transferNow('read', buffer, offset);
+      done(error, error ? null : buffer);
+      return;
+    }
     this.begin();
     transferAll('read', this.fd, buffer, offset, (error) => {
       this.end();
@@ -180,7 +192,11 @@ export class RawImageFile implements BlockBackend {
   write(offset: number, data: Uint8Array, done: BlockDoneCallback): void {
     const refused = this.refuse(offset, data.length, true);
     if (refused) {
-      queueMicrotask(() => done(refused));
+      this.later(() => done(refused));
+      return;
+    }
+    if (this.synchronous) {
+      done(this.transferNow('write', data, offset));
       return;
     }
     // The caller may reuse its buffer once this returns.
@@ -194,11 +210,20 @@ export class RawImageFile implements BlockBackend {
 
   flush(done: BlockDoneCallback): void {
     if (this.closing) {
-      queueMicrotask(() => done(new Error(`${this.path} is closed`)));
+      this.later(() => done(new Error(`${this.path} is closed`)));
       return;
     }
     if (this.readOnly) {
-      queueMicrotask(() => done(null));
+      this.later(() => done(null));
+      return;
+    }
+    if (this.synchronous) {
+      try {
+        fs.fdatasyncSync(this.fd);
+        done(null);
+      } catch (error) {
+        done(error as Error);
+      }
       return;
     }
     this.begin();
@@ -212,6 +237,27 @@ export class RawImageFile implements BlockBackend {
     if (this.closing) return;
     this.closing = true;
     if (this.inFlight === 0) this.release();
+  }
+
+  /** A completion that has no I/O behind it: inline when synchronous, else a microtask. */
+  private later(fn: () => void): void {
+    if (this.synchronous) fn();
+    else queueMicrotask(fn);
+  }
+
+  private transferNow(op: 'read' | 'write', buffer: Uint8Array, position: number): Error | null {
+    try {
+      for (let moved = 0; moved < buffer.length;) {
+        const count = op === 'read'
+          ? fs.readSync(this.fd, buffer, moved, buffer.length - moved, position + moved)
+          : fs.writeSync(this.fd, buffer, moved, buffer.length - moved, position + moved);
+        if (count === 0) return new Error(`${op === 'read' ? 'end of file' : 'nothing written'} at offset ${position + moved}`);
+        moved += count;
+      }
+      return null;
+    } catch (error) {
+      return error as Error;
+    }
   }
 
   private refuse(offset: number, length: number, write: boolean): Error | null {

@@ -159,8 +159,8 @@ export class UsbStorage extends UsbDeviceBase {
  * problem (missing, locked, unreadable, empty, not a whole number of blocks) before any
  * device exists.
  */
-export function openUsbStorage(path: string, options: UsbStorageOptions & { readOnly?: boolean } = {}): UsbStorage {
-  const backend = RawImageFile.open(path, { readOnly: options.readOnly });
+export function openUsbStorage(path: string, options: UsbStorageOptions & { readOnly?: boolean; synchronous?: boolean } = {}): UsbStorage {
+  const backend = RawImageFile.open(path, { readOnly: options.readOnly, synchronous: options.synchronous });
   try {
     return new UsbStorage(backend, {
       serial: serialFrom(backend.path),

@@ -1,0 +1,115 @@
+// The xHCI controller as a PCI function (class 0x0c0330) and its device model. BAR 0 holds the
+// controller's registers and, past them, the MSI-X table and PBA; interrupter n raises MSI-X
+// vector n, or INTx A while MSI-X is off. The emulated devices of the VM's config are plugged
+// in at build time; a reset rebuilds them with the machine.
+import { DmaMemory } from '../../memory/dma';
+import type { UsbConfig, UsbDeviceConfig } from '../../config';
+import { monotonicMs } from '../../shared/control';
+import { type Counter, counter, type DeviceContext, type DeviceFactory, type IoDevice } from '../device';
+import { MsixCapability } from '../pci/msix';
+import { PCI_CFG, PCI_COMMAND, PciDevice } from '../pci/pci-device';
+import { openUsbStorage, UsbStorage } from './storage/usb-storage';
+import { UsbKeyboard } from './hid-keyboard';
+import { UsbTablet } from './hid-tablet';
+import type { UsbDevice } from './usb-device';
+import { XhciController } from './xhci';
+import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
+
+/** Where the controller sits on bus 0. */
+export const XHCI_PCI_SLOT = 4;
+/** MSI-X table and PBA inside BAR 0, clear of the controller's registers (which end below 0x4000). */
+const MSIX_TABLE_OFFSET = 0x8000;
+const MSIX_PBA_OFFSET = 0x9000;
+/** Serial Bus Release Number register (xHCI 5.2.3): 0x30 = USB 3.0. */
+const PCI_SBRN = 0x60;
+const PCI_FLADJ = 0x61;
+
+export class XhciPci extends PciDevice {
+  readonly controller: XhciController;
+  readonly msix: MsixCapability;
+  /** Interrupters whose level is up while MSI-X is off (they share INTx A). */
+  private intxLevels = 0;
+
+  constructor(ctx: DeviceContext) {
+    // Register-compatible with QEMU's qemu-xhci (1b36:000d): guests' drivers need no quirks.
+    super('xhci', { vendorId: 0x1b36, deviceId: 0x000d, classCode: 0x0c0330, revision: 1, interruptPin: 1 });
+    this.config[PCI_SBRN] = 0x30;
+    this.config[PCI_FLADJ] = 0x20;
+    const bar: IoDevice = {
+      name: 'xhci',
+      read: (offset, size) => this.msix.readBar(0, offset, size) ?? this.controller.read(offset, size),
+      write: (offset, size, value) => {
+        if (!this.msix.writeBar(0, offset, size, value)) this.controller.write(offset, size, value);
+      },
+    };
+    this.defineBar(0, { kind: 'mem64', size: XHCI_BAR_SIZE, mmio: bar });
+    this.msix = new MsixCapability(this, {
+      vectors: MAX_INTRS, tableBar: 0, tableOffset: MSIX_TABLE_OFFSET, pbaBar: 0, pbaOffset: MSIX_PBA_OFFSET,
+    }, { router: ctx.interrupts, statistics: ctx.statistics });
+    const counters = new Map<string, Counter>();
+    const dma = new DmaMemory(ctx.memory, () => (this.config[PCI_CFG.COMMAND] & PCI_COMMAND.MASTER) !== 0);
+    this.controller = new XhciController({
+      dma,
+      interrupts: { raise: (i) => this.raise(i), lower: (i) => this.lower(i) },
+      clock: { now: monotonicMs, setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn) },
+      count: (name, n) => {
+        let c = counters.get(name);
+        if (!c) {
+          c = counter(ctx.statistics, 'xhci', name);
+          counters.set(name, c);
+        }
+        c.add(n);
+      },
+      log: (text) => ctx.log(`xhci: ${text}`),
+    });
+  }
+
+  private raise(interrupter: number): boolean {
+    if (this.msix.enabled) {
+      this.msix.notify(interrupter);
+      return true;
+    }
+    this.intxLevels |= 1 << interrupter;
+    this.setIntx(true);
+    return false;
+  }
+
+  private lower(interrupter: number): void {
+    this.intxLevels &= ~(1 << interrupter);
+    if (this.intxLevels === 0) this.setIntx(false);
+  }
+}
+
+/** Makes the emulated device a config entry names; throws a clear error (an image that cannot be used). */
+export function createUsbDevice(config: UsbDeviceConfig, ctx: Pick<DeviceContext, 'setTimer'>): UsbDevice {
+  switch (config.kind) {
+    // The idle-rate timer repeats held keys' reports (SeaBIOS's key repeat counts on it).
+    case 'keyboard': return new UsbKeyboard({ timers: { now: monotonicMs, set: (ms, fn) => ctx.setTimer(ms, fn) } });
+    case 'tablet': return new UsbTablet();
+    case 'storage': return openUsbStorage(config.path, { readOnly: config.readOnly, synchronous: true });
+  }
+}
+
+/** The USB controller of the VM's config, with its devices plugged in (none: no model). */
+export const usbControllerDevice: DeviceFactory = (ctx) => {
+  const usb: UsbConfig | undefined = ctx.config.usb;
+  if (!usb || usb.controller === 'none') return null;
+  const xhci = new XhciPci(ctx);
+  const storage: UsbStorage[] = [];
+  const close = (): void => {
+    for (const s of storage) s.close();
+  };
+  try {
+    usb.devices.forEach((d, i) => {
+      const device = createUsbDevice(d, ctx);
+      if (device instanceof UsbStorage) storage.push(device);
+      if (xhci.controller.attachAnywhere(device) < 0) {
+        throw new Error(`usb.devices[${i}] (${device.name}): the xHCI controller has no free ${device.speed}-speed port`);
+      }
+    });
+  } catch (e) {
+    close();
+    throw e;
+  }
+  return { name: 'xhci', instance: xhci, pci: [{ slot: XHCI_PCI_SLOT, fn: 0, device: xhci }], close };
+};
