@@ -398,6 +398,12 @@ test('pointers outside guest RAM raise Host System Error and halt, never throw',
   f.w64(IR0 + 0x10, ERST);
   assert.ok(f.usbsts & (1 << 2));
 
+  const u = new Driver();
+  u.start();
+  u.dma.writeU64(ERST, EVENT_RING + 0x10); // a segment base that is not 64-byte aligned
+  u.w64(IR0 + 0x10, ERST);
+  assert.ok(u.usbsts & (1 << 2));
+
   // A command ring pointing outside RAM.
   const g = new Driver();
   g.start();
