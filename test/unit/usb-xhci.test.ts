@@ -698,3 +698,15 @@ test('Stop Endpoint on an idle endpoint posts no Transfer Event', () => {
   assert.deepEqual(d.events().map((e) => [e.type, e.param]), [[T.COMMAND, at]]);
   assert.equal(d.epState(slot, 3), 3);
 });
+
+test('rings wrap: Link TRBs with Toggle Cycle on the command ring, event ring cycle flips', () => {
+  const d = new Driver();
+  d.start(16);
+  for (let i = 0; i < 200; i++) {
+    const ev = d.command(0, 0, 0, trb(23));
+    assert.equal(ev.code, CC.SUCCESS, `command ${i}`);
+  }
+  assert.equal(d.eventCycle, d.hc.interrupters[0].cycleState);
+  assert.equal(d.eventDeq, d.hc.interrupters[0].enqueue);
+  assert.equal(d.usbsts & 1, 0);
+});
