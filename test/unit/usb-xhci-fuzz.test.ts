@@ -1,6 +1,6 @@
 // Fuzz of the xHCI controller: random programs of commands, contexts, transfer TRBs, register
 // writes, memory scribbles and device behaviour, from a seeded PRNG. PORTHOLE_FUZZ_CASES sets
-// the number of cases (default 10^5). Checked after every step: nothing throws, the work per
+// the number of cases (default 10^5), PORTHOLE_FUZZ_SEED the seed. Checked after every step: nothing throws, the work per
 // call is bounded, the event ring the driver reads is consistent (types, cycle bits, the
 // controller's enqueue pointer), and the run state and ports make sense.
 import assert from 'node:assert/strict';
@@ -14,6 +14,7 @@ import {
 } from '../helpers/xhci-driver';
 
 const CASES = Number(process.env.PORTHOLE_FUZZ_CASES ?? 100000);
+const SEED = Number(process.env.PORTHOLE_FUZZ_SEED ?? 0x90001);
 const CASES_PER_SESSION = 250;
 /** DMA calls one top-level call may make: commands × context size, TDs × TRBs... generous but finite. */
 const MAX_DMA_PER_CALL = 2_000_000;
@@ -269,7 +270,7 @@ class Fuzzer {
 }
 
 test(`xHCI fuzz: ${CASES} random programs of rings, contexts, TRBs and registers`, () => {
-  const rng = new Prng(0x9_0001);
+  const rng = new Prng(SEED);
   let done = 0;
   let sessions = 0;
   const totals = new Map<string, number>();

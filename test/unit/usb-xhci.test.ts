@@ -398,6 +398,12 @@ test('pointers outside guest RAM raise Host System Error and halt, never throw',
   f.w64(IR0 + 0x10, ERST);
   assert.ok(f.usbsts & (1 << 2));
 
+  const u = new Driver();
+  u.start();
+  u.dma.writeU64(ERST, EVENT_RING + 0x10); // a segment base that is not 64-byte aligned
+  u.w64(IR0 + 0x10, ERST);
+  assert.ok(u.usbsts & (1 << 2));
+
   // A command ring pointing outside RAM.
   const g = new Driver();
   g.start();
@@ -617,4 +623,90 @@ test('the buffers of TDs in flight are bounded controller-wide; a waiting TD goe
   assert.equal(d.counters.get('transfers'), 5 + 1, 'all five IN TDs and the OUT were submitted');
   const ev = d.events();
   assert.deepEqual(ev.filter((e) => e.ep === 3).map((e) => [e.code, e.length]), [[CC.SHORT, 0x10000 - 1]]);
+});
+
+test('isochronous TDs, BEI, Evaluate Context, and a short packet without ISP', () => {
+  const d = new Driver();
+  d.start();
+  const dev = new LoopbackDevice('super');
+  d.hc.attach(2, dev);
+  const slot = d.enumerate(2, 4);
+  assert.equal(d.configure(slot, [[2, 2], [3, 5]]).code, CC.SUCCESS); // bulk OUT, isoch IN
+  // Isoch IN of 16 bytes with 4 available: Short Packet, the endpoint keeps running.
+  d.ring(slot, 2).push(0x04030201, 0, 4, trb(1, (1 << 5) | (1 << 6)));
+  d.w32(DB + 4 * slot, 2);
+  d.events();
+  const iso = d.ring(slot, 3).push(DATA, 0, 16, trb(5, (1 << 5) | (1 << 2)));
+  d.w32(DB + 4 * slot, 3);
+  let ev = d.events();
+  assert.deepEqual(ev.map((e) => [e.code, e.param, e.length]), [[CC.SHORT, iso, 12]]);
+  assert.deepEqual(bytes(d, DATA, 4), [1, 2, 3, 4]);
+  assert.equal(d.epState(slot, 3), 1);
+  // A Normal TRB at the head of an isoch TD is a TRB Error.
+  const bad = d.ring(slot, 3).push(DATA, 0, 16, trb(1, 1 << 5));
+  d.w32(DB + 4 * slot, 3);
+  ev = d.events();
+  assert.deepEqual(ev.map((e) => [e.code, e.param]), [[CC.TRB, bad]]);
+
+  // BEI: the event is written but no interrupt; the next event without BEI interrupts.
+  d.w32(IR0, 3); // an INTx driver clears IP
+  const raised = d.raised.length;
+  d.ring(slot, 2).push(0x1, 0, 1, trb(1, (1 << 5) | (1 << 6) | (1 << 9)));
+  d.w32(DB + 4 * slot, 2);
+  assert.equal(d.raised.length, raised);
+  assert.equal(d.events().length, 1);
+  d.ring(slot, 2).push(0x1, 0, 1, trb(1, (1 << 5) | (1 << 6)));
+  d.w32(DB + 4 * slot, 2);
+  assert.equal(d.raised.length, raised + 1);
+  d.events();
+
+  // Evaluate Context: EP0 Max Packet Size and the slot's Max Exit Latency.
+  d.dma.fill(INPUT_CTX, 33 * 32, 0);
+  d.dma.writeU32(INPUT_CTX + 4, 3);
+  d.dma.writeU32(INPUT_CTX + 32 + 4, 0x1234);
+  d.dma.writeU32(INPUT_CTX + 64 + 4, 512 << 16);
+  assert.equal(d.command(INPUT_CTX, 0, 0, trb(13, slot << 24)).code, CC.SUCCESS);
+  const out = 0x8000 + 0x400 * slot;
+  assert.equal(d.dma.readU32(out + 4) & 0xffff, 0x1234);
+  assert.equal(d.dma.readU32(out + 32 + 4) >>> 16, 512);
+
+  // Bulk IN without ISP on a chain that comes up short: the IOC TRB reports the whole shortfall.
+  const dOut = new Driver();
+  dOut.start();
+  const lb = new LoopbackDevice('high');
+  dOut.hc.attach(5, lb);
+  const s2 = dOut.enumerate(5, 3);
+  dOut.configure(s2, [[2, 2], [3, 6]]);
+  dOut.ring(s2, 2).push(0x0201, 0, 2, trb(1, (1 << 5) | (1 << 6)));
+  dOut.w32(DB + 4 * s2, 2);
+  dOut.events();
+  dOut.ring(s2, 3).push(DATA, 0, 8, trb(1, 1 << 4));
+  const lastTrb = dOut.ring(s2, 3).push(DATA + 8, 0, 8, trb(1, 1 << 5));
+  dOut.w32(DB + 4 * s2, 3);
+  ev = dOut.events();
+  assert.deepEqual(ev.map((e) => [e.code, e.param, e.length]), [[CC.SHORT, lastTrb, 14]]);
+});
+
+test('Stop Endpoint on an idle endpoint posts no Transfer Event', () => {
+  const d = new Driver();
+  d.start();
+  d.hc.attach(5, new LoopbackDevice('high'));
+  const slot = d.enumerate(5, 3);
+  d.configure(slot, [[3, 6]]);
+  const at = d.cmd.push(0, 0, 0, trb(15, (slot << 24) | (3 << 16)));
+  d.w32(DB, 0);
+  assert.deepEqual(d.events().map((e) => [e.type, e.param]), [[T.COMMAND, at]]);
+  assert.equal(d.epState(slot, 3), 3);
+});
+
+test('rings wrap: Link TRBs with Toggle Cycle on the command ring, event ring cycle flips', () => {
+  const d = new Driver();
+  d.start(16);
+  for (let i = 0; i < 200; i++) {
+    const ev = d.command(0, 0, 0, trb(23));
+    assert.equal(ev.code, CC.SUCCESS, `command ${i}`);
+  }
+  assert.equal(d.eventCycle, d.hc.interrupters[0].cycleState);
+  assert.equal(d.eventDeq, d.hc.interrupters[0].enqueue);
+  assert.equal(d.usbsts & 1, 0);
 });

@@ -197,5 +197,7 @@ export const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 export const SMALL_TD_BYTES = 1024 * 1024;
 /** TDs fetched per endpoint kick; more waits for a timer (a device that completes at once could loop). */
 export const MAX_TDS_PER_KICK = 256;
+/** TRBs read per endpoint kick (at least MAX_TRBS_PER_TD, so one TD always fits); more waits for a timer. */
+export const MAX_TRBS_PER_KICK = 16384;
 /** Commands run per command-ring doorbell; more waits for a timer. */
 export const MAX_COMMANDS_PER_KICK = 256;

@@ -72,6 +72,8 @@ export class Endpoint {
   /** A continuation of a kick that hit MAX_TDS_PER_KICK. */
   cancelTimer: (() => void) | null = null;
   kicking = false;
+  /** TRBs the current kick may still read. */
+  trbBudget = 0;
   constructor(readonly slotId: number, readonly dci: number) {}
 }
 

@@ -5,7 +5,7 @@ import type { UsbDevice, UsbSetup, UsbTransfer, UsbTransferType } from '../usb-d
 import {
   CC_BABBLE, CC_SHORT_PACKET, CC_STALL, CC_STOPPED_LENGTH_INVALID, CC_SUCCESS, CC_TRANSACTION_ERROR, CC_TRB_ERROR,
   EP_HALTED, EP_RUNNING, EP_STOPPED, EPT_CONTROL, EPT_INTR_IN, EPT_INTR_OUT, EPT_ISOCH_IN, EPT_ISOCH_OUT,
-  MAX_INFLIGHT_BYTES, MAX_TD_BYTES, SMALL_TD_BYTES, MAX_TDS_IN_FLIGHT, MAX_TDS_PER_KICK, MAX_TRBS_PER_TD, TRB_BEI, TRB_CH, TRB_DATA, TRB_DIR_IN,
+  MAX_INFLIGHT_BYTES, MAX_TD_BYTES, SMALL_TD_BYTES, MAX_TDS_IN_FLIGHT, MAX_TDS_PER_KICK, MAX_TRBS_PER_KICK, MAX_TRBS_PER_TD, TRB_BEI, TRB_CH, TRB_DATA, TRB_DIR_IN,
   TRB_EVENT_DATA, TRB_IDT, TRB_IOC, TRB_ISOCH, TRB_ISP, TRB_NOOP, TRB_NORMAL, TRB_SETUP, TRB_STATUS,
   TRB_TRANSFER_EVENT,
 } from './constants';
@@ -52,10 +52,11 @@ export class TransferEngine {
     ep.kicking = true;
     try {
       let tds = 0;
+      ep.trbBudget = MAX_TRBS_PER_KICK;
       while (ep.state === EP_RUNNING && this.hc.running() && ep.inflight.length < MAX_TDS_IN_FLIGHT) {
         const last = ep.inflight[ep.inflight.length - 1];
         if (last !== undefined && last.errorCode !== 0) break; // nothing past a broken TD
-        if (tds >= MAX_TDS_PER_KICK) {
+        if (tds >= MAX_TDS_PER_KICK || ep.trbBudget < MAX_TRBS_PER_TD) {
           if (ep.cancelTimer === null) {
             ep.cancelTimer = this.hc.setTimer(0, () => {
               ep.cancelTimer = null;
@@ -90,6 +91,7 @@ export class TransferEngine {
       }
       if (r !== FETCH_OK) return this.brokenTd(slot, ep, start, startCycle, cursor.ptr);
       if (trbs.length === 0) startCycle = cursor.cycle;
+      ep.trbBudget--;
       trbs.push(trb);
       cursor.ptr += 16;
       const type = trbType(trb.control);
