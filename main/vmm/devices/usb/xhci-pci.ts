@@ -81,10 +81,11 @@ export class XhciPci extends PciDevice {
 }
 
 /** Makes the emulated device a config entry names; throws a clear error (an image that cannot be used). */
-export function createUsbDevice(config: UsbDeviceConfig, ctx: Pick<DeviceContext, 'setTimer'>): UsbDevice {
+export function createUsbDevice(config: UsbDeviceConfig): UsbDevice {
   switch (config.kind) {
-    // The idle-rate timer repeats held keys' reports (SeaBIOS's key repeat counts on it).
-    case 'keyboard': return new UsbKeyboard({ timers: { now: monotonicMs, set: (ms, fn) => ctx.setTimer(ms, fn) } });
+    // Without the idle-rate clock: with it SeaBIOS hung before enumerating the port (under
+    // investigation), so held keys do not repeat in SeaBIOS for now; Linux repeats keys itself.
+    case 'keyboard': return new UsbKeyboard();
     case 'tablet': return new UsbTablet();
     case 'storage': return openUsbStorage(config.path, { readOnly: config.readOnly, synchronous: true });
   }
@@ -101,7 +102,7 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
   };
   try {
     usb.devices.forEach((d, i) => {
-      const device = createUsbDevice(d, ctx);
+      const device = createUsbDevice(d);
       if (device instanceof UsbStorage) storage.push(device);
       if (xhci.controller.attachAnywhere(device) < 0) {
         throw new Error(`usb.devices[${i}] (${device.name}): the xHCI controller has no free ${device.speed}-speed port`);
