@@ -38,7 +38,7 @@ test('SeaBIOS boots from a USB stick on the xHCI (its only disk) and reads its s
       { timeoutMs: 120_000 });
     const log = r.output[DEBUGCON];
     assert.deepEqual(r.end, { reason: 'poweroff', exitCode: 0x55 }, log);
-    assert.match(log, /XHCI init on dev 00:04\.0/);
+    assert.match(log, /PCI: XHCI at 00:04\.0/);
     assert.match(log, /USB keyboard initialized/);
     assert.match(log, /Booting from Hard Disk/);
     assert.match(log, /usb-boot: running from the USB stick\nusb-boot: sector 1 holds the marker\n/);
