@@ -10,7 +10,7 @@ import { ConfigError, type MachineConfig } from '../config';
 import { FW_CFG, type FwCfg, u16, u32, u64 } from '../devices/fw-cfg';
 import { buildE820, E820_RAM, encodeE820 } from '../platform/e820';
 import { COM_PORTS } from '../platform/layout';
-import type { Machine } from '../machine/machine';
+import type { BootTarget } from './boot-target';
 import { allocateRom, FOUR_GIB, type GuestMemory } from '../memory/guest-memory';
 
 /** Where Debian's seabios package puts the image (256 KiB first: it has more features). */
@@ -52,7 +52,7 @@ async function readUserFile(file: string, what: string): Promise<Uint8Array> {
   }
 }
 
-export async function bootFirmware(machine: Machine, _vcpus: KvmVcpu[]): Promise<void> {
+export async function bootFirmware(machine: BootTarget, _vcpus: KvmVcpu[]): Promise<void> {
   const file = await findFirmware(machine.config);
   const image = await readUserFile(file, 'firmware');
   if (image.length < MIN_FIRMWARE_SIZE || image.length > MAX_FIRMWARE_SIZE || image.length % 0x1000 !== 0) {

@@ -2,9 +2,9 @@
 // Used by test guests and benchmarks that need no firmware.
 import { readFile } from 'node:fs/promises';
 import type { KvmVcpu } from '../../../native';
-import type { Machine } from '../machine/machine';
+import type { BootTarget } from './boot-target';
 
-export async function bootFlat(machine: Machine, bsp: KvmVcpu, file: string, address: number): Promise<void> {
+export async function bootFlat(machine: BootTarget, bsp: KvmVcpu, file: string, address: number): Promise<void> {
   const image = await readFile(file).catch((e: NodeJS.ErrnoException) => {
     throw new Error(`cannot read test program ${file}: ${e.code ?? e.message}`);
   });

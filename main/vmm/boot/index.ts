@@ -1,11 +1,11 @@
 // Puts the boot payload into guest memory and sets the vCPUs' starting state.
 import type { KvmVcpu } from '../../../native';
-import type { Machine } from '../machine/machine';
+import type { BootTarget } from './boot-target';
 import { bootFirmware } from './firmware';
 import { bootFlat } from './flat';
 import { bootLinux } from './linux';
 
-export async function prepareBoot(machine: Machine, vcpus: KvmVcpu[]): Promise<void> {
+export async function prepareBoot(machine: BootTarget, vcpus: KvmVcpu[]): Promise<void> {
   const boot = machine.config.boot;
   switch (boot.kind) {
     case 'flat':

@@ -10,7 +10,7 @@ import type { KvmVcpu } from '../../../native';
 import { buildAcpiTables, IAPC_BOOT_ARCH, type AcpiOptions } from '../platform/acpi';
 import { buildE820, type E820Entry } from '../platform/e820';
 import type { BootSource } from '../config';
-import type { Machine } from '../machine/machine';
+import type { BootTarget } from './boot-target';
 import type { GuestMemory } from '../memory/guest-memory';
 import { buildMpTable, type PciIrqWire } from '../platform/mptable';
 import { ACPI_SCI_IRQ } from '../platform/layout';
@@ -532,7 +532,7 @@ export function hostIsPvm(): boolean {
 
 /** Boots `boot.kernel` on `machine`: loads it and puts the BSP at its entry point. */
 export async function bootLinux(
-  machine: Machine, vcpus: KvmVcpu[], boot: { kernel: string; initrd?: string; append: string },
+  machine: BootTarget, vcpus: KvmVcpu[], boot: { kernel: string; initrd?: string; append: string },
 ): Promise<LinuxLoadResult> {
   const [kernel, initrd] = await Promise.all([
     readInput(boot.kernel, 'kernel'),

@@ -6,10 +6,10 @@
 // machine thread, which dispatches every vCPU's exits, so each of these counters has one
 // writer and no count can be lost; the VM host reads them with Atomics.load. A locked add
 // costs about 25 ns here, a tenth of the budget of an exit (see test/bench/README.md).
-import { allOnes, type IoDevice, privateStatistics } from './device';
+import { allOnes, type IoDevice, privateStatistics } from './io-device';
 import type { StatsRegistry } from '../shared/stats';
 
-export type { IoDevice } from './device';
+export type { IoDevice } from './io-device';
 
 const UNASSIGNED = 0;
 const UNASSIGNED_NAME = 'unassigned';

@@ -17,21 +17,12 @@ import type { MmioBus, PioBus } from './bus';
 import type { MachineContext } from './context';
 import type { PciBus } from './pci/pci-bus';
 import type { PciDevice } from './pci/pci-device';
-import { type CounterUnit, StatsRegistry } from '../shared/stats';
+import type { Counter, IoDevice } from './io-device';
 import type { IrqPin } from '../platform/irq';
 import type { PciIrqWire } from '../platform/mptable';
 
-export interface IoDevice {
-  /** Shown in statistics and errors; also the counter group of its bus accesses. */
-  readonly name: string;
-  /** `offset` is relative to the registered base; `size` is 1, 2 or 4. */
-  read(offset: number, size: number): number;
-  write(offset: number, size: number, value: number): void;
-  /** An 8-byte MMIO read as one access: fills halves[0] (low) and halves[1] (high). */
-  read64?(offset: number, halves: Uint32Array): void;
-  /** An 8-byte MMIO write as one access, as its low and high 32-bit halves. */
-  write64?(offset: number, low: number, high: number): void;
-}
+export { allOnes, Counter, counter, type IoDevice, privateStatistics } from './io-device';
+
 
 /** A register block at a fixed place in port or memory space. */
 export interface IoRange {
@@ -104,38 +95,7 @@ export interface DeviceContext extends MachineContext {
 /** Makes one device of a machine (null: not in this configuration, e.g. isa-debug-exit). */
 export type DeviceFactory = (ctx: DeviceContext) => DeviceModel | null;
 
-/**
- * One counter of a device, bound to its registry slot. A device counts on the thread it
- * lives on (the machine thread), the counter's only writer, so add() is a plain store (a
- * locked Atomics.add costs ~25 ns); counters several threads bump use StatsRegistry.add.
- */
-export class Counter {
-  private readonly counts: Uint32Array;
-  constructor(registry: StatsRegistry, readonly slot: number) {
-    this.counts = registry.counts;
-  }
-  add(n = 1): void {
-    this.counts[this.slot] += n;
-  }
-  /** The raw 32-bit count (it wraps; the VM host's sampler makes totals of it). */
-  get value(): number {
-    return Atomics.load(this.counts, this.slot);
-  }
-}
 
-export function counter(registry: StatsRegistry, group: string, name: string, unit: CounterUnit = 'count'): Counter {
-  return new Counter(registry, registry.counter(group, name, unit));
-}
-
-/** A small registry of its own, for a device built outside a machine (unit tests, tools). */
-export function privateStatistics(): StatsRegistry {
-  return new StatsRegistry(new SharedArrayBuffer(256 * 4));
-}
-
-/** All ones of `size` bytes: what an access nothing decodes reads. */
-export function allOnes(size: number): number {
-  return size >= 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
-}
 
 /** Where a device model's declared blocks go. */
 export interface DeviceBuses {

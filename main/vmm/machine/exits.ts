@@ -4,7 +4,7 @@
 // and these constants are read on every exit.
 import { type CoalescedRing, EXIT, EXIT_NAMES, RUN } from '../../../native/kvm';
 import type { MmioBus, PioBus } from '../devices/bus';
-import { privateStatistics } from '../devices/device';
+import { privateStatistics } from '../devices/io-device';
 import type { StatsRegistry } from '../shared/stats';
 
 /** Counter names of KVM exit reasons (group 'exits'); others are counted as exit_<n>. */

@@ -12,7 +12,7 @@
 // interrupt with no JavaScript on the way. Masking unbinds it: writes then wait in the
 // eventfd's counter, and become the pending bit when the PBA is read or the vector is
 // unmasked (then sent once).
-import type { IoDevice } from '../device';
+import type { IoDevice } from '../io-device';
 import type { MsiMessage, MsiRoute, MsiRouter } from '../interrupts';
 import type { StatsRegistry } from '../../shared/stats';
 import { PCI_CAP_ID, PCI_CFG, PCI_COMMAND, type PciDevice } from './pci-device';

@@ -2,7 +2,7 @@
 // (dword, bit 31 enables), data at 0xcfc-0xcff (byte/word/dword), and the PIIX reset
 // control register, a byte at 0xcf9 in the middle of the address register.
 import type { MmioBus, PioBus } from '../bus';
-import { allOnes, type IoDevice } from '../device';
+import { allOnes, type IoDevice } from '../io-device';
 import type { ConfigWriteResult, PciDevice } from './pci-device';
 import type { GuestMemory } from '../../memory/guest-memory';
 

@@ -5,9 +5,9 @@
 // A configuration write never maps anything itself: it returns what it changed (a
 // ConfigWriteResult, after crosvm's) and the bus owner (PciBus) applies that once the
 // write has returned, so no register block is re-registered while a bus dispatches to it.
-import type { IoDevice } from '../device';
+import type { IoDevice } from '../io-device';
 import type { MsiMessage, MsiRoute, MsiRouter } from '../interrupts';
-import type { PciBus } from './pci-bus';
+import type { GuestMemory } from '../../memory/guest-memory';
 import { DmaMemory, NO_MEMORY } from '../../memory/dma';
 
 export const PCI_CFG = {
@@ -100,6 +100,13 @@ export interface PciIdentity {
 export const QEMU_SUBSYSTEM_VENDOR = 0x1af4;
 export const QEMU_SUBSYSTEM_ID = 0x1100;
 
+/** What a function needs of the bus it sits on (PciBus implements it). */
+export interface PciFunctionBus {
+  readonly memory?: GuestMemory;
+  signalMsi(addressLo: number, addressHi: number, data: number): void;
+  setIntx(device: PciDevice, pin: number, level: boolean): void;
+}
+
 export class PciDevice {
   readonly config = new Uint8Array(256);
   /** Bits the guest may change. */
@@ -112,7 +119,8 @@ export class PciDevice {
   private intxAsserted = false;
   /** Capabilities that follow configuration writes (MSI, MSI-X). */
   private readonly configListeners: ((offset: number, size: number) => void)[] = [];
-  bus: PciBus | null = null;
+  /** The bus this function sits on (set by PciBus.attach). */
+  bus: PciFunctionBus | null = null;
   slot = -1;
   function = -1;
 

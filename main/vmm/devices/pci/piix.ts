@@ -1,7 +1,7 @@
 // The PIIX3 PCI-to-ISA bridge (00:01.0) with its PIRQ routing registers, and the PIIX4
 // power-management function (00:01.3) with the ACPI PM1a event/control registers, the
 // PM timer, GPE0, the APM control port and the SCI — the same mix QEMU's "pc" uses.
-import type { IoDevice } from '../device';
+import type { IoDevice } from '../io-device';
 import { ACPI_PM_BASE, ACPI_S5_SLP_TYP, ACPI_SCI_IRQ } from '../../platform/layout';
 import type { IntxRouter } from './pci-bus';
 import { type ConfigWriteResult, PciDevice, PCI_CFG } from './pci-device';
