@@ -20,3 +20,12 @@ export class Prng {
     return items[this.below(items.length)];
   }
 }
+
+/**
+ * A fuzz test's case count: `ciCases` in a normal run, times PORTHOLE_FUZZ_SCALE for the
+ * long runs of `npm run fuzz` (a whole number from 1).
+ */
+export function fuzzCases(ciCases: number): number {
+  const scale = Number(process.env.PORTHOLE_FUZZ_SCALE ?? 1);
+  return Number.isInteger(scale) && scale >= 1 ? ciCases * scale : ciCases;
+}

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { FW_CFG, FW_CFG_DMA, FwCfg } from '../../main/vmm/devices/fw-cfg';
 import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
 import { DmaMemory } from '../../main/vmm/memory/dma';
+import { fuzzCases } from '../helpers/prng';
 
 /** xorshift32: a small seeded PRNG so a failure replays exactly. */
 function prng(seed: number): () => number {
@@ -46,7 +47,7 @@ for (const seed of [1, 0xdecafbad, 20240229]) {
       }
     };
 
-    for (let i = 0; i < 20000; i++) {
+    for (let i = 0, n = fuzzCases(20000); i < n; i++) {
       const op = next() % 8;
       if (op === 0) fw.write(0, 2, keys[next() % keys.length] | (next() % 2 ? FW_CFG.WRITE_CHANNEL : 0));
       else if (op === 1) {

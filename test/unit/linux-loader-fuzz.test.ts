@@ -5,9 +5,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KernelImageError, loadLinux } from '../../main/vmm/boot/linux';
 import { makeBzImage, makeElfKernel, ramOf } from './linux-loader-images';
+import { fuzzCases } from '../helpers/prng';
 
 const MiB = 0x100000;
-const ITERATIONS = 1500;
+const ITERATIONS = fuzzCases(1500);
 
 /** mulberry32: small, seeded, reproducible. */
 function prng(seed: number): () => number {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MmioBus, PioBus, type IoDevice } from '../../main/vmm/devices/bus';
 import { buildPciPlatform, MsiCapability, PciDevice } from '../../main/vmm/devices/pci';
+import { fuzzCases } from '../helpers/prng';
 
 function prng(seed: number): () => number {
   let x = seed >>> 0 || 1;
@@ -60,7 +61,7 @@ for (const seed of [7, 0xc0ffee, 424242]) {
     const hot = [0x04, 0x10, 0x14, 0x18, 0x1c, 0x30, 0x3c, dev.msi.offset, dev.msi.offset + 4, 0x40, 0x60, 0x80];
     let sawBarMapped = false;
     let sawPmMoved = false;
-    for (let i = 0; i < 30000; i++) {
+    for (let i = 0, n = fuzzCases(30000); i < n; i++) {
       const op = next() % 10;
       if (op < 4) {
         // Mostly well-formed addresses on bus 0, sometimes anything at all.

@@ -3,10 +3,10 @@ import { test } from 'node:test';
 import type { HostNotification } from '../../main/vmm/devices/context';
 import { Uart16550 } from '../../main/vmm/devices/uart16550';
 import { IrqLines } from '../../main/vmm/platform/irq';
-import { Prng } from '../helpers/prng';
+import { Prng, fuzzCases } from '../helpers/prng';
 import { FakeRing } from '../helpers/uart';
 
-const OPERATIONS = 50_000;
+const OPERATIONS = fuzzCases(50_000);
 
 /** Registers a guest might poke, weighted towards the interesting ones. */
 const OFFSETS = [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7];

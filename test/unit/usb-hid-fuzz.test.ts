@@ -8,10 +8,10 @@ import { UsbKeyboard, KEY_CODE_USAGES } from '../../main/vmm/devices/usb/hid-key
 import { UsbTablet } from '../../main/vmm/devices/usb/hid-tablet';
 import type { UsbHidDevice } from '../../main/vmm/devices/usb/hid';
 import type { UsbSetup, UsbTransfer, UsbTransferType } from '../../main/vmm/devices/usb/usb-device';
-import { Prng } from '../helpers/prng';
+import { Prng, fuzzCases } from '../helpers/prng';
 import { enumerate, RecordingPort } from '../helpers/usb';
 
-const CASES = 10_000;
+const CASES = fuzzCases(10_000);
 const OPS_PER_CASE = 12;
 
 const REQUEST_TYPES = [0x00, 0x80, 0x01, 0x81, 0x02, 0x82, 0x21, 0xa1, 0x22, 0xa2, 0x40, 0xc0, 0x60, 0xe0, 0x03, 0x83];

@@ -7,11 +7,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BULK_IN, BULK_OUT, UsbStorage } from '../../main/vmm/devices/usb/storage/usb-storage';
 import type { UsbTransfer, UsbTransferType } from '../../main/vmm/devices/usb/usb-device';
-import { Prng } from '../helpers/prng';
+import { Prng, fuzzCases } from '../helpers/prng';
 import { enumerate, makeTransfer, RecordingPort, request } from '../helpers/usb';
 import { DeferredBackend, cbw, imageBytes, parseCsw } from '../helpers/usb-storage';
 
-const CASES_PER_SEED = 4000;
+const CASES_PER_SEED = fuzzCases(4000);
 const IMAGE_BLOCKS = 128;
 
 const OPCODES = [

@@ -8,12 +8,12 @@ import { test } from 'node:test';
 import { DmaMemory } from '../../main/vmm/memory/dma';
 import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbStatus, UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
-import { Prng } from '../helpers/prng';
+import { Prng, fuzzCases } from '../helpers/prng';
 import {
   CMD_RING, DATA, DB, Driver, INPUT_CTX, IR0, makeMemory, OP, OUTPUT_CTX, PORTSC, RAM_SIZE, RINGS, trb,
 } from '../helpers/xhci-driver';
 
-const CASES = Number(process.env.PORTHOLE_FUZZ_CASES ?? 100000);
+const CASES = Number(process.env.PORTHOLE_FUZZ_CASES ?? fuzzCases(100000));
 const SEED = Number(process.env.PORTHOLE_FUZZ_SEED ?? 0x90001);
 const CASES_PER_SESSION = 250;
 /** DMA calls one top-level call may make: commands × context size, TDs × TRBs... generous but finite. */
