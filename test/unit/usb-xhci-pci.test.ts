@@ -1,0 +1,116 @@
+// The xHCI as a PCI function of the PC, from the host side: where it sits, its BAR and MSI-X
+// layout, its registers once the BAR is mapped, the devices of the config on its ports, and
+// images released when the machine cannot be built.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { defaultConfig, type MachineConfig, type UsbConfig } from '../../main/vmm/config';
+import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
+import type { MachineContext } from '../../main/vmm/devices/context';
+import { PCI_CAP_ID, PCI_CFG, PCI_COMMAND } from '../../main/vmm/devices/pci';
+import { XHCI_PCI_SLOT, XhciPci } from '../../main/vmm/devices/usb/xhci-pci';
+import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
+import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
+import { PC_DEVICES } from '../../main/vmm/platform/pc';
+import { Platform } from '../../main/vmm/platform/platform';
+import { ByteRing } from '../../main/vmm/shared/control';
+import { StatsRegistry } from '../../main/vmm/shared/stats';
+
+function pcWith(usb: UsbConfig | undefined): { pc: Platform; ctx: MachineContext } {
+  const config: MachineConfig = { ...defaultConfig(), usb };
+  const statistics = new StatsRegistry();
+  const rings = Array.from({ length: 5 }, () => new ByteRing());
+  const ctx: MachineContext & { requestPowerOff(code?: number): void } = {
+    config,
+    memory: { ramRanges: () => [{ base: 0, size: config.memoryBytes }] } as unknown as GuestMemory,
+    pio: new PioBus(statistics),
+    mmio: new MmioBus(statistics),
+    cpuCount: 1,
+    statistics,
+    setIrq: () => {},
+    signalMsi: () => {},
+    requestReset: () => {},
+    requestPowerOff: () => {},
+    log: () => {},
+    notifyHost: () => {},
+    setTimer: () => () => {},
+    serialRing: (i) => rings[i],
+    onHostMessage: () => {},
+    sendToHost: () => true,
+    // KVM's routing table as full: MSI-X vectors would go through signalMsi.
+    interrupts: {
+      batch: (fn: () => void) => fn(),
+      createMsiRoute: () => { throw new RangeError('no free GSI'); },
+      lineIrqfd: () => { throw new Error('not in this test'); },
+    } as unknown as MachineContext['interrupts'],
+    doorbells: {} as MachineContext['doorbells'],
+  };
+  return { pc: new Platform(ctx, PC_DEVICES), ctx };
+}
+
+const DEVFN = XHCI_PCI_SLOT << 3;
+
+test('the xHCI sits at 00:04.0 as a USB 3 controller with a 64 KiB 64-bit BAR and 4 MSI-X vectors in it', () => {
+  const { pc } = pcWith({ controller: 'xhci', devices: [] });
+  const bus = pc.pci!.bus;
+  assert.equal(bus.readConfig(0, DEVFN, PCI_CFG.VENDOR_ID, 4), 0x000d1b36);
+  assert.equal(bus.readConfig(0, DEVFN, PCI_CFG.REVISION, 4) >>> 8, 0x0c0330);
+  assert.equal(bus.readConfig(0, DEVFN, 0x60, 1), 0x30, 'SBRN: USB 3.0');
+  // BAR sizing: all ones, then read back the size mask of a 64-bit memory BAR.
+  bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, 0xffffffff);
+  bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0xffffffff);
+  assert.equal(bus.readConfig(0, DEVFN, PCI_CFG.BAR0, 4), (0xffff0000 | 0x4) >>> 0);
+  assert.equal(bus.readConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4), 0xffffffff);
+  const xhci = pc.instance('xhci', XhciPci)!;
+  const cap = xhci.findCapability(PCI_CAP_ID.MSIX);
+  assert.ok(cap > 0, 'an MSI-X capability');
+  assert.equal(bus.readConfig(0, DEVFN, cap + 2, 2) & 0x7ff, 3, 'table size 4 (N-1)');
+  assert.equal(bus.readConfig(0, DEVFN, cap + 4, 4), 0x8000, 'table in BAR 0 at 0x8000');
+  assert.equal(bus.readConfig(0, DEVFN, cap + 8, 4), 0x9000, 'PBA in BAR 0 at 0x9000');
+  assert.equal(bus.readConfig(0, DEVFN, PCI_CFG.INTERRUPT_PIN, 1), 1, 'INTx A when MSI-X is off');
+});
+
+test('with BAR 0 mapped, the capability registers and the MSI-X table answer on the memory bus', () => {
+  const { pc, ctx } = pcWith({ controller: 'xhci', devices: [{ kind: 'keyboard' }, { kind: 'tablet' }] });
+  const bus = pc.pci!.bus;
+  const base = 0xfebf0000;
+  bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, base);
+  bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0);
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+  assert.equal(ctx.mmio.read(base, 1), 0x40, 'CAPLENGTH');
+  assert.equal(ctx.mmio.read(base + 2, 2), 0x0100, 'HCIVERSION');
+  assert.equal(ctx.mmio.read(base + 4, 4) >>> 24, 8, 'HCSPARAMS1: 8 ports');
+  // Table entry 0's vector control starts masked; the guest may write its address.
+  assert.equal(ctx.mmio.read(base + 0x8000 + 12, 4), 1);
+  ctx.mmio.write(base + 0x8000, 4, 0xfee00000);
+  assert.equal(ctx.mmio.read(base + 0x8000, 4), 0xfee00000);
+  const ports = pc.instance('xhci', XhciPci)!.controller.portList().filter((p) => p.device);
+  assert.deepEqual(ports.map((p) => [p.port, p.protocol, p.device!.name]), [[5, 'usb2', 'usb-kbd'], [6, 'usb2', 'usb-tablet']]);
+});
+
+test('no usb section, or controller none: no function at 00:04.0', () => {
+  for (const usb of [undefined, { controller: 'none' as const, devices: [] }]) {
+    const { pc } = pcWith(usb);
+    assert.equal(pc.pci!.bus.readConfig(0, DEVFN, PCI_CFG.VENDOR_ID, 2), 0xffff);
+    assert.equal(pc.instance('xhci', XhciPci), undefined);
+  }
+});
+
+test('an image that cannot be used stops the build with its own sentence, and the images opened before it are released', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-xhci-pci-'));
+  try {
+    const good = path.join(dir, 'good.img');
+    fs.writeFileSync(good, Buffer.alloc(1024 * 1024));
+    const missing = path.join(dir, 'missing.img');
+    assert.throws(() => pcWith({
+      controller: 'xhci',
+      devices: [{ kind: 'storage', path: good, readOnly: false }, { kind: 'storage', path: missing, readOnly: false }],
+    }), { message: `disk image ${missing}: it does not exist` });
+    // The first image's exclusive lock is gone: it opens again at once.
+    RawImageFile.open(good).close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
