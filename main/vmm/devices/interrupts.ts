@@ -91,3 +91,16 @@ export interface DoorbellRegistry {
 
 /** What MSI and MSI-X capabilities need of the router. */
 export type MsiRouter = Pick<InterruptRouter, 'createMsiRoute' | 'batch'>;
+
+/**
+ * A new MSI route, or null when KVM's routing table is full (the caller then sends through
+ * KVM_SIGNAL_MSI). Any other failure is a bug and is thrown.
+ */
+export function createMsiRouteOrNull(router: MsiRouter): MsiRoute | null {
+  try {
+    return router.createMsiRoute();
+  } catch (e) {
+    if (e instanceof RangeError) return null;
+    throw e;
+  }
+}

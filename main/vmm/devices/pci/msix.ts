@@ -13,7 +13,7 @@
 // eventfd's counter, and become the pending bit when the PBA is read or the vector is
 // unmasked (then sent once).
 import type { IoDevice } from '../io-device';
-import type { MsiMessage, MsiRoute, MsiRouter } from '../interrupts';
+import { createMsiRouteOrNull, type MsiMessage, type MsiRoute, type MsiRouter } from '../interrupts';
 import type { StatsRegistry } from '../../shared/stats';
 import { PCI_CAP_ID, PCI_CFG, PCI_COMMAND, type PciDevice } from './pci-device';
 
@@ -345,11 +345,8 @@ export class MsixCapability {
     const known = this.routes[v];
     if (known) return known;
     if (!this.router || this.routesRefused) return null;
-    let route: MsiRoute;
-    try {
-      route = this.router.createMsiRoute();
-    } catch (e) {
-      if (!(e instanceof RangeError)) throw e;
+    const route = createMsiRouteOrNull(this.router);
+    if (route === null) {
       // KVM's table is full: this function's vectors without a route use KVM_SIGNAL_MSI.
       this.routesRefused = true;
       return null;

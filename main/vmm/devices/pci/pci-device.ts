@@ -6,7 +6,7 @@
 // ConfigWriteResult, after crosvm's) and the bus owner (PciBus) applies that once the
 // write has returned, so no register block is re-registered while a bus dispatches to it.
 import type { IoDevice } from '../io-device';
-import type { MsiMessage, MsiRoute, MsiRouter } from '../interrupts';
+import { createMsiRouteOrNull, type MsiMessage, type MsiRoute, type MsiRouter } from '../interrupts';
 import type { GuestMemory } from '../../memory/guest-memory';
 import { DmaMemory, NO_MEMORY } from '../../memory/dma';
 
@@ -475,10 +475,8 @@ export class MsiCapability {
     if (!this.router || this.routesRefused) return null;
     let route = this.routes[vector] ?? null;
     if (!route) {
-      try {
-        route = this.router.createMsiRoute();
-      } catch (e) {
-        if (!(e instanceof RangeError)) throw e;
+      route = createMsiRouteOrNull(this.router);
+      if (route === null) {
         // KVM's table is full: this function sends through KVM_SIGNAL_MSI instead.
         this.routesRefused = true;
         return null;

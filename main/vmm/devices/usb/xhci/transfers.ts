@@ -392,14 +392,7 @@ export class TransferEngine {
    * Invalid event and will run again from its start unless software moves the dequeue pointer.
    */
   stop(slot: Slot, ep: Endpoint): void {
-    const head = ep.inflight[0];
-    if (head !== undefined) {
-      ep.deq = head.start;
-      ep.deqCycle = head.startCycle;
-    }
-    this.dropInflight(ep, slot);
-    ep.fetch = ep.deq;
-    ep.fetchCycle = ep.deqCycle;
+    const head = this.rewind(slot, ep);
     ep.state = EP_STOPPED;
     this.writeEndpointContext(slot, ep);
     if (head !== undefined && head.trbs.length > 0) {
@@ -413,6 +406,13 @@ export class TransferEngine {
    * rewinds to the first unfinished TD.
    */
   abort(slot: Slot, ep: Endpoint): void {
+    this.rewind(slot, ep);
+    ep.cancelTimer?.();
+    ep.cancelTimer = null;
+  }
+
+  /** Drops what is in flight and rewinds the ring to the first unfinished TD, which it returns. */
+  private rewind(slot: Slot, ep: Endpoint): Td | undefined {
     const head = ep.inflight[0];
     if (head !== undefined) {
       ep.deq = head.start;
@@ -421,8 +421,7 @@ export class TransferEngine {
     this.dropInflight(ep, slot);
     ep.fetch = ep.deq;
     ep.fetchCycle = ep.deqCycle;
-    ep.cancelTimer?.();
-    ep.cancelTimer = null;
+    return head;
   }
 
   abortSlot(slot: Slot): void {
