@@ -15,6 +15,8 @@ const APIC_LVT_LINT0 = 0x350;
 const APIC_TIMER_CURRENT = 0x390;
 
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+const CR0_PG = 1n << 31n;
+const MP_STATE_NAMES = ['runnable', 'uninitialized', 'init-received', 'halted', 'sipi-received'];
 
 /** The vectors set in a 256-bit LAPIC register (eight 32-bit words, 16 bytes apart). */
 export function apicVectors(page: Buffer, offset: number): number[] {
@@ -72,12 +74,31 @@ export function describeVcpu(cpu: number, vcpu: KvmVcpu, memory: GuestMemory, st
   const s = vcpu.getSregs();
   const lapic = vcpu.getLapic();
   const lines = [
-    `vCPU ${cpu}: rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} (IF ${(r.rflags >> 9n) & 1n})`,
+    `vCPU ${cpu}: ${MP_STATE_NAMES[vcpu.getMpState()] ?? 'unknown'} cs ${hex(s.cs.selector)} (base ${hex(s.cs.base)}) rip ${hex(r.rip)} ss ${hex(s.ss.selector)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} (IF ${(r.rflags >> 9n) & 1n})`,
     `  rax ${hex(r.rax)} rbx ${hex(r.rbx)} rcx ${hex(r.rcx)} rdx ${hex(r.rdx)} rsi ${hex(r.rsi)} rdi ${hex(r.rdi)} rbp ${hex(r.rbp)}`,
     `  r8 ${hex(r.r8)} r9 ${hex(r.r9)} r10 ${hex(r.r10)} r11 ${hex(r.r11)} r12 ${hex(r.r12)} r13 ${hex(r.r13)} r14 ${hex(r.r14)} r15 ${hex(r.r15)}`,
     `  cr0 ${hex(s.cr0)} cr3 ${hex(s.cr3)} cr4 ${hex(s.cr4)} cr8 ${hex(s.cr8)} efer ${hex(s.efer)} apic base ${hex(s.apicBase)}`,
     `  lapic: tpr ${hex(lapic.readUInt32LE(APIC_TPR))} ppr ${hex(lapic.readUInt32LE(APIC_PPR))} isr [${apicVectors(lapic, APIC_ISR).map(hex).join(' ')}] irr [${apicVectors(lapic, APIC_IRR).map(hex).join(' ')}] lvt timer ${hex(lapic.readUInt32LE(APIC_LVT_TIMER))} lint0 ${hex(lapic.readUInt32LE(APIC_LVT_LINT0))} timer count ${lapic.readUInt32LE(APIC_TIMER_CURRENT)}`,
   ];
+  if ((s.cr0 & CR0_PG) === 0n) {
+    // Without paging (firmware), the top of the stack holds the last interrupt frame.
+    const top = Number(s.ss.base + (r.rsp & 0xffffn));
+    if (memory.contains(top, 16)) {
+      const words = memory.read(top, 16);
+      const u16 = (i: number) => hex(words[i * 2] | (words[i * 2 + 1] << 8));
+      lines.push(`  stack at ss:sp: ${[0, 1, 2, 3, 4, 5, 6, 7].map(u16).join(' ')}`);
+    }
+    const pc = Number(s.cs.base + (r.rip & 0xffffn));
+    if (memory.contains(pc, 16)) {
+      lines.push(`  code at cs:ip: ${[...memory.read(pc, 16)].map((b) => b.toString(16).padStart(2, '0')).join(' ')}`);
+    }
+    if (memory.contains(0, 0x80)) {
+      const ivt = memory.read(0, 0x80);
+      const entry = (v: number) => `${hex(ivt[v * 4 + 2] | (ivt[v * 4 + 3] << 8))}:${hex(ivt[v * 4] | (ivt[v * 4 + 1] << 8))}`;
+      lines.push(`  ivt: 0 ${entry(0)} 8 ${entry(8)} 0x10 ${entry(0x10)} 0x13 ${entry(0x13)} 0x1c ${entry(0x1c)}`);
+    }
+    return lines.join('\n');
+  }
   const texts: string[] = [];
   for (let i = 0; i < stackWords; i++) {
     const virt = r.rsp + BigInt(i * 8);
