@@ -34,6 +34,8 @@ export const KVM = {
   SET_GSI_ROUTING: iow(0x6a, 8),
   IRQFD: iow(0x76, 32),
   CREATE_PIT2: iow(0x77, 64),
+  /** _IO with a pointer argument (struct kvm_reinject_control), as the kernel defines it. */
+  REINJECT_CONTROL: io(0x71),
   IOEVENTFD: iow(0x79, 64),
   GET_PIT2: ior(0x9f, 112),
   SET_PIT2: iow(0xa0, 112),
@@ -315,6 +317,12 @@ export class KvmVm {
     const b = Buffer.alloc(64);
     b.writeUInt32LE(1, 0); // KVM_PIT_SPEAKER_DUMMY: port 0x61 handled in-kernel
     libc.ioctlBuffer(this.fd, 'KVM_CREATE_PIT2', KVM.CREATE_PIT2, b);
+  }
+  /** Whether the in-kernel PIT delivers ticks the guest missed later, one by one (KVM's default). */
+  setPitReinject(on: boolean): void {
+    const b = Buffer.alloc(32);
+    b[0] = on ? 1 : 0;
+    libc.ioctlBuffer(this.fd, 'KVM_REINJECT_CONTROL', KVM.REINJECT_CONTROL, b);
   }
   private readonly irqLineBuf = Buffer.alloc(8);
   irqLine(irq: number, level: boolean): void {

@@ -1,3 +1,4 @@
+// rig-tcg: multi (SeaBIOS boots: single-threaded TCG re-enters its interrupt handlers; test/rig/README.md)
 // The app in Chromium (browser mode), against the real manager, VM processes and guests:
 // the library, the New VM dialog, consoles, lifecycle buttons and shortcuts, and a VM
 // process killed with SIGKILL.

@@ -1,3 +1,4 @@
+// rig-tcg: multi (SeaBIOS boots: single-threaded TCG re-enters its interrupt handlers; test/rig/README.md)
 // The i8042 and port 0x92 as a client we did not write uses them: Debian's SeaBIOS
 // probes the controller, resets and configures the PS/2 keyboard, and toggles A20
 // through port 0x92 on every switch between its 16- and 32-bit code.

@@ -1,3 +1,4 @@
+// rig-tcg: multi (SeaBIOS boots: single-threaded TCG re-enters its interrupt handlers; test/rig/README.md)
 // SeaBIOS's xHCI, USB keyboard and USB mass storage drivers (clients we did not write) on our
 // xHCI controller and emulated devices: with a USB stick as the only disk, SeaBIOS boots the
 // test boot sector from it, and the boot sector reads the stick's second sector through int 13h.
@@ -30,17 +31,10 @@ function usbConfig(devices: UsbDeviceConfig[]): MachineConfig {
   };
 }
 
-/**
- * Open bug: with the xHCI present, SeaBIOS in L1 often stops making progress (vCPU 0 halted
- * with interrupts off, a timer interrupt pending in the PIC), at varying points of its boot,
- * even before it reaches the controller; without USB the same stall is rare (the option-ROM
- * and PS/2 tests have shown it). Until it is found, the boots below run and report, but as
- * todo: a stall does not fail the run. A good boot takes about 5 s in L1.
- */
-const STALL_TODO = 'SeaBIOS stalls in L1 in many boots with the xHCI present (open bug, see the issue 9 note)';
+/** A good boot takes about 5 s in L1. */
 const BOOT_MS = 45_000;
 
-test('SeaBIOS boots from a USB stick on the xHCI (its only disk) and reads its second sector', { skip, todo: STALL_TODO }, async () => {
+test('SeaBIOS boots from a USB stick on the xHCI (its only disk) and reads its second sector', { skip }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-usb-boot-'));
   try {
     const stick = stickImage(dir, guest('usb-boot'));
@@ -56,7 +50,7 @@ test('SeaBIOS boots from a USB stick on the xHCI (its only disk) and reads its s
   }
 });
 
-test('a read-only USB stick boots too', { skip, todo: STALL_TODO }, async () => {
+test('a read-only USB stick boots too', { skip }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-usb-boot-'));
   try {
     const stick = stickImage(dir, guest('usb-boot'));

@@ -1,3 +1,4 @@
+// rig-tcg: multi (SeaBIOS boots: single-threaded TCG re-enters its interrupt handlers; test/rig/README.md)
 // SeaBIOS (Debian's build, a client we did not write) on our fw_cfg, CMOS, i440FX/PIIX
 // and PM models, on real KVM.
 import assert from 'node:assert/strict';

@@ -1,3 +1,4 @@
+// rig-tcg: multi (SeaBIOS boots: single-threaded TCG re-enters its interrupt handlers; test/rig/README.md)
 // SeaBIOS (a client we did not write) probes all four COM ports the way it does on
 // real hardware and, with COM1 connected, runs its serial console (sercon) on our UART.
 import assert from 'node:assert/strict';

@@ -3,13 +3,15 @@
 // outcomes, skips and errors they had in L1. scripts/run-tests.mjs runs this file in place
 // of dist/test/kvm and dist/test/e2e on such a host. A stalled L1 gets one rerun of the
 // files it had not finished; every rerun is printed and counted in the last test.
+// Files marked `// rig-tcg: multi` run in a second L1 on multi-threaded TCG (see
+// test/rig/README.md, "Which TCG"); the rest share one L1 on single-threaded TCG.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it, test, type TestContext } from 'node:test';
 import { repoRoot } from './paths';
 import { runScenario, type RunReport } from './runner';
-import { findScenario } from './scenarios';
+import { findScenario, type TcgMode } from './scenarios';
 import { kvmTestFiles, type ReportedFile, type ReportedTest } from './test-events';
 
 const groups = (process.env.PORTHOLE_RIG_TEST_GROUPS ?? 'kvm,e2e').split(',').filter(Boolean);
@@ -18,8 +20,18 @@ const onlyFiles = process.env.PORTHOLE_RIG_TEST_FILES?.split(',').filter(Boolean
 const files = kvmTestFiles(repoRoot, groups).filter((f) => !onlyFiles || onlyFiles.includes(f));
 const results = new Map<string, ReportedFile>();
 const waiters = new Map<string, (r: ReportedFile | null) => void>();
-const attempts: RunReport[] = [];
+const attempts: { tcg: TcgMode; report: RunReport }[] = [];
 const MAX_RERUNS = 1;
+
+/** A test file's TCG threading in L1: what its source's `// rig-tcg: multi` line asks, else single. */
+function tcgModeOf(file: string): TcgMode {
+  const source = path.join(repoRoot, file.replace(/^dist\//, '').replace(/\.js$/, '.ts'));
+  try {
+    return /^\/\/ rig-tcg: multi\b/m.test(fs.readFileSync(source, 'utf8')) ? 'multi' : 'single';
+  } catch {
+    return 'single';
+  }
+}
 
 function progress(line: string): void {
   // The runner's own lines and the per-file results; L1's full console is in the rig log.
@@ -29,26 +41,31 @@ function progress(line: string): void {
 async function runInL1(): Promise<void> {
   const spec = findScenario('kvm-tests');
   if (!spec) throw new Error('the rig has no kvm-tests scenario');
-  for (let attempt = 0; attempt <= MAX_RERUNS; attempt++) {
-    const remaining = files.filter((f) => !results.has(f));
-    if (remaining.length === 0) break;
-    const report = await runScenario(spec, {
-      l1FaultRetries: 0,
-      env: [`TEST_GROUPS=${groups.join(',')}`, ...(attempt > 0 || onlyFiles ? [`TEST_FILES=${remaining.join(',')}`] : [])],
-      print: progress,
-      onMessage: (m) => {
-        if (m.t !== 'test-file') return;
-        const r = m as unknown as ReportedFile;
-        if (results.has(r.file)) return;
-        results.set(r.file, r);
-        waiters.get(r.file)?.(r);
-      },
-    });
-    attempts.push(report);
-    const spoiled = report.outcome.kind === 'stall' || report.l1TripleFault;
-    if (!spoiled) break;
-    process.stderr.write(`rig venue: RETRY: L1 ${report.outcome.kind === 'stall' ? 'stalled' : 'triple-faulted'} (${report.outcome.detail}); ` +
-      `${files.filter((f) => !results.has(f)).length} test files to run again\n`);
+  const modes: TcgMode[] = ['single', 'multi'];
+  for (const tcg of modes) {
+    const venueFiles = files.filter((f) => tcgModeOf(f) === tcg);
+    for (let attempt = 0; attempt <= MAX_RERUNS; attempt++) {
+      const remaining = venueFiles.filter((f) => !results.has(f));
+      if (remaining.length === 0) break;
+      const report = await runScenario(spec, {
+        l1FaultRetries: 0,
+        tcg,
+        env: [`TEST_GROUPS=${groups.join(',')}`, `TEST_FILES=${remaining.join(',')}`],
+        print: progress,
+        onMessage: (m) => {
+          if (m.t !== 'test-file') return;
+          const r = m as unknown as ReportedFile;
+          if (results.has(r.file)) return;
+          results.set(r.file, r);
+          waiters.get(r.file)?.(r);
+        },
+      });
+      attempts.push({ tcg, report });
+      const spoiled = report.outcome.kind === 'stall' || report.l1TripleFault;
+      if (!spoiled) break;
+      process.stderr.write(`rig venue: RETRY: L1 (${tcg}-threaded TCG) ${report.outcome.kind === 'stall' ? 'stalled' : 'triple-faulted'} (${report.outcome.detail}); ` +
+        `${venueFiles.filter((f) => !results.has(f)).length} test files to run again\n`);
+    }
   }
   for (const [f, w] of waiters) if (!results.has(f)) w(null);
 }
@@ -95,7 +112,7 @@ async function replayChild(ctx: TestContext, t: ReportedTest): Promise<void> {
 }
 
 function lastOutcome(): string {
-  const last = attempts.at(-1);
+  const last = attempts.at(-1)?.report;
   return last ? `${last.outcome.kind}: ${last.outcome.detail} (log ${path.relative(repoRoot, last.logFile)})` : 'the rig did not start';
 }
 
@@ -112,10 +129,11 @@ for (const file of files) {
 
 test('rig venue: every KVM test file ran in L1', async (t) => {
   const err = await venue;
-  for (const [i, a] of attempts.entries()) {
-    t.diagnostic(`L1 run ${i + 1}: ${a.outcome.kind} after ${a.totalSeconds.toFixed(0)} s (L1 boot ${a.bootSeconds?.toFixed(1) ?? '-'} s); log ${path.relative(repoRoot, a.logFile)}`);
+  for (const [i, { tcg, report: a }] of attempts.entries()) {
+    t.diagnostic(`L1 run ${i + 1} (${tcg}-threaded TCG): ${a.outcome.kind} after ${a.totalSeconds.toFixed(0)} s (L1 boot ${a.bootSeconds?.toFixed(1) ?? '-'} s); log ${path.relative(repoRoot, a.logFile)}`);
   }
-  t.diagnostic(`L1 reruns after a stall or triple fault: ${Math.max(0, attempts.length - 1)}`);
+  const venues = new Set(attempts.map((a) => a.tcg)).size;
+  t.diagnostic(`L1 reruns after a stall or triple fault: ${Math.max(0, attempts.length - venues)}`);
   if (err instanceof Error) throw err;
   const missing = files.filter((f) => !results.has(f));
   assert.deepEqual(missing, [], `test files without results from L1: ${lastOutcome()}`);

@@ -156,6 +156,7 @@ export class Machine implements MachineContext {
     this.interrupts.commit();
     this.doorbells = new Doorbells(this.vm);
     this.vm.createPit2();
+    if (process.env.PORTHOLE_PIT_DISCARD) this.vm.setPitReinject(false);
     this.slots = new MemorySlots(
       (slot, flags, guestBase, size, hostAddr) => this.vm.setUserMemoryRegion(slot, BigInt(guestBase), size, hostAddr, flags),
       this.kvm.checkExtension(KVM_CAP.NR_MEMSLOTS),
@@ -365,6 +366,8 @@ export class Machine implements MachineContext {
     try {
       this.log(describeVcpu(0, this.bsp, this.memory));
       this.log(`  ${describePic('PIC master', this.vm.getIrqchip(0))}; ${describePic('PIC slave', this.vm.getIrqchip(1))}`);
+      const st = this.stats();
+      this.log(`  exits so far: ${JSON.stringify(st.exits)} kicks ${st.kicks}; devices: ${st.devices.map((d) => `${d.name} ${d.reads}r/${d.writes}w`).join(', ')}`);
     } catch (e) {
       this.log(`vCPU 0 dump failed: ${(e as Error).message}`);
     }
