@@ -97,6 +97,15 @@ function resolvePackages(): ResolvedPackages {
 }
 
 /** Returns the cached image for the current inputs, building it first when needed. */
+/**
+ * The manifest's image with its files in `dir`: the paths it stored are where it was built,
+ * which another checkout (a git worktree, a moved tree) does not share.
+ */
+function imageIn(dir: string, stored: RigImage): RigImage {
+  const here = (file: string) => path.join(dir, path.basename(file));
+  return { ...stored, dir, vmlinuz: here(stored.vmlinuz), l1Initrd: here(stored.l1Initrd), kitInitrd: here(stored.kitInitrd) };
+}
+
 export async function ensureImage(opts: BuildOptions = {}): Promise<RigImage> {
   const log = opts.log ?? (() => {});
   for (const tool of ['apt-cache', 'apt-get', 'dpkg-deb']) {
@@ -106,7 +115,7 @@ export async function ensureImage(opts: BuildOptions = {}): Promise<RigImage> {
   const key = inputsKey(kernelPackage, kernelVersion, busyboxVersion, toolVersions);
   const dir = path.join(rigBuildDir, `img-${key}`);
   const manifestPath = path.join(dir, 'manifest.json');
-  if (!opts.force && fs.existsSync(manifestPath)) return JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as RigImage;
+  if (!opts.force && fs.existsSync(manifestPath)) return imageIn(dir, JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as RigImage);
 
   const started = Date.now();
   log(`building rig image ${key}: ${kernelPackage} ${kernelVersion}, busybox-static ${busyboxVersion}`);
