@@ -61,7 +61,7 @@ const consolePort = { name: 'port', parse: parseConsolePort } as const;
 const consoleInput = { name: 'data', parse: parseConsoleInput } as const;
 const fileChoice = { name: 'choice', parse: parseFileChoice } as const;
 const usbDevice = { name: 'device', parse: parseUsbDeviceSpec, namesFields: true } as const;
-const usbPort = { name: 'port', parse: parseUsbPort } as const;
+const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
 const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
