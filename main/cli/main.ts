@@ -156,20 +156,29 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   return exitCodeFor(end);
 }
 
-/** One request to a running VM's control socket; prints its answer. */
-async function runMonitorCommand(socket: string, method: Parameters<typeof monitorCall>[1], args: unknown[]): Promise<number> {
+export interface CliOutput {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const STDIO: CliOutput = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
+
+/** One request to a running VM's control socket (porthole usb, porthole keys); prints its answer. */
+export async function runMonitorCommand(
+  socket: string, method: Parameters<typeof monitorCall>[1], args: unknown[], io: CliOutput = STDIO,
+): Promise<number> {
   let value: unknown;
   try {
     value = await monitorCall(socket, method, args);
   } catch (e) {
     if (e instanceof MonitorError) {
-      process.stderr.write(`porthole: ${e.message}\n`);
+      io.err(`porthole: ${e.message}\n`);
       return 1;
     }
     throw e;
   }
-  if (method === 'listUsbPorts') process.stdout.write(formatUsbPorts(value as UsbPortState[]));
-  else if (method === 'attachUsbDevice') process.stdout.write(formatUsbPorts([value as UsbPortState]));
+  if (method === 'listUsbPorts') io.out(formatUsbPorts(value as UsbPortState[]));
+  else if (method === 'attachUsbDevice') io.out(formatUsbPorts([value as UsbPortState]));
   return 0;
 }
 
