@@ -151,6 +151,15 @@ export interface VmSpec {
   serial: [SerialForward, SerialForward, SerialForward, SerialForward];
   /** QEMU's isa-debug-exit port 0xf4, which lets a test program power the VM off with a status. */
   debugExit: boolean;
+  /** The USB controller and the devices plugged in at start; absent: no USB controller. */
+  usb?: VmUsbSpec;
+}
+
+export interface VmUsbSpec {
+  /** "xhci": a USB 3 controller (ports 1..4 USB 3, 5..8 USB 2) that takes devices while the VM runs. */
+  controller: 'xhci' | 'none';
+  /** Plugged in at start (UsbDeviceSpec, defined with the USB calls below); at most 8. */
+  devices: UsbDeviceSpec[];
 }
 
 /** A good starting point for the "New VM" dialog. */

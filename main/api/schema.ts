@@ -3,8 +3,10 @@
 // them to show problems while the user types. Messages are sentences for the UI.
 import {
   ApiError, CONSOLE_PORTS, LIMITS, VM_ID_PATTERN,
-  type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type VmSpec,
+  type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
+  type VmSpec, type VmUsbSpec,
 } from './contract';
+import { ConfigError, USB_PORTS, usbDeviceConfigFromJson } from '../vmm/config';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -69,6 +71,9 @@ const FIELD_LABELS: Record<string, string> = {
   'boot.path': 'Test program',
   serial: 'Serial ports',
   debugExit: 'Debug exit',
+  usb: 'USB',
+  'usb.controller': 'USB controller',
+  'usb.devices': 'USB devices',
 };
 
 /** "boot.disks.1" → "Disk image 2", "serial.0" → "COM1", else the label of the field. */
@@ -79,6 +84,8 @@ export function fieldLabel(field: string): string {
   if (rom) return `Option ROM ${Number(rom[1]) + 1}`;
   const com = /^serial\.(\d)$/.exec(field);
   if (com) return `COM${Number(com[1]) + 1}`;
+  const usb = /^usb\.devices\.(\d+)(\.path)?$/.exec(field);
+  if (usb) return `USB device ${Number(usb[1]) + 1}${usb[2] ? ' image' : ''}`;
   return FIELD_LABELS[field] ?? field;
 }
 
@@ -138,6 +145,47 @@ function bootProblems(b: unknown, out: FieldProblem[]): void {
   }
 }
 
+function usbProblems(u: unknown, out: FieldProblem[]): void {
+  if (!isRecord(u)) {
+    out.push(problem('usb', 'must be { controller, devices } or left out'));
+    return;
+  }
+  unknownKeys(u, ['controller', 'devices'], 'usb.', out);
+  if (u.controller !== 'xhci' && u.controller !== 'none') out.push(problem('usb.controller', 'must be "xhci" or "none"'));
+  if (!Array.isArray(u.devices)) {
+    out.push(problem('usb.devices', 'must be a list'));
+    return;
+  }
+  if (u.devices.length > USB_PORTS) out.push(problem('usb.devices', `may have at most ${USB_PORTS} entries (the controller has ${USB_PORTS} ports)`));
+  if (u.controller === 'none' && u.devices.length > 0) out.push(problem('usb.devices', 'need a USB controller'));
+  const ports = new Map<number, number>();
+  u.devices.slice(0, USB_PORTS).forEach((d, i) => {
+    const field = `usb.devices.${i}`;
+    try {
+      const device = usbDeviceConfigFromJson(d, 'it');
+      if (device.kind === 'storage' && !device.path.startsWith('/')) out.push(problem(`${field}.path`, 'must be an absolute path (starting with /)'));
+      if (device.port !== undefined) {
+        if (ports.has(device.port)) out.push(problem(field, `is on port ${device.port}, as USB device ${(ports.get(device.port) as number) + 1} is`));
+        ports.set(device.port, i);
+      }
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      // "it.path must be ..." → "USB device 1: path must be ...".
+      out.push({ field, message: `${fieldLabel(field)}: ${e.message.replace(/^it[.:] ?/, '')}.` });
+    }
+  });
+}
+
+function copyUsb(u: VmUsbSpec): VmUsbSpec {
+  return {
+    controller: u.controller,
+    devices: u.devices.map((d): UsbDeviceSpec => {
+      const port = d.port === undefined ? {} : { port: d.port };
+      return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
+    }),
+  };
+}
+
 /**
  * Every shape and range problem of a VM spec, in field order; [] when it is good.
  * File existence is checked by main (checkVmSpec), not here.
@@ -145,7 +193,7 @@ function bootProblems(b: unknown, out: FieldProblem[]): void {
 export function vmSpecProblems(input: unknown): FieldProblem[] {
   const out: FieldProblem[] = [];
   if (!isRecord(input)) return [{ field: '', message: 'The VM settings must be an object.' }];
-  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit'], '', out);
+  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'usb'], '', out);
   const name = input.name;
   if (typeof name !== 'string' || name.trim() === '') out.push(problem('name', 'is required'));
   else if (name.length > LIMITS.nameMaxLength) out.push(problem('name', `must be at most ${LIMITS.nameMaxLength} characters`));
@@ -168,6 +216,7 @@ export function vmSpecProblems(input: unknown): FieldProblem[] {
     });
   }
   if (typeof input.debugExit !== 'boolean') out.push(problem('debugExit', 'must be true or false'));
+  if (input.usb !== undefined) usbProblems(input.usb, out);
   return out;
 }
 
@@ -194,6 +243,7 @@ export function parseVmSpec(input: unknown): VmSpec {
     boot: copyBoot(s.boot),
     serial: [s.serial[0], s.serial[1], s.serial[2], s.serial[3]],
     debugExit: s.debugExit,
+    ...(s.usb === undefined ? {} : { usb: copyUsb(s.usb) }),
   };
 }
 

@@ -8,6 +8,8 @@ import { afterEach, beforeEach, test } from 'node:test';
 import { ApiError } from '../../main/api/contract';
 import { ApiSession } from '../../main/api/session';
 import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, usbKeyUsage } from '../../main/api/usb-input';
+import { parseVmSpec, vmSpecProblems } from '../../main/api/schema';
+import { machineConfigOf, specFileProblems } from '../../main/manager/machine-config';
 import { VmManager } from '../../main/manager/manager';
 import type { ManagerToVm } from '../../main/manager/vm-process-protocol';
 import { defaultConfig, machineConfigFromJson } from '../../main/vmm/config';
@@ -179,4 +181,47 @@ test('bad USB arguments are refused before the VM process hears of them; state i
   const stopped = manager.createVm(flatSpec('g', { boot: { kind: 'flat', path: path.join(home.home, 'g.bin') } }));
   const r5 = await session.call('listUsbPorts', [stopped.id]);
   assert.deepEqual(r5, { ok: false, error: { code: 'invalid-state', message: 'Cannot list the USB ports of the VM while it is stopped.' } });
+});
+
+test('a VM spec may have a USB controller and devices; problems name the field; the machine config gets them', () => {
+  const spec = flatSpec('g', { boot: { kind: 'flat', path: '/g.bin' } });
+  assert.deepEqual(vmSpecProblems(spec), [], 'no usb field: as before');
+  const withUsb = {
+    ...spec,
+    usb: { controller: 'xhci', devices: [{ kind: 'storage', path: '/s.img', port: 2 }, { kind: 'keyboard' }] },
+  };
+  assert.deepEqual(vmSpecProblems(withUsb), []);
+  assert.deepEqual(parseVmSpec(withUsb).usb, {
+    controller: 'xhci', devices: [{ kind: 'storage', path: '/s.img', readOnly: false, port: 2 }, { kind: 'keyboard' }],
+  });
+  assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'ehci', devices: [{ kind: 'storage', path: 'rel.img' }, { kind: 'mouse' }, { kind: 'tablet', port: 5 }, { kind: 'keyboard', port: 5 }] } }), [
+    { field: 'usb.controller', message: 'USB controller must be "xhci" or "none".' },
+    { field: 'usb.devices.0.path', message: 'USB device 1 image must be an absolute path (starting with /).' },
+    { field: 'usb.devices.1', message: 'USB device 2: kind must be "storage", "keyboard" or "tablet".' },
+    { field: 'usb.devices.3', message: 'USB device 4 is on port 5, as USB device 3 is.' },
+  ]);
+  assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'none', devices: [{ kind: 'keyboard' }] } }), [
+    { field: 'usb.devices', message: 'USB devices need a USB controller.' },
+  ]);
+  assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'xhci', devices: [], extra: 1 } }), [
+    { field: 'usb.extra', message: '"usb.extra" is not a setting Porthole knows.' },
+  ]);
+});
+
+test('a spec\'s USB images are checked like its other files, and its USB section becomes the machine\'s', () => {
+  const dir = fs.mkdtempSync(path.join(home.home, 'imgs-'));
+  const guestFile = path.join(dir, 'g.bin');
+  fs.writeFileSync(guestFile, 'x');
+  const stick = path.join(dir, 's.img');
+  const spec = flatSpec('g', {
+    boot: { kind: 'flat', path: guestFile },
+    usb: { controller: 'xhci', devices: [{ kind: 'storage', path: stick, readOnly: true }, { kind: 'tablet', port: 6 }] },
+  });
+  assert.deepEqual(specFileProblems(spec), [{ field: 'usb.devices.0.path', message: `USB device 1 image: ${stick} does not exist.` }]);
+  fs.writeFileSync(stick, Buffer.alloc(4096));
+  assert.deepEqual(specFileProblems(spec), []);
+  assert.deepEqual(machineConfigOf(spec).usb, {
+    controller: 'xhci', devices: [{ kind: 'storage', path: stick, readOnly: true }, { kind: 'tablet', port: 6 }],
+  });
+  assert.equal(machineConfigOf(flatSpec('g', { boot: { kind: 'flat', path: guestFile } })).usb, undefined);
 });
