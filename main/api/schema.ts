@@ -6,7 +6,7 @@ import {
   type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
   type VmSpec, type VmUsbSpec,
 } from './contract';
-import { ConfigError, USB_PORTS, usbDeviceConfigFromJson } from '../vmm/config';
+import { USB_PORT_COUNT, usbDeviceProblems } from './usb-input';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -156,22 +156,21 @@ function usbProblems(u: unknown, out: FieldProblem[]): void {
     out.push(problem('usb.devices', 'must be a list'));
     return;
   }
-  if (u.devices.length > USB_PORTS) out.push(problem('usb.devices', `may have at most ${USB_PORTS} entries (the controller has ${USB_PORTS} ports)`));
+  if (u.devices.length > USB_PORT_COUNT) out.push(problem('usb.devices', `may have at most ${USB_PORT_COUNT} entries (the controller has ${USB_PORT_COUNT} ports)`));
   if (u.controller === 'none' && u.devices.length > 0) out.push(problem('usb.devices', 'need a USB controller'));
   const ports = new Map<number, number>();
-  u.devices.slice(0, USB_PORTS).forEach((d, i) => {
+  u.devices.slice(0, USB_PORT_COUNT).forEach((d, i) => {
     const field = `usb.devices.${i}`;
-    try {
-      const device = usbDeviceConfigFromJson(d, 'it');
-      if (device.kind === 'storage' && !device.path.startsWith('/')) out.push(problem(`${field}.path`, 'must be an absolute path (starting with /)'));
-      if (device.port !== undefined) {
-        if (ports.has(device.port)) out.push(problem(field, `is on port ${device.port}, as USB device ${(ports.get(device.port) as number) + 1} is`));
-        ports.set(device.port, i);
-      }
-    } catch (e) {
-      if (!(e instanceof ConfigError)) throw e;
-      // "it.path must be ..." → "USB device 1: path must be ...".
-      out.push({ field, message: `${fieldLabel(field)}: ${e.message.replace(/^it[.:] ?/, '')}.` });
+    const problems = usbDeviceProblems(d);
+    for (const p of problems) {
+      if (p.field === 'path') out.push(problem(`${field}.path`, p.what));
+      else out.push(problem(field, p.field === '' ? p.what : `${p.field} ${p.what}`));
+    }
+    const port = (d as { port?: number }).port;
+    if (problems.length === 0 && port !== undefined) {
+      const other = ports.get(port);
+      if (other !== undefined) out.push(problem(field, `is on port ${port}, as USB device ${other + 1} is`));
+      ports.set(port, i);
     }
   });
 }

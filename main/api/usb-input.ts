@@ -1,6 +1,6 @@
-// Validators for the USB calls (attachUsbDevice, detachUsbDevice, sendUsbKeys), shared by
-// the API and the CLI's control socket so both refuse the same input with the same words.
-// Pure: no Node or DOM imports (the renderer may use them while the user types).
+// Validators for the USB calls (attachUsbDevice, detachUsbDevice, sendUsbKeys) and a VM spec's
+// usb section, shared by the API and the CLI's control socket so both refuse the same input
+// with the same words. Imports only the contract: the renderer may use them as the user types.
 //
 // Key names (sendUsbKeys and `porthole keys`), matched without regard to case:
 // - a printable character: "a", "A" (shift+a), "7", "%", "/", " " (US layout);
@@ -12,12 +12,17 @@
 // - a chord joins names with "+": "ctrl+alt+Delete", "shift+Tab", "ctrl++". Its keys go down
 //   in order and come up in reverse.
 // Text mode ({ text }) types printable ASCII, "\n" (Enter) and "\t" (Tab) on a US layout.
-import { ApiError } from './contract';
-import { ConfigError, USB_PORTS, usbDeviceConfigFromJson, type UsbDeviceConfig } from '../vmm/config';
-import { KEY_CODE_USAGES } from '../vmm/devices/usb/hid-keyboard';
-import type { UsbKeyEvent } from '../vmm/shared/usb-messages';
+import { ApiError, type UsbDeviceSpec } from './contract';
 
-export type { UsbKeyEvent };
+/** A key event for the USB keyboard: a Keyboard/Keypad page usage (HID Usage Tables 10), down or up. */
+export interface UsbKeyEvent {
+  usage: number;
+  down: boolean;
+}
+
+/** Root-hub ports of a VM's xHCI: 1..USB3_PORTS are USB 3, the rest USB 2. */
+export const USB_PORT_COUNT = 8;
+export const USB3_PORT_COUNT = 4;
 
 export const USB_KEYS_LIMITS = {
   /** Key names (chords) per call. */
@@ -31,30 +36,73 @@ export const USB_KEYS_LIMITS = {
 } as const;
 
 const SHIFT = 0xe1;
+const PATH_MAX = 4096;
 
 function invalid(message: string): ApiError {
   return new ApiError('invalid-argument', message);
 }
 
-/** A device to plug in, in a VM config's shape (usb.devices entries); a storage path must be absolute. */
-export function parseUsbDeviceSpec(input: unknown): UsbDeviceConfig {
-  let device: UsbDeviceConfig;
-  try {
-    device = usbDeviceConfigFromJson(input, 'device');
-  } catch (e) {
-    if (e instanceof ConfigError) throw invalid(`${e.message[0].toUpperCase()}${e.message.slice(1)}.`);
-    throw e;
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** One problem of a device spec: the field it is about ("" for the whole) and what is wrong. */
+export interface UsbDeviceProblem {
+  field: string;
+  what: string;
+}
+
+/** The problems of a device spec (a VM config's usb.devices entry), in field order; [] when good. */
+export function usbDeviceProblems(input: unknown): UsbDeviceProblem[] {
+  if (!isRecord(input)) return [{ field: '', what: 'must be an object with a "kind"' }];
+  const out: UsbDeviceProblem[] = [];
+  const kind = input.kind;
+  if (kind !== 'storage' && kind !== 'keyboard' && kind !== 'tablet') {
+    return [{ field: 'kind', what: 'must be "storage", "keyboard" or "tablet"' }];
   }
-  if (device.kind === 'storage' && !device.path.startsWith('/')) {
-    throw invalid('Device.path must be an absolute path (starting with /).');
+  const allowed = kind === 'storage' ? ['kind', 'path', 'readOnly', 'port'] : ['kind', 'port'];
+  for (const k of Object.keys(input)) if (!allowed.includes(k)) out.push({ field: k, what: `is not a setting of a ${kind}` });
+  if (kind === 'storage') {
+    const p = input.path;
+    if (typeof p !== 'string' || p === '') out.push({ field: 'path', what: 'must be the path of an image file' });
+    else if (p.length > PATH_MAX || p.includes('\0')) out.push({ field: 'path', what: `must be a file path of at most ${PATH_MAX} characters` });
+    else if (!p.startsWith('/')) out.push({ field: 'path', what: 'must be an absolute path (starting with /)' });
+    if (input.readOnly !== undefined && typeof input.readOnly !== 'boolean') out.push({ field: 'readOnly', what: 'must be true or false' });
   }
-  return device;
+  const port = input.port;
+  if (port !== undefined) {
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > USB_PORT_COUNT) {
+      out.push({ field: 'port', what: `must be a whole number from 1 to ${USB_PORT_COUNT}` });
+    } else if (kind !== 'storage' && port <= USB3_PORT_COUNT) {
+      out.push({ field: 'port', what: `must be a USB 2 port (${USB3_PORT_COUNT + 1} to ${USB_PORT_COUNT}) for a ${kind}; ${port} is a USB 3 port` });
+    }
+  }
+  return out;
+}
+
+/** A device spec after validation: readOnly is filled in (the VMM's UsbDeviceConfig has this shape). */
+export type UsbDeviceChoice = (
+  | { kind: 'storage'; path: string; readOnly: boolean }
+  | { kind: 'keyboard' }
+  | { kind: 'tablet' }
+) & { port?: number };
+
+/** A validated copy of a device spec, or ApiError naming the first problem. */
+export function parseUsbDeviceSpec(input: unknown): UsbDeviceChoice {
+  const problems = usbDeviceProblems(input);
+  if (problems.length > 0) {
+    const p = problems[0];
+    throw invalid(p.field === '' ? `The device ${p.what}.` : `Device ${p.field} ${p.what}.`);
+  }
+  const d = input as UsbDeviceSpec;
+  const port = d.port === undefined ? {} : { port: d.port };
+  return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
 }
 
 /** A root-hub port number, 1..8. */
 export function parseUsbPort(input: unknown): number {
-  if (typeof input !== 'number' || !Number.isInteger(input) || input < 1 || input > USB_PORTS) {
-    throw invalid(`The USB port must be a whole number from 1 to ${USB_PORTS}.`);
+  if (typeof input !== 'number' || !Number.isInteger(input) || input < 1 || input > USB_PORT_COUNT) {
+    throw invalid(`The USB port must be a whole number from 1 to ${USB_PORT_COUNT}.`);
   }
   return input;
 }
@@ -95,8 +143,39 @@ const SHORT_NAMES: Readonly<Record<string, number>> = {
   pgdn: 0x4e, pagedown: 0x4e, right: 0x4f, left: 0x50, down: 0x51, up: 0x52, numlock: 0x53, menu: 0x65,
 };
 
+/**
+ * KeyboardEvent.code names and their Keyboard/Keypad usages (HID Usage Tables 10), the same
+ * table as the emulated keyboard's (devices/usb/hid-keyboard.ts; a unit test keeps them equal).
+ */
+export const USB_KEY_CODES: Readonly<Record<string, number>> = (() => {
+  const m: Record<string, number> = {};
+  for (let i = 0; i < 26; i++) m[`Key${String.fromCharCode(65 + i)}`] = 0x04 + i;
+  for (let i = 1; i <= 9; i++) m[`Digit${i}`] = 0x1d + i;
+  m.Digit0 = 0x27;
+  Object.assign(m, {
+    Enter: 0x28, Escape: 0x29, Backspace: 0x2a, Tab: 0x2b, Space: 0x2c, Minus: 0x2d, Equal: 0x2e,
+    BracketLeft: 0x2f, BracketRight: 0x30, Backslash: 0x31, IntlHash: 0x32, Semicolon: 0x33,
+    Quote: 0x34, Backquote: 0x35, Comma: 0x36, Period: 0x37, Slash: 0x38, CapsLock: 0x39,
+    PrintScreen: 0x46, ScrollLock: 0x47, Pause: 0x48, Insert: 0x49, Home: 0x4a, PageUp: 0x4b,
+    Delete: 0x4c, End: 0x4d, PageDown: 0x4e, ArrowRight: 0x4f, ArrowLeft: 0x50, ArrowDown: 0x51,
+    ArrowUp: 0x52, NumLock: 0x53, NumpadDivide: 0x54, NumpadMultiply: 0x55, NumpadSubtract: 0x56,
+    NumpadAdd: 0x57, NumpadEnter: 0x58, NumpadDecimal: 0x63, IntlBackslash: 0x64,
+    ContextMenu: 0x65, Power: 0x66, NumpadEqual: 0x67, Help: 0x75, Again: 0x79, Undo: 0x7a,
+    Cut: 0x7b, Copy: 0x7c, Paste: 0x7d, Find: 0x7e, AudioVolumeMute: 0x7f, AudioVolumeUp: 0x80,
+    AudioVolumeDown: 0x81, NumpadComma: 0x85, IntlRo: 0x87, KanaMode: 0x88, IntlYen: 0x89,
+    Convert: 0x8a, NonConvert: 0x8b, Lang1: 0x90, Lang2: 0x91, Lang3: 0x92, Lang4: 0x93,
+    ControlLeft: 0xe0, ShiftLeft: 0xe1, AltLeft: 0xe2, MetaLeft: 0xe3,
+    ControlRight: 0xe4, ShiftRight: 0xe5, AltRight: 0xe6, MetaRight: 0xe7,
+  });
+  for (let i = 1; i <= 12; i++) m[`F${i}`] = 0x39 + i;
+  for (let i = 13; i <= 24; i++) m[`F${i}`] = 0x68 + (i - 13);
+  for (let i = 1; i <= 9; i++) m[`Numpad${i}`] = 0x58 + i;
+  m.Numpad0 = 0x62;
+  return Object.freeze(m);
+})();
+
 /** KeyboardEvent.code names, lower-cased. */
-const CODE_NAMES: ReadonlyMap<string, number> = new Map(Object.entries(KEY_CODE_USAGES).map(([k, v]) => [k.toLowerCase(), v]));
+const CODE_NAMES: ReadonlyMap<string, number> = new Map(Object.entries(USB_KEY_CODES).map(([k, v]) => [k.toLowerCase(), v]));
 
 /** The usage of one key name and whether it implies shift, or null for a name we do not know. */
 export function usbKeyUsage(name: string): [number, boolean] | null {

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
 import { ApiError } from '../../main/api/contract';
 import { ApiSession } from '../../main/api/session';
-import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, usbKeyUsage } from '../../main/api/usb-input';
+import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, USB_KEY_CODES, usbKeyUsage } from '../../main/api/usb-input';
+import { KEY_CODE_USAGES } from '../../main/vmm/devices/usb/hid-keyboard';
 import { parseVmSpec, vmSpecProblems } from '../../main/api/schema';
 import { machineConfigOf, specFileProblems } from '../../main/manager/machine-config';
 import { VmManager } from '../../main/manager/manager';
@@ -35,18 +36,22 @@ test('device specs: the config shape, errors naming the field, absolute image pa
   assert.deepEqual(parseUsbDeviceSpec({ kind: 'storage', path: '/i.img', readOnly: true, port: 3 }), {
     kind: 'storage', path: '/i.img', readOnly: true, port: 3,
   });
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'mouse' })), 'Device.kind must be "storage", "keyboard" or "tablet".');
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage' })), 'Device.path must be a non-empty string.');
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage', path: 'rel.img' })), 'Device.path must be an absolute path (starting with /).');
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage', path: '/a', readOnly: 'yes' })), 'Device.readOnly must be true or false.');
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'tablet', path: '/a' })), 'Device: unknown field "path".');
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'tablet', port: 9 })), 'Device.port must be a whole number from 1 to 8.');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'mouse' })), 'Device kind must be "storage", "keyboard" or "tablet".');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage' })), 'Device path must be the path of an image file.');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage', path: 'rel.img' })), 'Device path must be an absolute path (starting with /).');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage', path: '/a', readOnly: 'yes' })), 'Device readOnly must be true or false.');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'tablet', path: '/a' })), 'Device path is not a setting of a tablet.');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'tablet', port: 9 })), 'Device port must be a whole number from 1 to 8.');
   assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'tablet', port: 1 })),
-    'Device.port: a tablet needs a USB 2 port (5 to 8); 1 is a USB 3 port.');
-  assert.equal(refusal(() => parseUsbDeviceSpec('keyboard')), 'Device must be an object with a "kind".');
+    'Device port must be a USB 2 port (5 to 8) for a tablet; 1 is a USB 3 port.');
+  assert.equal(refusal(() => parseUsbDeviceSpec('keyboard')), 'The device must be an object with a "kind".');
   assert.equal(refusal(() => parseUsbPort(0)), 'The USB port must be a whole number from 1 to 8.');
   assert.equal(refusal(() => parseUsbPort('5')), 'The USB port must be a whole number from 1 to 8.');
   assert.equal(parseUsbPort(8), 8);
+});
+
+test('the API\'s key-code table is the emulated keyboard\'s', () => {
+  assert.deepEqual(USB_KEY_CODES, KEY_CODE_USAGES);
 });
 
 test('a config file may pin a device to a port; two devices on one port are refused', () => {
@@ -159,7 +164,7 @@ test('attachUsbDevice travels to the VM process and answers with the port; its e
 test('bad USB arguments are refused before the VM process hears of them; state is checked', async () => {
   const { id, proc } = await runningVm();
   const r1 = await session.call('attachUsbDevice', [id, { kind: 'storage', path: 'relative.img' }]);
-  assert.deepEqual(r1, { ok: false, error: { code: 'invalid-argument', message: 'Device.path must be an absolute path (starting with /).' } });
+  assert.deepEqual(r1, { ok: false, error: { code: 'invalid-argument', message: 'Device path must be an absolute path (starting with /).' } });
   const r2 = await session.call('detachUsbDevice', [id, 0]);
   assert.deepEqual(r2, { ok: false, error: { code: 'invalid-argument', message: 'The USB port must be a whole number from 1 to 8 (argument "usbPort" of detachUsbDevice).' } });
   const r3 = await session.call('sendUsbKeys', [id, ['ctrl+nope']]);
@@ -197,7 +202,7 @@ test('a VM spec may have a USB controller and devices; problems name the field; 
   assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'ehci', devices: [{ kind: 'storage', path: 'rel.img' }, { kind: 'mouse' }, { kind: 'tablet', port: 5 }, { kind: 'keyboard', port: 5 }] } }), [
     { field: 'usb.controller', message: 'USB controller must be "xhci" or "none".' },
     { field: 'usb.devices.0.path', message: 'USB device 1 image must be an absolute path (starting with /).' },
-    { field: 'usb.devices.1', message: 'USB device 2: kind must be "storage", "keyboard" or "tablet".' },
+    { field: 'usb.devices.1', message: 'USB device 2 kind must be "storage", "keyboard" or "tablet".' },
     { field: 'usb.devices.3', message: 'USB device 4 is on port 5, as USB device 3 is.' },
   ]);
   assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'none', devices: [{ kind: 'keyboard' }] } }), [
