@@ -123,7 +123,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private usbPlugged: UsbDeviceConfig[] | null = null;
   private nextUsbRequest = 1;
   private readonly usbRequests = new Map<number, {
-    resolve(answer: UsbAnswer): void; reject(e: Error): void; timer: NodeJS.Timeout;
+    op: UsbRequestBody['op']; resolve(answer: UsbAnswer): void; reject(e: Error): void; timer: NodeJS.Timeout;
   }>();
 
   constructor(readonly config: MachineConfig) {
@@ -267,6 +267,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         return;
       }
       this.emit('log', userReset ? 'reset by the user' : 'guest reset');
+      // Keys being typed went with the old machine's keyboard; other requests still queued
+      // in the channel are answered by the new machine.
+      this.failUsbRequests('the VM was reset before every key was sent', 'keys');
       this.setState('starting');
       this.launchMachine().catch((e: Error) => this.finish({ reason: 'error', message: e.message }, stats));
       return;
@@ -555,7 +558,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           ? `the guest did not take the keys within ${timeoutMs / 1000} s (is it reading the USB keyboard?)`
           : `the machine did not answer the USB request within ${timeoutMs / 1000} s`));
       }, timeoutMs);
-      this.usbRequests.set(id, { resolve, reject, timer });
+      this.usbRequests.set(id, { op: body.op, resolve, reject, timer });
       if (!this.sendToMachine(XHCI_CHANNEL_TARGET, USB_KIND.REQUEST, encodeUsbMessage({ ...body, id }))) {
         clearTimeout(timer);
         this.usbRequests.delete(id);
@@ -577,12 +580,13 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     else waiter.reject(new UsbRequestError(reply.code, reply.error));
   }
 
-  private failUsbRequests(message: string): void {
-    for (const w of this.usbRequests.values()) {
+  private failUsbRequests(message: string, only?: UsbRequestBody['op']): void {
+    for (const [id, w] of this.usbRequests) {
+      if (only !== undefined && w.op !== only) continue;
       clearTimeout(w.timer);
+      this.usbRequests.delete(id);
       w.reject(new UsbRequestError('invalid-state', message));
     }
-    this.usbRequests.clear();
   }
 }
 
