@@ -16,7 +16,7 @@ import { ConfigError } from '../../main/vmm/config';
 import { XhciHotplug } from '../../main/vmm/devices/usb/xhci-hotplug';
 import { createUsbDevice } from '../../main/vmm/devices/usb/xhci-pci';
 import {
-  decodeUsbMessage, encodeUsbMessage, USB_KIND, type UsbReply, type UsbRequestBody, UsbRequestError,
+  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbRequestBody, UsbRequestError,
 } from '../../main/vmm/shared/usb-messages';
 import { makeImage, tempDir } from '../helpers/usb-storage';
 import { DB, Driver, PORTSC, trb } from '../helpers/xhci-driver';
@@ -96,7 +96,7 @@ class HotplugStandIn implements UsbControl {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, (r) => (r.ok ? resolve(r) : reject(new UsbRequestError(r.code, r.error))));
-      this.hot.handle(USB_KIND.REQUEST, encodeUsbMessage({ ...body, id }));
+      this.hot.handle(USB_KIND.REQUEST, encodeUsbRequest({ ...body, id }));
     });
   }
 

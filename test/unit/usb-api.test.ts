@@ -15,7 +15,10 @@ import { VmManager } from '../../main/manager/manager';
 import type { ManagerToVm } from '../../main/manager/vm-process-protocol';
 import { defaultConfig, machineConfigFromJson } from '../../main/vmm/config';
 import { VmHost } from '../../main/vmm/host/vm-host';
-import type { UsbPortState } from '../../main/vmm/shared/usb-messages';
+import { Channel } from '../../main/vmm/shared/channel';
+import {
+  decodeUsbRequest, encodeUsbRequest, USB_KIND, type UsbPortState, XHCI_CHANNEL_TARGET,
+} from '../../main/vmm/shared/usb-messages';
 import { flatSpec, tempConfigHome, waitFor } from '../helpers/manager';
 import { ScriptedProcess } from '../helpers/scripted-process';
 
@@ -229,4 +232,20 @@ test('a spec\'s USB images are checked like its other files, and its USB section
     controller: 'xhci', devices: [{ kind: 'storage', path: stick, readOnly: true }, { kind: 'tablet', port: 6 }],
   });
   assert.equal(machineConfigOf(flatSpec('g', { boot: { kind: 'flat', path: guestFile } })).usb, undefined);
+});
+
+test('the longest key input the API takes crosses the host channel as one record, and unpacks to the same events', () => {
+  const channel = Channel.create(64 * 1024); // the VM host's channel size
+  const inputs = [{ text: '~'.repeat(1024) }, Array.from({ length: 128 }, () => 'ctrl+alt+shift+meta+A+B+C+D')];
+  for (const input of inputs) {
+    const events = parseUsbKeys(input);
+    assert.ok(events.length >= 2048);
+    const payload = encodeUsbRequest({ id: 7, op: 'keys', events });
+    assert.equal(channel.send(XHCI_CHANNEL_TARGET, USB_KIND.REQUEST, payload), true);
+    let got: unknown = null;
+    channel.receive((_t, _k, p) => { got = decodeUsbRequest(p); });
+    assert.deepEqual(got, { id: 7, op: 'keys', events });
+  }
+  const bad = decodeUsbRequest(new TextEncoder().encode('{"id": 3, "op": "keys", "codes": [4, 999]}'));
+  assert.deepEqual(bad, { id: 3, op: 'keys', events: undefined });
 });

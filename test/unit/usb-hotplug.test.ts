@@ -10,7 +10,7 @@ import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
 import { createUsbDevice } from '../../main/vmm/devices/usb/xhci-pci';
 import { XhciHotplug } from '../../main/vmm/devices/usb/xhci-hotplug';
 import {
-  decodeUsbMessage, encodeUsbMessage, USB_KIND, type UsbReply, type UsbRequestBody,
+  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbRequestBody,
 } from '../../main/vmm/shared/usb-messages';
 import { cbw, makeImage, tempDir } from '../helpers/usb-storage';
 import { DATA, DB, Driver, PORTSC, trb } from '../helpers/xhci-driver';
@@ -46,7 +46,7 @@ function harness() {
   /** Sends a request; returns its reply if it came at once. */
   const ask = (body: UsbRequestBody): UsbReply | undefined => {
     const id = ++nextId;
-    hot.handle(USB_KIND.REQUEST, encodeUsbMessage({ ...body, id }));
+    hot.handle(USB_KIND.REQUEST, encodeUsbRequest({ ...body, id }));
     return replies.find((r) => r.id === id);
   };
   const runTimers = () => {

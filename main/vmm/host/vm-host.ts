@@ -19,7 +19,7 @@ import {
 } from '../shared/serial-messages';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, type StartupTiming } from '../shared/control';
 import {
-  decodeUsbMessage, encodeUsbMessage, USB_KIND, type UsbPortState, type UsbReply, type UsbRequestBody, UsbRequestError,
+  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbPortState, type UsbReply, type UsbRequestBody, UsbRequestError,
   XHCI_CHANNEL_TARGET,
 } from '../shared/usb-messages';
 
@@ -559,7 +559,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           : `the machine did not answer the USB request within ${timeoutMs / 1000} s`));
       }, timeoutMs);
       this.usbRequests.set(id, { op: body.op, resolve, reject, timer });
-      if (!this.sendToMachine(XHCI_CHANNEL_TARGET, USB_KIND.REQUEST, encodeUsbMessage({ ...body, id }))) {
+      if (!this.sendToMachine(XHCI_CHANNEL_TARGET, USB_KIND.REQUEST, encodeUsbRequest({ ...body, id }))) {
         clearTimeout(timer);
         this.usbRequests.delete(id);
         reject(new UsbRequestError('invalid-state', 'the machine is not taking requests'));

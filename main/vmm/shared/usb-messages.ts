@@ -78,8 +78,30 @@ export class UsbRequestError extends Error {
   }
 }
 
-export function encodeUsbMessage(message: UsbRequest | UsbReply): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(message));
+export function encodeUsbReply(reply: UsbReply): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(reply));
+}
+
+/**
+ * A request as it crosses the channel. Key events travel packed, usage | down << 8, so the
+ * longest request the API allows (a few thousand events) stays well inside one record.
+ */
+export function encodeUsbRequest(request: UsbRequest): Uint8Array {
+  const wire = request.op === 'keys'
+    ? { id: request.id, op: 'keys', codes: request.events.map((e) => e.usage | (e.down ? 0x100 : 0)) }
+    : request;
+  return new TextEncoder().encode(JSON.stringify(wire));
+}
+
+/** A request from the channel (key events unpacked; malformed ones left out for the handler to refuse), or null. */
+export function decodeUsbRequest(payload: Uint8Array): (Record<string, unknown> & { id: number }) | null {
+  const message = decodeUsbMessage(payload);
+  if (message === null || message.op !== 'keys') return message;
+  const codes = message.codes;
+  const events = Array.isArray(codes) && codes.every((c) => Number.isInteger(c) && c >= 0 && c <= 0x1ff)
+    ? (codes as number[]).map((c) => ({ usage: c & 0xff, down: (c & 0x100) !== 0 }))
+    : undefined;
+  return { id: message.id, op: 'keys', events };
 }
 
 /** The decoded JSON object of a payload, or null if it is not one with a numeric id. */

@@ -6,7 +6,7 @@
 // Runs on the machine thread.
 import type { UsbDeviceConfig } from '../../config';
 import {
-  decodeUsbMessage, encodeUsbMessage, USB_KIND, USB_MAX_KEY_EVENTS, type UsbKeyEvent, type UsbPortState, type UsbReply,
+  decodeUsbRequest, encodeUsbReply, USB_KIND, USB_MAX_KEY_EVENTS, type UsbKeyEvent, type UsbPortState, type UsbReply,
   type UsbRequestBody, UsbRequestError,
 } from '../../shared/usb-messages';
 import { UsbKeyboard } from './hid-keyboard';
@@ -149,7 +149,7 @@ export class XhciHotplug {
   /** A record from the VM host. Every request gets exactly one reply. */
   handle(kind: number, payload: Uint8Array): void {
     if (kind !== USB_KIND.REQUEST) return;
-    const message = decodeUsbMessage(payload);
+    const message = decodeUsbRequest(payload);
     if (message === null) {
       this.host.log('xhci: a USB request that is not JSON with an id was dropped');
       return;
@@ -283,7 +283,7 @@ export class XhciHotplug {
   }
 
   private send(reply: UsbReply): void {
-    const payload = encodeUsbMessage(reply);
+    const payload = encodeUsbReply(reply);
     if (this.unsent.length === 0 && this.host.send(payload)) return;
     this.unsent.push(payload);
     if (this.resendTimer === null) this.resendTimer = this.host.setTimer(RESEND_MS, () => this.sendUnsent());
