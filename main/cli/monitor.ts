@@ -98,13 +98,6 @@ export class MonitorError extends Error {
   }
 }
 
-/** Accepts "unix:PATH" or a plain path. */
-export function monitorPath(spec: string): string {
-  const p = spec.startsWith('unix:') ? spec.slice(5) : spec;
-  if (p.trim() === '') throw new MonitorError('--monitor needs a socket path, e.g. --monitor unix:/tmp/vm.sock');
-  return p;
-}
-
 /** Whether something listens on the Unix socket at `path`. */
 function listening(path: string): Promise<boolean> {
   return new Promise((resolve) => {

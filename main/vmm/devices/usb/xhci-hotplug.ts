@@ -122,20 +122,21 @@ export class XhciHotplug {
 
   ports(): UsbPortState[] {
     return this.controller.ports.map((p) => {
+      // Every device on a port came through here, so it has an entry.
       const entry = this.plugged.get(p.number);
       const d = p.device;
       return {
         port: p.number,
         protocol: p.usb3 ? 'usb3' : 'usb2',
-        device: d === null ? null : {
-          kind: entry?.config.kind ?? 'keyboard',
+        device: d === null || entry === undefined ? null : {
+          kind: entry.config.kind,
           name: d.name,
           product: (d as { product?: string }).product ?? d.name,
           speed: d.speed,
           vendorId: d.vendorId,
           productId: d.productId,
-          path: entry?.config.kind === 'storage' ? entry.config.path : null,
-          readOnly: entry?.config.kind === 'storage' ? entry.config.readOnly : null,
+          path: entry.config.kind === 'storage' ? entry.config.path : null,
+          readOnly: entry.config.kind === 'storage' ? entry.config.readOnly : null,
         },
       };
     });
