@@ -166,8 +166,8 @@ function usbProblems(u: unknown, out: FieldProblem[]): void {
       if (p.field === 'path') out.push(problem(`${field}.path`, p.what));
       else out.push(problem(field, p.field === '' ? p.what : `${p.field} ${p.what}`));
     }
-    const port = (d as { port?: number }).port;
-    if (problems.length === 0 && port !== undefined) {
+    const port = problems.length === 0 ? (d as { port?: number }).port : undefined;
+    if (port !== undefined) {
       const other = ports.get(port);
       if (other !== undefined) out.push(problem(field, `is on port ${port}, as USB device ${other + 1} is`));
       ports.set(port, i);

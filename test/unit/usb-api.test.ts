@@ -211,6 +211,10 @@ test('a VM spec may have a USB controller and devices; problems name the field; 
   assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'none', devices: [{ kind: 'keyboard' }] } }), [
     { field: 'usb.devices', message: 'USB devices need a USB controller.' },
   ]);
+  assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'xhci', devices: [null, 'keyboard'] } }), [
+    { field: 'usb.devices.0', message: 'USB device 1 must be an object with a "kind".' },
+    { field: 'usb.devices.1', message: 'USB device 2 must be an object with a "kind".' },
+  ]);
   assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'xhci', devices: [], extra: 1 } }), [
     { field: 'usb.extra', message: '"usb.extra" is not a setting Porthole knows.' },
   ]);
