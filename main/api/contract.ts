@@ -151,6 +151,15 @@ export interface VmSpec {
   serial: [SerialForward, SerialForward, SerialForward, SerialForward];
   /** QEMU's isa-debug-exit port 0xf4, which lets a test program power the VM off with a status. */
   debugExit: boolean;
+  /** The USB controller and the devices plugged in at start; absent: no USB controller. */
+  usb?: VmUsbSpec;
+}
+
+export interface VmUsbSpec {
+  /** "xhci": a USB 3 controller (ports 1..4 USB 3, 5..8 USB 2) that takes devices while the VM runs. */
+  controller: 'xhci' | 'none';
+  /** Plugged in at start (UsbDeviceSpec, defined with the USB calls below); at most 8. */
+  devices: UsbDeviceSpec[];
 }
 
 /** A good starting point for the "New VM" dialog. */
@@ -275,6 +284,50 @@ export interface VmStatsEvent {
 }
 
 // ---------------------------------------------------------------------------------
+// USB on a running VM (its xHCI controller's root-hub ports)
+
+/** An emulated device to plug in: the shape of a VM config's usb.devices entry. */
+export type UsbDeviceSpec = (
+  /** A USB stick backed by a raw image file (absolute path); locked while plugged in. */
+  | { kind: 'storage'; path: string; readOnly?: boolean }
+  | { kind: 'keyboard' }
+  | { kind: 'tablet' }
+) & {
+  /** 1..4 are USB 3 ports, 5..8 USB 2; absent: the first free port that suits (storage prefers USB 3). */
+  port?: number;
+};
+
+export interface UsbPortDeviceInfo {
+  kind: 'storage' | 'keyboard' | 'tablet';
+  /** As in the VM's log and statistics, e.g. "usb-storage stick.img". */
+  name: string;
+  /** The product string of its descriptors, e.g. "Porthole USB Keyboard". */
+  product: string;
+  speed: 'low' | 'full' | 'high' | 'super';
+  vendorId: number;
+  productId: number;
+  /** Storage: the image file and whether the guest may write it; null otherwise. */
+  path: string | null;
+  readOnly: boolean | null;
+}
+
+export interface UsbPortInfo {
+  /** 1-based, as the guest sees it. */
+  port: number;
+  /** "usb3": SuperSpeed; "usb2": low, full and high speed. */
+  protocol: 'usb2' | 'usb3';
+  /** What sits on the port, or null. */
+  device: UsbPortDeviceInfo | null;
+}
+
+/**
+ * Keys for the VM's USB keyboard: key names pressed and released in turn ("a", "Enter",
+ * "F5", "ctrl+alt+Delete"; the list is in main/api/usb-input.ts), or text to type (printable
+ * ASCII, "\n" and "\t", US layout).
+ */
+export type UsbKeysInput = string[] | { text: string };
+
+// ---------------------------------------------------------------------------------
 // App
 
 export interface AppInfo {
@@ -359,6 +412,26 @@ export interface PortholeApi {
   openConsole(id: VmId, port: ConsolePort, listener: ConsoleListener): Promise<() => void>;
   /** Types into a COM port (UTF-8 encoded). Only while running or paused; not for "debugcon". */
   sendConsoleInput(id: VmId, port: ConsolePort, data: string): Promise<void>;
+
+  /**
+   * The ports of the VM's USB controller and what sits on each. Only while it runs or is
+   * paused; "invalid-state" when the VM has no USB controller.
+   */
+  listUsbPorts(id: VmId): Promise<UsbPortInfo[]>;
+  /**
+   * Plugs an emulated device into a free port (or `device.port`); the guest sees it connect.
+   * Resolves with the port it got. A storage image that is missing ("not-found"), in use
+   * ("invalid-state") or unusable ("invalid-argument") is refused with nothing plugged in.
+   */
+  attachUsbDevice(id: VmId, device: UsbDeviceSpec): Promise<UsbPortInfo>;
+  /** Unplugs the device on `port` (1..8): its transfers are cancelled and an image is closed. */
+  detachUsbDevice(id: VmId, port: number): Promise<void>;
+  /**
+   * Presses and releases keys on the VM's USB keyboard (the first one), paced to the guest's
+   * polling; resolves once the guest could take them all. Only while running; "invalid-state"
+   * without a USB keyboard, or before the guest's driver has set it up.
+   */
+  sendUsbKeys(id: VmId, keys: UsbKeysInput): Promise<void>;
 
   /** The native file dialog (Electron only; see AppInfo.capabilities). Resolves to null if cancelled. */
   chooseFile(choice: FileChoice): Promise<string | null>;

@@ -8,6 +8,7 @@
 // No Node or DOM imports: the renderer may import this file.
 import type { PortholeApi } from './contract';
 import { parseConsoleInput, parseConsolePort, parseFileChoice, parseVmId, parseVmSpec } from './schema';
+import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
 export interface ArgSpec<T = unknown> {
@@ -59,6 +60,9 @@ const vmSpec = { name: 'spec', parse: parseVmSpec, namesFields: true } as const;
 const consolePort = { name: 'port', parse: parseConsolePort } as const;
 const consoleInput = { name: 'data', parse: parseConsoleInput } as const;
 const fileChoice = { name: 'choice', parse: parseFileChoice } as const;
+const usbDevice = { name: 'device', parse: parseUsbDeviceSpec, namesFields: true } as const;
+const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
+const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
@@ -90,6 +94,10 @@ export const API_METHODS = {
     maxPerSession: 64, noun: 'consoles',
   },
   sendConsoleInput: call(vmId, consolePort, consoleInput),
+  listUsbPorts: call(vmId),
+  attachUsbDevice: call(vmId, usbDevice),
+  detachUsbDevice: call(vmId, usbPort),
+  sendUsbKeys: call(vmId, usbKeys),
   chooseFile: call(fileChoice),
   onEvent: { kind: 'events' },
 } as const satisfies Record<keyof PortholeApi, MethodEntry>;

@@ -3,8 +3,10 @@
 // them to show problems while the user types. Messages are sentences for the UI.
 import {
   ApiError, CONSOLE_PORTS, LIMITS, VM_ID_PATTERN,
-  type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type VmSpec,
+  type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
+  type VmSpec, type VmUsbSpec,
 } from './contract';
+import { USB_PORT_COUNT, usbDeviceProblems } from './usb-input';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -69,6 +71,9 @@ const FIELD_LABELS: Record<string, string> = {
   'boot.path': 'Test program',
   serial: 'Serial ports',
   debugExit: 'Debug exit',
+  usb: 'USB',
+  'usb.controller': 'USB controller',
+  'usb.devices': 'USB devices',
 };
 
 /** "boot.disks.1" → "Disk image 2", "serial.0" → "COM1", else the label of the field. */
@@ -79,6 +84,8 @@ export function fieldLabel(field: string): string {
   if (rom) return `Option ROM ${Number(rom[1]) + 1}`;
   const com = /^serial\.(\d)$/.exec(field);
   if (com) return `COM${Number(com[1]) + 1}`;
+  const usb = /^usb\.devices\.(\d+)(\.path)?$/.exec(field);
+  if (usb) return `USB device ${Number(usb[1]) + 1}${usb[2] ? ' image' : ''}`;
   return FIELD_LABELS[field] ?? field;
 }
 
@@ -138,6 +145,46 @@ function bootProblems(b: unknown, out: FieldProblem[]): void {
   }
 }
 
+function usbProblems(u: unknown, out: FieldProblem[]): void {
+  if (!isRecord(u)) {
+    out.push(problem('usb', 'must be { controller, devices } or left out'));
+    return;
+  }
+  unknownKeys(u, ['controller', 'devices'], 'usb.', out);
+  if (u.controller !== 'xhci' && u.controller !== 'none') out.push(problem('usb.controller', 'must be "xhci" or "none"'));
+  if (!Array.isArray(u.devices)) {
+    out.push(problem('usb.devices', 'must be a list'));
+    return;
+  }
+  if (u.devices.length > USB_PORT_COUNT) out.push(problem('usb.devices', `may have at most ${USB_PORT_COUNT} entries (the controller has ${USB_PORT_COUNT} ports)`));
+  if (u.controller === 'none' && u.devices.length > 0) out.push(problem('usb.devices', 'need a USB controller'));
+  const ports = new Map<number, number>();
+  u.devices.slice(0, USB_PORT_COUNT).forEach((d, i) => {
+    const field = `usb.devices.${i}`;
+    const problems = usbDeviceProblems(d);
+    for (const p of problems) {
+      if (p.field === 'path') out.push(problem(`${field}.path`, p.what));
+      else out.push(problem(field, p.field === '' ? p.what : `${p.field} ${p.what}`));
+    }
+    const port = problems.length === 0 ? (d as { port?: number }).port : undefined;
+    if (port !== undefined) {
+      const other = ports.get(port);
+      if (other !== undefined) out.push(problem(field, `is on port ${port}, as USB device ${other + 1} is`));
+      ports.set(port, i);
+    }
+  });
+}
+
+function copyUsb(u: VmUsbSpec): VmUsbSpec {
+  return {
+    controller: u.controller,
+    devices: u.devices.map((d): UsbDeviceSpec => {
+      const port = d.port === undefined ? {} : { port: d.port };
+      return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
+    }),
+  };
+}
+
 /**
  * Every shape and range problem of a VM spec, in field order; [] when it is good.
  * File existence is checked by main (checkVmSpec), not here.
@@ -145,7 +192,7 @@ function bootProblems(b: unknown, out: FieldProblem[]): void {
 export function vmSpecProblems(input: unknown): FieldProblem[] {
   const out: FieldProblem[] = [];
   if (!isRecord(input)) return [{ field: '', message: 'The VM settings must be an object.' }];
-  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit'], '', out);
+  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'usb'], '', out);
   const name = input.name;
   if (typeof name !== 'string' || name.trim() === '') out.push(problem('name', 'is required'));
   else if (name.length > LIMITS.nameMaxLength) out.push(problem('name', `must be at most ${LIMITS.nameMaxLength} characters`));
@@ -168,6 +215,7 @@ export function vmSpecProblems(input: unknown): FieldProblem[] {
     });
   }
   if (typeof input.debugExit !== 'boolean') out.push(problem('debugExit', 'must be true or false'));
+  if (input.usb !== undefined) usbProblems(input.usb, out);
   return out;
 }
 
@@ -194,6 +242,7 @@ export function parseVmSpec(input: unknown): VmSpec {
     boot: copyBoot(s.boot),
     serial: [s.serial[0], s.serial[1], s.serial[2], s.serial[3]],
     debugExit: s.debugExit,
+    ...(s.usb === undefined ? {} : { usb: copyUsb(s.usb) }),
   };
 }
 

@@ -1,4 +1,8 @@
 // Command-line parsing for `porthole`. Pure: returns what to do or throws UsageError.
+import path from 'node:path';
+import { ApiError } from '../api/contract';
+import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
+import type { MonitorMethod } from './monitor';
 import {
   ConfigError, defaultConfig, machineConfigFromJson, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
   type UsbDeviceConfig, USB_MAX_DEVICES,
@@ -21,7 +25,11 @@ export type CliCommand =
     /** Print a line of the busiest counters every this many ms while the VM runs, or null. */
     liveStatsMs: number | null;
     verbose: boolean; timings: boolean;
-  };
+    /** --monitor: the control socket to listen on, or null. */
+    monitor: string | null;
+  }
+  /** usb list/add/remove and keys: one request to a running VM's control socket. */
+  | { command: 'monitor'; socket: string; method: MonitorMethod; args: unknown[] };
 
 /** Bounds of --stats-interval (the VM host samples at most every 100 ms). */
 export const LIVE_STATS_MIN_MS = 100;
@@ -29,6 +37,11 @@ export const LIVE_STATS_MAX_MS = 60000;
 const LIVE_STATS_DEFAULT_MS = 1000;
 
 export const USAGE = `Usage: porthole run [options]
+       porthole usb list --monitor PATH
+       porthole usb add DEVICE [--port N] --monitor PATH
+       porthole usb remove PORT --monitor PATH
+       porthole keys KEY... --monitor PATH      (KEY: a, Enter, F5, ctrl+alt+Delete, ...)
+       porthole keys --text TEXT --monitor PATH
        porthole --help | --version
 
 Boot source (one of):
@@ -49,6 +62,8 @@ Machine:
   --option-rom PATH      an extra option ROM for the firmware (repeatable)
   --usb DEVICE           an emulated USB device on an xHCI controller (repeatable):
                          keyboard, tablet, storage:IMAGE or storage-ro:IMAGE
+  --monitor PATH         listen on a Unix socket (unix:PATH also works) where
+                         "porthole usb" and "porthole keys" reach this VM
 
 Diagnostics:
   --stats                print VM exits by reason and by device when the VM ends
@@ -64,7 +79,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval', '--usb',
+  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -104,6 +119,7 @@ function tokenize(argv: string[]): [string, string | null][] {
 export function parseArgs(argv: string[], readConfig: (file: string) => unknown): CliCommand {
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') return { command: 'help' };
   if (argv[0] === '--version' || argv[0] === '-V') return { command: 'version' };
+  if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
   if (argv[0] !== 'run') throw new UsageError(`unknown command "${argv[0]}" (try: porthole run --help)`);
   const rest = argv.slice(1);
   if (rest.includes('--help') || rest.includes('-h')) return { command: 'help' };
@@ -130,6 +146,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   let flat: { path: string; address: number } | undefined;
   const optionRoms: string[] = [];
   const usbDevices: UsbDeviceConfig[] = [];
+  let monitor: string | null = null;
 
   for (const [flag, value] of pairs) {
     const v = value as string;
@@ -165,6 +182,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--append': append = v; break;
       case '--option-rom': optionRoms.push(nonEmpty(flag, v)); break;
       case '--usb': usbDevices.push(parseUsbDevice(v)); break;
+      case '--monitor': monitor = socketPath(v); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
       case '--serial': {
@@ -204,7 +222,98 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
   if (liveStatsInterval !== null) liveStatsMs = liveStatsInterval;
-  return { command: 'run', config, stats, liveStatsMs, verbose, timings };
+  return { command: 'run', config, stats, liveStatsMs, verbose, timings, monitor };
+}
+
+/** "unix:PATH" or PATH. */
+function socketPath(v: string): string {
+  const p = v.startsWith('unix:') ? v.slice(5) : v;
+  if (p.trim() === '') throw new UsageError('--monitor needs a socket path, e.g. --monitor unix:/tmp/vm.sock');
+  return p;
+}
+
+/** The API validators' refusal as a usage error (the same words the API gives). */
+function checked<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof ApiError) throw new UsageError(e.message.replace(/\.$/, ''));
+    throw e;
+  }
+}
+
+/**
+ * `porthole usb list|add|remove` and `porthole keys`: positional words plus --monitor PATH
+ * (and --port N for add, --text TEXT for keys). Arguments are checked here with the API's
+ * validators, and again by the VM.
+ */
+function parseMonitorCommand(argv: string[]): CliCommand {
+  const words: string[] = [];
+  let socket: string | null = null;
+  let port: string | null = null;
+  let text: string | null = null;
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    const eq = a.indexOf('=');
+    const flag = a.startsWith('--') ? (eq < 0 ? a : a.slice(0, eq)) : null;
+    if (flag === null || a === '--') {
+      words.push(...(a === '--' ? argv.slice(i + 1) : [a]));
+      if (a === '--') break;
+      continue;
+    }
+    if (flag === '--help') return { command: 'help' };
+    if (flag !== '--monitor' && flag !== '--port' && flag !== '--text') throw new UsageError(`unknown option ${flag} (see porthole --help)`);
+    let value: string;
+    if (eq >= 0) value = a.slice(eq + 1);
+    else {
+      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    if (flag === '--monitor') socket = socketPath(value);
+    else if (flag === '--port') port = value;
+    else text = value;
+  }
+  if (socket === null) throw new UsageError(`porthole ${argv[0]} needs --monitor PATH (the socket of porthole run --monitor PATH)`);
+  if (argv[0] === 'keys') {
+    if (port !== null) throw new UsageError('--port is for porthole usb add');
+    if (text !== null && words.length > 0) throw new UsageError('give key names or --text, not both');
+    if (text === null && words.length === 0) throw new UsageError('porthole keys needs key names (a, Enter, ctrl+alt+Delete) or --text TEXT');
+    const keys = text !== null ? { text } : words;
+    checked(() => parseUsbKeys(keys));
+    return { command: 'monitor', socket, method: 'sendUsbKeys', args: [keys] };
+  }
+  if (text !== null) throw new UsageError('--text is for porthole keys');
+  const [sub, ...rest] = words;
+  const expect = (n: number, what: string) => {
+    if (rest.length !== n) throw new UsageError(`porthole usb ${sub} takes ${what}`);
+  };
+  switch (sub) {
+    case 'list':
+      expect(0, 'no arguments');
+      if (port !== null) throw new UsageError('--port is for porthole usb add');
+      return { command: 'monitor', socket, method: 'listUsbPorts', args: [] };
+    case 'add': {
+      expect(1, 'one device: keyboard, tablet, storage:IMAGE or storage-ro:IMAGE');
+      const device: Record<string, unknown> = { ...parseUsbDevice(rest[0]) };
+      // The VM process may run elsewhere in the file system: send an absolute path.
+      if (device.kind === 'storage') device.path = path.resolve(device.path as string);
+      if (port !== null) {
+        const n = Number(port);
+        device.port = /^\d+$/.test(port) ? n : port;
+      }
+      return { command: 'monitor', socket, method: 'attachUsbDevice', args: [checked(() => parseUsbDeviceSpec(device))] };
+    }
+    case 'remove': {
+      expect(1, 'one port number (see porthole usb list)');
+      if (port !== null) throw new UsageError('--port is for porthole usb add');
+      const n = /^\d+$/.test(rest[0]) ? Number(rest[0]) : NaN;
+      return { command: 'monitor', socket, method: 'detachUsbDevice', args: [checked(() => parseUsbPort(n))] };
+    }
+    case undefined:
+      throw new UsageError('porthole usb needs list, add or remove');
+    default:
+      throw new UsageError(`porthole usb ${sub}: use list, add or remove`);
+  }
 }
 
 function nonEmpty(flag: string, v: string): string {

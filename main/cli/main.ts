@@ -8,6 +8,8 @@ import { epochMs } from '../vmm/shared/control';
 import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
 import { formatStats, printLiveStats } from './stats';
+import { formatUsbPorts, MonitorError, monitorCall, type MonitorServer, startMonitor } from './monitor';
+import type { UsbPortState } from '../vmm/shared/usb-messages';
 import type { StatsSample } from '../vmm/shared/stats';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
@@ -98,12 +100,13 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     process.stdout.write(`porthole ${packageVersion()}\n`);
     return 0;
   }
+  if (command.command === 'monitor') return runMonitorCommand(command.socket, command.method, command.args);
   const problem = kvmAccessProblem();
   if (problem) {
     process.stderr.write(`porthole: ${problem}\n`);
     return 1;
   }
-  const { config, stats, liveStatsMs, verbose, timings } = command;
+  const { config, stats, liveStatsMs, verbose, timings, monitor } = command;
   if (timings) {
     if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
     printTiming('cli', epochMs());
@@ -129,16 +132,54 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   process.on('SIGHUP', onSignal);
   // SIGUSR2 logs where vCPU 0 is (with --verbose): for a guest that stops making progress.
   process.on('SIGUSR2', () => host.dumpVcpus());
+  // The control socket comes first: a path that cannot be used stops us before the VM starts.
+  let monitorServer: MonitorServer | null = null;
+  if (monitor !== null) {
+    try {
+      monitorServer = await startMonitor(monitor, host, (line) => { if (verbose) process.stderr.write(`porthole: ${line}\n`); });
+    } catch (e) {
+      process.stderr.write(`porthole: ${(e as Error).message}\n`);
+      return 1;
+    }
+  }
   try {
     await host.start();
   } catch (e) {
+    monitorServer?.close();
     process.stderr.write(`porthole: ${(e as Error).message}\n`);
     return 1;
   }
   const [end, machineStats] = await ended;
+  monitorServer?.close();
   if (end.reason === 'error') process.stderr.write(`porthole: the VM stopped with an error: ${end.message}\n`);
   if (stats) process.stderr.write(formatStats(machineStats, lastSample));
   return exitCodeFor(end);
+}
+
+export interface CliOutput {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const STDIO: CliOutput = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
+
+/** One request to a running VM's control socket (porthole usb, porthole keys); prints its answer. */
+export async function runMonitorCommand(
+  socket: string, method: Parameters<typeof monitorCall>[1], args: unknown[], io: CliOutput = STDIO,
+): Promise<number> {
+  let value: unknown;
+  try {
+    value = await monitorCall(socket, method, args);
+  } catch (e) {
+    if (e instanceof MonitorError) {
+      io.err(`porthole: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+  if (method === 'listUsbPorts') io.out(formatUsbPorts(value as UsbPortState[]));
+  else if (method === 'attachUsbDevice') io.out(formatUsbPorts([value as UsbPortState]));
+  return 0;
 }
 
 if (require.main === module) {

@@ -42,6 +42,7 @@ function specFiles(spec: VmSpec): { field: string; path: string; blockOk: boolea
       add('boot.path', b.path);
       break;
   }
+  spec.usb?.devices.forEach((d, i) => { if (d.kind === 'storage') add(`usb.devices.${i}.path`, d.path); });
   return files;
 }
 
@@ -95,6 +96,15 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
     case 'flat':
       c.boot = { kind: 'flat', path: b.path, address: FLAT_LOAD_ADDRESS };
       break;
+  }
+  if (spec.usb !== undefined) {
+    c.usb = {
+      controller: spec.usb.controller,
+      devices: spec.usb.devices.map((d) => {
+        const port = d.port === undefined ? {} : { port: d.port };
+        return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
+      }),
+    };
   }
   return c;
 }

@@ -8,8 +8,11 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type UsbPortInfo, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
+import type { UsbKeyEvent } from '../api/usb-input';
+import type { UsbDeviceConfig } from '../vmm/config';
+import type { UsbPortState } from '../vmm/shared/usb-messages';
 import { comIndex, vmSpecProblems } from '../api/schema';
 import type { ApiBackend } from '../api/session';
 import type { ServerEvent } from '../api/wire';
@@ -307,6 +310,36 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     return this.stats.watch(id, listener);
   }
 
+  // ---- USB -------------------------------------------------------------------
+
+  async listUsbPorts(id: string): Promise<UsbPortInfo[]> {
+    const run = this.activeRun(this.entry(id), 'list the USB ports of', ['running', 'paused']);
+    return ((await run.usb({ op: 'list' })).usb?.ports ?? []).map(usbPortInfo);
+  }
+
+  async attachUsbDevice(id: string, device: UsbDeviceConfig): Promise<UsbPortInfo> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'plug a USB device into', ['running', 'paused']);
+    const answer = (await run.usb({ op: 'attach', device })).usb;
+    const port = answer?.ports.find((p) => p.port === answer.port);
+    if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
+    vm.log.addLine(`USB: ${port.device?.name ?? device.kind} plugged into port ${port.port}`);
+    return usbPortInfo(port);
+  }
+
+  async detachUsbDevice(id: string, port: number): Promise<void> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'unplug a USB device from', ['running', 'paused']);
+    await run.usb({ op: 'detach', port });
+    vm.log.addLine(`USB: port ${port} unplugged`);
+  }
+
+  /** `keys` arrives parsed (parseUsbKeys): key events, not names. */
+  async sendUsbKeys(id: string, keys: UsbKeyEvent[]): Promise<void> {
+    const run = this.activeRun(this.entry(id), 'type into', ['running']);
+    await run.usb({ op: 'keys', events: keys });
+  }
+
   // ---- consoles ----------------------------------------------------------------
 
   subscribeConsole(id: string, port: ConsolePort, listener: (offset: number, data: Uint8Array) => void): () => void {
@@ -352,4 +385,17 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
       if (vm.run !== null) await this.forceOffVm(id).catch(() => undefined);
     }));
   }
+}
+
+/** A port as the contract shows it (a copy: nothing of the VM process's message is kept). */
+function usbPortInfo(p: UsbPortState): UsbPortInfo {
+  const d = p.device;
+  return {
+    port: p.port,
+    protocol: p.protocol,
+    device: d === null ? null : {
+      kind: d.kind, name: d.name, product: d.product, speed: d.speed, vendorId: d.vendorId, productId: d.productId,
+      path: d.path, readOnly: d.readOnly,
+    },
+  };
 }

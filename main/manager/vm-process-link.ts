@@ -1,9 +1,10 @@
 // The manager's end of one VM process: commands with numbered replies, and the
 // process's messages checked for shape before anyone acts on them. Knows nothing of
 // VM states; vm-run.ts decides what the messages mean.
-import { ApiError } from '../api/contract';
+import { ApiError, type ApiErrorCode } from '../api/contract';
 import type { MachineStats } from '../vmm/machine/machine';
 import type { StatsSample } from '../vmm/shared/stats';
+import type { UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
 import type { VmProcessHandle } from './process-launcher';
 import type { ManagerToVm, VmCommand, VmToManager } from './vm-process-protocol';
 
@@ -11,6 +12,8 @@ import type { ManagerToVm, VmCommand, VmToManager } from './vm-process-protocol'
 export interface CommandAnswer {
   stats?: MachineStats;
   sample?: StatsSample;
+  /** A USB request's answer: the ports after it and the port it concerned. */
+  usb?: { ports: UsbPortState[]; port?: number };
 }
 
 function sentence(text: string): string {
@@ -19,6 +22,9 @@ function sentence(text: string): string {
   const s = t[0].toUpperCase() + t.slice(1);
   return /[.!?]$/.test(s) ? s : `${s}.`;
 }
+
+/** Error codes a VM process may give in a reply. */
+const REPLY_CODES: readonly ApiErrorCode[] = ['invalid-argument', 'invalid-state', 'not-found', 'timeout'];
 
 export class VmProcessLink {
   private nextCommandId = 1;
@@ -47,6 +53,15 @@ export class VmProcessLink {
     });
   }
 
+  /** Sends a USB request to the VM host; settles with its reply like a command. */
+  usb(request: UsbRequestBody): Promise<CommandAnswer> {
+    return new Promise((resolve, reject) => {
+      const id = this.nextCommandId++;
+      this.pending.set(id, { resolve, reject });
+      this.handle.send({ type: 'usb', id, request });
+    });
+  }
+
   /** Settles the command a reply answers; other messages go to `onMessage`. */
   listen(onMessage: (m: VmToManager) => void): void {
     this.handle.onMessage((m) => {
@@ -58,8 +73,8 @@ export class VmProcessLink {
       const c = this.pending.get(m.id);
       if (!c) return;
       this.pending.delete(m.id);
-      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample });
-      else c.reject(new ApiError('invalid-state', sentence(m.message)));
+      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb });
+      else c.reject(new ApiError(m.code !== undefined && REPLY_CODES.includes(m.code) ? m.code : 'invalid-state', sentence(m.message)));
     });
   }
 

@@ -5,12 +5,15 @@ import type { MachineConfig } from '../vmm/config';
 import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { VmState as HostState } from '../vmm/host/vm-host';
 import type { StatsSample } from '../vmm/shared/stats';
+import type { UsbErrorCode, UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
 
 export type VmCommand = 'stop' | 'pause' | 'resume' | 'reset' | 'stats';
 
 export type ManagerToVm =
   | { type: 'start'; config: MachineConfig }
   | { type: 'command'; id: number; command: VmCommand }
+  /** A USB hot-plug request for the VM host (validated by the manager, checked again there). */
+  | { type: 'usb'; id: number; request: UsbRequestBody }
   /** Host → guest bytes for COM port `port` (0..3). */
   | { type: 'input'; port: number; data: Uint8Array }
   /** Whether to send "stats" messages (the manager has vm-stats watchers for this VM). Off at start. */
@@ -29,8 +32,9 @@ export type VmToManager =
   /** A sample of the statistics registry, only while the stream is on; at most every STATS_MIN_INTERVAL_MS. */
   | { type: 'stats'; sample: StatsSample }
   /** "stats" answers `sample` (no kick) when the registry has counters, else `stats` from the machine. */
-  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample }
-  | { type: 'reply'; id: number; ok: false; message: string }
+  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample; usb?: { ports: UsbPortState[]; port?: number } }
+  /** `code`: the API error code when the VM host knows it (USB requests); else "invalid-state". */
+  | { type: 'reply'; id: number; ok: false; message: string; code?: UsbErrorCode }
   /** The machine ended; the process exits right after (code 0, or non-zero if the process itself failed). */
   | { type: 'ended'; end: MachineEnd; stats: MachineStats };
 

@@ -7,6 +7,7 @@
 // machine first; if even that hangs, the process kills itself with SIGKILL.
 import type { MachineConfig } from '../vmm/config';
 import { VmHost } from '../vmm/host/vm-host';
+import { UsbRequestError, type UsbRequestBody } from '../vmm/shared/usb-messages';
 import { SampleForwarder } from './sample-forwarder';
 import {
   OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, type ManagerToVm, type VmCommand, type VmToManager,
@@ -152,6 +153,37 @@ async function runCommand(id: number, command: VmCommand): Promise<void> {
   }
 }
 
+/** A USB request from the manager, answered with the ports after it (or why it failed). */
+async function runUsb(id: number, request: UsbRequestBody): Promise<void> {
+  const h = host;
+  try {
+    if (!h) throw new UsbRequestError('invalid-state', 'the machine is not running');
+    switch (request?.op) {
+      case 'list':
+        send({ type: 'reply', id, ok: true, usb: { ports: await h.usbPorts() } });
+        return;
+      case 'attach': {
+        const state = await h.attachUsb(request.device);
+        send({ type: 'reply', id, ok: true, usb: { ports: [state], port: state.port } });
+        return;
+      }
+      case 'detach':
+        await h.detachUsb(request.port);
+        send({ type: 'reply', id, ok: true, usb: { ports: [], port: request.port } });
+        return;
+      case 'keys':
+        await h.sendUsbKeys(request.events);
+        send({ type: 'reply', id, ok: true });
+        return;
+      default:
+        throw new UsbRequestError('invalid-argument', 'unknown USB request');
+    }
+  } catch (e) {
+    const code = e instanceof UsbRequestError ? e.code : undefined;
+    send({ type: 'reply', id, ok: false, message: (e as Error).message, code });
+  }
+}
+
 onMessage((m) => {
   if (typeof m !== 'object' || m === null) return;
   switch (m.type) {
@@ -160,6 +192,9 @@ onMessage((m) => {
       break;
     case 'command':
       void runCommand(m.id, m.command);
+      break;
+    case 'usb':
+      void runUsb(m.id, m.request);
       break;
     case 'input':
       if (host && m.data instanceof Uint8Array) host.sendSerialInput(m.port, m.data);

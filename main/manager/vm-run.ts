@@ -16,6 +16,7 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { CommandAnswer, VmProcessLink } from './vm-process-link';
 import type { VmCommand, VmToManager } from './vm-process-protocol';
+import type { UsbRequestBody } from '../vmm/shared/usb-messages';
 
 export type RunPhase = 'launching' | 'building' | 'live' | 'failed' | 'exited';
 export type EndIntent = 'none' | 'stop' | 'force-off';
@@ -192,6 +193,10 @@ export class VmRun {
 
   command(command: VmCommand): Promise<CommandAnswer> {
     return this.link.command(command);
+  }
+
+  usb(request: UsbRequestBody): Promise<CommandAnswer> {
+    return this.link.usb(request);
   }
 
   /** Host → guest bytes for COM port `port` (0..3). */

@@ -17,12 +17,23 @@ export type BootSource =
   | { kind: 'flat'; path: string; address: number };
 
 /** An emulated USB device on the VM's xHCI controller. */
-export type UsbDeviceConfig =
+export type UsbDeviceConfig = (
   /** USB mass storage (Bulk-Only Transport) backed by a raw image file. */
   | { kind: 'storage'; path: string; readOnly: boolean }
   | { kind: 'keyboard' }
   /** An absolute pointer (a tablet), as a desktop VM's mouse. */
-  | { kind: 'tablet' };
+  | { kind: 'tablet' }
+) & {
+  /**
+   * The root-hub port (1..4 USB 3, 5..8 USB 2); absent: the first free port of its speed.
+   * Storage on a USB 3 port runs at SuperSpeed; a keyboard or tablet needs a USB 2 port.
+   */
+  port?: number;
+};
+
+/** Root-hub ports of the xHCI: 1..USB3 are USB 3, the rest USB 2. */
+export const USB_PORTS = 8;
+export const USB3_PORT_COUNT = 4;
 
 export interface UsbConfig {
   /** 'xhci': a USB 3 controller on PCI (4 USB 3 and 4 USB 2 ports); 'none': no USB. */
@@ -149,6 +160,37 @@ export function parseUsbDevice(text: string): UsbDeviceConfig {
   throw new ConfigError(`USB device "${t}" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH`);
 }
 
+/**
+ * One emulated USB device from JSON (a config file's usb.devices entry, an API or control
+ * socket call): errors name the field, e.g. `usb.devices[1].path must be a non-empty string`.
+ */
+export function usbDeviceConfigFromJson(d: unknown, at: string): UsbDeviceConfig {
+  if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "kind"`);
+  const allowed = d.kind === 'storage' ? ['kind', 'path', 'readOnly', 'port'] : ['kind', 'port'];
+  for (const k of Object.keys(d)) if (!allowed.includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  let device: UsbDeviceConfig;
+  if (d.kind === 'keyboard' || d.kind === 'tablet') device = { kind: d.kind };
+  else if (d.kind === 'storage') {
+    if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
+    const path = str(d.path, `${at}.path`);
+    if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
+    device = { kind: 'storage', path, readOnly: d.readOnly === true };
+  } else {
+    throw new ConfigError(`${at}.kind must be "storage", "keyboard" or "tablet"`);
+  }
+  if (d.port !== undefined) {
+    const port = d.port;
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > USB_PORTS) {
+      throw new ConfigError(`${at}.port must be a whole number from 1 to ${USB_PORTS}`);
+    }
+    if (device.kind !== 'storage' && port <= USB3_PORT_COUNT) {
+      throw new ConfigError(`${at}.port: a ${device.kind} needs a USB 2 port (${USB3_PORT_COUNT + 1} to ${USB_PORTS}); ${port} is a USB 3 port`);
+    }
+    device.port = port;
+  }
+  return device;
+}
+
 function usbConfigFromJson(v: unknown, where: string): UsbConfig {
   if (!isRecord(v)) throw new ConfigError(`${where} must be an object like {"controller": "xhci", "devices": [...]}`);
   for (const k of Object.keys(v)) {
@@ -157,17 +199,13 @@ function usbConfigFromJson(v: unknown, where: string): UsbConfig {
   const devicesIn = v.devices ?? [];
   if (!Array.isArray(devicesIn)) throw new ConfigError(`${where}.devices must be a list`);
   if (devicesIn.length > USB_MAX_DEVICES) throw new ConfigError(`${where}.devices: at most ${USB_MAX_DEVICES} devices (the controller has 8 ports)`);
-  const devices = devicesIn.map((d, i): UsbDeviceConfig => {
-    const at = `${where}.devices[${i}]`;
-    if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "kind"`);
-    const allowed = d.kind === 'storage' ? ['kind', 'path', 'readOnly'] : ['kind'];
-    for (const k of Object.keys(d)) if (!allowed.includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
-    if (d.kind === 'keyboard' || d.kind === 'tablet') return { kind: d.kind };
-    if (d.kind === 'storage') {
-      if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
-      return { kind: 'storage', path: str(d.path, `${at}.path`), readOnly: d.readOnly === true };
-    }
-    throw new ConfigError(`${at}.kind must be "storage", "keyboard" or "tablet"`);
+  const devices = devicesIn.map((d, i): UsbDeviceConfig => usbDeviceConfigFromJson(d, `${where}.devices[${i}]`));
+  const taken = new Map<number, number>();
+  devices.forEach((d, i) => {
+    if (d.port === undefined) return;
+    const other = taken.get(d.port);
+    if (other !== undefined) throw new ConfigError(`${where}.devices[${i}].port: port ${d.port} is taken by devices[${other}]`);
+    taken.set(d.port, i);
   });
   const controller = v.controller ?? 'xhci';
   if (controller !== 'xhci' && controller !== 'none') throw new ConfigError(`${where}.controller must be "xhci" or "none"`);

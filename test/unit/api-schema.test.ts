@@ -170,12 +170,14 @@ test('fuzz: validators never throw anything but ApiError, and whatever parses is
   const values = (): unknown => pick<unknown>([
     undefined, null, 0, -1, 1.5, 2 ** 53, NaN, '', 'ui', '/x', 'tcp-listen:80', 'a'.repeat(5000), true, [], {}, ['ui'],
     { kind: 'flat', path: '/x' }, { kind: 'linux', kernel: '/k', initrd: '', cmdline: '' }, { kind: 'firmware' }, '__proto__',
+    { controller: 'xhci', devices: [] }, { kind: 'storage', path: '/s', port: 2 }, { kind: 'keyboard', port: 1 }, { kind: 'tablet', port: 7 },
   ]);
-  const keys = ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'constructor', 'extra'];
+  const keys = ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'constructor', 'extra', 'usb'];
   for (let i = 0; i < 3000; i++) {
     const spec: Record<string, unknown> = { ...good };
     for (let j = Math.floor(rand() * 4); j > 0; j--) spec[pick(keys)] = values();
     if (rand() < 0.2) spec.serial = [values(), values(), values(), values()];
+    if (rand() < 0.2) spec.usb = { controller: pick<unknown>(['xhci', 'none', values()]), devices: [values(), values(), values()].slice(0, Math.floor(rand() * 4)) };
     const problems = vmSpecProblems(spec);
     try {
       const parsed = parseVmSpec(spec);

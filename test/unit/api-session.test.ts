@@ -60,6 +60,13 @@ function recorder(): Recorder {
     },
     sendConsoleInput: (id, port, data) => { record('sendConsoleInput', id, port, data); },
     chooseFile: async (choice) => { record('chooseFile', choice.purpose); return null; },
+    listUsbPorts: async (id) => { record('listUsbPorts', id); return []; },
+    attachUsbDevice: async (id, device) => {
+      record('attachUsbDevice', id, device);
+      return { port: 5, protocol: 'usb2', device: null };
+    },
+    detachUsbDevice: async (id, port) => { record('detachUsbDevice', id, port); },
+    sendUsbKeys: async (id, keys) => { record('sendUsbKeys', id, keys); },
     onEvent: (l) => { eventListeners.add(l); return () => { eventListeners.delete(l); }; },
   };
   return {

@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { MachineConfig } from '../config';
+import type { MachineConfig, UsbDeviceConfig } from '../config';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
 import { DEBUGCON_RING } from '../platform/platform';
@@ -18,6 +18,10 @@ import {
   decodeLineSettings, decodeModemControl, encodeModemStatus, type ModemStatusLines, SERIAL_KIND,
 } from '../shared/serial-messages';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, type StartupTiming } from '../shared/control';
+import {
+  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbPortState, type UsbReply, type UsbRequestBody, UsbRequestError,
+  XHCI_CHANNEL_TARGET,
+} from '../shared/usb-messages';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -53,6 +57,15 @@ const BACKLOG_LIMIT_BYTES = 1024 * 1024;
 const SERIAL_RECORD_BYTES = 4096;
 /** While output streams, the VM host looks this often (the doorbell wakes it after a quiet spell). */
 const STREAM_BATCH_MS = 2;
+/** How long a USB request may wait for the machine (key jobs wait for the guest to poll). */
+const USB_REQUEST_TIMEOUT_MS = 10000;
+const USB_KEYS_TIMEOUT_MS = 30000;
+
+/** A USB request's answer: the ports after it, and the port it concerned (attach, detach). */
+export interface UsbAnswer {
+  ports: UsbPortState[];
+  port?: number;
+}
 
 interface Backlogged {
   target: number;
@@ -106,10 +119,17 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private statsWaiters: ((s: MachineStats) => void)[] = [];
   /** Maximum guest-initiated resets in a row before the VM is stopped (a reset loop). */
   maxResets = 1000;
+  /** The USB devices plugged in now, with their ports, once one was hot-plugged (a relaunch plugs these). */
+  private usbPlugged: UsbDeviceConfig[] | null = null;
+  private nextUsbRequest = 1;
+  private readonly usbRequests = new Map<number, {
+    op: UsbRequestBody['op']; resolve(answer: UsbAnswer): void; reject(e: Error): void; timer: NodeJS.Timeout;
+  }>();
 
   constructor(readonly config: MachineConfig) {
     super();
     this.toMachine.onWake = () => this.kick(0);
+    this.onMachineMessage(XHCI_CHANNEL_TARGET, (kind, payload) => this.onUsbReply(kind, payload));
   }
 
   get state(): VmState {
@@ -131,6 +151,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   async start(): Promise<void> {
     if (this._state !== 'stopped') throw new Error(`cannot start a VM that is ${this._state}`);
     this.stopRequested = false;
+    this.usbPlugged = null;
     this.setState('starting');
     try {
       const specs = [...this.config.serial, this.config.debugcon];
@@ -171,7 +192,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.awaitingFirstOutput = true;
     this.emit('timing', { label: 'machine-launch', epochMs: epochMs() });
     const data: MachineThreadData = {
-      config: this.config,
+      config: this.launchConfig(),
       control: this.control.buffer,
       rings: this.rings.map((r) => r.buffer),
       stats: { buffer: this.statsBuffer, schema: this.statsSchema },
@@ -246,6 +267,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         return;
       }
       this.emit('log', userReset ? 'reset by the user' : 'guest reset');
+      // Keys being typed went with the old machine's keyboard; other requests still queued
+      // in the channel are answered by the new machine.
+      this.failUsbRequests('the VM was reset before every key was sent', 'keys');
       this.setState('starting');
       this.launchMachine().catch((e: Error) => this.finish({ reason: 'error', message: e.message }, stats));
       return;
@@ -262,6 +286,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   private finish(end: MachineEnd, stats: MachineStats): void {
     this.stopServing();
+    this.failUsbRequests('the VM stopped before the USB request was done');
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
     this.closeEndpoints();
@@ -485,6 +510,83 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.statsWaiters.push(resolve);
       this.post({ type: 'stats' });
     });
+  }
+
+  // ---- USB hot-plug ----------------------------------------------------------------------
+
+  /** The config a launch builds: after a hot-plug, the USB devices plugged in at that moment. */
+  private launchConfig(): MachineConfig {
+    if (this.usbPlugged === null || !this.config.usb) return this.config;
+    return { ...this.config, usb: { ...this.config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
+  }
+
+  /** Every port of the VM's xHCI and what sits on it. */
+  async usbPorts(): Promise<UsbPortState[]> {
+    return (await this.usbRequest({ op: 'list' })).ports;
+  }
+
+  /** Plugs an emulated device in; resolves with its port. Rejects with UsbRequestError (nothing plugged). */
+  async attachUsb(device: UsbDeviceConfig): Promise<UsbPortState> {
+    const answer = await this.usbRequest({ op: 'attach', device });
+    return answer.ports.find((p) => p.port === answer.port) as UsbPortState;
+  }
+
+  /** Unplugs the device on `port` (1-based): the guest sees the disconnect, an image is closed. */
+  async detachUsb(port: number): Promise<void> {
+    await this.usbRequest({ op: 'detach', port });
+  }
+
+  /** Presses and releases keys on the VM's first USB keyboard; resolves once the guest could take them all. */
+  async sendUsbKeys(events: { usage: number; down: boolean }[]): Promise<void> {
+    if (this._state !== 'running') throw new UsbRequestError('invalid-state', `cannot type into a VM that is ${this._state}`);
+    await this.usbRequest({ op: 'keys', events });
+  }
+
+  private usbRequest(body: UsbRequestBody): Promise<UsbAnswer> {
+    if (this.config.usb?.controller !== 'xhci') {
+      return Promise.reject(new UsbRequestError('invalid-state', 'this VM has no USB controller (its config has no "usb" section)'));
+    }
+    if (this._state === 'stopped' || this._state === 'stopping') {
+      return Promise.reject(new UsbRequestError('invalid-state', `the VM is ${this._state}`));
+    }
+    const id = this.nextUsbRequest++;
+    const timeoutMs = body.op === 'keys' ? USB_KEYS_TIMEOUT_MS : USB_REQUEST_TIMEOUT_MS;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.usbRequests.delete(id);
+        reject(new UsbRequestError('timeout', body.op === 'keys'
+          ? `the guest did not take the keys within ${timeoutMs / 1000} s (is it reading the USB keyboard?)`
+          : `the machine did not answer the USB request within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      this.usbRequests.set(id, { op: body.op, resolve, reject, timer });
+      if (!this.sendToMachine(XHCI_CHANNEL_TARGET, USB_KIND.REQUEST, encodeUsbRequest({ ...body, id }))) {
+        clearTimeout(timer);
+        this.usbRequests.delete(id);
+        reject(new UsbRequestError('invalid-state', 'the machine is not taking requests'));
+      }
+    });
+  }
+
+  private onUsbReply(kind: number, payload: Uint8Array): void {
+    const reply = decodeUsbMessage(payload) as UsbReply | null;
+    if (kind !== USB_KIND.REPLY || reply === null) return;
+    // Whoever asked, the machine's devices changed: a relaunch plugs in what is there now.
+    if (reply.ok && Array.isArray(reply.plugged)) this.usbPlugged = reply.plugged;
+    const waiter = this.usbRequests.get(reply.id);
+    if (!waiter) return;
+    this.usbRequests.delete(reply.id);
+    clearTimeout(waiter.timer);
+    if (reply.ok) waiter.resolve({ ports: reply.ports, port: reply.port });
+    else waiter.reject(new UsbRequestError(reply.code, reply.error));
+  }
+
+  private failUsbRequests(message: string, only?: UsbRequestBody['op']): void {
+    for (const [id, w] of this.usbRequests) {
+      if (only !== undefined && w.op !== only) continue;
+      clearTimeout(w.timer);
+      this.usbRequests.delete(id);
+      w.reject(new UsbRequestError('invalid-state', message));
+    }
   }
 }
 

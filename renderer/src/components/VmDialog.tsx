@@ -46,7 +46,8 @@ function formFromSpec(spec: VmSpec): Form {
   };
 }
 
-function specFromForm(f: Form, serial: VmSpec['serial']): VmSpec {
+/** `usb`: the settings the form does not show yet, kept as they were. */
+function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb']): VmSpec {
   const memory = parseMemoryText(f.memory);
   const cpus = /^\s*\d+\s*$/.test(f.cpus) ? Number(f.cpus) : Number.NaN;
   const boot: VmSpec['boot'] =
@@ -59,7 +60,10 @@ function specFromForm(f: Form, serial: VmSpec['serial']): VmSpec {
       cdrom: f.cdrom.trim(),
       optionRoms: f.optionRoms.map((r) => r.trim()),
     };
-  return { name: f.name, memoryMiB: memory.ok ? memory.mib : Number.NaN, cpus, boot, serial, debugExit: f.debugExit };
+  return {
+    name: f.name, memoryMiB: memory.ok ? memory.mib : Number.NaN, cpus, boot, serial, debugExit: f.debugExit,
+    ...(usb === undefined ? {} : { usb }),
+  };
 }
 
 /** field → first problem, in form order. */
@@ -95,7 +99,7 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
   const uid = useId();
   const nativeDialogs = info?.capabilities.nativeFileDialogs ?? false;
 
-  const spec = useMemo(() => specFromForm(form, initialSpec.serial), [form, initialSpec.serial]);
+  const spec = useMemo(() => specFromForm(form, initialSpec.serial, initialSpec.usb), [form, initialSpec.serial, initialSpec.usb]);
   const specKey = JSON.stringify(spec);
 
   const localProblems = useMemo(() => {

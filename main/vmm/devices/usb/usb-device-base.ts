@@ -172,6 +172,11 @@ export abstract class UsbDeviceBase implements UsbDevice {
     this.descriptors = buildDescriptors(options.spec, options.speed);
   }
 
+  /** The product string of the device descriptor (for the UI), or the device's name. */
+  get product(): string {
+    return this.spec.product ?? this.name;
+  }
+
   // ---- extension points -------------------------------------------------------------------
 
   /** Class and vendor requests (and class descriptors asked of an interface). Default: STALL. */

@@ -1,18 +1,21 @@
 // The xHCI controller as a PCI function (class 0x0c0330) and its device model. BAR 0 holds the
 // controller's registers and, past them, the MSI-X table and PBA; interrupter n raises MSI-X
 // vector n, or INTx A while MSI-X is off. The emulated devices of the VM's config are plugged
-// in at build time; a reset rebuilds them with the machine.
+// in at build time, and hot-plugged through host messages; a reset rebuilds the machine with
+// the devices plugged in at that moment (the VM host hands them over).
 import { DmaMemory } from '../../memory/dma';
 import type { UsbConfig, UsbDeviceConfig } from '../../config';
 import { monotonicMs } from '../../shared/control';
 import { type Counter, counter, type DeviceContext, type DeviceFactory, type IoDevice } from '../device';
 import { MsixCapability } from '../pci/msix';
 import { PCI_CFG, PCI_COMMAND, PciDevice } from '../pci/pci-device';
-import { openUsbStorage, UsbStorage } from './storage/usb-storage';
+import { openUsbStorage } from './storage/usb-storage';
 import { UsbKeyboard } from './hid-keyboard';
 import { UsbTablet } from './hid-tablet';
 import type { UsbDevice } from './usb-device';
 import { XhciController } from './xhci';
+import { XhciHotplug } from './xhci-hotplug';
+import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
 import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
 
 /** Where the controller sits on bus 0. */
@@ -80,37 +83,41 @@ export class XhciPci extends PciDevice {
   }
 }
 
-/** Makes the emulated device a config entry names; throws a clear error (an image that cannot be used). */
-export function createUsbDevice(config: UsbDeviceConfig): UsbDevice {
+/**
+ * Makes the emulated device a config entry names; throws a clear error (an image that cannot be
+ * used). `superSpeed`: storage for a USB 3 port (otherwise high speed, for a USB 2 port).
+ */
+export function createUsbDevice(config: UsbDeviceConfig, options: { superSpeed?: boolean } = {}): UsbDevice {
   switch (config.kind) {
     // Without the idle-rate clock: with it SeaBIOS hung before enumerating the port (under
     // investigation), so held keys do not repeat in SeaBIOS for now; Linux repeats keys itself.
     case 'keyboard': return new UsbKeyboard();
     case 'tablet': return new UsbTablet();
-    case 'storage': return openUsbStorage(config.path, { readOnly: config.readOnly, synchronous: true });
+    case 'storage': return openUsbStorage(config.path, {
+      readOnly: config.readOnly, synchronous: true, speed: options.superSpeed === true ? 'super' : 'high',
+    });
   }
 }
 
-/** The USB controller of the VM's config, with its devices plugged in (none: no model). */
+/**
+ * The USB controller of the VM's config, with its devices plugged in (none: no model). Its
+ * host messages add and remove devices while the guest runs (xhci-hotplug.ts).
+ */
 export const usbControllerDevice: DeviceFactory = (ctx) => {
   const usb: UsbConfig | undefined = ctx.config.usb;
   if (!usb || usb.controller === 'none') return null;
   const xhci = new XhciPci(ctx);
-  const storage: UsbStorage[] = [];
-  const close = (): void => {
-    for (const s of storage) s.close();
+  const hotplug = new XhciHotplug(xhci.controller, createUsbDevice, {
+    send: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.REPLY, payload),
+    setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
+    log: (text) => ctx.log(text),
+  });
+  hotplug.plugConfigured(usb.devices);
+  return {
+    name: 'xhci',
+    instance: xhci,
+    pci: [{ slot: XHCI_PCI_SLOT, fn: 0, device: xhci }],
+    hostMessages: { target: XHCI_CHANNEL_TARGET, handle: (kind, payload) => hotplug.handle(kind, payload) },
+    close: () => hotplug.close(),
   };
-  try {
-    usb.devices.forEach((d, i) => {
-      const device = createUsbDevice(d);
-      if (device instanceof UsbStorage) storage.push(device);
-      if (xhci.controller.attachAnywhere(device) < 0) {
-        throw new Error(`usb.devices[${i}] (${device.name}): the xHCI controller has no free ${device.speed}-speed port`);
-      }
-    });
-  } catch (e) {
-    close();
-    throw e;
-  }
-  return { name: 'xhci', instance: xhci, pci: [{ slot: XHCI_PCI_SLOT, fn: 0, device: xhci }], close };
 };
