@@ -83,7 +83,23 @@ describe('the USB panel in Chromium', { skip: skip ?? false }, () => {
     await page.getByText(/^This VM has no USB controller\./).waitFor();
     assert.equal(await page.locator('.usb-table').count(), 0);
 
+    // The settings turn the controller on (and the USB VM's dialog shows it on).
+    await page.getByRole('button', { name: 'Edit…' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Edit Plain VM' });
+    // Advanced is open already for a test program (its settings live there).
+    if (!(await dialog.getByLabel(/^USB controller/).isVisible())) await dialog.locator('summary', { hasText: 'Advanced' }).click();
+    await dialog.getByLabel(/^USB controller/).check();
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await dialog.waitFor({ state: 'detached' });
+    assert.deepEqual((await app.manager.getVm('plain')).spec.usb, { controller: 'xhci', devices: [] });
+    await page.getByText(/^The USB ports can be seen and changed while the VM runs/).waitFor();
+
     await libraryItem(page, 'USB VM').click();
+    await page.getByRole('button', { name: 'Edit…' }).click();
+    const usbDialog = page.getByRole('dialog', { name: 'Edit USB VM' });
+    assert.equal(await usbDialog.getByLabel(/^USB controller/).isChecked(), true);
+    await usbDialog.getByRole('button', { name: 'Cancel' }).click();
+    await usbDialog.waitFor({ state: 'detached' });
     await page.getByText(/^The USB ports can be seen and changed while the VM runs/).waitFor();
     await page.getByText('Plugged in at start: Keyboard.').waitFor();
     assert.equal(await page.getByRole('button', { name: 'Plug in' }).count(), 0, 'nothing to plug into a stopped VM');
