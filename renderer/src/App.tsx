@@ -18,7 +18,7 @@ type DialogState =
   | { kind: 'shortcuts' }
   | null;
 
-const TAB_IDS: readonly VmTab[] = ['console', 'serial', 'details'];
+const TAB_IDS: readonly VmTab[] = ['console', 'serial', 'usb', 'details'];
 
 /** "#/vm/ID/TAB" keeps the selection across reloads. */
 function readHash(): { id: VmId | null; tab: VmTab } {

@@ -25,6 +25,7 @@ interface Form {
   cmdline: string;
   flatPath: string;
   debugExit: boolean;
+  usbController: boolean;
 }
 
 function formFromSpec(spec: VmSpec): Form {
@@ -43,10 +44,14 @@ function formFromSpec(spec: VmSpec): Form {
     cmdline: b.kind === 'linux' ? b.cmdline : 'console=ttyS0',
     flatPath: b.kind === 'flat' ? b.path : '',
     debugExit: spec.debugExit,
+    usbController: spec.usb?.controller === 'xhci',
   };
 }
 
-/** `usb`: the settings the form does not show yet, kept as they were. */
+/**
+ * `usb`: the spec's USB section as it was; the form only turns the controller on and off
+ * (devices plugged in at start are kept while it stays on).
+ */
 function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb']): VmSpec {
   const memory = parseMemoryText(f.memory);
   const cpus = /^\s*\d+\s*$/.test(f.cpus) ? Number(f.cpus) : Number.NaN;
@@ -62,7 +67,7 @@ function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb']): Vm
     };
   return {
     name: f.name, memoryMiB: memory.ok ? memory.mib : Number.NaN, cpus, boot, serial, debugExit: f.debugExit,
-    ...(usb === undefined ? {} : { usb }),
+    ...(f.usbController ? { usb: { controller: 'xhci', devices: usb?.devices ?? [] } } : {}),
   };
 }
 
@@ -91,7 +96,8 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
   const [developer, setDeveloper] = useState(initialSpec.boot.kind === 'flat' || initialSpec.debugExit);
   // Open from the start when it holds settings; afterwards the user opens and closes it.
   const [advancedInitiallyOpen] = useState(() =>
-    developer || (initialSpec.boot.kind === 'firmware' && (initialSpec.boot.firmware !== '' || initialSpec.boot.optionRoms.length > 0)));
+    developer || initialSpec.usb?.controller === 'xhci'
+    || (initialSpec.boot.kind === 'firmware' && (initialSpec.boot.firmware !== '' || initialSpec.boot.optionRoms.length > 0)));
   const [serverCheck, setServerCheck] = useState<{ key: string; problems: FieldProblem[] } | null>(null);
   const [saving, setSaving] = useState(false);
   const [saveError, setSaveError] = useState<string | null>(null);
@@ -310,6 +316,10 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
                 </button>
               </>
             )}
+            <label className="check">
+              <input type="checkbox" checked={form.usbController} onChange={(e) => update('usb', { usbController: e.target.checked })} />
+              USB controller (xHCI): devices are plugged in from the USB tab while the VM runs
+            </label>
             <label className="check">
               <input type="checkbox" checked={developer} onChange={(e) => setDeveloper(e.target.checked)} />
               Show developer options

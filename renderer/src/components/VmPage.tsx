@@ -1,5 +1,5 @@
-// One VM: its controls, how its last run ended, and tabs for the console, serial ports
-// and details.
+// One VM: its controls, how its last run ended, and tabs for the console, serial ports,
+// USB and details.
 import { useId, useRef, type KeyboardEvent } from 'react';
 import type { ConsolePort, VmSummary } from '../../../main/api/contract';
 import { vmActions, type VmAction } from '../actions';
@@ -11,10 +11,12 @@ import { Details } from './Details';
 import { ExitPanel } from './ExitPanel';
 import { SerialSettings } from './SerialSettings';
 import { StateBadge } from './StateBadge';
+import { UsbPanel } from './UsbPanel';
 
 const TABS = [
   { id: 'console', label: 'Console' },
   { id: 'serial', label: 'Serial ports' },
+  { id: 'usb', label: 'USB' },
   { id: 'details', label: 'Details' },
 ] as const;
 export type VmTab = (typeof TABS)[number]['id'];
@@ -115,6 +117,7 @@ export function VmPage({ store, vm, tab, onTabChange, port, onPortChange, onEdit
       >
         {tab === 'console' && <Console key={`${vm.id}-${port}`} vm={vm} port={port} onPortChange={onPortChange} />}
         {tab === 'serial' && <SerialSettings key={`${vm.id}-${vm.spec.serial.join('\u0000')}`} store={store} vm={vm} />}
+        {tab === 'usb' && <UsbPanel key={vm.id} store={store} vm={vm} />}
         {tab === 'details' && <Details vm={vm} />}
       </div>
     </section>
