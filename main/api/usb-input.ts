@@ -144,8 +144,8 @@ const SHORT_NAMES: Readonly<Record<string, number>> = {
 };
 
 /**
- * KeyboardEvent.code names and their Keyboard/Keypad usages (HID Usage Tables 10), the same
- * table as the emulated keyboard's (devices/usb/hid-keyboard.ts; a unit test keeps them equal).
+ * KeyboardEvent.code names and their Keyboard/Keypad usages (HID Usage Tables 10); the
+ * emulated keyboard (devices/usb/hid-keyboard.ts) takes its names from here too.
  */
 export const USB_KEY_CODES: Readonly<Record<string, number>> = (() => {
   const m: Record<string, number> = {};

@@ -7,8 +7,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
 import { ApiError } from '../../main/api/contract';
 import { ApiSession } from '../../main/api/session';
-import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, USB_KEY_CODES, usbKeyUsage } from '../../main/api/usb-input';
-import { KEY_CODE_USAGES } from '../../main/vmm/devices/usb/hid-keyboard';
+import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, usbKeyUsage } from '../../main/api/usb-input';
 import { parseVmSpec, vmSpecProblems } from '../../main/api/schema';
 import { machineConfigOf, specFileProblems } from '../../main/manager/machine-config';
 import { VmManager } from '../../main/manager/manager';
@@ -51,10 +50,6 @@ test('device specs: the config shape, errors naming the field, absolute image pa
   assert.equal(refusal(() => parseUsbPort(0)), 'The USB port must be a whole number from 1 to 8.');
   assert.equal(refusal(() => parseUsbPort('5')), 'The USB port must be a whole number from 1 to 8.');
   assert.equal(parseUsbPort(8), 8);
-});
-
-test('the API\'s key-code table is the emulated keyboard\'s', () => {
-  assert.deepEqual(USB_KEY_CODES, KEY_CODE_USAGES);
 });
 
 test('a config file may pin a device to a port; two devices on one port are refused', () => {

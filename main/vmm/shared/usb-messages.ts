@@ -4,6 +4,7 @@
 // UTF-8 JSON: this is a control path (a user adds a device), not a data path.
 import type { UsbDeviceConfig } from '../config';
 import { CHANNEL_TARGET } from './channel';
+import type { UsbPortDeviceInfo } from '../../api/contract';
 
 /** The xHCI model's channel target, in both directions. */
 export const XHCI_CHANNEL_TARGET = CHANNEL_TARGET.FIRST_FREE;
@@ -33,20 +34,8 @@ export type UsbRequestBody =
 
 export type UsbRequest = UsbRequestBody & { id: number };
 
-/** What sits on a port. */
-export interface UsbPortDevice {
-  kind: UsbDeviceConfig['kind'];
-  /** The device's name in logs and stats ("usb-kbd", "usb-storage stick.img"). */
-  name: string;
-  /** The product string of its descriptors. */
-  product: string;
-  speed: 'low' | 'full' | 'high' | 'super';
-  vendorId: number;
-  productId: number;
-  /** Storage: the image file and whether it is read-only; null for other kinds. */
-  path: string | null;
-  readOnly: boolean | null;
-}
+/** What sits on a port: the API's description of it. */
+export type UsbPortDevice = UsbPortDeviceInfo;
 
 export interface UsbPortState {
   /** 1-based, as the guest sees it. */
