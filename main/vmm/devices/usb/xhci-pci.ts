@@ -87,7 +87,8 @@ export function createUsbDevice(config: UsbDeviceConfig): UsbDevice {
     // investigation), so held keys do not repeat in SeaBIOS for now; Linux repeats keys itself.
     case 'keyboard': return new UsbKeyboard();
     case 'tablet': return new UsbTablet();
-    case 'storage': return openUsbStorage(config.path, { readOnly: config.readOnly, synchronous: true });
+    // A USB 3 stick: it goes on a SuperSpeed port, as a stick on a user's desktop would.
+    case 'storage': return openUsbStorage(config.path, { readOnly: config.readOnly, synchronous: true, speed: 'super' });
   }
 }
 
