@@ -89,7 +89,11 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
   vm.stderr!.on('data', (d: Buffer) => {
     for (const l of d.toString().split('\n')) {
       if (!l.trim()) continue;
-      if (l.includes('porthole: guest reset')) guestReset = true;
+      if (l.includes('porthole: guest reset') && !guestReset) {
+        // The relaunched guest cannot answer the command in flight: end this boot now.
+        guestReset = true;
+        vm.kill('SIGKILL');
+      }
       ctx.log(`porthole: ${l}`);
     }
   });
