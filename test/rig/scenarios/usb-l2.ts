@@ -41,13 +41,13 @@ scenario('usb-l2', async (ctx) => {
   if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
   // Nested SVM under QEMU TCG now and then resets L2 by itself (a triple fault with no
   // request from the guest, see smoke.ts); this scenario's busy minutes meet it more often
-  // than smoke's. Only then is the run tried again, on fresh images, at most twice.
+  // than smoke's. Only then is the run tried again, on fresh images, at most three times.
   for (let attempt = 1; ; attempt++) {
     try {
       return await bootAndCheck(ctx, cli, makeImages(ctx));
     } catch (e) {
-      if (!(e instanceof UnexpectedGuestReset) || attempt >= 3) throw e;
-      ctx.log(`${e.message}; running the USB checks again (attempt ${attempt + 1} of 3)`);
+      if (!(e instanceof UnexpectedGuestReset) || attempt >= 4) throw e;
+      ctx.log(`${e.message}; running the USB checks again (attempt ${attempt + 1} of 4)`);
     }
   }
 });
