@@ -50,6 +50,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 300, expect: 'pass', ci: true, tcg: 'multi',
   },
   {
+    name: 'usb-l2',
+    description: 'Porthole boots the L2 kit with an emulated keyboard, tablet and three sticks on its xHCI; Linux\'s xhci_hcd (MSI-X), usb-storage and usbhid enumerate them at their speeds, dd reads the known pattern, a write from L2 lands in the image, the read-only stick is write-protected; prints the MB/s of a 64 MiB dd read and write',
+    // Multi-threaded TCG as for every L2 Linux boot (smoke). Boot 25-80 s, the 64 MiB dd runs and checks a few minutes.
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 1500, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'kvm-tests',
     description: 'the KVM test files (dist/test/kvm, dist/test/e2e) on L1\'s /dev/kvm, for a host without one; npm test runs it (test/rig/kvm-venue.test.ts)',
     // About 6 minutes on a quiet 2-core host; a stall is caught by the heartbeat within 30 s.

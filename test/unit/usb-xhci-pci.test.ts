@@ -114,3 +114,17 @@ test('an image that cannot be used stops the build with its own sentence, and th
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a stick from the config is a SuperSpeed device on the first USB 3 port, HID devices go on USB 2 ports', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-xhci-pci-'));
+  try {
+    const image = path.join(dir, 'stick.img');
+    fs.writeFileSync(image, Buffer.alloc(1024 * 1024));
+    const { pc } = pcWith({ controller: 'xhci', devices: [{ kind: 'keyboard' }, { kind: 'storage', path: image, readOnly: false }] });
+    const ports = pc.instance('xhci', XhciPci)!.controller.portList().filter((p) => p.device);
+    assert.deepEqual(ports.map((p) => [p.port, p.protocol, p.device!.speed]), [[1, 'usb3', 'super'], [5, 'usb2', 'full']]);
+    pc.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -67,17 +67,8 @@ export class XhciHotplug {
     try {
       for (const { d, i } of order) {
         try {
-          if (d.port !== undefined) this.plugAt(d.port, d);
-          else {
-            // As before ports could be chosen: storage at high speed on a USB 2 port.
-            const device = this.make(d, { superSpeed: false });
-            const port = this.controller.attachAnywhere(device);
-            if (port < 0) {
-              closeDevice(device);
-              throw new Error(`the xHCI controller has no free ${device.speed}-speed port`);
-            }
-            this.plugged.set(port, { config: { ...d, port }, device });
-          }
+          // Without a port, the same rule as at run time: a stick on USB 3 (SuperSpeed) while one is free.
+          this.plugAt(d.port ?? this.freePortFor(d), d);
         } catch (e) {
           if (e instanceof ImageError) throw e;
           throw new Error(`${where}[${i}]: ${(e as Error).message}`);
