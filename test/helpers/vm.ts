@@ -43,7 +43,7 @@ export function flatConfig(name: string, patch: Partial<MachineConfig> = {}): Ma
  */
 export async function runVm(
   config: MachineConfig,
-  opts: { timeoutMs?: number; until?: RegExp; untilRing?: number; onStart?: (h: VmHost) => void } = {},
+  opts: { timeoutMs?: number; until?: RegExp; untilRing?: number; onStart?: (h: VmHost, output: readonly string[]) => void } = {},
 ): Promise<RunResult> {
   const host = new VmHost(config);
   const output = ['', '', '', '', ''];
@@ -65,6 +65,6 @@ export async function runVm(
       clearTimeout(timer);
       resolve({ end, stats, output, host });
     });
-    host.start().then(() => opts.onStart?.(host), (e: Error) => { clearTimeout(timer); reject(e); });
+    host.start().then(() => opts.onStart?.(host, output), (e: Error) => { clearTimeout(timer); reject(e); });
   });
 }

@@ -14,14 +14,16 @@ import { flatConfig, guest, kvmSkipReason, repoRoot, runVm } from '../helpers/vm
 const skip = kvmSkipReason() ?? false;
 const DEBUGCON = 4;
 
-/** Resolves once the debug console's output so far matches `pattern`. */
-function outputMatches(host: VmHost, pattern: RegExp, seen: { text: string }): Promise<void> {
+/**
+ * Resolves once the debug console's output so far matches `pattern`. `output` is runVm's live
+ * record, which holds what the guest printed before onStart ran too.
+ */
+function outputMatches(host: VmHost, pattern: RegExp, output: readonly string[]): Promise<void> {
   return new Promise((resolve) => {
-    if (pattern.test(seen.text)) return resolve();
-    const onOutput = (ring: number, data: Uint8Array) => {
-      if (ring !== DEBUGCON) return;
-      seen.text += Buffer.from(data).toString('latin1');
-      if (pattern.test(seen.text)) {
+    if (pattern.test(output[DEBUGCON])) return resolve();
+    const onOutput = () => {
+      // runVm's own listener came first, so `output` already holds this chunk.
+      if (pattern.test(output[DEBUGCON])) {
         host.off('output', onOutput);
         resolve();
       }
@@ -39,11 +41,9 @@ test('a stick plugged in and out while the guest runs: the guest sees connect an
     let plugging: Promise<void> = Promise.resolve();
     const r = await runVm(flatConfig('usb-hotplug', { usb: { controller: 'xhci', devices: [] } }), {
       timeoutMs: 60_000,
-      onStart: (host) => {
-        const seen = { text: '' };
-        host.on('output', (ring, data) => { if (ring === DEBUGCON) seen.text += Buffer.from(data).toString('latin1'); });
+      onStart: (host, output) => {
         plugging = (async () => {
-          await outputMatches(host, /ready\n/, seen);
+          await outputMatches(host, /ready\n/, output);
           await assert.rejects(host.attachUsb({ kind: 'storage', path: path.join(dir, 'missing.img'), readOnly: false }), {
             code: 'not-found', message: `disk image ${path.join(dir, 'missing.img')}: it does not exist`,
           });
@@ -51,7 +51,7 @@ test('a stick plugged in and out while the guest runs: the guest sees connect an
           assert.equal(port.port, 1);
           assert.equal(port.device?.speed, 'super');
           steps.push('attached');
-          await outputMatches(host, /connect 4/, seen);
+          await outputMatches(host, /connect 4/, output);
           const ports = await host.usbPorts();
           assert.deepEqual(ports.filter((p) => p.device).map((p) => [p.port, p.device!.kind, p.device!.path]), [[1, 'storage', stick]]);
           await host.detachUsb(1);
