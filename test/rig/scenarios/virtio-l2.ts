@@ -28,7 +28,8 @@ interface Images {
   roDiskMd5: string;
 }
 
-scenario('virtio-l2', async (ctx) => {
+/** The checks, for this scenario and for scripts run with npm run rig -- exec. */
+export async function virtioL2(ctx: ScenarioContext): Promise<string> {
   const cli = `${l1ProjectDir}/bin/porthole`;
   if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
   // Nested SVM under QEMU TCG now and then resets L2 by itself (see smoke.ts and usb-l2.ts):
@@ -41,7 +42,9 @@ scenario('virtio-l2', async (ctx) => {
       ctx.log(`${e.message}; running the virtio checks again (attempt ${attempt + 1} of 3)`);
     }
   }
-});
+}
+
+if (require.main === module) scenario('virtio-l2', virtioL2);
 
 function md5(file: string): string {
   return crypto.createHash('md5').update(fs.readFileSync(file)).digest('hex');
