@@ -21,6 +21,16 @@ export const VIRTIO_NO_VECTOR = 0xffff;
 
 const TWO_32 = 0x100000000;
 
+/**
+ * A full barrier between our ring stores and the loads after them (x86 lets a load pass an
+ * earlier store; virtio §2.7.7 needs them ordered when another vCPU runs the driver). A
+ * sequentially consistent Atomics store is a locked instruction.
+ */
+const FENCE = new Int32Array(new SharedArrayBuffer(4));
+function fence(): void {
+  Atomics.store(FENCE, 0, 0);
+}
+
 export class VirtqueueError extends Error {
   constructor(message: string) {
     super(message);
@@ -107,6 +117,7 @@ export class SplitVirtqueue {
       // avail_event: ask to be notified of every new buffer from here on.
       const status = dma.writeU16(this.deviceAddress + 4 + 8 * this.size, this.lastAvail);
       if (status !== DMA_OK) throw this.ringError('avail_event', status);
+      fence();
     }
     return this.walk(dma, head);
   }
@@ -131,6 +142,7 @@ export class SplitVirtqueue {
     const old = this.signalledUsed;
     if (now === old) return false;
     this.signalledUsed = now;
+    fence();
     if (this.eventIdx) {
       const event = dma.readU16(this.driverAddress + 4 + 2 * this.size);
       if (event < 0) return true;
