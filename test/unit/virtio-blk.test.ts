@@ -10,7 +10,14 @@ import { test } from 'node:test';
 import { defaultConfig, machineConfigFromJson, parseDisk, ConfigError } from '../../main/vmm/config';
 import { privateStatistics } from '../../main/vmm/devices/device';
 import type { DeviceContext } from '../../main/vmm/devices/device';
-import { PCI_CFG } from '../../main/vmm/devices/pci/pci-device';
+import { PCI_CFG, PCI_COMMAND } from '../../main/vmm/devices/pci/pci-device';
+import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
+import type { MachineContext } from '../../main/vmm/devices/context';
+import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
+import { PC_DEVICES } from '../../main/vmm/platform/pc';
+import { Platform } from '../../main/vmm/platform/platform';
+import { ByteRing } from '../../main/vmm/shared/control';
+import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
 import { VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk, virtioBlkDevices } from '../../main/vmm/devices/virtio/blk';
 import { COMMON, VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_PCI_CAP, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
@@ -331,4 +338,36 @@ test('disks in the config: --disk syntax, JSON fields, and images checked before
   first.close?.();
   const afterClose = virtioBlkDevices(factoryContext([{ path: file, readOnly: false }]))!;
   afterClose.close?.();
+});
+
+test('the PC puts disk n at 00:(8+n).0; BAR 0 answers on the memory bus once mapped; closing the machine unlocks the images', () => {
+  const files = [tempImage(), tempImage()];
+  const config = { ...defaultConfig(), disks: files.map((path, i) => ({ path, readOnly: i === 1 })) };
+  const statistics = new StatsRegistry();
+  const rings = Array.from({ length: 5 }, () => new ByteRing());
+  const ctx = {
+    config, statistics, cpuCount: 1,
+    memory: { ramRanges: () => [{ base: 0, size: config.memoryBytes }], regions: [] } as unknown as GuestMemory,
+    pio: new PioBus(statistics), mmio: new MmioBus(statistics),
+    setIrq: () => {}, signalMsi: () => {}, requestReset: () => {}, requestPowerOff: () => {}, log: () => {}, notifyHost: () => {},
+    setTimer: () => () => {}, serialRing: (i: number) => rings[i], onHostMessage: () => {}, sendToHost: () => true,
+    interrupts: { batch: (fn: () => void) => fn(), createMsiRoute: () => { throw new RangeError('no free GSI'); }, lineIrqfd: () => { throw new Error('not here'); } },
+    doorbells: {},
+  } as unknown as MachineContext;
+  const pc = new Platform(ctx, PC_DEVICES);
+  const bus = pc.pci!.bus;
+  for (const slot of [8, 9]) assert.equal(bus.readConfig(0, slot << 3, PCI_CFG.VENDOR_ID, 4), 0x10421af4, `slot ${slot}`);
+  assert.equal(bus.readConfig(0, 10 << 3, PCI_CFG.VENDOR_ID, 2), 0xffff);
+  // BAR 0 is a 16 KiB 32-bit memory BAR.
+  bus.writeConfig(0, 9 << 3, PCI_CFG.BAR0, 4, 0xffffffff);
+  assert.equal(bus.readConfig(0, 9 << 3, PCI_CFG.BAR0, 4), 0xffffc000);
+  const base = 0xfe000000;
+  bus.writeConfig(0, 9 << 3, PCI_CFG.BAR0, 4, base);
+  bus.writeConfig(0, 9 << 3, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  assert.equal(ctx.mmio.read(base + COMMON.NUM_QUEUES, 2), 1);
+  ctx.mmio.write(base + COMMON.DEVICE_FEATURE_SELECT, 4, 0);
+  assert.ok(ctx.mmio.read(base + COMMON.DEVICE_FEATURE, 4) & (1 << VIRTIO_BLK_F.RO), 'the second disk is read-only');
+  assert.throws(() => RawImageFile.open(files[0]), /in use/);
+  pc.close();
+  RawImageFile.open(files[0]).close();
 });
