@@ -371,3 +371,40 @@ test('the PC puts disk n at 00:(8+n).0; BAR 0 answers on the memory bus once map
   pc.close();
   RawImageFile.open(files[0]).close();
 });
+
+test('discard punches a hole in the image; the unmap flag is unsupported, ranges past the end are I/O errors', () => {
+  const t = started({ features: 1 << VIRTIO_BLK_F.DISCARD });
+  assert.ok(t.driver.offered()[0] & (1 << VIRTIO_BLK_F.DISCARD));
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 40, 4), 32, 'max_discard_seg');
+  const q = t.driver.queue(0);
+  const discard = (ranges: [number, number, number][]) => {
+    writeBlkHeader(t.bus, HDR, VIRTIO_BLK_T.DISCARD, 0);
+    ranges.forEach(([sector, count, flags], i) => {
+      t.bus.view.setUint32(DATA + 16 * i, sector, true);
+      t.bus.view.setUint32(DATA + 16 * i + 4, 0, true);
+      t.bus.view.setUint32(DATA + 16 * i + 8, count, true);
+      t.bus.view.setUint32(DATA + 16 * i + 12, flags, true);
+    });
+    t.bus.ram[STATUS] = 0xee;
+    t.driver.writeDesc(q.desc, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+    t.driver.writeDesc(q.desc, 1, DATA, 16 * ranges.length, VIRTQ_DESC_F_NEXT, 2);
+    t.driver.writeDesc(q.desc, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    t.driver.submit(0, 0);
+    return t.bus.ram[STATUS];
+  };
+  assert.equal(discard([[8, 8, 0], [24, 8, 0]]), VIRTIO_BLK_S.OK);
+  const image = fs.readFileSync(t.file);
+  assert.ok(image.subarray(8 * 512, 16 * 512).every((b) => b === 0), 'sectors 8..15 read zeros');
+  assert.ok(image.subarray(24 * 512, 32 * 512).every((b) => b === 0), 'sectors 24..31 read zeros');
+  assert.ok(image.subarray(16 * 512, 24 * 512).some((b) => b !== 0), 'sectors between stay');
+  assert.equal(image.length, SECTORS * 512, 'the size stays');
+  assert.equal(discard([[0, 8, 1]]), VIRTIO_BLK_S.UNSUPP);
+  assert.equal(discard([[SECTORS - 4, 8, 0]]), VIRTIO_BLK_S.IOERR);
+  assert.equal(t.statistics.counts[t.statistics.counter('disk0', 'discards')], 1);
+
+  const plain = started();
+  writeBlkHeader(plain.bus, HDR, VIRTIO_BLK_T.DISCARD, 0);
+  request(plain, VIRTIO_BLK_T.DISCARD, 0, 16, false);
+  assert.equal(plain.bus.ram[STATUS], VIRTIO_BLK_S.UNSUPP, 'not negotiated');
+  assert.equal(started({ readOnly: true }).driver.offered()[0] & (1 << VIRTIO_BLK_F.DISCARD), 0, 'never on a read-only disk');
+});

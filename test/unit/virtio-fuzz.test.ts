@@ -1,13 +1,13 @@
 // Fuzz: a guest driving virtio-blk with random descriptor chains (loops, next indexes past the
 // table, nested and malformed indirect tables, addresses outside guest memory and past 2^52,
-// huge lengths), random driver-ring indexes and heads, random request headers, and random
+// huge lengths), discard ranges, random driver-ring indexes and heads, random request headers, and random
 // writes to the common configuration, while the backend completes now or later. Nothing may
 // throw, no backend request may leave the image, the device ring only ever holds heads of the
 // table, and after a reset a well-formed request works again.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { BlockBackend, BlockDoneCallback, BlockReadCallback } from '../../main/vmm/devices/usb/storage/block-backend';
-import { VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk } from '../../main/vmm/devices/virtio/blk';
+import { VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk } from '../../main/vmm/devices/virtio/blk';
 import { COMMON, VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
 import { Prng, fuzzCases } from '../helpers/prng';
@@ -51,6 +51,11 @@ class MemoryBackend implements BlockBackend {
   flush(done: BlockDoneCallback): void {
     this.run(() => done(null));
   }
+  discard(offset: number, length: number, done: BlockDoneCallback): void {
+    if (this.readOnly) this.violations.push('discard on a read-only disk');
+    if (this.outside(offset, length)) return done(new RangeError('outside'));
+    this.run(() => { this.bytes.fill(0, offset, offset + length); done(null); });
+  }
   close(): void {}
   drain(rng: Prng): void {
     while (this.later.length > 0) this.later.splice(rng.below(this.later.length), 1)[0]();
@@ -72,7 +77,8 @@ function randomLength(rng: Prng): number {
 }
 
 function start(driver: VirtioTestDriver, rng: Prng): void {
-  const features = (rng.below(2) ? 1 << VIRTIO_F.INDIRECT_DESC : 0) | (rng.below(2) ? 1 << VIRTIO_F.EVENT_IDX : 0);
+  const discard = rng.below(2) && !(driver.device as VirtioBlk).backend.readOnly ? 1 << VIRTIO_BLK_F.DISCARD : 0;
+  const features = (rng.below(2) ? 1 << VIRTIO_F.INDIRECT_DESC : 0) | (rng.below(2) ? 1 << VIRTIO_F.EVENT_IDX : 0) | discard;
   assert.ok(driver.negotiate(features, 1));
   driver.setupQueue(0, QUEUE, TABLE);
   driver.driverOk();
@@ -97,7 +103,7 @@ function fuzzSeed(seed: number): void {
     if (rng.below(3) === 0) {
       // A plausible request: header, data, status, maybe in an indirect table.
       const header = 0x40000 + 16 * rng.below(0x100);
-      writeBlkHeader(driver.bus, header, rng.pick([VIRTIO_BLK_T.IN, VIRTIO_BLK_T.OUT, VIRTIO_BLK_T.FLUSH, VIRTIO_BLK_T.GET_ID, rng.next()]),
+      writeBlkHeader(driver.bus, header, rng.pick([VIRTIO_BLK_T.IN, VIRTIO_BLK_T.OUT, VIRTIO_BLK_T.FLUSH, VIRTIO_BLK_T.GET_ID, VIRTIO_BLK_T.DISCARD, rng.next()]),
         rng.pick([0, 1, 255, 256, rng.next(), rng.next() * 2 ** 20]));
       const table = rng.below(2) ? 0x30000 : q.desc;
       const base = table === q.desc ? rng.below(QUEUE - 3) : 0;

@@ -17,7 +17,7 @@ import { VirtioPciDevice } from './virtio-pci';
 import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
 
 export const VIRTIO_BLK_DEVICE_TYPE = 2;
-export const VIRTIO_BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, GEOMETRY: 4, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, MQ: 12 } as const;
+export const VIRTIO_BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, GEOMETRY: 4, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, MQ: 12, DISCARD: 13 } as const;
 export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
 export const VIRTIO_BLK_ID_BYTES = 20;
@@ -25,6 +25,11 @@ export const VIRTIO_BLK_CONFIG_SIZE = 60;
 const SECTOR = 512;
 /** The most data one request may move (Linux sends at most max_sectors_kb, 1280 KiB by default). */
 export const VIRTIO_BLK_MAX_REQUEST = 32 * 1024 * 1024;
+/** Discard: ranges per request, sectors per range, and the granularity (4 KiB) we tell the driver. */
+export const VIRTIO_BLK_MAX_DISCARD_SEGMENTS = 32;
+export const VIRTIO_BLK_MAX_DISCARD_SECTORS = 0x400000;
+const DISCARD_ALIGNMENT_SECTORS = 8;
+const DISCARD_FLAG_UNMAP = 1;
 /** Where the disks sit on bus 0: disk n at slot 8 + n. */
 export const VIRTIO_BLK_FIRST_SLOT = 8;
 export const VIRTIO_BLK_MAX_DISKS = 8;
@@ -47,6 +52,7 @@ interface BlkCounters {
   readBytes: Counter;
   writeBytes: Counter;
   flushes: Counter;
+  discards: Counter;
   errors: Counter;
 }
 
@@ -60,7 +66,8 @@ export class VirtioBlk extends VirtioPciDevice {
   constructor(options: VirtioBlkOptions) {
     const queues = options.queues ?? 1;
     const features = (1 << VIRTIO_BLK_F.SEG_MAX) | (1 << VIRTIO_BLK_F.BLK_SIZE) | (1 << VIRTIO_BLK_F.FLUSH)
-      | (options.backend.readOnly ? 1 << VIRTIO_BLK_F.RO : 0) | (queues > 1 ? 1 << VIRTIO_BLK_F.MQ : 0);
+      | (options.backend.readOnly ? 1 << VIRTIO_BLK_F.RO : 0) | (queues > 1 ? 1 << VIRTIO_BLK_F.MQ : 0)
+      | (options.backend.discard && !options.backend.readOnly ? 1 << VIRTIO_BLK_F.DISCARD : 0);
     // Class 01/00 (SCSI-class mass storage), as QEMU's virtio-blk-pci.
     super(options.name, {
       deviceType: VIRTIO_BLK_DEVICE_TYPE, classCode: 0x010000, queues, deviceFeatures: features,
@@ -77,6 +84,9 @@ export class VirtioBlk extends VirtioPciDevice {
     view.setUint32(12, this.queues[0].maxSize - 2, true); // seg_max: the queue less header and status
     view.setUint32(20, SECTOR, true); // blk_size
     view.setUint16(34, queues, true); // num_queues
+    view.setUint32(36, VIRTIO_BLK_MAX_DISCARD_SECTORS, true);
+    view.setUint32(40, VIRTIO_BLK_MAX_DISCARD_SEGMENTS, true);
+    view.setUint32(44, DISCARD_ALIGNMENT_SECTORS, true);
     const stats = options.statistics ?? null;
     this.counters = stats ? {
       reads: counter(stats, options.name, 'reads'),
@@ -84,6 +94,7 @@ export class VirtioBlk extends VirtioPciDevice {
       readBytes: counter(stats, options.name, 'read-bytes', 'bytes'),
       writeBytes: counter(stats, options.name, 'write-bytes', 'bytes'),
       flushes: counter(stats, options.name, 'flushes'),
+      discards: counter(stats, options.name, 'discards'),
       errors: counter(stats, options.name, 'errors'),
     } : null;
   }
@@ -172,6 +183,9 @@ export class VirtioBlk extends VirtioPciDevice {
           finish(error ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK, 0);
         });
         return;
+      case VIRTIO_BLK_T.DISCARD:
+        this.discard(dma, chain, finish);
+        return;
       case VIRTIO_BLK_T.GET_ID: {
         const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableBytes - 1);
         if (dma.scatter(sliceSegments(chain.writable, 0, n), this.serial.subarray(0, n)) !== n) {
@@ -183,6 +197,55 @@ export class VirtioBlk extends VirtioPciDevice {
       }
       default:
         finish(VIRTIO_BLK_S.UNSUPP, 0);
+    }
+  }
+
+  /** Discard ranges (§5.2.6: le64 sector, le32 num_sectors, le32 flags each), all or nothing checked first. */
+  private discard(dma: DmaMemory, chain: DescriptorChain, finish: (status: number, written: number) => void): void {
+    const backend = this.backend;
+    const length = chain.readableBytes - 16;
+    if (!this.negotiated(VIRTIO_BLK_F.DISCARD) || !backend.discard || backend.readOnly) {
+      finish(VIRTIO_BLK_S.UNSUPP, 0);
+      return;
+    }
+    if (length === 0 || length % 16 !== 0 || length / 16 > VIRTIO_BLK_MAX_DISCARD_SEGMENTS) {
+      finish(VIRTIO_BLK_S.IOERR, 0);
+      return;
+    }
+    const bytes = new Uint8Array(length);
+    if (dma.gather(sliceSegments(chain.readable, 16, length), bytes) !== length) {
+      finish(VIRTIO_BLK_S.IOERR, 0);
+      return;
+    }
+    const view = new DataView(bytes.buffer);
+    const ranges: { offset: number; length: number }[] = [];
+    for (let at = 0; at < length; at += 16) {
+      const high = view.getUint32(at + 4, true);
+      const sectors = view.getUint32(at + 8, true);
+      if (view.getUint32(at + 12, true) & DISCARD_FLAG_UNMAP) {
+        finish(VIRTIO_BLK_S.UNSUPP, 0);
+        return;
+      }
+      const offset = sectors > VIRTIO_BLK_MAX_DISCARD_SECTORS ? -1 : this.checkedOffset(high * 0x100000000 + view.getUint32(at, true), high, 0);
+      if (offset < 0 || offset + sectors * SECTOR > backend.size) {
+        finish(VIRTIO_BLK_S.IOERR, 0);
+        return;
+      }
+      if (sectors > 0) ranges.push({ offset, length: sectors * SECTOR });
+    }
+    let left = ranges.length;
+    let failed = false;
+    if (left === 0) {
+      finish(VIRTIO_BLK_S.OK, 0);
+      return;
+    }
+    for (const r of ranges) {
+      backend.discard(r.offset, r.length, (error) => {
+        failed ||= error !== null;
+        if (--left > 0) return;
+        if (!failed) this.counters?.discards.add();
+        finish(failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK, 0);
+      });
     }
   }
 
