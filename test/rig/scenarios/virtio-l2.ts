@@ -129,6 +129,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
   if (!vdb || Number(vdb[1]) !== RO_DISK.sizeMiB * 2048 || vdb[2] !== '1') fail(`vdb is ${vdb?.join(' ') ?? 'missing'}, expected ${RO_DISK.sizeMiB * 2048} sectors, read-only`);
 
   let marker = '';
+  let discarded = false;
   if (vda) {
     const sum = (await con.run('dd if=/dev/vda bs=1M iflag=direct 2>/dev/null | md5sum', 300000)).output;
     if (!sum.includes(images.diskMd5)) fail(`md5sum of /dev/vda in L2 is "${sum.trim()}", the image's is ${images.diskMd5}`);
@@ -136,6 +137,11 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     marker = `PORTHOLE-VIRTIO-WROTE-${crypto.randomBytes(6).toString('hex')}`;
     const w = await con.run(`printf '%s' ${marker} > /tmp/marker && dd if=/tmp/marker of=/dev/vda bs=512 seek=${WRITE_SECTOR} conv=sync,fsync 2>&1 && sync`, 120000);
     if (w.status !== 0) fail(`writing sector ${WRITE_SECTOR} of /dev/vda failed: ${w.output}`);
+    // Discard: Linux sees it in the queue limits; busybox's blkdiscard (when the kit has it) punches 1 MiB at 8 MiB.
+    const limits = await con.run('cat /sys/block/vda/queue/discard_max_bytes; command -v blkdiscard && blkdiscard -o 8388608 -l 1048576 /dev/vda && echo DISCARDED');
+    ctx.log(`discard: ${limits.output.replace(/\n/g, ' / ')}`);
+    if (!(Number(limits.output.trim().split('\n')[0]) > 0)) fail(`vda has no discard (discard_max_bytes ${limits.output.trim().split('\n')[0]})`);
+    discarded = /^DISCARDED$/m.test(limits.output);
     const r = await con.run(`a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>&1; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"`, 300000);
     const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
     if (m) found.push(`16 MiB direct read ${(DISK.sizeMiB * 1.048576 / (Number(m[2]) - Number(m[1]))).toFixed(1)} MB/s (no QEMU comparison: not a benchmark)`);
@@ -164,6 +170,11 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     const text = sector.subarray(0, marker.length).toString('latin1');
     if (text !== marker) fail(`sector ${WRITE_SECTOR} of ${images.disk} starts "${text.replace(/[^\x20-\x7e]/g, '.')}" after Porthole exited, expected L2's "${marker}"`);
     else found.push(`L2's write to sector ${WRITE_SECTOR} is in the image file`);
+  }
+  if (discarded) {
+    const hole = fs.readFileSync(images.disk).subarray(8 * 1048576, 9 * 1048576);
+    if (!hole.every((b) => b === 0)) fail('blkdiscard of 1 MiB at 8 MiB left data in the image');
+    else found.push('blkdiscard in L2 punched 1 MiB out of the image');
   }
   if (md5(images.roDisk) !== images.roDiskMd5) fail('the read-only image changed');
   const stats = stderr.filter((l) => /disk0|ro\b/.test(l)).join(' / ');
