@@ -9,7 +9,7 @@
 // in a request (a data buffer outside guest memory, a length that is not whole sectors or is
 // too large, sectors past the end) is VIRTIO_BLK_S_IOERR; a request with no room for a
 // header or a status byte breaks the protocol and puts the device in NEEDS_RESET.
-import type { DiskConfig } from '../../config';
+import { ConfigError, type DiskConfig } from '../../config';
 import { DMA_OK, DmaMemory } from '../../memory/dma';
 import { type Counter, counter, type DeviceContext, type DeviceFactory } from '../device';
 import { RawImageFile, type BlockBackend } from '../usb/storage/block-backend';
@@ -281,6 +281,7 @@ export function diskName(disk: DiskConfig, index: number): string {
 export const virtioBlkDevices: DeviceFactory = (ctx) => {
   const disks = ctx.config.disks ?? [];
   if (disks.length === 0) return null;
+  if (disks.length > VIRTIO_BLK_MAX_DISKS) throw new ConfigError(`at most ${VIRTIO_BLK_MAX_DISKS} disks (${disks.length} given)`);
   const opened: VirtioBlk[] = [];
   try {
     disks.forEach((disk, i) => {
