@@ -177,7 +177,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     else found.push('blkdiscard in L2 punched 1 MiB out of the image');
   }
   if (md5(images.roDisk) !== images.roDiskMd5) fail('the read-only image changed');
-  const stats = stderr.filter((l) => /disk0|ro\b/.test(l)).join(' / ');
+  const stats = stderr.filter((l) => /^\s*(disk0|ro)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
   if (stats) ctx.log(`disk counters: ${stats}`);
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
   return found.join('; ');
