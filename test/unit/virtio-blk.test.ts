@@ -298,6 +298,11 @@ test('the PCI configuration access capability reaches BAR 0', () => {
   device.writeConfig(at + 8, 4, COMMON.NUM_QUEUES);
   device.writeConfig(at + 12, 4, 2);
   assert.equal(device.readConfig(at + 16, 2), 1);
+  // Any width at any offset reads the fields' bytes: num_queues, then status and generation.
+  driver.write(COMMON.DEVICE_STATUS, 1, VIRTIO_STATUS.ACKNOWLEDGE);
+  assert.equal(driver.read(COMMON.NUM_QUEUES, 4), 0x00010001);
+  assert.equal(driver.read(COMMON.NUM_QUEUES + 1, 1), 0);
+  driver.write(COMMON.DEVICE_STATUS, 1, 0);
   device.writeConfig(at + 8, 4, COMMON.DEVICE_STATUS);
   device.writeConfig(at + 12, 4, 1);
   device.writeConfig(at + 16, 4, VIRTIO_STATUS.ACKNOWLEDGE);

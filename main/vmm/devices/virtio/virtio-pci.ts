@@ -51,6 +51,7 @@ const COMMON_WIDTH: Record<number, number> = {
 
 /** Where a queue address past 2^52 goes: 16-aligned, no guest memory. */
 const UNREACHABLE_ADDRESS = 2 ** 53 - 16;
+const COMMON_FIELD_STARTS = Object.keys(COMMON_WIDTH).map(Number).sort((a, b) => a - b);
 const ISR_QUEUE = 1;
 const ISR_CONFIG = 2;
 
@@ -174,8 +175,8 @@ export abstract class VirtioPciDevice extends PciDevice {
   }
 
   private commonByte(at: number): number {
-    const start = [0x00, 0x04, 0x08, 0x0c, 0x10, 0x12, 0x14, 0x15, 0x16, 0x18, 0x1a, 0x1c, 0x1e, 0x20, 0x24, 0x28, 0x2c, 0x30, 0x34]
-      .filter((s) => s <= at).pop() ?? 0;
+    let start = 0;
+    for (const s of COMMON_FIELD_STARTS) if (s <= at) start = s;
     const field = this.commonField(start);
     return Math.floor(field / 2 ** (8 * (at - start))) & 0xff;
   }

@@ -165,7 +165,7 @@ export class SplitVirtqueue {
       }
       if (++seen > tableSize) throw new VirtqueueError(`queue ${this.index}: the chain from ${head} is longer than its table (a loop)`);
       const at = table + 16 * index;
-      let status = dma.readU64Halves(at, this.halves);
+      const status = dma.readU64Halves(at, this.halves);
       if (status !== DMA_OK) throw this.ringError('descriptor', status);
       const len = dma.readU32(at + 8);
       const flags = dma.readU16(at + 12);
@@ -197,7 +197,6 @@ export class SplitVirtqueue {
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
       index = next;
-      status = DMA_OK;
     }
   }
 
