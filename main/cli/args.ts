@@ -62,7 +62,7 @@ Machine:
   --option-rom PATH      an extra option ROM for the firmware (repeatable)
   --usb DEVICE           an emulated USB device on an xHCI controller (repeatable):
                          keyboard, tablet, storage:IMAGE or storage-ro:IMAGE
-  --disk IMAGE[,ro][,serial=TEXT][,name=NAME]
+  --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
                          a virtio-blk disk on a raw image (repeatable; locked while
                          the VM runs; ro: read-only)
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where

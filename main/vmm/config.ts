@@ -52,9 +52,12 @@ export interface DiskConfig {
   serial?: string;
   /** Its statistics group and log name (default disk0, disk1, ...). */
   name?: string;
+  /** Request queues (VIRTIO_BLK_F_MQ above 1), 1..MAX_DISK_QUEUES; default 1. */
+  queues?: number;
 }
 
 export const MAX_DISKS = 8;
+export const MAX_DISK_QUEUES = 16;
 
 export interface MachineConfig {
   name: string;
@@ -174,7 +177,7 @@ export function parseUsbDevice(text: string): UsbDeviceConfig {
   throw new ConfigError(`USB device "${t}" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH`);
 }
 
-/** Parses a --disk value: PATH, then optional ,ro ,serial=TEXT ,name=NAME. */
+/** Parses a --disk value: PATH, then optional ,ro ,serial=TEXT ,name=NAME ,queues=N. */
 export function parseDisk(text: string): DiskConfig {
   const parts = text.split(',');
   const path = parts[0].trim();
@@ -186,7 +189,8 @@ export function parseDisk(text: string): DiskConfig {
     if (key === 'ro' && rest.length === 0) disk.readOnly = true;
     else if (key === 'serial' && rest.length > 0) disk.serial = value;
     else if (key === 'name' && rest.length > 0) disk.name = value;
-    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, serial=TEXT or name=NAME)`);
+    else if (key === 'queues' && /^\d+$/.test(value)) disk.queues = Number(value);
+    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, serial=TEXT, name=NAME or queues=N)`);
   }
   return diskConfigFromJson(disk, `disk "${text}"`);
 }
@@ -194,7 +198,7 @@ export function parseDisk(text: string): DiskConfig {
 /** One disk from JSON (a config file's disks entry); errors name the field. */
 export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
   if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "path"`);
-  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
   const path = str(d.path, `${at}.path`);
   if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
   if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
@@ -206,6 +210,12 @@ export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
   if (d.name !== undefined) {
     if (typeof d.name !== 'string' || !/^[A-Za-z0-9_.-]{1,32}$/.test(d.name)) throw new ConfigError(`${at}.name must be 1 to 32 letters, digits, "_", "." or "-"`);
     disk.name = d.name;
+  }
+  if (d.queues !== undefined) {
+    if (typeof d.queues !== 'number' || !Number.isInteger(d.queues) || d.queues < 1 || d.queues > MAX_DISK_QUEUES) {
+      throw new ConfigError(`${at}.queues must be a whole number from 1 to ${MAX_DISK_QUEUES}`);
+    }
+    disk.queues = d.queues;
   }
   return disk;
 }

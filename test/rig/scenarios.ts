@@ -57,7 +57,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'virtio-l2',
-    description: 'Porthole boots the L2 kit with two virtio-blk disks (porthole run --disk, one read-only); Linux\'s virtio-pci (MSI-X) and virtio_blk find them with their sizes and serial, dd reads the known pattern, a write from L2 lands in the image, the read-only disk refuses writes',
+    description: 'Porthole boots the L2 kit (2 vCPUs) with two virtio-blk disks (porthole run --disk, one with 2 queues, one read-only); Linux\'s virtio-pci (MSI-X) and virtio_blk find them with their sizes, serial and queues, dd reads the known pattern, a write from L2 lands in the image, the read-only disk refuses writes',
     // Multi-threaded TCG as for every L2 Linux boot (smoke).
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },

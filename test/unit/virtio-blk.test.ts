@@ -413,3 +413,31 @@ test('discard punches a hole in the image; the unmap flag is unsupported, ranges
   assert.equal(plain.bus.ram[STATUS], VIRTIO_BLK_S.UNSUPP, 'not negotiated');
   assert.equal(started({ readOnly: true }).driver.offered()[0] & (1 << VIRTIO_BLK_F.DISCARD), 0, 'never on a read-only disk');
 });
+
+test('several queues: VIRTIO_BLK_F_MQ, num_queues, one notify address and MSI-X vector per queue', () => {
+  const backend = RawImageFile.open(tempImage(), { synchronous: true });
+  const device = new VirtioBlk({ name: 'mq', backend, queues: 4 });
+  const driver = new VirtioTestDriver(device);
+  assert.ok(driver.offered()[0] & (1 << VIRTIO_BLK_F.MQ));
+  assert.equal(driver.read(COMMON.NUM_QUEUES, 2), 4);
+  assert.equal(driver.read(VIRTIO_BAR_LAYOUT.device + 34, 2), 4);
+  assert.equal(device.msix.vectors, 5);
+  assert.ok(driver.negotiate(1 << VIRTIO_BLK_F.MQ, F_VERSION_1_HIGH));
+  for (let q = 0; q < 4; q++) driver.setupQueue(q, 8, 0x10000 * (q + 1), q + 1);
+  driver.write(COMMON.QUEUE_SELECT, 2, 3);
+  assert.equal(driver.read(COMMON.QUEUE_NOTIFY_OFF, 2), 3);
+  driver.driverOk();
+  driver.enableMsix([1, 2, 3, 4].map((v) => ({ vector: v, data: 0x40 + v })));
+  const q3 = driver.queue(3);
+  writeBlkHeader(driver.bus, HDR, VIRTIO_BLK_T.IN, 1);
+  driver.writeDesc(q3.desc, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+  driver.writeDesc(q3.desc, 1, DATA, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+  driver.writeDesc(q3.desc, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+  driver.submit(3, 0);
+  assert.equal(driver.usedIdx(3), 1);
+  assert.equal(driver.usedIdx(0), 0);
+  assert.deepEqual(driver.bus.msis, [{ addressLo: 0xfee00000, data: 0x44 }]);
+  assert.equal(parseDisk('a.img,queues=4').queues, 4);
+  assert.throws(() => parseDisk('a.img,queues=0'), /queues must be a whole number from 1 to 16/);
+  device.close();
+});

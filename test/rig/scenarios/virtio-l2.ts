@@ -1,7 +1,7 @@
 // Porthole's virtio-blk as Linux's own drivers see it: Porthole boots the L2 kit in L1 with a
 // writable disk and a read-only one (porthole run --disk), and the checks run in L2's shell over
-// Porthole's COM1. virtio-pci must bind 00:08.0 and use MSI-X, virtio_blk must make vda and vdb
-// of the images' sizes with the serial we gave, dd must read each image's known pattern, a
+// Porthole's COM1. virtio-pci must bind 00:08.0 and use MSI-X, virtio_blk must make vda (two
+// request queues, one per vCPU) and vdb of the images' sizes with the serial we gave, dd must read each image's known pattern, a
 // write from L2 must be in the image file after Porthole exits, and vdb must be read-only.
 import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -67,9 +67,9 @@ function makeImages(ctx: ScenarioContext): Images {
 async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): Promise<string> {
   const args = [
     cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
-    '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
+    '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '2',
     '--serial', 'stdio', '--verbose', '--stats',
-    '--disk', `${images.disk},serial=${SERIAL}`, '--disk', `${images.roDisk},ro,name=ro`,
+    '--disk', `${images.disk},serial=${SERIAL},queues=2`, '--disk', `${images.roDisk},ro,name=ro`,
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
@@ -106,7 +106,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
   };
   await con.waitForShell(420000);
   await con.run('for i in $(seq 60); do [ -e /sys/block/vda ] && [ -e /sys/block/vdb ] && break; sleep 0.5; done');
-  await kitChecks(ctx, con, 1, 60000);
+  await kitChecks(ctx, con, 2, 60000);
 
   const pci = await con.run('d=/sys/bus/pci/devices/0000:00:08.0; echo "driver $(basename $(readlink $d/driver))"; echo "vdriver $(basename $(readlink $d/virtio*/driver))"; for i in $d/msi_irqs/*; do echo "msi_irq ${i##*/} $(cat $i)"; done; grep -E "virtio|CPU" /proc/interrupts');
   ctx.log(`00:08.0 and its interrupts:\n${pci.output}`);
@@ -114,7 +114,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
   if (!/^vdriver virtio_blk$/m.test(pci.output)) fail('virtio_blk did not bind the virtio device of 00:08.0');
   const msix = [...pci.output.matchAll(/^msi_irq (\d+) msix$/gm)].map((m) => m[1]);
   const fired = msix.map((irq) => Number(new RegExp(`^\\s*${irq}:\\s+(\\d+)`, 'm').exec(pci.output)?.[1] ?? 0));
-  if (msix.length < 2) fail(`00:08.0 has ${msix.length} MSI-X vectors in sysfs (expected config + request queue)`);
+  if (msix.length < 3) fail(`00:08.0 has ${msix.length} MSI-X vectors in sysfs (expected config + 2 request queues)`);
   else if (!fired.some((n) => n > 0)) fail(`virtio-blk's MSI-X vectors (IRQs ${msix.join(', ')}) never fired`);
   else found.push(`virtio-pci + virtio_blk on 00:08.0 with ${msix.length} MSI-X vectors (${fired.join('/')} interrupts)`);
 
@@ -126,6 +126,9 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
   if (!vda || Number(vda[1]) !== DISK.sizeMiB * 2048 || vda[2] !== '0') fail(`vda is ${vda?.join(' ') ?? 'missing'}, expected ${DISK.sizeMiB * 2048} sectors, writable`);
   else if (vda[3] !== SERIAL) fail(`vda's serial is "${vda[3] ?? ''}", expected ${SERIAL}`);
   else found.push(`vda: ${DISK.sizeMiB} MiB, serial ${SERIAL}`);
+  const mq = await con.run('ls /sys/block/vda/mq | wc -l');
+  if (mq.output.trim() !== '2') fail(`vda has ${mq.output.trim()} blk-mq hardware queues, expected 2 (VIRTIO_BLK_F_MQ, 2 vCPUs)`);
+  else found.push('vda: 2 request queues (MQ)');
   if (!vdb || Number(vdb[1]) !== RO_DISK.sizeMiB * 2048 || vdb[2] !== '1') fail(`vdb is ${vdb?.join(' ') ?? 'missing'}, expected ${RO_DISK.sizeMiB * 2048} sectors, read-only`);
 
   let marker = '';

@@ -290,7 +290,7 @@ export const virtioBlkDevices: DeviceFactory = (ctx) => {
       const backend = RawImageFile.open(disk.path, { readOnly: disk.readOnly, synchronous: true });
       try {
         opened.push(new VirtioBlk({
-          name: diskName(disk, i), backend, serial: disk.serial, router: ctx.interrupts, statistics: ctx.statistics,
+          name: diskName(disk, i), backend, serial: disk.serial, queues: disk.queues, router: ctx.interrupts, statistics: ctx.statistics,
           log: (text) => ctx.log(text),
         }));
       } catch (error) {
