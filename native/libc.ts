@@ -86,6 +86,7 @@ const c = {
   cfmakeraw: lib.func('void cfmakeraw(_Inout_ uint8_t *termios)'),
   fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
   flock: lib.func('int flock(int fd, int operation)'),
+  fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
 };
 
 function fail(call: string): never {
@@ -356,6 +357,20 @@ export const LOCK_UN = 8;
 export function flock(fd: number, operation: number): number {
   for (;;) {
     const r = c.flock(fd, operation) as number;
+    if (r === 0) return 0;
+    const e = koffi.errno();
+    if (e !== os.constants.errno.EINTR) return -e;
+  }
+}
+
+// fallocate(2) modes.
+export const FALLOC_FL_KEEP_SIZE = 1;
+export const FALLOC_FL_PUNCH_HOLE = 2;
+
+/** fallocate(2): returns 0, or -errno (EOPNOTSUPP where the file system cannot punch holes). */
+export function fallocate(fd: number, mode: number, offset: number, length: number): number {
+  for (;;) {
+    const r = c.fallocate(fd, mode, offset, length) as number;
     if (r === 0) return 0;
     const e = koffi.errno();
     if (e !== os.constants.errno.EINTR) return -e;

@@ -4,7 +4,7 @@ import { ApiError } from '../api/contract';
 import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
 import type { MonitorMethod } from './monitor';
 import {
-  ConfigError, defaultConfig, machineConfigFromJson, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
+  checkDisks, ConfigError, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
   type UsbDeviceConfig, USB_MAX_DEVICES,
 } from '../vmm/config';
 
@@ -62,6 +62,9 @@ Machine:
   --option-rom PATH      an extra option ROM for the firmware (repeatable)
   --usb DEVICE           an emulated USB device on an xHCI controller (repeatable):
                          keyboard, tablet, storage:IMAGE or storage-ro:IMAGE
+  --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
+                         a virtio-blk disk on a raw image (repeatable; locked while
+                         the VM runs; ro: read-only)
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
 
@@ -79,7 +82,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor',
+  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -146,6 +149,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   let flat: { path: string; address: number } | undefined;
   const optionRoms: string[] = [];
   const usbDevices: UsbDeviceConfig[] = [];
+  const disks: DiskConfig[] = [];
   let monitor: string | null = null;
 
   for (const [flag, value] of pairs) {
@@ -182,6 +186,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--append': append = v; break;
       case '--option-rom': optionRoms.push(nonEmpty(flag, v)); break;
       case '--usb': usbDevices.push(parseUsbDevice(v)); break;
+      case '--disk': disks.push(parseDisk(v)); break;
       case '--monitor': monitor = socketPath(v); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
@@ -218,6 +223,8 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     if (devices.length > USB_MAX_DEVICES) throw new UsageError(`at most ${USB_MAX_DEVICES} USB devices (the controller has 8 ports)`);
     config.usb = { controller: 'xhci', devices };
   }
+
+  if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk');
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');

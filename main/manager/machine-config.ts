@@ -84,9 +84,11 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
   const b = spec.boot;
   switch (b.kind) {
     case 'firmware':
-      if (b.disks.length > 0 || b.cdrom !== '') {
-        throw new ApiError('unsupported', 'Disk and ISO images cannot be attached yet: this Porthole has no storage controllers; remove them to start the VM.');
+      if (b.cdrom !== '') {
+        throw new ApiError('unsupported', 'ISO images cannot be attached yet: this Porthole has no CD drive; remove it to start the VM.');
       }
+      // Disk images are virtio-blk disks, writable, in boot order (SeaBIOS boots the first).
+      if (b.disks.length > 0) c.disks = b.disks.map((path) => ({ path, readOnly: false }));
       c.boot = { kind: 'firmware', path: b.firmware === '' ? undefined : b.firmware };
       c.optionRoms = [...b.optionRoms];
       break;

@@ -44,6 +44,21 @@ export interface UsbConfig {
 
 export const USB_MAX_DEVICES = 8;
 
+/** A virtio-blk disk on a raw image file (locked while the VM runs). */
+export interface DiskConfig {
+  path: string;
+  readOnly: boolean;
+  /** What the guest reads as the disk's serial (VIRTIO_BLK_T_GET_ID), up to 20 ASCII characters. */
+  serial?: string;
+  /** Its statistics group and log name (default disk0, disk1, ...). */
+  name?: string;
+  /** Request queues (VIRTIO_BLK_F_MQ above 1), 1..MAX_DISK_QUEUES; default 1. */
+  queues?: number;
+}
+
+export const MAX_DISKS = 8;
+export const MAX_DISK_QUEUES = 16;
+
 export interface MachineConfig {
   name: string;
   memoryBytes: number;
@@ -61,6 +76,8 @@ export interface MachineConfig {
   debugExit: boolean;
   /** The USB controller and its emulated devices (absent: none). */
   usb?: UsbConfig;
+  /** virtio-blk disks, PCI 00:08.0 on (absent or empty: none). */
+  disks?: DiskConfig[];
 }
 
 export class ConfigError extends Error {
@@ -160,6 +177,61 @@ export function parseUsbDevice(text: string): UsbDeviceConfig {
   throw new ConfigError(`USB device "${t}" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH`);
 }
 
+/** Parses a --disk value: PATH, then optional ,ro ,serial=TEXT ,name=NAME ,queues=N. */
+export function parseDisk(text: string): DiskConfig {
+  const parts = text.split(',');
+  const path = parts[0].trim();
+  if (!path) throw new ConfigError(`disk "${text}" needs an image path (PATH[,ro][,serial=TEXT][,name=NAME])`);
+  const disk: DiskConfig = { path, readOnly: false };
+  for (const option of parts.slice(1)) {
+    const [key, ...rest] = option.split('=');
+    const value = rest.join('=');
+    if (key === 'ro' && rest.length === 0) disk.readOnly = true;
+    else if (key === 'serial' && rest.length > 0) disk.serial = value;
+    else if (key === 'name' && rest.length > 0) disk.name = value;
+    else if (key === 'queues' && /^\d+$/.test(value)) disk.queues = Number(value);
+    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, serial=TEXT, name=NAME or queues=N)`);
+  }
+  return diskConfigFromJson(disk, `disk "${text}"`);
+}
+
+/** One disk from JSON (a config file's disks entry); errors name the field. */
+export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
+  if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "path"`);
+  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  const path = str(d.path, `${at}.path`);
+  if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
+  if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
+  const disk: DiskConfig = { path, readOnly: d.readOnly === true };
+  if (d.serial !== undefined) {
+    if (typeof d.serial !== 'string' || !/^[\x20-\x7e]{0,20}$/.test(d.serial)) throw new ConfigError(`${at}.serial must be at most 20 printable ASCII characters`);
+    disk.serial = d.serial;
+  }
+  if (d.name !== undefined) {
+    if (typeof d.name !== 'string' || !/^[A-Za-z0-9_.-]{1,32}$/.test(d.name)) throw new ConfigError(`${at}.name must be 1 to 32 letters, digits, "_", "." or "-"`);
+    disk.name = d.name;
+  }
+  if (d.queues !== undefined) {
+    if (typeof d.queues !== 'number' || !Number.isInteger(d.queues) || d.queues < 1 || d.queues > MAX_DISK_QUEUES) {
+      throw new ConfigError(`${at}.queues must be a whole number from 1 to ${MAX_DISK_QUEUES}`);
+    }
+    disk.queues = d.queues;
+  }
+  return disk;
+}
+
+/** Checks a list of disks (count, unique names); returns it. */
+export function checkDisks(disks: DiskConfig[], where: string): DiskConfig[] {
+  if (disks.length > MAX_DISKS) throw new ConfigError(`${where}: at most ${MAX_DISKS} disks`);
+  const names = new Set<string>();
+  disks.forEach((d, i) => {
+    const name = d.name ?? `disk${i}`;
+    if (names.has(name)) throw new ConfigError(`${where}[${i}]: the name "${name}" is taken by another disk`);
+    names.add(name);
+  });
+  return disks;
+}
+
 /**
  * One emulated USB device from JSON (a config file's usb.devices entry, an API or control
  * socket call): errors name the field, e.g. `usb.devices[1].path must be a non-empty string`.
@@ -225,7 +297,7 @@ function str(v: unknown, where: string): string {
 /** The JSON config file format (version 1). Later issues add fields; unknown fields are errors. */
 export function machineConfigFromJson(input: unknown, source = 'config'): MachineConfig {
   if (!isRecord(input)) throw new ConfigError(`${source}: the top level must be a JSON object`);
-  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb']);
+  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks']);
   for (const k of Object.keys(input)) {
     if (!allowed.has(k)) throw new ConfigError(`${source}: unknown field "${k}"`);
   }
@@ -267,6 +339,10 @@ export function machineConfigFromJson(input: unknown, source = 'config'): Machin
     c.optionRoms = input.optionRoms.map((p, i) => str(p, `${source}: optionRoms[${i}]`));
   }
   if (input.usb !== undefined) c.usb = usbConfigFromJson(input.usb, `${source}: usb`);
+  if (input.disks !== undefined) {
+    if (!Array.isArray(input.disks)) throw new ConfigError(`${source}: disks must be a list like [{"path": "disk.img"}]`);
+    c.disks = checkDisks(input.disks.map((d, i) => diskConfigFromJson(d, `${source}: disks[${i}]`)), `${source}: disks`);
+  }
   if (input.debugExit !== undefined) {
     if (typeof input.debugExit !== 'boolean') throw new ConfigError(`${source}: debugExit must be true or false`);
     c.debugExit = input.debugExit;

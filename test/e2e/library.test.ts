@@ -32,7 +32,7 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
       prepareLibrary: (dir) => {
         fs.writeFileSync(path.join(dir, 'alpha.json'), record('alpha', echoSpec('Alpha')));
         fs.writeFileSync(path.join(dir, 'beta.json'), record('beta', {
-          ...echoSpec('Beta'), boot: { kind: 'firmware', firmware: '', disks: [guest('echo')], cdrom: '', optionRoms: [] },
+          ...echoSpec('Beta'), boot: { kind: 'firmware', firmware: '', disks: [], cdrom: guest('echo'), optionRoms: [] },
         }));
         fs.writeFileSync(path.join(dir, 'broken.json'), '{"version": 1, "id": "broken", ');
       },
@@ -81,7 +81,7 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
     await notice.waitFor();
     assert.equal(
       (await notice.locator('span').innerText()).trim(),
-      'Beta: Disk and ISO images cannot be attached yet: this Porthole has no storage controllers; remove them to start the VM.',
+      'Beta: ISO images cannot be attached yet: this Porthole has no CD drive; remove it to start the VM.',
     );
     await waitForBadge(page, 'Stopped');
     await notice.getByRole('button', { name: 'Dismiss' }).click();

@@ -56,6 +56,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 1500, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'virtio-l2',
+    description: 'Porthole boots the L2 kit (2 vCPUs) with two virtio-blk disks (porthole run --disk, one with 2 queues, one read-only); Linux\'s virtio-pci (MSI-X) and virtio_blk find them with their sizes, serial and queues, dd reads the known pattern, a write from L2 lands in the image, the read-only disk refuses writes',
+    // Multi-threaded TCG as for every L2 Linux boot (smoke).
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'kvm-tests',
     description: 'the KVM test files (dist/test/kvm, dist/test/e2e) on L1\'s /dev/kvm, for a host without one; npm test runs it (test/rig/kvm-venue.test.ts)',
     // About 6 minutes on a quiet 2-core host; a stall is caught by the heartbeat within 30 s.

@@ -159,3 +159,13 @@ test('the config file usb section is validated and its errors name the field', (
   ];
   for (const [usb, message] of bad) assert.throws(() => machineConfigFromJson({ usb }, 'a.json'), message);
 });
+
+test('--disk adds virtio-blk disks after the config file\'s; bad specs name the problem', () => {
+  const r = run(['--disk', '/tmp/a.img', '--disk', '/tmp/b.img,ro,serial=B1']);
+  assert.deepEqual(r.config.disks, [{ path: '/tmp/a.img', readOnly: false }, { path: '/tmp/b.img', readOnly: true, serial: 'B1' }]);
+  assert.equal(run([]).config.disks, undefined);
+  const f = run(['--config', 'vm.json', '--disk', 'c.img'], { 'vm.json': { disks: [{ path: 'd.img', name: 'data' }] } });
+  assert.deepEqual(f.config.disks, [{ path: 'd.img', readOnly: false, name: 'data' }, { path: 'c.img', readOnly: false }]);
+  assert.throws(() => run(['--disk', 'a.img,cache=none']), /option "cache=none" is not understood/);
+  assert.throws(() => run(Array.from({ length: 9 }, (_, i) => ['--disk', `${i}.img`]).flat()), /at most 8 disks/);
+});

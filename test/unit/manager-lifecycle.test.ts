@@ -1,6 +1,7 @@
 // The manager's lifecycle and crash reporting, driven through a scripted VM process
 // (no KVM): every way a VM process can end, timeouts, and console delivery.
 import assert from 'node:assert/strict';
+import { machineConfigOf } from '../../main/manager/machine-config';
 import { afterEach, beforeEach, test } from 'node:test';
 import type { ApiErrorShape } from '../../main/api/contract';
 import type { ServerEvent } from '../../main/api/wire';
@@ -243,13 +244,15 @@ test('editing and deleting need a stopped VM; a deleted VM drops its console sub
   assert.deepEqual(events[events.length - 1], { type: 'vm-removed', id });
 });
 
-test('disks and ISOs are refused at start with a sentence (no storage controllers yet)', async () => {
+test('an ISO is refused at start with a sentence (no CD drive yet); disk images become virtio-blk disks', async () => {
   const file = path.join(home.home, 'disk.img');
   fs.writeFileSync(file, '');
-  const vm = manager.createVm({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [file], cdrom: '', optionRoms: [] } });
+  const vm = manager.createVm({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [], cdrom: file, optionRoms: [] } });
   const e = await rejection(manager.startVm(vm.id));
   assert.equal(e.code, 'unsupported');
-  assert.match(e.message, /^Disk and ISO images cannot be attached yet/);
+  assert.match(e.message, /^ISO images cannot be attached yet/);
   assert.equal(procs.length, 0, 'no process was started');
   assert.equal(manager.getVm(vm.id).state, 'stopped');
+  const config = machineConfigOf({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [file], cdrom: '', optionRoms: [] } });
+  assert.deepEqual(config.disks, [{ path: file, readOnly: false }]);
 });

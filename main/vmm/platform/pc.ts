@@ -10,6 +10,7 @@ import { port92Device } from '../devices/port92';
 import { debugConsoleDevice, debugExitDevice, postCodeDevice } from '../devices/simple';
 import { serialPortDevice } from '../devices/uart16550';
 import { usbControllerDevice } from '../devices/usb/xhci-pci';
+import { virtioBlkDevices } from '../devices/virtio/blk';
 
 export const PC_DEVICES: readonly DeviceFactory[] = [
   debugConsoleDevice,
@@ -25,4 +26,5 @@ export const PC_DEVICES: readonly DeviceFactory[] = [
   fwCfgDevice,
   pciPlatformDevice,
   usbControllerDevice,
+  virtioBlkDevices,
 ];

@@ -243,7 +243,7 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
         {form.bootKind === 'firmware' && (
           <div className="boot-section">
             <p className="note" id={`${uid}-disk-note`}>
-              Disk images and the ISO are saved with the VM but not attached yet: disk controllers arrive in a later version of Porthole.
+              Disk images (raw) are virtio-blk disks, in boot order. The ISO is saved with the VM but not attached yet: the CD drive arrives in a later version of Porthole.
             </p>
             {listField('disks', 'Disk image', 'disk')}
             <button

@@ -31,6 +31,11 @@ export interface BlockBackend {
   write(offset: number, data: Uint8Array, done: BlockDoneCallback): void;
   /** Makes every completed write durable (fdatasync for a file). */
   flush(done: BlockDoneCallback): void;
+  /**
+   * Lets the storage under `length` bytes at `offset` go (a hole punched in a file); what they
+   * read afterwards is unspecified. Absent: the backend cannot discard.
+   */
+  discard?(offset: number, length: number, done: BlockDoneCallback): void;
   /** Releases the image once the operations in flight have completed. */
   close(): void;
 }
@@ -231,6 +236,17 @@ export class RawImageFile implements BlockBackend {
       this.end();
       done(error);
     });
+  }
+
+  discard(offset: number, length: number, done: BlockDoneCallback): void {
+    const refused = this.refuse(offset, length, true);
+    if (refused) {
+      this.later(() => done(refused));
+      return;
+    }
+    // One quick system call: done at once, even without `synchronous`.
+    const r = libc.fallocate(this.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, length);
+    this.later(() => done(r === 0 ? null : new Error(`discarding ${length} bytes at ${offset} of ${this.path}: ${libc.errnoName(-r)}`)));
   }
 
   close(): void {

@@ -1,0 +1,187 @@
+// Porthole's virtio-blk as Linux's own drivers see it: Porthole boots the L2 kit in L1 with a
+// writable disk and a read-only one (porthole run --disk), and the checks run in L2's shell over
+// Porthole's COM1. virtio-pci must bind 00:08.0 and use MSI-X, virtio_blk must make vda (two
+// request queues, one per vCPU) and vdb of the images' sizes with the serial we gave, dd must read each image's known pattern, a
+// write from L2 must be in the image file after Porthole exits, and vdb must be read-only.
+import type { ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { SerialConsole } from '../console';
+import { l1ProjectDir } from '../paths';
+import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
+import { ensureStickImage, SECTOR, type StickSpec } from '../sticks';
+
+const WORK_DIR = '/tmp/virtio-l2';
+const DISK: StickSpec = { label: 'l2vda', sizeMiB: 16, serial: '' };
+const RO_DISK: StickSpec = { label: 'l2vdb', sizeMiB: 8, serial: '' };
+const SERIAL = 'PH-VDA-0001';
+const WRITE_SECTOR = 1000;
+const KIT_MODULES = 'virtio_pci,virtio_blk';
+
+class UnexpectedGuestReset extends Error {}
+
+interface Images {
+  disk: string;
+  roDisk: string;
+  diskMd5: string;
+  roDiskMd5: string;
+}
+
+/** The checks, for this scenario and for scripts run with npm run rig -- exec. */
+export async function virtioL2(ctx: ScenarioContext): Promise<string> {
+  const cli = `${l1ProjectDir}/bin/porthole`;
+  if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
+  // Nested SVM under QEMU TCG now and then resets L2 by itself (see smoke.ts and usb-l2.ts):
+  // only then is the run tried again, on fresh images.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await bootAndCheck(ctx, cli, makeImages(ctx));
+    } catch (e) {
+      if (!(e instanceof UnexpectedGuestReset) || attempt >= 3) throw e;
+      ctx.log(`${e.message}; running the virtio checks again (attempt ${attempt + 1} of 3)`);
+    }
+  }
+}
+
+if (require.main === module) scenario('virtio-l2', virtioL2);
+
+function md5(file: string): string {
+  return crypto.createHash('md5').update(fs.readFileSync(file)).digest('hex');
+}
+
+function makeImages(ctx: ScenarioContext): Images {
+  const cache = path.join(WORK_DIR, 'cache');
+  const copy = (spec: StickSpec) => {
+    const target = path.join(WORK_DIR, `${spec.label}.img`);
+    fs.copyFileSync(ensureStickImage(cache, spec), target);
+    return target;
+  };
+  const disk = copy(DISK);
+  const roDisk = copy(RO_DISK);
+  const images = { disk, roDisk, diskMd5: md5(disk), roDiskMd5: md5(roDisk) };
+  ctx.log(`images: ${disk} (md5 ${images.diskMd5}), ${roDisk} read-only (md5 ${images.roDiskMd5})`);
+  return images;
+}
+
+async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): Promise<string> {
+  const args = [
+    cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
+    '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '2',
+    '--serial', 'stdio', '--verbose', '--stats',
+    '--disk', `${images.disk},serial=${SERIAL},queues=2`, '--disk', `${images.roDisk},ro,name=ro`,
+  ];
+  ctx.log(`node ${args.join(' ')}`);
+  const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
+  let guestReset = false;
+  const stderr: string[] = [];
+  vm.stderr!.on('data', (d: Buffer) => {
+    for (const l of d.toString().split('\n')) {
+      if (!l.trim()) continue;
+      stderr.push(l);
+      if (l.includes('porthole: guest reset') && !guestReset) {
+        guestReset = true;
+        vm.kill('SIGKILL');
+      }
+      ctx.log(`porthole: ${l}`);
+    }
+  });
+  try {
+    return await runChecks(ctx, vm, images, stderr);
+  } catch (e) {
+    vm.kill('SIGKILL');
+    if (guestReset) throw new UnexpectedGuestReset(`the L2 guest reset by itself (${(e as Error).message.split('\n')[0]})`);
+    throw e;
+  }
+}
+
+async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images, stderr: string[]): Promise<string> {
+  const exited = new Promise<string>((resolve) => vm.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
+  const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
+  const failures: string[] = [];
+  const found: string[] = [];
+  const fail = (why: string) => {
+    ctx.log(`CHECK FAILED: ${why}`);
+    failures.push(why);
+  };
+  await con.waitForShell(420000);
+  await con.run('for i in $(seq 60); do [ -e /sys/block/vda ] && [ -e /sys/block/vdb ] && break; sleep 0.5; done');
+  await kitChecks(ctx, con, 2, 60000);
+
+  const pci = await con.run('d=/sys/bus/pci/devices/0000:00:08.0; echo "driver $(basename $(readlink $d/driver))"; echo "vdriver $(basename $(readlink $d/virtio*/driver))"; for i in $d/msi_irqs/*; do echo "msi_irq ${i##*/} $(cat $i)"; done; grep -E "virtio|CPU" /proc/interrupts');
+  ctx.log(`00:08.0 and its interrupts:\n${pci.output}`);
+  if (!/^driver virtio-pci$/m.test(pci.output)) fail('virtio-pci did not bind 00:08.0');
+  if (!/^vdriver virtio_blk$/m.test(pci.output)) fail('virtio_blk did not bind the virtio device of 00:08.0');
+  const msix = [...pci.output.matchAll(/^msi_irq (\d+) msix$/gm)].map((m) => m[1]);
+  const fired = msix.map((irq) => Number(new RegExp(`^\\s*${irq}:\\s+(\\d+)`, 'm').exec(pci.output)?.[1] ?? 0));
+  if (msix.length < 3) fail(`00:08.0 has ${msix.length} MSI-X vectors in sysfs (expected config + 2 request queues)`);
+  else if (!fired.some((n) => n > 0)) fail(`virtio-blk's MSI-X vectors (IRQs ${msix.join(', ')}) never fired`);
+  else found.push(`virtio-pci + virtio_blk on 00:08.0 with ${msix.length} MSI-X vectors (${fired.join('/')} interrupts)`);
+
+  const blocks = await con.runOk('for b in /sys/block/vd*; do echo "${b##*/} $(cat $b/size) $(cat $b/ro) $(cat $b/serial 2>/dev/null)"; done');
+  ctx.log(`virtio disks (name sectors ro serial):\n${blocks}`);
+  const line = (name: string) => blocks.split('\n').map((l) => l.trim().split(/\s+/)).find((p) => p[0] === name);
+  const vda = line('vda');
+  const vdb = line('vdb');
+  if (!vda || Number(vda[1]) !== DISK.sizeMiB * 2048 || vda[2] !== '0') fail(`vda is ${vda?.join(' ') ?? 'missing'}, expected ${DISK.sizeMiB * 2048} sectors, writable`);
+  else if (vda[3] !== SERIAL) fail(`vda's serial is "${vda[3] ?? ''}", expected ${SERIAL}`);
+  else found.push(`vda: ${DISK.sizeMiB} MiB, serial ${SERIAL}`);
+  const mq = await con.run('ls /sys/block/vda/mq | wc -l');
+  if (mq.output.trim() !== '2') fail(`vda has ${mq.output.trim()} blk-mq hardware queues, expected 2 (VIRTIO_BLK_F_MQ, 2 vCPUs)`);
+  else found.push('vda: 2 request queues (MQ)');
+  if (!vdb || Number(vdb[1]) !== RO_DISK.sizeMiB * 2048 || vdb[2] !== '1') fail(`vdb is ${vdb?.join(' ') ?? 'missing'}, expected ${RO_DISK.sizeMiB * 2048} sectors, read-only`);
+
+  let marker = '';
+  let discarded = false;
+  if (vda) {
+    const sum = (await con.run('dd if=/dev/vda bs=1M iflag=direct 2>/dev/null | md5sum', 300000)).output;
+    if (!sum.includes(images.diskMd5)) fail(`md5sum of /dev/vda in L2 is "${sum.trim()}", the image's is ${images.diskMd5}`);
+    else found.push('md5 of dd of vda in L2 matches the image');
+    marker = `PORTHOLE-VIRTIO-WROTE-${crypto.randomBytes(6).toString('hex')}`;
+    const w = await con.run(`printf '%s' ${marker} > /tmp/marker && dd if=/tmp/marker of=/dev/vda bs=512 seek=${WRITE_SECTOR} conv=sync,fsync 2>&1 && sync`, 120000);
+    if (w.status !== 0) fail(`writing sector ${WRITE_SECTOR} of /dev/vda failed: ${w.output}`);
+    // Discard: Linux sees it in the queue limits; busybox's blkdiscard (when the kit has it) punches 1 MiB at 8 MiB.
+    const limits = await con.run('cat /sys/block/vda/queue/discard_max_bytes; command -v blkdiscard && blkdiscard -o 8388608 -l 1048576 /dev/vda && echo DISCARDED');
+    ctx.log(`discard: ${limits.output.replace(/\n/g, ' / ')}`);
+    if (!(Number(limits.output.trim().split('\n')[0]) > 0)) fail(`vda has no discard (discard_max_bytes ${limits.output.trim().split('\n')[0]})`);
+    discarded = /^DISCARDED$/m.test(limits.output);
+    const r = await con.run(`a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>&1; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"`, 300000);
+    const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
+    if (m) found.push(`16 MiB direct read ${(DISK.sizeMiB * 1.048576 / (Number(m[2]) - Number(m[1]))).toFixed(1)} MB/s (no QEMU comparison: not a benchmark)`);
+  }
+  if (vdb) {
+    const w = await con.run('dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync 2>&1', 120000);
+    if (w.status === 0) fail(`a write to the read-only /dev/vdb succeeded: ${w.output}`);
+    const sum = (await con.run('md5sum /dev/vdb', 300000)).output;
+    if (!sum.includes(images.roDiskMd5)) fail(`md5sum of /dev/vdb is "${sum.trim()}", the image's is ${images.roDiskMd5}`);
+    else if (w.status !== 0 && vdb[2] === '1') found.push('vdb: ro=1, dd refused, contents match');
+  }
+  const complaints = await con.run('dmesg | grep -iE "virtio|vd[ab]|I/O error|blk_update" | tail -30');
+  ctx.log(`L2 dmesg (virtio lines):\n${complaints.output}`);
+  if (/I\/O error|blk_update_request/i.test(complaints.output.replace(/vdb[^\n]*/g, ''))) fail(`L2 reported I/O errors on vda: ${complaints.output}`);
+
+  con.send('poweroff -f\n');
+  let timer: NodeJS.Timeout | undefined;
+  const end = await Promise.race([exited, new Promise<string>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120000); })]);
+  clearTimeout(timer);
+  if (end !== 'code 0') fail(`after "poweroff -f" in L2, porthole ended with ${end}, expected exit code 0`);
+  if (marker) {
+    const fd = fs.openSync(images.disk, 'r');
+    const sector = Buffer.alloc(SECTOR);
+    fs.readSync(fd, sector, 0, SECTOR, WRITE_SECTOR * SECTOR);
+    fs.closeSync(fd);
+    const text = sector.subarray(0, marker.length).toString('latin1');
+    if (text !== marker) fail(`sector ${WRITE_SECTOR} of ${images.disk} starts "${text.replace(/[^\x20-\x7e]/g, '.')}" after Porthole exited, expected L2's "${marker}"`);
+    else found.push(`L2's write to sector ${WRITE_SECTOR} is in the image file`);
+  }
+  if (discarded) {
+    const hole = fs.readFileSync(images.disk).subarray(8 * 1048576, 9 * 1048576);
+    if (!hole.every((b) => b === 0)) fail('blkdiscard of 1 MiB at 8 MiB left data in the image');
+    else found.push('blkdiscard in L2 punched 1 MiB out of the image');
+  }
+  if (md5(images.roDisk) !== images.roDiskMd5) fail('the read-only image changed');
+  const stats = stderr.filter((l) => /^\s*(disk0|ro)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
+  if (stats) ctx.log(`disk counters: ${stats}`);
+  if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
+  return found.join('; ');
+}
