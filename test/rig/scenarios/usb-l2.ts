@@ -9,6 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { SerialConsole } from '../console';
+import { ddRate, DdError, describeRate, diskOfSize } from '../dd-rate';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
 import { ensureStickImage, SECTOR, type StickSpec } from '../sticks';
@@ -233,22 +234,16 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images)
   const benchNow = await diskOfSize(con, BENCH_MIB);
   if (!benchNow) fail(`no ${BENCH_MIB} MiB disk in L2`);
   else {
-    const dev = `/dev/${benchNow}`;
-    const rate = async (what: string, cmd: string): Promise<string> => {
-      const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); ${cmd} 2>&1; s=$?; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"; exit_s=$s; [ $exit_s = 0 ]`, 900000);
-      const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
-      const seconds = m ? Number(m[2]) - Number(m[1]) : NaN;
-      ctx.log(`${what}: ${r.output.replace(/\n/g, ' / ')}`);
-      if (r.status !== 0 || !(seconds > 0)) {
-        fail(`${what} failed: ${r.output}`);
-        return `${what} failed`;
+    const rates: string[] = [];
+    for (const direction of ['read', 'write'] as const) {
+      try {
+        rates.push(describeRate(await ddRate(con, `/dev/${benchNow}`, direction, 1048576, BENCH_MIB)));
+      } catch (e) {
+        if (!(e instanceof DdError)) throw e;
+        fail(e.message);
       }
-      const mbs = BENCH_MIB * 1.048576 / seconds;
-      return `${what} ${mbs.toFixed(1)} MB/s (${seconds.toFixed(1)} s)`;
-    };
-    const read = await rate('64 MiB dd read', `dd if=${dev} of=/dev/null bs=1M count=${BENCH_MIB} iflag=direct`);
-    const write = await rate('64 MiB dd write', `dd if=/dev/zero of=${dev} bs=1M count=${BENCH_MIB} oflag=direct conv=fsync`);
-    bench = `${read}, ${write}`;
+    }
+    bench = rates.join(', ');
     ctx.log(`USB storage throughput in L2: ${bench}`);
   }
 
@@ -273,12 +268,6 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images)
   }
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
   return `${found.join('; ')}; ${bench}`;
-}
-
-/** The sd disk of a size in L2 (names change when a stick comes back), or null. */
-async function diskOfSize(con: SerialConsole, mib: number): Promise<string | null> {
-  const r = await con.run(`for b in /sys/block/sd*; do [ "$(cat $b/size)" = ${mib * 2048} ] && echo \${b##*/}; done`);
-  return r.output.trim().split('\n').filter(Boolean)[0] ?? null;
 }
 
 /** Waits (up to `seconds`) until a shell condition holds; true if it did. */
