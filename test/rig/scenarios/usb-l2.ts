@@ -95,8 +95,12 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
   let guestReset = false;
   const serialPty = new HostPty();
+  let partial = '';
   vm.stderr!.on('data', (d: Buffer) => {
-    for (const l of d.toString().split('\n')) {
+    // Whole lines only: a line split across chunks must still match.
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) {
       if (!l.trim()) continue;
       const pty = SERIAL_PTY_RE.exec(l.trim());
       // Opened at once, so the PTY has its reader before the guest writes.
