@@ -36,6 +36,44 @@ const SERIAL_PTY_RE = /^porthole: usb\.devices\[\d+\] \(serial\) is (\/dev\/pts\
 
 class UnexpectedGuestReset extends Error {}
 
+/** The scenario's end of the USB serial port's PTY: the slave, raw, with what came from the guest. */
+class HostPty {
+  path = '';
+  received = '';
+  private stream: tty.ReadStream | null = null;
+  private fd = -1;
+
+  open(ptyPath: string, log: (text: string) => void): void {
+    if (this.stream) return;
+    this.path = ptyPath;
+    this.fd = fs.openSync(ptyPath, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+    this.stream = new tty.ReadStream(this.fd);
+    this.stream.setRawMode(true);
+    this.stream.on('data', (d: Buffer) => { this.received += d.toString('latin1'); });
+    this.stream.on('error', (e) => log(`USB serial PTY ${ptyPath}: ${e.message}`));
+    log(`USB serial port: reading ${ptyPath}`);
+  }
+
+  write(text: string): void {
+    if (this.fd < 0) throw new Error('the USB serial port\'s PTY is not open');
+    fs.writeSync(this.fd, Buffer.from(text, 'latin1'));
+  }
+
+  async waitFor(text: string, ms: number): Promise<boolean> {
+    const end = Date.now() + ms;
+    while (!this.received.includes(text)) {
+      if (Date.now() > end) return false;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return true;
+  }
+
+  close(): void {
+    this.stream?.destroy();
+    this.stream = null;
+  }
+}
+
 interface Images {
   stick: string;
   roStick: string;
@@ -135,44 +173,6 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     throw e;
   } finally {
     serialPty.close();
-  }
-}
-
-/** The scenario's end of the USB serial port's PTY: the slave, raw, with what came from the guest. */
-class HostPty {
-  path = '';
-  received = '';
-  private stream: tty.ReadStream | null = null;
-  private fd = -1;
-
-  open(ptyPath: string, log: (text: string) => void): void {
-    if (this.stream) return;
-    this.path = ptyPath;
-    this.fd = fs.openSync(ptyPath, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
-    this.stream = new tty.ReadStream(this.fd);
-    this.stream.setRawMode(true);
-    this.stream.on('data', (d: Buffer) => { this.received += d.toString('latin1'); });
-    this.stream.on('error', (e) => log(`USB serial PTY ${ptyPath}: ${e.message}`));
-    log(`USB serial port: reading ${ptyPath}`);
-  }
-
-  write(text: string): void {
-    if (this.fd < 0) throw new Error('the USB serial port\'s PTY is not open');
-    fs.writeSync(this.fd, Buffer.from(text, 'latin1'));
-  }
-
-  async waitFor(text: string, ms: number): Promise<boolean> {
-    const end = Date.now() + ms;
-    while (!this.received.includes(text)) {
-      if (Date.now() > end) return false;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    return true;
-  }
-
-  close(): void {
-    this.stream?.destroy();
-    this.stream = null;
   }
 }
 
