@@ -1,7 +1,8 @@
 // The USB serial port (CDC-ACM) wired end to end on the host side: --usb and config-file
 // parsing, the API's validation and defaults, the renderer's form, and on the machine
 // thread the xHCI hot-plug layer carrying its bytes both ways by link, with the channel's
-// back-pressure, driven at register level from the guest's side of the controller.
+// back-pressure, driven at register level from the guest's side of the controller, and a fuzz
+// of that path (TD lengths, a channel that fills, host input) that checks every byte arrives.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ConfigError, machineConfigFromJson, parseUsbDevice, usbDeviceConfigFromJson } from '../../main/vmm/config';
@@ -14,6 +15,7 @@ import {
 } from '../../main/vmm/shared/usb-messages';
 import { DATA, DB, Driver, PORTSC, trb } from '../helpers/xhci-driver';
 import { loadRendererModule } from '../helpers/renderer-module';
+import { fuzzCases, Prng } from '../helpers/prng';
 
 const TRANSFER_EVENT = 32;
 const CSC = 1 << 17;
@@ -82,13 +84,16 @@ function harness() {
   const timers: Timer[] = [];
   const logs: string[] = [];
   let channelFull = false;
+  /** Records the channel takes before it is full (Infinity: always room). */
+  let room = Infinity;
   const hot = new XhciHotplug(d.hc, createUsbDevice, {
     send: (payload) => {
       replies.push(decodeUsbMessage(payload) as unknown as UsbReply);
       return true;
     },
     sendSerial: (payload) => {
-      if (channelFull) return false;
+      if (channelFull || room === 0) return false;
+      room--;
       const data = decodeSerialData(payload);
       assert.ok(data);
       output.push({ link: data.link, bytes: [...data.bytes] });
@@ -141,6 +146,7 @@ function harness() {
   return {
     d, hot, ask, output, logs, runTimers, timers, plugSerial, guestWrite, guestRead, received,
     setChannelFull: (v: boolean) => { channelFull = v; },
+    setChannelRoom: (n: number) => { room = n; },
   };
 }
 
@@ -231,4 +237,71 @@ test('xHCI hot-plug: a serial port needs a link and a USB 2 port', () => {
   h.plugSerial(2);
   const twice = h.ask({ op: 'attach', device: { kind: 'serial', backend: 'pty', link: 2 } });
   assert.ok(!twice.ok && /link of its own/.test(twice.error), 'one link, one device');
+});
+
+test('fuzz: guest TDs of any length and a channel that fills at random move every byte once, in order, both ways', () => {
+  for (let run = 0; run < fuzzCases(6); run++) {
+    const rng = new Prng(0x5e71a1 + run);
+    const h = harness();
+    const { slot } = h.plugSerial(9);
+    const written: number[] = [];
+    const input: number[] = [];
+    const read: number[] = [];
+    let outstandingOut = 0;
+    let inAt = -1; // the length of the IN TD in flight, or -1
+    const collect = () => {
+      for (const e of h.d.events()) {
+        assert.equal(e.type, TRANSFER_EVENT);
+        assert.ok(e.code === 1 || e.code === 13, `completion code ${e.code}`);
+        if (e.ep === DCI_OUT) outstandingOut--;
+        else if (e.ep === DCI_IN) {
+          read.push(...h.received(0x68000, inAt - e.length));
+          inAt = -1;
+        }
+      }
+    };
+    for (let step = 0; step < 120; step++) {
+      const op = rng.below(5);
+      if (op === 0 && outstandingOut < 8) {
+        const bytes = Array.from({ length: rng.below(4) === 0 ? 0 : 1 + rng.below(20000) }, () => rng.below(256));
+        written.push(...bytes);
+        h.guestWrite(slot, DATA + (step % 8) * 0x5000, bytes);
+        outstandingOut++;
+      } else if (op === 1 && inAt < 0) {
+        inAt = 1 + rng.below(16384);
+        h.guestRead(slot, 0x68000, inAt);
+      } else if (op === 2 && input.length - read.length < 200000) {
+        const bytes = Uint8Array.from({ length: 1 + rng.below(4092) }, () => rng.below(256));
+        input.push(...bytes);
+        h.hot.handle(USB_KIND.SERIAL_INPUT, encodeSerialData(9, bytes));
+      } else if (op === 3) {
+        // Full, a record or two of room (a long TD then completes with its rest kept back), or room.
+        h.setChannelRoom(rng.below(2) === 0 ? rng.below(3) : Infinity);
+      } else {
+        h.runTimers();
+      }
+      collect();
+    }
+    // Drain: room in the channel, retries run, the guest reads until the input is all in.
+    h.setChannelRoom(Infinity);
+    for (let i = 0; i < 200 && (h.timers.some((t) => t.live) || outstandingOut > 0); i++) {
+      h.runTimers();
+      collect();
+    }
+    for (let i = 0; i < 400 && read.length < input.length; i++) {
+      if (inAt < 0) {
+        inAt = 16384;
+        h.guestRead(slot, 0x68000, inAt);
+      }
+      collect();
+      h.runTimers();
+    }
+    assert.equal(outstandingOut, 0, `run ${run}: every OUT TD completed`);
+    const out = h.output.flatMap((o) => { assert.equal(o.link, 9); return o.bytes; });
+    assert.equal(out.length, written.length, `run ${run}: output bytes`);
+    assert.ok(out.every((b, i) => b === written[i]), `run ${run}: guest output in order`);
+    assert.equal(read.length, input.length, `run ${run}: input bytes`);
+    assert.ok(read.every((b, i) => b === input[i]), `run ${run}: host input in order`);
+    assert.ok(h.output.every((o) => o.bytes.length <= 8192), 'records of at most 8 KiB');
+  }
 });
