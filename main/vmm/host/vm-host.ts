@@ -275,7 +275,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         this.finish({ reason: 'error', message: `the guest reset ${this.maxResets} times in a row; stopped it` }, stats);
         return;
       }
-      this.emit('log', userReset ? 'reset by the user' : 'guest reset');
+      this.emit('log', userReset ? 'reset by the user' : `guest reset${end.reason === 'reset' && end.cause ? ` (${end.cause})` : ''}`);
       // Keys being typed went with the old machine's keyboard; other requests still queued
       // in the channel are answered by the new machine.
       this.failUsbRequests('the VM was reset before every key was sent', 'keys');
