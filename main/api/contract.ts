@@ -292,13 +292,19 @@ export type UsbDeviceSpec = (
   | { kind: 'storage'; path: string; readOnly?: boolean }
   | { kind: 'keyboard' }
   | { kind: 'tablet' }
+  /**
+   * A USB serial port (CDC-ACM; Linux: /dev/ttyACM0) whose bytes go to a host endpoint, as a
+   * COM port's forward does: "pty" (the default), "tcp-listen:4555", "unix:PATH",
+   * "unix-listen:PATH", "tcp:HOST:PORT", "file:PATH", a /dev path, or "none". Not "ui".
+   */
+  | { kind: 'serial'; backend?: SerialForward }
 ) & {
   /** 1..4 are USB 3 ports, 5..8 USB 2; absent: the first free port that suits (storage prefers USB 3). */
   port?: number;
 };
 
 export interface UsbPortDeviceInfo {
-  kind: 'storage' | 'keyboard' | 'tablet';
+  kind: 'storage' | 'keyboard' | 'tablet' | 'serial';
   /** As in the VM's log and statistics, e.g. "usb-storage stick.img". */
   name: string;
   /** The product string of its descriptors, e.g. "Porthole USB Keyboard". */
@@ -309,6 +315,8 @@ export interface UsbPortDeviceInfo {
   /** Storage: the image file and whether the guest may write it; null otherwise. */
   path: string | null;
   readOnly: boolean | null;
+  /** Serial: where its bytes go on the host (e.g. "/dev/pts/5", "tcp-listen 127.0.0.1:4555"); absent otherwise. */
+  endpoint?: string;
 }
 
 export interface UsbPortInfo {

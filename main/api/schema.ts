@@ -6,7 +6,7 @@ import {
   type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
   type VmSpec, type VmUsbSpec,
 } from './contract';
-import { USB_PORT_COUNT, usbDeviceProblems } from './usb-input';
+import { USB_PORT_COUNT, usbDeviceChoice, usbDeviceProblems } from './usb-input';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -180,7 +180,7 @@ function copyUsb(u: VmUsbSpec): VmUsbSpec {
     controller: u.controller,
     devices: u.devices.map((d): UsbDeviceSpec => {
       const port = d.port === undefined ? {} : { port: d.port };
-      return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
+      return { ...usbDeviceChoice(d), ...port };
     }),
   };
 }

@@ -57,10 +57,10 @@ export function usbDeviceProblems(input: unknown): UsbDeviceProblem[] {
   if (!isRecord(input)) return [{ field: '', what: 'must be an object with a "kind"' }];
   const out: UsbDeviceProblem[] = [];
   const kind = input.kind;
-  if (kind !== 'storage' && kind !== 'keyboard' && kind !== 'tablet') {
-    return [{ field: 'kind', what: 'must be "storage", "keyboard" or "tablet"' }];
+  if (kind !== 'storage' && kind !== 'keyboard' && kind !== 'tablet' && kind !== 'serial') {
+    return [{ field: 'kind', what: 'must be "storage", "keyboard", "tablet" or "serial"' }];
   }
-  const allowed = kind === 'storage' ? ['kind', 'path', 'readOnly', 'port'] : ['kind', 'port'];
+  const allowed = kind === 'storage' ? ['kind', 'path', 'readOnly', 'port'] : kind === 'serial' ? ['kind', 'backend', 'port'] : ['kind', 'port'];
   for (const k of Object.keys(input)) if (!allowed.includes(k)) out.push({ field: k, what: `is not a setting of a ${kind}` });
   if (kind === 'storage') {
     const p = input.path;
@@ -68,6 +68,14 @@ export function usbDeviceProblems(input: unknown): UsbDeviceProblem[] {
     else if (p.length > PATH_MAX || p.includes('\0')) out.push({ field: 'path', what: `must be a file path of at most ${PATH_MAX} characters` });
     else if (!p.startsWith('/')) out.push({ field: 'path', what: 'must be an absolute path (starting with /)' });
     if (input.readOnly !== undefined && typeof input.readOnly !== 'boolean') out.push({ field: 'readOnly', what: 'must be true or false' });
+  }
+  if (kind === 'serial' && input.backend !== undefined) {
+    const b = input.backend;
+    if (typeof b !== 'string' || b.trim() === '' || b.length > PATH_MAX || b.includes('\0')) {
+      out.push({ field: 'backend', what: 'must be a serial forward such as "pty", "tcp-listen:4555" or "unix:/path"' });
+    } else if (b.trim() === 'ui') {
+      out.push({ field: 'backend', what: 'cannot be "ui" (the app\'s console is for COM ports): use "pty", "tcp-listen:PORT", "unix:PATH" or "file:PATH"' });
+    }
   }
   const port = input.port;
   if (port !== undefined) {
@@ -85,6 +93,7 @@ export type UsbDeviceChoice = (
   | { kind: 'storage'; path: string; readOnly: boolean }
   | { kind: 'keyboard' }
   | { kind: 'tablet' }
+  | { kind: 'serial'; backend: string }
 ) & { port?: number };
 
 /** A validated copy of a device spec, or ApiError naming the first problem. */
@@ -96,7 +105,16 @@ export function parseUsbDeviceSpec(input: unknown): UsbDeviceChoice {
   }
   const d = input as UsbDeviceSpec;
   const port = d.port === undefined ? {} : { port: d.port };
-  return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
+  return { ...usbDeviceChoice(d), ...port };
+}
+
+/** A valid spec with its defaults filled in (readOnly false, a serial port's backend "pty"), without its port. */
+export function usbDeviceChoice(d: UsbDeviceSpec): UsbDeviceChoice {
+  switch (d.kind) {
+    case 'storage': return { kind: 'storage', path: d.path, readOnly: d.readOnly === true };
+    case 'serial': return { kind: 'serial', backend: d.backend?.trim() || 'pty' };
+    default: return { kind: d.kind };
+  }
 }
 
 /** A root-hub port number, 1..8. */

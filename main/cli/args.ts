@@ -61,7 +61,9 @@ Machine:
   --debugcon SPEC        where the debug console (port 0x402, SeaBIOS log) goes
   --option-rom PATH      an extra option ROM for the firmware (repeatable)
   --usb DEVICE           an emulated USB device on an xHCI controller (repeatable):
-                         keyboard, tablet, storage:IMAGE or storage-ro:IMAGE
+                         keyboard, tablet, storage:IMAGE, storage-ro:IMAGE,
+                         serial (a USB serial port on a pty) or serial:SPEC
+                         (SPEC as for --serial)
   --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
                          a virtio-blk disk on a raw image (repeatable; locked while
                          the VM runs; ro: read-only)
@@ -300,10 +302,11 @@ function parseMonitorCommand(argv: string[]): CliCommand {
       if (port !== null) throw new UsageError('--port is for porthole usb add');
       return { command: 'monitor', socket, method: 'listUsbPorts', args: [] };
     case 'add': {
-      expect(1, 'one device: keyboard, tablet, storage:IMAGE or storage-ro:IMAGE');
+      expect(1, 'one device: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, serial or serial:SPEC');
       const device: Record<string, unknown> = { ...parseUsbDevice(rest[0]) };
       // The VM process may run elsewhere in the file system: send an absolute path.
       if (device.kind === 'storage') device.path = path.resolve(device.path as string);
+      if (device.kind === 'serial') device.backend = absoluteSerialBackend(device.backend as string);
       if (port !== null) {
         const n = Number(port);
         device.port = /^\d+$/.test(port) ? n : port;
@@ -339,4 +342,10 @@ function parseFlat(v: string): { path: string; address: number } {
 
 export function isUserError(e: unknown): e is Error {
   return e instanceof UsageError || e instanceof ConfigError;
+}
+
+/** A serial backend whose file or socket path is absolute (the VM process may have another working directory). */
+function absoluteSerialBackend(text: string): string {
+  const m = /^(file|unix|unix-listen):(.+)$/.exec(text);
+  return m ? `${m[1]}:${path.resolve(m[2])}` : text;
 }

@@ -116,6 +116,9 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   host.on('endpoint', (ring, description) => {
     if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);
   });
+  host.on('usbSerialEndpoint', (index, description) => {
+    if (description !== 'stdio') process.stderr.write(`porthole: ${index >= 0 ? `usb.devices[${index}] (serial)` : 'a USB serial port'} is ${description}\n`);
+  });
   if (verbose) host.on('log', (line) => process.stderr.write(`porthole: ${line}\n`));
   // The registry's samples (no vCPU is kicked for them); the last one feeds the end table.
   let lastSample: StatsSample | null = null;

@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import { ApiError, type FieldProblem, type SerialForward, type VmSpec } from '../api/contract';
 import { fieldLabel } from '../api/schema';
+import { usbDeviceChoice } from '../api/usb-input';
 import { ConfigError, defaultConfig, parseSerialBackend, type MachineConfig, type SerialBackend } from '../vmm/config';
 
 /** Where a flat test program is loaded and entered (as the CLI and test helpers do). */
@@ -104,7 +105,9 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
       controller: spec.usb.controller,
       devices: spec.usb.devices.map((d) => {
         const port = d.port === undefined ? {} : { port: d.port };
-        return d.kind === 'storage' ? { kind: 'storage', path: d.path, readOnly: d.readOnly === true, ...port } : { kind: d.kind, ...port };
+        // A USB serial port's backend is checked as a COM port's forward is.
+        if (d.kind === 'serial' && d.backend !== undefined) serialBackendOf(d.backend);
+        return { ...usbDeviceChoice(d), ...port };
       }),
     };
   }

@@ -23,10 +23,16 @@ export type UsbDeviceConfig = (
   | { kind: 'keyboard' }
   /** An absolute pointer (a tablet), as a desktop VM's mouse. */
   | { kind: 'tablet' }
+  /**
+   * A CDC-ACM serial port (Linux: /dev/ttyACM0) whose bytes go to a host serial backend, as a
+   * COM port's do: `backend` in --serial's words ("pty", "tcp-listen:4555", "unix:PATH", ...).
+   * `link` is set by the VM host: it names the opened backend to the machine thread.
+   */
+  | { kind: 'serial'; backend: string; link?: number }
 ) & {
   /**
    * The root-hub port (1..4 USB 3, 5..8 USB 2); absent: the first free port of its speed.
-   * Storage on a USB 3 port runs at SuperSpeed; a keyboard or tablet needs a USB 2 port.
+   * Storage on a USB 3 port runs at SuperSpeed; a keyboard, tablet or serial port needs a USB 2 port.
    */
   port?: number;
 };
@@ -168,13 +174,27 @@ export function defaultConfig(): MachineConfig {
   };
 }
 
-/** Parses a --usb value: keyboard, tablet, storage:PATH or storage-ro:PATH. */
+/** Parses a --usb value: keyboard, tablet, storage:PATH, storage-ro:PATH, serial or serial:BACKEND. */
 export function parseUsbDevice(text: string): UsbDeviceConfig {
   const t = text.trim();
   if (t === 'keyboard' || t === 'tablet') return { kind: t };
+  if (t === 'serial') return { kind: 'serial', backend: 'pty' };
   const m = /^(storage|storage-ro):(.+)$/.exec(t);
   if (m) return { kind: 'storage', path: m[2], readOnly: m[1] === 'storage-ro' };
-  throw new ConfigError(`USB device "${t}" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH`);
+  const s = /^serial:(.+)$/.exec(t);
+  if (s) return { kind: 'serial', backend: usbSerialBackend(s[1], `USB device "${t}"`) };
+  throw new ConfigError(`USB device "${t}" is not understood: use keyboard, tablet, storage:PATH, storage-ro:PATH, serial or serial:BACKEND`);
+}
+
+/** A USB serial port's backend, checked as --serial checks a COM port's; returns the text. */
+function usbSerialBackend(text: string, where: string): string {
+  if (text.length > 4096 || text.includes('\0')) throw new ConfigError(`${where}: the serial backend must be at most 4096 characters`);
+  try {
+    parseSerialBackend(text);
+  } catch (e) {
+    throw new ConfigError(`${where}: ${(e as Error).message}`);
+  }
+  return text.trim();
 }
 
 /** Parses a --disk value: PATH, then optional ,ro ,serial=TEXT ,name=NAME ,queues=N. */
@@ -238,7 +258,7 @@ export function checkDisks(disks: DiskConfig[], where: string): DiskConfig[] {
  */
 export function usbDeviceConfigFromJson(d: unknown, at: string): UsbDeviceConfig {
   if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "kind"`);
-  const allowed = d.kind === 'storage' ? ['kind', 'path', 'readOnly', 'port'] : ['kind', 'port'];
+  const allowed = d.kind === 'storage' ? ['kind', 'path', 'readOnly', 'port'] : d.kind === 'serial' ? ['kind', 'backend', 'port'] : ['kind', 'port'];
   for (const k of Object.keys(d)) if (!allowed.includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
   let device: UsbDeviceConfig;
   if (d.kind === 'keyboard' || d.kind === 'tablet') device = { kind: d.kind };
@@ -247,8 +267,10 @@ export function usbDeviceConfigFromJson(d: unknown, at: string): UsbDeviceConfig
     const path = str(d.path, `${at}.path`);
     if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
     device = { kind: 'storage', path, readOnly: d.readOnly === true };
+  } else if (d.kind === 'serial') {
+    device = { kind: 'serial', backend: d.backend === undefined ? 'pty' : usbSerialBackend(str(d.backend, `${at}.backend`), `${at}.backend`) };
   } else {
-    throw new ConfigError(`${at}.kind must be "storage", "keyboard" or "tablet"`);
+    throw new ConfigError(`${at}.kind must be "storage", "keyboard", "tablet" or "serial"`);
   }
   if (d.port !== undefined) {
     const port = d.port;

@@ -5,14 +5,15 @@ import type { UsbDeviceSpec, UsbPortDeviceInfo, UsbPortInfo, VmSpec } from '../.
 
 export type UsbKind = UsbPortDeviceInfo['kind'];
 
-/** The kinds the panel offers, in menu order. Serial (CDC-ACM) is not wired to the API yet. */
+/** The kinds the panel offers, in menu order. */
 export const USB_KINDS: readonly { kind: UsbKind; label: string }[] = [
   { kind: 'storage', label: 'USB stick (disk image)' },
   { kind: 'keyboard', label: 'Keyboard' },
   { kind: 'tablet', label: 'Tablet (absolute pointer)' },
+  { kind: 'serial', label: 'Serial port (CDC-ACM)' },
 ];
 
-const KIND_NAMES: Record<UsbKind, string> = { storage: 'USB stick', keyboard: 'Keyboard', tablet: 'Tablet' };
+const KIND_NAMES: Record<UsbKind, string> = { storage: 'USB stick', keyboard: 'Keyboard', tablet: 'Tablet', serial: 'USB serial port' };
 
 export function usbKindName(kind: UsbKind): string {
   return KIND_NAMES[kind];
@@ -55,6 +56,7 @@ export function hasUsbController(spec: VmSpec): boolean {
 /** A device of the VM's config, in a few words: "Keyboard", "USB stick stick.img (read-only)". */
 export function configuredDeviceText(device: UsbDeviceSpec): string {
   const where = device.port === undefined ? '' : ` on port ${device.port}`;
+  if (device.kind === 'serial') return `${usbKindName(device.kind)} (${device.backend ?? 'pty'})${where}`;
   if (device.kind !== 'storage') return `${usbKindName(device.kind)}${where}`;
   const slash = device.path.lastIndexOf('/');
   return `USB stick ${device.path.slice(slash + 1)}${device.readOnly ? ' (read-only)' : ''}${where}`;
@@ -84,6 +86,8 @@ export interface AttachForm {
   readOnly: boolean;
   /** A port number, or null for the first free port that suits. */
   port: number | null;
+  /** Serial: the host end, as a COM port's forward ("pty" when empty or absent). */
+  backend?: string;
 }
 
 export type AttachRequest = { ok: true; device: UsbDeviceSpec } | { ok: false; problem: string };
@@ -91,6 +95,11 @@ export type AttachRequest = { ok: true; device: UsbDeviceSpec } | { ok: false; p
 /** The device to send for what the form holds, or why it cannot be sent yet. */
 export function attachRequest(form: AttachForm): AttachRequest {
   const port = form.port === null ? {} : { port: form.port };
+  if (form.kind === 'serial') {
+    const backend = (form.backend ?? '').trim() || 'pty';
+    if (backend === 'ui') return { ok: false, problem: 'The app\'s console is for COM ports: connect the USB serial port to a pty, a socket or a file.' };
+    return { ok: true, device: { kind: 'serial', backend, ...port } };
+  }
   if (form.kind !== 'storage') return { ok: true, device: { kind: form.kind, ...port } };
   const path = form.path.trim();
   if (path === '') return { ok: false, problem: 'Choose a disk image for the USB stick.' };

@@ -73,17 +73,26 @@ function epochMs(): number {
   return performance.timeOrigin + performance.now();
 }
 
-function commandFor(vmm: BootVmm, kit: KitPaths, cpus: number): [string, string[]] {
+/** What a bench adds to a kit boot: kernel command-line words and each VMM's own arguments. */
+export interface KitVmExtras {
+  append?: string;
+  porthole?: string[];
+  qemu?: string[];
+}
+
+/** The command line that boots the kit under one VMM (QEMU: q35, -accel kvm, direct kernel boot). */
+export function kitVmCommand(vmm: BootVmm, kit: KitPaths, cpus: number, extras: KitVmExtras = {}): [string, string[]] {
+  const append = extras.append ? `${KIT_APPEND} ${extras.append}` : KIT_APPEND;
   if (vmm === 'porthole') {
     return [process.execPath, [
-      path.join(repoRoot, 'bin', 'porthole'), 'run', '--kernel', kit.vmlinuz, '--initrd', kit.initrd, '--append', KIT_APPEND,
-      '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', '--timings', '--verbose', '--stats',
+      path.join(repoRoot, 'bin', 'porthole'), 'run', '--kernel', kit.vmlinuz, '--initrd', kit.initrd, '--append', append,
+      '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', ...(extras.porthole ?? []),
     ]];
   }
   return ['qemu-system-x86_64', [
     '-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', '256M', '-smp', String(cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
-    '-kernel', kit.vmlinuz, '-initrd', kit.initrd, '-append', KIT_APPEND,
+    '-kernel', kit.vmlinuz, '-initrd', kit.initrd, '-append', append, ...(extras.qemu ?? []),
   ]];
 }
 
@@ -94,14 +103,28 @@ function killGroup(child: ChildProcess): void {
 }
 process.on('exit', () => { for (const c of live) killGroup(c); });
 
-async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number, timeoutMs: number): Promise<BootSample> {
-  const sample: BootSample = { vmm, cpus, round, milestones: {} };
-  const [command, args] = commandFor(vmm, kit, cpus);
-  const spawnedAt = epochMs();
-  const since = () => epochMs() - spawnedAt;
+/** Starts a kit VM in its own process group (killed with the bench), stdio piped. */
+export function spawnKitVm(vmm: BootVmm, kit: KitPaths, cpus: number, extras: KitVmExtras = {}): { child: ChildProcess; exited: Promise<void> } {
+  const [command, args] = kitVmCommand(vmm, kit, cpus, extras);
   const child = spawn(command, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
   live.add(child);
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  return { child, exited };
+}
+
+/** Kills a kit VM's process group and waits until it is gone. */
+export async function reapKitVm(vm: { child: ChildProcess; exited: Promise<void> }): Promise<void> {
+  killGroup(vm.child);
+  await vm.exited;
+  live.delete(vm.child);
+}
+
+async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number, timeoutMs: number): Promise<BootSample> {
+  const sample: BootSample = { vmm, cpus, round, milestones: {} };
+  const spawnedAt = epochMs();
+  const since = () => epochMs() - spawnedAt;
+  const vm = spawnKitVm(vmm, kit, cpus, { porthole: ['--timings', '--verbose', '--stats'] });
+  const { child, exited } = vm;
   let guestReset = false;
   const statsLines: string[] = [];
   let errText = '';
@@ -142,9 +165,7 @@ async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number
       child.kill('SIGTERM');
       await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
     }
-    killGroup(child);
-    await exited;
-    live.delete(child);
+    await reapKitVm(vm);
   }
   if (vmm === 'porthole') parseStats(statsLines, sample);
   return sample;

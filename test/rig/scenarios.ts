@@ -51,7 +51,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'usb-l2',
-    description: 'Porthole boots the L2 kit with an emulated keyboard, tablet and three sticks on its xHCI; Linux\'s xhci_hcd (MSI-X), usb-storage and usbhid enumerate them at their speeds, dd reads the known pattern, a write from L2 lands in the image, the read-only stick is write-protected; prints the MB/s of a 64 MiB dd read and write',
+    description: 'Porthole boots the L2 kit with an emulated keyboard, tablet, three sticks and a serial port on its xHCI; Linux\'s xhci_hcd (MSI-X), usb-storage and usbhid enumerate them at their speeds, dd reads the known pattern, a write from L2 lands in the image, the read-only stick is write-protected, cdc_acm carries bytes both ways between /dev/ttyACM0 and a host PTY; prints the MB/s of a 64 MiB dd read and write',
     // Multi-threaded TCG as for every L2 Linux boot (smoke). Boot 25-80 s, the 64 MiB dd runs and checks a few minutes.
     devices: {}, bootTimeoutSec: 240, timeoutSec: 1500, expect: 'pass', ci: false, tcg: 'multi',
   },

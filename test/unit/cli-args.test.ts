@@ -132,7 +132,7 @@ test('--usb adds emulated devices on an xHCI controller; bad specs name the prob
     ],
   });
   assert.equal(run([]).config.usb, undefined);
-  assert.throws(() => run(['--usb', 'mouse']), /USB device "mouse" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH/);
+  assert.throws(() => run(['--usb', 'mouse']), /USB device "mouse" is not understood: use keyboard, tablet, storage:PATH, storage-ro:PATH, serial or serial:BACKEND/);
   assert.throws(() => run(['--usb', 'storage:']), /not understood/);
   assert.throws(() => run(Array.from({ length: 9 }, () => ['--usb', 'keyboard']).flat()), /at most 8 USB devices/);
   // A config file's devices come first, the command line's after them.
@@ -150,7 +150,7 @@ test('the config file usb section is validated and its errors name the field', (
     [{ controller: 'ehci' }, /a.json: usb.controller must be "xhci" or "none"/],
     [{ devices: {} }, /a.json: usb.devices must be a list/],
     [{ devices: ['keyboard'] }, /a.json: usb.devices\[0\] must be an object with a "kind"/],
-    [{ devices: [{ kind: 'webcam' }] }, /a.json: usb.devices\[0\].kind must be "storage", "keyboard" or "tablet"/],
+    [{ devices: [{ kind: 'webcam' }] }, /a.json: usb.devices\[0\].kind must be "storage", "keyboard", "tablet" or "serial"/],
     [{ devices: [{ kind: 'storage' }] }, /a.json: usb.devices\[0\].path must be a non-empty string/],
     [{ devices: [{ kind: 'storage', path: 'x', readOnly: 'yes' }] }, /a.json: usb.devices\[0\].readOnly must be true or false/],
     [{ devices: [{ kind: 'keyboard', path: 'x' }] }, /a.json: usb.devices\[0\]: unknown field "path"/],

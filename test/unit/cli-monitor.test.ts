@@ -48,7 +48,7 @@ test('porthole usb and porthole keys parse to one control-socket request, checke
     [['usb', 'list'], 'porthole usb needs --monitor PATH (the socket of porthole run --monitor PATH)'],
     [['usb', '--monitor', '/s'], 'porthole usb needs list, add or remove'],
     [['usb', 'plug', '--monitor', '/s'], 'porthole usb plug: use list, add or remove'],
-    [['usb', 'add', 'mouse', '--monitor', '/s'], 'USB device "mouse" is not understood: use keyboard, tablet, storage:PATH or storage-ro:PATH'],
+    [['usb', 'add', 'mouse', '--monitor', '/s'], 'USB device "mouse" is not understood: use keyboard, tablet, storage:PATH, storage-ro:PATH, serial or serial:BACKEND'],
     [['usb', 'add', 'keyboard', '--port', '2', '--monitor', '/s'], 'Device port must be a USB 2 port (5 to 8) for a keyboard; 2 is a USB 3 port'],
     [['usb', 'add', 'keyboard', '--port', 'x', '--monitor', '/s'], 'Device port must be a whole number from 1 to 8'],
     [['usb', 'remove', 'nine', '--monitor', '/s'], 'The USB port must be a whole number from 1 to 8'],

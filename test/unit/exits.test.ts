@@ -117,11 +117,13 @@ test('triple fault resets, system events power off or reset, internal errors sto
   const { bytes, view } = runPage();
   view.setUint32(RUN.EXIT_REASON, EXIT.SHUTDOWN, true);
   assert.equal(d.handle(view, bytes, 0), ACTION.RESET);
+  assert.equal(d.resetCause, 'a triple fault on vCPU 0', 'the log says why the guest reset');
   view.setUint32(RUN.EXIT_REASON, EXIT.SYSTEM_EVENT, true);
   view.setUint32(RUN.SYSTEM_EVENT_TYPE, 1, true);
   assert.equal(d.handle(view, bytes, 0), ACTION.POWEROFF);
   view.setUint32(RUN.SYSTEM_EVENT_TYPE, 2, true);
   assert.equal(d.handle(view, bytes, 1), ACTION.RESET);
+  assert.equal(d.resetCause, 'KVM\'s reset system event on vCPU 1');
   view.setUint32(RUN.EXIT_REASON, EXIT.INTERNAL_ERROR, true);
   view.setUint32(RUN.INTERNAL_SUBERROR, 1, true);
   assert.equal(d.handle(view, bytes, 1), ACTION.ERROR);

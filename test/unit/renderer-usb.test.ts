@@ -37,8 +37,8 @@ test('speeds and port types read as users know them', () => {
   assert.equal(usb.portLabel({ port: 6, protocol: 'usb2' }), 'Port 6 (USB 2)');
 });
 
-test('the panel offers storage, keyboard and tablet, and no serial device (not wired to the API)', () => {
-  assert.deepEqual(usb.USB_KINDS.map((k) => k.kind), ['storage', 'keyboard', 'tablet']);
+test('the panel offers storage, keyboard, tablet and a serial port', () => {
+  assert.deepEqual(usb.USB_KINDS.map((k) => k.kind), ['storage', 'keyboard', 'tablet', 'serial']);
   assert.equal(usb.usbKindName('storage'), 'USB stick');
 });
 

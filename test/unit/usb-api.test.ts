@@ -38,7 +38,7 @@ test('device specs: the config shape, errors naming the field, absolute image pa
   assert.deepEqual(parseUsbDeviceSpec({ kind: 'storage', path: '/i.img', readOnly: true, port: 3 }), {
     kind: 'storage', path: '/i.img', readOnly: true, port: 3,
   });
-  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'mouse' })), 'Device kind must be "storage", "keyboard" or "tablet".');
+  assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'mouse' })), 'Device kind must be "storage", "keyboard", "tablet" or "serial".');
   assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage' })), 'Device path must be the path of an image file.');
   assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage', path: 'rel.img' })), 'Device path must be an absolute path (starting with /).');
   assert.equal(refusal(() => parseUsbDeviceSpec({ kind: 'storage', path: '/a', readOnly: 'yes' })), 'Device readOnly must be true or false.');
@@ -200,7 +200,7 @@ test('a VM spec may have a USB controller and devices; problems name the field; 
   assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'ehci', devices: [{ kind: 'storage', path: 'rel.img' }, { kind: 'mouse' }, { kind: 'tablet', port: 5 }, { kind: 'keyboard', port: 5 }] } }), [
     { field: 'usb.controller', message: 'USB controller must be "xhci" or "none".' },
     { field: 'usb.devices.0.path', message: 'USB device 1 image must be an absolute path (starting with /).' },
-    { field: 'usb.devices.1', message: 'USB device 2 kind must be "storage", "keyboard" or "tablet".' },
+    { field: 'usb.devices.1', message: 'USB device 2 kind must be "storage", "keyboard", "tablet" or "serial".' },
     { field: 'usb.devices.3', message: 'USB device 4 is on port 5, as USB device 3 is.' },
   ]);
   assert.deepEqual(vmSpecProblems({ ...spec, usb: { controller: 'none', devices: [{ kind: 'keyboard' }] } }), [

@@ -1,10 +1,11 @@
 // The VM host: runs on the VM process's main thread. It starts the machine thread,
 // connects COM ports and the debug console to their host backends, carries control
 // commands (pause, resume, stop, reset) and restarts the machine on a guest reset.
+// USB serial ports get their host backends here too, named to the machine by a link number.
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { MachineConfig, UsbDeviceConfig } from '../config';
+import { ConfigError, parseSerialBackend, type MachineConfig, type UsbDeviceConfig } from '../config';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
 import { DEBUGCON_RING } from '../platform/platform';
@@ -19,8 +20,8 @@ import {
 } from '../shared/serial-messages';
 import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, type StartupTiming } from '../shared/control';
 import {
-  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbPortState, type UsbReply, type UsbRequestBody, UsbRequestError,
-  XHCI_CHANNEL_TARGET,
+  decodeSerialData, decodeUsbMessage, encodeSerialData, encodeUsbRequest, USB_KIND, USB_SERIAL_RECORD_BYTES, type UsbPortState,
+  type UsbReply, type UsbRequestBody, UsbRequestError, XHCI_CHANNEL_TARGET,
 } from '../shared/usb-messages';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -32,6 +33,8 @@ export interface VmHostEvents {
   output: [number, Uint8Array];
   /** A backend is ready; e.g. "COM1: /dev/pts/5". */
   endpoint: [number, string];
+  /** A USB serial port's backend is ready: its usb.devices index at start (-1 when hot-plugged), its description. */
+  usbSerialEndpoint: [number, string];
   ended: [MachineEnd, MachineStats];
   /** A start-up milestone of each launch (porthole run --timings prints them). */
   timing: [StartupTiming];
@@ -122,6 +125,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   /** The USB devices plugged in now, with their ports, once one was hot-plugged (a relaunch plugs these). */
   private usbPlugged: UsbDeviceConfig[] | null = null;
   private nextUsbRequest = 1;
+  /** USB serial ports' host backends by link (kept across resets, as COM ports' are). */
+  private readonly usbSerials = new Map<number, SerialEndpoint | null>();
+  /** Links of serial ports whose attach has not been answered yet. */
+  private readonly usbSerialsPending = new Set<number>();
+  private nextUsbSerialLink = 1;
   private readonly usbRequests = new Map<number, {
     op: UsbRequestBody['op']; resolve(answer: UsbAnswer): void; reject(e: Error): void; timer: NodeJS.Timeout;
   }>();
@@ -165,6 +173,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           onWritable: () => this.doorbell.ring(),
         })));
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
+      await this.openConfiguredUsbSerials();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
     } catch (e) {
@@ -266,7 +275,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         this.finish({ reason: 'error', message: `the guest reset ${this.maxResets} times in a row; stopped it` }, stats);
         return;
       }
-      this.emit('log', userReset ? 'reset by the user' : 'guest reset');
+      this.emit('log', userReset ? 'reset by the user' : `guest reset${end.reason === 'reset' && end.cause ? ` (${end.cause})` : ''}`);
       // Keys being typed went with the old machine's keyboard; other requests still queued
       // in the channel are answered by the new machine.
       this.failUsbRequests('the VM was reset before every key was sent', 'keys');
@@ -298,6 +307,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private closeEndpoints(): void {
     for (const e of this.endpoints) e?.close();
     this.endpoints = [];
+    for (const e of this.usbSerials.values()) e?.close();
+    this.usbSerials.clear();
   }
 
   /**
@@ -525,10 +536,89 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     return (await this.usbRequest({ op: 'list' })).ports;
   }
 
-  /** Plugs an emulated device in; resolves with its port. Rejects with UsbRequestError (nothing plugged). */
+  /**
+   * Plugs an emulated device in; resolves with its port. Rejects with UsbRequestError (nothing
+   * plugged). A serial port's backend is opened first: one that cannot be opened plugs nothing.
+   */
   async attachUsb(device: UsbDeviceConfig): Promise<UsbPortState> {
-    const answer = await this.usbRequest({ op: 'attach', device });
-    return answer.ports.find((p) => p.port === answer.port) as UsbPortState;
+    if (device.kind !== 'serial') {
+      const answer = await this.usbRequest({ op: 'attach', device });
+      return answer.ports.find((p) => p.port === answer.port) as UsbPortState;
+    }
+    // The same refusal as any request, before a backend is opened for nothing.
+    const refusal = this.usbRefusal();
+    if (refusal) throw refusal;
+    const link = this.nextUsbSerialLink++;
+    this.usbSerialsPending.add(link);
+    try {
+      const endpoint = await this.openUsbSerial(device.backend, link);
+      this.usbSerials.set(link, endpoint);
+      if (endpoint) this.emit('usbSerialEndpoint', -1, endpoint.description);
+      const answer = await this.usbRequest({ op: 'attach', device: { ...device, link } });
+      return answer.ports.find((p) => p.port === answer.port) as UsbPortState;
+    } catch (e) {
+      this.usbSerials.get(link)?.close();
+      this.usbSerials.delete(link);
+      throw e;
+    } finally {
+      this.usbSerialsPending.delete(link);
+    }
+  }
+
+  /** Opens the backends of the config's USB serial ports and gives each its link. */
+  private async openConfiguredUsbSerials(): Promise<void> {
+    const devices = this.config.usb?.devices ?? [];
+    if (!devices.some((d) => d.kind === 'serial')) return;
+    const linked: UsbDeviceConfig[] = [];
+    for (const [i, d] of devices.entries()) {
+      if (d.kind !== 'serial') {
+        linked.push({ ...d });
+        continue;
+      }
+      const link = this.nextUsbSerialLink++;
+      let endpoint: SerialEndpoint | null;
+      try {
+        endpoint = await this.openUsbSerial(d.backend, link);
+      } catch (e) {
+        throw new Error(`usb.devices[${i}] (serial): ${(e as Error).message}`);
+      }
+      this.usbSerials.set(link, endpoint);
+      if (endpoint) this.emit('usbSerialEndpoint', i, endpoint.description);
+      linked.push({ ...d, link });
+    }
+    // The first launch plugs them with their links, as a relaunch plugs what is there then.
+    this.usbPlugged = linked;
+  }
+
+  /** A USB serial port's host backend ("none": no endpoint, output dropped); throws UsbRequestError. */
+  private async openUsbSerial(backend: string, link: number): Promise<SerialEndpoint | null> {
+    let spec;
+    try {
+      spec = parseSerialBackend(backend);
+    } catch (e) {
+      throw new UsbRequestError('invalid-argument', e instanceof ConfigError ? e.message : String(e));
+    }
+    if (spec.kind === 'none') return null;
+    try {
+      return await openSerialBackend(spec, {
+        label: `USB serial ${link}`,
+        onInput: (data) => {
+          for (let at = 0; at < data.length; at += USB_SERIAL_RECORD_BYTES - 4) {
+            this.sendToMachine(XHCI_CHANNEL_TARGET, USB_KIND.SERIAL_INPUT, encodeSerialData(link, data.subarray(at, at + USB_SERIAL_RECORD_BYTES - 4)));
+          }
+        },
+        onLog: (text) => this.emit('log', text),
+      });
+    } catch (e) {
+      throw new UsbRequestError('invalid-argument', `the USB serial port's backend "${backend}" cannot be opened: ${(e as Error).message}`);
+    }
+  }
+
+  /** Guest output of a USB serial port to its backend. */
+  private onUsbSerialOutput(payload: Uint8Array): void {
+    const data = decodeSerialData(payload);
+    if (data === null) return;
+    this.usbSerials.get(data.link)?.write(data.bytes);
   }
 
   /** Unplugs the device on `port` (1-based): the guest sees the disconnect, an image is closed. */
@@ -542,13 +632,16 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     await this.usbRequest({ op: 'keys', events });
   }
 
+  /** Why no USB request can be made now, or null. */
+  private usbRefusal(): UsbRequestError | null {
+    if (this.config.usb?.controller !== 'xhci') return new UsbRequestError('invalid-state', 'this VM has no USB controller (its config has no "usb" section)');
+    if (this._state === 'stopped' || this._state === 'stopping') return new UsbRequestError('invalid-state', `the VM is ${this._state}`);
+    return null;
+  }
+
   private usbRequest(body: UsbRequestBody): Promise<UsbAnswer> {
-    if (this.config.usb?.controller !== 'xhci') {
-      return Promise.reject(new UsbRequestError('invalid-state', 'this VM has no USB controller (its config has no "usb" section)'));
-    }
-    if (this._state === 'stopped' || this._state === 'stopping') {
-      return Promise.reject(new UsbRequestError('invalid-state', `the VM is ${this._state}`));
-    }
+    const refusal = this.usbRefusal();
+    if (refusal) return Promise.reject(refusal);
     const id = this.nextUsbRequest++;
     const timeoutMs = body.op === 'keys' ? USB_KEYS_TIMEOUT_MS : USB_REQUEST_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
@@ -568,16 +661,41 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   }
 
   private onUsbReply(kind: number, payload: Uint8Array): void {
+    if (kind === USB_KIND.SERIAL_OUTPUT) {
+      this.onUsbSerialOutput(payload);
+      return;
+    }
     const reply = decodeUsbMessage(payload) as UsbReply | null;
     if (kind !== USB_KIND.REPLY || reply === null) return;
     // Whoever asked, the machine's devices changed: a relaunch plugs in what is there now.
-    if (reply.ok && Array.isArray(reply.plugged)) this.usbPlugged = reply.plugged;
+    if (reply.ok && Array.isArray(reply.plugged)) {
+      this.usbPlugged = reply.plugged;
+      this.reconcileUsbSerials(reply);
+    }
     const waiter = this.usbRequests.get(reply.id);
     if (!waiter) return;
     this.usbRequests.delete(reply.id);
     clearTimeout(waiter.timer);
     if (reply.ok) waiter.resolve({ ports: reply.ports, port: reply.port });
     else waiter.reject(new UsbRequestError(reply.code, reply.error));
+  }
+
+  /**
+   * Closes the backends of serial ports no longer plugged in (unplugged), and names each
+   * serial port's endpoint in the reply's port list.
+   */
+  private reconcileUsbSerials(reply: UsbReply & { ok: true }): void {
+    const links = new Map<number, number>();
+    for (const d of reply.plugged) if (d.kind === 'serial' && d.link !== undefined && d.port !== undefined) links.set(d.link, d.port);
+    for (const [link, endpoint] of this.usbSerials) {
+      if (links.has(link) || this.usbSerialsPending.has(link)) continue;
+      endpoint?.close();
+      this.usbSerials.delete(link);
+    }
+    for (const [link, port] of links) {
+      const device = reply.ports.find((p) => p.port === port)?.device;
+      if (device) device.endpoint = this.usbSerials.get(link)?.description ?? 'none';
+    }
   }
 
   private failUsbRequests(message: string, only?: UsbRequestBody['op']): void {

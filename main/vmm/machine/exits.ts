@@ -26,6 +26,8 @@ export class ExitDispatcher {
   /** Set by devices (reset register, ACPI S5) during an access. */
   pendingAction: Action = ACTION.CONTINUE;
   errorMessage = '';
+  /** What asked for the pending reset, for the VM's log (a guest that resets by itself). */
+  resetCause = '';
   /** Writes KVM queued instead of exiting (e.g. to PCI's 0xcf8); null when none are. */
   coalesced: CoalescedRing | null = null;
   private readonly applyCoalesced = (isPio: boolean, address: number, length: number, value: number, high: number): void => {
@@ -65,8 +67,10 @@ export class ExitDispatcher {
     return action;
   }
 
-  requestReset(): void {
-    if (this.pendingAction === ACTION.CONTINUE) this.pendingAction = ACTION.RESET;
+  requestReset(cause = 'a reset register (i8042, port 0x92 or 0xcf9)'): void {
+    if (this.pendingAction !== ACTION.CONTINUE) return;
+    this.pendingAction = ACTION.RESET;
+    this.resetCause = cause;
   }
   requestPowerOff(): void {
     if (this.pendingAction !== ACTION.ERROR) this.pendingAction = ACTION.POWEROFF;
@@ -97,12 +101,12 @@ export class ExitDispatcher {
         break;
       case EXIT.SHUTDOWN:
         // Triple fault: a PC resets.
-        this.requestReset();
+        this.requestReset(`a triple fault on vCPU ${cpu}`);
         break;
       case EXIT.SYSTEM_EVENT: {
         const type = run.getUint32(RUN.SYSTEM_EVENT_TYPE, true);
         if (type === 1) this.requestPowerOff();
-        else if (type === 2) this.requestReset();
+        else if (type === 2) this.requestReset(`KVM's reset system event on vCPU ${cpu}`);
         else this.fail(`vCPU ${cpu}: system event ${type}`);
         break;
       }

@@ -31,7 +31,8 @@ import { ByteRing, COMMAND, ControlBlock, epochMs, kickVcpu, MAILBOX, STATE, typ
 
 export type MachineEnd =
   | { reason: 'poweroff'; exitCode: number }
-  | { reason: 'reset' }
+  /** cause: what asked for it, e.g. "a triple fault on vCPU 0". */
+  | { reason: 'reset'; cause?: string }
   | { reason: 'stopped' }
   | { reason: 'error'; message: string };
 
@@ -458,7 +459,7 @@ export class Machine implements MachineContext {
   }
 
   private onAction(action: Action): void {
-    if (action === ACTION.RESET) this.end({ reason: 'reset' });
+    if (action === ACTION.RESET) this.end({ reason: 'reset', cause: this.dispatcher.resetCause });
     else if (action === ACTION.POWEROFF) this.end({ reason: 'poweroff', exitCode: this.exitCode });
     else this.end({ reason: 'error', message: this.dispatcher.errorMessage });
   }

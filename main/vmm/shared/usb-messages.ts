@@ -1,5 +1,5 @@
 // What the VM host and the xHCI model say to each other over the channel (target
-// XHCI_CHANNEL_TARGET): hot-plug requests and their replies. A request carries an id; the
+// XHCI_CHANNEL_TARGET): hot-plug requests and their replies, and USB serial ports' bytes. A request carries an id; the
 // machine answers every request exactly once with a reply of the same id. Payloads are
 // UTF-8 JSON: this is a control path (a user adds a device), not a data path.
 import type { UsbDeviceConfig } from '../config';
@@ -14,7 +14,30 @@ export const USB_KIND = {
   REQUEST: 1,
   /** Machine → host: a UsbReply. */
   REPLY: 2,
+  /** Host → machine: bytes for a USB serial port to give the guest (encodeSerialData). */
+  SERIAL_INPUT: 3,
+  /** Machine → host: bytes the guest wrote to a USB serial port (encodeSerialData). */
+  SERIAL_OUTPUT: 4,
 } as const;
+
+/** Largest payload of one serial data record, the link included (input longer than that is split). */
+export const USB_SERIAL_RECORD_BYTES = 4096;
+
+/**
+ * A USB serial port's bytes as they cross the channel: the device's link (u32 LE, which
+ * the VM host gave it, see UsbDeviceConfig) and the bytes.
+ */
+export function encodeSerialData(link: number, bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(4 + bytes.length);
+  new DataView(out.buffer).setUint32(0, link >>> 0, true);
+  out.set(bytes, 4);
+  return out;
+}
+
+export function decodeSerialData(payload: Uint8Array): { link: number; bytes: Uint8Array } | null {
+  if (payload.length < 4) return null;
+  return { link: new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true), bytes: payload.subarray(4) };
+}
 
 /** Largest number of key events one request carries (the API's limits stay below it). */
 export const USB_MAX_KEY_EVENTS = 8192;

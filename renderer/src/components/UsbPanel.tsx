@@ -8,7 +8,7 @@ import {
   attachRequest, configuredDeviceText, formatVidPid, freePortsFor, hasUsbController, portLabel, portsInUseText,
   protocolLabel, usbKindName, usbSpeedLabel, USB_KINDS, type AttachForm, type UsbKind,
 } from '../usb';
-import { PathField } from './fields';
+import { PathField, TextField } from './fields';
 
 const REFRESH_MS = 3000;
 
@@ -29,7 +29,7 @@ function PortRow({ port, disabled, onUnplug }: { port: UsbPortInfo; disabled: bo
           <td className="usb-image">
             {d.path !== null
               ? <><code>{d.path}</code> <span className="usb-access">{d.readOnly ? 'read-only' : 'read-write'}</span></>
-              : <span className="muted">—</span>}
+              : d.endpoint ? <code>{d.endpoint}</code> : <span className="muted">—</span>}
           </td>
           <td className="usb-actions">
             <button type="button" disabled={disabled} onClick={onUnplug} aria-label={`Unplug ${d.product} from port ${port.port}`}>
@@ -52,7 +52,7 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
   const uid = useId();
   const [ports, setPorts] = useState<UsbPortInfo[] | null>(null);
   const [listError, setListError] = useState<string | null>(null);
-  const [form, setForm] = useState<AttachForm>({ kind: 'storage', path: '', readOnly: false, port: null });
+  const [form, setForm] = useState<AttachForm>({ kind: 'storage', path: '', readOnly: false, port: null, backend: 'pty' });
   const [formProblem, setFormProblem] = useState<string | null>(null);
   const [working, setWorking] = useState(false);
   const generation = useRef(0);
@@ -99,7 +99,7 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
     const request = attachRequest({ ...form, port });
     if (!request.ok) {
       setFormProblem(request.problem);
-      document.getElementById(`${uid}-path`)?.focus();
+      document.getElementById(form.kind === 'serial' ? `${uid}-backend` : `${uid}-path`)?.focus();
       return;
     }
     setWorking(true);
@@ -158,7 +158,7 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
           <thead>
             <tr>
               <th scope="col">Port</th><th scope="col">Type</th><th scope="col">Device</th><th scope="col">VID:PID</th>
-              <th scope="col">Speed</th><th scope="col">Image</th><th scope="col"><span className="visually-hidden">Actions</span></th>
+              <th scope="col">Speed</th><th scope="col">Image or host end</th><th scope="col"><span className="visually-hidden">Actions</span></th>
             </tr>
           </thead>
           <tbody>
@@ -190,6 +190,15 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
                 id={`${uid}-path`} label="Disk image" value={form.path} purpose="disk" nativeDialogs={nativeDialogs}
                 placeholder="/path/to/stick.img" hint="A raw image file; it is locked while plugged in."
                 problem={formProblem} onChange={(v) => change({ path: v })}
+              />
+            </div>
+          )}
+          {form.kind === 'serial' && (
+            <div className="usb-field-path">
+              <TextField
+                id={`${uid}-backend`} label="Host end" value={form.backend ?? ''} placeholder="pty"
+                hint="As for a COM port: pty, tcp-listen:4555, unix:/path, file:/path or a /dev path. The guest sees /dev/ttyACM0."
+                problem={formProblem} onChange={(v) => change({ backend: v })}
               />
             </div>
           )}

@@ -4,11 +4,15 @@
 // device must enumerate at its speed, dd must read the stick's known pattern, a write from L2
 // must be in the image file after Porthole exits, usbhid must bind both HID devices, and the
 // read-only stick must be write-protected. The bench stick gives the MB/s of a 64 MiB dd.
+// A USB serial port (CDC-ACM) on a host PTY must bind cdc_acm as /dev/ttyACM0 and carry bytes
+// both ways between it and the PTY.
 import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import tty from 'node:tty';
 import { SerialConsole } from '../console';
+import { ddRate, DdError, describeRate, diskOfSize } from '../dd-rate';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
 import { ensureStickImage, SECTOR, type StickSpec } from '../sticks';
@@ -19,14 +23,56 @@ const RO_STICK: StickSpec = { label: 'l2rostick', sizeMiB: 8, serial: '' };
 const BENCH_MIB = 64;
 /** Where L2 writes its marker on the stick (a sector past the partition-table reads). */
 const WRITE_SECTOR = 1000;
-const KIT_MODULES = 'xhci_pci,usb_storage,sd_mod,usbhid,hid_generic';
+const KIT_MODULES = 'xhci_pci,usb_storage,sd_mod,usbhid,hid_generic,cdc_acm';
 
 /** The product strings and IDs of Porthole's emulated devices (hid-keyboard.ts, hid-tablet.ts, usb-storage.ts). */
 const KEYBOARD = { id: '1d6b:0101', product: 'Porthole USB Keyboard', speed: '12' };
 const TABLET = { id: '1d6b:0102', product: 'Porthole USB Tablet', speed: '12' };
 const STORAGE = { id: '1209:0001', speed: '5000' };
+/** cdc-acm.ts */
+const SERIAL = { id: '1d6b:0104', product: 'Porthole USB Serial', speed: '12' };
+/** What porthole run prints for the USB serial port's PTY (main/cli/main.ts). */
+const SERIAL_PTY_RE = /^porthole: usb\.devices\[\d+\] \(serial\) is (\/dev\/pts\/\d+)$/;
 
 class UnexpectedGuestReset extends Error {}
+
+/** The scenario's end of the USB serial port's PTY: the slave, raw, with what came from the guest. */
+class HostPty {
+  path = '';
+  received = '';
+  private stream: tty.ReadStream | null = null;
+  private fd = -1;
+
+  open(ptyPath: string, log: (text: string) => void): void {
+    if (this.stream) return;
+    this.path = ptyPath;
+    this.fd = fs.openSync(ptyPath, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+    this.stream = new tty.ReadStream(this.fd);
+    this.stream.setRawMode(true);
+    this.stream.on('data', (d: Buffer) => { this.received += d.toString('latin1'); });
+    this.stream.on('error', (e) => log(`USB serial PTY ${ptyPath}: ${e.message}`));
+    log(`USB serial port: reading ${ptyPath}`);
+  }
+
+  write(text: string): void {
+    if (this.fd < 0) throw new Error('the USB serial port\'s PTY is not open');
+    fs.writeSync(this.fd, Buffer.from(text, 'latin1'));
+  }
+
+  async waitFor(text: string, ms: number): Promise<boolean> {
+    const end = Date.now() + ms;
+    while (!this.received.includes(text)) {
+      if (Date.now() > end) return false;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return true;
+  }
+
+  close(): void {
+    this.stream?.destroy();
+    this.stream = null;
+  }
+}
 
 interface Images {
   stick: string;
@@ -81,14 +127,28 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
     '--serial', 'stdio', '--verbose', '--stats=live', '--stats-interval', '5000',
     '--usb', 'keyboard', '--usb', 'tablet', '--usb', `storage:${images.stick}`, '--usb', `storage-ro:${images.roStick}`,
-    '--usb', `storage:${images.bench}`,
+    '--usb', `storage:${images.bench}`, '--usb', 'serial:pty',
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
   let guestReset = false;
+  const serialPty = new HostPty();
+  let partial = '';
   vm.stderr!.on('data', (d: Buffer) => {
-    for (const l of d.toString().split('\n')) {
+    // Whole lines only: a line split across chunks must still match.
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) {
       if (!l.trim()) continue;
+      const pty = SERIAL_PTY_RE.exec(l.trim());
+      // Opened at once, so the PTY has its reader before the guest writes.
+      if (pty) {
+        try {
+          serialPty.open(pty[1], (text) => ctx.log(text));
+        } catch (e) {
+          ctx.log(`cannot open the USB serial port's PTY ${pty[1]}: ${(e as Error).message}`);
+        }
+      }
       if (l.includes('porthole: guest reset') && !guestReset) {
         // The relaunched guest cannot answer the command in flight: end this boot now.
         guestReset = true;
@@ -99,7 +159,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
   });
   vm.on('exit', (code, sig) => ctx.log(`porthole exited (${sig ?? `code ${code}`})`));
   try {
-    return await runChecks(ctx, vm, images);
+    return await runChecks(ctx, vm, images, serialPty);
   } catch (e) {
     if (vm.exitCode === null && vm.signalCode === null) {
       // Where vCPU 0 is, twice, for a guest that stopped making progress (--verbose logs it).
@@ -111,6 +171,8 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     vm.kill('SIGKILL');
     if (guestReset) throw new UnexpectedGuestReset(`the L2 guest reset by itself (${(e as Error).message.split('\n')[0]})`);
     throw e;
+  } finally {
+    serialPty.close();
   }
 }
 
@@ -132,7 +194,7 @@ function parseUsbDevices(text: string): SysUsbDevice[] {
   });
 }
 
-async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images): Promise<string> {
+async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images, serialPty: HostPty): Promise<string> {
   const exited = new Promise<string>((resolve) => vm.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
   const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
   const failures: string[] = [];
@@ -192,6 +254,8 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images)
   if (!tabletBlock || !/Handlers=.*\bmouse\d/.test(tabletBlock) || !/B: ABS=/.test(tabletBlock)) fail('/proc/bus/input/devices has no USB tablet with absolute axes and a mouse handler');
   if (kbdBlock && tabletBlock) found.push('usbhid: keyboard and tablet in /proc/bus/input/devices');
 
+  await checkSerial(ctx, con, devices, serialPty, fail, found);
+
   // The sticks' disks, told apart by size (512-byte sectors).
   const blockText = await con.runOk('for b in /sys/block/sd*; do echo "${b##*/} $(cat $b/size) $(cat $b/ro)"; done');
   ctx.log(`block devices (name sectors ro):\n${blockText}`);
@@ -233,22 +297,16 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images)
   const benchNow = await diskOfSize(con, BENCH_MIB);
   if (!benchNow) fail(`no ${BENCH_MIB} MiB disk in L2`);
   else {
-    const dev = `/dev/${benchNow}`;
-    const rate = async (what: string, cmd: string): Promise<string> => {
-      const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); ${cmd} 2>&1; s=$?; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"; exit_s=$s; [ $exit_s = 0 ]`, 900000);
-      const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
-      const seconds = m ? Number(m[2]) - Number(m[1]) : NaN;
-      ctx.log(`${what}: ${r.output.replace(/\n/g, ' / ')}`);
-      if (r.status !== 0 || !(seconds > 0)) {
-        fail(`${what} failed: ${r.output}`);
-        return `${what} failed`;
+    const rates: string[] = [];
+    for (const direction of ['read', 'write'] as const) {
+      try {
+        rates.push(describeRate(await ddRate(con, `/dev/${benchNow}`, direction, 1048576, BENCH_MIB)));
+      } catch (e) {
+        if (!(e instanceof DdError)) throw e;
+        fail(e.message);
       }
-      const mbs = BENCH_MIB * 1.048576 / seconds;
-      return `${what} ${mbs.toFixed(1)} MB/s (${seconds.toFixed(1)} s)`;
-    };
-    const read = await rate('64 MiB dd read', `dd if=${dev} of=/dev/null bs=1M count=${BENCH_MIB} iflag=direct`);
-    const write = await rate('64 MiB dd write', `dd if=/dev/zero of=${dev} bs=1M count=${BENCH_MIB} oflag=direct conv=fsync`);
-    bench = `${read}, ${write}`;
+    }
+    bench = rates.join(', ');
     ctx.log(`USB storage throughput in L2: ${bench}`);
   }
 
@@ -275,10 +333,29 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images)
   return `${found.join('; ')}; ${bench}`;
 }
 
-/** The sd disk of a size in L2 (names change when a stick comes back), or null. */
-async function diskOfSize(con: SerialConsole, mib: number): Promise<string | null> {
-  const r = await con.run(`for b in /sys/block/sd*; do [ "$(cat $b/size)" = ${mib * 2048} ] && echo \${b##*/}; done`);
-  return r.output.trim().split('\n').filter(Boolean)[0] ?? null;
+/** cdc_acm binds the USB serial port as /dev/ttyACM0, and bytes go both ways between it and the host PTY. */
+async function checkSerial(ctx: ScenarioContext, con: SerialConsole, devices: SysUsbDevice[], pty: HostPty, fail: (why: string) => void, found: string[]): Promise<void> {
+  const acm = devices.filter((d) => d.id === SERIAL.id);
+  if (acm.length !== 1) { fail(`${SERIAL.product} (${SERIAL.id}) is listed ${acm.length} times`); return; }
+  if (acm[0].speed !== SERIAL.speed) fail(`${SERIAL.product} runs at ${acm[0].speed} Mb/s, expected ${SERIAL.speed}`);
+  if (acm[0].product !== SERIAL.product) fail(`${SERIAL.id} calls itself "${acm[0].product}", expected "${SERIAL.product}"`);
+  if (!/cdc_acm/.test(acm[0].driver)) { fail(`${SERIAL.product}'s interfaces are bound to "${acm[0].driver}", not cdc_acm`); return; }
+  if ((await con.run('[ -c /dev/ttyACM0 ]')).status !== 0) { fail('cdc_acm bound, but there is no /dev/ttyACM0'); return; }
+  if (!pty.path) { fail('porthole run did not print the USB serial port\'s PTY'); return; }
+  const tag = crypto.randomBytes(4).toString('hex');
+  // Guest to host: raw, so the tty changes no byte.
+  const toHost = `ACM-TO-HOST-${tag}`;
+  const w = await con.run(`stty -F /dev/ttyACM0 raw -echo 115200 && printf '%s' ${toHost} > /dev/ttyACM0`, 30000);
+  if (w.status !== 0) { fail(`writing to /dev/ttyACM0 failed: ${w.output}`); return; }
+  if (!(await pty.waitFor(toHost, 20000))) { fail(`"${toHost}" written to /dev/ttyACM0 did not reach ${pty.path} (it got "${pty.received.slice(-80)}")`); return; }
+  // Host to guest: a reader waits on ttyACM0 first (no newline: the host's PTY is raw but keeps ONLCR).
+  const toGuest = `ACM-TO-GUEST-${tag}`;
+  await con.run(`rm -f /tmp/acm-rx; (stty -F /dev/ttyACM0 raw -echo && head -c ${toGuest.length} /dev/ttyACM0 > /tmp/acm-rx) & sleep 1`);
+  pty.write(toGuest);
+  const r = await con.run(`for i in $(seq 40); do [ "$(wc -c < /tmp/acm-rx)" -ge ${toGuest.length} ] && break; sleep 0.5; done; cat /tmp/acm-rx`, 60000);
+  if (!r.output.includes(toGuest)) { fail(`"${toGuest}" written to ${pty.path} did not reach /dev/ttyACM0 (L2 read "${r.output.trim()}")`); return; }
+  found.push(`cdc_acm: /dev/ttyACM0 round trip with ${pty.path} (${toHost.length} bytes out, ${toGuest.length} in)`);
+  ctx.log(`USB serial: ${toHost} reached ${pty.path}, ${toGuest} reached /dev/ttyACM0`);
 }
 
 /** Waits (up to `seconds`) until a shell condition holds; true if it did. */

@@ -3,24 +3,35 @@
 // time; at run time attaches (the same factory, createUsbDevice), detaches (transfers
 // cancelled, image closed), lists the ports and types keys on the first USB keyboard. The
 // guest sees each change as a Port Status Change event, from the controller's ports.
+// USB serial ports' bytes go both ways here too, named by the link the VM host gave each.
 // Runs on the machine thread.
 import type { UsbDeviceConfig } from '../../config';
 import {
-  decodeUsbRequest, encodeUsbReply, USB_KIND, USB_MAX_KEY_EVENTS, type UsbKeyEvent, type UsbPortState, type UsbReply,
+  decodeSerialData, decodeUsbRequest, encodeSerialData, encodeUsbReply, USB_KIND, USB_MAX_KEY_EVENTS, type UsbKeyEvent, type UsbPortState, type UsbReply,
   type UsbRequestBody, UsbRequestError,
 } from '../../shared/usb-messages';
+import { UsbSerialAcm } from './cdc-acm';
 import { UsbKeyboard } from './hid-keyboard';
 import { ImageError } from './storage/block-backend';
 import { UsbStorage } from './storage/usb-storage';
 import type { UsbDevice } from './usb-device';
 import type { XhciController } from './xhci';
 
+/** Where a USB serial port's guest output goes, and its news that it can take input again. */
+export interface UsbSerialLink {
+  /** False: not now (the transfer waits and is retried). */
+  onOutput(bytes: Uint8Array): boolean;
+  onReceiveSpace(): void;
+}
+
 /** Makes the device a config entry names; throws ImageError for an image that cannot be used. */
-export type UsbDeviceMaker = (config: UsbDeviceConfig, options: { superSpeed: boolean }) => UsbDevice;
+export type UsbDeviceMaker = (config: UsbDeviceConfig, options: { superSpeed: boolean; serial?: UsbSerialLink }) => UsbDevice;
 
 export interface HotplugHost {
   /** Sends a reply record to the VM host; false when the channel is full (kept and retried). */
   send(payload: Uint8Array): boolean;
+  /** Sends a USB serial port's output record (USB_KIND.SERIAL_OUTPUT); false when the channel is full. Absent: output is dropped. */
+  sendSerial?(payload: Uint8Array): boolean;
   setTimer(delayMs: number, fn: () => void): () => void;
   log(text: string): void;
 }
@@ -31,6 +42,10 @@ const KEY_QUEUE_HIGH_WATER = 16;
 const KEY_PACE_MS = 8;
 /** How soon a reply that found the channel full is tried again. */
 const RESEND_MS = 5;
+/** Host input held per USB serial port while the device's own buffer is full; beyond it input is dropped. */
+const SERIAL_INPUT_BACKLOG_BYTES = 1 << 20;
+/** Guest output bytes per channel record (a bulk OUT transfer may be longer than a channel). */
+const SERIAL_OUTPUT_RECORD_BYTES = 8192;
 
 interface KeyJob {
   id: number;
@@ -44,8 +59,21 @@ interface Plugged {
   device: UsbDevice;
 }
 
+/** A USB serial port's host side on this thread: input it could not take yet, a pending output retry. */
+interface SerialState {
+  device: UsbSerialAcm;
+  backlog: Uint8Array[];
+  backlogBytes: number;
+  dropped: number;
+  /** The part of a long transfer's output the channel had no room for yet (sent before more is taken). */
+  outbox: Uint8Array | null;
+  outputRetry: (() => void) | null;
+}
+
 export class XhciHotplug {
   private readonly plugged = new Map<number, Plugged>();
+  /** USB serial ports by link. */
+  private readonly serials = new Map<number, SerialState>();
   private readonly keyJobs: KeyJob[] = [];
   private keyTimer: (() => void) | null = null;
   private readonly unsent: Uint8Array[] = [];
@@ -107,6 +135,7 @@ export class XhciHotplug {
     this.plugged.delete(port);
     this.controller.detach(port);
     closeDevice(entry.device);
+    this.dropSerial(entry.config);
     for (const job of this.keyJobs.filter((j) => j.keyboard === entry.device)) this.finishKeys(job, 'the USB keyboard was removed before every key was sent');
     return entry.config;
   }
@@ -128,6 +157,8 @@ export class XhciHotplug {
           productId: d.productId,
           path: entry.config.kind === 'storage' ? entry.config.path : null,
           readOnly: entry.config.kind === 'storage' ? entry.config.readOnly : null,
+          // The VM host puts the opened endpoint's own description here.
+          ...(entry.config.kind === 'serial' ? { endpoint: entry.config.backend } : {}),
         },
       };
     });
@@ -140,6 +171,10 @@ export class XhciHotplug {
 
   /** A record from the VM host. Every request gets exactly one reply. */
   handle(kind: number, payload: Uint8Array): void {
+    if (kind === USB_KIND.SERIAL_INPUT) {
+      this.serialInput(payload);
+      return;
+    }
     if (kind !== USB_KIND.REQUEST) return;
     const message = decodeUsbRequest(payload);
     if (message === null) {
@@ -183,6 +218,8 @@ export class XhciHotplug {
     this.keyJobs.length = 0;
     for (const e of this.plugged.values()) closeDevice(e.device);
     this.plugged.clear();
+    for (const state of this.serials.values()) state.outputRetry?.();
+    this.serials.clear();
   }
 
   // ---- ports ---------------------------------------------------------------------------
@@ -207,7 +244,15 @@ export class XhciHotplug {
     if (config.kind !== 'storage' && port.usb3) {
       throw new UsbRequestError('invalid-argument', `a ${config.kind} needs a USB 2 port; port ${portNumber} is a USB 3 port`);
     }
-    const device = this.make(config, { superSpeed: port.usb3 });
+    let serial: UsbSerialLink | undefined;
+    if (config.kind === 'serial') {
+      const link = config.link;
+      if (link === undefined || !Number.isInteger(link) || link < 0 || link > 0xffffffff || this.serials.has(link)) {
+        throw new UsbRequestError('invalid-argument', `a USB serial port needs a link of its own from the VM host (got ${String(link)})`);
+      }
+      serial = { onOutput: (bytes) => this.serialOutput(link, bytes), onReceiveSpace: () => this.flushSerialInput(link) };
+    }
+    const device = this.make(config, { superSpeed: port.usb3, serial });
     try {
       this.controller.attach(portNumber, device);
     } catch (e) {
@@ -215,6 +260,109 @@ export class XhciHotplug {
       throw new UsbRequestError('invalid-state', (e as Error).message);
     }
     this.plugged.set(portNumber, { config: { ...config, port: portNumber }, device });
+    if (config.kind === 'serial' && device instanceof UsbSerialAcm) {
+      this.serials.set(config.link as number, { device, backlog: [], backlogBytes: 0, dropped: 0, outbox: null, outputRetry: null });
+    }
+  }
+
+  // ---- USB serial ports ------------------------------------------------------------------
+
+  /**
+   * Guest output: to the VM host in records. A full channel makes the transfer wait (false)
+   * and retries soon; a long transfer whose later records found no room completes, and the
+   * rest goes first when the retry finds room.
+   */
+  private serialOutput(link: number, bytes: Uint8Array): boolean {
+    const state = this.serials.get(link);
+    const send = this.host.sendSerial;
+    if (state === undefined || send === undefined) return true;
+    if (!this.sendOutbox(state, link)) {
+      this.retryOutput(state, link);
+      return false;
+    }
+    let at = 0;
+    while (at < bytes.length) {
+      const part = bytes.subarray(at, at + SERIAL_OUTPUT_RECORD_BYTES);
+      if (!send(encodeSerialData(link, part))) break;
+      at += part.length;
+    }
+    if (at === bytes.length) return true;
+    if (at > 0) state.outbox = bytes.slice(at);
+    this.retryOutput(state, link);
+    return at > 0;
+  }
+
+  /** Sends what an earlier transfer left; true once nothing is left. */
+  private sendOutbox(state: SerialState, link: number): boolean {
+    const send = this.host.sendSerial;
+    while (state.outbox !== null && send !== undefined) {
+      const part = state.outbox.subarray(0, SERIAL_OUTPUT_RECORD_BYTES);
+      if (!send(encodeSerialData(link, part))) return false;
+      state.outbox = part.length === state.outbox.length ? null : state.outbox.subarray(part.length);
+    }
+    return true;
+  }
+
+  /** Soon: the rest of a transfer out, then a waiting transfer retried. */
+  private retryOutput(state: SerialState, link: number): void {
+    if (state.outputRetry !== null || this.closed) return;
+    state.outputRetry = this.host.setTimer(RESEND_MS, () => {
+      state.outputRetry = null;
+      if (this.serials.get(link) !== state) return;
+      if (!this.sendOutbox(state, link)) this.retryOutput(state, link);
+      else state.device.outputReady();
+    });
+  }
+
+  /** Host input for a USB serial port: what its buffer cannot take waits here, in order. */
+  private serialInput(payload: Uint8Array): void {
+    const data = decodeSerialData(payload);
+    if (data === null) return;
+    const state = this.serials.get(data.link);
+    // Input for a port unplugged meanwhile has nowhere to go.
+    if (state === undefined || data.bytes.length === 0) return;
+    if (state.backlog.length === 0) {
+      const taken = state.device.receive(data.bytes);
+      if (taken === data.bytes.length) return;
+      this.queueSerialInput(state, data.bytes.subarray(taken));
+    } else {
+      this.queueSerialInput(state, data.bytes);
+    }
+  }
+
+  private queueSerialInput(state: SerialState, bytes: Uint8Array): void {
+    if (state.backlogBytes + bytes.length > SERIAL_INPUT_BACKLOG_BYTES) {
+      if (state.dropped === 0) this.host.log(`${state.device.name}: the guest is not reading; dropping host input`);
+      state.dropped += bytes.length;
+      return;
+    }
+    state.backlog.push(Uint8Array.from(bytes));
+    state.backlogBytes += bytes.length;
+  }
+
+  private flushSerialInput(link: number): void {
+    const state = this.serials.get(link);
+    if (state === undefined) return;
+    while (state.backlog.length > 0) {
+      const next = state.backlog[0];
+      const taken = state.device.receive(next);
+      state.backlogBytes -= taken;
+      if (taken < next.length) {
+        state.backlog[0] = next.subarray(taken);
+        return;
+      }
+      state.backlog.shift();
+    }
+    if (state.dropped > 0) {
+      this.host.log(`${state.device.name}: the guest reads again; ${state.dropped} bytes of host input were dropped`);
+      state.dropped = 0;
+    }
+  }
+
+  private dropSerial(config: UsbDeviceConfig): void {
+    if (config.kind !== 'serial' || config.link === undefined) return;
+    this.serials.get(config.link)?.outputRetry?.();
+    this.serials.delete(config.link);
   }
 
   // ---- keys ----------------------------------------------------------------------------

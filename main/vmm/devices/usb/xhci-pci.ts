@@ -12,9 +12,10 @@ import { PCI_CFG, PCI_COMMAND, PciDevice } from '../pci/pci-device';
 import { openUsbStorage } from './storage/usb-storage';
 import { UsbKeyboard } from './hid-keyboard';
 import { UsbTablet } from './hid-tablet';
+import { UsbSerialAcm } from './cdc-acm';
 import type { UsbDevice } from './usb-device';
 import { XhciController } from './xhci';
-import { XhciHotplug } from './xhci-hotplug';
+import { XhciHotplug, type UsbSerialLink } from './xhci-hotplug';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
 import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
 
@@ -87,7 +88,7 @@ export class XhciPci extends PciDevice {
  * Makes the emulated device a config entry names; throws a clear error (an image that cannot be
  * used). `superSpeed`: storage for a USB 3 port (otherwise high speed, for a USB 2 port).
  */
-export function createUsbDevice(config: UsbDeviceConfig, options: { superSpeed?: boolean } = {}): UsbDevice {
+export function createUsbDevice(config: UsbDeviceConfig, options: { superSpeed?: boolean; serial?: UsbSerialLink } = {}): UsbDevice {
   switch (config.kind) {
     // Without the idle-rate clock: with it SeaBIOS hung before enumerating the port (under
     // investigation), so held keys do not repeat in SeaBIOS for now; Linux repeats keys itself.
@@ -95,6 +96,13 @@ export function createUsbDevice(config: UsbDeviceConfig, options: { superSpeed?:
     case 'tablet': return new UsbTablet();
     case 'storage': return openUsbStorage(config.path, {
       readOnly: config.readOnly, synchronous: true, speed: options.superSpeed === true ? 'super' : 'high',
+    });
+    // Full speed on a USB 2 port, as the FTDI and CDC adapters people plug in; no bytes
+    // leave without a link (tests and a backend of "none").
+    case 'serial': return new UsbSerialAcm({
+      name: `usb-serial ${config.backend}`,
+      onOutput: (bytes) => options.serial?.onOutput(bytes) ?? true,
+      onReceiveSpace: () => options.serial?.onReceiveSpace(),
     });
   }
 }
@@ -109,6 +117,7 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
   const xhci = new XhciPci(ctx);
   const hotplug = new XhciHotplug(xhci.controller, createUsbDevice, {
     send: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.REPLY, payload),
+    sendSerial: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.SERIAL_OUTPUT, payload),
     setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
     log: (text) => ctx.log(text),
   });

@@ -1,0 +1,155 @@
+// USB storage throughput: the rig's L2 kit reads and writes an emulated USB stick with dd
+// (O_DIRECT, sequential) under Porthole's xHCI + usb-storage (`porthole run --usb storage:IMG`)
+// and under QEMU's (`-device qemu-xhci -device usb-storage`, same kind of image: a fresh
+// file of zeros per boot), alternating in one run. 1 MiB blocks give MB/s; 4 KiB blocks give
+// transfers per second (each dd block is one SCSI READ/WRITE, one Bulk-Only round trip).
+//
+// It needs a KVM that boots Linux: in practice the rig's L1 (npm run bench -- usb-storage).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { SerialConsole } from '../rig/console';
+import { ddRate, diskOfSize, type DdRate } from '../rig/dd-rate';
+import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { benchOutputDir, writeBenchResult } from './paths';
+
+/** Target from issue 9: Porthole's MB/s at least this multiple of QEMU's. */
+export const USB_STORAGE_TARGET = 1.2;
+const LABELS: Record<BootVmm, string> = { porthole: 'Porthole', qemu: 'QEMU' };
+const KIT_MODULES = 'kit.modules=xhci_pci,usb_storage,sd_mod';
+/** 4 KiB transfers per small-block phase. */
+const SMALL_COUNT = 1024;
+
+type Measure = 'read' | 'write' | 'read4k' | 'write4k';
+const MEASURES: Measure[] = ['read', 'write', 'read4k', 'write4k'];
+
+export interface UsbStorageSample {
+  vmm: BootVmm;
+  round: number;
+  /** The stick's speed as L2's sysfs says (Mb/s). */
+  speed?: string;
+  rates: Partial<Record<Measure, DdRate>>;
+  failure?: string;
+}
+
+export interface UsbStorageBenchOptions {
+  kit: KitPaths;
+  rounds: number;
+  /** Image size and 1 MiB-block dd length (default 64). */
+  mib?: number;
+  /** A boot that resets or fails is tried again this many times. */
+  retries?: number;
+  log?: (line: string) => void;
+}
+
+export interface UsbStorageBenchResult {
+  mib: number;
+  rounds: number;
+  samples: UsbStorageSample[];
+  /** Per measure: median Porthole / median QEMU (MB/s; higher is better for Porthole). */
+  ratios: Partial<Record<Measure, number>>;
+  met: boolean;
+}
+
+function freshImage(dir: string, mib: number): string {
+  const file = path.join(dir, 'usb-storage-bench.img');
+  fs.rmSync(file, { force: true });
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, mib * 1048576);
+  return file;
+}
+
+async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, round: number, log: (l: string) => void): Promise<UsbStorageSample> {
+  const sample: UsbStorageSample = { vmm, round, rates: {} };
+  const vm = spawnKitVm(vmm, kit, 1, {
+    append: KIT_MODULES,
+    porthole: ['--usb', `storage:${image}`],
+    qemu: ['-device', 'qemu-xhci,id=xhci', '-drive', `if=none,id=stick,format=raw,file=${image}`, '-device', 'usb-storage,bus=xhci.0,drive=stick'],
+  });
+  let guestReset = false;
+  let errText = '';
+  vm.child.stderr!.setEncoding('utf8');
+  vm.child.stderr!.on('data', (chunk: string) => {
+    if (chunk.includes('porthole: guest reset')) guestReset = true;
+    errText = (errText + chunk).slice(-2000);
+  });
+  const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
+  try {
+    await con.waitForShell(300000);
+    const ok = await con.run(`for i in $(seq 120); do for b in /sys/block/sd*; do [ "$(cat $b/size 2>/dev/null)" = ${mib * 2048} ] && break 2; done; sleep 0.5; done`, 120000);
+    const disk = ok.status === 0 ? await diskOfSize(con, mib) : null;
+    if (!disk) throw new Error(`no ${mib} MiB disk appeared in L2`);
+    // The stick's USB device is the last "bus-port" element of the disk's sysfs path.
+    sample.speed = (await con.runOk(`u=$(readlink -f /sys/block/${disk}/device | grep -o '/[0-9]*-[0-9.]*/' | tail -1 | tr -d /); cat /sys/bus/usb/devices/$u/speed`)).trim();
+    const dev = `/dev/${disk}`;
+    sample.rates.read = await ddRate(con, dev, 'read', 1048576, mib);
+    sample.rates.write = await ddRate(con, dev, 'write', 1048576, mib);
+    sample.rates.read4k = await ddRate(con, dev, 'read', 4096, SMALL_COUNT);
+    sample.rates.write4k = await ddRate(con, dev, 'write', 4096, SMALL_COUNT);
+  } catch (e) {
+    const why = (e as Error).message.split('\n')[0];
+    sample.failure = guestReset ? `the guest reset by itself (${why})` : why;
+    if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+  } finally {
+    con.close();
+    await reapKitVm(vm);
+  }
+  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
+  return sample;
+}
+
+function describe(s: UsbStorageSample): string {
+  const rates = MEASURES.filter((m) => s.rates[m]).map((m) => {
+    const r = s.rates[m]!;
+    return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s` : `${m} ${r.mbPerSec.toFixed(1)} MB/s`;
+  });
+  return `${s.speed ? `${s.speed} Mb/s stick; ` : ''}${rates.join(', ')}${s.failure ? ` FAILED (${s.failure})` : ''}`;
+}
+
+export async function runUsbStorageBench(o: UsbStorageBenchOptions): Promise<UsbStorageBenchResult> {
+  const log = o.log ?? ((line: string) => console.log(line));
+  const mib = o.mib ?? 64;
+  const retries = o.retries ?? 2;
+  for (const f of [o.kit.vmlinuz, o.kit.initrd]) if (!fs.existsSync(f)) throw new Error(`the L2 kit file ${f} is missing`);
+  log(`USB storage: the L2 kit, 1 vCPU, dd O_DIRECT on a ${mib} MiB stick: Porthole (xHCI + usb-storage) against QEMU -accel kvm (qemu-xhci + usb-storage), ${o.rounds} rounds alternating`);
+  log(`  per boot: ${mib} x 1 MiB read, ${mib} x 1 MiB write (conv=fsync), ${SMALL_COUNT} x 4 KiB read, ${SMALL_COUNT} x 4 KiB write`);
+  log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
+  const dir = benchOutputDir();
+  const samples: UsbStorageSample[] = [];
+  for (let round = 1; round <= o.rounds; round++) {
+    const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
+    for (const vmm of order) {
+      for (let attempt = 0; attempt <= retries; attempt++) {
+        const s = await runOnce(vmm, o.kit, freshImage(dir, mib), mib, round, log);
+        samples.push(s);
+        if (!s.failure) break;
+      }
+    }
+  }
+  fs.rmSync(path.join(dir, 'usb-storage-bench.img'), { force: true });
+
+  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.failure);
+  const ratios: Partial<Record<Measure, number>> = {};
+  let met = true;
+  log(`\n${'medians'.padEnd(10)}${MEASURES.map((m) => m.padStart(14)).join('')}   (MB/s; 4k: transfers/s)   boots failed`);
+  for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
+    const cells = MEASURES.map((m) => {
+      const v = median(ok(vmm).map((s) => (m.endsWith('4k') ? s.rates[m]!.iops : s.rates[m]!.mbPerSec)));
+      return (Number.isFinite(v) ? v.toFixed(m.endsWith('4k') ? 0 : 1) : '-').padStart(14);
+    });
+    log(`${LABELS[vmm].padEnd(10)}${cells.join('')}   ${String(ok(vmm).length).padStart(5)} ${String(samples.filter((s) => s.vmm === vmm && s.failure).length).padStart(6)}`);
+  }
+  for (const m of MEASURES) {
+    const value = (s: UsbStorageSample) => s.rates[m]!.mbPerSec;
+    const ratio = median(ok('porthole').map(value)) / median(ok('qemu').map(value));
+    ratios[m] = ratio;
+    const judged = m === 'read' || m === 'write';
+    if (judged) met &&= ratio >= USB_STORAGE_TARGET;
+    log(`Porthole / QEMU ${m.padEnd(8)} ${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x${judged ? `   target >= ${USB_STORAGE_TARGET.toFixed(1)}x: ${ratio >= USB_STORAGE_TARGET ? 'met' : 'MISSED'}` : ''}`);
+  }
+  for (const s of samples.filter((x) => x.failure)) log(`  failed boot: ${LABELS[s.vmm]} round ${s.round}: ${s.failure}`);
+  log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  const result: UsbStorageBenchResult = { mib, rounds: o.rounds, samples, ratios, met };
+  writeBenchResult('usb-storage.json', result);
+  return result;
+}
