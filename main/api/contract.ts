@@ -298,7 +298,8 @@ export type UsbDeviceSpec = (
 };
 
 export interface UsbPortDeviceInfo {
-  kind: 'storage' | 'keyboard' | 'tablet';
+  /** 'host': a host USB device passed through (attachHostUsbDevice). */
+  kind: 'storage' | 'keyboard' | 'tablet' | 'host';
   /** As in the VM's log and statistics, e.g. "usb-storage stick.img". */
   name: string;
   /** The product string of its descriptors, e.g. "Porthole USB Keyboard". */
@@ -309,6 +310,8 @@ export interface UsbPortDeviceInfo {
   /** Storage: the image file and whether the guest may write it; null otherwise. */
   path: string | null;
   readOnly: boolean | null;
+  /** A host device: its sysfs name on the host ("1-1.4", as listHostUsbDevices shows it). */
+  hostDevice?: string;
 }
 
 export interface UsbPortInfo {

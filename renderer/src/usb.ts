@@ -12,7 +12,7 @@ export const USB_KINDS: readonly { kind: UsbKind; label: string }[] = [
   { kind: 'tablet', label: 'Tablet (absolute pointer)' },
 ];
 
-const KIND_NAMES: Record<UsbKind, string> = { storage: 'USB stick', keyboard: 'Keyboard', tablet: 'Tablet' };
+const KIND_NAMES: Record<UsbKind, string> = { storage: 'USB stick', keyboard: 'Keyboard', tablet: 'Tablet', host: 'Host device' };
 
 export function usbKindName(kind: UsbKind): string {
   return KIND_NAMES[kind];
@@ -91,6 +91,7 @@ export type AttachRequest = { ok: true; device: UsbDeviceSpec } | { ok: false; p
 /** The device to send for what the form holds, or why it cannot be sent yet. */
 export function attachRequest(form: AttachForm): AttachRequest {
   const port = form.port === null ? {} : { port: form.port };
+  if (form.kind === 'host') return { ok: false, problem: 'Host devices are attached from the host device list.' };
   if (form.kind !== 'storage') return { ok: true, device: { kind: form.kind, ...port } };
   const path = form.path.trim();
   if (path === '') return { ok: false, problem: 'Choose a disk image for the USB stick.' };

@@ -14,7 +14,9 @@ import { UsbKeyboard } from './hid-keyboard';
 import { UsbTablet } from './hid-tablet';
 import type { UsbDevice } from './usb-device';
 import { XhciController } from './xhci';
-import { XhciHotplug } from './xhci-hotplug';
+import { XhciHotplug, type UsbDeviceMaker } from './xhci-hotplug';
+import { PassthroughRouter } from './passthrough/passthrough-device';
+import { isPassthroughKind } from '../../shared/usb-passthrough-messages';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
 import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
 
@@ -96,6 +98,8 @@ export function createUsbDevice(config: UsbDeviceConfig, options: { superSpeed?:
     case 'storage': return openUsbStorage(config.path, {
       readOnly: config.readOnly, synchronous: true, speed: options.superSpeed === true ? 'super' : 'high',
     });
+    // Made by the xHCI's factory below, which has the channel to the VM host.
+    case 'host': throw new Error('a host USB device needs the VM host (attach it at run time)');
   }
 }
 
@@ -107,7 +111,13 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
   const usb: UsbConfig | undefined = ctx.config.usb;
   if (!usb || usb.controller === 'none') return null;
   const xhci = new XhciPci(ctx);
-  const hotplug = new XhciHotplug(xhci.controller, createUsbDevice, {
+  const passthrough = new PassthroughRouter({
+    send: (kind, payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, kind, payload),
+    setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
+    log: (text) => ctx.log(text),
+  });
+  const make: UsbDeviceMaker = (config, options) => config.kind === 'host' ? passthrough.create(config) : createUsbDevice(config, options);
+  const hotplug = new XhciHotplug(xhci.controller, make, {
     send: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.REPLY, payload),
     setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
     log: (text) => ctx.log(text),
@@ -117,7 +127,10 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
     name: 'xhci',
     instance: xhci,
     pci: [{ slot: XHCI_PCI_SLOT, fn: 0, device: xhci }],
-    hostMessages: { target: XHCI_CHANNEL_TARGET, handle: (kind, payload) => hotplug.handle(kind, payload) },
+    hostMessages: {
+      target: XHCI_CHANNEL_TARGET,
+      handle: (kind, payload) => isPassthroughKind(kind) ? passthrough.handle(kind, payload) : hotplug.handle(kind, payload),
+    },
     close: () => hotplug.close(),
   };
 };
