@@ -167,6 +167,11 @@ async function runUsb(id: number, request: UsbRequestBody): Promise<void> {
         send({ type: 'reply', id, ok: true, usb: { ports: [state], port: state.port } });
         return;
       }
+      case 'attach-host': {
+        const state = await h.attachHostUsb(request.device, request.port);
+        send({ type: 'reply', id, ok: true, usb: { ports: [state], port: state.port } });
+        return;
+      }
       case 'detach':
         await h.detachUsb(request.port);
         send({ type: 'reply', id, ok: true, usb: { ports: [], port: request.port } });
