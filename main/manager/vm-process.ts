@@ -104,7 +104,8 @@ function startVm(config: MachineConfig): void {
   h.on('ended', (end, stats) => {
     flushOutput();
     exiting = true;
-    send({ type: 'ended', end, stats }, () => process.exit(exitCode));
+    // Host USB devices go back to the host before the process ends.
+    void h.hostUsbReleased.finally(() => send({ type: 'ended', end, stats }, () => process.exit(exitCode)));
   });
   h.start().then(
     () => send({ type: 'started' }),

@@ -16,7 +16,7 @@ import { ConfigError } from '../../main/vmm/config';
 import { XhciHotplug } from '../../main/vmm/devices/usb/xhci-hotplug';
 import { createUsbDevice } from '../../main/vmm/devices/usb/xhci-pci';
 import {
-  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbRequestBody, UsbRequestError,
+  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbPortState, type UsbRequestBody, UsbRequestError,
 } from '../../main/vmm/shared/usb-messages';
 import { makeImage, tempDir } from '../helpers/usb-storage';
 import { DB, Driver, PORTSC, trb } from '../helpers/xhci-driver';
@@ -107,6 +107,9 @@ class HotplugStandIn implements UsbControl {
   }
   async detachUsb(port: number) { await this.request({ op: 'detach', port }); }
   async sendUsbKeys(events: Parameters<UsbControl['sendUsbKeys']>[0]) { await this.request({ op: 'keys', events }); }
+  async attachHostUsb(selector: string): Promise<UsbPortState> {
+    throw new UsbRequestError('not-found', `there is no host USB device ${selector}; this host has no USB devices`);
+  }
 }
 
 let dir: string;

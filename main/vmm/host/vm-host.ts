@@ -640,8 +640,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     const all = [...this.hostUsb.values()];
     this.hostUsb.clear();
     this.passthroughOut = [];
-    for (const h of all) void this.giveBack(h.passthrough);
+    if (all.length > 0) this.hostUsbReleased = Promise.all(all.map((h) => this.giveBack(h.passthrough))).then(() => undefined);
   }
+
+  /** Settles once the host devices of the last stop are back with the host: wait for it before the process exits. */
+  hostUsbReleased: Promise<void> = Promise.resolve();
 
   /** Host devices being given back finish before the process may exit. */
   get hostUsbCount(): number {
