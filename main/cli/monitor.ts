@@ -224,7 +224,7 @@ export function formatUsbPorts(ports: readonly (UsbPortInfo | UsbPortState)[]): 
     const head = `${String(p.port).padEnd(2)} ${p.protocol}`;
     const d = p.device;
     if (d === null) return `${head}  -\n`;
-    const image = d.path === null ? '' : `  ${d.path}${d.readOnly ? ' (read-only)' : ''}`;
+    const image = d.path !== null ? `  ${d.path}${d.readOnly ? ' (read-only)' : ''}` : 'hostDevice' in d && d.hostDevice ? `  host ${d.hostDevice}` : '';
     return `${head}  ${hex(d.vendorId)}:${hex(d.productId)}  ${d.speed.padEnd(5)}  ${d.product}${image}\n`;
   }).join('');
 }
