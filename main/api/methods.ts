@@ -63,7 +63,7 @@ const fileChoice = { name: 'choice', parse: parseFileChoice } as const;
 const usbDevice = { name: 'device', parse: parseUsbDeviceSpec, namesFields: true } as const;
 const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
 const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
-const hostUsbSpec = { name: 'spec', parse: parseHostUsbAttachSpec } as const;
+const hostUsbSpec = { name: 'hostDevice', parse: parseHostUsbAttachSpec } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
