@@ -55,8 +55,11 @@ const STATS_BYTES = STATS_CAPACITY * 4;
  * it waits at most two looks, far less than the machine rebuild that follows.
  */
 const COALESCED_WATCHDOG_MS = 20;
-/** Bytes of ring per channel direction. */
-const CHANNEL_BYTES = 64 * 1024;
+/**
+ * Bytes of ring per channel direction. Host USB passthrough moves transfer data through it: a
+ * 1 MiB bulk transfer in a 64 KiB ring took 16 drain-and-refill rounds (a vCPU kick each).
+ */
+const CHANNEL_BYTES = 4 * 1024 * 1024;
 /** Host → machine records held while the channel is full (no machine yet, or a burst); beyond it input is dropped, and logged. */
 const BACKLOG_LIMIT_BYTES = 1024 * 1024;
 /** Largest payload of one serial input record; longer input is split. */

@@ -27,8 +27,8 @@ export function isPassthroughKind(kind: number): boolean {
   return kind >= PASSTHROUGH_KIND.SUBMIT && kind <= PASSTHROUGH_KIND.DETACHED;
 }
 
-/** Bytes of buffer one DATA record carries at most (the channel is 64 KiB). */
-export const PASSTHROUGH_CHUNK = 16 * 1024;
+/** Bytes of buffer one DATA record carries at most (the VM host's channels hold 4 MiB). */
+export const PASSTHROUGH_CHUNK = 256 * 1024;
 /** Largest transfer the host side accepts (the xHCI's own TD limit). */
 export const PASSTHROUGH_MAX_TRANSFER = 16 * 1024 * 1024;
 
