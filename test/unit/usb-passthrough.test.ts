@@ -104,9 +104,11 @@ function rig(options: { channelRoom?: () => boolean } = {}) {
     log: (t) => logs.push(t),
   });
   const device = router.create(CONFIG);
+  const gone: string[] = [];
   const host = new HostUsbPassthrough(INFO, CONFIG.handle, usb, {
     send: (kind, payload) => toMachine.push([kind, payload.slice()]),
     log: (t) => logs.push(t),
+    gone: () => gone.push('gone'),
   }, journal, 'vm-a');
   const pump = () => {
     for (let i = 0; i < 100 && (toHost.length > 0 || toMachine.length > 0); i++) {
@@ -115,7 +117,7 @@ function rig(options: { channelRoom?: () => boolean } = {}) {
     }
   };
   device.attach({ wakeup: () => undefined, log: (t) => logs.push(t) });
-  return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs };
+  return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs, gone };
 }
 
 function transfer(type: UsbTransferType, endpoint: number, dirIn: boolean, data: Uint8Array, setup: UsbSetup | null = null): UsbTransfer {
@@ -368,4 +370,19 @@ test('fuzz: malformed and hostile records never throw, never write outside a buf
       assert.ok(e.guard.subarray(0, 16).every((b) => b === 0) && e.guard.subarray(16 + e.t.data.length).every((b) => b === 0), `case ${c}: bytes outside the buffer changed`);
     }
   }
+});
+
+test('a device that leaves the host completes its transfers as no-device and is reported gone once', () => {
+  const r = rig();
+  r.host.take();
+  const a = submit(r.device, transfer('bulk', 1, true, new Uint8Array(64)));
+  const b = submit(r.device, transfer('bulk', 2, false, new Uint8Array(64)));
+  r.pump();
+  r.usb.complete('no-device', undefined, 0);
+  r.usb.complete('no-device', undefined, 0);
+  r.pump();
+  assert.equal(a[0].status, 'no-device');
+  assert.equal(b[0].status, 'no-device');
+  assert.deepEqual(r.gone, ['gone']);
+  assert.ok(r.logs.includes('usb-host 1-1: the device left the host'));
 });

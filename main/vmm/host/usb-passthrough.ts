@@ -26,6 +26,8 @@ export interface PassthroughHostLink {
   /** Sends a record to the machine (in order; the link keeps what does not fit yet). */
   send(kind: number, payload: Uint8Array): void;
   log(text: string): void;
+  /** The host device is gone (unplugged from the host): the VM host unplugs it from the guest. Called once. */
+  gone?(): void;
 }
 
 interface HostTransfer {
@@ -50,6 +52,7 @@ export class HostUsbPassthrough {
   private busy = false;
   private readonly waiting: (() => void)[] = [];
   private released = false;
+  private goneReported = false;
   /** Transfers completed, for the log and tests. */
   completed = 0;
 
@@ -245,6 +248,11 @@ export class HostUsbPassthrough {
   }
 
   private complete(t: HostTransfer, status: HostTransferStatus, actual: number): void {
+    if (status === 'no-device' && !this.goneReported && !this.released) {
+      this.goneReported = true;
+      this.link.log(`usb-host ${this.info.sysfsName}: the device left the host`);
+      this.link.gone?.();
+    }
     if (this.transfers.get(t.record.id) !== t) return; // cancelled by the machine: it knows
     this.transfers.delete(t.record.id);
     this.completed++;

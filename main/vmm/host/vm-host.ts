@@ -603,6 +603,13 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     const passthrough = new HostUsbPassthrough(info, handle, usb, {
       send: (kind, payload) => this.sendPassthrough(kind, payload),
       log: (text) => this.emit('log', text),
+      // Unplugged from the host: the guest sees it leave too.
+      gone: () => {
+        const entry = this.hostUsb.get(handle);
+        if (entry !== undefined && entry.port > 0) {
+          this.detachUsb(entry.port).catch((e: Error) => this.emit('log', `USB: unplugging host device ${info.sysfsName} from the VM failed: ${e.message}`));
+        }
+      },
     }, this.hostUsbSource.journal, this.config.name, this.hostUsbSource.sysfsRoot);
     try {
       passthrough.take();
