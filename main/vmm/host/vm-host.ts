@@ -26,7 +26,7 @@ import { isPassthroughKind } from '../shared/usb-passthrough-messages';
 import { HostUsbPassthrough } from './usb-passthrough';
 import { findHostUsbDevice, listSysfsUsbDevices, type HostUsbDeviceInfo } from '../../host/usb-inventory';
 import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
-import { UsbJournal } from '../../host/usb-journal';
+import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
 import { dataDir } from '../../manager/app-paths';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -589,9 +589,15 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if ([...this.hostUsb.values()].some((h) => h.passthrough.info.sysfsName === info.sysfsName)) {
       throw new UsbRequestError('invalid-state', `host USB device ${info.sysfsName} is in this VM already`);
     }
-    const holder = this.hostUsbSource.journal?.read().entries.find((e) => e.sysfsName === info.sysfsName && e.pid !== process.pid);
-    if (holder !== undefined) {
-      throw new UsbRequestError('invalid-state', `host USB device ${info.sysfsName} is in VM ${holder.vm} (process ${holder.pid})`);
+    const journal = this.hostUsbSource.journal;
+    const holder = journal?.read().entries.find((e) => e.sysfsName === info.sysfsName && e.pid !== process.pid);
+    if (journal && holder !== undefined) {
+      if (processAlive(holder.pid)) {
+        throw new UsbRequestError('invalid-state', `host USB device ${info.sysfsName} is in VM ${holder.vm} (process ${holder.pid})`);
+      }
+      // A crashed VM process left it: give its drivers back first, so ours remembers them.
+      for (const line of repairUsbJournal(journal, { pid: holder.pid, sysfsRoot: this.hostUsbSource.sysfsRoot })) this.emit('log', line);
+      info = findHostUsbDevice(info.sysfsName, this.hostUsbSource.list());
     }
     let usb: HostUsbHandle;
     try {
