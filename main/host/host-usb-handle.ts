@@ -60,7 +60,6 @@ export class NodeUsbHandle implements HostUsbHandle {
   /** Opens the device; throws an Error whose message is a sentence (the udev rule for a permission problem). */
   static open(info: HostUsbDeviceInfo): NodeUsbHandle {
     // Loaded on first use: libusb starts its event thread only in a process that passes a device through.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const usb = (require('usb') as { usb: typeof UsbModule }).usb;
     const device = usb.getDeviceList().find((d) => d.busNumber === info.busNumber && d.deviceAddress === info.deviceAddress);
     if (device === undefined) throw new Error(`Host USB device ${info.sysfsName} is gone (unplugged?).`);
@@ -122,7 +121,6 @@ export class NodeUsbHandle implements HostUsbHandle {
 
   submit(endpointAddress: number, type: 'control' | 'bulk' | 'interrupt', buffer: Buffer, done: HostTransferDone): () => void {
     let finished = false;
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const usb = (require('usb') as { usb: typeof UsbModule }).usb;
     const transfer = new usb.Transfer(this.device, endpointAddress, TYPE_CODE[type], 0, (error, _buf, actual) => {
       if (finished) return;
