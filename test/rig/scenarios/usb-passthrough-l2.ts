@@ -85,17 +85,7 @@ scenario('usb-passthrough-l2', async (ctx) => {
   const found: string[] = [`L1 gave up stick0 (drivers now ${held?.drivers.join(',') ?? '?'})`];
 
   // L2 sees it.
-  let l2Disk = '';
-  const deadline = Date.now() + 120000;
-  while (l2Disk === '') {
-    const r = await con.run(`for b in /sys/block/sd*; do [ -e $b ] || continue; s=$(cat $(readlink -f $b/device)/../../../../serial 2>/dev/null); echo "$(basename $b) $(cat $b/size) $s"; done`);
-    const line = r.output.split('\n').find((l) => / \d+ /.test(`${l} `) && l.split(' ')[1] === String(stick.sizeMiB * 2048));
-    if (line) l2Disk = line.split(' ')[0];
-    else if (Date.now() > deadline) {
-      const dmesg = await con.run('dmesg | tail -40');
-      throw new Error(`L2 shows no ${stick.sizeMiB} MiB disk: ${r.output}\n${dmesg.output}`);
-    } else await new Promise((res) => setTimeout(res, 2000));
-  }
+  const l2Disk = await l2DiskOfSize(con, stick.sizeMiB, 120000);
   const usbInfo = await con.runOk('for d in /sys/bus/usb/devices/*; do [ -f $d/idVendor ] && echo "${d##*/} $(cat $d/idVendor):$(cat $d/idProduct) $(cat $d/speed) $(cat $d/serial 2>/dev/null)"; done');
   ctx.log(`L2 USB devices: ${usbInfo.replace(/\n/g, ' / ')}`);
   if (!usbInfo.includes(stick.serial)) throw new Error(`L2 does not see serial ${stick.serial}: ${usbInfo}`);
@@ -110,10 +100,8 @@ scenario('usb-passthrough-l2', async (ctx) => {
   found.push(`L2 /dev/${l2Disk}: md5 of the whole ${stick.sizeMiB} MiB matches L1's`);
   const rate = `dd read in L2 ${mbs.toFixed(2)} MB/s (${stick.sizeMiB} MiB in ${seconds.toFixed(1)} s, with md5sum)`;
   ctx.log(rate);
-  const r2 = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/${l2Disk} of=/dev/null bs=1M iflag=direct 2>&1; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"`, 600000);
-  const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r2.output);
-  const plain = m ? `dd read ${(stick.sizeMiB * 1.048576 / (Number(m[2]) - Number(m[1]))).toFixed(2)} MB/s` : 'dd read: no timing';
-  ctx.log(`passthrough throughput in L2: ${plain}; ${r2.output.replace(/\n/g, ' / ')}`);
+  const plain = await l2ReadRate(ctx, con, l2Disk, stick.sizeMiB, 'Porthole passthrough');
+  ctx.log(`passthrough throughput in L2: ${plain}`);
 
   // A write from L2.
   const marker = `PASSTHROUGH-${Date.now()}`;
@@ -155,7 +143,28 @@ scenario('usb-passthrough-l2', async (ctx) => {
   const l1Again = await until('stick0\'s /dev/sdX back after the repair', 30000, () => blockDeviceWithSerial(stick.serial));
   if (fs.existsSync(journalFile)) throw new Error('the journal entry is still there after the repair');
   found.push(`after SIGKILL the journal repair bound ${repaired.drivers.join(',')} again and /dev/${l1Again} is back`);
-  return `${found.join('; ')}; ${rate}; ${plain}; ${l1Rate}`;
+
+  // The reference: QEMU's usb-host (libusb) passing the same stick to the same kit, same dd.
+  const bus = fs.readFileSync(`/sys/bus/usb/devices/${sysStick.name}/busnum`, 'utf8').trim();
+  const addr = fs.readFileSync(`/sys/bus/usb/devices/${sysStick.name}/devnum`, 'utf8').trim();
+  const qemu = ctx.spawn('qemu-system-x86_64', [
+    '-accel', 'kvm', '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-monitor', 'none', '-serial', 'stdio', '-device', 'qemu-xhci,id=xhci', '-device', `usb-host,bus=xhci.0,hostbus=${bus},hostaddr=${addr}`,
+    '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`,
+  ]);
+  qemu.stderr!.on('data', (d: Buffer) => ctx.log(`qemu: ${d.toString().trim()}`));
+  const qemuExited = new Promise<string>((resolve) => qemu.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
+  const qcon = SerialConsole.fromChild(qemu, { name: 'L2 on QEMU\'s serial', onOutput: consoleLogger('QL2| ') });
+  await qcon.waitForShell(240000);
+  const qDisk = await l2DiskOfSize(qcon, stick.sizeMiB, 120000);
+  const qemuRate = await l2ReadRate(ctx, qcon, qDisk, stick.sizeMiB, 'QEMU usb-host');
+  qemu.kill('SIGTERM');
+  ctx.log(`qemu exited: ${await qemuExited}`);
+  const ours = Number(/([\d.]+) MB\/s/.exec(plain)?.[1]);
+  const theirs = Number(/([\d.]+) MB\/s/.exec(qemuRate)?.[1]);
+  const ratio = `Porthole/QEMU ${(ours / theirs).toFixed(2)}x`;
+  ctx.log(`USB passthrough dd read in L2: ${plain}; ${qemuRate}; ${ratio}`);
+  return `${found.join('; ')}; ${rate}; ${plain}; ${qemuRate}; ${ratio}; ${l1Rate}`;
 });
 
 function run(ctx: ScenarioContext, cli: string, args: string[], env: NodeJS.ProcessEnv = process.env): string {
@@ -163,4 +172,32 @@ function run(ctx: ScenarioContext, cli: string, args: string[], env: NodeJS.Proc
   if (r.status !== 0) throw new Error(`porthole ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}${r.stdout}`);
   if (r.stderr.trim()) ctx.log(`porthole ${args[0]} ${args[1]}: ${r.stderr.trim()}`);
   return r.stdout;
+}
+
+/** The sdX of `sizeMiB` in L2, waiting for it to appear; throws with L2's dmesg. */
+async function l2DiskOfSize(con: SerialConsole, sizeMiB: number, timeoutMs: number): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await con.run('for b in /sys/block/sd*; do [ -e $b ] && echo "$(basename $b) $(cat $b/size)"; done');
+    const line = r.output.split('\n').map((l) => l.trim().split(' ')).find((f) => f.length === 2 && f[1] === String(sizeMiB * 2048));
+    if (line) return line[0];
+    if (Date.now() > deadline) {
+      const dmesg = await con.run('dmesg | tail -40');
+      throw new Error(`L2 shows no ${sizeMiB} MiB disk: ${r.output}\n${dmesg.output}`);
+    }
+    await new Promise((res) => setTimeout(res, 2000));
+  }
+}
+
+/** dd of the whole disk past the page cache, three times; the median MB/s (L2's uptime as the clock). */
+async function l2ReadRate(ctx: ScenarioContext, con: SerialConsole, disk: string, sizeMiB: number, what: string): Promise<string> {
+  const rates: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/${disk} of=/dev/null bs=1M iflag=direct 2>&1; s=$?; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"; [ $s = 0 ]`, 600000);
+    const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
+    if (r.status !== 0 || m === null || !(Number(m[2]) > Number(m[1]))) throw new Error(`${what}: dd in L2 failed: ${r.output}`);
+    rates.push((sizeMiB * 1.048576) / (Number(m[2]) - Number(m[1])));
+  }
+  ctx.log(`${what}: dd read runs ${rates.map((x) => x.toFixed(2)).join(', ')} MB/s`);
+  return `${what} dd read ${rates.sort((a, b) => a - b)[1].toFixed(2)} MB/s (median of 3, ${sizeMiB} MiB each)`;
 }
