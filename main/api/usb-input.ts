@@ -253,11 +253,11 @@ export function parseHostUsbAttachSpec(input: unknown): HostUsbAttachSpec {
   for (const k of Object.keys(input)) if (k !== 'device' && k !== 'port') throw invalid(`"${k}" is not a setting of a host USB device.`);
   const device = input.device;
   if (typeof device !== 'string' || !/^(\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}|\d{1,3}:\d{1,3}|[0-9a-fA-F]{4}:[0-9a-fA-F]{4})$/.test(device)) {
-    throw invalid('device must name a host USB device by its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001").');
+    throw invalid('The device must name a host USB device by its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001").');
   }
   const port = input.port;
   if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > USB_PORT_COUNT)) {
-    throw invalid(`port must be a whole number from 1 to ${USB_PORT_COUNT}.`);
+    throw invalid(`The port must be a whole number from 1 to ${USB_PORT_COUNT}.`);
   }
   return port === undefined ? { device } : { device, port };
 }

@@ -44,7 +44,17 @@ test('porthole usb and porthole keys parse to one control-socket request, checke
   assert.deepEqual(parseArgs(['keys', '--text', 'root\n', '--monitor', '/s'], noFiles), {
     command: 'monitor', socket: '/s', method: 'sendUsbKeys', args: [{ text: 'root\n' }],
   });
+  assert.deepEqual(parseArgs(['usb', 'add', 'host:1-1.4', '--port', '2', '--monitor', '/s'], noFiles), {
+    command: 'monitor', socket: '/s', method: 'attachHostUsbDevice', args: [{ device: '1-1.4', port: 2 }],
+  });
+  assert.deepEqual(parseArgs(['usb', 'add', 'host:46f4:0001', '--monitor', '/s'], noFiles), {
+    command: 'monitor', socket: '/s', method: 'attachHostUsbDevice', args: [{ device: '46f4:0001' }],
+  });
+  assert.deepEqual(parseArgs(['usb', 'host'], noFiles), { command: 'usb-host' });
   const refused: [string[], string][] = [
+    [['usb', 'host', 'x'], 'porthole usb host takes no arguments (it lists the host\'s USB devices)'],
+    [['usb', 'add', 'host:../x', '--monitor', '/s'], 'The device must name a host USB device by its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001")'],
+    [['usb', 'add', 'host:1-1', '--port', '9', '--monitor', '/s'], 'The port must be a whole number from 1 to 8'],
     [['usb', 'list'], 'porthole usb needs --monitor PATH (the socket of porthole run --monitor PATH)'],
     [['usb', '--monitor', '/s'], 'porthole usb needs list, add or remove'],
     [['usb', 'plug', '--monitor', '/s'], 'porthole usb plug: use list, add or remove'],
