@@ -369,9 +369,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       moved = true;
     });
     try {
-      // Records do not make the loop stream: they wait on latency (a USB transfer's round
-      // trip), not bulk, and a record after this drain rings the doorbell.
-      this.toHost.receive(this.routeFromMachine);
+      if (this.toHost.receive(this.routeFromMachine) > 0) moved = true;
     } catch (e) {
       this.emit('log', `a machine message failed: ${(e as Error).message}`);
       moved = true;
