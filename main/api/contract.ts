@@ -304,7 +304,8 @@ export type UsbDeviceSpec = (
 };
 
 export interface UsbPortDeviceInfo {
-  kind: 'storage' | 'keyboard' | 'tablet' | 'serial';
+  /** 'host': a host USB device passed through (attachHostUsbDevice). */
+  kind: 'storage' | 'keyboard' | 'tablet' | 'serial' | 'host';
   /** As in the VM's log and statistics, e.g. "usb-storage stick.img". */
   name: string;
   /** The product string of its descriptors, e.g. "Porthole USB Keyboard". */
@@ -317,6 +318,8 @@ export interface UsbPortDeviceInfo {
   readOnly: boolean | null;
   /** Serial: where its bytes go on the host (e.g. "/dev/pts/5", "tcp-listen 127.0.0.1:4555"); absent otherwise. */
   endpoint?: string;
+  /** A host device: its sysfs name on the host ("1-1.4", as listHostUsbDevices shows it). */
+  hostDevice?: string;
 }
 
 export interface UsbPortInfo {
@@ -326,6 +329,37 @@ export interface UsbPortInfo {
   protocol: 'usb2' | 'usb3';
   /** What sits on the port, or null. */
   device: UsbPortDeviceInfo | null;
+}
+
+/** A USB device of the host (listHostUsbDevices), as sysfs shows it. */
+export interface HostUsbDeviceSummary {
+  /** Its port path on the host ("1-1.4"): what attachHostUsbDevice takes. */
+  name: string;
+  busNumber: number;
+  deviceAddress: number;
+  vendorId: number;
+  productId: number;
+  manufacturer: string | null;
+  product: string | null;
+  serial: string | null;
+  speed: 'low' | 'full' | 'high' | 'super' | 'super-plus' | null;
+  /** bDeviceClass (0: per interface). */
+  classCode: number;
+  /** The active configuration's interfaces and the kernel driver each has now. */
+  interfaces: { number: number; classCode: number; driver: string | null }[];
+  isHub: boolean;
+  /** Whether Porthole may open it; when false, `permissionHint` gives the udev rule that fixes it. */
+  accessible: boolean;
+  permissionHint: string | null;
+  /** The VM holding it ("name (process PID)"), or null while the host has it. */
+  heldBy: string | null;
+}
+
+/** Which host device attachHostUsbDevice passes through, and optionally onto which port. */
+export interface HostUsbAttachSpec {
+  /** Its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001", if only one matches). */
+  device: string;
+  port?: number;
 }
 
 /**
@@ -432,8 +466,21 @@ export interface PortholeApi {
    * ("invalid-state") or unusable ("invalid-argument") is refused with nothing plugged in.
    */
   attachUsbDevice(id: VmId, device: UsbDeviceSpec): Promise<UsbPortInfo>;
-  /** Unplugs the device on `port` (1..8): its transfers are cancelled and an image is closed. */
+  /**
+   * Unplugs the device on `port` (1..8): its transfers are cancelled and an image is closed; a
+   * host device is released and its kernel drivers bound again.
+   */
   detachUsbDevice(id: VmId, port: number): Promise<void>;
+  /** The host's USB devices (root hubs left out), with their drivers and which VM holds each. */
+  listHostUsbDevices(): Promise<HostUsbDeviceSummary[]>;
+  /**
+   * Passes a host USB device through to a running (or paused) VM: its kernel drivers are
+   * detached and remembered, and it is plugged into a free port of its speed (or `spec.port`).
+   * "not-found" for a device that is not there; "invalid-state" for one that cannot be opened
+   * (the message then names the udev rule for a permission problem) or another VM holds.
+   * detachUsbDevice gives it back to the host.
+   */
+  attachHostUsbDevice(id: VmId, spec: HostUsbAttachSpec): Promise<UsbPortInfo>;
   /**
    * Presses and releases keys on the VM's USB keyboard (the first one), paced to the guest's
    * polling; resolves once the guest could take them all. Only while running; "invalid-state"

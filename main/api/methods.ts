@@ -8,7 +8,7 @@
 // No Node or DOM imports: the renderer may import this file.
 import type { PortholeApi } from './contract';
 import { parseConsoleInput, parseConsolePort, parseFileChoice, parseVmId, parseVmSpec } from './schema';
-import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
+import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
 export interface ArgSpec<T = unknown> {
@@ -63,6 +63,7 @@ const fileChoice = { name: 'choice', parse: parseFileChoice } as const;
 const usbDevice = { name: 'device', parse: parseUsbDeviceSpec, namesFields: true } as const;
 const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
 const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
+const hostUsbSpec = { name: 'hostDevice', parse: parseHostUsbAttachSpec } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
@@ -98,6 +99,8 @@ export const API_METHODS = {
   attachUsbDevice: call(vmId, usbDevice),
   detachUsbDevice: call(vmId, usbPort),
   sendUsbKeys: call(vmId, usbKeys),
+  listHostUsbDevices: call(),
+  attachHostUsbDevice: call(vmId, hostUsbSpec),
   chooseFile: call(fileChoice),
   onEvent: { kind: 'events' },
 } as const satisfies Record<keyof PortholeApi, MethodEntry>;

@@ -12,7 +12,7 @@
 // - a chord joins names with "+": "ctrl+alt+Delete", "shift+Tab", "ctrl++". Its keys go down
 //   in order and come up in reverse.
 // Text mode ({ text }) types printable ASCII, "\n" (Enter) and "\t" (Tab) on a US layout.
-import { ApiError, type UsbDeviceSpec } from './contract';
+import { ApiError, type HostUsbAttachSpec, type UsbDeviceSpec } from './contract';
 
 /** A key event for the USB keyboard: a Keyboard/Keypad page usage (HID Usage Tables 10), down or up. */
 export interface UsbKeyEvent {
@@ -263,4 +263,19 @@ export function parseUsbKeys(input: unknown): UsbKeyEvent[] {
     }
   }
   throw invalid('Keys must be a list of key names (["ctrl+alt+Delete", "a", "Enter"]) or { "text": "..." }.');
+}
+
+/** attachHostUsbDevice's spec: `{ device: "1-1.4" | "BUS:ADDR" | "VID:PID", port? }`. */
+export function parseHostUsbAttachSpec(input: unknown): HostUsbAttachSpec {
+  if (!isRecord(input)) throw invalid('A host USB device is given as { device: "1-1.4", port?: 1..8 }.');
+  for (const k of Object.keys(input)) if (k !== 'device' && k !== 'port') throw invalid(`"${k}" is not a setting of a host USB device.`);
+  const device = input.device;
+  if (typeof device !== 'string' || !/^(\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}|\d{1,3}:\d{1,3}|[0-9a-fA-F]{4}:[0-9a-fA-F]{4})$/.test(device)) {
+    throw invalid('The device must name a host USB device by its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001").');
+  }
+  const port = input.port;
+  if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > USB_PORT_COUNT)) {
+    throw invalid(`The port must be a whole number from 1 to ${USB_PORT_COUNT}.`);
+  }
+  return port === undefined ? { device } : { device, port };
 }

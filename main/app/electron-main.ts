@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BrowserWindow, Menu, app, dialog, protocol, session, shell } from 'electron';
 import { ApiError, type FileChoice } from '../api/contract';
-import { RENDERER_DIR } from '../manager/app-paths';
+import { RENDERER_DIR, dataDir } from '../manager/app-paths';
 import { libraryDir } from '../manager/library';
 import { VmManager } from '../manager/manager';
 import { staticFilePath } from '../web/server';
@@ -16,6 +16,7 @@ import {
   windowOpenDecision,
 } from './policy';
 import { electronVmProcessLauncher } from './vm-launcher';
+import { UsbJournal } from '../host/usb-journal';
 
 const PRELOAD = path.join(__dirname, '..', '..', 'preload', 'preload.js');
 
@@ -46,6 +47,7 @@ if (!app.requestSingleInstanceLock()) {
     libraryDir: libraryDir(),
     launcher: electronVmProcessLauncher(),
     mode: 'electron',
+    usbJournal: new UsbJournal(dataDir()),
     appVersion: app.getVersion(),
     chooseFile: async (choice: FileChoice) => {
       if (!mainWindow) throw new ApiError('invalid-state', 'There is no window to show the file dialog on.');

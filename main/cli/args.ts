@@ -1,7 +1,7 @@
 // Command-line parsing for `porthole`. Pure: returns what to do or throws UsageError.
 import path from 'node:path';
 import { ApiError } from '../api/contract';
-import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
+import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
 import type { MonitorMethod } from './monitor';
 import {
   checkDisks, ConfigError, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
@@ -29,7 +29,9 @@ export type CliCommand =
     monitor: string | null;
   }
   /** usb list/add/remove and keys: one request to a running VM's control socket. */
-  | { command: 'monitor'; socket: string; method: MonitorMethod; args: unknown[] };
+  | { command: 'monitor'; socket: string; method: MonitorMethod; args: unknown[] }
+  /** usb host: the host's USB devices (no VM needed). */
+  | { command: 'usb-host' };
 
 /** Bounds of --stats-interval (the VM host samples at most every 100 ms). */
 export const LIVE_STATS_MIN_MS = 100;
@@ -38,7 +40,8 @@ const LIVE_STATS_DEFAULT_MS = 1000;
 
 export const USAGE = `Usage: porthole run [options]
        porthole usb list --monitor PATH
-       porthole usb add DEVICE [--port N] --monitor PATH
+       porthole usb add DEVICE [--port N] --monitor PATH     (DEVICE: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, host:1-1.4)
+       porthole usb host                      (the host's USB devices, for usb add host:NAME)
        porthole usb remove PORT --monitor PATH
        porthole keys KEY... --monitor PATH      (KEY: a, Enter, F5, ctrl+alt+Delete, ...)
        porthole keys --text TEXT --monitor PATH
@@ -124,6 +127,10 @@ function tokenize(argv: string[]): [string, string | null][] {
 export function parseArgs(argv: string[], readConfig: (file: string) => unknown): CliCommand {
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') return { command: 'help' };
   if (argv[0] === '--version' || argv[0] === '-V') return { command: 'version' };
+  if (argv[0] === 'usb' && argv[1] === 'host') {
+    if (argv.length > 2) throw new UsageError('porthole usb host takes no arguments (it lists the host\'s USB devices)');
+    return { command: 'usb-host' };
+  }
   if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
   if (argv[0] !== 'run') throw new UsageError(`unknown command "${argv[0]}" (try: porthole run --help)`);
   const rest = argv.slice(1);
@@ -302,7 +309,12 @@ function parseMonitorCommand(argv: string[]): CliCommand {
       if (port !== null) throw new UsageError('--port is for porthole usb add');
       return { command: 'monitor', socket, method: 'listUsbPorts', args: [] };
     case 'add': {
-      expect(1, 'one device: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, serial or serial:SPEC');
+      expect(1, 'one device: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, serial, serial:SPEC or host:DEVICE');
+      if (rest[0].startsWith('host:')) {
+        const spec: Record<string, unknown> = { device: rest[0].slice(5) };
+        if (port !== null) spec.port = /^\d+$/.test(port) ? Number(port) : port;
+        return { command: 'monitor', socket, method: 'attachHostUsbDevice', args: [checked(() => parseHostUsbAttachSpec(spec))] };
+      }
       const device: Record<string, unknown> = { ...parseUsbDevice(rest[0]) };
       // The VM process may run elsewhere in the file system: send an absolute path.
       if (device.kind === 'storage') device.path = path.resolve(device.path as string);

@@ -11,6 +11,7 @@ import { formatStats, printLiveStats } from './stats';
 import { formatUsbPorts, MonitorError, monitorCall, type MonitorServer, startMonitor } from './monitor';
 import type { UsbPortState } from '../vmm/shared/usb-messages';
 import type { StatsSample } from '../vmm/shared/stats';
+import { formatHostUsbDevices, listSysfsUsbDevices } from '../host/usb-inventory';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
 
@@ -101,6 +102,10 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     return 0;
   }
   if (command.command === 'monitor') return runMonitorCommand(command.socket, command.method, command.args);
+  if (command.command === 'usb-host') {
+    process.stdout.write(formatHostUsbDevices(listSysfsUsbDevices()));
+    return 0;
+  }
   const problem = kvmAccessProblem();
   if (problem) {
     process.stderr.write(`porthole: ${problem}\n`);
@@ -153,6 +158,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     return 1;
   }
   const [end, machineStats] = await ended;
+  await host.hostUsbReleased;
   monitorServer?.close();
   if (end.reason === 'error') process.stderr.write(`porthole: the VM stopped with an error: ${end.message}\n`);
   if (stats) process.stderr.write(formatStats(machineStats, lastSample));
@@ -181,7 +187,7 @@ export async function runMonitorCommand(
     throw e;
   }
   if (method === 'listUsbPorts') io.out(formatUsbPorts(value as UsbPortState[]));
-  else if (method === 'attachUsbDevice') io.out(formatUsbPorts([value as UsbPortState]));
+  else if (method === 'attachUsbDevice' || method === 'attachHostUsbDevice') io.out(formatUsbPorts([value as UsbPortState]));
   return 0;
 }
 

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { ApiError, type ApiErrorShape, type UsbPortInfo } from '../api/contract';
-import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
+import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
 import { UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
 
@@ -20,9 +20,10 @@ export interface UsbControl {
   attachUsb(device: UsbDeviceConfig): Promise<UsbPortState>;
   detachUsb(port: number): Promise<void>;
   sendUsbKeys(events: UsbKeyEvent[]): Promise<void>;
+  attachHostUsb(selector: string, port?: number): Promise<UsbPortState>;
 }
 
-export const MONITOR_METHODS = ['listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys'] as const;
+export const MONITOR_METHODS = ['listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys', 'attachHostUsbDevice'] as const;
 export type MonitorMethod = (typeof MONITOR_METHODS)[number];
 
 /** Longest request line; longer input closes the connection. */
@@ -81,6 +82,12 @@ export async function handleMonitorLine(control: UsbControl, line: string, onBug
         arity(method, args, 1);
         await control.sendUsbKeys(parseUsbKeys(args[0]));
         break;
+      case 'attachHostUsbDevice': {
+        arity(method, args, 1);
+        const spec = parseHostUsbAttachSpec(args[0]);
+        value = await control.attachHostUsb(spec.device, spec.port);
+        break;
+      }
     }
     return { id, ok: true, value };
   } catch (e) {
@@ -217,7 +224,7 @@ export function formatUsbPorts(ports: readonly (UsbPortInfo | UsbPortState)[]): 
     const head = `${String(p.port).padEnd(2)} ${p.protocol}`;
     const d = p.device;
     if (d === null) return `${head}  -\n`;
-    const image = d.path !== null ? `  ${d.path}${d.readOnly ? ' (read-only)' : ''}` : d.endpoint ? `  ${d.endpoint}` : '';
+    const image = d.path !== null ? `  ${d.path}${d.readOnly ? ' (read-only)' : ''}` : d.endpoint ? `  ${d.endpoint}` : 'hostDevice' in d && d.hostDevice ? `  host ${d.hostDevice}` : '';
     return `${head}  ${hex(d.vendorId)}:${hex(d.productId)}  ${d.speed.padEnd(5)}  ${d.product}${image}\n`;
   }).join('');
 }

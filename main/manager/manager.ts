@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type UsbPortInfo, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbPortInfo, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -24,6 +24,19 @@ import { StatsFanout, vmStatsOfSample } from './stats-fanout';
 import { VmConsoles } from './vm-consoles';
 import { VmProcessLink } from './vm-process-link';
 import { VmRun, seconds } from './vm-run';
+import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
+import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
+
+function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null): HostUsbDeviceSummary {
+  return {
+    name: d.sysfsName, busNumber: d.busNumber, deviceAddress: d.deviceAddress, vendorId: d.vendorId, productId: d.productId,
+    manufacturer: d.manufacturer, product: d.product, serial: d.serial, speed: d.speed, classCode: d.classCode,
+    interfaces: d.interfaces.map((i) => ({ number: i.number, classCode: i.classCode, driver: i.driver })),
+    isHub: d.isHub, accessible: d.accessible,
+    permissionHint: d.accessible ? null : `Install the udev rule ${udevRule(d.vendorId, d.productId)} (e.g. in /etc/udev/rules.d/70-porthole.rules), reload udev and replug the device.`,
+    heldBy,
+  };
+}
 
 export interface ManagerOptions {
   libraryDir: string;
@@ -38,6 +51,11 @@ export interface ManagerOptions {
   startTimeoutMs?: number;
   /** Where the manager's own diagnostics go. */
   log?: (line: string) => void;
+  /**
+   * The journal of host USB devices VM processes took: repaired at load and whenever a VM
+   * process ends (a VM killed with its device gives it back). Absent: no repair (tests).
+   */
+  usbJournal?: UsbJournal;
 }
 
 /** One VM of the library and what it keeps between runs. */
@@ -82,6 +100,17 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     this.problems = problems;
     for (const p of problems) this.diag(`skipped ${p.file}: ${p.reason}`);
     for (const record of records) this.vms.set(record.id, this.newEntry(record));
+    this.repairHostUsb();
+  }
+
+  /** Gives host USB devices back that dead VM processes still hold (all of them, or `pid`'s). */
+  private repairHostUsb(pid?: number): void {
+    if (!this.options.usbJournal) return;
+    try {
+      for (const line of repairUsbJournal(this.options.usbJournal, pid === undefined ? {} : { pid })) this.diag(line);
+    } catch (e) {
+      this.diag(`USB journal: ${(e as Error).message}`);
+    }
   }
 
   private newEntry(record: VmRecord): VmEntry {
@@ -245,6 +274,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
 
   private onRunExited(vm: VmEntry, run: VmRun, info: VmExitInfo): void {
     if (info.kind === 'crashed') this.diag(`VM "${vm.record.spec.name}" (${vm.record.id}) crashed: ${info.message}`);
+    if (run.pid !== undefined) this.repairHostUsb(run.pid);
     if (vm.run !== run) return;
     vm.run = null;
     vm.lastExit = info;
@@ -332,6 +362,21 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     const run = this.activeRun(vm, 'unplug a USB device from', ['running', 'paused']);
     await run.usb({ op: 'detach', port });
     vm.log.addLine(`USB: port ${port} unplugged`);
+  }
+
+  async listHostUsbDevices(): Promise<HostUsbDeviceSummary[]> {
+    const held = new Map((this.options.usbJournal?.read().entries ?? []).map((e) => [e.sysfsName, `${e.vm} (process ${e.pid})`]));
+    return listSysfsUsbDevices().map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null));
+  }
+
+  async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'pass a host USB device through to', ['running', 'paused']);
+    const answer = (await run.usb({ op: 'attach-host', device: spec.device, ...(spec.port === undefined ? {} : { port: spec.port }) })).usb;
+    const port = answer?.ports.find((p) => p.port === answer.port);
+    if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
+    vm.log.addLine(`USB: host device ${spec.device} (${port.device?.product ?? '?'}) passed through on port ${port.port}`);
+    return usbPortInfo(port);
   }
 
   /** `keys` arrives parsed (parseUsbKeys): key events, not names. */

@@ -104,7 +104,8 @@ function startVm(config: MachineConfig): void {
   h.on('ended', (end, stats) => {
     flushOutput();
     exiting = true;
-    send({ type: 'ended', end, stats }, () => process.exit(exitCode));
+    // Host USB devices go back to the host before the process ends.
+    void h.hostUsbReleased.finally(() => send({ type: 'ended', end, stats }, () => process.exit(exitCode)));
   });
   h.start().then(
     () => send({ type: 'started' }),
@@ -164,6 +165,11 @@ async function runUsb(id: number, request: UsbRequestBody): Promise<void> {
         return;
       case 'attach': {
         const state = await h.attachUsb(request.device);
+        send({ type: 'reply', id, ok: true, usb: { ports: [state], port: state.port } });
+        return;
+      }
+      case 'attach-host': {
+        const state = await h.attachHostUsb(request.device, request.port);
         send({ type: 'reply', id, ok: true, usb: { ports: [state], port: state.port } });
         return;
       }

@@ -29,6 +29,11 @@ export type UsbDeviceConfig = (
    * `link` is set by the VM host: it names the opened backend to the machine thread.
    */
   | { kind: 'serial'; backend: string; link?: number }
+  /**
+   * A host USB device passed through. Attached at run time only (the API, `porthole usb add
+   * host:…`): the VM host holds the device as `handle`; configs and --usb do not take it.
+   */
+  | { kind: 'host'; handle: number; hostName: string; product: string; speed: 'low' | 'full' | 'high' | 'super'; vendorId: number; productId: number }
 ) & {
   /**
    * The root-hub port (1..4 USB 3, 5..8 USB 2); absent: the first free port of its speed.

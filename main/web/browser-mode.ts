@@ -1,10 +1,11 @@
 // Browser mode: the manager in plain Node plus the web server; prints the URL to open.
 // Usage: node dist/main/web/browser-mode.js [--port N]
 import { libraryDir } from '../manager/library';
-import { APP_ROOT, RENDERER_DIR, appVersion } from '../manager/app-paths';
+import { APP_ROOT, RENDERER_DIR, appVersion, dataDir } from '../manager/app-paths';
 import { VmManager } from '../manager/manager';
 import { nodeVmProcessLauncher } from '../manager/process-launcher';
 import { startWebServer } from './server';
+import { UsbJournal } from '../host/usb-journal';
 
 function parsePort(argv: string[]): number {
   const i = argv.indexOf('--port');
@@ -22,6 +23,7 @@ async function main(): Promise<void> {
   const port = parsePort(process.argv.slice(2));
   const manager = new VmManager({
     libraryDir: libraryDir(), launcher: nodeVmProcessLauncher(), mode: 'browser', appVersion: appVersion(),
+    usbJournal: new UsbJournal(dataDir()),
   });
   manager.load();
   const server = await startWebServer({ backend: manager, rendererDir: RENDERER_DIR, port });

@@ -13,7 +13,7 @@ export const USB_KINDS: readonly { kind: UsbKind; label: string }[] = [
   { kind: 'serial', label: 'Serial port (CDC-ACM)' },
 ];
 
-const KIND_NAMES: Record<UsbKind, string> = { storage: 'USB stick', keyboard: 'Keyboard', tablet: 'Tablet', serial: 'USB serial port' };
+const KIND_NAMES: Record<UsbKind, string> = { storage: 'USB stick', keyboard: 'Keyboard', tablet: 'Tablet', serial: 'USB serial port', host: 'Host device' };
 
 export function usbKindName(kind: UsbKind): string {
   return KIND_NAMES[kind];
@@ -100,6 +100,7 @@ export function attachRequest(form: AttachForm): AttachRequest {
     if (backend === 'ui') return { ok: false, problem: 'The app\'s console is for COM ports: connect the USB serial port to a pty, a socket or a file.' };
     return { ok: true, device: { kind: 'serial', backend, ...port } };
   }
+  if (form.kind === 'host') return { ok: false, problem: 'Host devices are attached from the host device list.' };
   if (form.kind !== 'storage') return { ok: true, device: { kind: form.kind, ...port } };
   const path = form.path.trim();
   if (path === '') return { ok: false, problem: 'Choose a disk image for the USB stick.' };

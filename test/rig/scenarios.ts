@@ -62,6 +62,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'usb-passthrough-l2',
+    description: 'host USB passthrough with L1 as the host: Porthole passes L1\'s stick0 (usb-storage) to the L2 kit through node-usb and its xHCI; L1\'s driver lets go, L2 reads the stick\'s md5, a write from L2 reads back in L1 after the detach, L1\'s usb-storage and /dev/sdX come back; a SIGKILL with the stick held is repaired from the journal; dd MB/s in L2 beside QEMU usb-host passing the same stick (the ratio)',
+    // One L2 boot (25-80 s) and a 16 MiB stick read twice over passthrough.
+    devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 1200, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'kvm-tests',
     description: 'the KVM test files (dist/test/kvm, dist/test/e2e) on L1\'s /dev/kvm, for a host without one; npm test runs it (test/rig/kvm-venue.test.ts)',
     // About 6 minutes on a quiet 2-core host; a stall is caught by the heartbeat within 30 s.

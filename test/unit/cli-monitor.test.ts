@@ -16,7 +16,7 @@ import { ConfigError } from '../../main/vmm/config';
 import { XhciHotplug } from '../../main/vmm/devices/usb/xhci-hotplug';
 import { createUsbDevice } from '../../main/vmm/devices/usb/xhci-pci';
 import {
-  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbRequestBody, UsbRequestError,
+  decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbPortState, type UsbRequestBody, UsbRequestError,
 } from '../../main/vmm/shared/usb-messages';
 import { makeImage, tempDir } from '../helpers/usb-storage';
 import { DB, Driver, PORTSC, trb } from '../helpers/xhci-driver';
@@ -44,7 +44,17 @@ test('porthole usb and porthole keys parse to one control-socket request, checke
   assert.deepEqual(parseArgs(['keys', '--text', 'root\n', '--monitor', '/s'], noFiles), {
     command: 'monitor', socket: '/s', method: 'sendUsbKeys', args: [{ text: 'root\n' }],
   });
+  assert.deepEqual(parseArgs(['usb', 'add', 'host:1-1.4', '--port', '2', '--monitor', '/s'], noFiles), {
+    command: 'monitor', socket: '/s', method: 'attachHostUsbDevice', args: [{ device: '1-1.4', port: 2 }],
+  });
+  assert.deepEqual(parseArgs(['usb', 'add', 'host:46f4:0001', '--monitor', '/s'], noFiles), {
+    command: 'monitor', socket: '/s', method: 'attachHostUsbDevice', args: [{ device: '46f4:0001' }],
+  });
+  assert.deepEqual(parseArgs(['usb', 'host'], noFiles), { command: 'usb-host' });
   const refused: [string[], string][] = [
+    [['usb', 'host', 'x'], 'porthole usb host takes no arguments (it lists the host\'s USB devices)'],
+    [['usb', 'add', 'host:../x', '--monitor', '/s'], 'The device must name a host USB device by its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001")'],
+    [['usb', 'add', 'host:1-1', '--port', '9', '--monitor', '/s'], 'The port must be a whole number from 1 to 8'],
     [['usb', 'list'], 'porthole usb needs --monitor PATH (the socket of porthole run --monitor PATH)'],
     [['usb', '--monitor', '/s'], 'porthole usb needs list, add or remove'],
     [['usb', 'plug', '--monitor', '/s'], 'porthole usb plug: use list, add or remove'],
@@ -107,6 +117,9 @@ class HotplugStandIn implements UsbControl {
   }
   async detachUsb(port: number) { await this.request({ op: 'detach', port }); }
   async sendUsbKeys(events: Parameters<UsbControl['sendUsbKeys']>[0]) { await this.request({ op: 'keys', events }); }
+  async attachHostUsb(selector: string): Promise<UsbPortState> {
+    throw new UsbRequestError('not-found', `there is no host USB device ${selector}; this host has no USB devices`);
+  }
 }
 
 let dir: string;
@@ -202,7 +215,7 @@ test('the control socket answers bad requests with errors, never a stack trace, 
   const replies = lines.map((l) => JSON.parse(l));
   assert.deepEqual(replies.slice(0, 4), [
     { id: null, ok: false, error: { code: 'invalid-argument', message: 'A request is one JSON object per line.' } },
-    { id: 2, ok: false, error: { code: 'invalid-argument', message: 'The method must be one of listUsbPorts, attachUsbDevice, detachUsbDevice, sendUsbKeys.' } },
+    { id: 2, ok: false, error: { code: 'invalid-argument', message: 'The method must be one of listUsbPorts, attachUsbDevice, detachUsbDevice, sendUsbKeys, attachHostUsbDevice.' } },
     { id: 3, ok: false, error: { code: 'invalid-argument', message: 'The USB port must be a whole number from 1 to 8.' } },
     { id: 4, ok: false, error: { code: 'invalid-argument', message: 'listUsbPorts takes no arguments.' } },
   ]);

@@ -8,6 +8,7 @@ import type { ServerEvent } from '../../main/api/wire';
 import { VmManager } from '../../main/manager/manager';
 import { flatSpec, tempConfigHome } from '../helpers/manager';
 import { ScriptedProcess } from '../helpers/scripted-process';
+import { UsbJournal } from '../../main/host/usb-journal';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -255,4 +256,31 @@ test('an ISO is refused at start with a sentence (no CD drive yet); disk images 
   assert.equal(manager.getVm(vm.id).state, 'stopped');
   const config = machineConfigOf({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [file], cdrom: '', optionRoms: [] } });
   assert.deepEqual(config.disks, [{ path: file, readOnly: false }]);
+});
+
+test('host USB devices a dead VM process held: repaired at load and as soon as the manager sees the process end', async () => {
+  const journal = new UsbJournal(fs.mkdtempSync(path.join(home.home, 'data-')));
+  const entry = (sysfsName: string, pid: number) => ({
+    sysfsName, busNumber: 9, deviceAddress: 9, vendorId: 1, productId: 2, pid, vm: 'echo', takenAt: new Date(0).toISOString(),
+    interfaces: [{ sysfsName: `${sysfsName}:1.0`, number: 0, driver: 'usb-storage' }],
+  });
+  // Left by a crashed manager's VM process (a pid no process has); device 9-8 is not on this host.
+  journal.record(entry('9-8', 0x3ffffe));
+  const lines: string[] = [];
+  const m = new VmManager({
+    libraryDir: home.libraryDir, mode: 'browser', appVersion: 't', stopTimeoutMs: 200, startTimeoutMs: 300,
+    launcher: () => { const p = new ScriptedProcess(); procs.push(p); return p; }, log: (l) => lines.push(l), usbJournal: journal,
+  });
+  m.load();
+  assert.deepEqual(journal.read().entries, []);
+  assert.ok(lines.some((l) => l.includes('9-8 (taken by VM echo) left the host meanwhile')), lines.join('\n'));
+  const vm = m.createVm(spec());
+  const p = m.startVm(vm.id);
+  const proc = procs[procs.length - 1];
+  proc.boot();
+  await p;
+  journal.record(entry('9-9', proc.pid));
+  proc.exit(null, 'SIGKILL');
+  assert.deepEqual(journal.read().entries, [], 'the killed process\'s entry was handled when it ended');
+  assert.ok(lines.some((l) => l.includes('9-9 (taken by VM echo) left the host meanwhile')), lines.join('\n'));
 });

@@ -23,6 +23,12 @@ import {
   decodeSerialData, decodeUsbMessage, encodeSerialData, encodeUsbRequest, USB_KIND, USB_SERIAL_RECORD_BYTES, type UsbPortState,
   type UsbReply, type UsbRequestBody, UsbRequestError, XHCI_CHANNEL_TARGET,
 } from '../shared/usb-messages';
+import { isPassthroughKind } from '../shared/usb-passthrough-messages';
+import { HostUsbPassthrough } from './usb-passthrough';
+import { findHostUsbDevice, listSysfsUsbDevices, type HostUsbDeviceInfo } from '../../host/usb-inventory';
+import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
+import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
+import { dataDir } from '../../manager/app-paths';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -52,8 +58,11 @@ const STATS_BYTES = STATS_CAPACITY * 4;
  * it waits at most two looks, far less than the machine rebuild that follows.
  */
 const COALESCED_WATCHDOG_MS = 20;
-/** Bytes of ring per channel direction. */
-const CHANNEL_BYTES = 64 * 1024;
+/**
+ * Bytes of ring per channel direction. Host USB passthrough moves transfer data through it: a
+ * 1 MiB bulk transfer in a 64 KiB ring took 16 drain-and-refill rounds (a vCPU kick each).
+ */
+const CHANNEL_BYTES = 4 * 1024 * 1024;
 /** Host → machine records held while the channel is full (no machine yet, or a burst); beyond it input is dropped, and logged. */
 const BACKLOG_LIMIT_BYTES = 1024 * 1024;
 /** Largest payload of one serial input record; longer input is split. */
@@ -63,6 +72,8 @@ const STREAM_BATCH_MS = 2;
 /** How long a USB request may wait for the machine (key jobs wait for the guest to poll). */
 const USB_REQUEST_TIMEOUT_MS = 10000;
 const USB_KEYS_TIMEOUT_MS = 30000;
+/** Passthrough records join the channel backlog only while it holds less than this. */
+const PASSTHROUGH_BACKLOG_BYTES = 256 * 1024;
 
 /** A USB request's answer: the ports after it, and the port it concerned (attach, detach). */
 export interface UsbAnswer {
@@ -133,6 +144,20 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private readonly usbRequests = new Map<number, {
     op: UsbRequestBody['op']; resolve(answer: UsbAnswer): void; reject(e: Error): void; timer: NodeJS.Timeout;
   }>();
+
+  /** Host USB devices passed through, by handle, with the port each got. */
+  private readonly hostUsb = new Map<number, { passthrough: HostUsbPassthrough; port: number }>();
+  private nextHostUsbHandle = 1;
+  /** Passthrough records waiting to go to the machine (kept here, not in the backlog, which drops). */
+  private passthroughOut: { kind: number; payload: Uint8Array }[] = [];
+  private passthroughTimer: NodeJS.Timeout | null = null;
+  /** Where host USB devices come from: sysfs and node-usb (tests give fakes). */
+  hostUsbSource: {
+    list(): HostUsbDeviceInfo[];
+    open(info: HostUsbDeviceInfo): HostUsbHandle;
+    journal: UsbJournal | null;
+    sysfsRoot?: string;
+  } = { list: () => listSysfsUsbDevices(), open: (info) => NodeUsbHandle.open(info), journal: new UsbJournal(dataDir()) };
 
   constructor(readonly config: MachineConfig) {
     super();
@@ -296,6 +321,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private finish(end: MachineEnd, stats: MachineStats): void {
     this.stopServing();
     this.failUsbRequests('the VM stopped before the USB request was done');
+    this.releaseHostUsb();
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
     this.closeEndpoints();
@@ -621,9 +647,136 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.usbSerials.get(data.link)?.write(data.bytes);
   }
 
-  /** Unplugs the device on `port` (1-based): the guest sees the disconnect, an image is closed. */
+  /** Unplugs the device on `port` (1-based): the guest sees the disconnect, an image is closed, a host device goes back to the host. */
   async detachUsb(port: number): Promise<void> {
     await this.usbRequest({ op: 'detach', port });
+    for (const [handle, h] of this.hostUsb) {
+      if (h.port !== port) continue;
+      this.hostUsb.delete(handle);
+      await this.giveBack(h.passthrough);
+    }
+  }
+
+  /**
+   * Passes a host USB device through: `selector` is its port path ("1-1.4"), BUS:ADDR or
+   * VID:PID. Its kernel drivers are detached (and remembered, in the journal too), it is
+   * claimed and plugged into a free port of its speed (or `port`). Rejects with
+   * UsbRequestError and a sentence (a permission problem names the udev rule); nothing is
+   * taken then.
+   */
+  async attachHostUsb(selector: string, port?: number): Promise<UsbPortState> {
+    if (this.config.usb?.controller !== 'xhci') {
+      throw new UsbRequestError('invalid-state', 'this VM has no USB controller (its config has no "usb" section)');
+    }
+    if (this._state !== 'running' && this._state !== 'paused') throw new UsbRequestError('invalid-state', `the VM is ${this._state}`);
+    let info: HostUsbDeviceInfo;
+    try {
+      info = findHostUsbDevice(selector, this.hostUsbSource.list());
+    } catch (e) {
+      throw new UsbRequestError('not-found', (e as Error).message);
+    }
+    if (info.isHub) throw new UsbRequestError('invalid-argument', `host USB device ${info.sysfsName} is a hub; hubs are not passed through`);
+    if ([...this.hostUsb.values()].some((h) => h.passthrough.info.sysfsName === info.sysfsName)) {
+      throw new UsbRequestError('invalid-state', `host USB device ${info.sysfsName} is in this VM already`);
+    }
+    const journal = this.hostUsbSource.journal;
+    const holder = journal?.read().entries.find((e) => e.sysfsName === info.sysfsName && e.pid !== process.pid);
+    if (journal && holder !== undefined) {
+      if (processAlive(holder.pid)) {
+        throw new UsbRequestError('invalid-state', `host USB device ${info.sysfsName} is in VM ${holder.vm} (process ${holder.pid})`);
+      }
+      // A crashed VM process left it: give its drivers back first, so ours remembers them.
+      for (const line of repairUsbJournal(journal, { pid: holder.pid, sysfsRoot: this.hostUsbSource.sysfsRoot })) this.emit('log', line);
+      info = findHostUsbDevice(info.sysfsName, this.hostUsbSource.list());
+    }
+    let usb: HostUsbHandle;
+    try {
+      usb = this.hostUsbSource.open(info);
+    } catch (e) {
+      throw new UsbRequestError('invalid-state', (e as Error).message);
+    }
+    const handle = this.nextHostUsbHandle++;
+    const passthrough = new HostUsbPassthrough(info, handle, usb, {
+      send: (kind, payload) => this.sendPassthrough(kind, payload),
+      log: (text) => this.emit('log', text),
+      // Unplugged from the host: the guest sees it leave too.
+      gone: () => {
+        const entry = this.hostUsb.get(handle);
+        if (entry !== undefined && entry.port > 0) {
+          this.detachUsb(entry.port).catch((e: Error) => this.emit('log', `USB: unplugging host device ${info.sysfsName} from the VM failed: ${e.message}`));
+        }
+      },
+    }, this.hostUsbSource.journal, this.config.name, this.hostUsbSource.sysfsRoot);
+    try {
+      passthrough.take();
+    } catch (e) {
+      try {
+        usb.close();
+      } catch {
+        // It was never ours.
+      }
+      throw new UsbRequestError('invalid-state', (e as Error).message);
+    }
+    this.hostUsb.set(handle, { passthrough, port: 0 });
+    const product = [info.manufacturer, info.product].filter((x) => x).join(' ') || `USB device ${info.sysfsName}`;
+    const speed = info.speed === 'super-plus' ? 'super' : info.speed ?? 'high';
+    try {
+      const state = await this.attachUsb({
+        kind: 'host', handle, hostName: info.sysfsName, product, speed, vendorId: info.vendorId, productId: info.productId,
+        ...(port === undefined ? {} : { port }),
+      });
+      const entry = this.hostUsb.get(handle);
+      if (entry) entry.port = state.port;
+      this.emit('log', `USB: host device ${info.sysfsName} (${product}) passed through on port ${state.port}`);
+      return state;
+    } catch (e) {
+      this.hostUsb.delete(handle);
+      await this.giveBack(passthrough);
+      throw e;
+    }
+  }
+
+  private async giveBack(passthrough: HostUsbPassthrough): Promise<void> {
+    const problems = await passthrough.release();
+    for (const p of problems) this.emit('log', p);
+    if (problems.length === 0) this.emit('log', `USB: host device ${passthrough.info.sysfsName} given back to the host`);
+  }
+
+  private releaseHostUsb(): void {
+    const all = [...this.hostUsb.values()];
+    this.hostUsb.clear();
+    this.passthroughOut = [];
+    if (all.length > 0) this.hostUsbReleased = Promise.all(all.map((h) => this.giveBack(h.passthrough))).then(() => undefined);
+  }
+
+  /** Settles once the host devices of the last stop are back with the host: wait for it before the process exits. */
+  hostUsbReleased: Promise<void> = Promise.resolve();
+
+  /** Host devices being given back finish before the process may exit. */
+  get hostUsbCount(): number {
+    return this.hostUsb.size;
+  }
+
+  /**
+   * A passthrough record to the machine, in order. It joins the channel's backlog only while
+   * that is short: the backlog drops input past its limit, and transfer data must not be lost.
+   */
+  private sendPassthrough(kind: number, payload: Uint8Array): void {
+    this.passthroughOut.push({ kind, payload });
+    this.pumpPassthrough();
+  }
+
+  private pumpPassthrough(): void {
+    while (this.passthroughOut.length > 0 && this.backlogBytes < PASSTHROUGH_BACKLOG_BYTES) {
+      const next = this.passthroughOut.shift() as { kind: number; payload: Uint8Array };
+      this.sendToMachine(XHCI_CHANNEL_TARGET, next.kind, next.payload);
+    }
+    if (this.passthroughOut.length > 0 && this.passthroughTimer === null) {
+      this.passthroughTimer = setTimeout(() => {
+        this.passthroughTimer = null;
+        this.pumpPassthrough();
+      }, 1);
+    }
   }
 
   /** Presses and releases keys on the VM's first USB keyboard; resolves once the guest could take them all. */
@@ -663,6 +816,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private onUsbReply(kind: number, payload: Uint8Array): void {
     if (kind === USB_KIND.SERIAL_OUTPUT) {
       this.onUsbSerialOutput(payload);
+      return;
+    }
+    if (isPassthroughKind(kind)) {
+      if (payload.length >= 4) this.hostUsb.get(new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true))?.passthrough.onMachineRecord(kind, payload);
       return;
     }
     const reply = decodeUsbMessage(payload) as UsbReply | null;

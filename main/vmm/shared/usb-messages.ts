@@ -53,7 +53,9 @@ export type UsbRequestBody =
   | { op: 'attach'; device: UsbDeviceConfig }
   | { op: 'detach'; port: number }
   /** Presses and releases on the first USB keyboard, in order, paced to the guest's polling. */
-  | { op: 'keys'; events: UsbKeyEvent[] };
+  | { op: 'keys'; events: UsbKeyEvent[] }
+  /** Manager → VM process only (the VM host opens the device, then sends 'attach'): pass a host device through. */
+  | { op: 'attach-host'; device: string; port?: number };
 
 export type UsbRequest = UsbRequestBody & { id: number };
 

@@ -159,6 +159,7 @@ export class XhciHotplug {
           readOnly: entry.config.kind === 'storage' ? entry.config.readOnly : null,
           // The VM host puts the opened endpoint's own description here.
           ...(entry.config.kind === 'serial' ? { endpoint: entry.config.backend } : {}),
+          ...(entry.config.kind === 'host' ? { hostDevice: entry.config.hostName } : {}),
         },
       };
     });
@@ -226,6 +227,12 @@ export class XhciHotplug {
 
   private freePortFor(config: UsbDeviceConfig): number {
     const free = this.controller.ports.filter((p) => p.device === null);
+    // A host device goes on a port of its own speed: SuperSpeed on USB 3, the rest on USB 2.
+    if (config.kind === 'host') {
+      const port = free.find((p) => p.usb3 === (config.speed === 'super'));
+      if (port === undefined) throw new UsbRequestError('invalid-state', `the xHCI controller has no free ${config.speed === 'super' ? 'USB 3' : 'USB 2'} port for ${config.product}`);
+      return port.number;
+    }
     // Storage runs at SuperSpeed where a USB 3 port is free; HID devices are full speed.
     const port = config.kind === 'storage' ? (free.find((p) => p.usb3) ?? free.find((p) => !p.usb3)) : free.find((p) => !p.usb3);
     if (port === undefined) {
@@ -241,7 +248,10 @@ export class XhciHotplug {
       throw new UsbRequestError('invalid-argument', `there is no USB port ${portNumber} (ports 1 to ${this.controller.ports.length})`);
     }
     if (port.device !== null) throw new UsbRequestError('invalid-state', `USB port ${portNumber} already has ${port.device.name}`);
-    if (config.kind !== 'storage' && port.usb3) {
+    if (config.kind === 'host' && port.usb3 !== (config.speed === 'super')) {
+      throw new UsbRequestError('invalid-argument', `${config.product} runs at ${config.speed} speed and needs a USB ${config.speed === 'super' ? 3 : 2} port; port ${portNumber} is a USB ${port.usb3 ? 3 : 2} port`);
+    }
+    if (config.kind !== 'storage' && config.kind !== 'host' && port.usb3) {
       throw new UsbRequestError('invalid-argument', `a ${config.kind} needs a USB 2 port; port ${portNumber} is a USB 3 port`);
     }
     let serial: UsbSerialLink | undefined;

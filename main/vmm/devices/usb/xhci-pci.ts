@@ -15,7 +15,9 @@ import { UsbTablet } from './hid-tablet';
 import { UsbSerialAcm } from './cdc-acm';
 import type { UsbDevice } from './usb-device';
 import { XhciController } from './xhci';
-import { XhciHotplug, type UsbSerialLink } from './xhci-hotplug';
+import { XhciHotplug, type UsbDeviceMaker, type UsbSerialLink } from './xhci-hotplug';
+import { PassthroughRouter } from './passthrough/passthrough-device';
+import { isPassthroughKind } from '../../shared/usb-passthrough-messages';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
 import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
 
@@ -104,6 +106,8 @@ export function createUsbDevice(config: UsbDeviceConfig, options: { superSpeed?:
       onOutput: (bytes) => options.serial?.onOutput(bytes) ?? true,
       onReceiveSpace: () => options.serial?.onReceiveSpace(),
     });
+    // Made by the xHCI's factory below, which has the channel to the VM host.
+    case 'host': throw new Error('a host USB device needs the VM host (attach it at run time)');
   }
 }
 
@@ -115,7 +119,13 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
   const usb: UsbConfig | undefined = ctx.config.usb;
   if (!usb || usb.controller === 'none') return null;
   const xhci = new XhciPci(ctx);
-  const hotplug = new XhciHotplug(xhci.controller, createUsbDevice, {
+  const passthrough = new PassthroughRouter({
+    send: (kind, payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, kind, payload),
+    setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
+    log: (text) => ctx.log(text),
+  });
+  const make: UsbDeviceMaker = (config, options) => config.kind === 'host' ? passthrough.create(config) : createUsbDevice(config, options);
+  const hotplug = new XhciHotplug(xhci.controller, make, {
     send: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.REPLY, payload),
     sendSerial: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.SERIAL_OUTPUT, payload),
     setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
@@ -126,7 +136,10 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
     name: 'xhci',
     instance: xhci,
     pci: [{ slot: XHCI_PCI_SLOT, fn: 0, device: xhci }],
-    hostMessages: { target: XHCI_CHANNEL_TARGET, handle: (kind, payload) => hotplug.handle(kind, payload) },
+    hostMessages: {
+      target: XHCI_CHANNEL_TARGET,
+      handle: (kind, payload) => isPassthroughKind(kind) ? passthrough.handle(kind, payload) : hotplug.handle(kind, payload),
+    },
     close: () => hotplug.close(),
   };
 };

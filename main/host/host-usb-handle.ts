@@ -1,0 +1,152 @@
+// One opened host USB device, as the passthrough needs it: the calls it makes, behind an
+// interface so the passthrough logic is tested without a USB bus (test/unit uses a fake).
+// NodeUsbHandle is the real one, on node-usb (libusb, usbfs underneath). Its completions
+// arrive on the thread that opened it (the VM host thread), never the machine thread.
+import type { usb as UsbModule } from 'usb';
+import type { HostUsbDeviceInfo } from './usb-inventory';
+import { openErrorSentence } from './usb-inventory';
+
+export type HostTransferType = 'control' | 'isochronous' | 'bulk' | 'interrupt';
+
+/** How a host transfer ended (libusb's transfer statuses, named). */
+export type HostTransferStatus = 'ok' | 'stall' | 'babble' | 'no-device' | 'cancelled' | 'error';
+
+export type HostTransferDone = (status: HostTransferStatus, actual: number) => void;
+export type HostCallback = (error: Error | null) => void;
+
+export interface HostUsbHandle {
+  /** The active configuration's value (0: unconfigured). */
+  configurationValue(): number;
+  /** bInterfaceNumber of each interface of the active configuration. */
+  interfaceNumbers(): number[];
+  kernelDriverActive(itf: number): boolean;
+  detachKernelDriver(itf: number): void;
+  attachKernelDriver(itf: number): void;
+  claimInterface(itf: number): void;
+  releaseInterface(itf: number, done: HostCallback): void;
+  setConfiguration(value: number, done: HostCallback): void;
+  setInterface(itf: number, alternate: number, done: HostCallback): void;
+  clearHalt(endpointAddress: number, done: HostCallback): void;
+  reset(done: HostCallback): void;
+  /**
+   * Starts a transfer. Control: `buffer` is the 8 SETUP bytes then the data stage, and `actual`
+   * counts data-stage bytes only. Returns a function that cancels it (done then says 'cancelled').
+   */
+  submit(endpointAddress: number, type: Exclude<HostTransferType, 'isochronous'>, buffer: Buffer, done: HostTransferDone): () => void;
+  close(): void;
+}
+
+const TYPE_CODE = { control: 0, bulk: 2, interrupt: 3 } as const;
+
+/** libusb transfer status → ours (LIBUSB_TRANSFER_*: 1 error, 2 timed out, 3 cancelled, 4 stall, 5 no device, 6 overflow). */
+export function statusOfLibusb(code: number): HostTransferStatus {
+  switch (code) {
+    case 0: return 'ok';
+    case 3: return 'cancelled';
+    case 4: return 'stall';
+    case 5: return 'no-device';
+    case 6: return 'babble';
+    default: return 'error';
+  }
+}
+
+function asError(e: unknown): Error | null {
+  return e === undefined || e === null ? null : e instanceof Error ? e : new Error(String(e));
+}
+
+export class NodeUsbHandle implements HostUsbHandle {
+  private constructor(private readonly device: UsbModule.Device) {}
+
+  /** Opens the device; throws an Error whose message is a sentence (the udev rule for a permission problem). */
+  static open(info: HostUsbDeviceInfo): NodeUsbHandle {
+    // Loaded on first use: libusb starts its event thread only in a process that passes a device through.
+    const usb = (require('usb') as { usb: typeof UsbModule }).usb;
+    const device = usb.getDeviceList().find((d) => d.busNumber === info.busNumber && d.deviceAddress === info.deviceAddress);
+    if (device === undefined) throw new Error(`Host USB device ${info.sysfsName} is gone (unplugged?).`);
+    try {
+      device.open(false);
+    } catch (e) {
+      throw new Error(openErrorSentence(info, e));
+    }
+    // No timeout: a transfer waits for the device as long as the guest waits (the guest cancels).
+    device.timeout = 0;
+    return new NodeUsbHandle(device);
+  }
+
+  configurationValue(): number {
+    return this.device.configDescriptor?.bConfigurationValue ?? 0;
+  }
+
+  interfaceNumbers(): number[] {
+    const config = this.device.configDescriptor;
+    if (config === undefined) return [];
+    return [...new Set(config.interfaces.map((alts) => alts[0]?.bInterfaceNumber).filter((n): n is number => n !== undefined))];
+  }
+
+  kernelDriverActive(itf: number): boolean {
+    return this.device.__isKernelDriverActive(itf);
+  }
+
+  detachKernelDriver(itf: number): void {
+    this.device.__detachKernelDriver(itf);
+  }
+
+  attachKernelDriver(itf: number): void {
+    this.device.__attachKernelDriver(itf);
+  }
+
+  claimInterface(itf: number): void {
+    this.device.__claimInterface(itf);
+  }
+
+  releaseInterface(itf: number, done: HostCallback): void {
+    this.device.__releaseInterface(itf, (e) => done(asError(e)));
+  }
+
+  setConfiguration(value: number, done: HostCallback): void {
+    this.device.__setConfiguration(value, (e) => done(asError(e)));
+  }
+
+  setInterface(itf: number, alternate: number, done: HostCallback): void {
+    this.device.__setInterface(itf, alternate, (e) => done(asError(e)));
+  }
+
+  clearHalt(endpointAddress: number, done: HostCallback): void {
+    this.device.__clearHalt(endpointAddress, (e) => done(asError(e)));
+  }
+
+  reset(done: HostCallback): void {
+    this.device.reset((e) => done(asError(e)));
+  }
+
+  submit(endpointAddress: number, type: 'control' | 'bulk' | 'interrupt', buffer: Buffer, done: HostTransferDone): () => void {
+    let finished = false;
+    const usb = (require('usb') as { usb: typeof UsbModule }).usb;
+    const transfer = new usb.Transfer(this.device, endpointAddress, TYPE_CODE[type], 0, (error, _buf, actual) => {
+      if (finished) return;
+      finished = true;
+      done(error ? statusOfLibusb(error.errno) : 'ok', actual);
+    });
+    try {
+      transfer.submit(buffer);
+    } catch (e) {
+      finished = true;
+      const errno = (e as { errno?: number }).errno;
+      // Submit refused: LIBUSB_ERROR_NO_DEVICE (-4), PIPE (-9, a halted endpoint), else an error.
+      setImmediate(() => done(errno === -4 ? 'no-device' : errno === -9 ? 'stall' : 'error', 0));
+      return () => undefined;
+    }
+    return () => {
+      if (finished) return;
+      try {
+        transfer.cancel();
+      } catch {
+        // Completed meanwhile (LIBUSB_ERROR_NOT_FOUND): its callback comes anyway.
+      }
+    };
+  }
+
+  close(): void {
+    this.device.close();
+  }
+}

@@ -1,0 +1,210 @@
+// A host USB device as the xHCI sees it: the UsbDevice side of passthrough. Runs on the
+// machine thread, which sits in KVM_RUN, so it does no host I/O: every transfer goes to the VM
+// host (host/usb-passthrough.ts, node-usb) as channel records and completes when the VM host's
+// DONE record comes back (the send kicks vCPU 0, and Machine drains the channel).
+//
+// Handled here, without the host device: SET_ADDRESS (the host's kernel gave the device its
+// address; the guest's address is the controller's business). Everything else, including
+// SET_CONFIGURATION, SET_INTERFACE and CLEAR_FEATURE(ENDPOINT_HALT), goes to the VM host,
+// which turns those into the matching host calls. Several transfers may be in flight on one
+// endpoint; the host completes them in order (usbfs URBs on one endpoint complete in order).
+import type { UsbDeviceConfig } from '../../../config';
+import {
+  decodeData, decodeDone, encodeAddressOnly, encodeData, encodeIdRecord, encodeSubmit, PASSTHROUGH_CHUNK,
+  PASSTHROUGH_KIND,
+} from '../../../shared/usb-passthrough-messages';
+import type { UsbDevice, UsbPortHost, UsbSpeed, UsbTransfer } from '../usb-device';
+
+export type HostDeviceConfig = Extract<UsbDeviceConfig, { kind: 'host' }>;
+
+/** How the device reaches the VM host. */
+export interface PassthroughLink {
+  /** Sends a record on the xHCI's channel target; false when the channel is full (kept and retried). */
+  send(kind: number, payload: Uint8Array): boolean;
+  setTimer(delayMs: number, fn: () => void): () => void;
+  log(text: string): void;
+}
+
+interface Pending {
+  transfer: UsbTransfer;
+  done: (t: UsbTransfer) => void;
+}
+
+/** How soon records that found the channel full are tried again. */
+const RESEND_MS = 1;
+
+let nextInstance = 1;
+
+export class PassthroughDevice implements UsbDevice {
+  readonly name: string;
+  readonly speed: UsbSpeed;
+  readonly vendorId: number;
+  readonly productId: number;
+  readonly product: string;
+  readonly handle: number;
+  /** Which machine-side object this is (a relaunch makes a new one): records of others are ignored. */
+  readonly instance: number;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private readonly outbox: { kind: number; payload: Uint8Array }[] = [];
+  private resendTimer: (() => void) | null = null;
+  private port: UsbPortHost | null = null;
+  private gone = false;
+
+  constructor(config: HostDeviceConfig, private readonly link: PassthroughLink) {
+    this.handle = config.handle;
+    this.name = `usb-host ${config.hostName}`;
+    this.product = config.product;
+    this.speed = config.speed;
+    this.vendorId = config.vendorId;
+    this.productId = config.productId;
+    // Unique in this process, and different across processes' restarts of the machine thread.
+    this.instance = ((Date.now() & 0xffff) << 16 | (nextInstance++ & 0xffff)) >>> 0;
+  }
+
+  /** Transfers waiting for the VM host. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  attach(port: UsbPortHost): void {
+    this.port = port;
+    this.gone = false;
+  }
+
+  detach(): void {
+    this.finishAll('no-device');
+    this.post(PASSTHROUGH_KIND.DETACHED, encodeAddressOnly(this));
+    this.gone = true;
+    this.port = null;
+  }
+
+  reset(): void {
+    this.finishAll('cancelled');
+    if (!this.gone) this.post(PASSTHROUGH_KIND.RESET, encodeAddressOnly(this));
+  }
+
+  submit(transfer: UsbTransfer, done: (transfer: UsbTransfer) => void): void {
+    if (this.gone) {
+      transfer.status = 'no-device';
+      transfer.actualLength = 0;
+      done(transfer);
+      return;
+    }
+    const setup = transfer.setup;
+    if (transfer.type === 'control' && setup !== null && setup.requestType === 0x00 && setup.request === 0x05) {
+      // SET_ADDRESS: the host's kernel addressed the device long ago.
+      transfer.status = 'ok';
+      transfer.actualLength = 0;
+      done(transfer);
+      return;
+    }
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) >>> 0 || 1;
+    const setupBytes = new Uint8Array(8);
+    if (setup !== null) {
+      setupBytes[0] = setup.requestType;
+      setupBytes[1] = setup.request;
+      setupBytes[2] = setup.value & 0xff;
+      setupBytes[3] = setup.value >>> 8;
+      setupBytes[4] = setup.index & 0xff;
+      setupBytes[5] = setup.index >>> 8;
+      setupBytes[6] = setup.length & 0xff;
+      setupBytes[7] = setup.length >>> 8;
+    }
+    this.pending.set(id, { transfer, done });
+    this.post(PASSTHROUGH_KIND.SUBMIT, encodeSubmit({
+      handle: this.handle, instance: this.instance, id, endpoint: transfer.endpoint, in: transfer.in,
+      type: transfer.type, setup: setupBytes, length: transfer.data.length,
+    }));
+    if (!transfer.in) {
+      for (let at = 0; at < transfer.data.length; at += PASSTHROUGH_CHUNK) {
+        // Copied: the record may wait in the outbox while the controller reuses nothing, but stay safe.
+        const bytes = transfer.data.slice(at, at + PASSTHROUGH_CHUNK);
+        this.post(PASSTHROUGH_KIND.DATA, encodeData({ handle: this.handle, instance: this.instance, id, offset: at, bytes }));
+      }
+    }
+  }
+
+  cancel(transfer: UsbTransfer): void {
+    for (const [id, p] of this.pending) {
+      if (p.transfer !== transfer) continue;
+      this.pending.delete(id);
+      this.post(PASSTHROUGH_KIND.CANCEL, encodeIdRecord(this, id));
+      transfer.status = 'cancelled';
+      transfer.actualLength = 0;
+      p.done(transfer);
+      return;
+    }
+  }
+
+  /** A record from the VM host for this handle (the router checked the handle). */
+  onHostRecord(kind: number, payload: Uint8Array): void {
+    if (kind === PASSTHROUGH_KIND.DATA) {
+      const r = decodeData(payload);
+      if (r === null || r.instance !== this.instance) return;
+      const p = this.pending.get(r.id);
+      // Bounds: IN bytes land only inside the buffer the guest gave.
+      if (p === undefined || !p.transfer.in || r.offset > p.transfer.data.length || r.bytes.length > p.transfer.data.length - r.offset) return;
+      p.transfer.data.set(r.bytes, r.offset);
+    } else if (kind === PASSTHROUGH_KIND.DONE) {
+      const r = decodeDone(payload);
+      if (r === null || r.instance !== this.instance) return;
+      const p = this.pending.get(r.id);
+      if (p === undefined) return;
+      this.pending.delete(r.id);
+      p.transfer.status = r.status;
+      p.transfer.actualLength = Math.min(r.actual, p.transfer.data.length);
+      p.done(p.transfer);
+    }
+  }
+
+  private finishAll(status: 'no-device' | 'cancelled'): void {
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of all) {
+      p.transfer.status = status;
+      p.transfer.actualLength = 0;
+      p.done(p.transfer);
+    }
+  }
+
+  private post(kind: number, payload: Uint8Array): void {
+    if (this.outbox.length === 0 && this.link.send(kind, payload)) return;
+    this.outbox.push({ kind, payload });
+    if (this.resendTimer === null) this.resendTimer = this.link.setTimer(RESEND_MS, () => this.flush());
+  }
+
+  /** Records that found the channel full, in order, once the VM host has made room. */
+  private flush(): void {
+    this.resendTimer = null;
+    while (this.outbox.length > 0) {
+      const next = this.outbox[0];
+      if (!this.link.send(next.kind, next.payload)) {
+        this.resendTimer = this.link.setTimer(RESEND_MS, () => this.flush());
+        return;
+      }
+      this.outbox.shift();
+    }
+  }
+}
+
+/** Routes the VM host's passthrough records to the device with their handle. */
+export class PassthroughRouter {
+  private readonly devices = new Map<number, PassthroughDevice>();
+
+  constructor(private readonly link: PassthroughLink) {}
+
+  /** Makes the machine-side device of a host device config (replacing an older one of that handle). */
+  create(config: HostDeviceConfig): PassthroughDevice {
+    const device = new PassthroughDevice(config, this.link);
+    this.devices.set(config.handle, device);
+    return device;
+  }
+
+  handle(kind: number, payload: Uint8Array): void {
+    if (payload.length < 4) return;
+    const handle = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true);
+    this.devices.get(handle)?.onHostRecord(kind, payload);
+  }
+}

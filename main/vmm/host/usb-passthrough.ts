@@ -1,0 +1,327 @@
+// The VM host's side of a host USB device passed through: it holds the device (node-usb,
+// through HostUsbHandle), runs the transfers the machine's PassthroughDevice sends, and gives
+// the device back to the host's kernel drivers when it leaves the VM.
+// Runs on the VM host thread (the process's main thread), where node-usb's completions land.
+//
+// Taking: the journal entry is written first (naming every interface's driver), then each
+// interface's kernel driver is detached and the interface claimed. Giving back: transfers are
+// cancelled, interfaces released, the remembered drivers attached again (USBDEVFS_CONNECT, or
+// a sysfs bind when that fails), the device closed and the journal entry removed.
+//
+// The guest's standard requests that change the device's state become the matching host calls,
+// so the host's kernel keeps its view of the device right: SET_CONFIGURATION (interfaces
+// released, configuration set, the new interfaces' drivers detached and claimed),
+// SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and the port reset (a device reset). While one of
+// those runs, later transfers wait. Isochronous transfers are refused ('error'): node-usb 2.x
+// has none (usbdevfs URBs through native/ are the plan).
+import type { HostUsbDeviceInfo } from '../../host/usb-inventory';
+import type { HostTransferStatus, HostUsbHandle } from '../../host/host-usb-handle';
+import { sysfsBind, type TakenInterface, type UsbJournal } from '../../host/usb-journal';
+import {
+  decodeAddress, decodeData, decodeIdRecord, decodeSubmit, encodeData, encodeDone, PASSTHROUGH_CHUNK, PASSTHROUGH_KIND,
+  PASSTHROUGH_MAX_TRANSFER, type SubmitRecord,
+} from '../shared/usb-passthrough-messages';
+
+export interface PassthroughHostLink {
+  /** Sends a record to the machine (in order; the link keeps what does not fit yet). */
+  send(kind: number, payload: Uint8Array): void;
+  log(text: string): void;
+  /** The host device is gone (unplugged from the host): the VM host unplugs it from the guest. Called once. */
+  gone?(): void;
+}
+
+interface HostTransfer {
+  record: SubmitRecord;
+  /** Control: 8 SETUP bytes then the data stage. */
+  buffer: Buffer;
+  /** OUT bytes received so far. */
+  received: number;
+  started: boolean;
+  cancel: (() => void) | null;
+}
+
+const SETUP = 8;
+
+export class HostUsbPassthrough {
+  private readonly transfers = new Map<number, HostTransfer>();
+  private instance = 0;
+  /** Drivers detached from interfaces, to give back (also in the journal). */
+  private readonly taken: TakenInterface[] = [];
+  private readonly claimed = new Set<number>();
+  /** A device-state call (reset, SET_CONFIGURATION...) is running: new work waits here, in order. */
+  private busy = false;
+  private readonly waiting: (() => void)[] = [];
+  private released = false;
+  private goneReported = false;
+  /** Transfers completed, for the log and tests. */
+  completed = 0;
+
+  constructor(
+    readonly info: HostUsbDeviceInfo,
+    /** The handle number the machine's records carry. */
+    readonly handle: number,
+    private readonly usb: HostUsbHandle,
+    private readonly link: PassthroughHostLink,
+    private readonly journal: UsbJournal | null,
+    private readonly vmName: string,
+    private readonly sysfsRoot?: string,
+  ) {}
+
+  /** Detaches the kernel drivers of the active configuration's interfaces and claims them. Throws a sentence. */
+  take(): void {
+    try {
+      this.takeInterfaces();
+    } catch (e) {
+      this.giveBackDrivers();
+      throw new Error(`Host USB device ${this.info.sysfsName} could not be claimed: ${(e as Error).message}`);
+    }
+  }
+
+  private takeInterfaces(): void {
+    const config = this.usb.configurationValue();
+    const numbers = this.usb.interfaceNumbers();
+    const fresh: TakenInterface[] = [];
+    for (const n of numbers) {
+      if (this.claimed.has(n) || !this.usb.kernelDriverActive(n)) continue;
+      const sysfsName = `${this.info.sysfsName}:${config}.${n}`;
+      const driver = this.info.configuration === config ? this.info.interfaces.find((i) => i.number === n)?.driver : undefined;
+      fresh.push({ sysfsName, number: n, driver: driver ?? 'unknown' });
+    }
+    // The journal first: a crash between here and the give-back still names every driver.
+    if (fresh.length > 0) {
+      this.taken.push(...fresh.filter((f) => !this.taken.some((t) => t.sysfsName === f.sysfsName)));
+      this.writeJournal();
+    }
+    for (const f of fresh) this.usb.detachKernelDriver(f.number);
+    for (const n of numbers) {
+      if (this.claimed.has(n)) continue;
+      this.usb.claimInterface(n);
+      this.claimed.add(n);
+    }
+  }
+
+  private writeJournal(): void {
+    this.journal?.record({
+      sysfsName: this.info.sysfsName, busNumber: this.info.busNumber, deviceAddress: this.info.deviceAddress,
+      vendorId: this.info.vendorId, productId: this.info.productId, pid: process.pid, vm: this.vmName,
+      takenAt: new Date().toISOString(), interfaces: this.taken.filter((t) => t.driver !== 'unknown'),
+    });
+  }
+
+  /** Transfers the host runs now. */
+  get inFlight(): number {
+    return this.transfers.size;
+  }
+
+  /** A record from the machine's PassthroughDevice with this handle. */
+  onMachineRecord(kind: number, payload: Uint8Array): void {
+    if (this.released) return;
+    const address = decodeAddress(payload);
+    if (address === null) return;
+    if (address.instance !== this.instance) {
+      // A machine relaunch made a new device object: what the old one had in flight is over.
+      if (kind !== PASSTHROUGH_KIND.SUBMIT && kind !== PASSTHROUGH_KIND.RESET) return;
+      this.cancelAll();
+      this.instance = address.instance;
+    }
+    switch (kind) {
+      case PASSTHROUGH_KIND.SUBMIT: {
+        const r = decodeSubmit(payload);
+        if (r === null) return;
+        if (r.length > PASSTHROUGH_MAX_TRANSFER || this.transfers.has(r.id)) {
+          this.finish(r, 'error', 0);
+          return;
+        }
+        const control = r.type === 'control';
+        const buffer = Buffer.alloc((control ? SETUP : 0) + r.length);
+        if (control) buffer.set(r.setup, 0);
+        const t: HostTransfer = { record: r, buffer, received: 0, started: false, cancel: null };
+        this.transfers.set(r.id, t);
+        if (r.in || r.length === 0) this.whenIdle(() => this.start(t));
+        return;
+      }
+      case PASSTHROUGH_KIND.DATA: {
+        const r = decodeData(payload);
+        const t = r === null ? undefined : this.transfers.get(r.id);
+        if (r === null || t === undefined || t.record.in || t.started) return;
+        const base = t.record.type === 'control' ? SETUP : 0;
+        if (r.offset + r.bytes.length > t.record.length) return;
+        t.buffer.set(r.bytes, base + r.offset);
+        t.received += r.bytes.length;
+        if (t.received >= t.record.length) this.whenIdle(() => this.start(t));
+        return;
+      }
+      case PASSTHROUGH_KIND.CANCEL: {
+        const r = decodeIdRecord(payload);
+        const t = r === null ? undefined : this.transfers.get(r.id);
+        if (t === undefined) return;
+        // The machine already completed it: drop it here, and stop the host URB.
+        this.transfers.delete(t.record.id);
+        t.cancel?.();
+        return;
+      }
+      case PASSTHROUGH_KIND.RESET:
+        this.cancelAll();
+        this.whenIdle(() => this.deviceCall('port reset', (done) => this.usb.reset(done)));
+        return;
+      case PASSTHROUGH_KIND.DETACHED:
+        this.cancelAll();
+        return;
+    }
+  }
+
+  private whenIdle(fn: () => void): void {
+    if (this.busy || this.waiting.length > 0) this.waiting.push(fn);
+    else fn();
+  }
+
+  /** A device-state call: nothing else starts until it is done. */
+  private deviceCall(what: string, call: (done: (e: Error | null) => void) => void, after?: (e: Error | null) => void): void {
+    this.busy = true;
+    let returned = false;
+    call((e) => {
+      if (returned) return;
+      returned = true;
+      if (e) this.link.log(`usb-host ${this.info.sysfsName}: ${what} failed: ${e.message}`);
+      after?.(e);
+      this.busy = false;
+      while (!this.busy && this.waiting.length > 0) (this.waiting.shift() as () => void)();
+    });
+  }
+
+  private start(t: HostTransfer): void {
+    const r = t.record;
+    if (this.released || this.transfers.get(r.id) !== t) return;
+    t.started = true;
+    if (r.type === 'isochronous') {
+      this.complete(t, 'error', 0);
+      return;
+    }
+    if (r.type === 'control') {
+      const [type, request] = [r.setup[0], r.setup[1]];
+      const value = r.setup[2] | r.setup[3] << 8;
+      const index = r.setup[4] | r.setup[5] << 8;
+      if (type === 0x00 && request === 0x09) {
+        this.deviceCall('SET_CONFIGURATION', (done) => this.setConfiguration(value & 0xff, done), (e) => this.complete(t, e ? 'stall' : 'ok', 0));
+        return;
+      }
+      if (type === 0x01 && request === 0x0b) {
+        this.deviceCall('SET_INTERFACE', (done) => this.usb.setInterface(index & 0xff, value & 0xff, done), (e) => this.complete(t, e ? 'stall' : 'ok', 0));
+        return;
+      }
+      if (type === 0x02 && request === 0x01 && value === 0) {
+        this.deviceCall('CLEAR_FEATURE(ENDPOINT_HALT)', (done) => this.usb.clearHalt(index & 0xff, done), (e) => this.complete(t, e ? 'stall' : 'ok', 0));
+        return;
+      }
+    }
+    const address = r.type === 'control' ? 0 : (r.endpoint | (r.in ? 0x80 : 0));
+    t.cancel = this.usb.submit(address, r.type, t.buffer, (status, actual) => this.complete(t, status, actual));
+  }
+
+  /** SET_CONFIGURATION: the host's kernel refuses it while interfaces are claimed. */
+  private setConfiguration(value: number, done: (e: Error | null) => void): void {
+    const claimed = [...this.claimed];
+    let left = claimed.length;
+    const afterRelease = () => {
+      this.usb.setConfiguration(value, (e) => {
+        if (e === null) {
+          try {
+            this.takeInterfaces();
+          } catch (err) {
+            done(err as Error);
+            return;
+          }
+        }
+        done(e);
+      });
+    };
+    if (left === 0) {
+      afterRelease();
+      return;
+    }
+    for (const n of claimed) {
+      this.usb.releaseInterface(n, () => {
+        this.claimed.delete(n);
+        if (--left === 0) afterRelease();
+      });
+    }
+  }
+
+  private complete(t: HostTransfer, status: HostTransferStatus, actual: number): void {
+    if (status === 'no-device' && !this.goneReported && !this.released) {
+      this.goneReported = true;
+      this.link.log(`usb-host ${this.info.sysfsName}: the device left the host`);
+      this.link.gone?.();
+    }
+    if (this.transfers.get(t.record.id) !== t) return; // cancelled by the machine: it knows
+    this.transfers.delete(t.record.id);
+    this.completed++;
+    const r = t.record;
+    const n = Math.max(0, Math.min(actual, r.length));
+    if (r.in && n > 0 && (status === 'ok' || status === 'babble')) {
+      const base = r.type === 'control' ? SETUP : 0;
+      for (let at = 0; at < n; at += PASSTHROUGH_CHUNK) {
+        const bytes = t.buffer.subarray(base + at, base + Math.min(n, at + PASSTHROUGH_CHUNK));
+        this.link.send(PASSTHROUGH_KIND.DATA, encodeData({ handle: this.handle, instance: r.instance, id: r.id, offset: at, bytes }));
+      }
+    }
+    this.finish(r, status, n);
+  }
+
+  private finish(r: SubmitRecord, status: HostTransferStatus, actual: number): void {
+    this.link.send(PASSTHROUGH_KIND.DONE, encodeDone({ handle: this.handle, instance: r.instance, id: r.id, status, actual }));
+  }
+
+  private cancelAll(): void {
+    const all = [...this.transfers.values()];
+    this.transfers.clear();
+    for (const t of all) t.cancel?.();
+  }
+
+  /**
+   * Gives the device back: transfers cancelled, interfaces released, kernel drivers attached
+   * again, the device closed, the journal entry removed. Returns what it could not do (sentences).
+   */
+  async release(): Promise<string[]> {
+    if (this.released) return [];
+    this.released = true;
+    this.cancelAll();
+    this.waiting.length = 0;
+    const problems: string[] = [];
+    await Promise.all([...this.claimed].map((n) => new Promise<void>((resolve) => {
+      this.usb.releaseInterface(n, (e) => {
+        if (e) problems.push(`releasing interface ${n}: ${e.message}`);
+        resolve();
+      });
+    })));
+    this.claimed.clear();
+    problems.push(...this.giveBackDrivers());
+    try {
+      this.usb.close();
+    } catch (e) {
+      problems.push(`closing it: ${(e as Error).message}`);
+    }
+    if (problems.length === 0) this.journal?.remove(this.info.sysfsName);
+    return problems.map((p) => `usb-host ${this.info.sysfsName}: ${p}`);
+  }
+
+  private giveBackDrivers(): string[] {
+    const problems: string[] = [];
+    for (const t of this.taken.splice(0)) {
+      try {
+        this.usb.attachKernelDriver(t.number);
+      } catch (e) {
+        if (t.driver === 'unknown') {
+          problems.push(`interface ${t.sysfsName} got no driver back: ${(e as Error).message}`);
+          continue;
+        }
+        try {
+          sysfsBind(t.driver, t.sysfsName, this.sysfsRoot);
+        } catch (e2) {
+          problems.push(`interface ${t.sysfsName} got no driver back (${t.driver}): ${(e as Error).message}; ${(e2 as Error).message}`);
+        }
+      }
+    }
+    return problems;
+  }
+}

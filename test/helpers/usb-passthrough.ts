@@ -1,0 +1,130 @@
+// Host USB passthrough's two sides joined by a fake channel over a fake HostUsbHandle that
+// records every host call and completes transfers when the test says (usb-passthrough tests).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { HostCallback, HostTransferDone, HostTransferStatus, HostUsbHandle } from '../../main/host/host-usb-handle';
+import type { HostUsbDeviceInfo } from '../../main/host/usb-inventory';
+import { UsbJournal } from '../../main/host/usb-journal';
+import { PassthroughDevice, PassthroughRouter, type HostDeviceConfig } from '../../main/vmm/devices/usb/passthrough/passthrough-device';
+import type { UsbSetup, UsbTransfer, UsbTransferType } from '../../main/vmm/devices/usb/usb-device';
+import { HostUsbPassthrough } from '../../main/vmm/host/usb-passthrough';
+
+export interface HostUrb {
+  address: number;
+  type: string;
+  buffer: Buffer;
+  done: HostTransferDone;
+  cancelled: boolean;
+}
+
+export class FakeHandle implements HostUsbHandle {
+  calls: string[] = [];
+  urbs: HostUrb[] = [];
+  config = 1;
+  interfaces = [0, 1];
+  drivers = new Map<number, boolean>([[0, true], [1, false]]);
+  /** Async device calls wait here until the test runs them. */
+  deferred: (() => void)[] = [];
+  deferCalls = false;
+  failAttach = false;
+  configurationValue(): number { return this.config; }
+  interfaceNumbers(): number[] { return this.interfaces; }
+  kernelDriverActive(itf: number): boolean { return this.drivers.get(itf) === true; }
+  detachKernelDriver(itf: number): void { this.calls.push(`detach ${itf}`); this.drivers.set(itf, false); }
+  attachKernelDriver(itf: number): void {
+    this.calls.push(`attach ${itf}`);
+    if (this.failAttach) throw new Error('LIBUSB_ERROR_ACCESS');
+    this.drivers.set(itf, true);
+  }
+  claimInterface(itf: number): void { this.calls.push(`claim ${itf}`); }
+  private later(what: string, done: HostCallback, error: Error | null = null): void {
+    this.calls.push(what);
+    if (this.deferCalls) this.deferred.push(() => done(error));
+    else done(error);
+  }
+  releaseInterface(itf: number, done: HostCallback): void { this.later(`release ${itf}`, done); }
+  setConfiguration(value: number, done: HostCallback): void {
+    this.later(`set-configuration ${value}`, done);
+    // The kernel probes drivers for the new configuration's interfaces.
+    this.config = value;
+    this.drivers.set(0, true);
+  }
+  setInterface(itf: number, alt: number, done: HostCallback): void { this.later(`set-interface ${itf} ${alt}`, done); }
+  clearHalt(ep: number, done: HostCallback): void { this.later(`clear-halt 0x${ep.toString(16)}`, done); }
+  reset(done: HostCallback): void { this.later('reset', done); }
+  submit(address: number, type: 'control' | 'bulk' | 'interrupt', buffer: Buffer, done: HostTransferDone): () => void {
+    const urb: HostUrb = { address, type, buffer, done, cancelled: false };
+    this.urbs.push(urb);
+    return () => { urb.cancelled = true; };
+  }
+  close(): void { this.calls.push('close'); }
+  /** Completes the oldest live URB: IN bytes copied in (control after the SETUP bytes). */
+  complete(status: HostTransferStatus, bytes?: Uint8Array, actual?: number): HostUrb {
+    const urb = this.urbs.shift() as HostUrb;
+    const base = urb.type === 'control' ? 8 : 0;
+    if (bytes) urb.buffer.set(bytes, base);
+    urb.done(status, actual ?? bytes?.length ?? urb.buffer.length - base);
+    return urb;
+  }
+}
+
+export const INFO: HostUsbDeviceInfo = {
+  sysfsName: '1-1', busNumber: 1, deviceAddress: 2, portPath: [1], vendorId: 0x46f4, productId: 1, manufacturer: 'QEMU',
+  product: 'QEMU USB HARDDRIVE', serial: 'RIGSTICK0', speed: 'super', classCode: 0, configuration: 1,
+  interfaces: [{ sysfsName: '1-1:1.0', number: 0, alternate: 0, classCode: 8, subclass: 6, protocol: 0x50, driver: 'usb-storage' }],
+  isHub: false, devicePath: '/dev/bus/usb/001/002', accessible: true,
+};
+
+export const CONFIG: HostDeviceConfig = {
+  kind: 'host', handle: 7, hostName: '1-1', product: 'QEMU QEMU USB HARDDRIVE', speed: 'super', vendorId: 0x46f4, productId: 1,
+};
+
+/** The two sides joined: records queue in each direction until `pump()` (as the channel + kick would). */
+export function rig(options: { channelRoom?: () => boolean } = {}) {
+  const usb = new FakeHandle();
+  const journal = new UsbJournal(fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-pt-')));
+  const toHost: [number, Uint8Array][] = [];
+  const toMachine: [number, Uint8Array][] = [];
+  const timers: (() => void)[] = [];
+  const logs: string[] = [];
+  const router = new PassthroughRouter({
+    send: (kind, payload) => {
+      if (options.channelRoom && !options.channelRoom()) return false;
+      toHost.push([kind, payload.slice()]);
+      return true;
+    },
+    setTimer: (_ms, fn) => { timers.push(fn); return () => undefined; },
+    log: (t) => logs.push(t),
+  });
+  const device = router.create(CONFIG);
+  const gone: string[] = [];
+  const host = new HostUsbPassthrough(INFO, CONFIG.handle, usb, {
+    send: (kind, payload) => toMachine.push([kind, payload.slice()]),
+    log: (t) => logs.push(t),
+    gone: () => gone.push('gone'),
+  }, journal, 'vm-a');
+  const pump = () => {
+    for (let i = 0; i < 100 && (toHost.length > 0 || toMachine.length > 0); i++) {
+      for (const [k, p] of toHost.splice(0)) host.onMachineRecord(k, p);
+      for (const [k, p] of toMachine.splice(0)) router.handle(k, p);
+    }
+  };
+  device.attach({ wakeup: () => undefined, log: (t) => logs.push(t) });
+  return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs, gone };
+}
+
+export function transfer(type: UsbTransferType, endpoint: number, dirIn: boolean, data: Uint8Array, setup: UsbSetup | null = null): UsbTransfer {
+  return { endpoint, in: dirIn, type, setup, data, status: 'pending', actualLength: 0 };
+}
+
+export function setupOf(requestType: number, request: number, value: number, index: number, length: number): UsbSetup {
+  return { requestType, request, value, index, length };
+}
+
+export function submit(device: PassthroughDevice, t: UsbTransfer): UsbTransfer[] {
+  const done: UsbTransfer[] = [];
+  device.submit(t, (x) => done.push(x));
+  return done;
+}
+
