@@ -1,0 +1,207 @@
+// The Performance tab: live graphs of a running VM's counters (uPlot), from the shared
+// vm-stats feed at the chosen resolution. The history (last 10 minutes) lives in a ring
+// buffer (perf.ts); drawing happens at most once per animation frame, and not while paused.
+import { useEffect, useRef, useState } from 'react';
+import uPlot from 'uplot';
+import 'uplot/dist/uPlot.min.css';
+import type { VmStatsCounter, VmSummary } from '../../../main/api/contract';
+import {
+  DEFAULT_INTERVAL_MS, RESOLUTIONS, StatsHistory, chartData, chartSignature, exportFileName, formatRate, historyCsv, historyJson, pickCharts,
+  type ChartSpec,
+} from '../perf';
+import type { StatsFeeds } from '../stats-feed';
+
+const PALETTE = ['#2f7ed8', '#e4572e', '#29a35a', '#9b5de5', '#f2a541', '#17becf', '#d62790', '#7f7f7f', '#bcbd22', '#8c564b'];
+const CHART_HEIGHT = 190;
+
+interface Plot {
+  signature: string;
+  chart: ChartSpec;
+  plot: uPlot;
+  host: HTMLDivElement;
+}
+
+function download(name: string, type: string, text: string): void {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
+  const [intervalMs, setIntervalMs] = useState(DEFAULT_INTERVAL_MS);
+  const [paused, setPaused] = useState(false);
+  const [zoomed, setZoomed] = useState(false);
+  const [sampleCount, setSampleCount] = useState(0);
+  const [chartTitles, setChartTitles] = useState<string[]>([]);
+  const chartsRef = useRef<HTMLDivElement>(null);
+  const historyRef = useRef(new StatsHistory(DEFAULT_INTERVAL_MS));
+  const countersRef = useRef<VmStatsCounter[]>([]);
+  const plotsRef = useRef<Plot[]>([]);
+  const pausedRef = useRef(false);
+  const zoomedRef = useRef(false);
+  /** True while this code (not the user's drag) sets the plots' data and scales. */
+  const updatingRef = useRef(false);
+  const frameRef = useRef(0);
+  const running = vm.state === 'running' || vm.state === 'paused';
+
+  const draw = () => {
+    frameRef.current = 0;
+    const host = chartsRef.current;
+    if (!host || pausedRef.current) return;
+    const history = historyRef.current;
+    const charts = pickCharts(countersRef.current);
+    const width = Math.max(200, host.clientWidth - 4);
+    const old = plotsRef.current;
+    const next: Plot[] = [];
+    for (const chart of charts) {
+      const signature = chartSignature(chart);
+      const data = chartData(history, chart);
+      let p = old.find((o) => o.signature === signature);
+      updatingRef.current = true;
+      try {
+        if (p) {
+          p.plot.setData(data, !zoomedRef.current);
+        } else {
+          const el = document.createElement('div');
+          el.className = 'perf-chart';
+          el.dataset.chart = chart.id;
+          p = { signature, chart, host: el, plot: new uPlot(plotOptions(chart, width), data, el) };
+        }
+      } finally {
+        updatingRef.current = false;
+      }
+      next.push(p);
+    }
+    for (const o of old) if (!next.includes(o)) { o.plot.destroy(); o.host.remove(); }
+    next.forEach((p, i) => { if (host.children[i] !== p.host) host.insertBefore(p.host, host.children[i] ?? null); });
+    plotsRef.current = next;
+    const titles = next.map((p) => p.chart.title);
+    setChartTitles((t) => (t.join('\u0000') === titles.join('\u0000') ? t : titles));
+  };
+
+  const plotOptions = (chart: ChartSpec, width: number): uPlot.Options => ({
+    title: chart.title,
+    width,
+    height: CHART_HEIGHT,
+    scales: { x: { time: true } },
+    cursor: { drag: { x: true, y: false, setScale: true } },
+    legend: { live: true },
+    series: [
+      {},
+      ...chart.series.map((s, i) => ({
+        label: s.label,
+        stroke: PALETTE[i % PALETTE.length],
+        width: 1.5,
+        spanGaps: false,
+        value: (_u: uPlot, v: number | null) => formatRate(v, chart.unit),
+      })),
+    ],
+    axes: [{}, { size: 70, values: (_u: uPlot, values: number[]) => values.map((v) => formatRate(v, chart.unit)) }],
+    hooks: {
+      setScale: [(_u: uPlot, key: string) => {
+        // A drag-zoom by the user: stop following the newest samples until "Reset zoom".
+        if (key === 'x' && !updatingRef.current && !zoomedRef.current) {
+          zoomedRef.current = true;
+          setZoomed(true);
+        }
+      }],
+    },
+  });
+
+  const schedule = () => {
+    if (!frameRef.current) frameRef.current = requestAnimationFrame(draw);
+  };
+
+  // One subscription per resolution; a new resolution starts a new history.
+  useEffect(() => {
+    if (!running) return undefined;
+    historyRef.current = new StatsHistory(intervalMs);
+    setSampleCount(0);
+    let count = 0;
+    const stop = feeds.subscribe(vm.id, intervalMs, (sample) => {
+      historyRef.current.push(sample);
+      countersRef.current = sample.counters;
+      count++;
+      // The count shows that samples arrive; React work stays off the per-sample path at 10 Hz.
+      if (count % 5 === 1) setSampleCount(historyRef.current.length);
+      schedule();
+    });
+    return stop;
+    // schedule and draw read refs only.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [vm.id, intervalMs, running, feeds]);
+
+  // Follow the container's width.
+  useEffect(() => {
+    const host = chartsRef.current;
+    if (!host) return undefined;
+    const observer = new ResizeObserver(() => {
+      const width = Math.max(200, host.clientWidth - 4);
+      for (const p of plotsRef.current) p.plot.setSize({ width, height: CHART_HEIGHT });
+    });
+    observer.observe(host);
+    return () => observer.disconnect();
+  }, []);
+
+  useEffect(() => () => {
+    cancelAnimationFrame(frameRef.current);
+    for (const p of plotsRef.current) p.plot.destroy();
+    plotsRef.current = [];
+  }, []);
+
+  const togglePause = () => {
+    pausedRef.current = !pausedRef.current;
+    setPaused(pausedRef.current);
+    if (!pausedRef.current) schedule();
+  };
+
+  const resetZoom = () => {
+    zoomedRef.current = false;
+    setZoomed(false);
+    const history = historyRef.current;
+    updatingRef.current = true;
+    try {
+      for (const p of plotsRef.current) p.plot.setData(chartData(history, p.chart), true);
+    } finally {
+      updatingRef.current = false;
+    }
+  };
+
+  const exportAs = (kind: 'csv' | 'json') => {
+    const history = historyRef.current;
+    const name = exportFileName(vm.spec.name, Date.now(), kind);
+    if (kind === 'csv') download(name, 'text/csv', historyCsv(history));
+    else download(name, 'application/json', `${JSON.stringify(historyJson(history, { id: vm.id, name: vm.spec.name }), null, 1)}\n`);
+  };
+
+  if (!running) {
+    return <p className="muted perf-idle">Start the VM to see its live performance graphs.</p>;
+  }
+
+  return (
+    <div className="perf-panel">
+      <div className="perf-toolbar" role="toolbar" aria-label="Performance graph controls">
+        <label>
+          Resolution{' '}
+          <select value={intervalMs} onChange={(e) => setIntervalMs(Number(e.target.value))}>
+            {RESOLUTIONS.map((r) => <option key={r.intervalMs} value={r.intervalMs}>{r.label}</option>)}
+          </select>
+        </label>
+        <button type="button" onClick={togglePause} aria-pressed={paused}>{paused ? 'Resume graphs' : 'Pause graphs'}</button>
+        <button type="button" onClick={resetZoom} disabled={!zoomed}>Reset zoom</button>
+        <button type="button" onClick={() => exportAs('csv')}>Export CSV</button>
+        <button type="button" onClick={() => exportAs('json')}>Export JSON</button>
+        <span className="muted perf-status" role="status">
+          {paused ? 'Paused · ' : ''}{zoomed ? 'Zoomed (drag on a graph to zoom) · ' : 'Drag on a graph to zoom · '}
+          {sampleCount === 0 ? 'waiting for samples…' : `${sampleCount} samples, last 10 minutes kept`}
+        </span>
+      </div>
+      <div ref={chartsRef} className="perf-charts" aria-label={chartTitles.length ? `Graphs: ${chartTitles.join(', ')}` : 'Graphs'} />
+    </div>
+  );
+}
