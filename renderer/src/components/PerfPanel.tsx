@@ -19,6 +19,13 @@ interface Plot {
   chart: ChartSpec;
   plot: uPlot;
   host: HTMLDivElement;
+  /** The newest value of each series, in words (also what a test reads). */
+  now: HTMLDivElement;
+}
+
+/** "io 13.1k/s · hlt 2/s": a chart's newest values. */
+function nowText(chart: ChartSpec, data: (number | null)[][]): string {
+  return chart.series.map((s, i) => `${s.label} ${formatRate(data[i + 1][data[i + 1].length - 1] ?? null, chart.unit)}/s`).join(' · ');
 }
 
 function download(name: string, type: string, text: string): void {
@@ -70,8 +77,13 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
           const el = document.createElement('div');
           el.className = 'perf-chart';
           el.dataset.chart = chart.id;
-          p = { signature, chart, host: el, plot: new uPlot(plotOptions(chart, width), data, el) };
+          const plot = new uPlot(plotOptions(chart, width), data, el);
+          const now = document.createElement('div');
+          now.className = 'perf-now muted';
+          el.append(now);
+          p = { signature, chart, host: el, plot, now };
         }
+        p.now.textContent = `Now: ${nowText(chart, data)}`;
       } finally {
         updatingRef.current = false;
       }
