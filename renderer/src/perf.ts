@@ -85,6 +85,14 @@ export class StatsHistory {
     return out;
   }
 
+  /** Counter `key`'s newest rate, or null when the newest sample had no reading of it. */
+  latest(key: string): number | null {
+    const column = this.columns.get(key);
+    if (!column || this.count === 0) return null;
+    const v = column.values[(this.start + this.count - 1) % this.capacity];
+    return Number.isNaN(v) ? null : v;
+  }
+
   /** Counter `key`'s rates, oldest first; null where it had no reading (or for a counter never seen). */
   rates(key: string): (number | null)[] {
     const column = this.columns.get(key);
@@ -165,6 +173,16 @@ export function seriesRates(history: StatsHistory, series: SeriesSpec): (number 
     out[i] = sum;
   }
   return out;
+}
+
+/** A series' newest value: the sum of its counters' newest rates (null when none had one). */
+export function latestRate(history: StatsHistory, series: SeriesSpec): number | null {
+  let sum: number | null = null;
+  for (const key of series.keys) {
+    const v = history.latest(key);
+    if (v !== null) sum = (sum ?? 0) + v;
+  }
+  return sum;
 }
 
 /** The data uPlot draws for a chart: times in seconds, then one array per series. */

@@ -6,7 +6,7 @@ import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import type { VmStatsCounter, VmSummary } from '../../../main/api/contract';
 import {
-  DEFAULT_INTERVAL_MS, RESOLUTIONS, StatsHistory, chartData, chartSignature, exportFileName, formatRate, historyCsv, historyJson, pickCharts,
+  DEFAULT_INTERVAL_MS, RESOLUTIONS, StatsHistory, chartData, latestRate, chartSignature, exportFileName, formatRate, historyCsv, historyJson, pickCharts,
   type ChartSpec,
 } from '../perf';
 import type { StatsFeeds } from '../stats-feed';
@@ -21,11 +21,15 @@ interface Plot {
   host: HTMLDivElement;
   /** The newest value of each series, in words (also what a test reads). */
   now: HTMLDivElement;
+  /** Whether the chart is on screen; one scrolled away is drawn again when it comes back. */
+  visible: boolean;
+  /** Samples came while it was off screen. */
+  stale: boolean;
 }
 
 /** "io 13.1k/s · hlt 2/s": a chart's newest values. */
-function nowText(chart: ChartSpec, data: (number | null)[][]): string {
-  return chart.series.map((s, i) => `${s.label} ${formatRate(data[i + 1][data[i + 1].length - 1] ?? null, chart.unit)}/s`).join(' · ');
+function nowText(chart: ChartSpec, history: StatsHistory): string {
+  return chart.series.map((s) => `${s.label} ${formatRate(latestRate(history, s), chart.unit)}/s`).join(' · ');
 }
 
 function download(name: string, type: string, text: string): void {
@@ -51,9 +55,8 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
   const plotsRef = useRef<Plot[]>([]);
   const pausedRef = useRef(false);
   const zoomedRef = useRef(false);
-  /** True while this code (not the user's drag) sets the plots' data and scales. */
-  const updatingRef = useRef(false);
   const frameRef = useRef(0);
+  const visibilityRef = useRef<IntersectionObserver | null>(null);
   const running = vm.state === 'running' || vm.state === 'paused';
 
   const draw = () => {
@@ -67,26 +70,24 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     const next: Plot[] = [];
     for (const chart of charts) {
       const signature = chartSignature(chart);
-      const data = chartData(history, chart);
       let p = old.find((o) => o.signature === signature);
-      updatingRef.current = true;
-      try {
-        if (p) {
-          p.plot.setData(data, !zoomedRef.current);
-        } else {
-          const el = document.createElement('div');
-          el.className = 'perf-chart';
-          el.dataset.chart = chart.id;
-          const plot = new uPlot(plotOptions(chart, width), data, el);
-          const now = document.createElement('div');
-          now.className = 'perf-now muted';
-          el.append(now);
-          p = { signature, chart, host: el, plot, now };
-        }
-        p.now.textContent = `Now: ${nowText(chart, data)}`;
-      } finally {
-        updatingRef.current = false;
+      if (!p) {
+        const el = document.createElement('div');
+        el.className = 'perf-chart';
+        el.dataset.chart = chart.id;
+        const plot = new uPlot(plotOptions(chart, width), chartData(history, chart), el);
+        const now = document.createElement('div');
+        now.className = 'perf-now muted';
+        el.append(now);
+        p = { signature, chart, host: el, plot, now, visible: true, stale: false };
+        visibilityRef.current?.observe(el);
+      } else if (p.visible) {
+        p.plot.setData(chartData(history, chart), !zoomedRef.current);
+        p.stale = false;
+      } else {
+        p.stale = true;
       }
+      p.now.textContent = `Now: ${nowText(chart, history)}`;
       next.push(p);
     }
     for (const o of old) if (!next.includes(o)) { o.plot.destroy(); o.host.remove(); }
@@ -102,7 +103,8 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     height: CHART_HEIGHT,
     scales: { x: { time: true } },
     cursor: { drag: { x: true, y: false, setScale: true } },
-    legend: { live: true },
+    // The newest values are in the line under the chart: a live legend would only show the cursor's.
+    legend: { live: false },
     series: [
       {},
       ...chart.series.map((s, i) => ({
@@ -115,9 +117,10 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     ],
     axes: [{}, { size: 70, values: (_u: uPlot, values: number[]) => values.map((v) => formatRate(v, chart.unit)) }],
     hooks: {
-      setScale: [(_u: uPlot, key: string) => {
-        // A drag-zoom by the user: stop following the newest samples until "Reset zoom".
-        if (key === 'x' && !updatingRef.current && !zoomedRef.current) {
+      // A drag selection zooms (cursor.drag.setScale): stop following the newest samples until
+      // "Reset zoom". (uPlot applies scales in a later microtask, so setScale cannot tell who set them.)
+      setSelect: [(u: uPlot) => {
+        if (u.select.width > 0 && !zoomedRef.current) {
           zoomedRef.current = true;
           setZoomed(true);
         }
@@ -148,6 +151,27 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [vm.id, intervalMs, running, feeds]);
 
+  // Charts scrolled out of view are not redrawn (the cost that matters at 10 Hz with many series).
+  useEffect(() => {
+    const observer = new IntersectionObserver((entries) => {
+      let redraw = false;
+      for (const e of entries) {
+        const p = plotsRef.current.find((q) => q.host === e.target);
+        if (!p) continue;
+        p.visible = e.isIntersecting;
+        if (p.visible && p.stale) redraw = true;
+      }
+      if (redraw) schedule();
+    });
+    visibilityRef.current = observer;
+    for (const p of plotsRef.current) observer.observe(p.host);
+    return () => {
+      observer.disconnect();
+      visibilityRef.current = null;
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
+
   // Follow the container's width.
   useEffect(() => {
     const host = chartsRef.current;
@@ -176,12 +200,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     zoomedRef.current = false;
     setZoomed(false);
     const history = historyRef.current;
-    updatingRef.current = true;
-    try {
-      for (const p of plotsRef.current) p.plot.setData(chartData(history, p.chart), true);
-    } finally {
-      updatingRef.current = false;
-    }
+    for (const p of plotsRef.current) p.plot.setData(chartData(history, p.chart), true);
   };
 
   const exportAs = (kind: 'csv' | 'json') => {
