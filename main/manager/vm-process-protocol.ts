@@ -44,6 +44,8 @@ export type VmToManager =
 
 /** Samples closer together than this are not sent (the VM host samples every 250 ms by default). */
 export const STATS_MIN_INTERVAL_MS = 100;
+/** How much earlier than STATS_MIN_INTERVAL_MS a sample may come (timer jitter) and still be sent. */
+export const STATS_TIMER_SLACK_MS = 5;
 /** The VM host's sampling period unless a watcher asks for faster samples. */
 export const STATS_DEFAULT_PERIOD_MS = 250;
 

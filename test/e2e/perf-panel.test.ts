@@ -7,6 +7,7 @@
 // artifacts folder.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Page } from 'playwright-core';
@@ -49,6 +50,7 @@ async function sampleCount(page: Page): Promise<number> {
 
 describe('the Performance tab and library sparklines in Chromium', { skip: skip ?? false }, () => {
   let app: E2eApp;
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-e2e-perf-'));
 
   before(async () => {
     app = await startE2eApp({
@@ -58,6 +60,7 @@ describe('the Performance tab and library sparklines in Chromium', { skip: skip 
 
   after(async () => {
     await app?.close();
+    fs.rmSync(scratch, { recursive: true, force: true });
   });
 
   it('graphs a flooding guest live: rising non-zero series, sparkline, 10 Hz, pause, zoom, CSV and JSON export', (t) => withDiagnostics(app, async () => {
@@ -96,7 +99,8 @@ describe('the Performance tab and library sparklines in Chromium', { skip: skip 
     await waitUntil('20 samples at 10 Hz', () => sampleCount(page), (n) => n >= 20, 60_000);
     const fast = await nowValues(page, 'exits');
     assert.ok((fast.io ?? 0) > 0, `io exits/s at 10 Hz: ${JSON.stringify(fast)}`);
-    const seriesCount = await page.locator('.perf-chart .u-legend .u-series').count() - await page.locator('.perf-chart').count();
+    // Series drawn: the parts of each chart's "Now: a 1/s · b 2/s" line.
+    const seriesCount = (await page.locator('.perf-now').allInnerTexts()).reduce((n, text) => n + text.split(' · ').length, 0);
     // Frames the page draws in 3 s while 10 samples a second arrive (Chromium's rAF count).
     const fps = await page.evaluate(`new Promise((resolve) => {
       let frames = 0;
@@ -132,6 +136,14 @@ describe('the Performance tab and library sparklines in Chromium', { skip: skip 
     await page.mouse.up();
     const reset = page.getByRole('button', { name: 'Reset zoom' });
     await waitUntil('Reset zoom to be enabled', () => reset.isEnabled(), (e) => e, 5000);
+    // The zoomed chart holds its span while the others keep following the newest samples.
+    const zoomedAxis = page.locator('.perf-chart[data-chart="exits"] .u-axis').first();
+    const followingAxis = page.locator('.perf-chart[data-chart="accesses"] .u-axis').first();
+    const [zoomedBefore, followingBefore] = [await zoomedAxis.innerText(), await followingAxis.innerText()];
+    // 6 s: the following charts' time axis gains a tick (5 s apart at most, this early).
+    await new Promise((r) => setTimeout(r, 6000));
+    assert.equal(await zoomedAxis.innerText(), zoomedBefore, 'the zoomed chart keeps its time span');
+    assert.notEqual(await followingAxis.innerText(), followingBefore, 'the other charts move on');
     await screenshot(page, 'perf-tab-zoomed');
     await reset.click();
     assert.equal(await reset.isEnabled(), false);
@@ -139,14 +151,18 @@ describe('the Performance tab and library sparklines in Chromium', { skip: skip 
     // Exports: what the ring buffer holds, with the flood in it.
     const [csvDownload] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export CSV' }).click()]);
     assert.match(csvDownload.suggestedFilename(), /^Flood-perf-.*\.csv$/);
-    const csv = fs.readFileSync((await csvDownload.path())!, 'utf8').trim().split('\r\n');
+    const csvFile = path.join(scratch, 'export.csv');
+    await csvDownload.saveAs(csvFile); // the browser may run on another machine (the rig host)
+    const csv = fs.readFileSync(csvFile, 'utf8').trim().split('\r\n');
     const header = csv[0].split(',');
     const io = header.indexOf('exits/io (count/s)');
     assert.ok(io > 1, header.join(','));
     assert.ok(csv.length >= 21, `${csv.length - 1} rows`);
     assert.ok(csv.slice(1).some((row) => Number(row.split(',')[io]) > 0), 'io exits in the CSV');
     const [jsonDownload] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export JSON' }).click()]);
-    const json = JSON.parse(fs.readFileSync((await jsonDownload.path())!, 'utf8')) as { vm: { id: string }; intervalMs: number; timesMs: number[]; counters: { group: string; name: string; perSecond: (number | null)[] }[] };
+    const jsonFile = path.join(scratch, 'export.json');
+    await jsonDownload.saveAs(jsonFile);
+    const json = JSON.parse(fs.readFileSync(jsonFile, 'utf8')) as { vm: { id: string }; intervalMs: number; timesMs: number[]; counters: { group: string; name: string; perSecond: (number | null)[] }[] };
     assert.equal(json.vm.id, 'flood');
     assert.equal(json.intervalMs, 100);
     const tx = json.counters.find((c) => c.group === 'COM1' && c.name === 'tx-bytes');

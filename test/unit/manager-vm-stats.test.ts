@@ -12,7 +12,7 @@ import { createWebClient, type SocketLike, type WebClient } from '../../main/api
 import { VmManager } from '../../main/manager/manager';
 import { vmStatsOfSample } from '../../main/manager/stats-fanout';
 import { SampleForwarder } from '../../main/manager/sample-forwarder';
-import { STATS_MIN_INTERVAL_MS, type ManagerToVm } from '../../main/manager/vm-process-protocol';
+import { STATS_MIN_INTERVAL_MS, STATS_TIMER_SLACK_MS, type ManagerToVm } from '../../main/manager/vm-process-protocol';
 import type { StatsSample } from '../../main/vmm/shared/stats';
 import { startWebServer, type WebServer } from '../../main/web/server';
 import { flatSpec, tempConfigHome, waitFor } from '../helpers/manager';
@@ -189,8 +189,8 @@ test('the VM process forwards samples only while asked, at most one per STATS_MI
   assert.equal(latest()?.atMs, 2);
   f.setStreaming(true);
   f.offer(sample(3, 1, 1, 1), 20);
-  f.offer(sample(4, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS - 1);
-  f.offer(sample(5, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS);
+  f.offer(sample(4, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS - STATS_TIMER_SLACK_MS - 1);
+  f.offer(sample(5, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS - STATS_TIMER_SLACK_MS);
   assert.deepEqual(sent.map((s) => s.atMs), [3, 5]);
   assert.equal(latest()?.atMs, 5);
   f.setStreaming(false);

@@ -25,6 +25,8 @@ interface Plot {
   visible: boolean;
   /** Samples came while it was off screen. */
   stale: boolean;
+  /** Zoomed by a drag: it keeps its time span (and the data it was zoomed on) until Reset zoom. */
+  zoomed: boolean;
 }
 
 /** "io 13.1k/s · hlt 2/s": a chart's newest values. */
@@ -56,6 +58,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
   const pausedRef = useRef(false);
   const zoomedRef = useRef(false);
   const frameRef = useRef(0);
+  const resetZoomRef = useRef<() => void>(() => undefined);
   const visibilityRef = useRef<IntersectionObserver | null>(null);
   const running = vm.state === 'running' || vm.state === 'paused';
 
@@ -79,10 +82,13 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
         const now = document.createElement('div');
         now.className = 'perf-now muted';
         el.append(now);
-        p = { signature, chart, host: el, plot, now, visible: true, stale: false };
+        p = { signature, chart, host: el, plot, now, visible: true, stale: false, zoomed: false };
         visibilityRef.current?.observe(el);
+      } else if (p.zoomed) {
+        // A zoomed chart keeps the data it was zoomed on: uPlot keeps the scale but not the
+        // index window across setData, and the window's samples do not change anyway.
       } else if (p.visible) {
-        p.plot.setData(chartData(history, chart), !zoomedRef.current);
+        p.plot.setData(chartData(history, chart), true);
         p.stale = false;
       } else {
         p.stale = true;
@@ -102,7 +108,11 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     width,
     height: CHART_HEIGHT,
     scales: { x: { time: true } },
-    cursor: { drag: { x: true, y: false, setScale: true } },
+    cursor: {
+      drag: { x: true, y: false, setScale: true },
+      // uPlot's own double-click reset would leave the other charts zoomed: reset them all.
+      bind: { dblclick: () => () => { resetZoomRef.current(); return null; } },
+    },
     // The newest values are in the line under the chart: a live legend would only show the cursor's.
     legend: { live: false },
     series: [
@@ -120,6 +130,8 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
       // A drag selection zooms (cursor.drag.setScale): stop following the newest samples until
       // "Reset zoom". (uPlot applies scales in a later microtask, so setScale cannot tell who set them.)
       setSelect: [(u: uPlot) => {
+        const zoomedPlot = plotsRef.current.find((q) => q.plot === u);
+        if (u.select.width > 0 && zoomedPlot) zoomedPlot.zoomed = true;
         if (u.select.width > 0 && !zoomedRef.current) {
           zoomedRef.current = true;
           setZoomed(true);
@@ -200,8 +212,13 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     zoomedRef.current = false;
     setZoomed(false);
     const history = historyRef.current;
-    for (const p of plotsRef.current) p.plot.setData(chartData(history, p.chart), true);
+    for (const p of plotsRef.current) {
+      p.plot.setData(chartData(history, p.chart), true);
+      p.stale = false;
+      p.zoomed = false;
+    }
   };
+  resetZoomRef.current = resetZoom;
 
   const exportAs = (kind: 'csv' | 'json') => {
     const history = historyRef.current;
