@@ -149,6 +149,10 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     if (!running) return undefined;
     historyRef.current = new StatsHistory(intervalMs);
     setSampleCount(0);
+    // A zoom into the old history means nothing in the new one.
+    for (const p of plotsRef.current) p.zoomed = false;
+    zoomedRef.current = false;
+    setZoomed(false);
     let count = 0;
     const stop = feeds.subscribe(vm.id, intervalMs, (sample) => {
       historyRef.current.push(sample);
@@ -194,7 +198,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     });
     observer.observe(host);
     return () => observer.disconnect();
-  }, []);
+  }, [running]); // the charts' container exists only while the VM runs
 
   useEffect(() => () => {
     cancelAnimationFrame(frameRef.current);
