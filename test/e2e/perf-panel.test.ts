@@ -14,7 +14,7 @@ import type { Page } from 'playwright-core';
 import type { VmSpec } from '../../main/api/contract';
 import { guest } from '../helpers/vm';
 import {
-  ARTIFACTS_DIR, browserSkipReason, fixtureSkipReason, libraryItem, screenshot, startE2eApp, waitForBadge, waitUntil, withDiagnostics,
+  ARTIFACTS_DIR, browserSkipReason, fitsWidth, fixtureSkipReason, libraryItem, screenshot, startE2eApp, unnamedControls, waitForBadge, waitUntil, withDiagnostics,
   type E2eApp,
 } from './harness';
 
@@ -92,6 +92,12 @@ describe('the Performance tab and library sparklines in Chromium', { skip: skip 
     const sparkState = await waitUntil('a sparkline with 2 points', async () => ({ points: Number(await spark.getAttribute('data-points')), last: Number(await spark.getAttribute('data-last')) }), (s) => s.points >= 2 && s.last > 0, 30_000);
     assert.match(await libraryItem(page, 'Flood').locator('.sparkline-label').innerText(), /exits\/s$/);
     await screenshot(page, 'perf-tab-1s');
+    assert.deepEqual(await unnamedControls(page), [], 'unnamed controls on the Performance tab');
+    assert.equal(await fitsWidth(page), true, 'the Performance tab fits 1280 pixels');
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await new Promise((r) => setTimeout(r, 1500)); // a sample or two drawn in the dark theme
+    await screenshot(page, 'perf-tab-dark');
+    await page.emulateMedia({ colorScheme: 'light' });
     t_log(`1 s: exits ${JSON.stringify(exits1)}; bytes ${JSON.stringify(bytes1)}; accesses ${JSON.stringify(accesses)}; sparkline ${JSON.stringify(sparkState)}`);
 
     // 10 Hz: a new history fills ten times as fast.

@@ -14,6 +14,19 @@ import type { StatsFeeds } from '../stats-feed';
 const PALETTE = ['#2f7ed8', '#e4572e', '#29a35a', '#9b5de5', '#f2a541', '#17becf', '#d62790', '#7f7f7f', '#bcbd22', '#8c564b'];
 const CHART_HEIGHT = 190;
 
+/** The theme's text and grid colours, read once per drawn frame (light or dark, as the page is). */
+const theme = { text: '#1d232b', grid: '#d5d9e0' };
+function readTheme(): void {
+  const css = getComputedStyle(document.documentElement);
+  theme.text = css.getPropertyValue('--text').trim() || theme.text;
+  theme.grid = css.getPropertyValue('--border').trim() || theme.grid;
+}
+const themedAxis = {
+  stroke: () => theme.text,
+  grid: { stroke: () => theme.grid, width: 1 },
+  ticks: { stroke: () => theme.grid, width: 1 },
+};
+
 interface Plot {
   signature: string;
   chart: ChartSpec;
@@ -66,6 +79,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     frameRef.current = 0;
     const host = chartsRef.current;
     if (!host || pausedRef.current) return;
+    readTheme();
     const history = historyRef.current;
     const charts = pickCharts(countersRef.current);
     const width = Math.max(200, host.clientWidth - 4);
@@ -125,7 +139,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
         value: (_u: uPlot, v: number | null) => formatRate(v, chart.unit),
       })),
     ],
-    axes: [{}, { size: 70, values: (_u: uPlot, values: number[]) => values.map((v) => formatRate(v, chart.unit)) }],
+    axes: [{ ...themedAxis }, { ...themedAxis, size: 70, values: (_u: uPlot, values: number[]) => values.map((v) => formatRate(v, chart.unit)) }],
     hooks: {
       // A drag selection zooms (cursor.drag.setScale): stop following the newest samples until
       // "Reset zoom". (uPlot applies scales in a later microtask, so setScale cannot tell who set them.)
