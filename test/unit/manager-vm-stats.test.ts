@@ -12,7 +12,7 @@ import { createWebClient, type SocketLike, type WebClient } from '../../main/api
 import { VmManager } from '../../main/manager/manager';
 import { vmStatsOfSample } from '../../main/manager/stats-fanout';
 import { SampleForwarder } from '../../main/manager/sample-forwarder';
-import { STATS_MIN_INTERVAL_MS, STATS_TIMER_SLACK_MS, type ManagerToVm } from '../../main/manager/vm-process-protocol';
+import { STATS_DEFAULT_PERIOD_MS, STATS_MIN_INTERVAL_MS, STATS_TIMER_SLACK_MS, statsPeriodOf, type ManagerToVm } from '../../main/manager/vm-process-protocol';
 import type { StatsSample } from '../../main/vmm/shared/stats';
 import { startWebServer, type WebServer } from '../../main/web/server';
 import { flatSpec, tempConfigHome, waitFor } from '../helpers/manager';
@@ -267,4 +267,12 @@ test('watchVmStatsEvery paces events: one per interval, rates over the whole int
 
   await assert.rejects(client.watchVmStatsEvery(id, 50, () => undefined), (e: { code: string; message: string }) =>
     e.code === 'invalid-argument' && /from 100 to 60000/.test(e.message) && /intervalMs/.test(e.message));
+});
+
+test('the VM process takes a sampling period between 100 and 250 ms from the manager, and the default for anything else', () => {
+  assert.equal(statsPeriodOf(100), 100);
+  assert.equal(statsPeriodOf(180.4), 180);
+  assert.equal(statsPeriodOf(20), STATS_MIN_INTERVAL_MS);
+  assert.equal(statsPeriodOf(1000), STATS_DEFAULT_PERIOD_MS);
+  for (const bad of [undefined, null, 'fast', Number.NaN, Infinity]) assert.equal(statsPeriodOf(bad), STATS_DEFAULT_PERIOD_MS);
 });
