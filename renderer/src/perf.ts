@@ -185,9 +185,36 @@ export function latestRate(history: StatsHistory, series: SeriesSpec): number | 
   return sum;
 }
 
-/** The data uPlot draws for a chart: times in seconds, then one array per series. */
-export function chartData(history: StatsHistory, chart: ChartSpec): [number[], ...(number | null)[][]] {
-  return [history.timesMs().map((t) => t / 1000), ...chart.series.map((s) => seriesRates(history, s))];
+/**
+ * The data uPlot draws for a chart: times in seconds, then one array per series. With
+ * `maxPoints`, a longer history is cut into that many buckets of consecutive samples, each
+ * drawn as its mean at its last sample's time: a 10-minute history at 10 Hz is 6000 samples,
+ * more than a chart has pixels, and drawing them all costs frames for nothing.
+ */
+export function chartData(history: StatsHistory, chart: ChartSpec, maxPoints = Infinity): [number[], ...(number | null)[][]] {
+  const times = history.timesMs();
+  const series = chart.series.map((s) => seriesRates(history, s));
+  const bucket = Math.ceil(times.length / Math.max(1, maxPoints));
+  if (bucket <= 1) return [times.map((t) => t / 1000), ...series];
+  const xs: number[] = [];
+  const ys: (number | null)[][] = series.map(() => []);
+  // Buckets end at the newest sample, so the newest point is always a real sample time.
+  for (let end = times.length; end > 0; end -= bucket) {
+    const start = Math.max(0, end - bucket);
+    xs.push(times[end - 1] / 1000);
+    series.forEach((values, k) => {
+      let sum = 0;
+      let n = 0;
+      for (let i = start; i < end; i++) {
+        const v = values[i];
+        if (v !== null) { sum += v; n++; }
+      }
+      ys[k].push(n > 0 ? sum / n : null);
+    });
+  }
+  xs.reverse();
+  for (const y of ys) y.reverse();
+  return [xs, ...ys];
 }
 
 /** A string that changes when a chart's series change (uPlot is rebuilt then). */

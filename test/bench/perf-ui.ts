@@ -6,7 +6,9 @@
 //
 //   node dist/test/bench/perf-ui.js [--seconds 5] [--series 40] [--hz 10] [--fill 3]
 //
-// --fill: seconds of samples the charts collect before the count starts. --profile: also
+// --fill: seconds of samples the charts collect before the count starts. --prefill: at the
+// switch to 10 Hz the scripted VM first sends 10 minutes of past samples at once, so the
+// ring buffer is full from the start (what --fill 600 gives, without the wait). --profile: also
 // record a CPU profile of the page while it counts (build/bench/perf-ui.cpuprofile) and print
 // the functions with the most self time.
 //
@@ -67,6 +69,18 @@ async function main(): Promise<void> {
   const specs = counterSpecs(seriesWanted);
   const totals = new Float64Array(specs.length);
   let timer: NodeJS.Timeout | null = null;
+  const sampleAt = (now: number, interval: number): StatsSample => {
+    const counters = specs.map((s, i) => {
+      const rate = 1000 * (1 + i) * (1.2 + Math.sin(now / 1500 + i));
+      const delta = Math.round((rate * interval) / 1000);
+      totals[i] += delta;
+      return { ...s, total: totals[i], perSecond: (delta * 1000) / interval };
+    });
+    return { atMs: now, intervalMs: interval, counters };
+  };
+  const prefill = process.argv.includes('--prefill');
+  let prefilled = false;
+  let livePeriod = 250;
   const proc = new ScriptedProcess();
   proc.onKill = () => { if (timer) clearInterval(timer); proc.exit(null, 'SIGKILL'); };
   const origSend = proc.send.bind(proc);
@@ -78,19 +92,33 @@ async function main(): Promise<void> {
     if (timer) clearInterval(timer);
     timer = null;
     if (!m.on) return;
+    const period = m.periodMs ?? 250;
+    livePeriod = period;
+    if (prefill && period <= 100 && !prefilled) {
+      prefilled = true;
+      const count = Math.floor(600_000 / period);
+      const start = Date.now() - count * period;
+      // In chunks, so the page's WebSocket never falls far enough behind to be dropped.
+      let i = 0;
+      const chunk = () => {
+        for (const end = Math.min(count, i + 100); i < end; i++) proc.message({ type: 'stats', sample: sampleAt(start + i * period, period) });
+        if (i < count) setTimeout(chunk, 50);
+        else startLive();
+      };
+      chunk();
+      return;
+    }
+    startLive();
+  };
+  const startLive = () => {
+    last = Date.now();
     timer = setInterval(() => {
       const now = Date.now();
       const interval = now - last;
       last = now;
-      const counters = specs.map((s, i) => {
-        const rate = 1000 * (1 + i) * (1.2 + Math.sin(now / 1500 + i));
-        const delta = Math.round((rate * interval) / 1000);
-        totals[i] += delta;
-        return { ...s, total: totals[i], perSecond: (delta * 1000) / interval };
-      });
-      const sample: StatsSample = { atMs: now, intervalMs: interval, counters };
+      const sample = sampleAt(now, interval);
       proc.message({ type: 'stats', sample });
-    }, m.periodMs ?? 250);
+    }, livePeriod);
   };
 
   const manager = new VmManager({
@@ -110,6 +138,21 @@ async function main(): Promise<void> {
     const intervalMs = Math.round(1000 / hz);
     await page.getByLabel('Resolution').selectOption(String(intervalMs));
     // Let the charts fill and settle (uPlot builds each once per series set).
+    if (prefill) {
+      // The burst of past samples must be through the WebSocket before the count starts: wait
+      // until the count grows at the live rate only. (A page that falls too far behind is
+      // dropped by the server and reconnects, missing part of the burst: the count printed
+      // says how full the buffer was.)
+      const count = async () => Number(/(\d+) samples/.exec(await page.locator('.perf-status').innerText())?.[1] ?? 0);
+      const deadline = Date.now() + 180_000;
+      let before = await count();
+      for (;;) {
+        await page.waitForTimeout(1000);
+        const now = await count();
+        if (now - before <= 2 * hz || Date.now() > deadline) break;
+        before = now;
+      }
+    }
     await page.waitForTimeout(fillSeconds * 1000);
     // Series drawn: the parts of each chart's "Now: a 1/s · b 2/s" line.
     const drawn = (await page.locator('.perf-now').allInnerTexts()).reduce((n, t) => n + t.split(' · ').length, 0);

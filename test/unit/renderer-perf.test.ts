@@ -73,6 +73,16 @@ test('a series of several counters is their sum, null only where none had a read
   assert.deepEqual(perf.chartData(h, { ...chart, series: [...chart.series] }), [[1, 2, 3], [5, 4, null]]);
 });
 
+test('a history longer than a chart has points is drawn as bucket means, ending at the newest sample', () => {
+  const h = new perf.StatsHistory(1000);
+  for (let i = 1; i <= 7; i++) h.push(sample(i * 1000, i === 3 ? [] : [reading('exits', 'io', i * 10)]));
+  const chart = { id: 'exits' as const, title: 't', unit: 'count' as const, series: [{ label: 'io', keys: ['exits/io'] }] };
+  assert.deepEqual(perf.chartData(h, chart, 3), [[1, 4, 7], [10, 30, 60]], 'buckets [1] [2,3,4] [5,6,7]; sample 3 had no reading');
+  assert.deepEqual(perf.chartData(h, chart, 7), perf.chartData(h, chart), 'short enough: every sample');
+  const empty = new perf.StatsHistory(1000);
+  assert.deepEqual(perf.chartData(empty, chart, 3), [[], []]);
+});
+
 test('CSV: a header of counters with units, one row per sample, empty cells for no reading, quoting where needed', () => {
   const h = new perf.StatsHistory(1000);
   h.push(sample(Date.UTC(2026, 0, 2, 3, 4, 5), [reading('exits', 'io', 1234.56789)]));

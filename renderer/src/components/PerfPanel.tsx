@@ -14,6 +14,11 @@ import type { StatsFeeds } from '../stats-feed';
 const PALETTE = ['#2f7ed8', '#e4572e', '#29a35a', '#9b5de5', '#f2a541', '#17becf', '#d62790', '#7f7f7f', '#bcbd22', '#8c564b'];
 const CHART_HEIGHT = 190;
 
+/** Points a chart of `width` CSS pixels draws: about one per pixel column. */
+function pointsFor(width: number): number {
+  return Math.max(100, Math.round(width));
+}
+
 /** The theme's text and grid colours, read once per drawn frame (light or dark, as the page is). */
 const theme = { text: '#1d232b', grid: '#d5d9e0' };
 function readTheme(): void {
@@ -92,7 +97,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
         const el = document.createElement('div');
         el.className = 'perf-chart';
         el.dataset.chart = chart.id;
-        const plot = new uPlot(plotOptions(chart, width), chartData(history, chart), el);
+        const plot = new uPlot(plotOptions(chart, width), chartData(history, chart, pointsFor(width)), el);
         const now = document.createElement('div');
         now.className = 'perf-now muted';
         el.append(now);
@@ -102,7 +107,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
         // A zoomed chart keeps the data it was zoomed on: uPlot keeps the scale but not the
         // index window across setData, and the window's samples do not change anyway.
       } else if (p.visible) {
-        p.plot.setData(chartData(history, chart), true);
+        p.plot.setData(chartData(history, chart, pointsFor(width)), true);
         p.stale = false;
       } else {
         p.stale = true;
@@ -145,7 +150,17 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
       // "Reset zoom". (uPlot applies scales in a later microtask, so setScale cannot tell who set them.)
       setSelect: [(u: uPlot) => {
         const zoomedPlot = plotsRef.current.find((q) => q.plot === u);
-        if (u.select.width > 0 && zoomedPlot) zoomedPlot.zoomed = true;
+        if (u.select.width > 0 && zoomedPlot) {
+          zoomedPlot.zoomed = true;
+          // Zoomed in, every sample counts: the whole history at full resolution, of which
+          // uPlot draws only the span (after it has set the span's scale).
+          requestAnimationFrame(() => {
+            const { min, max } = u.scales.x;
+            if (!zoomedPlot.zoomed || min === undefined || max === undefined) return;
+            u.setData(chartData(historyRef.current, zoomedPlot.chart), false);
+            u.setScale('x', { min, max });
+          });
+        }
         if (u.select.width > 0 && !zoomedRef.current) {
           zoomedRef.current = true;
           setZoomed(true);
@@ -231,7 +246,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
     setZoomed(false);
     const history = historyRef.current;
     for (const p of plotsRef.current) {
-      p.plot.setData(chartData(history, p.chart), true);
+      p.plot.setData(chartData(history, p.chart, pointsFor(p.plot.width)), true);
       p.stale = false;
       p.zoomed = false;
     }
