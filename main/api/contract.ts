@@ -445,6 +445,11 @@ export interface PortholeApi {
    * samples while somebody watches it. Resolves to a function that ends the stream.
    */
   watchVmStats(id: VmId, listener: (event: VmStatsEvent) => void): Promise<() => void>;
+  /**
+   * watchVmStats at a pace of your choice: one event per `intervalMs` (100 = 10 Hz to 60000),
+   * whose `perSecond` rates and `intervalMs` cover that whole interval.
+   */
+  watchVmStatsEvery(id: VmId, intervalMs: number, listener: (event: VmStatsEvent) => void): Promise<() => void>;
 
   /**
    * Streams a console's output to `listener`: first the scroll-back the manager kept,

@@ -7,7 +7,7 @@
 //
 // No Node or DOM imports: the renderer may import this file.
 import type { PortholeApi } from './contract';
-import { parseConsoleInput, parseConsolePort, parseFileChoice, parseVmId, parseVmSpec } from './schema';
+import { parseConsoleInput, parseConsolePort, parseFileChoice, parseStatsInterval, parseVmId, parseVmSpec } from './schema';
 import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
@@ -41,7 +41,7 @@ export interface StreamEntry<Close extends string = string> {
   readonly args: readonly ArgSpec[];
   readonly close: Close;
   readonly message: StreamMessageType;
-  readonly subscribe: 'subscribeConsole' | 'subscribeVmStats';
+  readonly subscribe: 'subscribeConsole' | 'subscribeVmStats' | 'subscribeVmStatsEvery';
   /** Open streams of this kind one client may hold, and what they are called in the refusal. */
   readonly maxPerSession: number;
   readonly noun: string;
@@ -64,6 +64,7 @@ const usbDevice = { name: 'device', parse: parseUsbDeviceSpec, namesFields: true
 const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
 const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
 const hostUsbSpec = { name: 'hostDevice', parse: parseHostUsbAttachSpec } as const;
+const statsInterval = { name: 'intervalMs', parse: parseStatsInterval } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
@@ -89,6 +90,10 @@ export const API_METHODS = {
   watchVmStats: {
     kind: 'stream', args: [vmId], close: 'unwatchVmStats', message: 'vm-stats', subscribe: 'subscribeVmStats',
     maxPerSession: 64, noun: 'statistics streams',
+  },
+  watchVmStatsEvery: {
+    kind: 'stream', args: [vmId, statsInterval], close: 'unwatchVmStatsEvery', message: 'vm-stats',
+    subscribe: 'subscribeVmStatsEvery', maxPerSession: 64, noun: 'paced statistics streams',
   },
   openConsole: {
     kind: 'stream', args: [vmId, consolePort], close: 'closeConsole', message: 'console', subscribe: 'subscribeConsole',

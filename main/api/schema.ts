@@ -296,6 +296,17 @@ export function parseSubscriptionId(input: unknown): string {
   return input;
 }
 
+/** The shortest and longest interval of watchVmStatsEvery (10 Hz to one a minute). */
+export const STATS_INTERVAL_MIN_MS = 100;
+export const STATS_INTERVAL_MAX_MS = 60000;
+
+export function parseStatsInterval(input: unknown): number {
+  if (typeof input !== 'number' || !Number.isInteger(input) || input < STATS_INTERVAL_MIN_MS || input > STATS_INTERVAL_MAX_MS) {
+    throw new ApiError('invalid-argument', `The interval must be a whole number of milliseconds from ${STATS_INTERVAL_MIN_MS} to ${STATS_INTERVAL_MAX_MS}.`);
+  }
+  return input;
+}
+
 export function isSerialForward(v: unknown): v is SerialForward {
   return serialForwardProblem(v) === null;
 }

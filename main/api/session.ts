@@ -23,6 +23,8 @@ export interface ApiBackend extends ApiCallHandlers {
   subscribeConsole(id: string, port: ConsolePort, listener: (offset: number, data: Uint8Array) => void): () => void;
   /** Calls `listener` with each `vm-stats` event of VM `id` until the returned function is called. */
   subscribeVmStats(id: string, listener: (event: VmStatsEvent) => void): () => void;
+  /** subscribeVmStats with one event per `intervalMs` (validated: 100 to 60000). */
+  subscribeVmStatsEvery(id: string, intervalMs: number, listener: (event: VmStatsEvent) => void): () => void;
   onEvent(listener: (event: ServerEvent) => void): () => void;
 }
 

@@ -91,7 +91,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     this.startTimeoutMs = options.startTimeoutMs ?? 60000;
     this.diag = options.log ?? ((line) => console.error(`porthole: ${line}`));
     // A VM's process sends samples only while somebody watches it.
-    this.stats = new StatsFanout((id, wanted) => this.vms.get(id)?.run?.streamStats(wanted), this.diag);
+    this.stats = new StatsFanout((id, periodMs) => this.vms.get(id)?.run?.streamStats(periodMs), this.diag);
   }
 
   /** Loads the library; a bad file becomes a problem and is skipped. */
@@ -265,7 +265,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
       logTail: (lines) => vm.log.tail(lines),
       sample: (sample) => this.stats.publish(id, sample),
       exited: (info) => this.onRunExited(vm, run, info),
-    }, { statsWanted: () => this.stats.wanted(id), startTimeoutMs: this.startTimeoutMs });
+    }, { statsPeriod: () => this.stats.periodMs(id), startTimeoutMs: this.startTimeoutMs });
     vm.run = run;
     this.changed(vm);
     await run.started();
@@ -338,6 +338,11 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   subscribeVmStats(id: string, listener: (event: VmStatsEvent) => void): () => void {
     this.entry(id);
     return this.stats.watch(id, listener);
+  }
+
+  subscribeVmStatsEvery(id: string, intervalMs: number, listener: (event: VmStatsEvent) => void): () => void {
+    this.entry(id);
+    return this.stats.watch(id, listener, intervalMs);
   }
 
   // ---- USB -------------------------------------------------------------------

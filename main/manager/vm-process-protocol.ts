@@ -16,8 +16,12 @@ export type ManagerToVm =
   | { type: 'usb'; id: number; request: UsbRequestBody }
   /** Host → guest bytes for COM port `port` (0..3). */
   | { type: 'input'; port: number; data: Uint8Array }
-  /** Whether to send "stats" messages (the manager has vm-stats watchers for this VM). Off at start. */
-  | { type: 'stats-stream'; on: boolean };
+  /**
+   * Whether to send "stats" messages (the manager has vm-stats watchers for this VM). Off at start.
+   * `periodMs`: how often the VM host samples while on (STATS_MIN_INTERVAL_MS to
+   * STATS_DEFAULT_PERIOD_MS, for the fastest watcher); absent: STATS_DEFAULT_PERIOD_MS.
+   */
+  | { type: 'stats-stream'; on: boolean; periodMs?: number };
 
 export type VmToManager =
   /** The process is up and waits for "start". */
@@ -40,6 +44,16 @@ export type VmToManager =
 
 /** Samples closer together than this are not sent (the VM host samples every 250 ms by default). */
 export const STATS_MIN_INTERVAL_MS = 100;
+/** How much earlier than STATS_MIN_INTERVAL_MS a sample may come (timer jitter) and still be sent. */
+export const STATS_TIMER_SLACK_MS = 5;
+/** The VM host's sampling period unless a watcher asks for faster samples. */
+export const STATS_DEFAULT_PERIOD_MS = 250;
+
+/** The sampling period a "stats-stream" message asks for, made safe (a bad value gets the default). */
+export function statsPeriodOf(periodMs: unknown): number {
+  if (typeof periodMs !== 'number' || !Number.isFinite(periodMs)) return STATS_DEFAULT_PERIOD_MS;
+  return Math.min(STATS_DEFAULT_PERIOD_MS, Math.max(STATS_MIN_INTERVAL_MS, Math.round(periodMs)));
+}
 
 /** How long guest output is held to batch it into fewer messages. */
 export const OUTPUT_BATCH_MS = 10;

@@ -10,7 +10,7 @@ import { VmHost } from '../vmm/host/vm-host';
 import { UsbRequestError, type UsbRequestBody } from '../vmm/shared/usb-messages';
 import { SampleForwarder } from './sample-forwarder';
 import {
-  OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, type ManagerToVm, type VmCommand, type VmToManager,
+  OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, STATS_DEFAULT_PERIOD_MS, statsPeriodOf, type ManagerToVm, type VmCommand, type VmToManager,
 } from './vm-process-protocol';
 
 interface ElectronParentPort {
@@ -75,6 +75,8 @@ function queueOutput(ring: number, data: Uint8Array): void {
 
 /** Samples from the VM host: the latest is kept, and sent on while the manager wants them. */
 const samples = new SampleForwarder((sample) => send({ type: 'stats', sample }));
+/** The VM host's sampling period: faster while a watcher wants more than 4 samples a second. */
+let statsPeriodMs = STATS_DEFAULT_PERIOD_MS;
 
 function exitAfter(code: number): void {
   if (exiting) return;
@@ -95,6 +97,7 @@ function startVm(config: MachineConfig): void {
     return;
   }
   const h = new VmHost(config);
+  h.statsIntervalMs = statsPeriodMs;
   host = h;
   h.on('state', (state) => send({ type: 'state', state }));
   h.on('log', (line) => send({ type: 'log', line }));
@@ -207,6 +210,8 @@ onMessage((m) => {
       break;
     case 'stats-stream':
       samples.setStreaming(m.on === true);
+      statsPeriodMs = m.on === true ? statsPeriodOf(m.periodMs) : STATS_DEFAULT_PERIOD_MS;
+      host?.setStatsInterval(statsPeriodMs);
       break;
   }
 });

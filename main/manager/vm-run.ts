@@ -47,8 +47,8 @@ export interface RunObserver {
 }
 
 export interface RunOptions {
-  /** Whether the process should send statistics samples (asked when it is ready). */
-  statsWanted: () => boolean;
+  /** The sampling period the process should send statistics samples at, or null for none (asked when it is ready). */
+  statsPeriod: () => number | null;
   startTimeoutMs: number;
 }
 
@@ -141,7 +141,10 @@ export class VmRun {
       case 'ready':
         if (!this.to('building')) return;
         this.link.send({ type: 'start', config: this.config });
-        if (this.options.statsWanted()) this.link.send({ type: 'stats-stream', on: true });
+        {
+          const periodMs = this.options.statsPeriod();
+          if (periodMs !== null) this.link.send({ type: 'stats-stream', on: true, periodMs });
+        }
         break;
       case 'started':
         if (this.to('live')) this.settleStart(null);
@@ -184,11 +187,11 @@ export class VmRun {
     this.link.kill('SIGKILL');
   }
 
-  /** Tells the process whether to send statistics samples. */
-  streamStats(on: boolean): void {
+  /** Tells the process whether to send statistics samples (`periodMs` apart), or not (null). */
+  streamStats(periodMs: number | null): void {
     // Before "ready" the process cannot take it yet; "ready" sends the wish then.
     if (this.phaseValue === 'launching' || this.phaseValue === 'exited') return;
-    this.link.send({ type: 'stats-stream', on });
+    this.link.send(periodMs === null ? { type: 'stats-stream', on: false } : { type: 'stats-stream', on: true, periodMs });
   }
 
   command(command: VmCommand): Promise<CommandAnswer> {

@@ -1,5 +1,5 @@
 // The window: header, library, the selected VM's page, dialogs, notices and shortcuts.
-import { useCallback, useEffect, useState } from 'react';
+import { useCallback, useEffect, useMemo, useState } from 'react';
 import type { ConsolePort, VmId, VmSummary } from '../../main/api/contract';
 import { shortcutTarget, vmActions } from './actions';
 import { ConfirmDialog } from './components/ConfirmDialog';
@@ -10,6 +10,7 @@ import { VmDialog } from './components/VmDialog';
 import { VmPage, type VmTab } from './components/VmPage';
 import { isNewVmShortcut, isTypingTarget, SHORTCUTS, vmShortcut } from './shortcuts';
 import { useStore, type VmStore } from './store';
+import { StatsFeeds } from './stats-feed';
 
 type DialogState =
   | { kind: 'new' }
@@ -18,7 +19,7 @@ type DialogState =
   | { kind: 'shortcuts' }
   | null;
 
-const TAB_IDS: readonly VmTab[] = ['console', 'serial', 'usb', 'details'];
+const TAB_IDS: readonly VmTab[] = ['console', 'serial', 'usb', 'perf', 'details'];
 
 /** "#/vm/ID/TAB" keeps the selection across reloads. */
 function readHash(): { id: VmId | null; tab: VmTab } {
@@ -32,6 +33,8 @@ export function App({ store }: { store: VmStore }) {
   const [route, setRoute] = useState(readHash);
   const [dialog, setDialog] = useState<DialogState>(null);
   const [ports, setPorts] = useState<Record<VmId, ConsolePort>>({});
+  // One vm-stats stream per VM and pace, shared by the library's sparklines and the Performance tab.
+  const feeds = useMemo(() => new StatsFeeds(store.api), [store]);
 
   const selected = state.vms.find((v) => v.id === route.id) ?? null;
 
@@ -127,6 +130,7 @@ export function App({ store }: { store: VmStore }) {
           onSelect={(id) => navigate(id, route.tab)}
           onDelete={requestDelete}
           onNew={() => setDialog({ kind: 'new' })}
+          feeds={feeds}
         />
         <main className="main-pane">
           {selected ? (
@@ -139,6 +143,7 @@ export function App({ store }: { store: VmStore }) {
               onPortChange={(p) => setPorts((old) => ({ ...old, [selected.id]: p }))}
               onEdit={() => setDialog({ kind: 'edit', vm: selected })}
               onDelete={() => requestDelete(selected)}
+              feeds={feeds}
             />
           ) : (
             <div className="empty-page">

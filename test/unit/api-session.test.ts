@@ -58,6 +58,12 @@ function recorder(): Recorder {
       statsWatchers.add(s);
       return () => { statsWatchers.delete(s); };
     },
+    subscribeVmStatsEvery: (id, intervalMs, listener) => {
+      record('subscribeVmStatsEvery', id, intervalMs);
+      const s = { id, listener };
+      statsWatchers.add(s);
+      return () => { statsWatchers.delete(s); };
+    },
     sendConsoleInput: (id, port, data) => { record('sendConsoleInput', id, port, data); },
     chooseFile: async (choice) => { record('chooseFile', choice.purpose); return null; },
     listUsbPorts: async (id) => { record('listUsbPorts', id); return []; },

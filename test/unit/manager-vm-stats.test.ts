@@ -12,7 +12,7 @@ import { createWebClient, type SocketLike, type WebClient } from '../../main/api
 import { VmManager } from '../../main/manager/manager';
 import { vmStatsOfSample } from '../../main/manager/stats-fanout';
 import { SampleForwarder } from '../../main/manager/sample-forwarder';
-import { STATS_MIN_INTERVAL_MS, type ManagerToVm } from '../../main/manager/vm-process-protocol';
+import { STATS_DEFAULT_PERIOD_MS, STATS_MIN_INTERVAL_MS, STATS_TIMER_SLACK_MS, statsPeriodOf, type ManagerToVm } from '../../main/manager/vm-process-protocol';
 import type { StatsSample } from '../../main/vmm/shared/stats';
 import { startWebServer, type WebServer } from '../../main/web/server';
 import { flatSpec, tempConfigHome, waitFor } from '../helpers/manager';
@@ -189,8 +189,8 @@ test('the VM process forwards samples only while asked, at most one per STATS_MI
   assert.equal(latest()?.atMs, 2);
   f.setStreaming(true);
   f.offer(sample(3, 1, 1, 1), 20);
-  f.offer(sample(4, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS - 1);
-  f.offer(sample(5, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS);
+  f.offer(sample(4, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS - STATS_TIMER_SLACK_MS - 1);
+  f.offer(sample(5, 1, 1, 1), 20 + STATS_MIN_INTERVAL_MS - STATS_TIMER_SLACK_MS);
   assert.deepEqual(sent.map((s) => s.atMs), [3, 5]);
   assert.equal(latest()?.atMs, 5);
   f.setStreaming(false);
@@ -231,4 +231,48 @@ test('a watcher that leaves while the VM process is still launching is not asked
   assert.deepEqual(streamWishes(proc), [true]);
   stopLate();
   assert.deepEqual(streamWishes(proc), [true, false]);
+});
+
+function streamPeriods(proc: ScriptedProcess): (number | null)[] {
+  return proc.sent
+    .filter((m): m is Extract<ManagerToVm, { type: 'stats-stream' }> => m.type === 'stats-stream')
+    .map((m) => (m.on ? m.periodMs ?? -1 : null));
+}
+
+test('watchVmStatsEvery paces events: one per interval, rates over the whole interval, the VM host sampling for the fastest', async () => {
+  const { id, proc } = await startedVm();
+  const slow: VmStatsEvent[] = [];
+  const stopSlow = await client.watchVmStatsEvery(id, 1000, (e) => slow.push(e));
+  assert.deepEqual(streamPeriods(proc), [250], 'a 1 s watcher keeps the default 250 ms sampling');
+  // 250 ms samples; io exits grow by 1000 per sample except one burst of 5000.
+  const io = [0, 1000, 2000, 7000, 8000, 9000, 10000, 11000, 12000];
+  io.forEach((total, i) => proc.message({ type: 'stats', sample: sample(10000 + i * 250, total, total, 4000) }));
+  await waitFor(() => slow.length === 3, 5000, () => `3 paced events, got ${slow.length}`);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(slow.length, 3, 'samples at 0, 1000 and 2000 ms only');
+  assert.deepEqual(slow.map((e) => e.sample.atMs), [10000, 11000, 12000]);
+  assert.deepEqual(slow.map((e) => e.sample.intervalMs), [250, 1000, 1000]);
+  const ioRate = (e: VmStatsEvent) => e.sample.counters.find((c) => c.group === 'exits' && c.name === 'io')?.perSecond;
+  assert.deepEqual(slow.map(ioRate), [4000, 8000, 4000], 'the burst is averaged over its second, not lost');
+
+  const fast: VmStatsEvent[] = [];
+  const stopFast = await client.watchVmStatsEvery(id, 100, (e) => fast.push(e));
+  assert.deepEqual(streamPeriods(proc), [250, 100], 'a 10 Hz watcher makes the VM host sample every 100 ms');
+  stopFast();
+  await waitFor(() => streamPeriods(proc).length === 3, 5000, () => 'the unwatch to arrive');
+  assert.deepEqual(streamPeriods(proc), [250, 100, 250], 'back to 250 ms when it leaves');
+  stopSlow();
+  await waitFor(() => streamPeriods(proc).length === 4, 5000, () => 'the last unwatch to arrive');
+  assert.deepEqual(streamPeriods(proc), [250, 100, 250, null]);
+
+  await assert.rejects(client.watchVmStatsEvery(id, 50, () => undefined), (e: { code: string; message: string }) =>
+    e.code === 'invalid-argument' && /from 100 to 60000/.test(e.message) && /intervalMs/.test(e.message));
+});
+
+test('the VM process takes a sampling period between 100 and 250 ms from the manager, and the default for anything else', () => {
+  assert.equal(statsPeriodOf(100), 100);
+  assert.equal(statsPeriodOf(180.4), 180);
+  assert.equal(statsPeriodOf(20), STATS_MIN_INTERVAL_MS);
+  assert.equal(statsPeriodOf(1000), STATS_DEFAULT_PERIOD_MS);
+  for (const bad of [undefined, null, 'fast', Number.NaN, Infinity]) assert.equal(statsPeriodOf(bad), STATS_DEFAULT_PERIOD_MS);
 });

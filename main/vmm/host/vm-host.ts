@@ -208,9 +208,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     }
     // Serving starts before the launch, so a machine that ends at once (finish) stops it.
     void this.serveMachine();
-    // Counters are read from shared memory: no vCPU is kicked for a sample.
-    this.statsTimer = setInterval(() => this.emit('stats', this.statsSampler.sample()), Math.max(100, this.statsIntervalMs));
-    this.statsTimer.unref();
+    this.armStatsTimer();
     try {
       await this.launchMachine();
     } catch (e) {
@@ -328,6 +326,20 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.ram = null;
     this.setState('stopped');
     this.emit('ended', end, stats);
+  }
+
+  /** Samples the registry every `statsIntervalMs` (100 ms = 10 Hz at most) from now on. */
+  private armStatsTimer(): void {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    // Counters are read from shared memory: no vCPU is kicked for a sample.
+    this.statsTimer = setInterval(() => this.emit('stats', this.statsSampler.sample()), Math.max(100, this.statsIntervalMs));
+    this.statsTimer.unref();
+  }
+
+  /** Changes the sampling period of a running VM (a faster vm-stats watcher came or went). */
+  setStatsInterval(ms: number): void {
+    this.statsIntervalMs = ms;
+    if (this.statsTimer) this.armStatsTimer();
   }
 
   private closeEndpoints(): void {

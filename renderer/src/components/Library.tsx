@@ -1,9 +1,11 @@
 // The VM library: a list box of VMs with state badges. Arrow keys move the selection,
-// Delete asks to delete the selected VM.
+// Delete asks to delete the selected VM. Running VMs show a live sparkline of exits/s.
 import { useRef, type KeyboardEvent } from 'react';
 import type { LibraryProblem, VmId, VmSummary } from '../../../main/api/contract';
 import { bootSummary, cpuCount, formatMemory } from '../format';
 import { SHORTCUTS } from '../shortcuts';
+import type { StatsFeeds } from '../stats-feed';
+import { Sparkline } from './Sparkline';
 import { StateBadge } from './StateBadge';
 
 interface LibraryProps {
@@ -15,9 +17,11 @@ interface LibraryProps {
   onSelect(id: VmId): void;
   onDelete(vm: VmSummary): void;
   onNew(): void;
+  /** Live sparklines of running VMs come from here (one shared stream per VM). */
+  feeds?: StatsFeeds;
 }
 
-export function Library({ vms, problems, loaded, selectedId, busy, onSelect, onDelete, onNew }: LibraryProps) {
+export function Library({ vms, problems, loaded, selectedId, busy, onSelect, onDelete, onNew, feeds }: LibraryProps) {
   const listRef = useRef<HTMLUListElement>(null);
   const selectedIndex = vms.findIndex((v) => v.id === selectedId);
 
@@ -91,6 +95,7 @@ export function Library({ vms, problems, loaded, selectedId, busy, onSelect, onD
                 <div className="library-item-sub">
                   {busy[vm.id] ?? `${formatMemory(vm.spec.memoryMiB)} · ${cpuCount(vm.spec.cpus)} · ${bootSummary(vm.spec.boot)}`}
                 </div>
+                {feeds && (vm.state === 'running' || vm.state === 'paused') && <Sparkline vmId={vm.id} feeds={feeds} />}
               </li>
             );
           })}

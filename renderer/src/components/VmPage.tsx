@@ -1,5 +1,5 @@
 // One VM: its controls, how its last run ended, and tabs for the console, serial ports,
-// USB and details.
+// USB, performance graphs and details.
 import { useId, useRef, type KeyboardEvent } from 'react';
 import type { ConsolePort, VmSummary } from '../../../main/api/contract';
 import { vmActions, type VmAction } from '../actions';
@@ -11,12 +11,15 @@ import { Details } from './Details';
 import { ExitPanel } from './ExitPanel';
 import { SerialSettings } from './SerialSettings';
 import { StateBadge } from './StateBadge';
+import type { StatsFeeds } from '../stats-feed';
+import { PerfPanel } from './PerfPanel';
 import { UsbPanel } from './UsbPanel';
 
 const TABS = [
   { id: 'console', label: 'Console' },
   { id: 'serial', label: 'Serial ports' },
   { id: 'usb', label: 'USB' },
+  { id: 'perf', label: 'Performance' },
   { id: 'details', label: 'Details' },
 ] as const;
 export type VmTab = (typeof TABS)[number]['id'];
@@ -30,6 +33,7 @@ interface VmPageProps {
   onPortChange(port: ConsolePort): void;
   onEdit(): void;
   onDelete(): void;
+  feeds: StatsFeeds;
 }
 
 function ActionButton({ action, shortcut, className }: { action: VmAction; shortcut?: string; className?: string }) {
@@ -47,7 +51,7 @@ function ActionButton({ action, shortcut, className }: { action: VmAction; short
   );
 }
 
-export function VmPage({ store, vm, tab, onTabChange, port, onPortChange, onEdit, onDelete }: VmPageProps) {
+export function VmPage({ store, vm, tab, onTabChange, port, onPortChange, onEdit, onDelete, feeds }: VmPageProps) {
   const state = useStore(store);
   const actions = vmActions(store, vm);
   const busy = state.busy[vm.id];
@@ -118,6 +122,7 @@ export function VmPage({ store, vm, tab, onTabChange, port, onPortChange, onEdit
         {tab === 'console' && <Console key={`${vm.id}-${port}`} vm={vm} port={port} onPortChange={onPortChange} />}
         {tab === 'serial' && <SerialSettings key={`${vm.id}-${vm.spec.serial.join('\u0000')}`} store={store} vm={vm} />}
         {tab === 'usb' && <UsbPanel key={vm.id} store={store} vm={vm} />}
+        {tab === 'perf' && <PerfPanel key={vm.id} vm={vm} feeds={feeds} />}
         {tab === 'details' && <Details vm={vm} />}
       </div>
     </section>

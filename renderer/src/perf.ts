@@ -1,0 +1,290 @@
+// The Performance tab's data: a ring buffer of vm-stats samples (the last 10 minutes at
+// any resolution), the charts and series picked from the counters a VM reports, and the
+// CSV and JSON exports. Pure: type-only imports, so unit tests load this file on its own
+// (test/helpers/renderer-module.ts).
+import type { VmStatsCounter, VmStatsSample } from '../../main/api/contract';
+
+/** How much history the tab keeps. */
+export const HISTORY_MS = 10 * 60 * 1000;
+
+/** The resolutions offered: 1 s by default, up to 10 Hz. */
+export const RESOLUTIONS: readonly { intervalMs: number; label: string }[] = [
+  { intervalMs: 1000, label: '1 s' },
+  { intervalMs: 500, label: '2 Hz' },
+  { intervalMs: 250, label: '4 Hz' },
+  { intervalMs: 100, label: '10 Hz' },
+];
+export const DEFAULT_INTERVAL_MS = 1000;
+
+export interface CounterInfo {
+  group: string;
+  name: string;
+  unit: VmStatsCounter['unit'];
+}
+
+export function counterKey(group: string, name: string): string {
+  return `${group}/${name}`;
+}
+
+interface Column {
+  info: CounterInfo;
+  /** Per-second rates by ring slot; NaN where the counter had no reading. */
+  values: Float64Array;
+}
+
+/** One point per sample, for as many samples as `HISTORY_MS` holds at `intervalMs`; the oldest go first. */
+export class StatsHistory {
+  readonly capacity: number;
+  private readonly times: Float64Array;
+  private readonly columns = new Map<string, Column>();
+  private start = 0;
+  private count = 0;
+
+  constructor(readonly intervalMs: number, historyMs = HISTORY_MS) {
+    this.capacity = Math.max(2, Math.ceil(historyMs / intervalMs));
+    this.times = new Float64Array(this.capacity);
+  }
+
+  get length(): number {
+    return this.count;
+  }
+
+  /** The counters seen so far, in the order they first appeared. */
+  get counters(): CounterInfo[] {
+    return [...this.columns.values()].map((c) => c.info);
+  }
+
+  /** Adds a sample. One without an interval (a VM's first) carries no rates and is left out. */
+  push(sample: VmStatsSample): void {
+    if (!(sample.intervalMs > 0)) return;
+    let slot: number;
+    if (this.count < this.capacity) {
+      slot = (this.start + this.count) % this.capacity;
+      this.count++;
+    } else {
+      slot = this.start;
+      this.start = (this.start + 1) % this.capacity;
+    }
+    this.times[slot] = sample.atMs;
+    for (const c of this.columns.values()) c.values[slot] = NaN;
+    for (const reading of sample.counters) {
+      const key = counterKey(reading.group, reading.name);
+      let column = this.columns.get(key);
+      if (!column) {
+        column = { info: { group: reading.group, name: reading.name, unit: reading.unit }, values: new Float64Array(this.capacity).fill(NaN) };
+        this.columns.set(key, column);
+      }
+      column.values[slot] = reading.perSecond;
+    }
+  }
+
+  /** Sample times (wall-clock ms), oldest first. */
+  timesMs(): number[] {
+    const out = new Array<number>(this.count);
+    for (let i = 0; i < this.count; i++) out[i] = this.times[(this.start + i) % this.capacity];
+    return out;
+  }
+
+  /** Counter `key`'s newest rate, or null when the newest sample had no reading of it. */
+  latest(key: string): number | null {
+    const column = this.columns.get(key);
+    if (!column || this.count === 0) return null;
+    const v = column.values[(this.start + this.count - 1) % this.capacity];
+    return Number.isNaN(v) ? null : v;
+  }
+
+  /** Counter `key`'s rates, oldest first; null where it had no reading (or for a counter never seen). */
+  rates(key: string): (number | null)[] {
+    const column = this.columns.get(key);
+    const out = new Array<number | null>(this.count);
+    for (let i = 0; i < this.count; i++) {
+      const v = column ? column.values[(this.start + i) % this.capacity] : NaN;
+      out[i] = Number.isNaN(v) ? null : v;
+    }
+    return out;
+  }
+}
+
+/** One line on a chart: the sum of some counters' rates. */
+export interface SeriesSpec {
+  label: string;
+  keys: string[];
+}
+
+export interface ChartSpec {
+  id: 'exits' | 'accesses' | 'interrupts' | 'bytes' | 'operations';
+  title: string;
+  unit: 'count' | 'bytes';
+  series: SeriesSpec[];
+}
+
+const ACCESS_NAMES = new Set(['pio-reads', 'pio-writes', 'mmio-reads', 'mmio-writes']);
+
+/**
+ * The charts for the counters a VM reports (naming convention of main/vmm/shared/stats.ts):
+ * exits by reason; PIO/MMIO accesses per device (reads and writes added up); interrupts
+ * (IRQ lines, MSIs, each device's MSI-X vectors added up); bytes per device or backend; and
+ * every other counter (backend operations, device events) per second. Counters that never
+ * moved (total 0) are left out until they do; a chart with no series is left out.
+ */
+export function pickCharts(counters: readonly (CounterInfo & { total?: number })[]): ChartSpec[] {
+  const moved = counters.filter((c) => c.total === undefined || c.total > 0);
+  const exits: SeriesSpec[] = [];
+  const accesses = new Map<string, string[]>();
+  const interrupts: SeriesSpec[] = [];
+  const msix = new Map<string, string[]>();
+  const bytes: SeriesSpec[] = [];
+  const operations: SeriesSpec[] = [];
+  for (const c of moved) {
+    const key = counterKey(c.group, c.name);
+    if (c.group === 'exits') exits.push({ label: c.name, keys: [key] });
+    else if (ACCESS_NAMES.has(c.name)) accesses.set(c.group, [...(accesses.get(c.group) ?? []), key]);
+    else if (c.group === 'irq') interrupts.push({ label: c.name === 'msi' ? 'MSI' : c.name.replace(/^gsi-/, 'GSI '), keys: [key] });
+    else if (c.name.startsWith('msix-')) msix.set(c.group, [...(msix.get(c.group) ?? []), key]);
+    else if (c.unit === 'bytes') bytes.push({ label: `${c.group} ${c.name}`, keys: [key] });
+    else operations.push({ label: `${c.group} ${c.name}`, keys: [key] });
+  }
+  for (const [device, keys] of msix) interrupts.push({ label: `${device} MSI-X`, keys });
+  const byLabel = (a: SeriesSpec, b: SeriesSpec) => a.label.localeCompare(b.label);
+  const charts: ChartSpec[] = [
+    { id: 'exits', title: 'VM exits/s by reason', unit: 'count', series: exits.sort(byLabel) },
+    {
+      id: 'accesses', title: 'PIO/MMIO accesses/s by device', unit: 'count',
+      series: [...accesses].map(([device, keys]) => ({ label: device, keys })).sort(byLabel),
+    },
+    { id: 'interrupts', title: 'Interrupts/s', unit: 'count', series: interrupts.sort(byLabel) },
+    { id: 'bytes', title: 'Bytes/s by device and backend', unit: 'bytes', series: bytes.sort(byLabel) },
+    { id: 'operations', title: 'Operations and events/s', unit: 'count', series: operations.sort(byLabel) },
+  ];
+  return charts.filter((c) => c.series.length > 0);
+}
+
+/** A chart's series, oldest first: the sum of each series' counters (null where none had a reading). */
+export function seriesRates(history: StatsHistory, series: SeriesSpec): (number | null)[] {
+  if (series.keys.length === 1) return history.rates(series.keys[0]);
+  const parts = series.keys.map((k) => history.rates(k));
+  const out = new Array<number | null>(history.length);
+  for (let i = 0; i < history.length; i++) {
+    let sum: number | null = null;
+    for (const p of parts) {
+      const v = p[i];
+      if (v !== null) sum = (sum ?? 0) + v;
+    }
+    out[i] = sum;
+  }
+  return out;
+}
+
+/** A series' newest value: the sum of its counters' newest rates (null when none had one). */
+export function latestRate(history: StatsHistory, series: SeriesSpec): number | null {
+  let sum: number | null = null;
+  for (const key of series.keys) {
+    const v = history.latest(key);
+    if (v !== null) sum = (sum ?? 0) + v;
+  }
+  return sum;
+}
+
+/**
+ * The data uPlot draws for a chart: times in seconds, then one array per series. With
+ * `maxPoints`, a longer history is cut into that many buckets of consecutive samples, each
+ * drawn as its mean at its last sample's time: a 10-minute history at 10 Hz is 6000 samples,
+ * more than a chart has pixels, and drawing them all costs frames for nothing.
+ */
+export function chartData(history: StatsHistory, chart: ChartSpec, maxPoints = Infinity): [number[], ...(number | null)[][]] {
+  const times = history.timesMs();
+  const series = chart.series.map((s) => seriesRates(history, s));
+  const bucket = Math.ceil(times.length / Math.max(1, maxPoints));
+  if (bucket <= 1) return [times.map((t) => t / 1000), ...series];
+  const xs: number[] = [];
+  const ys: (number | null)[][] = series.map(() => []);
+  // Buckets end at the newest sample, so the newest point is always a real sample time.
+  for (let end = times.length; end > 0; end -= bucket) {
+    const start = Math.max(0, end - bucket);
+    xs.push(times[end - 1] / 1000);
+    series.forEach((values, k) => {
+      let sum = 0;
+      let n = 0;
+      for (let i = start; i < end; i++) {
+        const v = values[i];
+        if (v !== null) { sum += v; n++; }
+      }
+      ys[k].push(n > 0 ? sum / n : null);
+    });
+  }
+  xs.reverse();
+  for (const y of ys) y.reverse();
+  return [xs, ...ys];
+}
+
+/** A string that changes when a chart's series change (uPlot is rebuilt then). */
+export function chartSignature(chart: ChartSpec): string {
+  return `${chart.id}:${chart.series.map((s) => `${s.label}=${s.keys.join('+')}`).join('|')}`;
+}
+
+function csvField(text: string): string {
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+/**
+ * The history as CSV: one row per sample, `time` (ISO 8601) and `time_ms`, then one column
+ * per counter, "group/name (unit/s)", holding its per-second rate (empty without a reading).
+ */
+export function historyCsv(history: StatsHistory): string {
+  const counters = history.counters;
+  const columns = counters.map((c) => history.rates(counterKey(c.group, c.name)));
+  const lines = [['time', 'time_ms', ...counters.map((c) => `${counterKey(c.group, c.name)} (${c.unit === 'bytes' ? 'bytes' : 'count'}/s)`)].map(csvField).join(',')];
+  history.timesMs().forEach((t, i) => {
+    const cells = [new Date(t).toISOString(), String(t), ...columns.map((col) => (col[i] === null ? '' : String(roundRate(col[i] as number))))];
+    lines.push(cells.map(csvField).join(','));
+  });
+  return `${lines.join('\r\n')}\r\n`;
+}
+
+export interface HistoryJson {
+  vm: { id: string; name: string };
+  intervalMs: number;
+  /** Sample times, wall-clock milliseconds. */
+  timesMs: number[];
+  /** Per-second rates per counter, one per sample (null without a reading). */
+  counters: { group: string; name: string; unit: CounterInfo['unit']; perSecond: (number | null)[] }[];
+}
+
+export function historyJson(history: StatsHistory, vm: { id: string; name: string }): HistoryJson {
+  return {
+    vm: { id: vm.id, name: vm.name },
+    intervalMs: history.intervalMs,
+    timesMs: history.timesMs(),
+    counters: history.counters.map((c) => ({
+      ...c, perSecond: history.rates(counterKey(c.group, c.name)).map((v) => (v === null ? null : roundRate(v))),
+    })),
+  };
+}
+
+/** Rates to a thousandth: enough for counts per second, and files stay readable. */
+function roundRate(v: number): number {
+  return Math.round(v * 1000) / 1000;
+}
+
+/** A download name: the VM's name made file-safe, and the time. */
+export function exportFileName(vmName: string, atMs: number, extension: 'csv' | 'json'): string {
+  const safe = vmName.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '') || 'vm';
+  const stamp = new Date(atMs).toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+  return `${safe}-perf-${stamp}.${extension}`;
+}
+
+/** "12.3k", "4.5 MiB" style axis and legend numbers. */
+export function formatRate(value: number | null, unit: 'count' | 'bytes'): string {
+  if (value === null || !Number.isFinite(value)) return '–';
+  const base = unit === 'bytes' ? 1024 : 1000;
+  const names = unit === 'bytes' ? ['B', 'KiB', 'MiB', 'GiB', 'TiB'] : ['', 'k', 'M', 'G', 'T'];
+  let v = Math.abs(value);
+  let i = 0;
+  while (v >= base && i < names.length - 1) {
+    v /= base;
+    i++;
+  }
+  const digits = v >= 100 || i === 0 && unit === 'count' && Number.isInteger(v) ? 0 : 1;
+  const text = `${value < 0 ? '-' : ''}${v.toFixed(digits)}`;
+  return unit === 'bytes' ? `${text} ${names[i]}` : `${text}${names[i]}`;
+}
