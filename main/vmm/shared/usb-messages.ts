@@ -14,7 +14,12 @@ export const USB_KIND = {
   REQUEST: 1,
   /** Machine → host: a UsbReply. */
   REPLY: 2,
+  /** Machine → host: one capture record (devices/usb/xhci/capture.ts), binary. */
+  CAPTURE: 3,
 } as const;
+
+/** Most data bytes a capture record may keep per transfer (it must fit the channel beside other records). */
+export const USB_CAPTURE_MAX_SNAP = 16384;
 
 /** Largest number of key events one request carries (the API's limits stay below it). */
 export const USB_MAX_KEY_EVENTS = 8192;
@@ -30,7 +35,9 @@ export type UsbRequestBody =
   | { op: 'attach'; device: UsbDeviceConfig }
   | { op: 'detach'; port: number }
   /** Presses and releases on the first USB keyboard, in order, paced to the guest's polling. */
-  | { op: 'keys'; events: UsbKeyEvent[] };
+  | { op: 'keys'; events: UsbKeyEvent[] }
+  /** Starts capturing transfers of the devices on the ports in `portMask` (bit n: port n), or stops (mask 0). */
+  | { op: 'capture'; portMask: number; snapLength: number };
 
 export type UsbRequest = UsbRequestBody & { id: number };
 
@@ -56,6 +63,8 @@ export type UsbReply =
     port?: number;
     /** The devices plugged in, with their ports: what a relaunch (a reset) plugs in again. */
     plugged: UsbDeviceConfig[];
+    /** capture: what the capture that ended (or was replaced) sent, and dropped on a full channel. */
+    capture?: { sent: number; dropped: number };
   }
   | { id: number; ok: false; code: UsbErrorCode; error: string };
 

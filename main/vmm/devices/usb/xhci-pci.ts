@@ -111,6 +111,7 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
     send: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.REPLY, payload),
     setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
     log: (text) => ctx.log(text),
+    sendCapture: (record) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.CAPTURE, record),
   });
   hotplug.plugConfigured(usb.devices);
   return {
