@@ -3,6 +3,7 @@
 // Wireshark and tshark decode, and decoded transfer records for the API's live list.
 import fs from 'node:fs';
 import { CAPTURE_PREFIX_BYTES } from '../devices/usb/xhci/capture';
+import { USB_CAPTURE_MAX_SNAP } from '../shared/usb-messages';
 import { decodeUsbmonHeader, USBMON_HEADER_BYTES, usbmonStatusName, type UsbmonPacket } from '../shared/usbmon';
 import {
   enhancedPacketBlock, interfaceDescriptionBlock, LINKTYPE_USB_LINUX_MMAPPED, sectionHeaderBlock,
@@ -184,5 +185,165 @@ export class PcapngCaptureFile {
   private queue(block: Uint8Array): void {
     this.pending.push(block);
     this.pendingBytes += block.length;
+  }
+}
+
+/** What a capture takes: a file to write (or none: records only), one port (or all). */
+export interface UsbCaptureSpec {
+  /** An absolute path for the pcapng file; null or absent: no file, only the record stream. */
+  path?: string | null;
+  /** Capture only the device on this root-hub port (1..31); null or absent: every port. */
+  port?: number | null;
+  /** Data bytes kept per record (0..USB_CAPTURE_MAX_SNAP, default DEFAULT_SNAP_LENGTH). */
+  snapLength?: number;
+}
+
+export interface UsbCaptureSummary {
+  id: number;
+  path: string | null;
+  port: number | null;
+  /** Packets written (Submits and Completes). */
+  packets: number;
+  /** Bytes of the file. */
+  bytes: number;
+  /** Records the machine could not send (its channel was full) while the capture ran, on any captured port. */
+  dropped: number;
+}
+
+export const DEFAULT_SNAP_LENGTH = 4096;
+const ALL_PORTS = 0x7ffffffe;
+
+interface ActiveCapture {
+  id: number;
+  port: number | null;
+  snapLength: number;
+  file: PcapngCaptureFile | null;
+  listener: ((record: UsbTransferRecord) => void) | null;
+  packets: number;
+  droppedAtStart: number;
+}
+
+/** A capture request the VM host can refuse with a clear sentence (the API maps it). */
+export class UsbCaptureError extends Error {
+  constructor(readonly code: 'invalid-argument' | 'not-found' | 'invalid-state', message: string) {
+    super(message);
+    this.name = 'UsbCaptureError';
+  }
+}
+
+/**
+ * The VM host's captures: each has its own file and port filter; the machine's tap captures
+ * the union of their ports (it runs only while at least one capture does).
+ */
+export class UsbCaptures {
+  private readonly active = new Map<number, ActiveCapture>();
+  private nextId = 1;
+  private droppedTotal = 0;
+  private portNames = new Map<number, string>();
+
+  /** `apply` sets the machine's tap (mask 0 stops it) and resolves with what the tap before it sent. */
+  constructor(private readonly apply: (portMask: number, snapLength: number) => Promise<{ sent: number; dropped: number } | undefined>) {}
+
+  get running(): boolean {
+    return this.active.size > 0;
+  }
+
+  /** Remembers the devices' names by port (from every USB reply) for the records. */
+  setPorts(ports: readonly { port: number; device: { name: string } | null }[]): void {
+    this.portNames = new Map(ports.filter((p) => p.device !== null).map((p) => [p.port, (p.device as { name: string }).name]));
+  }
+
+  async start(spec: UsbCaptureSpec, listener: ((record: UsbTransferRecord) => void) | null = null): Promise<UsbCaptureSummary> {
+    const port = spec.port ?? null;
+    if (port !== null && (!Number.isInteger(port) || port < 1 || port > 31)) {
+      throw new UsbCaptureError('invalid-argument', `there is no USB port ${String(port)} to capture`);
+    }
+    const snapLength = spec.snapLength ?? DEFAULT_SNAP_LENGTH;
+    if (!Number.isInteger(snapLength) || snapLength < 0 || snapLength > USB_CAPTURE_MAX_SNAP) {
+      throw new UsbCaptureError('invalid-argument', `the snap length must be 0 to ${USB_CAPTURE_MAX_SNAP} bytes`);
+    }
+    const path = spec.path ?? null;
+    if (path !== null && (typeof path !== 'string' || !path.startsWith('/'))) {
+      throw new UsbCaptureError('invalid-argument', 'the capture file needs an absolute path');
+    }
+    let file: PcapngCaptureFile | null = null;
+    if (path !== null) {
+      try {
+        file = new PcapngCaptureFile(path, snapLength);
+      } catch (e) {
+        throw new UsbCaptureError((e as Error).message.includes('ENOENT') ? 'not-found' : 'invalid-argument', (e as Error).message);
+      }
+    }
+    const capture: ActiveCapture = { id: this.nextId++, port, snapLength, file, listener, packets: 0, droppedAtStart: this.droppedTotal };
+    this.active.set(capture.id, capture);
+    try {
+      await this.update();
+    } catch (e) {
+      this.active.delete(capture.id);
+      try { file?.close(); } catch { /* the request's error is the one to report */ }
+      throw e;
+    }
+    return this.summary(capture);
+  }
+
+  /** Stops a capture: the machine stops sending its port's records and its file is complete. */
+  async stop(id: number): Promise<UsbCaptureSummary> {
+    const capture = this.active.get(id);
+    if (capture === undefined) throw new UsbCaptureError('not-found', `there is no USB capture ${id}`);
+    this.active.delete(id);
+    try {
+      await this.update();
+    } catch {
+      // The machine may be gone (stopping): the file still ends here, complete.
+    }
+    capture.file?.close();
+    return this.summary(capture);
+  }
+
+  list(): UsbCaptureSummary[] {
+    return [...this.active.values()].map((c) => this.summary(c));
+  }
+
+  /** A record from the machine's tap. */
+  record(payload: Uint8Array): void {
+    const r = parseCaptureRecord(payload);
+    if (r === null) return;
+    for (const c of this.active.values()) {
+      if (c.port !== null && c.port !== r.port) continue;
+      c.packets++;
+      c.file?.add(r);
+      if (c.listener !== null) c.listener(transferRecord(r, (port) => this.portNames.get(port) ?? null));
+    }
+  }
+
+  /** A new machine (a reset) has no tap: give it the running captures'. */
+  relaunched(): void {
+    if (this.active.size > 0) this.update().catch(() => { /* the next request tells */ });
+  }
+
+  /** The VM stopped: every file ends complete. */
+  closeAll(): void {
+    for (const c of this.active.values()) {
+      try { c.file?.close(); } catch { /* reported to nobody: the VM is gone */ }
+    }
+    this.active.clear();
+  }
+
+  private async update(): Promise<void> {
+    let mask = 0;
+    let snap = 0;
+    for (const c of this.active.values()) {
+      mask |= c.port === null ? ALL_PORTS : 1 << c.port;
+      snap = Math.max(snap, c.snapLength);
+    }
+    const before = await this.apply(mask, snap);
+    this.droppedTotal += before?.dropped ?? 0;
+  }
+
+  private summary(c: ActiveCapture): UsbCaptureSummary {
+    return {
+      id: c.id, path: c.file?.path ?? null, port: c.port, packets: c.packets, bytes: c.file?.bytes ?? 0,
+      dropped: this.droppedTotal - c.droppedAtStart,
+    };
   }
 }

@@ -22,6 +22,7 @@ import {
   decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbPortState, type UsbReply, type UsbRequestBody, UsbRequestError,
   XHCI_CHANNEL_TARGET,
 } from '../shared/usb-messages';
+import { type UsbCaptureSpec, type UsbCaptureSummary, UsbCaptures, type UsbTransferRecord } from './usb-capture';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -65,6 +66,7 @@ const USB_KEYS_TIMEOUT_MS = 30000;
 export interface UsbAnswer {
   ports: UsbPortState[];
   port?: number;
+  capture?: { sent: number; dropped: number };
 }
 
 interface Backlogged {
@@ -125,6 +127,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private readonly usbRequests = new Map<number, {
     op: UsbRequestBody['op']; resolve(answer: UsbAnswer): void; reject(e: Error): void; timer: NodeJS.Timeout;
   }>();
+
+  /** USB captures (usb-capture.ts): pcapng files and transfer-record streams. */
+  readonly usbCaptures = new UsbCaptures(async (portMask, snapLength) =>
+    (await this.usbRequest({ op: 'capture', portMask, snapLength })).capture);
 
   constructor(readonly config: MachineConfig) {
     super();
@@ -219,6 +225,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
             for (const t of m.timings) this.emit('timing', t);
             if (this.stopRequested) this.stop();
             else this.setState('running');
+            this.usbCaptures.relaunched();
             resolve();
             break;
           case 'log':
@@ -289,6 +296,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.failUsbRequests('the VM stopped before the USB request was done');
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
+    this.usbCaptures.closeAll();
     this.closeEndpoints();
     this.ram = null;
     this.setState('stopped');
@@ -567,16 +575,31 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     });
   }
 
+  /** Starts a USB capture (a pcapng file, records for `listener`, or both). */
+  startUsbCapture(spec: UsbCaptureSpec, listener?: (record: UsbTransferRecord) => void): Promise<UsbCaptureSummary> {
+    return this.usbCaptures.start(spec, listener ?? null);
+  }
+
+  /** Stops a USB capture; its file is complete when this resolves. */
+  stopUsbCapture(id: number): Promise<UsbCaptureSummary> {
+    return this.usbCaptures.stop(id);
+  }
+
   private onUsbReply(kind: number, payload: Uint8Array): void {
+    if (kind === USB_KIND.CAPTURE) {
+      this.usbCaptures.record(payload);
+      return;
+    }
     const reply = decodeUsbMessage(payload) as UsbReply | null;
     if (kind !== USB_KIND.REPLY || reply === null) return;
     // Whoever asked, the machine's devices changed: a relaunch plugs in what is there now.
     if (reply.ok && Array.isArray(reply.plugged)) this.usbPlugged = reply.plugged;
+    if (reply.ok && Array.isArray(reply.ports)) this.usbCaptures.setPorts(reply.ports);
     const waiter = this.usbRequests.get(reply.id);
     if (!waiter) return;
     this.usbRequests.delete(reply.id);
     clearTimeout(waiter.timer);
-    if (reply.ok) waiter.resolve({ ports: reply.ports, port: reply.port });
+    if (reply.ok) waiter.resolve({ ports: reply.ports, port: reply.port, capture: reply.capture });
     else waiter.reject(new UsbRequestError(reply.code, reply.error));
   }
 
