@@ -291,12 +291,19 @@ export class UsbCaptures {
     const capture = this.active.get(id);
     if (capture === undefined) throw new UsbCaptureError('not-found', `there is no USB capture ${id}`);
     this.active.delete(id);
+    // No record reaches it any more: the file is complete now, whatever the machine answers.
+    let closeError: Error | null = null;
+    try {
+      capture.file?.close();
+    } catch (e) {
+      closeError = e as Error;
+    }
     try {
       await this.update();
     } catch {
-      // The machine may be gone (stopping): the file still ends here, complete.
+      // The machine may be gone (stopping): its tap went with it.
     }
-    capture.file?.close();
+    if (closeError !== null) throw new UsbCaptureError('invalid-state', closeError.message);
     return this.summary(capture);
   }
 
