@@ -10,9 +10,9 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { ApiError, type ApiErrorShape, type UsbPortInfo } from '../api/contract';
-import { parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
+import { parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
-import { USB_CAPTURE_MAX_SNAP, UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
+import { UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
 import { UsbCaptureError, type UsbCaptureSpec, type UsbCaptureSummary } from '../vmm/host/usb-capture';
 
 /** What the socket controls: the VM host's USB requests (VmHost implements it). */
@@ -34,24 +34,6 @@ export interface MonitorSession {
   captures: Set<number>;
 }
 
-/** startUsbCapture's argument: { path (absolute), port?, snapLength? }. */
-function parseCaptureSpec(value: unknown): UsbCaptureSpec {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new ApiError('invalid-argument', 'A capture is { "path": "/abs/file.pcapng", "port"?: N, "snapLength"?: N }.');
-  }
-  const v = value as Record<string, unknown>;
-  for (const k of Object.keys(v)) {
-    if (!['path', 'port', 'snapLength'].includes(k)) throw new ApiError('invalid-argument', `A capture has no field "${k}".`);
-  }
-  if (v.path !== undefined && v.path !== null && (typeof v.path !== 'string' || !v.path.startsWith('/') || v.path.includes('\0'))) {
-    throw new ApiError('invalid-argument', 'The capture file needs an absolute path.');
-  }
-  if (v.port !== undefined && v.port !== null) parseUsbPort(v.port);
-  if (v.snapLength !== undefined && (!Number.isInteger(v.snapLength) || (v.snapLength as number) < 0 || (v.snapLength as number) > USB_CAPTURE_MAX_SNAP)) {
-    throw new ApiError('invalid-argument', `The snap length must be 0 to ${USB_CAPTURE_MAX_SNAP} bytes.`);
-  }
-  return { path: (v.path as string | null | undefined) ?? null, port: (v.port as number | null | undefined) ?? null, snapLength: v.snapLength as number | undefined };
-}
 export type MonitorMethod = (typeof MONITOR_METHODS)[number];
 
 /** Longest request line; longer input closes the connection. */
@@ -115,17 +97,17 @@ export async function handleMonitorLine(
       case 'startUsbCapture': {
         arity(method, args, 1);
         if (control.startUsbCapture === undefined) throw new ApiError('invalid-state', 'This VM cannot capture USB.');
-        const summary = await control.startUsbCapture(parseCaptureSpec(args[0]));
+        const summary = await control.startUsbCapture(parseUsbCaptureOptions(args[0]));
         session.captures.add(summary.id);
         value = summary;
         break;
       }
       case 'stopUsbCapture': {
         arity(method, args, 1);
-        const id = args[0];
-        if (!Number.isInteger(id) || control.stopUsbCapture === undefined) throw new ApiError('invalid-argument', 'stopUsbCapture takes a capture id.');
-        value = await control.stopUsbCapture(id as number);
-        session.captures.delete(id as number);
+        const id = parseUsbCaptureId(args[0]);
+        if (control.stopUsbCapture === undefined) throw new ApiError('invalid-state', 'This VM cannot capture USB.');
+        value = await control.stopUsbCapture(id);
+        session.captures.delete(id);
         break;
       }
     }

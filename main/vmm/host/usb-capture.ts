@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { CAPTURE_PREFIX_BYTES } from '../devices/usb/xhci/capture';
 import { USB_CAPTURE_MAX_SNAP } from '../shared/usb-messages';
+import type { UsbTransferRecord } from '../../api/contract';
 import { decodeUsbmonHeader, USBMON_HEADER_BYTES, usbmonStatusName, type UsbmonPacket } from '../shared/usbmon';
 import {
   enhancedPacketBlock, interfaceDescriptionBlock, LINKTYPE_USB_LINUX_MMAPPED, sectionHeaderBlock,
@@ -13,31 +14,6 @@ import {
 const FLUSH_BYTES = 256 * 1024;
 const FLUSH_MS = 200;
 const ISO_DESCRIPTOR_BYTES = 16;
-
-/** One Submit or Complete of a transfer, decoded (a transfer list's row). */
-export interface UsbTransferRecord {
-  /** The same for a transfer's submit and complete. */
-  id: number;
-  event: 'submit' | 'complete' | 'error';
-  /** Milliseconds since the epoch, with microseconds. */
-  atMs: number;
-  /** Root-hub port, and the device's name there (null if it left). */
-  port: number;
-  device: string | null;
-  /** USB address. */
-  address: number;
-  endpoint: number;
-  direction: 'in' | 'out';
-  type: 'control' | 'isochronous' | 'bulk' | 'interrupt';
-  /** Bytes asked for (submit) or moved (complete). */
-  length: number;
-  /** "submitted", "ok", "stall", "babble", "no-device", "cancelled", "error". */
-  status: string;
-  /** Control submits: the setup packet, with a reading of it. */
-  setup: { requestType: number; request: number; value: number; index: number; length: number; text: string } | null;
-  /** The first captured data bytes, in hex. */
-  data: string;
-}
 
 /** One record from the machine, split into its parts. */
 export interface CaptureRecord {
@@ -88,6 +64,8 @@ export function describeSetup(s: { requestType: number; request: number; value: 
 }
 
 /** A record in the API's words. */
+export type { UsbTransferRecord };
+
 export function transferRecord(r: CaptureRecord, portNames: (port: number) => string | null): UsbTransferRecord {
   const h = r.header;
   const setup = h.setup === null ? null : {
