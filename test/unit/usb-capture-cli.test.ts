@@ -118,7 +118,7 @@ function guestReadsStick(d: Driver, port: number): void {
 }
 
 function tsharkReads10(file: string): string[] {
-  return execFileSync('tshark', ['-r', file, '-Y', 'usbms && scsi_sbc.opcode == 0x28', '-T', 'fields', '-e', 'scsi_sbc.rdwr10.lba'], {
+  return execFileSync('tshark', ['-r', file, '-Y', 'usbms.dCBWSignature && scsi_sbc.opcode == 0x28', '-T', 'fields', '-e', 'scsi_sbc.rdwr10.lba'], {
     encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
   }).trim().split('\n').filter((l) => l !== '');
 }

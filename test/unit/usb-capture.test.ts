@@ -168,10 +168,11 @@ test('a capture of our xHCI reading a USB stick (register level) is pcapng that 
 
   // Debian's tshark: the READ(10) command inside USB Mass Storage, with its LBA and length.
   const fields = execFileSync('tshark', [
-    '-r', file, '-Y', 'usbms && scsi_sbc.opcode == 0x28', '-T', 'fields', '-e', 'usb.transfer_type', '-e', 'usbms.dCBWTag',
+    '-r', file, '-Y', 'usbms.dCBWSignature && scsi_sbc.opcode == 0x28', '-T', 'fields', '-e', 'usb.transfer_type', '-e', 'usbms.dCBWTag',
     '-e', 'scsi_sbc.rdwr10.lba', '-e', 'scsi_sbc.rdwr10.xferlen',
   ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n');
   assert.ok(fields.length >= 1 && fields[0] !== '', `tshark found no READ(10) in USB Mass Storage:\n${execFileSync('tshark', ['-r', file], { encoding: 'utf8' })}`);
+  assert.equal(fields.length, 1, 'one READ(10) command block');
   const [transferType, tag, lba, blocks] = fields[0].split('\t');
   assert.equal(Number(transferType), 3, 'bulk');
   assert.equal(Number(tag), 0x1234);

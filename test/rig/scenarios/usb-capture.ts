@@ -82,7 +82,7 @@ async function captureWhileReading(ctx: ScenarioContext, cli: string, vm: ChildP
 
   // Debian's tshark from the rig host's /usr: READ(10) in USB Mass Storage, and the one dd made.
   const fields = ctx.exec('/usr/bin/tshark', [
-    '-r', capture, '-Y', 'usbms && scsi_sbc.opcode == 0x28', '-T', 'fields', '-e', 'scsi_sbc.rdwr10.lba', '-e', 'scsi_sbc.rdwr10.xferlen',
+    '-r', capture, '-Y', 'usbms.dCBWSignature && scsi_sbc.opcode == 0x28', '-T', 'fields', '-e', 'scsi_sbc.rdwr10.lba', '-e', 'scsi_sbc.rdwr10.xferlen',
   ]).trim().split('\n').filter((l) => l !== '').map((l) => l.split('\t').map(Number));
   if (fields.length === 0) throw new Error('tshark finds no SCSI READ(10) inside USB Mass Storage in the capture');
   const covering = fields.find(([lba, n]) => lba <= READ_LBA && READ_LBA < lba + n);
