@@ -94,7 +94,7 @@ export function UsbTransfers({ store, vm }: { store: VmStore; vm: VmSummary }) {
           : 'Watch transfers to list what crosses the bus.'}
       </p>
       {visible.length > 0 && (
-        <table className="usb-table usb-transfer-table" aria-labelledby={`${uid}-title`}>
+        <table className="usb-transfer-table" aria-labelledby={`${uid}-title`}>
           <thead>
             <tr>
               <th scope="col">Time (s)</th><th scope="col">Device</th><th scope="col">Endpoint</th><th scope="col">Type</th>
