@@ -73,7 +73,7 @@ export function UsbTransfers({ store, vm }: { store: VmStore; vm: VmSummary }) {
       {error && <p className="form-error" role="alert">{error}</p>}
       <div className="usb-add-row">
         <div className="field">
-          <label htmlFor={`${uid}-dev`}>Device</label>
+          <label htmlFor={`${uid}-dev`}>Filter by device</label>
           <select id={`${uid}-dev`} value={filter.port ?? ''}
             onChange={(e) => setFilter({ port: e.target.value === '' ? null : Number(e.target.value), endpoint: null })}>
             <option value="">Every device</option>
@@ -81,7 +81,7 @@ export function UsbTransfers({ store, vm }: { store: VmStore; vm: VmSummary }) {
           </select>
         </div>
         <div className="field">
-          <label htmlFor={`${uid}-ep`}>Endpoint</label>
+          <label htmlFor={`${uid}-ep`}>Filter by endpoint</label>
           <select id={`${uid}-ep`} value={filter.endpoint ?? ''} onChange={(e) => setFilter((f) => ({ ...f, endpoint: e.target.value === '' ? null : e.target.value }))}>
             <option value="">Every endpoint</option>
             {choices.endpoints.map((ep) => <option key={ep} value={ep}>{ep}</option>)}
