@@ -72,7 +72,7 @@ describe('the USB transfer list in Chromium', { skip: skip ?? false }, () => {
     assert.equal(report[4], '8', 'an 8-byte boot keyboard report');
 
     // The device filter offers the ports seen; the endpoint filter that device's endpoints.
-    await page.getByLabel('Filter by device').selectOption({ label: 'Port 5: usb-keyboard' });
+    await page.getByLabel('Filter by device').selectOption({ label: 'Port 5: usb-kbd' });
     await page.getByLabel('Filter by endpoint').selectOption({ label: 'EP 1 IN' });
     const filtered = await transferRows(page);
     assert.ok(filtered.length > 0 && filtered.every((r) => r[1].startsWith('5') && r[2] === 'EP 1 IN'), JSON.stringify(filtered.slice(0, 4)));
