@@ -179,3 +179,30 @@ test('a capture client that vanishes stops its capture, and the file it leaves i
   assert.equal(vm.captures.running, false, 'the capture stopped with its connection');
   assert.deepEqual(tsharkReads10(file), ['5']);
 });
+
+test('a capture started while a transfer waits does not lose that transfer\'s Complete (the tap stays)', async () => {
+  const kbd = await vm.attachUsb({ kind: 'keyboard', port: 5 });
+  assert.equal(kbd.port, 5);
+  const first: UsbTransferRecord[] = [];
+  const a = await vm.captures.start({ path: null }, (r) => first.push(r));
+  const d = vm.driver;
+  const slot = d.enumerate(5, 1);
+  d.control(slot, [0, 9, 1, 0, 0], 0, false);
+  d.configure(slot, [[3, 7]]);
+  d.ring(slot, 3).push(DATA, 0, 8, trb(1, (1 << 5) | (1 << 2)));
+  d.w32(DB + 4 * slot, 3);
+  d.events();
+  const waiting = first.find((r) => r.event === 'submit' && r.type === 'interrupt');
+  assert.ok(waiting, 'the interrupt TD was submitted and waits for a key');
+  const second: UsbTransferRecord[] = [];
+  const b = await vm.captures.start({ path: null, port: 5 }, (r) => second.push(r));
+  const keyboard = vm.driver.hc.ports[4].device as unknown as { key(usage: number, down: boolean): void };
+  keyboard.key(4, true);
+  const done = first.find((r) => r.event === 'complete' && r.id === waiting.id);
+  assert.ok(done, `the waiting transfer completed in the first capture: ${JSON.stringify(first.slice(-3))}`);
+  assert.deepEqual([done.status, done.length, done.data], ['ok', 8, '0000040000000000']);
+  assert.ok(second.some((r) => r.event === 'complete' && r.id === waiting.id), 'and in the second, which saw only its end');
+  await vm.captures.stop(b.id);
+  await vm.captures.stop(a.id);
+  assert.equal(vm.driver.hc.capture, null);
+});

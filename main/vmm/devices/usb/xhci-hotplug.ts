@@ -235,9 +235,13 @@ export class XhciHotplug {
     const before = this.controller.capture;
     const result = { sent: before?.sent ?? 0, dropped: before?.dropped ?? 0 };
     const send = this.host.sendCapture;
+    const options = { portMask: portMask as number, snapLength: snapLength as number };
     if (portMask === 0 || send === undefined) {
       if (portMask !== 0) throw new UsbRequestError('invalid-state', 'this machine cannot send capture records');
       this.controller.setCapture(null);
+    } else if (before !== null) {
+      // The same tap, so transfers in flight keep their Submit's id and get their Complete.
+      return before.reconfigure(options);
     } else {
       this.controller.setCapture(new UsbCaptureTap(
         { portMask: portMask as number, snapLength: snapLength as number },

@@ -59,7 +59,19 @@ export class UsbCaptureTap {
   };
   private readonly setup = new Uint8Array(8);
 
-  constructor(readonly options: CaptureOptions, private readonly sink: CaptureSink) {}
+  constructor(private options: CaptureOptions, private readonly sink: CaptureSink) {}
+
+  /**
+   * New ports or snap length for the running tap (another capture started or stopped). The
+   * tap stays, so transfers in flight still get their Complete. Returns what was sent and
+   * dropped since the last change, and counts afresh.
+   */
+  reconfigure(options: CaptureOptions): { sent: number; dropped: number } {
+    const counts = { sent: this.sent, dropped: this.dropped };
+    this.options = options;
+    this.sent = this.dropped = 0;
+    return counts;
+  }
 
   wants(port: number): boolean {
     return port >= 1 && port < 32 && (this.options.portMask & (1 << port)) !== 0;
