@@ -15,10 +15,14 @@ command -v mkfs.fat >/dev/null || need+=(dosfstools)
 command -v mcopy >/dev/null || need+=(mtools)
 # The rig's L1 runs the host's /usr: nvme-cli brings up NVMe SR-IOV virtual functions there.
 command -v nvme >/dev/null || need+=(nvme-cli)
+# Debian's tshark reads the USB captures (test/unit/usb-capture.test.ts); its debconf question
+# (capture rights for non-root users) is answered no.
+command -v tshark >/dev/null || need+=(tshark)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "fixtures: installing ${need[*]}"
     apt-get update -qq >/dev/null
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
     echo "fixtures: please install: sudo apt-get install ${need[*]}" >&2

@@ -362,6 +362,64 @@ export interface HostUsbAttachSpec {
   port?: number;
 }
 
+/** startUsbCapture's options. */
+export interface UsbCaptureOptions {
+  /** An absolute path for the pcapng file (LINKTYPE_USB_LINUX_MMAPPED); null or absent: no file. */
+  path?: string | null;
+  /** Only the device on this port (1..8); null or absent: every port. */
+  port?: number | null;
+  /** Data bytes kept per transfer event (0..16384, default 4096). */
+  snapLength?: number;
+}
+
+/** A capture, running or stopped. */
+export interface UsbCaptureInfo {
+  /** Pass it to stopUsbCapture. */
+  id: number;
+  path: string | null;
+  port: number | null;
+  /** Packets written so far (each transfer is a submit and a complete). */
+  packets: number;
+  /** Bytes of the file so far. */
+  bytes: number;
+  /** Events the machine could not hand over (its channel to the VM host was full). */
+  dropped: number;
+}
+
+/** One submit or complete of a USB transfer on the VM's xHCI, decoded (a row of a transfer list). */
+export interface UsbTransferRecord {
+  /** The same for a transfer's submit and complete. */
+  id: number;
+  event: 'submit' | 'complete' | 'error';
+  /** Milliseconds since the epoch, with microseconds. */
+  atMs: number;
+  /** Root-hub port, and the device's name there (null if it left). */
+  port: number;
+  device: string | null;
+  /** The device's USB address. */
+  address: number;
+  endpoint: number;
+  direction: 'in' | 'out';
+  type: 'control' | 'isochronous' | 'bulk' | 'interrupt';
+  /** Bytes asked for (submit) or moved (complete). */
+  length: number;
+  /** "submitted", "ok", "stall", "babble", "no-device", "cancelled", "error". */
+  status: string;
+  /** Control submits: the setup packet, with a reading of it ("GET_DESCRIPTOR configuration 0 (9 bytes)"). */
+  setup: { requestType: number; request: number; value: number; index: number; length: number; text: string } | null;
+  /** The first captured data bytes (up to 16), in hex. */
+  data: string;
+}
+
+/** The `usb-transfers` event: transfer records of one VM, batched (about 10 a second). */
+export interface UsbTransfersEvent {
+  type: 'usb-transfers';
+  id: VmId;
+  records: UsbTransferRecord[];
+  /** Records left out of this batch to keep the stream bounded. */
+  dropped: number;
+}
+
 /**
  * Keys for the VM's USB keyboard: key names pressed and released in turn ("a", "Enter",
  * "F5", "ctrl+alt+Delete"; the list is in main/api/usb-input.ts), or text to type (printable
@@ -492,6 +550,19 @@ export interface PortholeApi {
    * without a USB keyboard, or before the guest's driver has set it up.
    */
   sendUsbKeys(id: VmId, keys: UsbKeysInput): Promise<void>;
+  /**
+   * Starts capturing the USB transfers of the VM's xHCI (every port, or `options.port`) into a
+   * pcapng file Wireshark reads (LINKTYPE_USB_LINUX_MMAPPED). Only while running or paused;
+   * "invalid-state" without a USB controller; a path that cannot be written is refused.
+   */
+  startUsbCapture(id: VmId, options: UsbCaptureOptions): Promise<UsbCaptureInfo>;
+  /** Stops a capture; its file is complete when this resolves. A VM that stops ends its captures. */
+  stopUsbCapture(id: VmId, capture: number): Promise<UsbCaptureInfo>;
+  /**
+   * Streams `usb-transfers` events of one VM to `listener` while it runs: every transfer's submit
+   * and complete, decoded, in batches. Resolves to a function that ends the stream.
+   */
+  watchUsbTransfers(id: VmId, listener: (event: UsbTransfersEvent) => void): Promise<() => void>;
 
   /** The native file dialog (Electron only; see AppInfo.capabilities). Resolves to null if cancelled. */
   chooseFile(choice: FileChoice): Promise<string | null>;

@@ -8,7 +8,7 @@
 // No Node or DOM imports: the renderer may import this file.
 import type { PortholeApi } from './contract';
 import { parseConsoleInput, parseConsolePort, parseFileChoice, parseStatsInterval, parseVmId, parseVmSpec } from './schema';
-import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
+import { parseHostUsbAttachSpec, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
 export interface ArgSpec<T = unknown> {
@@ -23,7 +23,7 @@ export interface ArgSpec<T = unknown> {
 }
 
 /** How a stream's items travel on the event channel (the ServerMessage type). */
-export type StreamMessageType = 'console' | 'vm-stats';
+export type StreamMessageType = 'console' | 'vm-stats' | 'usb-transfers';
 
 export interface CallEntry {
   /** Wire name = method name; the backend method of the same name answers. */
@@ -41,7 +41,7 @@ export interface StreamEntry<Close extends string = string> {
   readonly args: readonly ArgSpec[];
   readonly close: Close;
   readonly message: StreamMessageType;
-  readonly subscribe: 'subscribeConsole' | 'subscribeVmStats' | 'subscribeVmStatsEvery';
+  readonly subscribe: 'subscribeConsole' | 'subscribeVmStats' | 'subscribeVmStatsEvery' | 'subscribeUsbTransfers';
   /** Open streams of this kind one client may hold, and what they are called in the refusal. */
   readonly maxPerSession: number;
   readonly noun: string;
@@ -65,6 +65,8 @@ const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
 const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
 const hostUsbSpec = { name: 'hostDevice', parse: parseHostUsbAttachSpec } as const;
 const statsInterval = { name: 'intervalMs', parse: parseStatsInterval } as const;
+const usbCapture = { name: 'options', parse: parseUsbCaptureOptions } as const;
+const usbCaptureId = { name: 'capture', parse: parseUsbCaptureId } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
@@ -106,6 +108,12 @@ export const API_METHODS = {
   sendUsbKeys: call(vmId, usbKeys),
   listHostUsbDevices: call(),
   attachHostUsbDevice: call(vmId, hostUsbSpec),
+  startUsbCapture: call(vmId, usbCapture),
+  stopUsbCapture: call(vmId, usbCaptureId),
+  watchUsbTransfers: {
+    kind: 'stream', args: [vmId], close: 'unwatchUsbTransfers', message: 'usb-transfers', subscribe: 'subscribeUsbTransfers',
+    maxPerSession: 16, noun: 'USB transfer streams',
+  },
   chooseFile: call(fileChoice),
   onEvent: { kind: 'events' },
 } as const satisfies Record<keyof PortholeApi, MethodEntry>;

@@ -4,7 +4,7 @@
 // Both transports (main/app/ipc.ts and main/web/server.ts) use this, so the contract
 // behaves the same in Electron and in browser mode. The dispatch is derived from the
 // method table (methods.ts).
-import { ApiError, isApiErrorShape, type ConsolePort, type PortholeApi, type VmStatsEvent } from './contract';
+import { ApiError, isApiErrorShape, type ConsolePort, type PortholeApi, type UsbTransfersEvent, type VmStatsEvent } from './contract';
 import {
   API_METHODS, type ArgSpec, type CallName, type MethodEntry, type ParsedArgs, type StreamEntry, type StreamMessageType,
 } from './methods';
@@ -25,6 +25,8 @@ export interface ApiBackend extends ApiCallHandlers {
   subscribeVmStats(id: string, listener: (event: VmStatsEvent) => void): () => void;
   /** subscribeVmStats with one event per `intervalMs` (validated: 100 to 60000). */
   subscribeVmStatsEvery(id: string, intervalMs: number, listener: (event: VmStatsEvent) => void): () => void;
+  /** Calls `listener` with each `usb-transfers` batch of VM `id` until the returned function is called. */
+  subscribeUsbTransfers(id: string, listener: (event: UsbTransfersEvent) => void): () => void;
   onEvent(listener: (event: ServerEvent) => void): () => void;
 }
 
@@ -144,6 +146,10 @@ export class ApiSession<Bytes> {
       case 'vm-stats':
         return ((event: VmStatsEvent) => {
           this.post({ type: 'vm-stats', subscription, event });
+        }) as (...item: never[]) => void;
+      case 'usb-transfers':
+        return ((event: UsbTransfersEvent) => {
+          this.post({ type: 'usb-transfers', subscription, event });
         }) as (...item: never[]) => void;
     }
   }

@@ -12,7 +12,7 @@
 // - a chord joins names with "+": "ctrl+alt+Delete", "shift+Tab", "ctrl++". Its keys go down
 //   in order and come up in reverse.
 // Text mode ({ text }) types printable ASCII, "\n" (Enter) and "\t" (Tab) on a US layout.
-import { ApiError, type HostUsbAttachSpec, type UsbDeviceSpec } from './contract';
+import { ApiError, type HostUsbAttachSpec, type UsbCaptureOptions, type UsbDeviceSpec } from './contract';
 
 /** A key event for the USB keyboard: a Keyboard/Keypad page usage (HID Usage Tables 10), down or up. */
 export interface UsbKeyEvent {
@@ -278,4 +278,36 @@ export function parseHostUsbAttachSpec(input: unknown): HostUsbAttachSpec {
     throw invalid(`The port must be a whole number from 1 to ${USB_PORT_COUNT}.`);
   }
   return port === undefined ? { device } : { device, port };
+}
+
+/** Most data bytes a capture keeps per transfer event (main/vmm/shared/usb-messages.ts USB_CAPTURE_MAX_SNAP). */
+export const USB_CAPTURE_MAX_SNAP_LENGTH = 16384;
+
+/** startUsbCapture's options: { path?: absolute path | null, port?: 1..8 | null, snapLength?: 0..16384 }. */
+export function parseUsbCaptureOptions(input: unknown): UsbCaptureOptions {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw invalid('A capture is { path, port?, snapLength? }: path an absolute file path (or null), port 1 to 8.');
+  }
+  const v = input as Record<string, unknown>;
+  for (const k of Object.keys(v)) {
+    if (k !== 'path' && k !== 'port' && k !== 'snapLength') throw invalid(`A capture has no field "${k}".`);
+  }
+  const path = v.path ?? null;
+  if (path !== null && (typeof path !== 'string' || !path.startsWith('/') || path.includes('\0') || path.length > 4096)) {
+    throw invalid('The capture file needs an absolute path.');
+  }
+  const port = v.port === undefined || v.port === null ? null : parseUsbPort(v.port);
+  const snap = v.snapLength;
+  if (snap !== undefined && (typeof snap !== 'number' || !Number.isInteger(snap) || snap < 0 || snap > USB_CAPTURE_MAX_SNAP_LENGTH)) {
+    throw invalid(`The snap length must be a whole number of bytes from 0 to ${USB_CAPTURE_MAX_SNAP_LENGTH}.`);
+  }
+  return { path: path as string | null, port, ...(snap === undefined ? {} : { snapLength: snap as number }) };
+}
+
+/** A capture id from startUsbCapture. */
+export function parseUsbCaptureId(input: unknown): number {
+  if (typeof input !== 'number' || !Number.isInteger(input) || input < 1 || input > 0x7fffffff) {
+    throw invalid('That is not a capture id (startUsbCapture gives one).');
+  }
+  return input;
 }

@@ -3,7 +3,7 @@
 // import it: `window.porthole = createWebClient()` when no preload provided one.
 // Node tests pass their own fetch/WebSocket and the token. Its methods are derived from
 // the method table (methods.ts).
-import { ApiError, isApiErrorShape, type PortholeApi, type PortholeEvent, type VmStatsEvent } from './contract';
+import { ApiError, isApiErrorShape, type PortholeApi, type PortholeEvent, type UsbTransfersEvent, type VmStatsEvent } from './contract';
 import { methodEntries, type StreamEntry } from './methods';
 import {
   ConsoleCursor, HTTP_CALL_PATH, SESSION_HEADER, TOKEN_QUERY, WS_EVENTS_PATH, base64ToBytes,
@@ -144,7 +144,7 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
       for (const [sub, c] of streams) void rawCall(c.method, [...c.args, sub], session).catch(() => undefined);
     } else if (m.type === 'event') {
       emit(m.event);
-    } else if (m.type === 'console' || m.type === 'vm-stats') {
+    } else if (m.type === 'console' || m.type === 'vm-stats' || m.type === 'usb-transfers') {
       const c = streams.get(m.subscription);
       if (c && c.message === m.type) c.deliver(m);
     }
@@ -191,6 +191,10 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
       case 'vm-stats':
         return (m) => {
           if (m.type === 'vm-stats') (listener as (event: VmStatsEvent) => void)(m.event);
+        };
+      case 'usb-transfers':
+        return (m) => {
+          if (m.type === 'usb-transfers') (listener as (event: UsbTransfersEvent) => void)(m.event);
         };
     }
   }

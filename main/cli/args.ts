@@ -3,6 +3,7 @@ import path from 'node:path';
 import { ApiError } from '../api/contract';
 import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
 import type { MonitorMethod } from './monitor';
+import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
   checkDisks, ConfigError, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
   type UsbDeviceConfig, USB_MAX_DEVICES,
@@ -31,7 +32,9 @@ export type CliCommand =
   /** usb list/add/remove and keys: one request to a running VM's control socket. */
   | { command: 'monitor'; socket: string; method: MonitorMethod; args: unknown[] }
   /** usb host: the host's USB devices (no VM needed). */
-  | { command: 'usb-host' };
+  | { command: 'usb-host' }
+  /** capture: a pcapng file of a running VM's USB transfers until Ctrl-C. */
+  | { command: 'capture'; socket: string; path: string; port: number | null; snapLength: number | null };
 
 /** Bounds of --stats-interval (the VM host samples at most every 100 ms). */
 export const LIVE_STATS_MIN_MS = 100;
@@ -45,6 +48,8 @@ export const USAGE = `Usage: porthole run [options]
        porthole usb remove PORT --monitor PATH
        porthole keys KEY... --monitor PATH      (KEY: a, Enter, F5, ctrl+alt+Delete, ...)
        porthole keys --text TEXT --monitor PATH
+       porthole capture VM -w FILE.pcapng [--port N] [--snaplen BYTES]
+                                               (VM: the socket of run --monitor; Ctrl-C stops)
        porthole --help | --version
 
 Boot source (one of):
@@ -132,6 +137,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     return { command: 'usb-host' };
   }
   if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
+  if (argv[0] === 'capture') return parseCaptureCommand(argv);
   if (argv[0] !== 'run') throw new UsageError(`unknown command "${argv[0]}" (try: porthole run --help)`);
   const rest = argv.slice(1);
   if (rest.includes('--help') || rest.includes('-h')) return { command: 'help' };
@@ -256,6 +262,43 @@ function checked<T>(fn: () => T): T {
     if (e instanceof ApiError) throw new UsageError(e.message.replace(/\.$/, ''));
     throw e;
   }
+}
+
+/** `porthole capture VM -w FILE [--port N] [--snaplen BYTES]`; VM is a monitor socket (or --monitor PATH). */
+function parseCaptureCommand(argv: string[]): CliCommand {
+  let socket: string | null = null;
+  let file: string | null = null;
+  let port: number | null = null;
+  let snapLength: number | null = null;
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help') return { command: 'help' };
+    if (!a.startsWith('-')) {
+      if (socket !== null) throw new UsageError(`porthole capture takes one VM (its monitor socket), not also ${a}`);
+      socket = socketPath(a);
+      continue;
+    }
+    const eq = a.indexOf('=');
+    const flag = a.startsWith('--') && eq >= 0 ? a.slice(0, eq) : a;
+    if (!['-w', '--write', '--port', '--snaplen', '--monitor'].includes(flag)) throw new UsageError(`unknown option ${flag} (see porthole --help)`);
+    let value: string;
+    if (a.startsWith('--') && eq >= 0) value = a.slice(eq + 1);
+    else {
+      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    if (flag === '-w' || flag === '--write') file = nonEmpty(flag, value);
+    else if (flag === '--monitor') socket = socketPath(value);
+    else if (flag === '--port') port = checked(() => parseUsbPort(/^\d+$/.test(value) ? Number(value) : NaN));
+    else {
+      if (!/^\d+$/.test(value) || Number(value) > USB_CAPTURE_MAX_SNAP) throw new UsageError(`--snaplen takes 0 to ${USB_CAPTURE_MAX_SNAP} bytes`);
+      snapLength = Number(value);
+    }
+  }
+  if (socket === null) throw new UsageError('porthole capture needs a VM: the socket of porthole run --monitor PATH');
+  if (file === null) throw new UsageError('porthole capture needs -w FILE.pcapng');
+  // The VM process writes the file: give it an absolute path.
+  return { command: 'capture', socket, path: path.resolve(file), port, snapLength };
 }
 
 /**

@@ -8,7 +8,7 @@ import { epochMs } from '../vmm/shared/control';
 import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
 import { formatStats, printLiveStats } from './stats';
-import { formatUsbPorts, MonitorError, monitorCall, type MonitorServer, startMonitor } from './monitor';
+import { formatUsbPorts, MonitorError, monitorCall, monitorCapture, type MonitorServer, startMonitor } from './monitor';
 import type { UsbPortState } from '../vmm/shared/usb-messages';
 import type { StatsSample } from '../vmm/shared/stats';
 import { formatHostUsbDevices, listSysfsUsbDevices } from '../host/usb-inventory';
@@ -106,6 +106,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     process.stdout.write(formatHostUsbDevices(listSysfsUsbDevices()));
     return 0;
   }
+  if (command.command === 'capture') return runCaptureCommand(command);
   const problem = kvmAccessProblem();
   if (problem) {
     process.stderr.write(`porthole: ${problem}\n`);
@@ -189,6 +190,39 @@ export async function runMonitorCommand(
   if (method === 'listUsbPorts') io.out(formatUsbPorts(value as UsbPortState[]));
   else if (method === 'attachUsbDevice' || method === 'attachHostUsbDevice') io.out(formatUsbPorts([value as UsbPortState]));
   return 0;
+}
+
+/** `porthole capture`: the VM writes the file; Ctrl-C (or SIGTERM) stops the capture cleanly. */
+export async function runCaptureCommand(
+  command: { socket: string; path: string; port: number | null; snapLength: number | null }, io: CliOutput = STDIO,
+): Promise<number> {
+  let stop = (): void => {};
+  const stopped = new Promise<void>((resolve) => { stop = resolve; });
+  const onSignal = (): void => stop();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const spec = { path: command.path, port: command.port, ...(command.snapLength === null ? {} : { snapLength: command.snapLength }) };
+    const { summary, vmGone } = await monitorCapture(command.socket, spec, stopped, (s) => {
+      io.err(`porthole: capturing USB${s.port === null ? '' : ` port ${s.port}`} to ${s.path} (Ctrl-C stops)\n`);
+    });
+    if (summary !== null) {
+      const dropped = summary.dropped > 0 ? `, ${summary.dropped} records dropped (the VM's channel was full)` : '';
+      io.err(vmGone
+        ? `porthole: the VM ended; ${summary.path} is complete\n`
+        : `porthole: ${summary.packets} packets, ${summary.bytes} bytes written to ${summary.path}${dropped}\n`);
+    }
+    return 0;
+  } catch (e) {
+    if (e instanceof MonitorError) {
+      io.err(`porthole: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
 }
 
 if (require.main === module) {

@@ -10,9 +10,10 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { ApiError, type ApiErrorShape, type UsbPortInfo } from '../api/contract';
-import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
+import { parseHostUsbAttachSpec, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
 import { UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
+import { UsbCaptureError, type UsbCaptureSpec, type UsbCaptureSummary } from '../vmm/host/usb-capture';
 
 /** What the socket controls: the VM host's USB requests (VmHost implements it). */
 export interface UsbControl {
@@ -21,9 +22,19 @@ export interface UsbControl {
   detachUsb(port: number): Promise<void>;
   sendUsbKeys(events: UsbKeyEvent[]): Promise<void>;
   attachHostUsb(selector: string, port?: number): Promise<UsbPortState>;
+  startUsbCapture?(spec: UsbCaptureSpec): Promise<UsbCaptureSummary>;
+  stopUsbCapture?(id: number): Promise<UsbCaptureSummary>;
 }
 
-export const MONITOR_METHODS = ['listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys', 'attachHostUsbDevice'] as const;
+export const MONITOR_METHODS = [
+  'listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys', 'attachHostUsbDevice', 'startUsbCapture', 'stopUsbCapture',
+] as const;
+
+/** What one connection started: its captures stop when it closes (a killed `porthole capture` leaves a whole file). */
+export interface MonitorSession {
+  captures: Set<number>;
+}
+
 export type MonitorMethod = (typeof MONITOR_METHODS)[number];
 
 /** Longest request line; longer input closes the connection. */
@@ -44,7 +55,9 @@ function arity(method: string, args: unknown[], count: number): void {
 }
 
 /** Answers one request line; never throws. `onBug` gets failures that are not the caller's. */
-export async function handleMonitorLine(control: UsbControl, line: string, onBug: (e: unknown) => void = () => {}): Promise<MonitorReply> {
+export async function handleMonitorLine(
+  control: UsbControl, line: string, onBug: (e: unknown) => void = () => {}, session: MonitorSession = { captures: new Set() },
+): Promise<MonitorReply> {
   let id: number | null = null;
   try {
     let request: unknown;
@@ -88,11 +101,27 @@ export async function handleMonitorLine(control: UsbControl, line: string, onBug
         value = await control.attachHostUsb(spec.device, spec.port);
         break;
       }
+      case 'startUsbCapture': {
+        arity(method, args, 1);
+        if (control.startUsbCapture === undefined) throw new ApiError('invalid-state', 'This VM cannot capture USB.');
+        const summary = await control.startUsbCapture(parseUsbCaptureOptions(args[0]));
+        session.captures.add(summary.id);
+        value = summary;
+        break;
+      }
+      case 'stopUsbCapture': {
+        arity(method, args, 1);
+        const id = parseUsbCaptureId(args[0]);
+        if (control.stopUsbCapture === undefined) throw new ApiError('invalid-state', 'This VM cannot capture USB.');
+        value = await control.stopUsbCapture(id);
+        session.captures.delete(id);
+        break;
+      }
     }
     return { id, ok: true, value };
   } catch (e) {
     if (e instanceof ApiError) return { id, ok: false, error: e.toJSON() };
-    if (e instanceof UsbRequestError) return { id, ok: false, error: { code: e.code, message: sentence(e.message) } };
+    if (e instanceof UsbRequestError || e instanceof UsbCaptureError) return { id, ok: false, error: { code: e.code, message: sentence(e.message) } };
     onBug(e);
     return { id, ok: false, error: { code: 'internal', message: 'Something went wrong inside Porthole; run with --verbose for details.' } };
   }
@@ -138,7 +167,12 @@ export async function startMonitor(path: string, control: UsbControl, log: (line
   const connections = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     connections.add(socket);
-    socket.on('close', () => connections.delete(socket));
+    const session: MonitorSession = { captures: new Set() };
+    socket.on('close', () => {
+      connections.delete(socket);
+      for (const id of session.captures) control.stopUsbCapture?.(id).catch(() => { /* already stopped */ });
+      session.captures.clear();
+    });
     socket.on('error', () => socket.destroy());
     let buffered = '';
     // Requests of one connection are answered in order.
@@ -152,7 +186,7 @@ export async function startMonitor(path: string, control: UsbControl, log: (line
         buffered = buffered.slice(nl + 1);
         if (line.trim() === '') continue;
         queue = queue.then(async () => {
-          const reply = await handleMonitorLine(control, line, (e) => log(`monitor: ${(e as Error).stack ?? String(e)}`));
+          const reply = await handleMonitorLine(control, line, (e) => log(`monitor: ${(e as Error).stack ?? String(e)}`), session);
           if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
         });
       }
@@ -227,4 +261,61 @@ export function formatUsbPorts(ports: readonly (UsbPortInfo | UsbPortState)[]): 
     const image = d.path !== null ? `  ${d.path}${d.readOnly ? ' (read-only)' : ''}` : d.endpoint ? `  ${d.endpoint}` : 'hostDevice' in d && d.hostDevice ? `  host ${d.hostDevice}` : '';
     return `${head}  ${hex(d.vendorId)}:${hex(d.productId)}  ${d.speed.padEnd(5)}  ${d.product}${image}\n`;
   }).join('');
+}
+
+/**
+ * `porthole capture`: starts a capture over one connection that stays open, and stops it when
+ * `until` resolves (Ctrl-C) or the VM goes away. Resolves with the summary of the stopped capture.
+ */
+export function monitorCapture(path: string, spec: UsbCaptureSpec, until: Promise<void>, onStarted: (s: UsbCaptureSummary) => void): Promise<{ summary: UsbCaptureSummary | null; vmGone: boolean }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(path);
+    let buffered = '';
+    let started: UsbCaptureSummary | null = null;
+    let done = false;
+    const finish = (fn: () => void) => {
+      if (done) return;
+      done = true;
+      socket.destroy();
+      fn();
+    };
+    socket.setEncoding('utf8');
+    socket.once('connect', () => socket.write(`${JSON.stringify({ id: 1, method: 'startUsbCapture', args: [spec] })}\n`));
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        let reply: MonitorReply;
+        try {
+          reply = JSON.parse(buffered.slice(0, nl)) as MonitorReply;
+        } catch {
+          finish(() => reject(new MonitorError(`the VM at ${path} answered something that is not JSON`)));
+          return;
+        }
+        buffered = buffered.slice(nl + 1);
+        if (!reply.ok) {
+          finish(() => reject(new MonitorError(reply.error?.message ?? 'the request failed')));
+          return;
+        }
+        if (reply.id === 1) {
+          started = reply.value as UsbCaptureSummary;
+          onStarted(started);
+          void until.then(() => {
+            if (!done) socket.write(`${JSON.stringify({ id: 2, method: 'stopUsbCapture', args: [(started as UsbCaptureSummary).id] })}\n`);
+          });
+        } else if (reply.id === 2) {
+          const summary = reply.value as UsbCaptureSummary;
+          finish(() => resolve({ summary, vmGone: false }));
+        }
+      }
+    });
+    socket.on('error', (e: NodeJS.ErrnoException) => finish(() => reject(new MonitorError(
+      e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
+        ? `no VM is listening on ${path} (start one with porthole run --monitor ${path})`
+        : `cannot reach the VM at ${path}: ${e.code ?? e.message}`))));
+    // The VM ended: it closed the capture's file itself.
+    socket.on('close', () => finish(() => (started === null
+      ? reject(new MonitorError(`the VM at ${path} closed the connection without answering`))
+      : resolve({ summary: started, vmGone: true }))));
+  });
 }

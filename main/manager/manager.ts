@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbPortInfo, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -21,6 +21,7 @@ import { VmLibrary, type VmRecord, LIBRARY_FORMAT_VERSION } from './library';
 import { machineConfigOf, specFileProblems } from './machine-config';
 import type { VmProcessLauncher } from './process-launcher';
 import { StatsFanout, vmStatsOfSample } from './stats-fanout';
+import { TransferFanout } from './transfer-fanout';
 import { VmConsoles } from './vm-consoles';
 import { VmProcessLink } from './vm-process-link';
 import { VmRun, seconds } from './vm-run';
@@ -82,6 +83,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   private readonly startTimeoutMs: number;
   private readonly diag: (line: string) => void;
   private readonly stats: StatsFanout;
+  private readonly transfers: TransferFanout;
 
   constructor(private readonly options: ManagerOptions) {
     super();
@@ -92,6 +94,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     this.diag = options.log ?? ((line) => console.error(`porthole: ${line}`));
     // A VM's process sends samples only while somebody watches it.
     this.stats = new StatsFanout((id, periodMs) => this.vms.get(id)?.run?.streamStats(periodMs), this.diag);
+    this.transfers = new TransferFanout((id, wanted) => this.vms.get(id)?.run?.streamTransfers(wanted), this.diag);
   }
 
   /** Loads the library; a bad file becomes a problem and is skipped. */
@@ -236,6 +239,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     this.vms.delete(id);
     vm.consoles.clear();
     this.stats.forget(id);
+    this.transfers.forget(id);
     this.emit('event', { type: 'vm-removed', id });
   }
 
@@ -264,8 +268,9 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
       flushLogText: () => vm.log.flushText(),
       logTail: (lines) => vm.log.tail(lines),
       sample: (sample) => this.stats.publish(id, sample),
+      transfers: (records, dropped) => this.transfers.publish(id, records, dropped),
       exited: (info) => this.onRunExited(vm, run, info),
-    }, { statsPeriod: () => this.stats.periodMs(id), startTimeoutMs: this.startTimeoutMs });
+    }, { statsPeriod: () => this.stats.periodMs(id), transfersWanted: () => this.transfers.wanted(id), startTimeoutMs: this.startTimeoutMs });
     vm.run = run;
     this.changed(vm);
     await run.started();
@@ -388,6 +393,29 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   async sendUsbKeys(id: string, keys: UsbKeyEvent[]): Promise<void> {
     const run = this.activeRun(this.entry(id), 'type into', ['running']);
     await run.usb({ op: 'keys', events: keys });
+  }
+
+  async startUsbCapture(id: string, options: UsbCaptureOptions): Promise<UsbCaptureInfo> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'capture the USB of', ['running', 'paused']);
+    const capture = (await run.usb({ op: 'capture-start', options })).capture;
+    if (!capture) throw new ApiError('internal', 'The VM did not describe the capture it started.');
+    vm.log.addLine(`USB: capture ${capture.id} started${capture.port === null ? '' : ` on port ${capture.port}`}${capture.path === null ? '' : ` into ${capture.path}`}`);
+    return capture;
+  }
+
+  async stopUsbCapture(id: string, capture: number): Promise<UsbCaptureInfo> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'stop a USB capture of', ['running', 'paused']);
+    const info = (await run.usb({ op: 'capture-stop', capture })).capture;
+    if (!info) throw new ApiError('internal', 'The VM did not describe the capture it stopped.');
+    vm.log.addLine(`USB: capture ${info.id} stopped: ${info.packets} packets${info.dropped > 0 ? `, ${info.dropped} dropped` : ''}`);
+    return info;
+  }
+
+  subscribeUsbTransfers(id: string, listener: (event: UsbTransfersEvent) => void): () => void {
+    this.entry(id);
+    return this.transfers.watch(id, listener);
   }
 
   // ---- consoles ----------------------------------------------------------------

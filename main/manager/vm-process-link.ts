@@ -1,12 +1,12 @@
 // The manager's end of one VM process: commands with numbered replies, and the
 // process's messages checked for shape before anyone acts on them. Knows nothing of
 // VM states; vm-run.ts decides what the messages mean.
-import { ApiError, type ApiErrorCode } from '../api/contract';
+import { ApiError, type ApiErrorCode, type UsbCaptureInfo } from '../api/contract';
 import type { MachineStats } from '../vmm/machine/machine';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
 import type { VmProcessHandle } from './process-launcher';
-import type { ManagerToVm, VmCommand, VmToManager } from './vm-process-protocol';
+import type { ManagerToVm, VmCaptureRequest, VmCommand, VmToManager } from './vm-process-protocol';
 
 /** What a command answered: for "stats", the VM host's latest sample or the machine's own counts. */
 export interface CommandAnswer {
@@ -14,6 +14,8 @@ export interface CommandAnswer {
   sample?: StatsSample;
   /** A USB request's answer: the ports after it and the port it concerned. */
   usb?: { ports: UsbPortState[]; port?: number };
+  /** A capture request's answer. */
+  capture?: UsbCaptureInfo;
 }
 
 function sentence(text: string): string {
@@ -54,7 +56,7 @@ export class VmProcessLink {
   }
 
   /** Sends a USB request to the VM host; settles with its reply like a command. */
-  usb(request: UsbRequestBody): Promise<CommandAnswer> {
+  usb(request: UsbRequestBody | VmCaptureRequest): Promise<CommandAnswer> {
     return new Promise((resolve, reject) => {
       const id = this.nextCommandId++;
       this.pending.set(id, { resolve, reject });
@@ -73,7 +75,7 @@ export class VmProcessLink {
       const c = this.pending.get(m.id);
       if (!c) return;
       this.pending.delete(m.id);
-      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb });
+      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb, capture: m.capture });
       else c.reject(new ApiError(m.code !== undefined && REPLY_CODES.includes(m.code) ? m.code : 'invalid-state', sentence(m.message)));
     });
   }

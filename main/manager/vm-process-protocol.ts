@@ -6,6 +6,12 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { VmState as HostState } from '../vmm/host/vm-host';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbErrorCode, UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
+import type { UsbCaptureOptions, UsbCaptureInfo, UsbTransferRecord } from '../api/contract';
+
+/** Capture requests for the VM host, on the same numbered path as USB requests. */
+export type VmCaptureRequest =
+  | { op: 'capture-start'; options: UsbCaptureOptions }
+  | { op: 'capture-stop'; capture: number };
 
 export type VmCommand = 'stop' | 'pause' | 'resume' | 'reset' | 'stats';
 
@@ -13,7 +19,7 @@ export type ManagerToVm =
   | { type: 'start'; config: MachineConfig }
   | { type: 'command'; id: number; command: VmCommand }
   /** A USB hot-plug request for the VM host (validated by the manager, checked again there). */
-  | { type: 'usb'; id: number; request: UsbRequestBody }
+  | { type: 'usb'; id: number; request: UsbRequestBody | VmCaptureRequest }
   /** Host → guest bytes for COM port `port` (0..3). */
   | { type: 'input'; port: number; data: Uint8Array }
   /**
@@ -21,7 +27,10 @@ export type ManagerToVm =
    * `periodMs`: how often the VM host samples while on (STATS_MIN_INTERVAL_MS to
    * STATS_DEFAULT_PERIOD_MS, for the fastest watcher); absent: STATS_DEFAULT_PERIOD_MS.
    */
-  | { type: 'stats-stream'; on: boolean; periodMs?: number };
+  | { type: 'stats-stream'; on: boolean; periodMs?: number }
+
+  /** Whether to send "usb-transfers" batches (the manager has watchers of this VM's transfers). Off at start. */
+  | { type: 'transfer-stream'; on: boolean };
 
 export type VmToManager =
   /** The process is up and waits for "start". */
@@ -35,8 +44,10 @@ export type VmToManager =
   | { type: 'log'; line: string }
   /** A sample of the statistics registry, only while the stream is on; at most every STATS_MIN_INTERVAL_MS. */
   | { type: 'stats'; sample: StatsSample }
+  /** Decoded USB transfer records, batched, only while the transfer stream is on. */
+  | { type: 'usb-transfers'; records: UsbTransferRecord[]; dropped: number }
   /** "stats" answers `sample` (no kick) when the registry has counters, else `stats` from the machine. */
-  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample; usb?: { ports: UsbPortState[]; port?: number } }
+  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample; usb?: { ports: UsbPortState[]; port?: number }; capture?: UsbCaptureInfo }
   /** `code`: the API error code when the VM host knows it (USB requests); else "invalid-state". */
   | { type: 'reply'; id: number; ok: false; message: string; code?: UsbErrorCode }
   /** The machine ended; the process exits right after (code 0, or non-zero if the process itself failed). */

@@ -6,9 +6,12 @@
 // process.exit() hangs while a thread is inside KVM_RUN, so every way out stops the
 // machine first; if even that hangs, the process kills itself with SIGKILL.
 import type { MachineConfig } from '../vmm/config';
+import { UsbCaptureError } from '../vmm/host/usb-capture';
 import { VmHost } from '../vmm/host/vm-host';
 import { UsbRequestError, type UsbRequestBody } from '../vmm/shared/usb-messages';
 import { SampleForwarder } from './sample-forwarder';
+import { TransferForwarder } from './transfer-forwarder';
+import type { VmCaptureRequest } from './vm-process-protocol';
 import {
   OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, STATS_DEFAULT_PERIOD_MS, statsPeriodOf, type ManagerToVm, type VmCommand, type VmToManager,
 } from './vm-process-protocol';
@@ -78,6 +81,9 @@ const samples = new SampleForwarder((sample) => send({ type: 'stats', sample }))
 /** The VM host's sampling period: faster while a watcher wants more than 4 samples a second. */
 let statsPeriodMs = STATS_DEFAULT_PERIOD_MS;
 
+/** USB transfer records for the manager's watchers, while it wants them. */
+const transfers = new TransferForwarder((records, dropped) => send({ type: 'usb-transfers', records, dropped }), (line) => send({ type: 'log', line }));
+
 function exitAfter(code: number): void {
   if (exiting) return;
   exiting = true;
@@ -105,13 +111,18 @@ function startVm(config: MachineConfig): void {
   h.on('endpoint', (ring, description) => send({ type: 'endpoint', ring, description }));
   h.on('stats', (sample) => samples.offer(sample, performance.now()));
   h.on('ended', (end, stats) => {
+    transfers.flush();
+    transfers.setSource(null);
     flushOutput();
     exiting = true;
     // Host USB devices go back to the host before the process ends.
     void h.hostUsbReleased.finally(() => send({ type: 'ended', end, stats }, () => process.exit(exitCode)));
   });
   h.start().then(
-    () => send({ type: 'started' }),
+    () => {
+      send({ type: 'started' });
+      transfers.setSource(h);
+    },
     (e: Error) => {
       send({ type: 'start-failed', message: e.message });
       // When no machine was built, "ended" never comes: leave now.
@@ -158,7 +169,7 @@ async function runCommand(id: number, command: VmCommand): Promise<void> {
 }
 
 /** A USB request from the manager, answered with the ports after it (or why it failed). */
-async function runUsb(id: number, request: UsbRequestBody): Promise<void> {
+async function runUsb(id: number, request: UsbRequestBody | VmCaptureRequest): Promise<void> {
   const h = host;
   try {
     if (!h) throw new UsbRequestError('invalid-state', 'the machine is not running');
@@ -184,11 +195,17 @@ async function runUsb(id: number, request: UsbRequestBody): Promise<void> {
         await h.sendUsbKeys(request.events);
         send({ type: 'reply', id, ok: true });
         return;
+      case 'capture-start':
+        send({ type: 'reply', id, ok: true, capture: await h.startUsbCapture(request.options) });
+        return;
+      case 'capture-stop':
+        send({ type: 'reply', id, ok: true, capture: await h.stopUsbCapture(request.capture) });
+        return;
       default:
         throw new UsbRequestError('invalid-argument', 'unknown USB request');
     }
   } catch (e) {
-    const code = e instanceof UsbRequestError ? e.code : undefined;
+    const code = e instanceof UsbRequestError || e instanceof UsbCaptureError ? e.code : undefined;
     send({ type: 'reply', id, ok: false, message: (e as Error).message, code });
   }
 }
@@ -212,6 +229,9 @@ onMessage((m) => {
       samples.setStreaming(m.on === true);
       statsPeriodMs = m.on === true ? statsPeriodOf(m.periodMs) : STATS_DEFAULT_PERIOD_MS;
       host?.setStatsInterval(statsPeriodMs);
+      break;
+    case 'transfer-stream':
+      transfers.setStreaming(m.on === true);
       break;
   }
 });

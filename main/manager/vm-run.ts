@@ -10,12 +10,12 @@
 // and the state the UI sees while the run lasts (starting, running, paused, stopping),
 // which follows the VM host's reports. How the run ended (VmExitInfo) is decided from
 // the phase it exited in, the intent, and what the process said before it went.
-import { ApiError, CONSOLE_PORTS, type VmExitInfo, type VmState } from '../api/contract';
+import { ApiError, CONSOLE_PORTS, type UsbTransferRecord, type VmExitInfo, type VmState } from '../api/contract';
 import type { MachineConfig } from '../vmm/config';
 import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { CommandAnswer, VmProcessLink } from './vm-process-link';
-import type { VmCommand, VmToManager } from './vm-process-protocol';
+import type { VmCaptureRequest, VmCommand, VmToManager } from './vm-process-protocol';
 import type { UsbRequestBody } from '../vmm/shared/usb-messages';
 
 export type RunPhase = 'launching' | 'building' | 'live' | 'failed' | 'exited';
@@ -42,6 +42,8 @@ export interface RunObserver {
   flushLogText(): void;
   logTail(lines: number): string[];
   sample(sample: StatsSample): void;
+  /** A batch of USB transfer records (only while the transfer stream is on). */
+  transfers?(records: UsbTransferRecord[], dropped: number): void;
   /** The process is gone; `info` says how the run ended. Called once, last. */
   exited(info: VmExitInfo): void;
 }
@@ -49,6 +51,8 @@ export interface RunObserver {
 export interface RunOptions {
   /** The sampling period the process should send statistics samples at, or null for none (asked when it is ready). */
   statsPeriod: () => number | null;
+  /** Whether the process should send USB transfer records (asked when it is ready). */
+  transfersWanted?: () => boolean;
   startTimeoutMs: number;
 }
 
@@ -145,6 +149,7 @@ export class VmRun {
           const periodMs = this.options.statsPeriod();
           if (periodMs !== null) this.link.send({ type: 'stats-stream', on: true, periodMs });
         }
+        if (this.options.transfersWanted?.()) this.link.send({ type: 'transfer-stream', on: true });
         break;
       case 'started':
         if (this.to('live')) this.settleStart(null);
@@ -172,6 +177,9 @@ export class VmRun {
       case 'stats':
         if (typeof m.sample === 'object' && m.sample !== null && Array.isArray(m.sample.counters)) this.observer.sample(m.sample);
         break;
+      case 'usb-transfers':
+        if (Array.isArray(m.records)) this.observer.transfers?.(m.records, Number.isInteger(m.dropped) ? m.dropped : 0);
+        break;
       case 'ended':
         this.ended = { end: m.end, stats: m.stats };
         break;
@@ -194,11 +202,17 @@ export class VmRun {
     this.link.send(periodMs === null ? { type: 'stats-stream', on: false } : { type: 'stats-stream', on: true, periodMs });
   }
 
+  /** Tells the process whether to send USB transfer records. */
+  streamTransfers(on: boolean): void {
+    if (this.phaseValue === 'launching' || this.phaseValue === 'exited') return;
+    this.link.send({ type: 'transfer-stream', on });
+  }
+
   command(command: VmCommand): Promise<CommandAnswer> {
     return this.link.command(command);
   }
 
-  usb(request: UsbRequestBody): Promise<CommandAnswer> {
+  usb(request: UsbRequestBody | VmCaptureRequest): Promise<CommandAnswer> {
     return this.link.usb(request);
   }
 

@@ -68,6 +68,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 1200, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'usb-capture',
+    description: 'porthole capture writes a pcapng file while Porthole\'s L2 Linux enumerates and reads an emulated stick (dd of known sectors); Debian\'s tshark decodes SCSI READ(10) inside USB Mass Storage, one covering dd\'s read; the file lands in build/rig/out/<run>/',
+    // One L2 boot (25-80 s) and a few seconds of checks; multi-threaded TCG as for every L2 Linux boot.
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'kvm-tests',
     description: 'the KVM test files (dist/test/kvm, dist/test/e2e) on L1\'s /dev/kvm, for a host without one; npm test runs it (test/rig/kvm-venue.test.ts)',
     // About 6 minutes on a quiet 2-core host; a stall is caught by the heartbeat within 30 s.

@@ -2,7 +2,7 @@
 // recording backend (no processes, no server), plus a fuzz of raw calls.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { API_ERROR_CODES, ApiError, type ConsolePort, type VmStatsEvent, type VmStatsSample, type VmSummary } from '../../main/api/contract';
+import { API_ERROR_CODES, ApiError, type ConsolePort, type UsbTransferRecord, type UsbTransfersEvent, type VmStatsEvent, type VmStatsSample, type VmSummary } from '../../main/api/contract';
 import { ApiSession, type ApiBackend } from '../../main/api/session';
 import { WIRE_METHODS, type ServerEvent, type ServerMessage, type WireResult } from '../../main/api/wire';
 
@@ -14,6 +14,8 @@ interface Recorder {
   subscribers(): number;
   sample(id: string, sample: VmStatsSample): void;
   watchers(): number;
+  transfers(event: UsbTransfersEvent): void;
+  transferWatchers(): number;
 }
 
 function summary(id: string): VmSummary {
@@ -28,6 +30,7 @@ function recorder(): Recorder {
   const eventListeners = new Set<(e: ServerEvent) => void>();
   const consoles = new Set<{ port: ConsolePort; listener(offset: number, data: Uint8Array): void }>();
   const statsWatchers = new Set<{ id: string; listener(event: VmStatsEvent): void }>();
+  const transferWatchers = new Set<(event: UsbTransfersEvent) => void>();
   const record = (name: string, ...args: unknown[]) => { calls.push(`${name}(${args.map((a) => JSON.stringify(a)).join(',')})`); };
   const backend: ApiBackend = {
     getInfo: () => { record('getInfo'); return { appVersion: 't', apiVersion: 1, mode: 'browser', capabilities: { nativeFileDialogs: false }, libraryDir: '/l', kvmAvailable: true, kvmProblem: null }; },
@@ -78,6 +81,19 @@ function recorder(): Recorder {
       record('attachHostUsbDevice', id, spec);
       return { port: 1, protocol: 'usb3', device: null };
     },
+    startUsbCapture: async (id, options) => {
+      record('startUsbCapture', id, options);
+      return { id: 1, path: options.path ?? null, port: options.port ?? null, packets: 0, bytes: 0, dropped: 0 };
+    },
+    stopUsbCapture: async (id, capture) => {
+      record('stopUsbCapture', id, capture);
+      return { id: capture, path: null, port: null, packets: 2, bytes: 300, dropped: 0 };
+    },
+    subscribeUsbTransfers: (id, listener) => {
+      record('subscribeUsbTransfers', id);
+      transferWatchers.add(listener);
+      return () => { transferWatchers.delete(listener); };
+    },
     onEvent: (l) => { eventListeners.add(l); return () => { eventListeners.delete(l); }; },
   };
   return {
@@ -88,6 +104,8 @@ function recorder(): Recorder {
     subscribers: () => consoles.size,
     sample: (id, sample) => statsWatchers.forEach((w) => { if (w.id === id) w.listener({ type: 'vm-stats', id, sample }); }),
     watchers: () => statsWatchers.size,
+    transfers: (event) => transferWatchers.forEach((w) => w(event)),
+    transferWatchers: () => transferWatchers.size,
   };
 }
 
@@ -154,6 +172,32 @@ test('events flow until the session closes; console streams start with the scrol
   const before = sent.length;
   r.emit({ type: 'vm-removed', id: 'b' });
   assert.equal(sent.length, before, 'no events after close');
+});
+
+test('USB capture calls check their options; usb-transfers batches stream until closed', async () => {
+  const r = recorder();
+  const { s, sent } = session(r);
+  const err = (res: WireResult) => (res.ok ? null : res.error);
+  assert.deepEqual(await s.call('startUsbCapture', ['abc', { path: '/tmp/c.pcapng', port: 2 }]), {
+    ok: true, value: { id: 1, path: '/tmp/c.pcapng', port: 2, packets: 0, bytes: 0, dropped: 0 },
+  });
+  assert.match(err(await s.call('startUsbCapture', ['abc', { path: 'c.pcapng' }]))?.message ?? '', /^The capture file needs an absolute path/);
+  assert.match(err(await s.call('startUsbCapture', ['abc', { port: 9 }]))?.message ?? '', /USB port must be a whole number from 1 to 8/);
+  assert.match(err(await s.call('startUsbCapture', ['abc', { snapLength: 1e6 }]))?.message ?? '', /snap length/);
+  assert.match(err(await s.call('startUsbCapture', ['abc', { file: '/x' }]))?.message ?? '', /^A capture has no field "file"/);
+  assert.equal(err(await s.call('stopUsbCapture', ['abc', 0]))?.code, 'invalid-argument');
+  assert.equal((await s.call('stopUsbCapture', ['abc', 1])).ok, true);
+  assert.deepEqual(r.calls, ['startUsbCapture("abc",{"path":"/tmp/c.pcapng","port":2})', 'stopUsbCapture("abc",1)']);
+
+  assert.deepEqual(await s.call('watchUsbTransfers', ['abc', 't1']), { ok: true, value: null });
+  const record: UsbTransferRecord = {
+    id: 1, event: 'submit', atMs: 1, port: 1, device: 'usb-storage', address: 1, endpoint: 2, direction: 'out', type: 'bulk',
+    length: 31, status: 'submitted', setup: null, data: '55534243',
+  };
+  r.transfers({ type: 'usb-transfers', id: 'abc', records: [record], dropped: 3 });
+  assert.deepEqual(sent, [{ type: 'usb-transfers', subscription: 't1', event: { type: 'usb-transfers', id: 'abc', records: [record], dropped: 3 } }]);
+  await s.call('unwatchUsbTransfers', ['t1']);
+  assert.equal(r.transferWatchers(), 0);
 });
 
 test('a session limits how many consoles it keeps open', async () => {

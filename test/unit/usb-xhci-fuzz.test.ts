@@ -9,6 +9,8 @@ import { DmaMemory } from '../../main/vmm/memory/dma';
 import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbStatus, UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
 import { Prng, fuzzCases } from '../helpers/prng';
+import { UsbCaptureTap } from '../../main/vmm/devices/usb/xhci/capture';
+import { parseCaptureRecord } from '../../main/vmm/host/usb-capture';
 import {
   CMD_RING, DATA, DB, Driver, INPUT_CTX, IR0, makeMemory, OP, OUTPUT_CTX, PORTSC, RAM_SIZE, RINGS, trb,
 } from '../helpers/xhci-driver';
@@ -87,7 +89,20 @@ class Fuzzer {
     this.d = new Driver(memory, this.dma);
     this.d.start(this.rng.pick([16, 16, 32, 64]));
     this.d.w32(OP + 0x38, this.rng.pick([1, 8, 8, 32, 255]));
+    // Half the sessions capture: every record must be one the VM host can read, and a full
+    // channel (a refused record) must change nothing for the guest.
+    if (this.rng.below(2) === 0) {
+      this.d.hc.setCapture(new UsbCaptureTap({ portMask: 0x7ffffffe, snapLength: this.rng.pick([0, 64, 4096]) }, {
+        send: (record) => {
+          assert.ok(parseCaptureRecord(record) !== null, 'a capture record the VM host can read');
+          this.captured++;
+          return this.rng.below(8) !== 0;
+        },
+      }));
+    }
   }
+
+  captured = 0;
 
   /** A pointer a guest might give: good, misaligned, zero, outside RAM, in ROM, huge. */
   pointer(good: number): number {
@@ -283,10 +298,11 @@ test(`xHCI fuzz: ${CASES} random programs of rings, contexts, TRBs and registers
       f.check();
     }
     for (const [k, v] of f.d.counters) totals.set(k, (totals.get(k) ?? 0) + v);
+    totals.set('captured', (totals.get('captured') ?? 0) + f.captured);
   }
   if (process.env.PORTHOLE_FUZZ_VERBOSE) console.log(Object.fromEntries(totals));
   // The fuzz reached the interesting paths (a smoke check of the generator, not of the controller).
-  for (const name of ['commands', 'events', 'transfers', 'trb-errors', 'host-system-errors', 'transfer-errors', 'bytes-in']) {
+  for (const name of ['commands', 'events', 'transfers', 'trb-errors', 'host-system-errors', 'transfer-errors', 'bytes-in', 'captured']) {
     assert.ok((totals.get(name) ?? 0) > 0, `the fuzz never reached ${name}`);
   }
   assert.ok(sessions > 0);

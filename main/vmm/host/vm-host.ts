@@ -29,6 +29,7 @@ import { findHostUsbDevice, listSysfsUsbDevices, type HostUsbDeviceInfo } from '
 import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
 import { dataDir } from '../../manager/app-paths';
+import { type UsbCaptureSpec, type UsbCaptureSummary, UsbCaptures, type UsbTransferRecord } from './usb-capture';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -79,6 +80,7 @@ const PASSTHROUGH_BACKLOG_BYTES = 256 * 1024;
 export interface UsbAnswer {
   ports: UsbPortState[];
   port?: number;
+  capture?: { sent: number; dropped: number };
 }
 
 interface Backlogged {
@@ -158,6 +160,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     journal: UsbJournal | null;
     sysfsRoot?: string;
   } = { list: () => listSysfsUsbDevices(), open: (info) => NodeUsbHandle.open(info), journal: new UsbJournal(dataDir()) };
+  /** USB captures (usb-capture.ts): pcapng files and transfer-record streams. */
+  readonly usbCaptures = new UsbCaptures(async (portMask, snapLength) =>
+    (await this.usbRequest({ op: 'capture', portMask, snapLength })).capture);
 
   constructor(readonly config: MachineConfig) {
     super();
@@ -251,6 +256,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
             for (const t of m.timings) this.emit('timing', t);
             if (this.stopRequested) this.stop();
             else this.setState('running');
+            this.usbCaptures.relaunched();
             resolve();
             break;
           case 'log':
@@ -322,6 +328,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.releaseHostUsb();
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
+    this.usbCaptures.closeAll();
     this.closeEndpoints();
     this.ram = null;
     this.setState('stopped');
@@ -825,6 +832,16 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     });
   }
 
+  /** Starts a USB capture (a pcapng file, records for `listener`, or both). */
+  startUsbCapture(spec: UsbCaptureSpec, listener?: (record: UsbTransferRecord) => void): Promise<UsbCaptureSummary> {
+    return this.usbCaptures.start(spec, listener ?? null);
+  }
+
+  /** Stops a USB capture; its file is complete when this resolves. */
+  stopUsbCapture(id: number): Promise<UsbCaptureSummary> {
+    return this.usbCaptures.stop(id);
+  }
+
   private onUsbReply(kind: number, payload: Uint8Array): void {
     if (kind === USB_KIND.SERIAL_OUTPUT) {
       this.onUsbSerialOutput(payload);
@@ -834,6 +851,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       if (payload.length >= 4) this.hostUsb.get(new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true))?.passthrough.onMachineRecord(kind, payload);
       return;
     }
+    if (kind === USB_KIND.CAPTURE) {
+      this.usbCaptures.record(payload);
+      return;
+    }
     const reply = decodeUsbMessage(payload) as UsbReply | null;
     if (kind !== USB_KIND.REPLY || reply === null) return;
     // Whoever asked, the machine's devices changed: a relaunch plugs in what is there now.
@@ -841,11 +862,12 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.usbPlugged = reply.plugged;
       this.reconcileUsbSerials(reply);
     }
+    if (reply.ok && Array.isArray(reply.ports)) this.usbCaptures.setPorts(reply.ports);
     const waiter = this.usbRequests.get(reply.id);
     if (!waiter) return;
     this.usbRequests.delete(reply.id);
     clearTimeout(waiter.timer);
-    if (reply.ok) waiter.resolve({ ports: reply.ports, port: reply.port });
+    if (reply.ok) waiter.resolve({ ports: reply.ports, port: reply.port, capture: reply.capture });
     else waiter.reject(new UsbRequestError(reply.code, reply.error));
   }
 

@@ -18,7 +18,12 @@ export const USB_KIND = {
   SERIAL_INPUT: 3,
   /** Machine → host: bytes the guest wrote to a USB serial port (encodeSerialData). */
   SERIAL_OUTPUT: 4,
+  /** Machine → host: one capture record (devices/usb/xhci/capture.ts), binary. */
+  CAPTURE: 5,
 } as const;
+
+/** Most data bytes a capture record may keep per transfer (it must fit the channel beside other records). */
+export const USB_CAPTURE_MAX_SNAP = 16384;
 
 /** Largest payload of one serial data record, the link included (input longer than that is split). */
 export const USB_SERIAL_RECORD_BYTES = 4096;
@@ -55,7 +60,9 @@ export type UsbRequestBody =
   /** Presses and releases on the first USB keyboard, in order, paced to the guest's polling. */
   | { op: 'keys'; events: UsbKeyEvent[] }
   /** Manager → VM process only (the VM host opens the device, then sends 'attach'): pass a host device through. */
-  | { op: 'attach-host'; device: string; port?: number };
+  | { op: 'attach-host'; device: string; port?: number }
+  /** Starts capturing transfers of the devices on the ports in `portMask` (bit n: port n), or stops (mask 0). */
+  | { op: 'capture'; portMask: number; snapLength: number };
 
 export type UsbRequest = UsbRequestBody & { id: number };
 
@@ -81,6 +88,8 @@ export type UsbReply =
     port?: number;
     /** The devices plugged in, with their ports: what a relaunch (a reset) plugs in again. */
     plugged: UsbDeviceConfig[];
+    /** capture: what the capture that ended (or was replaced) sent, and dropped on a full channel. */
+    capture?: { sent: number; dropped: number };
   }
   | { id: number; ok: false; code: UsbErrorCode; error: string };
 

@@ -9,6 +9,7 @@ import {
   protocolLabel, usbKindName, usbSpeedLabel, USB_KINDS, type AttachForm, type UsbKind,
 } from '../usb';
 import { PathField, TextField } from './fields';
+import { UsbTransfers } from './UsbTransfers';
 
 const REFRESH_MS = 3000;
 
@@ -214,6 +215,7 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
           <button type="submit" className="primary" disabled={busy || !ports || free.length === 0}>Plug in</button>
         </div>
       </form>
+      <UsbTransfers store={store} vm={vm} />
     </div>
   );
 }

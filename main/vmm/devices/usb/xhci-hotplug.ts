@@ -7,7 +7,7 @@
 // Runs on the machine thread.
 import type { UsbDeviceConfig } from '../../config';
 import {
-  decodeSerialData, decodeUsbRequest, encodeSerialData, encodeUsbReply, USB_KIND, USB_MAX_KEY_EVENTS, type UsbKeyEvent, type UsbPortState, type UsbReply,
+  decodeSerialData, decodeUsbRequest, encodeSerialData, encodeUsbReply, USB_CAPTURE_MAX_SNAP, USB_KIND, USB_MAX_KEY_EVENTS, type UsbKeyEvent, type UsbPortState, type UsbReply,
   type UsbRequestBody, UsbRequestError,
 } from '../../shared/usb-messages';
 import { UsbSerialAcm } from './cdc-acm';
@@ -15,6 +15,7 @@ import { UsbKeyboard } from './hid-keyboard';
 import { ImageError } from './storage/block-backend';
 import { UsbStorage } from './storage/usb-storage';
 import type { UsbDevice } from './usb-device';
+import { UsbCaptureTap } from './xhci/capture';
 import type { XhciController } from './xhci';
 
 /** Where a USB serial port's guest output goes, and its news that it can take input again. */
@@ -34,6 +35,8 @@ export interface HotplugHost {
   sendSerial?(payload: Uint8Array): boolean;
   setTimer(delayMs: number, fn: () => void): () => void;
   log(text: string): void;
+  /** Sends one capture record; false when the channel is full (the record is dropped and counted). */
+  sendCapture?(record: Uint8Array): boolean;
 }
 
 /** Keyboard reports allowed to wait for the guest before more key events are fed in. */
@@ -201,6 +204,9 @@ export class XhciHotplug {
         case 'keys':
           this.startKeys(id, body.events);
           return;
+        case 'capture':
+          this.send({ id, ok: true, ports: this.ports(), plugged: this.pluggedConfigs(), capture: this.capture(body.portMask, body.snapLength) });
+          return;
         default:
           throw new UsbRequestError('invalid-argument', 'unknown USB request');
       }
@@ -212,6 +218,7 @@ export class XhciHotplug {
   /** Releases the images; the machine is ending (or its build failed). */
   close(): void {
     this.closed = true;
+    this.controller.setCapture(null);
     this.keyTimer?.();
     this.keyTimer = null;
     this.resendTimer?.();
@@ -373,6 +380,33 @@ export class XhciHotplug {
     if (config.kind !== 'serial' || config.link === undefined) return;
     this.serials.get(config.link)?.outputRetry?.();
     this.serials.delete(config.link);
+  }
+
+  // ---- capture -------------------------------------------------------------------------
+
+  /** Replaces the running capture (mask 0: stops it); returns what the one before sent. */
+  private capture(portMask: unknown, snapLength: unknown): { sent: number; dropped: number } {
+    if (!Number.isInteger(portMask) || (portMask as number) < 0 || (portMask as number) > 0x7fffffff
+      || !Number.isInteger(snapLength) || (snapLength as number) < 0 || (snapLength as number) > USB_CAPTURE_MAX_SNAP) {
+      throw new UsbRequestError('invalid-argument', `a capture needs a port mask and a snap length of 0 to ${USB_CAPTURE_MAX_SNAP}`);
+    }
+    const before = this.controller.capture;
+    const result = { sent: before?.sent ?? 0, dropped: before?.dropped ?? 0 };
+    const send = this.host.sendCapture;
+    const options = { portMask: portMask as number, snapLength: snapLength as number };
+    if (portMask === 0 || send === undefined) {
+      if (portMask !== 0) throw new UsbRequestError('invalid-state', 'this machine cannot send capture records');
+      this.controller.setCapture(null);
+    } else if (before !== null) {
+      // The same tap, so transfers in flight keep their Submit's id and get their Complete.
+      return before.reconfigure(options);
+    } else {
+      this.controller.setCapture(new UsbCaptureTap(
+        { portMask: portMask as number, snapLength: snapLength as number },
+        { send: (record) => send.call(this.host, record) },
+      ));
+    }
+    return result;
   }
 
   // ---- keys ----------------------------------------------------------------------------

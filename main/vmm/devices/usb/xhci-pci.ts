@@ -130,6 +130,7 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
     sendSerial: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.SERIAL_OUTPUT, payload),
     setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
     log: (text) => ctx.log(text),
+    sendCapture: (record) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.CAPTURE, record),
   });
   hotplug.plugConfigured(usb.devices);
   return {

@@ -17,6 +17,7 @@ import { XhciPort } from './ports';
 import { EventRing, FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, type RingCursor } from './rings';
 import { CommandRunner } from './slots';
 import { TransferEngine } from './transfers';
+import type { UsbCaptureTap } from './capture';
 
 /** Where the controller's interrupts go (MSI-X vectors or INTx; the wiring decides). */
 export interface XhciInterruptSink {
@@ -133,6 +134,16 @@ export class XhciController implements XhciServices {
     this.cmd.cycle = 1;
     this.mfindexHeld = 0;
     for (const port of this.ports) port.hcReset();
+  }
+
+  /** The running USB capture's tap, or null. */
+  get capture(): UsbCaptureTap | null {
+    return this.transfers.capture;
+  }
+
+  /** Starts capturing transfers into `tap`, or stops (null). */
+  setCapture(tap: UsbCaptureTap | null): void {
+    this.transfers.capture = tap;
   }
 
   /** Plugs a device into a port (1-based) of its speed class; throws if the port is wrong or taken. */

@@ -11,6 +11,7 @@ import {
 } from './constants';
 import { type Endpoint, high32, low32, pointer, type Slot, type Td, type Trb, trbType, type XhciServices } from './core';
 import { FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, type RingCursor } from './rings';
+import type { UsbCaptureTap } from './capture';
 
 function isDataTrb(type: number): boolean {
   return type === TRB_NORMAL || type === TRB_DATA || type === TRB_ISOCH;
@@ -30,6 +31,8 @@ export class TransferEngine {
   /** Buffer bytes of the TDs in flight, and the endpoints waiting for some of them to finish. */
   private inflightBytes = 0;
   private readonly starved = new Set<Endpoint>();
+  /** The running USB capture, or null (then capturing costs one null check per transfer). */
+  capture: UsbCaptureTap | null = null;
 
   constructor(private readonly hc: XhciServices) {}
 
@@ -222,9 +225,11 @@ export class TransferEngine {
     ep.inflight.push(td);
     this.inflightBytes += total;
     this.hc.count('transfers');
+    if (this.capture !== null) this.capture.submit(slot.port, slot.address, transfer);
     const device = this.deviceOf(slot);
     if (device === null) {
       transfer.status = 'no-device';
+      if (this.capture !== null) this.capture.complete(slot.port, slot.address, transfer);
       td.complete = true;
       this.retire(slot, ep);
       return true;
@@ -233,6 +238,7 @@ export class TransferEngine {
     device.submit(transfer, () => {
       if (called || td.stale) return;
       called = true;
+      if (this.capture !== null) this.capture.complete(slot.port, slot.address, transfer);
       td.complete = true;
       this.retire(slot, ep);
       if (!ep.kicking && ep.state === EP_RUNNING) this.kick(slot, ep);
@@ -440,6 +446,9 @@ export class TransferEngine {
       if (td.transfer !== null && !td.complete && device !== null) {
         this.hc.count('transfers-cancelled');
         device.cancel(td.transfer);
+      }
+      if (this.capture !== null && td.transfer !== null && !td.complete) {
+        this.capture.complete(slot.port, slot.address, td.transfer, device === null ? 'no-device' : 'cancelled');
       }
     }
   }
