@@ -1,6 +1,7 @@
 // USB stick images with known contents. Every 512-byte sector starts with a text header
 // naming the stick and the sector, followed by bytes computed from both, so a reader in
 // L1 or L2 can check any sector it reads without a copy of the image.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -63,4 +64,16 @@ export function ensureStickImage(dir: string, spec: StickSpec): string {
   }
   fs.renameSync(tmp, file);
   return file;
+}
+
+/** A fresh copy of `spec`'s pattern image in `dir` (the pattern is cached in dir/cache), for a guest to write to. */
+export function freshStickCopy(dir: string, spec: StickSpec): string {
+  const target = path.join(dir, `${spec.label}.img`);
+  fs.copyFileSync(ensureStickImage(path.join(dir, 'cache'), spec), target);
+  return target;
+}
+
+/** The md5 of a file or block device, in hex. */
+export function md5File(file: string): string {
+  return crypto.createHash('md5').update(fs.readFileSync(file)).digest('hex');
 }

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { CAPTURE_PREFIX_BYTES } from '../devices/usb/xhci/capture';
 import { USB_CAPTURE_MAX_SNAP } from '../shared/usb-messages';
-import type { UsbTransferRecord } from '../../api/contract';
+import type { UsbCaptureInfo, UsbTransferRecord } from '../../api/contract';
 import { decodeUsbmonHeader, USBMON_HEADER_BYTES, usbmonStatusName, type UsbmonPacket } from '../shared/usbmon';
 import {
   enhancedPacketBlock, interfaceDescriptionBlock, LINKTYPE_USB_LINUX_MMAPPED, sectionHeaderBlock,
@@ -176,17 +176,8 @@ export interface UsbCaptureSpec {
   snapLength?: number;
 }
 
-export interface UsbCaptureSummary {
-  id: number;
-  path: string | null;
-  port: number | null;
-  /** Packets written (Submits and Completes). */
-  packets: number;
-  /** Bytes of the file. */
-  bytes: number;
-  /** Records the machine could not send (its channel was full) while the capture ran, on any captured port. */
-  dropped: number;
-}
+/** A capture's state, as the API reports it. */
+export type UsbCaptureSummary = UsbCaptureInfo;
 
 export const DEFAULT_SNAP_LENGTH = 4096;
 const ALL_PORTS = 0x7ffffffe;

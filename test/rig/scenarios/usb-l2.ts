@@ -15,7 +15,7 @@ import { SerialConsole } from '../console';
 import { ddRate, DdError, describeRate, diskOfSize } from '../dd-rate';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
-import { ensureStickImage, SECTOR, type StickSpec } from '../sticks';
+import { freshStickCopy, md5File, SECTOR, type StickSpec } from '../sticks';
 
 const WORK_DIR = '/tmp/usb-l2';
 const STICK: StickSpec = { label: 'l2stick', sizeMiB: 16, serial: '' };
@@ -98,25 +98,16 @@ scenario('usb-l2', async (ctx) => {
   }
 });
 
-function md5(file: string): string {
-  return crypto.createHash('md5').update(fs.readFileSync(file)).digest('hex');
-}
-
 /** Fresh copies every boot: the pattern images are cached, the guest writes to the copies. */
 function makeImages(ctx: ScenarioContext): Images {
-  const cache = path.join(WORK_DIR, 'cache');
-  const copy = (spec: StickSpec) => {
-    const target = path.join(WORK_DIR, `${spec.label}.img`);
-    fs.copyFileSync(ensureStickImage(cache, spec), target);
-    return target;
-  };
+  const copy = (spec: StickSpec) => freshStickCopy(WORK_DIR, spec);
   const stick = copy(STICK);
   const roStick = copy(RO_STICK);
   const bench = path.join(WORK_DIR, 'bench.img');
   fs.rmSync(bench, { force: true });
   fs.writeFileSync(bench, '');
   fs.truncateSync(bench, BENCH_MIB * 1048576);
-  const images = { stick, roStick, bench, stickMd5: md5(stick), roStickMd5: md5(roStick) };
+  const images = { stick, roStick, bench, stickMd5: md5File(stick), roStickMd5: md5File(roStick) };
   ctx.log(`images: ${stick} (md5 ${images.stickMd5}), ${roStick} read-only (md5 ${images.roStickMd5}), ${bench} (${BENCH_MIB} MiB of zeros)`);
   return images;
 }

@@ -15,7 +15,7 @@ import { SerialConsole } from '../console';
 import { blockDeviceWithSerial, sysfsUsbDevices, until } from '../l1-usb';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, scenario, type ScenarioContext } from '../scenario';
-import { checkStickSector, SECTOR, STICKS } from '../sticks';
+import { checkStickSector, md5File, SECTOR, STICKS } from '../sticks';
 
 const KIT_MODULES = 'xhci_pci,usb_storage,sd_mod';
 const SOCKET = '/tmp/usb-pt.sock';
@@ -23,7 +23,7 @@ const DATA_DIR = '/tmp/usb-pt-data';
 const WRITE_SECTOR = 2000;
 
 function md5OfDevice(dev: string): string {
-  return crypto.createHash('md5').update(fs.readFileSync(`/dev/${dev}`)).digest('hex');
+  return md5File(`/dev/${dev}`);
 }
 
 function readSector(dev: string, sector: number): Buffer {

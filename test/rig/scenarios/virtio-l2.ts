@@ -10,7 +10,7 @@ import path from 'node:path';
 import { SerialConsole } from '../console';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
-import { ensureStickImage, SECTOR, type StickSpec } from '../sticks';
+import { freshStickCopy, md5File, SECTOR, type StickSpec } from '../sticks';
 
 const WORK_DIR = '/tmp/virtio-l2';
 const DISK: StickSpec = { label: 'l2vda', sizeMiB: 16, serial: '' };
@@ -46,20 +46,11 @@ export async function virtioL2(ctx: ScenarioContext): Promise<string> {
 
 if (require.main === module) scenario('virtio-l2', virtioL2);
 
-function md5(file: string): string {
-  return crypto.createHash('md5').update(fs.readFileSync(file)).digest('hex');
-}
-
 function makeImages(ctx: ScenarioContext): Images {
-  const cache = path.join(WORK_DIR, 'cache');
-  const copy = (spec: StickSpec) => {
-    const target = path.join(WORK_DIR, `${spec.label}.img`);
-    fs.copyFileSync(ensureStickImage(cache, spec), target);
-    return target;
-  };
+  const copy = (spec: StickSpec) => freshStickCopy(WORK_DIR, spec);
   const disk = copy(DISK);
   const roDisk = copy(RO_DISK);
-  const images = { disk, roDisk, diskMd5: md5(disk), roDiskMd5: md5(roDisk) };
+  const images = { disk, roDisk, diskMd5: md5File(disk), roDiskMd5: md5File(roDisk) };
   ctx.log(`images: ${disk} (md5 ${images.diskMd5}), ${roDisk} read-only (md5 ${images.roDiskMd5})`);
   return images;
 }
@@ -179,7 +170,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     if (!hole.every((b) => b === 0)) fail('blkdiscard of 1 MiB at 8 MiB left data in the image');
     else found.push('blkdiscard in L2 punched 1 MiB out of the image');
   }
-  if (md5(images.roDisk) !== images.roDiskMd5) fail('the read-only image changed');
+  if (md5File(images.roDisk) !== images.roDiskMd5) fail('the read-only image changed');
   const stats = stderr.filter((l) => /^\s*(disk0|ro)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
   if (stats) ctx.log(`disk counters: ${stats}`);
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
