@@ -183,3 +183,24 @@ test('a capture of our xHCI reading a USB stick (register level) is pcapng that 
   assert.equal(all, '', 'no malformed packets');
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('a transfer in flight when the capture starts still gets its Complete (a keyboard\'s waiting TD, then a key)', () => {
+  const records: Uint8Array[] = [];
+  const tap = new UsbCaptureTap({ portMask: 1 << 2, snapLength: 64 }, { send: (r) => { records.push(r); return true; } });
+  const waiting = { type: 'interrupt', endpoint: 1, in: true, data: Uint8Array.of(0, 0, 4, 0, 0, 0, 0, 0), actualLength: 8, status: 'ok', setup: null } as unknown as Parameters<UsbCaptureTap['complete']>[2];
+  // Submitted before the tap existed; its end is the key press the user is watching for.
+  tap.complete(2, 3, waiting);
+  // Another port's stray completion is not this capture's business.
+  tap.complete(4, 5, waiting);
+  assert.equal(records.length, 1);
+  const p = parseCaptureRecord(records[0]);
+  assert.ok(p !== null);
+  assert.equal(p.header.type, 'C');
+  assert.equal(p.header.length, 8);
+  const row = transferRecord(p, () => 'usb-kbd');
+  assert.deepEqual([row.event, row.endpoint, row.direction, row.type, row.status], ['complete', 1, 'in', 'interrupt', 'ok']);
+  // Ids stay unique: the next transfer's Submit does not reuse the Complete's.
+  const next = { ...waiting, data: new Uint8Array(8) } as typeof waiting;
+  tap.submit(2, 3, next);
+  assert.notEqual(parseCaptureRecord(records[1])?.header.id, p.header.id);
+});

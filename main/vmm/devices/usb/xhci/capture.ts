@@ -86,10 +86,17 @@ export class UsbCaptureTap {
     this.emit(port, address, transfer, 'S', id, USBMON_STATUS.inProgress, transfer.data.length, data, transfer.in ? 0x3c : 0x3d);
   }
 
-  /** The end of a transfer this tap saw submitted; `status` overrides the transfer's (a cancel). */
+  /**
+   * The end of a transfer; `status` overrides the transfer's (a cancel). One submitted before
+   * the capture started (a keyboard's waiting interrupt TD) still gets its Complete, under a
+   * new id, as usbmon does: its data is what the user started watching for.
+   */
   complete(port: number, address: number, transfer: UsbTransfer, status: UsbStatus = transfer.status): void {
-    const id = this.ids.get(transfer);
-    if (id === undefined) return; // submitted before the capture started
+    let id = this.ids.get(transfer);
+    if (id === undefined) {
+      if (!this.wants(port)) return;
+      id = this.nextId++;
+    }
     this.ids.delete(transfer);
     const moved = Math.max(0, Math.min(transfer.data.length, Number.isInteger(transfer.actualLength) ? transfer.actualLength : 0));
     const data = transfer.in ? transfer.data.subarray(0, moved) : null;
