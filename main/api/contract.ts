@@ -353,6 +353,11 @@ export interface HostUsbDeviceSummary {
   permissionHint: string | null;
   /** The VM holding it ("name (process PID)"), or null while the host has it. */
   heldBy: string | null;
+  /**
+   * Why the host depends on it ("the host uses this disk: the root file system / is mounted
+   * from its sda2"), or null; attachHostUsbDevice refuses such a device unless forced.
+   */
+  hostNeeds: string | null;
 }
 
 /** Which host device attachHostUsbDevice passes through, and optionally onto which port. */
@@ -360,6 +365,8 @@ export interface HostUsbAttachSpec {
   /** Its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001", if only one matches). */
   device: string;
   port?: number;
+  /** Pass it through even though the host needs it (HostUsbDeviceSummary.hostNeeds says why). */
+  force?: boolean;
 }
 
 /** startUsbCapture's options. */

@@ -27,8 +27,9 @@ import { VmProcessLink } from './vm-process-link';
 import { VmRun, seconds } from './vm-run';
 import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
 import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
+import { hostNeeds } from '../host/host-needs';
 
-function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null): HostUsbDeviceSummary {
+export function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null, all?: HostUsbDeviceInfo[]): HostUsbDeviceSummary {
   return {
     name: d.sysfsName, busNumber: d.busNumber, deviceAddress: d.deviceAddress, vendorId: d.vendorId, productId: d.productId,
     manufacturer: d.manufacturer, product: d.product, serial: d.serial, speed: d.speed, classCode: d.classCode,
@@ -36,6 +37,7 @@ function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null): HostUsbDev
     isHub: d.isHub, accessible: d.accessible,
     permissionHint: d.accessible ? null : `Install the udev rule ${udevRule(d.vendorId, d.productId)} (e.g. in /etc/udev/rules.d/70-porthole.rules), reload udev and replug the device.`,
     heldBy,
+    hostNeeds: all === undefined ? null : hostNeeds(d, all),
   };
 }
 
@@ -376,13 +378,16 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
 
   async listHostUsbDevices(): Promise<HostUsbDeviceSummary[]> {
     const held = new Map((this.options.usbJournal?.read().entries ?? []).map((e) => [e.sysfsName, `${e.vm} (process ${e.pid})`]));
-    return listSysfsUsbDevices().map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null));
+    const all = listSysfsUsbDevices();
+    return all.map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null, all));
   }
 
   async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {
     const vm = this.entry(id);
     const run = this.activeRun(vm, 'pass a host USB device through to', ['running', 'paused']);
-    const answer = (await run.usb({ op: 'attach-host', device: spec.device, ...(spec.port === undefined ? {} : { port: spec.port }) })).usb;
+    const answer = (await run.usb({
+      op: 'attach-host', device: spec.device, ...(spec.port === undefined ? {} : { port: spec.port }), ...(spec.force === true ? { force: true } : {}),
+    })).usb;
     const port = answer?.ports.find((p) => p.port === answer.port);
     if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
     vm.log.addLine(`USB: host device ${spec.device} (${port.device?.product ?? '?'}) passed through on port ${port.port}`);
