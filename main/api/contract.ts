@@ -418,6 +418,12 @@ export interface UsbTransferRecord {
   data: string;
 }
 
+/** The `host-usb-devices` event: the host's whole USB device list, sent at once and on each change. */
+export interface HostUsbDevicesEvent {
+  type: 'host-usb-devices';
+  devices: HostUsbDeviceSummary[];
+}
+
 /** The `usb-transfers` event: transfer records of one VM, batched (about 10 a second). */
 export interface UsbTransfersEvent {
   type: 'usb-transfers';
@@ -551,6 +557,12 @@ export interface PortholeApi {
    * detachUsbDevice gives it back to the host.
    */
   attachHostUsbDevice(id: VmId, spec: HostUsbAttachSpec): Promise<UsbPortInfo>;
+  /**
+   * Streams `host-usb-devices` events: the list listHostUsbDevices gives, at once and again
+   * whenever it changes (plugged, unplugged, taken by or given back from a VM). Hot-plug
+   * comes from node-usb; without it, the list is polled every 2 s.
+   */
+  watchHostUsbDevices(listener: (event: HostUsbDevicesEvent) => void): Promise<() => void>;
   /**
    * Presses and releases keys on the VM's USB keyboard (the first one), paced to the guest's
    * polling; resolves once the guest could take them all. Only while running; "invalid-state"

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type HostUsbDevicesEvent, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -28,6 +28,7 @@ import { VmRun, seconds } from './vm-run';
 import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
 import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
 import { hostNeeds } from '../host/host-needs';
+import { HostUsbWatch } from '../host/host-usb-watch';
 
 export function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null, all?: HostUsbDeviceInfo[]): HostUsbDeviceSummary {
   return {
@@ -374,12 +375,25 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     const run = this.activeRun(vm, 'unplug a USB device from', ['running', 'paused']);
     await run.usb({ op: 'detach', port });
     vm.log.addLine(`USB: port ${port} unplugged`);
+    this.hostUsbWatch.refresh();
   }
 
   async listHostUsbDevices(): Promise<HostUsbDeviceSummary[]> {
+    return this.hostUsbList();
+  }
+
+  private hostUsbList(): HostUsbDeviceSummary[] {
     const held = new Map((this.options.usbJournal?.read().entries ?? []).map((e) => [e.sysfsName, `${e.vm} (process ${e.pid})`]));
     const all = listSysfsUsbDevices();
     return all.map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null, all));
+  }
+
+  /** The live host device list (host-usb-watch.ts), shared by every watcher. */
+  private readonly hostUsbWatch = new HostUsbWatch<HostUsbDeviceSummary>(() => this.hostUsbList(), undefined, undefined,
+    (line) => this.options.log?.(line));
+
+  subscribeHostUsbDevices(listener: (event: HostUsbDevicesEvent) => void): () => void {
+    return this.hostUsbWatch.watch((devices) => listener({ type: 'host-usb-devices', devices }));
   }
 
   async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {
@@ -391,6 +405,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     const port = answer?.ports.find((p) => p.port === answer.port);
     if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
     vm.log.addLine(`USB: host device ${spec.device} (${port.device?.product ?? '?'}) passed through on port ${port.port}`);
+    this.hostUsbWatch.refresh();
     return usbPortInfo(port);
   }
 
