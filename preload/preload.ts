@@ -28,7 +28,7 @@ ipcRenderer.on(PRELOAD_EVENT_CHANNEL, (_event, message: ServerMessage<Uint8Array
         console.error('porthole event listener failed', e);
       }
     }
-  } else if (message.type === 'console' || message.type === 'vm-stats' || message.type === 'usb-transfers') {
+  } else if (message.type === 'console' || message.type === 'vm-stats' || message.type === 'usb-transfers' || message.type === 'host-usb-devices') {
     // IPC keeps order and never reconnects, so console offsets need no checking here.
     const s = streams.get(message.subscription);
     if (!s || s.message !== message.type) return;

@@ -353,6 +353,11 @@ export interface HostUsbDeviceSummary {
   permissionHint: string | null;
   /** The VM holding it ("name (process PID)"), or null while the host has it. */
   heldBy: string | null;
+  /**
+   * Why the host depends on it ("the host uses this disk: the root file system / is mounted
+   * from its sda2"), or null; attachHostUsbDevice refuses such a device unless forced.
+   */
+  hostNeeds: string | null;
 }
 
 /** Which host device attachHostUsbDevice passes through, and optionally onto which port. */
@@ -360,6 +365,8 @@ export interface HostUsbAttachSpec {
   /** Its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001", if only one matches). */
   device: string;
   port?: number;
+  /** Pass it through even though the host needs it (HostUsbDeviceSummary.hostNeeds says why). */
+  force?: boolean;
 }
 
 /** startUsbCapture's options. */
@@ -409,6 +416,12 @@ export interface UsbTransferRecord {
   setup: { requestType: number; request: number; value: number; index: number; length: number; text: string } | null;
   /** The first captured data bytes (up to 16), in hex. */
   data: string;
+}
+
+/** The `host-usb-devices` event: the host's whole USB device list, sent at once and on each change. */
+export interface HostUsbDevicesEvent {
+  type: 'host-usb-devices';
+  devices: HostUsbDeviceSummary[];
 }
 
 /** The `usb-transfers` event: transfer records of one VM, batched (about 10 a second). */
@@ -544,6 +557,12 @@ export interface PortholeApi {
    * detachUsbDevice gives it back to the host.
    */
   attachHostUsbDevice(id: VmId, spec: HostUsbAttachSpec): Promise<UsbPortInfo>;
+  /**
+   * Streams `host-usb-devices` events: the list listHostUsbDevices gives, at once and again
+   * whenever it changes (plugged, unplugged, taken by or given back from a VM). Hot-plug
+   * comes from node-usb; without it, the list is polled every 2 s.
+   */
+  watchHostUsbDevices(listener: (event: HostUsbDevicesEvent) => void): Promise<() => void>;
   /**
    * Presses and releases keys on the VM's USB keyboard (the first one), paced to the guest's
    * polling; resolves once the guest could take them all. Only while running; "invalid-state"

@@ -23,7 +23,7 @@ export interface ArgSpec<T = unknown> {
 }
 
 /** How a stream's items travel on the event channel (the ServerMessage type). */
-export type StreamMessageType = 'console' | 'vm-stats' | 'usb-transfers';
+export type StreamMessageType = 'console' | 'vm-stats' | 'usb-transfers' | 'host-usb-devices';
 
 export interface CallEntry {
   /** Wire name = method name; the backend method of the same name answers. */
@@ -41,7 +41,7 @@ export interface StreamEntry<Close extends string = string> {
   readonly args: readonly ArgSpec[];
   readonly close: Close;
   readonly message: StreamMessageType;
-  readonly subscribe: 'subscribeConsole' | 'subscribeVmStats' | 'subscribeVmStatsEvery' | 'subscribeUsbTransfers';
+  readonly subscribe: 'subscribeConsole' | 'subscribeVmStats' | 'subscribeVmStatsEvery' | 'subscribeUsbTransfers' | 'subscribeHostUsbDevices';
   /** Open streams of this kind one client may hold, and what they are called in the refusal. */
   readonly maxPerSession: number;
   readonly noun: string;
@@ -108,6 +108,10 @@ export const API_METHODS = {
   sendUsbKeys: call(vmId, usbKeys),
   listHostUsbDevices: call(),
   attachHostUsbDevice: call(vmId, hostUsbSpec),
+  watchHostUsbDevices: {
+    kind: 'stream', args: [], close: 'unwatchHostUsbDevices', message: 'host-usb-devices', subscribe: 'subscribeHostUsbDevices',
+    maxPerSession: 16, noun: 'host USB device lists',
+  },
   startUsbCapture: call(vmId, usbCapture),
   stopUsbCapture: call(vmId, usbCaptureId),
   watchUsbTransfers: {

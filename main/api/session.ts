@@ -4,7 +4,7 @@
 // Both transports (main/app/ipc.ts and main/web/server.ts) use this, so the contract
 // behaves the same in Electron and in browser mode. The dispatch is derived from the
 // method table (methods.ts).
-import { ApiError, isApiErrorShape, type ConsolePort, type PortholeApi, type UsbTransfersEvent, type VmStatsEvent } from './contract';
+import { ApiError, isApiErrorShape, type ConsolePort, type HostUsbDevicesEvent, type PortholeApi, type UsbTransfersEvent, type VmStatsEvent } from './contract';
 import {
   API_METHODS, type ArgSpec, type CallName, type MethodEntry, type ParsedArgs, type StreamEntry, type StreamMessageType,
 } from './methods';
@@ -27,6 +27,8 @@ export interface ApiBackend extends ApiCallHandlers {
   subscribeVmStatsEvery(id: string, intervalMs: number, listener: (event: VmStatsEvent) => void): () => void;
   /** Calls `listener` with each `usb-transfers` batch of VM `id` until the returned function is called. */
   subscribeUsbTransfers(id: string, listener: (event: UsbTransfersEvent) => void): () => void;
+  /** Calls `listener` with the host's USB device list now and on each change until the returned function is called. */
+  subscribeHostUsbDevices(listener: (event: HostUsbDevicesEvent) => void): () => void;
   onEvent(listener: (event: ServerEvent) => void): () => void;
 }
 
@@ -150,6 +152,10 @@ export class ApiSession<Bytes> {
       case 'usb-transfers':
         return ((event: UsbTransfersEvent) => {
           this.post({ type: 'usb-transfers', subscription, event });
+        }) as (...item: never[]) => void;
+      case 'host-usb-devices':
+        return ((event: HostUsbDevicesEvent) => {
+          this.post({ type: 'host-usb-devices', subscription, event });
         }) as (...item: never[]) => void;
     }
   }

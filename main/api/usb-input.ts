@@ -265,10 +265,10 @@ export function parseUsbKeys(input: unknown): UsbKeyEvent[] {
   throw invalid('Keys must be a list of key names (["ctrl+alt+Delete", "a", "Enter"]) or { "text": "..." }.');
 }
 
-/** attachHostUsbDevice's spec: `{ device: "1-1.4" | "BUS:ADDR" | "VID:PID", port? }`. */
+/** attachHostUsbDevice's spec: `{ device: "1-1.4" | "BUS:ADDR" | "VID:PID", port?, force? }`. */
 export function parseHostUsbAttachSpec(input: unknown): HostUsbAttachSpec {
   if (!isRecord(input)) throw invalid('A host USB device is given as { device: "1-1.4", port?: 1..8 }.');
-  for (const k of Object.keys(input)) if (k !== 'device' && k !== 'port') throw invalid(`"${k}" is not a setting of a host USB device.`);
+  for (const k of Object.keys(input)) if (k !== 'device' && k !== 'port' && k !== 'force') throw invalid(`"${k}" is not a setting of a host USB device.`);
   const device = input.device;
   if (typeof device !== 'string' || !/^(\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}|\d{1,3}:\d{1,3}|[0-9a-fA-F]{4}:[0-9a-fA-F]{4})$/.test(device)) {
     throw invalid('The device must name a host USB device by its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001").');
@@ -277,7 +277,9 @@ export function parseHostUsbAttachSpec(input: unknown): HostUsbAttachSpec {
   if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > USB_PORT_COUNT)) {
     throw invalid(`The port must be a whole number from 1 to ${USB_PORT_COUNT}.`);
   }
-  return port === undefined ? { device } : { device, port };
+  const force = input.force;
+  if (force !== undefined && typeof force !== 'boolean') throw invalid('"force" is true or false.');
+  return { device, ...(port === undefined ? {} : { port }), ...(force === true ? { force } : {}) };
 }
 
 /** Most data bytes a capture keeps per transfer event (main/vmm/shared/usb-messages.ts USB_CAPTURE_MAX_SNAP). */

@@ -3,7 +3,7 @@
 // import it: `window.porthole = createWebClient()` when no preload provided one.
 // Node tests pass their own fetch/WebSocket and the token. Its methods are derived from
 // the method table (methods.ts).
-import { ApiError, isApiErrorShape, type PortholeApi, type PortholeEvent, type UsbTransfersEvent, type VmStatsEvent } from './contract';
+import { ApiError, isApiErrorShape, type HostUsbDevicesEvent, type PortholeApi, type PortholeEvent, type UsbTransfersEvent, type VmStatsEvent } from './contract';
 import { methodEntries, type StreamEntry } from './methods';
 import {
   ConsoleCursor, HTTP_CALL_PATH, SESSION_HEADER, TOKEN_QUERY, WS_EVENTS_PATH, base64ToBytes,
@@ -144,7 +144,7 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
       for (const [sub, c] of streams) void rawCall(c.method, [...c.args, sub], session).catch(() => undefined);
     } else if (m.type === 'event') {
       emit(m.event);
-    } else if (m.type === 'console' || m.type === 'vm-stats' || m.type === 'usb-transfers') {
+    } else if (m.type === 'console' || m.type === 'vm-stats' || m.type === 'usb-transfers' || m.type === 'host-usb-devices') {
       const c = streams.get(m.subscription);
       if (c && c.message === m.type) c.deliver(m);
     }
@@ -195,6 +195,10 @@ export function createWebClient(options: WebClientOptions = {}): WebClient {
       case 'usb-transfers':
         return (m) => {
           if (m.type === 'usb-transfers') (listener as (event: UsbTransfersEvent) => void)(m.event);
+        };
+      case 'host-usb-devices':
+        return (m) => {
+          if (m.type === 'host-usb-devices') (listener as (event: HostUsbDevicesEvent) => void)(m.event);
         };
     }
   }

@@ -2,7 +2,7 @@
 // over browser mode's HTTP + WebSocket. The names come from the method table
 // (methods.ts); no Node or DOM imports, so the preload's types, the browser client and
 // main can all use it.
-import type { ApiErrorShape, PortholeEvent, UsbTransfersEvent, VmStatsEvent } from './contract';
+import type { ApiErrorShape, HostUsbDevicesEvent, PortholeEvent, UsbTransfersEvent, VmStatsEvent } from './contract';
 import { wireMethodNames, type CallName, type CloseName, type StreamName } from './methods';
 
 /** Calls that map one to one onto PortholeApi methods. */
@@ -32,6 +32,8 @@ export type ServerMessage<Bytes> =
   | { type: 'vm-stats'; subscription: string; event: VmStatsEvent }
   /** One `usb-transfers` event (a batch of transfer records) for a watchUsbTransfers subscription. */
   | { type: 'usb-transfers'; subscription: string; event: UsbTransfersEvent }
+  /** The host's USB device list, for a watchHostUsbDevices subscription. */
+  | { type: 'host-usb-devices'; subscription: string; event: HostUsbDevicesEvent }
   /** Browser mode: the first WebSocket message; HTTP calls name this session in SESSION_HEADER. */
   | { type: 'hello'; session: string };
 

@@ -43,7 +43,7 @@ const LIVE_STATS_DEFAULT_MS = 1000;
 
 export const USAGE = `Usage: porthole run [options]
        porthole usb list --monitor PATH
-       porthole usb add DEVICE [--port N] --monitor PATH     (DEVICE: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, host:1-1.4)
+       porthole usb add DEVICE [--port N] [--force] --monitor PATH (DEVICE: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, host:1-1.4)
        porthole usb host                      (the host's USB devices, for usb add host:NAME)
        porthole usb remove PORT --monitor PATH
        porthole keys KEY... --monitor PATH      (KEY: a, Enter, F5, ctrl+alt+Delete, ...)
@@ -311,6 +311,7 @@ function parseMonitorCommand(argv: string[]): CliCommand {
   let socket: string | null = null;
   let port: string | null = null;
   let text: string | null = null;
+  let force = false;
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i];
     const eq = a.indexOf('=');
@@ -321,6 +322,10 @@ function parseMonitorCommand(argv: string[]): CliCommand {
       continue;
     }
     if (flag === '--help') return { command: 'help' };
+    if (a === '--force') {
+      force = true;
+      continue;
+    }
     if (flag !== '--monitor' && flag !== '--port' && flag !== '--text') throw new UsageError(`unknown option ${flag} (see porthole --help)`);
     let value: string;
     if (eq >= 0) value = a.slice(eq + 1);
@@ -333,6 +338,9 @@ function parseMonitorCommand(argv: string[]): CliCommand {
     else text = value;
   }
   if (socket === null) throw new UsageError(`porthole ${argv[0]} needs --monitor PATH (the socket of porthole run --monitor PATH)`);
+  if (force && !(argv[0] === 'usb' && words[0] === 'add' && words[1]?.startsWith('host:'))) {
+    throw new UsageError('--force is for porthole usb add host:DEVICE');
+  }
   if (argv[0] === 'keys') {
     if (port !== null) throw new UsageError('--port is for porthole usb add');
     if (text !== null && words.length > 0) throw new UsageError('give key names or --text, not both');
@@ -356,6 +364,7 @@ function parseMonitorCommand(argv: string[]): CliCommand {
       if (rest[0].startsWith('host:')) {
         const spec: Record<string, unknown> = { device: rest[0].slice(5) };
         if (port !== null) spec.port = /^\d+$/.test(port) ? Number(port) : port;
+        if (force) spec.force = true;
         return { command: 'monitor', socket, method: 'attachHostUsbDevice', args: [checked(() => parseHostUsbAttachSpec(spec))] };
       }
       const device: Record<string, unknown> = { ...parseUsbDevice(rest[0]) };

@@ -21,7 +21,7 @@ export interface UsbControl {
   attachUsb(device: UsbDeviceConfig): Promise<UsbPortState>;
   detachUsb(port: number): Promise<void>;
   sendUsbKeys(events: UsbKeyEvent[]): Promise<void>;
-  attachHostUsb(selector: string, port?: number): Promise<UsbPortState>;
+  attachHostUsb(selector: string, port?: number, force?: boolean): Promise<UsbPortState>;
   startUsbCapture?(spec: UsbCaptureSpec): Promise<UsbCaptureSummary>;
   stopUsbCapture?(id: number): Promise<UsbCaptureSummary>;
 }
@@ -98,7 +98,7 @@ export async function handleMonitorLine(
       case 'attachHostUsbDevice': {
         arity(method, args, 1);
         const spec = parseHostUsbAttachSpec(args[0]);
-        value = await control.attachHostUsb(spec.device, spec.port);
+        value = await control.attachHostUsb(spec.device, spec.port, spec.force === true);
         break;
       }
       case 'startUsbCapture': {

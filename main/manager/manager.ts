@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type HostUsbDevicesEvent, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -27,8 +27,10 @@ import { VmProcessLink } from './vm-process-link';
 import { VmRun, seconds } from './vm-run';
 import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
 import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
+import { hostNeeds } from '../host/host-needs';
+import { HostUsbWatch } from '../host/host-usb-watch';
 
-function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null): HostUsbDeviceSummary {
+export function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null, all?: HostUsbDeviceInfo[]): HostUsbDeviceSummary {
   return {
     name: d.sysfsName, busNumber: d.busNumber, deviceAddress: d.deviceAddress, vendorId: d.vendorId, productId: d.productId,
     manufacturer: d.manufacturer, product: d.product, serial: d.serial, speed: d.speed, classCode: d.classCode,
@@ -36,6 +38,7 @@ function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null): HostUsbDev
     isHub: d.isHub, accessible: d.accessible,
     permissionHint: d.accessible ? null : `Install the udev rule ${udevRule(d.vendorId, d.productId)} (e.g. in /etc/udev/rules.d/70-porthole.rules), reload udev and replug the device.`,
     heldBy,
+    hostNeeds: all === undefined ? null : hostNeeds(d, all),
   };
 }
 
@@ -372,20 +375,37 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     const run = this.activeRun(vm, 'unplug a USB device from', ['running', 'paused']);
     await run.usb({ op: 'detach', port });
     vm.log.addLine(`USB: port ${port} unplugged`);
+    this.hostUsbWatch.refresh();
   }
 
   async listHostUsbDevices(): Promise<HostUsbDeviceSummary[]> {
+    return this.hostUsbList();
+  }
+
+  private hostUsbList(): HostUsbDeviceSummary[] {
     const held = new Map((this.options.usbJournal?.read().entries ?? []).map((e) => [e.sysfsName, `${e.vm} (process ${e.pid})`]));
-    return listSysfsUsbDevices().map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null));
+    const all = listSysfsUsbDevices();
+    return all.map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null, all));
+  }
+
+  /** The live host device list (host-usb-watch.ts), shared by every watcher. */
+  private readonly hostUsbWatch = new HostUsbWatch<HostUsbDeviceSummary>(() => this.hostUsbList(), undefined, undefined,
+    (line) => this.options.log?.(line));
+
+  subscribeHostUsbDevices(listener: (event: HostUsbDevicesEvent) => void): () => void {
+    return this.hostUsbWatch.watch((devices) => listener({ type: 'host-usb-devices', devices }));
   }
 
   async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {
     const vm = this.entry(id);
     const run = this.activeRun(vm, 'pass a host USB device through to', ['running', 'paused']);
-    const answer = (await run.usb({ op: 'attach-host', device: spec.device, ...(spec.port === undefined ? {} : { port: spec.port }) })).usb;
+    const answer = (await run.usb({
+      op: 'attach-host', device: spec.device, ...(spec.port === undefined ? {} : { port: spec.port }), ...(spec.force === true ? { force: true } : {}),
+    })).usb;
     const port = answer?.ports.find((p) => p.port === answer.port);
     if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
     vm.log.addLine(`USB: host device ${spec.device} (${port.device?.product ?? '?'}) passed through on port ${port.port}`);
+    this.hostUsbWatch.refresh();
     return usbPortInfo(port);
   }
 

@@ -183,7 +183,7 @@ async function runUsb(id: number, request: UsbRequestBody | VmCaptureRequest): P
         return;
       }
       case 'attach-host': {
-        const state = await h.attachHostUsb(request.device, request.port);
+        const state = await h.attachHostUsb(request.device, request.port, request.force === true);
         send({ type: 'reply', id, ok: true, usb: { ports: [state], port: state.port } });
         return;
       }

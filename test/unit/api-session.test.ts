@@ -2,7 +2,7 @@
 // recording backend (no processes, no server), plus a fuzz of raw calls.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { API_ERROR_CODES, ApiError, type ConsolePort, type UsbTransferRecord, type UsbTransfersEvent, type VmStatsEvent, type VmStatsSample, type VmSummary } from '../../main/api/contract';
+import { API_ERROR_CODES, ApiError, type ConsolePort, type HostUsbDevicesEvent, type UsbTransferRecord, type UsbTransfersEvent, type VmStatsEvent, type VmStatsSample, type VmSummary } from '../../main/api/contract';
 import { ApiSession, type ApiBackend } from '../../main/api/session';
 import { WIRE_METHODS, type ServerEvent, type ServerMessage, type WireResult } from '../../main/api/wire';
 
@@ -16,6 +16,7 @@ interface Recorder {
   watchers(): number;
   transfers(event: UsbTransfersEvent): void;
   transferWatchers(): number;
+  hostLists: Set<(event: HostUsbDevicesEvent) => void>;
 }
 
 function summary(id: string): VmSummary {
@@ -31,6 +32,7 @@ function recorder(): Recorder {
   const consoles = new Set<{ port: ConsolePort; listener(offset: number, data: Uint8Array): void }>();
   const statsWatchers = new Set<{ id: string; listener(event: VmStatsEvent): void }>();
   const transferWatchers = new Set<(event: UsbTransfersEvent) => void>();
+  const hostLists = new Set<(event: HostUsbDevicesEvent) => void>();
   const record = (name: string, ...args: unknown[]) => { calls.push(`${name}(${args.map((a) => JSON.stringify(a)).join(',')})`); };
   const backend: ApiBackend = {
     getInfo: () => { record('getInfo'); return { appVersion: 't', apiVersion: 1, mode: 'browser', capabilities: { nativeFileDialogs: false }, libraryDir: '/l', kvmAvailable: true, kvmProblem: null }; },
@@ -94,6 +96,11 @@ function recorder(): Recorder {
       transferWatchers.add(listener);
       return () => { transferWatchers.delete(listener); };
     },
+    subscribeHostUsbDevices: (listener) => {
+      record('subscribeHostUsbDevices');
+      hostLists.add(listener);
+      return () => { hostLists.delete(listener); };
+    },
     onEvent: (l) => { eventListeners.add(l); return () => { eventListeners.delete(l); }; },
   };
   return {
@@ -106,6 +113,7 @@ function recorder(): Recorder {
     watchers: () => statsWatchers.size,
     transfers: (event) => transferWatchers.forEach((w) => w(event)),
     transferWatchers: () => transferWatchers.size,
+    hostLists,
   };
 }
 
@@ -198,6 +206,16 @@ test('USB capture calls check their options; usb-transfers batches stream until 
   assert.deepEqual(sent, [{ type: 'usb-transfers', subscription: 't1', event: { type: 'usb-transfers', id: 'abc', records: [record], dropped: 3 } }]);
   await s.call('unwatchUsbTransfers', ['t1']);
   assert.equal(r.transferWatchers(), 0);
+
+  sent.length = 0;
+  assert.equal(err(await s.call('watchHostUsbDevices', ['abc', 'h1']))?.code, 'invalid-argument', 'no arguments but the subscription');
+  assert.deepEqual(await s.call('watchHostUsbDevices', ['h1']), { ok: true, value: null });
+  assert.equal(r.hostLists.size, 1);
+  r.hostLists.forEach((l) => l({ type: 'host-usb-devices', devices: [] }));
+  assert.deepEqual(sent, [{ type: 'host-usb-devices', subscription: 'h1', event: { type: 'host-usb-devices', devices: [] } }]);
+  assert.match(err(await s.call('attachHostUsbDevice', ['abc', { device: '1-1', force: 1 }]))?.message ?? '', /^"force" is true or false/);
+  await s.call('unwatchHostUsbDevices', ['h1']);
+  assert.equal(r.hostLists.size, 0);
 });
 
 test('a session limits how many consoles it keeps open', async () => {

@@ -26,6 +26,7 @@ import {
 import { isPassthroughKind } from '../shared/usb-passthrough-messages';
 import { HostUsbPassthrough } from './usb-passthrough';
 import { findHostUsbDevice, listSysfsUsbDevices, type HostUsbDeviceInfo } from '../../host/usb-inventory';
+import { HOST_NEEDS_PATHS, hostNeeds } from '../../host/host-needs';
 import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
 import { dataDir } from '../../manager/app-paths';
@@ -159,6 +160,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     open(info: HostUsbDeviceInfo): HostUsbHandle;
     journal: UsbJournal | null;
     sysfsRoot?: string;
+    /** Why the host depends on a device (host-needs.ts), or null; absent: the real /proc and sysfs. */
+    hostNeeds?: (info: HostUsbDeviceInfo, all: HostUsbDeviceInfo[]) => string | null;
   } = { list: () => listSysfsUsbDevices(), open: (info) => NodeUsbHandle.open(info), journal: new UsbJournal(dataDir()) };
   /** USB captures (usb-capture.ts): pcapng files and transfer-record streams. */
   readonly usbCaptures = new UsbCaptures(async (portMask, snapLength) =>
@@ -681,20 +684,30 @@ export class VmHost extends EventEmitter<VmHostEvents> {
    * VID:PID. Its kernel drivers are detached (and remembered, in the journal too), it is
    * claimed and plugged into a free port of its speed (or `port`). Rejects with
    * UsbRequestError and a sentence (a permission problem names the udev rule); nothing is
-   * taken then.
+   * taken then. A device the host depends on (host-needs.ts) is refused unless `force`.
    */
-  async attachHostUsb(selector: string, port?: number): Promise<UsbPortState> {
+  async attachHostUsb(selector: string, port?: number, force = false): Promise<UsbPortState> {
     if (this.config.usb?.controller !== 'xhci') {
       throw new UsbRequestError('invalid-state', 'this VM has no USB controller (its config has no "usb" section)');
     }
     if (this._state !== 'running' && this._state !== 'paused') throw new UsbRequestError('invalid-state', `the VM is ${this._state}`);
     let info: HostUsbDeviceInfo;
+    let all: HostUsbDeviceInfo[];
     try {
-      info = findHostUsbDevice(selector, this.hostUsbSource.list());
+      all = this.hostUsbSource.list();
+      info = findHostUsbDevice(selector, all);
     } catch (e) {
       throw new UsbRequestError('not-found', (e as Error).message);
     }
     if (info.isHub) throw new UsbRequestError('invalid-argument', `host USB device ${info.sysfsName} is a hub; hubs are not passed through`);
+    const source = this.hostUsbSource;
+    const needs = source.hostNeeds !== undefined
+      ? source.hostNeeds(info, all)
+      : hostNeeds(info, all, { ...HOST_NEEDS_PATHS, ...(source.sysfsRoot === undefined ? {} : { sysfsRoot: source.sysfsRoot }) });
+    if (needs !== null && !force) {
+      throw new UsbRequestError('invalid-state', `the host needs USB device ${info.sysfsName}: ${needs}. Force it to pass it through anyway`);
+    }
+    if (needs !== null) this.emit('log', `USB: host device ${info.sysfsName} forced into the VM although ${needs}`);
     if ([...this.hostUsb.values()].some((h) => h.passthrough.info.sysfsName === info.sysfsName)) {
       throw new UsbRequestError('invalid-state', `host USB device ${info.sysfsName} is in this VM already`);
     }

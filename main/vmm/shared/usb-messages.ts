@@ -60,7 +60,7 @@ export type UsbRequestBody =
   /** Presses and releases on the first USB keyboard, in order, paced to the guest's polling. */
   | { op: 'keys'; events: UsbKeyEvent[] }
   /** Manager → VM process only (the VM host opens the device, then sends 'attach'): pass a host device through. */
-  | { op: 'attach-host'; device: string; port?: number }
+  | { op: 'attach-host'; device: string; port?: number; force?: boolean }
   /** Starts capturing transfers of the devices on the ports in `portMask` (bit n: port n), or stops (mask 0). */
   | { op: 'capture'; portMask: number; snapLength: number };
 

@@ -9,6 +9,7 @@ import {
   protocolLabel, usbKindName, usbSpeedLabel, USB_KINDS, type AttachForm, type UsbKind,
 } from '../usb';
 import { PathField, TextField } from './fields';
+import { HostUsbDevices } from './HostUsbDevices';
 import { UsbTransfers } from './UsbTransfers';
 
 const REFRESH_MS = 3000;
@@ -215,6 +216,7 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
           <button type="submit" className="primary" disabled={busy || !ports || free.length === 0}>Plug in</button>
         </div>
       </form>
+      <HostUsbDevices store={store} vm={vm} ports={ports} reload={load} disabled={busy} />
       <UsbTransfers store={store} vm={vm} />
     </div>
   );
