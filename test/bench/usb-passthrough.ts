@@ -31,6 +31,8 @@ export interface UsbPassthroughSample {
   vmm: BootVmm;
   round: number;
   rates: Partial<Record<Measure, DdRate>>;
+  /** Porthole's VM host's own account (--verbose log at the give-back): per transfer µs waiting, and in libusb. */
+  host?: { transfers: number; waitUs: number; libusbUs: number };
   failure?: string;
 }
 
@@ -68,18 +70,26 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
   const env = { ...process.env, XDG_DATA_HOME: dataDir };
   const append = `kit.modules=${PASSTHROUGH_KIT_MODULES}`;
   const vm = vmm === 'porthole'
-    ? spawnKitVm('porthole', kit, 1, { append, porthole: ['--usb', 'keyboard', '--monitor', socket], env })
+    ? spawnKitVm('porthole', kit, 1, { append, porthole: ['--usb', 'keyboard', '--monitor', socket, '--verbose'], env })
     : spawnKitVm('qemu', kit, 1, { append, qemu: qemuUsbHostArgs(held.name) });
   let errText = '';
   vm.child.stderr!.setEncoding('utf8');
-  vm.child.stderr!.on('data', (chunk: string) => { errText = (errText + chunk).slice(-2000); });
+  vm.child.stderr!.on('data', (chunk: string) => {
+    errText = (errText + chunk).slice(-2000);
+    const m = /(\d+) transfers, per transfer (\d+) µs from SUBMIT record to libusb submit, (\d+) µs in libusb/.exec(chunk);
+    if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
+  });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
     await con.waitForShell(300000);
     let port: string | null = null;
     if (vmm === 'porthole') port = passStickThrough(held.name, socket, env).port;
     await measure(con, await waitForDiskOfSize(con, stick.sizeMiB, 120000), stick.sizeMiB, sample);
-    if (port !== null) runPortholeCli(['usb', 'remove', port, '--monitor', socket], env);
+    if (port !== null) {
+      runPortholeCli(['usb', 'remove', port, '--monitor', socket], env);
+      // The give-back's log line carries the VM host's timing.
+      for (let i = 0; i < 20 && sample.host === undefined; i++) await new Promise((res) => setTimeout(res, 250));
+    }
   } catch (e) {
     sample.failure = (e as Error).message.split('\n')[0];
     if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
@@ -99,7 +109,8 @@ function describe(s: UsbPassthroughSample): string {
     const r = s.rates[m]!;
     return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s (${(1e6 / r.iops).toFixed(0)} µs)` : `${m} ${r.mbPerSec.toFixed(2)} MB/s`;
   });
-  return `${rates.join(', ')}${s.failure ? ` FAILED (${s.failure})` : ''}`;
+  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it` : '';
+  return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 
 export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Promise<UsbPassthroughBenchResult> {

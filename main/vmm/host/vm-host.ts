@@ -756,6 +756,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   }
 
   private async giveBack(passthrough: HostUsbPassthrough): Promise<void> {
+    const t = passthrough.timing;
+    if (t.transfers > 0) {
+      const us = (ms: number) => ((ms * 1000) / t.transfers).toFixed(0);
+      this.emit('log', `USB: host device ${passthrough.info.sysfsName}: ${t.transfers} transfers, per transfer ${us(t.waitMs)} µs from SUBMIT record to libusb submit, ${us(t.hostMs)} µs in libusb (submit to completion)`);
+    }
     const problems = await passthrough.release();
     for (const p of problems) this.emit('log', p);
     if (problems.length === 0) this.emit('log', `USB: host device ${passthrough.info.sysfsName} given back to the host`);
