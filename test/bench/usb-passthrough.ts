@@ -99,9 +99,27 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
   }
   // A Porthole killed while it held the stick leaves a journal entry: give the stick back as the manager would.
   if (vmm === 'porthole') for (const line of repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')))) log(`  repair: ${line}`);
-  await stickBoundInL1(stick, 60000);
+  await giveStickBackToL1(held.name, log);
   log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
   return sample;
+}
+
+/** QEMU's usb-host leaves the stick without a driver when it exits: bind usb-storage again through sysfs. */
+async function giveStickBackToL1(hostName: string, log: (l: string) => void): Promise<void> {
+  const stick = STICKS.stick0;
+  try {
+    await stickBoundInL1(stick, 5000);
+    return;
+  } catch { /* unbound: bind it below */ }
+  for (const entry of fs.readdirSync(`/sys/bus/usb/devices/${hostName}`).filter((n) => n.startsWith(`${hostName}:`))) {
+    try {
+      fs.writeFileSync('/sys/bus/usb/drivers/usb-storage/bind', entry);
+      log(`  bound L1's usb-storage to ${entry} again`);
+    } catch (e) {
+      log(`  binding L1's usb-storage to ${entry} failed: ${(e as Error).message}`);
+    }
+  }
+  await stickBoundInL1(stick, 30000);
 }
 
 function describe(s: UsbPassthroughSample): string {
