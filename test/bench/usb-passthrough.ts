@@ -33,6 +33,8 @@ export interface UsbPassthroughSample {
   rates: Partial<Record<Measure, DdRate>>;
   /** Porthole's VM host's own account (--verbose log at the give-back): per transfer µs waiting, and in libusb. */
   host?: { transfers: number; waitUs: number; libusbUs: number };
+  /** The machine thread's account: µs per transfer from the device's submit to the VM host's DONE. */
+  machineUs?: number;
   failure?: string;
 }
 
@@ -78,6 +80,8 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
     errText = (errText + chunk).slice(-2000);
     const m = /(\d+) transfers, per transfer (\d+) µs from SUBMIT record to libusb submit, (\d+) µs in libusb/.exec(chunk);
     if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
+    const mm = /transfers, (\d+) µs per transfer from submit to the VM host's DONE/.exec(chunk);
+    if (mm) sample.machineUs = Number(mm[1]);
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
@@ -127,7 +131,7 @@ function describe(s: UsbPassthroughSample): string {
     const r = s.rates[m]!;
     return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s (${(1e6 / r.iops).toFixed(0)} µs)` : `${m} ${r.mbPerSec.toFixed(2)} MB/s`;
   });
-  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it` : '';
+  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it${s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE`}` : '';
   return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 
