@@ -78,6 +78,8 @@ export interface KitVmExtras {
   append?: string;
   porthole?: string[];
   qemu?: string[];
+  /** The VMM process's environment (default: this process's). */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** The command line that boots the kit under one VMM (QEMU: q35, -accel kvm, direct kernel boot). */
@@ -106,7 +108,7 @@ process.on('exit', () => { for (const c of live) killGroup(c); });
 /** Starts a kit VM in its own process group (killed with the bench), stdio piped. */
 export function spawnKitVm(vmm: BootVmm, kit: KitPaths, cpus: number, extras: KitVmExtras = {}): { child: ChildProcess; exited: Promise<void> } {
   const [command, args] = kitVmCommand(vmm, kit, cpus, extras);
-  const child = spawn(command, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(command, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: extras.env ?? process.env });
   live.add(child);
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   return { child, exited };

@@ -12,16 +12,18 @@
 //   boot    the rig's L2 kit booted to a shell by Porthole and by QEMU (test/bench/boot.ts).
 //   usb-storage  dd O_DIRECT on a USB stick in the L2 kit, Porthole's xHCI + usb-storage against
 //           QEMU's qemu-xhci + usb-storage (test/bench/usb-storage.ts).
+//   usb-passthrough  dd O_DIRECT in the L2 kit on L1's stick0 passed through by Porthole
+//           (porthole usb add host:) against QEMU -device usb-host (test/bench/usb-passthrough.ts).
 //
 // No name runs them all. Where they run: pio, mmio and serial on this machine's /dev/kvm when it
-// is usable, boot and usb-storage always in the rig's L1 (they need a KVM that boots Linux), and whatever
+// is usable, boot, usb-storage and usb-passthrough always in the rig's L1 (they need a KVM that boots Linux), and whatever
 // cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
 // L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
 // sets host, since inside L1 "here" is the venue).
 //
-// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [--runs N] [--batches N] [--batch N]
+// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [--runs N] [--batches N] [--batch N]
 //        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
-//   --runs N: pio runs, boot and usb-storage rounds (default 5); --cpus: vCPU counts for boot;
+//   --runs N: pio runs, boot, usb-storage and usb-passthrough rounds (default 5); --cpus: vCPU counts for boot;
 //   --bytes N: serial bytes per phase (default 1 MiB);
 //   --check: exit 1 if a target is missed.
 import { spawnSync } from 'node:child_process';
@@ -36,6 +38,7 @@ import { BOOT_TARGET, runBootBench, type KitPaths } from './boot';
 import { benchOutputDir, guestsSrc, repoRoot, writeBenchResult } from './paths';
 import { runSerialThroughputBench } from './serial-throughput';
 import { runUsbStorageBench } from './usb-storage';
+import { runUsbPassthroughBench } from './usb-passthrough';
 import { profileExitPath } from './exit-path';
 
 /** Targets from the issue: Porthole within 1.10x of the C runner, and faster than QEMU. */
@@ -50,8 +53,10 @@ const TOUCH_PAGES = 128;
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage'] as const;
+export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
+/** Benches that boot Linux guests (the L2 kit): they run in the rig's L1 wherever npm run bench runs. */
+const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough']);
 
 export interface Options {
   /** The benches to run, in BENCH_NAMES order. */
@@ -126,7 +131,7 @@ export type Venue = 'host' | 'rig';
 export function venueFor(bench: BenchName, forced: string | undefined, kvmUsable: boolean): Venue {
   if (forced === 'host' || forced === 'rig') return forced;
   if (forced) throw new BenchError(`PORTHOLE_BENCH_VENUE must be host or rig, not "${forced}"`);
-  if (bench === 'boot' || bench === 'usb-storage') return 'rig';
+  if (LINUX_BENCHES.has(bench)) return 'rig';
   return kvmUsable ? 'host' : 'rig';
 }
 
@@ -471,10 +476,12 @@ async function kitPaths(): Promise<KitPaths> {
 async function runInRig(o: Options, benches: BenchName[]): Promise<boolean> {
   const { runScenario } = await import('../rig/runner');
   const { findScenario } = await import('../rig/scenarios');
-  const spec = findScenario('bench');
-  if (!spec) throw new BenchError('the rig has no "bench" scenario');
+  const found = findScenario('bench');
+  if (!found) throw new BenchError('the rig has no "bench" scenario');
+  // Passthrough needs L1's emulated USB devices (stick0); the other benches run without them.
+  const spec = benches.includes('usb-passthrough') ? { ...found, devices: { ...found.devices, usb: true } } : found;
   const args = [...benches, ...o.optionArgs];
-  console.log(`bench: running ${benches.join(', ')} in the rig's L1 (no usable /dev/kvm here${benches.some((b) => b === 'boot' || b === 'usb-storage') ? ', or it needs Linux guests' : ''}): ${args.join(' ')}`);
+  console.log(`bench: running ${benches.join(', ')} in the rig's L1 (no usable /dev/kvm here${benches.some((b) => LINUX_BENCHES.has(b)) ? ', or it needs Linux guests' : ''}): ${args.join(' ')}`);
   // A stalled L1 (its heartbeat stops) is caught by the runner, which runs the bench once more.
   const print = (line: string) => {
     // Result files written in L1 (a read-only view of the project) come back as lines.
@@ -521,6 +528,9 @@ async function main(): Promise<void> {
     else if (bench === 'serial') {
       console.log('\nserial throughput:');
       await runSerialThroughputBench({ bytes: o.serialBytes });
+    } else if (bench === 'usb-passthrough') {
+      console.log('');
+      met = (await runUsbPassthroughBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
     } else if (bench === 'usb-storage') {
       console.log('');
       met = (await runUsbStorageBench({ kit: await kitPaths(), rounds: o.runs })).met && met;

@@ -48,6 +48,21 @@ function formatBytes(n: number): string {
 
 /** The sd disk of a size in L2 (names change when a stick comes back), or null. */
 export async function diskOfSize(con: SerialConsole, mib: number): Promise<string | null> {
-  const r = await con.run(`for b in /sys/block/sd*; do [ "$(cat $b/size)" = ${mib * 2048} ] && echo \${b##*/}; done`);
-  return r.output.trim().split('\n').filter(Boolean)[0] ?? null;
+  // The console carries stderr too: only names count (no sd disk at all leaves a cat error).
+  const r = await con.run(`for b in /sys/block/sd*; do [ "$(cat $b/size 2>/dev/null)" = ${mib * 2048} ] && echo \${b##*/}; done`);
+  return r.output.split('\n').map((l) => l.trim()).find((l) => /^sd[a-z]+$/.test(l)) ?? null;
+}
+
+/** The sd disk of a size in L2, waiting for it to appear; throws with L2's dmesg. */
+export async function waitForDiskOfSize(con: SerialConsole, mib: number, timeoutMs: number): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const disk = await diskOfSize(con, mib);
+    if (disk) return disk;
+    if (Date.now() > deadline) {
+      const dmesg = await con.run('dmesg | tail -40');
+      throw new Error(`L2 shows no ${mib} MiB disk within ${timeoutMs / 1000} s:\n${dmesg.output}`);
+    }
+    await new Promise((res) => setTimeout(res, 1000));
+  }
 }

@@ -62,6 +62,8 @@ test('bulk IN and OUT larger than a record cross in chunks, byte for byte, sever
   assert.equal(in2.actualLength, 13);
   assert.equal(r.device.inFlight, 0);
   assert.equal(r.host.inFlight, 0);
+  assert.equal(r.host.timing.transfers, 3, 'the VM host timed each transfer libusb ran');
+  assert.ok(r.host.timing.hostMs >= 0 && r.host.timing.waitMs >= 0);
 });
 
 test('control transfers: SET_ADDRESS stays on the machine; the data stage crosses; a stall comes back as stall', () => {
@@ -134,6 +136,7 @@ test('cancel completes at once and stops the host URB; its late completion is dr
   r.pump();
   assert.equal(done.length, 1, 'completed exactly once');
   assert.equal(r.toMachine.length, 0);
+  assert.equal(r.host.timing.transfers, 0, 'a cancelled transfer is not timed');
 });
 
 test('a port reset cancels what is in flight and resets the host device before new transfers start', () => {

@@ -38,6 +38,18 @@ interface HostTransfer {
   received: number;
   started: boolean;
   cancel: (() => void) | null;
+  /** performance.now() when its SUBMIT record arrived, and when libusb got it (0: not yet). */
+  arrivedAt: number;
+  submittedAt: number;
+}
+
+/** Where the VM host's time per transfer went (ms summed over `transfers`), for the log and the bench. */
+export interface PassthroughTiming {
+  transfers: number;
+  /** SUBMIT record in → libusb submit: OUT data records and device-state calls waited for. */
+  waitMs: number;
+  /** libusb submit → its completion callback: the host's USB stack and the device. */
+  hostMs: number;
 }
 
 const SETUP = 8;
@@ -55,6 +67,8 @@ export class HostUsbPassthrough {
   private goneReported = false;
   /** Transfers completed, for the log and tests. */
   completed = 0;
+  /** Of the transfers that went to libusb and completed. */
+  readonly timing: PassthroughTiming = { transfers: 0, waitMs: 0, hostMs: 0 };
 
   constructor(
     readonly info: HostUsbDeviceInfo,
@@ -135,7 +149,7 @@ export class HostUsbPassthrough {
         const control = r.type === 'control';
         const buffer = Buffer.alloc((control ? SETUP : 0) + r.length);
         if (control) buffer.set(r.setup, 0);
-        const t: HostTransfer = { record: r, buffer, received: 0, started: false, cancel: null };
+        const t: HostTransfer = { record: r, buffer, received: 0, started: false, cancel: null, arrivedAt: performance.now(), submittedAt: 0 };
         this.transfers.set(r.id, t);
         if (r.in || r.length === 0) this.whenIdle(() => this.start(t));
         return;
@@ -215,6 +229,7 @@ export class HostUsbPassthrough {
       }
     }
     const address = r.type === 'control' ? 0 : (r.endpoint | (r.in ? 0x80 : 0));
+    t.submittedAt = performance.now();
     t.cancel = this.usb.submit(address, r.type, t.buffer, (status, actual) => this.complete(t, status, actual));
   }
 
@@ -256,6 +271,11 @@ export class HostUsbPassthrough {
     if (this.transfers.get(t.record.id) !== t) return; // cancelled by the machine: it knows
     this.transfers.delete(t.record.id);
     this.completed++;
+    if (t.submittedAt > 0) {
+      this.timing.transfers++;
+      this.timing.waitMs += t.submittedAt - t.arrivedAt;
+      this.timing.hostMs += performance.now() - t.submittedAt;
+    }
     const r = t.record;
     const n = Math.max(0, Math.min(actual, r.length));
     if (r.in && n > 0 && (status === 'ok' || status === 'babble')) {

@@ -371,6 +371,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       if (this.serviceMachine()) {
         // Output streams: gather the next batch as a poll would (a write per batch, not
         // per byte). Waiting on the doorbell resumes once a look finds nothing to do.
+        // Channel records do not count: a passthrough SUBMIT waiting out this batch delay
+        // cost each USB transfer stage up to STREAM_BATCH_MS (issue 10).
         await new Promise<void>((resolve) => setTimeout(resolve, STREAM_BATCH_MS));
       } else {
         await this.doorbell.wait(seen);
@@ -380,9 +382,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /**
    * Moves guest output to the backends, takes the machine's records and re-arms the timer
-   * for its deadline. Returns true if anything moved (look again soon). A look that moves
-   * nothing saw every ring empty after its last drain (the re-check Channel describes),
-   * so a byte that arrived meanwhile rang the doorbell.
+   * for its deadline. Returns true if output moved (look again soon). Records taken do not
+   * count: receive() drains the channel until it finds it empty, so a record sent after that
+   * rang the doorbell. A look that moves nothing saw every ring empty after its last drain
+   * (the re-check Channel describes), so a byte that arrived meanwhile rang the doorbell.
    */
   private serviceMachine(): boolean {
     let moved = false;
@@ -402,7 +405,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       moved = true;
     });
     try {
-      if (this.toHost.receive(this.routeFromMachine) > 0) moved = true;
+      this.toHost.receive(this.routeFromMachine);
     } catch (e) {
       this.emit('log', `a machine message failed: ${(e as Error).message}`);
       moved = true;
@@ -769,6 +772,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   }
 
   private async giveBack(passthrough: HostUsbPassthrough): Promise<void> {
+    const t = passthrough.timing;
+    if (t.transfers > 0) {
+      const us = (ms: number) => ((ms * 1000) / t.transfers).toFixed(0);
+      this.emit('log', `USB: host device ${passthrough.info.sysfsName}: ${t.transfers} transfers, per transfer ${us(t.waitMs)} µs from SUBMIT record to libusb submit, ${us(t.hostMs)} µs in libusb (submit to completion)`);
+    }
     const problems = await passthrough.release();
     for (const p of problems) this.emit('log', p);
     if (problems.length === 0) this.emit('log', `USB: host device ${passthrough.info.sysfsName} given back to the host`);

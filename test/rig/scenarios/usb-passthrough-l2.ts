@@ -12,12 +12,15 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { SerialConsole } from '../console';
+import { waitForDiskOfSize } from '../dd-rate';
 import { blockDeviceWithSerial, sysfsUsbDevices, until } from '../l1-usb';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, scenario, type ScenarioContext } from '../scenario';
 import { checkStickSector, md5File, SECTOR, STICKS } from '../sticks';
+import {
+  l1PortholeCli, passStickThrough, PASSTHROUGH_KIT_MODULES as KIT_MODULES, qemuUsbHostArgs, runPortholeCli, stickBoundInL1,
+} from '../usb-passthrough-l1';
 
-const KIT_MODULES = 'xhci_pci,usb_storage,sd_mod';
 const SOCKET = '/tmp/usb-pt.sock';
 const DATA_DIR = '/tmp/usb-pt-data';
 const WRITE_SECTOR = 2000;
@@ -38,11 +41,9 @@ function readSector(dev: string, sector: number): Buffer {
 }
 
 scenario('usb-passthrough-l2', async (ctx) => {
-  const cli = `${l1ProjectDir}/bin/porthole`;
   if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built: run npm run build');
   const stick = STICKS.stick0;
-  const sysStick = await until('stick0 in L1\'s sysfs with usb-storage bound', 60000, () =>
-    sysfsUsbDevices().find((d) => d.serial === stick.serial && d.drivers.includes('usb-storage')) ?? null);
+  const sysStick = await stickBoundInL1(stick);
   const l1Disk = await until('stick0\'s disk in L1', 60000, () => blockDeviceWithSerial(stick.serial));
   const bad = checkStickSector(stick.label, 0, readSector(l1Disk, 0));
   if (bad) throw new Error(`L1 /dev/${l1Disk}: ${bad}`);
@@ -53,13 +54,13 @@ scenario('usb-passthrough-l2', async (ctx) => {
   const l1Rate = `L1's own dd read ${((stick.sizeMiB * 1.048576) / ((Date.now() - n0) / 1000)).toFixed(2)} MB/s`;
   ctx.log(`${l1Rate} (${(l1dd.stderr ?? '').replace(/\n/g, ' / ')})`);
   ctx.log(`L1: stick0 is USB device ${sysStick.name} (${sysStick.id}, drivers ${sysStick.drivers.join(',')}), /dev/${l1Disk}, md5 ${md5Before}`);
-  const listed = run(ctx, cli, ['usb', 'host']);
+  const listed = runPortholeCli(['usb', 'host'], process.env, ctx.log);
   ctx.log(`porthole usb host:\n${listed}`);
   if (!listed.includes(sysStick.name) || !listed.includes('usb-storage')) throw new Error(`porthole usb host does not list ${sysStick.name} with usb-storage`);
 
   fs.rmSync(DATA_DIR, { recursive: true, force: true });
   const env = { ...process.env, XDG_DATA_HOME: DATA_DIR, PORTHOLE_FORBID_KOFFI_VIEW: '1' };
-  const args = [cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
+  const args = [l1PortholeCli(), 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
     '--serial', 'stdio', '--verbose', '--usb', 'keyboard', '--monitor', SOCKET];
   ctx.log(`node ${args.join(' ')}`);
@@ -72,10 +73,8 @@ scenario('usb-passthrough-l2', async (ctx) => {
   await con.waitForShell(240000);
 
   // Pass it through.
-  const added = run(ctx, cli, ['usb', 'add', `host:${sysStick.name}`, '--monitor', SOCKET], env);
+  const { port, printed: added } = passStickThrough(sysStick.name, SOCKET, env, ctx.log);
   ctx.log(`porthole usb add host:${sysStick.name}: ${added.trim()}`);
-  const port = /^\s*(\d+)/m.exec(added)?.[1];
-  if (port === undefined) throw new Error(`porthole usb add printed no port: ${added}`);
   const journalFile = path.join(DATA_DIR, 'porthole', 'usb-taken', `${sysStick.name}.json`);
   const journal = JSON.parse(fs.readFileSync(journalFile, 'utf8')) as { interfaces: { driver: string }[] };
   if (!journal.interfaces.some((i) => i.driver === 'usb-storage')) throw new Error(`the journal does not name usb-storage: ${JSON.stringify(journal)}`);
@@ -85,7 +84,7 @@ scenario('usb-passthrough-l2', async (ctx) => {
   const found: string[] = [`L1 gave up stick0 (drivers now ${held?.drivers.join(',') ?? '?'})`];
 
   // L2 sees it.
-  const l2Disk = await l2DiskOfSize(con, stick.sizeMiB, 120000);
+  const l2Disk = await waitForDiskOfSize(con, stick.sizeMiB, 120000);
   const usbInfo = await con.runOk('for d in /sys/bus/usb/devices/*; do [ -f $d/idVendor ] && echo "${d##*/} $(cat $d/idVendor):$(cat $d/idProduct) $(cat $d/speed) $(cat $d/serial 2>/dev/null)"; done');
   ctx.log(`L2 USB devices: ${usbInfo.replace(/\n/g, ' / ')}`);
   if (!usbInfo.includes(stick.serial)) throw new Error(`L2 does not see serial ${stick.serial}: ${usbInfo}`);
@@ -109,7 +108,7 @@ scenario('usb-passthrough-l2', async (ctx) => {
   if (w.status !== 0) throw new Error(`the write in L2 failed: ${w.output}`);
 
   // Back to L1.
-  const removed = run(ctx, cli, ['usb', 'remove', port, '--monitor', SOCKET], env);
+  const removed = runPortholeCli(['usb', 'remove', port, '--monitor', SOCKET], env, ctx.log);
   ctx.log(`porthole usb remove ${port}: ${removed.trim()}`);
   const back = await until('L1\'s usb-storage bound to stick0 again', 30000, () =>
     sysfsUsbDevices().find((d) => d.name === sysStick.name && d.drivers.includes('usb-storage')) ?? null);
@@ -127,7 +126,7 @@ scenario('usb-passthrough-l2', async (ctx) => {
 
   // A VM process killed while it holds the stick: the kernel binds nothing back; the journal
   // repair the manager runs (at start, or when it sees the process end) does.
-  run(ctx, cli, ['usb', 'add', `host:${sysStick.name}`, '--monitor', SOCKET], env);
+  runPortholeCli(['usb', 'add', `host:${sysStick.name}`, '--monitor', SOCKET], env, ctx.log);
   await until('L1\'s /dev/sdX of stick0 to go away again', 20000, () => (blockDeviceWithSerial(stick.serial) === null ? true : null));
   vm.kill('SIGKILL');
   ctx.log(`porthole killed: ${await exited}`);
@@ -145,18 +144,16 @@ scenario('usb-passthrough-l2', async (ctx) => {
   found.push(`after SIGKILL the journal repair bound ${repaired.drivers.join(',')} again and /dev/${l1Again} is back`);
 
   // The reference: QEMU's usb-host (libusb) passing the same stick to the same kit, same dd.
-  const bus = fs.readFileSync(`/sys/bus/usb/devices/${sysStick.name}/busnum`, 'utf8').trim();
-  const addr = fs.readFileSync(`/sys/bus/usb/devices/${sysStick.name}/devnum`, 'utf8').trim();
   const qemu = ctx.spawn('qemu-system-x86_64', [
     '-accel', 'kvm', '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-monitor', 'none', '-serial', 'stdio', '-device', 'qemu-xhci,id=xhci', '-device', `usb-host,bus=xhci.0,hostbus=${bus},hostaddr=${addr}`,
+    '-monitor', 'none', '-serial', 'stdio', ...qemuUsbHostArgs(sysStick.name),
     '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`,
   ]);
   qemu.stderr!.on('data', (d: Buffer) => ctx.log(`qemu: ${d.toString().trim()}`));
   const qemuExited = new Promise<string>((resolve) => qemu.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
   const qcon = SerialConsole.fromChild(qemu, { name: 'L2 on QEMU\'s serial', onOutput: consoleLogger('QL2| ') });
   await qcon.waitForShell(240000);
-  const qDisk = await l2DiskOfSize(qcon, stick.sizeMiB, 120000);
+  const qDisk = await waitForDiskOfSize(qcon, stick.sizeMiB, 120000);
   const qemuRate = await l2ReadRate(ctx, qcon, qDisk, stick.sizeMiB, 'QEMU usb-host');
   qemu.kill('SIGTERM');
   ctx.log(`qemu exited: ${await qemuExited}`);
@@ -167,27 +164,6 @@ scenario('usb-passthrough-l2', async (ctx) => {
   return `${found.join('; ')}; ${rate}; ${plain}; ${qemuRate}; ${ratio}; ${l1Rate}`;
 });
 
-function run(ctx: ScenarioContext, cli: string, args: string[], env: NodeJS.ProcessEnv = process.env): string {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env, timeout: 60000 });
-  if (r.status !== 0) throw new Error(`porthole ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}${r.stdout}`);
-  if (r.stderr.trim()) ctx.log(`porthole ${args[0]} ${args[1]}: ${r.stderr.trim()}`);
-  return r.stdout;
-}
-
-/** The sdX of `sizeMiB` in L2, waiting for it to appear; throws with L2's dmesg. */
-async function l2DiskOfSize(con: SerialConsole, sizeMiB: number, timeoutMs: number): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await con.run('for b in /sys/block/sd*; do [ -e $b ] && echo "$(basename $b) $(cat $b/size)"; done');
-    const line = r.output.split('\n').map((l) => l.trim().split(' ')).find((f) => f.length === 2 && f[1] === String(sizeMiB * 2048));
-    if (line) return line[0];
-    if (Date.now() > deadline) {
-      const dmesg = await con.run('dmesg | tail -40');
-      throw new Error(`L2 shows no ${sizeMiB} MiB disk: ${r.output}\n${dmesg.output}`);
-    }
-    await new Promise((res) => setTimeout(res, 2000));
-  }
-}
 
 /** dd of the whole disk past the page cache, three times; the median MB/s (L2's uptime as the clock). */
 async function l2ReadRate(ctx: ScenarioContext, con: SerialConsole, disk: string, sizeMiB: number, what: string): Promise<string> {

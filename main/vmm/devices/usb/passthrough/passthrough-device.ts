@@ -28,6 +28,8 @@ export interface PassthroughLink {
 interface Pending {
   transfer: UsbTransfer;
   done: (t: UsbTransfer) => void;
+  /** performance.now() at submit, for the round-trip account logged at detach. */
+  submittedAt: number;
 }
 
 /** How soon records that found the channel full are tried again. */
@@ -50,6 +52,8 @@ export class PassthroughDevice implements UsbDevice {
   private resendTimer: (() => void) | null = null;
   private port: UsbPortHost | null = null;
   private gone = false;
+  /** Transfers the VM host completed, and their summed submit → DONE time (ms): the machine's view of a round trip. */
+  readonly roundTrips = { transfers: 0, ms: 0 };
 
   constructor(config: HostDeviceConfig, private readonly link: PassthroughLink) {
     this.handle = config.handle;
@@ -74,6 +78,9 @@ export class PassthroughDevice implements UsbDevice {
 
   detach(): void {
     this.finishAll('no-device');
+    if (this.roundTrips.transfers > 0) {
+      this.link.log(`${this.name}: ${this.roundTrips.transfers} transfers, ${((this.roundTrips.ms * 1000) / this.roundTrips.transfers).toFixed(0)} µs per transfer from submit to the VM host's DONE (machine thread)`);
+    }
     this.post(PASSTHROUGH_KIND.DETACHED, encodeAddressOnly(this));
     this.gone = true;
     this.port = null;
@@ -112,7 +119,7 @@ export class PassthroughDevice implements UsbDevice {
       setupBytes[6] = setup.length & 0xff;
       setupBytes[7] = setup.length >>> 8;
     }
-    this.pending.set(id, { transfer, done });
+    this.pending.set(id, { transfer, done, submittedAt: performance.now() });
     this.post(PASSTHROUGH_KIND.SUBMIT, encodeSubmit({
       handle: this.handle, instance: this.instance, id, endpoint: transfer.endpoint, in: transfer.in,
       type: transfer.type, setup: setupBytes, length: transfer.data.length,
@@ -153,6 +160,8 @@ export class PassthroughDevice implements UsbDevice {
       const p = this.pending.get(r.id);
       if (p === undefined) return;
       this.pending.delete(r.id);
+      this.roundTrips.transfers++;
+      this.roundTrips.ms += performance.now() - p.submittedAt;
       p.transfer.status = r.status;
       p.transfer.actualLength = Math.min(r.actual, p.transfer.data.length);
       p.done(p.transfer);

@@ -1,0 +1,182 @@
+// Host USB passthrough throughput and latency: L1's stick0 (QEMU usb-storage, high speed) is
+// passed to the rig's L2 kit by Porthole (`porthole usb add host:NAME`: node-usb on the VM
+// host, our xHCI in front) and by QEMU (`-device usb-host`, libusb, qemu-xhci), alternating
+// in one L1 run. Per boot, dd O_DIRECT: the whole stick in 1 MiB blocks read and written
+// (MB/s), then 1024 x 4 KiB read and written (transfers/s, shown as µs per transfer: each
+// dd block is one SCSI command, three USB transfers of Bulk-Only).
+//
+// It needs L1 (the stick and a KVM that boots Linux): npm run bench -- usb-passthrough.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { repairUsbJournal, UsbJournal } from '../../main/host/usb-journal';
+import { SerialConsole } from '../rig/console';
+import { ddRate, waitForDiskOfSize, type DdRate } from '../rig/dd-rate';
+import { STICKS } from '../rig/sticks';
+import {
+  passStickThrough, PASSTHROUGH_KIT_MODULES, qemuUsbHostArgs, runPortholeCli, stickBoundInL1,
+} from '../rig/usb-passthrough-l1';
+import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { benchOutputDir, writeBenchResult } from './paths';
+
+/** Target from issue 10: Porthole's MB/s at least QEMU usb-host's. */
+export const USB_PASSTHROUGH_TARGET = 1.0;
+const LABELS: Record<BootVmm, string> = { porthole: 'Porthole', qemu: 'QEMU' };
+const SMALL_COUNT = 1024;
+
+type Measure = 'read' | 'write' | 'read4k' | 'write4k';
+const MEASURES: Measure[] = ['read', 'write', 'read4k', 'write4k'];
+
+export interface UsbPassthroughSample {
+  vmm: BootVmm;
+  round: number;
+  rates: Partial<Record<Measure, DdRate>>;
+  /** Porthole's VM host's own account (--verbose log at the give-back): per transfer µs waiting, and in libusb. */
+  host?: { transfers: number; waitUs: number; libusbUs: number };
+  /** The machine thread's account: µs per transfer from the device's submit to the VM host's DONE. */
+  machineUs?: number;
+  failure?: string;
+}
+
+export interface UsbPassthroughBenchOptions {
+  kit: KitPaths;
+  rounds: number;
+  /** A boot that fails is tried again this many times. */
+  retries?: number;
+  log?: (line: string) => void;
+}
+
+export interface UsbPassthroughBenchResult {
+  mib: number;
+  rounds: number;
+  samples: UsbPassthroughSample[];
+  /** Per measure: median Porthole / median QEMU of MB/s (higher is better for Porthole). */
+  ratios: Partial<Record<Measure, number>>;
+  met: boolean;
+}
+
+async function measure(con: SerialConsole, disk: string, mib: number, sample: UsbPassthroughSample): Promise<void> {
+  const dev = `/dev/${disk}`;
+  sample.rates.read = await ddRate(con, dev, 'read', 1048576, mib);
+  sample.rates.write = await ddRate(con, dev, 'write', 1048576, mib);
+  sample.rates.read4k = await ddRate(con, dev, 'read', 4096, SMALL_COUNT);
+  sample.rates.write4k = await ddRate(con, dev, 'write', 4096, SMALL_COUNT);
+}
+
+async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void): Promise<UsbPassthroughSample> {
+  const stick = STICKS.stick0;
+  const sample: UsbPassthroughSample = { vmm, round, rates: {} };
+  const held = await stickBoundInL1(stick);
+  const dataDir = path.join(benchOutputDir(), 'usb-passthrough-data');
+  const socket = path.join(benchOutputDir(), 'usb-passthrough.sock');
+  const env = { ...process.env, XDG_DATA_HOME: dataDir };
+  const append = `kit.modules=${PASSTHROUGH_KIT_MODULES}`;
+  const vm = vmm === 'porthole'
+    ? spawnKitVm('porthole', kit, 1, { append, porthole: ['--usb', 'keyboard', '--monitor', socket, '--verbose'], env })
+    : spawnKitVm('qemu', kit, 1, { append, qemu: qemuUsbHostArgs(held.name) });
+  let errText = '';
+  vm.child.stderr!.setEncoding('utf8');
+  vm.child.stderr!.on('data', (chunk: string) => {
+    errText = (errText + chunk).slice(-2000);
+    const m = /(\d+) transfers, per transfer (\d+) µs from SUBMIT record to libusb submit, (\d+) µs in libusb/.exec(chunk);
+    if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
+    const mm = /transfers, (\d+) µs per transfer from submit to the VM host's DONE/.exec(chunk);
+    if (mm) sample.machineUs = Number(mm[1]);
+  });
+  const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
+  try {
+    await con.waitForShell(300000);
+    let port: string | null = null;
+    if (vmm === 'porthole') port = passStickThrough(held.name, socket, env).port;
+    await measure(con, await waitForDiskOfSize(con, stick.sizeMiB, 120000), stick.sizeMiB, sample);
+    if (port !== null) {
+      runPortholeCli(['usb', 'remove', port, '--monitor', socket], env);
+      // The give-back's log line carries the VM host's timing.
+      for (let i = 0; i < 20 && sample.host === undefined; i++) await new Promise((res) => setTimeout(res, 250));
+    }
+  } catch (e) {
+    sample.failure = (e as Error).message.split('\n')[0];
+    if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+  } finally {
+    con.close();
+    await reapKitVm(vm);
+  }
+  // A Porthole killed while it held the stick leaves a journal entry: give the stick back as the manager would.
+  if (vmm === 'porthole') for (const line of repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')))) log(`  repair: ${line}`);
+  await giveStickBackToL1(held.name, log);
+  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
+  return sample;
+}
+
+/** QEMU's usb-host leaves the stick without a driver when it exits: bind usb-storage again through sysfs. */
+async function giveStickBackToL1(hostName: string, log: (l: string) => void): Promise<void> {
+  const stick = STICKS.stick0;
+  try {
+    await stickBoundInL1(stick, 5000);
+    return;
+  } catch { /* unbound: bind it below */ }
+  for (const entry of fs.readdirSync(`/sys/bus/usb/devices/${hostName}`).filter((n) => n.startsWith(`${hostName}:`))) {
+    try {
+      fs.writeFileSync('/sys/bus/usb/drivers/usb-storage/bind', entry);
+      log(`  bound L1's usb-storage to ${entry} again`);
+    } catch (e) {
+      log(`  binding L1's usb-storage to ${entry} failed: ${(e as Error).message}`);
+    }
+  }
+  await stickBoundInL1(stick, 30000);
+}
+
+function describe(s: UsbPassthroughSample): string {
+  const rates = MEASURES.filter((m) => s.rates[m]).map((m) => {
+    const r = s.rates[m]!;
+    return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s (${(1e6 / r.iops).toFixed(0)} µs)` : `${m} ${r.mbPerSec.toFixed(2)} MB/s`;
+  });
+  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it${s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE`}` : '';
+  return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
+}
+
+export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Promise<UsbPassthroughBenchResult> {
+  const log = o.log ?? ((line: string) => console.log(line));
+  const retries = o.retries ?? 1;
+  const mib = STICKS.stick0.sizeMiB;
+  for (const f of [o.kit.vmlinuz, o.kit.initrd]) if (!fs.existsSync(f)) throw new Error(`the L2 kit file ${f} is missing`);
+  log(`USB passthrough: L1's stick0 (${mib} MiB) in the L2 kit, 1 vCPU, dd O_DIRECT: Porthole (porthole usb add host:, node-usb) against QEMU -accel kvm (usb-host), ${o.rounds} rounds alternating`);
+  log(`  per boot: ${mib} x 1 MiB read, ${mib} x 1 MiB write (conv=fsync), ${SMALL_COUNT} x 4 KiB read, ${SMALL_COUNT} x 4 KiB write`);
+  log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
+  const samples: UsbPassthroughSample[] = [];
+  for (let round = 1; round <= o.rounds; round++) {
+    const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
+    for (const vmm of order) {
+      for (let attempt = 0; attempt <= retries; attempt++) {
+        const s = await runOnce(vmm, o.kit, round, log);
+        samples.push(s);
+        if (!s.failure) break;
+      }
+    }
+  }
+
+  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.failure);
+  const ratios: Partial<Record<Measure, number>> = {};
+  let met = true;
+  log(`\n${'medians'.padEnd(10)}${MEASURES.map((m) => m.padStart(16)).join('')}   (MB/s; 4k: µs per transfer)   boots failed`);
+  for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
+    const cells = MEASURES.map((m) => {
+      const v = median(ok(vmm).map((s) => (m.endsWith('4k') ? 1e6 / s.rates[m]!.iops : s.rates[m]!.mbPerSec)));
+      return (Number.isFinite(v) ? v.toFixed(m.endsWith('4k') ? 0 : 2) : '-').padStart(16);
+    });
+    log(`${LABELS[vmm].padEnd(10)}${cells.join('')}   ${String(ok(vmm).length).padStart(5)} ${String(samples.filter((s) => s.vmm === vmm && s.failure).length).padStart(6)}`);
+  }
+  for (const m of MEASURES) {
+    const value = (s: UsbPassthroughSample) => s.rates[m]!.mbPerSec;
+    const ratio = median(ok('porthole').map(value)) / median(ok('qemu').map(value));
+    ratios[m] = ratio;
+    const judged = m === 'read' || m === 'write';
+    if (judged) met &&= ratio >= USB_PASSTHROUGH_TARGET;
+    log(`Porthole / QEMU ${m.padEnd(8)} ${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x${judged ? `   target >= ${USB_PASSTHROUGH_TARGET.toFixed(1)}x: ${ratio >= USB_PASSTHROUGH_TARGET ? 'met' : 'MISSED'}` : ''}`);
+  }
+  for (const s of samples.filter((x) => x.failure)) log(`  failed boot: ${LABELS[s.vmm]} round ${s.round}: ${s.failure}`);
+  log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  const result: UsbPassthroughBenchResult = { mib, rounds: o.rounds, samples, ratios, met };
+  writeBenchResult('usb-passthrough.json', result);
+  return result;
+}
