@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DmaMemory } from '../../main/vmm/memory/dma';
 import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
-import type { UsbDevice, UsbPortHost, UsbSpeed, UsbStatus, UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
+import { transferLength, type UsbDevice, type UsbPortHost, type UsbSpeed, type UsbStatus, type UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
 import { Prng, fuzzCases } from '../helpers/prng';
 import { UsbCaptureTap } from '../../main/vmm/devices/usb/xhci/capture';
 import { parseCaptureRecord } from '../../main/vmm/host/usb-capture';
@@ -39,7 +39,11 @@ class FuzzDevice implements UsbDevice {
   readonly productId = 2;
   host: UsbPortHost | null = null;
   pending: { t: UsbTransfer; done: (t: UsbTransfer) => void }[] = [];
-  constructor(readonly speed: UsbSpeed, private readonly rng: Prng) {}
+  /** Some devices take big bulk transfers as guest memory segments (a disk's zero-copy path). */
+  readonly movesGuestMemory: boolean;
+  constructor(readonly speed: UsbSpeed, private readonly rng: Prng) {
+    this.movesGuestMemory = rng.below(2) === 0;
+  }
   attach(host: UsbPortHost): void { this.host = host; }
   detach(): void { this.finishAll('no-device'); }
   reset(): void { this.finishAll('cancelled'); }
@@ -62,8 +66,18 @@ class FuzzDevice implements UsbDevice {
     t.status = this.rng.pick(STATUSES);
     const r = this.rng.below(10);
     // Device bugs included: lengths past the buffer, negative, fractional.
-    t.actualLength = r < 6 ? t.data.length : r < 8 ? this.rng.below(t.data.length + 1) : this.rng.pick([-1, t.data.length + 5, 1.5]);
-    if (t.in) t.data.fill(0xa5, 0, Math.max(0, Math.min(t.data.length, Math.floor(t.actualLength))));
+    const length = transferLength(t);
+    t.actualLength = r < 6 ? length : r < 8 ? this.rng.below(length + 1) : this.rng.pick([-1, length + 5, 1.5]);
+    if (t.in) {
+      let left = Math.max(0, Math.min(length, Math.floor(t.actualLength)));
+      for (const s of t.guest ?? [t.data]) {
+        const n = Math.min(left, s.length);
+        s.fill(0xa5, 0, n);
+        left -= n;
+      }
+    } else if (t.guest !== undefined) {
+      for (const s of t.guest) if (s.length > 0) void s[s.length - 1];
+    }
     done(t);
     if (this.rng.below(50) === 0) done(t); // a buggy device calls done twice
   }

@@ -45,13 +45,14 @@ import {
   type UsbDeviceSpec,
   type UsbEndpointSpec,
 } from './descriptors';
-import type {
-  UsbDevice,
-  UsbPortHost,
-  UsbSetup,
-  UsbSpeed,
-  UsbStatus,
-  UsbTransfer,
+import {
+  transferLength,
+  type UsbDevice,
+  type UsbPortHost,
+  type UsbSetup,
+  type UsbSpeed,
+  type UsbStatus,
+  type UsbTransfer,
 } from './usb-device';
 
 /** bRequest values of the standard requests. */
@@ -343,7 +344,7 @@ export abstract class UsbDeviceBase implements UsbDevice {
     if (!queue || queue[0] !== head) return;
     queue.shift();
     if (typeof result === 'number') {
-      const n = Number.isFinite(result) ? Math.max(0, Math.min(Math.floor(result), head.transfer.data.length)) : 0;
+      const n = Number.isFinite(result) ? Math.max(0, Math.min(Math.floor(result), transferLength(head.transfer))) : 0;
       this.#finish(head, 'ok', n);
     } else if (result === 'stall') {
       this.#halted.add(address);

@@ -46,8 +46,22 @@ export interface UsbTransfer {
   readonly data: Uint8Array;
   /** Isochronous: the packet lengths inside `data`, in order (their sum is data.length). */
   readonly isoPackets?: number[];
+  /**
+   * Guest memory the bytes move to (IN) or from (OUT), in order, when the controller lets the
+   * device move them itself (UsbDevice.movesGuestMemory): `data` is then empty, and the
+   * transfer's length is the segments' total (transferLength). Saves the copies through `data`.
+   */
+  readonly guest?: readonly Uint8Array[];
   status: UsbStatus;
   actualLength: number;
+}
+
+/** Bytes the host asked for (IN) or sends (OUT): data.length, or the guest segments' total. */
+export function transferLength(t: UsbTransfer): number {
+  if (t.guest === undefined) return t.data.length;
+  let n = 0;
+  for (const s of t.guest) n += s.length;
+  return n;
 }
 
 /** What a device may ask of the port it sits on. */
@@ -65,6 +79,11 @@ export interface UsbDevice {
   /** From the device descriptor, for the UI and the port's speed check. */
   readonly vendorId: number;
   readonly productId: number;
+  /**
+   * True: the device takes bulk transfers that carry `guest` segments instead of `data`, and
+   * moves their bytes itself (a disk reading straight into guest memory).
+   */
+  readonly movesGuestMemory?: boolean;
   /** Called when the device is plugged into a port, before any transfer. */
   attach(port: UsbPortHost): void;
   /** Called when the device leaves its port: every pending transfer completes as 'no-device' or 'cancelled' first. */

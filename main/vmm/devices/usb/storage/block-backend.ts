@@ -36,6 +36,13 @@ export interface BlockBackend {
    * read afterwards is unspecified. Absent: the backend cannot discard.
    */
   discard?(offset: number, length: number, done: BlockDoneCallback): void;
+  /**
+   * Synchronous scatter-gather I/O between the image and the caller's buffers (guest memory,
+   * with no copy in between): all of the buffers' bytes at `offset`, or an error. Present only
+   * on a backend that completes everything inline (RawImageFile's `synchronous`).
+   */
+  readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
+  readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
   /** Releases the image once the operations in flight have completed. */
   close(): void;
 }
@@ -121,6 +128,8 @@ function transferAll(
 export class RawImageFile implements BlockBackend {
   readonly size: number;
   readonly readOnly: boolean;
+  readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
+  readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
   private fd: number;
   private inFlight = 0;
   private closing = false;
@@ -173,6 +182,10 @@ export class RawImageFile implements BlockBackend {
       throw error;
     }
     this.fd = fd;
+    if (synchronous) {
+      this.readvNow = (offset, targets) => this.vectorNow('read', targets, offset);
+      this.writevNow = (offset, sources) => this.vectorNow('write', sources, offset);
+    }
   }
 
   read(offset: number, length: number, done: BlockReadCallback): void {
@@ -276,6 +289,26 @@ export class RawImageFile implements BlockBackend {
     }
   }
 
+  /** preadv/pwritev of whole buffers, looping over short transfers. */
+  private vectorNow(op: 'read' | 'write', buffers: readonly Uint8Array[], position: number): Error | null {
+    let length = 0;
+    for (const b of buffers) length += b.length;
+    const refused = this.refuse(position, length, op === 'write');
+    if (refused) return refused;
+    try {
+      let rest: Uint8Array[] = buffers as Uint8Array[];
+      for (let moved = 0; moved < length;) {
+        const count = op === 'read' ? fs.readvSync(this.fd, rest, position + moved) : fs.writevSync(this.fd, rest, position + moved);
+        if (count === 0) return new Error(`${op === 'read' ? 'end of file' : 'nothing written'} at offset ${position + moved}`);
+        moved += count;
+        if (moved < length) rest = skipBytes(rest, count);
+      }
+      return null;
+    } catch (error) {
+      return error as Error;
+    }
+  }
+
   private refuse(offset: number, length: number, write: boolean): Error | null {
     if (this.closing) return new Error(`${this.path} is closed`);
     if (write && this.readOnly) return new Error(`${this.path} is open read-only`);
@@ -299,4 +332,13 @@ export class RawImageFile implements BlockBackend {
     fs.closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+/** The buffers after their first `n` bytes (what a short readv/writev left). */
+function skipBytes(buffers: readonly Uint8Array[], n: number): Uint8Array[] {
+  let i = 0;
+  while (i < buffers.length && n >= buffers[i].length) n -= buffers[i++].length;
+  const rest = buffers.slice(i);
+  if (rest.length > 0 && n > 0) rest[0] = rest[0].subarray(n);
+  return rest;
 }

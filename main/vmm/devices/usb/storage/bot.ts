@@ -15,7 +15,7 @@
 // - host sends, device takes less or nothing (9, 11): the rest is accepted and dropped,
 //   residue = host length - data taken; device would take more (13): the host's bytes go to
 //   the command, then phase error; device would send (10): bulk OUT halts, then phase error.
-import type { UsbTransfer } from '../usb-device';
+import { transferLength, type UsbTransfer } from '../usb-device';
 import { STATUS_GOOD, type ScsiCommand, type ScsiDisk } from './scsi';
 
 export const CBW_SIGNATURE = 0x43425355;
@@ -298,10 +298,34 @@ export class BulkOnlyTransport {
     const generation = this.generation;
     const buffered = this.fetched - this.dataMoved;
     const head = this.head(true);
-    const want = head ? Math.min(head.data.length, this.hostLength - this.moved) : 0;
+    const want = head ? Math.min(transferLength(head), this.hostLength - this.moved) : 0;
+
+    // A backend that reads inline reads straight into the transfer (guest memory, when the
+    // controller passed it): no read-ahead, no chunks, no copies.
+    if (command.readInto && buffered === 0 && !this.fetching && !this.fetchFailed && this.fetched < this.deviceLength) {
+      if (!head) return;
+      const targets = targetsOf(head);
+      const dataWanted = Math.min(want, this.deviceLength - this.dataMoved);
+      this.backendBusy++;
+      const ok = command.readInto(firstBytes(targets, dataWanted));
+      this.backendBusy--;
+      if (ok) {
+        this.fetched += dataWanted;
+        this.dataMoved += dataWanted;
+        fillSegments(targets, dataWanted, want);
+      } else {
+        this.fetchFailed = true; // the rest of the data phase is padding
+        fillSegments(targets, 0, want);
+      }
+      this.moved += want;
+      if (this.moved >= this.hostLength) this.phase = this.status === null ? 'status' : 'csw';
+      this.complete(head, want);
+      if ((this.fetchFailed || this.fetched >= this.deviceLength) && !this.finishing) this.finishCommand(generation);
+      return;
+    }
 
     // Fetch ahead: enough for the transfer waiting, and up to READ_AHEAD beyond what was sent.
-    if (!this.fetching && !this.fetchFailed && this.fetched < this.deviceLength && buffered < Math.max(want, READ_AHEAD)) {
+    if (!command.readInto && !this.fetching && !this.fetchFailed && this.fetched < this.deviceLength && buffered < Math.max(want, READ_AHEAD)) {
       const n = Math.min(this.deviceLength - this.fetched, Math.max(want, READ_AHEAD) - buffered);
       this.fetching = true;
       this.again = true;
@@ -331,21 +355,21 @@ export class BulkOnlyTransport {
     const dataEnd = this.fetchFailed ? this.fetched : this.deviceLength;
     const dataWanted = Math.max(0, Math.min(want, dataEnd - this.dataMoved));
     if (this.fetched - this.dataMoved < dataWanted) return; // still fetching
-    const out = head.data;
-    this.copyChunks(out, dataWanted);
-    out.fill(0, dataWanted, want);
+    const targets = targetsOf(head);
+    this.copyChunks(targets, dataWanted);
+    fillSegments(targets, dataWanted, want);
     this.dataMoved += dataWanted;
     this.moved += want;
     if (this.moved >= this.hostLength) this.phase = this.status === null ? 'status' : 'csw';
     this.complete(head, want);
   }
 
-  private copyChunks(out: Uint8Array, length: number): void {
+  private copyChunks(targets: readonly Uint8Array[], length: number): void {
     let at = 0;
     while (at < length) {
       const chunk = this.chunks[0];
       const n = Math.min(length - at, chunk.length - this.chunkOffset);
-      out.set(chunk.subarray(this.chunkOffset, this.chunkOffset + n), at);
+      copyIntoSegments(targets, at, chunk.subarray(this.chunkOffset, this.chunkOffset + n));
       at += n;
       this.chunkOffset += n;
       if (this.chunkOffset >= chunk.length) {
@@ -360,16 +384,25 @@ export class BulkOnlyTransport {
     const generation = this.generation;
     const head = this.head(false);
     if (head && this.moved < this.hostLength && this.pendingBytes + this.writing < WRITE_BEHIND) {
-      const data = head.data;
-      const take = Math.min(data.length, this.hostLength - this.moved);
+      const length = transferLength(head);
+      const sources = targetsOf(head);
+      const take = Math.min(length, this.hostLength - this.moved);
       const forCommand = Math.max(0, Math.min(take, this.deviceLength - this.dataMoved));
       if (forCommand > 0 && !this.writeFailed) {
-        this.pendingWrites.push(data.slice(0, forCommand));
-        this.pendingBytes += forCommand;
+        if (command.writeFrom && this.pendingBytes === 0 && this.writing === 0) {
+          // Inline, straight from the transfer (guest memory): done before it completes.
+          this.backendBusy++;
+          if (!command.writeFrom(firstBytes(sources, forCommand))) this.writeFailed = true;
+          this.backendBusy--;
+        } else {
+          // Kept past the transfer's completion, when its buffer is the guest's again: a copy.
+          this.pendingWrites.push(concat(firstBytes(sources, forCommand), forCommand));
+          this.pendingBytes += forCommand;
+        }
       }
       this.dataMoved += forCommand;
       this.moved += take;
-      this.complete(head, data.length);
+      this.complete(head, length);
       return;
     }
     if (this.writing === 0 && this.pendingBytes > 0) {
@@ -400,17 +433,18 @@ export class BulkOnlyTransport {
 
   private sendCsw(transfer: UsbTransfer): void {
     this.again = true;
-    const out = transfer.data;
-    if (out.length < CSW_LENGTH) {
+    if (transferLength(transfer) < CSW_LENGTH) {
       // No room for the CSW: halt, and keep it for the host's next try.
       this.complete(transfer, 'stall');
       return;
     }
-    const view = new DataView(out.buffer, out.byteOffset, CSW_LENGTH);
+    const csw = new Uint8Array(CSW_LENGTH);
+    const view = new DataView(csw.buffer);
     view.setUint32(0, CSW_SIGNATURE, true);
     view.setUint32(4, this.tag, true);
     view.setUint32(8, this.hostLength - this.dataMoved, true);
-    out[12] = this.status ?? CSW_PHASE_ERROR;
+    csw[12] = this.status ?? CSW_PHASE_ERROR;
+    copyIntoSegments(targetsOf(transfer), 0, csw);
     this.startCbwPhase();
     this.complete(transfer, CSW_LENGTH);
   }
@@ -424,4 +458,48 @@ function concat(parts: Uint8Array[], length: number): Uint8Array {
     at += p.length;
   }
   return out;
+}
+
+/** Where a transfer's bytes are: the guest memory segments the controller passed, or its data. */
+function targetsOf(t: UsbTransfer): readonly Uint8Array[] {
+  return t.guest ?? [t.data];
+}
+
+/** The segments' first `n` bytes, as segments. */
+function firstBytes(segments: readonly Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const s of segments) {
+    if (n <= 0) break;
+    out.push(s.length <= n ? s : s.subarray(0, n));
+    n -= s.length;
+  }
+  return out;
+}
+
+/** Copies `bytes` into the segments from byte `at` of their concatenation. */
+function copyIntoSegments(segments: readonly Uint8Array[], at: number, bytes: Uint8Array): void {
+  let from = 0;
+  for (const s of segments) {
+    if (from >= bytes.length) return;
+    if (at >= s.length) {
+      at -= s.length;
+      continue;
+    }
+    const n = Math.min(s.length - at, bytes.length - from);
+    s.set(bytes.subarray(from, from + n), at);
+    from += n;
+    at = 0;
+  }
+}
+
+/** Zeroes bytes [from, to) of the segments' concatenation. */
+function fillSegments(segments: readonly Uint8Array[], from: number, to: number): void {
+  let base = 0;
+  for (const s of segments) {
+    const start = Math.max(from - base, 0);
+    const end = Math.min(to - base, s.length);
+    if (start < end) s.fill(0, start, end);
+    base += s.length;
+    if (base >= to) return;
+  }
 }

@@ -87,6 +87,13 @@ export interface ScsiCommand {
   read(n: number, done: (data: Uint8Array | null) => void): void;
   /** Consumes the next bytes (at most what is left); false when the backend failed. */
   write(data: Uint8Array, done: (ok: boolean) => void): void;
+  /**
+   * read/write done inline, straight between the backend and `buffers` (guest memory): the
+   * next bytes, as many as the buffers hold (at most what is left). False when the backend
+   * failed. Present only on READ/WRITE over a backend with readvNow/writevNow.
+   */
+  readInto?(buffers: readonly Uint8Array[]): boolean;
+  writeFrom?(buffers: readonly Uint8Array[]): boolean;
   finish(done: (status: ScsiStatus) => void): void;
 }
 
@@ -174,6 +181,9 @@ class TransferCommand implements ScsiCommand {
   ) {
     this.length = blocks * BLOCK_SIZE;
     this.direction = this.length === 0 ? 'none' : write ? 'out' : 'in';
+    const { readvNow, writevNow } = backend;
+    if (!write && readvNow) this.readInto = (buffers) => this.vector(false, buffers, readvNow);
+    if (write && writevNow) this.writeFrom = (buffers) => this.vector(true, buffers, writevNow);
   }
   read(n: number, done: (data: Uint8Array | null) => void): void {
     const length = Math.max(0, Math.min(n, this.length - this.position));
@@ -211,8 +221,28 @@ class TransferCommand implements ScsiCommand {
       done(true);
     });
   }
+  readonly readInto?: (buffers: readonly Uint8Array[]) => boolean;
+  readonly writeFrom?: (buffers: readonly Uint8Array[]) => boolean;
   finish(done: (status: ScsiStatus) => void): void {
     done(this.disk.complete(this.opcode, this.failed));
+  }
+
+  /** The next `buffers` of the command straight to or from the backend (readvNow/writevNow). */
+  private vector(write: boolean, buffers: readonly Uint8Array[], now: (offset: number, buffers: readonly Uint8Array[]) => Error | null): boolean {
+    if (this.failed) return false;
+    let length = 0;
+    for (const b of buffers) length += b.length;
+    if (this.direction !== (write ? 'out' : 'in') || length > this.length - this.position) return false;
+    if (length === 0) return true;
+    const at = this.offset + this.position;
+    this.position += length;
+    const error = now(at, buffers);
+    if (error) {
+      this.failed = write ? SENSE_WRITE_ERROR : SENSE_READ_ERROR;
+      this.disk.ioError(write ? 'write' : 'read', at, length, error);
+      return false;
+    }
+    return true;
   }
 }
 

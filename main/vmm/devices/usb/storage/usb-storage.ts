@@ -100,6 +100,11 @@ export class UsbStorage extends UsbDeviceBase {
     return this.backend.readOnly;
   }
 
+  /** An image read and written inline moves bulk data straight to and from guest memory. */
+  get movesGuestMemory(): boolean {
+    return this.backend.readvNow !== undefined && this.backend.writevNow !== undefined;
+  }
+
   /** The guest asked that the medium not be removed (PREVENT ALLOW MEDIUM REMOVAL). */
   get removalPrevented(): boolean {
     return this.disk.removalPrevented;

@@ -5,7 +5,7 @@
 // nothing else. A record that finds the channel full is dropped and counted (the guest
 // never waits for a capture). Runs on the machine thread.
 import { encodeUsbmonHeader, USBMON_HEADER_BYTES, USBMON_STATUS, type UsbmonPacket } from '../../../shared/usbmon';
-import type { UsbStatus, UsbTransfer } from '../usb-device';
+import { transferLength, type UsbStatus, type UsbTransfer } from '../usb-device';
 
 /**
  * What travels to the VM host: this prefix (the root-hub port, the rest reserved), the usbmon
@@ -40,6 +40,20 @@ function statusCode(status: UsbStatus): number {
     case 'pending': return USBMON_STATUS.inProgress;
     default: return USBMON_STATUS.error;
   }
+}
+
+/** A transfer's first `n` bytes: from data, or gathered from its guest segments (one started before the capture). */
+function bytesOf(t: UsbTransfer, n: number): Uint8Array {
+  if (t.guest === undefined) return t.data.subarray(0, n);
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const s of t.guest) {
+    if (at >= n) break;
+    const k = Math.min(s.length, n - at);
+    out.set(s.subarray(0, k), at);
+    at += k;
+  }
+  return out;
 }
 
 function wallClockUs(): number {
@@ -82,8 +96,9 @@ export class UsbCaptureTap {
     if (!this.wants(port)) return;
     const id = this.nextId++;
     this.ids.set(transfer, id);
-    const data = transfer.in ? null : transfer.data;
-    this.emit(port, address, transfer, 'S', id, USBMON_STATUS.inProgress, transfer.data.length, data, transfer.in ? 0x3c : 0x3d);
+    const length = transferLength(transfer);
+    const data = transfer.in ? null : bytesOf(transfer, Math.min(length, this.options.snapLength));
+    this.emit(port, address, transfer, 'S', id, USBMON_STATUS.inProgress, length, data, transfer.in ? 0x3c : 0x3d);
   }
 
   /**
@@ -98,8 +113,8 @@ export class UsbCaptureTap {
       id = this.nextId++;
     }
     this.ids.delete(transfer);
-    const moved = Math.max(0, Math.min(transfer.data.length, Number.isInteger(transfer.actualLength) ? transfer.actualLength : 0));
-    const data = transfer.in ? transfer.data.subarray(0, moved) : null;
+    const moved = Math.max(0, Math.min(transferLength(transfer), Number.isInteger(transfer.actualLength) ? transfer.actualLength : 0));
+    const data = transfer.in ? bytesOf(transfer, Math.min(moved, this.options.snapLength)) : null;
     this.emit(port, address, transfer, 'C', id, statusCode(status), moved, data, transfer.in ? 0x3d : 0x3e);
   }
 
@@ -108,7 +123,7 @@ export class UsbCaptureTap {
     data: Uint8Array | null, noDataTag: number,
   ): void {
     const captured = data === null ? 0 : Math.min(data.length, this.options.snapLength);
-    const iso = t.type === 'isochronous' ? (t.isoPackets ?? [t.data.length]) : null;
+    const iso = t.type === 'isochronous' ? (t.isoPackets ?? [transferLength(t)]) : null;
     const descriptors = iso === null ? 0 : iso.length;
     const record = new Uint8Array(CAPTURE_PREFIX_BYTES + USBMON_HEADER_BYTES + descriptors * ISO_DESCRIPTOR_BYTES + captured);
     record[0] = port;

@@ -1,7 +1,7 @@
 // Transfer rings: TDs fetched from an endpoint's ring become UsbTransfers; completions write
 // IN data back and post Transfer Events in TD order.
 import { DMA_OK } from '../../../memory/dma';
-import type { UsbDevice, UsbSetup, UsbTransfer, UsbTransferType } from '../usb-device';
+import { transferLength, type UsbDevice, type UsbSetup, type UsbTransfer, type UsbTransferType } from '../usb-device';
 import {
   CC_BABBLE, CC_SHORT_PACKET, CC_STALL, CC_STOPPED_LENGTH_INVALID, CC_SUCCESS, CC_TRANSACTION_ERROR, CC_TRB_ERROR,
   EP_HALTED, EP_RUNNING, EP_STOPPED, EPT_CONTROL, EPT_INTR_IN, EPT_INTR_OUT, EPT_ISOCH_IN, EPT_ISOCH_OUT,
@@ -23,6 +23,10 @@ function transferType(epType: number): UsbTransferType {
   if (epType === EPT_INTR_OUT || epType === EPT_INTR_IN) return 'interrupt';
   return 'bulk';
 }
+
+/** Bulk TDs at least this long go to a device that moves guest memory itself as guest segments. */
+const GUEST_SEGMENTS_MIN_BYTES = 4096;
+const NO_DATA = new Uint8Array(0);
 
 const immediate = new Uint8Array(8);
 const immediateView = new DataView(immediate.buffer);
@@ -198,8 +202,13 @@ export class TransferEngine {
     }
     ep.fetch = end.ptr;
     ep.fetchCycle = end.cycle;
-    const data = new Uint8Array(total);
-    if (!dirIn) {
+    const device = this.deviceOf(slot);
+    // A device that moves guest memory itself (a disk reading into it with preadv) gets the
+    // TD's buffers as segments, unless a capture wants the bytes on their way.
+    const guest = device !== null && device.movesGuestMemory === true && this.capture === null && total >= GUEST_SEGMENTS_MIN_BYTES
+      && transferType(ep.type) === 'bulk' ? this.guestSegments(trbs, lengths, dirIn) : null;
+    const data = guest !== null ? NO_DATA : new Uint8Array(total);
+    if (!dirIn && guest === null) {
       let at = 0;
       for (let i = 0; i < trbs.length; i++) {
         const n = lengths[i];
@@ -218,7 +227,7 @@ export class TransferEngine {
     }
     const transfer: UsbTransfer = {
       endpoint: ep.dci >>> 1, in: dirIn, type: transferType(ep.type), setup, data,
-      status: 'pending', actualLength: 0,
+      status: 'pending', actualLength: 0, ...(guest !== null ? { guest } : {}),
     };
     if (isIsochEp) (transfer as { isoPackets?: number[] }).isoPackets = [total];
     td.transfer = transfer;
@@ -226,7 +235,6 @@ export class TransferEngine {
     this.inflightBytes += total;
     this.hc.count('transfers');
     if (this.capture !== null) this.capture.submit(slot.port, slot.address, transfer);
-    const device = this.deviceOf(slot);
     if (device === null) {
       transfer.status = 'no-device';
       if (this.capture !== null) this.capture.complete(slot.port, slot.address, transfer);
@@ -244,6 +252,24 @@ export class TransferEngine {
       if (!ep.kicking && ep.state === EP_RUNNING) this.kick(slot, ep);
     });
     return true;
+  }
+
+  /**
+   * Windows onto guest memory for the TD's data TRBs, in order; null if one is immediate data
+   * or is not wholly inside one RAM region (the copying path then reports it as it does).
+   */
+  private guestSegments(trbs: Trb[], lengths: number[], dirIn: boolean): Uint8Array[] | null {
+    const segments: Uint8Array[] = [];
+    for (let i = 0; i < trbs.length; i++) {
+      const n = lengths[i];
+      if (n <= 0) continue;
+      const trb = trbs[i];
+      if (trb.control & TRB_IDT) return null;
+      const view = this.hc.dma.view(pointer(trb.p0, trb.p1), n, dirIn);
+      if (view === null) return null;
+      segments.push(view);
+    }
+    return segments;
   }
 
   deviceOf(slot: Slot): UsbDevice | null {
@@ -273,10 +299,11 @@ export class TransferEngine {
       this.postCompletionEvents(slot, ep, td, 0, false);
       return true;
     }
-    const total = t.data.length;
+    const total = transferLength(t);
     const actual = Math.max(0, Math.min(total, Number.isInteger(t.actualLength) ? t.actualLength : 0));
     if (t.status === 'ok') {
-      if (t.in && actual > 0 && !this.scatter(slot, ep, td, actual)) return false;
+      // Guest segments hold IN bytes already (the device wrote them there).
+      if (t.in && actual > 0 && t.guest === undefined && !this.scatter(slot, ep, td, actual)) return false;
       this.hc.count(t.in ? 'bytes-in' : 'bytes-out', t.in ? actual : total);
       this.postCompletionEvents(slot, ep, td, t.in ? actual : total, t.in);
       return this.hc.running();
@@ -363,7 +390,7 @@ export class TransferEngine {
       if ((last.control & TRB_IOC) && isDataTrb(trbType(last.control))) {
         // No ISP where it came up short: the TD's IOC TRB reports it, with what the whole TD
         // lacks (a driver computes requested - residual).
-        const lacking = Math.min(0xffffff, (td.transfer as UsbTransfer).data.length - moved);
+        const lacking = Math.min(0xffffff, transferLength(td.transfer as UsbTransfer) - moved);
         this.event(slot, ep, last.addr, 0, CC_SHORT_PACKET, lacking, false, (last.status >>> 22) & 0x3ff, false);
       }
     }
@@ -455,7 +482,7 @@ export class TransferEngine {
 
   private release(td: Td): void {
     if (td.transfer === null) return;
-    this.inflightBytes -= td.transfer.data.length;
+    this.inflightBytes -= transferLength(td.transfer);
     if (this.starved.size === 0) return;
     const waiting = [...this.starved];
     this.starved.clear();
