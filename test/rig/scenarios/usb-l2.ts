@@ -16,8 +16,11 @@ import { ddRate, DdError, describeRate, diskOfSize } from '../dd-rate';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
 import { freshStickCopy, md5File, SECTOR, type StickSpec } from '../sticks';
+import { runPortholeCli } from '../usb-passthrough-l1';
 
 const WORK_DIR = '/tmp/usb-l2';
+/** The VM's monitor socket: keys and hot-plug from the CLI while L2 runs. */
+const SOCKET = `${WORK_DIR}/vm.sock`;
 const STICK: StickSpec = { label: 'l2stick', sizeMiB: 16, serial: '' };
 const RO_STICK: StickSpec = { label: 'l2rostick', sizeMiB: 8, serial: '' };
 const BENCH_MIB = 64;
@@ -118,7 +121,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
     '--serial', 'stdio', '--verbose', '--stats=live', '--stats-interval', '5000',
     '--usb', 'keyboard', '--usb', 'tablet', '--usb', `storage:${images.stick}`, '--usb', `storage-ro:${images.roStick}`,
-    '--usb', `storage:${images.bench}`, '--usb', 'serial:pty',
+    '--usb', `storage:${images.bench}`, '--usb', 'serial:pty', '--monitor', SOCKET,
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
@@ -402,7 +405,49 @@ async function exerciseLifecycle(ctx: ScenarioContext, con: SerialConsole, fail:
   // port power control (HCCPARAMS1.PPC 0, as QEMU's), so Linux's power-off changes nothing and
   // the device it disconnected does not come back until it is plugged again.
 
-  // 4. Unbind and bind xhci_hcd: a halt, controller reset and a fresh enumeration of everything.
+  // 4. Keys from the CLI (sendUsbKeys behind the monitor socket) reach /dev/input as key events.
+  await mark();
+  const kbdEvent = (await con.run('grep -A6 "Porthole USB Keyboard" /proc/bus/input/devices | grep -o "event[0-9]*" | head -1')).output.trim();
+  if (!/^event\d+$/.test(kbdEvent)) fail(`the USB keyboard has no event device in /proc/bus/input/devices ("${kbdEvent}")`);
+  else {
+    await con.run(`rm -f /tmp/kbd; cat /dev/input/${kbdEvent} > /tmp/kbd & echo $! > /tmp/kbd.pid; sleep 1`);
+    let sent = true;
+    try {
+      runPortholeCli(['keys', 'a', 'b', '--monitor', SOCKET], process.env, ctx.log);
+    } catch (e) {
+      sent = false;
+      fail(`porthole keys a b: ${(e as Error).message}`);
+    }
+    const dump = await con.run('sleep 2; kill $(cat /tmp/kbd.pid); od -An -v -tx1 /tmp/kbd', 30000);
+    const keys = keyPresses(dump.output);
+    const afterKeys = await complaints('typing a and b from the CLI');
+    if (sent && !(keys.includes(KEY_A) && keys.includes(KEY_B))) {
+      fail(`"porthole keys a b" gave /dev/input/${kbdEvent} the key presses [${keys.join(', ')}], expected ${KEY_A} (a) and ${KEY_B} (b): ${afterKeys}`);
+    } else if (sent) found.push(`porthole keys a b: /dev/input/${kbdEvent} got EV_KEY presses of KEY_A and KEY_B`);
+  }
+
+  // 5. Unplug the stick while L2 runs and plug it back on the same port (porthole usb
+  //    remove/add): Linux lets go of its disk and takes it again, and L2's marker is still there.
+  await mark();
+  const ports = runPortholeCli(['usb', 'list', '--monitor', SOCKET], process.env, ctx.log);
+  const stickPort = /^\s*(\d+)/.exec(ports.split('\n').find((l) => l.includes(images.stick)) ?? '')?.[1];
+  const stickThere = `[ -n "$(for b in /sys/block/sd*; do [ "$(cat $b/size)" = ${STICK.sizeMiB * 2048} ] && echo y; done)" ]`;
+  if (stickPort === undefined) fail(`porthole usb list does not show ${images.stick}:\n${ports}`);
+  else {
+    runPortholeCli(['usb', 'remove', stickPort, '--monitor', SOCKET], process.env, ctx.log);
+    const gone = await until(con, `! ${stickThere}`, 30);
+    runPortholeCli(['usb', 'add', `storage:${images.stick}`, '--port', stickPort, '--monitor', SOCKET], process.env, ctx.log);
+    const back = await until(con, stickThere, 60);
+    const afterReplug = await complaints('unplugging and replugging the stick');
+    const disk = back ? await diskOfSize(con, STICK.sizeMiB) : null;
+    const read = disk && marker ? (await con.run(`dd if=/dev/${disk} bs=512 skip=${WRITE_SECTOR} count=1 iflag=direct 2>/dev/null | head -c ${marker.length}`)).output.trim() : '';
+    if (!gone) fail(`after porthole usb remove ${stickPort}, L2 still has the stick's disk: ${afterReplug}`);
+    else if (!back) fail(`after porthole usb add on port ${stickPort}, L2 did not get the stick's disk back: ${afterReplug}`);
+    else if (marker && read !== marker) fail(`the replugged stick's sector ${WRITE_SECTOR} reads "${read}", expected ${marker}`);
+    else found.push(`stick unplugged from port ${stickPort} while L2 ran (its disk went away) and plugged back (/dev/${disk}, L2's marker reads back)`);
+  }
+
+  // 6. Unbind and bind xhci_hcd: a halt, controller reset and a fresh enumeration of everything.
   await mark();
   await con.run('echo 0000:00:04.0 > /sys/bus/pci/drivers/xhci_hcd/unbind; sleep 2; echo 0000:00:04.0 > /sys/bus/pci/drivers/xhci_hcd/bind', 120000);
   const rebound = await until(con, ALL_THERE, 90);
@@ -418,4 +463,25 @@ async function exerciseLifecycle(ctx: ScenarioContext, con: SerialConsole, fail:
     else if (!roSum.includes(images.roStickMd5)) fail(`after rebinding xhci_hcd, the read-only stick's md5 is "${roSum.trim()}"`);
     else found.push('xhci_hcd unbound and bound: every device enumerated again and the sticks read right');
   }
+}
+
+/** Linux input codes of the keys the CLI types. */
+const KEY_A = 30;
+const KEY_B = 48;
+
+/**
+ * The key codes pressed in an `od -An -v -tx1` dump of /dev/input/eventN: struct input_event
+ * on x86_64 is 24 bytes (16 of time, then type, code and value, little-endian); a press is
+ * EV_KEY (1) with value 1.
+ */
+function keyPresses(dump: string): number[] {
+  const bytes = dump.split(/\s+/).filter((t) => /^[0-9a-f]{2}$/.test(t)).map((t) => parseInt(t, 16));
+  const pressed: number[] = [];
+  for (let at = 0; at + 24 <= bytes.length; at += 24) {
+    const type = bytes[at + 16] | (bytes[at + 17] << 8);
+    const code = bytes[at + 18] | (bytes[at + 19] << 8);
+    const value = bytes[at + 20] | (bytes[at + 21] << 8) | (bytes[at + 22] << 16) | (bytes[at + 23] << 24);
+    if (type === 1 && value === 1) pressed.push(code);
+  }
+  return pressed;
 }
