@@ -23,7 +23,7 @@ export const L1_MODULES = [
 
 /** In the L2 kit, loaded on demand with kit.modules=: the drivers that meet Porthole's devices. */
 export const KIT_MODULES = [
-  'xhci_pci', 'ehci_pci', 'uhci_hcd', 'usb_storage', 'uas', 'sd_mod', 'sr_mod', 'usbhid', 'hid_generic',
+  'xhci_pci', 'ehci_pci', 'uhci_hcd', 'usb_storage', 'uas', 'sd_mod', 'sr_mod', 'usbhid', 'hid_generic', 'evdev',
   'ftdi_sio', 'cdc_acm', 'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_scsi',
   'ne2k_pci', 'e1000', 'ahci', 'vfat', 'nls_cp437', 'nls_iso8859_1', 'ext4', 'nvme', 'snd_usb_audio',
 ];

@@ -26,7 +26,7 @@ const RO_STICK: StickSpec = { label: 'l2rostick', sizeMiB: 8, serial: '' };
 const BENCH_MIB = 64;
 /** Where L2 writes its marker on the stick (a sector past the partition-table reads). */
 const WRITE_SECTOR = 1000;
-const KIT_MODULES = 'xhci_pci,usb_storage,sd_mod,usbhid,hid_generic,cdc_acm';
+const KIT_MODULES = 'xhci_pci,usb_storage,sd_mod,usbhid,hid_generic,evdev,cdc_acm';
 
 /** The product strings and IDs of Porthole's emulated devices (hid-keyboard.ts, hid-tablet.ts, usb-storage.ts). */
 const KEYBOARD = { id: '1d6b:0101', product: 'Porthole USB Keyboard', speed: '12' };
