@@ -8,6 +8,7 @@ import { UsbKeyboard } from '../../main/vmm/devices/usb/hid-keyboard';
 import { endpointLabel, usbStatsGroup } from '../../main/vmm/devices/usb/xhci/traffic-stats';
 import { type CounterReading, StatsRegistry, StatsSampler } from '../../main/vmm/shared/stats';
 import { DATA, DB, Driver, LoopbackDevice, trb } from '../helpers/xhci-driver';
+import { rig } from '../helpers/usb-passthrough';
 
 const GET_DEVICE_DESCRIPTOR: [number, number, number, number, number] = [0x80, 6, 0x100, 0, 18];
 
@@ -113,4 +114,26 @@ test('a full registry leaves USB endpoints uncounted, and transfers still comple
   const ev = d.events();
   assert.equal(ev.at(-1)?.code, 1);
   assert.equal(registry.schema.length, 2);
+});
+
+test('a passthrough device counts the same way: its EP0 transfer crosses to the host and back', () => {
+  const registry = new StatsRegistry();
+  const stats = sampler(registry);
+  const d = new Driver(undefined, undefined, registry);
+  d.start();
+  const r = rig();
+  r.host.take();
+  d.hc.attach(1, r.device); // a SuperSpeed stick on a USB 3 port
+  const slot = d.enumerate(1, 4);
+  d.control(slot, GET_DEVICE_DESCRIPTOR, DATA, true);
+  r.pump();
+  assert.equal(r.usb.urbs.length, 1, 'GET_DESCRIPTOR went to the host device');
+  assert.deepEqual(stats.read().filter((x) => x.group === 'usb1-host'), [], 'nothing completed yet');
+  r.usb.complete('ok', new Uint8Array(18).fill(1));
+  r.pump();
+  d.events();
+  const c = stats.read();
+  assert.equal(total(c, 'usb1-host', 'ep0-bytes'), 18, JSON.stringify(c));
+  assert.equal(total(c, 'usb1-host', 'ep0-transfers'), 1);
+  assert.equal(typeof total(c, 'usb1-host', 'ep0-latency-us'), 'number');
 });
