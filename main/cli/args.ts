@@ -34,7 +34,9 @@ export type CliCommand =
   /** usb host: the host's USB devices (no VM needed). */
   | { command: 'usb-host' }
   /** capture: a pcapng file of a running VM's USB transfers until Ctrl-C. */
-  | { command: 'capture'; socket: string; path: string; port: number | null; snapLength: number | null };
+  | { command: 'capture'; socket: string; path: string; port: number | null; snapLength: number | null }
+  /** stats: a live table of a running VM's counters per second. */
+  | { command: 'stats'; socket: string; intervalMs: number; once: boolean; json: boolean };
 
 /** Bounds of --stats-interval (the VM host samples at most every 100 ms). */
 export const LIVE_STATS_MIN_MS = 100;
@@ -50,6 +52,8 @@ export const USAGE = `Usage: porthole run [options]
        porthole keys --text TEXT --monitor PATH
        porthole capture VM -w FILE.pcapng [--port N] [--snaplen BYTES]
                                                (VM: the socket of run --monitor; Ctrl-C stops)
+       porthole stats VM [--interval 1s] [--once] [--json]
+                                               (a live table of the VM's counters per second)
        porthole --help | --version
 
 Boot source (one of):
@@ -138,6 +142,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   }
   if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
   if (argv[0] === 'capture') return parseCaptureCommand(argv);
+  if (argv[0] === 'stats') return parseStatsCommand(argv);
   if (argv[0] !== 'run') throw new UsageError(`unknown command "${argv[0]}" (try: porthole run --help)`);
   const rest = argv.slice(1);
   if (rest.includes('--help') || rest.includes('-h')) return { command: 'help' };
@@ -262,6 +267,53 @@ function checked<T>(fn: () => T): T {
     if (e instanceof ApiError) throw new UsageError(e.message.replace(/\.$/, ''));
     throw e;
   }
+}
+
+/** porthole stats' refresh period: 100 ms (10 Hz) to 60 s, 1 s by default. */
+export const STATS_MIN_MS = 100;
+export const STATS_MAX_MS = 60000;
+const STATS_DEFAULT_MS = 1000;
+
+/** "100ms", "1s", "2.5s" or plain milliseconds ("250") → milliseconds; refuses the rest. */
+export function parseInterval(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text.trim());
+  const ms = m ? Number(m[1]) * (m[2] === 's' ? 1000 : 1) : NaN;
+  if (!Number.isFinite(ms) || ms < STATS_MIN_MS || ms > STATS_MAX_MS) {
+    throw new UsageError(`--interval takes ${STATS_MIN_MS}ms to ${STATS_MAX_MS / 1000}s (e.g. 100ms, 500ms, 2s), not "${text}"`);
+  }
+  return Math.round(ms);
+}
+
+/** `porthole stats VM [--interval T] [--once] [--json]`; VM is a monitor socket (or --monitor PATH). */
+function parseStatsCommand(argv: string[]): CliCommand {
+  let socket: string | null = null;
+  let intervalMs = STATS_DEFAULT_MS;
+  let once = false;
+  let json = false;
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help') return { command: 'help' };
+    if (!a.startsWith('-')) {
+      if (socket !== null) throw new UsageError(`porthole stats takes one VM (its monitor socket), not also ${a}`);
+      socket = socketPath(a);
+      continue;
+    }
+    if (a === '--once') { once = true; continue; }
+    if (a === '--json') { json = true; continue; }
+    const eq = a.indexOf('=');
+    const flag = a.startsWith('--') && eq >= 0 ? a.slice(0, eq) : a;
+    if (!['--interval', '--monitor'].includes(flag)) throw new UsageError(`unknown option ${flag} (porthole stats takes --interval, --once, --json, --monitor)`);
+    let value: string;
+    if (a.startsWith('--') && eq >= 0) value = a.slice(eq + 1);
+    else {
+      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    if (flag === '--monitor') socket = socketPath(value);
+    else intervalMs = parseInterval(value);
+  }
+  if (socket === null) throw new UsageError('porthole stats needs a VM: the socket of porthole run --monitor PATH');
+  return { command: 'stats', socket, intervalMs, once, json };
 }
 
 /** `porthole capture VM -w FILE [--port N] [--snaplen BYTES]`; VM is a monitor socket (or --monitor PATH). */

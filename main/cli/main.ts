@@ -8,6 +8,7 @@ import { epochMs } from '../vmm/shared/control';
 import { VmHost } from '../vmm/host/vm-host';
 import { isUserError, parseArgs, USAGE } from './args';
 import { formatStats, printLiveStats } from './stats';
+import { formatStatsTable, ratesBetween, statsJsonLine } from './stats-table';
 import { formatUsbPorts, MonitorError, monitorCall, monitorCapture, type MonitorServer, startMonitor } from './monitor';
 import type { UsbPortState } from '../vmm/shared/usb-messages';
 import type { StatsSample } from '../vmm/shared/stats';
@@ -107,6 +108,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     return 0;
   }
   if (command.command === 'capture') return runCaptureCommand(command);
+  if (command.command === 'stats') return runStatsCommand(command);
   const problem = kvmAccessProblem();
   if (problem) {
     process.stderr.write(`porthole: ${problem}\n`);
@@ -219,6 +221,71 @@ export async function runCaptureCommand(
       return 1;
     }
     throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+/**
+ * `porthole stats VM`: reads the VM's counter totals every interval through its monitor socket
+ * and prints the rates: a table redrawn in place on a terminal (one after another otherwise),
+ * one table with --once, JSON lines with --json. Ends on Ctrl-C or when the VM does.
+ */
+export async function runStatsCommand(
+  command: { socket: string; intervalMs: number; once: boolean; json: boolean },
+  io: CliOutput & { isTty?: boolean } = { ...STDIO, isTty: process.stdout.isTTY === true },
+  read: () => Promise<StatsSample> = async () => await monitorCall(command.socket, 'getVmStats', []) as StatsSample,
+): Promise<number> {
+  let stopped = false;
+  let wake = (): void => {};
+  const onSignal = (): void => {
+    stopped = true;
+    wake();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const pause = (ms: number) => new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    wake = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+  });
+  try {
+    let previous: StatsSample;
+    try {
+      previous = await read();
+    } catch (e) {
+      if (e instanceof MonitorError) {
+        io.err(`porthole: ${e.message}
+`);
+        return 1;
+      }
+      throw e;
+    }
+    const title = `porthole stats ${command.socket}`;
+    let next = Date.now() + command.intervalMs;
+    while (!stopped) {
+      await pause(Math.max(0, next - Date.now()));
+      if (stopped) break;
+      next += command.intervalMs;
+      let reading: StatsSample;
+      try {
+        reading = await read();
+      } catch (e) {
+        if (!(e instanceof MonitorError)) throw e;
+        io.err(`porthole: the VM at ${command.socket} is gone (${e.message})
+`);
+        return 0;
+      }
+      const sample = ratesBetween(previous, reading);
+      previous = reading;
+      if (command.json) io.out(statsJsonLine(sample));
+      else io.out(`${io.isTty === true && !command.once ? '\x1b[H\x1b[2J' : ''}${formatStatsTable(sample, title)}${io.isTty === true || command.once ? '' : '\n'}`);
+      if (command.once) break;
+    }
+    return 0;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

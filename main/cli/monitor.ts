@@ -14,6 +14,7 @@ import { parseHostUsbAttachSpec, parseUsbCaptureId, parseUsbCaptureOptions, pars
 import type { UsbDeviceConfig } from '../vmm/config';
 import { UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
 import { UsbCaptureError, type UsbCaptureSpec, type UsbCaptureSummary } from '../vmm/host/usb-capture';
+import type { StatsSample } from '../vmm/shared/stats';
 
 /** What the socket controls: the VM host's USB requests (VmHost implements it). */
 export interface UsbControl {
@@ -24,10 +25,13 @@ export interface UsbControl {
   attachHostUsb(selector: string, port?: number, force?: boolean): Promise<UsbPortState>;
   startUsbCapture?(spec: UsbCaptureSpec): Promise<UsbCaptureSummary>;
   stopUsbCapture?(id: number): Promise<UsbCaptureSummary>;
+  /** The statistics registry's counters and their totals now (porthole stats). */
+  readStats?(): StatsSample;
 }
 
 export const MONITOR_METHODS = [
   'listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys', 'attachHostUsbDevice', 'startUsbCapture', 'stopUsbCapture',
+  'getVmStats',
 ] as const;
 
 /** What one connection started: its captures stop when it closes (a killed `porthole capture` leaves a whole file). */
@@ -117,6 +121,11 @@ export async function handleMonitorLine(
         session.captures.delete(id);
         break;
       }
+      case 'getVmStats':
+        arity(method, args, 0);
+        if (control.readStats === undefined) throw new ApiError('invalid-state', 'This VM has no statistics.');
+        value = control.readStats();
+        break;
     }
     return { id, ok: true, value };
   } catch (e) {

@@ -105,17 +105,34 @@ export class StatsHistory {
   }
 }
 
-/** One line on a chart: the sum of some counters' rates. */
+/** One line on a chart: the sum of some counters' rates (divided by the sum of `per`'s, when given). */
 export interface SeriesSpec {
   label: string;
   keys: string[];
+  /** A mean: e.g. latency-us per second over transfers per second is microseconds per transfer. */
+  per?: string[];
 }
 
+/** What a chart's values are: per second rates of counts or bytes, or a mean in microseconds. */
+export type ChartUnit = 'count' | 'bytes' | 'microseconds';
+
 export interface ChartSpec {
-  id: 'exits' | 'accesses' | 'interrupts' | 'bytes' | 'operations';
+  /** exits, accesses, interrupts, bytes, operations; a USB device's: usb:<group>:bytes|transfers|latency. */
+  id: 'exits' | 'accesses' | 'interrupts' | 'bytes' | 'operations' | `usb:${string}`;
   title: string;
-  unit: 'count' | 'bytes';
+  unit: ChartUnit;
   series: SeriesSpec[];
+}
+
+/** A USB device's endpoint counter (main/vmm/shared/stats.ts): usb<port>-<kind> / ep<n>[-in|-out]-<what>. */
+const USB_GROUP = /^usb\d+-/;
+const USB_ENDPOINT_COUNTER = /^(ep\d+(?:-in|-out)?)-(bytes|transfers|latency-us)$/;
+
+/** "ep0" < "ep1-in" < "ep1-out" < "ep2-in" ... (numerically). */
+function byEndpoint(a: SeriesSpec, b: SeriesSpec): number {
+  const na = Number(/^ep(\d+)/.exec(a.label)?.[1] ?? 0);
+  const nb = Number(/^ep(\d+)/.exec(b.label)?.[1] ?? 0);
+  return na - nb || a.label.localeCompare(b.label);
 }
 
 const ACCESS_NAMES = new Set(['pio-reads', 'pio-writes', 'mmio-reads', 'mmio-writes']);
@@ -135,9 +152,18 @@ export function pickCharts(counters: readonly (CounterInfo & { total?: number })
   const msix = new Map<string, string[]>();
   const bytes: SeriesSpec[] = [];
   const operations: SeriesSpec[] = [];
+  const usb = new Map<string, { bytes: SeriesSpec[]; transfers: SeriesSpec[]; latency: SeriesSpec[] }>();
   for (const c of moved) {
     const key = counterKey(c.group, c.name);
-    if (c.group === 'exits') exits.push({ label: c.name, keys: [key] });
+    const endpoint = USB_GROUP.test(c.group) ? USB_ENDPOINT_COUNTER.exec(c.name) : null;
+    if (endpoint !== null) {
+      let device = usb.get(c.group);
+      if (!device) usb.set(c.group, device = { bytes: [], transfers: [], latency: [] });
+      const [, ep, what] = endpoint;
+      if (what === 'bytes') device.bytes.push({ label: ep, keys: [key] });
+      else if (what === 'transfers') device.transfers.push({ label: ep, keys: [key] });
+      else device.latency.push({ label: ep, keys: [key], per: [counterKey(c.group, `${ep}-transfers`)] });
+    } else if (c.group === 'exits') exits.push({ label: c.name, keys: [key] });
     else if (ACCESS_NAMES.has(c.name)) accesses.set(c.group, [...(accesses.get(c.group) ?? []), key]);
     else if (c.group === 'irq') interrupts.push({ label: c.name === 'msi' ? 'MSI' : c.name.replace(/^gsi-/, 'GSI '), keys: [key] });
     else if (c.name.startsWith('msix-')) msix.set(c.group, [...(msix.get(c.group) ?? []), key]);
@@ -156,13 +182,20 @@ export function pickCharts(counters: readonly (CounterInfo & { total?: number })
     { id: 'bytes', title: 'Bytes/s by device and backend', unit: 'bytes', series: bytes.sort(byLabel) },
     { id: 'operations', title: 'Operations and events/s', unit: 'count', series: operations.sort(byLabel) },
   ];
+  // A section per USB device: its endpoints' bytes/s, transfers/s and mean completion latency.
+  for (const [group, device] of [...usb].sort((a, b) => a[0].localeCompare(b[0], undefined, { numeric: true }))) {
+    charts.push(
+      { id: `usb:${group}:bytes`, title: `USB ${group}: bytes/s by endpoint`, unit: 'bytes', series: device.bytes.sort(byEndpoint) },
+      { id: `usb:${group}:transfers`, title: `USB ${group}: transfers/s by endpoint`, unit: 'count', series: device.transfers.sort(byEndpoint) },
+      { id: `usb:${group}:latency`, title: `USB ${group}: mean transfer latency by endpoint`, unit: 'microseconds', series: device.latency.sort(byEndpoint) },
+    );
+  }
   return charts.filter((c) => c.series.length > 0);
 }
 
-/** A chart's series, oldest first: the sum of each series' counters (null where none had a reading). */
-export function seriesRates(history: StatsHistory, series: SeriesSpec): (number | null)[] {
-  if (series.keys.length === 1) return history.rates(series.keys[0]);
-  const parts = series.keys.map((k) => history.rates(k));
+function sumRates(history: StatsHistory, keys: string[]): (number | null)[] {
+  if (keys.length === 1) return history.rates(keys[0]);
+  const parts = keys.map((k) => history.rates(k));
   const out = new Array<number | null>(history.length);
   for (let i = 0; i < history.length; i++) {
     let sum: number | null = null;
@@ -175,14 +208,35 @@ export function seriesRates(history: StatsHistory, series: SeriesSpec): (number 
   return out;
 }
 
-/** A series' newest value: the sum of its counters' newest rates (null when none had one). */
-export function latestRate(history: StatsHistory, series: SeriesSpec): number | null {
+/** A mean where the divisor moved; null where nothing was counted (no transfer, no latency). */
+function ratio(value: number | null, per: number | null): number | null {
+  return value === null || per === null || !(per > 0) ? null : value / per;
+}
+
+/**
+ * A chart's series, oldest first: the sum of each series' counters (null where none had a
+ * reading), divided by the sum of its `per` counters for a mean.
+ */
+export function seriesRates(history: StatsHistory, series: SeriesSpec): (number | null)[] {
+  const values = sumRates(history, series.keys);
+  if (!series.per) return values;
+  const per = sumRates(history, series.per);
+  return values.map((v, i) => ratio(v, per[i]));
+}
+
+function latestSum(history: StatsHistory, keys: string[]): number | null {
   let sum: number | null = null;
-  for (const key of series.keys) {
+  for (const key of keys) {
     const v = history.latest(key);
     if (v !== null) sum = (sum ?? 0) + v;
   }
   return sum;
+}
+
+/** A series' newest value: the sum of its counters' newest rates (null when none had one), or its mean. */
+export function latestRate(history: StatsHistory, series: SeriesSpec): number | null {
+  const sum = latestSum(history, series.keys);
+  return series.per ? ratio(sum, latestSum(history, series.per)) : sum;
 }
 
 /**
@@ -273,9 +327,20 @@ export function exportFileName(vmName: string, atMs: number, extension: 'csv' | 
   return `${safe}-perf-${stamp}.${extension}`;
 }
 
-/** "12.3k", "4.5 MiB" style axis and legend numbers. */
-export function formatRate(value: number | null, unit: 'count' | 'bytes'): string {
+/** A chart's newest value in words: "13.1k/s", "4.5 MiB/s", or a mean latency, "1.3 ms". */
+export function formatValue(value: number | null, unit: ChartUnit): string {
+  const text = formatRate(value, unit);
+  return unit === 'microseconds' || text === '–' ? text : `${text}/s`;
+}
+
+/** "12.3k", "4.5 MiB" style axis and legend numbers; microseconds as "850 µs", "1.3 ms", "2.1 s". */
+export function formatRate(value: number | null, unit: ChartUnit): string {
   if (value === null || !Number.isFinite(value)) return '–';
+  if (unit === 'microseconds') {
+    if (Math.abs(value) < 1000) return `${value.toFixed(value < 10 ? 1 : 0)} µs`;
+    if (Math.abs(value) < 1e6) return `${(value / 1000).toFixed(1)} ms`;
+    return `${(value / 1e6).toFixed(1)} s`;
+  }
   const base = unit === 'bytes' ? 1024 : 1000;
   const names = unit === 'bytes' ? ['B', 'KiB', 'MiB', 'GiB', 'TiB'] : ['', 'k', 'M', 'G', 'T'];
   let v = Math.abs(value);

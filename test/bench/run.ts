@@ -14,8 +14,10 @@
 //           QEMU's qemu-xhci + usb-storage (test/bench/usb-storage.ts).
 //   usb-passthrough  dd O_DIRECT in the L2 kit on L1's stick0 passed through by Porthole
 //           (porthole usb add host:) against QEMU -device usb-host (test/bench/usb-passthrough.ts).
+//   stats-stream  what a 10 Hz vm-stats watcher costs the PIO loop's exit rate, with QEMU's
+//           rate on the same loop as the reference (test/bench/stats-stream.ts).
 //
-// No name runs them all. Where they run: pio, mmio and serial on this machine's /dev/kvm when it
+// No name runs them all but stats-stream (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
 // is usable, boot, usb-storage and usb-passthrough always in the rig's L1 (they need a KVM that boots Linux), and whatever
 // cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
 // L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
@@ -40,6 +42,7 @@ import { runSerialThroughputBench } from './serial-throughput';
 import { runUsbStorageBench } from './usb-storage';
 import { runUsbPassthroughBench } from './usb-passthrough';
 import { profileExitPath } from './exit-path';
+import { runStatsStreamBench } from './stats-stream';
 
 /** Targets from the issue: Porthole within 1.10x of the C runner, and faster than QEMU. */
 const TARGET_VS_C = 1.1;
@@ -53,16 +56,22 @@ const TOUCH_PAGES = 128;
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'] as const;
+export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'stats-stream'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 /** Benches that boot Linux guests (the L2 kit): they run in the rig's L1 wherever npm run bench runs. */
 const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough']);
+/** What runs when no bench is named (stats-stream came later and runs only by name). */
+const DEFAULT_BENCHES: readonly BenchName[] = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'];
+/** The stats-stream bench's loop when --batches is not given: long enough for dozens of 10 Hz samples. */
+const STATS_STREAM_BATCHES = 300;
 
 export interface Options {
   /** The benches to run, in BENCH_NAMES order. */
   benches: BenchName[];
   runs: number;
   batches: number;
+  /** --batches was given (stats-stream otherwise runs a longer loop). */
+  batchesGiven: boolean;
   batch: number;
   only: VmmName[];
   /** vCPU counts for the boot bench. */
@@ -78,7 +87,7 @@ export class BenchError extends Error {}
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
-    benches: [], runs: 5, batches: 100, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
+    benches: [], runs: 5, batches: 100, batchesGiven: false, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
   };
   const named = new Set<BenchName>();
   let noSerial = false;
@@ -97,7 +106,10 @@ export function parseArgs(argv: string[]): Options {
     }
     o.optionArgs.push(a);
     if (a === '--runs') o.runs = positiveInt(value(), a);
-    else if (a === '--batches') o.batches = positiveInt(value(), a);
+    else if (a === '--batches') {
+      o.batches = positiveInt(value(), a);
+      o.batchesGiven = true;
+    }
     else if (a === '--batch') o.batch = positiveInt(value(), a);
     else if (a === '--only') {
       const names = value().split(',').map((s) => s.trim());
@@ -118,7 +130,7 @@ export function parseArgs(argv: string[]): Options {
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
   // No name: every bench; --no-serial (from before benches had names) leaves serial out.
-  o.benches = BENCH_NAMES.filter((n) => (named.size === 0 ? !(n === 'serial' && noSerial) : named.has(n)));
+  o.benches = BENCH_NAMES.filter((n) => (named.size === 0 ? DEFAULT_BENCHES.includes(n) && !(n === 'serial' && noSerial) : named.has(n)));
   return o;
 }
 
@@ -459,6 +471,20 @@ async function mmioExitBench(o: Options): Promise<boolean> {
   return met;
 }
 
+async function statsStreamBench(o: Options): Promise<boolean> {
+  if (!fs.existsSync('/dev/kvm')) throw new BenchError('/dev/kvm is not available: the stats-stream bench needs KVM');
+  if (!has('nasm')) throw new BenchError('missing tools: nasm (run npm run fixtures)');
+  const loop = { ...o, batches: o.batchesGiven ? o.batches : STATS_STREAM_BATCHES };
+  if (loop.batches * loop.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
+  const { flat, rom } = buildGuests(loop);
+  const r = await runStatsStreamBench({
+    flat, rom, runs: o.runs, exits: loop.batches * loop.batch, tscKhz: cpuinfoTscKhz,
+    parseLoop: (text, who) => parseLoop(text, who),
+    runQemuText: has('qemu-system-x86_64') ? runQemuText : null,
+  });
+  return r.met;
+}
+
 /** The L2 kit: the rig's, as L1 sees it, or built (or found) on this machine. */
 async function kitPaths(): Promise<KitPaths> {
   const dir = process.env.RIG_KIT_DIR;
@@ -531,6 +557,8 @@ async function main(): Promise<void> {
     } else if (bench === 'usb-passthrough') {
       console.log('');
       met = (await runUsbPassthroughBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
+    } else if (bench === 'stats-stream') {
+      met = (await statsStreamBench(o)) && met;
     } else if (bench === 'usb-storage') {
       console.log('');
       met = (await runUsbStorageBench({ kit: await kitPaths(), rounds: o.runs })).met && met;

@@ -1,6 +1,7 @@
 // A host-side xHCI driver for tests: guest memory over a SharedArrayBuffer, a fake clock,
 // an interrupt sink that records, and helpers that build rings, contexts and TRBs the way
 // a guest driver does. Also a small fake USB device (loopback bulk + EP0 descriptors).
+import type { StatsRegistry } from '../../main/vmm/shared/stats';
 import { DmaMemory } from '../../main/vmm/memory/dma';
 import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
@@ -114,7 +115,7 @@ export class Driver {
   eventTrbs = EVENT_RING_TRBS;
   readonly rings = new Map<string, RingWriter>();
 
-  constructor(memory = makeMemory(), dma?: DmaMemory) {
+  constructor(memory = makeMemory(), dma?: DmaMemory, statistics?: StatsRegistry) {
     this.memory = memory;
     this.dma = dma ?? new DmaMemory(memory);
     this.hc = new XhciController({
@@ -125,6 +126,7 @@ export class Driver {
         lower: (i) => { this.lowered.push(i); },
       },
       count: (name, n) => this.counters.set(name, (this.counters.get(name) ?? 0) + n),
+      statistics,
       log: (text) => this.logs.push(text),
     });
   }

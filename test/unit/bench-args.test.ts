@@ -40,3 +40,11 @@ test('bench arguments survive the trip on L1\'s kernel command line', () => {
   assert.deepEqual(decodeBenchArgs(text), args);
   assert.throws(() => decodeBenchArgs(Buffer.from('{"a":1}').toString('base64url')), /not a list/);
 });
+
+test('stats-stream runs only when named; its loop length follows --batches when given', () => {
+  assert.deepEqual(parseArgs(['stats-stream']).benches, ['stats-stream']);
+  assert.ok(!parseArgs([]).benches.includes('stats-stream'));
+  assert.equal(parseArgs(['stats-stream']).batchesGiven, false);
+  const o = parseArgs(['stats-stream', '--batches', '20', '--runs', '3']);
+  assert.deepEqual([o.batches, o.batchesGiven, o.runs, o.optionArgs], [20, true, 3, ['--batches', '20', '--runs', '3']]);
+});

@@ -154,3 +154,35 @@ test('the shared feed opens one stream per VM and pace, delivers to every listen
   assert.deepEqual(errors, ['gone: not-found']);
   stop();
 });
+
+test('USB endpoint counters make a section per device: bytes/s and transfers/s per endpoint, and the mean latency', () => {
+  const counters = [
+    reading('usb5-keyboard', 'ep0-bytes', 1, 18, 'bytes'), reading('usb5-keyboard', 'ep0-transfers', 1), reading('usb5-keyboard', 'ep0-latency-us', 1),
+    reading('usb1-storage', 'ep2-out-bytes', 1, 31, 'bytes'), reading('usb1-storage', 'ep1-in-bytes', 1, 512, 'bytes'), reading('usb1-storage', 'ep0-bytes', 1, 18, 'bytes'),
+    reading('usb1-storage', 'ep1-in-transfers', 1), reading('usb1-storage', 'ep1-in-latency-us', 1),
+    reading('usb1-storage', 'ep2-out-transfers', 0, 0), reading('xhci', 'transfers', 1),
+  ];
+  const shape = perf.pickCharts(counters).map((c) => [c.id, c.unit, c.series.map((s) => `${s.label}=${s.keys.join('+')}${s.per ? `/${s.per.join('+')}` : ''}`)]);
+  assert.deepEqual(shape, [
+    ['operations', 'count', ['xhci transfers=xhci/transfers']],
+    ['usb:usb1-storage:bytes', 'bytes', ['ep0=usb1-storage/ep0-bytes', 'ep1-in=usb1-storage/ep1-in-bytes', 'ep2-out=usb1-storage/ep2-out-bytes']],
+    ['usb:usb1-storage:transfers', 'count', ['ep1-in=usb1-storage/ep1-in-transfers']],
+    ['usb:usb1-storage:latency', 'microseconds', ['ep1-in=usb1-storage/ep1-in-latency-us/usb1-storage/ep1-in-transfers']],
+    ['usb:usb5-keyboard:bytes', 'bytes', ['ep0=usb5-keyboard/ep0-bytes']],
+    ['usb:usb5-keyboard:transfers', 'count', ['ep0=usb5-keyboard/ep0-transfers']],
+    ['usb:usb5-keyboard:latency', 'microseconds', ['ep0=usb5-keyboard/ep0-latency-us/usb5-keyboard/ep0-transfers']],
+  ]);
+});
+
+test('a latency series is latency-us per second over transfers per second: null where no transfer completed', () => {
+  const h = new perf.StatsHistory(1000);
+  h.push(sample(1000, [reading('usb1-storage', 'ep1-in-latency-us', 3000), reading('usb1-storage', 'ep1-in-transfers', 2)]));
+  h.push(sample(2000, [reading('usb1-storage', 'ep1-in-latency-us', 0), reading('usb1-storage', 'ep1-in-transfers', 0)]));
+  h.push(sample(3000, [reading('usb1-storage', 'ep1-in-latency-us', 4_000_000), reading('usb1-storage', 'ep1-in-transfers', 1)]));
+  const series = { label: 'ep1-in', keys: ['usb1-storage/ep1-in-latency-us'], per: ['usb1-storage/ep1-in-transfers'] };
+  assert.deepEqual(perf.seriesRates(h, series), [1500, null, 4_000_000]);
+  assert.equal(perf.latestRate(h, series), 4_000_000);
+  assert.deepEqual([850, 1500, 4_000_000, null].map((v) => perf.formatValue(v, 'microseconds')), ['850 µs', '1.5 ms', '4.0 s', '–']);
+  assert.equal(perf.formatValue(1200, 'count'), '1.2k/s');
+  assert.equal(perf.formatValue(2048, 'bytes'), '2.0 KiB/s');
+});

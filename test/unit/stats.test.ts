@@ -69,3 +69,37 @@ test('registering past the capacity throws instead of overwriting a slot', () =>
   registry.counter('a', 'y');
   assert.throws(() => registry.counter('a', 'z'), /full/);
 });
+
+test('a retired group leaves samples but keeps its slots and total; registering it again brings it back; a rebuilt machine adopts the retirement', () => {
+  const registry = new StatsRegistry(new SharedArrayBuffer(8 * 4));
+  const io = registry.counter('exits', 'io');
+  const bytes = registry.counter('usb1-storage', 'ep1-in-bytes', 'bytes');
+  const sampler = new StatsSampler(registry.buffer);
+  const names = () => {
+    sampler.setSchema(registry.schema);
+    return sampler.sample().counters.map((c) => `${c.group}/${c.name}=${c.total}`);
+  };
+  registry.add(io, 5);
+  registry.add(bytes, 512);
+  assert.deepEqual(names(), ['exits/io=5', 'usb1-storage/ep1-in-bytes=512']);
+  const version = registry.version;
+  registry.retireGroup('usb1-storage');
+  assert.notEqual(registry.version, version);
+  registry.add(bytes, 100); // counted while retired: it keeps the total right for later
+  assert.deepEqual(names(), ['exits/io=5']);
+
+  // A machine rebuilt after a reset adopts the schema, retirement included.
+  const rebuilt = new StatsRegistry(registry.buffer);
+  rebuilt.adopt(registry.schema);
+  assert.deepEqual(rebuilt.schema.map((s) => [s.group, s.retired === true]), [['exits', false], ['usb1-storage', true]]);
+  assert.equal(rebuilt.counter('usb1-storage', 'ep1-in-bytes', 'bytes'), bytes, 'the same slot');
+  assert.equal(rebuilt.schema[bytes].retired, undefined);
+  sampler.setSchema(rebuilt.schema);
+  assert.deepEqual(sampler.sample().counters.map((c) => `${c.group}/${c.name}=${c.total}`), ['exits/io=5', 'usb1-storage/ep1-in-bytes=612']);
+
+  // tryCounter refuses instead of throwing when the registry is full.
+  for (let i = 0; i < 6; i++) assert.ok(rebuilt.tryCounter('fill', `c${i}`) >= 0);
+  assert.equal(rebuilt.tryCounter('fill', 'one-too-many'), -1);
+  assert.equal(rebuilt.tryCounter('fill', 'c0'), 2, 'a known counter is still found');
+  assert.throws(() => rebuilt.counter('fill', 'one-too-many'), /registry is full/);
+});

@@ -11,6 +11,7 @@ import { transferLength, type UsbDevice, type UsbPortHost, type UsbSpeed, type U
 import { Prng, fuzzCases } from '../helpers/prng';
 import { UsbCaptureTap } from '../../main/vmm/devices/usb/xhci/capture';
 import { parseCaptureRecord } from '../../main/vmm/host/usb-capture';
+import { StatsRegistry } from '../../main/vmm/shared/stats';
 import {
   CMD_RING, DATA, DB, Driver, INPUT_CTX, IR0, makeMemory, OP, OUTPUT_CTX, PORTSC, RAM_SIZE, RINGS, trb,
 } from '../helpers/xhci-driver';
@@ -100,7 +101,8 @@ class Fuzzer {
   constructor(readonly rng: Prng) {
     const memory: GuestMemory = makeMemory([{ guestBase: ROM_BASE, size: 0x1000, buffer: new SharedArrayBuffer(0x1000), offset: 0, readonly: true, name: 'rom' }]);
     this.dma = new CountingDma(memory);
-    this.d = new Driver(memory, this.dma);
+    // A small registry: endpoint counters fill it, and a full one must change nothing for the guest.
+    this.d = new Driver(memory, this.dma, new StatsRegistry(new SharedArrayBuffer(48 * 4)));
     this.d.start(this.rng.pick([16, 16, 32, 64]));
     this.d.w32(OP + 0x38, this.rng.pick([1, 8, 8, 32, 255]));
     // Half the sessions capture: every record must be one the VM host can read, and a full

@@ -116,6 +116,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private readonly statsBuffer = new SharedArrayBuffer(STATS_BYTES);
   private statsSchema: CounterSpec[] = [];
   readonly statsSampler = new StatsSampler(this.statsBuffer);
+  /** For readers outside the stream (porthole stats): its totals, without disturbing the stream's intervals. */
+  private readerSampler: StatsSampler | null = null;
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   /** Guest RAM: made at start, handed to every machine launch (it survives resets), dropped at the end. */
   private ram: MemoryRegion[] | null = null;
@@ -344,6 +346,16 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     // Counters are read from shared memory: no vCPU is kicked for a sample.
     this.statsTimer = setInterval(() => this.emit('stats', this.statsSampler.sample()), Math.max(100, this.statsIntervalMs));
     this.statsTimer.unref();
+  }
+
+  /**
+   * The counters' totals now (porthole stats reads them through the monitor socket and makes
+   * its own rates); a read of shared memory, no vCPU is kicked.
+   */
+  readStats(): StatsSample {
+    if (this.readerSampler === null) this.readerSampler = new StatsSampler(this.statsBuffer);
+    this.readerSampler.setSchema(this.statsSchema);
+    return this.readerSampler.sample();
   }
 
   /** Changes the sampling period of a running VM (a faster vm-stats watcher came or went). */

@@ -110,7 +110,7 @@ export class Machine implements MachineContext {
   /** Counter slot of each GSI's assertions (-1: registered on its first assertion). */
   private readonly irqSlots = new Int32Array(COUNTED_GSIS).fill(-1);
   /** Schema length the VM host last heard of, and the timer that checks for more. */
-  private postedSchemaLength = 0;
+  private postedSchemaVersion = -1;
   private schemaTimer: NodeJS.Timeout | null = null;
   private exitCode = 0;
   private ended = false;
@@ -377,13 +377,13 @@ export class Machine implements MachineContext {
   /** The registry's schema, remembered as known to the VM host. */
   private postSchema(): CounterSpec[] {
     const schema = this.statistics.schema;
-    this.postedSchemaLength = schema.length;
+    this.postedSchemaVersion = this.statistics.version;
     return schema;
   }
 
   /** Tells the VM host about counters registered since it last heard (so its samples name them). */
   private postNewCounters(): void {
-    if (this.statistics.schema.length !== this.postedSchemaLength) {
+    if (this.statistics.version !== this.postedSchemaVersion) {
       this.channels.post({ type: 'stats-schema', statsSchema: this.postSchema() });
     }
   }

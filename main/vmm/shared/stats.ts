@@ -13,6 +13,11 @@
 //   irq          / gsi-<n> (line assertions), msi (messages sent)
 //   <device>     / msix-<vector> (MSI-X messages sent per vector)
 //   <backend>    / read-bytes, write-bytes (bytes), reads, writes (operations)
+//   usb<port>-<kind> / ep0-bytes, ep1-in-bytes, ep2-out-bytes... (bytes moved by completed
+//                  transfers), ep<n>[-in|-out]-transfers (completed transfers),
+//                  ep<n>[-in|-out]-latency-us (microseconds from submit to completion, summed:
+//                  latency-us / transfers is the mean). The group is retired when the
+//                  device is unplugged and comes back when one of its kind is plugged there again.
 
 /** What a counter counts; the UI picks an axis and a unit from it. */
 export type CounterUnit = 'count' | 'bytes';
@@ -23,6 +28,8 @@ export interface CounterSpec {
   /** What is counted: 'io', 'mmio', 'pio-reads', 'tx-bytes', 'irq', ... */
   name: string;
   unit: CounterUnit;
+  /** Its device is gone (unplugged): samples leave it out until it is registered again. */
+  retired?: boolean;
 }
 
 /** Counter slots per VM; registering more throws (a programming error, not a guest's). */
@@ -32,6 +39,7 @@ export class StatsRegistry {
   readonly counts: Uint32Array;
   private readonly specs: CounterSpec[] = [];
   private readonly indexByKey = new Map<string, number>();
+  private changes = 0;
 
   constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(STATS_CAPACITY * 4)) {
     this.counts = new Uint32Array(buffer);
@@ -44,12 +52,46 @@ export class StatsRegistry {
   counter(group: string, name: string, unit: CounterUnit = 'count'): number {
     const key = `${group}\u0000${name}`;
     const known = this.indexByKey.get(key);
-    if (known !== undefined) return known;
+    if (known !== undefined) {
+      const spec = this.specs[known];
+      if (spec.retired) {
+        delete spec.retired;
+        this.changes++;
+      }
+      return known;
+    }
     const index = this.specs.length;
     if (index >= this.counts.length) throw new Error(`statistics registry is full (${this.counts.length} counters)`);
     this.specs.push({ group, name, unit });
     this.indexByKey.set(key, index);
+    this.changes++;
     return index;
+  }
+
+  /** counter(), or -1 when the registry is full (for counters a guest's choices create). */
+  tryCounter(group: string, name: string, unit: CounterUnit = 'count'): number {
+    const key = `${group}\u0000${name}`;
+    if (!this.indexByKey.has(key) && this.specs.length >= this.counts.length) return -1;
+    return this.counter(group, name, unit);
+  }
+
+  /**
+   * Leaves a group's counters out of samples from now on (a device was unplugged). Their
+   * slots stay (a sampler on another thread may be reading them); registering one of them
+   * again brings it back, its total carrying on.
+   */
+  retireGroup(group: string): void {
+    for (const spec of this.specs) {
+      if (spec.group === group && !spec.retired) {
+        spec.retired = true;
+        this.changes++;
+      }
+    }
+  }
+
+  /** Changes with every counter registered, retired or brought back: the schema to post again. */
+  get version(): number {
+    return this.changes;
   }
 
   /** Adds `n` (a non-negative integer below 2^32) to counter `index`, from any thread. */
@@ -64,7 +106,10 @@ export class StatsRegistry {
 
   /** Adopts a schema registered elsewhere (a rebuilt machine keeps its slots). */
   adopt(schema: CounterSpec[]): void {
-    for (const s of schema) this.counter(s.group, s.name, s.unit);
+    for (const s of schema) {
+      const index = this.counter(s.group, s.name, s.unit);
+      if (s.retired) this.specs[index].retired = true;
+    }
   }
 }
 
@@ -113,8 +158,11 @@ export class StatsSampler {
       const delta = (value - this.last[i]) >>> 0;
       this.last[i] = value;
       this.totals[i] += delta;
+      const spec = this.schema[i];
+      // A retired counter keeps its total (its device may come back) but is not reported.
+      if (spec.retired) continue;
       counters.push({
-        ...this.schema[i], total: this.totals[i], perSecond: intervalMs > 0 ? (delta * 1000) / intervalMs : 0,
+        group: spec.group, name: spec.name, unit: spec.unit, total: this.totals[i], perSecond: intervalMs > 0 ? (delta * 1000) / intervalMs : 0,
       });
     }
     return { atMs: nowMs, intervalMs, counters };

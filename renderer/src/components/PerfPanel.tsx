@@ -6,7 +6,7 @@ import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import type { VmStatsCounter, VmSummary } from '../../../main/api/contract';
 import {
-  DEFAULT_INTERVAL_MS, RESOLUTIONS, StatsHistory, chartData, latestRate, chartSignature, exportFileName, formatRate, historyCsv, historyJson, pickCharts,
+  DEFAULT_INTERVAL_MS, RESOLUTIONS, StatsHistory, chartData, latestRate, chartSignature, exportFileName, formatRate, formatValue, historyCsv, historyJson, pickCharts,
   type ChartSpec,
 } from '../perf';
 import type { StatsFeeds } from '../stats-feed';
@@ -47,9 +47,9 @@ interface Plot {
   zoomed: boolean;
 }
 
-/** "io 13.1k/s · hlt 2/s": a chart's newest values. */
+/** "io 13.1k/s · hlt 2/s" (or "ep1-in 1.3 ms" for a latency chart): a chart's newest values. */
 function nowText(chart: ChartSpec, history: StatsHistory): string {
-  return chart.series.map((s) => `${s.label} ${formatRate(latestRate(history, s), chart.unit)}/s`).join(' · ');
+  return chart.series.map((s) => `${s.label} ${formatValue(latestRate(history, s), chart.unit)}`).join(' · ');
 }
 
 function download(name: string, type: string, text: string): void {

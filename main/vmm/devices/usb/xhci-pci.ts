@@ -66,6 +66,7 @@ export class XhciPci extends PciDevice {
         }
         c.add(n);
       },
+      statistics: ctx.statistics,
       log: (text) => ctx.log(`xhci: ${text}`),
     });
   }

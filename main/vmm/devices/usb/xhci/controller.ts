@@ -18,6 +18,8 @@ import { EventRing, FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, ty
 import { CommandRunner } from './slots';
 import { TransferEngine } from './transfers';
 import type { UsbCaptureTap } from './capture';
+import type { StatsRegistry } from '../../../shared/stats';
+import { UsbTrafficStats } from './traffic-stats';
 
 /** Where the controller's interrupts go (MSI-X vectors or INTx; the wiring decides). */
 export interface XhciInterruptSink {
@@ -45,6 +47,8 @@ export interface XhciOptions {
   clock: XhciClock;
   /** Adds to a statistics counter (names: commands, events, interrupts, transfers, bytes-in, ...). */
   count?: (name: string, n: number) => void;
+  /** Where per device and endpoint counters go (usb<port>-<kind>/ep...); none without it. */
+  statistics?: StatsRegistry;
   log?: (text: string) => void;
 }
 
@@ -66,6 +70,7 @@ export class XhciController implements XhciServices {
   readonly ports: XhciPort[] = [];
   readonly interrupters: EventRing[] = [];
   private readonly transfers: TransferEngine;
+  private readonly traffic: UsbTrafficStats | null;
   private readonly commands: CommandRunner;
   private readonly sink: XhciInterruptSink;
   private readonly clock: XhciClock;
@@ -102,6 +107,8 @@ export class XhciController implements XhciServices {
     for (let i = 1; i <= MAX_PORTS; i++) this.ports.push(new XhciPort(i, i <= USB3_PORTS, portEvents));
     for (let i = 0; i < MAX_INTRS; i++) this.interrupters.push(new EventRing());
     this.transfers = new TransferEngine(this);
+    this.traffic = options.statistics ? new UsbTrafficStats(options.statistics) : null;
+    this.transfers.traffic = this.traffic;
     this.commands = new CommandRunner(this, this.transfers, () => pointer(this.dcbaapLow, this.dcbaapHigh), () => this.config & 0xff);
     this.reset();
   }
@@ -156,6 +163,7 @@ export class XhciController implements XhciServices {
     }
     device.attach({ wakeup: () => port.remoteWake(), log: (text) => this.logFn(`usb port ${portNumber}: ${text}`) });
     port.connect(device);
+    this.traffic?.plugged(portNumber, device.name);
     this.count('attaches');
   }
 
@@ -175,6 +183,7 @@ export class XhciController implements XhciServices {
     const device = port.device;
     port.disconnect();
     device.detach();
+    this.traffic?.unplugged(portNumber);
     this.count('detaches');
     return device;
   }

@@ -55,6 +55,8 @@ export interface Td {
   stale: boolean;
   /** Bytes of each data TRB (IN gather/scatter), in `trbs` order; -1 for non-data TRBs. */
   lengths: number[];
+  /** performance.now() when it went to the device (0 while nothing counts traffic). */
+  submittedMs: number;
 }
 
 export class Endpoint {

@@ -12,6 +12,7 @@ import {
 import { type Endpoint, high32, low32, pointer, type Slot, type Td, type Trb, trbType, type XhciServices } from './core';
 import { FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, type RingCursor } from './rings';
 import type { UsbCaptureTap } from './capture';
+import type { UsbTrafficStats } from './traffic-stats';
 
 function isDataTrb(type: number): boolean {
   return type === TRB_NORMAL || type === TRB_DATA || type === TRB_ISOCH;
@@ -27,6 +28,13 @@ function transferType(epType: number): UsbTransferType {
 /** Bulk TDs at least this long go to a device that moves guest memory itself as guest segments. */
 const GUEST_SEGMENTS_MIN_BYTES = 4096;
 const NO_DATA = new Uint8Array(0);
+/** What a completed transfer moved: an OUT that succeeded all of it, else what the device reports. */
+function movedBytes(t: UsbTransfer): number {
+  const total = transferLength(t);
+  if (t.status === 'ok' && !t.in) return total;
+  const actual = t.actualLength;
+  return Number.isInteger(actual) && actual > 0 ? Math.min(actual, total) : 0;
+}
 
 const immediate = new Uint8Array(8);
 const immediateView = new DataView(immediate.buffer);
@@ -37,6 +45,8 @@ export class TransferEngine {
   private readonly starved = new Set<Endpoint>();
   /** The running USB capture, or null (then capturing costs one null check per transfer). */
   capture: UsbCaptureTap | null = null;
+  /** Per device and endpoint counters, or null (tests without a registry). */
+  traffic: UsbTrafficStats | null = null;
 
   constructor(private readonly hc: XhciServices) {}
 
@@ -118,7 +128,7 @@ export class TransferEngine {
     this.hc.count('trb-errors');
     ep.inflight.push({
       transfer: null, errorTrb: trbAddr, errorCode: CC_TRB_ERROR, trbs: [], start, startCycle, end: start, endCycle: startCycle,
-      complete: true, stale: false, lengths: [],
+      complete: true, stale: false, lengths: [], submittedMs: 0,
     });
     this.retire(slot, ep);
     return false;
@@ -182,7 +192,7 @@ export class TransferEngine {
     }
     const td: Td = {
       transfer: null, errorTrb: 0, errorCode: 0, trbs, start, startCycle, end: end.ptr, endCycle: end.cycle,
-      complete: false, stale: false, lengths,
+      complete: false, stale: false, lengths, submittedMs: 0,
     };
     if (firstType !== TRB_SETUP && firstType !== TRB_NORMAL && firstType !== TRB_ISOCH) {
       td.complete = true; // No-Op / Event Data: only its event
@@ -243,9 +253,11 @@ export class TransferEngine {
       return true;
     }
     let called = false;
+    if (this.traffic !== null) td.submittedMs = performance.now();
     device.submit(transfer, () => {
       if (called || td.stale) return;
       called = true;
+      if (this.traffic !== null) this.traffic.completed(slot.port, ep.dci, movedBytes(transfer), performance.now() - td.submittedMs);
       if (this.capture !== null) this.capture.complete(slot.port, slot.address, transfer);
       td.complete = true;
       this.retire(slot, ep);
