@@ -232,6 +232,24 @@ export function write(fd: number, buf: Uint8Array, length = buf.length): number 
   return r;
 }
 
+/**
+ * poll() on one of koffi's worker threads, so the VM host thread never blocks: resolves with
+ * the revents of each fd (all 0 on a timeout or an interrupted call).
+ */
+export function pollAsync(fds: { fd: number; events: number }[], timeoutMs: number): Promise<number[]> {
+  const buf = Buffer.alloc(8 * fds.length);
+  fds.forEach((p, i) => {
+    buf.writeInt32LE(p.fd, i * 8);
+    buf.writeInt16LE(p.events, i * 8 + 4);
+  });
+  return new Promise((resolve, reject) => {
+    (c.poll as unknown as { async(...args: unknown[]): void }).async(buf, fds.length, timeoutMs, (error: Error | null, r: number) => {
+      if (error) reject(error);
+      else resolve(r < 0 ? fds.map(() => 0) : fds.map((_, i) => buf.readInt16LE(i * 8 + 6)));
+    });
+  });
+}
+
 /** poll() over fds; returns the revents of each. */
 export function poll(fds: { fd: number; events: number }[], timeoutMs: number): number[] {
   const buf = Buffer.alloc(8 * fds.length);
