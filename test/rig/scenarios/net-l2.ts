@@ -91,23 +91,30 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, s
   const toL2Md5 = crypto.createHash('md5').update(toL2).digest('hex');
   await con.runOk(`rm -f /tmp/rx; (nc -l -p ${TO_L2_PORT} > /tmp/rx </dev/null &) ; sleep 1`);
   const started = Date.now();
+  // Done when the kernel took it all ('finish'); L2's file size says when it arrived.
+  let toL2Socket: net.Socket | null = null;
   await new Promise<void>((resolve, reject) => {
     const s = net.connect(TO_L2_PORT, L2_IP, () => s.end(toL2));
+    toL2Socket = s;
     s.once('error', reject);
-    s.once('close', () => resolve());
+    s.once('finish', () => resolve());
     s.setTimeout(300000, () => s.destroy(new Error('the TCP stream to L2 stalled')));
   }).catch((e: Error) => fail(`sending ${BYTES} bytes to L2: ${e.message}`));
   const size = await con.run(`for i in $(seq 240); do [ "$(stat -c %s /tmp/rx)" -ge ${BYTES} ] && break; sleep 0.5; done; stat -c %s /tmp/rx; md5sum /tmp/rx`, 180000);
   const seconds = (Date.now() - started) / 1000;
+  (toL2Socket as net.Socket | null)?.destroy();
   if (!size.output.includes(toL2Md5)) fail(`L2 received ${size.output.trim().replace(/\n/g, ' ')}; L1 sent md5 ${toL2Md5}`);
   else found.push(`4 MiB L1→L2 over TCP, md5 matches (${(BYTES / 1048576 / seconds).toFixed(2)} MiB/s, not a benchmark)`);
 
   // L2 → L1: this process listens, L2's nc sends a file it made.
   let received = Buffer.alloc(0);
+  // Closed from here once every byte arrived: busybox nc need not half-close at its EOF.
   const server = net.createServer((s) => {
     const parts: Buffer[] = [];
-    s.on('data', (d: Buffer) => parts.push(d));
-    s.on('end', () => { received = Buffer.concat(parts); s.end(); });
+    let n = 0;
+    const done = () => { received = Buffer.concat(parts); s.destroy(); };
+    s.on('data', (d: Buffer) => { parts.push(d); n += d.length; if (n >= BYTES) done(); });
+    s.on('end', done);
   });
   await new Promise<void>((resolve) => server.listen(TO_L1_PORT, L1_IP, () => resolve()));
   const made = await con.runOk(`dd if=/dev/urandom of=/tmp/tx bs=1024 count=${BYTES / 1024} 2>/dev/null; md5sum /tmp/tx`, 120000);
