@@ -86,6 +86,8 @@ const c = {
   cfmakeraw: lib.func('void cfmakeraw(_Inout_ uint8_t *termios)'),
   fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
   flock: lib.func('int flock(int fd, int operation)'),
+  socket: lib.func('int socket(int domain, int type, int protocol)'),
+  ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)'),
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
 };
 
@@ -124,6 +126,16 @@ export const POLLHUP = 0x010;
 
 export function open(path: string, flags: number, mode = 0): number {
   return check(`open(${path})`, c.open(path, flags | O_CLOEXEC, mode));
+}
+
+/** A socket descriptor (close-on-exec). */
+export function socket(domain: number, type: number, protocol = 0): number {
+  return check('socket', c.socket(domain, type | O_CLOEXEC, protocol));
+}
+
+/** The index of network interface `name`, or 0 if there is none. */
+export function ifNameToIndex(name: string): number {
+  return c.ifNameToIndex(name) as number;
 }
 
 export function close(fd: number): void {

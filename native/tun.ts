@@ -17,7 +17,7 @@ const IFNAMSIZ = 16;
  * EBUSY: another process has it).
  */
 export function openTap(ifname: string): { fd: number; name: string } {
-  if (ifname.length === 0 || ifname.length >= IFNAMSIZ) throw new RangeError(`interface name "${ifname}" is not 1 to 15 characters`);
+  if (ifname.length >= IFNAMSIZ) throw new RangeError(`interface name "${ifname}" is longer than 15 characters`);
   const fd = libc.open('/dev/net/tun', libc.O_RDWR | libc.O_NONBLOCK);
   try {
     const ifr = new Uint8Array(IFREQ_BYTES);
@@ -29,5 +29,44 @@ export function openTap(ifname: string): { fd: number; name: string } {
   } catch (e) {
     libc.close(fd);
     throw e;
+  }
+}
+
+const AF_INET = 2;
+const SOCK_DGRAM = 2;
+const SIOCGIFFLAGS = 0x8913;
+const SIOCSIFFLAGS = 0x8914;
+const SIOCBRADDIF = 0x89a2;
+const IFF_UP = 1;
+
+function ifreq(name: string): Uint8Array {
+  const ifr = new Uint8Array(IFREQ_BYTES);
+  ifr.set(new TextEncoder().encode(name), 0);
+  return ifr;
+}
+
+/**
+ * Makes a new TAP interface (the kernel names it tapN), adds it to `bridge` and brings it up;
+ * it goes away when the descriptor is closed. Needs CAP_NET_ADMIN. Throws NativeError.
+ */
+export function openBridgedTap(bridge: string): { fd: number; name: string } {
+  const tap = openTap('');
+  const sock = libc.socket(AF_INET, SOCK_DGRAM);
+  try {
+    const index = libc.ifNameToIndex(tap.name);
+    const add = ifreq(bridge);
+    new DataView(add.buffer).setInt32(IFNAMSIZ, index, true);
+    libc.ioctlBuffer(sock, `SIOCBRADDIF(${bridge}, ${tap.name})`, SIOCBRADDIF, add);
+    const flags = ifreq(tap.name);
+    libc.ioctlBuffer(sock, `SIOCGIFFLAGS(${tap.name})`, SIOCGIFFLAGS, flags);
+    const view = new DataView(flags.buffer);
+    view.setUint16(IFNAMSIZ, view.getUint16(IFNAMSIZ, true) | IFF_UP, true);
+    libc.ioctlBuffer(sock, `SIOCSIFFLAGS(${tap.name})`, SIOCSIFFLAGS, flags);
+    return tap;
+  } catch (e) {
+    libc.close(tap.fd);
+    throw e;
+  } finally {
+    libc.close(sock);
   }
 }

@@ -77,7 +77,8 @@ Machine:
                          the VM runs; ro: read-only)
   --nic virtio[,mac=52:54:00:XX:XX:XX][,BACKEND][,pcap=FILE]
                          a virtio-net card (repeatable); BACKEND: tap=IFNAME (an
-                         existing TAP), socket=listen:PATH / socket=connect:PATH
+                         existing TAP), bridge=BR (a new TAP on bridge BR; needs
+                         CAP_NET_ADMIN), socket=listen:PATH / socket=connect:PATH
                          (joins two VMs), udp=LHOST:LPORT/RHOST:RPORT; none: link down
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM

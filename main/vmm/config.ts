@@ -74,6 +74,8 @@ export type NetBackendConfig =
   | { kind: 'none' }
   /** An existing TAP interface, opened through /dev/net/tun (IFF_TAP | IFF_NO_PI). */
   | { kind: 'tap'; ifname: string }
+  /** A new TAP (tapN) Porthole makes and adds to an existing bridge; needs CAP_NET_ADMIN. */
+  | { kind: 'bridge'; bridge: string }
   /** A Unix stream socket to another VM: frames with a 4-byte big-endian length (QEMU's -netdev stream framing). */
   | { kind: 'socket'; mode: 'listen' | 'connect'; path: string }
   /** One UDP datagram per frame, from local to remote (host:port each). */
@@ -427,7 +429,7 @@ export function formatMac(mac: Uint8Array): string {
   return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
-const NIC_HELP = 'MODEL[,mac=52:54:00:XX:XX:XX][,tap=IFNAME|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT][,pcap=FILE]';
+const NIC_HELP = 'MODEL[,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT][,pcap=FILE]';
 
 /** Parses a --nic value, e.g. "virtio,tap=tap0" or "virtio,mac=52:54:00:00:00:01,socket=listen:/tmp/net.sock,pcap=net.pcapng". */
 export function parseNic(text: string): NicConfig {
@@ -441,6 +443,7 @@ export function parseNic(text: string): NicConfig {
     if (key === 'mac') nic.mac = value;
     else if (key === 'pcap' && value) nic.pcap = value;
     else if (key === 'tap') { nic.backend = { kind: 'tap', ifname: value }; backends++; }
+    else if (key === 'bridge') { nic.backend = { kind: 'bridge', bridge: value }; backends++; }
     else if (key === 'socket') {
       const colon = value.indexOf(':');
       nic.backend = { kind: 'socket', mode: value.slice(0, colon < 0 ? value.length : colon), path: colon < 0 ? '' : value.slice(colon + 1) };
@@ -451,7 +454,7 @@ export function parseNic(text: string): NicConfig {
       backends++;
     } else throw new ConfigError(`nic "${text}": option "${option}" is not understood (${NIC_HELP})`);
   }
-  if (backends > 1) throw new ConfigError(`nic "${text}": one backend per NIC (tap=, socket= or udp=)`);
+  if (backends > 1) throw new ConfigError(`nic "${text}": one backend per NIC (tap=, bridge=, socket= or udp=)`);
   return nicConfigFromJson(nic, `nic "${text}"`);
 }
 
@@ -479,6 +482,12 @@ function netBackendFromJson(b: unknown, where: string): NetBackendConfig {
       if (ifname.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(ifname)) throw new ConfigError(`${where}.ifname: "${ifname}" is not an interface name (up to 15 letters, digits, "_", "-", ".")`);
       return { kind: 'tap', ifname };
     }
+    case 'bridge': {
+      only(['kind', 'bridge']);
+      const bridge = str(b.bridge, `${where}.bridge`);
+      if (bridge.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(bridge)) throw new ConfigError(`${where}.bridge: "${bridge}" is not an interface name (up to 15 letters, digits, "_", "-", ".")`);
+      return { kind: 'bridge', bridge };
+    }
     case 'socket':
       only(['kind', 'mode', 'path']);
       if (b.mode !== 'listen' && b.mode !== 'connect') throw new ConfigError(`${where}.mode must be "listen" or "connect" (socket=listen:PATH or socket=connect:PATH)`);
@@ -487,7 +496,7 @@ function netBackendFromJson(b: unknown, where: string): NetBackendConfig {
       only(['kind', 'local', 'remote']);
       return { kind: 'udp', local: checkHostPort(b.local, `${where}.local`), remote: checkHostPort(b.remote, `${where}.remote`) };
     default:
-      throw new ConfigError(`${where}.kind must be "tap", "socket", "udp" or "none"`);
+      throw new ConfigError(`${where}.kind must be "tap", "bridge", "socket", "udp" or "none"`);
   }
 }
 

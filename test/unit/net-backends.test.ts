@@ -10,7 +10,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { NativeError } from '../../native';
 import type { NicConfig } from '../../main/vmm/config';
-import { NetBackendError, openNetBackend, tapAdvice } from '../../main/vmm/host/net-backends';
+import { bridgeAdvice, NetBackendError, openNetBackend, TapEndpoint, tapAdvice } from '../../main/vmm/host/net-backends';
 import { HostNic, LINKTYPE_ETHERNET } from '../../main/vmm/host/net-host';
 import { decodeNetCount, decodeNetRecord, encodeNetCount, NET_KIND, NET_RX_WINDOW } from '../../main/vmm/shared/net-messages';
 
@@ -152,4 +152,15 @@ test('errors before boot name the problem and what to do', async () => {
   assert.match(eperm, /ip tuntap add dev tap0 mode tap user \$USER/);
   assert.match(tapAdvice(new NativeError('open(/dev/net/tun)', os.constants.errno.ENOENT), 'tap0'), /modprobe tun/);
   assert.match(tapAdvice(new NativeError('TUNSETIFF(tap0)', os.constants.errno.EBUSY), 'tap0'), /another process/);
+});
+
+test('bridge: a missing bridge, an interface that is not one, and no CAP_NET_ADMIN are clear errors', () => {
+  const sysfs = tmp();
+  fs.mkdirSync(path.join(sysfs, 'eth9'));
+  const events = { onFrame() {}, onWritable() {}, onLog() {} };
+  assert.throws(() => TapEndpoint.openOnBridge('br7', 'net0', events, sysfs), /net0: there is no bridge br7 \(make one as root: `sudo ip link add br7 type bridge/);
+  assert.throws(() => TapEndpoint.openOnBridge('eth9', 'net0', events, sysfs), /eth9 is not a bridge/);
+  const eperm = bridgeAdvice(new NativeError('TUNSETIFF()', os.constants.errno.EPERM), 'br0');
+  assert.match(eperm, /needs CAP_NET_ADMIN/);
+  assert.match(eperm, /ip link set tap0 master br0 up/);
 });

@@ -255,9 +255,10 @@ test('--nic and nics: backends, MACs, pcap; clear errors; a stable default MAC',
     { model: 'virtio', mac: '52:54:00:ab:cd:ef', backend: { kind: 'socket', mode: 'listen', path: '/tmp/n.sock' }, pcap: '/tmp/n.pcapng' });
   assert.deepEqual(parseNic('virtio,udp=127.0.0.1:5000/127.0.0.1:5001').backend, { kind: 'udp', local: '127.0.0.1:5000', remote: '127.0.0.1:5001' });
   assert.deepEqual(parseNic('virtio').backend, { kind: 'none' });
+  assert.deepEqual(parseNic('virtio,bridge=br0').backend, { kind: 'bridge', bridge: 'br0' });
   for (const [bad, message] of [
     ['e1000', /not a NIC model/], ['virtio,mac=01:00:00:00:00:01', /multicast/], ['virtio,mac=52:54', /not a MAC address/],
-    ['virtio,tap=', /ifname/], ['virtio,tap=a/b', /not an interface name/], ['virtio,tap=averyveryverylongname', /not an interface name/],
+    ['virtio,tap=', /ifname/], ['virtio,bridge=a b', /not an interface name/], ['virtio,tap=a/b', /not an interface name/], ['virtio,tap=averyveryverylongname', /not an interface name/],
     ['virtio,socket=bind:/x', /listen.*connect/], ['virtio,udp=1.2.3.4:0/1.2.3.4:5', /HOST:PORT/], ['virtio,tap=t0,udp=a:1/b:2', /one backend/],
     ['virtio,speed=10', /not understood/],
   ] as const) assert.throws(() => parseNic(bad), (e: Error) => e instanceof ConfigError && message.test(e.message), bad);

@@ -11,6 +11,7 @@
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { libc, NativeError, tun } from '../../../native';
 import type { NetBackendConfig } from '../config';
 import { NET_MAX_FRAME, NET_MIN_FRAME } from '../shared/net-messages';
@@ -46,6 +47,7 @@ export async function openNetBackend(spec: NetBackendConfig, label: string, even
   switch (spec.kind) {
     case 'none': return null;
     case 'tap': return TapEndpoint.open(spec.ifname, label, events);
+    case 'bridge': return TapEndpoint.openOnBridge(spec.bridge, label, events);
     case 'socket': return spec.mode === 'listen' ? StreamEndpoint.listen(spec.path, label, events) : StreamEndpoint.connect(spec.path, label, events);
     case 'udp': return UdpEndpoint.open(spec.local, spec.remote, label, events);
   }
@@ -79,8 +81,23 @@ export class TapEndpoint implements NetEndpoint {
     return new TapEndpoint(tap.fd, tap.name, events);
   }
 
-  private constructor(private readonly fd: number, ifname: string, private readonly events: NetEndpointEvents) {
-    this.description = `tap:${ifname}`;
+  /** A new TAP on `bridge` (it goes away with the VM). */
+  static openOnBridge(bridge: string, label: string, events: NetEndpointEvents, sysfs = '/sys/class/net'): TapEndpoint {
+    if (!fs.existsSync(path.join(sysfs, bridge, 'bridge'))) {
+      throw new NetBackendError(`${label}: ${fs.existsSync(path.join(sysfs, bridge)) ? `${bridge} is not a bridge` : `there is no bridge ${bridge}`}`
+        + ` (make one as root: \`sudo ip link add ${bridge} type bridge && sudo ip link set ${bridge} up\`)`);
+    }
+    let tap: { fd: number; name: string };
+    try {
+      tap = tun.openBridgedTap(bridge);
+    } catch (e) {
+      throw new NetBackendError(`${label}: cannot add a TAP to bridge ${bridge}: ${bridgeAdvice(e, bridge)}`);
+    }
+    return new TapEndpoint(tap.fd, tap.name, events, bridge);
+  }
+
+  private constructor(private readonly fd: number, ifname: string, private readonly events: NetEndpointEvents, bridge?: string) {
+    this.description = bridge ? `tap:${ifname} on bridge ${bridge}` : `tap:${ifname}`;
     this.wake = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
     void this.loop();
   }
@@ -173,6 +190,15 @@ export function tapAdvice(e: unknown, ifname: string): string {
     case 'EINVAL': return `${e.message}; ${ifname} exists but is not a TAP interface (a TUN, or another kind of link)`;
     default: return e.message;
   }
+}
+
+/** Why a bridged TAP could not be made. */
+export function bridgeAdvice(e: unknown, bridge: string): string {
+  if (e instanceof NativeError && (e.code === 'EPERM' || e.code === 'EACCES')) {
+    return `${e.message}; making a TAP and adding it to a bridge needs CAP_NET_ADMIN. Without it, make a persistent TAP on the bridge once as root`
+      + ` (\`sudo ip tuntap add dev tap0 mode tap user $USER && sudo ip link set tap0 master ${bridge} up\`) and use tap=tap0`;
+  }
+  return tapAdvice(e, 'the new TAP');
 }
 
 // --- Unix stream socket -----------------------------------------------------------------
