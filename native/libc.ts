@@ -86,6 +86,8 @@ const c = {
   cfmakeraw: lib.func('void cfmakeraw(_Inout_ uint8_t *termios)'),
   fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
   flock: lib.func('int flock(int fd, int operation)'),
+  socket: lib.func('int socket(int domain, int type, int protocol)'),
+  ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)'),
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
 };
 
@@ -124,6 +126,16 @@ export const POLLHUP = 0x010;
 
 export function open(path: string, flags: number, mode = 0): number {
   return check(`open(${path})`, c.open(path, flags | O_CLOEXEC, mode));
+}
+
+/** A socket descriptor (close-on-exec). */
+export function socket(domain: number, type: number, protocol = 0): number {
+  return check('socket', c.socket(domain, type | O_CLOEXEC, protocol));
+}
+
+/** The index of network interface `name`, or 0 if there is none. */
+export function ifNameToIndex(name: string): number {
+  return c.ifNameToIndex(name) as number;
 }
 
 export function close(fd: number): void {
@@ -230,6 +242,24 @@ export function write(fd: number, buf: Uint8Array, length = buf.length): number 
     throw new NativeError('write', e);
   }
   return r;
+}
+
+/**
+ * poll() on one of koffi's worker threads, so the VM host thread never blocks: resolves with
+ * the revents of each fd (all 0 on a timeout or an interrupted call).
+ */
+export function pollAsync(fds: { fd: number; events: number }[], timeoutMs: number): Promise<number[]> {
+  const buf = Buffer.alloc(8 * fds.length);
+  fds.forEach((p, i) => {
+    buf.writeInt32LE(p.fd, i * 8);
+    buf.writeInt16LE(p.events, i * 8 + 4);
+  });
+  return new Promise((resolve, reject) => {
+    (c.poll as unknown as { async(...args: unknown[]): void }).async(buf, fds.length, timeoutMs, (error: Error | null, r: number) => {
+      if (error) reject(error);
+      else resolve(r < 0 ? fds.map(() => 0) : fds.map((_, i) => buf.readInt16LE(i * 8 + 6)));
+    });
+  });
 }
 
 /** poll() over fds; returns the revents of each. */

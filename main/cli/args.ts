@@ -5,7 +5,7 @@ import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort 
 import type { MonitorMethod } from './monitor';
 import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
-  checkDisks, ConfigError, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
+  checkDisks, checkNics, ConfigError, type NicConfig, parseNic, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
   type UsbDeviceConfig, USB_MAX_DEVICES,
 } from '../vmm/config';
 
@@ -79,6 +79,11 @@ Machine:
   --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
                          a virtio-blk disk on a raw image (repeatable; locked while
                          the VM runs; ro: read-only)
+  --nic virtio[,mac=52:54:00:XX:XX:XX][,BACKEND][,pcap=FILE]
+                         a virtio-net card (repeatable); BACKEND: tap=IFNAME (an
+                         existing TAP), bridge=BR (a new TAP on bridge BR; needs
+                         CAP_NET_ADMIN), socket=listen:PATH / socket=connect:PATH
+                         (joins two VMs), udp=LHOST:LPORT/RHOST:RPORT; none: link down
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
 
@@ -96,7 +101,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk',
+  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -170,6 +175,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   const optionRoms: string[] = [];
   const usbDevices: UsbDeviceConfig[] = [];
   const disks: DiskConfig[] = [];
+  const nics: NicConfig[] = [];
   let monitor: string | null = null;
 
   for (const [flag, value] of pairs) {
@@ -207,6 +213,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--option-rom': optionRoms.push(nonEmpty(flag, v)); break;
       case '--usb': usbDevices.push(parseUsbDevice(v)); break;
       case '--disk': disks.push(parseDisk(v)); break;
+      case '--nic': nics.push(parseNic(v)); break;
       case '--monitor': monitor = socketPath(v); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
@@ -245,6 +252,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   }
 
   if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk');
+  if (nics.length) config.nics = checkNics([...(config.nics ?? []), ...nics], '--nic');
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');

@@ -68,6 +68,32 @@ export interface DiskConfig {
 }
 
 export const MAX_DISKS = 8;
+
+/** Where a NIC's frames go (on the VM host thread). */
+export type NetBackendConfig =
+  | { kind: 'none' }
+  /** An existing TAP interface, opened through /dev/net/tun (IFF_TAP | IFF_NO_PI). */
+  | { kind: 'tap'; ifname: string }
+  /** A new TAP (tapN) Porthole makes and adds to an existing bridge; needs CAP_NET_ADMIN. */
+  | { kind: 'bridge'; bridge: string }
+  /** A Unix stream socket to another VM: frames with a 4-byte big-endian length (QEMU's -netdev stream framing). */
+  | { kind: 'socket'; mode: 'listen' | 'connect'; path: string }
+  /** One UDP datagram per frame, from local to remote (host:port each). */
+  | { kind: 'udp'; local: string; remote: string };
+
+export const NIC_MODELS = ['virtio'] as const;
+export type NicModel = (typeof NIC_MODELS)[number];
+
+export interface NicConfig {
+  model: NicModel;
+  /** "52:54:00:12:34:56"; absent: one made from the VM's name and the NIC's index (stable). */
+  mac?: string;
+  backend: NetBackendConfig;
+  /** A pcapng file (LINKTYPE_ETHERNET) of every frame the NIC sends and receives. */
+  pcap?: string;
+}
+
+export const MAX_NICS = 4;
 export const MAX_DISK_QUEUES = 16;
 
 export interface MachineConfig {
@@ -89,6 +115,8 @@ export interface MachineConfig {
   usb?: UsbConfig;
   /** virtio-blk disks, PCI 00:08.0 on (absent or empty: none). */
   disks?: DiskConfig[];
+  /** Network cards, PCI 00:10.0 on (absent or empty: none). */
+  nics?: NicConfig[];
 }
 
 export class ConfigError extends Error {
@@ -324,7 +352,7 @@ function str(v: unknown, where: string): string {
 /** The JSON config file format (version 1). Later issues add fields; unknown fields are errors. */
 export function machineConfigFromJson(input: unknown, source = 'config'): MachineConfig {
   if (!isRecord(input)) throw new ConfigError(`${source}: the top level must be a JSON object`);
-  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks']);
+  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks', 'nics']);
   for (const k of Object.keys(input)) {
     if (!allowed.has(k)) throw new ConfigError(`${source}: unknown field "${k}"`);
   }
@@ -370,11 +398,138 @@ export function machineConfigFromJson(input: unknown, source = 'config'): Machin
     if (!Array.isArray(input.disks)) throw new ConfigError(`${source}: disks must be a list like [{"path": "disk.img"}]`);
     c.disks = checkDisks(input.disks.map((d, i) => diskConfigFromJson(d, `${source}: disks[${i}]`)), `${source}: disks`);
   }
+  if (input.nics !== undefined) {
+    if (!Array.isArray(input.nics)) throw new ConfigError(`${source}: nics must be a list like [{"model": "virtio", "backend": {"kind": "tap", "ifname": "tap0"}}]`);
+    c.nics = checkNics(input.nics.map((n, i) => nicConfigFromJson(n, `${source}: nics[${i}]`)), `${source}: nics`);
+  }
   if (input.debugExit !== undefined) {
     if (typeof input.debugExit !== 'boolean') throw new ConfigError(`${source}: debugExit must be true or false`);
     c.debugExit = input.debugExit;
   }
   return c;
+}
+
+/** Parses "52:54:00:12:34:56" into six bytes; throws ConfigError naming `where`. */
+export function parseMac(text: string, where: string): Uint8Array {
+  const m = /^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$/i.exec(text);
+  if (!m) throw new ConfigError(`${where}: "${text}" is not a MAC address like 52:54:00:12:34:56`);
+  const bytes = Uint8Array.from(m.slice(1, 7).map((h) => parseInt(h, 16)));
+  if (bytes[0] & 1) throw new ConfigError(`${where}: ${text} is a multicast address (its first byte is odd); a NIC needs a unicast one`);
+  return bytes;
+}
+
+/** The MAC of NIC `index` without one configured: 52:54:00 (QEMU's prefix) and a hash of the VM's name, so it stays put. */
+export function defaultMac(vmName: string, index: number): Uint8Array {
+  let h = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(`${vmName}\0${index}`)) h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+  return Uint8Array.of(0x52, 0x54, 0x00, (h >>> 16) & 0xff, (h >>> 8) & 0xff, ((h & 0xfc) | index) & 0xff);
+}
+
+export function formatMac(mac: Uint8Array): string {
+  return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+const NIC_HELP = 'MODEL[,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT][,pcap=FILE]';
+
+/** Parses a --nic value, e.g. "virtio,tap=tap0" or "virtio,mac=52:54:00:00:00:01,socket=listen:/tmp/net.sock,pcap=net.pcapng". */
+export function parseNic(text: string): NicConfig {
+  const [model, ...options] = text.split(',');
+  const nic: Record<string, unknown> = { model, backend: { kind: 'none' } };
+  let backends = 0;
+  for (const option of options) {
+    const eq = option.indexOf('=');
+    const key = eq < 0 ? option : option.slice(0, eq);
+    const value = eq < 0 ? '' : option.slice(eq + 1);
+    if (key === 'mac') nic.mac = value;
+    else if (key === 'pcap' && value) nic.pcap = value;
+    else if (key === 'tap') { nic.backend = { kind: 'tap', ifname: value }; backends++; }
+    else if (key === 'bridge') { nic.backend = { kind: 'bridge', bridge: value }; backends++; }
+    else if (key === 'socket') {
+      const colon = value.indexOf(':');
+      nic.backend = { kind: 'socket', mode: value.slice(0, colon < 0 ? value.length : colon), path: colon < 0 ? '' : value.slice(colon + 1) };
+      backends++;
+    } else if (key === 'udp') {
+      const slash = value.indexOf('/');
+      nic.backend = { kind: 'udp', local: slash < 0 ? value : value.slice(0, slash), remote: slash < 0 ? '' : value.slice(slash + 1) };
+      backends++;
+    } else throw new ConfigError(`nic "${text}": option "${option}" is not understood (${NIC_HELP})`);
+  }
+  if (backends > 1) throw new ConfigError(`nic "${text}": one backend per NIC (tap=, bridge=, socket= or udp=)`);
+  return nicConfigFromJson(nic, `nic "${text}"`);
+}
+
+/** "HOST:PORT" with a port from 1 to 65535 (an IPv6 host in brackets); throws ConfigError. */
+function checkHostPort(v: unknown, where: string): string {
+  const text = str(v, where);
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(text);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new ConfigError(`${where}: "${text}" is not HOST:PORT (e.g. 127.0.0.1:5000)`);
+  return text;
+}
+
+function netBackendFromJson(b: unknown, where: string): NetBackendConfig {
+  if (!isRecord(b)) throw new ConfigError(`${where} must be an object like {"kind": "tap", "ifname": "tap0"}`);
+  const only = (keys: string[]) => {
+    for (const k of Object.keys(b)) if (!keys.includes(k)) throw new ConfigError(`${where}: unknown field "${k}" for kind "${String(b.kind)}"`);
+  };
+  switch (b.kind) {
+    case 'none':
+      only(['kind']);
+      return { kind: 'none' };
+    case 'tap': {
+      only(['kind', 'ifname']);
+      const ifname = str(b.ifname, `${where}.ifname`);
+      // IFNAMSIZ is 16 with the terminating zero; '/' and whitespace are refused by the kernel.
+      if (ifname.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(ifname)) throw new ConfigError(`${where}.ifname: "${ifname}" is not an interface name (up to 15 letters, digits, "_", "-", ".")`);
+      return { kind: 'tap', ifname };
+    }
+    case 'bridge': {
+      only(['kind', 'bridge']);
+      const bridge = str(b.bridge, `${where}.bridge`);
+      if (bridge.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(bridge)) throw new ConfigError(`${where}.bridge: "${bridge}" is not an interface name (up to 15 letters, digits, "_", "-", ".")`);
+      return { kind: 'bridge', bridge };
+    }
+    case 'socket':
+      only(['kind', 'mode', 'path']);
+      if (b.mode !== 'listen' && b.mode !== 'connect') throw new ConfigError(`${where}.mode must be "listen" or "connect" (socket=listen:PATH or socket=connect:PATH)`);
+      return { kind: 'socket', mode: b.mode, path: str(b.path, `${where}.path`) };
+    case 'udp':
+      only(['kind', 'local', 'remote']);
+      return { kind: 'udp', local: checkHostPort(b.local, `${where}.local`), remote: checkHostPort(b.remote, `${where}.remote`) };
+    default:
+      throw new ConfigError(`${where}.kind must be "tap", "bridge", "socket", "udp" or "none"`);
+  }
+}
+
+/** One NIC from JSON (a config file's nics entry); errors name the field. */
+export function nicConfigFromJson(n: unknown, at: string): NicConfig {
+  if (!isRecord(n)) throw new ConfigError(`${at} must be an object like {"model": "virtio", "backend": {"kind": "tap", "ifname": "tap0"}}`);
+  for (const k of Object.keys(n)) if (!['model', 'mac', 'backend', 'pcap'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  if (!NIC_MODELS.includes(n.model as NicModel)) throw new ConfigError(`${at}.model: "${String(n.model)}" is not a NIC model (${NIC_MODELS.join(', ')})`);
+  const nic: NicConfig = { model: n.model as NicModel, backend: n.backend === undefined ? { kind: 'none' } : netBackendFromJson(n.backend, `${at}.backend`) };
+  if (n.mac !== undefined) {
+    parseMac(str(n.mac, `${at}.mac`), `${at}.mac`);
+    nic.mac = (n.mac as string).toLowerCase();
+  }
+  if (n.pcap !== undefined) nic.pcap = str(n.pcap, `${at}.pcap`);
+  return nic;
+}
+
+/** Checks a list of NICs (count, distinct MACs, one pcap file each); returns it. */
+export function checkNics(nics: NicConfig[], where: string): NicConfig[] {
+  if (nics.length > MAX_NICS) throw new ConfigError(`${where}: at most ${MAX_NICS} NICs`);
+  const macs = new Map<string, number>();
+  const pcaps = new Map<string, number>();
+  nics.forEach((n, i) => {
+    if (n.mac !== undefined) {
+      if (macs.has(n.mac)) throw new ConfigError(`${where}[${i}]: MAC ${n.mac} is taken by NIC ${macs.get(n.mac)}`);
+      macs.set(n.mac, i);
+    }
+    if (n.pcap !== undefined) {
+      if (pcaps.has(n.pcap)) throw new ConfigError(`${where}[${i}]: the pcap file ${n.pcap} is written by NIC ${pcaps.get(n.pcap)} already`);
+      pcaps.set(n.pcap, i);
+    }
+  });
+  return nics;
 }
 
 export function parseCpus(v: unknown, where = 'cpus'): number {

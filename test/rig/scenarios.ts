@@ -62,6 +62,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'net-l2',
+    description: 'Porthole boots the L2 kit with a virtio-net card on a TAP in L1 (porthole run --nic virtio,tap=…,pcap=…); Linux\'s virtio_net binds it with our MAC, L1 and L2 ping each other, 4 MiB go each way over TCP with md5 compared, and Debian\'s tshark reads the pcap (ICMP both ways, the TCP streams, nothing malformed)',
+    // One L2 boot (25-80 s) and 8 MiB through the TAP; multi-threaded TCG as for every L2 Linux boot.
+    devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'usb-passthrough-l2',
     description: 'host USB passthrough with L1 as the host: Porthole passes L1\'s stick0 (usb-storage) to the L2 kit through node-usb and its xHCI; L1\'s driver lets go, L2 reads the stick\'s md5, a write from L2 reads back in L1 after the detach, L1\'s usb-storage and /dev/sdX come back; a SIGKILL with the stick held is repaired from the journal; dd MB/s in L2 beside QEMU usb-host passing the same stick (the ratio)',
     // One L2 boot (25-80 s) and a 16 MiB stick read twice over passthrough.

@@ -169,3 +169,17 @@ test('--disk adds virtio-blk disks after the config file\'s; bad specs name the 
   assert.throws(() => run(['--disk', 'a.img,cache=none']), /option "cache=none" is not understood/);
   assert.throws(() => run(Array.from({ length: 9 }, (_, i) => ['--disk', `${i}.img`]).flat()), /at most 8 disks/);
 });
+
+test('--nic adds network cards after the config file\'s; bad specs name the problem', () => {
+  const r = run(['--nic', 'virtio,tap=tap0', '--nic', 'virtio,mac=52:54:00:00:00:02,socket=connect:/tmp/n.sock,pcap=/tmp/n.pcapng']);
+  assert.deepEqual(r.config.nics, [
+    { model: 'virtio', backend: { kind: 'tap', ifname: 'tap0' } },
+    { model: 'virtio', mac: '52:54:00:00:00:02', backend: { kind: 'socket', mode: 'connect', path: '/tmp/n.sock' }, pcap: '/tmp/n.pcapng' },
+  ]);
+  assert.equal(run([]).config.nics, undefined);
+  const f = run(['--config', 'vm.json', '--nic', 'virtio'], { 'vm.json': { nics: [{ model: 'virtio', backend: { kind: 'udp', local: '127.0.0.1:5000', remote: '127.0.0.1:5001' } }] } });
+  assert.deepEqual(f.config.nics?.map((n) => n.backend.kind), ['udp', 'none']);
+  assert.throws(() => run(['--nic', 'virtio,tap=tap0,mtu=9000']), /option "mtu=9000" is not understood/);
+  assert.throws(() => run(['--nic', 'virtio,pcap=a', '--nic', 'virtio,pcap=a']), /pcap file a is written by NIC 0/);
+  assert.throws(() => run(Array.from({ length: 5 }, () => ['--nic', 'virtio']).flat()), /at most 4 NICs/);
+});

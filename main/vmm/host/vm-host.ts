@@ -30,6 +30,8 @@ import { HOST_NEEDS_PATHS, hostNeeds } from '../../host/host-needs';
 import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
 import { dataDir } from '../../manager/app-paths';
+import { HostNic } from './net-host';
+import { decodeNetRecord, NET_CHANNEL_TARGET } from '../shared/net-messages';
 import { type UsbCaptureSpec, type UsbCaptureSummary, UsbCaptures, type UsbTransferRecord } from './usb-capture';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -173,6 +175,25 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     super();
     this.toMachine.onWake = () => this.kick(0);
     this.onMachineMessage(XHCI_CHANNEL_TARGET, (kind, payload) => this.onUsbReply(kind, payload));
+    this.onMachineMessage(NET_CHANNEL_TARGET, (kind, payload) => {
+      const record = decodeNetRecord(payload);
+      if (record) this.nics[record.nic]?.onMachineRecord(kind, record.body);
+    });
+  }
+
+  /** The NICs' host sides (backends and pcaps), opened at start, kept across resets. */
+  private nics: HostNic[] = [];
+
+  /** Opens every NIC's backend and pcap file; the first that fails closes the others and throws. */
+  private async openNics(): Promise<void> {
+    for (const [i, config] of (this.config.nics ?? []).entries()) {
+      const nic = await HostNic.open(i, `net${i}`, config, {
+        sendToMachine: (kind, payload) => this.sendToMachine(NET_CHANNEL_TARGET, kind, payload),
+        log: (text) => this.emit('log', text),
+      });
+      this.nics.push(nic);
+      this.emit('log', `net${i}: ${nic.description}`);
+    }
   }
 
   get state(): VmState {
@@ -209,6 +230,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         })));
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
       await this.openConfiguredUsbSerials();
+      await this.openNics();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
     } catch (e) {
@@ -369,6 +391,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.endpoints = [];
     for (const e of this.usbSerials.values()) e?.close();
     this.usbSerials.clear();
+    for (const nic of this.nics) void nic.close();
+    this.nics = [];
   }
 
   /**

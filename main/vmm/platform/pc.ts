@@ -11,6 +11,7 @@ import { debugConsoleDevice, debugExitDevice, postCodeDevice } from '../devices/
 import { serialPortDevice } from '../devices/uart16550';
 import { usbControllerDevice } from '../devices/usb/xhci-pci';
 import { virtioBlkDevices } from '../devices/virtio/blk';
+import { nicDevices } from '../devices/net/nics';
 
 export const PC_DEVICES: readonly DeviceFactory[] = [
   debugConsoleDevice,
@@ -27,4 +28,5 @@ export const PC_DEVICES: readonly DeviceFactory[] = [
   pciPlatformDevice,
   usbControllerDevice,
   virtioBlkDevices,
+  nicDevices,
 ];

@@ -299,15 +299,29 @@ export abstract class VirtioPciDevice extends PciDevice {
   /** The driver notified queue `index` (a write to its notify address). */
   notify(index: number): void {
     const q = this.queues[index];
-    if (!q || !q.enabled || !(this.status & VIRTIO_STATUS.DRIVER_OK) || this.needsReset) return;
+    if (!q || !q.enabled || !this.running) return;
+    this.batch(q, () => this.processQueue(q));
+  }
+
+  /** The driver is running (DRIVER_OK) and the device is not in its error state. */
+  get running(): boolean {
+    return (this.status & VIRTIO_STATUS.DRIVER_OK) !== 0 && !this.needsReset;
+  }
+
+  /**
+   * Runs `work` (which may complete chains of `q`) with interrupts held until it is done, then
+   * interrupts once if the driver wants it. A VirtqueueError from `work` is the device error state.
+   */
+  protected batch(q: SplitVirtqueue, work: () => void): void {
+    const outer = this.batching;
     this.batching = true;
     try {
-      this.processQueue(q);
+      work();
     } catch (error) {
       if (!(error instanceof VirtqueueError)) throw error;
       this.fail(error.message);
     } finally {
-      this.batching = false;
+      this.batching = outer;
     }
     if (!this.needsReset) this.interruptIfWanted(q);
   }

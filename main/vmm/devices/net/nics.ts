@@ -1,0 +1,46 @@
+// The VM's network cards: one PCI function each (00:10.0 on), each with a NicLink to its
+// backend on the VM host thread. One device model owns the network channel target and routes
+// records by NIC index.
+import { defaultMac, parseMac } from '../../config';
+import { decodeNetRecord, NET_CHANNEL_TARGET } from '../../shared/net-messages';
+import type { DeviceFactory } from '../device';
+import { VirtioNet } from '../virtio/net';
+import { NicLink } from './nic-link';
+
+export const NIC_FIRST_SLOT = 16;
+
+/** A NIC's name in statistics and logs. */
+export function nicName(index: number): string {
+  return `net${index}`;
+}
+
+export const nicDevices: DeviceFactory = (ctx) => {
+  const nics = ctx.config.nics ?? [];
+  if (nics.length === 0) return null;
+  const links: (NicLink | null)[] = [];
+  const devices = nics.map((nic, i) => {
+    const link = nic.backend.kind === 'none' ? null : new NicLink(i, {
+      send: (kind, payload) => ctx.sendToHost(NET_CHANNEL_TARGET, kind, payload),
+      setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
+    });
+    links.push(link);
+    const mac = nic.mac !== undefined ? parseMac(nic.mac, `nics[${i}].mac`) : defaultMac(ctx.config.name, i);
+    return new VirtioNet({
+      name: nicName(i), mac, link, router: ctx.interrupts, statistics: ctx.statistics, log: (text) => ctx.log(text),
+    });
+  });
+  for (const link of links) link?.hello();
+  return {
+    name: 'nics',
+    instance: devices,
+    pci: devices.map((device, i) => ({ slot: NIC_FIRST_SLOT + i, fn: 0, device })),
+    hostMessages: {
+      target: NET_CHANNEL_TARGET,
+      handle: (kind, payload) => {
+        const record = decodeNetRecord(payload);
+        if (record) links[record.nic]?.onRecord(kind, record.body);
+      },
+    },
+    close: () => { for (const d of devices) d.close(); },
+  };
+};

@@ -1,0 +1,142 @@
+// A NIC's VM host side: its backend, its pcap file, and the credits of shared/net-messages.ts.
+// Frames from the backend go to the machine while fewer than NET_RX_WINDOW are unacknowledged
+// (beyond that the backend is paused); frames from the guest go to the backend in order,
+// waiting while it is busy, and their credit goes back once it took them.
+import fs from 'node:fs';
+import type { NicConfig } from '../config';
+import { NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame } from '../shared/net-messages';
+import { enhancedPacketBlock, interfaceDescriptionBlock, sectionHeaderBlock } from './pcapng';
+import { type NetEndpoint, openNetBackend } from './net-backends';
+
+export const LINKTYPE_ETHERNET = 1;
+
+/** A pcapng file of Ethernet frames, opened (and so checked) before boot, written in order. */
+export class NetPcap {
+  private readonly stream: fs.WriteStream;
+  frames = 0;
+
+  constructor(readonly path: string, label: string) {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'w');
+    } catch (e) {
+      throw new Error(`${label}: cannot write the pcap file ${path}: ${(e as Error).message}`);
+    }
+    this.stream = fs.createWriteStream('', { fd });
+    this.stream.on('error', () => {});
+    this.stream.write(sectionHeaderBlock('Porthole'));
+    this.stream.write(interfaceDescriptionBlock(LINKTYPE_ETHERNET, NET_MAX_FRAME, label));
+  }
+
+  write(frame: Uint8Array): void {
+    this.frames++;
+    const now = performance.timeOrigin + performance.now();
+    this.stream.write(enhancedPacketBlock(0, Math.floor(now * 1000), frame, frame.length));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.stream.end(() => resolve()));
+  }
+}
+
+export interface HostNicIo {
+  /** Sends a record to the machine (VmHost.sendToMachine); false if it was dropped. */
+  sendToMachine(kind: number, payload: Uint8Array): boolean;
+  log(text: string): void;
+}
+
+export class HostNic {
+  private endpoint: NetEndpoint | null = null;
+  private pcap: NetPcap | null = null;
+  /** Frames sent to the machine and not acknowledged yet. */
+  private inFlight = 0;
+  private paused = false;
+  private readonly toBackend: Uint8Array[] = [];
+  /** Frames lost on the way to the machine (the channel's backlog refused them). */
+  dropsToMachine = 0;
+
+  private constructor(readonly index: number, readonly label: string, private readonly io: HostNicIo) {}
+
+  static async open(index: number, label: string, config: NicConfig, io: HostNicIo): Promise<HostNic> {
+    const nic = new HostNic(index, label, io);
+    if (config.pcap !== undefined) nic.pcap = new NetPcap(config.pcap, label);
+    try {
+      nic.endpoint = await openNetBackend(config.backend, label, {
+        onFrame: (frame) => nic.fromBackend(frame),
+        onWritable: () => nic.pump(),
+        onLog: (text) => io.log(`${label}: ${text}`),
+      });
+    } catch (e) {
+      await nic.pcap?.close();
+      throw e;
+    }
+    return nic;
+  }
+
+  get description(): string {
+    return this.endpoint?.description ?? 'none';
+  }
+
+  private fromBackend(frame: Uint8Array): void {
+    this.pcap?.write(frame);
+    if (this.io.sendToMachine(NET_KIND.FRAME, encodeNetFrame(this.index, frame))) this.inFlight++;
+    else this.dropsToMachine++;
+    if (this.inFlight >= NET_RX_WINDOW && !this.paused) {
+      this.paused = true;
+      this.endpoint?.pauseReceive();
+    }
+  }
+
+  /** A record from the machine's NIC. */
+  onMachineRecord(kind: number, body: Uint8Array): void {
+    switch (kind) {
+      case NET_KIND.HELLO:
+        // A new machine (reset): what the old one never acknowledged is gone.
+        this.inFlight = 0;
+        this.resume();
+        break;
+      case NET_KIND.RX_CREDIT:
+        this.inFlight = Math.max(0, this.inFlight - decodeNetCount(body));
+        this.resume();
+        break;
+      case NET_KIND.TX_FRAME:
+        this.pcap?.write(body);
+        this.toBackend.push(body);
+        if (this.toBackend.length === 1) this.pump();
+        break;
+      default:
+        break;
+    }
+  }
+
+  private resume(): void {
+    if (this.paused && this.inFlight < NET_RX_WINDOW) {
+      this.paused = false;
+      this.endpoint?.resumeReceive();
+    }
+  }
+
+  /** Hands waiting guest frames to the backend; returns their credit. */
+  private pump(): void {
+    let taken = 0;
+    while (this.toBackend.length > 0) {
+      const result = this.endpoint ? this.endpoint.send(this.toBackend[0]) : 'dropped';
+      if (result === 'busy') break;
+      this.toBackend.shift();
+      taken++;
+    }
+    if (taken > 0) this.io.sendToMachine(NET_KIND.TX_CREDIT, encodeNetCount(this.index, taken));
+  }
+
+  /** Drops the backend counts as lost (the pcap shows every frame either way). */
+  get drops(): number {
+    return (this.endpoint?.drops ?? 0) + this.dropsToMachine;
+  }
+
+  async close(): Promise<void> {
+    this.endpoint?.close();
+    this.endpoint = null;
+    if (this.drops > 0) this.io.log(`${this.label}: ${this.drops} frames were dropped on the host side`);
+    await this.pcap?.close();
+  }
+}
