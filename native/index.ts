@@ -1,3 +1,4 @@
 export * as libc from './libc';
 export * from './kvm';
+export * as vfio from './vfio';
 export { NativeError } from './libc';
