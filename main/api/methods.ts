@@ -107,6 +107,7 @@ export const API_METHODS = {
   detachUsbDevice: call(vmId, usbPort),
   sendUsbKeys: call(vmId, usbKeys),
   listHostUsbDevices: call(),
+  listPciDevices: call(),
   attachHostUsbDevice: call(vmId, hostUsbSpec),
   startUsbCapture: call(vmId, usbCapture),
   stopUsbCapture: call(vmId, usbCaptureId),

@@ -6,6 +6,7 @@
 // and /proc root, so tests run against a fake tree.
 import fs from 'node:fs';
 import path from 'node:path';
+import type { PciDeviceSummary } from '../api/contract';
 
 export const SYSFS_ROOT = '/sys';
 export const PROC_ROOT = '/proc';
@@ -316,4 +317,32 @@ export function readPciDevice(address: string, roots: HostRoots = {}): PciDevice
   const r = { sysfsRoot: roots.sysfsRoot ?? SYSFS_ROOT, procRoot: roots.procRoot ?? PROC_ROOT };
   const raw = readRaw(address, r.sysfsRoot);
   return raw === null ? null : describe(raw, new Map([[address, raw]]), r);
+}
+
+/** The API's view of an inventory entry (listPciDevices, porthole pci --json). */
+export function pciSummary(d: PciDeviceInfo, heldBy: string | null): PciDeviceSummary {
+  return {
+    address: d.address, vendorId: d.vendorId, deviceId: d.deviceId, classCode: d.classCode, className: d.className,
+    driver: d.driver, isBridge: d.isBridge,
+    iommuGroup: d.iommuGroup === null ? null : { id: d.iommuGroup.id, members: d.iommuGroup.members, viable: d.iommuGroup.viable },
+    sriov: d.sriov, physicalFunction: d.physicalFunction, hostNeeds: d.hostNeeds, assignable: d.assignable, whyNot: d.whyNot, heldBy,
+  };
+}
+
+const hex4 = (n: number) => n.toString(16).padStart(4, '0');
+
+/** porthole pci: one line per device. */
+export function formatPciDevices(devices: PciDeviceSummary[]): string {
+  if (devices.length === 0) return 'no PCI devices (no /sys/bus/pci)\n';
+  return devices.map((d) => {
+    const group = d.iommuGroup === null ? 'no IOMMU group' : `group ${d.iommuGroup.id} ${d.iommuGroup.viable ? 'viable' : 'not viable'}`;
+    const extra = [
+      d.sriov ? `SR-IOV ${d.sriov.numVfs}/${d.sriov.totalVfs} VFs` : '',
+      d.physicalFunction ? `VF of ${d.physicalFunction}` : '',
+      d.heldBy ? `in VM ${d.heldBy}` : '',
+    ].filter((x) => x !== '');
+    const verdict = d.assignable ? 'assignable' : `not assignable: ${d.whyNot}`;
+    return `${d.address}  ${hex4(d.vendorId)}:${hex4(d.deviceId)}  ${d.className.padEnd(24)} driver ${(d.driver ?? '-').padEnd(13)} ${group.padEnd(20)} ` +
+      `${extra.length ? `[${extra.join(', ')}] ` : ''}${verdict}`;
+  }).join('\n') + '\n';
 }

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type PciDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -27,6 +27,7 @@ import { VmProcessLink } from './vm-process-link';
 import { VmRun, seconds } from './vm-run';
 import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
 import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
+import { listPciDevices, pciSummary } from '../host/pci-inventory';
 
 function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null): HostUsbDeviceSummary {
   return {
@@ -377,6 +378,11 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   async listHostUsbDevices(): Promise<HostUsbDeviceSummary[]> {
     const held = new Map((this.options.usbJournal?.read().entries ?? []).map((e) => [e.sysfsName, `${e.vm} (process ${e.pid})`]));
     return listSysfsUsbDevices().map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null));
+  }
+
+  async listPciDevices(): Promise<PciDeviceSummary[]> {
+    const held = new Map((this.options.usbJournal?.read().pci ?? []).map((e) => [e.address, `${e.vm} (process ${e.pid})`]));
+    return listPciDevices().map((d) => pciSummary(d, held.get(d.address) ?? null));
   }
 
   async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {

@@ -7,7 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { givePciDeviceBack, restorePciDriver, setSriovVfs, takePciDevice, type SysfsWrite } from '../../main/host/pci-binding';
-import { hostNeedsPciDevice, listPciDevices, normalizePciAddress, pciClassName, readPciDevice } from '../../main/host/pci-inventory';
+import { formatPciDevices, hostNeedsPciDevice, listPciDevices, normalizePciAddress, pciClassName, pciSummary, readPciDevice } from '../../main/host/pci-inventory';
+import { parseArgs, UsageError } from '../../main/cli/args';
 import { repairUsbJournal, UsbJournal, type JournalEntry } from '../../main/host/usb-journal';
 
 interface FakeDevice { address: string; vendor: number; device: number; cls: number; driver?: string; group: number; header?: number; bootVga?: boolean; totalVfs?: number }
@@ -305,4 +306,22 @@ test('sr-iov: VFs are created through sriov_numvfs (through 0 for a new count) a
   assert.deepEqual(setSriovVfs('0000:01:00.0', 0, opts), []);
   assert.throws(() => setSriovVfs('0000:01:00.0', 3, opts), /0000:01:00.0 offers 0 to 2 virtual functions, not 3/);
   assert.throws(() => setSriovVfs('0000:00:04.0', 1, opts), /0000:00:04.0 \(USB controller \(xHCI\)\) has no SR-IOV capability/);
+});
+
+test('porthole pci: the command line, the listing and the API summary', () => {
+  assert.deepEqual(parseArgs(['pci'], () => ({})), { command: 'pci', json: false });
+  assert.deepEqual(parseArgs(['pci', '--json'], () => ({})), { command: 'pci', json: true });
+  assert.throws(() => parseArgs(['pci', '--all'], () => ({})), (e: Error) => e instanceof UsageError && /porthole pci takes only --json, not "--all"/.test(e.message));
+  const s = rig();
+  const list = listPciDevices({ sysfsRoot: s.root, procRoot: s.proc }).map((d) => pciSummary(d, d.address === '0000:00:04.0' ? 'win (process 7)' : null));
+  const xhci = list.find((d) => d.address === '0000:00:04.0')!;
+  assert.deepEqual(xhci, {
+    address: '0000:00:04.0', vendorId: 0x1b36, deviceId: 0x000d, classCode: 0x0c0330, className: 'USB controller (xHCI)', driver: 'xhci_hcd',
+    isBridge: false, iommuGroup: { id: 3, members: ['0000:00:04.0'], viable: false }, sriov: null, physicalFunction: null, hostNeeds: null,
+    assignable: true, whyNot: null, heldBy: 'win (process 7)',
+  });
+  const text = formatPciDevices(list).split('\n');
+  assert.match(text.find((l) => l.startsWith('0000:00:04.0'))!, /^0000:00:04.0 {2}1b36:000d {2}USB controller \(xHCI\) +driver xhci_hcd +group 3 not viable +\[in VM win \(process 7\)\] assignable$/);
+  assert.match(text.find((l) => l.startsWith('0000:01:00.0'))!, /\[SR-IOV 0\/2 VFs\] not assignable: the host needs it: it holds \/dev\/nvme0n1p1/);
+  assert.equal(formatPciDevices([]), 'no PCI devices (no /sys/bus/pci)\n');
 });
