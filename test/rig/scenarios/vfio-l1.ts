@@ -139,7 +139,8 @@ async function checkAssignedVf(ctx: ScenarioContext, vf: string, group: number, 
     }
     found.push(`BAR0 ${hex(bar0.size)} bytes (NVMe ${vs >>> 16}.${(vs >>> 8) & 0xff}, ${mmapNote})`);
 
-    // IRQs: MSI-X vectors on eventfds, then off.
+    // IRQs: MSI-X vectors on eventfds. They stay on through Identify (its completion must
+    // arrive on vector 0's eventfd; with MSI-X off the VF would have no interrupt at all).
     const msix = device.irqInfo(vfio.VFIO_PCI_IRQ.MSIX);
     const intx = device.irqInfo(vfio.VFIO_PCI_IRQ.INTX);
     ctx.log(`IRQs: MSI-X ${msix.count} (flags ${hex(msix.flags)}), INTx ${intx.count}`);
@@ -156,32 +157,38 @@ async function checkAssignedVf(ctx: ScenarioContext, vf: string, group: number, 
         return null;
       })();
       if (msixCtl === null || !(msixCtl & 0x8000)) throw new Error(`MSI-X is not enabled in config space after VFIO_DEVICE_SET_IRQS (control ${msixCtl === null ? 'not found' : hex(msixCtl)})`);
-      device.disableIrqs(vfio.VFIO_PCI_IRQ.MSIX);
-    } finally {
-      efds.forEach((fd) => libc.close(fd));
-    }
-    found.push(`MSI-X: ${efds.length} of ${msix.count} vectors on eventfds and off again`);
+      found.push(`MSI-X: ${efds.length} of ${msix.count} vectors on eventfds (control ${hex(msixCtl)})`);
 
-    // DMA: three pages mapped at an IOVA; the controller writes Identify data there.
-    const iommu = container.iommuInfo();
-    const size = 3 * 4096;
-    const buf = libc.mmap(0n, size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS, -1, 0);
-    const iova = 0x10000000n;
-    try {
-      container.mapDma({ iova, vaddr: buf, size });
+      // DMA: three pages mapped at an IOVA; the controller writes Identify data there.
+      const iommu = container.iommuInfo();
+      const size = 3 * 4096;
+      const buf = libc.mmap(0n, size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS, -1, 0);
+      const iova = 0x10000000n;
       try {
-        const id = await identifyThroughDma(ctx, device, buf, iova);
-        const serial = id.toString('latin1', 4, 24).trim();
-        const model = id.toString('latin1', 24, 64).trim();
-        ctx.log(`Identify: VID ${hex(id.readUInt16LE(0))}, serial "${serial}", model "${model}"; Linux's nvme read serial "${linuxSerial}"`);
-        if (serial !== linuxSerial) throw new Error(`the Identify data the VF wrote by DMA has serial "${serial}", Linux's nvme read "${linuxSerial}"`);
-        found.push(`a ${size}-byte DMA buffer mapped at IOVA ${hex(iova)} (IOMMU page sizes ${hex(iommu.pageSizes)}) got the VF's Identify data by DMA (serial ${serial})`);
+        container.mapDma({ iova, vaddr: buf, size });
+        try {
+          const id = await identifyThroughDma(ctx, device, buf, iova);
+          const serial = id.toString('latin1', 4, 24).trim();
+          const model = id.toString('latin1', 24, 64).trim();
+          ctx.log(`Identify: VID ${hex(id.readUInt16LE(0))}, serial "${serial}", model "${model}"; Linux's nvme read serial "${linuxSerial}"`);
+          if (serial !== linuxSerial) throw new Error(`the Identify data the VF wrote by DMA has serial "${serial}", Linux's nvme read "${linuxSerial}"`);
+          found.push(`a ${size}-byte DMA buffer mapped at IOVA ${hex(iova)} (IOMMU page sizes ${hex(iommu.pageSizes)}) got the VF's Identify data by DMA (serial ${serial})`);
+          let interrupts = 0;
+          await until('the Identify completion\'s MSI-X interrupt on the eventfd', 5000, () => {
+            interrupts += libc.eventfdRead(efds[0]);
+            return interrupts > 0 ? true : null;
+          });
+          found.push(`its completion interrupt arrived on MSI-X vector 0's eventfd (${interrupts})`);
+        } finally {
+          const unmapped = container.unmapDma(iova, size);
+          if (unmapped !== size) throw new Error(`VFIO_IOMMU_UNMAP_DMA unmapped ${unmapped} of ${size} bytes`);
+        }
       } finally {
-        const unmapped = container.unmapDma(iova, size);
-        if (unmapped !== size) throw new Error(`VFIO_IOMMU_UNMAP_DMA unmapped ${unmapped} of ${size} bytes`);
+        libc.munmap(buf, size);
       }
     } finally {
-      libc.munmap(buf, size);
+      device.disableIrqs(vfio.VFIO_PCI_IRQ.MSIX);
+      efds.forEach((fd) => libc.close(fd));
     }
     // The controller is still enabled from Identify: the reset must turn it off.
     const before = { cc: r32(device, 0x14), csts: r32(device, 0x1c) };
