@@ -223,7 +223,10 @@ function blockNeeds(address: string, sysfsRoot: string, procRoot: string): strin
   const swaps = swapDevices(procRoot);
   for (const disk of disks) {
     const dir = path.join(sysfsRoot, 'block', disk);
-    if (!below(dir, address)) continue;
+    // An NVMe multipath disk sits under its subsystem; its paths (multipath/) sit under the controllers.
+    let paths: string[] = [];
+    try { paths = fs.readdirSync(path.join(dir, 'multipath')); } catch { /* not multipath */ }
+    if (!below(dir, address) && !paths.some((p) => below(path.join(dir, 'multipath', p), address))) continue;
     const parts = [disk, ...fs.readdirSync(dir).filter((n) => n.startsWith(disk) && fs.existsSync(path.join(dir, n, 'dev')))];
     for (const p of parts) {
       const pdir = p === disk ? dir : path.join(dir, p);

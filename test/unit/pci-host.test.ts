@@ -153,6 +153,24 @@ function rig(): FakeSysfs {
   return s;
 }
 
+test('pci inventory: an NVMe multipath disk (under its subsystem) is found through its paths', () => {
+  const s = rig();
+  fs.rmSync(path.join(s.root, 'block', 'nvme0n1'));
+  const head = path.join(s.root, 'devices', 'virtual', 'nvme-subsystem', 'nvme-subsys0', 'nvme0n1');
+  fs.mkdirSync(path.join(head, 'multipath'), { recursive: true });
+  fs.mkdirSync(path.join(head, 'holders'));
+  fs.writeFileSync(path.join(head, 'dev'), '259:0\n');
+  const ctrlPath = path.join(s.dev('0000:01:00.0'), 'nvme', 'nvme0', 'nvme0c0n1');
+  fs.mkdirSync(ctrlPath, { recursive: true });
+  fs.symlinkSync(ctrlPath, path.join(head, 'multipath', 'nvme0c0n1'));
+  fs.symlinkSync(head, path.join(s.root, 'block', 'nvme0n1'));
+  const roots = { sysfsRoot: s.root, procRoot: s.proc };
+  assert.equal(hostNeedsPciDevice('0000:01:00.0', roots), null, 'nothing of it is mounted yet');
+  fs.writeFileSync(path.join(s.proc, 'self', 'mountinfo'), '22 1 259:0 / / rw,relatime - ext4 /dev/nvme0n1 rw\n');
+  assert.equal(hostNeedsPciDevice('0000:01:00.0', roots), 'it holds /dev/nvme0n1, which has a mounted file system');
+  assert.equal(hostNeedsPciDevice('0000:00:07.0', roots), null);
+});
+
 test('pci inventory: classes, drivers, IOMMU groups, viability, SR-IOV and what the host needs', () => {
   const s = rig();
   const roots = { sysfsRoot: s.root, procRoot: s.proc };
