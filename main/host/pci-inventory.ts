@@ -257,9 +257,22 @@ function defaultRouteInterfaces(procRoot: string): Set<string> {
 }
 
 function netNeeds(address: string, sysfsRoot: string, procRoot: string): string | null {
-  const routes = defaultRouteInterfaces(procRoot);
-  for (const iface of routes) {
-    if (below(path.join(sysfsRoot, 'class', 'net', iface), address)) return `it is ${iface}, which carries the default route`;
+  const net = path.join(sysfsRoot, 'class', 'net');
+  // A bridge, bond or VLAN carries the route on its lower devices (lower_<name> links).
+  const check = (iface: string, via: string | null, depth: number): string | null => {
+    if (below(path.join(net, iface), address)) return `it is ${iface}, which carries the default route${via ? ` under ${via}` : ''}`;
+    if (depth > 4) return null;
+    let lowers: string[] = [];
+    try { lowers = fs.readdirSync(path.join(net, iface)).filter((n) => n.startsWith('lower_')).map((n) => n.slice(6)); } catch { /* none */ }
+    for (const l of lowers) {
+      const found = check(l, via ?? iface, depth + 1);
+      if (found) return found;
+    }
+    return null;
+  };
+  for (const iface of defaultRouteInterfaces(procRoot)) {
+    const found = check(iface, null, 0);
+    if (found) return found;
   }
   return null;
 }

@@ -153,6 +153,22 @@ function rig(): FakeSysfs {
   return s;
 }
 
+test('pci inventory: the NIC under a bridge that carries the default route is needed', () => {
+  const s = rig();
+  const net = path.join(s.root, 'class', 'net');
+  const br = path.join(s.root, 'devices', 'virtual', 'net', 'br0');
+  fs.mkdirSync(br, { recursive: true });
+  fs.symlinkSync(br, path.join(net, 'br0'));
+  fs.mkdirSync(path.join(s.dev('0000:00:04.0'), 'net', 'eth1'), { recursive: true });
+  fs.symlinkSync(path.join(s.dev('0000:00:04.0'), 'net', 'eth1'), path.join(net, 'eth1'));
+  const roots = { sysfsRoot: s.root, procRoot: s.proc };
+  fs.writeFileSync(path.join(s.proc, 'net', 'route'), 'Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\nbr0\t00000000\t0202000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n');
+  assert.equal(hostNeedsPciDevice('0000:00:04.0', roots), null, 'not enslaved yet');
+  fs.symlinkSync(path.join(net, 'eth1'), path.join(br, 'lower_eth1'));
+  assert.equal(hostNeedsPciDevice('0000:00:04.0', roots), 'it is eth1, which carries the default route under br0');
+  assert.equal(hostNeedsPciDevice('0000:00:03.0', roots), null, 'eth0 no longer carries it');
+});
+
 test('pci inventory: an NVMe multipath disk (under its subsystem) is found through its paths', () => {
   const s = rig();
   fs.rmSync(path.join(s.root, 'block', 'nvme0n1'));
