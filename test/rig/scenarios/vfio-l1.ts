@@ -24,16 +24,23 @@ function driverOf(address: string): string | null {
   try { return path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${address}/driver`)); } catch { return null; }
 }
 
-/** The nvme controller node under a PCI function once the nvme driver has it, with its serial. */
-function nvmeController(address: string): { ctrl: string; serial: string } | null {
+/** The nvme controller node under a PCI function once the nvme driver has it (and its state is live). */
+function nvmeController(address: string): { ctrl: string } | null {
   try {
     const ctrl = fs.readdirSync(`/sys/bus/pci/devices/${address}/nvme`)[0];
     if (ctrl === undefined) return null;
-    const serial = readTrim(`/sys/bus/pci/devices/${address}/nvme/${ctrl}/serial`);
-    return serial ? { ctrl, serial } : null;
+    return readTrim(`/sys/bus/pci/devices/${address}/nvme/${ctrl}/state`) === 'live' ? { ctrl } : null;
   } catch {
     return null;
   }
+}
+
+/** The serial Linux's nvme driver reads with Identify (nvme-cli; the VF's sysfs serial attribute reads "(efault)" on this kernel). */
+function identifySerial(ctx: ScenarioContext, ctrl: string): string {
+  const out = ctx.exec('nvme', ['id-ctrl', `/dev/${ctrl}`, '-o', 'json']);
+  const sn = (JSON.parse(out) as { sn?: string }).sn;
+  if (typeof sn !== 'string') throw new Error(`nvme id-ctrl /dev/${ctrl} gave no serial: ${out.slice(0, 200)}`);
+  return sn.trim();
 }
 
 const BAR0 = vfio.VFIO_PCI_REGION.BAR0;
@@ -284,8 +291,9 @@ scenario('vfio-l1', async (ctx) => {
   // With autoprobe off a VF binds only to the driver its driver_override names.
   fs.writeFileSync(`/sys/bus/pci/devices/${vf1}/driver_override`, 'nvme');
   fs.writeFileSync('/sys/bus/pci/drivers/nvme/bind', vf1);
-  const linux = await until(`nvme to bring VF ${vf1} up`, 60000, () => nvmeController(vf1));
-  ctx.log(`VF1 ${vf1} on nvme as /dev/${linux.ctrl}, serial ${linux.serial}`);
+  const vfCtrl = await until(`nvme to bring VF ${vf1} up`, 60000, () => nvmeController(vf1));
+  const linux = { ctrl: vfCtrl.ctrl, serial: identifySerial(ctx, vfCtrl.ctrl) };
+  ctx.log(`VF1 ${vf1} on nvme as /dev/${linux.ctrl}, serial ${linux.serial} (nvme id-ctrl)`);
 
   const list = listPciDevices().map((d) => pciSummary(d, null));
   ctx.log(`porthole pci:\n${formatPciDevices(list)}`);
