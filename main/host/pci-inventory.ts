@@ -154,8 +154,9 @@ function readRaw(address: string, sysfsRoot: string): RawDevice | null {
     }
     sriov = { totalVfs: total, numVfs: readInt(path.join(dir, 'sriov_numvfs')) ?? 0, virtualFunctions: vfs };
   }
-  // A bridge by class (06xx other than a host bridge) or by header type (config space byte 14).
-  let headerType = 0;
+  // A bridge by header type (config space byte 14), as the kernel's VFIO viability check;
+  // by class (PCI or CardBus bridge) where the config file cannot be read.
+  let headerType = -1;
   try {
     const fd = fs.openSync(path.join(dir, 'config'), 'r');
     try {
@@ -172,7 +173,7 @@ function readRaw(address: string, sysfsRoot: string): RawDevice | null {
     subsystemVendorId: readHex(path.join(dir, 'subsystem_vendor')), subsystemId: readHex(path.join(dir, 'subsystem_device')),
     classCode, driver: linkName(path.join(dir, 'driver')),
     driverOverride: override === null || override === '' || override === '(null)' ? null : override,
-    isBridge: headerType !== 0 || ((classCode >>> 16) === 0x06 && (classCode >>> 8) !== 0x0600),
+    isBridge: headerType >= 0 ? headerType !== 0 : (classCode >>> 8) === 0x0604 || (classCode >>> 8) === 0x0607,
     group: group !== null && /^\d+$/.test(group) ? Number(group) : null,
     bootVga: readText(path.join(dir, 'boot_vga')) === '1', sriov,
     physicalFunction: linkName(path.join(dir, 'physfn')),

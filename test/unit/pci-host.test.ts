@@ -153,6 +153,20 @@ function rig(): FakeSysfs {
   return s;
 }
 
+test('pci inventory: bridges are judged by header type, as the kernel\'s viability check does', () => {
+  const s = new FakeSysfs([
+    { address: '0000:00:1f.0', vendor: 0x8086, device: 0x2918, cls: 0x060100, driver: 'lpc_ich', group: 8 },
+    { address: '0000:00:1f.3', vendor: 0x8086, device: 0x2930, cls: 0x0c0500, group: 8 },
+    { address: '0000:00:1c.0', vendor: 0x8086, device: 0x2940, cls: 0x060400, driver: 'pcieport', group: 9, header: 1 },
+    { address: '0000:02:00.0', vendor: 0x1b36, device: 0x000d, cls: 0x0c0330, driver: 'xhci_hcd', group: 9 },
+  ]);
+  const by = new Map(listPciDevices({ sysfsRoot: s.root, procRoot: s.proc }).map((d) => [d.address, d]));
+  assert.equal(by.get('0000:00:1f.0')!.isBridge, false, 'an ISA bridge has a normal header');
+  assert.match(by.get('0000:00:1f.3')!.whyNot!, /IOMMU group 8 is not viable: it also holds 0000:00:1f.0 \(lpc_ich\)/);
+  assert.equal(by.get('0000:00:1c.0')!.isBridge, true);
+  assert.equal(by.get('0000:02:00.0')!.assignable, true, 'a PCIe port with pcieport does not hold its group');
+});
+
 test('pci inventory: the NIC under a bridge that carries the default route is needed', () => {
   const s = rig();
   const net = path.join(s.root, 'class', 'net');
