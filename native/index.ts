@@ -1,4 +1,5 @@
 export * as libc from './libc';
 export * from './kvm';
+export * as vfio from './vfio';
 export { NativeError } from './libc';
 export * as tun from './tun';

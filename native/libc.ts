@@ -67,6 +67,10 @@ const c = {
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
   write: lib.func('intptr_t write(int fd, const uint8_t *buf, size_t count)'),
+  pread: lib.func('intptr_t pread(int fd, _Out_ uint8_t *buf, size_t count, int64_t offset)'),
+  pwrite: lib.func('intptr_t pwrite(int fd, const uint8_t *buf, size_t count, int64_t offset)'),
+  copyFromAddress: lib.func('uintptr_t memcpy(_Out_ uint8_t *dst, uintptr_t src, size_t n)'),
+  copyToAddress: lib.func('uintptr_t memcpy(uintptr_t dst, const uint8_t *src, size_t n)'),
   poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
   gettid: lib.func('int gettid()'),
   getpid: lib.func('int getpid()'),
@@ -260,6 +264,39 @@ export function pollAsync(fds: { fd: number; events: number }[], timeoutMs: numb
       else resolve(r < 0 ? fds.map(() => 0) : fds.map((_, i) => buf.readInt16LE(i * 8 + 6)));
     });
   });
+}
+
+/** pread(2) at a byte offset (a VFIO region's, above 2^40, is exact in a double); retries EINTR. */
+export function pread(fd: number, buf: Uint8Array, offset: number, length = buf.length, call = 'pread'): number {
+  for (;;) {
+    const r = Number(c.pread(fd, buf, length, offset));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== os.constants.errno.EINTR) throw new NativeError(call, e);
+  }
+}
+
+/** pwrite(2) at a byte offset; retries EINTR. */
+export function pwrite(fd: number, buf: Uint8Array, offset: number, length = buf.length, call = 'pwrite'): number {
+  for (;;) {
+    const r = Number(c.pwrite(fd, buf, length, offset));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== os.constants.errno.EINTR) throw new NativeError(call, e);
+  }
+}
+
+/**
+ * Copies `dst.length` bytes from a host address (an mmap'd region) into a buffer. Used where
+ * koffi.view is not allowed; the caller owns the address range.
+ */
+export function copyFromAddress(dst: Uint8Array, src: bigint, length = dst.length): void {
+  c.copyFromAddress(dst, src, length);
+}
+
+/** Copies `src` to a host address (an mmap'd region) the caller owns. */
+export function copyToAddress(dst: bigint, src: Uint8Array, length = src.length): void {
+  c.copyToAddress(dst, src, length);
 }
 
 /** poll() over fds; returns the revents of each. */

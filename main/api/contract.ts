@@ -360,6 +360,34 @@ export interface HostUsbDeviceSummary {
   hostNeeds: string | null;
 }
 
+/** A PCI device of the host (listPciDevices), as sysfs shows it. */
+export interface PciDeviceSummary {
+  /** Domain:bus:device.function, "0000:01:00.0". */
+  address: string;
+  vendorId: number;
+  deviceId: number;
+  /** 24-bit class code (base class, subclass, programming interface). */
+  classCode: number;
+  /** The class in words ("NVMe controller", "USB controller (xHCI)"). */
+  className: string;
+  /** The kernel driver bound now ("vfio-pci" while assigned), or null. */
+  driver: string | null;
+  isBridge: boolean;
+  /** Its IOMMU group, or null where the IOMMU is off. `viable`: as the kernel sees it now (every member on vfio-pci, pci-stub, no driver, or a bridge). */
+  iommuGroup: { id: number; members: string[]; viable: boolean } | null;
+  /** A physical function's SR-IOV capacity and virtual functions, or null. */
+  sriov: { totalVfs: number; numVfs: number; virtualFunctions: string[] } | null;
+  /** A virtual function's physical function, or null. */
+  physicalFunction: string | null;
+  /** Why the host needs it (boot display, mounted file system, default route), or null. */
+  hostNeeds: string | null;
+  /** Whether it can be assigned to a VM now; `whyNot` says why not in a sentence. */
+  assignable: boolean;
+  whyNot: string | null;
+  /** The VM holding it ("name (process PID)"), or null. */
+  heldBy: string | null;
+}
+
 /** Which host device attachHostUsbDevice passes through, and optionally onto which port. */
 export interface HostUsbAttachSpec {
   /** Its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001", if only one matches). */
@@ -549,6 +577,8 @@ export interface PortholeApi {
   detachUsbDevice(id: VmId, port: number): Promise<void>;
   /** The host's USB devices (root hubs left out), with their drivers and which VM holds each. */
   listHostUsbDevices(): Promise<HostUsbDeviceSummary[]>;
+  /** The host's PCI devices with their IOMMU groups, whether each group is viable and whether each device can be assigned (and why not). */
+  listPciDevices(): Promise<PciDeviceSummary[]>;
   /**
    * Passes a host USB device through to a running (or paused) VM: its kernel drivers are
    * detached and remembered, and it is plugged into a free port of its speed (or `spec.port`).

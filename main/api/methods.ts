@@ -107,6 +107,7 @@ export const API_METHODS = {
   detachUsbDevice: call(vmId, usbPort),
   sendUsbKeys: call(vmId, usbKeys),
   listHostUsbDevices: call(),
+  listPciDevices: call(),
   attachHostUsbDevice: call(vmId, hostUsbSpec),
   watchHostUsbDevices: {
     kind: 'stream', args: [], close: 'unwatchHostUsbDevices', message: 'host-usb-devices', subscribe: 'subscribeHostUsbDevices',

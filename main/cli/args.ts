@@ -33,6 +33,8 @@ export type CliCommand =
   | { command: 'monitor'; socket: string; method: MonitorMethod; args: unknown[] }
   /** usb host: the host's USB devices (no VM needed). */
   | { command: 'usb-host' }
+  /** pci: the host's PCI devices with IOMMU groups (no VM needed). */
+  | { command: 'pci'; json: boolean }
   /** capture: a pcapng file of a running VM's USB transfers until Ctrl-C. */
   | { command: 'capture'; socket: string; path: string; port: number | null; snapLength: number | null }
   /** stats: a live table of a running VM's counters per second. */
@@ -48,6 +50,7 @@ export const USAGE = `Usage: porthole run [options]
        porthole usb add DEVICE [--port N] [--force] --monitor PATH (DEVICE: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, host:1-1.4)
        porthole usb host                      (the host's USB devices, for usb add host:NAME)
        porthole usb remove PORT --monitor PATH
+       porthole pci [--json]                   (the host's PCI devices, IOMMU groups, whether each can be assigned)
        porthole keys KEY... --monitor PATH      (KEY: a, Enter, F5, ctrl+alt+Delete, ...)
        porthole keys --text TEXT --monitor PATH
        porthole capture VM -w FILE.pcapng [--port N] [--snaplen BYTES]
@@ -144,6 +147,12 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   if (argv[0] === 'usb' && argv[1] === 'host') {
     if (argv.length > 2) throw new UsageError('porthole usb host takes no arguments (it lists the host\'s USB devices)');
     return { command: 'usb-host' };
+  }
+  if (argv[0] === 'pci') {
+    const rest = argv.slice(1);
+    const bad = rest.find((a) => a !== '--json');
+    if (bad !== undefined) throw new UsageError(`porthole pci takes only --json, not "${bad}"`);
+    return { command: 'pci', json: rest.length > 0 };
   }
   if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
   if (argv[0] === 'capture') return parseCaptureCommand(argv);

@@ -13,6 +13,9 @@ import { formatUsbPorts, MonitorError, monitorCall, monitorCapture, type Monitor
 import type { UsbPortState } from '../vmm/shared/usb-messages';
 import type { StatsSample } from '../vmm/shared/stats';
 import { formatHostUsbDevices, listSysfsUsbDevices } from '../host/usb-inventory';
+import { formatPciDevices, listPciDevices, pciSummary } from '../host/pci-inventory';
+import { UsbJournal } from '../host/usb-journal';
+import { dataDir } from '../manager/app-paths';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
 
@@ -105,6 +108,12 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   if (command.command === 'monitor') return runMonitorCommand(command.socket, command.method, command.args);
   if (command.command === 'usb-host') {
     process.stdout.write(formatHostUsbDevices(listSysfsUsbDevices()));
+    return 0;
+  }
+  if (command.command === 'pci') {
+    const held = new Map(new UsbJournal(dataDir()).read().pci.map((e) => [e.address, `${e.vm} (process ${e.pid})`]));
+    const list = listPciDevices().map((d) => pciSummary(d, held.get(d.address) ?? null));
+    process.stdout.write(command.json ? `${JSON.stringify(list, null, 2)}\n` : formatPciDevices(list));
     return 0;
   }
   if (command.command === 'capture') return runCaptureCommand(command);

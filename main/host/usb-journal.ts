@@ -8,8 +8,13 @@
 // One file per device (<dataDir>/usb-taken/<sysfs name>.json), written atomically (a temporary
 // file, fsync, rename), so VM processes never write the same file and a crash leaves either the
 // old entry or the new one.
+//
+// PCI devices taken for VFIO (pci-binding.ts) go in the same folder as pci-<address>.json,
+// naming the driver and driver_override to restore; the same repair gives them back.
 import fs from 'node:fs';
 import path from 'node:path';
+import { restorePciDriver } from './pci-binding';
+import { isPciAddress, SYSFS_ROOT } from './pci-inventory';
 import { readSysfsUsbDevice, SYSFS_USB_DEVICES } from './usb-inventory';
 
 export interface TakenInterface {
@@ -34,7 +39,24 @@ export interface JournalEntry {
   interfaces: TakenInterface[];
 }
 
+/** A PCI device moved to vfio-pci. */
+export interface PciJournalEntry {
+  kind: 'pci';
+  /** "0000:01:00.0" */
+  address: string;
+  vendorId: number;
+  deviceId: number;
+  /** The driver it had, or null. */
+  driver: string | null;
+  /** The driver_override it had, or null. */
+  driverOverride: string | null;
+  pid: number;
+  vm: string;
+  takenAt: string;
+}
+
 export const JOURNAL_FOLDER = 'usb-taken';
+const PCI_PREFIX = 'pci-';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -61,6 +83,18 @@ export function entryFromJson(v: unknown): JournalEntry | null {
     sysfsName: v.sysfsName, busNumber: v.busNumber as number, deviceAddress: v.deviceAddress as number,
     vendorId: v.vendorId as number, productId: v.productId as number, pid: v.pid as number, vm: v.vm,
     takenAt: v.takenAt, interfaces,
+  };
+}
+
+/** A parsed PCI entry, or null. */
+export function pciEntryFromJson(v: unknown): PciJournalEntry | null {
+  if (!isRecord(v) || v.kind !== 'pci' || typeof v.address !== 'string' || !isPciAddress(v.address)) return null;
+  if (!['vendorId', 'deviceId', 'pid'].every((k) => Number.isInteger(v[k]) && (v[k] as number) >= 0)) return null;
+  const driverOk = (d: unknown) => d === null || (typeof d === 'string' && DRIVER.test(d));
+  if (!driverOk(v.driver) || !driverOk(v.driverOverride) || typeof v.vm !== 'string' || typeof v.takenAt !== 'string') return null;
+  return {
+    kind: 'pci', address: v.address, vendorId: v.vendorId as number, deviceId: v.deviceId as number,
+    driver: v.driver as string | null, driverOverride: v.driverOverride as string | null, pid: v.pid as number, vm: v.vm, takenAt: v.takenAt,
   };
 }
 
@@ -114,28 +148,53 @@ export class UsbJournal {
     }
   }
 
-  /** Every entry, and the files that are not entries (named, for a warning). */
-  read(): { entries: JournalEntry[]; bad: string[] } {
+  private fileOfPci(address: string): string {
+    if (!isPciAddress(address)) throw new Error(`"${address}" is not a PCI address`);
+    return path.join(this.dir, `${PCI_PREFIX}${address}.json`);
+  }
+
+  recordPci(entry: PciJournalEntry): void {
+    writeFileAtomic(this.fileOfPci(entry.address), `${JSON.stringify(entry, null, 2)}\n`);
+  }
+
+  removePci(address: string): void {
+    try {
+      fs.unlinkSync(this.fileOfPci(address));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+
+  /** Every USB entry (`entries`), every PCI entry (`pci`), and the files that are not entries (named, for a warning). */
+  read(): { entries: JournalEntry[]; pci: PciJournalEntry[]; bad: string[] } {
     let names: string[];
     try {
       names = fs.readdirSync(this.dir);
     } catch {
-      return { entries: [], bad: [] };
+      return { entries: [], pci: [], bad: [] };
     }
     const entries: JournalEntry[] = [];
+    const pci: PciJournalEntry[] = [];
     const bad: string[] = [];
     for (const n of names) {
       if (!n.endsWith('.json') || n.startsWith('.')) continue;
       const file = path.join(this.dir, n);
       try {
-        const e = entryFromJson(JSON.parse(fs.readFileSync(file, 'utf8')));
+        const json: unknown = JSON.parse(fs.readFileSync(file, 'utf8'));
+        if (n.startsWith(PCI_PREFIX)) {
+          const p = pciEntryFromJson(json);
+          if (p !== null && `${PCI_PREFIX}${p.address}.json` === n) pci.push(p);
+          else bad.push(file);
+          continue;
+        }
+        const e = entryFromJson(json);
         if (e !== null && `${e.sysfsName}.json` === n) entries.push(e);
         else bad.push(file);
       } catch {
         bad.push(file);
       }
     }
-    return { entries, bad };
+    return { entries, pci, bad };
   }
 }
 
@@ -147,6 +206,10 @@ export interface RepairOptions {
   bind?: (driver: string, sysfsName: string) => void;
   /** Only the entries of this process (the manager saw it die); default: every dead holder. */
   pid?: number;
+  /** sysfs root for PCI entries ("/sys"). */
+  pciSysfsRoot?: string;
+  /** Gives a PCI device back (default: restorePciDriver through sysfs); returns the driver bound. */
+  restorePci?: (entry: PciJournalEntry) => string | null;
 }
 
 export function processAlive(pid: number): boolean {
@@ -176,7 +239,7 @@ export function repairUsbJournal(journal: UsbJournal, options: RepairOptions = {
   const isAlive = options.isAlive ?? processAlive;
   const bind = options.bind ?? ((driver: string, itf: string) => sysfsBind(driver, itf, root));
   const out: string[] = [];
-  const { entries, bad } = journal.read();
+  const { entries, pci, bad } = journal.read();
   for (const f of bad) out.push(`USB journal: ${f} is not a journal entry; left alone`);
   for (const e of entries) {
     if (options.pid !== undefined ? e.pid !== options.pid : isAlive(e.pid)) continue;
@@ -205,6 +268,17 @@ export function repairUsbJournal(journal: UsbJournal, options: RepairOptions = {
         (bound.length > 0 ? ` (${bound.join(', ')})` : ''));
     } else {
       out.push(`USB: could not give ${e.sysfsName} back to the host: ${failed.join('; ')}`);
+    }
+  }
+  const restorePci = options.restorePci ?? ((e: PciJournalEntry) => restorePciDriver(e, { sysfsRoot: options.pciSysfsRoot ?? SYSFS_ROOT }));
+  for (const e of pci) {
+    if (options.pid !== undefined ? e.pid !== options.pid : isAlive(e.pid)) continue;
+    try {
+      const now = restorePci(e);
+      journal.removePci(e.address);
+      out.push(`PCI: gave ${e.address} back to ${now ?? 'the host (no driver)'} after VM ${e.vm} (process ${e.pid}) ended without doing so`);
+    } catch (err) {
+      out.push(`PCI: could not give ${e.address} back to ${e.driver ?? 'the host'}: ${(err as Error).message}`);
     }
   }
   return out;

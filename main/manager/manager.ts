@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type HostUsbDevicesEvent, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type HostUsbDevicesEvent, type PciDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -29,6 +29,7 @@ import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
 import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
 import { hostNeeds } from '../host/host-needs';
 import { HostUsbWatch } from '../host/host-usb-watch';
+import { listPciDevices, pciSummary } from '../host/pci-inventory';
 
 export function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null, all?: HostUsbDeviceInfo[]): HostUsbDeviceSummary {
   return {
@@ -394,6 +395,11 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
 
   subscribeHostUsbDevices(listener: (event: HostUsbDevicesEvent) => void): () => void {
     return this.hostUsbWatch.watch((devices) => listener({ type: 'host-usb-devices', devices }));
+  }
+
+  async listPciDevices(): Promise<PciDeviceSummary[]> {
+    const held = new Map((this.options.usbJournal?.read().pci ?? []).map((e) => [e.address, `${e.vm} (process ${e.pid})`]));
+    return listPciDevices().map((d) => pciSummary(d, held.get(d.address) ?? null));
   }
 
   async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {

@@ -66,3 +66,20 @@ export async function checkNvmeSriov(ctx: ScenarioContext): Promise<string> {
   if (!fs.existsSync(`/dev/vfio/${group}`)) throw new Error(`VF ${vf} is on vfio-pci but /dev/vfio/${group} is missing`);
   return `NVMe SR-IOV: VF ${vf} (secondary controller ${scid}) brought online with nvme-cli, taken by nvme, then bound to vfio-pci in IOMMU group ${group}`;
 }
+
+/**
+ * Gives VF number `vfNumber` (1-based) of the PF whose controller is /dev/`ctrl` its flexible
+ * resources (2 queues, 1 interrupt) and brings its secondary controller online, then resets the
+ * VF so it picks them up. Returns the secondary controller's id.
+ */
+export function onlineNvmeVf(ctx: ScenarioContext, ctrl: string, vf: string, vfNumber: number): number {
+  const secondary = run(ctx, 'nvme', ['list-secondary', `/dev/${ctrl}`, '-o', 'json']);
+  const entries = (JSON.parse(secondary) as { 'secondary-controllers'?: { 'secondary-controller-identifier'?: number; 'virtual-function-number'?: number }[] })['secondary-controllers'] ?? [];
+  const scid = entries.find((e) => e['virtual-function-number'] === vfNumber)?.['secondary-controller-identifier'];
+  if (scid === undefined) throw new Error(`nvme list-secondary names no controller for VF ${vfNumber}: ${secondary.trim()}`);
+  run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-r', '1', '-a', '8', '-n', '1']);
+  run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-r', '0', '-a', '8', '-n', '2']);
+  run(ctx, 'nvme', ['virt-mgmt', `/dev/${ctrl}`, '-c', String(scid), '-r', '0', '-a', '9', '-n', '0']);
+  fs.writeFileSync(`/sys/bus/pci/devices/${vf}/reset`, '1');
+  return scid;
+}

@@ -80,6 +80,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'vfio-l1',
+    description: 'VFIO with L1 as the host through Porthole\'s code: 2 NVMe SR-IOV VFs made and listed by the PCI inventory, VF1 taken from nvme to vfio-pci (journaled), container/group/device opened through native/vfio.ts, config space and BAR0 (pread and mmap), MSI-X eventfds, a DMA buffer the VF writes its Identify data into, reset, given back to nvme; the e1000\'s INTx with an unmask eventfd; a SIGKILLed holder repaired from the journal',
+    // No L2: one L1 boot and a few seconds of sysfs and VFIO calls (nvme-cli on the rig host's /usr).
+    devices: { iommu: true, nvmeSriov: true, e1000: true }, bootTimeoutSec: 240, timeoutSec: 600, expect: 'pass', ci: false,
+  },
+  {
     name: 'kvm-tests',
     description: 'the KVM test files (dist/test/kvm, dist/test/e2e) on L1\'s /dev/kvm, for a host without one; npm test runs it (test/rig/kvm-venue.test.ts)',
     // About 6 minutes on a quiet 2-core host; a stall is caught by the heartbeat within 30 s.

@@ -79,6 +79,7 @@ function recorder(): Recorder {
     detachUsbDevice: async (id, port) => { record('detachUsbDevice', id, port); },
     sendUsbKeys: async (id, keys) => { record('sendUsbKeys', id, keys); },
     listHostUsbDevices: async () => { record('listHostUsbDevices'); return []; },
+    listPciDevices: async () => { record('listPciDevices'); return []; },
     attachHostUsbDevice: async (id, spec) => {
       record('attachHostUsbDevice', id, spec);
       return { port: 1, protocol: 'usb3', device: null };

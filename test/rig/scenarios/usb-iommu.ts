@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { getDeviceList, type Device } from 'usb';
-import { libc } from '../../../native';
+import { vfio } from '../../../native';
 import { checkNvmeSriov } from '../l1-nvme';
 import { blockDeviceWithSerial, checkFatStick, checkRawStick, checkUsbAudio, hotplugStick0, readTrim, until } from '../l1-usb';
 import { type ScenarioContext, scenario } from '../scenario';
@@ -16,13 +16,6 @@ const EXPECTED_USB = [
   { id: '0627:0001', what: 'usb-kbd' },
   { id: '0403:6001', what: 'usb-serial (FTDI)' },
 ];
-
-// linux/vfio.h: _IO(';', 100 + n).
-const VFIO_GET_API_VERSION = 0x3b64;
-const VFIO_CHECK_EXTENSION = 0x3b65;
-const VFIO_GROUP_GET_STATUS = 0x3b67;
-const VFIO_TYPE1_IOMMU = 1;
-const VFIO_GROUP_FLAGS_VIABLE = 1;
 
 const hex4 = (n: number) => n.toString(16).padStart(4, '0');
 
@@ -102,25 +95,21 @@ function checkVfio(ctx: ScenarioContext, devs: PciDev[]): string {
   if (driver !== 'vfio-pci') throw new Error(`e1000 ${nic.bdf} bound to ${driver}, not vfio-pci`);
   const groupDev = `/dev/vfio/${nic.group}`;
   let detail: string;
-  const container = libc.open('/dev/vfio/vfio', libc.O_RDWR);
+  const container = new vfio.VfioContainer();
   try {
-    const api = libc.ioctl(container, 'VFIO_GET_API_VERSION', VFIO_GET_API_VERSION);
-    const type1 = libc.ioctl(container, 'VFIO_CHECK_EXTENSION', VFIO_CHECK_EXTENSION, VFIO_TYPE1_IOMMU);
-    const group = libc.open(groupDev, libc.O_RDWR);
+    const type1 = container.checkExtension(vfio.VFIO_EXTENSION.TYPE1_IOMMU);
+    const group = new vfio.VfioGroup(nic.group);
     try {
-      const status = Buffer.alloc(8);
-      status.writeUInt32LE(8, 0);
-      libc.ioctlBuffer(group, 'VFIO_GROUP_GET_STATUS', VFIO_GROUP_GET_STATUS, status);
-      const flags = status.readUInt32LE(4);
-      ctx.log(`vfio: API ${api}, type1 ${type1}, ${groupDev} flags ${flags}`);
-      if (api !== 0 || type1 !== 1) throw new Error(`VFIO API ${api} / type1 IOMMU ${type1}: not usable`);
-      if (!(flags & VFIO_GROUP_FLAGS_VIABLE)) throw new Error(`${groupDev} is not viable (flags ${flags})`);
+      const status = group.status();
+      ctx.log(`vfio: API ${vfio.VFIO_API_VERSION}, type1 ${type1}, ${groupDev} flags ${status.flags}`);
+      if (type1 !== 1) throw new Error(`VFIO type1 IOMMU ${type1}: not usable`);
+      if (!status.viable) throw new Error(`${groupDev} is not viable (flags ${status.flags})`);
       detail = `e1000 ${nic.bdf} bound to vfio-pci, ${groupDev} viable`;
     } finally {
-      libc.close(group);
+      group.close();
     }
   } finally {
-    libc.close(container);
+    container.close();
   }
   bind(nic.bdf, '');
   const back = path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${nic.bdf}/driver`));
@@ -141,10 +130,10 @@ scenario('usb-iommu', async (ctx) => {
   const alone = xhcis.filter((x) => devs.filter((d) => d.group === x.group).length === 1);
   ctx.log(`${groups.size} IOMMU groups; ${alone.length} of ${xhcis.length} xHCI controllers alone in their group`);
   if (xhcis.length < 2 || alone.length < 2) throw new Error('the two xHCI controllers are not each alone in an IOMMU group');
-  const vfio = checkVfio(ctx, devs);
+  const assigned = checkVfio(ctx, devs);
   const fat = await checkFatStick(ctx);
   const audio = await checkUsbAudio(ctx);
   const hotplug = await hotplugStick0(ctx);
   const nvme = await checkNvmeSriov(ctx);
-  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${vfio}; ${fat}; ${audio}; ${hotplug}; ${nvme}`;
+  return `${usb}; ${stick}; ${groups.size} IOMMU groups, both xHCIs assignable; ${assigned}; ${fat}; ${audio}; ${hotplug}; ${nvme}`;
 });
