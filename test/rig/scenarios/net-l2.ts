@@ -18,8 +18,9 @@ const L2_IP = '10.99.0.2';
 const MAC = '52:54:00:4e:45:54';
 const KIT_MODULES = 'virtio_pci,virtio_net';
 const BYTES = 4 * 1024 * 1024;
-const TO_L2_PORT = 5000;
-const TO_L1_PORT = 5001;
+// Ports no Wireshark dissector claims (5000 is IPA's: tshark decoded the random bytes as malformed GSM Abis).
+const TO_L2_PORT = 40001;
+const TO_L1_PORT = 40002;
 
 scenario('net-l2', async (ctx) => {
   const cli = `${l1ProjectDir}/bin/porthole`;
