@@ -168,6 +168,10 @@ export class TransferEngine {
       }
       if (bad) return this.brokenTd(slot, ep, start, startCycle, trb.addr);
     }
+    if (isIsochEp && firstType === TRB_ISOCH && total > ep.maxPacket * (ep.maxBurst + 1) * (ep.mult + 1)) {
+      // More than one service interval carries (wMaxPacketSize × burst × mult): a TRB Error.
+      return this.brokenTd(slot, ep, start, startCycle, trbs[0].addr);
+    }
     if (firstType === TRB_SETUP) {
       if (stage !== 2) return this.brokenTd(slot, ep, start, startCycle, trbs[trbs.length - 1].addr);
       const s = trbs[0];
