@@ -1,0 +1,140 @@
+// Isochronous passthrough at register level: a driver puts Isoch TRBs on an xHCI endpoint ring,
+// the machine's PassthroughDevice sends them to the VM host's HostUsbPassthrough, which submits
+// usbfs iso URBs on a fake host handle; the fake completes them with per-packet lengths and
+// statuses, and the Transfer Events come out in TD order. Plus a fuzz of hostile Isoch TDs.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { DATA, DB, Driver, trb } from '../helpers/xhci-driver';
+import { Prng } from '../helpers/prng';
+import { FakeIsoHandle, rig } from '../helpers/usb-passthrough';
+
+const CC = { SUCCESS: 1, TRANSACTION: 4, TRB: 5, SHORT: 13 };
+const ISOCH = 5;
+const IOC = 1 << 5;
+const ISP = 1 << 2;
+const EPT_ISOCH_OUT = 1;
+const EPT_ISOCH_IN = 5;
+
+function setup() {
+  const r = rig({ handle: new FakeIsoHandle() });
+  r.host.take();
+  const d = new Driver();
+  d.start();
+  d.hc.attach(2, r.device);
+  const slot = d.enumerate(2, 4);
+  // EP1 OUT isoch (DCI 2), EP1 IN isoch (DCI 3); the helper gives wMaxPacketSize 512, burst 0, mult 0.
+  assert.equal(d.configure(slot, [[2, EPT_ISOCH_OUT], [3, EPT_ISOCH_IN]]).code, CC.SUCCESS);
+  d.events();
+  return { r, d, slot };
+}
+
+test('isoch OUT TDs become one-packet usbfs URBs, several in flight; events carry each packet\'s outcome in order', () => {
+  const { r, d, slot } = setup();
+  const ring = d.ring(slot, 2);
+  const tds: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    d.dma.fill(DATA + 0x200 * i, 192, 0x10 + i);
+    // SIA set: "as soon as possible" (Frame ID ignored); IOC only on the last, as Linux does per URB.
+    tds.push(ring.push(DATA + 0x200 * i, 0, 192, trb(ISOCH, (1 << 31) | (i === 3 ? IOC : 0))));
+  }
+  d.w32(DB + 4 * slot, 2);
+  r.pump();
+  assert.equal(r.usb.isoUrbs.length, 4, 'all four packets are on the host at once');
+  assert.deepEqual(r.usb.isoUrbs.map((u) => [u.address, u.packets, u.buffer[0], u.buffer[191]]),
+    [[0x01, [192], 0x10, 0x10], [0x01, [192], 0x11, 0x11], [0x01, [192], 0x12, 0x12], [0x01, [192], 0x13, 0x13]]);
+  // The second packet missed its frame (-EXDEV → error): a Transaction Error on that TD (IOC or not).
+  r.usb.completeIso([{ actual: 192, status: 'ok' }]);
+  r.usb.completeIso([{ actual: 0, status: 'error' }]);
+  r.usb.completeIso([{ actual: 192, status: 'ok' }]);
+  r.pump();
+  assert.deepEqual(d.events().map((e) => [e.code, e.param]), [[CC.TRANSACTION, tds[1]]]);
+  r.usb.completeIso([{ actual: 192, status: 'ok' }]);
+  r.pump();
+  assert.deepEqual(d.events().map((e) => [e.code, e.param, e.length]), [[CC.SUCCESS, tds[3], 0]]);
+  assert.equal(d.epState(slot, 2), 1, 'an isoch error does not halt the endpoint');
+  assert.equal(r.host.inFlight, 0);
+  assert.equal(r.device.inFlight, 0);
+});
+
+test('isoch IN: each packet\'s actual length lands in guest memory; a short packet reports its residue', () => {
+  const { r, d, slot } = setup();
+  const ring = d.ring(slot, 3);
+  d.dma.fill(DATA, 0x400, 0xcc);
+  const a = ring.push(DATA, 0, 100, trb(ISOCH, (1 << 31) | IOC | ISP));
+  const b = ring.push(DATA + 0x200, 0, 100, trb(ISOCH, (1 << 31) | IOC | ISP));
+  d.w32(DB + 4 * slot, 3);
+  r.pump();
+  assert.deepEqual(r.usb.isoUrbs.map((u) => [u.address, u.packets]), [[0x81, [100]], [0x81, [100]]]);
+  r.usb.completeIso([{ actual: 100, status: 'ok' }], new Uint8Array(100).fill(0x5a));
+  r.usb.completeIso([{ actual: 40, status: 'ok' }], new Uint8Array(100).fill(0xa5));
+  r.pump();
+  assert.deepEqual(d.events().map((e) => [e.code, e.param, e.length]), [[CC.SUCCESS, a, 0], [CC.SHORT, b, 60]]);
+  const got = new Uint8Array(0x300);
+  d.dma.read(DATA, got);
+  assert.ok(got.subarray(0, 100).every((x) => x === 0x5a));
+  assert.ok(got.subarray(100, 0x200).every((x) => x === 0xcc), 'nothing past the TD buffer');
+  assert.ok(got.subarray(0x200, 0x228).every((x) => x === 0xa5));
+  assert.ok(got.subarray(0x228, 0x300).every((x) => x === 0xcc), 'only the 40 bytes that came');
+});
+
+test('SET_INTERFACE (how audio opens its stream) goes to the host as set-interface; an isoch TD over wMaxPacketSize × mult is a TRB Error', () => {
+  const { r, d, slot } = setup();
+  d.control(slot, [0x01, 0x0b, 1, 1, 0], 0, false); // SET_INTERFACE(interface 1, alt 1)
+  r.pump();
+  assert.ok(r.usb.calls.includes('set-interface 1 1'));
+  assert.equal(d.events().at(-1)?.code, CC.SUCCESS);
+  const bad = d.ring(slot, 2).push(DATA, 0, 513, trb(ISOCH, (1 << 31) | IOC));
+  d.w32(DB + 4 * slot, 2);
+  r.pump();
+  assert.deepEqual(d.events().map((e) => [e.code, e.param]), [[CC.TRB, bad]]);
+  assert.equal(r.usb.isoUrbs.length, 0, 'nothing reached the host');
+});
+
+test('without usbfs (no submitIso) an isoch TD completes as a Transaction Error, and the endpoint keeps running', () => {
+  const r = rig();
+  r.host.take();
+  const d = new Driver();
+  d.start();
+  d.hc.attach(2, r.device);
+  const slot = d.enumerate(2, 4);
+  d.configure(slot, [[2, EPT_ISOCH_OUT]]);
+  d.events();
+  const td = d.ring(slot, 2).push(DATA, 0, 64, trb(ISOCH, IOC));
+  d.w32(DB + 4 * slot, 2);
+  r.pump();
+  assert.deepEqual(d.events().map((e) => [e.code, e.param]), [[CC.TRANSACTION, td]]);
+  assert.equal(d.epState(slot, 2), 1);
+});
+
+test('fuzz: hostile Isoch TDs never crash, never reach the host oversized, and every URB that completes gives one outcome', () => {
+  const cases = 60 * Math.max(1, Number(process.env.PORTHOLE_FUZZ_SCALE ?? 1));
+  const rng = new Prng(0x150c);
+  for (let c = 0; c < cases; c++) {
+    const { r, d, slot } = setup();
+    const dci = 2 + rng.below(2);
+    const ring = d.ring(slot, dci);
+    for (let i = 0; i < 1 + rng.below(12); i++) {
+      const type = rng.pick([ISOCH, ISOCH, ISOCH, 1, 7, 0, 63]);
+      const length = rng.pick([0, 1, 192, 512, 513, 0x1ffff, rng.below(0x20000)]);
+      const bits = rng.below(0x10000) << 16 & ~(0x3f << 10) | rng.pick([0, IOC, ISP, 1 << 4, 1 << 6, 1 << 9]);
+      ring.push(rng.pick([DATA, 0, 0xfffff000, DATA + 0x3ff00]), rng.pick([0, 0, 1, 0xffffffff]), length | rng.below(0x400) << 22, trb(type, bits));
+    }
+    d.w32(DB + 4 * slot, dci);
+    for (let i = 0; i < 10; i++) {
+      r.pump();
+      for (const u of r.usb.isoUrbs) {
+        assert.ok(u.buffer.length <= 512, `case ${c}: a ${u.buffer.length}-byte packet reached the host`);
+        assert.deepEqual(u.packets, [u.buffer.length]);
+      }
+      if (r.usb.isoUrbs.length > 0) {
+        const n = r.usb.isoUrbs[0].buffer.length;
+        r.usb.completeIso([{ actual: rng.below(n + 20), status: rng.pick(['ok', 'error', 'babble'] as const) }], undefined, rng.pick(['ok', 'ok', 'no-device'] as const));
+      }
+      if (rng.below(5) === 0) d.w32(DB + 4 * slot, dci);
+      d.events();
+    }
+    r.device.detach();
+    r.pump();
+    assert.equal(r.device.inFlight, 0);
+  }
+});
