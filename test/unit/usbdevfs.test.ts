@@ -77,3 +77,28 @@ test('bad URB requests are refused with a sentence; usbfs statuses map to ours',
 test('opening a usbfs node that does not exist names the call and the errno', () => {
   assert.throws(() => UsbdevfsDevice.open(1, 2, '/nonexistent/usb'), /open\(\/nonexistent\/usb\/001\/002\): ENOENT/);
 });
+
+test('ioctls on a node that is not usbfs fail naming the ioctl, the node and the errno; nothing stays in flight', async () => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-usbfs-'));
+  fs.mkdirSync(path.join(root, '003'));
+  fs.writeFileSync(path.join(root, '003', '007'), '');
+  const dev = UsbdevfsDevice.open(3, 7, root);
+  try {
+    assert.throws(() => dev.claimInterface(1), /^NativeError: USBDEVFS_CLAIMINTERFACE\(1\) on .*\/003\/007: ENOTTY/);
+    assert.throws(() => dev.setInterface(1, 2), /USBDEVFS_SETINTERFACE\(1, alt 2\) on .*: ENOTTY/);
+    assert.throws(() => dev.disconnectDriver(0), /USBDEVFS_IOCTL\(USBDEVFS_DISCONNECT, interface 0\) on .*: ENOTTY/);
+    let called = 0;
+    assert.throws(() => dev.submit({ type: 'iso', endpoint: 1, data: new Uint8Array(8), packetLengths: [8] }, () => { called++; }),
+      /USBDEVFS_SUBMITURB\(type iso, endpoint 0x1\) on .*: ENOTTY/);
+    assert.throws(() => dev.submit({ type: 'iso', endpoint: 1, data: new Uint8Array(8), packetLengths: [4] }, () => { called++; }),
+      /add up to 4/);
+    assert.equal(dev.urbsInFlight, 0);
+    assert.equal(called, 0);
+  } finally {
+    dev.close();
+  }
+  assert.throws(() => dev.submit({ type: 'bulk', endpoint: 1, data: new Uint8Array(1) }, () => undefined), /is closed/);
+});
