@@ -7,7 +7,7 @@ import { FakeIsoHandle, rig } from './usb-passthrough';
 export const EPT_ISOCH_OUT = 1;
 export const EPT_ISOCH_IN = 5;
 
-export function setup() {
+export function isoPassthroughRig() {
   const r = rig({ handle: new FakeIsoHandle() });
   r.host.take();
   const d = new Driver();

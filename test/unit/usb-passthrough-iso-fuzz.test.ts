@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DATA, DB, trb } from '../helpers/xhci-driver';
 import { Prng } from '../helpers/prng';
-import { setup } from '../helpers/usb-passthrough-iso';
+import { isoPassthroughRig } from '../helpers/usb-passthrough-iso';
 
 const ISOCH = 5;
 const IOC = 1 << 5;
@@ -16,7 +16,7 @@ test('fuzz: hostile Isoch TDs never crash, never reach the host oversized, and e
   const cases = 60 * Math.max(1, Number(process.env.PORTHOLE_FUZZ_SCALE ?? 1));
   const rng = new Prng(0x150c);
   for (let c = 0; c < cases; c++) {
-    const { r, d, slot } = setup();
+    const { r, d, slot } = isoPassthroughRig();
     const dci = 2 + rng.below(2);
     const ring = d.ring(slot, dci);
     for (let i = 0; i < 1 + rng.below(12); i++) {

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { DATA, DB, Driver, trb } from '../helpers/xhci-driver';
 import { Prng } from '../helpers/prng';
 import { rig } from '../helpers/usb-passthrough';
-import { EPT_ISOCH_OUT, setup } from '../helpers/usb-passthrough-iso';
+import { EPT_ISOCH_OUT, isoPassthroughRig } from '../helpers/usb-passthrough-iso';
 
 const CC = { SUCCESS: 1, TRANSACTION: 4, TRB: 5, SHORT: 13 };
 const ISOCH = 5;
@@ -16,7 +16,7 @@ const ISP = 1 << 2;
 
 
 test('isoch OUT TDs become one-packet usbfs URBs, several in flight; events carry each packet\'s outcome in order', () => {
-  const { r, d, slot } = setup();
+  const { r, d, slot } = isoPassthroughRig();
   const ring = d.ring(slot, 2);
   const tds: number[] = [];
   for (let i = 0; i < 4; i++) {
@@ -44,7 +44,7 @@ test('isoch OUT TDs become one-packet usbfs URBs, several in flight; events carr
 });
 
 test('isoch IN: each packet\'s actual length lands in guest memory; a short packet reports its residue', () => {
-  const { r, d, slot } = setup();
+  const { r, d, slot } = isoPassthroughRig();
   const ring = d.ring(slot, 3);
   d.dma.fill(DATA, 0x400, 0xcc);
   const a = ring.push(DATA, 0, 100, trb(ISOCH, (1 << 31) | IOC | ISP));
@@ -65,7 +65,7 @@ test('isoch IN: each packet\'s actual length lands in guest memory; a short pack
 });
 
 test('SET_INTERFACE (how audio opens its stream) goes to the host as set-interface; an isoch TD over wMaxPacketSize × mult is a TRB Error', () => {
-  const { r, d, slot } = setup();
+  const { r, d, slot } = isoPassthroughRig();
   d.control(slot, [0x01, 0x0b, 1, 1, 0], 0, false); // SET_INTERFACE(interface 1, alt 1)
   r.pump();
   assert.ok(r.usb.calls.includes('set-interface 1 1'));

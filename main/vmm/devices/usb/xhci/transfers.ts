@@ -1,5 +1,7 @@
 // Transfer rings: TDs fetched from an endpoint's ring become UsbTransfers; completions write
-// IN data back and post Transfer Events in TD order.
+// IN data back and post Transfer Events in TD order. An Isoch TD is one packet (one service
+// interval) and runs as soon as it is fetched: SIA and Frame ID are not scheduled against
+// MFINDEX, the device's own frames (a passed-through device's host controller) pace it.
 import { DMA_OK } from '../../../memory/dma';
 import type { UsbDevice, UsbSetup, UsbTransfer, UsbTransferType } from '../usb-device';
 import {
