@@ -67,7 +67,7 @@ scenario('usb-audio-passthrough-l2', async (ctx) => {
   ctx.log(`L2 /proc/asound/cards:\n${cards.trim()}`);
   found.push('snd-usb-audio bound in L2');
   const t0 = Date.now();
-  const played = await con.run(`aplay -D plughw:0,0 -f S16_LE -r 48000 -c 2 /dev/vda 2>&1; echo aplay-status $?`, 150_000);
+  const played = await con.run(`aplay -D plughw:0,0 -t raw -f S16_LE -r 48000 -c 2 /dev/vda 2>&1; echo aplay-status $?`, 150_000);
   const playSeconds = (Date.now() - t0) / 1000;
   ctx.log(`aplay in L2 (${playSeconds.toFixed(1)} s): ${played.output.trim()}`);
   if (!/aplay-status 0/.test(played.output)) throw new Error(`aplay failed in L2: ${played.output}\n${(await con.run('dmesg | tail -30')).output}`);
