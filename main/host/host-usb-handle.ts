@@ -102,6 +102,24 @@ export class NodeUsbHandle implements HostUsbHandle {
     return this.isoInterfaces().has(itf);
   }
 
+  /**
+   * A control request addressed to an interface (or an endpoint of one) that our usbfs fd
+   * claimed: usbfs refuses it on libusb's fd (the claim is per fd), so it goes as a control URB.
+   */
+  private controlViaIso(setup: Uint8Array): boolean {
+    const recipient = setup[0] & 0x1f;
+    if ((setup[0] & 0x60) === 0x40) return false; // vendor requests are not checked
+    const index = setup[4];
+    if (recipient === 1) return this.viaIso(index);
+    if (recipient !== 2 || (index & 0x7f) === 0) return false;
+    for (const alts of this.device.configDescriptor?.interfaces ?? []) {
+      for (const alt of alts) {
+        if (alt.endpoints.some((e) => e.bEndpointAddress === index)) return this.viaIso(alt.bInterfaceNumber);
+      }
+    }
+    return false;
+  }
+
   /** Opens the device; throws an Error whose message is a sentence (the udev rule for a permission problem). */
   static open(info: HostUsbDeviceInfo): NodeUsbHandle {
     // Loaded on first use: libusb starts its event thread only in a process that passes a device through.
@@ -200,6 +218,18 @@ export class NodeUsbHandle implements HostUsbHandle {
   }
 
   submit(endpointAddress: number, type: 'control' | 'bulk' | 'interrupt', buffer: Buffer, done: HostTransferDone): () => void {
+    if (type === 'control' && buffer.length >= 8 && this.controlViaIso(buffer)) {
+      try {
+        return this.iso().submit({ type: 'control', endpoint: 0, data: buffer }, (r) => {
+          if ((buffer[0] & 0x80) !== 0 && r.actual > 0) buffer.set(r.data.subarray(8, 8 + r.actual), 8);
+          done(statusOfUrb(r.status), Math.max(0, r.actual));
+        });
+      } catch (e) {
+        const errno = (e as { errno?: number }).errno;
+        setImmediate(() => done(errno === 19 ? 'no-device' : errno === 32 ? 'stall' : 'error', 0));
+        return () => undefined;
+      }
+    }
     let finished = false;
     const usb = (require('usb') as { usb: typeof UsbModule }).usb;
     const transfer = new usb.Transfer(this.device, endpointAddress, TYPE_CODE[type], 0, (error, _buf, actual) => {
