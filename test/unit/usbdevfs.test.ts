@@ -102,3 +102,17 @@ test('ioctls on a node that is not usbfs fail naming the ioctl, the node and the
   }
   assert.throws(() => dev.submit({ type: 'bulk', endpoint: 1, data: new Uint8Array(1) }, () => undefined), /is closed/);
 });
+
+test('control requests find the interface usbfs checks: interface and endpoint recipients, not vendor or device ones', async () => {
+  const { controlRecipientInterface } = await import('../../main/host/host-usb-handle');
+  // usb-audio's shape: interface 0 audio control, interface 1 streaming with EP1 OUT in alt 1.
+  const itfs = [[{ bInterfaceNumber: 0, endpoints: [] }], [{ bInterfaceNumber: 1, endpoints: [] }, { bInterfaceNumber: 1, endpoints: [{ bEndpointAddress: 0x01 }] }]];
+  const setup = (type: number, index: number) => Uint8Array.of(type, 1, 0, 1, index, 0, 3, 0);
+  assert.equal(controlRecipientInterface(setup(0x22, 0x01), itfs), 1, 'SET_CUR sampling frequency to EP1');
+  assert.equal(controlRecipientInterface(setup(0x21, 0x01), itfs), 1);
+  assert.equal(controlRecipientInterface(setup(0xa1, 0x00), itfs), 0);
+  assert.equal(controlRecipientInterface(setup(0x22, 0x81), itfs), -1, 'no such endpoint');
+  assert.equal(controlRecipientInterface(setup(0x02, 0x00), itfs), -1, 'endpoint 0');
+  assert.equal(controlRecipientInterface(setup(0x41, 0x01), itfs), -1, 'vendor');
+  assert.equal(controlRecipientInterface(setup(0x80, 0x00), itfs), -1, 'device');
+});
