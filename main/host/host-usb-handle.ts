@@ -130,6 +130,103 @@ export class NodeUsbHandle implements HostUsbHandle {
     return itf >= 0 && this.viaIso(itf);
   }
 
+  /** Opens the device; throws an Error whose message is a sentence (the udev rule for a permission problem). */
+  static open(info: HostUsbDeviceInfo): NodeUsbHandle {
+    // Loaded on first use: libusb starts its event thread only in a process that passes a device through.
+    const usb = (require('usb') as { usb: typeof UsbModule }).usb;
+    const device = usb.getDeviceList().find((d) => d.busNumber === info.busNumber && d.deviceAddress === info.deviceAddress);
+    if (device === undefined) throw new Error(`Host USB device ${info.sysfsName} is gone (unplugged?).`);
+    try {
+      device.open(false);
+    } catch (e) {
+      throw new Error(openErrorSentence(info, e));
+    }
+    // No timeout: a transfer waits for the device as long as the guest waits (the guest cancels).
+    device.timeout = 0;
+    return new NodeUsbHandle(device, info);
+  }
+
+  configurationValue(): number {
+    return this.device.configDescriptor?.bConfigurationValue ?? 0;
+  }
+
+  interfaceNumbers(): number[] {
+    const config = this.device.configDescriptor;
+    if (config === undefined) return [];
+    return [...new Set(config.interfaces.map((alts) => alts[0]?.bInterfaceNumber).filter((n): n is number => n !== undefined))];
+  }
+
+  kernelDriverActive(itf: number): boolean {
+    return this.device.__isKernelDriverActive(itf);
+  }
+
+  detachKernelDriver(itf: number): void {
+    this.device.__detachKernelDriver(itf);
+  }
+
+  attachKernelDriver(itf: number): void {
+    this.device.__attachKernelDriver(itf);
+  }
+
+  claimInterface(itf: number): void {
+    if (this.viaIso(itf)) this.iso().claimInterface(itf);
+    else this.device.__claimInterface(itf);
+  }
+
+  releaseInterface(itf: number, done: HostCallback): void {
+    if (this.viaIso(itf)) {
+      let error: Error | null = null;
+      try {
+        this.iso().releaseInterface(itf);
+      } catch (e) {
+        error = e as Error;
+      }
+      setImmediate(() => done(error));
+      return;
+    }
+    this.device.__releaseInterface(itf, (e) => done(asError(e)));
+  }
+
+  setConfiguration(value: number, done: HostCallback): void {
+    this.device.__setConfiguration(value, (e) => done(asError(e)));
+  }
+
+  setInterface(itf: number, alternate: number, done: HostCallback): void {
+    if (this.viaIso(itf)) {
+      let error: Error | null = null;
+      try {
+        this.iso().setInterface(itf, alternate);
+      } catch (e) {
+        error = e as Error;
+      }
+      setImmediate(() => done(error));
+      return;
+    }
+    this.device.__setInterface(itf, alternate, (e) => done(asError(e)));
+  }
+
+  submitIso(endpointAddress: number, buffer: Uint8Array, packetLengths: number[], done: HostIsoDone): () => void {
+    let cancel: () => void;
+    try {
+      cancel = this.iso().submit({ type: 'iso', endpoint: endpointAddress, data: buffer, packetLengths }, (r) => {
+        done(statusOfUrb(r.status), r.packets.map((p) => ({ actual: p.actual, status: statusOfUrb(p.status) })), r.data);
+      });
+    } catch (e) {
+      const errno = (e as { errno?: number }).errno;
+      setImmediate(() => done(errno === 19 ? 'no-device' : errno === 32 ? 'stall' : 'error', [], new Uint8Array(0)));
+      return () => undefined;
+    }
+    return cancel;
+  }
+
+  clearHalt(endpointAddress: number, done: HostCallback): void {
+    this.device.__clearHalt(endpointAddress, (e) => done(asError(e)));
+  }
+
+  reset(done: HostCallback): void {
+    this.device.reset((e) => done(asError(e)));
+  }
+
   submit(endpointAddress: number, type: 'control' | 'bulk' | 'interrupt', buffer: Buffer, done: HostTransferDone): () => void {
     if (type === 'control' && buffer.length >= 8 && this.controlViaIso(buffer)) {
       try {
