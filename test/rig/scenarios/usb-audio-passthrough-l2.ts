@@ -39,7 +39,7 @@ scenario('usb-audio-passthrough-l2', async (ctx) => {
   const env = { ...process.env, XDG_DATA_HOME: DATA_DIR, PORTHOLE_FORBID_KOFFI_VIEW: '1' };
   const args = [cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
-    '--serial', 'stdio', '--verbose', '--disk', `${TONE},ro`, '--monitor', SOCKET];
+    '--serial', 'stdio', '--verbose', '--usb', 'keyboard', '--disk', `${TONE},ro`, '--monitor', SOCKET];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env });
   vm.stderr!.on('data', (d: Buffer) => {
