@@ -3,3 +3,4 @@ export * from './kvm';
 export * as vfio from './vfio';
 export { NativeError } from './libc';
 export * as tun from './tun';
+export * as usbdevfs from './usbdevfs';

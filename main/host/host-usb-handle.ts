@@ -5,6 +5,7 @@
 import type { usb as UsbModule } from 'usb';
 import type { HostUsbDeviceInfo } from './usb-inventory';
 import { openErrorSentence } from './usb-inventory';
+import { UsbdevfsDevice } from '../../native/usbdevfs';
 
 export type HostTransferType = 'control' | 'isochronous' | 'bulk' | 'interrupt';
 
@@ -12,6 +13,8 @@ export type HostTransferType = 'control' | 'isochronous' | 'bulk' | 'interrupt';
 export type HostTransferStatus = 'ok' | 'stall' | 'babble' | 'no-device' | 'cancelled' | 'error';
 
 export type HostTransferDone = (status: HostTransferStatus, actual: number) => void;
+/** An isochronous URB's end: the URB's status, then each packet's bytes moved and status. */
+export type HostIsoDone = (status: HostTransferStatus, packets: { actual: number; status: HostTransferStatus }[], data: Uint8Array) => void;
 export type HostCallback = (error: Error | null) => void;
 
 export interface HostUsbHandle {
@@ -33,6 +36,11 @@ export interface HostUsbHandle {
    * counts data-stage bytes only. Returns a function that cancels it (done then says 'cancelled').
    */
   submit(endpointAddress: number, type: Exclude<HostTransferType, 'isochronous'>, buffer: Buffer, done: HostTransferDone): () => void;
+  /**
+   * Starts an isochronous URB of `packetLengths` packets over `buffer` (OUT: the bytes; IN: the
+   * size to read). Absent where the host side has no isochronous transfers. Returns a cancel.
+   */
+  submitIso?(endpointAddress: number, buffer: Uint8Array, packetLengths: number[], done: HostIsoDone): () => void;
   close(): void;
 }
 
@@ -50,12 +58,77 @@ export function statusOfLibusb(code: number): HostTransferStatus {
   }
 }
 
+/** A usbfs URB status (0 or -errno) → ours. */
+export function statusOfUrb(status: number): HostTransferStatus {
+  switch (-status) {
+    case 0: return 'ok';
+    case 2: case 104: return 'cancelled'; // ENOENT, ECONNRESET: discarded
+    case 32: return 'stall'; // EPIPE
+    case 75: return 'babble'; // EOVERFLOW
+    case 19: case 108: return 'no-device'; // ENODEV, ESHUTDOWN
+    default: return 'error'; // EXDEV (missed its frame), EPROTO, EILSEQ, ETIME...
+  }
+}
+
+/**
+ * The interface a control request's recipient belongs to (usbfs checks the claim of that one),
+ * or -1: device recipients, endpoint 0, vendor requests (usbfs does not check those).
+ */
+export function controlRecipientInterface(
+  setup: Uint8Array,
+  interfaces: readonly (readonly { bInterfaceNumber: number; endpoints: readonly { bEndpointAddress: number }[] }[])[],
+): number {
+  if ((setup[0] & 0x60) === 0x40) return -1;
+  const recipient = setup[0] & 0x1f;
+  const index = setup[4];
+  if (recipient === 1) return index;
+  if (recipient !== 2 || (index & 0x7f) === 0) return -1;
+  for (const alts of interfaces) {
+    for (const alt of alts) if (alt.endpoints.some((e) => e.bEndpointAddress === index)) return alt.bInterfaceNumber;
+  }
+  return -1;
+}
+
 function asError(e: unknown): Error | null {
   return e === undefined || e === null ? null : e instanceof Error ? e : new Error(String(e));
 }
 
+// Isochronous endpoints go through a usbfs fd of our own (native/usbdevfs.ts): usbfs claims are
+// per fd, so the interfaces with isochronous endpoints in any alt setting are claimed, switched
+// (SET_INTERFACE) and released on that fd, the rest through node-usb.
 export class NodeUsbHandle implements HostUsbHandle {
-  private constructor(private readonly device: UsbModule.Device) {}
+  private isoFd: UsbdevfsDevice | null = null;
+
+  private constructor(private readonly device: UsbModule.Device, private readonly info: HostUsbDeviceInfo) {}
+
+  /** Interfaces of the active configuration with an isochronous endpoint in some alt setting. */
+  private isoInterfaces(): Set<number> {
+    const out = new Set<number>();
+    for (const alts of this.device.configDescriptor?.interfaces ?? []) {
+      for (const alt of alts) {
+        if (alt.endpoints.some((e) => (e.bmAttributes & 3) === 1)) out.add(alt.bInterfaceNumber);
+      }
+    }
+    return out;
+  }
+
+  private iso(): UsbdevfsDevice {
+    if (this.isoFd === null) this.isoFd = UsbdevfsDevice.open(this.info.busNumber, this.info.deviceAddress);
+    return this.isoFd;
+  }
+
+  private viaIso(itf: number): boolean {
+    return this.isoInterfaces().has(itf);
+  }
+
+  /**
+   * A control request addressed to an interface (or an endpoint of one) that our usbfs fd
+   * claimed: usbfs refuses it on libusb's fd (the claim is per fd), so it goes as a control URB.
+   */
+  private controlViaIso(setup: Uint8Array): boolean {
+    const itf = controlRecipientInterface(setup, this.device.configDescriptor?.interfaces ?? []);
+    return itf >= 0 && this.viaIso(itf);
+  }
 
   /** Opens the device; throws an Error whose message is a sentence (the udev rule for a permission problem). */
   static open(info: HostUsbDeviceInfo): NodeUsbHandle {
@@ -70,7 +143,7 @@ export class NodeUsbHandle implements HostUsbHandle {
     }
     // No timeout: a transfer waits for the device as long as the guest waits (the guest cancels).
     device.timeout = 0;
-    return new NodeUsbHandle(device);
+    return new NodeUsbHandle(device, info);
   }
 
   configurationValue(): number {
@@ -96,10 +169,21 @@ export class NodeUsbHandle implements HostUsbHandle {
   }
 
   claimInterface(itf: number): void {
-    this.device.__claimInterface(itf);
+    if (this.viaIso(itf)) this.iso().claimInterface(itf);
+    else this.device.__claimInterface(itf);
   }
 
   releaseInterface(itf: number, done: HostCallback): void {
+    if (this.viaIso(itf)) {
+      let error: Error | null = null;
+      try {
+        this.iso().releaseInterface(itf);
+      } catch (e) {
+        error = e as Error;
+      }
+      setImmediate(() => done(error));
+      return;
+    }
     this.device.__releaseInterface(itf, (e) => done(asError(e)));
   }
 
@@ -108,7 +192,31 @@ export class NodeUsbHandle implements HostUsbHandle {
   }
 
   setInterface(itf: number, alternate: number, done: HostCallback): void {
+    if (this.viaIso(itf)) {
+      let error: Error | null = null;
+      try {
+        this.iso().setInterface(itf, alternate);
+      } catch (e) {
+        error = e as Error;
+      }
+      setImmediate(() => done(error));
+      return;
+    }
     this.device.__setInterface(itf, alternate, (e) => done(asError(e)));
+  }
+
+  submitIso(endpointAddress: number, buffer: Uint8Array, packetLengths: number[], done: HostIsoDone): () => void {
+    let cancel: () => void;
+    try {
+      cancel = this.iso().submit({ type: 'iso', endpoint: endpointAddress, data: buffer, packetLengths }, (r) => {
+        done(statusOfUrb(r.status), r.packets.map((p) => ({ actual: p.actual, status: statusOfUrb(p.status) })), r.data);
+      });
+    } catch (e) {
+      const errno = (e as { errno?: number }).errno;
+      setImmediate(() => done(errno === 19 ? 'no-device' : errno === 32 ? 'stall' : 'error', [], new Uint8Array(0)));
+      return () => undefined;
+    }
+    return cancel;
   }
 
   clearHalt(endpointAddress: number, done: HostCallback): void {
@@ -120,6 +228,18 @@ export class NodeUsbHandle implements HostUsbHandle {
   }
 
   submit(endpointAddress: number, type: 'control' | 'bulk' | 'interrupt', buffer: Buffer, done: HostTransferDone): () => void {
+    if (type === 'control' && buffer.length >= 8 && this.controlViaIso(buffer)) {
+      try {
+        return this.iso().submit({ type: 'control', endpoint: 0, data: buffer }, (r) => {
+          if ((buffer[0] & 0x80) !== 0 && r.actual > 0) buffer.set(r.data.subarray(8, 8 + r.actual), 8);
+          done(statusOfUrb(r.status), Math.max(0, r.actual));
+        });
+      } catch (e) {
+        const errno = (e as { errno?: number }).errno;
+        setImmediate(() => done(errno === 19 ? 'no-device' : errno === 32 ? 'stall' : 'error', 0));
+        return () => undefined;
+      }
+    }
     let finished = false;
     const usb = (require('usb') as { usb: typeof UsbModule }).usb;
     const transfer = new usb.Transfer(this.device, endpointAddress, TYPE_CODE[type], 0, (error, _buf, actual) => {
@@ -147,6 +267,11 @@ export class NodeUsbHandle implements HostUsbHandle {
   }
 
   close(): void {
-    this.device.close();
+    try {
+      this.isoFd?.close();
+    } finally {
+      this.isoFd = null;
+      this.device.close();
+    }
   }
 }

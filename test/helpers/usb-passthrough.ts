@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { HostCallback, HostTransferDone, HostTransferStatus, HostUsbHandle } from '../../main/host/host-usb-handle';
+import type { HostCallback, HostIsoDone, HostTransferDone, HostTransferStatus, HostUsbHandle } from '../../main/host/host-usb-handle';
 import type { HostUsbDeviceInfo } from '../../main/host/usb-inventory';
 import { UsbJournal } from '../../main/host/usb-journal';
 import { PassthroughDevice, PassthroughRouter, type HostDeviceConfig } from '../../main/vmm/devices/usb/passthrough/passthrough-device';
@@ -69,6 +69,31 @@ export class FakeHandle implements HostUsbHandle {
   }
 }
 
+export interface HostIsoUrb {
+  address: number;
+  buffer: Uint8Array;
+  packets: number[];
+  done: HostIsoDone;
+  cancelled: boolean;
+}
+
+/** A FakeHandle with isochronous URBs (usbfs's side of NodeUsbHandle). */
+export class FakeIsoHandle extends FakeHandle {
+  isoUrbs: HostIsoUrb[] = [];
+  submitIso(address: number, buffer: Uint8Array, packets: number[], done: HostIsoDone): () => void {
+    const urb: HostIsoUrb = { address, buffer: Uint8Array.from(buffer), packets, done, cancelled: false };
+    this.isoUrbs.push(urb);
+    return () => { urb.cancelled = true; };
+  }
+  /** Completes the oldest iso URB: each packet's actual length and status (IN bytes in `data`). */
+  completeIso(packets: { actual: number; status: HostTransferStatus }[], data?: Uint8Array, status: HostTransferStatus = 'ok'): HostIsoUrb {
+    const urb = this.isoUrbs.shift() as HostIsoUrb;
+    if (data) urb.buffer.set(data.subarray(0, urb.buffer.length));
+    urb.done(status, packets, urb.buffer);
+    return urb;
+  }
+}
+
 export const INFO: HostUsbDeviceInfo = {
   sysfsName: '1-1', busNumber: 1, deviceAddress: 2, portPath: [1], vendorId: 0x46f4, productId: 1, manufacturer: 'QEMU',
   product: 'QEMU USB HARDDRIVE', serial: 'RIGSTICK0', speed: 'super', classCode: 0, configuration: 1,
@@ -81,8 +106,8 @@ export const CONFIG: HostDeviceConfig = {
 };
 
 /** The two sides joined: records queue in each direction until `pump()` (as the channel + kick would). */
-export function rig(options: { channelRoom?: () => boolean } = {}) {
-  const usb = new FakeHandle();
+export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: () => boolean; handle?: H } = {}) {
+  const usb = (options.handle ?? new FakeHandle()) as H;
   const journal = new UsbJournal(fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-pt-')));
   const toHost: [number, Uint8Array][] = [];
   const toMachine: [number, Uint8Array][] = [];

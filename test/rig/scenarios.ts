@@ -74,6 +74,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 1200, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'usb-audio-passthrough-l2',
+    description: 'isochronous host USB passthrough: Porthole passes L1\'s usb-audio (usbfs iso URBs) to the L2 kit; snd-usb-audio binds, aplay plays a 1 kHz sine, and the wav file QEMU wrote on the rig host holds that tone (frequency, length, longest gap); L1\'s snd-usb-audio gets it back',
+    // One L2 boot (25-80 s) and 3 s of audio.
+    devices: { usb: true, usbAudio: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'usb-capture',
     description: 'porthole capture writes a pcapng file while Porthole\'s L2 Linux enumerates and reads an emulated stick (dd of known sectors); Debian\'s tshark decodes SCSI READ(10) inside USB Mass Storage, one covering dd\'s read; the file lands in build/rig/out/<run>/',
     // One L2 boot (25-80 s) and a few seconds of checks; multi-threaded TCG as for every L2 Linux boot.

@@ -185,7 +185,7 @@ test('detach completes everything as no-device; a relaunched machine\'s new devi
   assert.equal(fresh.inFlight, 0);
 });
 
-test('a full channel keeps records in order and sends them when the timer runs; isochronous is refused as an error', () => {
+test('a full channel keeps records in order and sends them when the timer runs; isochronous without usbfs on the handle is an error', () => {
   let room = false;
   const r = rig({ channelRoom: () => room });
   r.host.take();

@@ -12,8 +12,8 @@
 // so the host's kernel keeps its view of the device right: SET_CONFIGURATION (interfaces
 // released, configuration set, the new interfaces' drivers detached and claimed),
 // SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and the port reset (a device reset). While one of
-// those runs, later transfers wait. Isochronous transfers are refused ('error'): node-usb 2.x
-// has none (usbdevfs URBs through native/ are the plan).
+// those runs, later transfers wait. Isochronous transfers go to usbfs URBs (native/usbdevfs.ts
+// behind HostUsbHandle.submitIso): node-usb 2.x has none.
 import type { HostUsbDeviceInfo } from '../../host/usb-inventory';
 import type { HostTransferStatus, HostUsbHandle } from '../../host/host-usb-handle';
 import { sysfsBind, type TakenInterface, type UsbJournal } from '../../host/usb-journal';
@@ -53,6 +53,8 @@ export interface PassthroughTiming {
 }
 
 const SETUP = 8;
+/** One isochronous packet: up to 3 × 1024 bytes (high-bandwidth high speed); SuperSpeed bursts reach 48 KiB. */
+const ISO_PACKET_MAX = 48 * 1024;
 
 export class HostUsbPassthrough {
   private readonly transfers = new Map<number, HostTransfer>();
@@ -208,7 +210,7 @@ export class HostUsbPassthrough {
     if (this.released || this.transfers.get(r.id) !== t) return;
     t.started = true;
     if (r.type === 'isochronous') {
-      this.complete(t, 'error', 0);
+      this.startIso(t);
       return;
     }
     if (r.type === 'control') {
@@ -231,6 +233,26 @@ export class HostUsbPassthrough {
     const address = r.type === 'control' ? 0 : (r.endpoint | (r.in ? 0x80 : 0));
     t.submittedAt = performance.now();
     t.cancel = this.usb.submit(address, r.type, t.buffer, (status, actual) => this.complete(t, status, actual));
+  }
+
+  /**
+   * An isochronous TD is one service interval's packet: one usbfs URB of one packet. The guest
+   * keeps several TDs queued (Linux's snd-usb-audio queues URBs of 8 or more), so several URBs
+   * are in flight per endpoint, as for bulk. A packet larger than usbfs takes is refused.
+   */
+  private startIso(t: HostTransfer): void {
+    const r = t.record;
+    if (this.usb.submitIso === undefined || r.length > ISO_PACKET_MAX) {
+      this.complete(t, 'error', 0);
+      return;
+    }
+    const address = r.endpoint | (r.in ? 0x80 : 0);
+    t.cancel = this.usb.submitIso(address, t.buffer, [r.length], (status, packets, data) => {
+      const packet = packets[0];
+      const actual = packet === undefined ? 0 : Math.min(packet.actual, r.length);
+      if (r.in && actual > 0) t.buffer.set(data.subarray(0, actual), 0);
+      this.complete(t, status === 'ok' && packet !== undefined ? packet.status : status, actual);
+    });
   }
 
   /** SET_CONFIGURATION: the host's kernel refuses it while interfaces are claimed. */

@@ -64,6 +64,9 @@ export class Endpoint {
   /** Endpoint context EP Type. */
   type = 0;
   maxPacket = 0;
+  /** Endpoint context Max Burst Size and Mult (0-based): an isoch TD carries at most maxPacket × (maxBurst+1) × (mult+1). */
+  maxBurst = 0;
+  mult = 0;
   /** Dequeue pointer: the first TRB not yet retired (what the output context shows). */
   deq = 0;
   deqCycle = 1;

@@ -268,6 +268,8 @@ export class CommandRunner {
       const ep = new Endpoint(slot.id, dci);
       ep.type = (ctx[1] >>> 3) & 7;
       ep.maxPacket = ctx[1] >>> 16;
+      ep.maxBurst = (ctx[1] >>> 8) & 0xff;
+      ep.mult = (ctx[0] >>> 8) & 3;
       ep.deq = ep.fetch = pointer(ctx[2] & ~0xf, ctx[3]);
       ep.deqCycle = ep.fetchCycle = ctx[2] & 1;
       ep.state = EP_RUNNING;

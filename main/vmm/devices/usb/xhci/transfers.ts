@@ -1,5 +1,7 @@
 // Transfer rings: TDs fetched from an endpoint's ring become UsbTransfers; completions write
-// IN data back and post Transfer Events in TD order.
+// IN data back and post Transfer Events in TD order. An Isoch TD is one packet (one service
+// interval) and runs as soon as it is fetched: SIA and Frame ID are not scheduled against
+// MFINDEX, the device's own frames (a passed-through device's host controller) pace it.
 import { DMA_OK } from '../../../memory/dma';
 import { transferLength, type UsbDevice, type UsbSetup, type UsbTransfer, type UsbTransferType } from '../usb-device';
 import {
@@ -181,6 +183,10 @@ export class TransferEngine {
         lengths.push(-1);
       }
       if (bad) return this.brokenTd(slot, ep, start, startCycle, trb.addr);
+    }
+    if (isIsochEp && firstType === TRB_ISOCH && total > ep.maxPacket * (ep.maxBurst + 1) * (ep.mult + 1)) {
+      // More than one service interval carries (wMaxPacketSize × burst × mult): a TRB Error.
+      return this.brokenTd(slot, ep, start, startCycle, trbs[0].addr);
     }
     if (firstType === TRB_SETUP) {
       if (stage !== 2) return this.brokenTd(slot, ep, start, startCycle, trbs[trbs.length - 1].addr);
