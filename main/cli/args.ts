@@ -5,7 +5,7 @@ import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort 
 import type { MonitorMethod } from './monitor';
 import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
-  checkDisks, ConfigError, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
+  checkDisks, ConfigError, parseCdrom, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
   type UsbDeviceConfig, USB_MAX_DEVICES,
 } from '../vmm/config';
 
@@ -72,9 +72,13 @@ Machine:
                          keyboard, tablet, storage:IMAGE, storage-ro:IMAGE,
                          serial (a USB serial port on a pty) or serial:SPEC
                          (SPEC as for --serial)
-  --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
-                         a virtio-blk disk on a raw image (repeatable; locked while
-                         the VM runs; ro: read-only)
+  --disk IMAGE[,ro][,bus=virtio|sata][,serial=TEXT][,name=NAME][,queues=N]
+                         a disk on a raw image (repeatable; locked while the VM
+                         runs; ro: read-only): virtio-blk (the default) or, with
+                         bus=sata, a SATA disk on the AHCI controller
+  --cdrom ISO[,name=NAME]
+                         a CD/DVD-ROM drive on the AHCI controller with ISO in it
+                         (repeatable); --cdrom empty: a drive with no disc
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
 
@@ -92,7 +96,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk',
+  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--cdrom',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -202,6 +206,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--option-rom': optionRoms.push(nonEmpty(flag, v)); break;
       case '--usb': usbDevices.push(parseUsbDevice(v)); break;
       case '--disk': disks.push(parseDisk(v)); break;
+      case '--cdrom': disks.push(parseCdrom(v === 'empty' ? '' : v)); break;
       case '--monitor': monitor = socketPath(v); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
@@ -239,7 +244,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     config.usb = { controller: 'xhci', devices };
   }
 
-  if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk');
+  if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk/--cdrom');
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
