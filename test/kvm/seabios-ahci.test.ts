@@ -116,3 +116,15 @@ test('SeaBIOS boots an El Torito ISO on the AHCI CD-ROM (beside an empty drive),
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a missing ISO for the AHCI CD-ROM is one clear error before boot, naming the file', { skip }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-ahci-cd-'));
+  try {
+    const missing = path.join(dir, 'nope.iso');
+    const outcome = await runVm(config([{ path: missing, readOnly: true, bus: 'sata', media: 'cdrom' }]), { timeoutMs: 30_000 }).then(
+      (end) => (end.end.reason === 'error' ? end.end.message : `ended: ${end.end.reason}`), (e: Error) => e.message);
+    assert.equal(outcome, `disk image ${missing}: it does not exist`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
