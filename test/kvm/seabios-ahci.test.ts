@@ -84,7 +84,7 @@ test('SeaBIOS boots from an AHCI SATA disk (its only disk), reads its second sec
     const r = await runVm(config([{ path: disk, readOnly: false, bus: 'sata' }]), { timeoutMs: BOOT_MS });
     const log = r.output[DEBUGCON];
     assert.deepEqual(r.end, { reason: 'poweroff', exitCode: 0x55 }, log);
-    assert.match(log, /AHCI controller at 05\.0/);
+    assert.match(log, /AHCI controller at 00:05\.0/);
     assert.match(log, /AHCI\/0: registering: "AHCI\/0: Porthole SATA disk ATA-8 Hard-Disk/);
     assert.match(log, /Booting from Hard Disk/);
     assert.match(log, /disk-boot: running from the disk\ndisk-boot: sector 1 holds the marker\ndisk-boot: wrote sector 2\n/);
