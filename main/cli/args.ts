@@ -5,7 +5,7 @@ import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort 
 import type { MonitorMethod } from './monitor';
 import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
-  checkDisks, checkNics, ConfigError, type NicConfig, parseNic, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
+  checkDisks, checkNics, ConfigError, type NicConfig, parseNic, parseCdrom, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
   type UsbDeviceConfig, USB_MAX_DEVICES,
 } from '../vmm/config';
 
@@ -79,14 +79,18 @@ Machine:
                          keyboard, tablet, storage:IMAGE, storage-ro:IMAGE,
                          serial (a USB serial port on a pty) or serial:SPEC
                          (SPEC as for --serial)
-  --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
-                         a virtio-blk disk on a raw image (repeatable; locked while
-                         the VM runs; ro: read-only)
   --nic virtio[,mac=52:54:00:XX:XX:XX][,BACKEND][,pcap=FILE]
                          a virtio-net card (repeatable); BACKEND: tap=IFNAME (an
                          existing TAP), bridge=BR (a new TAP on bridge BR; needs
                          CAP_NET_ADMIN), socket=listen:PATH / socket=connect:PATH
                          (joins two VMs), udp=LHOST:LPORT/RHOST:RPORT; none: link down
+  --disk IMAGE[,ro][,bus=virtio|sata][,serial=TEXT][,name=NAME][,queues=N]
+                         a disk on a raw image (repeatable; locked while the VM
+                         runs; ro: read-only): virtio-blk (the default) or, with
+                         bus=sata, a SATA disk on the AHCI controller
+  --cdrom ISO[,name=NAME]
+                         a CD/DVD-ROM drive on the AHCI controller with ISO in it
+                         (repeatable); --cdrom empty: a drive with no disc
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
 
@@ -104,7 +108,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic',
+  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic', '--cdrom',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -223,6 +227,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--usb': usbDevices.push(parseUsbDevice(v)); break;
       case '--disk': disks.push(parseDisk(v)); break;
       case '--nic': nics.push(parseNic(v)); break;
+      case '--cdrom': disks.push(parseCdrom(v === 'empty' ? '' : v)); break;
       case '--monitor': monitor = socketPath(v); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
@@ -260,7 +265,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     config.usb = { controller: 'xhci', devices };
   }
 
-  if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk');
+  if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk/--cdrom');
   if (nics.length) config.nics = checkNics([...(config.nics ?? []), ...nics], '--nic');
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;

@@ -55,10 +55,18 @@ export interface UsbConfig {
 
 export const USB_MAX_DEVICES = 8;
 
-/** A virtio-blk disk on a raw image file (locked while the VM runs). */
+/**
+ * A disk on a raw image file (locked while the VM runs): a virtio-blk disk (bus 'virtio', the
+ * default), or a SATA disk or CD/DVD-ROM drive on the AHCI controller (bus 'sata').
+ */
 export interface DiskConfig {
-  path: string;
+  /** The image (an ISO for a CD-ROM); absent only for an empty CD-ROM drive. */
+  path?: string;
   readOnly: boolean;
+  /** Where it sits: 'virtio' (virtio-blk, the default) or 'sata' (AHCI). */
+  bus?: DiskBus;
+  /** 'disk' (the default) or 'cdrom': an ATAPI CD/DVD-ROM drive on SATA, read-only, media changeable. */
+  media?: DiskMedia;
   /** What the guest reads as the disk's serial (VIRTIO_BLK_T_GET_ID), up to 20 ASCII characters. */
   serial?: string;
   /** Its statistics group and log name (default disk0, disk1, ...). */
@@ -66,6 +74,9 @@ export interface DiskConfig {
   /** Request queues (VIRTIO_BLK_F_MQ above 1), 1..MAX_DISK_QUEUES; default 1. */
   queues?: number;
 }
+
+export type DiskBus = 'virtio' | 'sata';
+export type DiskMedia = 'disk' | 'cdrom';
 
 export const MAX_DISKS = 8;
 
@@ -94,6 +105,8 @@ export interface NicConfig {
 }
 
 export const MAX_NICS = 4;
+/** Ports of the AHCI controller: SATA disks and CD-ROM drives together. */
+export const MAX_SATA_DEVICES = 6;
 export const MAX_DISK_QUEUES = 16;
 
 export interface MachineConfig {
@@ -230,11 +243,11 @@ function usbSerialBackend(text: string, where: string): string {
   return text.trim();
 }
 
-/** Parses a --disk value: PATH, then optional ,ro ,serial=TEXT ,name=NAME ,queues=N. */
+/** Parses a --disk value: PATH, then optional ,ro ,serial=TEXT ,name=NAME ,queues=N ,bus=virtio|sata. */
 export function parseDisk(text: string): DiskConfig {
   const parts = text.split(',');
   const path = parts[0].trim();
-  if (!path) throw new ConfigError(`disk "${text}" needs an image path (PATH[,ro][,serial=TEXT][,name=NAME])`);
+  if (!path) throw new ConfigError(`disk "${text}" needs an image path (PATH[,ro][,bus=sata][,serial=TEXT][,name=NAME])`);
   const disk: DiskConfig = { path, readOnly: false };
   for (const option of parts.slice(1)) {
     const [key, ...rest] = option.split('=');
@@ -243,19 +256,45 @@ export function parseDisk(text: string): DiskConfig {
     else if (key === 'serial' && rest.length > 0) disk.serial = value;
     else if (key === 'name' && rest.length > 0) disk.name = value;
     else if (key === 'queues' && /^\d+$/.test(value)) disk.queues = Number(value);
-    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, serial=TEXT, name=NAME or queues=N)`);
+    else if (key === 'bus' && rest.length > 0) disk.bus = value as DiskBus;
+    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, bus=virtio|sata, serial=TEXT, name=NAME or queues=N)`);
   }
   return diskConfigFromJson(disk, `disk "${text}"`);
+}
+
+/** Parses a --cdrom value: an ISO path (with optional ,name=NAME), or '' for an empty drive. */
+export function parseCdrom(text: string): DiskConfig {
+  const parts = text.split(',');
+  const path = parts[0].trim();
+  const cdrom: DiskConfig = { readOnly: true, bus: 'sata', media: 'cdrom' };
+  if (path) cdrom.path = path;
+  for (const option of parts.slice(1)) {
+    const [key, ...rest] = option.split('=');
+    if (key === 'name' && rest.length > 0) cdrom.name = rest.join('=');
+    else throw new ConfigError(`cdrom "${text}": option "${option}" is not understood (use name=NAME)`);
+  }
+  return diskConfigFromJson(cdrom, `cdrom "${text}"`);
 }
 
 /** One disk from JSON (a config file's disks entry); errors name the field. */
 export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
   if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "path"`);
-  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
-  const path = str(d.path, `${at}.path`);
-  if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
+  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues', 'bus', 'media'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  if (d.media !== undefined && d.media !== 'disk' && d.media !== 'cdrom') throw new ConfigError(`${at}.media must be "disk" or "cdrom"`);
+  const media: DiskMedia = d.media ?? 'disk';
+  if (d.bus !== undefined && d.bus !== 'virtio' && d.bus !== 'sata') throw new ConfigError(`${at}.bus must be "virtio" or "sata"`);
+  const bus: DiskBus = d.bus ?? (media === 'cdrom' ? 'sata' : 'virtio');
+  if (media === 'cdrom' && bus !== 'sata') throw new ConfigError(`${at}: a CD-ROM drive sits on the SATA bus ("bus": "sata"), not on ${bus}`);
   if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
-  const disk: DiskConfig = { path, readOnly: d.readOnly === true };
+  if (media === 'cdrom' && d.readOnly === false) throw new ConfigError(`${at}: a CD-ROM is read-only ("readOnly": false is not possible)`);
+  const disk: DiskConfig = { readOnly: media === 'cdrom' || d.readOnly === true };
+  if (d.path !== undefined || media === 'disk') {
+    const path = str(d.path, `${at}.path`);
+    if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
+    disk.path = path;
+  }
+  if (d.bus !== undefined || bus === 'sata') disk.bus = bus;
+  if (media === 'cdrom') disk.media = 'cdrom';
   if (d.serial !== undefined) {
     if (typeof d.serial !== 'string' || !/^[\x20-\x7e]{0,20}$/.test(d.serial)) throw new ConfigError(`${at}.serial must be at most 20 printable ASCII characters`);
     disk.serial = d.serial;
@@ -268,6 +307,7 @@ export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
     if (typeof d.queues !== 'number' || !Number.isInteger(d.queues) || d.queues < 1 || d.queues > MAX_DISK_QUEUES) {
       throw new ConfigError(`${at}.queues must be a whole number from 1 to ${MAX_DISK_QUEUES}`);
     }
+    if (bus === 'sata') throw new ConfigError(`${at}.queues: a SATA disk has one queue (queues is for virtio disks)`);
     disk.queues = d.queues;
   }
   return disk;
@@ -275,7 +315,10 @@ export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
 
 /** Checks a list of disks (count, unique names); returns it. */
 export function checkDisks(disks: DiskConfig[], where: string): DiskConfig[] {
-  if (disks.length > MAX_DISKS) throw new ConfigError(`${where}: at most ${MAX_DISKS} disks`);
+  if (disks.filter((d) => (d.bus ?? 'virtio') === 'virtio').length > MAX_DISKS) throw new ConfigError(`${where}: at most ${MAX_DISKS} disks on virtio`);
+  if (disks.filter((d) => d.bus === 'sata').length > MAX_SATA_DEVICES) {
+    throw new ConfigError(`${where}: at most ${MAX_SATA_DEVICES} SATA disks and CD-ROM drives (the AHCI controller has ${MAX_SATA_DEVICES} ports)`);
+  }
   const names = new Set<string>();
   disks.forEach((d, i) => {
     const name = d.name ?? `disk${i}`;

@@ -183,3 +183,26 @@ test('--nic adds network cards after the config file\'s; bad specs name the prob
   assert.throws(() => run(['--nic', 'virtio,pcap=a', '--nic', 'virtio,pcap=a']), /pcap file a is written by NIC 0/);
   assert.throws(() => run(Array.from({ length: 5 }, () => ['--nic', 'virtio']).flat()), /at most 4 NICs/);
 });
+
+test('--disk IMAGE,bus=sata and --cdrom ISO put SATA disks and CD-ROM drives on AHCI; config disks take bus and media', () => {
+  const r = run(['--disk', 'a.img', '--disk', 'b.img,bus=sata,serial=S2', '--cdrom', 'x.iso', '--cdrom', 'empty']);
+  assert.deepEqual(r.config.disks, [
+    { path: 'a.img', readOnly: false },
+    { path: 'b.img', readOnly: false, bus: 'sata', serial: 'S2' },
+    { path: 'x.iso', readOnly: true, bus: 'sata', media: 'cdrom' },
+    { readOnly: true, bus: 'sata', media: 'cdrom' },
+  ]);
+  const f = run(['--config', 'vm.json'], { 'vm.json': { disks: [{ path: 'd.img', bus: 'sata' }, { media: 'cdrom' }, { path: 'i.iso', media: 'cdrom', name: 'cd' }] } });
+  assert.deepEqual(f.config.disks, [
+    { path: 'd.img', readOnly: false, bus: 'sata' }, { readOnly: true, bus: 'sata', media: 'cdrom' },
+    { path: 'i.iso', readOnly: true, bus: 'sata', media: 'cdrom', name: 'cd' },
+  ]);
+  assert.throws(() => run(['--disk', 'a.img,bus=scsi']), /bus must be "virtio" or "sata"/);
+  assert.throws(() => run(['--disk', 'a.img,bus=sata,queues=2']), /a SATA disk has one queue/);
+  assert.throws(() => run(['--cdrom', 'x.iso,ro']), /option "ro" is not understood/);
+  assert.throws(() => machineConfigFromJson({ disks: [{ path: 'x.iso', media: 'cdrom', bus: 'virtio' }] }), /a CD-ROM drive sits on the SATA bus/);
+  assert.throws(() => machineConfigFromJson({ disks: [{ path: 'x.iso', media: 'cdrom', readOnly: false }] }), /a CD-ROM is read-only/);
+  assert.throws(() => machineConfigFromJson({ disks: [{ bus: 'sata' }] }), /disks\[0\]\.path must be a non-empty string/);
+  assert.throws(() => machineConfigFromJson({ disks: [{ path: 'a', media: 'tape' }] }), /media must be "disk" or "cdrom"/);
+  assert.throws(() => run(Array.from({ length: 7 }, (_, i) => ['--cdrom', `${i}.iso`]).flat()), /at most 6 SATA disks and CD-ROM drives/);
+});

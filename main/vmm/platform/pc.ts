@@ -2,6 +2,7 @@
 // device is one file (its model and a DeviceFactory, see devices/device.ts) and one line
 // here. PCI devices go after the PCI platform, whose bus they attach to.
 import type { DeviceFactory } from '../devices/device';
+import { ahciDevices } from '../devices/ahci';
 import { cmosDevice } from '../devices/cmos';
 import { fwCfgDevice } from '../devices/fw-cfg';
 import { i8042Device } from '../devices/i8042';
@@ -29,4 +30,5 @@ export const PC_DEVICES: readonly DeviceFactory[] = [
   usbControllerDevice,
   virtioBlkDevices,
   nicDevices,
+  ahciDevices,
 ];

@@ -2,7 +2,8 @@
 // writable disk and a read-only one (porthole run --disk), and the checks run in L2's shell over
 // Porthole's COM1. virtio-pci must bind 00:08.0 and use MSI-X, virtio_blk must make vda (two
 // request queues, one per vCPU) and vdb of the images' sizes with the serial we gave, dd must read each image's known pattern, a
-// write from L2 must be in the image file after Porthole exits, and vdb must be read-only.
+// write from L2 must be in the image file after Porthole exits, and vdb must be read-only. The
+// same boot checks AHCI: ahci on 00:05.0, sda (a SATA image) and sr0 (an ISO on the CD-ROM).
 import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -17,7 +18,10 @@ const DISK: StickSpec = { label: 'l2vda', sizeMiB: 16, serial: '' };
 const RO_DISK: StickSpec = { label: 'l2vdb', sizeMiB: 8, serial: '' };
 const SERIAL = 'PH-VDA-0001';
 const WRITE_SECTOR = 1000;
-const KIT_MODULES = 'virtio_pci,virtio_blk';
+const SATA_DISK: StickSpec = { label: 'l2sda', sizeMiB: 8, serial: '' };
+const CD_IMAGE: StickSpec = { label: 'l2sr0', sizeMiB: 4, serial: '' };
+const SATA_SERIAL = 'PH-SATA-0001';
+const KIT_MODULES = 'virtio_pci,virtio_blk,ahci,sd_mod,sr_mod';
 
 class UnexpectedGuestReset extends Error {}
 
@@ -26,6 +30,10 @@ interface Images {
   roDisk: string;
   diskMd5: string;
   roDiskMd5: string;
+  sata: string;
+  sataMd5: string;
+  iso: string;
+  isoMd5: string;
 }
 
 /** The checks, for this scenario and for scripts run with npm run rig -- exec. */
@@ -50,7 +58,10 @@ function makeImages(ctx: ScenarioContext): Images {
   const copy = (spec: StickSpec) => freshStickCopy(WORK_DIR, spec);
   const disk = copy(DISK);
   const roDisk = copy(RO_DISK);
-  const images = { disk, roDisk, diskMd5: md5File(disk), roDiskMd5: md5File(roDisk) };
+  const sata = copy(SATA_DISK);
+  const iso = copy(CD_IMAGE);
+  const images = { disk, roDisk, diskMd5: md5File(disk), roDiskMd5: md5File(roDisk), sata, sataMd5: md5File(sata), iso, isoMd5: md5File(iso) };
+  ctx.log(`AHCI images: ${sata} (md5 ${images.sataMd5}), ${iso} on the CD-ROM (md5 ${images.isoMd5})`);
   ctx.log(`images: ${disk} (md5 ${images.diskMd5}), ${roDisk} read-only (md5 ${images.roDiskMd5})`);
   return images;
 }
@@ -61,6 +72,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '2',
     '--serial', 'stdio', '--verbose', '--stats',
     '--disk', `${images.disk},serial=${SERIAL},queues=2`, '--disk', `${images.roDisk},ro,name=ro`,
+    '--disk', `${images.sata},bus=sata,serial=${SATA_SERIAL},name=sata`, '--cdrom', `${images.iso},name=cd`,
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
@@ -147,6 +159,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     if (!sum.includes(images.roDiskMd5)) fail(`md5sum of /dev/vdb is "${sum.trim()}", the image's is ${images.roDiskMd5}`);
     else if (w.status !== 0 && vdb[2] === '1') found.push('vdb: ro=1, dd refused, contents match');
   }
+  const sataMarker = await ahciChecks(ctx, con, images, fail, found);
   const complaints = await con.run('dmesg | grep -iE "virtio|vd[ab]|I/O error|blk_update" | tail -30');
   ctx.log(`L2 dmesg (virtio lines):\n${complaints.output}`);
   if (/I\/O error|blk_update_request/i.test(complaints.output.replace(/vdb[^\n]*/g, ''))) fail(`L2 reported I/O errors on vda: ${complaints.output}`);
@@ -171,8 +184,56 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     else found.push('blkdiscard in L2 punched 1 MiB out of the image');
   }
   if (md5File(images.roDisk) !== images.roDiskMd5) fail('the read-only image changed');
-  const stats = stderr.filter((l) => /^\s*(disk0|ro)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
+  if (md5File(images.iso) !== images.isoMd5) fail('the ISO changed');
+  if (sataMarker) {
+    const sector = fs.readFileSync(images.sata).subarray(WRITE_SECTOR * SECTOR, WRITE_SECTOR * SECTOR + sataMarker.length).toString('latin1');
+    if (sector !== sataMarker) fail(`sector ${WRITE_SECTOR} of ${images.sata} starts "${sector.replace(/[^\x20-\x7e]/g, '.')}" after Porthole exited, expected L2's "${sataMarker}"`);
+    else found.push(`L2's write through ahci/sda is in the SATA image`);
+  }
+  const stats = stderr.filter((l) => /^\s*(disk0|ro|sata|cd|ahci)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
   if (stats) ctx.log(`disk counters: ${stats}`);
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
   return found.join('; ');
+}
+
+/**
+ * The AHCI checks: Linux's ahci binds 00:05.0 with MSI, sd_mod makes sda of the SATA image and
+ * sr_mod sr0 of the ISO; dd of each matches its image, and a write to sda's sector 1000 is
+ * made (checked in the image once Porthole has exited). Returns that write's marker, or ''.
+ */
+async function ahciChecks(ctx: ScenarioContext, con: SerialConsole, images: Images, fail: (why: string) => void, found: string[]): Promise<string> {
+  await con.run('for i in $(seq 60); do [ -e /sys/block/sda ] && [ -e /sys/block/sr0 ] && break; sleep 0.5; done');
+  const pci = await con.run('d=/sys/bus/pci/devices/0000:00:05.0; echo "driver $(basename $(readlink $d/driver))"; for i in $d/msi_irqs/*; do echo "msi_irq ${i##*/} $(cat $i)"; done; grep -E "ahci" /proc/interrupts; for b in sda sr0; do echo "$b $(cat /sys/block/$b/size) $(cat /sys/block/$b/ro) $(cat /sys/block/$b/device/model)"; done');
+  ctx.log(`00:05.0 (AHCI) and its disks:\n${pci.output}`);
+  if (!/^driver ahci$/m.test(pci.output)) {
+    fail('ahci did not bind 00:05.0');
+    return '';
+  }
+  const msi = /^msi_irq (\d+) msi$/m.exec(pci.output);
+  found.push(`ahci on 00:05.0${msi ? ' with MSI' : ' (INTx)'}`);
+  if (!msi) fail('ahci on 00:05.0 does not use MSI');
+  const sda = /^sda (\d+) (\d)/m.exec(pci.output);
+  const sr0 = /^sr0 (\d+) (\d)/m.exec(pci.output);
+  let marker = '';
+  if (!sda || Number(sda[1]) !== SATA_DISK.sizeMiB * 2048 || sda[2] !== '0') fail(`sda is ${sda?.[0] ?? 'missing'}, expected ${SATA_DISK.sizeMiB * 2048} sectors, writable`);
+  else {
+    const sum = (await con.run('dd if=/dev/sda bs=1M iflag=direct 2>/dev/null | md5sum', 300000)).output;
+    if (!sum.includes(images.sataMd5)) fail(`md5sum of /dev/sda (ahci) in L2 is "${sum.trim()}", the image's is ${images.sataMd5}`);
+    else found.push(`sda (ahci, ${SATA_DISK.sizeMiB} MiB): dd matches the image`);
+    marker = `PORTHOLE-AHCI-WROTE-${crypto.randomBytes(6).toString('hex')}`;
+    const w = await con.run(`printf '%s' ${marker} > /tmp/smarker && dd if=/tmp/smarker of=/dev/sda bs=512 seek=${WRITE_SECTOR} conv=sync,fsync 2>&1 && sync`, 120000);
+    if (w.status !== 0) {
+      fail(`writing sector ${WRITE_SECTOR} of /dev/sda failed: ${w.output}`);
+      marker = '';
+    }
+  }
+  if (!sr0 || Number(sr0[1]) !== CD_IMAGE.sizeMiB * 2048) fail(`sr0 is ${sr0?.[0] ?? 'missing'}, expected ${CD_IMAGE.sizeMiB * 2048} 512-byte sectors`);
+  else {
+    const sum = (await con.run('dd if=/dev/sr0 bs=2048 2>/dev/null | md5sum', 300000)).output;
+    if (!sum.includes(images.isoMd5)) fail(`md5sum of /dev/sr0 in L2 is "${sum.trim()}", the ISO's is ${images.isoMd5}`);
+    else found.push(`sr0 (ATAPI CD-ROM, ${CD_IMAGE.sizeMiB} MiB): dd matches the ISO`);
+  }
+  const errors = await con.run('dmesg | grep -iE "ata[0-9]|ahci|sr0|sda" | tail -40');
+  ctx.log(`L2 dmesg (ahci lines):\n${errors.output}`);
+  return marker;
 }

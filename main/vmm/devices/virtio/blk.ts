@@ -279,25 +279,27 @@ export function diskName(disk: DiskConfig, index: number): string {
  * and the images opened before it are closed again.
  */
 export const virtioBlkDevices: DeviceFactory = (ctx) => {
-  const disks = ctx.config.disks ?? [];
+  // Disk names count every disk of the config (disk0, disk1...); slots count the virtio ones.
+  const disks = (ctx.config.disks ?? []).map((disk, index) => ({ disk, index })).filter(({ disk }) => (disk.bus ?? 'virtio') === 'virtio');
   if (disks.length === 0) return null;
   if (disks.length > VIRTIO_BLK_MAX_DISKS) throw new ConfigError(`at most ${VIRTIO_BLK_MAX_DISKS} disks (${disks.length} given)`);
   const opened: VirtioBlk[] = [];
   try {
-    disks.forEach((disk, i) => {
+    for (const { disk, index } of disks) {
+      if (disk.path === undefined) throw new ConfigError(`${diskName(disk, index)}: a virtio disk needs an image path`);
       // The machine thread sits in KVM_RUN, so the image completes each request before the
       // call returns (see RawImageOptions.synchronous), as USB sticks do.
       const backend = RawImageFile.open(disk.path, { readOnly: disk.readOnly, synchronous: true });
       try {
         opened.push(new VirtioBlk({
-          name: diskName(disk, i), backend, serial: disk.serial, queues: disk.queues, router: ctx.interrupts, statistics: ctx.statistics,
+          name: diskName(disk, index), backend, serial: disk.serial, queues: disk.queues, router: ctx.interrupts, statistics: ctx.statistics,
           log: (text) => ctx.log(text),
         }));
       } catch (error) {
         backend.close();
         throw error;
       }
-    });
+    }
   } catch (error) {
     for (const d of opened) d.close();
     throw error;
