@@ -72,9 +72,10 @@ Machine:
                          keyboard, tablet, storage:IMAGE, storage-ro:IMAGE,
                          serial (a USB serial port on a pty) or serial:SPEC
                          (SPEC as for --serial)
-  --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N]
-                         a virtio-blk disk on a raw image (repeatable; locked while
-                         the VM runs; ro: read-only)
+  --disk IMAGE[,ro][,serial=TEXT][,name=NAME][,queues=N][,format=raw|qcow2]
+                         a virtio-blk disk on a raw or qcow2 image (repeatable; locked
+                         while the VM runs; ro: read-only; format: default detects
+                         qcow2 by its magic)
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
 

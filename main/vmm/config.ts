@@ -65,6 +65,8 @@ export interface DiskConfig {
   name?: string;
   /** Request queues (VIRTIO_BLK_F_MQ above 1), 1..MAX_DISK_QUEUES; default 1. */
   queues?: number;
+  /** The image's format; absent: qcow2 when the file starts with qcow2's magic, else raw. */
+  format?: 'raw' | 'qcow2';
 }
 
 export const MAX_DISKS = 8;
@@ -215,7 +217,8 @@ export function parseDisk(text: string): DiskConfig {
     else if (key === 'serial' && rest.length > 0) disk.serial = value;
     else if (key === 'name' && rest.length > 0) disk.name = value;
     else if (key === 'queues' && /^\d+$/.test(value)) disk.queues = Number(value);
-    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, serial=TEXT, name=NAME or queues=N)`);
+    else if (key === 'format' && rest.length > 0) (disk as { format?: unknown }).format = value;
+    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, serial=TEXT, name=NAME, queues=N or format=raw|qcow2)`);
   }
   return diskConfigFromJson(disk, `disk "${text}"`);
 }
@@ -223,7 +226,7 @@ export function parseDisk(text: string): DiskConfig {
 /** One disk from JSON (a config file's disks entry); errors name the field. */
 export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
   if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "path"`);
-  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues', 'format'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
   const path = str(d.path, `${at}.path`);
   if (path.length > 4096 || path.includes('\0')) throw new ConfigError(`${at}.path must be a file path of at most 4096 characters`);
   if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') throw new ConfigError(`${at}.readOnly must be true or false`);
@@ -241,6 +244,10 @@ export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
       throw new ConfigError(`${at}.queues must be a whole number from 1 to ${MAX_DISK_QUEUES}`);
     }
     disk.queues = d.queues;
+  }
+  if (d.format !== undefined) {
+    if (d.format !== 'raw' && d.format !== 'qcow2') throw new ConfigError(`${at}.format must be "raw" or "qcow2" (leave it out to detect qcow2 by its magic)`);
+    disk.format = d.format;
   }
   return disk;
 }

@@ -41,7 +41,8 @@ export interface BlockBackend {
 }
 
 export type ImageProblem =
-  | 'missing' | 'not-a-file' | 'permission' | 'read-only-file-system' | 'locked' | 'empty' | 'size' | 'unreadable';
+  | 'missing' | 'not-a-file' | 'permission' | 'read-only-file-system' | 'locked' | 'empty' | 'size' | 'unreadable'
+  | 'corrupt' | 'unsupported' | 'backing' | 'format';
 
 /** An image that cannot back a device; the message says which file and why. */
 export class ImageError extends Error {
@@ -60,6 +61,14 @@ export interface RawImageOptions {
    * guest halted waiting for its disk would never make one.
    */
   synchronous?: boolean;
+  /** Skip the size checks (a container format such as qcow2 opens its file through this). */
+  anySize?: boolean;
+  /**
+   * Refuse a write that would put an image format's magic (qcow2's) at the start of the file:
+   * set when the format was probed, so a guest cannot turn its raw disk into a qcow2 image
+   * whose backing file names a host file the next time it is probed (QEMU does the same).
+   */
+  guardProbedFormat?: boolean;
 }
 
 const BLOCK = 512;
@@ -127,10 +136,14 @@ export class RawImageFile implements BlockBackend {
 
   /** Opens and locks the image; throws ImageError when it cannot back a device. */
   static open(file: string, options: RawImageOptions = {}): RawImageFile {
-    return new RawImageFile(path.resolve(file), options.readOnly ?? false, options.synchronous ?? false);
+    const image = new RawImageFile(path.resolve(file), options.readOnly ?? false, options.synchronous ?? false, options.anySize ?? false);
+    image.guardProbedFormat = options.guardProbedFormat ?? false;
+    return image;
   }
 
-  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean) {
+  private guardProbedFormat = false;
+
+  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean, anySize: boolean) {
     this.readOnly = readOnly;
     let fd: number;
     try {
@@ -153,6 +166,11 @@ export class RawImageFile implements BlockBackend {
             : 'it is in use: another program or device has it open');
         }
         throw new ImageError(path, 'locked', `it cannot be locked (${code})`);
+      }
+      if (anySize) {
+        this.size = stat.size;
+        this.fd = fd;
+        return;
       }
       if (stat.size === 0) throw new ImageError(path, 'empty', 'it is empty (0 bytes)');
       if (stat.size % BLOCK !== 0) {
@@ -195,7 +213,9 @@ export class RawImageFile implements BlockBackend {
   }
 
   write(offset: number, data: Uint8Array, done: BlockDoneCallback): void {
-    const refused = this.refuse(offset, data.length, true);
+    const refused = this.refuse(offset, data.length, true)
+      ?? (this.writesFormatMagic(offset, data)
+        ? new Error(`${this.path}: refusing to write a qcow2 header into a raw image whose format was probed (give format=raw)`) : null);
     if (refused) {
       this.later(() => done(refused));
       return;
@@ -249,6 +269,14 @@ export class RawImageFile implements BlockBackend {
     this.later(() => done(r === 0 ? null : new Error(`discarding ${length} bytes at ${offset} of ${this.path}: ${libc.errnoName(-r)}`)));
   }
 
+  /** Hands the open, locked descriptor to a format layer (qcow2); this object is done with. */
+  detachFd(): number {
+    const fd = this.fd;
+    this.fd = -1;
+    this.closing = true;
+    return fd;
+  }
+
   close(): void {
     if (this.closing) return;
     this.closing = true;
@@ -283,6 +311,12 @@ export class RawImageFile implements BlockBackend {
       return new RangeError(`${length} bytes at offset ${offset} lie outside ${this.path} (${this.size} bytes)`);
     }
     return null;
+  }
+
+  /** True when a write of `data` at `offset` would make a probed raw image look like qcow2. */
+  private writesFormatMagic(offset: number, data: Uint8Array): boolean {
+    return this.guardProbedFormat && offset === 0 && data.length >= 4
+      && data[0] === 0x51 && data[1] === 0x46 && data[2] === 0x49 && data[3] === 0xfb;
   }
 
   private begin(): void {
