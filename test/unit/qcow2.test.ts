@@ -14,6 +14,12 @@ import { Qcow2Image } from '../../main/vmm/devices/block/qcow2';
 import { ImageError, type BlockBackend } from '../../main/vmm/devices/usb/storage/block-backend';
 import { parseDisk, diskConfigFromJson, ConfigError } from '../../main/vmm/config';
 import { Prng } from '../helpers/prng';
+import { defaultConfig } from '../../main/vmm/config';
+import { privateStatistics, type DeviceContext } from '../../main/vmm/devices/device';
+import { VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk, virtioBlkDevices } from '../../main/vmm/devices/virtio/blk';
+import { VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
 
 const MiB = 1024 * 1024;
 
@@ -425,4 +431,49 @@ test('asynchronous completions come after the call returns', async () => {
   assert.equal(data[511], 9);
   image.close();
   assertClean(file);
+});
+
+test('virtio-blk on a qcow2 disk from the config: the guest reads and writes it; a cluster outside the file is IOERR for that request only', () => {
+  const dir = tmp();
+  const file = path.join(dir, 'guest.qcow2');
+  qemuImg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', file, '1M');
+  qemuIo(file, 'write -P 0x22 0 8k');
+  const bytes = fs.readFileSync(file);
+  const l1 = Number(bytes.readBigUInt64BE(40));
+  const l2 = Number(bytes.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+  bytes.writeBigUInt64BE(0x8000000000000000n | 0x40000000n, l2 + 8); // guest cluster 1 -> 1 GiB
+  fs.writeFileSync(file, bytes);
+  const ctx = { config: { ...defaultConfig(), disks: [parseDisk(`${file},format=qcow2`)] }, statistics: privateStatistics(), interrupts: null, log: () => {} } as unknown as DeviceContext;
+  const model = virtioBlkDevices(ctx)!;
+  const device = (model.instance as VirtioBlk[])[0];
+  const driver = new VirtioTestDriver(device);
+  assert.ok(driver.negotiate(0, 1 << (VIRTIO_F.VERSION_1 - 32)));
+  driver.setupQueue(0, 16, 0x10000);
+  driver.driverOk();
+  const HDR = 0x40000, DATA = 0x50000, STATUS = 0x60000;
+  const request = (type: number, sector: number, length: number, writable: boolean): number => {
+    const q = driver.queue(0);
+    writeBlkHeader(driver.bus, HDR, type, sector);
+    driver.bus.ram[STATUS] = 0xee;
+    driver.writeDesc(q.desc, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+    if (length) {
+      driver.writeDesc(q.desc, 1, DATA, length, VIRTQ_DESC_F_NEXT | (writable ? VIRTQ_DESC_F_WRITE : 0), 2);
+      driver.writeDesc(q.desc, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    } else driver.writeDesc(q.desc, 1, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    driver.submit(0, 0);
+    return driver.bus.ram[STATUS];
+  };
+  assert.equal(request(VIRTIO_BLK_T.IN, 0, 4096, true), VIRTIO_BLK_S.OK);
+  assert.ok(driver.bus.ram.subarray(DATA, DATA + 4096).every((b) => b === 0x22));
+  assert.equal(request(VIRTIO_BLK_T.IN, 8, 512, true), VIRTIO_BLK_S.IOERR);
+  driver.bus.ram.fill(0x6b, DATA, DATA + 8192);
+  assert.equal(request(VIRTIO_BLK_T.OUT, 100, 8192, false), VIRTIO_BLK_S.OK);
+  assert.equal(request(VIRTIO_BLK_T.FLUSH, 0, 0, false), VIRTIO_BLK_S.OK);
+  driver.bus.ram.fill(0, DATA, DATA + 8192);
+  assert.equal(request(VIRTIO_BLK_T.IN, 100, 8192, true), VIRTIO_BLK_S.OK);
+  assert.ok(driver.bus.ram.subarray(DATA, DATA + 8192).every((b) => b === 0x6b));
+  assert.equal(driver.status & VIRTIO_STATUS.NEEDS_RESET, 0);
+  model.close?.();
+  // QEMU sees the guest's write (qemu-io reads it back through its own qcow2 driver).
+  qemuIo(file, 'read -P 0x6b 51200 8k');
 });
