@@ -18,6 +18,8 @@ command -v nvme >/dev/null || need+=(nvme-cli)
 # Debian's tshark reads the USB captures (test/unit/usb-capture.test.ts); its debconf question
 # (capture rights for non-root users) is answered no.
 command -v tshark >/dev/null || need+=(tshark)
+# qemu-img and qemu-io cross-check the qcow2 images (test/unit/qcow2*.test.ts).
+command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "fixtures: installing ${need[*]}"

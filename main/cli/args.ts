@@ -84,10 +84,11 @@ Machine:
                          existing TAP), bridge=BR (a new TAP on bridge BR; needs
                          CAP_NET_ADMIN), socket=listen:PATH / socket=connect:PATH
                          (joins two VMs), udp=LHOST:LPORT/RHOST:RPORT; none: link down
-  --disk IMAGE[,ro][,bus=virtio|sata][,serial=TEXT][,name=NAME][,queues=N]
-                         a disk on a raw image (repeatable; locked while the VM
-                         runs; ro: read-only): virtio-blk (the default) or, with
-                         bus=sata, a SATA disk on the AHCI controller
+  --disk IMAGE[,ro][,bus=virtio|sata][,serial=TEXT][,name=NAME][,queues=N][,format=raw|qcow2]
+                         a disk on a raw or qcow2 image (repeatable; locked while
+                         the VM runs; ro: read-only; format: default detects qcow2
+                         by its magic): virtio-blk (the default) or, with bus=sata,
+                         a SATA disk on the AHCI controller
   --cdrom ISO[,name=NAME]
                          a CD/DVD-ROM drive on the AHCI controller with ISO in it
                          (repeatable); --cdrom empty: a drive with no disc

@@ -73,6 +73,8 @@ export interface DiskConfig {
   name?: string;
   /** Request queues (VIRTIO_BLK_F_MQ above 1), 1..MAX_DISK_QUEUES; default 1. */
   queues?: number;
+  /** The image's format; absent: qcow2 when the file starts with qcow2's magic, else raw. */
+  format?: 'raw' | 'qcow2';
 }
 
 export type DiskBus = 'virtio' | 'sata';
@@ -257,7 +259,8 @@ export function parseDisk(text: string): DiskConfig {
     else if (key === 'name' && rest.length > 0) disk.name = value;
     else if (key === 'queues' && /^\d+$/.test(value)) disk.queues = Number(value);
     else if (key === 'bus' && rest.length > 0) disk.bus = value as DiskBus;
-    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, bus=virtio|sata, serial=TEXT, name=NAME or queues=N)`);
+    else if (key === 'format' && rest.length > 0) (disk as { format?: unknown }).format = value;
+    else throw new ConfigError(`disk "${text}": option "${option}" is not understood (use ro, bus=virtio|sata, serial=TEXT, name=NAME, queues=N or format=raw|qcow2)`);
   }
   return diskConfigFromJson(disk, `disk "${text}"`);
 }
@@ -279,7 +282,7 @@ export function parseCdrom(text: string): DiskConfig {
 /** One disk from JSON (a config file's disks entry); errors name the field. */
 export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
   if (!isRecord(d)) throw new ConfigError(`${at} must be an object with a "path"`);
-  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues', 'bus', 'media'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
+  for (const k of Object.keys(d)) if (!['path', 'readOnly', 'serial', 'name', 'queues', 'bus', 'media', 'format'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
   if (d.media !== undefined && d.media !== 'disk' && d.media !== 'cdrom') throw new ConfigError(`${at}.media must be "disk" or "cdrom"`);
   const media: DiskMedia = d.media ?? 'disk';
   if (d.bus !== undefined && d.bus !== 'virtio' && d.bus !== 'sata') throw new ConfigError(`${at}.bus must be "virtio" or "sata"`);
@@ -309,6 +312,10 @@ export function diskConfigFromJson(d: unknown, at: string): DiskConfig {
     }
     if (bus === 'sata') throw new ConfigError(`${at}.queues: a SATA disk has one queue (queues is for virtio disks)`);
     disk.queues = d.queues;
+  }
+  if (d.format !== undefined) {
+    if (d.format !== 'raw' && d.format !== 'qcow2') throw new ConfigError(`${at}.format must be "raw" or "qcow2" (leave it out to detect qcow2 by its magic)`);
+    disk.format = d.format;
   }
   return disk;
 }

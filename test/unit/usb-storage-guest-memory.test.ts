@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
+import { openBlockImage } from '../../main/vmm/devices/block/open-image';
 import { openUsbStorage } from '../../main/vmm/devices/usb/storage/usb-storage';
 import type { UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
 import { UsbCaptureTap } from '../../main/vmm/devices/usb/xhci/capture';
@@ -132,5 +133,20 @@ test('the copying path stays for a capture, a buffer outside RAM (Host System Er
     assert.notEqual(d.usbsts & (1 << 2), 0, 'Host System Error, as the copying path reports it');
   } finally {
     stick.close();
+  }
+});
+
+test('a probed raw image refuses a qcow2 header written through pwritev too, even split across segments', () => {
+  const dir = tempDir();
+  const image = makeImage(dir, 1 << 20);
+  const raw = openBlockImage(image, { synchronous: true });
+  try {
+    assert.ok(raw.writevNow, 'an inline image writes vectors');
+    const error = raw.writevNow(0, [Uint8Array.of(0x51, 0x46), Uint8Array.of(0x49, 0xfb, 0, 0, 0, 3)]);
+    assert.match(String(error), /refusing to write a qcow2 header into a raw image whose format was probed/);
+    assert.deepEqual([...fs.readFileSync(image).subarray(0, 4)], [...imageBytes(16).subarray(0, 4)], 'nothing written');
+    assert.equal(raw.writevNow(512, [Uint8Array.of(0x51, 0x46, 0x49, 0xfb)]), null, 'elsewhere it is data');
+  } finally {
+    raw.close();
   }
 });

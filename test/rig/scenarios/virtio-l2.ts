@@ -4,7 +4,10 @@
 // request queues, one per vCPU) and vdb of the images' sizes with the serial we gave, dd must read each image's known pattern, a
 // write from L2 must be in the image file after Porthole exits, and vdb must be read-only. The
 // same boot checks AHCI: ahci on 00:05.0, sda (a SATA image) and sr0 (an ISO on the CD-ROM).
-import type { ChildProcess } from 'node:child_process';
+// vdc is a qcow2 image over a raw backing file (made by L1's qemu-img, the rig host's through
+// L1's /usr): L2 reads the backing data through it and writes into it, and afterwards
+// `qemu-img check` finds it clean and `qemu-img convert` shows L2's bytes over the backing data.
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,6 +19,8 @@ import { freshStickCopy, md5File, SECTOR, type StickSpec } from '../sticks';
 const WORK_DIR = '/tmp/virtio-l2';
 const DISK: StickSpec = { label: 'l2vda', sizeMiB: 16, serial: '' };
 const RO_DISK: StickSpec = { label: 'l2vdb', sizeMiB: 8, serial: '' };
+const QCOW2_BASE: StickSpec = { label: 'l2vdc-base', sizeMiB: 8, serial: '' };
+const QCOW2_WRITE_SECTOR = 3000;
 const SERIAL = 'PH-VDA-0001';
 const WRITE_SECTOR = 1000;
 const SATA_DISK: StickSpec = { label: 'l2sda', sizeMiB: 8, serial: '' };
@@ -34,6 +39,10 @@ interface Images {
   sataMd5: string;
   iso: string;
   isoMd5: string;
+  /** A qcow2 overlay (cluster size 64 KiB, v3) over the raw `qcow2Base`. */
+  qcow2: string;
+  qcow2Base: string;
+  qcow2BaseMd5: string;
 }
 
 /** The checks, for this scenario and for scripts run with npm run rig -- exec. */
@@ -60,9 +69,17 @@ function makeImages(ctx: ScenarioContext): Images {
   const roDisk = copy(RO_DISK);
   const sata = copy(SATA_DISK);
   const iso = copy(CD_IMAGE);
-  const images = { disk, roDisk, diskMd5: md5File(disk), roDiskMd5: md5File(roDisk), sata, sataMd5: md5File(sata), iso, isoMd5: md5File(iso) };
+  const qcow2Base = copy(QCOW2_BASE);
+  const qcow2 = path.join(WORK_DIR, 'l2vdc.qcow2');
+  fs.rmSync(qcow2, { force: true });
+  // A relative backing name: Porthole resolves it against the overlay's folder.
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.basename(qcow2Base), '-F', 'raw', qcow2], { cwd: WORK_DIR });
+  const images = {
+    disk, roDisk, diskMd5: md5File(disk), roDiskMd5: md5File(roDisk), sata, sataMd5: md5File(sata), iso, isoMd5: md5File(iso),
+    qcow2, qcow2Base, qcow2BaseMd5: md5File(qcow2Base),
+  };
   ctx.log(`AHCI images: ${sata} (md5 ${images.sataMd5}), ${iso} on the CD-ROM (md5 ${images.isoMd5})`);
-  ctx.log(`images: ${disk} (md5 ${images.diskMd5}), ${roDisk} read-only (md5 ${images.roDiskMd5})`);
+  ctx.log(`images: ${disk} (md5 ${images.diskMd5}), ${roDisk} read-only (md5 ${images.roDiskMd5}), ${qcow2} over ${qcow2Base} (md5 ${images.qcow2BaseMd5})`);
   return images;
 }
 
@@ -73,6 +90,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     '--serial', 'stdio', '--verbose', '--stats',
     '--disk', `${images.disk},serial=${SERIAL},queues=2`, '--disk', `${images.roDisk},ro,name=ro`,
     '--disk', `${images.sata},bus=sata,serial=${SATA_SERIAL},name=sata`, '--cdrom', `${images.iso},name=cd`,
+    '--disk', `${images.qcow2},name=qcow2`,
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
@@ -108,7 +126,7 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     failures.push(why);
   };
   await con.waitForShell(420000);
-  await con.run('for i in $(seq 60); do [ -e /sys/block/vda ] && [ -e /sys/block/vdb ] && break; sleep 0.5; done');
+  await con.run('for i in $(seq 60); do [ -e /sys/block/vda ] && [ -e /sys/block/vdb ] && [ -e /sys/block/vdc ] && break; sleep 0.5; done');
   await kitChecks(ctx, con, 2, 60000);
 
   const pci = await con.run('d=/sys/bus/pci/devices/0000:00:08.0; echo "driver $(basename $(readlink $d/driver))"; echo "vdriver $(basename $(readlink $d/virtio*/driver))"; for i in $d/msi_irqs/*; do echo "msi_irq ${i##*/} $(cat $i)"; done; grep -E "virtio|CPU" /proc/interrupts');
@@ -160,6 +178,18 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     else if (w.status !== 0 && vdb[2] === '1') found.push('vdb: ro=1, dd refused, contents match');
   }
   const sataMarker = await ahciChecks(ctx, con, images, fail, found);
+  let qcow2Marker = '';
+  const vdc = line('vdc');
+  if (!vdc || Number(vdc[1]) !== QCOW2_BASE.sizeMiB * 2048 || vdc[2] !== '0') fail(`vdc (qcow2) is ${vdc?.join(' ') ?? 'missing'}, expected ${QCOW2_BASE.sizeMiB * 2048} sectors, writable`);
+  else {
+    const sum = (await con.run('dd if=/dev/vdc bs=1M iflag=direct 2>/dev/null | md5sum', 300000)).output;
+    if (!sum.includes(images.qcow2BaseMd5)) fail(`md5sum of /dev/vdc (qcow2 over its backing file) is "${sum.trim()}", the backing file's is ${images.qcow2BaseMd5}`);
+    else found.push('vdc (qcow2): reads its raw backing file through the overlay');
+    qcow2Marker = `PORTHOLE-QCOW2-WROTE-${crypto.randomBytes(6).toString('hex')}`;
+    const w = await con.run(`printf '%s' ${qcow2Marker} > /tmp/qmarker && dd if=/tmp/qmarker of=/dev/vdc bs=512 seek=${QCOW2_WRITE_SECTOR} conv=sync,fsync 2>&1 && dd if=/dev/urandom of=/dev/vdc bs=4k seek=300 count=64 conv=fsync 2>&1 && sync`, 120000);
+    if (w.status !== 0) fail(`writing to /dev/vdc (qcow2) failed: ${w.output}`);
+  }
+  const qcow2Tail = qcow2Marker ? (await con.run('dd if=/dev/vdc bs=4k skip=300 count=64 iflag=direct 2>/dev/null | md5sum', 120000)).output.trim().split(/\s+/)[0] : '';
   const complaints = await con.run('dmesg | grep -iE "virtio|vd[ab]|I/O error|blk_update" | tail -30');
   ctx.log(`L2 dmesg (virtio lines):\n${complaints.output}`);
   if (/I\/O error|blk_update_request/i.test(complaints.output.replace(/vdb[^\n]*/g, ''))) fail(`L2 reported I/O errors on vda: ${complaints.output}`);
@@ -190,7 +220,29 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     if (sector !== sataMarker) fail(`sector ${WRITE_SECTOR} of ${images.sata} starts "${sector.replace(/[^\x20-\x7e]/g, '.')}" after Porthole exited, expected L2's "${sataMarker}"`);
     else found.push(`L2's write through ahci/sda is in the SATA image`);
   }
-  const stats = stderr.filter((l) => /^\s*(disk0|ro|sata|cd|ahci)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
+  if (qcow2Marker) {
+    try {
+      execFileSync('qemu-img', ['check', images.qcow2], { encoding: 'utf8' });
+      found.push('qemu-img check: the qcow2 image L2 wrote is clean');
+    } catch (e) {
+      fail(`qemu-img check ${images.qcow2} after L2's writes: ${(e as { stdout?: string }).stdout ?? (e as Error).message}`);
+    }
+    const raw = path.join(WORK_DIR, 'l2vdc-converted.raw');
+    execFileSync('qemu-img', ['convert', '-O', 'raw', images.qcow2, raw]);
+    const seen = fs.readFileSync(raw);
+    const base = fs.readFileSync(images.qcow2Base);
+    const text = seen.subarray(QCOW2_WRITE_SECTOR * SECTOR, QCOW2_WRITE_SECTOR * SECTOR + qcow2Marker.length).toString('latin1');
+    const tail = crypto.createHash('md5').update(seen.subarray(300 * 4096, 364 * 4096)).digest('hex');
+    // Everything else is the backing file's.
+    base.set(seen.subarray(QCOW2_WRITE_SECTOR * SECTOR, (QCOW2_WRITE_SECTOR + 1) * SECTOR), QCOW2_WRITE_SECTOR * SECTOR);
+    base.set(seen.subarray(300 * 4096, 364 * 4096), 300 * 4096);
+    if (text !== qcow2Marker) fail(`qemu-img convert of ${images.qcow2}: sector ${QCOW2_WRITE_SECTOR} starts "${text.replace(/[^\x20-\x7e]/g, '.')}", expected L2's "${qcow2Marker}"`);
+    else if (tail !== qcow2Tail) fail(`qemu-img convert of ${images.qcow2}: the 256 KiB L2 wrote at 1200 KiB has md5 ${tail}, L2 read ${qcow2Tail}`);
+    else if (!seen.equals(base)) fail(`qemu-img convert of ${images.qcow2}: bytes outside L2's writes differ from the backing file`);
+    else found.push('qemu-img convert shows L2\'s qcow2 writes over the backing data');
+    if (md5File(images.qcow2Base) !== images.qcow2BaseMd5) fail('the qcow2 image\'s backing file changed');
+  }
+  const stats = stderr.filter((l) => /^\s*(disk0|ro|qcow2|sata|cd|ahci)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
   if (stats) ctx.log(`disk counters: ${stats}`);
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
   return found.join('; ');

@@ -5,6 +5,7 @@
 import { ConfigError } from '../../config';
 import { counter, type DeviceContext, type DeviceFactory } from '../device';
 import { RawImageFile } from '../usb/storage/block-backend';
+import { openBlockImage } from '../block/open-image';
 import { diskName } from '../virtio/blk';
 import type { SataDrive } from './ata';
 import { AtaDisk } from './ata-disk';
@@ -40,7 +41,7 @@ export const ahciDevices: DeviceFactory = (ctx: DeviceContext) => {
         continue;
       }
       if (disk.path === undefined) throw new ConfigError(`${name}: a SATA disk needs an image path`);
-      const backend = RawImageFile.open(disk.path, { readOnly: disk.readOnly, synchronous: true });
+      const backend = openBlockImage(disk.path, { readOnly: disk.readOnly, synchronous: true, ...(disk.format === undefined ? {} : { format: disk.format }) });
       drives.push(new AtaDisk({
         name, backend, serial: disk.serial,
         counters: stats ? {

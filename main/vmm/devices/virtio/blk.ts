@@ -12,7 +12,8 @@
 import { ConfigError, type DiskConfig } from '../../config';
 import { DMA_OK, DmaMemory } from '../../memory/dma';
 import { type Counter, counter, type DeviceContext, type DeviceFactory } from '../device';
-import { RawImageFile, type BlockBackend } from '../usb/storage/block-backend';
+import type { BlockBackend } from '../usb/storage/block-backend';
+import { openBlockImage } from '../block/open-image';
 import { VirtioPciDevice } from './virtio-pci';
 import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
 
@@ -289,7 +290,7 @@ export const virtioBlkDevices: DeviceFactory = (ctx) => {
       if (disk.path === undefined) throw new ConfigError(`${diskName(disk, index)}: a virtio disk needs an image path`);
       // The machine thread sits in KVM_RUN, so the image completes each request before the
       // call returns (see RawImageOptions.synchronous), as USB sticks do.
-      const backend = RawImageFile.open(disk.path, { readOnly: disk.readOnly, synchronous: true });
+      const backend = openBlockImage(disk.path, { readOnly: disk.readOnly, synchronous: true, format: disk.format });
       try {
         opened.push(new VirtioBlk({
           name: diskName(disk, index), backend, serial: disk.serial, queues: disk.queues, router: ctx.interrupts, statistics: ctx.statistics,

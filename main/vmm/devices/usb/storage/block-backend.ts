@@ -48,7 +48,8 @@ export interface BlockBackend {
 }
 
 export type ImageProblem =
-  | 'missing' | 'not-a-file' | 'permission' | 'read-only-file-system' | 'locked' | 'empty' | 'size' | 'unreadable';
+  | 'missing' | 'not-a-file' | 'permission' | 'read-only-file-system' | 'locked' | 'empty' | 'size' | 'unreadable'
+  | 'corrupt' | 'unsupported' | 'backing' | 'format';
 
 /** An image that cannot back a device; the message says which file and why. */
 export class ImageError extends Error {
@@ -67,6 +68,14 @@ export interface RawImageOptions {
    * guest halted waiting for its disk would never make one.
    */
   synchronous?: boolean;
+  /** Skip the size checks (a container format such as qcow2 opens its file through this). */
+  anySize?: boolean;
+  /**
+   * Refuse a write that would put an image format's magic (qcow2's) at the start of the file:
+   * set when the format was probed, so a guest cannot turn its raw disk into a qcow2 image
+   * whose backing file names a host file the next time it is probed (QEMU does the same).
+   */
+  guardProbedFormat?: boolean;
 }
 
 const BLOCK = 512;
@@ -136,10 +145,14 @@ export class RawImageFile implements BlockBackend {
 
   /** Opens and locks the image; throws ImageError when it cannot back a device. */
   static open(file: string, options: RawImageOptions = {}): RawImageFile {
-    return new RawImageFile(path.resolve(file), options.readOnly ?? false, options.synchronous ?? false);
+    const image = new RawImageFile(path.resolve(file), options.readOnly ?? false, options.synchronous ?? false, options.anySize ?? false);
+    image.guardProbedFormat = options.guardProbedFormat ?? false;
+    return image;
   }
 
-  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean) {
+  private guardProbedFormat = false;
+
+  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean, anySize: boolean) {
     this.readOnly = readOnly;
     let fd: number;
     try {
@@ -162,6 +175,11 @@ export class RawImageFile implements BlockBackend {
             : 'it is in use: another program or device has it open');
         }
         throw new ImageError(path, 'locked', `it cannot be locked (${code})`);
+      }
+      if (anySize) {
+        this.size = stat.size;
+        this.fd = fd;
+        return;
       }
       if (stat.size === 0) throw new ImageError(path, 'empty', 'it is empty (0 bytes)');
       if (stat.size % BLOCK !== 0) {
@@ -208,7 +226,7 @@ export class RawImageFile implements BlockBackend {
   }
 
   write(offset: number, data: Uint8Array, done: BlockDoneCallback): void {
-    const refused = this.refuse(offset, data.length, true);
+    const refused = this.refuse(offset, data.length, true) ?? this.refuseMagic(offset, data);
     if (refused) {
       this.later(() => done(refused));
       return;
@@ -262,6 +280,14 @@ export class RawImageFile implements BlockBackend {
     this.later(() => done(r === 0 ? null : new Error(`discarding ${length} bytes at ${offset} of ${this.path}: ${libc.errnoName(-r)}`)));
   }
 
+  /** Hands the open, locked descriptor to a format layer (qcow2); this object is done with. */
+  detachFd(): number {
+    const fd = this.fd;
+    this.fd = -1;
+    this.closing = true;
+    return fd;
+  }
+
   close(): void {
     if (this.closing) return;
     this.closing = true;
@@ -293,7 +319,8 @@ export class RawImageFile implements BlockBackend {
   private vectorNow(op: 'read' | 'write', buffers: readonly Uint8Array[], position: number): Error | null {
     let length = 0;
     for (const b of buffers) length += b.length;
-    const refused = this.refuse(position, length, op === 'write');
+    const refused = this.refuse(position, length, op === 'write')
+      ?? (op === 'write' && position === 0 ? this.refuseMagic(0, firstBytesOf(buffers, 4)) : null);
     if (refused) return refused;
     try {
       let rest: Uint8Array[] = buffers as Uint8Array[];
@@ -316,6 +343,17 @@ export class RawImageFile implements BlockBackend {
       return new RangeError(`${length} bytes at offset ${offset} lie outside ${this.path} (${this.size} bytes)`);
     }
     return null;
+  }
+
+  private refuseMagic(offset: number, data: Uint8Array): Error | null {
+    return this.writesFormatMagic(offset, data)
+      ? new Error(`${this.path}: refusing to write a qcow2 header into a raw image whose format was probed (give format=raw)`) : null;
+  }
+
+  /** True when a write of `data` at `offset` would make a probed raw image look like qcow2. */
+  private writesFormatMagic(offset: number, data: Uint8Array): boolean {
+    return this.guardProbedFormat && offset === 0 && data.length >= 4
+      && data[0] === 0x51 && data[1] === 0x46 && data[2] === 0x49 && data[3] === 0xfb;
   }
 
   private begin(): void {
@@ -341,4 +379,17 @@ function skipBytes(buffers: readonly Uint8Array[], n: number): Uint8Array[] {
   const rest = buffers.slice(i);
   if (rest.length > 0 && n > 0) rest[0] = rest[0].subarray(n);
   return rest;
+}
+
+/** The first `n` bytes of the buffers' concatenation (fewer if they hold fewer). */
+function firstBytesOf(buffers: readonly Uint8Array[], n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const b of buffers) {
+    if (at >= n) break;
+    const k = Math.min(b.length, n - at);
+    out.set(b.subarray(0, k), at);
+    at += k;
+  }
+  return out.subarray(0, at);
 }

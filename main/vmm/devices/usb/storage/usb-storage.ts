@@ -13,7 +13,8 @@ import {
   type UsbDataResult,
 } from '../usb-device-base';
 import type { UsbDeviceSpec } from '../descriptors';
-import { RawImageFile, type BlockBackend } from './block-backend';
+import type { BlockBackend } from './block-backend';
+import { openBlockImage, type ImageFormat } from '../../block/open-image';
 import { BulkOnlyTransport } from './bot';
 import { ScsiDisk } from './scsi';
 
@@ -164,8 +165,8 @@ export class UsbStorage extends UsbDeviceBase {
  * problem (missing, locked, unreadable, empty, not a whole number of blocks) before any
  * device exists.
  */
-export function openUsbStorage(path: string, options: UsbStorageOptions & { readOnly?: boolean; synchronous?: boolean } = {}): UsbStorage {
-  const backend = RawImageFile.open(path, { readOnly: options.readOnly, synchronous: options.synchronous });
+export function openUsbStorage(path: string, options: UsbStorageOptions & { readOnly?: boolean; synchronous?: boolean; format?: ImageFormat } = {}): UsbStorage {
+  const backend = openBlockImage(path, { readOnly: options.readOnly, synchronous: options.synchronous, format: options.format });
   try {
     return new UsbStorage(backend, {
       serial: serialFrom(backend.path),
