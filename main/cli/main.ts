@@ -12,6 +12,7 @@ import { formatUsbPorts, MonitorError, monitorCall, monitorCapture, type Monitor
 import type { UsbPortState } from '../vmm/shared/usb-messages';
 import type { StatsSample } from '../vmm/shared/stats';
 import { formatHostUsbDevices, listSysfsUsbDevices } from '../host/usb-inventory';
+import { runUsbRulesAction } from './usb-rules-file';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
 
@@ -105,6 +106,16 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   if (command.command === 'usb-host') {
     process.stdout.write(formatHostUsbDevices(listSysfsUsbDevices()));
     return 0;
+  }
+  if (command.command === 'usb-rules') {
+    try {
+      process.stdout.write(runUsbRulesAction(command.file, command.action));
+      return 0;
+    } catch (e) {
+      if (!isUserError(e)) throw e;
+      process.stderr.write(`porthole: ${e.message}\n`);
+      return 1;
+    }
   }
   if (command.command === 'capture') return runCaptureCommand(command);
   const problem = kvmAccessProblem();
