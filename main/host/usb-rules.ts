@@ -43,6 +43,8 @@ export interface RuleDevice {
   classCode: number;
   interfaces: { classCode: number }[];
   isHub: boolean;
+  /** Its name on the other bus of the same socket (an xHCI's USB 2 / USB 3 pair), if known. */
+  peerName?: string | null;
 }
 
 export class UsbRuleError extends Error {
@@ -229,14 +231,17 @@ export class UsbAutoAttach {
       const id = identity(d);
       seen.add(id);
       if (this.seen.has(id) || heldNow.has(id) || d.isHub) continue;
-      const back = this.departed.get(d.sysfsName);
-      if (back !== undefined) {
-        this.departed.delete(d.sysfsName);
+      // The same socket: the same port path, or its peer on the controller's other bus
+      // (a SuperSpeed device re-enumerating at high speed moves from one to the other).
+      const key = this.departed.has(d.sysfsName) ? d.sysfsName : d.peerName ?? null;
+      const back = key === null ? undefined : this.departed.get(key);
+      if (back !== undefined && key !== null) {
+        this.departed.delete(key);
         const was = `${hex(back.vendorId, 4)}:${hex(back.productId, 4)}`;
         const now4 = `${hex(d.vendorId, 4)}:${hex(d.productId, 4)}`;
         actions.push({
           kind: 'attach', sysfsName: d.sysfsName, port: back.guestPort, force: back.force,
-          why: `${was} re-enumerated as ${now4} on host port ${d.sysfsName} within ${Math.round((now - back.leftAt) / 100) / 10} s`,
+          why: `${was} re-enumerated as ${now4} on host port ${d.sysfsName}${key === d.sysfsName ? '' : ` (was ${key})`} within ${Math.round((now - back.leftAt) / 100) / 10} s`,
         });
         continue;
       }

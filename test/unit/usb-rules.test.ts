@@ -143,3 +143,15 @@ test('planner: rules changed while the VM runs apply to devices that appear from
   assert.deepEqual(p.update([stick], [], 100), [], 'already there: the user attaches it by hand');
   assert.equal(p.update([{ ...stick, deviceAddress: 5 }], [], 200).length, 1);
 });
+
+test('planner: a device that comes back in the same socket on the controller\'s other bus (its peer port) stays with its VM too', () => {
+  const p = new UsbAutoAttach([], 5000);
+  const superSpeed = dev({ sysfsName: '2-1', busNumber: 2, peerName: '1-1' });
+  p.update([superSpeed], [], 0);
+  p.update([], [held(superSpeed, 1)], 100);
+  const highSpeedDfu = dev({ sysfsName: '1-1', busNumber: 1, deviceAddress: 4, productId: 0xdf11, peerName: '2-1' });
+  const a = p.update([highSpeedDfu], [], 900);
+  assert.equal(a.length, 1);
+  assert.ok(a[0].kind === 'attach' && a[0].sysfsName === '1-1' && a[0].port === 1);
+  assert.match(a[0].kind === 'attach' ? a[0].why : '', /re-enumerated as 46f4:df11 on host port 1-1 \(was 2-1\)/);
+});
