@@ -819,7 +819,15 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (this._state !== 'running' && this._state !== 'paused') return;
     if (a.kind === 'gone') {
       const held = this.heldHostUsb().find((h) => h.sysfsName === a.sysfsName);
-      if (held !== undefined) await this.unplugGone(held.handle);
+      if (held === undefined) return;
+      // A list read while sysfs was changing may miss a device: look once more before letting it go.
+      let still = false;
+      try {
+        still = this.hostUsbSource.list().some((d) => d.sysfsName === held.sysfsName && d.busNumber === held.busNumber && d.deviceAddress === held.deviceAddress);
+      } catch {
+        // Unreadable: go by the list that said it left.
+      }
+      if (!still) await this.unplugGone(held.handle);
       return;
     }
     try {
