@@ -853,7 +853,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     const held = this.heldHostUsb().find((h) => h.handle === handle);
     if (held === undefined) return;
     this.autoAttach?.noteDeparted(held, Date.now());
-    this.queueAutoAttach({ kind: 'gone', sysfsName: held.sysfsName, guestPort: held.guestPort });
+    // libusb said so: no second look (sysfs may still list it for a moment).
+    this.autoQueue = this.autoQueue.then(() => this.unplugGone(handle)).catch((e: Error) => { this.emit('log', `USB: ${e.message}`); });
   }
 
   private async unplugGone(handle: number): Promise<void> {
