@@ -53,14 +53,22 @@ scenario('usb-rules-l2', async (ctx) => {
     }
   });
   const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
-  const hostPorts = () => runPortholeCli(['usb', 'list', '--monitor', SOCKET], env).split('\n').filter((l) => l.includes(' host '));
+  // Before the VM's monitor socket is up, there is nothing to list yet.
+  const hostPorts = (): string[] => {
+    try {
+      return runPortholeCli(['usb', 'list', '--monitor', SOCKET], env).split('\n').filter((l) => l.includes(' host '));
+    } catch (e) {
+      if (/no VM is listening|ENOENT|ECONNREFUSED/.test((e as Error).message)) return [];
+      throw e;
+    }
+  };
   const l2Ids = async () => con.runOk('for d in /sys/bus/usb/devices/*; do [ -f $d/idVendor ] && echo "$(cat $d/idVendor):$(cat $d/idProduct)"; done');
 
   // 1. Present at start: taken by the rule.
   const first = await until('the rule to attach stick0', 120000, () => hostPorts().find((l) => l.includes(`host ${sysStick.name}`)) ?? null);
   const guestPort = first.trim().split(/\s+/)[0];
   ctx.log(`attached by the rule: ${first}`);
-  if (!vmLog.some((l) => /rule 1 .* matches/.test(l))) throw new Error('the VM log does not say which rule took stick0');
+  await untilAsync('the VM log to say which rule took stick0', 20000, async () => (vmLog.some((l) => /rule 1 .* matches/.test(l)) ? true : null));
   await con.waitForShell(240000);
   const seen = await untilAsync('L2 to see stick0', 120000, async () => ((await l2Ids()).includes(sysStick.id) ? true : null));
   if (seen) found.push(`stick0 (${sysStick.id}) attached at start by the rule on guest port ${guestPort} and seen in L2`);
@@ -74,8 +82,7 @@ scenario('usb-rules-l2', async (ctx) => {
   const newId = /\b([0-9a-f]{4}:[0-9a-f]{4})\b/.exec(renum)?.[1] ?? '?';
   ctx.log(`after the re-enumeration: ${renum}`);
   if (renum.trim().split(/\s+/)[0] !== guestPort) throw new Error(`the re-enumerated device is on guest port ${renum.trim().split(/\s+/)[0]}, not ${guestPort}`);
-  const said = vmLog.find((l) => l.includes(`re-enumerated as ${newId}`));
-  if (said === undefined) throw new Error(`the VM log does not say "re-enumerated as ${newId}"`);
+  const said = await untilAsync(`the VM log to say "re-enumerated as ${newId}"`, 20000, async () => vmLog.find((l) => l.includes(`re-enumerated as ${newId}`)) ?? null);
   await untilAsync(`L2 to see ${newId}`, 60000, async () => {
     const ids = await l2Ids();
     return ids.includes(newId) && !ids.includes(sysStick.id) ? true : null;
