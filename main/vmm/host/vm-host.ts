@@ -159,6 +159,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private autoAttach: UsbAutoAttach | null = null;
   private stopHostUsbWatch: (() => void) | null = null;
   private autoQueue: Promise<void> = Promise.resolve();
+  /** Looks at sysfs often while a device that left may come back (hot-plug events may not come: no udevd). */
+  private windowPoll: NodeJS.Timeout | null = null;
+  private windowPollUntil = 0;
   private readonly hostUsbWatch = new HostUsbWatch<HostUsbDeviceInfo>(() => this.hostUsbSource.list(), undefined, undefined,
     (line) => this.emit('log', `USB: ${line}`));
   private nextHostUsbHandle = 1;
@@ -343,6 +346,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.stopHostUsbWatch?.();
     this.stopHostUsbWatch = null;
     this.autoAttach = null;
+    if (this.windowPoll !== null) clearInterval(this.windowPoll);
+    this.windowPoll = null;
     this.releaseHostUsb();
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
@@ -857,9 +862,27 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.autoQueue = this.autoQueue.then(() => this.unplugGone(handle)).catch((e: Error) => { this.emit('log', `USB: ${e.message}`); });
   }
 
+  /** Lists the host's devices every 250 ms until the re-enumeration window of a departure has passed. */
+  private pollDuringWindow(): void {
+    const windowMs = this.autoAttach?.windowMs ?? 0;
+    if (windowMs <= 0) return;
+    this.windowPollUntil = Date.now() + windowMs + 500;
+    if (this.windowPoll !== null) return;
+    this.windowPoll = setInterval(() => {
+      if (Date.now() > this.windowPollUntil || this.stopHostUsbWatch === null) {
+        if (this.windowPoll !== null) clearInterval(this.windowPoll);
+        this.windowPoll = null;
+        return;
+      }
+      this.hostUsbWatch.refresh();
+    }, 250);
+    this.windowPoll.unref();
+  }
+
   private async unplugGone(handle: number): Promise<void> {
     const entry = this.hostUsb.get(handle);
     if (entry === undefined) return;
+    this.pollDuringWindow();
     this.hostUsb.delete(handle);
     entry.passthrough.markGone();
     const name = entry.passthrough.info.sysfsName;

@@ -78,7 +78,9 @@ scenario('usb-rules-l2', async (ctx) => {
   await ctx.rig.unplug('stick0');
   await ctx.rig.plug('uas0', 'usb-uas', { bus: String(stickProps.bus), port: String(stickProps.port) });
   const renum = await until('the re-enumerated device back in the VM', 60000, () =>
-    hostPorts().find((l) => l.includes(`host ${sysStick.name}`) && !l.includes(sysStick.id)) ?? null);
+    hostPorts().find((l) => l.includes(`host ${sysStick.name}`) && !l.includes(sysStick.id)) ?? null).catch((e: Error) => {
+    throw new Error(`${e.message}; L1's USB devices: ${sysfsUsbDevices().map((d) => `${d.name} ${d.id} ${d.drivers.join(',')}`).join(' / ')}`);
+  });
   const newId = /\b([0-9a-f]{4}:[0-9a-f]{4})\b/.exec(renum)?.[1] ?? '?';
   ctx.log(`after the re-enumeration: ${renum}`);
   if (renum.trim().split(/\s+/)[0] !== guestPort) throw new Error(`the re-enumerated device is on guest port ${renum.trim().split(/\s+/)[0]}, not ${guestPort}`);
