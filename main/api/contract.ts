@@ -160,6 +160,23 @@ export interface VmUsbSpec {
   controller: 'xhci' | 'none';
   /** Plugged in at start (UsbDeviceSpec, defined with the USB calls below); at most 8. */
   devices: UsbDeviceSpec[];
+  /**
+   * Host USB devices this VM takes whenever they are there while it runs (UsbRuleSpec); absent:
+   * none. When two running VMs' rules match one device, the first to see it takes it.
+   */
+  rules?: UsbRuleSpec[];
+}
+
+/**
+ * An auto-attach rule: every `match` field given must match (at least one is given). IDs are
+ * numbers; `classCode` matches the device's class or any interface's; `portPath` the host
+ * port path ("1-1.4"). `port` puts the device on that guest port; `force` takes it even when
+ * the host needs it.
+ */
+export interface UsbRuleSpec {
+  match: { vendorId?: number; productId?: number; serial?: string; classCode?: number; portPath?: string };
+  port?: number;
+  force?: boolean;
 }
 
 /** A good starting point for the "New VM" dialog. */
@@ -358,6 +375,11 @@ export interface HostUsbDeviceSummary {
    * from its sda2"), or null; attachHostUsbDevice refuses such a device unless forced.
    */
   hostNeeds: string | null;
+  /**
+   * The VMs whose auto-attach rules match it, in library order (the first running one to see it
+   * takes it): the VM, its name, and the rule's index in its `usb.rules` with the rule in words.
+   */
+  wantedBy?: { vm: VmId; vmName: string; rule: number; text: string }[];
 }
 
 /** A PCI device of the host (listPciDevices), as sysfs shows it. */
@@ -575,6 +597,16 @@ export interface PortholeApi {
    * host device is released and its kernel drivers bound again.
    */
   detachUsbDevice(id: VmId, port: number): Promise<void>;
+  /** The VM's auto-attach rules (its spec's usb.rules). */
+  listUsbRules(id: VmId): Promise<UsbRuleSpec[]>;
+  /**
+   * Adds an auto-attach rule to the VM's settings (written atomically) and resolves with its
+   * rules. Allowed while the VM runs: it then takes matching devices that appear from now on.
+   * "invalid-state" for a VM without a USB controller.
+   */
+  addUsbRule(id: VmId, rule: UsbRuleSpec): Promise<UsbRuleSpec[]>;
+  /** Removes rule `index` (0-based, as listUsbRules lists them); resolves with the rules left. */
+  removeUsbRule(id: VmId, index: number): Promise<UsbRuleSpec[]>;
   /** The host's USB devices (root hubs left out), with their drivers and which VM holds each. */
   listHostUsbDevices(): Promise<HostUsbDeviceSummary[]>;
   /** The host's PCI devices with their IOMMU groups, whether each group is viable and whether each device can be assigned (and why not). */

@@ -8,7 +8,7 @@
 // No Node or DOM imports: the renderer may import this file.
 import type { PortholeApi } from './contract';
 import { parseConsoleInput, parseConsolePort, parseFileChoice, parseStatsInterval, parseVmId, parseVmSpec } from './schema';
-import { parseHostUsbAttachSpec, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
+import { parseHostUsbAttachSpec, parseUsbRule, parseUsbRuleIndex, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
 export interface ArgSpec<T = unknown> {
@@ -64,6 +64,8 @@ const usbDevice = { name: 'device', parse: parseUsbDeviceSpec, namesFields: true
 const usbPort = { name: 'usbPort', parse: parseUsbPort } as const;
 const usbKeys = { name: 'keys', parse: parseUsbKeys } as const;
 const hostUsbSpec = { name: 'hostDevice', parse: parseHostUsbAttachSpec } as const;
+const usbRule = { name: 'rule', parse: parseUsbRule } as const;
+const usbRuleIndex = { name: 'index', parse: parseUsbRuleIndex } as const;
 const statsInterval = { name: 'intervalMs', parse: parseStatsInterval } as const;
 const usbCapture = { name: 'options', parse: parseUsbCaptureOptions } as const;
 const usbCaptureId = { name: 'capture', parse: parseUsbCaptureId } as const;
@@ -106,6 +108,9 @@ export const API_METHODS = {
   attachUsbDevice: call(vmId, usbDevice),
   detachUsbDevice: call(vmId, usbPort),
   sendUsbKeys: call(vmId, usbKeys),
+  listUsbRules: call(vmId),
+  addUsbRule: call(vmId, usbRule),
+  removeUsbRule: call(vmId, usbRuleIndex),
   listHostUsbDevices: call(),
   listPciDevices: call(),
   attachHostUsbDevice: call(vmId, hostUsbSpec),

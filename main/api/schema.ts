@@ -6,6 +6,7 @@ import {
   type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
   type VmSpec, type VmUsbSpec,
 } from './contract';
+import { USB_MAX_RULES, usbRuleFromJson } from '../host/usb-rules';
 import { USB_PORT_COUNT, usbDeviceChoice, usbDeviceProblems } from './usb-input';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -84,6 +85,8 @@ export function fieldLabel(field: string): string {
   if (rom) return `Option ROM ${Number(rom[1]) + 1}`;
   const com = /^serial\.(\d)$/.exec(field);
   if (com) return `COM${Number(com[1]) + 1}`;
+  const rule = /^usb\.rules\.(\d+)$/.exec(field);
+  if (rule) return `USB rule ${Number(rule[1]) + 1}`;
   const usb = /^usb\.devices\.(\d+)(\.path)?$/.exec(field);
   if (usb) return `USB device ${Number(usb[1]) + 1}${usb[2] ? ' image' : ''}`;
   return FIELD_LABELS[field] ?? field;
@@ -150,7 +153,21 @@ function usbProblems(u: unknown, out: FieldProblem[]): void {
     out.push(problem('usb', 'must be { controller, devices } or left out'));
     return;
   }
-  unknownKeys(u, ['controller', 'devices'], 'usb.', out);
+  unknownKeys(u, ['controller', 'devices', 'rules'], 'usb.', out);
+  if (u.rules !== undefined) {
+    if (!Array.isArray(u.rules)) out.push(problem('usb.rules', 'must be a list'));
+    else if (u.rules.length > USB_MAX_RULES) out.push(problem('usb.rules', `may have at most ${USB_MAX_RULES} entries`));
+    else {
+      if (u.controller === 'none' && u.rules.length > 0) out.push(problem('usb.rules', 'need a USB controller'));
+      u.rules.forEach((r, i) => {
+        try {
+          usbRuleFromJson(r, 'rule');
+        } catch (e) {
+          out.push(problem(`usb.rules.${i}`, (e as Error).message.replace(/^rule\.?/, '').replace(/^:\s*/, '').trim()));
+        }
+      });
+    }
+  }
   if (u.controller !== 'xhci' && u.controller !== 'none') out.push(problem('usb.controller', 'must be "xhci" or "none"'));
   if (!Array.isArray(u.devices)) {
     out.push(problem('usb.devices', 'must be a list'));
@@ -182,6 +199,7 @@ function copyUsb(u: VmUsbSpec): VmUsbSpec {
       const port = d.port === undefined ? {} : { port: d.port };
       return { ...usbDeviceChoice(d), ...port };
     }),
+    ...(u.rules === undefined ? {} : { rules: u.rules.map((r) => usbRuleFromJson(r, 'rule')) }),
   };
 }
 

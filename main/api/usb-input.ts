@@ -12,7 +12,8 @@
 // - a chord joins names with "+": "ctrl+alt+Delete", "shift+Tab", "ctrl++". Its keys go down
 //   in order and come up in reverse.
 // Text mode ({ text }) types printable ASCII, "\n" (Enter) and "\t" (Tab) on a US layout.
-import { ApiError, type HostUsbAttachSpec, type UsbCaptureOptions, type UsbDeviceSpec } from './contract';
+import { ApiError, type HostUsbAttachSpec, type UsbCaptureOptions, type UsbDeviceSpec, type UsbRuleSpec } from './contract';
+import { USB_MAX_RULES, usbRuleFromJson } from '../host/usb-rules';
 
 /** A key event for the USB keyboard: a Keyboard/Keypad page usage (HID Usage Tables 10), down or up. */
 export interface UsbKeyEvent {
@@ -266,6 +267,23 @@ export function parseUsbKeys(input: unknown): UsbKeyEvent[] {
 }
 
 /** attachHostUsbDevice's spec: `{ device: "1-1.4" | "BUS:ADDR" | "VID:PID", port?, force? }`. */
+/** An auto-attach rule (UsbRuleSpec); the message names the bad field, e.g. "rule.match.vendorId must be ...". */
+export function parseUsbRule(input: unknown): UsbRuleSpec {
+  try {
+    return usbRuleFromJson(input, 'rule');
+  } catch (e) {
+    throw invalid(`The ${(e as Error).message}.`);
+  }
+}
+
+/** A rule's index in a VM's list (0-based). */
+export function parseUsbRuleIndex(input: unknown): number {
+  if (typeof input !== 'number' || !Number.isInteger(input) || input < 0 || input >= USB_MAX_RULES) {
+    throw invalid(`A rule is named by its index in the VM's list, 0 to ${USB_MAX_RULES - 1}.`);
+  }
+  return input;
+}
+
 export function parseHostUsbAttachSpec(input: unknown): HostUsbAttachSpec {
   if (!isRecord(input)) throw invalid('A host USB device is given as { device: "1-1.4", port?: 1..8 }.');
   for (const k of Object.keys(input)) if (k !== 'device' && k !== 'port' && k !== 'force') throw invalid(`"${k}" is not a setting of a host USB device.`);

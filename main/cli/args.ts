@@ -3,6 +3,8 @@ import path from 'node:path';
 import { ApiError } from '../api/contract';
 import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
 import type { MonitorMethod } from './monitor';
+import type { RulesAction } from './usb-rules-file';
+import { usbRuleFromJson, UsbRuleError } from '../host/usb-rules';
 import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
   checkDisks, checkNics, ConfigError, type NicConfig, parseNic, parseCdrom, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
@@ -35,6 +37,8 @@ export type CliCommand =
   | { command: 'usb-host' }
   /** pci: the host's PCI devices with IOMMU groups (no VM needed). */
   | { command: 'pci'; json: boolean }
+  /** usb rules FILE, usb rule add|rm FILE ...: the auto-attach rules of a VM config file. */
+  | { command: 'usb-rules'; file: string; action: RulesAction }
   /** capture: a pcapng file of a running VM's USB transfers until Ctrl-C. */
   | { command: 'capture'; socket: string; path: string; port: number | null; snapLength: number | null }
   /** stats: a live table of a running VM's counters per second. */
@@ -51,6 +55,10 @@ export const USAGE = `Usage: porthole run [options]
        porthole usb host                      (the host's USB devices, for usb add host:NAME)
        porthole usb remove PORT --monitor PATH
        porthole pci [--json]                   (the host's PCI devices, IOMMU groups, whether each can be assigned)
+       porthole usb rules CONFIG               (the auto-attach rules of a VM config file)
+       porthole usb rule add CONFIG [--vid ID] [--pid ID] [--serial TEXT] [--class CODE]
+                                    [--port-path 1-1.4] [--port N] [--force]
+       porthole usb rule rm CONFIG N
        porthole keys KEY... --monitor PATH      (KEY: a, Enter, F5, ctrl+alt+Delete, ...)
        porthole keys --text TEXT --monitor PATH
        porthole capture VM -w FILE.pcapng [--port N] [--snaplen BYTES]
@@ -159,6 +167,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     if (bad !== undefined) throw new UsageError(`porthole pci takes only --json, not "${bad}"`);
     return { command: 'pci', json: rest.length > 0 };
   }
+  if (argv[0] === 'usb' && (argv[1] === 'rules' || argv[1] === 'rule')) return parseRulesCommand(argv);
   if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
   if (argv[0] === 'capture') return parseCaptureCommand(argv);
   if (argv[0] === 'stats') return parseStatsCommand(argv);
@@ -463,6 +472,73 @@ function parseMonitorCommand(argv: string[]): CliCommand {
     default:
       throw new UsageError(`porthole usb ${sub}: use list, add or remove`);
   }
+}
+
+const RULE_FLAGS: Record<string, string> = {
+  '--vid': 'vendorId', '--pid': 'productId', '--serial': 'serial', '--class': 'classCode', '--port-path': 'portPath', '--port': 'port',
+};
+
+/** `porthole usb rules FILE`, `usb rule add FILE --vid ID ...`, `usb rule rm FILE N`. */
+function parseRulesCommand(argv: string[]): CliCommand {
+  const words: string[] = [];
+  const values = new Map<string, string>();
+  let force = false;
+  for (let i = 2; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help') return { command: 'help' };
+    if (!a.startsWith('--')) {
+      words.push(a);
+      continue;
+    }
+    if (a === '--force') {
+      force = true;
+      continue;
+    }
+    const eq = a.indexOf('=');
+    const flag = eq < 0 ? a : a.slice(0, eq);
+    if (!(flag in RULE_FLAGS)) throw new UsageError(`unknown option ${flag} for porthole usb rule (use --vid, --pid, --serial, --class, --port-path, --port, --force)`);
+    let value: string;
+    if (eq >= 0) value = a.slice(eq + 1);
+    else {
+      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    if (values.has(flag)) throw new UsageError(`${flag} may be given once`);
+    values.set(flag, value);
+  }
+  if (argv[1] === 'rules') {
+    if (words.length !== 1 || values.size > 0 || force) throw new UsageError('porthole usb rules takes one VM config file');
+    return { command: 'usb-rules', file: words[0], action: { op: 'list' } };
+  }
+  const [sub, file, ...rest] = words;
+  if (sub === 'add') {
+    if (file === undefined || rest.length > 0) throw new UsageError('porthole usb rule add takes one VM config file and --vid, --pid, --serial, --class or --port-path');
+    const match: Record<string, unknown> = {};
+    const rule: Record<string, unknown> = { match };
+    for (const [flag, value] of values) {
+      if (flag === '--port') rule.port = /^\d+$/.test(value) ? Number(value) : value;
+      else match[RULE_FLAGS[flag]] = value;
+    }
+    if (force) rule.force = true;
+    try {
+      return { command: 'usb-rules', file, action: { op: 'add', rule: usbRuleFromJson(rule, 'the rule') } };
+    } catch (e) {
+      if (e instanceof UsbRuleError) throw new UsageError(e.message.replace(/the rule\.match\.(\w+)/, (_, f: string) => `--${ruleFlagOf(f)}`).replace(/the rule\.port/, '--port'));
+      throw e;
+    }
+  }
+  if (sub === 'rm' || sub === 'remove') {
+    if (file === undefined || rest.length !== 1 || !/^\d+$/.test(rest[0]) || values.size > 0 || force) {
+      throw new UsageError('porthole usb rule rm takes one VM config file and a rule number (see porthole usb rules FILE)');
+    }
+    return { command: 'usb-rules', file, action: { op: 'remove', index: Number(rest[0]) } };
+  }
+  throw new UsageError('porthole usb rule needs add or rm');
+}
+
+function ruleFlagOf(field: string): string {
+  const flag = Object.entries(RULE_FLAGS).find(([, f]) => f === field)?.[0];
+  return flag === undefined ? field : flag.slice(2);
 }
 
 function nonEmpty(flag: string, v: string): string {

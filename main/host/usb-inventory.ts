@@ -47,6 +47,11 @@ export interface HostUsbDeviceInfo {
   devicePath: string;
   /** Whether this user may open the device node (read and write); false: see permissionAdvice. */
   accessible: boolean;
+  /**
+   * The sysfs name a device in the same socket has on the other bus of its controller (an xHCI's
+   * USB 2 and USB 3 root hubs are two buses; sysfs's port "peer" link), or null.
+   */
+  peerName: string | null;
 }
 
 function readText(dir: string, name: string): string | null {
@@ -146,7 +151,32 @@ export function readSysfsUsbDevice(name: string, root = SYSFS_USB_DEVICES): Host
     isHub: classCode === 9,
     devicePath: nodePath(busNumber, deviceAddress),
     accessible: canOpen(nodePath(busNumber, deviceAddress)),
+    peerName: peerPortName(name, root),
   };
+}
+
+/**
+ * The name a device on the peer of `name`'s port would have: the port's directory is
+ * usbB/B-0:1.0/usbB-portP for a root port, else PARENT/PARENT:1.0/PARENT-portP, and its
+ * "peer" link names the companion port ("usb2-port1" → "2-1", "2-1-port4" → "2-1.4").
+ */
+export function peerPortName(name: string, root = SYSFS_USB_DEVICES): string | null {
+  const m = DEVICE_NAME.exec(name);
+  if (m === null) return null;
+  const ports = m[2].split('.');
+  const last = ports[ports.length - 1];
+  const parent = ports.length === 1 ? `usb${m[1]}` : `${m[1]}-${ports.slice(0, -1).join('.')}`;
+  const hubInterface = ports.length === 1 ? `${m[1]}-0:1.0` : `${parent}:1.0`;
+  let target: string;
+  try {
+    target = path.basename(fs.readlinkSync(path.join(root, parent, hubInterface, `${parent}-port${last}`, 'peer')));
+  } catch {
+    return null;
+  }
+  const rootPort = /^usb(\d+)-port(\d+)$/.exec(target);
+  if (rootPort) return `${rootPort[1]}-${rootPort[2]}`;
+  const hubPort = /^(\d+-\d+(?:\.\d+)*)-port(\d+)$/.exec(target);
+  return hubPort ? `${hubPort[1]}.${hubPort[2]}` : null;
 }
 
 function nodePath(bus: number, address: number): string {

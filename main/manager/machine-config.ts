@@ -109,6 +109,7 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
         if (d.kind === 'serial' && d.backend !== undefined) serialBackendOf(d.backend);
         return { ...usbDeviceChoice(d), ...port };
       }),
+      ...(spec.usb.rules === undefined || spec.usb.rules.length === 0 ? {} : { rules: structuredClone(spec.usb.rules) }),
     };
   }
   return c;

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type HostUsbDevicesEvent, type PciDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -30,6 +30,7 @@ import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/u
 import { hostNeeds } from '../host/host-needs';
 import { HostUsbWatch } from '../host/host-usb-watch';
 import { listPciDevices, pciSummary } from '../host/pci-inventory';
+import { describeUsbRule, firstMatchingRule, USB_MAX_RULES } from '../host/usb-rules';
 
 export function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null, all?: HostUsbDeviceInfo[]): HostUsbDeviceSummary {
   return {
@@ -386,7 +387,67 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   private hostUsbList(): HostUsbDeviceSummary[] {
     const held = new Map((this.options.usbJournal?.read().entries ?? []).map((e) => [e.sysfsName, `${e.vm} (process ${e.pid})`]));
     const all = listSysfsUsbDevices();
-    return all.map((d) => hostUsbSummary(d, held.get(d.sysfsName) ?? null, all));
+    const withRules = [...this.vms.values()]
+      .filter((vm) => (vm.record.spec.usb?.rules?.length ?? 0) > 0)
+      .sort((a, b) => a.record.createdAt.localeCompare(b.record.createdAt) || a.record.id.localeCompare(b.record.id));
+    return all.map((d) => {
+      const wantedBy: NonNullable<HostUsbDeviceSummary['wantedBy']> = [];
+      for (const vm of withRules) {
+        const rules = vm.record.spec.usb?.rules ?? [];
+        const r = firstMatchingRule(rules, d);
+        if (r >= 0) wantedBy.push({ vm: vm.record.id, vmName: vm.record.spec.name, rule: r, text: describeUsbRule(rules[r]) });
+      }
+      return { ...hostUsbSummary(d, held.get(d.sysfsName) ?? null, all), wantedBy };
+    });
+  }
+
+  // ---- auto-attach rules ---------------------------------------------------------
+
+  async listUsbRules(id: string): Promise<UsbRuleSpec[]> {
+    return structuredClone(this.entry(id).record.spec.usb?.rules ?? []);
+  }
+
+  async addUsbRule(id: string, rule: UsbRuleSpec): Promise<UsbRuleSpec[]> {
+    const vm = this.entry(id);
+    const rules = vm.record.spec.usb?.rules ?? [];
+    if (rules.length >= USB_MAX_RULES) throw new ApiError('invalid-argument', `A VM has at most ${USB_MAX_RULES} USB rules.`);
+    const next = [...rules, structuredClone(rule)];
+    await this.saveUsbRules(vm, next);
+    vm.log.addLine(`USB: rule ${next.length} added: ${describeUsbRule(rule)}`);
+    return structuredClone(next);
+  }
+
+  async removeUsbRule(id: string, index: number): Promise<UsbRuleSpec[]> {
+    const vm = this.entry(id);
+    const rules = vm.record.spec.usb?.rules ?? [];
+    if (index >= rules.length) throw new ApiError('not-found', rules.length === 0 ? 'This VM has no USB rules.' : `This VM has USB rules 0 to ${rules.length - 1}; there is no rule ${index}.`);
+    const next = rules.filter((_, i) => i !== index);
+    await this.saveUsbRules(vm, next);
+    vm.log.addLine(`USB: rule ${index + 1} removed: ${describeUsbRule(rules[index])}`);
+    return structuredClone(next);
+  }
+
+  /** Saves a VM's rules (atomically, with the rest of its settings) and hands them to its running process. */
+  private async saveUsbRules(vm: VmEntry, rules: UsbRuleSpec[]): Promise<void> {
+    const usb = vm.record.spec.usb;
+    if (usb === undefined || usb.controller !== 'xhci') {
+      throw new ApiError('invalid-state', 'This VM has no USB controller: turn it on in the VM\'s settings (Advanced) first.');
+    }
+    const { rules: _old, ...rest } = usb;
+    const spec: VmSpec = { ...vm.record.spec, usb: rules.length === 0 ? rest : { ...rest, rules } };
+    const record: VmRecord = { ...vm.record, spec, updatedAt: new Date().toISOString() };
+    this.library.save(record);
+    vm.record = record;
+    this.changed(vm);
+    this.hostUsbWatch.refresh();
+    const run = vm.run;
+    if (run !== null && (run.state === 'running' || run.state === 'paused')) {
+      try {
+        await run.usb({ op: 'set-rules', rules });
+      } catch (e) {
+        vm.log.addLine(`USB: the running VM did not take the new rules (${(e as Error).message}); they apply from its next start`);
+      }
+    }
   }
 
   /** The live host device list (host-usb-watch.ts), shared by every watcher. */

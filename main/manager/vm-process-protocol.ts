@@ -6,12 +6,15 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { VmState as HostState } from '../vmm/host/vm-host';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbErrorCode, UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
+import type { UsbRule } from '../host/usb-rules';
 import type { UsbCaptureOptions, UsbCaptureInfo, UsbTransferRecord } from '../api/contract';
 
 /** Capture requests for the VM host, on the same numbered path as USB requests. */
 export type VmCaptureRequest =
   | { op: 'capture-start'; options: UsbCaptureOptions }
-  | { op: 'capture-stop'; capture: number };
+  | { op: 'capture-stop'; capture: number }
+  /** The VM's auto-attach rules changed (host/usb-rules.ts): they apply to devices that appear from now on. */
+  | { op: 'set-rules'; rules: UsbRule[] };
 
 export type VmCommand = 'stop' | 'pause' | 'resume' | 'reset' | 'stats';
 

@@ -9,6 +9,7 @@ import type { MachineConfig } from '../vmm/config';
 import { UsbCaptureError } from '../vmm/host/usb-capture';
 import { VmHost } from '../vmm/host/vm-host';
 import { UsbRequestError, type UsbRequestBody } from '../vmm/shared/usb-messages';
+import { usbRulesFromJson } from '../host/usb-rules';
 import { SampleForwarder } from './sample-forwarder';
 import { TransferForwarder } from './transfer-forwarder';
 import type { VmCaptureRequest } from './vm-process-protocol';
@@ -193,6 +194,10 @@ async function runUsb(id: number, request: UsbRequestBody | VmCaptureRequest): P
         return;
       case 'keys':
         await h.sendUsbKeys(request.events);
+        send({ type: 'reply', id, ok: true });
+        return;
+      case 'set-rules':
+        h.setUsbRules(usbRulesFromJson(request.rules, 'rules'));
         send({ type: 'reply', id, ok: true });
         return;
       case 'capture-start':

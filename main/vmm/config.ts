@@ -1,5 +1,6 @@
 // The machine configuration: what the CLI, the config file and the manager all produce.
 // Parsing and validation live here so every entry point gives the same clear errors.
+import { reenumerationWindowFromJson, type UsbRule, UsbRuleError, usbRulesFromJson } from '../host/usb-rules';
 
 export type SerialBackend =
   | { kind: 'none' }
@@ -51,6 +52,10 @@ export interface UsbConfig {
   controller: 'none' | 'xhci';
   /** Plugged in at start, in order, each on the first free port of its speed. */
   devices: UsbDeviceConfig[];
+  /** Host USB devices this VM takes whenever they are there while it runs (host/usb-rules.ts); absent: none. */
+  rules?: UsbRule[];
+  /** How long a passed-through device that left may take to come back on the same host port and stay with this VM (ms; default 5000, 0: off). */
+  reenumerationWindowMs?: number;
 }
 
 export const USB_MAX_DEVICES = 8;
@@ -371,7 +376,7 @@ export function usbDeviceConfigFromJson(d: unknown, at: string): UsbDeviceConfig
 function usbConfigFromJson(v: unknown, where: string): UsbConfig {
   if (!isRecord(v)) throw new ConfigError(`${where} must be an object like {"controller": "xhci", "devices": [...]}`);
   for (const k of Object.keys(v)) {
-    if (k !== 'controller' && k !== 'devices') throw new ConfigError(`${where}: unknown field "${k}"`);
+    if (!['controller', 'devices', 'rules', 'reenumerationWindowMs'].includes(k)) throw new ConfigError(`${where}: unknown field "${k}"`);
   }
   const devicesIn = v.devices ?? [];
   if (!Array.isArray(devicesIn)) throw new ConfigError(`${where}.devices must be a list`);
@@ -387,7 +392,15 @@ function usbConfigFromJson(v: unknown, where: string): UsbConfig {
   const controller = v.controller ?? 'xhci';
   if (controller !== 'xhci' && controller !== 'none') throw new ConfigError(`${where}.controller must be "xhci" or "none"`);
   if (controller === 'none' && devices.length > 0) throw new ConfigError(`${where}: devices need a controller ("controller": "xhci")`);
-  return { controller, devices };
+  const usb: UsbConfig = { controller, devices };
+  try {
+    if (v.rules !== undefined) usb.rules = usbRulesFromJson(v.rules, `${where}.rules`);
+    if (v.reenumerationWindowMs !== undefined) usb.reenumerationWindowMs = reenumerationWindowFromJson(v.reenumerationWindowMs, `${where}.reenumerationWindowMs`);
+  } catch (e) {
+    throw e instanceof UsbRuleError ? new ConfigError(e.message) : e;
+  }
+  if (controller === 'none' && (usb.rules?.length ?? 0) > 0) throw new ConfigError(`${where}: rules need a controller ("controller": "xhci")`);
+  return usb;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -1,7 +1,7 @@
 // The USB panel's host device list: each host device's state as seen from one VM, the
 // action it offers, and the attach request. Pure functions; types-only imports, so unit
 // tests load this file on its own (test/helpers/renderer-module.ts).
-import type { HostUsbAttachSpec, HostUsbDeviceSummary, UsbPortInfo } from '../../main/api/contract';
+import type { HostUsbAttachSpec, HostUsbDeviceSummary, UsbPortInfo, UsbRuleSpec } from '../../main/api/contract';
 
 export type HostDeviceState =
   /** Passed through to this VM, on `port`. */
@@ -91,4 +91,29 @@ export function hostAttachSpec(device: Pick<HostUsbDeviceSummary, 'name'>, port:
 export function forceWarning(device: HostUsbDeviceSummary, reason: string): string {
   return `${hostDeviceName(device)} (${device.name}) is needed by the host: ${reason}. ` +
     'Passing it through takes it away from the host until the VM gives it back; unsaved data on a mounted disk may be lost. Pass it through anyway?';
+}
+
+/** The rule "Always attach to this VM" adds: the device's VID:PID, and its serial when it has one (that unit, on any port). */
+export function alwaysAttachRule(device: Pick<HostUsbDeviceSummary, 'vendorId' | 'productId' | 'serial'>): UsbRuleSpec {
+  const serial = device.serial?.trim();
+  return { match: { vendorId: device.vendorId, productId: device.productId, ...(serial ? { serial } : {}) } };
+}
+
+/** Whether a rule of VM `vmId` already takes the device. */
+export function ruleOfVmMatches(device: Pick<HostUsbDeviceSummary, 'wantedBy'>, vmId: string): boolean {
+  return (device.wantedBy ?? []).some((w) => w.vm === vmId);
+}
+
+/** Which rule would take the device, from VM `vmId`'s point of view, or null: "Rule 2 of this VM (46f4:0001)". */
+export function ruleText(device: Pick<HostUsbDeviceSummary, 'wantedBy'>, vmId: string): string | null {
+  const all = device.wantedBy ?? [];
+  if (all.length === 0) return null;
+  const said = all.map((w) => `rule ${w.rule + 1} of ${w.vm === vmId ? 'this VM' : `VM ${w.vmName}`} (${w.text})`);
+  const text = said.join('; ');
+  return `Taken by ${text}${all.length > 1 ? ' (the first running VM to see it takes it)' : ''}`;
+}
+
+/** Whether a row offers "Always attach to this VM": a VM with a USB controller, no rule of it taking the device yet, not a hub. */
+export function offersAlwaysAttach(device: Pick<HostUsbDeviceSummary, 'wantedBy' | 'isHub'>, vmId: string, vmHasUsb: boolean): boolean {
+  return vmHasUsb && !device.isHub && !ruleOfVmMatches(device, vmId);
 }

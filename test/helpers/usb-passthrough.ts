@@ -98,7 +98,7 @@ export const INFO: HostUsbDeviceInfo = {
   sysfsName: '1-1', busNumber: 1, deviceAddress: 2, portPath: [1], vendorId: 0x46f4, productId: 1, manufacturer: 'QEMU',
   product: 'QEMU USB HARDDRIVE', serial: 'RIGSTICK0', speed: 'super', classCode: 0, configuration: 1,
   interfaces: [{ sysfsName: '1-1:1.0', number: 0, alternate: 0, classCode: 8, subclass: 6, protocol: 0x50, driver: 'usb-storage' }],
-  isHub: false, devicePath: '/dev/bus/usb/001/002', accessible: true,
+  isHub: false, devicePath: '/dev/bus/usb/001/002', accessible: true, peerName: null,
 };
 
 export const CONFIG: HostDeviceConfig = {

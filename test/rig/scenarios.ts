@@ -80,6 +80,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { usb: true, usbAudio: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'usb-rules-l2',
+    description: 'auto-attach rules and re-enumeration with L1 as the host: a VM config with a rule for stick0 (porthole usb rule add) takes it at start and L2 sees it; QMP replaces it on the same port with a usb-uas (another product ID) at once and it comes back to the same VM and guest port, L2 sees the new ID; replugged after the window it stays with L1; stick0 replugged goes back by the rule',
+    // One L2 boot (25-80 s) and a few QMP plugs.
+    devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'usb-capture',
     description: 'porthole capture writes a pcapng file while Porthole\'s L2 Linux enumerates and reads an emulated stick (dd of known sectors); Debian\'s tshark decodes SCSI READ(10) inside USB Mass Storage, one covering dd\'s read; the file lands in build/rig/out/<run>/',
     // One L2 boot (25-80 s) and a few seconds of checks; multi-threaded TCG as for every L2 Linux boot.

@@ -78,6 +78,9 @@ function recorder(): Recorder {
     },
     detachUsbDevice: async (id, port) => { record('detachUsbDevice', id, port); },
     sendUsbKeys: async (id, keys) => { record('sendUsbKeys', id, keys); },
+    listUsbRules: async (id) => { record('listUsbRules', id); return []; },
+    addUsbRule: async (id, rule) => { record('addUsbRule', id, rule); return [rule]; },
+    removeUsbRule: async (id, index) => { record('removeUsbRule', id, index); return []; },
     listHostUsbDevices: async () => { record('listHostUsbDevices'); return []; },
     listPciDevices: async () => { record('listPciDevices'); return []; },
     attachHostUsbDevice: async (id, spec) => {

@@ -68,3 +68,19 @@ test('names, speeds, port paths and the attach spec', () => {
   assert.match(host.forceWarning(device({}), 'the host uses this disk: the root file system / is mounted from its sda2'),
     /^QEMU QEMU USB HARDDRIVE \(1-1\) is needed by the host: the host uses this disk: the root file system \/ is mounted from its sda2\. .*anyway\?$/);
 });
+
+test('rules: which rule would take a device, "Always attach to this VM" and the rule it adds', () => {
+  const d = device({});
+  assert.equal(host.ruleText(d, 'vm-a'), null);
+  assert.ok(host.offersAlwaysAttach(d, 'vm-a', true));
+  assert.ok(!host.offersAlwaysAttach(d, 'vm-a', false), 'a VM without a USB controller');
+  assert.ok(!host.offersAlwaysAttach(device({ isHub: true }), 'vm-a', true), 'hubs');
+  assert.deepEqual(host.alwaysAttachRule(d), { match: { vendorId: 0x46f4, productId: 1, serial: 'RIGSTICK0' } });
+  assert.deepEqual(host.alwaysAttachRule(device({ serial: null })), { match: { vendorId: 0x46f4, productId: 1 } });
+  const mine = device({ wantedBy: [{ vm: 'vm-a', vmName: 'A', rule: 1, text: '46f4:0001' }] });
+  assert.equal(host.ruleText(mine, 'vm-a'), 'Taken by rule 2 of this VM (46f4:0001)');
+  assert.ok(!host.offersAlwaysAttach(mine, 'vm-a', true), 'it has a rule here already');
+  const both = device({ wantedBy: [{ vm: 'vm-b', vmName: 'B', rule: 0, text: 'class 08' }, { vm: 'vm-a', vmName: 'A', rule: 1, text: '46f4:0001' }] });
+  assert.equal(host.ruleText(both, 'vm-a'), 'Taken by rule 1 of VM B (class 08); rule 2 of this VM (46f4:0001) (the first running VM to see it takes it)');
+  assert.ok(host.offersAlwaysAttach(device({ wantedBy: [{ vm: 'vm-b', vmName: 'B', rule: 0, text: 'x' }] }), 'vm-a', true));
+});

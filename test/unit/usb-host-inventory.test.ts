@@ -162,3 +162,19 @@ test('repair: a dead holder\'s drivers are bound again; live holders, moved devi
   repairUsbJournal(j, { sysfsRoot: root, pid: 4242 });
   assert.deepEqual(j.read().entries, []);
 });
+
+test('sysfs: the peer port on the controller\'s other bus (root and hub ports), or null', () => {
+  const { root } = fakeSysfs();
+  // usb1/1-0:1.0/usb1-port1/peer -> usb2-port1; 1-3's hub port 2 -> 2-3-port2 (a USB 3 hub's companion).
+  const portDir = (parent: string, itf: string, port: string) => {
+    const d = path.join(root, parent, itf, port);
+    fs.mkdirSync(d, { recursive: true });
+    return d;
+  };
+  fs.symlinkSync('../../../usb2/2-0:1.0/usb2-port1', path.join(portDir('usb1', '1-0:1.0', 'usb1-port1'), 'peer'));
+  fs.symlinkSync('../../../2-3/2-3:1.0/2-3-port2', path.join(portDir('1-3', '1-3:1.0', '1-3-port2'), 'peer'));
+  const all = listSysfsUsbDevices(root);
+  assert.equal(all.find((d) => d.sysfsName === '1-1')?.peerName, '2-1');
+  assert.equal(all.find((d) => d.sysfsName === '1-3.2')?.peerName, '2-3.2');
+  assert.equal(all.find((d) => d.sysfsName === '1-2')?.peerName, null, 'no peer link');
+});

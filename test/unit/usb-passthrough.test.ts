@@ -220,3 +220,21 @@ test('a device that leaves the host completes its transfers as no-device and is 
   assert.deepEqual(r.gone, ['gone']);
   assert.ok(r.logs.includes('usb-host 1-1: the device left the host'));
 });
+
+test('a device that left the host mid-transfer: no-device completions, then release neither waits for it nor rebinds drivers, and its journal entry goes', async () => {
+  const r = rig();
+  r.host.take();
+  const a = submit(r.device, transfer('bulk', 1, true, new Uint8Array(512)));
+  r.pump();
+  r.usb.complete('no-device', undefined, 0);
+  r.pump();
+  assert.equal(a[0].status, 'no-device');
+  assert.equal(r.device.inFlight, 0, 'nothing hangs');
+  r.host.markGone();
+  r.usb.failAttach = true; // a gone device takes no driver: it must not be asked
+  r.usb.calls = [];
+  const problems = await r.host.release();
+  assert.ok(!r.usb.calls.some((c) => c.startsWith('attach')), `no driver given back to a gone device: ${r.usb.calls.join(', ')}`);
+  assert.deepEqual(problems, []);
+  assert.deepEqual(r.journal.read().entries, [], 'the port path is free for what comes next');
+});

@@ -124,6 +124,15 @@ export class HostUsbPassthrough {
     });
   }
 
+  /**
+   * The device left the host (the VM host's list lost it): nothing is given back to a device
+   * that is not there, and its journal entry goes, so the port path is free for what comes next.
+   */
+  markGone(): void {
+    this.goneReported = true;
+    this.taken.length = 0;
+  }
+
   /** Transfers the host runs now. */
   get inFlight(): number {
     return this.transfers.size;
@@ -343,7 +352,7 @@ export class HostUsbPassthrough {
     } catch (e) {
       problems.push(`closing it: ${(e as Error).message}`);
     }
-    if (problems.length === 0) this.journal?.remove(this.info.sysfsName);
+    if (problems.length === 0 || this.goneReported) this.journal?.remove(this.info.sysfsName);
     return problems.map((p) => `usb-host ${this.info.sysfsName}: ${p}`);
   }
 

@@ -29,6 +29,8 @@ import { findHostUsbDevice, listSysfsUsbDevices, type HostUsbDeviceInfo } from '
 import { HOST_NEEDS_PATHS, hostNeeds } from '../../host/host-needs';
 import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
+import { HostUsbWatch } from '../../host/host-usb-watch';
+import { type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, UsbAutoAttach, type UsbRule } from '../../host/usb-rules';
 import { dataDir } from '../../manager/app-paths';
 import { HostNic } from './net-host';
 import { decodeNetRecord, NET_CHANNEL_TARGET } from '../shared/net-messages';
@@ -153,7 +155,19 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   }>();
 
   /** Host USB devices passed through, by handle, with the port each got. */
-  private readonly hostUsb = new Map<number, { passthrough: HostUsbPassthrough; port: number }>();
+  private readonly hostUsb = new Map<number, { passthrough: HostUsbPassthrough; port: number; force: boolean }>();
+  /**
+   * Auto-attach rules and re-enumeration (host/usb-rules.ts): fed by a live host device list
+   * while the VM runs with rules or host devices; its actions run one at a time, in order.
+   */
+  private autoAttach: UsbAutoAttach | null = null;
+  private stopHostUsbWatch: (() => void) | null = null;
+  private autoQueue: Promise<void> = Promise.resolve();
+  /** Looks at sysfs often while a device that left may come back (hot-plug events may not come: no udevd). */
+  private windowPoll: NodeJS.Timeout | null = null;
+  private windowPollUntil = 0;
+  private readonly hostUsbWatch = new HostUsbWatch<HostUsbDeviceInfo>(() => this.hostUsbSource.list(), undefined, undefined,
+    (line) => this.emit('log', `USB: ${line}`));
   private nextHostUsbHandle = 1;
   /** Passthrough records waiting to go to the machine (kept here, not in the backlog, which drops). */
   private passthroughOut: { kind: number; payload: Uint8Array }[] = [];
@@ -247,6 +261,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.stopServing();
       throw e;
     }
+    if ((this.config.usb?.rules?.length ?? 0) > 0) this.watchHostUsb();
   }
 
   private launchMachine(): Promise<void> {
@@ -352,6 +367,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private finish(end: MachineEnd, stats: MachineStats): void {
     this.stopServing();
     this.failUsbRequests('the VM stopped before the USB request was done');
+    this.stopHostUsbWatch?.();
+    this.stopHostUsbWatch = null;
+    this.autoAttach = null;
+    if (this.windowPoll !== null) clearInterval(this.windowPoll);
+    this.windowPoll = null;
     this.releaseHostUsb();
     this.emit('stats', this.statsSampler.sample());
     this.serviceMachine();
@@ -770,13 +790,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     const passthrough = new HostUsbPassthrough(info, handle, usb, {
       send: (kind, payload) => this.sendPassthrough(kind, payload),
       log: (text) => this.emit('log', text),
-      // Unplugged from the host: the guest sees it leave too.
-      gone: () => {
-        const entry = this.hostUsb.get(handle);
-        if (entry !== undefined && entry.port > 0) {
-          this.detachUsb(entry.port).catch((e: Error) => this.emit('log', `USB: unplugging host device ${info.sysfsName} from the VM failed: ${e.message}`));
-        }
-      },
+      // Unplugged from the host (or re-enumerating): the guest sees it leave too.
+      gone: () => this.hostUsbGone(handle),
     }, this.hostUsbSource.journal, this.config.name, this.hostUsbSource.sysfsRoot);
     try {
       passthrough.take();
@@ -788,7 +803,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       }
       throw new UsbRequestError('invalid-state', (e as Error).message);
     }
-    this.hostUsb.set(handle, { passthrough, port: 0 });
+    this.hostUsb.set(handle, { passthrough, port: 0, force });
     const product = [info.manufacturer, info.product].filter((x) => x).join(' ') || `USB device ${info.sysfsName}`;
     const speed = info.speed === 'super-plus' ? 'super' : info.speed ?? 'high';
     try {
@@ -799,12 +814,120 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       const entry = this.hostUsb.get(handle);
       if (entry) entry.port = state.port;
       this.emit('log', `USB: host device ${info.sysfsName} (${product}) passed through on port ${state.port}`);
+      // Watched from now on, so it can come back here if it re-enumerates.
+      this.watchHostUsb();
       return state;
     } catch (e) {
       this.hostUsb.delete(handle);
       await this.giveBack(passthrough);
       throw e;
     }
+  }
+
+  /** Starts following the host's device list for rules and re-enumeration (once per run). */
+  private watchHostUsb(): void {
+    if (this.stopHostUsbWatch !== null || this.config.usb?.controller !== 'xhci') return;
+    if (this._state !== 'running' && this._state !== 'paused') return;
+    this.autoAttach ??= new UsbAutoAttach(this.config.usb.rules ?? [], this.config.usb.reenumerationWindowMs ?? USB_REENUMERATION_WINDOW_MS);
+    this.stopHostUsbWatch = this.hostUsbWatch.watch((devices) => this.onHostUsbList(devices));
+  }
+
+  /** Replaces the auto-attach rules of the running VM (the manager saved new ones); they apply to devices that appear from now on. */
+  setUsbRules(rules: UsbRule[]): void {
+    if (this.config.usb === undefined) throw new UsbRequestError('invalid-state', 'this VM has no USB controller (its config has no "usb" section)');
+    this.config.usb.rules = rules;
+    if (this.autoAttach !== null) this.autoAttach.rules = rules;
+    if (rules.length > 0) this.watchHostUsb();
+  }
+
+  private heldHostUsb(): (HeldDevice & { handle: number })[] {
+    return [...this.hostUsb].map(([handle, e]) => ({
+      handle, sysfsName: e.passthrough.info.sysfsName, busNumber: e.passthrough.info.busNumber, deviceAddress: e.passthrough.info.deviceAddress,
+      vendorId: e.passthrough.info.vendorId, productId: e.passthrough.info.productId, guestPort: e.port, force: e.force,
+    }));
+  }
+
+  private onHostUsbList(devices: HostUsbDeviceInfo[]): void {
+    if (this.autoAttach === null || (this._state !== 'running' && this._state !== 'paused')) return;
+    for (const action of this.autoAttach.update(devices, this.heldHostUsb(), Date.now())) this.queueAutoAttach(action);
+  }
+
+  private queueAutoAttach(action: AutoAttachAction): void {
+    this.autoQueue = this.autoQueue.then(() => this.runAutoAttach(action)).catch((e: Error) => { this.emit('log', `USB: ${e.message}`); });
+  }
+
+  private async runAutoAttach(a: AutoAttachAction): Promise<void> {
+    if (this._state !== 'running' && this._state !== 'paused') return;
+    if (a.kind === 'gone') {
+      const held = this.heldHostUsb().find((h) => h.sysfsName === a.sysfsName);
+      if (held === undefined) return;
+      // A list read while sysfs was changing may miss a device: look once more before letting it go.
+      let still = false;
+      try {
+        still = this.hostUsbSource.list().some((d) => d.sysfsName === held.sysfsName && d.busNumber === held.busNumber && d.deviceAddress === held.deviceAddress);
+      } catch {
+        // Unreadable: go by the list that said it left.
+      }
+      if (!still) await this.unplugGone(held.handle);
+      return;
+    }
+    try {
+      const state = await this.attachHostUsb(a.sysfsName, a.port, a.force);
+      this.emit('log', `USB: ${a.why}: attached on port ${state.port}`);
+    } catch (e) {
+      if (a.port !== undefined && !/is in VM|host needs|no host USB device|permission/i.test((e as Error).message)) {
+        // Its old guest port is taken (or of the other speed now): any free port will do.
+        try {
+          const state = await this.attachHostUsb(a.sysfsName, undefined, a.force);
+          this.emit('log', `USB: ${a.why}: attached on port ${state.port} (port ${a.port}: ${(e as Error).message})`);
+          return;
+        } catch (e2) {
+          e = e2;
+        }
+      }
+      this.emit('log', `USB: not taking host device ${a.sysfsName} (${a.why}): ${(e as Error).message}`);
+    }
+  }
+
+  /** A host device in this VM left the host: remembered for re-enumeration, unplugged from the guest, its journal entry dropped. */
+  private hostUsbGone(handle: number): void {
+    const held = this.heldHostUsb().find((h) => h.handle === handle);
+    if (held === undefined) return;
+    this.autoAttach?.noteDeparted(held, Date.now());
+    // libusb said so: no second look (sysfs may still list it for a moment).
+    this.autoQueue = this.autoQueue.then(() => this.unplugGone(handle)).catch((e: Error) => { this.emit('log', `USB: ${e.message}`); });
+  }
+
+  /** Lists the host's devices every 250 ms until the re-enumeration window of a departure has passed. */
+  private pollDuringWindow(): void {
+    const windowMs = this.autoAttach?.windowMs ?? 0;
+    if (windowMs <= 0) return;
+    this.windowPollUntil = Date.now() + windowMs + 500;
+    if (this.windowPoll !== null) return;
+    this.windowPoll = setInterval(() => {
+      if (Date.now() > this.windowPollUntil || this.stopHostUsbWatch === null) {
+        if (this.windowPoll !== null) clearInterval(this.windowPoll);
+        this.windowPoll = null;
+        return;
+      }
+      this.hostUsbWatch.refresh();
+    }, 250);
+    this.windowPoll.unref();
+  }
+
+  private async unplugGone(handle: number): Promise<void> {
+    const entry = this.hostUsb.get(handle);
+    if (entry === undefined) return;
+    this.pollDuringWindow();
+    this.hostUsb.delete(handle);
+    entry.passthrough.markGone();
+    const name = entry.passthrough.info.sysfsName;
+    if (entry.port > 0) {
+      await this.usbRequest({ op: 'detach', port: entry.port }).catch((e: Error) => this.emit('log', `USB: unplugging host device ${name} from port ${entry.port} failed: ${e.message}`));
+    }
+    await this.giveBack(entry.passthrough);
+    const window = this.autoAttach?.awaiting(name, Date.now()) ? `; it goes back to this VM if it comes back on host port ${name} within ${this.autoAttach.windowMs / 1000} s` : '';
+    this.emit('log', `USB: host device ${name} left the host and was unplugged from port ${entry.port}${window}`);
   }
 
   private async giveBack(passthrough: HostUsbPassthrough): Promise<void> {

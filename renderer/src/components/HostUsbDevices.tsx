@@ -4,7 +4,7 @@ import { useEffect, useId, useState } from 'react';
 import type { HostUsbDeviceSummary, UsbPortInfo, VmSummary } from '../../../main/api/contract';
 import { errorSentence, type VmStore } from '../store';
 import {
-  forceWarning, hostAttachSpec, hostDeviceAction, hostDeviceName, hostDeviceState, hostPortText, hostSpeedLabel, hostStateText,
+  alwaysAttachRule, forceWarning, hostAttachSpec, offersAlwaysAttach, ruleText, hostDeviceAction, hostDeviceName, hostDeviceState, hostPortText, hostSpeedLabel, hostStateText,
   UDEV_RELOAD, UDEV_RULE_FILE,
 } from '../host-usb';
 import { formatVidPid, portLabel } from '../usb';
@@ -49,6 +49,16 @@ export function HostUsbDevices({ store, vm, ports, reload, disabled }: Props) {
     const ok = await store.run(vm.id, 'Giving the device back…', () => store.api.detachUsbDevice(vm.id, vmPort));
     if (ok !== null) store.notify('info', `${vm.spec.name}: ${hostDeviceName(d)} went back to the host.`);
     await reload();
+  };
+
+  const vmHasUsb = vm.spec.usb?.controller === 'xhci';
+
+  /** Adds a rule for the device to this VM; a running VM takes a free device now too. */
+  const always = async (d: HostUsbDeviceSummary, free: boolean) => {
+    const rules = await store.run(vm.id, 'Adding a rule…', () => store.api.addUsbRule(vm.id, alwaysAttachRule(d)));
+    if (rules === null) return;
+    store.notify('info', `${vm.spec.name}: ${hostDeviceName(d)} is attached to this VM whenever it is there (rule ${rules.length}).`);
+    if (running && free) await attach(d, false);
   };
 
   const copy = async (rule: string) => {
@@ -100,6 +110,7 @@ export function HostUsbDevices({ store, vm, ports, reload, disabled }: Props) {
                   <td className="usb-nowrap"><code>{d.name}</code> <span className="muted">({hostPortText(d)})</span></td>
                   <td>
                     {hostStateText(state)}
+                    {ruleText(d, vm.id) !== null && <div className="muted host-usb-rule-of">{ruleText(d, vm.id)}</div>}
                     {state.kind === 'no-permission' && (
                       <div className="host-usb-rule">
                         <p className="muted">Install this udev rule in <code>{UDEV_RULE_FILE}</code>, run <code>{UDEV_RELOAD}</code> and replug the device:</p>
@@ -120,6 +131,12 @@ export function HostUsbDevices({ store, vm, ports, reload, disabled }: Props) {
                       <button type="button" className="danger" disabled={disabled || free.length === 0}
                         onClick={() => setForcing({ device: d, reason: state.reason })} aria-label={`Force ${name} into this VM`}>
                         Force…
+                      </button>
+                    )}
+                    {offersAlwaysAttach(d, vm.id, vmHasUsb) && (
+                      <button type="button" disabled={disabled} onClick={() => void always(d, state.kind === 'free' && free.length > 0)}
+                        aria-label={`Always attach ${name} to this VM`}>
+                        Always attach to this VM
                       </button>
                     )}
                     {action === 'detach' && state.kind === 'here' && (
