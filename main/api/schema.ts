@@ -6,7 +6,7 @@ import {
   type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
   type VmSpec, type VmUsbSpec,
 } from './contract';
-import { USB_MAX_RULES, usbRuleFromJson } from '../host/usb-rules';
+import { USB_MAX_RULES, usbRuleFromJson } from './usb-rule';
 import { USB_PORT_COUNT, usbDeviceChoice, usbDeviceProblems } from './usb-input';
 
 function isRecord(v: unknown): v is Record<string, unknown> {

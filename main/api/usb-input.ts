@@ -13,7 +13,7 @@
 //   in order and come up in reverse.
 // Text mode ({ text }) types printable ASCII, "\n" (Enter) and "\t" (Tab) on a US layout.
 import { ApiError, type HostUsbAttachSpec, type UsbCaptureOptions, type UsbDeviceSpec, type UsbRuleSpec } from './contract';
-import { USB_MAX_RULES, usbRuleFromJson } from '../host/usb-rules';
+import { USB_MAX_RULES, usbRuleFromJson } from './usb-rule';
 
 /** A key event for the USB keyboard: a Keyboard/Keypad page usage (HID Usage Tables 10), down or up. */
 export interface UsbKeyEvent {
