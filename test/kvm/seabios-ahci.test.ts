@@ -10,24 +10,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { defaultConfig, type DiskConfig, type MachineConfig } from '../../main/vmm/config';
+import { assertDiskBootWroteSector2, DEBUGCON, DISK_BOOT_MARKER, DISK_BOOT_MS, DISK_BOOT_WROTE, diskBootImage, firmwareWithDisks, SEABIOS } from '../helpers/disk-boot';
 import { guest, kvmSkipReason, runVm } from '../helpers/vm';
 
-const SEABIOS = '/usr/share/seabios/bios-256k.bin';
 const skip = kvmSkipReason() ?? (fs.existsSync(SEABIOS) ? false : `${SEABIOS} is missing (run scripts/fixtures.sh)`);
-const DEBUGCON = 4;
-const MARKER = 'PORTHOLE-DISK-LBA1';
-const BOOT_MS = 45_000;
 const CD_BLOCK = 2048;
-
-function diskImage(dir: string): string {
-  const image = Buffer.alloc(4 * 1024 * 1024);
-  fs.readFileSync(guest('disk-boot')).copy(image, 0);
-  image.write(MARKER, 512, 'latin1');
-  const file = path.join(dir, 'disk.img');
-  fs.writeFileSync(file, image);
-  return file;
-}
 
 /**
  * A minimal El Torito ISO (ECMA-119 volume descriptors, El Torito 1.0 boot catalog): the
@@ -69,28 +56,22 @@ export function elToritoIso(bootSector: Buffer): Buffer {
   iso.writeUInt16LE(4, catalog + 38); // four 512-byte sectors: one block
   iso.writeUInt32LE(20, catalog + 40);
   bootSector.copy(iso, 20 * CD_BLOCK);
-  iso.write(MARKER, CD_BLOCK, 'latin1');
+  iso.write(DISK_BOOT_MARKER, CD_BLOCK, 'latin1');
   return iso;
-}
-
-function config(disks: DiskConfig[]): MachineConfig {
-  return { ...defaultConfig(), boot: { kind: 'firmware' }, memoryBytes: 256 * 1024 * 1024, debugExit: true, debugcon: { kind: 'none' }, disks };
 }
 
 test('SeaBIOS boots from an AHCI SATA disk (its only disk), reads its second sector and writes its third', { skip }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-ahci-boot-'));
   try {
-    const disk = diskImage(dir);
-    const r = await runVm(config([{ path: disk, readOnly: false, bus: 'sata' }]), { timeoutMs: BOOT_MS });
+    const disk = diskBootImage(dir);
+    const r = await runVm(firmwareWithDisks([{ path: disk, readOnly: false, bus: 'sata' }]), { timeoutMs: DISK_BOOT_MS });
     const log = r.output[DEBUGCON];
     assert.deepEqual(r.end, { reason: 'poweroff', exitCode: 0x55 }, log);
     assert.match(log, /AHCI controller at 00:05\.0/);
     assert.match(log, /AHCI\/0: registering: "AHCI\/0: Porthole SATA disk ATA-8 Hard-Disk/);
     assert.match(log, /Booting from Hard Disk/);
-    assert.match(log, /disk-boot: running from the disk\ndisk-boot: sector 1 holds the marker\ndisk-boot: wrote sector 2\n/);
-    const sector2 = fs.readFileSync(disk).subarray(1024, 1536);
-    assert.ok(sector2.includes('disk-boot: running from the disk'), 'the boot sector is in sector 2 of the image');
-    assert.equal(sector2.readUInt16LE(510), 0xaa55);
+    assert.match(log, DISK_BOOT_WROTE);
+    assertDiskBootWroteSector2(disk);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -102,10 +83,10 @@ test('SeaBIOS boots an El Torito ISO on the AHCI CD-ROM (beside an empty drive),
     const file = path.join(dir, 'boot.iso');
     const iso = elToritoIso(fs.readFileSync(guest('disk-boot')));
     fs.writeFileSync(file, iso);
-    const r = await runVm(config([
+    const r = await runVm(firmwareWithDisks([
       { readOnly: true, bus: 'sata', media: 'cdrom' },
       { path: file, readOnly: true, bus: 'sata', media: 'cdrom' },
-    ]), { timeoutMs: BOOT_MS });
+    ]), { timeoutMs: DISK_BOOT_MS });
     const log = r.output[DEBUGCON];
     assert.deepEqual(r.end, { reason: 'poweroff', exitCode: 0x47 }, log);
     assert.match(log, /AHCI\/1: registering: "DVD\/CD \[AHCI\/1: Porthole DVD-ROM ATAPI-8 DVD\/CD\]"/);
@@ -121,7 +102,7 @@ test('a missing ISO for the AHCI CD-ROM is one clear error before boot, naming t
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-ahci-cd-'));
   try {
     const missing = path.join(dir, 'nope.iso');
-    const outcome = await runVm(config([{ path: missing, readOnly: true, bus: 'sata', media: 'cdrom' }]), { timeoutMs: 30_000 }).then(
+    const outcome = await runVm(firmwareWithDisks([{ path: missing, readOnly: true, bus: 'sata', media: 'cdrom' }]), { timeoutMs: 30_000 }).then(
       (end) => (end.end.reason === 'error' ? end.end.message : `ended: ${end.end.reason}`), (e: Error) => e.message);
     assert.equal(outcome, `disk image ${missing}: it does not exist`);
   } finally {

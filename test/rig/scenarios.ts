@@ -81,7 +81,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'usb-rules-l2',
-    description: 'auto-attach rules and re-enumeration with L1 as the host: a VM config with a rule for stick0 (porthole usb rule add) takes it at start and L2 sees it; QMP replaces it on the same port with a usb-uas (another product ID) at once and it comes back to the same VM and guest port, L2 sees the new ID; replugged after the window it stays with L1; stick0 replugged goes back by the rule',
+    description: 'auto-attach rules and re-enumeration with L1 as the host: a VM config with a rule for stick0 (porthole usb rule add) takes it at start and L2 sees it; QMP replaces it on the same port with a usb-serial (FTDI 0403:6001, another product ID) at once and it comes back to the same VM and guest port, L2 sees the new ID; replugged after the window it stays with L1; stick0 replugged goes back by the rule',
     // One L2 boot (25-80 s) and a few QMP plugs.
     devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },

@@ -1,10 +1,10 @@
 // Auto-attach rules and re-enumeration with L1 as the host. A VM config gets a rule for
 // stick0's VID:PID (`porthole usb rule add`); `porthole run --config` boots the L2 kit and:
 // - stick0, already in L1 when the VM starts, is attached by the rule, and L2 sees it;
-// - QMP unplugs stick0 and adds a usb-uas device (another product ID) on the same port at
+// - QMP unplugs stick0 and adds a usb-serial device (an FTDI, 0403:6001) on the same port at
 //   once, imitating a re-enumeration: it goes back to the same VM on the same guest port, the
 //   VM log says "re-enumerated as", and L2's sysfs shows the new product ID;
-// - unplugged, and after the window a usb-uas again on that port: no rule matches, so it stays
+// - unplugged, and after the window the usb-serial again on that port: no rule matches, so it stays
 //   with L1 (L1's driver binds it, the VM has no host device);
 // - stick0 replugged on that port much later: the rule takes it back into the VM.
 import fs from 'node:fs';
@@ -73,10 +73,11 @@ scenario('usb-rules-l2', async (ctx) => {
   const seen = await untilAsync('L2 to see stick0', 120000, async () => ((await l2Ids()).includes(sysStick.id) ? true : null));
   if (seen) found.push(`stick0 (${sysStick.id}) attached at start by the rule on guest port ${guestPort} and seen in L2`);
 
-  // 2. Re-enumeration: unplugged and a usb-uas on the same port at once.
+  // 2. Re-enumeration: unplugged and a usb-serial on the same port at once.
   const stickProps = (await ctx.rig.devices()).find((d) => d.id === 'stick0')!.props;
+  await ctx.rig.qmp('chardev-add', { id: 'renumchr', backend: { type: 'ringbuf', data: {} } });
   await ctx.rig.unplug('stick0');
-  await ctx.rig.plug('uas0', 'usb-uas', { bus: String(stickProps.bus), port: String(stickProps.port) });
+  await ctx.rig.plug('renum0', 'usb-serial', { bus: String(stickProps.bus), port: String(stickProps.port), chardev: 'renumchr' });
   const renum = await until('the re-enumerated device back in the VM', 60000, () =>
     hostPorts().find((l) => l.includes(`host ${sysStick.name}`) && !l.includes(sysStick.id)) ?? null).catch((e: Error) => {
     throw new Error(`${e.message}; L1's USB devices: ${sysfsUsbDevices().map((d) => `${d.name} ${d.id} ${d.drivers.join(',')}`).join(' / ')}`);
@@ -92,10 +93,10 @@ scenario('usb-rules-l2', async (ctx) => {
   found.push(`unplugged and re-added as ${newId} on the same host port: back on guest port ${guestPort}, L2 sees ${newId} ("${said.replace(/^.*USB: /, '')}")`);
 
   // 3. Outside the window, a device no rule matches stays with L1.
-  await ctx.rig.unplug('uas0');
+  await ctx.rig.unplug('renum0');
   await until('the VM to let go of the device', 30000, () => (hostPorts().length === 0 ? true : null));
   await sleep(WINDOW_MS + 2000);
-  await ctx.rig.plug('uas0');
+  await ctx.rig.plug('renum0');
   const onHost = await until(`${newId} back in L1 with a driver`, 60000, () =>
     sysfsUsbDevices().find((d) => d.name === sysStick.name && d.id === newId && d.drivers.some((x) => x !== '-')) ?? null);
   await sleep(5000); // two polls of the VM's list at least
@@ -103,8 +104,8 @@ scenario('usb-rules-l2', async (ctx) => {
   found.push(`replugged ${WINDOW_MS / 1000 + 2} s later as ${newId}: stays in L1 (drivers ${onHost.drivers.join(',')})`);
 
   // 4. The rule's device replugged: back into the VM.
-  await ctx.rig.unplug('uas0');
-  await until('the usb-uas gone from L1', 30000, () => (sysfsUsbDevices().some((d) => d.name === sysStick.name) ? null : true));
+  await ctx.rig.unplug('renum0');
+  await until('the usb-serial gone from L1', 30000, () => (sysfsUsbDevices().some((d) => d.name === sysStick.name) ? null : true));
   await ctx.rig.plug('stick0');
   const again = await until('the rule to take stick0 again', 60000, () => hostPorts().find((l) => l.includes(sysStick.id)) ?? null);
   await untilAsync('L2 to see stick0 again', 60000, async () => ((await l2Ids()).includes(sysStick.id) ? true : null));
