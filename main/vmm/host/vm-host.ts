@@ -94,6 +94,9 @@ interface Backlogged {
   payload: Uint8Array;
 }
 
+/** Waits before each try to take a host device that just appeared (it may still be enumerating). */
+const ENUMERATION_RETRY_MS = [0, 300, 700, 1500, 2500];
+
 export class VmHost extends EventEmitter<VmHostEvents> {
   private worker: Worker | null = null;
   private control = new ControlBlock();
@@ -871,22 +874,34 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       if (!still) await this.unplugGone(held.handle);
       return;
     }
-    try {
-      const state = await this.attachHostUsb(a.sysfsName, a.port, a.force);
-      this.emit('log', `USB: ${a.why}: attached on port ${state.port}`);
-    } catch (e) {
-      if (a.port !== undefined && !/is in VM|host needs|no host USB device|permission/i.test((e as Error).message)) {
-        // Its old guest port is taken (or of the other speed now): any free port will do.
-        try {
-          const state = await this.attachHostUsb(a.sysfsName, undefined, a.force);
-          this.emit('log', `USB: ${a.why}: attached on port ${state.port} (port ${a.port}: ${(e as Error).message})`);
-          return;
-        } catch (e2) {
-          e = e2;
+    // A device that just appeared may still be enumerating (node-usb cannot find or open it
+    // yet): try again a few times, over about 5 s, before giving up.
+    let failure: unknown = null;
+    for (const waitMs of ENUMERATION_RETRY_MS) {
+      if (waitMs > 0) {
+        await new Promise((resolve) => setTimeout(resolve, waitMs));
+        if (this._state !== 'running' && this._state !== 'paused') return;
+      }
+      try {
+        const state = await this.attachHostUsb(a.sysfsName, a.port, a.force);
+        this.emit('log', `USB: ${a.why}: attached on port ${state.port}${failure === null ? '' : ' (once it had finished enumerating)'}`);
+        return;
+      } catch (e) {
+        failure = e;
+        if (a.port !== undefined && !/is in VM|host needs|no host USB device|permission|is gone/i.test((e as Error).message)) {
+          // Its old guest port is taken (or of the other speed now): any free port will do.
+          try {
+            const state = await this.attachHostUsb(a.sysfsName, undefined, a.force);
+            this.emit('log', `USB: ${a.why}: attached on port ${state.port} (port ${a.port}: ${(e as Error).message})`);
+            return;
+          } catch (e2) {
+            failure = e2;
+          }
         }
       }
-      this.emit('log', `USB: not taking host device ${a.sysfsName} (${a.why}): ${(e as Error).message}`);
+      if (!/is gone|no host USB device/i.test((failure as Error).message)) break;
     }
+    this.emit('log', `USB: not taking host device ${a.sysfsName} (${a.why}): ${(failure as Error).message}`);
   }
 
   /** A host device in this VM left the host: remembered for re-enumeration, unplugged from the guest, its journal entry dropped. */
