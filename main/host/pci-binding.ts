@@ -9,7 +9,22 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { hostNeedsPciDevice, isPciAddress, pciDevicesDir, pciDriversDir, readPciDevice, SYSFS_ROOT, type HostRoots } from './pci-inventory';
-import type { PciJournalEntry } from './usb-journal';
+
+/** A PCI device moved to vfio-pci, as the host device journal (usb-journal.ts) records it. */
+export interface PciJournalEntry {
+  kind: 'pci';
+  /** "0000:01:00.0" */
+  address: string;
+  vendorId: number;
+  deviceId: number;
+  /** The driver it had, or null. */
+  driver: string | null;
+  /** The driver_override it had, or null. */
+  driverOverride: string | null;
+  pid: number;
+  vm: string;
+  takenAt: string;
+}
 
 export const VFIO_PCI = 'vfio-pci';
 

@@ -13,7 +13,9 @@
 // naming the driver and driver_override to restore; the same repair gives them back.
 import fs from 'node:fs';
 import path from 'node:path';
-import { restorePciDriver } from './pci-binding';
+import { restorePciDriver, type PciJournalEntry } from './pci-binding';
+
+export type { PciJournalEntry } from './pci-binding';
 import { isPciAddress, SYSFS_ROOT } from './pci-inventory';
 import { readSysfsUsbDevice, SYSFS_USB_DEVICES } from './usb-inventory';
 
@@ -37,22 +39,6 @@ export interface JournalEntry {
   vm: string;
   takenAt: string;
   interfaces: TakenInterface[];
-}
-
-/** A PCI device moved to vfio-pci. */
-export interface PciJournalEntry {
-  kind: 'pci';
-  /** "0000:01:00.0" */
-  address: string;
-  vendorId: number;
-  deviceId: number;
-  /** The driver it had, or null. */
-  driver: string | null;
-  /** The driver_override it had, or null. */
-  driverOverride: string | null;
-  pid: number;
-  vm: string;
-  takenAt: string;
 }
 
 export const JOURNAL_FOLDER = 'usb-taken';
