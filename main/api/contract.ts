@@ -153,6 +153,42 @@ export interface VmSpec {
   debugExit: boolean;
   /** The USB controller and the devices plugged in at start; absent: no USB controller. */
   usb?: VmUsbSpec;
+  /**
+   * Disks (any boot kind), after a firmware boot's `boot.disks`: virtio-blk (PCI 00:08.0 on) or
+   * SATA on the AHCI controller; absent: none beyond `boot.disks`.
+   */
+  disks?: VmDiskSpec[];
+  /** A CD-ROM drive on the AHCI controller (its disc can be changed while the VM runs); absent: none. */
+  cdrom?: VmCdromSpec;
+  /** Network cards, PCI 00:10.0 on; absent: none. */
+  nics?: VmNicSpec[];
+}
+
+/** A disk image: `bus` "virtio" (the default) or "sata"; `format` absent: detected (qcow2 by its magic, else raw). */
+export interface VmDiskSpec {
+  path: string;
+  bus?: 'virtio' | 'sata';
+  format?: 'raw' | 'qcow2';
+  readOnly?: boolean;
+}
+
+/** A CD-ROM drive: `path` an ISO, or "" for an empty drive; `boot`: SeaBIOS tries the CD before the hard disks. */
+export interface VmCdromSpec {
+  path: string;
+  boot?: boolean;
+}
+
+/**
+ * A network card: `model` and `backend.kind` from NIC_MODEL_CHOICES and NIC_BACKEND_CHOICES
+ * (main/api/nic-choices.ts), the backend's other fields as text (e.g. { kind: "tap", ifname:
+ * "tap0" }, { kind: "socket", mode: "listen", path: "/tmp/net.sock" }); `mac` absent: a stable
+ * one made from the VM's name; `pcap`: an absolute path for a pcapng file of its frames.
+ */
+export interface VmNicSpec {
+  model: string;
+  mac?: string;
+  backend: { kind: string } & Record<string, string>;
+  pcap?: string;
 }
 
 export interface VmUsbSpec {
@@ -410,6 +446,38 @@ export interface PciDeviceSummary {
   heldBy: string | null;
 }
 
+// ---------------------------------------------------------------------------------
+// CD-ROM drives of a running VM (ATAPI on the AHCI controller)
+
+/** A CD-ROM drive and the disc in it (listCdromDrives, insertCdrom, ejectCdrom). */
+export interface CdromDriveInfo {
+  /** Its name, as in the log and statistics ("disk1", or the config's name). */
+  drive: string;
+  /** Its SATA port on the AHCI controller (0-based). */
+  port: number;
+  /** The ISO in it, or null for no disc. */
+  path: string | null;
+  /** Whether the guest has locked the disc in (PREVENT ALLOW MEDIUM REMOVAL). */
+  locked: boolean;
+  trayOpen: boolean;
+}
+
+/** insertCdrom's media: an ISO (absolute path) for a drive (absent: the first). */
+export interface CdromInsertSpec {
+  path: string;
+  drive?: string;
+  /** Swap a disc the guest has locked in. */
+  force?: boolean;
+}
+
+/** ejectCdrom's options. */
+export interface CdromEjectSpec {
+  /** Absent: the first drive. */
+  drive?: string;
+  /** Eject although the guest has locked the disc in. */
+  force?: boolean;
+}
+
 /** Which host device attachHostUsbDevice passes through, and optionally onto which port. */
 export interface HostUsbAttachSpec {
   /** Its port path ("1-1.4"), BUS:ADDR ("1:3") or VID:PID ("46f4:0001", if only one matches). */
@@ -644,6 +712,21 @@ export interface PortholeApi {
    * and complete, decoded, in batches. Resolves to a function that ends the stream.
    */
   watchUsbTransfers(id: VmId, listener: (event: UsbTransfersEvent) => void): Promise<() => void>;
+
+  /** The VM's CD-ROM drives and their discs. Only while it runs or is paused. */
+  listCdromDrives(id: VmId): Promise<CdromDriveInfo[]>;
+  /**
+   * Puts an ISO in a CD-ROM drive of a running (or paused) VM; the guest sees a new medium
+   * (UNIT ATTENTION, a media event). A disc already there is swapped; one the guest has locked
+   * in is refused ("invalid-state") unless `force`. A missing ISO is "not-found", one in use
+   * "invalid-state". Resolves with the drives after it.
+   */
+  insertCdrom(id: VmId, media: CdromInsertSpec): Promise<CdromDriveInfo[]>;
+  /**
+   * Takes the disc out of a CD-ROM drive. While the guest has locked it in this is refused
+   * ("invalid-state", and the guest is asked to eject it) unless `force`.
+   */
+  ejectCdrom(id: VmId, options: CdromEjectSpec): Promise<CdromDriveInfo[]>;
 
   /** The native file dialog (Electron only; see AppInfo.capabilities). Resolves to null if cancelled. */
   chooseFile(choice: FileChoice): Promise<string | null>;

@@ -8,6 +8,7 @@
 // No Node or DOM imports: the renderer may import this file.
 import type { PortholeApi } from './contract';
 import { parseConsoleInput, parseConsolePort, parseFileChoice, parseStatsInterval, parseVmId, parseVmSpec } from './schema';
+import { parseCdromEjectSpec, parseCdromInsertSpec } from './media-input';
 import { parseHostUsbAttachSpec, parseUsbRule, parseUsbRuleIndex, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
@@ -69,6 +70,8 @@ const usbRuleIndex = { name: 'index', parse: parseUsbRuleIndex } as const;
 const statsInterval = { name: 'intervalMs', parse: parseStatsInterval } as const;
 const usbCapture = { name: 'options', parse: parseUsbCaptureOptions } as const;
 const usbCaptureId = { name: 'capture', parse: parseUsbCaptureId } as const;
+const cdromInsert = { name: 'media', parse: parseCdromInsertSpec } as const;
+const cdromEject = { name: 'options', parse: parseCdromEjectSpec } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
@@ -124,6 +127,9 @@ export const API_METHODS = {
     kind: 'stream', args: [vmId], close: 'unwatchUsbTransfers', message: 'usb-transfers', subscribe: 'subscribeUsbTransfers',
     maxPerSession: 16, noun: 'USB transfer streams',
   },
+  listCdromDrives: call(vmId),
+  insertCdrom: call(vmId, cdromInsert),
+  ejectCdrom: call(vmId, cdromEject),
   chooseFile: call(fileChoice),
   onEvent: { kind: 'events' },
 } as const satisfies Record<keyof PortholeApi, MethodEntry>;

@@ -4,8 +4,9 @@
 import {
   ApiError, CONSOLE_PORTS, LIMITS, VM_ID_PATTERN,
   type BootSpec, type ConsolePort, type FieldProblem, type FileChoice, type FilePurpose, type SerialForward, type UsbDeviceSpec,
-  type VmSpec, type VmUsbSpec,
+  type VmCdromSpec, type VmDiskSpec, type VmNicSpec, type VmSpec, type VmUsbSpec,
 } from './contract';
+import { NIC_BACKEND_CHOICES, NIC_MODEL_CHOICES, nicBackendChoice } from './nic-choices';
 import { USB_MAX_RULES, usbRuleFromJson } from './usb-rule';
 import { USB_PORT_COUNT, usbDeviceChoice, usbDeviceProblems } from './usb-input';
 
@@ -75,7 +76,15 @@ const FIELD_LABELS: Record<string, string> = {
   usb: 'USB',
   'usb.controller': 'USB controller',
   'usb.devices': 'USB devices',
+  disks: 'Disks',
+  cdrom: 'CD-ROM',
+  'cdrom.path': 'CD-ROM ISO image',
+  'cdrom.boot': 'Boot from CD',
+  nics: 'Network cards',
 };
+
+/** Disks and NICs a spec may list (as the VMM: 8 virtio disks, 6 SATA ports, 4 NICs). */
+export const DEVICE_LIMITS = { disks: 14, nics: 4 } as const;
 
 /** "boot.disks.1" → "Disk image 2", "serial.0" → "COM1", else the label of the field. */
 export function fieldLabel(field: string): string {
@@ -87,9 +96,25 @@ export function fieldLabel(field: string): string {
   if (com) return `COM${Number(com[1]) + 1}`;
   const rule = /^usb\.rules\.(\d+)$/.exec(field);
   if (rule) return `USB rule ${Number(rule[1]) + 1}`;
+  const vmDisk = /^disks\.(\d+)(?:\.(\w+))?$/.exec(field);
+  if (vmDisk) return `Disk ${Number(vmDisk[1]) + 1}${vmDisk[2] === undefined ? '' : ` ${{ path: 'image', bus: 'bus', format: 'format', readOnly: 'read-only setting' }[vmDisk[2]] ?? vmDisk[2]}`}`;
+  const nic = /^nics\.(\d+)(?:\.(.+))?$/.exec(field);
+  if (nic) {
+    const part = nic[2] === undefined ? '' : nic[2] === 'mac' ? ' MAC address' : nic[2] === 'pcap' ? ' capture file' : nic[2] === 'model' ? ' model' : nic[2] === 'backend.kind' ? ' backend' : ` ${nicFieldLabel(nic[2])}`;
+    return `NIC ${Number(nic[1]) + 1}${part}`;
+  }
   const usb = /^usb\.devices\.(\d+)(\.path)?$/.exec(field);
   if (usb) return `USB device ${Number(usb[1]) + 1}${usb[2] ? ' image' : ''}`;
   return FIELD_LABELS[field] ?? field;
+}
+
+function nicFieldLabel(sub: string): string {
+  const key = sub.replace(/^backend\./, '');
+  for (const b of NIC_BACKEND_CHOICES) {
+    const f = b.fields.find((x) => x.key === key);
+    if (f) return f.label.charAt(0).toLowerCase() + f.label.slice(1);
+  }
+  return key;
 }
 
 function problem(field: string, what: string): FieldProblem {
@@ -210,7 +235,7 @@ function copyUsb(u: VmUsbSpec): VmUsbSpec {
 export function vmSpecProblems(input: unknown): FieldProblem[] {
   const out: FieldProblem[] = [];
   if (!isRecord(input)) return [{ field: '', message: 'The VM settings must be an object.' }];
-  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'usb'], '', out);
+  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'usb', 'disks', 'cdrom', 'nics'], '', out);
   const name = input.name;
   if (typeof name !== 'string' || name.trim() === '') out.push(problem('name', 'is required'));
   else if (name.length > LIMITS.nameMaxLength) out.push(problem('name', `must be at most ${LIMITS.nameMaxLength} characters`));
@@ -234,7 +259,118 @@ export function vmSpecProblems(input: unknown): FieldProblem[] {
   }
   if (typeof input.debugExit !== 'boolean') out.push(problem('debugExit', 'must be true or false'));
   if (input.usb !== undefined) usbProblems(input.usb, out);
+  if (input.disks !== undefined) diskProblems(input.disks, out);
+  if (input.cdrom !== undefined) cdromProblems(input.cdrom, input.boot, out);
+  if (input.nics !== undefined) nicProblems(input.nics, out);
   return out;
+}
+
+function diskProblems(v: unknown, out: FieldProblem[]): void {
+  if (!Array.isArray(v)) {
+    out.push(problem('disks', 'must be a list'));
+    return;
+  }
+  if (v.length > DEVICE_LIMITS.disks) out.push(problem('disks', `may have at most ${DEVICE_LIMITS.disks} entries`));
+  v.slice(0, DEVICE_LIMITS.disks).forEach((d, i) => {
+    const at = `disks.${i}`;
+    if (!isRecord(d)) {
+      out.push(problem(at, 'must be { path, bus, format, readOnly }'));
+      return;
+    }
+    unknownKeys(d, ['path', 'bus', 'format', 'readOnly'], `${at}.`, out);
+    const why = pathProblem(d.path, false);
+    if (why) out.push(problem(`${at}.path`, why));
+    if (d.bus !== undefined && d.bus !== 'virtio' && d.bus !== 'sata') out.push(problem(`${at}.bus`, 'must be "virtio" or "sata"'));
+    if (d.format !== undefined && d.format !== 'raw' && d.format !== 'qcow2') out.push(problem(`${at}.format`, 'must be "raw" or "qcow2" (or left out to detect it)'));
+    if (d.readOnly !== undefined && typeof d.readOnly !== 'boolean') out.push(problem(`${at}.readOnly`, 'must be true or false'));
+  });
+}
+
+function cdromProblems(v: unknown, boot: unknown, out: FieldProblem[]): void {
+  if (!isRecord(v)) {
+    out.push(problem('cdrom', 'must be { path, boot } or left out'));
+    return;
+  }
+  unknownKeys(v, ['path', 'boot'], 'cdrom.', out);
+  const why = pathProblem(v.path, true);
+  if (why) out.push(problem('cdrom.path', why));
+  if (v.boot !== undefined && typeof v.boot !== 'boolean') out.push(problem('cdrom.boot', 'must be true or false'));
+  if (isRecord(boot)) {
+    if (v.boot === true && boot.kind !== 'firmware') out.push(problem('cdrom.boot', 'needs the firmware (SeaBIOS) boot source'));
+    if (boot.kind === 'firmware' && typeof boot.cdrom === 'string' && boot.cdrom !== '') {
+      out.push(problem('cdrom', 'is given twice: leave the firmware\'s ISO image empty and use the CD-ROM drive'));
+    }
+  }
+}
+
+const MAC_PATTERN = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+
+function nicProblems(v: unknown, out: FieldProblem[]): void {
+  if (!Array.isArray(v)) {
+    out.push(problem('nics', 'must be a list'));
+    return;
+  }
+  if (v.length > DEVICE_LIMITS.nics) out.push(problem('nics', `may have at most ${DEVICE_LIMITS.nics} entries`));
+  v.slice(0, DEVICE_LIMITS.nics).forEach((n, i) => {
+    const at = `nics.${i}`;
+    if (!isRecord(n)) {
+      out.push(problem(at, 'must be { model, backend, mac, pcap }'));
+      return;
+    }
+    unknownKeys(n, ['model', 'mac', 'backend', 'pcap'], `${at}.`, out);
+    if (!NIC_MODEL_CHOICES.some((m) => m.model === n.model)) {
+      out.push(problem(`${at}.model`, `must be one of ${NIC_MODEL_CHOICES.map((m) => m.model).join(', ')}`));
+    }
+    if (n.mac !== undefined) {
+      if (typeof n.mac !== 'string' || !MAC_PATTERN.test(n.mac)) out.push(problem(`${at}.mac`, 'must look like 52:54:00:12:34:56'));
+      else if (parseInt(n.mac.slice(0, 2), 16) & 1) out.push(problem(`${at}.mac`, 'must be a unicast address (its first byte even)'));
+    }
+    if (n.pcap !== undefined) {
+      const why = pathProblem(n.pcap, false);
+      if (why) out.push(problem(`${at}.pcap`, why));
+    }
+    const b = n.backend;
+    if (!isRecord(b)) {
+      out.push(problem(`${at}.backend.kind`, 'must be chosen'));
+      return;
+    }
+    const choice = typeof b.kind === 'string' ? nicBackendChoice(b.kind) : undefined;
+    if (choice === undefined) {
+      out.push(problem(`${at}.backend.kind`, `must be one of ${NIC_BACKEND_CHOICES.map((c) => c.kind).join(', ')}`));
+      return;
+    }
+    unknownKeys(b, ['kind', ...choice.fields.map((f) => f.key)], `${at}.backend.`, out);
+    for (const f of choice.fields) {
+      const value = b[f.key];
+      const field = `${at}.backend.${f.key}`;
+      if (typeof value !== 'string' || value.trim() === '') out.push(problem(field, 'is required'));
+      else if (f.options !== undefined && !f.options.includes(value)) out.push(problem(field, `must be ${f.options.map((o) => `"${o}"`).join(' or ')}`));
+      else if (f.path) {
+        const why = pathProblem(value, false);
+        if (why) out.push(problem(field, why));
+      } else if (value.length > 255 || /[\u0000-\u001f\u007f]/.test(value)) out.push(problem(field, 'must be short text without control characters'));
+    }
+  });
+}
+
+function copyDisks(d: VmDiskSpec[]): VmDiskSpec[] {
+  return d.map((x) => ({
+    path: x.path, ...(x.bus === undefined ? {} : { bus: x.bus }), ...(x.format === undefined ? {} : { format: x.format }),
+    ...(x.readOnly === undefined ? {} : { readOnly: x.readOnly }),
+  }));
+}
+
+function copyCdrom(c: VmCdromSpec): VmCdromSpec {
+  return { path: c.path, ...(c.boot === undefined ? {} : { boot: c.boot }) };
+}
+
+function copyNics(n: VmNicSpec[]): VmNicSpec[] {
+  return n.map((x) => {
+    const choice = nicBackendChoice(x.backend.kind);
+    const backend: VmNicSpec['backend'] = { kind: x.backend.kind };
+    for (const f of choice?.fields ?? []) backend[f.key] = x.backend[f.key];
+    return { model: x.model, ...(x.mac === undefined ? {} : { mac: x.mac }), backend, ...(x.pcap === undefined ? {} : { pcap: x.pcap }) };
+  });
 }
 
 function copyBoot(b: BootSpec): BootSpec {
@@ -261,6 +397,9 @@ export function parseVmSpec(input: unknown): VmSpec {
     serial: [s.serial[0], s.serial[1], s.serial[2], s.serial[3]],
     debugExit: s.debugExit,
     ...(s.usb === undefined ? {} : { usb: copyUsb(s.usb) }),
+    ...(s.disks === undefined ? {} : { disks: copyDisks(s.disks) }),
+    ...(s.cdrom === undefined ? {} : { cdrom: copyCdrom(s.cdrom) }),
+    ...(s.nics === undefined ? {} : { nics: copyNics(s.nics) }),
   };
 }
 

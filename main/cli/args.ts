@@ -1,6 +1,7 @@
 // Command-line parsing for `porthole`. Pure: returns what to do or throws UsageError.
 import path from 'node:path';
 import { ApiError } from '../api/contract';
+import { parseCdromEjectSpec, parseCdromInsertSpec } from '../api/media-input';
 import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
 import type { MonitorMethod } from './monitor';
 import type { RulesAction } from './usb-rules-file';
@@ -54,6 +55,7 @@ export const USAGE = `Usage: porthole run [options]
        porthole usb add DEVICE [--port N] [--force] --monitor PATH (DEVICE: keyboard, tablet, storage:IMAGE, storage-ro:IMAGE, host:1-1.4)
        porthole usb host                      (the host's USB devices, for usb add host:NAME)
        porthole usb remove PORT --monitor PATH
+       porthole cdrom VM list|insert ISO|eject [--drive NAME] [--force]   (VM: the --monitor socket)
        porthole pci [--json]                   (the host's PCI devices, IOMMU groups, whether each can be assigned)
        porthole usb rules CONFIG               (the auto-attach rules of a VM config file)
        porthole usb rule add CONFIG [--vid ID] [--pid ID] [--serial TEXT] [--class CODE]
@@ -100,6 +102,7 @@ Machine:
   --cdrom ISO[,name=NAME]
                          a CD/DVD-ROM drive on the AHCI controller with ISO in it
                          (repeatable); --cdrom empty: a drive with no disc
+  --boot-from disk|cdrom what SeaBIOS boots first (default disk: hard disk, then CD)
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
 
@@ -117,7 +120,7 @@ Diagnostics:
 
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
-  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic', '--cdrom',
+  '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic', '--cdrom', '--boot-from',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -171,6 +174,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   if (argv[0] === 'usb' || argv[0] === 'keys') return parseMonitorCommand(argv);
   if (argv[0] === 'capture') return parseCaptureCommand(argv);
   if (argv[0] === 'stats') return parseStatsCommand(argv);
+  if (argv[0] === 'cdrom') return parseCdromCommand(argv);
   if (argv[0] !== 'run') throw new UsageError(`unknown command "${argv[0]}" (try: porthole run --help)`);
   const rest = argv.slice(1);
   if (rest.includes('--help') || rest.includes('-h')) return { command: 'help' };
@@ -194,6 +198,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   let initrd: string | undefined;
   let append: string | undefined;
   let firmware: string | undefined;
+  let bootFrom: 'disk' | 'cdrom' | undefined;
   let flat: { path: string; address: number } | undefined;
   const optionRoms: string[] = [];
   const usbDevices: UsbDeviceConfig[] = [];
@@ -238,6 +243,10 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--disk': disks.push(parseDisk(v)); break;
       case '--nic': nics.push(parseNic(v)); break;
       case '--cdrom': disks.push(parseCdrom(v === 'empty' ? '' : v)); break;
+      case '--boot-from':
+        if (v !== 'disk' && v !== 'cdrom') throw new UsageError(`--boot-from takes disk or cdrom, not "${v}"`);
+        bootFrom = v;
+        break;
       case '--monitor': monitor = socketPath(v); break;
       case '--debugcon': config.debugcon = parseSerialBackend(v); break;
       case '--flat': flat = parseFlat(v); break;
@@ -267,6 +276,10 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     if (append !== undefined) config.boot.append = append;
   }
   if (firmware) config.boot = { kind: 'firmware', path: firmware };
+  if (bootFrom !== undefined) {
+    if (config.boot.kind !== 'firmware') throw new UsageError('--boot-from is for firmware boots (SeaBIOS), not --kernel or --flat');
+    config.boot.bootFrom = bootFrom;
+  }
   if (flat) config.boot = { kind: 'flat', ...flat };
   if (optionRoms.length) config.optionRoms = [...config.optionRoms, ...optionRoms];
   if (usbDevices.length) {
@@ -314,6 +327,61 @@ export function parseInterval(text: string): number {
     throw new UsageError(`--interval takes ${STATS_MIN_MS}ms to ${STATS_MAX_MS / 1000}s (e.g. 100ms, 500ms, 2s), not "${text}"`);
   }
   return Math.round(ms);
+}
+
+/**
+ * `porthole cdrom VM list`, `cdrom VM insert ISO [--drive NAME] [--force]`, `cdrom VM eject
+ * [--drive NAME] [--force]`; VM is a monitor socket (or --monitor PATH).
+ */
+function parseCdromCommand(argv: string[]): CliCommand {
+  let socket: string | null = null;
+  let drive: string | undefined;
+  let force = false;
+  const words: string[] = [];
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help') return { command: 'help' };
+    if (!a.startsWith('--')) {
+      words.push(a);
+      continue;
+    }
+    if (a === '--force') { force = true; continue; }
+    const eq = a.indexOf('=');
+    const flag = eq >= 0 ? a.slice(0, eq) : a;
+    if (flag !== '--drive' && flag !== '--monitor') throw new UsageError(`unknown option ${flag} (porthole cdrom takes --drive, --force, --monitor)`);
+    let value: string;
+    if (eq >= 0) value = a.slice(eq + 1);
+    else {
+      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    if (flag === '--monitor') socket = socketPath(value);
+    else drive = value;
+  }
+  // The VM comes first unless --monitor named it.
+  if (socket === null) {
+    const vm = words.shift();
+    if (vm === undefined) throw new UsageError('porthole cdrom needs a VM: the socket of porthole run --monitor PATH');
+    socket = socketPath(vm);
+  }
+  const [sub, ...rest] = words;
+  const options = { ...(drive === undefined ? {} : { drive }), ...(force ? { force } : {}) };
+  switch (sub) {
+    case 'list':
+      if (rest.length > 0 || drive !== undefined || force) throw new UsageError('porthole cdrom VM list takes no arguments');
+      return { command: 'monitor', socket, method: 'listCdromDrives', args: [] };
+    case 'insert':
+      if (rest.length !== 1) throw new UsageError('porthole cdrom VM insert takes one ISO image');
+      // The VM process may run elsewhere in the file system: send an absolute path.
+      return { command: 'monitor', socket, method: 'insertCdrom', args: [checked(() => parseCdromInsertSpec({ path: path.resolve(rest[0]), ...options }))] };
+    case 'eject':
+      if (rest.length > 0) throw new UsageError('porthole cdrom VM eject takes no arguments but --drive NAME and --force');
+      return { command: 'monitor', socket, method: 'ejectCdrom', args: [checked(() => parseCdromEjectSpec(options))] };
+    case undefined:
+      throw new UsageError('porthole cdrom VM needs list, insert ISO or eject');
+    default:
+      throw new UsageError(`porthole cdrom VM ${sub}: use list, insert ISO or eject`);
+  }
 }
 
 /** `porthole stats VM [--interval T] [--once] [--json]`; VM is a monitor socket (or --monitor PATH). */

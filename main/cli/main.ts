@@ -11,6 +11,7 @@ import { formatStats, printLiveStats } from './stats';
 import { formatStatsTable, ratesBetween, statsJsonLine } from './stats-table';
 import { formatUsbPorts, MonitorError, monitorCall, monitorCapture, type MonitorServer, startMonitor } from './monitor';
 import type { UsbPortState } from '../vmm/shared/usb-messages';
+import type { CdromDriveInfo } from '../api/contract';
 import type { StatsSample } from '../vmm/shared/stats';
 import { formatHostUsbDevices, listSysfsUsbDevices } from '../host/usb-inventory';
 import { formatPciDevices, listPciDevices, pciSummary } from '../host/pci-inventory';
@@ -196,6 +197,11 @@ export interface CliOutput {
 const STDIO: CliOutput = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
 /** One request to a running VM's control socket (porthole usb, porthole keys); prints its answer. */
+/** One line per CD-ROM drive: name, SATA port, the disc (or none), lock and tray. */
+export function formatCdromDrives(drives: CdromDriveInfo[]): string {
+  return drives.map((d) => `${d.drive}  sata port ${d.port}  ${d.path ?? (d.trayOpen ? '(no disc, tray open)' : '(no disc)')}${d.locked ? '  locked by the guest' : ''}\n`).join('');
+}
+
 export async function runMonitorCommand(
   socket: string, method: Parameters<typeof monitorCall>[1], args: unknown[], io: CliOutput = STDIO,
 ): Promise<number> {
@@ -211,6 +217,7 @@ export async function runMonitorCommand(
   }
   if (method === 'listUsbPorts') io.out(formatUsbPorts(value as UsbPortState[]));
   else if (method === 'attachUsbDevice' || method === 'attachHostUsbDevice') io.out(formatUsbPorts([value as UsbPortState]));
+  else if (method === 'listCdromDrives' || method === 'insertCdrom' || method === 'ejectCdrom') io.out(formatCdromDrives(value as CdromDriveInfo[]));
   return 0;
 }
 

@@ -9,10 +9,12 @@
 // (main/api/usb-input.ts). The socket is the user's own (mode 0600).
 import fs from 'node:fs';
 import net from 'node:net';
-import { ApiError, type ApiErrorShape, type UsbPortInfo } from '../api/contract';
+import { ApiError, type ApiErrorShape, type CdromDriveInfo, type UsbPortInfo } from '../api/contract';
+import { parseCdromEjectSpec, parseCdromInsertSpec } from '../api/media-input';
 import { parseHostUsbAttachSpec, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort, type UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
 import { UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
+import { CdromRequestError } from '../vmm/shared/cdrom-messages';
 import { UsbCaptureError, type UsbCaptureSpec, type UsbCaptureSummary } from '../vmm/host/usb-capture';
 import type { StatsSample } from '../vmm/shared/stats';
 
@@ -27,11 +29,15 @@ export interface UsbControl {
   stopUsbCapture?(id: number): Promise<UsbCaptureSummary>;
   /** The statistics registry's counters and their totals now (porthole stats). */
   readStats?(): StatsSample;
+  /** CD-ROM media (VmHost): the drives, insert, eject. */
+  cdromDrives?(): Promise<CdromDriveInfo[]>;
+  insertCdrom?(path: string, drive?: string, force?: boolean): Promise<CdromDriveInfo[]>;
+  ejectCdrom?(drive?: string, force?: boolean): Promise<CdromDriveInfo[]>;
 }
 
 export const MONITOR_METHODS = [
   'listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys', 'attachHostUsbDevice', 'startUsbCapture', 'stopUsbCapture',
-  'getVmStats',
+  'getVmStats', 'listCdromDrives', 'insertCdrom', 'ejectCdrom',
 ] as const;
 
 /** What one connection started: its captures stop when it closes (a killed `porthole capture` leaves a whole file). */
@@ -121,6 +127,25 @@ export async function handleMonitorLine(
         session.captures.delete(id);
         break;
       }
+      case 'listCdromDrives':
+        arity(method, args, 0);
+        if (control.cdromDrives === undefined) throw new ApiError('invalid-state', 'This VM has no CD-ROM drive.');
+        value = await control.cdromDrives();
+        break;
+      case 'insertCdrom': {
+        arity(method, args, 1);
+        const spec = parseCdromInsertSpec(args[0]);
+        if (control.insertCdrom === undefined) throw new ApiError('invalid-state', 'This VM has no CD-ROM drive.');
+        value = await control.insertCdrom(spec.path, spec.drive, spec.force === true);
+        break;
+      }
+      case 'ejectCdrom': {
+        arity(method, args, 1);
+        const spec = parseCdromEjectSpec(args[0]);
+        if (control.ejectCdrom === undefined) throw new ApiError('invalid-state', 'This VM has no CD-ROM drive.');
+        value = await control.ejectCdrom(spec.drive, spec.force === true);
+        break;
+      }
       case 'getVmStats':
         arity(method, args, 0);
         if (control.readStats === undefined) throw new ApiError('invalid-state', 'This VM has no statistics.');
@@ -130,7 +155,7 @@ export async function handleMonitorLine(
     return { id, ok: true, value };
   } catch (e) {
     if (e instanceof ApiError) return { id, ok: false, error: e.toJSON() };
-    if (e instanceof UsbRequestError || e instanceof UsbCaptureError) return { id, ok: false, error: { code: e.code, message: sentence(e.message) } };
+    if (e instanceof UsbRequestError || e instanceof UsbCaptureError || e instanceof CdromRequestError) return { id, ok: false, error: { code: e.code, message: sentence(e.message) } };
     onBug(e);
     return { id, ok: false, error: { code: 'internal', message: 'Something went wrong inside Porthole; run with --verbose for details.' } };
   }

@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import { ApiError, type FieldProblem, type SerialForward, type VmSpec } from '../api/contract';
 import { fieldLabel } from '../api/schema';
 import { usbDeviceChoice } from '../api/usb-input';
-import { ConfigError, defaultConfig, parseSerialBackend, type MachineConfig, type SerialBackend } from '../vmm/config';
+import {
+  checkDisks, checkNics, ConfigError, defaultConfig, type DiskConfig, type NicConfig, nicConfigFromJson, parseSerialBackend, type MachineConfig, type SerialBackend,
+} from '../vmm/config';
 
 /** Where a flat test program is loaded and entered (as the CLI and test helpers do). */
 export const FLAT_LOAD_ADDRESS = 0x1000;
@@ -44,7 +46,79 @@ function specFiles(spec: VmSpec): { field: string; path: string; blockOk: boolea
       break;
   }
   spec.usb?.devices.forEach((d, i) => { if (d.kind === 'storage') add(`usb.devices.${i}.path`, d.path); });
+  spec.disks?.forEach((d, i) => add(`disks.${i}.path`, d.path, true));
+  if (spec.cdrom !== undefined) add('cdrom.path', spec.cdrom.path, true);
   return files;
+}
+
+/** Why an ISO to insert cannot be used (with the API error code), or null. */
+export function isoFileProblem(file: string): { code: 'not-found' | 'invalid-argument'; message: string } | null {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    return { code: 'not-found', message: `The ISO image ${file} does not exist.` };
+  }
+  if (!st.isFile() && !st.isBlockDevice()) return { code: 'invalid-argument', message: `The ISO image ${file} is not a file.` };
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch {
+    return { code: 'invalid-argument', message: `The ISO image ${file} cannot be read by this user.` };
+  }
+  if (st.isFile() && (st.size === 0 || st.size % 2048 !== 0)) {
+    return { code: 'invalid-argument', message: `The ISO image ${file} is not a CD image: its size (${st.size} bytes) is not a whole number of 2048-byte blocks.` };
+  }
+  return null;
+}
+
+/** A VMM ConfigError's text as a sentence for a field ("nics[0].backend.ifname: ..." → "...."). */
+function configSentence(field: string, e: unknown): FieldProblem {
+  const text = e instanceof ConfigError ? e.message.replace(/^[^:]*\]\S*:?\s*/, '').replace(/^[^:\s]+:\s*/, '') : String(e);
+  const s = text.trim();
+  return { field, message: `${fieldLabel(field)}: ${s}${/[.!?]$/.test(s) ? '' : '.'}` };
+}
+
+/** The spec's disks as the VMM takes them: boot.disks first (virtio, writable), then `disks`, then the CD-ROM drive. */
+function vmmDisks(spec: VmSpec): DiskConfig[] {
+  const disks: DiskConfig[] = [];
+  if (spec.boot.kind === 'firmware') for (const path of spec.boot.disks) disks.push({ path, readOnly: false });
+  for (const d of spec.disks ?? []) {
+    disks.push({
+      path: d.path, readOnly: d.readOnly === true, ...(d.bus === undefined ? {} : { bus: d.bus }), ...(d.format === undefined ? {} : { format: d.format }),
+    });
+  }
+  const iso = spec.cdrom?.path ?? (spec.boot.kind === 'firmware' && spec.boot.cdrom !== '' ? spec.boot.cdrom : undefined);
+  if (iso !== undefined) disks.push({ readOnly: true, bus: 'sata', media: 'cdrom', ...(iso === '' ? {} : { path: iso }) });
+  return disks;
+}
+
+/**
+ * The VMM's own checks of a spec's disks and NICs (counts, names, interface names, HOST:PORT,
+ * MACs), as field problems; the shapes were checked by vmSpecProblems before.
+ */
+export function specDeviceProblems(spec: VmSpec): FieldProblem[] {
+  const out: FieldProblem[] = [];
+  const nics: NicConfig[] = [];
+  (spec.nics ?? []).forEach((n, i) => {
+    try {
+      nics.push(nicConfigFromJson(structuredClone(n), `nics[${i}]`));
+    } catch (e) {
+      out.push(configSentence(`nics.${i}`, e));
+    }
+  });
+  if (out.length === 0) {
+    try {
+      checkNics(nics, 'nics');
+    } catch (e) {
+      out.push(configSentence('nics', e));
+    }
+  }
+  try {
+    checkDisks(vmmDisks(spec), 'disks');
+  } catch (e) {
+    out.push(configSentence('disks', e));
+  }
+  return out;
 }
 
 /** Files that do not exist, are not files, or cannot be read. */
@@ -85,12 +159,9 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
   const b = spec.boot;
   switch (b.kind) {
     case 'firmware':
-      if (b.cdrom !== '') {
-        throw new ApiError('unsupported', 'ISO images cannot be attached yet: this Porthole has no CD drive; remove it to start the VM.');
-      }
-      // Disk images are virtio-blk disks, writable, in boot order (SeaBIOS boots the first).
-      if (b.disks.length > 0) c.disks = b.disks.map((path) => ({ path, readOnly: false }));
       c.boot = { kind: 'firmware', path: b.firmware === '' ? undefined : b.firmware };
+      // An ISO as the firmware's own (boot.cdrom) is a CD to boot from, as is a CD-ROM marked so.
+      if (spec.cdrom?.boot === true || (spec.cdrom === undefined && b.cdrom !== '')) c.boot.bootFrom = 'cdrom';
       c.optionRoms = [...b.optionRoms];
       break;
     case 'linux':
@@ -100,6 +171,13 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
       c.boot = { kind: 'flat', path: b.path, address: FLAT_LOAD_ADDRESS };
       break;
   }
+  const problems = specDeviceProblems(spec);
+  if (problems.length > 0) throw new ApiError('invalid-argument', problems[0].message);
+  // Disk images: boot.disks as virtio-blk disks, writable, in boot order (SeaBIOS boots the
+  // first), then the spec's disks, then the CD-ROM drive.
+  const disks = vmmDisks(spec);
+  if (disks.length > 0) c.disks = disks;
+  if (spec.nics !== undefined && spec.nics.length > 0) c.nics = spec.nics.map((n, i) => nicConfigFromJson(structuredClone(n), `nics[${i}]`));
   if (spec.usb !== undefined) {
     c.usb = {
       controller: spec.usb.controller,

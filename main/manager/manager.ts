@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
-  type AppInfo, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
+  type AppInfo, type CdromDriveInfo, type CdromEjectSpec, type CdromInsertSpec, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
   type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
@@ -18,7 +18,7 @@ import type { ApiBackend } from '../api/session';
 import type { ServerEvent } from '../api/wire';
 import { LogBuffer } from './buffers';
 import { VmLibrary, type VmRecord, LIBRARY_FORMAT_VERSION } from './library';
-import { machineConfigOf, specFileProblems } from './machine-config';
+import { isoFileProblem, machineConfigOf, specDeviceProblems, specFileProblems } from './machine-config';
 import type { VmProcessLauncher } from './process-launcher';
 import { StatsFanout, vmStatsOfSample } from './stats-fanout';
 import { TransferFanout } from './transfer-fanout';
@@ -168,7 +168,14 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
 
   checkVmSpec(spec: unknown): FieldProblem[] {
     const shape = vmSpecProblems(spec);
-    return shape.length > 0 ? shape : specFileProblems(spec as VmSpec);
+    if (shape.length > 0) return shape;
+    return [...specDeviceProblems(spec as VmSpec), ...specFileProblems(spec as VmSpec)];
+  }
+
+  /** The VMM's checks of a spec's disks and NICs, before it is saved. */
+  private requireGoodDevices(spec: VmSpec): void {
+    const problems = specDeviceProblems(spec);
+    if (problems.length > 0) throw new ApiError('invalid-argument', problems[0].message);
   }
 
   getVmLog(id: string): string[] {
@@ -211,6 +218,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   // ---- library edits -----------------------------------------------------------
 
   createVm(spec: VmSpec): VmSummary {
+    this.requireGoodDevices(spec);
     const now = new Date().toISOString();
     const record: VmRecord = { version: LIBRARY_FORMAT_VERSION, id: this.library.newId(), createdAt: now, updatedAt: now, spec };
     this.library.save(record);
@@ -230,6 +238,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   updateVm(id: string, spec: VmSpec): VmSummary {
     const vm = this.entry(id);
     this.requireIdle(vm, 'edit');
+    this.requireGoodDevices(spec);
     const record: VmRecord = { ...vm.record, spec, updatedAt: new Date().toISOString() };
     this.library.save(record);
     vm.record = record;
@@ -370,6 +379,31 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
     vm.log.addLine(`USB: ${port.device?.name ?? device.kind} plugged into port ${port.port}`);
     return usbPortInfo(port);
+  }
+
+  // ---- CD-ROM media -------------------------------------------------------------
+
+  async listCdromDrives(id: string): Promise<CdromDriveInfo[]> {
+    const run = this.activeRun(this.entry(id), 'list the CD-ROM drives of', ['running', 'paused']);
+    return (await run.usb({ op: 'cdrom-list' })).cdrom ?? [];
+  }
+
+  async insertCdrom(id: string, media: CdromInsertSpec): Promise<CdromDriveInfo[]> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'change the CD of', ['running', 'paused']);
+    const problem = isoFileProblem(media.path);
+    if (problem !== null) throw new ApiError(problem.code, problem.message);
+    const drives = (await run.usb({ op: 'cdrom-insert', path: media.path, drive: media.drive, force: media.force })).cdrom ?? [];
+    vm.log.addLine(`CD-ROM: ${media.path} inserted${media.drive === undefined ? '' : ` in ${media.drive}`}`);
+    return drives;
+  }
+
+  async ejectCdrom(id: string, options: CdromEjectSpec): Promise<CdromDriveInfo[]> {
+    const vm = this.entry(id);
+    const run = this.activeRun(vm, 'eject the CD of', ['running', 'paused']);
+    const drives = (await run.usb({ op: 'cdrom-eject', drive: options.drive, force: options.force })).cdrom ?? [];
+    vm.log.addLine(`CD-ROM: ejected${options.drive === undefined ? '' : ` from ${options.drive}`}${options.force === true ? ' (forced)' : ''}`);
+    return drives;
   }
 
   async detachUsbDevice(id: string, port: number): Promise<void> {

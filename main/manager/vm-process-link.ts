@@ -1,7 +1,7 @@
 // The manager's end of one VM process: commands with numbered replies, and the
 // process's messages checked for shape before anyone acts on them. Knows nothing of
 // VM states; vm-run.ts decides what the messages mean.
-import { ApiError, type ApiErrorCode, type UsbCaptureInfo } from '../api/contract';
+import { ApiError, type ApiErrorCode, type CdromDriveInfo, type UsbCaptureInfo } from '../api/contract';
 import type { MachineStats } from '../vmm/machine/machine';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
@@ -16,6 +16,8 @@ export interface CommandAnswer {
   usb?: { ports: UsbPortState[]; port?: number };
   /** A capture request's answer. */
   capture?: UsbCaptureInfo;
+  /** A CD-ROM request's answer: the drives after it. */
+  cdrom?: CdromDriveInfo[];
 }
 
 function sentence(text: string): string {
@@ -75,7 +77,7 @@ export class VmProcessLink {
       const c = this.pending.get(m.id);
       if (!c) return;
       this.pending.delete(m.id);
-      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb, capture: m.capture });
+      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb, capture: m.capture, cdrom: m.cdrom });
       else c.reject(new ApiError(m.code !== undefined && REPLY_CODES.includes(m.code) ? m.code : 'invalid-state', sentence(m.message)));
     });
   }

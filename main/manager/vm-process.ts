@@ -7,6 +7,7 @@
 // machine first; if even that hangs, the process kills itself with SIGKILL.
 import type { MachineConfig } from '../vmm/config';
 import { UsbCaptureError } from '../vmm/host/usb-capture';
+import { CdromRequestError } from '../vmm/shared/cdrom-messages';
 import { VmHost } from '../vmm/host/vm-host';
 import { UsbRequestError, type UsbRequestBody } from '../vmm/shared/usb-messages';
 import { usbRulesFromJson } from '../host/usb-rules';
@@ -206,11 +207,20 @@ async function runUsb(id: number, request: UsbRequestBody | VmCaptureRequest): P
       case 'capture-stop':
         send({ type: 'reply', id, ok: true, capture: await h.stopUsbCapture(request.capture) });
         return;
+      case 'cdrom-list':
+        send({ type: 'reply', id, ok: true, cdrom: await h.cdromDrives() });
+        return;
+      case 'cdrom-insert':
+        send({ type: 'reply', id, ok: true, cdrom: await h.insertCdrom(request.path, request.drive, request.force === true) });
+        return;
+      case 'cdrom-eject':
+        send({ type: 'reply', id, ok: true, cdrom: await h.ejectCdrom(request.drive, request.force === true) });
+        return;
       default:
         throw new UsbRequestError('invalid-argument', 'unknown USB request');
     }
   } catch (e) {
-    const code = e instanceof UsbRequestError || e instanceof UsbCaptureError ? e.code : undefined;
+    const code = e instanceof UsbRequestError || e instanceof UsbCaptureError || e instanceof CdromRequestError ? e.code : undefined;
     send({ type: 'reply', id, ok: false, message: (e as Error).message, code });
   }
 }

@@ -11,8 +11,11 @@ export type SerialBackend =
   | { kind: 'file'; path: string }
   | { kind: 'device'; path: string };
 
+export type BootFrom = 'disk' | 'cdrom';
+
 export type BootSource =
-  | { kind: 'firmware'; path?: string }
+  /** `bootFrom`: what SeaBIOS tries first, 'disk' (the default: hard disk, then CD) or 'cdrom' (CD, then hard disk). */
+  | { kind: 'firmware'; path?: string; bootFrom?: BootFrom }
   | { kind: 'linux'; kernel: string; initrd?: string; append: string }
   /** A raw real-mode program loaded at `address` and entered at its first byte (test guests). */
   | { kind: 'flat'; path: string; address: number };
@@ -435,7 +438,13 @@ export function machineConfigFromJson(input: unknown, source = 'config'): Machin
   if (input.boot !== undefined) {
     const b = input.boot;
     if (!isRecord(b)) throw new ConfigError(`${source}: boot must be an object`);
-    if (b.kind === 'firmware') c.boot = { kind: 'firmware', path: b.path === undefined ? undefined : str(b.path, `${source}: boot.path`) };
+    if (b.kind === 'firmware') {
+      c.boot = { kind: 'firmware', path: b.path === undefined ? undefined : str(b.path, `${source}: boot.path`) };
+      if (b.bootFrom !== undefined) {
+        if (b.bootFrom !== 'disk' && b.bootFrom !== 'cdrom') throw new ConfigError(`${source}: boot.bootFrom must be "disk" or "cdrom"`);
+        c.boot.bootFrom = b.bootFrom;
+      }
+    }
     else if (b.kind === 'linux') {
       c.boot = {
         kind: 'linux',

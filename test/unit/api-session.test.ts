@@ -77,6 +77,9 @@ function recorder(): Recorder {
       return { port: 5, protocol: 'usb2', device: null };
     },
     detachUsbDevice: async (id, port) => { record('detachUsbDevice', id, port); },
+    listCdromDrives: async (id) => { record('listCdromDrives', id); return []; },
+    insertCdrom: async (id, media) => { record('insertCdrom', id, media); return []; },
+    ejectCdrom: async (id, options) => { record('ejectCdrom', id, options); return []; },
     sendUsbKeys: async (id, keys) => { record('sendUsbKeys', id, keys); },
     listUsbRules: async (id) => { record('listUsbRules', id); return []; },
     addUsbRule: async (id, rule) => { record('addUsbRule', id, rule); return [rule]; },

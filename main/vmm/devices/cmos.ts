@@ -61,6 +61,21 @@ export class Cmos implements IoDevice {
     this.lastFlagCheckMs = this.guestNow();
   }
 
+  /**
+   * SeaBIOS's boot order (as QEMU's -boot writes it): 0x3d holds the first two choices, 0x38's
+   * high nibble the third (1 floppy, 2 hard disk, 3 CD-ROM); 0x38 bit 0 skips the floppy
+   * signature check. 'disk' is QEMU's default "cad": hard disk, floppy, CD-ROM.
+   */
+  setBootOrder(first: 'disk' | 'cdrom'): void {
+    if (first === 'cdrom') {
+      this.nvram[0x3d] = 0x23; // CD-ROM, then hard disk
+      this.nvram[0x38] = 0x11; // then floppy
+    } else {
+      this.nvram[0x3d] = 0x12;
+      this.nvram[0x38] = 0x31;
+    }
+  }
+
   /** Writes the memory-size and CPU-count bytes firmware reads (as QEMU's pc_cmos_init). */
   setMemoryLayout(layout: CmosMemoryLayout): void {
     const low = layout.lowRamBytes;
@@ -79,8 +94,7 @@ export class Cmos implements IoDevice {
     // Equipment byte: FPU and PS/2 mouse present, no floppy, EGA/VGA display.
     this.nvram[0x14] = 0x06;
     // Boot order as QEMU's default "cad": hard disk, floppy, CD-ROM; no floppy signature check.
-    this.nvram[0x3d] = 0x12;
-    this.nvram[0x38] = 0x31;
+    this.setBootOrder('disk');
     this.updateChecksum();
   }
 
@@ -307,5 +321,7 @@ export const cmosDevice: DeviceFactory = (ctx) => {
     highRamBytes: ramRanges.filter((r) => r.base >= FOUR_GIB).reduce((n, r) => n + r.size, 0),
     cpus: ctx.cpuCount,
   });
+  // Outside the checksummed range (0x10..0x2d): no checksum update needed.
+  if (ctx.config.boot.kind === 'firmware' && ctx.config.boot.bootFrom === 'cdrom') cmos.setBootOrder('cdrom');
   return { name: cmos.name, instance: cmos, pio: [{ base: CMOS_PORT, length: 2, io: cmos }] };
 };

@@ -34,6 +34,11 @@ import { type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, Us
 import { dataDir } from '../../manager/app-paths';
 import { HostNic } from './net-host';
 import { decodeNetRecord, NET_CHANNEL_TARGET } from '../shared/net-messages';
+import {
+  CDROM_CHANNEL_TARGET, CDROM_KIND, type CdromRequestBody, CdromRequestError, decodeCdromMessage, encodeCdromMessage,
+} from '../shared/cdrom-messages';
+import type { CdromDriveInfo } from '../../api/contract';
+import { diskName } from '../devices/virtio/blk';
 import { type UsbCaptureSpec, type UsbCaptureSummary, UsbCaptures, type UsbTransferRecord } from './usb-capture';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -192,6 +197,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     super();
     this.toMachine.onWake = () => this.kick(0);
     this.onMachineMessage(XHCI_CHANNEL_TARGET, (kind, payload) => this.onUsbReply(kind, payload));
+    this.onMachineMessage(CDROM_CHANNEL_TARGET, (kind, payload) => this.onCdromMessage(kind, payload));
     this.onMachineMessage(NET_CHANNEL_TARGET, (kind, payload) => {
       const record = decodeNetRecord(payload);
       if (record) this.nics[record.nic]?.onMachineRecord(kind, record.body);
@@ -233,6 +239,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (this._state !== 'stopped') throw new Error(`cannot start a VM that is ${this._state}`);
     this.stopRequested = false;
     this.usbPlugged = null;
+    this.cdromMedia = null;
     this.setState('starting');
     try {
       const specs = [...this.config.serial, this.config.debugcon];
@@ -370,6 +377,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private finish(end: MachineEnd, stats: MachineStats): void {
     this.stopServing();
     this.failUsbRequests('the VM stopped before the USB request was done');
+    this.failCdromRequests('the VM stopped before the CD-ROM request was done');
     this.stopHostUsbWatch?.();
     this.stopHostUsbWatch = null;
     this.autoAttach = null;
@@ -637,8 +645,87 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /** The config a launch builds: after a hot-plug, the USB devices plugged in at that moment. */
   private launchConfig(): MachineConfig {
-    if (this.usbPlugged === null || !this.config.usb) return this.config;
-    return { ...this.config, usb: { ...this.config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
+    let config = this.config;
+    if (this.usbPlugged !== null && config.usb) config = { ...config, usb: { ...config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
+    const media = this.cdromMedia;
+    if (media !== null && config.disks) {
+      // The discs in the drives now, not the config's: a reset keeps a changed CD in.
+      config = {
+        ...config,
+        disks: config.disks.map((d, i) => {
+          if (d.media !== 'cdrom' || !media.has(diskName(d, i))) return d;
+          const { path: _old, ...rest } = d;
+          const now = media.get(diskName(d, i));
+          return now === null || now === undefined ? rest : { ...rest, path: now };
+        }),
+      };
+    }
+    return config;
+  }
+
+  // ---- CD-ROM media ----------------------------------------------------------------------
+
+  /** The discs in the CD-ROM drives now, by drive name, once one changed (a relaunch puts these in). */
+  private cdromMedia: Map<string, string | null> | null = null;
+  private nextCdromRequest = 1;
+  private readonly cdromRequests = new Map<number, { resolve(drives: CdromDriveInfo[]): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
+
+  /** The VM's CD-ROM drives and their discs. */
+  cdromDrives(): Promise<CdromDriveInfo[]> {
+    return this.cdromRequest({ op: 'list' });
+  }
+
+  /** Puts an ISO in a drive (absent: the first); rejects with CdromRequestError (a locked disc needs `force` to be swapped). */
+  insertCdrom(path: string, drive?: string, force = false): Promise<CdromDriveInfo[]> {
+    return this.cdromRequest({ op: 'insert', path, ...(drive === undefined ? {} : { drive }), force });
+  }
+
+  /** Takes a drive's disc out; rejects with CdromRequestError while the guest locks it, unless `force`. */
+  ejectCdrom(drive?: string, force = false): Promise<CdromDriveInfo[]> {
+    return this.cdromRequest({ op: 'eject', ...(drive === undefined ? {} : { drive }), force });
+  }
+
+  private cdromRequest(body: CdromRequestBody): Promise<CdromDriveInfo[]> {
+    if (!(this.config.disks ?? []).some((d) => d.media === 'cdrom')) {
+      return Promise.reject(new CdromRequestError('invalid-state', 'this VM has no CD-ROM drive (add one to its config: a disks entry with "media": "cdrom", or --cdrom)'));
+    }
+    if (this._state === 'stopped' || this._state === 'stopping') return Promise.reject(new CdromRequestError('invalid-state', `the VM is ${this._state}`));
+    const id = this.nextCdromRequest++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.cdromRequests.delete(id);
+        reject(new CdromRequestError('invalid-state', `the machine did not answer the CD-ROM request within ${USB_REQUEST_TIMEOUT_MS / 1000} s`));
+      }, USB_REQUEST_TIMEOUT_MS);
+      this.cdromRequests.set(id, { resolve, reject, timer });
+      if (!this.sendToMachine(CDROM_CHANNEL_TARGET, CDROM_KIND.REQUEST, encodeCdromMessage({ ...body, id }))) {
+        clearTimeout(timer);
+        this.cdromRequests.delete(id);
+        reject(new CdromRequestError('invalid-state', 'the machine is not taking requests'));
+      }
+    });
+  }
+
+  private onCdromMessage(kind: number, payload: Uint8Array): void {
+    const m = decodeCdromMessage(payload);
+    if (m === null) return;
+    if (Array.isArray(m.drives)) {
+      this.cdromMedia = new Map((m.drives as CdromDriveInfo[]).map((d) => [d.drive, d.path]));
+    }
+    if (kind !== CDROM_KIND.REPLY || typeof m.id !== 'number') return;
+    const waiter = this.cdromRequests.get(m.id);
+    if (!waiter) return;
+    this.cdromRequests.delete(m.id);
+    clearTimeout(waiter.timer);
+    if (m.ok === true) waiter.resolve(m.drives as CdromDriveInfo[]);
+    else waiter.reject(new CdromRequestError((m.code as CdromRequestError['code']) ?? 'invalid-state', String(m.error)));
+  }
+
+  private failCdromRequests(message: string): void {
+    for (const [id, w] of this.cdromRequests) {
+      clearTimeout(w.timer);
+      this.cdromRequests.delete(id);
+      w.reject(new CdromRequestError('invalid-state', message));
+    }
   }
 
   /** Every port of the VM's xHCI and what sits on it. */

@@ -1,8 +1,12 @@
 // An ATAPI CD/DVD-ROM drive on a SATA port (ATA8-ACS PACKET feature set, MMC-6 commands), on a
 // read-only BlockBackend holding an ISO (2048-byte blocks). Media can be inserted and ejected
-// while the guest runs: the next command that is not exempt reports UNIT ATTENTION (medium may
-// have changed), GET EVENT STATUS NOTIFICATION reports new media or removal once, and with no
-// medium the media commands report NOT READY, MEDIUM NOT PRESENT. A CHECK CONDITION is an
+// while the guest runs: after an insert the next command that is not exempt reports UNIT
+// ATTENTION (6/28/00, medium may have changed); a disc swapped for another first reports NOT
+// READY (2/3A/00) once, as a tray that opened and closed would, then the unit attention. GET
+// EVENT STATUS NOTIFICATION reports each removal and new medium once, in order, and an eject
+// the host asked for while the guest holds the lock (PREVENT ALLOW MEDIUM REMOVAL) is refused
+// and becomes an eject request event instead (MMC-6 9.2.5), unless forced. With no medium the
+// media commands report NOT READY, MEDIUM NOT PRESENT (2/3A/00). A CHECK CONDITION is an
 // ATA error (ERR, sense key in the error register's high nibble) and the sense is kept for
 // REQUEST SENSE, as SCSI over ATAPI works. Sense codes and fixed sense come from the USB
 // stick's SCSI layer.
@@ -75,6 +79,12 @@ export interface AtapiCdromOptions {
 
 type Reply = { sense: Sense } | { data: Uint8Array } | { ok: true } | { later: true };
 
+/** Media events waiting for GET EVENT STATUS NOTIFICATION, oldest first; more are not kept. */
+const MAX_MEDIA_EVENTS = 4;
+
+/** What a host eject did: 'ejected', 'empty' (nothing to eject), or 'locked' (refused; the guest got an eject request). */
+export type HostEjectResult = 'ejected' | 'empty' | 'locked';
+
 export class AtapiCdrom implements SataDrive {
   readonly kind = 'cdrom';
   readonly name: string;
@@ -83,8 +93,11 @@ export class AtapiCdrom implements SataDrive {
   private mediumBackend: BlockBackend | null;
   private sense: Sense = SENSE_NONE;
   private unitAttention = false;
-  private mediaEvent: number = MEDIA_EVENT.NONE;
+  /** A disc was swapped: the next command that is not exempt reports NOT READY once, then the unit attention. */
+  private swapNotReady = false;
+  private readonly mediaEvents: number[] = [];
   private locked = false;
+  private trayOpenState = false;
   private readonly serial: string;
   private readonly counters: AtapiCdromCounters | null;
   private readonly onEject: () => void;
@@ -109,24 +122,68 @@ export class AtapiCdrom implements SataDrive {
     return this.locked;
   }
 
-  /** Puts a disc in (replacing one that is there, which is closed). */
-  insert(medium: BlockBackend): void {
-    this.mediumBackend?.close();
+  /** Whether the tray is open (after an eject, until a disc is inserted or the guest loads it). */
+  get trayOpen(): boolean {
+    return this.trayOpenState;
+  }
+
+  /**
+   * Puts a disc in and closes the tray. A disc already there is swapped: closed, with a removal
+   * event before the new-media one. Swapping a disc the guest locked in needs `force`: without
+   * it this throws and the guest gets an eject request.
+   */
+  insert(medium: BlockBackend, force = true): void {
+    const swap = this.mediumBackend !== null;
+    if (swap && this.locked && !force) {
+      this.postEvent(MEDIA_EVENT.EJECT_REQUEST);
+      throw new MediumLockedError(this.name);
+    }
+    if (swap) {
+      this.mediumBackend?.close();
+      this.postEvent(MEDIA_EVENT.MEDIA_REMOVAL);
+      this.locked = false;
+      this.swapNotReady = true;
+    }
     this.mediumBackend = medium;
+    this.trayOpenState = false;
     this.unitAttention = true;
-    this.mediaEvent = MEDIA_EVENT.NEW_MEDIA;
+    this.postEvent(MEDIA_EVENT.NEW_MEDIA);
     this.counters?.mediaChanges.add();
   }
 
-  /** Takes the disc out (the host's eject; the guest's lock does not stop it, as a forced eject). */
-  eject(): void {
-    if (!this.mediumBackend) return;
-    this.mediumBackend.close();
-    this.mediumBackend = null;
-    this.unitAttention = true;
-    this.mediaEvent = MEDIA_EVENT.MEDIA_REMOVAL;
+  /**
+   * The host's eject: takes the disc out and leaves the tray open. While the guest holds the
+   * lock it is refused ('locked') and the guest gets an eject request event, unless `force`
+   * (which also drops the lock, as QEMU's forced eject does).
+   */
+  eject(force = true): HostEjectResult {
+    if (!this.mediumBackend) {
+      if (force) this.trayOpenState = true;
+      return 'empty';
+    }
+    if (this.locked && !force) {
+      this.postEvent(MEDIA_EVENT.EJECT_REQUEST);
+      return 'locked';
+    }
+    this.takeOut();
     this.locked = false;
+    return 'ejected';
+  }
+
+  /** The disc comes out (host or guest eject): removal event, tray open, no unit attention left. */
+  private takeOut(): void {
+    this.mediumBackend?.close();
+    this.mediumBackend = null;
+    this.trayOpenState = true;
+    this.unitAttention = false;
+    this.swapNotReady = false;
+    this.postEvent(MEDIA_EVENT.MEDIA_REMOVAL);
     this.counters?.mediaChanges.add();
+  }
+
+  private postEvent(event: number): void {
+    if (this.mediaEvents.length >= MAX_MEDIA_EVENTS) this.mediaEvents.shift();
+    this.mediaEvents.push(event);
   }
 
   reset(): void {
@@ -178,6 +235,11 @@ export class AtapiCdrom implements SataDrive {
       done({ status: STATUS_OK, error: 0, count: INTERRUPT_REASON_DONE, pioIn: pio && n > 0, transferred: n });
     };
     const op = cdb[0];
+    if (this.swapNotReady && !UNIT_ATTENTION_EXEMPT.has(op)) {
+      // A guest that only polls TEST UNIT READY sees the tray cycle of a swap.
+      this.swapNotReady = false;
+      return finish({ sense: SENSE_MEDIUM_NOT_PRESENT });
+    }
     if (this.unitAttention && !UNIT_ATTENTION_EXEMPT.has(op)) {
       this.unitAttention = false;
       return finish({ sense: SENSE_MEDIUM_CHANGED });
@@ -189,9 +251,15 @@ export class AtapiCdrom implements SataDrive {
       case ATAPI_OP.TEST_UNIT_READY: case ATAPI_OP.SEEK_10: case ATAPI_OP.SET_CD_SPEED:
         return finish({ ok: true });
       case ATAPI_OP.REQUEST_SENSE: {
-        // A pending unit attention is reported (and cleared) here too.
-        const sense = this.unitAttention ? SENSE_MEDIUM_CHANGED : this.sense;
-        this.unitAttention = false;
+        // A pending swap or unit attention is reported (and cleared) here too.
+        let sense = this.sense;
+        if (this.swapNotReady) {
+          sense = SENSE_MEDIUM_NOT_PRESENT;
+          this.swapNotReady = false;
+        } else if (this.unitAttention) {
+          sense = SENSE_MEDIUM_CHANGED;
+          this.unitAttention = false;
+        }
         const data = fixedSense(sense);
         this.sense = SENSE_NONE;
         return finish({ data: data.subarray(0, Math.min(data.length, cdb[4])) });
@@ -226,12 +294,13 @@ export class AtapiCdrom implements SataDrive {
         if (loej && !start) {
           if (this.locked) return finish({ sense: SENSE_REMOVAL_PREVENTED });
           if (this.mediumBackend) {
-            this.mediumBackend.close();
-            this.mediumBackend = null;
-            this.mediaEvent = MEDIA_EVENT.MEDIA_REMOVAL;
-            this.counters?.mediaChanges.add();
+            this.takeOut();
             this.onEject();
+          } else {
+            this.trayOpenState = true;
           }
+        } else if (loej && start) {
+          this.trayOpenState = false; // load: the tray closes (on whatever is in it)
         }
         return finish({ ok: true });
       }
@@ -356,9 +425,9 @@ export class AtapiCdrom implements SataDrive {
     if (!(cdb[4] & MEDIA_CLASS)) {
       return { data: Uint8Array.from([0, 2, 0x80, MEDIA_CLASS]).subarray(0, Math.min(4, alloc)) };
     }
-    const event = this.mediaEvent;
-    this.mediaEvent = MEDIA_EVENT.NONE;
-    const status = this.mediumBackend ? 0x02 : 0x00;
+    const event = this.mediaEvents.shift() ?? MEDIA_EVENT.NONE;
+    // Media status: bit 0 tray open, bit 1 medium present.
+    const status = (this.mediumBackend ? 0x02 : 0x00) | (this.trayOpenState ? 0x01 : 0x00);
     const data = Uint8Array.from([0, 6, 0x04, MEDIA_CLASS, event, status, 0, 0]);
     return { data: data.subarray(0, Math.min(data.length, alloc)) };
   }
@@ -386,6 +455,14 @@ export class AtapiCdrom implements SataDrive {
     w[87] = 0x4000;
     w[88] = 0x007f | 0x2000; // UDMA 0-6, mode 5 selected
     return identifyBytes(w);
+  }
+}
+
+/** A host insert or eject refused because the guest locked the drive. */
+export class MediumLockedError extends Error {
+  constructor(readonly drive: string) {
+    super(`the guest has locked ${drive} (PREVENT ALLOW MEDIUM REMOVAL); it was asked to eject the disc. Eject it in the guest, or force it`);
+    this.name = 'MediumLockedError';
   }
 }
 

@@ -11,6 +11,8 @@ import type { SataDrive } from './ata';
 import { AtaDisk } from './ata-disk';
 import { AtapiCdrom } from './atapi-cdrom';
 import { AHCI_PORTS, AhciHba } from './hba';
+import { AhciMedia, type MediaDrive } from './media';
+import { CDROM_CHANNEL_TARGET } from '../../shared/cdrom-messages';
 
 export { AhciHba } from './hba';
 export { AtaDisk } from './ata-disk';
@@ -25,19 +27,24 @@ export const ahciDevices: DeviceFactory = (ctx: DeviceContext) => {
   if (entries.length > AHCI_PORTS) throw new ConfigError(`at most ${AHCI_PORTS} SATA disks and CD-ROM drives (${entries.length} given)`);
   const stats = ctx.statistics;
   const drives: SataDrive[] = [];
+  const cdroms: MediaDrive[] = [];
+  let media: AhciMedia | null = null;
   try {
     for (const { disk, index } of entries) {
       const name = diskName(disk, index);
       // Synchronous: the machine thread sits in KVM_RUN (see RawImageOptions.synchronous).
       if (disk.media === 'cdrom') {
         const medium = disk.path === undefined ? null : RawImageFile.open(disk.path, { readOnly: true, synchronous: true });
-        drives.push(new AtapiCdrom({
+        const drive: AtapiCdrom = new AtapiCdrom({
           name, medium, serial: disk.serial,
           counters: stats ? {
             reads: counter(stats, name, 'reads'), readBytes: counter(stats, name, 'read-bytes', 'bytes'),
             errors: counter(stats, name, 'errors'), mediaChanges: counter(stats, name, 'media-changes'),
           } : null,
-        }));
+          onEject: () => media?.guestEjected(drive),
+        });
+        cdroms.push({ drive, port: drives.length, path: disk.path ?? null });
+        drives.push(drive);
         continue;
       }
       if (disk.path === undefined) throw new ConfigError(`${name}: a SATA disk needs an image path`);
@@ -60,10 +67,20 @@ export const ahciDevices: DeviceFactory = (ctx: DeviceContext) => {
     log: (text) => ctx.log(text),
     counters: stats ? { commands: counter(stats, 'ahci', 'commands'), errors: counter(stats, 'ahci', 'errors') } : null,
   });
+  media = new AhciMedia(cdroms, {
+    send: (kind, payload) => ctx.sendToHost(CDROM_CHANNEL_TARGET, kind, payload),
+    setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
+    log: (text) => ctx.log(text),
+  });
+  const changer = media;
   return {
     name: 'ahci',
     instance: hba,
     pci: [{ slot: AHCI_PCI_SLOT, fn: 0, device: hba }],
-    close: () => hba.close(),
+    hostMessages: { target: CDROM_CHANNEL_TARGET, handle: (kind, payload) => changer.handle(kind, payload) },
+    close: () => {
+      changer.close();
+      hba.close();
+    },
   };
 };
