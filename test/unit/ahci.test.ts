@@ -304,7 +304,7 @@ test('ATAPI media: an empty drive is NOT READY (3A); insert gives UNIT ATTENTION
   assert.equal(cdrom.medium, null);
   assert.ok(iso.closed);
   r = atapi(d, [0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8], 8);
-  assert.deepEqual([r.data[4], r.data[5]], [3, 0], 'media removal, no medium');
+  assert.deepEqual([r.data[4], r.data[5]], [3, 1], 'media removal, no medium, tray open');
   r = atapi(d, [0x28, 0, 0, 0, 0, 0, 0, 0, 1], 2048);
   assert.equal(r.error >> 4, 2);
   const iso2 = new MemoryDisk(ISO_BYTES, true);

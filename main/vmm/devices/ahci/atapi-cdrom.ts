@@ -251,12 +251,13 @@ export class AtapiCdrom implements SataDrive {
       case ATAPI_OP.TEST_UNIT_READY: case ATAPI_OP.SEEK_10: case ATAPI_OP.SET_CD_SPEED:
         return finish({ ok: true });
       case ATAPI_OP.REQUEST_SENSE: {
-        // A pending swap or unit attention is reported (and cleared) here too.
+        // The last failed command's sense first; else a pending swap or unit attention is
+        // reported (and cleared) here.
         let sense = this.sense;
-        if (this.swapNotReady) {
+        if (sense === SENSE_NONE && this.swapNotReady) {
           sense = SENSE_MEDIUM_NOT_PRESENT;
           this.swapNotReady = false;
-        } else if (this.unitAttention) {
+        } else if (sense === SENSE_NONE && this.unitAttention) {
           sense = SENSE_MEDIUM_CHANGED;
           this.unitAttention = false;
         }
