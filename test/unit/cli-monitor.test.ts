@@ -215,7 +215,7 @@ test('the control socket answers bad requests with errors, never a stack trace, 
   const replies = lines.map((l) => JSON.parse(l));
   assert.deepEqual(replies.slice(0, 4), [
     { id: null, ok: false, error: { code: 'invalid-argument', message: 'A request is one JSON object per line.' } },
-    { id: 2, ok: false, error: { code: 'invalid-argument', message: 'The method must be one of listUsbPorts, attachUsbDevice, detachUsbDevice, sendUsbKeys, attachHostUsbDevice, startUsbCapture, stopUsbCapture, getVmStats.' } },
+    { id: 2, ok: false, error: { code: 'invalid-argument', message: 'The method must be one of listUsbPorts, attachUsbDevice, detachUsbDevice, sendUsbKeys, attachHostUsbDevice, startUsbCapture, stopUsbCapture, getVmStats, listCdromDrives, insertCdrom, ejectCdrom.' } },
     { id: 3, ok: false, error: { code: 'invalid-argument', message: 'The USB port must be a whole number from 1 to 8.' } },
     { id: 4, ok: false, error: { code: 'invalid-argument', message: 'listUsbPorts takes no arguments.' } },
   ]);
