@@ -245,15 +245,12 @@ test('editing and deleting need a stopped VM; a deleted VM drops its console sub
   assert.deepEqual(events[events.length - 1], { type: 'vm-removed', id });
 });
 
-test('an ISO is refused at start with a sentence (no CD drive yet); disk images become virtio-blk disks', async () => {
+test('an ISO in boot.cdrom becomes a CD-ROM drive SeaBIOS boots first; disk images become virtio-blk disks', async () => {
   const file = path.join(home.home, 'disk.img');
   fs.writeFileSync(file, '');
-  const vm = manager.createVm({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [], cdrom: file, optionRoms: [] } });
-  const e = await rejection(manager.startVm(vm.id));
-  assert.equal(e.code, 'unsupported');
-  assert.match(e.message, /^ISO images cannot be attached yet/);
-  assert.equal(procs.length, 0, 'no process was started');
-  assert.equal(manager.getVm(vm.id).state, 'stopped');
+  const iso = machineConfigOf({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [], cdrom: file, optionRoms: [] } });
+  assert.deepEqual(iso.disks, [{ readOnly: true, bus: 'sata', media: 'cdrom', path: file }]);
+  assert.deepEqual(iso.boot, { kind: 'firmware', path: undefined, bootFrom: 'cdrom' });
   const config = machineConfigOf({ ...spec(), boot: { kind: 'firmware', firmware: '', disks: [file], cdrom: '', optionRoms: [] } });
   assert.deepEqual(config.disks, [{ path: file, readOnly: false }]);
 });
