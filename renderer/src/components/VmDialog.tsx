@@ -10,6 +10,7 @@ import { memoryFieldText, parseMemoryText } from '../format';
 import { errorSentence } from '../store';
 import { FieldMessages, PathField, TextField } from './fields';
 import { Modal } from './Modal';
+import { DevicesEditor, type DevicesValue } from './DevicesEditor';
 
 interface Form {
   name: string;
@@ -17,8 +18,8 @@ interface Form {
   cpus: string;
   bootKind: BootKind;
   firmware: string;
-  disks: string[];
-  cdrom: string;
+  /** Disks (a firmware spec's boot.disks come first, as virtio disks), the CD-ROM drive, NICs. */
+  devices: DevicesValue;
   optionRoms: string[];
   kernel: string;
   initrd: string;
@@ -36,8 +37,12 @@ function formFromSpec(spec: VmSpec): Form {
     cpus: String(spec.cpus),
     bootKind: b.kind,
     firmware: b.kind === 'firmware' ? b.firmware : '',
-    disks: b.kind === 'firmware' ? [...b.disks] : [],
-    cdrom: b.kind === 'firmware' ? b.cdrom : '',
+    devices: {
+      disks: [...(b.kind === 'firmware' ? b.disks.map((path) => ({ path })) : []), ...(spec.disks ?? []).map((d) => ({ ...d }))],
+      // An ISO saved as the firmware's own (boot.cdrom) is a CD-ROM drive booted first.
+      cdrom: spec.cdrom ? { ...spec.cdrom } : b.kind === 'firmware' && b.cdrom !== '' ? { path: b.cdrom, boot: true } : null,
+      nics: (spec.nics ?? []).map((n) => ({ ...n, backend: { ...n.backend } })),
+    },
     optionRoms: b.kind === 'firmware' ? [...b.optionRoms] : [],
     kernel: b.kind === 'linux' ? b.kernel : '',
     initrd: b.kind === 'linux' ? b.initrd : '',
@@ -61,13 +66,18 @@ function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb']): Vm
     : {
       kind: 'firmware',
       firmware: f.firmware.trim(),
-      disks: f.disks.map((d) => d.trim()),
-      cdrom: f.cdrom.trim(),
+      disks: [],
+      cdrom: '',
       optionRoms: f.optionRoms.map((r) => r.trim()),
     };
+  const { disks, cdrom, nics } = f.devices;
+  const cd = cdrom === null ? null : { path: cdrom.path.trim(), ...(cdrom.boot === true && f.bootKind === 'firmware' ? { boot: true } : {}) };
   return {
     name: f.name, memoryMiB: memory.ok ? memory.mib : Number.NaN, cpus, boot, serial, debugExit: f.debugExit,
     ...(f.usbController ? { usb: { controller: 'xhci', devices: usb?.devices ?? [] } } : {}),
+    ...(disks.length > 0 ? { disks: disks.map((d) => ({ ...d, path: d.path.trim() })) } : {}),
+    ...(cd === null ? {} : { cdrom: cd }),
+    ...(nics.length > 0 ? { nics } : {}),
   };
 }
 
@@ -150,10 +160,11 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
 
   // Problems that belong to no visible field (e.g. main could not be asked).
   const visibleFields = new Set([
-    'name', 'memoryMiB', 'cpus', 'boot.firmware', 'boot.cdrom', 'boot.kernel', 'boot.initrd', 'boot.cmdline', 'boot.path',
-    ...form.disks.map((_, i) => `boot.disks.${i}`), ...form.optionRoms.map((_, i) => `boot.optionRoms.${i}`),
+    'name', 'memoryMiB', 'cpus', 'boot.firmware', 'boot.kernel', 'boot.initrd', 'boot.cmdline', 'boot.path',
+    ...form.optionRoms.map((_, i) => `boot.optionRoms.${i}`),
   ]);
-  const otherProblems = [...problems].filter(([field]) => !visibleFields.has(field)).map(([, m]) => m);
+  const isDeviceField = (field: string) => /^(disks|cdrom|nics)(\.|$)/.test(field);
+  const otherProblems = [...problems].filter(([field]) => !visibleFields.has(field) && !isDeviceField(field)).map(([, m]) => m);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -174,14 +185,14 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
   };
 
   /** Adds an empty path to a list and puts the cursor in it. */
-  const addEntry = (kind: 'disks' | 'optionRoms') => {
+  const addEntry = (kind: 'optionRoms') => {
     const id = fieldId(`boot.${kind}.${form[kind].length}`);
     setForm((f) => ({ ...f, [kind]: [...f[kind], ''] }));
     requestAnimationFrame(() => document.getElementById(id)?.focus());
   };
 
   const pending = localProblems.size === 0 && serverCheck?.key !== specKey;
-  const listField = (kind: 'disks' | 'optionRoms', label: string, purpose: 'disk' | 'option-rom') =>
+  const listField = (kind: 'optionRoms', label: string, purpose: 'option-rom') =>
     form[kind].map((value, i) => {
       const field = `boot.${kind}.${i}`;
       return (
@@ -226,7 +237,7 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
           <legend>Boot from</legend>
           <label>
             <input type="radio" name={`${uid}-boot`} checked={form.bootKind === 'firmware'} onChange={() => update('boot', { bootKind: 'firmware' })} />
-            Firmware (SeaBIOS) with disks or an ISO
+            Firmware (SeaBIOS) from a disk or a CD
           </label>
           <label>
             <input type="radio" name={`${uid}-boot`} checked={form.bootKind === 'linux'} onChange={() => update('boot', { bootKind: 'linux' })} />
@@ -241,24 +252,9 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
         </fieldset>
 
         {form.bootKind === 'firmware' && (
-          <div className="boot-section">
-            <p className="note" id={`${uid}-disk-note`}>
-              Disk images (raw) are virtio-blk disks, in boot order. The ISO is saved with the VM but not attached yet: the CD drive arrives in a later version of Porthole.
-            </p>
-            {listField('disks', 'Disk image', 'disk')}
-            <button
-              type="button"
-              disabled={form.disks.length >= LIMITS.disksMax}
-              onClick={() => addEntry('disks')}
-            >
-              Add disk image
-            </button>
-            <PathField
-              id={fieldId('boot.cdrom')} label="ISO image (optional)" value={form.cdrom} purpose="cdrom" nativeDialogs={nativeDialogs}
-              problem={shown('boot.cdrom')} onBlur={() => touch('boot.cdrom')}
-              onChange={(v) => update('boot.cdrom', { cdrom: v })}
-            />
-          </div>
+          <p className="note" id={`${uid}-disk-note`}>
+            SeaBIOS boots the first disk, or the CD first when “Boot from CD” is on.
+          </p>
         )}
 
         {form.bootKind === 'linux' && (
@@ -294,6 +290,16 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
             />
           </div>
         )}
+
+        <DevicesEditor
+          value={form.devices}
+          canBootCd={form.bootKind === 'firmware'}
+          nativeDialogs={nativeDialogs}
+          fieldId={fieldId}
+          shown={shown}
+          touch={touch}
+          onChange={(field, devices) => update(field, { devices })}
+        />
 
         <details className="advanced" open={advancedInitiallyOpen}>
           <summary>Advanced</summary>
