@@ -35,7 +35,7 @@ export function Details({ vm }: { vm: VmSummary }) {
           <>
             <dt>Boot</dt><dd>Firmware: {boot.firmware ? <code>{boot.firmware}</code> : 'the system’s SeaBIOS'}</dd>
             <dt>Disk images</dt><dd><PathList paths={boot.disks} />{boot.disks.length > 0 && <span className="note-inline">virtio-blk, in boot order.</span>}</dd>
-            <dt>ISO image</dt><dd>{boot.cdrom ? <><code>{boot.cdrom}</code> <span className="note-inline">Not attached yet.</span></> : <span className="muted">none</span>}</dd>
+            {boot.cdrom && <><dt>ISO image</dt><dd><code>{boot.cdrom}</code> <span className="note-inline">In a CD-ROM drive, booted first.</span></dd></>}
             {boot.optionRoms.length > 0 && <><dt>Option ROMs</dt><dd><PathList paths={boot.optionRoms} /></dd></>}
           </>
         )}

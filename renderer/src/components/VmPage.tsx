@@ -1,5 +1,5 @@
 // One VM: its controls, how its last run ended, and tabs for the console, serial ports,
-// USB, performance graphs and details.
+// disks and network (changing the CD while it runs), USB, performance graphs and details.
 import { useId, useRef, type KeyboardEvent } from 'react';
 import type { ConsolePort, VmSummary } from '../../../main/api/contract';
 import { vmActions, type VmAction } from '../actions';
@@ -14,10 +14,12 @@ import { StateBadge } from './StateBadge';
 import type { StatsFeeds } from '../stats-feed';
 import { PerfPanel } from './PerfPanel';
 import { UsbPanel } from './UsbPanel';
+import { DevicesPanel } from './DevicesPanel';
 
 const TABS = [
   { id: 'console', label: 'Console' },
   { id: 'serial', label: 'Serial ports' },
+  { id: 'devices', label: 'Disks & network' },
   { id: 'usb', label: 'USB' },
   { id: 'perf', label: 'Performance' },
   { id: 'details', label: 'Details' },
@@ -121,6 +123,7 @@ export function VmPage({ store, vm, tab, onTabChange, port, onPortChange, onEdit
       >
         {tab === 'console' && <Console key={`${vm.id}-${port}`} vm={vm} port={port} onPortChange={onPortChange} />}
         {tab === 'serial' && <SerialSettings key={`${vm.id}-${vm.spec.serial.join('\u0000')}`} store={store} vm={vm} />}
+        {tab === 'devices' && <DevicesPanel key={vm.id} vm={vm} info={state.info} />}
         {tab === 'usb' && <UsbPanel key={vm.id} store={store} vm={vm} />}
         {tab === 'perf' && <PerfPanel key={vm.id} vm={vm} feeds={feeds} />}
         {tab === 'details' && <Details vm={vm} />}
