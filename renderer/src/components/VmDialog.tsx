@@ -148,8 +148,9 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
     return map;
   }, [localProblems, serverCheck, specKey]);
 
+  // A problem of a whole entry ("nics.0": main's check of the card) shows once any of its fields was touched.
   const shown = (field: string): string | null =>
-    submitted || touched.has(field) ? problems.get(field) ?? null : null;
+    submitted || touched.has(field) || [...touched].some((t) => t.startsWith(`${field}.`)) ? problems.get(field) ?? null : null;
   const touch = (field: string) => setTouched((t) => (t.has(field) ? t : new Set(t).add(field)));
   const update = (field: string, patch: Partial<Form>) => {
     setForm((f) => ({ ...f, ...patch }));
