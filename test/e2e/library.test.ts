@@ -32,7 +32,7 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
       prepareLibrary: (dir) => {
         fs.writeFileSync(path.join(dir, 'alpha.json'), record('alpha', echoSpec('Alpha')));
         fs.writeFileSync(path.join(dir, 'beta.json'), record('beta', {
-          ...echoSpec('Beta'), boot: { kind: 'firmware', firmware: '', disks: [], cdrom: guest('echo'), optionRoms: [] },
+          ...echoSpec('Beta'), boot: { kind: 'firmware', firmware: '', disks: [], cdrom: '', optionRoms: [] }, cdrom: { path: '/nonexistent/beta.iso' },
         }));
         fs.writeFileSync(path.join(dir, 'broken.json'), '{"version": 1, "id": "broken", ');
       },
@@ -74,14 +74,14 @@ describe('Porthole library and settings in Chromium', { skip: skip ?? false }, (
   it('shows why a VM cannot start as a sentence', () => withDiagnostics(app, async () => {
     const { page } = app;
     await libraryItem(page, 'Beta').click();
-    await page.getByRole('tab', { name: 'Details' }).click();
-    await page.getByText('Not attached yet.').first().waitFor();
+    await page.getByRole('tab', { name: 'Disks & network' }).click();
+    await page.getByText('/nonexistent/beta.iso').first().waitFor();
     await page.getByRole('button', { name: 'Start', exact: true }).click();
     const notice = page.locator('.notice-error');
     await notice.waitFor();
     assert.equal(
       (await notice.locator('span').innerText()).trim(),
-      'Beta: ISO images cannot be attached yet: this Porthole has no CD drive; remove it to start the VM.',
+      'Beta: CD-ROM ISO image: /nonexistent/beta.iso does not exist.',
     );
     await waitForBadge(page, 'Stopped');
     await notice.getByRole('button', { name: 'Dismiss' }).click();
