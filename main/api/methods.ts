@@ -71,7 +71,7 @@ const statsInterval = { name: 'intervalMs', parse: parseStatsInterval } as const
 const usbCapture = { name: 'options', parse: parseUsbCaptureOptions } as const;
 const usbCaptureId = { name: 'capture', parse: parseUsbCaptureId } as const;
 const cdromInsert = { name: 'media', parse: parseCdromInsertSpec } as const;
-const cdromEject = { name: 'options', parse: parseCdromEjectSpec } as const;
+const cdromEject = { name: 'eject', parse: parseCdromEjectSpec } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
