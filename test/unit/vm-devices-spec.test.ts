@@ -168,3 +168,34 @@ test('the app\'s NIC models are the VMM\'s (a model added to one is added to the
   assert.deepEqual(NIC_MODEL_CHOICES.map((m) => m.model).sort(), [...NIC_MODELS].sort());
   for (const b of NIC_BACKEND_CHOICES) assert.ok(b.label.length > 0 && b.fields.every((f) => f.label.length > 0), b.kind);
 });
+
+test('the monitor socket: CD-ROM calls reach the VM host\'s media methods; its refusals come back as sentences with their codes', async () => {
+  const { handleMonitorLine } = await import('../../main/cli/monitor');
+  const { CdromRequestError } = await import('../../main/vmm/shared/cdrom-messages');
+  const { formatCdromDrives } = await import('../../main/cli/main');
+  const calls: unknown[] = [];
+  const drives = [{ drive: 'disk1', port: 1, path: '/a.iso', locked: true, trayOpen: false }];
+  const control = {
+    usbPorts: async () => [], attachUsb: async () => { throw new Error('no'); }, detachUsb: async () => {}, sendUsbKeys: async () => {},
+    attachHostUsb: async () => { throw new Error('no'); },
+    cdromDrives: async () => drives,
+    insertCdrom: async (...args: unknown[]) => { calls.push(['insert', ...args]); return drives; },
+    ejectCdrom: async (...args: unknown[]) => {
+      calls.push(['eject', ...args]);
+      if (args[1] !== true) throw new CdromRequestError('invalid-state', 'the guest has locked disk1 (PREVENT ALLOW MEDIUM REMOVAL); it was asked to eject the disc. Eject it in the guest, or force it');
+      return drives;
+    },
+  };
+  assert.deepEqual(await handleMonitorLine(control, '{"id": 1, "method": "listCdromDrives"}'), { id: 1, ok: true, value: drives });
+  assert.deepEqual(await handleMonitorLine(control, '{"id": 2, "method": "insertCdrom", "args": [{"path": "/b.iso", "drive": "disk1"}]}'), { id: 2, ok: true, value: drives });
+  assert.deepEqual(await handleMonitorLine(control, '{"id": 3, "method": "ejectCdrom", "args": [{}]}'), {
+    id: 3, ok: false, error: { code: 'invalid-state', message: 'The guest has locked disk1 (PREVENT ALLOW MEDIUM REMOVAL); it was asked to eject the disc. Eject it in the guest, or force it.' },
+  });
+  assert.deepEqual(await handleMonitorLine(control, '{"id": 4, "method": "ejectCdrom", "args": [{"force": true}]}'), { id: 4, ok: true, value: drives });
+  assert.deepEqual(await handleMonitorLine(control, '{"id": 5, "method": "insertCdrom", "args": [{"path": "b.iso"}]}'), {
+    id: 5, ok: false, error: { code: 'invalid-argument', message: 'The ISO image path must be absolute (starting with /), not "b.iso".' },
+  });
+  assert.deepEqual(calls, [['insert', '/b.iso', 'disk1', false], ['eject', undefined, false], ['eject', undefined, true]]);
+  assert.equal(formatCdromDrives(drives), 'disk1  sata port 1  /a.iso  locked by the guest\n');
+  assert.equal(formatCdromDrives([{ ...drives[0], path: null, locked: false, trayOpen: true }]), 'disk1  sata port 1  (no disc, tray open)\n');
+});
