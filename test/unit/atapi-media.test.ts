@@ -164,3 +164,30 @@ test('bad requests: a missing ISO is not-found, a relative path and an unknown d
   assert.equal(reply.ok, false);
   assert.equal(cdrom.medium, before);
 });
+
+test('the VM host: a relaunch (reset) puts in the discs the drives report, not the config\'s; requests need a CD-ROM drive and a running VM', async () => {
+  const { VmHost } = await import('../../main/vmm/host/vm-host');
+  const { defaultConfig } = await import('../../main/vmm/config');
+  const config = {
+    ...defaultConfig(),
+    disks: [
+      { path: '/sys.img', readOnly: false },
+      { path: '/first.iso', readOnly: true, bus: 'sata' as const, media: 'cdrom' as const },
+      { readOnly: true, bus: 'sata' as const, media: 'cdrom' as const, name: 'cd2' },
+    ],
+  };
+  const host = new VmHost(config);
+  const internals = host as unknown as { launchConfig(): typeof config; onCdromMessage(kind: number, payload: Uint8Array): void };
+  assert.deepEqual(internals.launchConfig().disks, config.disks, 'before any change: the config');
+  internals.onCdromMessage(CDROM_KIND.MEDIA, encodeCdromMessage({
+    drives: [{ drive: 'disk1', port: 0, path: null, locked: false, trayOpen: true }, { drive: 'cd2', port: 1, path: '/new.iso', locked: false, trayOpen: false }],
+  }));
+  assert.deepEqual(internals.launchConfig().disks, [
+    { path: '/sys.img', readOnly: false },
+    { readOnly: true, bus: 'sata', media: 'cdrom' },
+    { readOnly: true, bus: 'sata', media: 'cdrom', name: 'cd2', path: '/new.iso' },
+  ]);
+  assert.deepEqual(config.disks[1], { path: '/first.iso', readOnly: true, bus: 'sata', media: 'cdrom' }, 'the config itself is untouched');
+  await assert.rejects(host.insertCdrom('/a.iso'), /the VM is stopped/);
+  await assert.rejects(new VmHost(defaultConfig()).cdromDrives(), /this VM has no CD-ROM drive/);
+});
