@@ -168,7 +168,7 @@ export class Ne2000TestDriver {
       const expected = thisFrame + 1 + ((count - 4 + 4) >> 8);
       const pages = RX_STOP - RX_START;
       if (next !== expected && next !== expected + 1 && next !== expected - pages && next !== expected + 1 - pages) this.headerMismatches++;
-      this.outb(3, next - 1 < RX_START ? RX_STOP - 1 : next - 1);
+      this.outb(3, next - 1); // as ei_receive: PSTART - 1 after a wrap, not PSTOP - 1
     }
     return frames;
   }

@@ -258,12 +258,12 @@ test('monitor mode and a stopped card take nothing into the ring; frames are cou
   assert.equal(counters(t)['rx-dropped'], 2);
 });
 
-test('bad rings (CVE-2015-5278/5279 patterns): PSTART == PSTOP, inverted, CURR outside, ring past the memory', () => {
+test('bad rings (CVE-2015-5278/5279 patterns): PSTART == PSTOP, inverted, CURR outside, BNRY outside, ring past the memory', () => {
   const cases: [number, number, number, number][] = [
     [0x50, 0x50, 0x50, 0x50], // PSTART == PSTOP, CURR == BNRY
     [0x80, 0x40, 0x60, 0x60], // inverted
     [0x46, 0x80, 0xff, 0x46], // CURR outside
-    [0x46, 0x80, 0x50, 0x90], // BNRY outside
+    [0x46, 0x80, 0x80, 0x50], // CURR == PSTOP
   ];
   for (const [pstart, pstop, curr, bnry] of cases) {
     const t = new Ne2000TestDriver();
@@ -274,6 +274,15 @@ test('bad rings (CVE-2015-5278/5279 patterns): PSTART == PSTOP, inverted, CURR o
     t.arrive(ethFrame(MAC, 1514));
     assert.equal(t.device.drops.rxBadRing, 1, `ring ${pstart}-${pstop} curr ${curr} bnry ${bnry}`);
     assert.ok(t.logs.some((l) => l.includes('receive ring is not usable')));
+  }
+  // BNRY outside the ring counts as the page before PSTART: frames still come in, bounded.
+  {
+    const t = new Ne2000TestDriver();
+    t.start();
+    t.outb(3, 0x10);
+    for (let i = 0; i < 30; i++) t.arrive(ethFrame(MAC, 1514, i));
+    assert.equal(t.device.drops.rxBadRing, 0);
+    assert.ok(t.link!.waiting > 0, 'the ring filled up to the page before PSTART and stopped');
   }
   // A valid ring whose end is past card memory (pages 0xf0-0xff) and the top page: the header
   // and data that fall outside card memory vanish; nothing wraps into the 16-bit address's start.

@@ -11,7 +11,7 @@
 // Every guest value is bounded: card addresses are 16-bit and only 0x4000-0x7fff is memory
 // (other reads are 0xff, writes vanish), so a ring or remote DMA pointing anywhere reads or
 // writes nothing outside the 16 KiB; receive writes byte by byte with the wrap at PSTOP, the
-// header included (QEMU's CVE-2015-5279); a ring with PSTART >= PSTOP or CURR/BNRY outside it
+// header included (QEMU's CVE-2015-5279); a ring with PSTART >= PSTOP or CURR outside it
 // receives nothing (CVE-2015-5278's loop cannot happen: no loop runs longer than one frame or
 // one access); TBCR is checked before a frame is read.
 //
@@ -429,8 +429,16 @@ export class Ne2000Pci extends PciDevice {
   // --- receive ----------------------------------------------------------------------------
 
   private get ringValid(): boolean {
-    const { pstart, pstop, curr, bnry } = this;
-    return pstart < pstop && curr >= pstart && curr < pstop && bnry >= pstart && bnry < pstop;
+    const { pstart, pstop, curr } = this;
+    return pstart < pstop && curr >= pstart && curr < pstop;
+  }
+
+  /**
+   * BNRY as a page of the ring. 8390.c writes next - 1 without wrapping, so PSTART - 1 stands
+   * for PSTOP - 1 (the page before PSTART); any other value outside the ring is taken the same way.
+   */
+  private get boundary(): number {
+    return this.bnry >= this.pstart && this.bnry < this.pstop ? this.bnry : this.pstop - 1;
   }
 
   /** Frames that wait in the link go into the ring while it has room. */
@@ -468,7 +476,7 @@ export class Ne2000Pci extends PciDevice {
       return drop('rxMonitor');
     }
     if (!this.ringValid) {
-      if (this.drops.rxBadRing === 0) this.logLine(`${this.name}: frames dropped: the receive ring is not usable (PSTART 0x${this.pstart.toString(16)}, PSTOP 0x${this.pstop.toString(16)}, CURR 0x${this.curr.toString(16)}, BNRY 0x${this.bnry.toString(16)})`);
+      if (this.drops.rxBadRing === 0) this.logLine(`${this.name}: frames dropped: the receive ring is not usable (PSTART 0x${this.pstart.toString(16)}, PSTOP 0x${this.pstop.toString(16)}, CURR 0x${this.curr.toString(16)})`);
       this.missed();
       return drop('rxBadRing');
     }
@@ -482,7 +490,7 @@ export class Ne2000Pci extends PciDevice {
     // The next frame starts on a fresh page after the last byte (Linux's 8390.c expects this).
     const pages = 1 + (count >> 8);
     const ringPages = this.pstop - this.pstart;
-    const free = ((this.bnry - this.curr + ringPages) % ringPages) || ringPages;
+    const free = ((this.boundary - this.curr + ringPages) % ringPages) || ringPages;
     if (pages >= free) {
       if (!this.dropOnOverflow) return 'wait';
       this.isr |= ISR.OVW;
