@@ -118,6 +118,7 @@ export class Ne2000Pci extends PciDevice {
   private readonly cntr = [0, 0, 0];
   /** The remote DMA is moving bytes (a read or write command with a count). */
   private dmaActive = false;
+  private irqLevel = false;
   /** A transmit waits for the backend's credit. */
   private txPending = false;
   private readonly padded = new Uint8Array(NE2K_MIN_FRAME);
@@ -375,7 +376,10 @@ export class Ne2000Pci extends PciDevice {
   // --- interrupts -------------------------------------------------------------------------
 
   private updateIrq(): void {
-    this.setIntx((this.isr & this.imr & 0x7f) !== 0);
+    const level = (this.isr & this.imr & 0x7f) !== 0;
+    if (level === this.irqLevel) return; // most register writes change nothing: no PIRQ refresh
+    this.irqLevel = level;
+    this.setIntx(level);
   }
 
   /** The interrupt status register as the guest reads it (tests). */
