@@ -9,6 +9,7 @@ export const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 export const RX_START = 0x46;
 export const RX_STOP = 0x80;
 export const TX_START = 0x40;
+const ISR_PRX = 0x01;
 
 /** The VM host's side: records sent, a channel that can be made full, timers run by hand. */
 export class FakeNetHost {
@@ -150,10 +151,23 @@ export class Ne2000TestDriver {
     this.link!.onRecord(NET_KIND.TX_CREDIT, decodeNetRecord(encodeNetCount(0, n))!.body);
   }
 
-  /** Frames in the ring from BNRY+1 to CURR as 8390.c's ei_receive reads them; moves BNRY. */
-  receiveAll(): { status: number; frame: Uint8Array }[] {
+  /**
+   * 8390.c's ei_interrupt for receive: while ISR shows PRX (at most 12 rounds), ei_receive reads
+   * up to 9 frames and then acknowledges PRX. Returns what it read.
+   */
+  interruptLikeLinux(): Uint8Array[] {
+    const frames: Uint8Array[] = [];
+    for (let round = 0; round < 12 && (this.inb(7) & ISR_PRX); round++) {
+      frames.push(...this.receiveAll(9).map((f) => f.frame));
+      this.outb(7, 0x05);
+    }
+    return frames;
+  }
+
+  /** Frames in the ring from BNRY+1 to CURR as 8390.c's ei_receive reads them (up to `limit`); moves BNRY. */
+  receiveAll(limit = 256): { status: number; frame: Uint8Array }[] {
     const frames: { status: number; frame: Uint8Array }[] = [];
-    for (let guard = 0; guard < 256; guard++) {
+    for (let guard = 0; guard < limit; guard++) {
       this.outb(0, 0x62); // page 1
       const curr = this.inb(7);
       this.outb(0, 0x22);

@@ -206,6 +206,20 @@ test('a full ring: frames wait in the link (no loss) and come in once BNRY moves
   assert.equal(t.host.credits(NET_KIND.RX_CREDIT), 20);
 });
 
+test('a stream into a full ring as 8390.c takes it (9 frames per ei_receive, then the PRX ack): no frame is left unnoticed', () => {
+  const t = new Ne2000TestDriver();
+  t.start();
+  const sent = Array.from({ length: 40 }, (_, i) => ethFrame(MAC, 1514 - (i % 3) * 500, i));
+  for (const f of sent) t.arrive(f);
+  const got: Uint8Array[] = [];
+  // Each interrupt the guest services; the line must stay up as long as frames are unread.
+  for (let irq = 0; irq < 40 && t.irq; irq++) got.push(...t.interruptLikeLinux());
+  assert.equal(got.length, sent.length);
+  got.forEach((f, i) => assert.deepEqual(f, sent[i]));
+  assert.equal(t.irq, false, 'all read: the line is down');
+  assert.equal(t.inb(7) & ISR.PRX, 0);
+});
+
 test('with dropOnOverflow: the DP8390 overflow, ISR.OVW, the missed-packet counter, nothing overwritten', () => {
   const t = new Ne2000TestDriver({ dropOnOverflow: true });
   t.start();

@@ -261,7 +261,11 @@ export class Ne2000Pci extends PciDevice {
       case P0.TPSR: this.tpsr = v; break;
       case P0.TBCR0: this.tbcr = (this.tbcr & 0xff00) | v; break;
       case P0.TBCR1: this.tbcr = (this.tbcr & 0xff) | (v << 8); break;
-      case P0.ISR: this.isr &= ~(v & 0x7f); this.updateIrq(); break; // RST is not cleared by a write
+      case P0.ISR: // RST is not cleared by a write
+        this.isr &= ~(v & 0x7f);
+        if (v & ISR.PRX) this.afterReceiveAck();
+        this.updateIrq();
+        break;
       case P0.RSAR0: this.rsar = (this.rsar & 0xff00) | v; break;
       case P0.RSAR1: this.rsar = (this.rsar & 0xff) | (v << 8); break;
       case P0.RBCR0: this.rbcr = (this.rbcr & 0xff00) | v; break;
@@ -443,6 +447,20 @@ export class Ne2000Pci extends PciDevice {
    */
   private get boundary(): number {
     return this.bnry >= this.pstart && this.bnry < this.pstop ? this.bnry : this.pstop - 1;
+  }
+
+  /**
+   * The guest acknowledged PRX. Frames the card put in the ring while the guest was reading it
+   * (room freed by its BNRY writes) or that wait in the link would otherwise go unnoticed:
+   * 8390.c reads at most 9 frames per interrupt and acknowledges PRX after them. So waiting
+   * frames come in now, and PRX stays set while the ring holds frames the guest has not read
+   * (from BNRY + 1 to CURR).
+   */
+  private afterReceiveAck(): void {
+    this.receiveWaiting();
+    if (!this.ringValid) return;
+    const nextRead = this.boundary + 1 >= this.pstop ? this.pstart : this.boundary + 1;
+    if (nextRead !== this.curr) this.isr |= ISR.PRX;
   }
 
   /** Frames that wait in the link go into the ring while it has room. */
