@@ -199,6 +199,10 @@ test('an NE2000 PCI NIC from the config: 00:10.0 10ec:8029, its I/O BAR, INTA th
   fromHost(NET_CHANNEL_TARGET, NET_KIND.FRAME, encodeNetFrame(0, frame));
   assert.equal(io(7) & 0x01, 0x01, 'ISR.PRX');
   assert.deepEqual(irqs.at(-1), [11, true]);
+  // Acknowledged while the frame is unread, PRX stays; with BNRY past it, the line falls.
+  io(7, 0x01);
+  assert.deepEqual(irqs.at(-1), [11, true]);
+  io(3, 0x46);
   io(7, 0x01);
   assert.deepEqual(irqs.at(-1), [11, false]);
   assert.ok(toHost.some(([target, kind]) => target === NET_CHANNEL_TARGET && kind === NET_KIND.RX_CREDIT), 'the frame was credited');
