@@ -28,6 +28,7 @@ export interface NicBackendChoice {
 
 export const NIC_MODEL_CHOICES: readonly NicModelChoice[] = [
   { model: 'virtio', label: 'virtio-net (virtio 1.0)' },
+  { model: 'ne2k_pci', label: 'NE2000 PCI (Realtek RTL8029)' },
 ];
 
 export const NIC_BACKEND_CHOICES: readonly NicBackendChoice[] = [

@@ -89,8 +89,9 @@ Machine:
                          keyboard, tablet, storage:IMAGE, storage-ro:IMAGE,
                          serial (a USB serial port on a pty) or serial:SPEC
                          (SPEC as for --serial)
-  --nic virtio[,mac=52:54:00:XX:XX:XX][,BACKEND][,pcap=FILE]
-                         a virtio-net card (repeatable); BACKEND: tap=IFNAME (an
+  --nic [MODEL,][model=MODEL,][mac=52:54:00:XX:XX:XX][,BACKEND][,pcap=FILE]
+                         a network card (repeatable); MODEL: virtio (virtio-net, the
+                         default) or ne2k_pci (NE2000 PCI, RTL8029); BACKEND: tap=IFNAME (an
                          existing TAP), bridge=BR (a new TAP on bridge BR; needs
                          CAP_NET_ADMIN), socket=listen:PATH / socket=connect:PATH
                          (joins two VMs), udp=LHOST:LPORT/RHOST:RPORT; none: link down

@@ -102,7 +102,8 @@ export type NetBackendConfig =
   /** One UDP datagram per frame, from local to remote (host:port each). */
   | { kind: 'udp'; local: string; remote: string };
 
-export const NIC_MODELS = ['virtio'] as const;
+/** virtio-net (the default), or an NE2000 PCI card (RTL8029) for guests without virtio. */
+export const NIC_MODELS = ['virtio', 'ne2k_pci'] as const;
 export type NicModel = (typeof NIC_MODELS)[number];
 
 export interface NicConfig {
@@ -501,18 +502,28 @@ export function formatMac(mac: Uint8Array): string {
   return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
-const NIC_HELP = 'MODEL[,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT][,pcap=FILE]';
+const NIC_HELP = '[MODEL|model=MODEL][,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT][,pcap=FILE]';
 
-/** Parses a --nic value, e.g. "virtio,tap=tap0" or "virtio,mac=52:54:00:00:00:01,socket=listen:/tmp/net.sock,pcap=net.pcapng". */
+/**
+ * Parses a --nic value, e.g. "virtio,tap=tap0", "tap=tap0,model=ne2k_pci" or
+ * "virtio,mac=52:54:00:00:00:01,socket=listen:/tmp/net.sock,pcap=net.pcapng". The model is the
+ * first word or model=MODEL (default virtio).
+ */
 export function parseNic(text: string): NicConfig {
-  const [model, ...options] = text.split(',');
-  const nic: Record<string, unknown> = { model, backend: { kind: 'none' } };
+  const parts = text.split(',');
+  const first = parts[0].includes('=') ? undefined : parts.shift();
+  const nic: Record<string, unknown> = { model: first ?? 'virtio', backend: { kind: 'none' } };
   let backends = 0;
-  for (const option of options) {
+  let modelOption: string | undefined;
+  for (const option of parts) {
     const eq = option.indexOf('=');
     const key = eq < 0 ? option : option.slice(0, eq);
     const value = eq < 0 ? '' : option.slice(eq + 1);
-    if (key === 'mac') nic.mac = value;
+    if (key === 'model') {
+      if ((first !== undefined && first !== value) || (modelOption !== undefined && modelOption !== value)) throw new ConfigError(`nic "${text}": two models given (${first ?? modelOption} and ${value})`);
+      modelOption = value;
+      nic.model = value;
+    } else if (key === 'mac') nic.mac = value;
     else if (key === 'pcap' && value) nic.pcap = value;
     else if (key === 'tap') { nic.backend = { kind: 'tap', ifname: value }; backends++; }
     else if (key === 'bridge') { nic.backend = { kind: 'bridge', bridge: value }; backends++; }
@@ -576,8 +587,9 @@ function netBackendFromJson(b: unknown, where: string): NetBackendConfig {
 export function nicConfigFromJson(n: unknown, at: string): NicConfig {
   if (!isRecord(n)) throw new ConfigError(`${at} must be an object like {"model": "virtio", "backend": {"kind": "tap", "ifname": "tap0"}}`);
   for (const k of Object.keys(n)) if (!['model', 'mac', 'backend', 'pcap'].includes(k)) throw new ConfigError(`${at}: unknown field "${k}"`);
-  if (!NIC_MODELS.includes(n.model as NicModel)) throw new ConfigError(`${at}.model: "${String(n.model)}" is not a NIC model (${NIC_MODELS.join(', ')})`);
-  const nic: NicConfig = { model: n.model as NicModel, backend: n.backend === undefined ? { kind: 'none' } : netBackendFromJson(n.backend, `${at}.backend`) };
+  const model = n.model ?? 'virtio';
+  if (!NIC_MODELS.includes(model as NicModel)) throw new ConfigError(`${at}.model: "${String(model)}" is not a NIC model (${NIC_MODELS.join(', ')})`);
+  const nic: NicConfig = { model: model as NicModel, backend: n.backend === undefined ? { kind: 'none' } : netBackendFromJson(n.backend, `${at}.backend`) };
   if (n.mac !== undefined) {
     parseMac(str(n.mac, `${at}.mac`), `${at}.mac`);
     nic.mac = (n.mac as string).toLowerCase();

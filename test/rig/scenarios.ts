@@ -63,8 +63,8 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'net-l2',
-    description: 'Porthole boots the L2 kit with a virtio-net card on a TAP in L1 (porthole run --nic virtio,tap=…,pcap=…); Linux\'s virtio_net binds it with our MAC, L1 and L2 ping each other, 4 MiB go each way over TCP with md5 compared, and Debian\'s tshark reads the pcap (ICMP both ways, the TCP streams, nothing malformed)',
-    // One L2 boot (25-80 s) and 8 MiB through the TAP; multi-threaded TCG as for every L2 Linux boot.
+    description: 'Porthole boots the L2 kit with a virtio-net card and an NE2000 PCI card, each on a TAP in L1 (porthole run --nic virtio,tap=… --nic ne2k_pci,tap=…); Linux\'s virtio_net and ne2k-pci bind them with our MACs, L1 and L2 ping each other over each, 4 MiB (virtio) and 2 MiB (NE2000) go each way over TCP with md5 compared, and Debian\'s tshark reads each pcap (ICMP both ways, the TCP streams, nothing malformed)',
+    // One L2 boot (25-80 s) and 12 MiB through the TAPs; multi-threaded TCG as for every L2 Linux boot.
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {

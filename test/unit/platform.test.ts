@@ -13,6 +13,7 @@ import { Platform } from '../../main/vmm/platform/platform';
 import { CHANNEL_TARGET } from '../../main/vmm/shared/channel';
 import { ByteRing } from '../../main/vmm/shared/control';
 import { encodeModemStatus, SERIAL_KIND } from '../../main/vmm/shared/serial-messages';
+import { encodeNetFrame, NET_CHANNEL_TARGET, NET_KIND } from '../../main/vmm/shared/net-messages';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 
 function context(config: MachineConfig = defaultConfig()) {
@@ -160,4 +161,49 @@ test('MachineStats is one launch\'s share of the registry: exits, device reads a
   assert.deepEqual(machineStatsFrom(stats.schema, stats.counts, baseline), {
     exits: { io: 2 }, devices: [{ name: 'COM1', reads: 1, writes: 4 }], kicks: 1, apExits: 0,
   });
+});
+
+test('an NE2000 PCI NIC from the config: 00:10.0 10ec:8029, its I/O BAR, INTA through the PIRQ router, frames over the channel', () => {
+  const config: MachineConfig = {
+    ...defaultConfig(),
+    nics: [{ model: 'ne2k_pci', mac: '52:54:00:00:00:42', backend: { kind: 'udp', local: '127.0.0.1:1', remote: '127.0.0.1:2' } }],
+  };
+  const { ctx, irqs, fromHost } = context(config);
+  const toHost: [number, number, Uint8Array][] = [];
+  ctx.sendToHost = (target, kind, payload) => { toHost.push([target, kind, payload?.slice() ?? new Uint8Array(0)]); return true; };
+  const pc = new Platform(ctx, PC_DEVICES);
+  const cfg = (reg: number, size: number, value?: number) => {
+    ctx.pio.write(0xcf8, 4, (0x80000000 | (16 << 11) | reg) >>> 0);
+    if (value === undefined) return ctx.pio.read(0xcfc + (reg & 3), size);
+    ctx.pio.write(0xcfc + (reg & 3), size, value);
+    return 0;
+  };
+  assert.equal(cfg(PCI_CFG.VENDOR_ID, 4), 0x802910ec);
+  assert.equal(cfg(PCI_CFG.INTERRUPT_PIN, 1), 1);
+  cfg(PCI_CFG.BAR0, 4, 0xc100);
+  cfg(PCI_CFG.COMMAND, 2, PCI_COMMAND.IO);
+  assert.equal(ctx.pio.ownerOf(0xc100), 'net0');
+  assert.equal(ctx.pio.ownerOf(0xc11f), 'net0');
+  // Slot 16's INTA is PIRQA (the i440FX swizzle); SeaBIOS steers it to an ISA IRQ.
+  pc.pci?.isaBridge.routePirqs([11, 10, 10, 11]);
+  const io = (reg: number, v?: number) => (v === undefined ? ctx.pio.read(0xc100 + reg, 1) : (ctx.pio.write(0xc100 + reg, 1, v), 0));
+  // The PROM in word mode as ne2k-pci reads it.
+  io(0x1f);
+  io(0, 0x21); io(0x0e, 0x49); io(0x0a, 12); io(0x0b, 0); io(0x08, 0); io(0x09, 0); io(0, 0x0a);
+  assert.deepEqual(Array.from({ length: 6 }, () => io(0x10)), [0x52, 0x54, 0, 0, 0, 0x42]);
+  // Start with a ring and every interrupt; a frame from the VM host lands in it and raises IRQ 11.
+  io(7, 0xff); io(1, 0x46); io(2, 0x80); io(3, 0x7f); io(0x0c, 0x04);
+  io(0, 0x61); io(7, 0x46); io(0, 0x22); io(0x0f, 0x3f);
+  assert.ok(toHost.some(([target, kind]) => target === NET_CHANNEL_TARGET && kind === NET_KIND.HELLO), 'the card said HELLO');
+  const frame = new Uint8Array(60).fill(0xff, 0, 6);
+  fromHost(NET_CHANNEL_TARGET, NET_KIND.FRAME, encodeNetFrame(0, frame));
+  assert.equal(io(7) & 0x01, 0x01, 'ISR.PRX');
+  assert.deepEqual(irqs.at(-1), [11, true]);
+  // Acknowledged while the frame is unread, PRX stays; with BNRY past it, the line falls.
+  io(7, 0x01);
+  assert.deepEqual(irqs.at(-1), [11, true]);
+  io(3, 0x46);
+  io(7, 0x01);
+  assert.deepEqual(irqs.at(-1), [11, false]);
+  assert.ok(toHost.some(([target, kind]) => target === NET_CHANNEL_TARGET && kind === NET_KIND.RX_CREDIT), 'the frame was credited');
 });

@@ -1,10 +1,11 @@
-// The VM's network cards: one PCI function each (00:10.0 on), each with a NicLink to its
+// The VM's network cards (virtio-net or an NE2000 PCI, per the config's model): one PCI function each (00:10.0 on), each with a NicLink to its
 // backend on the VM host thread. One device model owns the network channel target and routes
 // records by NIC index.
 import { defaultMac, parseMac } from '../../config';
 import { decodeNetRecord, NET_CHANNEL_TARGET } from '../../shared/net-messages';
 import type { DeviceFactory } from '../device';
 import { VirtioNet } from '../virtio/net';
+import { Ne2000Pci } from './ne2000';
 import { NicLink } from './nic-link';
 
 export const NIC_FIRST_SLOT = 16;
@@ -25,9 +26,8 @@ export const nicDevices: DeviceFactory = (ctx) => {
     });
     links.push(link);
     const mac = nic.mac !== undefined ? parseMac(nic.mac, `nics[${i}].mac`) : defaultMac(ctx.config.name, i);
-    return new VirtioNet({
-      name: nicName(i), mac, link, router: ctx.interrupts, statistics: ctx.statistics, log: (text) => ctx.log(text),
-    });
+    const common = { name: nicName(i), mac, link, statistics: ctx.statistics, log: (text: string) => ctx.log(text) };
+    return nic.model === 'ne2k_pci' ? new Ne2000Pci(common) : new VirtioNet({ ...common, router: ctx.interrupts });
   });
   for (const link of links) link?.hello();
   return {
