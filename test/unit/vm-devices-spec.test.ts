@@ -53,13 +53,13 @@ test('shape: good disks, CD-ROM and NICs pass; every bad value is a sentence nam
       { model: 'virtio', backend: { kind: 'carrier-pigeon' } },
     ],
   })), [
-    'nics.0.model: NIC 1 model must be one of virtio.',
+    `nics.0.model: NIC 1 model must be one of ${NIC_MODEL_CHOICES.map((c) => c.model).join(', ')}.`,
     'nics.0.mac: NIC 1 MAC address must be a unicast address (its first byte even).',
     'nics.0.pcap: NIC 1 capture file must be an absolute path (starting with /).',
     'nics.0.backend.ifname: NIC 1 interface is required.',
     'nics.1.backend.mode: NIC 2 mode must be "listen" or "connect".',
     'nics.1.backend.path: NIC 2 socket path must be an absolute path (starting with /).',
-    'nics.2.backend.kind: NIC 3 backend must be one of none, tap, bridge, socket, udp.',
+    `nics.2.backend.kind: NIC 3 backend must be one of ${NIC_BACKEND_CHOICES.map((c) => c.kind).join(', ')}.`,
   ]);
   assert.deepEqual(messages(spec({ nics: new Array(5).fill({ model: 'virtio', backend: { kind: 'none' } }) })), ['nics: Network cards may have at most 4 entries.']);
   // Only known fields survive parsing.
