@@ -12,7 +12,8 @@ import { DEBUGCON_RING } from '../platform/platform';
 import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
-import { allocateRam, type MemoryRegion } from '../memory/guest-memory';
+import { allocateRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
+import { AssignedPci } from './pci-assign';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import {
@@ -128,6 +129,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   /** Guest RAM: made at start, handed to every machine launch (it survives resets), dropped at the end. */
   private ram: MemoryRegion[] | null = null;
+  /** Host PCI functions this VM holds while it runs (config pciAssign). */
+  private assignedPci: AssignedPci | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
   /** How often the statistics registry is sampled into a 'stats' event (100 ms = 10 Hz at most). */
   statsIntervalMs = 250;
@@ -250,7 +253,12 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       await this.openNics();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
+      if ((this.config.pciAssign?.length ?? 0) > 0) {
+        const ram = this.ram.map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddr: hostAddressOf(r), name: r.name }));
+        this.assignedPci = AssignedPci.open(this.config.pciAssign ?? [], ram, { vm: this.config.name, journal: this.hostUsbSource.journal });
+      }
     } catch (e) {
+      this.releaseAssignedPci();
       this.closeEndpoints();
       this.setState('stopped');
       throw e;
@@ -380,6 +388,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.serviceMachine();
     this.usbCaptures.closeAll();
     this.closeEndpoints();
+    this.releaseAssignedPci();
     this.ram = null;
     this.setState('stopped');
     this.emit('ended', end, stats);
@@ -407,6 +416,13 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   setStatsInterval(ms: number): void {
     this.statsIntervalMs = ms;
     if (this.statsTimer) this.armStatsTimer();
+  }
+
+  /** Gives the assigned PCI functions back to the host (after the machine thread let go of them). */
+  private releaseAssignedPci(): void {
+    const pci = this.assignedPci;
+    this.assignedPci = null;
+    for (const line of pci?.close() ?? []) this.emit('log', line);
   }
 
   private closeEndpoints(): void {
@@ -637,8 +653,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /** The config a launch builds: after a hot-plug, the USB devices plugged in at that moment. */
   private launchConfig(): MachineConfig {
-    if (this.usbPlugged === null || !this.config.usb) return this.config;
-    return { ...this.config, usb: { ...this.config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
+    const config = this.assignedPci === null ? this.config : { ...this.config, pciAssign: this.assignedPci.withFds(this.config.pciAssign ?? []) };
+    if (this.usbPlugged === null || !config.usb) return config;
+    return { ...config, usb: { ...config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
   }
 
   /** Every port of the VM's xHCI and what sits on it. */

@@ -105,6 +105,9 @@ export interface PciFunctionBus {
   readonly memory?: GuestMemory;
   signalMsi(addressLo: number, addressHi: number, data: number): void;
   setIntx(device: PciDevice, pin: number, level: boolean): void;
+  /** The GSI an INTx pin reaches now, for an irqfd (PciBus). */
+  intxGsi?(device: PciDevice, pin: number): number | null;
+  onIntxRouteChange?(listener: () => void): void;
 }
 
 export class PciDevice {

@@ -1,13 +1,15 @@
-// The start of the vfio-pci device model: a host PCI function's configuration space as the
-// guest sees it. Identity and capability bodies are passed through to the host device; the
-// BARs, ROM BAR, command register's decode bits, interrupt line, the capability chain's links
-// and the MSI-X capability are emulated (the guest places BARs in its own address space and
-// programs MSI-X messages for its own interrupt controller). The MSI capability is left out of
-// the chain: the guest uses MSI-X. BAR accesses are trapped and forwarded to the host region,
-// except the MSI-X table and PBA, which the emulated capability serves.
-// Not yet here: BARs mapped as KVM memory slots, MSI-X vectors wired to VFIO eventfds/irqfd,
-// INTx, DMA mapping of guest RAM, extended config space (0x100+).
+// The vfio-pci device model: a host PCI function as the guest sees it. Identity and capability
+// bodies are passed through to the host function; the BARs, ROM BAR, command register's decode
+// bits, interrupt line, the capability chain's links and the MSI-X capability are emulated (the
+// guest places BARs in its own address space and programs MSI-X messages for its own interrupt
+// controller). The MSI capability is left out of the chain: the guest gets MSI-X or INTx.
+// Interrupts need no JavaScript: INTx is a resampling KVM irqfd on the GSI the guest's PIRQ
+// steering gives the pin (VFIO signals it, KVM's resample eventfd unmasks it in VFIO), MSI-X
+// vectors are the capability's irqfd routes handed to VFIO. BAR parts the host lets us mmap
+// become KVM memory slots while the BAR decodes; the rest (and the MSI-X table and PBA pages)
+// exit and are forwarded. Not here: MSI for functions without MSI-X, extended config space.
 import { allOnes, type IoDevice } from '../io-device';
+import type { InterruptRouter, LineIrqfd } from '../interrupts';
 import { MSIX_CAP_LENGTH, MsixCapability, type MsixOptions } from '../pci/msix';
 import { ConfigWriteResult, PCI_BAR_COUNT, PCI_CAP_ID, PCI_CFG, PCI_COMMAND, PCI_ROM_BAR, PciDevice, type BarKind } from '../pci/pci-device';
 
@@ -20,6 +22,49 @@ export interface VfioPciHost {
   regionSize(index: number): number;
   readRegion(index: number, offset: number, size: 1 | 2 | 4): number;
   writeRegion(index: number, offset: number, size: 1 | 2 | 4, value: number): void;
+  /** INTx on eventfds (VFIO_DEVICE_SET_IRQS): `trigger` is signalled when the function asserts INTx (VFIO masks it then), a write to `unmask` unmasks it. null: INTx off. */
+  setIntx?(fds: { trigger: number; unmask: number } | null): void;
+  /** MSI-X: vector i signals fds[i]. null: MSI-X off. */
+  setMsix?(fds: number[] | null): void;
+  /** The parts of region `index` that may be mmap'd (offset, size; page-aligned), [] for none. */
+  mmapAreas?(index: number): { offset: number; size: number }[];
+  /** mmaps part of a region (an area mmapAreas gave). */
+  mapRegion?(index: number, offset: number, size: number): { address: bigint; unmap(): void };
+}
+
+/** KVM memory slots (memory/slots.ts's MemorySlots on the machine). */
+export interface BarSlots {
+  add(guestBase: number, size: number, hostAddr: bigint, opts: { name: string }): number;
+  remove(slot: number): void;
+}
+
+export const PAGE_SIZE = 4096;
+
+/**
+ * The parts of a BAR that become KVM memory slots: the host's mmap'able areas inside its
+ * `hostSize` bytes, page-aligned, without the pages `trapped` ranges touch (the MSI-X table
+ * and PBA, which the emulated capability serves). Sorted, non-overlapping.
+ */
+export function barMmapPlan(hostSize: number, areas: readonly { offset: number; size: number }[], trapped: readonly { offset: number; size: number }[]): { offset: number; size: number }[] {
+  const cuts = trapped.filter((t) => t.size > 0).map((t) => ({
+    start: Math.floor(t.offset / PAGE_SIZE) * PAGE_SIZE, end: Math.ceil((t.offset + t.size) / PAGE_SIZE) * PAGE_SIZE,
+  }));
+  const out: { offset: number; size: number }[] = [];
+  for (const a of areas) {
+    if (!Number.isSafeInteger(a.offset) || !Number.isSafeInteger(a.size) || a.offset < 0 || a.size <= 0) continue;
+    let start = Math.ceil(a.offset / PAGE_SIZE) * PAGE_SIZE;
+    const end = Math.floor(Math.min(a.offset + a.size, hostSize) / PAGE_SIZE) * PAGE_SIZE;
+    const pieces: [number, number][] = [];
+    for (const c of [...cuts].sort((x, y) => x.start - y.start)) {
+      if (c.end <= start || c.start >= end) continue;
+      if (c.start > start) pieces.push([start, c.start]);
+      start = Math.max(start, c.end);
+    }
+    if (start < end) pieces.push([start, end]);
+    for (const [s, e] of pieces) out.push({ offset: s, size: e - s });
+  }
+  out.sort((x, y) => x.offset - y.offset);
+  return out.filter((p, i) => i === 0 || p.offset >= out[i - 1].offset + out[i - 1].size);
 }
 
 const PASSTHROUGH = 1;
@@ -61,6 +106,22 @@ class BarTrap implements IoDevice {
 export interface VfioPciOptions {
   /** MSI-X routes (KVM irqfd) for the emulated capability. */
   msix?: Pick<MsixOptions, 'router' | 'statistics'>;
+  /** Resampling line irqfds for INTx; without one (or without host.setIntx) INTx stays off. */
+  intx?: Pick<InterruptRouter, 'lineIrqfd'>;
+  /** KVM memory slots for mmap'able BAR parts; without them every BAR access exits. */
+  slots?: BarSlots;
+  /** Whether the guest sees the host's expansion ROM (default true). */
+  romBar?: boolean;
+  log?: (text: string) => void;
+}
+
+interface MappedArea {
+  offset: number;
+  size: number;
+  address: bigint;
+  unmap(): void;
+  /** The KVM slot while the BAR decodes, else -1. */
+  slot: number;
 }
 
 export class VfioPciDevice extends PciDevice {
@@ -70,20 +131,29 @@ export class VfioPciDevice extends PciDevice {
   /** The host capabilities the guest sees, in chain order: [id, offset]. */
   readonly capabilities: [number, number][] = [];
 
-  constructor(name: string, readonly host: VfioPciHost, options: VfioPciOptions = {}) {
+  /** The resampling irqfd INTx is on now (null: INTx off). */
+  private intxIrqfd: LineIrqfd | null = null;
+  /** MSI-X is enabled in VFIO now. */
+  private msixOn = false;
+  /** Per BAR, its mmap'd parts (mapped into the guest while the BAR decodes). */
+  private readonly areas: MappedArea[][] = [];
+  private closed = false;
+
+  constructor(name: string, readonly host: VfioPciHost, private readonly options: VfioPciOptions = {}) {
     super(name, {
       vendorId: host.readConfig(PCI_CFG.VENDOR_ID, 2), deviceId: host.readConfig(PCI_CFG.DEVICE_ID, 2),
       classCode: host.readConfig(PCI_CFG.REVISION, 4) >>> 8, revision: host.readConfig(PCI_CFG.REVISION, 1),
       subsystemVendorId: host.readConfig(PCI_CFG.SUBSYSTEM_VENDOR_ID, 2), subsystemId: host.readConfig(PCI_CFG.SUBSYSTEM_ID, 2),
       interruptPin: Math.min(host.readConfig(PCI_CFG.INTERRUPT_PIN, 1), 4),
     });
-    this.defineHostBars();
+    this.defineHostBars(options.romBar ?? true);
     this.msix = this.copyCapabilities(options);
+    this.mapBarAreas();
     // The host function decodes its BARs for our traps whatever the guest's command register says.
     this.syncHostCommand();
   }
 
-  private defineHostBars(): void {
+  private defineHostBars(romBar: boolean): void {
     for (let i = 0; i < PCI_BAR_COUNT; i++) {
       const raw = this.host.readConfig(PCI_CFG.BAR0 + i * 4, 4);
       const hostSize = this.host.regionSize(i);
@@ -95,7 +165,7 @@ export class VfioPciDevice extends PciDevice {
       }
       if (kind === 'mem64') i++;
     }
-    const rom = this.host.regionSize(PCI_ROM_BAR);
+    const rom = romBar ? this.host.regionSize(PCI_ROM_BAR) : 0;
     if (rom > 0) {
       const trap = new BarTrap(`${this.name}/rom`, this, PCI_ROM_BAR, rom);
       this.defineBar(PCI_ROM_BAR, { kind: 'mem32', size: Math.max(nextPowerOfTwo(rom), 2048), mmio: { name: trap.name, read: (o, s) => trap.read(o, s), write: () => {} } });
@@ -149,6 +219,144 @@ export class VfioPciDevice extends PciDevice {
     if (want !== host) this.host.writeConfig(PCI_CFG.COMMAND, 2, want);
   }
 
+  /** mmaps the BARs' mappable parts (slots come when the guest makes a BAR decode). */
+  private mapBarAreas(): void {
+    if (!this.options.slots || !this.host.mmapAreas || !this.host.mapRegion) return;
+    for (let i = 0; i < PCI_BAR_COUNT; i++) {
+      const spec = this.barSpec(i);
+      this.areas[i] = [];
+      if (!spec || spec.kind === 'io') continue;
+      const trapped = this.msix === null ? [] : [
+        ...(this.msix.tableBar === i ? [{ offset: this.msix.tableOffset, size: this.msix.tableSize }] : []),
+        ...(this.msix.pbaBar === i ? [{ offset: this.msix.pbaOffset, size: this.msix.pbaSize }] : []),
+      ];
+      let plan: { offset: number; size: number }[];
+      try {
+        plan = barMmapPlan(this.host.regionSize(i), this.host.mmapAreas(i), trapped);
+      } catch (e) {
+        this.options.log?.(`${this.name}: BAR ${i} is trapped (${(e as Error).message})`);
+        continue;
+      }
+      for (const p of plan) {
+        try {
+          const m = this.host.mapRegion(i, p.offset, p.size);
+          this.areas[i].push({ offset: p.offset, size: p.size, address: m.address, unmap: () => m.unmap(), slot: -1 });
+        } catch (e) {
+          this.options.log?.(`${this.name}: BAR ${i} +0x${p.offset.toString(16)} stays trapped: ${(e as Error).message}`);
+        }
+      }
+    }
+  }
+
+  /** The BAR parts mapped as KVM slots now: [bar, offset, size, guest address]. */
+  get slotMappings(): [number, number, number, number][] {
+    const out: [number, number, number, number][] = [];
+    this.areas.forEach((list, bar) => {
+      const base = this.barAddress(bar);
+      for (const a of list) if (a.slot >= 0 && base !== null) out.push([bar, a.offset, a.size, base + a.offset]);
+    });
+    return out;
+  }
+
+  protected override barMoved(index: number, address: number | null): void {
+    const slots = this.options.slots;
+    const list = this.areas[index];
+    if (!slots || !list) return;
+    for (const a of list) {
+      if (a.slot >= 0) slots.remove(a.slot);
+      a.slot = -1;
+    }
+    if (address === null || this.closed) return;
+    for (const a of list) {
+      try {
+        a.slot = slots.add(address + a.offset, a.size, a.address, { name: `${this.name}/bar${index}+${a.offset.toString(16)}` });
+      } catch (e) {
+        // An overlap or a full slot table: the trap still serves the range.
+        this.options.log?.(`${this.name}: BAR ${index} +0x${a.offset.toString(16)} at 0x${(address + a.offset).toString(16)} exits instead: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  override attached(): void {
+    this.bus?.onIntxRouteChange?.(() => this.updateInterrupts());
+    this.updateInterrupts();
+  }
+
+  /**
+   * Brings VFIO's interrupt set-up in line with the guest's: MSI-X on its vectors' irqfd routes
+   * while the guest has MSI-X enabled, else INTx on a resampling irqfd at the GSI the pin is
+   * steered to. INTx goes off before MSI-X comes on and the other way round (VFIO allows one type).
+   */
+  updateInterrupts(): void {
+    if (this.closed) return;
+    const host = this.host;
+    const wantMsix = this.msix !== null && this.msix.enabled && host.setMsix !== undefined;
+    const pin = this.interruptPin;
+    const gsi = wantMsix || !host.setIntx || !this.options.intx ? null : this.bus?.intxGsi?.(this, pin) ?? null;
+    try {
+      if (this.intxIrqfd !== null && this.intxIrqfd.gsi !== gsi) {
+        host.setIntx?.(null);
+        this.intxIrqfd.release();
+        this.intxIrqfd = null;
+      }
+      if (this.msixOn && !wantMsix) {
+        host.setMsix?.(null);
+        this.msixOn = false;
+      }
+      if (wantMsix && !this.msixOn && this.msix !== null) {
+        const msix = this.msix;
+        const fds = Array.from({ length: msix.vectors }, (_, v) => msix.vectorEventFd(v));
+        host.setMsix?.(fds);
+        this.msixOn = true;
+      }
+      if (gsi !== null && this.intxIrqfd === null && this.options.intx) {
+        const irqfd = this.options.intx.lineIrqfd(gsi, { resample: true });
+        try {
+          host.setIntx?.({ trigger: irqfd.eventFd, unmask: irqfd.resampleFd ?? -1 });
+        } catch (e) {
+          irqfd.release();
+          throw e;
+        }
+        this.intxIrqfd = irqfd;
+      }
+    } catch (e) {
+      this.options.log?.(`${this.name}: interrupts not set up: ${(e as Error).message}`);
+    }
+  }
+
+  /** The GSI INTx is wired to now, or null. */
+  get intxGsi(): number | null {
+    return this.intxIrqfd?.gsi ?? null;
+  }
+
+  get msixEnabledInHost(): boolean {
+    return this.msixOn;
+  }
+
+  /** Turns the host function's interrupts off and unmaps its BARs (the machine ends). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (this.msixOn) this.host.setMsix?.(null);
+      if (this.intxIrqfd !== null) this.host.setIntx?.(null);
+    } catch (e) {
+      this.options.log?.(`${this.name}: interrupts not turned off: ${(e as Error).message}`);
+    }
+    this.msixOn = false;
+    this.intxIrqfd?.release();
+    this.intxIrqfd = null;
+    for (const list of this.areas) {
+      for (const a of list ?? []) {
+        if (a.slot >= 0) {
+          try { this.options.slots?.remove(a.slot); } catch { /* the VM is gone already */ }
+        }
+        a.slot = -1;
+        a.unmap();
+      }
+    }
+  }
+
   override readConfig(offset: number, size: number): number {
     let v = 0;
     for (let i = size - 1; i >= 0; i--) {
@@ -165,6 +373,7 @@ export class VfioPciDevice extends PciDevice {
     }
     const changes = super.writeConfig(offset, size, value);
     if (offset < PCI_CFG.COMMAND + 2 && offset + size > PCI_CFG.COMMAND) this.syncHostCommand();
+    if (this.msix !== null && offset < this.msix.offset + 4 && offset + size > this.msix.offset + 2) this.updateInterrupts();
     return changes;
   }
 }

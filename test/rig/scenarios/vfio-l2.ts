@@ -1,0 +1,78 @@
+// A host PCI function assigned to a Porthole VM, driven by L2 Linux's own driver: L1's e1000
+// (QEMU user networking, gateway 10.0.2.2) given with --pci-assign; L2's e1000 driver binds it
+// at 00:18.0, gets the link, takes 10.0.2.15/24 and pings the gateway (its frames go by DMA
+// into guest RAM through L1's IOMMU, its interrupts through VFIO eventfds and KVM irqfds).
+// After the VM powers off, L1's e1000 driver owns the function again and Porthole's journal
+// holds nothing for it.
+import fs from 'node:fs';
+import path from 'node:path';
+import { listPciDevices } from '../../../main/host/pci-inventory';
+import { SerialConsole } from '../console';
+import { l1ProjectDir } from '../paths';
+import { consoleLogger, scenario } from '../scenario';
+
+const KIT_MODULES = 'e1000';
+const GUEST_ADDRESS = '0000:00:18.0';
+
+function driverOf(address: string): string | null {
+  try { return path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${address}/driver`)); } catch { return null; }
+}
+
+scenario('vfio-l2', async (ctx) => {
+  const cli = `${l1ProjectDir}/bin/porthole`;
+  if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
+  const nic = listPciDevices().find((d) => d.vendorId === 0x8086 && d.deviceId === 0x100e);
+  if (!nic) throw new Error('no e1000 (8086:100e) in L1');
+  ctx.log(`L1's e1000: ${nic.address} on ${nic.driver ?? 'no driver'}, IOMMU group ${nic.iommuGroup?.id ?? 'none'}`);
+  if (nic.driver !== 'e1000') throw new Error(`L1's e1000 ${nic.address} is on ${nic.driver ?? 'no driver'} before the VM, not e1000`);
+  const dataDir = '/tmp/vfio-l2-data';
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  const args = [
+    cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
+    '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
+    '--serial', 'stdio', '--verbose', '--stats', '--pci-assign', nic.address,
+  ];
+  ctx.log(`node ${args.join(' ')}`);
+  const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1', XDG_DATA_HOME: dataDir } });
+  const exited = new Promise<string>((resolve) => vm.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
+  vm.stderr!.on('data', (d: Buffer) => {
+    for (const l of d.toString().split('\n')) if (l.trim()) ctx.log(`porthole: ${l}`);
+  });
+  const failures: string[] = [];
+  const found: string[] = [];
+  const fail = (why: string) => { ctx.log(`CHECK FAILED: ${why}`); failures.push(why); };
+  try {
+    const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
+    await con.waitForShell(420000);
+    if (driverOf(nic.address) !== 'vfio-pci') fail(`while the VM runs, L1's ${nic.address} is on ${driverOf(nic.address) ?? 'no driver'}, not vfio-pci`);
+    await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done', 60000);
+    const dev = await con.run(`d=/sys/bus/pci/devices/${GUEST_ADDRESS}; echo "ids $(cat $d/vendor) $(cat $d/device)"; echo "driver $(basename $(readlink $d/driver))"; ls $d/net 2>&1; cat /proc/interrupts | grep -i eth; dmesg | grep -i e1000 | tail -5`);
+    ctx.log(`${GUEST_ADDRESS} in L2:\n${dev.output}`);
+    if (!/^ids 0x8086 0x100e$/m.test(dev.output)) fail(`L2 does not see an 8086:100e at ${GUEST_ADDRESS}`);
+    if (!/^driver e1000$/m.test(dev.output)) fail(`L2's e1000 driver did not bind ${GUEST_ADDRESS}`);
+    else found.push(`L2's e1000 bound ${GUEST_ADDRESS}`);
+    await con.run('ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; for i in $(seq 40); do [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ] && break; sleep 0.5; done; echo "carrier $(cat /sys/class/net/eth0/carrier)"', 60000)
+      .then((r) => { ctx.log(r.output); if (!/carrier 1/.test(r.output)) fail('eth0 has no carrier in L2'); else found.push('link up'); });
+    const ping = await con.run('ping -c 3 -W 10 10.0.2.2', 120000);
+    ctx.log(`L2 ping 10.0.2.2:\n${ping.output}`);
+    if (ping.status !== 0) fail(`L2 could not ping the gateway 10.0.2.2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
+    else found.push(`L2 pings 10.0.2.2: ${/(\d+ packets received)/.exec(ping.output)?.[1] ?? 'ok'}`);
+    const irq = await con.run('grep -i eth0 /proc/interrupts; cat /sys/class/net/eth0/statistics/rx_packets /sys/class/net/eth0/statistics/tx_packets');
+    ctx.log(`L2 interrupts and counters:\n${irq.output}`);
+    con.send('poweroff -f\n');
+    let timer: NodeJS.Timeout | undefined;
+    const end = await Promise.race([exited, new Promise<string>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120000); })]);
+    clearTimeout(timer);
+    if (end !== 'code 0') fail(`after "poweroff -f" in L2, porthole ended with ${end}, expected exit code 0`);
+  } finally {
+    vm.kill('SIGKILL');
+  }
+  const back = driverOf(nic.address);
+  if (back !== 'e1000') fail(`after the VM, L1's ${nic.address} is on ${back ?? 'no driver'}, not e1000`);
+  else found.push(`${nic.address} back on L1's e1000`);
+  const journal = path.join(dataDir, 'porthole', 'usb-taken');
+  const left = fs.existsSync(journal) ? fs.readdirSync(journal) : [];
+  if (left.length > 0) fail(`the journal still holds ${left.join(', ')}`);
+  if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')} (passed: ${found.join('; ')})`);
+  return found.join('; ');
+});
