@@ -40,6 +40,12 @@ class FakeHost implements VfioPciHost {
     this.calls.push(fds === null ? 'intx off' : `intx ${fds.trigger}/${fds.unmask}`);
     this.intx = fds;
   }
+  msi: number[] | null = null;
+  setMsi(fds: number[] | null): void {
+    if (fds !== null && (this.intx !== null || this.msix !== null)) throw new Error('VFIO: EINVAL (another type is on)');
+    this.calls.push(fds === null ? 'msi off' : `msi ${fds.join(',')}`);
+    this.msi = fds;
+  }
   setMsix(fds: number[] | null): void {
     if (fds !== null && this.intx !== null) throw new Error('VFIO: EINVAL (INTx is on)');
     this.calls.push(fds === null ? 'msix off' : `msix ${fds.join(',')}`);
@@ -52,6 +58,18 @@ class FakeHost implements VfioPciHost {
     const tag = `${i}+${offset.toString(16)}/${size.toString(16)}`;
     this.mapped.push(tag);
     return { address: BigInt(0x7f0000000000 + i * 0x100000 + offset), unmap: () => { this.mapped.splice(this.mapped.indexOf(tag), 1); } };
+  }
+}
+
+/** An 82574-like function without MSI-X: a 64-bit MSI capability (4 vectors) at 0xd0, PM at 0xc8 after it. */
+class FakeMsiHost extends FakeHost {
+  constructor(msiLength = 0x18) {
+    super();
+    const c = this.config;
+    c[0x34] = 0xd0;
+    c.fill(0, 0xa0, 0xac);
+    c[0xd0] = 0x05; c[0xd1] = msiLength === 0x18 ? 0 : 0xd0 + msiLength; c.writeUInt16LE(0x0084, 0xd2); // 64-bit, MMC 2 (4 vectors)
+    if (msiLength !== 0x18) { c[0xd0 + msiLength] = 0x01; c[0xd1 + msiLength] = 0; }
   }
 }
 
@@ -72,7 +90,7 @@ class FakeSlots implements BarSlots {
   }
 }
 
-function setup(slot = 24) {
+function setup(slot = 24, host: FakeHost = new FakeHost()) {
   const fds = new FakeEventFds();
   const kvm = new FakeKvm(fds);
   const routing = new IrqRouting(kvm, { lineRoutes: pcIrqRoutes(), eventFds: fds });
@@ -83,7 +101,6 @@ function setup(slot = 24) {
     log: (t: string) => { logs.push(t); },
   };
   const platform = buildPciPlatform(ctx);
-  const host = new FakeHost();
   const slots = new FakeSlots();
   const device = new VfioPciDevice('e1000e', host, { msix: { router: routing }, intx: routing, slots, log: (t) => logs.push(t) });
   platform.bus.attach(device, slot);
@@ -129,7 +146,7 @@ test('vfio-pci MSI-X: enabling hands VFIO one irqfd eventfd per vector (INTx off
   assert.ok(host.msix);
   assert.equal(host.msix.length, 5);
   assert.deepEqual(host.calls.slice(-2), ['intx off', `msix ${host.msix.join(',')}`]);
-  assert.ok(device.msixEnabledInHost);
+  assert.equal(device.hostInterruptMode, 'msix');
   const before = kvm.injected.length;
   kvm.fds.write(host.msix[2]); // what VFIO does when the function sends vector 2
   assert.deepEqual(kvm.injected.slice(before), [{ gsi: kvm.irqfds.get(host.msix[2])!.gsi, msi: { addressLo: 0xfee01000, addressHi: 0, data: 0x4062 } }]);
@@ -139,7 +156,41 @@ test('vfio-pci MSI-X: enabling hands VFIO one irqfd eventfd per vector (INTx off
   assert.equal(bar3.read(0x2000, 4) & 1, 1, 'vector 0 pending');
   device.writeConfig(0xa2, 2, 0);
   assert.deepEqual(host.calls.slice(-2), ['msix off', `intx ${host.intx!.trigger}/${host.intx!.unmask}`]);
-  assert.equal(device.msixEnabledInHost, false);
+  assert.equal(device.hostInterruptMode, 'none');
+});
+
+test('vfio-pci MSI (no MSI-X): an emulated capability where the host\'s was; enabling hands VFIO the enabled vectors\' eventfds (INTx off first), more vectors re-enable, off goes back to INTx', () => {
+  const { kvm, platform, host, device } = setup(24, new FakeMsiHost());
+  platform.isaBridge.routePirqs([10, 10, 11, 11]);
+  assert.equal(device.msix, null);
+  assert.ok(device.msi);
+  assert.equal(device.readConfig(0x34, 1), 0xd0);
+  assert.equal(device.readConfig(0xd0, 1), 0x05);
+  assert.equal(device.msi.vectors, 4);
+  assert.ok(host.intx);
+  device.writeConfig(4, 2, PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+  device.writeConfig(0xd4, 4, 0xfee02000); device.writeConfig(0xd8, 4, 0); device.writeConfig(0xdc, 2, 0x4050);
+  device.writeConfig(0xd2, 2, 0x0011); // enable, MME 1: two vectors
+  assert.equal(device.hostInterruptMode, 'msi');
+  const two = host.msi as unknown as number[];
+  assert.equal(two.length, 2);
+  assert.deepEqual(host.calls.slice(-2), ['intx off', `msi ${two.join(',')}`]);
+  const before = kvm.injected.length;
+  kvm.fds.write(two[1]);
+  assert.deepEqual(kvm.injected.slice(before).map((i) => i.msi), [{ addressLo: 0xfee02000, addressHi: 0, data: 0x4051 }], 'vector 1 sends data | 1');
+  device.writeConfig(0xd2, 2, 0x0021); // MME 2: four vectors
+  assert.equal((host.msi as unknown as number[]).length, 4);
+  assert.deepEqual(host.calls.slice(-2), ['msi off', `msi ${(host.msi as unknown as number[]).join(',')}`]);
+  device.writeConfig(0xd2, 2, 0);
+  assert.equal(host.msi, null);
+  assert.ok(host.intx, 'back on INTx');
+  assert.equal(device.hostInterruptMode, 'none');
+});
+
+test('vfio-pci MSI: a host capability too short for ours is left out (INTx only)', () => {
+  const { device } = setup(24, new FakeMsiHost(0x0c));
+  assert.equal(device.msi, null);
+  assert.equal(device.readConfig(0x34, 1), 0xdc, 'the chain starts at PM');
 });
 
 test('vfio-pci BAR slots: mmap\'able parts become KVM slots while the BAR decodes, the MSI-X pages stay trapped, and follow the guest\'s moves', () => {
@@ -194,7 +245,7 @@ test('vfio-pci wiring fuzz: random guest config and PIRQ writes never throw, nev
   let seed = 777;
   const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
   for (let round = 0; round < 10 * scale; round++) {
-    const { platform, host, slots, device, kvm } = setup(24 + rnd(8));
+    const { platform, host, slots, device, kvm } = setup(24 + rnd(8), rnd(2) ? new FakeHost() : new FakeMsiHost());
     for (let i = 0; i < 400; i++) {
       const pick = rnd(10);
       if (pick === 0) {
@@ -202,10 +253,10 @@ test('vfio-pci wiring fuzz: random guest config and PIRQ writes never throw, nev
         continue;
       }
       const size = [1, 2, 4][rnd(3)];
-      const offset = pick < 4 ? [4, 0x10, 0x1c, 0xa2, 0x18, 0x30][rnd(6)] : rnd(256 / size) * size;
+      const offset = pick < 4 ? [4, 0x10, 0x1c, 0xa2, 0x18, 0x30, 0xd2, 0xd4][rnd(8)] : rnd(256 / size) * size;
       const value = rnd(3) === 0 ? 0xffffffff : (rnd(0x10000) * 0x10000 + rnd(0x10000)) >>> 0;
       device.writeConfig(offset - (offset % size), size, size === 4 ? value : value & (size === 2 ? 0xffff : 0xff));
-      assert.ok(!(host.intx !== null && host.msix !== null), 'INTx and MSI-X both on');
+      assert.ok([host.intx, host.msix, host.msi].filter((x) => x !== null).length <= 1, 'two interrupt types on at once');
       const live = [...slots.live.values()].sort((a, b) => a.base - b.base);
       live.forEach((s, j) => { if (j > 0) assert.ok(live[j - 1].base + live[j - 1].size <= s.base, 'slots overlap'); });
       for (const [bar, off, sz, at] of device.slotMappings) {

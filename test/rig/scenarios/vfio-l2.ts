@@ -2,8 +2,9 @@
 // (QEMU user networking, gateway 10.0.2.2) given with --pci-assign; L2's e1000 driver binds it
 // at 00:18.0, gets the link, takes 10.0.2.15/24 and pings the gateway (its frames go by DMA
 // into guest RAM through L1's IOMMU, its interrupts through VFIO eventfds and KVM irqfds).
-// After the VM powers off, L1's e1000 driver owns the function again and Porthole's journal
-// holds nothing for it.
+// Then L2 reboots (a VM reset: the machine is rebuilt and the function's interrupts set up
+// afresh) and does it all again. After the VM powers off, L1's e1000 driver owns the function
+// again and Porthole's journal holds nothing for it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPciDevices } from '../../../main/host/pci-inventory';
@@ -45,20 +46,25 @@ scenario('vfio-l2', async (ctx) => {
     const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
     await con.waitForShell(420000);
     if (driverOf(nic.address) !== 'vfio-pci') fail(`while the VM runs, L1's ${nic.address} is on ${driverOf(nic.address) ?? 'no driver'}, not vfio-pci`);
-    await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done', 60000);
-    const dev = await con.run(`d=/sys/bus/pci/devices/${GUEST_ADDRESS}; echo "ids $(cat $d/vendor) $(cat $d/device)"; echo "driver $(basename $(readlink $d/driver))"; ls $d/net 2>&1; cat /proc/interrupts | grep -i eth; dmesg | grep -i e1000 | tail -5`);
-    ctx.log(`${GUEST_ADDRESS} in L2:\n${dev.output}`);
-    if (!/^ids 0x8086 0x100e$/m.test(dev.output)) fail(`L2 does not see an 8086:100e at ${GUEST_ADDRESS}`);
-    if (!/^driver e1000$/m.test(dev.output)) fail(`L2's e1000 driver did not bind ${GUEST_ADDRESS}`);
-    else found.push(`L2's e1000 bound ${GUEST_ADDRESS}`);
-    await con.run('ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; for i in $(seq 40); do [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ] && break; sleep 0.5; done; echo "carrier $(cat /sys/class/net/eth0/carrier)"', 60000)
-      .then((r) => { ctx.log(r.output); if (!/carrier 1/.test(r.output)) fail('eth0 has no carrier in L2'); else found.push('link up'); });
-    const ping = await con.run('ping -c 3 -W 10 10.0.2.2', 120000);
-    ctx.log(`L2 ping 10.0.2.2:\n${ping.output}`);
-    if (ping.status !== 0) fail(`L2 could not ping the gateway 10.0.2.2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
-    else found.push(`L2 pings 10.0.2.2: ${/(\d+ packets received)/.exec(ping.output)?.[1] ?? 'ok'}`);
-    const irq = await con.run('grep -i eth0 /proc/interrupts; cat /sys/class/net/eth0/statistics/rx_packets /sys/class/net/eth0/statistics/tx_packets');
-    ctx.log(`L2 interrupts and counters:\n${irq.output}`);
+    for (const round of ['first boot', 'after a VM reset']) {
+      if (round !== 'first boot') {
+        con.send('reboot -f\n');
+        await con.waitForShell(420000);
+      }
+      await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done', 60000);
+      const dev = await con.run(`d=/sys/bus/pci/devices/${GUEST_ADDRESS}; echo "ids $(cat $d/vendor) $(cat $d/device)"; echo "driver $(basename $(readlink $d/driver))"; ls $d/net 2>&1; dmesg | grep -i e1000 | tail -3`);
+      ctx.log(`${GUEST_ADDRESS} in L2 (${round}):\n${dev.output}`);
+      if (!/^ids 0x8086 0x100e$/m.test(dev.output)) fail(`${round}: L2 does not see an 8086:100e at ${GUEST_ADDRESS}`);
+      if (!/^driver e1000$/m.test(dev.output)) fail(`${round}: L2's e1000 driver did not bind ${GUEST_ADDRESS}`);
+      const link = await con.run('ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; for i in $(seq 40); do [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ] && break; sleep 0.5; done; echo "carrier $(cat /sys/class/net/eth0/carrier)"', 60000);
+      if (!/carrier 1/.test(link.output)) fail(`${round}: eth0 has no carrier in L2`);
+      const ping = await con.run('ping -c 3 -W 10 10.0.2.2', 120000);
+      ctx.log(`L2 ping 10.0.2.2 (${round}):\n${ping.output}`);
+      const irq = await con.run('grep -i eth0 /proc/interrupts');
+      ctx.log(`L2 /proc/interrupts (${round}): ${irq.output.trim()}`);
+      if (ping.status !== 0) fail(`${round}: L2 could not ping the gateway 10.0.2.2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
+      else found.push(`${round}: L2's e1000 bound ${GUEST_ADDRESS}, link up, ${/(\d+ packets received)/.exec(ping.output)?.[1] ?? 'pings'} from 10.0.2.2, ${/^\s*\d+:\s+(\d+)/m.exec(irq.output)?.[1] ?? '?'} INTx interrupts (${/(IO-APIC\s+\S+)/.exec(irq.output)?.[1] ?? '?'})`);
+    }
     con.send('poweroff -f\n');
     let timer: NodeJS.Timeout | undefined;
     const end = await Promise.race([exited, new Promise<string>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120000); })]);

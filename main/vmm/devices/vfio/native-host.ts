@@ -77,6 +77,11 @@ export class NativeVfioPciHost implements VfioPciHost {
     else this.device.enableIrqEventfds(VFIO_PCI_IRQ.MSIX, fds);
   }
 
+  setMsi(fds: number[] | null): void {
+    if (fds === null) this.device.disableIrqs(VFIO_PCI_IRQ.MSI);
+    else this.device.enableIrqEventfds(VFIO_PCI_IRQ.MSI, fds);
+  }
+
   mmapAreas(index: number): { offset: number; size: number }[] {
     const info = this.info(index);
     if (info === null || !info.mmappable) return [];

@@ -2,16 +2,17 @@
 // bodies are passed through to the host function; the BARs, ROM BAR, command register's decode
 // bits, interrupt line, the capability chain's links and the MSI-X capability are emulated (the
 // guest places BARs in its own address space and programs MSI-X messages for its own interrupt
-// controller). The MSI capability is left out of the chain: the guest gets MSI-X or INTx.
+// controller). A function with MSI-X has its MSI capability left out of the chain; one without
+// gets an emulated MSI capability (64-bit, unmasked) where the host's was, if that fits.
 // Interrupts need no JavaScript: INTx is a resampling KVM irqfd on the GSI the guest's PIRQ
 // steering gives the pin (VFIO signals it, KVM's resample eventfd unmasks it in VFIO), MSI-X
 // vectors are the capability's irqfd routes handed to VFIO. BAR parts the host lets us mmap
 // become KVM memory slots while the BAR decodes; the rest (and the MSI-X table and PBA pages)
-// exit and are forwarded. Not here: MSI for functions without MSI-X, extended config space.
+// exit and are forwarded. Not here: extended config space (0x100 on).
 import { allOnes, type IoDevice } from '../io-device';
 import type { InterruptRouter, LineIrqfd } from '../interrupts';
 import { MSIX_CAP_LENGTH, MsixCapability, type MsixOptions } from '../pci/msix';
-import { ConfigWriteResult, PCI_BAR_COUNT, PCI_CAP_ID, PCI_CFG, PCI_COMMAND, PCI_ROM_BAR, PciDevice, type BarKind } from '../pci/pci-device';
+import { ConfigWriteResult, MSI_CAP_LENGTH, MsiCapability, PCI_BAR_COUNT, PCI_CAP_ID, PCI_CFG, PCI_COMMAND, PCI_ROM_BAR, PciDevice, type BarKind } from '../pci/pci-device';
 
 /** What the model needs of the host function (native/vfio.ts's VfioDevice in production, a fake in tests). */
 export interface VfioPciHost {
@@ -26,6 +27,8 @@ export interface VfioPciHost {
   setIntx?(fds: { trigger: number; unmask: number } | null): void;
   /** MSI-X: vector i signals fds[i]. null: MSI-X off. */
   setMsix?(fds: number[] | null): void;
+  /** MSI: vector i signals fds[i] (as many as the guest enabled). null: MSI off. */
+  setMsi?(fds: number[] | null): void;
   /** The parts of region `index` that may be mmap'd (offset, size; page-aligned), [] for none. */
   mmapAreas?(index: number): { offset: number; size: number }[];
   /** mmaps part of a region (an area mmapAreas gave). */
@@ -133,8 +136,11 @@ export class VfioPciDevice extends PciDevice {
 
   /** The resampling irqfd INTx is on now (null: INTx off). */
   private intxIrqfd: LineIrqfd | null = null;
-  /** MSI-X is enabled in VFIO now. */
-  private msixOn = false;
+  /** What VFIO delivers now: MSI-X, MSI (with this many vectors) or neither (INTx, if wired). */
+  private mode: 'msix' | 'msi' | 'none' = 'none';
+  private msiVectorsOn = 0;
+  /** The emulated MSI capability, for a function without MSI-X (null: none shown). */
+  msi: MsiCapability | null = null;
   /** Per BAR, its mmap'd parts (mapped into the guest while the BAR decodes). */
   private readonly areas: MappedArea[][] = [];
   private closed = false;
@@ -147,7 +153,12 @@ export class VfioPciDevice extends PciDevice {
       interruptPin: Math.min(host.readConfig(PCI_CFG.INTERRUPT_PIN, 1), 4),
     });
     this.defineHostBars(options.romBar ?? true);
-    this.msix = this.copyCapabilities(options);
+    const msiAt: { at: number; vectors: number } = { at: -1, vectors: 0 };
+    this.msix = this.copyCapabilities(options, msiAt);
+    if (this.msix === null && msiAt.at >= 0 && this.host.setMsi !== undefined) {
+      this.msi = new MsiCapability(this, msiAt.vectors, options.msix?.router ?? null, msiAt.at);
+      this.capabilities.push([PCI_CAP_ID.MSI, msiAt.at]);
+    }
     this.mapBarAreas();
     // The host function decodes its BARs for our traps whatever the guest's command register says.
     this.syncHostCommand();
@@ -173,7 +184,7 @@ export class VfioPciDevice extends PciDevice {
   }
 
   /** Rebuilds the host's capability chain (without MSI) with the same offsets; returns the emulated MSI-X capability. */
-  private copyCapabilities(options: VfioPciOptions): MsixCapability | null {
+  private copyCapabilities(options: VfioPciOptions, msiAt: { at: number; vectors: number }): MsixCapability | null {
     const found: [number, number][] = [];
     const seen = new Set<number>();
     if (this.host.readConfig(PCI_CFG.STATUS, 2) & 0x10) {
@@ -188,7 +199,14 @@ export class VfioPciDevice extends PciDevice {
     const lengthOf = (o: number) => (offsets.find((n) => n > o) ?? 0x100) - o;
     let msix: MsixCapability | null = null;
     for (const [id, at] of found) {
-      if (id === PCI_CAP_ID.MSI) continue;
+      if (id === PCI_CAP_ID.MSI) {
+        // Shown (emulated) only if the function has no MSI-X and the host's space fits ours.
+        if (msiAt.at < 0 && lengthOf(at) >= MSI_CAP_LENGTH) {
+          msiAt.at = at;
+          msiAt.vectors = 2 ** Math.min((this.host.readConfig(at + 2, 2) >> 1) & 7, 5);
+        }
+        continue;
+      }
       if (id === PCI_CAP_ID.MSIX && msix === null && lengthOf(at) >= MSIX_CAP_LENGTH) {
         const control = this.host.readConfig(at + 2, 2);
         const table = this.host.readConfig(at + 4, 4);
@@ -290,24 +308,33 @@ export class VfioPciDevice extends PciDevice {
   updateInterrupts(): void {
     if (this.closed) return;
     const host = this.host;
-    const wantMsix = this.msix !== null && this.msix.enabled && host.setMsix !== undefined;
+    const want: 'msix' | 'msi' | 'none' = this.msix !== null && this.msix.enabled && host.setMsix ? 'msix'
+      : this.msi !== null && this.msi.enabled && host.setMsi ? 'msi' : 'none';
+    const msiVectors = want === 'msi' && this.msi !== null ? this.msi.enabledVectors : 0;
     const pin = this.interruptPin;
-    const gsi = wantMsix || !host.setIntx || !this.options.intx ? null : this.bus?.intxGsi?.(this, pin) ?? null;
+    const gsi = want !== 'none' || !host.setIntx || !this.options.intx ? null : this.bus?.intxGsi?.(this, pin) ?? null;
     try {
       if (this.intxIrqfd !== null && this.intxIrqfd.gsi !== gsi) {
         host.setIntx?.(null);
         this.intxIrqfd.release();
         this.intxIrqfd = null;
       }
-      if (this.msixOn && !wantMsix) {
-        host.setMsix?.(null);
-        this.msixOn = false;
+      if (this.mode !== 'none' && (this.mode !== want || this.msiVectorsOn !== msiVectors)) {
+        if (this.mode === 'msix') host.setMsix?.(null);
+        else host.setMsi?.(null);
+        this.mode = 'none';
+        this.msiVectorsOn = 0;
       }
-      if (wantMsix && !this.msixOn && this.msix !== null) {
+      if (want === 'msix' && this.mode === 'none' && this.msix !== null) {
         const msix = this.msix;
-        const fds = Array.from({ length: msix.vectors }, (_, v) => msix.vectorEventFd(v));
-        host.setMsix?.(fds);
-        this.msixOn = true;
+        host.setMsix?.(Array.from({ length: msix.vectors }, (_, v) => msix.vectorEventFd(v)));
+        this.mode = 'msix';
+      }
+      if (want === 'msi' && this.mode === 'none' && this.msi !== null) {
+        const msi = this.msi;
+        host.setMsi?.(Array.from({ length: msiVectors }, (_, v) => msi.vectorEventFd(v)));
+        this.mode = 'msi';
+        this.msiVectorsOn = msiVectors;
       }
       if (gsi !== null && this.intxIrqfd === null && this.options.intx) {
         const irqfd = this.options.intx.lineIrqfd(gsi, { resample: true });
@@ -329,8 +356,9 @@ export class VfioPciDevice extends PciDevice {
     return this.intxIrqfd?.gsi ?? null;
   }
 
-  get msixEnabledInHost(): boolean {
-    return this.msixOn;
+  /** What VFIO delivers now: 'msix', 'msi' or 'none' (INTx when intxGsi is set). */
+  get hostInterruptMode(): 'msix' | 'msi' | 'none' {
+    return this.mode;
   }
 
   /** Turns the host function's interrupts off and unmaps its BARs (the machine ends). */
@@ -338,12 +366,13 @@ export class VfioPciDevice extends PciDevice {
     if (this.closed) return;
     this.closed = true;
     try {
-      if (this.msixOn) this.host.setMsix?.(null);
+      if (this.mode === 'msix') this.host.setMsix?.(null);
+      if (this.mode === 'msi') this.host.setMsi?.(null);
       if (this.intxIrqfd !== null) this.host.setIntx?.(null);
     } catch (e) {
       this.options.log?.(`${this.name}: interrupts not turned off: ${(e as Error).message}`);
     }
-    this.msixOn = false;
+    this.mode = 'none';
     this.intxIrqfd?.release();
     this.intxIrqfd = null;
     for (const list of this.areas) {
@@ -373,7 +402,10 @@ export class VfioPciDevice extends PciDevice {
     }
     const changes = super.writeConfig(offset, size, value);
     if (offset < PCI_CFG.COMMAND + 2 && offset + size > PCI_CFG.COMMAND) this.syncHostCommand();
-    if (this.msix !== null && offset < this.msix.offset + 4 && offset + size > this.msix.offset + 2) this.updateInterrupts();
+    const touches = (start: number, end: number) => offset < end && offset + size > start;
+    if ((this.msix !== null && touches(this.msix.offset + 2, this.msix.offset + 4)) || (this.msi !== null && touches(this.msi.offset + 2, this.msi.offset + 4))) {
+      this.updateInterrupts();
+    }
     return changes;
   }
 }
