@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseArgs } from '../../main/cli/args';
 import { ConfigError, machineConfigFromJson } from '../../main/vmm/config';
-import { AssignedPci, type DmaContainer, DmaMaps, dmaMapList, type PciAssignDeps } from '../../main/vmm/host/pci-assign';
+import { AssignedPci, type DmaContainer, DmaMaps, dmaMapList, type PciAssignDeps, reclaimFromDeadHolders } from '../../main/vmm/host/pci-assign';
 import type { DmaMapping } from '../../native/vfio';
 
 const MiB = 1024 * 1024;
@@ -133,4 +133,15 @@ test('--pci-assign and pciAssign: addresses (domain optional), force, at most 4,
   assert.throws(() => machineConfigFromJson({ pciAssign: [{ address: 3 }] }), /pciAssign\[0\]\.address must be a PCI address string/);
   assert.throws(() => machineConfigFromJson({ pciAssign: [{ address: '0000:00:03.0', force: 'yes' }] }), /force must be true or false/);
   assert.throws(() => machineConfigFromJson({ pciAssign: ['00:01.0', '00:02.0', '00:03.0', '00:04.0', '00:05.0'] }), /at most 4 assigned PCI functions/);
+});
+
+test('reclaimFromDeadHolders: a function a live VM holds is refused by name; one a dead VM process left is repaired first (once per process)', () => {
+  const entry = (address: string, pid: number) => ({ kind: 'pci' as const, address, vendorId: 0x8086, deviceId: 0x100e, driver: 'e1000', driverOverride: null, pid, vm: `vm${pid}`, takenAt: '' });
+  const repaired: number[] = [];
+  const opts = { self: 10, alive: (pid: number) => pid === 20, repair: (pid: number) => { repaired.push(pid); return [`PCI: gave it back after process ${pid}`]; } };
+  assert.throws(() => reclaimFromDeadHolders(['0000:00:03.0'], [entry('0000:00:03.0', 20)], opts), /^Error: PCI function 0000:00:03\.0 is in VM vm20 \(process 20\)$/);
+  assert.deepEqual(reclaimFromDeadHolders(['0000:00:03.0', '0000:00:04.0'], [entry('0000:00:03.0', 30), entry('0000:00:04.0', 30), entry('0000:00:05.0', 40)], opts),
+    ['PCI: gave it back after process 30']);
+  assert.deepEqual(repaired, [30]);
+  assert.deepEqual(reclaimFromDeadHolders(['0000:00:03.0'], [entry('0000:00:03.0', 10)], opts), [], 'our own entries are ours');
 });

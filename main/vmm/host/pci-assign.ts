@@ -5,7 +5,7 @@
 // address. RAM is made once per VM and kept across resets, so the map list is made once; the
 // machine thread's ROM windows and BAR slots are no DMA targets. close() undoes all of it in
 // reverse order and always gives the functions back, whatever failed before.
-import { givePciDeviceBack, type PciJournal, takePciDevice, type TakenPciDevice } from '../../host/pci-binding';
+import { givePciDeviceBack, type PciJournal, type PciJournalEntry, takePciDevice, type TakenPciDevice } from '../../host/pci-binding';
 import { openVfioPciDevice, type DmaMapping } from '../../../native/vfio';
 import type { PciAssignConfig } from '../config';
 
@@ -159,4 +159,26 @@ export class AssignedPci {
     }
     return lines;
   }
+}
+
+/**
+ * Before taking functions: one another VM process still holds is refused (naming the VM), one a
+ * dead VM process left on vfio-pci is given back to its driver first (`repair`: the journal
+ * repair for that process), so this VM journals the real driver and gives it back at the end.
+ * Returns the repair's log lines.
+ */
+export function reclaimFromDeadHolders(addresses: readonly string[], entries: readonly PciJournalEntry[], options: {
+  self: number; alive(pid: number): boolean; repair(pid: number): string[];
+}): string[] {
+  const lines: string[] = [];
+  const repaired = new Set<number>();
+  for (const address of addresses) {
+    const holder = entries.find((e) => e.address === address && e.pid !== options.self);
+    if (holder === undefined) continue;
+    if (options.alive(holder.pid)) throw new Error(`PCI function ${address} is in VM ${holder.vm} (process ${holder.pid})`);
+    if (repaired.has(holder.pid)) continue;
+    repaired.add(holder.pid);
+    lines.push(...options.repair(holder.pid));
+  }
+  return lines;
 }

@@ -13,7 +13,7 @@ import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
 import { allocateRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
-import { AssignedPci } from './pci-assign';
+import { AssignedPci, reclaimFromDeadHolders } from './pci-assign';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import {
@@ -255,7 +255,14 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.ram = allocateRam(this.config.memoryBytes);
       if ((this.config.pciAssign?.length ?? 0) > 0) {
         const ram = this.ram.map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddr: hostAddressOf(r), name: r.name }));
-        this.assignedPci = AssignedPci.open(this.config.pciAssign ?? [], ram, { vm: this.config.name, journal: this.hostUsbSource.journal });
+        const journal = this.hostUsbSource.journal;
+        if (journal !== null) {
+          const lines = reclaimFromDeadHolders((this.config.pciAssign ?? []).map((c) => c.address), journal.read().pci, {
+            self: process.pid, alive: processAlive, repair: (pid) => repairUsbJournal(journal, { pid }),
+          });
+          for (const line of lines) this.emit('log', line);
+        }
+        this.assignedPci = AssignedPci.open(this.config.pciAssign ?? [], ram, { vm: this.config.name, journal });
       }
     } catch (e) {
       this.releaseAssignedPci();

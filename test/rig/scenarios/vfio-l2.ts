@@ -4,7 +4,9 @@
 // into guest RAM through L1's IOMMU, its interrupts through VFIO eventfds and KVM irqfds).
 // Then L2 reboots (a VM reset: the machine is rebuilt and the function's interrupts set up
 // afresh) and does it all again. After the VM powers off, L1's e1000 driver owns the function
-// again and Porthole's journal holds nothing for it.
+// again and Porthole's journal holds nothing for it. Last, a VM process SIGKILLed while it holds
+// the function leaves it on vfio-pci (journaled); the next VM given it repairs that first (back
+// to e1000, so it journals the real driver), runs, and gives it back to e1000 at its end.
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPciDevices } from '../../../main/host/pci-inventory';
@@ -79,6 +81,42 @@ scenario('vfio-l2', async (ctx) => {
   const journal = path.join(dataDir, 'porthole', 'usb-taken');
   const left = fs.existsSync(journal) ? fs.readdirSync(journal) : [];
   if (left.length > 0) fail(`the journal still holds ${left.join(', ')}`);
+
+  // A VM process killed while it holds the function.
+  const doomed = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1', XDG_DATA_HOME: dataDir } });
+  const doomedCon = SerialConsole.fromChild(doomed, { name: 'L2 (to be killed)', onOutput: consoleLogger('L2k| ') });
+  try {
+    await doomedCon.waitForShell(420000);
+  } finally {
+    doomed.kill('SIGKILL');
+  }
+  await new Promise<void>((resolve) => { if (doomed.exitCode !== null || doomed.signalCode !== null) resolve(); else doomed.once('exit', () => resolve()); });
+  const orphan = driverOf(nic.address);
+  const held = fs.existsSync(journal) ? fs.readdirSync(journal) : [];
+  ctx.log(`after SIGKILL of process ${doomed.pid}: ${nic.address} on ${orphan ?? 'no driver'}, journal ${held.join(', ') || 'empty'}`);
+  if (orphan !== 'vfio-pci' || held.length !== 1) fail(`after the SIGKILL ${nic.address} is on ${orphan ?? 'no driver'} with journal [${held.join(', ')}], expected vfio-pci and one entry`);
+  const next = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1', XDG_DATA_HOME: dataDir } });
+  const nextLog: string[] = [];
+  next.stderr!.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l.trim()) { nextLog.push(l); ctx.log(`porthole (next): ${l}`); } });
+  const nextExit = new Promise<string>((resolve) => next.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
+  try {
+    const con = SerialConsole.fromChild(next, { name: 'L2 (next VM)', onOutput: consoleLogger('L2n| ') });
+    await con.waitForShell(420000);
+    const bound = await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done; basename $(readlink /sys/bus/pci/devices/' + GUEST_ADDRESS + '/driver)', 60000);
+    if (!/^e1000$/m.test(bound.output)) fail(`the next VM's L2 has ${bound.output.trim()} on ${GUEST_ADDRESS}, not e1000`);
+    if (!nextLog.some((l) => l.includes(`PCI: gave ${nic.address} back to e1000`))) fail('the next VM did not repair what the killed one left');
+    con.send('poweroff -f\n');
+    let timer: NodeJS.Timeout | undefined;
+    const end = await Promise.race([nextExit, new Promise<string>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120000); })]);
+    clearTimeout(timer);
+    if (end !== 'code 0') fail(`the next VM ended with ${end}`);
+  } finally {
+    next.kill('SIGKILL');
+  }
+  const finalDriver = driverOf(nic.address);
+  const finalJournal = fs.existsSync(journal) ? fs.readdirSync(journal) : [];
+  if (finalDriver !== 'e1000' || finalJournal.length !== 0) fail(`after the next VM ${nic.address} is on ${finalDriver ?? 'no driver'}, journal [${finalJournal.join(', ')}]`);
+  else found.push('a SIGKILLed VM left it on vfio-pci (journaled); the next VM repaired that, used it and gave it back to e1000');
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')} (passed: ${found.join('; ')})`);
   return found.join('; ');
 });
