@@ -2,110 +2,12 @@
 // PIRQ steering) and the real IRQ routing over a fake KVM: INTx on a resampling irqfd at the
 // steered GSI (following the guest's PIRQ programming), MSI-X vectors' irqfd eventfds handed
 // to VFIO (INTx off first), BAR parts as KVM slots (MSI-X pages left trapped) that follow the
-// BAR, close(); barMmapPlan's decisions; and a fuzz of guest config writes with all of it on.
+// BAR, close(); barMmapPlan's decisions. The fuzz is in vfio-pci-fuzz.test.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
-import { buildPciPlatform, PCI_COMMAND } from '../../main/vmm/devices/pci';
-import { barMmapPlan, type BarSlots, VfioPciDevice, type VfioPciHost } from '../../main/vmm/devices/vfio/vfio-pci';
-import { IrqRouting } from '../../main/vmm/machine/irq-routing';
-import { pcIrqRoutes } from '../../main/vmm/platform/mptable';
-import { FakeEventFds, FakeKvm } from '../helpers/fake-irq';
-
-/** An e1000e-like function: BAR0 mem32 128 KiB (mmap'able), BAR2 I/O 32 bytes, BAR3 mem32 16 KiB with the MSI-X table (5 vectors) at 0 and PBA at 0x2000; INTA. */
-class FakeHost implements VfioPciHost {
-  readonly config = Buffer.alloc(256);
-  readonly calls: string[] = [];
-  readonly mapped: string[] = [];
-  intx: { trigger: number; unmask: number } | null = null;
-  msix: number[] | null = null;
-  sizes = [0x20000, 0, 0x20, 0x4000, 0, 0, 0];
-  constructor() {
-    const c = this.config;
-    c.writeUInt16LE(0x8086, 0); c.writeUInt16LE(0x10d3, 2); c.writeUInt16LE(0x0010, 6);
-    c.writeUInt32LE(0x02000000, 8);
-    c.writeUInt32LE(0xfebc0000, 0x10); c.writeUInt32LE(0xc081, 0x18); c.writeUInt32LE(0xfebe0000, 0x1c);
-    c[0x34] = 0xa0; c[0x3d] = 1;
-    c[0xa0] = 0x11; c[0xa1] = 0x00; c.writeUInt16LE(4, 0xa2); c.writeUInt32LE(0x3, 0xa4); c.writeUInt32LE(0x2003, 0xa8);
-  }
-  readConfig(o: number, s: 1 | 2 | 4): number { return s === 1 ? this.config[o] : s === 2 ? this.config.readUInt16LE(o) : this.config.readUInt32LE(o); }
-  writeConfig(o: number, s: 1 | 2 | 4, v: number): void {
-    if (s === 1) this.config[o] = v; else if (s === 2) this.config.writeUInt16LE(v, o); else this.config.writeUInt32LE(v >>> 0, o);
-  }
-  regionSize(i: number): number { return this.sizes[i] ?? 0; }
-  readRegion(): number { return 0; }
-  writeRegion(): void {}
-  setIntx(fds: { trigger: number; unmask: number } | null): void {
-    if (fds !== null && this.msix !== null) throw new Error('VFIO: EINVAL (MSI-X is on)');
-    this.calls.push(fds === null ? 'intx off' : `intx ${fds.trigger}/${fds.unmask}`);
-    this.intx = fds;
-  }
-  msi: number[] | null = null;
-  setMsi(fds: number[] | null): void {
-    if (fds !== null && (this.intx !== null || this.msix !== null)) throw new Error('VFIO: EINVAL (another type is on)');
-    this.calls.push(fds === null ? 'msi off' : `msi ${fds.join(',')}`);
-    this.msi = fds;
-  }
-  setMsix(fds: number[] | null): void {
-    if (fds !== null && this.intx !== null) throw new Error('VFIO: EINVAL (INTx is on)');
-    this.calls.push(fds === null ? 'msix off' : `msix ${fds.join(',')}`);
-    this.msix = fds;
-  }
-  mmapAreas(i: number): { offset: number; size: number }[] {
-    return i === 0 || i === 3 ? [{ offset: 0, size: this.sizes[i] }] : [];
-  }
-  mapRegion(i: number, offset: number, size: number): { address: bigint; unmap(): void } {
-    const tag = `${i}+${offset.toString(16)}/${size.toString(16)}`;
-    this.mapped.push(tag);
-    return { address: BigInt(0x7f0000000000 + i * 0x100000 + offset), unmap: () => { this.mapped.splice(this.mapped.indexOf(tag), 1); } };
-  }
-}
-
-/** An 82574-like function without MSI-X: a 64-bit MSI capability (4 vectors) at 0xd0, PM at 0xc8 after it. */
-class FakeMsiHost extends FakeHost {
-  constructor(msiLength = 0x18) {
-    super();
-    const c = this.config;
-    c[0x34] = 0xd0;
-    c.fill(0, 0xa0, 0xac);
-    c[0xd0] = 0x05; c[0xd1] = msiLength === 0x18 ? 0 : 0xd0 + msiLength; c.writeUInt16LE(0x0084, 0xd2); // 64-bit, MMC 2 (4 vectors)
-    if (msiLength !== 0x18) { c[0xd0 + msiLength] = 0x01; c[0xd1 + msiLength] = 0; }
-  }
-}
-
-class FakeSlots implements BarSlots {
-  readonly live = new Map<number, { base: number; size: number; host: bigint; name: string }>();
-  private next = 10;
-  add(base: number, size: number, host: bigint, opts: { name: string }): number {
-    for (const s of this.live.values()) if (base < s.base + s.size && s.base < base + size) throw new Error('overlap');
-    const n = this.next++;
-    this.live.set(n, { base, size, host, name: opts.name });
-    return n;
-  }
-  remove(slot: number): void {
-    if (!this.live.delete(slot)) throw new Error(`slot ${slot} is not in use`);
-  }
-  get ranges(): string[] {
-    return [...this.live.values()].map((s) => `${s.base.toString(16)}+${s.size.toString(16)}`).sort();
-  }
-}
-
-function setup(slot = 24, host: FakeHost = new FakeHost()) {
-  const fds = new FakeEventFds();
-  const kvm = new FakeKvm(fds);
-  const routing = new IrqRouting(kvm, { lineRoutes: pcIrqRoutes(), eventFds: fds });
-  routing.commit();
-  const logs: string[] = [];
-  const ctx = {
-    pio: new PioBus(), mmio: new MmioBus(), setIrq: () => {}, signalMsi: () => {}, requestReset: () => {}, requestPowerOff: () => {},
-    log: (t: string) => { logs.push(t); },
-  };
-  const platform = buildPciPlatform(ctx);
-  const slots = new FakeSlots();
-  const device = new VfioPciDevice('e1000e', host, { msix: { router: routing }, intx: routing, slots, log: (t) => logs.push(t) });
-  platform.bus.attach(device, slot);
-  return { fds, kvm, routing, platform, host, slots, device, logs };
-}
+import { PCI_COMMAND } from '../../main/vmm/devices/pci';
+import { barMmapPlan } from '../../main/vmm/devices/vfio/vfio-pci';
+import { FakeMsiHost, setupVfio as setup } from '../helpers/fake-vfio';
 
 test('vfio-pci INTx: off until the PIRQ is steered, then a resampling irqfd at that GSI whose eventfds VFIO gets; follows re-steering', () => {
   const { kvm, platform, host, device } = setup(24);
@@ -240,33 +142,3 @@ test('barMmapPlan: page-aligned parts of the mmap\'able areas inside the host si
   assert.deepEqual(barMmapPlan(0x10000, [{ offset: 0, size: 0x4000 }, { offset: 0x2000, size: 0x4000 }], []), [{ offset: 0, size: 0x4000 }], 'overlapping areas: the first wins');
 });
 
-test('vfio-pci wiring fuzz: random guest config and PIRQ writes never throw, never leave INTx and MSI-X on together, never overlap slots', () => {
-  const scale = Number(process.env.PORTHOLE_FUZZ_SCALE ?? 1);
-  let seed = 777;
-  const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
-  for (let round = 0; round < 10 * scale; round++) {
-    const { platform, host, slots, device, kvm } = setup(24 + rnd(8), rnd(2) ? new FakeHost() : new FakeMsiHost());
-    for (let i = 0; i < 400; i++) {
-      const pick = rnd(10);
-      if (pick === 0) {
-        platform.isaBridge.writeConfig(0x60 + rnd(4), 1, [3, 5, 10, 11, 0x80, rnd(256)][rnd(6)]);
-        continue;
-      }
-      const size = [1, 2, 4][rnd(3)];
-      const offset = pick < 4 ? [4, 0x10, 0x1c, 0xa2, 0x18, 0x30, 0xd2, 0xd4][rnd(8)] : rnd(256 / size) * size;
-      const value = rnd(3) === 0 ? 0xffffffff : (rnd(0x10000) * 0x10000 + rnd(0x10000)) >>> 0;
-      device.writeConfig(offset - (offset % size), size, size === 4 ? value : value & (size === 2 ? 0xffff : 0xff));
-      assert.ok([host.intx, host.msix, host.msi].filter((x) => x !== null).length <= 1, 'two interrupt types on at once');
-      const live = [...slots.live.values()].sort((a, b) => a.base - b.base);
-      live.forEach((s, j) => { if (j > 0) assert.ok(live[j - 1].base + live[j - 1].size <= s.base, 'slots overlap'); });
-      for (const [bar, off, sz, at] of device.slotMappings) {
-        assert.equal(device.barAddress(bar)! + off, at);
-        assert.ok(off + sz <= host.sizes[bar]);
-      }
-      if (host.intx !== null) assert.equal(kvm.irqfds.get(host.intx.trigger)?.gsi, device.intxGsi);
-    }
-    device.close();
-    assert.equal(slots.live.size, 0);
-    assert.deepEqual(host.mapped, []);
-  }
-});
