@@ -1,8 +1,9 @@
 // MSI-X and DMA of an assigned function under L2 Linux's own driver: an SR-IOV VF of L1's NVMe
 // controller (brought online with nvme-cli, as vfio-l1 does) given to a Porthole VM with
 // --pci-assign; L2's nvme driver binds it at 00:18.0 on MSI-X vectors (VFIO eventfds that are
-// KVM irqfd routes; the table page trapped, the rest of BAR0 a KVM memory slot), and reads the
-// namespace by DMA into guest RAM: its first MiB has the md5 L1 reads through the PF. After the
+// KVM irqfd routes; the table page trapped, the rest of BAR0 a KVM memory slot), reads the
+// shared namespace by DMA into guest RAM (its first MiB has the random data L1 wrote through the
+// PF) and writes its second MiB by DMA from guest RAM (L1 reads it back through the PF). After the
 // VM, the VF is on what it had before (no driver: its PF has autoprobe off) and the journal is empty.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,10 +33,12 @@ scenario('vfio-msix-l2', async (ctx) => {
     } catch { return null; }
   });
   const ns = await until('the PF\'s namespace', 30000, () => fs.readdirSync('/dev').find((d) => new RegExp(`^${pfCtrl}n1$`).test(d)) ?? null);
-  const l1Md5 = ctx.exec('sh', ['-c', `dd if=/dev/${ns} bs=65536 count=16 2>/dev/null | md5sum`]).trim().split(/\s+/)[0];
-  ctx.log(`PF ${pf.address} /dev/${ns}: first MiB md5 ${l1Md5}`);
+  ctx.exec('sh', ['-c', `/usr/bin/dd if=/dev/urandom of=/tmp/pattern bs=65536 count=16 2>/dev/null && /usr/bin/dd if=/tmp/pattern of=/dev/${ns} bs=65536 count=16 oflag=direct conv=fsync 2>&1`]);
+  const l1Md5 = ctx.exec('sh', ['-c', `/usr/bin/dd if=/dev/${ns} bs=65536 count=16 iflag=direct 2>/dev/null | md5sum`]).trim().split(/\s+/)[0];
+  ctx.log(`PF ${pf.address} /dev/${ns}: first MiB written with random data, md5 ${l1Md5}`);
   const [vf] = setSriovVfs(pf.address, 1, { autoprobe: false });
-  onlineNvmeVf(ctx, pfCtrl, vf, 1);
+  const scid = onlineNvmeVf(ctx, pfCtrl, vf, 1);
+  ctx.log(ctx.exec('nvme', ['attach-ns', `/dev/${pfCtrl}`, '-n', '1', '-c', String(scid)]).trim());
   const before = driverOf(vf);
   ctx.log(`VF ${vf} online, on ${before ?? 'no driver'}`);
   const dataDir = '/tmp/vfio-msix-l2-data';
@@ -51,6 +54,7 @@ scenario('vfio-msix-l2', async (ctx) => {
   vm.stderr!.on('data', (d: Buffer) => {
     for (const l of d.toString().split('\n')) if (l.trim()) ctx.log(`porthole: ${l}`);
   });
+  let l2WroteMd5: string | null = null;
   const failures: string[] = [];
   const found: string[] = [];
   const fail = (why: string) => { ctx.log(`CHECK FAILED: ${why}`); failures.push(why); };
@@ -64,8 +68,10 @@ scenario('vfio-msix-l2', async (ctx) => {
     if (!/^driver nvme$/m.test(dev.output)) fail(`L2's nvme driver did not bind ${GUEST_ADDRESS}`);
     const read = await con.run('dd if=/dev/nvme0n1 bs=65536 count=16 2>/dev/null | md5sum', 120000);
     const l2Md5 = /^([0-9a-f]{32})/m.exec(read.output)?.[1];
-    if (l2Md5 !== l1Md5) fail(`L2 read md5 ${l2Md5 ?? read.output.trim()} from nvme0n1, L1 reads ${l1Md5} through the PF`);
-    else found.push(`L2's nvme bound ${GUEST_ADDRESS} and read the namespace's first MiB by DMA (md5 matches L1's)`);
+    if (l2Md5 !== l1Md5) fail(`L2 read md5 ${l2Md5 ?? read.output.trim()} from nvme0n1, L1 wrote ${l1Md5} through the PF`);
+    else found.push(`L2's nvme bound ${GUEST_ADDRESS} and read the MiB L1 wrote (md5 matches)`);
+    const wrote = await con.run('dd if=/dev/urandom of=/tmp/w bs=65536 count=16 2>/dev/null; dd if=/tmp/w of=/dev/nvme0n1 bs=65536 seek=16 count=16 conv=fsync 2>/dev/null; md5sum /tmp/w', 120000);
+    l2WroteMd5 = /^([0-9a-f]{32})/m.exec(wrote.output)?.[1] ?? null;
     const irq = await con.run('grep -i nvme /proc/interrupts');
     ctx.log(`L2 /proc/interrupts:\n${irq.output}`);
     const msix = irq.output.split('\n').filter((l) => /PCI-MSI/i.test(l) && /nvme/.test(l));
@@ -80,6 +86,9 @@ scenario('vfio-msix-l2', async (ctx) => {
   } finally {
     vm.kill('SIGKILL');
   }
+  const back = ctx.exec('sh', ['-c', `/usr/bin/dd if=/dev/${ns} bs=65536 skip=16 count=16 iflag=direct 2>/dev/null | md5sum`]).trim().split(/\s+/)[0];
+  if (l2WroteMd5 === null || back !== l2WroteMd5) fail(`L1 reads md5 ${back} through the PF where L2 wrote ${l2WroteMd5 ?? 'nothing'}`);
+  else found.push('L1 reads back through the PF the MiB L2 wrote (md5 matches)');
   const after = driverOf(vf);
   if (after !== before) fail(`after the VM, ${vf} is on ${after ?? 'no driver'}, before it was on ${before ?? 'no driver'}`);
   else found.push(`${vf} back on ${after ?? 'no driver'} as before`);
