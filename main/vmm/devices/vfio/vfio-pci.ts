@@ -140,7 +140,7 @@ export class VfioPciDevice extends PciDevice {
   private mode: 'msix' | 'msi' | 'none' = 'none';
   private msiVectorsOn = 0;
   /** The emulated MSI capability, for a function without MSI-X (null: none shown). */
-  msi: MsiCapability | null = null;
+  readonly msi: MsiCapability | null;
   /** Per BAR, its mmap'd parts (mapped into the guest while the BAR decodes). */
   private readonly areas: MappedArea[][] = [];
   private closed = false;
@@ -155,10 +155,9 @@ export class VfioPciDevice extends PciDevice {
     this.defineHostBars(options.romBar ?? true);
     const msiAt: { at: number; vectors: number } = { at: -1, vectors: 0 };
     this.msix = this.copyCapabilities(options, msiAt);
-    if (this.msix === null && msiAt.at >= 0 && this.host.setMsi !== undefined) {
-      this.msi = new MsiCapability(this, msiAt.vectors, options.msix?.router ?? null, msiAt.at);
-      this.capabilities.push([PCI_CAP_ID.MSI, msiAt.at]);
-    }
+    this.msi = this.msix === null && msiAt.at >= 0 && this.host.setMsi !== undefined
+      ? new MsiCapability(this, msiAt.vectors, options.msix?.router ?? null, msiAt.at) : null;
+    if (this.msi !== null) this.capabilities.push([PCI_CAP_ID.MSI, msiAt.at]);
     this.mapBarAreas();
     // The host function decodes its BARs for our traps whatever the guest's command register says.
     this.syncHostCommand();
