@@ -22,9 +22,12 @@ export const vfioPciDevices: DeviceFactory = (ctx) => {
     if (info.canReset) {
       try {
         vfio.reset();
+        log(`${a.address}: reset (VFIO_DEVICE_RESET)`);
       } catch (e) {
         log(`${a.address}: reset refused (${(e as Error).message}); it starts as the last launch left it`);
       }
+    } else {
+      log(`${a.address}: VFIO offers no reset for it; its driver in the guest resets it`);
     }
     return new VfioPciDevice(`pci-${a.address}`, host, {
       msix: { router: ctx.interrupts, statistics: ctx.statistics },
