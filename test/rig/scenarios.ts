@@ -99,7 +99,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'vfio-msix-l2',
-    description: 'An NVMe SR-IOV VF assigned to a Porthole VM with --pci-assign: L2\'s own nvme driver binds it on MSI-X (VFIO eventfds on KVM irqfd routes, BAR0 a KVM slot around the trapped MSI-X pages) and reads the namespace by DMA (md5 of its first MiB as L1 reads it through the PF); after the VM the VF is back as it was and the journal is empty',
+    description: 'An NVMe SR-IOV VF assigned to a Porthole VM with --pci-assign: L2\'s own nvme driver binds it on MSI-X (VFIO eventfds on KVM irqfd routes, BAR0 a KVM slot around the trapped MSI-X pages) reads by DMA the MiB L1 wrote through the PF and writes one L1 reads back through the PF (md5s); after the VM the VF is back as it was and the journal is empty',
     // One L1 boot and one L2 boot; multi-threaded TCG as for every L2 Linux boot.
     devices: { iommu: true, nvmeSriov: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
