@@ -9,7 +9,7 @@ import { usbRuleFromJson, UsbRuleError } from '../host/usb-rules';
 import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
   checkDisks, checkNics, ConfigError, type NicConfig, parseNic, parseCdrom, defaultConfig, type DiskConfig, machineConfigFromJson, parseDisk, parseCpus, parseMemorySize, parseSerialBackend, parseUsbDevice, type MachineConfig,
-  type UsbDeviceConfig, USB_MAX_DEVICES,
+  type UsbDeviceConfig, USB_MAX_DEVICES, checkPciAssign, parsePciAssign, type PciAssignConfig,
 } from '../vmm/config';
 
 export class UsageError extends Error {
@@ -95,6 +95,9 @@ Machine:
                          existing TAP), bridge=BR (a new TAP on bridge BR; needs
                          CAP_NET_ADMIN), socket=listen:PATH / socket=connect:PATH
                          (joins two VMs), udp=LHOST:LPORT/RHOST:RPORT; none: link down
+  --pci-assign ADDR[,force]
+                         give the VM a host PCI function through VFIO (repeatable;
+                         bound to vfio-pci while the VM runs, given back after)
   --disk IMAGE[,ro][,bus=virtio|sata][,serial=TEXT][,name=NAME][,queues=N][,format=raw|qcow2]
                          a disk on a raw or qcow2 image (repeatable; locked while
                          the VM runs; ro: read-only; format: default detects qcow2
@@ -122,6 +125,7 @@ Diagnostics:
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
   '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic', '--cdrom', '--boot-from',
+  '--pci-assign',
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
@@ -205,6 +209,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   const usbDevices: UsbDeviceConfig[] = [];
   const disks: DiskConfig[] = [];
   const nics: NicConfig[] = [];
+  const pciAssign: PciAssignConfig[] = [];
   let monitor: string | null = null;
 
   for (const [flag, value] of pairs) {
@@ -243,6 +248,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--usb': usbDevices.push(parseUsbDevice(v)); break;
       case '--disk': disks.push(parseDisk(v)); break;
       case '--nic': nics.push(parseNic(v)); break;
+      case '--pci-assign': pciAssign.push(parsePciAssign(v)); break;
       case '--cdrom': disks.push(parseCdrom(v === 'empty' ? '' : v)); break;
       case '--boot-from':
         if (v !== 'disk' && v !== 'cdrom') throw new UsageError(`--boot-from takes disk or cdrom, not "${v}"`);
@@ -291,6 +297,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
 
   if (disks.length) config.disks = checkDisks([...(config.disks ?? []), ...disks], '--disk/--cdrom');
   if (nics.length) config.nics = checkNics([...(config.nics ?? []), ...nics], '--nic');
+  if (pciAssign.length) config.pciAssign = checkPciAssign([...(config.pciAssign ?? []), ...pciAssign], '--pci-assign');
 
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');

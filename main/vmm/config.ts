@@ -141,6 +141,59 @@ export interface MachineConfig {
   disks?: DiskConfig[];
   /** Network cards, PCI 00:10.0 on (absent or empty: none). */
   nics?: NicConfig[];
+  /** Host PCI functions assigned through VFIO, PCI 00:18.0 on (absent or empty: none). */
+  pciAssign?: PciAssignConfig[];
+}
+
+/** A host PCI function the VM takes (bound to vfio-pci while it runs, given back afterwards). */
+export interface PciAssignConfig {
+  /** "0000:01:00.0" */
+  address: string;
+  /** Take it even though the host seems to need it (a boot disk, the display). */
+  force?: boolean;
+  /** Set by the VM host for the machine thread: the open VFIO device fd. */
+  fd?: number;
+}
+
+export const MAX_PCI_ASSIGN = 4;
+const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$/;
+
+/** Parses a --pci-assign value: "0000:01:00.0" or "01:00.0" (domain 0), optionally ",force". */
+export function parsePciAssign(text: string, where = '--pci-assign'): PciAssignConfig {
+  const [addr, ...opts] = text.split(',');
+  let address = addr.trim().toLowerCase();
+  if (/^[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$/.test(address)) address = `0000:${address}`;
+  if (!PCI_ADDRESS.test(address)) throw new ConfigError(`${where}: "${addr}" is not a PCI address like 0000:01:00.0 (see porthole pci)`);
+  const c: PciAssignConfig = { address };
+  for (const o of opts) {
+    if (o === 'force') c.force = true;
+    else throw new ConfigError(`${where}: unknown option "${o}" (only "force")`);
+  }
+  return c;
+}
+
+function pciAssignFromJson(v: unknown, at: string): PciAssignConfig {
+  if (typeof v === 'string') return parsePciAssign(v, at);
+  if (!isRecord(v)) throw new ConfigError(`${at} must be a PCI address string or {"address": "0000:01:00.0", "force": false}`);
+  for (const k of Object.keys(v)) if (k !== 'address' && k !== 'force') throw new ConfigError(`${at}: unknown field "${k}"`);
+  if (typeof v.address !== 'string') throw new ConfigError(`${at}.address must be a PCI address string like "0000:01:00.0"`);
+  const c = parsePciAssign(v.address, `${at}.address`);
+  if (v.force !== undefined) {
+    if (typeof v.force !== 'boolean') throw new ConfigError(`${at}.force must be true or false`);
+    if (v.force) c.force = true;
+  }
+  return c;
+}
+
+/** At most MAX_PCI_ASSIGN functions, each once. */
+export function checkPciAssign(list: PciAssignConfig[], where: string): PciAssignConfig[] {
+  if (list.length > MAX_PCI_ASSIGN) throw new ConfigError(`${where}: at most ${MAX_PCI_ASSIGN} assigned PCI functions`);
+  const seen = new Set<string>();
+  for (const c of list) {
+    if (seen.has(c.address)) throw new ConfigError(`${where}: ${c.address} is assigned twice`);
+    seen.add(c.address);
+  }
+  return list;
 }
 
 export class ConfigError extends Error {
@@ -419,7 +472,7 @@ function str(v: unknown, where: string): string {
 /** The JSON config file format (version 1). Later issues add fields; unknown fields are errors. */
 export function machineConfigFromJson(input: unknown, source = 'config'): MachineConfig {
   if (!isRecord(input)) throw new ConfigError(`${source}: the top level must be a JSON object`);
-  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks', 'nics']);
+  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks', 'nics', 'pciAssign']);
   for (const k of Object.keys(input)) {
     if (!allowed.has(k)) throw new ConfigError(`${source}: unknown field "${k}"`);
   }
@@ -474,6 +527,10 @@ export function machineConfigFromJson(input: unknown, source = 'config'): Machin
   if (input.nics !== undefined) {
     if (!Array.isArray(input.nics)) throw new ConfigError(`${source}: nics must be a list like [{"model": "virtio", "backend": {"kind": "tap", "ifname": "tap0"}}]`);
     c.nics = checkNics(input.nics.map((n, i) => nicConfigFromJson(n, `${source}: nics[${i}]`)), `${source}: nics`);
+  }
+  if (input.pciAssign !== undefined) {
+    if (!Array.isArray(input.pciAssign)) throw new ConfigError(`${source}: pciAssign must be a list like ["0000:01:00.0"]`);
+    c.pciAssign = checkPciAssign(input.pciAssign.map((v, i) => pciAssignFromJson(v, `${source}: pciAssign[${i}]`)), `${source}: pciAssign`);
   }
   if (input.debugExit !== undefined) {
     if (typeof input.debugExit !== 'boolean') throw new ConfigError(`${source}: debugExit must be true or false`);

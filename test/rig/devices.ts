@@ -140,7 +140,8 @@ export function deviceArgs(d: RigDevices, stickDir: string, runDir: string, outD
     // Flexible queue and interrupt resources: the PF keeps the private ones and hands the
     // flexible ones to its VFs (nvme virt-mgmt) before they come up.
     qemu.push('-device', 'nvme,id=nvme0,serial=RIGNVME0,bus=nvmerp,subsys=nvmesubsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=5');
-    qemu.push('-device', 'nvme-ns,drive=nvme0-disk,bus=nvme0,nsid=1,shared=false,detached=false');
+    // Shared, so a VF's controller may have it attached too (nvme attach-ns; vfio-msix-l2).
+    qemu.push('-device', 'nvme-ns,drive=nvme0-disk,bus=nvme0,nsid=1,shared=true,detached=false');
   }
   if (d.rigNet) {
     qemu.push('-netdev', 'user,id=rignet,net=10.0.2.0/24', '-device', `virtio-net-pci,netdev=rignet,mac=${RIG_NET_MAC}`);

@@ -92,6 +92,18 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'vfio-l2',
+    description: 'L1\'s e1000 assigned to a Porthole VM with --pci-assign: L2\'s own e1000 driver binds it, gets the link and pings QEMU\'s user-network gateway 10.0.2.2 (DMA through L1\'s IOMMU, INTx through VFIO and a resampling irqfd); after the VM, L1\'s e1000 driver has it again and the journal is empty',
+    // One L1 boot and one L2 boot; multi-threaded TCG as for every L2 Linux boot.
+    devices: { iommu: true, e1000: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
+    name: 'vfio-msix-l2',
+    description: 'An NVMe SR-IOV VF assigned to a Porthole VM with --pci-assign: L2\'s own nvme driver binds it on MSI-X (VFIO eventfds on KVM irqfd routes, BAR0 a KVM slot around the trapped MSI-X pages) reads by DMA the MiB L1 wrote through the PF and writes one L1 reads back through the PF (md5s); after the VM the VF is back as it was and the journal is empty',
+    // One L1 boot and one L2 boot; multi-threaded TCG as for every L2 Linux boot.
+    devices: { iommu: true, nvmeSriov: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'vfio-l1',
     description: 'VFIO with L1 as the host through Porthole\'s code: 2 NVMe SR-IOV VFs made and listed by the PCI inventory, VF1 taken from nvme to vfio-pci (journaled), container/group/device opened through native/vfio.ts, config space and BAR0 (pread and mmap), MSI-X eventfds, a DMA buffer the VF writes its Identify data into, reset, given back to nvme; the e1000\'s INTx with an unmask eventfd; a SIGKILLed holder repaired from the journal',
     // No L2: one L1 boot and a few seconds of sysfs and VFIO calls (nvme-cli on the rig host's /usr).

@@ -12,7 +12,8 @@ import { DEBUGCON_RING } from '../platform/platform';
 import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
-import { allocateRam, type MemoryRegion } from '../memory/guest-memory';
+import { allocateRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
+import { AssignedPci, reclaimFromDeadHolders } from './pci-assign';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import {
@@ -133,6 +134,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   /** Guest RAM: made at start, handed to every machine launch (it survives resets), dropped at the end. */
   private ram: MemoryRegion[] | null = null;
+  /** Host PCI functions this VM holds while it runs (config pciAssign). */
+  private assignedPci: AssignedPci | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
   /** How often the statistics registry is sampled into a 'stats' event (100 ms = 10 Hz at most). */
   statsIntervalMs = 250;
@@ -257,7 +260,19 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       await this.openNics();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
+      if ((this.config.pciAssign?.length ?? 0) > 0) {
+        const ram = this.ram.map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddr: hostAddressOf(r), name: r.name }));
+        const journal = this.hostUsbSource.journal;
+        if (journal !== null) {
+          const lines = reclaimFromDeadHolders((this.config.pciAssign ?? []).map((c) => c.address), journal.read().pci, {
+            self: process.pid, alive: processAlive, repair: (pid) => repairUsbJournal(journal, { pid }),
+          });
+          for (const line of lines) this.emit('log', line);
+        }
+        this.assignedPci = AssignedPci.open(this.config.pciAssign ?? [], ram, { vm: this.config.name, journal });
+      }
     } catch (e) {
+      this.releaseAssignedPci();
       this.closeEndpoints();
       this.setState('stopped');
       throw e;
@@ -388,6 +403,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.serviceMachine();
     this.usbCaptures.closeAll();
     this.closeEndpoints();
+    this.releaseAssignedPci();
     this.ram = null;
     this.setState('stopped');
     this.emit('ended', end, stats);
@@ -415,6 +431,13 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   setStatsInterval(ms: number): void {
     this.statsIntervalMs = ms;
     if (this.statsTimer) this.armStatsTimer();
+  }
+
+  /** Gives the assigned PCI functions back to the host (after the machine thread let go of them). */
+  private releaseAssignedPci(): void {
+    const pci = this.assignedPci;
+    this.assignedPci = null;
+    for (const line of pci?.close() ?? []) this.emit('log', line);
   }
 
   private closeEndpoints(): void {
@@ -645,7 +668,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /** The config a launch builds: after a hot-plug, the USB devices plugged in at that moment. */
   private launchConfig(): MachineConfig {
-    let config = this.config;
+    let config: MachineConfig = this.assignedPci === null ? this.config : { ...this.config, pciAssign: this.assignedPci.withFds(this.config.pciAssign ?? []) };
     if (this.usbPlugged !== null && config.usb) config = { ...config, usb: { ...config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
     const media = this.cdromMedia;
     if (media !== null && config.disks) {

@@ -281,6 +281,17 @@ export class Machine implements MachineContext {
   // --- set-up -----------------------------------------------------------------
   async setup(): Promise<void> {
     this.platform = buildPlatform(this);
+    try {
+      await this.setupAfterPlatform();
+    } catch (e) {
+      // Release what the devices hold (image locks, an assigned function's BAR mmaps: a VFIO
+      // device still mapped cannot be given back to its host driver).
+      this.platform.close();
+      throw e;
+    }
+  }
+
+  private async setupAfterPlatform(): Promise<void> {
     const mmapSize = this.kvm.vcpuMmapSize();
     const cpuid = this.kvm.supportedCpuid();
     const tscDeadline = this.kvm.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0;

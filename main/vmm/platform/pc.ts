@@ -13,6 +13,7 @@ import { serialPortDevice } from '../devices/uart16550';
 import { usbControllerDevice } from '../devices/usb/xhci-pci';
 import { virtioBlkDevices } from '../devices/virtio/blk';
 import { nicDevices } from '../devices/net/nics';
+import { vfioPciDevices } from '../devices/vfio';
 
 export const PC_DEVICES: readonly DeviceFactory[] = [
   debugConsoleDevice,
@@ -31,4 +32,5 @@ export const PC_DEVICES: readonly DeviceFactory[] = [
   virtioBlkDevices,
   nicDevices,
   ahciDevices,
+  vfioPciDevices,
 ];

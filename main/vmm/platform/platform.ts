@@ -31,6 +31,7 @@ export class Platform {
       get statistics() { return ctx.statistics; },
       get interrupts() { return ctx.interrupts; },
       get doorbells() { return ctx.doorbells; },
+      get slots() { return ctx.slots; },
       setIrq: (gsi, level) => ctx.setIrq(gsi, level),
       signalMsi: (lo, hi, data) => ctx.signalMsi(lo, hi, data),
       requestReset: () => ctx.requestReset(),

@@ -25,6 +25,10 @@ export interface PciBusContext {
 export interface IntxRouter {
   /** `source` identifies the asserting function pin; PIRQ `pirq` (0..3 = A..D). */
   setPirq(source: number, pirq: number, level: boolean): void;
+  /** The ISA IRQ (= GSI) PIRQ `pirq` is steered to now, or null. */
+  routeOf?(pirq: number): number | null;
+  /** Calls `listener` after the guest reprogrammed the PIRQ steering. */
+  onRouteChange?(listener: () => void): void;
 }
 
 export class PciBus {
@@ -92,6 +96,17 @@ export class PciBus {
     const pirq = PciBus.pirqOf(device.slot, pin);
     const source = ((device.slot << 3) | device.function) * 4 + (pin - 1);
     this.router?.setPirq(source, pirq, level);
+  }
+
+  /** The GSI INTx pin `pin` (1..4) of `device` reaches now (an irqfd may drive it directly), or null. */
+  intxGsi(device: PciDevice, pin: number): number | null {
+    if (pin < 1 || pin > 4) return null;
+    return this.router?.routeOf?.(PciBus.pirqOf(device.slot, pin)) ?? null;
+  }
+
+  /** Calls `listener` whenever intxGsi's answers may have changed (the guest reprogrammed PIRQ steering). */
+  onIntxRouteChange(listener: () => void): void {
+    this.router?.onRouteChange?.(listener);
   }
 
   /** The PIRQ (0..3 = A..D) INTx pin `pin` (1..4) of a function in `slot` drives. */

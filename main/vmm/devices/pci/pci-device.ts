@@ -105,6 +105,9 @@ export interface PciFunctionBus {
   readonly memory?: GuestMemory;
   signalMsi(addressLo: number, addressHi: number, data: number): void;
   setIntx(device: PciDevice, pin: number, level: boolean): void;
+  /** The GSI an INTx pin reaches now, for an irqfd (PciBus). */
+  intxGsi?(device: PciDevice, pin: number): number | null;
+  onIntxRouteChange?(listener: () => void): void;
 }
 
 export class PciDevice {
@@ -396,6 +399,9 @@ function isPowerOfTwo(n: number): boolean {
   return n >= 1 && 2 ** Math.round(Math.log2(n)) === n;
 }
 
+/** Bytes of the MSI capability MsiCapability makes (64-bit address, no masking). */
+export const MSI_CAP_LENGTH = 0x0e;
+
 /**
  * An MSI capability with a 64-bit address and 1..32 vectors (no per-vector masking).
  * `signal(vector)` delivers the message if the guest enabled MSI and bus mastering. With a
@@ -407,9 +413,10 @@ export class MsiCapability {
   private readonly routes: (MsiRoute | null)[] = [];
   private routesRefused = false;
 
-  constructor(private readonly device: PciDevice, readonly vectors = 1, private readonly router: MsiRouter | null = null) {
+  /** `at`: where the capability goes in configuration space (default: the next free place). */
+  constructor(private readonly device: PciDevice, readonly vectors = 1, private readonly router: MsiRouter | null = null, at?: number) {
     if (![1, 2, 4, 8, 16, 32].includes(vectors)) throw new Error(`${device.name}: MSI vectors must be 1, 2, 4, 8, 16 or 32`);
-    const o = device.addCapability(PCI_CAP_ID.MSI, 0x0e);
+    const o = device.addCapability(PCI_CAP_ID.MSI, MSI_CAP_LENGTH, at);
     this.offset = o;
     // Message control: 64-bit capable, Multiple Message Capable; enable and MME writable.
     device.initCapability(o + 2, 2, (Math.log2(vectors) << 1) | 0x80, 0x0071);

@@ -37,6 +37,12 @@ export class Piix3IsaBridge extends PciDevice implements IntxRouter {
     }
   }
 
+  onRouteChange(listener: () => void): void {
+    this.addConfigListener((at, size) => {
+      if (at < PIIX_PIRQRC + 4 && at + size > PIIX_PIRQRC) listener();
+    });
+  }
+
   /** The ISA IRQ PIRQ `pirq` (0..3) is steered to, or null if routing is disabled or invalid. */
   routeOf(pirq: number): number | null {
     const v = this.config[PIIX_PIRQRC + (pirq & 3)];
