@@ -14,7 +14,7 @@ export type HostTransferStatus = 'ok' | 'stall' | 'babble' | 'no-device' | 'canc
 
 export type HostTransferDone = (status: HostTransferStatus, actual: number) => void;
 /** An isochronous URB's end: the URB's status, then each packet's bytes moved and status. */
-export type HostIsoDone = (status: HostTransferStatus, packets: { actual: number; status: HostTransferStatus }[], data: Uint8Array) => void;
+export type HostIsoDone = (status: HostTransferStatus, packets: { actual: number; status: HostTransferStatus; errno?: number }[], data: Uint8Array) => void;
 export type HostCallback = (error: Error | null) => void;
 
 export interface HostUsbHandle {
@@ -209,7 +209,7 @@ export class NodeUsbHandle implements HostUsbHandle {
     let cancel: () => void;
     try {
       cancel = this.iso().submit({ type: 'iso', endpoint: endpointAddress, data: buffer, packetLengths }, (r) => {
-        done(statusOfUrb(r.status), r.packets.map((p) => ({ actual: p.actual, status: statusOfUrb(p.status) })), r.data);
+        done(statusOfUrb(r.status), r.packets.map((p) => ({ actual: p.actual, status: statusOfUrb(p.status), errno: -p.status })), r.data);
       });
     } catch (e) {
       const errno = (e as { errno?: number }).errno;

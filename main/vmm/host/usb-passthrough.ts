@@ -71,6 +71,10 @@ export class HostUsbPassthrough {
   completed = 0;
   /** Of the transfers that went to libusb and completed. */
   readonly timing: PassthroughTiming = { transfers: 0, waitMs: 0, hostMs: 0 };
+  /** Isochronous URBs: submitted, completed, and completions by packet status (errno), for the log. */
+  readonly iso = { submitted: 0, completed: 0, bytes: 0, statuses: new Map<string, number>(), lastDoneAt: 0 };
+  private isoLogTimer: ReturnType<typeof setInterval> | null = null;
+  private isoLogged = { submitted: 0, completed: 0 };
 
   constructor(
     readonly info: HostUsbDeviceInfo,
@@ -256,12 +260,46 @@ export class HostUsbPassthrough {
       return;
     }
     const address = r.endpoint | (r.in ? 0x80 : 0);
+    this.iso.submitted++;
+    this.watchIso();
     t.cancel = this.usb.submitIso(address, t.buffer, [r.length], (status, packets, data) => {
       const packet = packets[0];
       const actual = packet === undefined ? 0 : Math.min(packet.actual, r.length);
+      this.iso.completed++;
+      this.iso.bytes += actual;
+      this.iso.lastDoneAt = performance.now();
+      const key = `${status}/${packet === undefined ? 'none' : `${packet.status}${packet.errno ? `(errno ${packet.errno})` : ''}`}`;
+      this.iso.statuses.set(key, (this.iso.statuses.get(key) ?? 0) + 1);
       if (r.in && actual > 0) t.buffer.set(data.subarray(0, actual), 0);
       this.complete(t, status === 'ok' && packet !== undefined ? packet.status : status, actual);
     });
+  }
+
+  /**
+   * While isochronous URBs run, one log line a second: how many went out and came back, with
+   * which statuses, and how long the oldest in flight has waited (a stall shows at once).
+   */
+  private watchIso(): void {
+    if (this.isoLogTimer !== null) return;
+    this.isoLogTimer = setInterval(() => {
+      if (this.released || (this.iso.submitted === this.isoLogged.submitted && this.iso.completed === this.isoLogged.completed && this.transfers.size === 0)) {
+        if (this.isoLogTimer !== null) clearInterval(this.isoLogTimer);
+        this.isoLogTimer = null;
+        return;
+      }
+      const now = performance.now();
+      let oldest = 0;
+      let isoInFlight = 0;
+      for (const t of this.transfers.values()) {
+        if (t.record.type !== 'isochronous') continue;
+        isoInFlight++;
+        if (t.started) oldest = Math.max(oldest, now - t.arrivedAt);
+      }
+      const statuses = [...this.iso.statuses].map(([k, n]) => `${k} ${n}`).join(', ');
+      this.link.log(`usb-host ${this.info.sysfsName}: iso URBs ${this.iso.submitted} submitted (+${this.iso.submitted - this.isoLogged.submitted}), ${this.iso.completed} completed (+${this.iso.completed - this.isoLogged.completed}), ${this.iso.bytes} bytes; ${isoInFlight} in flight, oldest ${oldest.toFixed(0)} ms; last completion ${this.iso.lastDoneAt === 0 ? 'never' : `${(now - this.iso.lastDoneAt).toFixed(0)} ms ago`}; ${statuses}`);
+      this.isoLogged = { submitted: this.iso.submitted, completed: this.iso.completed };
+    }, 1000);
+    this.isoLogTimer.unref?.();
   }
 
   /** SET_CONFIGURATION: the host's kernel refuses it while interfaces are claimed. */
@@ -336,6 +374,8 @@ export class HostUsbPassthrough {
   async release(): Promise<string[]> {
     if (this.released) return [];
     this.released = true;
+    if (this.isoLogTimer !== null) clearInterval(this.isoLogTimer);
+    this.isoLogTimer = null;
     this.cancelAll();
     this.waiting.length = 0;
     const problems: string[] = [];
