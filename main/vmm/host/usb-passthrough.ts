@@ -398,12 +398,34 @@ export class HostUsbPassthrough {
     this.isoLogTimer.unref?.();
   }
 
+  /** Detaches the kernel drivers bound to the active configuration's interfaces; whether there were any. */
+  private detachBoundDrivers(): boolean {
+    let any = false;
+    for (const n of this.usb.interfaceNumbers()) {
+      try {
+        if (!this.usb.kernelDriverActive(n)) continue;
+        this.usb.detachKernelDriver(n);
+        any = true;
+      } catch {
+        // The retry reports what still fails.
+      }
+    }
+    return any;
+  }
+
   /** SET_CONFIGURATION: the host's kernel refuses it while interfaces are claimed. */
   private setConfiguration(value: number, done: (e: Error | null) => void): void {
     const claimed = [...this.claimed];
     let left = claimed.length;
-    const afterRelease = () => {
+    const afterRelease = (retry = true) => {
       this.usb.setConfiguration(value, (e) => {
+        if (e !== null && retry && this.detachBoundDrivers()) {
+          // A kernel driver took a released interface again, and the host's kernel refuses to
+          // configure a device with a bound interface (EBUSY): detach and try once more, as
+          // QEMU's usb-host does.
+          afterRelease(false);
+          return;
+        }
         if (e === null) {
           try {
             this.takeInterfaces();
