@@ -15,7 +15,7 @@
 // REAPURBNDELAY on a timer while URBs are in flight (never a blocking call on the VM host's
 // event loop, no extra thread): a URB's granularity is milliseconds (an audio URB carries 1 ms
 // per packet), so a 1 ms look costs one ioctl and keeps 2 to 4 URBs per endpoint fed.
-import { addressOf, close, ioctlBuffer, NativeError, open, O_CLOEXEC, O_RDWR } from './libc';
+import { addressOf, close, ioctl, ioctlBuffer, NativeError, open, O_CLOEXEC, O_RDWR, read } from './libc';
 import koffi from 'koffi';
 
 export const URB_TYPE = { iso: 0, interrupt: 1, control: 2, bulk: 3 } as const;
@@ -34,8 +34,12 @@ export const URB_OFFSET = {
 function ioc(dir: number, nr: number, size: number): number {
   return ((dir << 30) | (size << 16) | (0x55 << 8) | nr) >>> 0;
 }
+/** struct usbdevfs_getdriver: u32 interface, char driver[USBDEVFS_MAXDRIVERNAME + 1]. */
+export const GETDRIVER_BYTES = 4 + 256;
 export const USBDEVFS = {
   SETINTERFACE: ioc(2, 4, 8),
+  SETCONFIGURATION: ioc(2, 5, 4),
+  GETDRIVER: ioc(1, 8, GETDRIVER_BYTES),
   SUBMITURB: ioc(2, 10, URB_BYTES),
   DISCARDURB: ioc(0, 11, 0),
   REAPURB: ioc(1, 12, 8),
@@ -43,6 +47,7 @@ export const USBDEVFS = {
   CLAIMINTERFACE: ioc(2, 15, 4),
   RELEASEINTERFACE: ioc(2, 16, 4),
   IOCTL: ioc(3, 18, 16),
+  RESET: ioc(0, 20, 0),
   CLEAR_HALT: ioc(2, 21, 4),
   DISCONNECT: ioc(0, 22, 0),
   CONNECT: ioc(0, 23, 0),
@@ -90,6 +95,13 @@ export function packUrb(urb: Uint8Array, req: UrbRequest, bufferAddress: bigint)
   for (let i = 0; i < packets.length; i++) {
     v.setUint32(URB_OFFSET.isoFrameDesc + ISO_DESC_BYTES * i, packets[i] >>> 0, true);
   }
+}
+
+/** The NUL-terminated driver name of a struct usbdevfs_getdriver. */
+export function parseDriverName(b: Uint8Array): string {
+  const name = b.subarray(4, GETDRIVER_BYTES);
+  const end = name.indexOf(0);
+  return Buffer.from(name.subarray(0, end < 0 ? name.length : end)).toString('latin1');
 }
 
 /** Reads what the kernel wrote back into a reaped URB struct. */
@@ -168,6 +180,50 @@ export class UsbdevfsDevice {
     v.setUint32(0, itf >>> 0, true);
     v.setUint32(4, alternate >>> 0, true);
     ioctlBuffer(this.fd, `USBDEVFS_SETINTERFACE(${itf}, alt ${alternate}) on ${this.path}`, USBDEVFS.SETINTERFACE, b);
+  }
+
+  /** USBDEVFS_SETCONFIGURATION (the kernel refuses it while another fd or driver holds an interface). */
+  setConfiguration(value: number): void {
+    ioctlBuffer(this.fd, `USBDEVFS_SETCONFIGURATION(${value}) on ${this.path}`, USBDEVFS.SETCONFIGURATION, this.u32(value));
+  }
+
+  /** USBDEVFS_RESET: a port reset of the device, which keeps its address. */
+  reset(): void {
+    ioctl(this.fd, `USBDEVFS_RESET on ${this.path}`, USBDEVFS.RESET, 0);
+  }
+
+  /** The kernel driver bound to interface `itf` ("usbfs" for a usbfs claim), or null for none. */
+  driverOf(itf: number): string | null {
+    const b = new Uint8Array(GETDRIVER_BYTES);
+    new DataView(b.buffer).setUint32(0, itf >>> 0, true);
+    const r = ioctlPtr(this.fd, USBDEVFS.GETDRIVER, b) as number;
+    if (r < 0) {
+      const errno = koffi.errno();
+      if (errno === 61) return null; // ENODATA: no driver
+      throw new NativeError(`USBDEVFS_GETDRIVER(${itf}) on ${this.path}`, errno);
+    }
+    return parseDriverName(b);
+  }
+
+  /** The device's descriptors as usbfs serves them: the device descriptor, then every configuration's. */
+  readDescriptors(): Uint8Array {
+    const out: Uint8Array[] = [];
+    let total = 0;
+    for (;;) {
+      const chunk = new Uint8Array(4096);
+      const n = read(this.fd, chunk);
+      if (n <= 0) break;
+      out.push(chunk.subarray(0, n));
+      total += n;
+      if (total > 1 << 20) break;
+    }
+    const all = new Uint8Array(total);
+    let at = 0;
+    for (const c of out) {
+      all.set(c, at);
+      at += c.length;
+    }
+    return all;
   }
 
   clearHalt(endpointAddress: number): void {

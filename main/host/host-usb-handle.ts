@@ -14,7 +14,7 @@ export type HostTransferStatus = 'ok' | 'stall' | 'babble' | 'no-device' | 'canc
 
 export type HostTransferDone = (status: HostTransferStatus, actual: number) => void;
 /** An isochronous URB's end: the URB's status, then each packet's bytes moved and status. */
-export type HostIsoDone = (status: HostTransferStatus, packets: { actual: number; status: HostTransferStatus }[], data: Uint8Array) => void;
+export type HostIsoDone = (status: HostTransferStatus, packets: { actual: number; status: HostTransferStatus; errno?: number }[], data: Uint8Array) => void;
 export type HostCallback = (error: Error | null) => void;
 
 export interface HostUsbHandle {
@@ -130,12 +130,18 @@ export class NodeUsbHandle implements HostUsbHandle {
     return itf >= 0 && this.viaIso(itf);
   }
 
-  /** Opens the device; throws an Error whose message is a sentence (the udev rule for a permission problem). */
-  static open(info: HostUsbDeviceInfo): NodeUsbHandle {
+  /**
+   * Opens the device; throws an Error whose message is a sentence (the udev rule for a
+   * permission problem). Null when node-usb's list does not have it (libusb's list lags the
+   * kernel's, or never learns of it without udevd: see usbfs-handle.ts).
+   */
+  static open(info: HostUsbDeviceInfo): NodeUsbHandle | null {
     // Loaded on first use: libusb starts its event thread only in a process that passes a device through.
     const usb = (require('usb') as { usb: typeof UsbModule }).usb;
-    const device = usb.getDeviceList().find((d) => d.busNumber === info.busNumber && d.deviceAddress === info.deviceAddress);
-    if (device === undefined) throw new Error(`Host USB device ${info.sysfsName} is gone (unplugged?).`);
+    // The IDs too: a list that missed a departure still holds the old device at a reused address.
+    const device = usb.getDeviceList().find((d) => d.busNumber === info.busNumber && d.deviceAddress === info.deviceAddress
+      && d.deviceDescriptor.idVendor === info.vendorId && d.deviceDescriptor.idProduct === info.productId);
+    if (device === undefined) return null;
     try {
       device.open(false);
     } catch (e) {
@@ -209,7 +215,7 @@ export class NodeUsbHandle implements HostUsbHandle {
     let cancel: () => void;
     try {
       cancel = this.iso().submit({ type: 'iso', endpoint: endpointAddress, data: buffer, packetLengths }, (r) => {
-        done(statusOfUrb(r.status), r.packets.map((p) => ({ actual: p.actual, status: statusOfUrb(p.status) })), r.data);
+        done(statusOfUrb(r.status), r.packets.map((p) => ({ actual: p.actual, status: statusOfUrb(p.status), errno: -p.status })), r.data);
       });
     } catch (e) {
       const errno = (e as { errno?: number }).errno;

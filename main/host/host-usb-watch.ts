@@ -1,8 +1,9 @@
 // The live host USB device list: watchers get the full list at once and again whenever it
 // changes. Changes come from node-usb's hotplug events (libusb's udev monitor) when it has
 // them, re-listed after a short settle delay because the kernel binds drivers after the
-// attach event; without hotplug, sysfs is polled every 2 s. With hotplug a slow poll still
+// attach event; without hotplug (or without udevd, which feeds it), sysfs is polled every 2 s. With hotplug a slow poll still
 // runs, for what no event announces (a VM taking or giving back a device, driver binds).
+import fs from 'node:fs';
 import type { usb as UsbModule } from 'usb';
 
 /** Something that says "the device set changed"; null from `start` when it cannot. */
@@ -28,27 +29,40 @@ export const HOST_USB_POLL_MS = 2000;
 export const HOST_USB_SLOW_POLL_MS = 10000;
 export const HOST_USB_SETTLE_MS = 300;
 
-/** node-usb's attach/detach events, if its libusb has hotplug support. */
-export const nodeUsbHotplug: HostUsbChangeSource = {
-  start(onChange) {
-    let usb: typeof UsbModule;
-    try {
-      usb = (require('usb') as { usb: typeof UsbModule }).usb;
-    } catch {
-      return null; // node-usb did not load: sysfs polling only
-    }
-    // node-usb would fall back to its own polling of libusb's list; we poll sysfs instead.
-    if (usb.pollHotplug || !usb._supportedHotplugEvents()) return null;
-    const handler = () => onChange();
-    usb.on('attach', handler);
-    usb.on('detach', handler);
-    usb.unrefHotplugEvents();
-    return () => {
-      usb.off('attach', handler);
-      usb.off('detach', handler);
-    };
-  },
-};
+/**
+ * Whether udevd runs (its control socket is there: the test libudev makes too). node-usb's
+ * libusb takes its hotplug events from libudev's monitor, which only udevd feeds: without it
+ * no event ever comes, and libusb's device list stays as it was at start.
+ */
+export function udevRunning(controlPath = '/run/udev/control'): boolean {
+  return fs.existsSync(controlPath);
+}
+
+/** node-usb's attach/detach events, if its libusb has hotplug support and udevd feeds it. */
+export function nodeUsbHotplugSource(udevControl = '/run/udev/control'): HostUsbChangeSource {
+  return { start: (onChange) => startNodeUsbHotplug(onChange, udevControl) };
+}
+
+export const nodeUsbHotplug: HostUsbChangeSource = nodeUsbHotplugSource();
+
+function startNodeUsbHotplug(onChange: () => void, udevControl: string): (() => void) | null {
+  let usb: typeof UsbModule;
+  try {
+    usb = (require('usb') as { usb: typeof UsbModule }).usb;
+  } catch {
+    return null; // node-usb did not load: sysfs polling only
+  }
+  // node-usb would fall back to its own polling of libusb's list; we poll sysfs instead.
+  if (usb.pollHotplug || !usb._supportedHotplugEvents() || !udevRunning(udevControl)) return null;
+  const handler = () => onChange();
+  usb.on('attach', handler);
+  usb.on('detach', handler);
+  usb.unrefHotplugEvents();
+  return () => {
+    usb.off('attach', handler);
+    usb.off('detach', handler);
+  };
+}
 
 export class HostUsbWatch<Device> {
   private readonly watchers = new Set<(devices: Device[]) => void>();

@@ -44,8 +44,12 @@ export class FakeHandle implements HostUsbHandle {
     else done(error);
   }
   releaseInterface(itf: number, done: HostCallback): void { this.later(`release ${itf}`, done); }
+  /** Errors the next setConfiguration calls end with (EBUSY while a kernel driver holds an interface). */
+  setConfigurationErrors: Error[] = [];
   setConfiguration(value: number, done: HostCallback): void {
-    this.later(`set-configuration ${value}`, done);
+    const error = this.setConfigurationErrors.shift() ?? null;
+    this.later(`set-configuration ${value}`, done, error);
+    if (error !== null) return;
     // The kernel probes drivers for the new configuration's interfaces.
     this.config = value;
     this.drivers.set(0, true);

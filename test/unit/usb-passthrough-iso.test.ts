@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import { DATA, DB, Driver, trb } from '../helpers/xhci-driver';
 import { Prng } from '../helpers/prng';
 import { rig } from '../helpers/usb-passthrough';
+import { ISO_OUT_AHEAD } from '../../main/vmm/host/usb-passthrough';
 import { EPT_ISOCH_OUT, isoPassthroughRig } from '../helpers/usb-passthrough-iso';
 
 const CC = { SUCCESS: 1, TRANSACTION: 4, TRB: 5, SHORT: 13 };
@@ -15,32 +16,56 @@ const IOC = 1 << 5;
 const ISP = 1 << 2;
 
 
-test('isoch OUT TDs become one-packet usbfs URBs, several in flight; events carry each packet\'s outcome in order', () => {
+/** Lets the VM host's end-of-drain flush run (isoch OUT TDs that came together share one URB). */
+const drained = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+test('isoch OUT TDs that arrive together go out as one multi-packet usbfs URB and complete to the guest before the device takes them', async () => {
   const { r, d, slot } = isoPassthroughRig();
   const ring = d.ring(slot, 2);
   const tds: number[] = [];
   for (let i = 0; i < 4; i++) {
     d.dma.fill(DATA + 0x200 * i, 192, 0x10 + i);
-    // SIA set: "as soon as possible" (Frame ID ignored); IOC only on the last, as Linux does per URB.
-    tds.push(ring.push(DATA + 0x200 * i, 0, 192, trb(ISOCH, (1 << 31) | (i === 3 ? IOC : 0))));
+    // SIA set: "as soon as possible" (Frame ID ignored); IOC on each TD, as Linux queues them.
+    tds.push(ring.push(DATA + 0x200 * i, 0, 192, trb(ISOCH, (1 << 31) | IOC)));
   }
   d.w32(DB + 4 * slot, 2);
   r.pump();
-  assert.equal(r.usb.isoUrbs.length, 4, 'all four packets are on the host at once');
-  assert.deepEqual(r.usb.isoUrbs.map((u) => [u.address, u.packets, u.buffer[0], u.buffer[191]]),
-    [[0x01, [192], 0x10, 0x10], [0x01, [192], 0x11, 0x11], [0x01, [192], 0x12, 0x12], [0x01, [192], 0x13, 0x13]]);
-  // The second packet missed its frame (-EXDEV → error): a Transaction Error on that TD (IOC or not).
-  r.usb.completeIso([{ actual: 192, status: 'ok' }]);
-  r.usb.completeIso([{ actual: 0, status: 'error' }]);
-  r.usb.completeIso([{ actual: 192, status: 'ok' }]);
+  await drained();
   r.pump();
-  assert.deepEqual(d.events().map((e) => [e.code, e.param]), [[CC.TRANSACTION, tds[1]]]);
-  r.usb.completeIso([{ actual: 192, status: 'ok' }]);
-  r.pump();
-  assert.deepEqual(d.events().map((e) => [e.code, e.param, e.length]), [[CC.SUCCESS, tds[3], 0]]);
-  assert.equal(d.epState(slot, 2), 1, 'an isoch error does not halt the endpoint');
-  assert.equal(r.host.inFlight, 0);
+  assert.equal(r.usb.isoUrbs.length, 1, 'one URB for the four packets');
+  const urb = r.usb.isoUrbs[0];
+  assert.deepEqual([urb.address, urb.packets], [0x01, [192, 192, 192, 192]]);
+  assert.deepEqual([0, 191, 192, 383, 576, 767].map((i) => urb.buffer[i]), [0x10, 0x10, 0x11, 0x11, 0x13, 0x13]);
+  // The guest does not wait for the device's frames: its TDs complete while the URB is on the host.
+  assert.deepEqual(d.events().map((e) => [e.code, e.param]), tds.map((td) => [CC.SUCCESS, td]));
   assert.equal(r.device.inFlight, 0);
+  // The device's late answer (one packet missed its frame) changes nothing for the guest.
+  r.usb.completeIso([{ actual: 192, status: 'ok' }, { actual: 0, status: 'error' }, { actual: 192, status: 'ok' }, { actual: 192, status: 'ok' }]);
+  r.pump();
+  assert.deepEqual(d.events(), []);
+  assert.equal(r.host.inFlight, 0);
+  assert.equal(d.epState(slot, 2), 1, 'running');
+});
+
+test(`isoch OUT: at most ${ISO_OUT_AHEAD} packets complete ahead of the device; the rest complete as it takes them, with its statuses`, async () => {
+  const { r, d, slot } = isoPassthroughRig();
+  const ring = d.ring(slot, 2);
+  const tds: number[] = [];
+  const n = ISO_OUT_AHEAD + 4;
+  for (let i = 0; i < n; i++) tds.push(ring.push(DATA + 0x10 * i, 0, 16, trb(ISOCH, (1 << 31) | IOC)));
+  d.w32(DB + 4 * slot, 2);
+  r.pump();
+  await drained();
+  r.pump();
+  assert.deepEqual(r.usb.isoUrbs.map((u) => u.packets.length), [n], 'one URB');
+  assert.deepEqual(d.events().map((e) => e.param), tds.slice(0, ISO_OUT_AHEAD), 'only the first ones ahead of the device');
+  assert.equal(r.host.inFlight, 4);
+  const packets = tds.map((_, i) => ({ actual: i === ISO_OUT_AHEAD + 1 ? 0 : 16, status: (i === ISO_OUT_AHEAD + 1 ? 'error' : 'ok') as 'ok' | 'error' }));
+  r.usb.completeIso(packets);
+  r.pump();
+  assert.deepEqual(d.events().map((e) => [e.code, e.param]), tds.slice(ISO_OUT_AHEAD).map((td, i) => [i === 1 ? CC.TRANSACTION : CC.SUCCESS, td]),
+    'the held TDs complete with what the device said, in order');
+  assert.equal(r.host.inFlight, 0);
 });
 
 test('isoch IN: each packet\'s actual length lands in guest memory; a short packet reports its residue', () => {

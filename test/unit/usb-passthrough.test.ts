@@ -122,6 +122,28 @@ test('SET_CONFIGURATION, SET_INTERFACE and CLEAR_FEATURE(ENDPOINT_HALT) become h
   assert.equal(halt[0].status, 'ok');
 });
 
+test('SET_CONFIGURATION refused because a kernel driver took an interface back (EBUSY): drivers detached, tried once more', () => {
+  const r = rig();
+  r.host.take();
+  r.usb.calls = [];
+  r.usb.setConfigurationErrors.push(new Error('USBDEVFS_SETCONFIGURATION(1): EBUSY'));
+  const setConfig = submit(r.device, transfer('control', 0, false, new Uint8Array(0), setupOf(0x00, 0x09, 1, 0, 0)));
+  r.usb.drivers.set(0, true); // the host's kernel probed its driver again after the release
+  r.pump();
+  assert.deepEqual(r.usb.calls, ['release 0', 'release 1', 'set-configuration 1', 'detach 0', 'set-configuration 1', 'claim 0', 'claim 1']);
+  r.pump();
+  assert.equal(setConfig[0]?.status, 'ok');
+  // Refused again with no driver to detach: the guest sees the stall.
+  r.usb.calls = [];
+  r.usb.drivers.set(0, false);
+  r.usb.setConfigurationErrors.push(new Error('EBUSY'));
+  const again = submit(r.device, transfer('control', 0, false, new Uint8Array(0), setupOf(0x00, 0x09, 1, 0, 0)));
+  r.pump();
+  r.pump();
+  assert.deepEqual(r.usb.calls, ['release 0', 'release 1', 'set-configuration 1']);
+  assert.equal(again[0]?.status, 'stall');
+});
+
 test('cancel completes at once and stops the host URB; its late completion is dropped', () => {
   const r = rig();
   r.host.take();

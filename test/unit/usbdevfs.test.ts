@@ -58,6 +58,9 @@ test('ioctl numbers are the _IOC encodings of <linux/usbdevice_fs.h>', () => {
   assert.equal(USBDEVFS.CLAIMINTERFACE, 0x8004550f);
   assert.equal(USBDEVFS.RELEASEINTERFACE, 0x80045510);
   assert.equal(USBDEVFS.SETINTERFACE, 0x80085504);
+  assert.equal(USBDEVFS.SETCONFIGURATION, 0x80045505);
+  assert.equal(USBDEVFS.GETDRIVER, 0x41045508);
+  assert.equal(USBDEVFS.RESET, 0x5514);
   assert.equal(USBDEVFS.IOCTL, 0xc0105512);
   assert.equal(USBDEVFS.CLEAR_HALT, 0x80045515);
   assert.equal(USBDEVFS.DISCONNECT, 0x5516);

@@ -53,6 +53,20 @@ export interface PassthroughTiming {
 }
 
 const SETUP = 8;
+/** Isochronous OUT packets completed to the guest ahead of the device (see startIso). */
+export const ISO_OUT_AHEAD = 24;
+/** Packets per isochronous OUT URB at most. */
+export const ISO_URB_PACKETS = 32;
+
+interface IsoOutEndpoint {
+  /** Started TDs waiting for this turn's flush into one URB. */
+  batch: HostTransfer[];
+  flushScheduled: boolean;
+  /** TDs on the host (in URBs), not yet completed to the guest, oldest first. */
+  queued: HostTransfer[];
+  /** TDs completed to the guest while their packets are still on the host. */
+  early: Set<HostTransfer>;
+}
 /** One isochronous packet: up to 3 × 1024 bytes (high-bandwidth high speed); SuperSpeed bursts reach 48 KiB. */
 const ISO_PACKET_MAX = 48 * 1024;
 
@@ -71,6 +85,11 @@ export class HostUsbPassthrough {
   completed = 0;
   /** Of the transfers that went to libusb and completed. */
   readonly timing: PassthroughTiming = { transfers: 0, waitMs: 0, hostMs: 0 };
+  /** Isochronous URBs: submitted, completed, and completions by packet status (errno), for the log. */
+  readonly iso = { submitted: 0, completed: 0, bytes: 0, statuses: new Map<string, number>(), lastDoneAt: 0 };
+  private isoLogTimer: ReturnType<typeof setInterval> | null = null;
+  private isoLogged = { submitted: 0, completed: 0 };
+  private readonly isoOut = new Map<number, IsoOutEndpoint>();
 
   constructor(
     readonly info: HostUsbDeviceInfo,
@@ -245,9 +264,16 @@ export class HostUsbPassthrough {
   }
 
   /**
-   * An isochronous TD is one service interval's packet: one usbfs URB of one packet. The guest
-   * keeps several TDs queued (Linux's snd-usb-audio queues URBs of 8 or more), so several URBs
-   * are in flight per endpoint, as for bulk. A packet larger than usbfs takes is refused.
+   * An isochronous TD is one service interval's packet. IN: one usbfs URB of one packet per TD,
+   * completed when the device answers. OUT: the TDs that arrive together go out as one
+   * multi-packet URB (one submit, one reap for many packets), and a TD completes to the guest
+   * as soon as its packet is queued on the host while fewer than ISO_OUT_AHEAD completed packets
+   * wait for the device, else when the device takes one (QEMU's usb-host completes OUT when
+   * buffered too). Without that, each packet's completion waits for the whole round trip
+   * (guest, machine, VM host, host kernel, device and back), and a guest that keeps ~16 packets
+   * queued gets only 16 packets per round trip: in the rig (round trips of ~100 ms) a tenth of
+   * real time, so snd-usb-audio's pointer stalled past ALSA's wait and aplay failed with EIO.
+   * A packet the host then fails is not reported to the guest (it was already completed).
    */
   private startIso(t: HostTransfer): void {
     const r = t.record;
@@ -255,21 +281,151 @@ export class HostUsbPassthrough {
       this.complete(t, 'error', 0);
       return;
     }
-    const address = r.endpoint | (r.in ? 0x80 : 0);
+    this.watchIso();
+    if (!r.in) {
+      const ep = this.isoOutEndpoint(r.endpoint);
+      ep.batch.push(t);
+      if (!ep.flushScheduled) {
+        ep.flushScheduled = true;
+        // After this drain of the channel: the TDs that came together share one URB.
+        queueMicrotask(() => this.flushIsoOut(r.endpoint));
+      }
+      return;
+    }
+    const address = r.endpoint | 0x80;
+    this.iso.submitted++;
     t.cancel = this.usb.submitIso(address, t.buffer, [r.length], (status, packets, data) => {
       const packet = packets[0];
       const actual = packet === undefined ? 0 : Math.min(packet.actual, r.length);
-      if (r.in && actual > 0) t.buffer.set(data.subarray(0, actual), 0);
+      this.noteIso(status, packet, actual);
+      if (actual > 0) t.buffer.set(data.subarray(0, actual), 0);
       this.complete(t, status === 'ok' && packet !== undefined ? packet.status : status, actual);
     });
+  }
+
+  private noteIso(status: HostTransferStatus, packet: { status: HostTransferStatus; errno?: number } | undefined, actual: number): void {
+    this.iso.completed++;
+    this.iso.bytes += actual;
+    this.iso.lastDoneAt = performance.now();
+    const key = `${status}/${packet === undefined ? 'none' : `${packet.status}${packet.errno ? `(errno ${packet.errno})` : ''}`}`;
+    this.iso.statuses.set(key, (this.iso.statuses.get(key) ?? 0) + 1);
+  }
+
+  private isoOutEndpoint(endpoint: number): IsoOutEndpoint {
+    let ep = this.isoOut.get(endpoint);
+    if (ep === undefined) {
+      ep = { batch: [], flushScheduled: false, queued: [], early: new Set() };
+      this.isoOut.set(endpoint, ep);
+    }
+    return ep;
+  }
+
+  /** Sends the OUT TDs that arrived together as URBs of up to ISO_URB_PACKETS packets. */
+  private flushIsoOut(endpoint: number): void {
+    const ep = this.isoOutEndpoint(endpoint);
+    ep.flushScheduled = false;
+    const submit = this.usb.submitIso;
+    if (this.released || submit === undefined) return;
+    while (ep.batch.length > 0) {
+      const tds = ep.batch.splice(0, ISO_URB_PACKETS).filter((t) => this.transfers.get(t.record.id) === t);
+      if (tds.length === 0) continue;
+      const lengths = tds.map((t) => t.record.length);
+      const buffer = new Uint8Array(lengths.reduce((a, b) => a + b, 0));
+      let at = 0;
+      for (const t of tds) {
+        buffer.set(t.buffer.subarray(0, t.record.length), at);
+        at += t.record.length;
+      }
+      ep.queued.push(...tds);
+      this.iso.submitted += tds.length;
+      const cancel = submit.call(this.usb, endpoint, buffer, lengths, (status, packets) => {
+        tds.forEach((t, i) => {
+          const packet = packets[i];
+          const actual = packet === undefined ? 0 : Math.min(packet.actual, t.record.length);
+          this.noteIso(status, packet, actual);
+          if (ep.early.delete(t)) return; // completed to the guest already
+          const k = ep.queued.indexOf(t);
+          if (k < 0) return; // cancelled
+          // Older TDs still queued (URBs reaped out of order) complete first: the guest retires in order.
+          for (const older of ep.queued.splice(0, k)) {
+            ep.early.add(older);
+            this.complete(older, 'ok', older.record.length);
+          }
+          ep.queued.shift();
+          this.complete(t, status === 'ok' && packet !== undefined ? packet.status : status, actual);
+        });
+        this.releaseIsoOut(ep);
+      });
+      // Cancelling one TD of the URB stops the URB: the guest stops a stream as a whole.
+      for (const t of tds) t.cancel = cancel;
+    }
+    this.releaseIsoOut(ep);
+  }
+
+  /** Completes queued OUT TDs to the guest while fewer than ISO_OUT_AHEAD completed ones are still on the host. */
+  private releaseIsoOut(ep: IsoOutEndpoint): void {
+    while (ep.queued.length > 0 && ep.early.size < ISO_OUT_AHEAD) {
+      const t = ep.queued.shift() as HostTransfer;
+      ep.early.add(t);
+      this.complete(t, 'ok', t.record.length);
+    }
+  }
+
+  /**
+   * While isochronous URBs run, one log line a second: how many went out and came back, with
+   * which statuses, and how long the oldest in flight has waited (a stall shows at once).
+   */
+  private watchIso(): void {
+    if (this.isoLogTimer !== null) return;
+    this.isoLogTimer = setInterval(() => {
+      if (this.released || (this.iso.submitted === this.isoLogged.submitted && this.iso.completed === this.isoLogged.completed && this.transfers.size === 0)) {
+        if (this.isoLogTimer !== null) clearInterval(this.isoLogTimer);
+        this.isoLogTimer = null;
+        return;
+      }
+      const now = performance.now();
+      let oldest = 0;
+      let isoInFlight = 0;
+      for (const t of this.transfers.values()) {
+        if (t.record.type !== 'isochronous') continue;
+        isoInFlight++;
+        if (t.started) oldest = Math.max(oldest, now - t.arrivedAt);
+      }
+      const statuses = [...this.iso.statuses].map(([k, n]) => `${k} ${n}`).join(', ');
+      this.link.log(`usb-host ${this.info.sysfsName}: iso URBs ${this.iso.submitted} submitted (+${this.iso.submitted - this.isoLogged.submitted}), ${this.iso.completed} completed (+${this.iso.completed - this.isoLogged.completed}), ${this.iso.bytes} bytes; ${isoInFlight} in flight, oldest ${oldest.toFixed(0)} ms; last completion ${this.iso.lastDoneAt === 0 ? 'never' : `${(now - this.iso.lastDoneAt).toFixed(0)} ms ago`}; ${statuses}`);
+      this.isoLogged = { submitted: this.iso.submitted, completed: this.iso.completed };
+    }, 1000);
+    this.isoLogTimer.unref?.();
+  }
+
+  /** Detaches the kernel drivers bound to the active configuration's interfaces; whether there were any. */
+  private detachBoundDrivers(): boolean {
+    let any = false;
+    for (const n of this.usb.interfaceNumbers()) {
+      try {
+        if (!this.usb.kernelDriverActive(n)) continue;
+        this.usb.detachKernelDriver(n);
+        any = true;
+      } catch {
+        // The retry reports what still fails.
+      }
+    }
+    return any;
   }
 
   /** SET_CONFIGURATION: the host's kernel refuses it while interfaces are claimed. */
   private setConfiguration(value: number, done: (e: Error | null) => void): void {
     const claimed = [...this.claimed];
     let left = claimed.length;
-    const afterRelease = () => {
+    const afterRelease = (retry = true) => {
       this.usb.setConfiguration(value, (e) => {
+        if (e !== null && retry && this.detachBoundDrivers()) {
+          // A kernel driver took a released interface again, and the host's kernel refuses to
+          // configure a device with a bound interface (EBUSY): detach and try once more, as
+          // QEMU's usb-host does.
+          afterRelease(false);
+          return;
+        }
         if (e === null) {
           try {
             this.takeInterfaces();
@@ -326,6 +482,10 @@ export class HostUsbPassthrough {
   private cancelAll(): void {
     const all = [...this.transfers.values()];
     this.transfers.clear();
+    for (const ep of this.isoOut.values()) {
+      ep.batch.length = 0;
+      ep.queued.length = 0;
+    }
     for (const t of all) t.cancel?.();
   }
 
@@ -336,6 +496,8 @@ export class HostUsbPassthrough {
   async release(): Promise<string[]> {
     if (this.released) return [];
     this.released = true;
+    if (this.isoLogTimer !== null) clearInterval(this.isoLogTimer);
+    this.isoLogTimer = null;
     this.cancelAll();
     this.waiting.length = 0;
     const problems: string[] = [];

@@ -28,7 +28,8 @@ import { isPassthroughKind } from '../shared/usb-passthrough-messages';
 import { HostUsbPassthrough } from './usb-passthrough';
 import { findHostUsbDevice, listSysfsUsbDevices, type HostUsbDeviceInfo } from '../../host/usb-inventory';
 import { HOST_NEEDS_PATHS, hostNeeds } from '../../host/host-needs';
-import { NodeUsbHandle, type HostUsbHandle } from '../../host/host-usb-handle';
+import type { HostUsbHandle } from '../../host/host-usb-handle';
+import { openHostUsbHandle } from '../../host/usbfs-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
 import { HostUsbWatch } from '../../host/host-usb-watch';
 import { type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, UsbAutoAttach, type UsbRule } from '../../host/usb-rules';
@@ -191,7 +192,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     sysfsRoot?: string;
     /** Why the host depends on a device (host-needs.ts), or null; absent: the real /proc and sysfs. */
     hostNeeds?: (info: HostUsbDeviceInfo, all: HostUsbDeviceInfo[]) => string | null;
-  } = { list: () => listSysfsUsbDevices(), open: (info) => NodeUsbHandle.open(info), journal: new UsbJournal(dataDir()) };
+  } = { list: () => listSysfsUsbDevices(), open: (info) => openHostUsbHandle(info), journal: new UsbJournal(dataDir()) };
   /** USB captures (usb-capture.ts): pcapng files and transfer-record streams. */
   readonly usbCaptures = new UsbCaptures(async (portMask, snapLength) =>
     (await this.usbRequest({ op: 'capture', portMask, snapLength })).capture);

@@ -70,7 +70,11 @@ scenario('usb-audio-passthrough-l2', async (ctx) => {
   const played = await con.run(`aplay -D plughw:0,0 -t raw -f S16_LE -r 48000 -c 2 /dev/vda 2>&1; echo aplay-status $?`, 150_000);
   const playSeconds = (Date.now() - t0) / 1000;
   ctx.log(`aplay in L2 (${playSeconds.toFixed(1)} s): ${played.output.trim()}`);
-  if (!/aplay-status 0/.test(played.output)) throw new Error(`aplay failed in L2: ${played.output}\n${(await con.run('dmesg | tail -30')).output}`);
+  logVmCounters(ctx, cli, env);
+  if (!/aplay-status 0/.test(played.output)) {
+    const pcm = (await con.run('grep -H . /proc/asound/card0/pcm0p/sub0/hw_params /proc/asound/card0/pcm0p/sub0/status /proc/asound/card0/stream0 2>&1')).output;
+    throw new Error(`aplay failed in L2: ${played.output}\n${pcm}\n${(await con.run('dmesg | tail -40')).output}`);
+  }
   found.push(`aplay played ${TONE_SECONDS} s in ${playSeconds.toFixed(1)} s`);
 
   run(ctx, cli, ['usb', 'remove', port, '--monitor', SOCKET], env);
@@ -92,6 +96,18 @@ scenario('usb-audio-passthrough-l2', async (ctx) => {
   found.push(`the rig host's wav holds ${report.soundSeconds.toFixed(2)} s of a ${report.hz.toFixed(1)} Hz tone (peak ${report.peak}, ${report.rate} Hz x${report.channels}), longest gap ${report.longestGapMs.toFixed(1)} ms (bound ${GAP_BOUND_MS})`);
   return found.join('; ');
 });
+
+/** The VM's xHCI and USB counters (one `porthole stats --once --json` sample): what the machine side saw. */
+function logVmCounters(ctx: ScenarioContext, cli: string, env: NodeJS.ProcessEnv): void {
+  const r = spawnSync(process.execPath, [cli, 'stats', SOCKET, '--once', '--json', '--interval', '200ms'], { encoding: 'utf8', env, timeout: 30000 });
+  try {
+    const sample = JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as { counters: { group: string; name: string; total: number }[] };
+    const usb = sample.counters.filter((c) => c.total > 0 && /xhci|usb/.test(c.group)).map((c) => `${c.group}/${c.name}=${c.total}`);
+    ctx.log(`VM counters: ${usb.join(' ')}`);
+  } catch {
+    ctx.log(`porthole stats gave no sample (${r.status ?? r.signal}): ${r.stderr}${r.stdout}`);
+  }
+}
 
 function run(ctx: ScenarioContext, cli: string, args: string[], env: NodeJS.ProcessEnv): string {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env, timeout: 60000 });
