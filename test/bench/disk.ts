@@ -1,7 +1,8 @@
 // Disk throughput: the rig's L2 kit reads and writes a virtio-blk disk and a SATA disk (AHCI)
 // under Porthole (`porthole run --disk IMG --disk IMG,bus=sata`) and under QEMU -accel kvm
-// (`-device virtio-blk-pci` and an `ide-hd` on q35's AHCI, the same raw images: fresh files per
-// boot), alternating in one run. Per disk: sequential dd with O_DIRECT in 1 MiB blocks (MB/s),
+// (`-device virtio-blk-pci` and an `ide-hd` on q35's AHCI, the same kind of raw images: fresh
+// files per boot) in one run. Each round boots both, and every measure runs under one VMM and
+// at once under the other, so a pair sees the same load on the (shared) rig host. Per disk: sequential dd with O_DIRECT in 1 MiB blocks (MB/s),
 // then random 4 KiB reads and writes at queue depth 1 with O_DIRECT (IOPS), done by
 // test/bench/disk-rio.c: the kit's busybox has no fio, and a dd process per block would time
 // L2's fork and exec, not the disk. The helper is compiled static here and travels to L2 in the
@@ -42,11 +43,16 @@ export interface RandomRate {
   mbPerSec: number;
 }
 
+/** One measure on one disk, taken back to back under both VMMs (order alternating). */
 export interface DiskSample {
-  vmm: BootVmm;
   round: number;
-  rates: Partial<Record<DiskBus, { read?: DdRate; write?: DdRate; randread?: RandomRate; randwrite?: RandomRate }>>;
-  failure?: string;
+  bus: DiskBus;
+  measure: Measure;
+  /** MB/s for read and write, IOPS for randread and randwrite. */
+  porthole: number;
+  qemu: number;
+  /** Which ran first. */
+  first: BootVmm;
 }
 
 export interface DiskBenchOptions {
@@ -65,7 +71,8 @@ export interface DiskBenchResult {
   randomOps: number;
   rounds: number;
   samples: DiskSample[];
-  /** Per disk and measure: median Porthole / median QEMU (MB/s or IOPS; higher is better for Porthole). */
+  failures: string[];
+  /** Per disk and measure: the median over rounds of Porthole / QEMU (back-to-back pairs; higher is better for Porthole). */
   ratios: Partial<Record<`${DiskBus}-${Measure}`, number>>;
   met: boolean;
 }
@@ -96,10 +103,24 @@ export function parseRandomIo(output: string, ops: number): RandomRate {
   return { ops, seconds, iops: ops / seconds, mbPerSec: Number(m[2]) / 1e6 / seconds };
 }
 
-async function runOnce(vmm: BootVmm, o: Required<Omit<DiskBenchOptions, 'log'>>, helper: Buffer, round: number, log: (l: string) => void): Promise<DiskSample> {
-  const sample: DiskSample = { vmm, round, rates: {} };
+type Settings = Required<Omit<DiskBenchOptions, 'log'>>;
+
+interface KitVm {
+  vmm: BootVmm;
+  con: SerialConsole;
+  reap: () => Promise<void>;
+  /** What went wrong, with the VMM's last stderr lines and whether the guest reset. */
+  why: (e: unknown) => string;
+}
+
+function imagePaths(vmm: BootVmm): Record<DiskBus, string> {
   const dir = benchOutputDir();
-  const image: Record<DiskBus, string> = { virtio: path.join(dir, 'disk-bench-virtio.img'), sata: path.join(dir, 'disk-bench-sata.img') };
+  return { virtio: path.join(dir, `disk-bench-${vmm}-virtio.img`), sata: path.join(dir, `disk-bench-${vmm}-sata.img`) };
+}
+
+/** Boots the kit under one VMM with fresh images, waits for vda and sda and copies the helper out of vda. */
+async function bootKit(vmm: BootVmm, o: Settings, helper: Buffer): Promise<KitVm> {
+  const image = imagePaths(vmm);
   freshImage(image.virtio, o.mib, helper);
   freshImage(image.sata, o.mib);
   const vm = spawnKitVm(vmm, o.kit, 1, {
@@ -119,6 +140,19 @@ async function runOnce(vmm: BootVmm, o: Required<Omit<DiskBenchOptions, 'log'>>,
     errText = (errText + chunk).slice(-2000);
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
+  const kit: KitVm = {
+    vmm, con,
+    reap: async () => {
+      con.close();
+      await reapKitVm(vm);
+    },
+    why: (e) => {
+      const first = (e as Error).message.split('\n')[0];
+      let text = `${LABELS[vmm]}: ${guestReset ? `the guest reset by itself (${first})` : first}`;
+      if (errText.trim()) text += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+      return text;
+    },
+  };
   try {
     await con.waitForShell(300000);
     const sectors = o.mib * 2048;
@@ -127,42 +161,76 @@ async function runOnce(vmm: BootVmm, o: Required<Omit<DiskBenchOptions, 'log'>>,
     const md5 = crypto.createHash('md5').update(helper).digest('hex');
     const copied = await con.run(`head -c ${helper.length} /dev/vda > /tmp/rio && chmod +x /tmp/rio && md5sum /tmp/rio`, 120000);
     if (!copied.output.includes(md5)) throw new Error(`the helper copied from vda in L2 does not match (md5 ${md5}): ${copied.output.trim()}`);
-    for (const bus of DISK_BUSES) {
-      const dev = `/dev/${DEVICE[bus]}`;
-      const rates: NonNullable<DiskSample['rates'][DiskBus]> = {};
-      sample.rates[bus] = rates;
-      rates.read = await ddRate(con, dev, 'read', 1048576, o.mib);
-      rates.write = await ddRate(con, dev, 'write', 1048576, o.mib);
-      for (const dir of ['read', 'write'] as const) {
-        const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; /tmp/rio ${dev} ${dir} ${o.randomOps} ${RANDOM_BLOCK} ${RANDOM_SEED} 0 ${o.mib * 1048576} 2>&1`, 900000);
-        rates[dir === 'read' ? 'randread' : 'randwrite'] = parseRandomIo(r.output, o.randomOps);
-      }
-    }
+    return kit;
   } catch (e) {
-    const why = (e as Error).message.split('\n')[0];
-    sample.failure = guestReset ? `the guest reset by itself (${why})` : why;
-    if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
-  } finally {
-    con.close();
-    await reapKitVm(vm);
+    const text = kit.why(e);
+    await kit.reap();
+    throw new Error(text);
   }
-  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
-  return sample;
 }
 
-function value(s: DiskSample, bus: DiskBus, m: Measure): number {
-  const r = s.rates[bus]?.[m];
-  if (!r) return NaN;
-  return m.startsWith('rand') ? (r as RandomRate).iops : r.mbPerSec;
+async function bootWithRetries(vmm: BootVmm, o: Settings, helper: Buffer, failures: string[], round: number, log: (l: string) => void): Promise<KitVm | null> {
+  for (let attempt = 0; attempt <= o.retries; attempt++) {
+    try {
+      return await bootKit(vmm, o, helper);
+    } catch (e) {
+      const text = `round ${round}: boot ${attempt + 1}: ${(e as Error).message}`;
+      failures.push(text);
+      log(`  ${text}`);
+    }
+  }
+  return null;
+}
+
+/** One measure in one L2: MB/s (sequential dd) or IOPS (random helper). */
+async function measureOnce(con: SerialConsole, bus: DiskBus, m: Measure, o: Settings): Promise<number> {
+  const dev = `/dev/${DEVICE[bus]}`;
+  if (m === 'read' || m === 'write') return (await ddRate(con, dev, m, 1048576, o.mib)).mbPerSec;
+  const dir = m === 'randread' ? 'read' : 'write';
+  const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; /tmp/rio ${dev} ${dir} ${o.randomOps} ${RANDOM_BLOCK} ${RANDOM_SEED} 0 ${o.mib * 1048576} 2>&1`, 900000);
+  return parseRandomIo(r.output, o.randomOps).iops;
+}
+
+/**
+ * One round: both VMMs boot and stay up (idle L2s cost L1 little), then every measure runs
+ * under one and at once under the other, the order alternating: the two numbers of a pair
+ * see the same load on the rig host, which drifts over minutes.
+ */
+async function runRound(round: number, o: Settings, helper: Buffer, samples: DiskSample[], failures: string[], log: (l: string) => void): Promise<void> {
+  const vms: Partial<Record<BootVmm, KitVm>> = {};
+  try {
+    for (const vmm of round % 2 === 1 ? ['porthole', 'qemu'] as BootVmm[] : ['qemu', 'porthole'] as BootVmm[]) {
+      const vm = await bootWithRetries(vmm, o, helper, failures, round, log);
+      if (!vm) return;
+      vms[vmm] = vm;
+    }
+    let n = round;
+    for (const bus of DISK_BUSES) {
+      for (const measure of MEASURES) {
+        const order: BootVmm[] = n++ % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
+        const rate: Partial<Record<BootVmm, number>> = {};
+        for (const vmm of order) {
+          try {
+            rate[vmm] = await measureOnce(vms[vmm]!.con, bus, measure, o);
+          } catch (e) {
+            const text = `round ${round}: ${bus} ${measure}: ${vms[vmm]!.why(e)}`;
+            failures.push(text);
+            log(`  ${text}`);
+            return;
+          }
+        }
+        const sample: DiskSample = { round, bus, measure, porthole: rate.porthole!, qemu: rate.qemu!, first: order[0] };
+        samples.push(sample);
+        log(`  round ${round}, ${bus.padEnd(6)} ${measure.padEnd(9)} Porthole ${cell(measure, sample.porthole).padStart(10)}  QEMU ${cell(measure, sample.qemu).padStart(10)}  ${(sample.porthole / sample.qemu).toFixed(2)}x`);
+      }
+    }
+  } finally {
+    for (const vm of Object.values(vms)) await vm.reap();
+  }
 }
 
 function cell(m: Measure, v: number): string {
   return Number.isFinite(v) ? (m.startsWith('rand') ? `${v.toFixed(0)}/s` : `${v.toFixed(1)} MB/s`) : '-';
-}
-
-function describe(s: DiskSample): string {
-  const parts = DISK_BUSES.filter((b) => s.rates[b]).map((b) => `${b}: ${MEASURES.map((m) => `${m} ${cell(m, value(s, b, m))}`).join(', ')}`);
-  return `${parts.join('; ')}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 
 export async function runDiskBench(opts: DiskBenchOptions): Promise<DiskBenchResult> {
@@ -171,44 +239,36 @@ export async function runDiskBench(opts: DiskBenchOptions): Promise<DiskBenchRes
   for (const f of [o.kit.vmlinuz, o.kit.initrd]) if (!fs.existsSync(f)) throw new Error(`the L2 kit file ${f} is missing`);
   const helper = fs.readFileSync(buildRandomIoHelper());
   if (helper.length > o.mib * 1048576) throw new Error('the random-I/O helper does not fit on the disk');
-  log(`disk: the L2 kit, 1 vCPU, a virtio-blk disk and a SATA (AHCI) disk of ${o.mib} MiB each (raw, fresh per boot): Porthole against QEMU -accel kvm (virtio-blk-pci, q35's AHCI), ${o.rounds} rounds alternating`);
-  log(`  per disk: ${o.mib} x 1 MiB dd read and write (O_DIRECT; write with conv=fsync), ${o.randomOps} random 4 KiB reads and writes (O_DIRECT, queue depth 1, fsync after the writes)`);
+  log(`disk: the L2 kit, 1 vCPU, a virtio-blk disk and a SATA (AHCI) disk of ${o.mib} MiB each (raw, fresh per boot): Porthole against QEMU -accel kvm (virtio-blk-pci, q35's AHCI), ${o.rounds} rounds`);
+  log(`  per round both VMMs boot and stay up; each measure runs under one and then the other (order alternating): ${o.mib} x 1 MiB dd read and write`);
+  log(`  (O_DIRECT; write with conv=fsync), ${o.randomOps} random 4 KiB reads and writes (O_DIRECT, queue depth 1, fsync after the writes)`);
   log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
   const samples: DiskSample[] = [];
-  for (let round = 1; round <= o.rounds; round++) {
-    const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
-    for (const vmm of order) {
-      for (let attempt = 0; attempt <= o.retries; attempt++) {
-        const s = await runOnce(vmm, o, helper, round, log);
-        samples.push(s);
-        if (!s.failure) break;
-      }
-    }
-  }
-  for (const bus of DISK_BUSES) fs.rmSync(path.join(benchOutputDir(), `disk-bench-${bus}.img`), { force: true });
+  const failures: string[] = [];
+  for (let round = 1; round <= o.rounds; round++) await runRound(round, o, helper, samples, failures, log);
+  for (const vmm of ['porthole', 'qemu'] as BootVmm[]) for (const f of Object.values(imagePaths(vmm))) fs.rmSync(f, { force: true });
 
-  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.failure);
   const ratios: DiskBenchResult['ratios'] = {};
   let met = true;
   for (const bus of DISK_BUSES) {
-    log(`\n${bus === 'virtio' ? 'virtio-blk' : 'SATA (AHCI)'} medians${MEASURES.map((m) => m.padStart(14)).join('')}   (rand*: 4 KiB IOPS)`);
-    const medians: Record<BootVmm, number[]> = { porthole: [], qemu: [] };
+    log(`\n${(bus === 'virtio' ? 'virtio-blk' : 'SATA (AHCI)').padEnd(20)}${MEASURES.map((m) => m.padStart(14)).join('')}   (medians; rand*: 4 KiB IOPS)`);
+    const of = (m: Measure) => samples.filter((s) => s.bus === bus && s.measure === m);
     for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
-      medians[vmm] = MEASURES.map((m) => median(ok(vmm).map((s) => value(s, bus, m)).filter(Number.isFinite)));
-      log(`  ${LABELS[vmm].padEnd(18)}${medians[vmm].map((v, i) => cell(MEASURES[i], v).padStart(14)).join('')}`);
+      log(`  ${LABELS[vmm].padEnd(18)}${MEASURES.map((m) => cell(m, median(of(m).map((s) => s[vmm]))).padStart(14)).join('')}`);
     }
-    const line = MEASURES.map((m, i) => {
-      const ratio = medians.porthole[i] / medians.qemu[i];
+    const line = MEASURES.map((m) => {
+      const ratio = median(of(m).map((s) => s.porthole / s.qemu));
       ratios[`${bus}-${m}`] = ratio;
       met &&= ratio >= DISK_TARGET;
       return `${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x`.padStart(14);
     });
-    log(`  ${'Porthole / QEMU'.padEnd(18)}${line.join('')}   target >= ${DISK_TARGET.toFixed(1)}x each`);
+    log(`  ${'Porthole / QEMU'.padEnd(18)}${line.join('')}   (median of back-to-back pairs; target >= ${DISK_TARGET.toFixed(1)}x each)`);
   }
-  log(`\ndisk target (Porthole >= ${DISK_TARGET.toFixed(1)}x QEMU on every measure): ${met ? 'met' : 'MISSED'}; boots: Porthole ${ok('porthole').length} ok, QEMU ${ok('qemu').length} ok, ${samples.filter((s) => s.failure).length} failed`);
-  for (const s of samples.filter((x) => x.failure)) log(`  failed boot: ${LABELS[s.vmm]} round ${s.round}: ${s.failure}`);
+  const rounds = new Set(samples.map((s) => s.round)).size;
+  log(`\ndisk target (Porthole >= ${DISK_TARGET.toFixed(1)}x QEMU on every measure): ${met ? 'met' : 'MISSED'}; ${rounds} of ${o.rounds} rounds measured, ${failures.length} failures`);
+  for (const f of failures) log(`  failure: ${f}`);
   log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  const result: DiskBenchResult = { mib: o.mib, randomOps: o.randomOps, rounds: o.rounds, samples, ratios, met };
+  const result: DiskBenchResult = { mib: o.mib, randomOps: o.randomOps, rounds: o.rounds, samples, failures, ratios, met };
   writeBenchResult('disk.json', result);
   return result;
 }
