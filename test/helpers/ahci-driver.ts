@@ -135,9 +135,29 @@ export class MemoryDisk implements BlockBackend {
   readonly violations: string[] = [];
   flushes = 0;
   closed = false;
-  constructor(readonly size: number, readonly readOnly = false, fill: (i: number) => number = (i) => (i * 7 + (i >> 9)) & 0xff) {
+  /** Vectored transfers straight to or from guest memory (as a synchronous RawImageFile has), when made `vectored`. */
+  readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
+  readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
+  /** Transfers that went through readvNow/writevNow. */
+  vectoredTransfers = 0;
+  constructor(readonly size: number, readonly readOnly = false, fill: (i: number) => number = (i) => (i * 7 + (i >> 9)) & 0xff, vectored = false) {
     this.bytes = new Uint8Array(size);
     for (let i = 0; i < size; i++) this.bytes[i] = fill(i);
+    if (!vectored) return;
+    const vector = (offset: number, buffers: readonly Uint8Array[], write: boolean): Error | null => {
+      const length = buffers.reduce((n, b) => n + b.length, 0);
+      if (this.outside(offset, length)) return new RangeError('outside');
+      if (write && this.readOnly) this.violations.push('write to a read-only image');
+      this.vectoredTransfers++;
+      for (const b of buffers) {
+        if (write) this.bytes.set(b, offset);
+        else b.set(this.bytes.subarray(offset, offset + b.length));
+        offset += b.length;
+      }
+      return null;
+    };
+    this.readvNow = (offset, targets) => vector(offset, targets, false);
+    this.writevNow = (offset, sources) => vector(offset, sources, true);
   }
   private outside(offset: number, length: number): boolean {
     const bad = !Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size;

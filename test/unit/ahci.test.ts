@@ -15,8 +15,8 @@ import { AhciTestDriver, h2d, MemoryDisk, portLayout } from '../helpers/ahci-dri
 const DISK_BYTES = 1024 * 512;
 const ISO_BYTES = 64 * 2048;
 
-function machine(options: { cdromMedium?: boolean; readOnly?: boolean } = {}) {
-  const image = new MemoryDisk(DISK_BYTES, options.readOnly ?? false);
+function machine(options: { cdromMedium?: boolean; readOnly?: boolean; vectored?: boolean } = {}) {
+  const image = new MemoryDisk(DISK_BYTES, options.readOnly ?? false, undefined, options.vectored ?? false);
   const iso = new MemoryDisk(ISO_BYTES, true, (i) => (i >> 11) ^ (i & 0xff));
   const disk = new AtaDisk({ name: 'disk0', backend: image, serial: 'SATA-1' });
   const cdrom = new AtapiCdrom({ name: 'disk1', medium: options.cdromMedium === false ? null : iso });
@@ -105,8 +105,8 @@ test('SeaBIOS\'s probe: IDENTIFY PACKET DEVICE on the disk fails (TFES, ABRT), r
   assert.equal(d.portRead(0, PORT_REG.CI), 0);
 });
 
-test('READ DMA EXT and WRITE DMA EXT move the image\'s bytes through a scattered PRD table; 28-bit READ DMA too', () => {
-  const { d, image } = machine();
+for (const vectored of [false, true]) test(`READ DMA EXT and WRITE DMA EXT move the image's bytes through a scattered PRD table; 28-bit READ DMA too (${vectored ? 'straight to and from guest memory' : 'copied'})`, () => {
+  const { d, image } = machine({ vectored });
   d.startPort(0);
   const base = portLayout(0).data;
   const prds = [{ address: base, length: 1000 }, { address: base + 0x4000, length: 24 }, { address: base + 0x6000, length: 1024 }];
@@ -127,6 +127,7 @@ test('READ DMA EXT and WRITE DMA EXT move the image\'s bytes through a scattered
   is = d.run(0, { fis: h2d(ATA_CMD.FLUSH_CACHE_EXT) });
   assert.equal(image.flushes, 1);
   assert.deepEqual(image.violations, []);
+  assert.equal(image.vectoredTransfers, vectored ? 3 : 0);
 });
 
 test('a range past the end is IDNF, a PRD table too small is ABRT; neither reaches the image', () => {
@@ -173,8 +174,8 @@ test('NCQ: READ and WRITE FPDMA QUEUED clear PxCI at once and PxSACT with a Set 
   assert.equal(sdb[0], 0xa1);
 });
 
-test('a PRD outside guest memory, or bus mastering off, is a host bus fatal error and writes nothing', () => {
-  const { d, hba, image } = machine();
+for (const vectored of [false, true]) test(`a PRD outside guest memory, or bus mastering off, is a host bus fatal error and writes nothing${vectored ? ' (over an image that reads and writes guest memory directly)' : ''}`, () => {
+  const { d, hba, image } = machine({ vectored });
   d.startPort(0);
   const before = image.bytes.slice();
   let is = d.run(0, { fis: h2d(ATA_CMD.READ_DMA_EXT, 0, 1), prds: [{ address: 0xfffff000, length: 512 }] });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeBenchArgs, encodeBenchArgs, parseArgs, venueFor } from '../bench/run';
+import { parseRandomIo } from '../bench/disk';
 
 test('npm run bench: no name runs every bench; names pick benches; today\'s options still work', () => {
   assert.deepEqual(parseArgs([]).benches, ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough']);
@@ -47,4 +48,14 @@ test('stats-stream runs only when named; its loop length follows --batches when 
   assert.equal(parseArgs(['stats-stream']).batchesGiven, false);
   const o = parseArgs(['stats-stream', '--batches', '20', '--runs', '3']);
   assert.deepEqual([o.batches, o.batchesGiven, o.runs, o.optionArgs], [20, true, 3, ['--batches', '20', '--runs', '3']]);
+});
+
+test('disk runs only when named, always in the rig; the random-I/O helper\'s line is read or refused', () => {
+  assert.deepEqual(parseArgs(['disk', '--runs', '2']).benches, ['disk']);
+  assert.ok(!parseArgs([]).benches.includes('disk'));
+  assert.equal(venueFor('disk', undefined, true), 'rig');
+  const r = parseRandomIo('noise\nrio dir=read ops=2000 bytes=8192000 ns=4000000000\n', 2000);
+  assert.deepEqual([r.ops, r.seconds, r.iops, r.mbPerSec], [2000, 4, 500, 2.048]);
+  assert.throws(() => parseRandomIo('/dev/vda: Invalid argument', 2000), /disk-rio failed: \/dev\/vda: Invalid argument/);
+  assert.throws(() => parseRandomIo('rio dir=read ops=10 bytes=40960 ns=5', 2000), /disk-rio failed/);
 });

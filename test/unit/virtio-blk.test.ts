@@ -22,6 +22,7 @@ import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
 import { VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk, virtioBlkDevices } from '../../main/vmm/devices/virtio/blk';
 import { COMMON, VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_PCI_CAP, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { RAM_BYTES } from '../helpers/virtio-driver';
 import { VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
 
 const SECTORS = 64;
@@ -201,6 +202,34 @@ test('an indirect table carries the whole request; a nested one puts the device 
   t.driver.submit(0, 5);
   assert.ok(t.driver.status & VIRTIO_STATUS.NEEDS_RESET);
   assert.equal(t.driver.usedIdx(0), 1);
+});
+
+test('an indirect table running past the end of guest memory is read up to there, then NEEDS_RESET; a whole-disk read in 64 scattered segments lands in each', () => {
+  const t = started({ features: 1 << VIRTIO_F.INDIRECT_DESC });
+  const q = t.driver.queue(0);
+  // Three entries, the third past the end of RAM: the table is not one view, each field is checked.
+  const table = RAM_BYTES - 32;
+  writeBlkHeader(t.bus, HDR, VIRTIO_BLK_T.IN, 0);
+  t.driver.writeDesc(table, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+  t.driver.writeDesc(table, 1, DATA, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+  t.driver.writeDesc(q.desc, 0, table, 48, VIRTQ_DESC_F_INDIRECT, 0);
+  t.driver.submit(0, 0);
+  assert.ok(t.driver.status & VIRTIO_STATUS.NEEDS_RESET);
+  assert.ok(t.logs.some((l) => /descriptor cannot be accessed/.test(l)), t.logs.join('\n'));
+
+  // As Linux sends an O_DIRECT read: one segment per page, pages scattered (here 512 bytes each).
+  const u = started({ features: 1 << VIRTIO_F.INDIRECT_DESC });
+  const at = (i: number) => 0x100000 + ((i * 37) % SECTORS) * 0x2000;
+  writeBlkHeader(u.bus, HDR, VIRTIO_BLK_T.IN, 0);
+  u.driver.writeDesc(0x70000, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+  for (let i = 0; i < SECTORS; i++) u.driver.writeDesc(0x70000, 1 + i, at(i), 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2 + i);
+  u.driver.writeDesc(0x70000, SECTORS + 1, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+  u.driver.writeDesc(u.driver.queue(0).desc, 0, 0x70000, (SECTORS + 2) * 16, VIRTQ_DESC_F_INDIRECT, 0);
+  u.driver.submit(0, 0);
+  assert.equal(u.bus.ram[STATUS], VIRTIO_BLK_S.OK);
+  assert.deepEqual(u.driver.used(0, 0), { id: 0, len: SECTORS * 512 + 1 });
+  const image = fs.readFileSync(u.file);
+  for (let i = 0; i < SECTORS; i++) same(u.bus.ram.subarray(at(i), at(i) + 512), image.subarray(i * 512, (i + 1) * 512));
 });
 
 test('a descriptor loop and a head outside the table put the device in NEEDS_RESET with a config interrupt; reset recovers', () => {

@@ -127,6 +127,22 @@ export class DmaMemory {
     return this.memory.viewOf(i).subarray(offset, offset + length);
   }
 
+  /**
+   * Windows aliasing guest memory for a whole scatter-gather list (zero copy: preadv/pwritev
+   * straight into the guest), or null if some segment is refused or crosses a region edge
+   * (the caller then copies through gather/scatter). Same lifetime rule as view().
+   */
+  views(segments: readonly DmaSegment[], forWrite = false): Uint8Array[] | null {
+    const out: Uint8Array[] = [];
+    for (const s of segments) {
+      if (s.length === 0) continue;
+      const v = this.view(s.address, s.length, forWrite);
+      if (v === null) return null;
+      out.push(v);
+    }
+    return out;
+  }
+
   // --- scalars ------------------------------------------------------------------------
 
   readU8(gpa: number): number {

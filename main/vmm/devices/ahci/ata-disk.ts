@@ -131,6 +131,15 @@ export class AtaDisk implements SataDrive {
     if (!this.inside(lba, count)) return done(outOfRange());
     const length = count * SECTOR;
     if (transfer.capacity < length) return done(aborted());
+    // Straight into guest memory when the image completes inline: no buffer, no copy.
+    const readvNow = this.backend.readvNow;
+    const targets = readvNow ? transfer.guestViews?.(length, true) : null;
+    if (readvNow && targets) {
+      if (readvNow(lba * SECTOR, targets)) return done({ status: STATUS_OK | ATA_STATUS.ERR, error: ATA_ERROR.UNC, lba });
+      this.counters?.reads.add();
+      this.counters?.readBytes.add(length);
+      return done({ status: STATUS_OK, error: 0, pioIn: pio, transferred: length });
+    }
     this.backend.read(lba * SECTOR, length, (error, data) => {
       if (error || !data) return done({ status: STATUS_OK | ATA_STATUS.ERR, error: ATA_ERROR.UNC, lba });
       if (!transfer.toGuest(data)) return done({ ...aborted(), busError: true });
@@ -145,16 +154,20 @@ export class AtaDisk implements SataDrive {
     if (this.backend.readOnly) return done(aborted());
     const length = count * SECTOR;
     if (transfer.capacity < length) return done(aborted());
-    const data = transfer.fromGuest(length);
-    if (!data) return done({ ...aborted(), busError: true });
-    this.backend.write(lba * SECTOR, data, (error) => {
+    const written = (error: Error | null): void => {
       if (error) return done({ status: STATUS_OK | ATA_STATUS.ERR, error: ATA_ERROR.ABRT, lba });
       this.counters?.writes.add();
       this.counters?.writeBytes.add(length);
       // Write cache off: every write is durable before it completes.
       if (this.writeCache) return done({ status: STATUS_OK, error: 0, transferred: length });
       this.backend.flush((flushError) => done(flushError ? aborted() : { status: STATUS_OK, error: 0, transferred: length }));
-    });
+    };
+    const writevNow = this.backend.writevNow;
+    const sources = writevNow ? transfer.guestViews?.(length, false) : null;
+    if (writevNow && sources) return written(writevNow(lba * SECTOR, sources));
+    const data = transfer.fromGuest(length);
+    if (!data) return done({ ...aborted(), busError: true });
+    this.backend.write(lba * SECTOR, data, written);
   }
 
   private setFeatures(tf: AtaTaskFile): AtaOutcome {

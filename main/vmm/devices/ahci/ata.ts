@@ -69,6 +69,11 @@ export interface AtaTransfer {
   toGuest(data: Uint8Array): boolean;
   /** The first `length` bytes of the buffers (length <= capacity), or null: not guest memory. */
   fromGuest(length: number): Uint8Array | null;
+  /**
+   * Windows aliasing the guest memory of the first `length` bytes (zero copy), or null when
+   * some buffer cannot be aliased (the caller copies with toGuest/fromGuest instead).
+   */
+  guestViews?(length: number, intoGuest: boolean): Uint8Array[] | null;
 }
 
 export interface AtaOutcome {

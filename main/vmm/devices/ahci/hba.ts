@@ -303,6 +303,7 @@ export class AhciPort {
         const out = new Uint8Array(length);
         return dma.gather(firstBytes(segments, length), out) === length ? out : null;
       },
+      guestViews: (length, intoGuest) => (length <= capacity ? dma.views(firstBytes(segments, length), intoGuest) : null),
     };
     const drive = this.drive;
     if (!drive) return this.fatal(slot, PXIS.TFES, 'no device');

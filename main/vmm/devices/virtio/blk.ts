@@ -143,6 +143,19 @@ export class VirtioBlk extends VirtioPciDevice {
           finish(VIRTIO_BLK_S.IOERR, 0);
           return;
         }
+        // Straight into guest memory when the image completes inline: no buffer, no copy.
+        const readvNow = this.backend.readvNow;
+        const targets = readvNow ? dma.views(data, true) : null;
+        if (readvNow && targets) {
+          if (readvNow(offset, targets)) {
+            finish(VIRTIO_BLK_S.IOERR, 0);
+            return;
+          }
+          this.counters?.reads.add();
+          this.counters?.readBytes.add(length);
+          finish(VIRTIO_BLK_S.OK, length);
+          return;
+        }
         this.backend.read(offset, length, (error, bytes) => {
           if (generation !== this.generation) return;
           if (error || !bytes || dma.scatter(data, bytes) !== length) {
@@ -162,8 +175,21 @@ export class VirtioBlk extends VirtioPciDevice {
           finish(VIRTIO_BLK_S.IOERR, 0);
           return;
         }
+        const data = sliceSegments(chain.readable, 16, length);
+        const writevNow = this.backend.writevNow;
+        const sources = writevNow ? dma.views(data, false) : null;
+        if (writevNow && sources) {
+          if (writevNow(offset, sources)) {
+            finish(VIRTIO_BLK_S.IOERR, 0);
+            return;
+          }
+          this.counters?.writes.add();
+          this.counters?.writeBytes.add(length);
+          finish(VIRTIO_BLK_S.OK, 0);
+          return;
+        }
         const bytes = new Uint8Array(length);
-        if (dma.gather(sliceSegments(chain.readable, 16, length), bytes) !== length) {
+        if (dma.gather(data, bytes) !== length) {
           finish(VIRTIO_BLK_S.IOERR, 0);
           return;
         }

@@ -156,6 +156,9 @@ export class SplitVirtqueue {
     const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
     let table = this.descAddress;
     let tableSize = this.size;
+    // The whole table at once when it lies in one region (a 1 MiB request is ~258 descriptors);
+    // else each field through the checked accessors.
+    let view = tableView(dma, table, tableSize);
     let index = head;
     let seen = 0;
     let inIndirect = false;
@@ -164,13 +167,25 @@ export class SplitVirtqueue {
         throw new VirtqueueError(`queue ${this.index}: descriptor ${index} is outside its table of ${tableSize} (chain from ${head})`);
       }
       if (++seen > tableSize) throw new VirtqueueError(`queue ${this.index}: the chain from ${head} is longer than its table (a loop)`);
-      const at = table + 16 * index;
-      const status = dma.readU64Halves(at, this.halves);
-      if (status !== DMA_OK) throw this.ringError('descriptor', status);
-      const len = dma.readU32(at + 8);
-      const flags = dma.readU16(at + 12);
-      const next = dma.readU16(at + 14);
-      if (len < 0 || flags < 0 || next < 0) throw this.ringError('descriptor', Math.min(len, flags, next));
+      let len: number;
+      let flags: number;
+      let next: number;
+      if (view) {
+        const o = 16 * index;
+        this.halves[0] = view.getUint32(o, true);
+        this.halves[1] = view.getUint32(o + 4, true);
+        len = view.getUint32(o + 8, true);
+        flags = view.getUint16(o + 12, true);
+        next = view.getUint16(o + 14, true);
+      } else {
+        const at = table + 16 * index;
+        const status = dma.readU64Halves(at, this.halves);
+        if (status !== DMA_OK) throw this.ringError('descriptor', status);
+        len = dma.readU32(at + 8);
+        flags = dma.readU16(at + 12);
+        next = dma.readU16(at + 14);
+        if (len < 0 || flags < 0 || next < 0) throw this.ringError('descriptor', Math.min(len, flags, next));
+      }
       // Addresses past 2^53 cannot be guest memory; -1 makes their DMA fail as invalid.
       const address = this.halves[1] >= 0x200000 ? -1 : this.halves[1] * TWO_32 + this.halves[0];
       if (flags & VIRTQ_DESC_F_INDIRECT) {
@@ -182,6 +197,7 @@ export class SplitVirtqueue {
         }
         table = address;
         tableSize = len / 16;
+        view = tableView(dma, table, tableSize);
         index = 0;
         seen = 0;
         inIndirect = true;
@@ -203,6 +219,12 @@ export class SplitVirtqueue {
   private ringError(what: string, status: number): VirtqueueError {
     return new VirtqueueError(`queue ${this.index}: ${what} cannot be accessed (${dmaErrorText(status)})`);
   }
+}
+
+/** A descriptor table of `size` entries as one view of guest memory, or null (not in one region, or DMA refused). */
+function tableView(dma: DmaMemory, table: number, size: number): DataView | null {
+  const bytes = dma.view(table, 16 * size);
+  return bytes ? new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) : null;
 }
 
 /** The part of `segments` from byte `skip` on, `length` bytes long (clipped to what is there). */
