@@ -14,18 +14,21 @@
 //           QEMU's qemu-xhci + usb-storage (test/bench/usb-storage.ts).
 //   usb-passthrough  dd O_DIRECT in the L2 kit on L1's stick0 passed through by Porthole
 //           (porthole usb add host:) against QEMU -device usb-host (test/bench/usb-passthrough.ts).
+//   net     TCP stream throughput both ways through a user-mode NAT (libslirp) port forward to
+//           virtio-net in the L2 kit: Porthole --nic virtio,user against QEMU -netdev user +
+//           virtio-net-pci (test/bench/net.ts).
 //   stats-stream  what a 10 Hz vm-stats watcher costs the PIO loop's exit rate, with QEMU's
 //           rate on the same loop as the reference (test/bench/stats-stream.ts).
 //
 // No name runs them all but stats-stream (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
-// is usable, boot, usb-storage and usb-passthrough always in the rig's L1 (they need a KVM that boots Linux), and whatever
+// is usable, boot, usb-storage, usb-passthrough and net always in the rig's L1 (they need a KVM that boots Linux), and whatever
 // cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
 // L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
 // sets host, since inside L1 "here" is the venue).
 //
-// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [--runs N] [--batches N] [--batch N]
+// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [net] [--runs N] [--batches N] [--batch N]
 //        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
-//   --runs N: pio runs, boot, usb-storage and usb-passthrough rounds (default 5); --cpus: vCPU counts for boot;
+//   --runs N: pio runs, boot, usb-storage, usb-passthrough and net rounds (default 5); --cpus: vCPU counts for boot;
 //   --bytes N: serial bytes per phase (default 1 MiB);
 //   --check: exit 1 if a target is missed.
 import { spawnSync } from 'node:child_process';
@@ -41,6 +44,7 @@ import { benchOutputDir, guestsSrc, repoRoot, writeBenchResult } from './paths';
 import { runSerialThroughputBench } from './serial-throughput';
 import { runUsbStorageBench } from './usb-storage';
 import { runUsbPassthroughBench } from './usb-passthrough';
+import { runNetBench } from './net';
 import { profileExitPath } from './exit-path';
 import { runStatsStreamBench } from './stats-stream';
 
@@ -56,12 +60,12 @@ const TOUCH_PAGES = 128;
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'stats-stream'] as const;
+export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'net', 'stats-stream'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 /** Benches that boot Linux guests (the L2 kit): they run in the rig's L1 wherever npm run bench runs. */
-const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough']);
+const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough', 'net']);
 /** What runs when no bench is named (stats-stream came later and runs only by name). */
-const DEFAULT_BENCHES: readonly BenchName[] = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'];
+const DEFAULT_BENCHES: readonly BenchName[] = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'net'];
 /** The stats-stream bench's loop when --batches is not given: long enough for dozens of 10 Hz samples. */
 const STATS_STREAM_BATCHES = 300;
 
@@ -559,6 +563,9 @@ async function main(): Promise<void> {
       met = (await runUsbPassthroughBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
     } else if (bench === 'stats-stream') {
       met = (await statsStreamBench(o)) && met;
+    } else if (bench === 'net') {
+      console.log('');
+      met = (await runNetBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
     } else if (bench === 'usb-storage') {
       console.log('');
       met = (await runUsbStorageBench({ kit: await kitPaths(), rounds: o.runs })).met && met;

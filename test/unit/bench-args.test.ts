@@ -3,8 +3,8 @@ import { test } from 'node:test';
 import { decodeBenchArgs, encodeBenchArgs, parseArgs, venueFor } from '../bench/run';
 
 test('npm run bench: no name runs every bench; names pick benches; today\'s options still work', () => {
-  assert.deepEqual(parseArgs([]).benches, ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough']);
-  assert.deepEqual(parseArgs(['--no-serial']).benches, ['pio', 'mmio', 'boot', 'usb-storage', 'usb-passthrough']);
+  assert.deepEqual(parseArgs([]).benches, ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'net']);
+  assert.deepEqual(parseArgs(['--no-serial']).benches, ['pio', 'mmio', 'boot', 'usb-storage', 'usb-passthrough', 'net']);
   assert.deepEqual(parseArgs(['usb-passthrough']).benches, ['usb-passthrough']);
   assert.deepEqual(parseArgs(['usb-storage', '--runs', '2']).benches, ['usb-storage']);
   assert.deepEqual(parseArgs(['boot']).benches, ['boot']);
@@ -29,6 +29,7 @@ test('bench venue: pio and serial follow /dev/kvm, boot goes to the rig, PORTHOL
   assert.equal(venueFor('boot', 'host', false), 'host');
   assert.equal(venueFor('usb-storage', undefined, true), 'rig');
   assert.equal(venueFor('usb-passthrough', undefined, true), 'rig');
+  assert.equal(venueFor('net', undefined, true), 'rig');
   assert.equal(venueFor('pio', 'rig', true), 'rig');
   assert.throws(() => venueFor('pio', 'l1', true), /host or rig/);
 });
