@@ -15,8 +15,8 @@ export const SLIRP_POLL_ERR = 1 << 3;
 export const SLIRP_POLL_HUP = 1 << 4;
 
 export class SlirpMissingError extends Error {
-  constructor(detail: string) {
-    super(`libslirp is not installed (libslirp.so.0 could not be loaded: ${detail}); install it with \`sudo apt-get install libslirp0\``);
+  constructor(soname: string, detail: string) {
+    super(`libslirp is not installed (${soname} could not be loaded: ${detail}); install it with \`sudo apt-get install libslirp0\``);
     this.name = 'SlirpMissingError';
   }
 }
@@ -29,7 +29,7 @@ export class SlirpError extends Error {
   }
 }
 
-interface SlirpLib {
+export interface SlirpLib {
   slirp_new: koffi.KoffiFunction;
   slirp_cleanup: koffi.KoffiFunction;
   slirp_input: koffi.KoffiFunction;
@@ -54,13 +54,20 @@ interface SlirpLib {
 let loaded: SlirpLib | null = null;
 let typeCounter = 0;
 
+export const SLIRP_SONAME = 'libslirp.so.0';
+
 function lib(): SlirpLib {
-  if (loaded) return loaded;
+  loaded ??= loadSlirp(SLIRP_SONAME);
+  return loaded;
+}
+
+/** Loads libslirp from `soname` (tests name a missing one); throws SlirpMissingError. */
+export function loadSlirp(soname: string): SlirpLib {
   let so: koffi.IKoffiLib;
   try {
-    so = koffi.load('libslirp.so.0');
+    so = koffi.load(soname);
   } catch (e) {
-    throw new SlirpMissingError((e as Error).message);
+    throw new SlirpMissingError(soname, (e as Error).message);
   }
   // Names are per koffi instance; a suffix keeps them unique if this module is loaded twice.
   const n = (name: string) => `${name}_porthole${typeCounter}`;
@@ -118,10 +125,10 @@ function lib(): SlirpLib {
     try {
       return so.func(name, result, params);
     } catch (e) {
-      throw new SlirpMissingError(`${name}: ${(e as Error).message}`);
+      throw new SlirpMissingError(soname, `it has no ${name}: ${(e as Error).message}`);
     }
   };
-  loaded = {
+  return {
     slirp_new: fn('slirp_new', 'void *', [koffi.pointer(SlirpConfig), koffi.pointer(SlirpCb), 'void *']),
     slirp_cleanup: fn('slirp_cleanup', 'void', ['void *']),
     slirp_input: fn('slirp_input', 'void', ['void *', 'const uint8_t *', 'int']),
@@ -131,7 +138,6 @@ function lib(): SlirpLib {
     slirp_version_string: fn('slirp_version_string', 'const char *', []),
     SlirpCb, sendPacket, guestError, clockGetNs, timerNew, timerFree, timerMod, pollFd, notify, timerCb, addPoll, getREvents,
   };
-  return loaded;
 }
 
 /** Throws SlirpMissingError when libslirp.so.0 cannot be loaded; returns its version. */

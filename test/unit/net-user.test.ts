@@ -252,3 +252,9 @@ test('malformed frames into slirp_input do not crash it, and it still answers AR
     await u.nic.close();
   }
 });
+
+test('a missing libslirp is one sentence saying which package to install', async () => {
+  const { loadSlirp, SlirpMissingError } = await import('../../native/slirp');
+  assert.throws(() => loadSlirp('libslirp-porthole-absent.so.0'), (e: Error) => e instanceof SlirpMissingError
+    && /^libslirp is not installed \(libslirp-porthole-absent\.so\.0 could not be loaded: .*\); install it with `sudo apt-get install libslirp0`$/s.test(e.message));
+});
