@@ -66,8 +66,9 @@ function connect(port: number): Promise<net.Socket> {
   });
 }
 
-async function toGuest(con: SerialConsole, bytes: number): Promise<number> {
-  await con.runOk(`rm -f /tmp/rx; (nc -l -p ${TO_GUEST_PORT} > /tmp/rx </dev/null &) ; sleep 1`);
+export async function toGuest(con: SerialConsole, bytes: number): Promise<number> {
+  // nc's stdin stays open and empty: at EOF on its stdin busybox nc may close the connection early.
+  await con.runOk(`rm -f /tmp/rx; (sleep 100000 | nc -l -p ${TO_GUEST_PORT} > /tmp/rx &) ; sleep 1`);
   const chunk = Buffer.alloc(CHUNK, 0x5a);
   const started = performance.now();
   const s = await connect(TO_GUEST_HOST_PORT);
@@ -85,7 +86,7 @@ async function toGuest(con: SerialConsole, bytes: number): Promise<number> {
   return bytes / 1e6 / (ms / 1000);
 }
 
-async function fromGuest(con: SerialConsole, bytes: number): Promise<number> {
+export async function fromGuest(con: SerialConsole, bytes: number): Promise<number> {
   await con.runOk(`(dd if=/dev/zero bs=${CHUNK} count=${bytes / CHUNK} 2>/dev/null | nc -l -p ${FROM_GUEST_PORT} &) ; sleep 1`);
   const started = performance.now();
   const s = await connect(FROM_GUEST_HOST_PORT);

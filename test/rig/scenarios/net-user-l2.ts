@@ -77,7 +77,8 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, s
   // L1 → L2 through the port forward: L2's nc listens and writes a file; its size tells when all arrived.
   const toL2 = crypto.randomBytes(BYTES);
   const toL2Md5 = crypto.createHash('md5').update(toL2).digest('hex');
-  await con.runOk(`rm -f /tmp/rx; (nc -l -p ${GUEST_PORT} > /tmp/rx </dev/null &) ; sleep 1`);
+  // nc's stdin stays open and empty: at EOF on its stdin busybox nc may close the connection early.
+  await con.runOk(`rm -f /tmp/rx; (sleep 100000 | nc -l -p ${GUEST_PORT} > /tmp/rx &) ; sleep 1`);
   const started = Date.now();
   let toL2Socket: net.Socket | null = null;
   await new Promise<void>((resolve, reject) => {
