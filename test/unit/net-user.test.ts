@@ -158,3 +158,21 @@ test('while paused the user backend leaves slirp\'s sockets alone: a connection 
     endpoint.close();
   }
 });
+
+test('slirp_pollfds_fill hands back the forward\'s listening socket and shortens the poll to slirp\'s slow timer', async () => {
+  const { Slirp, slirpVersion, SLIRP_POLL_IN } = await import('../../native/slirp');
+  assert.match(slirpVersion(), /^4\./);
+  const port = await freePort();
+  const s = new Slirp({ network: '10.0.2.0', netmask: '255.255.255.0', host: '10.0.2.2', dhcpStart: '10.0.2.15', dns: '10.0.2.3' },
+    { sendPacket: () => {}, guestError: () => {}, notify: () => {} });
+  try {
+    assert.deepEqual(s.pollfdsFill(1000), { fds: [], timeoutMs: 1000 }, 'nothing to watch, no timer');
+    s.addHostForward(false, '127.0.0.1', port, '10.0.2.15', 22);
+    const fill = s.pollfdsFill(1000);
+    assert.equal(fill.fds.length, 1);
+    assert.ok(fill.fds[0].events & SLIRP_POLL_IN);
+    assert.ok(fill.timeoutMs < 1000, `timeout ${fill.timeoutMs} ms`);
+  } finally {
+    s.close();
+  }
+});
