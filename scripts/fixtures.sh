@@ -20,6 +20,8 @@ command -v nvme >/dev/null || need+=(nvme-cli)
 command -v tshark >/dev/null || need+=(tshark)
 # qemu-img and qemu-io cross-check the qcow2 images (test/unit/qcow2*.test.ts).
 command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
+# libslirp0: the user network backend (--nic user), loaded through koffi; L1 uses the host's /usr.
+ls /usr/lib/*/libslirp.so.0 >/dev/null 2>&1 || need+=(libslirp0)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "fixtures: installing ${need[*]}"

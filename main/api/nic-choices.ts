@@ -33,6 +33,8 @@ export const NIC_MODEL_CHOICES: readonly NicModelChoice[] = [
 
 export const NIC_BACKEND_CHOICES: readonly NicBackendChoice[] = [
   { kind: 'none', label: 'Not connected (link down)', fields: [] },
+  // Port forwards (hostfwd) are set in the config file or with --nic for now.
+  { kind: 'user', label: 'User-mode NAT (libslirp: DHCP, DNS, outgoing connections)', fields: [] },
   { kind: 'tap', label: 'TAP interface', fields: [{ key: 'ifname', label: 'Interface', placeholder: 'tap0' }] },
   { kind: 'bridge', label: 'Bridge (a new TAP on it)', fields: [{ key: 'bridge', label: 'Bridge', placeholder: 'br0' }] },
   {

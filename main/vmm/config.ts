@@ -100,7 +100,13 @@ export type NetBackendConfig =
   /** A Unix stream socket to another VM: frames with a 4-byte big-endian length (QEMU's -netdev stream framing). */
   | { kind: 'socket'; mode: 'listen' | 'connect'; path: string }
   /** One UDP datagram per frame, from local to remote (host:port each). */
-  | { kind: 'udp'; local: string; remote: string };
+  | { kind: 'udp'; local: string; remote: string }
+  /**
+   * User-mode NAT through libslirp (QEMU's -netdev user): the guest gets 10.0.2.15 by DHCP,
+   * gateway 10.0.2.2 (the host's loopback as well), DNS 10.0.2.3. hostfwd: QEMU-style
+   * "tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT" (or udp:) forwards.
+   */
+  | { kind: 'user'; hostfwd: string[] };
 
 /** virtio-net (the default), or an NE2000 PCI card (RTL8029) for guests without virtio. */
 export const NIC_MODELS = ['virtio', 'ne2k_pci'] as const;
@@ -559,7 +565,55 @@ export function formatMac(mac: Uint8Array): string {
   return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
-const NIC_HELP = '[MODEL|model=MODEL][,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT][,pcap=FILE]';
+const NIC_HELP = '[MODEL|model=MODEL][,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT|user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...][,pcap=FILE]';
+
+/** The user backend's network (QEMU's defaults). */
+export const USER_NET = { network: '10.0.2.0', netmask: '255.255.255.0', host: '10.0.2.2', dhcpStart: '10.0.2.15', dns: '10.0.2.3' } as const;
+
+export interface HostForward {
+  protocol: 'tcp' | 'udp';
+  /** Empty: every address of the host (0.0.0.0), as in QEMU. */
+  hostAddr: string;
+  hostPort: number;
+  guestAddr: string;
+  guestPort: number;
+}
+
+const HOSTFWD_FORM = '"tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT" (or udp:), e.g. "tcp:127.0.0.1:8022-:22"';
+
+function isIpv4(text: string): boolean {
+  const parts = text.split('.');
+  return parts.length === 4 && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255);
+}
+
+/** Parses a hostfwd rule; a bad one is a ConfigError saying what is wrong with it. */
+export function parseHostForward(text: string, where: string): HostForward {
+  const bad = (why: string) => new ConfigError(`${where}: hostfwd "${text}" ${why} (the form is ${HOSTFWD_FORM})`);
+  let rest = text;
+  let protocol: 'tcp' | 'udp' = 'tcp';
+  const m = /^(tcp|udp)?:/.exec(rest);
+  if (m) {
+    protocol = (m[1] ?? 'tcp') as 'tcp' | 'udp';
+    rest = rest.slice(m[0].length);
+  } else if (/^[a-z]+:/i.test(rest)) {
+    throw bad(`has protocol "${rest.slice(0, rest.indexOf(':'))}"; only tcp and udp are forwarded`);
+  }
+  const dash = rest.indexOf('-');
+  if (dash < 0) throw bad('has no "-" between the host side and the guest side');
+  const side = (part: string, name: string, defaultAddr: string): [string, number] => {
+    const colon = part.lastIndexOf(':');
+    if (colon < 0) throw bad(`has no port on the ${name} side ("${part}" needs ADDR:PORT or :PORT)`);
+    const addr = part.slice(0, colon) || defaultAddr;
+    const portText = part.slice(colon + 1);
+    if (addr && !isIpv4(addr)) throw bad(`has ${name} address "${addr}", which is not an IPv4 address`);
+    if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) throw bad(`has ${name} port "${portText}"; a port is a number from 1 to 65535`);
+    return [addr, Number(portText)];
+  };
+  const [hostAddr, hostPort] = side(rest.slice(0, dash), 'host', '');
+  const [guestAddr, guestPort] = side(rest.slice(dash + 1), 'guest', USER_NET.dhcpStart);
+  if (!guestAddr.startsWith('10.0.2.')) throw bad(`sends to ${guestAddr}, which is outside the guest network 10.0.2.0/24`);
+  return { protocol, hostAddr, hostPort, guestAddr, guestPort };
+}
 
 /**
  * Parses a --nic value, e.g. "virtio,tap=tap0", "tap=tap0,model=ne2k_pci" or
@@ -568,10 +622,16 @@ const NIC_HELP = '[MODEL|model=MODEL][,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge
  */
 export function parseNic(text: string): NicConfig {
   const parts = text.split(',');
-  const first = parts[0].includes('=') ? undefined : parts.shift();
+  let first = parts[0].includes('=') ? undefined : parts.shift();
+  // "--nic user,..." is a virtio card on the user backend (QEMU's -nic user).
+  if (first === 'user') {
+    parts.unshift('user');
+    first = undefined;
+  }
   const nic: Record<string, unknown> = { model: first ?? 'virtio', backend: { kind: 'none' } };
   let backends = 0;
   let modelOption: string | undefined;
+  const hostfwd: string[] = [];
   for (const option of parts) {
     const eq = option.indexOf('=');
     const key = eq < 0 ? option : option.slice(0, eq);
@@ -592,9 +652,14 @@ export function parseNic(text: string): NicConfig {
       const slash = value.indexOf('/');
       nic.backend = { kind: 'udp', local: slash < 0 ? value : value.slice(0, slash), remote: slash < 0 ? '' : value.slice(slash + 1) };
       backends++;
-    } else throw new ConfigError(`nic "${text}": option "${option}" is not understood (${NIC_HELP})`);
+    } else if (option === 'user') {
+      nic.backend = { kind: 'user', hostfwd };
+      backends++;
+    } else if (key === 'hostfwd') hostfwd.push(value);
+    else throw new ConfigError(`nic "${text}": option "${option}" is not understood (${NIC_HELP})`);
   }
-  if (backends > 1) throw new ConfigError(`nic "${text}": one backend per NIC (tap=, bridge=, socket= or udp=)`);
+  if (backends > 1) throw new ConfigError(`nic "${text}": one backend per NIC (tap=, bridge=, socket=, udp= or user)`);
+  if (hostfwd.length > 0 && (nic.backend as NetBackendConfig).kind !== 'user') throw new ConfigError(`nic "${text}": hostfwd= goes with the user backend (e.g. "user,hostfwd=tcp::8022-:22")`);
   return nicConfigFromJson(nic, `nic "${text}"`);
 }
 
@@ -635,8 +700,23 @@ function netBackendFromJson(b: unknown, where: string): NetBackendConfig {
     case 'udp':
       only(['kind', 'local', 'remote']);
       return { kind: 'udp', local: checkHostPort(b.local, `${where}.local`), remote: checkHostPort(b.remote, `${where}.remote`) };
+    case 'user': {
+      only(['kind', 'hostfwd']);
+      if (b.hostfwd !== undefined && !(Array.isArray(b.hostfwd) && b.hostfwd.every((h) => typeof h === 'string'))) {
+        throw new ConfigError(`${where}.hostfwd must be a list of strings like ["tcp:127.0.0.1:8022-:22"]`);
+      }
+      const hostfwd = (b.hostfwd ?? []) as string[];
+      const taken = new Map<string, number>();
+      hostfwd.forEach((h, i) => {
+        const f = parseHostForward(h, `${where}.hostfwd[${i}]`);
+        const key = `${f.protocol}:${f.hostAddr || '0.0.0.0'}:${f.hostPort}`;
+        if (taken.has(key)) throw new ConfigError(`${where}.hostfwd[${i}]: host ${f.protocol} port ${f.hostPort} is forwarded by hostfwd[${taken.get(key)}] already`);
+        taken.set(key, i);
+      });
+      return { kind: 'user', hostfwd: [...hostfwd] };
+    }
     default:
-      throw new ConfigError(`${where}.kind must be "tap", "bridge", "socket", "udp" or "none"`);
+      throw new ConfigError(`${where}.kind must be "tap", "bridge", "socket", "udp", "user" or "none"`);
   }
 }
 

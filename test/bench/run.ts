@@ -16,18 +16,21 @@
 //           (porthole usb add host:) against QEMU -device usb-host (test/bench/usb-passthrough.ts).
 //   disk    dd O_DIRECT (1 MiB sequential) and random 4 KiB O_DIRECT I/O in the L2 kit on a virtio-blk
 //           and a SATA (AHCI) disk, Porthole against QEMU's virtio-blk-pci and q35 AHCI (test/bench/disk.ts).
+//   net     TCP stream throughput both ways through a user-mode NAT (libslirp) port forward to
+//           virtio-net in the L2 kit: Porthole --nic virtio,user against QEMU -netdev user +
+//           virtio-net-pci (test/bench/net.ts).
 //   stats-stream  what a 10 Hz vm-stats watcher costs the PIO loop's exit rate, with QEMU's
 //           rate on the same loop as the reference (test/bench/stats-stream.ts).
 //
-// No name runs them all but stats-stream and disk (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
-// is usable, boot, usb-storage, usb-passthrough and disk always in the rig's L1 (they need a KVM that boots Linux), and whatever
+// No name runs them all but stats-stream, disk and net (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
+// is usable, boot, usb-storage, usb-passthrough, disk and net always in the rig's L1 (they need a KVM that boots Linux), and whatever
 // cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
 // L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
 // sets host, since inside L1 "here" is the venue).
 //
-// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [disk] [--runs N] [--batches N] [--batch N]
+// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [disk] [net] [--runs N] [--batches N] [--batch N]
 //        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
-//   --runs N: pio runs, boot, usb-storage, usb-passthrough and disk rounds (default 5); --cpus: vCPU counts for boot;
+//   --runs N: pio runs, boot, usb-storage, usb-passthrough, disk and net rounds (default 5); --cpus: vCPU counts for boot;
 //   --bytes N: serial bytes per phase (default 1 MiB);
 //   --check: exit 1 if a target is missed.
 import { spawnSync } from 'node:child_process';
@@ -43,6 +46,7 @@ import { benchOutputDir, guestsSrc, repoRoot, writeBenchResult } from './paths';
 import { runSerialThroughputBench } from './serial-throughput';
 import { runUsbStorageBench } from './usb-storage';
 import { runUsbPassthroughBench } from './usb-passthrough';
+import { runNetBench } from './net';
 import { profileExitPath } from './exit-path';
 import { runStatsStreamBench } from './stats-stream';
 import { runDiskBench } from './disk';
@@ -59,11 +63,11 @@ const TOUCH_PAGES = 128;
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'stats-stream', 'disk'] as const;
+export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'stats-stream', 'disk', 'net'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 /** Benches that boot Linux guests (the L2 kit): they run in the rig's L1 wherever npm run bench runs. */
-const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough', 'disk']);
-/** What runs when no bench is named (stats-stream and disk came later and run only by name). */
+const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough', 'disk', 'net']);
+/** What runs when no bench is named (stats-stream, disk and net came later and run only by name). */
 const DEFAULT_BENCHES: readonly BenchName[] = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'];
 /** The stats-stream bench's loop when --batches is not given: long enough for dozens of 10 Hz samples. */
 const STATS_STREAM_BATCHES = 300;
@@ -565,6 +569,9 @@ async function main(): Promise<void> {
     } else if (bench === 'disk') {
       console.log('');
       met = (await runDiskBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
+    } else if (bench === 'net') {
+      console.log('');
+      met = (await runNetBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
     } else if (bench === 'usb-storage') {
       console.log('');
       met = (await runUsbStorageBench({ kit: await kitPaths(), rounds: o.runs })).met && met;

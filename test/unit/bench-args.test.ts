@@ -30,6 +30,7 @@ test('bench venue: pio and serial follow /dev/kvm, boot goes to the rig, PORTHOL
   assert.equal(venueFor('boot', 'host', false), 'host');
   assert.equal(venueFor('usb-storage', undefined, true), 'rig');
   assert.equal(venueFor('usb-passthrough', undefined, true), 'rig');
+  assert.equal(venueFor('net', undefined, true), 'rig');
   assert.equal(venueFor('pio', 'rig', true), 'rig');
   assert.throws(() => venueFor('pio', 'l1', true), /host or rig/);
 });

@@ -4,7 +4,8 @@
 //           one of koffi's worker threads (this thread never blocks);
 //   socket  a Unix stream socket to another VM (listen or connect), each frame behind a
 //           4-byte big-endian length, the framing of QEMU's -netdev stream;
-//   udp     one datagram per frame between two HOST:PORT addresses.
+//   udp     one datagram per frame between two HOST:PORT addresses;
+//   user    user-mode NAT through libslirp (net-user.ts).
 // A backend hands frames up until paused (the NIC's receive window is full) and says when a
 // send could not be taken now ('busy': call again after onWritable); nothing is dropped
 // without a count.
@@ -15,6 +16,7 @@ import path from 'node:path';
 import { libc, NativeError, tun } from '../../../native';
 import type { NetBackendConfig } from '../config';
 import { NET_MAX_FRAME, NET_MIN_FRAME } from '../shared/net-messages';
+import { UserEndpoint } from './net-user';
 
 export type SendResult = 'sent' | 'busy' | 'dropped';
 
@@ -50,6 +52,7 @@ export async function openNetBackend(spec: NetBackendConfig, label: string, even
     case 'bridge': return TapEndpoint.openOnBridge(spec.bridge, label, events);
     case 'socket': return spec.mode === 'listen' ? StreamEndpoint.listen(spec.path, label, events) : StreamEndpoint.connect(spec.path, label, events);
     case 'udp': return UdpEndpoint.open(spec.local, spec.remote, label, events);
+    case 'user': return UserEndpoint.open(spec.hostfwd, label, events);
   }
 }
 

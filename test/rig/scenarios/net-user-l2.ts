@@ -1,0 +1,139 @@
+// Porthole's user-mode NAT (libslirp) as Linux sees it: Porthole boots the L2 kit with
+// --nic user,hostfwd=tcp:127.0.0.1:HOSTPORT-:40001,pcap=…; L2's busybox udhcpc gets its lease
+// from libslirp over virtio-net (10.0.2.15, router 10.0.2.2, DNS 10.0.2.3), pings the gateway,
+// L1 sends 4 MiB through the port forward to L2's busybox nc, and L2 sends 4 MiB out to a
+// server on L1's loopback through 10.0.2.2 (md5 compared both ways); Debian's tshark reads
+// the pcap (the DHCP exchange, nothing malformed).
+import type { ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { SerialConsole } from '../console';
+import { kitDhcp } from '../kit-net';
+import { l1ProjectDir } from '../paths';
+import { consoleLogger, kitChecks, scenario, type ScenarioContext } from '../scenario';
+
+const MAC = '52:54:00:75:73:72';
+const KIT_MODULES = 'virtio_pci,virtio_net';
+const BYTES = 4 * 1024 * 1024;
+const HOST_PORT = 40022;
+const GUEST_PORT = 40001;
+const L1_SERVER_PORT = 40002;
+
+scenario('net-user-l2', async (ctx) => {
+  const cli = `${l1ProjectDir}/bin/porthole`;
+  if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
+  const pcap = path.join(ctx.outDir, 'net-user-l2.pcapng');
+  fs.rmSync(pcap, { force: true });
+  const args = [
+    cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
+    '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
+    '--serial', 'stdio', '--verbose', '--stats', '--nic', `virtio,mac=${MAC},user,hostfwd=tcp:127.0.0.1:${HOST_PORT}-:${GUEST_PORT},pcap=${pcap}`,
+  ];
+  ctx.log(`node ${args.join(' ')}`);
+  const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
+  const stderr: string[] = [];
+  vm.stderr!.on('data', (d: Buffer) => {
+    for (const l of d.toString().split('\n')) {
+      if (!l.trim()) continue;
+      stderr.push(l);
+      ctx.log(`porthole: ${l}`);
+    }
+  });
+  try {
+    return await runChecks(ctx, vm, pcap, stderr);
+  } finally {
+    vm.kill('SIGKILL');
+  }
+});
+
+async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, stderr: string[]): Promise<string> {
+  const exited = new Promise<string>((resolve) => vm.once('exit', (code, sig) => resolve(sig ?? `code ${code}`)));
+  const con = SerialConsole.fromChild(vm, { name: 'L2 on Porthole\'s COM1', onOutput: consoleLogger('L2| ') });
+  const failures: string[] = [];
+  const found: string[] = [];
+  const fail = (why: string) => {
+    ctx.log(`CHECK FAILED: ${why}`);
+    failures.push(why);
+  };
+  await con.waitForShell(420000);
+  await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done');
+  await kitChecks(ctx, con, 1, 60000);
+
+  const { lease, output } = await kitDhcp(con);
+  ctx.log(`udhcpc:\n${output}`);
+  if (lease.ip !== '10.0.2.15' || lease.router !== '10.0.2.2' || lease.dns !== '10.0.2.3') fail(`the lease is ${JSON.stringify(lease)}, expected 10.0.2.15 via 10.0.2.2 with DNS 10.0.2.3`);
+  else found.push('udhcpc leased 10.0.2.15 (router 10.0.2.2, DNS 10.0.2.3) from libslirp');
+  const addr = await con.run('ip addr show eth0; ip route');
+  ctx.log(addr.output);
+  if (!/inet 10\.0\.2\.15\/24/.test(addr.output) || !/default via 10\.0\.2\.2/.test(addr.output)) fail('eth0 did not get 10.0.2.15/24 and the default route');
+
+  const ping = await con.run('ping -c 3 -W 10 10.0.2.2', 90000);
+  ctx.log(`L2 ping 10.0.2.2:\n${ping.output}`);
+  if (ping.status !== 0) fail(`L2 could not ping the gateway 10.0.2.2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
+  else found.push(`L2 pings 10.0.2.2: ${/(\d+) packets received/.exec(ping.output)?.[0] ?? 'ok'}`);
+
+  // L1 → L2 through the port forward: L2's nc listens and writes a file; its size tells when all arrived.
+  const toL2 = crypto.randomBytes(BYTES);
+  const toL2Md5 = crypto.createHash('md5').update(toL2).digest('hex');
+  // nc's stdin stays open and empty: at EOF on its stdin busybox nc may close the connection early.
+  await con.runOk(`rm -f /tmp/rx; (sleep 100000 | nc -l -p ${GUEST_PORT} > /tmp/rx &) ; sleep 1`);
+  const started = Date.now();
+  let toL2Socket: net.Socket | null = null;
+  await new Promise<void>((resolve, reject) => {
+    const s = net.connect(HOST_PORT, '127.0.0.1', () => s.end(toL2));
+    toL2Socket = s;
+    s.once('error', reject);
+    s.once('finish', () => resolve());
+    s.setTimeout(300000, () => s.destroy(new Error('the TCP stream to L2 stalled')));
+  }).catch((e: Error) => fail(`sending ${BYTES} bytes to 127.0.0.1:${HOST_PORT} (forwarded to L2): ${e.message}`));
+  const size = await con.run(`for i in $(seq 240); do [ "$(stat -c %s /tmp/rx)" -ge ${BYTES} ] && break; sleep 0.5; done; stat -c %s /tmp/rx; md5sum /tmp/rx`, 180000);
+  const seconds = (Date.now() - started) / 1000;
+  (toL2Socket as net.Socket | null)?.destroy();
+  if (!size.output.includes(toL2Md5)) fail(`L2 received ${size.output.trim().replace(/\n/g, ' ')}; L1 sent md5 ${toL2Md5}`);
+  else found.push(`4 MiB L1→127.0.0.1:${HOST_PORT}→L2:${GUEST_PORT} through the port forward, md5 matches (${(BYTES / 1048576 / seconds).toFixed(2)} MiB/s, not a benchmark)`);
+
+  // L2 → L1: L2 connects to 10.0.2.2 (slirp's name for the host's loopback), this process listens there.
+  let received = Buffer.alloc(0);
+  const server = net.createServer((s) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    const done = () => { received = Buffer.concat(parts); s.destroy(); };
+    s.on('data', (d: Buffer) => { parts.push(d); n += d.length; if (n >= BYTES) done(); });
+    s.on('end', done);
+  });
+  await new Promise<void>((resolve) => server.listen(L1_SERVER_PORT, '127.0.0.1', () => resolve()));
+  const made = await con.runOk(`dd if=/dev/urandom of=/tmp/tx bs=1024 count=${BYTES / 1024} 2>/dev/null; md5sum /tmp/tx`, 120000);
+  const fromL2Md5 = /^([0-9a-f]{32})/m.exec(made)?.[1] ?? '';
+  const t0 = Date.now();
+  const sent = await con.run(`nc 10.0.2.2 ${L1_SERVER_PORT} < /tmp/tx`, 300000);
+  for (let i = 0; i < 100 && received.length < BYTES; i++) await new Promise((r) => setTimeout(r, 100));
+  server.close();
+  const gotMd5 = crypto.createHash('md5').update(received).digest('hex');
+  if (gotMd5 !== fromL2Md5) fail(`L1 received ${received.length} bytes (md5 ${gotMd5}); L2 sent md5 ${fromL2Md5} (nc: ${sent.output.trim()})`);
+  else found.push(`4 MiB L2→10.0.2.2:${L1_SERVER_PORT}→L1's loopback, md5 matches (${(BYTES / 1048576 / ((Date.now() - t0) / 1000)).toFixed(2)} MiB/s)`);
+
+  con.send('poweroff -f\n');
+  let timer: NodeJS.Timeout | undefined;
+  const end = await Promise.race([exited, new Promise<string>((resolve) => { timer = setTimeout(() => resolve('timeout'), 120000); })]);
+  clearTimeout(timer);
+  if (end !== 'code 0') fail(`after "poweroff -f" in L2, porthole ended with ${end}, expected exit code 0`);
+  const counters = stderr.filter((l) => /^\s*net0\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
+  if (counters) ctx.log(`net0 counters: ${counters}`);
+
+  if (fs.existsSync('/usr/bin/tshark')) {
+    try {
+      const dhcp = ctx.exec('/usr/bin/tshark', ['-r', pcap, '-Y', 'dhcp', '-T', 'fields', '-e', 'dhcp.option.dhcp']).trim().split('\n').filter(Boolean);
+      const malformed = ctx.exec('/usr/bin/tshark', ['-r', pcap, '-Y', '_ws.malformed']).trim();
+      if (malformed !== '') fail(`tshark finds malformed packets:\n${malformed.split('\n').slice(0, 5).join('\n')}`);
+      // DHCP message types: 1 DISCOVER, 2 OFFER, 3 REQUEST, 5 ACK.
+      if (!['1', '2', '3', '5'].every((t) => dhcp.includes(t))) fail(`the pcap lacks part of the DHCP exchange (message types seen: ${dhcp.join(',') || 'none'})`);
+      else found.push(`tshark reads the pcap: DISCOVER/OFFER/REQUEST/ACK, none malformed`);
+    } catch (e) {
+      fail(`tshark on ${pcap}: ${(e as Error).message.split('\n')[0]}`);
+    }
+  } else fail('tshark is not installed on the rig host (scripts/fixtures.sh installs it)');
+  if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
+  return found.join('; ');
+}

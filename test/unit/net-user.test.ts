@@ -1,0 +1,178 @@
+// The user backend (libslirp) from the host side, with no KVM: frames we build go in as a
+// guest's would, and what libslirp sends back is checked byte by byte — a DHCP OFFER for a
+// DISCOVER, an ARP reply for the gateway, a SYN towards the guest when something connects to
+// a port forward — plus the pcap file, hostfwd/--nic parsing, and the pause that holds slirp's
+// sockets while the NIC's window is full. Malformed frames: net-user-fuzz.test.ts.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { ConfigError, machineConfigFromJson, parseHostForward, parseNic } from '../../main/vmm/config';
+import { NetBackendError, openNetBackend } from '../../main/vmm/host/net-backends';
+import { arpRequest, dhcpDiscover, dhcpReply, freePort, GUEST_MAC, ip, userNic } from '../helpers/slirp-guest';
+
+test('hostfwd rules parse as QEMU writes them, and bad ones say what is wrong', () => {
+  assert.deepEqual(parseHostForward('tcp::8022-:22', 'x'), { protocol: 'tcp', hostAddr: '', hostPort: 8022, guestAddr: '10.0.2.15', guestPort: 22 });
+  assert.deepEqual(parseHostForward('udp:127.0.0.1:5353-10.0.2.16:53', 'x'), { protocol: 'udp', hostAddr: '127.0.0.1', hostPort: 5353, guestAddr: '10.0.2.16', guestPort: 53 });
+  assert.deepEqual(parseHostForward('::2222-:22', 'x').protocol, 'tcp');
+  const bad: [string, RegExp][] = [
+    ['tcp:8022:22', /no "-"/],
+    ['sctp::1-:2', /protocol "sctp"/],
+    ['tcp::0-:22', /host port "0"/],
+    ['tcp::8022-:70000', /guest port "70000"/],
+    ['tcp:localhost:8022-:22', /host address "localhost"/],
+    ['tcp::8022-22', /no port on the guest side/],
+    ['tcp::8022-192.168.1.5:22', /outside the guest network/],
+  ];
+  for (const [text, why] of bad) {
+    assert.throws(() => parseHostForward(text, 'nic'), (e: Error) => e instanceof ConfigError && why.test(e.message) && e.message.includes(text), text);
+  }
+});
+
+test('--nic user and --nic virtio,user take hostfwd= options; the config file takes a hostfwd list', () => {
+  assert.deepEqual(parseNic('user,hostfwd=tcp::8022-:22,hostfwd=udp::5000-:5000'), { model: 'virtio', backend: { kind: 'user', hostfwd: ['tcp::8022-:22', 'udp::5000-:5000'] } });
+  assert.deepEqual(parseNic('virtio,user,pcap=a.pcapng'), { model: 'virtio', backend: { kind: 'user', hostfwd: [] }, pcap: 'a.pcapng' });
+  assert.throws(() => parseNic('virtio,tap=tap0,hostfwd=tcp::1-:2'), /hostfwd= goes with the user backend/);
+  assert.throws(() => parseNic('virtio,user,tap=tap0'), /one backend per NIC/);
+  assert.throws(() => parseNic('user,hostfwd=tcp::80x-:22'), /host port "80x"/);
+  const config = machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', hostfwd: ['tcp:127.0.0.1:8022-:22'] } }] }, 'vm.json');
+  assert.deepEqual(config.nics?.[0].backend, { kind: 'user', hostfwd: ['tcp:127.0.0.1:8022-:22'] });
+  assert.throws(() => machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', hostfwd: 'tcp::1-:2' } }] }, 'vm.json'), /hostfwd must be a list of strings/);
+  assert.throws(() => machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', hostfwd: ['tcp::1-:2', 'tcp::1-:3'] } }] }, 'vm.json'), /hostfwd\[1\]: host tcp port 1 is forwarded by hostfwd\[0\]/);
+  assert.throws(() => machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', net: '10.1.0.0' } }] }, 'vm.json'), /unknown field "net"/);
+});
+
+test('libslirp answers DHCP DISCOVER with an OFFER of 10.0.2.15 (router 10.0.2.2, DNS 10.0.2.3) and ARP for the gateway; the pcap file has both ways', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-slirp-'));
+  const pcap = path.join(dir, 'net0.pcapng');
+  const u = await userNic([], pcap);
+  try {
+    assert.equal(u.nic.description, 'user');
+    u.send(dhcpDiscover(0x1234abcd));
+    const offer = await u.waitFor((f) => dhcpReply(f));
+    assert.equal(offer.xid, 0x1234abcd);
+    assert.equal(offer.yiaddr, '10.0.2.15');
+    assert.deepEqual(offer.options.get(53), [2], 'DHCP message type OFFER');
+    assert.deepEqual(offer.options.get(3), ip('10.0.2.2'));
+    assert.deepEqual(offer.options.get(6), ip('10.0.2.3'));
+    assert.deepEqual(offer.options.get(1), ip('255.255.255.0'));
+
+    const mark = u.frames.length;
+    u.send(arpRequest(ip('10.0.2.15'), ip('10.0.2.2')));
+    const reply = await u.waitFor((f) => {
+      const v = new DataView(f.buffer, f.byteOffset);
+      return f.length >= 42 && v.getUint16(12) === 0x0806 && v.getUint16(20) === 2 ? f : null;
+    }, mark);
+    assert.deepEqual([...reply.subarray(28, 32)], ip('10.0.2.2'), 'sender is the gateway');
+    assert.deepEqual([...reply.subarray(0, 6)], GUEST_MAC, 'sent to us');
+    assert.deepEqual([...reply.subarray(38, 42)], ip('10.0.2.15'));
+    assert.deepEqual([...reply.subarray(22, 28)], [...reply.subarray(6, 12)], 'the gateway MAC is the frame source');
+  } finally {
+    await u.nic.close();
+  }
+  const bytes = fs.readFileSync(pcap);
+  // Section header, interface description, then one enhanced packet block (type 6) per frame.
+  let packets = 0;
+  for (let at = 0; at + 8 <= bytes.length; at += bytes.readUInt32LE(at + 4)) if (bytes.readUInt32LE(at) === 6) packets++;
+  assert.ok(packets >= 4, `pcap has ${packets} packets (2 guest frames, 2 replies)`);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('a TCP connect to a hostfwd port reaches the guest side as a SYN to 10.0.2.15:22', async () => {
+  const port = await freePort();
+  const u = await userNic([`tcp:127.0.0.1:${port}-:22`]);
+  const client = new net.Socket();
+  try {
+    assert.match(u.nic.description, new RegExp(`tcp 127\\.0\\.0\\.1:${port} -> 10\\.0\\.2\\.15:22`));
+    // slirp learns the guest's MAC from its ARP request, as it would after DHCP.
+    u.send(arpRequest(ip('10.0.2.15'), ip('10.0.2.2')));
+    await u.waitFor((f) => (new DataView(f.buffer, f.byteOffset).getUint16(12) === 0x0806 ? true : null));
+    const mark = u.frames.length;
+    client.on('error', () => {});
+    client.connect(port, '127.0.0.1');
+    const syn = await u.waitFor((f) => {
+      const v = new DataView(f.buffer, f.byteOffset);
+      if (f.length < 54 || v.getUint16(12) !== 0x0800 || f[23] !== 6) return null;
+      const tcp = 14 + (f[14] & 0xf) * 4;
+      return (f[tcp + 13] & 0x12) === 0x02 ? { dst: [...f.subarray(30, 34)], dport: v.getUint16(tcp + 2), mac: [...f.subarray(0, 6)] } : null;
+    }, mark);
+    assert.deepEqual(syn, { dst: ip('10.0.2.15'), dport: 22, mac: GUEST_MAC });
+  } finally {
+    client.destroy();
+    await u.nic.close();
+  }
+});
+
+test('a taken hostfwd port is a clear error before boot', async () => {
+  const holder = net.createServer();
+  await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+  const port = (holder.address() as net.AddressInfo).port;
+  try {
+    await assert.rejects(userNic([`tcp:127.0.0.1:${port}-:22`]), (e: Error) => e instanceof NetBackendError
+      && e.message.includes(`net0: cannot forward slirp_add_hostfwd: cannot listen on tcp 127.0.0.1:${port}`));
+  } finally {
+    holder.close();
+  }
+});
+
+test('a missing libslirp is one sentence saying which package to install', async () => {
+  const { loadSlirp, SlirpMissingError } = await import('../../native/slirp');
+  assert.throws(() => loadSlirp('libslirp-porthole-absent.so.0'), (e: Error) => e instanceof SlirpMissingError
+    && /^libslirp is not installed \(libslirp-porthole-absent\.so\.0 could not be loaded: .*\); install it with `sudo apt-get install libslirp0`$/s.test(e.message));
+});
+
+test('while paused the user backend leaves slirp\'s sockets alone: a connection to a forward reaches the guest only on resume', async () => {
+  const port = await freePort();
+  const frames: Uint8Array[] = [];
+  let arrived: () => void = () => {};
+  const endpoint = (await openNetBackend({ kind: 'user', hostfwd: [`tcp:127.0.0.1:${port}-:22`] }, 'net0', {
+    onFrame: (f) => { frames.push(f); arrived(); },
+    onWritable: () => {},
+    onLog: () => {},
+  }))!;
+  const until = (n: number) => new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${frames.length} of ${n} frames`)), 5000);
+    arrived = () => { if (frames.length >= n) { clearTimeout(timer); resolve(); } };
+    arrived();
+  });
+  const client = new net.Socket();
+  client.on('error', () => {});
+  try {
+    endpoint.send(arpRequest(ip('10.0.2.15'), ip('10.0.2.2')));
+    await until(1);
+    endpoint.pauseReceive();
+    const connected = new Promise<void>((resolve) => client.connect(port, '127.0.0.1', () => resolve()));
+    await connected; // the kernel completes the handshake on slirp's listening socket by itself
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(frames.length, 1, 'nothing reaches the guest while paused');
+    endpoint.resumeReceive();
+    await until(2);
+    const syn = frames[1];
+    assert.equal(new DataView(syn.buffer, syn.byteOffset).getUint16(12), 0x0800);
+    assert.equal(syn[23], 6, 'TCP');
+    assert.equal(syn[14 + 20 + 13] & 0x12, 0x02, 'SYN');
+  } finally {
+    client.destroy();
+    endpoint.close();
+  }
+});
+
+test('slirp_pollfds_fill hands back the forward\'s listening socket and shortens the poll to slirp\'s slow timer', async () => {
+  const { Slirp, slirpVersion, SLIRP_POLL_IN } = await import('../../native/slirp');
+  assert.match(slirpVersion(), /^4\./);
+  const port = await freePort();
+  const s = new Slirp({ network: '10.0.2.0', netmask: '255.255.255.0', host: '10.0.2.2', dhcpStart: '10.0.2.15', dns: '10.0.2.3' },
+    { sendPacket: () => {}, guestError: () => {}, notify: () => {} });
+  try {
+    assert.deepEqual(s.pollfdsFill(1000), { fds: [], timeoutMs: 1000 }, 'nothing to watch, no timer');
+    s.addHostForward(false, '127.0.0.1', port, '10.0.2.15', 22);
+    const fill = s.pollfdsFill(1000);
+    assert.equal(fill.fds.length, 1);
+    assert.ok(fill.fds[0].events & SLIRP_POLL_IN);
+    assert.ok(fill.timeoutMs < 1000, `timeout ${fill.timeoutMs} ms`);
+  } finally {
+    s.close();
+  }
+});
