@@ -139,7 +139,7 @@ export function PerfPanel({ vm, feeds }: { vm: VmSummary; feeds: StatsFeeds }) {
       ...chart.series.map((s, i) => ({
         label: s.label,
         stroke: PALETTE[i % PALETTE.length],
-        width: 1.5,
+        width: 1,
         spanGaps: false,
         value: (_u: uPlot, v: number | null) => formatRate(v, chart.unit),
       })),
