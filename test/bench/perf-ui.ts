@@ -228,7 +228,7 @@ function printHotFunctions(profile: CpuProfile): void {
   }
 }
 
-interface TraceEvent { name: string; ph: string; dur?: number; tid: number; pid: number; args?: { name?: string } }
+interface TraceEvent { name: string; ph: string; ts: number; dur?: number; tid: number; pid: number; args?: { name?: string } }
 interface TraceFile { traceEvents: TraceEvent[] }
 
 /** Main-thread time per second of the page's renderer by timeline event (nested events overlap: e.g. Paint holds PaintImage). */
@@ -241,6 +241,12 @@ function printTraceSummary(trace: TraceFile, seconds: number): void {
   }
   for (const [name, ms] of [...byName].sort((a, b) => b[1] - a[1]).slice(0, 20)) {
     console.log(`  ${(ms / seconds).toFixed(1).padStart(7)} ms/s  ${name}`);
+  }
+  // The longest tasks (what drops frames), with what took over 3 ms inside each.
+  const onMain = trace.traceEvents.filter((e) => e.ph === 'X' && e.dur && mains.has(`${e.pid}:${e.tid}`));
+  for (const task of onMain.filter((e) => e.name === 'RunTask').sort((a, b) => (b.dur ?? 0) - (a.dur ?? 0)).slice(0, 3)) {
+    const inside = onMain.filter((e) => e !== task && e.ts >= task.ts && e.ts < task.ts + (task.dur ?? 0) && (e.dur ?? 0) > 3000);
+    console.log(`  longest task ${((task.dur ?? 0) / 1000).toFixed(1)} ms: ${inside.map((e) => `${e.name} ${((e.dur ?? 0) / 1000).toFixed(1)}`).join(', ')}`);
   }
 }
 
