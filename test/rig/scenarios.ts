@@ -95,7 +95,8 @@ export const SCENARIOS: ScenarioSpec[] = [
     name: 'perf-usb-l2',
     description: 'the Performance tab in Chromium (rig host) against the manager in L1: a library VM boots the L2 kit with an emulated stick, and while L2 reads the stick with dd the stick\'s USB bytes/s (bulk IN) rise above their idle value in 3 successive 2 Hz samples, with transfers/s; screenshots idle and while reading land in build/rig/out/<run>/test-artifacts/',
     // One L2 boot (25-80 s) and half a minute of graphs; multi-threaded TCG as for every L2 Linux boot.
-    devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+    // rigNet: the rig host's Chromium reaches the UI's server in L1 through forwarded ports.
+    devices: { rigNet: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
     name: 'vfio-l1',
