@@ -129,7 +129,7 @@ async function graphWhileReading(ctx: ScenarioContext, app: E2eApp, artifacts: s
   ctx.log(`idle: ${idle.text}`);
   const before = await shoot(page, artifacts, 'perf-usb-l2-idle');
 
-  await con.runOk(`(while :; do dd if=/dev/${disk} of=/dev/null bs=64k iflag=direct 2>/dev/null; done) &`);
+  await con.runOk(`(while :; do dd if=/dev/${disk} of=/dev/null bs=64k iflag=direct 2>/dev/null; done) >/dev/null 2>&1 & true`); // "& ;" would be a syntax error: run() appends its marker after a ";"
   const risen: string[] = [];
   let last = await sampleCount(page);
   const deadline = Date.now() + 90_000;
