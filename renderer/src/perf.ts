@@ -85,6 +85,27 @@ export class StatsHistory {
     return out;
   }
 
+  /** The ring slot of each sample, oldest first (for readers that walk columns in place). */
+  slots(): Int32Array {
+    const out = new Int32Array(this.count);
+    for (let i = 0; i < this.count; i++) out[i] = (this.start + i) % this.capacity;
+    return out;
+  }
+
+  timeAtSlot(slot: number): number {
+    return this.times[slot];
+  }
+
+  /** The rate columns of the counters among `keys` that were ever seen, by ring slot (NaN: no reading). Read only. */
+  columnsOf(keys: readonly string[]): Float64Array[] {
+    const out: Float64Array[] = [];
+    for (const key of keys) {
+      const column = this.columns.get(key);
+      if (column) out.push(column.values);
+    }
+    return out;
+  }
+
   /** Counter `key`'s newest rate, or null when the newest sample had no reading of it. */
   latest(key: string): number | null {
     const column = this.columns.get(key);
@@ -239,35 +260,52 @@ export function latestRate(history: StatsHistory, series: SeriesSpec): number | 
   return series.per ? ratio(sum, latestSum(history, series.per)) : sum;
 }
 
+/** The sum of `columns` at a ring slot (NaN when none had a reading). */
+function sumAt(columns: readonly Float64Array[], slot: number): number {
+  let sum = NaN;
+  for (const c of columns) {
+    const v = c[slot];
+    if (!Number.isNaN(v)) sum = Number.isNaN(sum) ? v : sum + v;
+  }
+  return sum;
+}
+
 /**
  * The data uPlot draws for a chart: times in seconds, then one array per series. With
  * `maxPoints`, a longer history is cut into that many buckets of consecutive samples, each
  * drawn as its mean at its last sample's time: a 10-minute history at 10 Hz is 6000 samples,
- * more than a chart has pixels, and drawing them all costs frames for nothing.
+ * more than a chart has pixels, and drawing them all costs frames for nothing. Runs once per
+ * chart per drawn frame, so it reads the ring buffer in place (no per-series copies).
  */
 export function chartData(history: StatsHistory, chart: ChartSpec, maxPoints = Infinity): [number[], ...(number | null)[][]] {
-  const times = history.timesMs();
-  const series = chart.series.map((s) => seriesRates(history, s));
-  const bucket = Math.ceil(times.length / Math.max(1, maxPoints));
-  if (bucket <= 1) return [times.map((t) => t / 1000), ...series];
-  const xs: number[] = [];
-  const ys: (number | null)[][] = series.map(() => []);
+  const n = history.length;
+  const bucket = Math.max(1, Math.ceil(n / Math.max(1, maxPoints)));
+  const points = Math.ceil(n / bucket);
+  const slots = history.slots();
+  const xs = new Array<number>(points);
   // Buckets end at the newest sample, so the newest point is always a real sample time.
-  for (let end = times.length; end > 0; end -= bucket) {
-    const start = Math.max(0, end - bucket);
-    xs.push(times[end - 1] / 1000);
-    series.forEach((values, k) => {
+  const endOf = (k: number) => n - (points - 1 - k) * bucket;
+  for (let k = 0; k < points; k++) xs[k] = history.timeAtSlot(slots[endOf(k) - 1]) / 1000;
+  const ys = chart.series.map((s) => {
+    const columns = history.columnsOf(s.keys);
+    const per = s.per ? history.columnsOf(s.per) : null;
+    const out = new Array<number | null>(points);
+    for (let k = 0; k < points; k++) {
+      const end = endOf(k);
       let sum = 0;
-      let n = 0;
-      for (let i = start; i < end; i++) {
-        const v = values[i];
-        if (v !== null) { sum += v; n++; }
+      let count = 0;
+      for (let i = Math.max(0, end - bucket); i < end; i++) {
+        let v = sumAt(columns, slots[i]);
+        if (per) {
+          const d = sumAt(per, slots[i]);
+          v = Number.isNaN(v) || !(d > 0) ? NaN : v / d;
+        }
+        if (!Number.isNaN(v)) { sum += v; count++; }
       }
-      ys[k].push(n > 0 ? sum / n : null);
-    });
-  }
-  xs.reverse();
-  for (const y of ys) y.reverse();
+      out[k] = count > 0 ? sum / count : null;
+    }
+    return out;
+  });
   return [xs, ...ys];
 }
 

@@ -10,7 +10,8 @@
 // switch to 10 Hz the scripted VM first sends 10 minutes of past samples at once, so the
 // ring buffer is full from the start (what --fill 600 gives, without the wait). --profile: also
 // record a CPU profile of the page while it counts (build/bench/perf-ui.cpuprofile) and print
-// the functions with the most self time.
+// the functions with the most self time. --trace: record a Chromium trace while it counts and print
+// the page's main-thread time per second by timeline event (script, style, layout, paint).
 //
 // Prints one line per run and writes build/bench/perf-ui.json. No QEMU column: this measures
 // the UI, not the VMM. Headless Chromium without a GPU draws in software, so the number is a
@@ -176,7 +177,10 @@ async function main(): Promise<void> {
       await cdp.send('Profiler.enable');
       await cdp.send('Profiler.start');
     }
+    const tracing = process.argv.includes('--trace');
+    if (tracing) await browser.startTracing(page, { categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline'] });
     const result = await measure();
+    if (tracing) printTraceSummary(JSON.parse((await browser.stopTracing()).toString('utf8')) as TraceFile, seconds);
     if (cdp) {
       const { profile } = await cdp.send('Profiler.stop');
       fs.mkdirSync(path.join(__dirname, '..', '..', '..', 'build', 'bench'), { recursive: true });
@@ -221,6 +225,28 @@ function printHotFunctions(profile: CpuProfile): void {
   const total = [...self.values()].reduce((a, b) => a + b, 0);
   for (const [name, ms] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 15)) {
     console.log(`  ${ms.toFixed(0).padStart(6)} ms ${((ms * 100) / total).toFixed(1).padStart(5)}%  ${name}`);
+  }
+}
+
+interface TraceEvent { name: string; ph: string; ts: number; dur?: number; tid: number; pid: number; args?: { name?: string } }
+interface TraceFile { traceEvents: TraceEvent[] }
+
+/** Main-thread time per second of the page's renderer by timeline event (nested events overlap: e.g. Paint holds PaintImage). */
+function printTraceSummary(trace: TraceFile, seconds: number): void {
+  const mains = new Set(trace.traceEvents.filter((e) => e.ph === 'M' && e.name === 'thread_name' && e.args?.name === 'CrRendererMain').map((e) => `${e.pid}:${e.tid}`));
+  const byName = new Map<string, number>();
+  for (const e of trace.traceEvents) {
+    if (e.ph !== 'X' || !e.dur || !mains.has(`${e.pid}:${e.tid}`)) continue;
+    byName.set(e.name, (byName.get(e.name) ?? 0) + e.dur / 1000);
+  }
+  for (const [name, ms] of [...byName].sort((a, b) => b[1] - a[1]).slice(0, 20)) {
+    console.log(`  ${(ms / seconds).toFixed(1).padStart(7)} ms/s  ${name}`);
+  }
+  // The longest tasks (what drops frames), with what took over 3 ms inside each.
+  const onMain = trace.traceEvents.filter((e) => e.ph === 'X' && e.dur && mains.has(`${e.pid}:${e.tid}`));
+  for (const task of onMain.filter((e) => e.name === 'RunTask').sort((a, b) => (b.dur ?? 0) - (a.dur ?? 0)).slice(0, 3)) {
+    const inside = onMain.filter((e) => e !== task && e.ts >= task.ts && e.ts < task.ts + (task.dur ?? 0) && (e.dur ?? 0) > 3000);
+    console.log(`  longest task ${((task.dur ?? 0) / 1000).toFixed(1)} ms: ${inside.map((e) => `${e.name} ${((e.dur ?? 0) / 1000).toFixed(1)}`).join(', ')}`);
   }
 }
 

@@ -21,6 +21,8 @@
 //           virtio-net-pci (test/bench/net.ts).
 //   stats-stream  what a 10 Hz vm-stats watcher costs the PIO loop's exit rate, with QEMU's
 //           rate on the same loop as the reference (test/bench/stats-stream.ts).
+//   perf-ui  the Performance tab's frames/s in Chromium, graphs drawing against paused (no KVM,
+//           no QEMU: it measures the UI; test/bench/perf-ui.ts). Named only, alone, with its own options.
 //
 // No name runs them all but stats-stream, disk and net (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
 // is usable, boot, usb-storage, usb-passthrough, disk and net always in the rig's L1 (they need a KVM that boots Linux), and whatever
@@ -549,7 +551,15 @@ export function decodeBenchArgs(text: string): string[] {
 }
 
 async function main(): Promise<void> {
-  const o = parseArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  // The Performance tab's drawing cost runs alone, on this machine, with its own options (test/bench/perf-ui.ts).
+  if (argv[0] === 'perf-ui') {
+    const r = spawnSync(process.execPath, [path.join(__dirname, 'perf-ui.js'), ...argv.slice(1)], { stdio: 'inherit' });
+    process.exitCode = r.status ?? 2;
+    return;
+  }
+  if (argv.includes('perf-ui')) throw new BenchError('perf-ui runs alone and first: npm run bench -- perf-ui [--series N] [--hz N] [--seconds N] [--fill N] [--prefill] [--profile] [--trace]');
+  const o = parseArgs(argv);
   const kvmUsable = kvmAccessProblem() === null;
   const forced = process.env.PORTHOLE_BENCH_VENUE || undefined;
   const here = o.benches.filter((b) => venueFor(b, forced, kvmUsable) === 'host');

@@ -104,6 +104,13 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { iommu: true, nvmeSriov: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'perf-usb-l2',
+    description: 'the Performance tab in Chromium (rig host) against the manager in L1: a library VM boots the L2 kit with an emulated stick, and while L2 reads the stick with dd the stick\'s USB bytes/s (bulk IN) rise above their idle value in 3 successive 2 Hz samples, with transfers/s; screenshots idle and while reading land in build/rig/out/<run>/test-artifacts/',
+    // One L2 boot (25-80 s) and half a minute of graphs; multi-threaded TCG as for every L2 Linux boot.
+    // rigNet: the rig host's Chromium reaches the UI's server in L1 through forwarded ports.
+    devices: { rigNet: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'vfio-l1',
     description: 'VFIO with L1 as the host through Porthole\'s code: 2 NVMe SR-IOV VFs made and listed by the PCI inventory, VF1 taken from nvme to vfio-pci (journaled), container/group/device opened through native/vfio.ts, config space and BAR0 (pread and mmap), MSI-X eventfds, a DMA buffer the VF writes its Identify data into, reset, given back to nvme; the e1000\'s INTx with an unmask eventfd; a SIGKILLed holder repaired from the journal',
     // No L2: one L1 boot and a few seconds of sysfs and VFIO calls (nvme-cli on the rig host's /usr).

@@ -83,6 +83,37 @@ test('a history longer than a chart has points is drawn as bucket means, ending 
   assert.deepEqual(perf.chartData(empty, chart, 3), [[], []]);
 });
 
+test('chart data read in place from a wrapped ring equals bucket means of seriesRates (sums, gaps and latency means)', () => {
+  const h = new perf.StatsHistory(1000, 50_000); // 50 slots, 137 samples: the ring wraps twice
+  for (let i = 1; i <= 137; i++) {
+    const counters = [reading('usb1-storage', 'ep1-in-transfers', i % 4), reading('usb1-storage', 'ep1-in-latency-us', (i % 4) * 250 + i)];
+    if (i % 3 !== 0) counters.push(reading('COM1', 'pio-reads', i));
+    if (i % 5 !== 0) counters.push(reading('COM1', 'pio-writes', 2 * i));
+    h.push(sample(i * 1000, counters));
+  }
+  const chart = {
+    id: 'accesses' as const, title: 't', unit: 'count' as const,
+    series: [
+      { label: 'COM1', keys: ['COM1/pio-reads', 'COM1/pio-writes', 'never/seen'] },
+      { label: 'ep1-in', keys: ['usb1-storage/ep1-in-latency-us'], per: ['usb1-storage/ep1-in-transfers'] },
+    ],
+  };
+  const times = h.timesMs().map((t) => t / 1000);
+  const rates = chart.series.map((s) => perf.seriesRates(h, s));
+  for (const points of [Infinity, 50, 17, 7, 1]) {
+    const bucket = Math.max(1, Math.ceil(times.length / points));
+    const expected: (number | null)[][] = [[], [], []];
+    for (let end = times.length; end > 0; end -= bucket) {
+      expected[0].unshift(times[end - 1]);
+      rates.forEach((r, k) => {
+        const values = r.slice(Math.max(0, end - bucket), end).filter((v): v is number => v !== null);
+        expected[k + 1].unshift(values.length ? values.reduce((a, b) => a + b, 0) / values.length : null);
+      });
+    }
+    assert.deepEqual(perf.chartData(h, chart, points), expected, `${points} points`);
+  }
+});
+
 test('CSV: a header of counters with units, one row per sample, empty cells for no reading, quoting where needed', () => {
   const h = new perf.StatsHistory(1000);
   h.push(sample(Date.UTC(2026, 0, 2, 3, 4, 5), [reading('exits', 'io', 1234.56789)]));
