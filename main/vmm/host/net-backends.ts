@@ -16,33 +16,10 @@ import path from 'node:path';
 import { libc, NativeError, tun } from '../../../native';
 import type { NetBackendConfig } from '../config';
 import { NET_MAX_FRAME, NET_MIN_FRAME } from '../shared/net-messages';
+import { NetBackendError, type NetEndpoint, type NetEndpointEvents, type SendResult } from './net-endpoint';
 import { UserEndpoint } from './net-user';
 
-export type SendResult = 'sent' | 'busy' | 'dropped';
-
-export interface NetEndpointEvents {
-  onFrame(frame: Uint8Array): void;
-  /** A send that was 'busy' may be tried again. */
-  onWritable(): void;
-  onLog(text: string): void;
-}
-
-export interface NetEndpoint {
-  readonly description: string;
-  send(frame: Uint8Array): SendResult;
-  pauseReceive(): void;
-  resumeReceive(): void;
-  /** Frames the backend could not pass on (bad framing, no peer, a datagram while paused). */
-  readonly drops: number;
-  close(): void;
-}
-
-export class NetBackendError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'NetBackendError';
-  }
-}
+export { NetBackendError, type NetEndpoint, type NetEndpointEvents, type SendResult } from './net-endpoint';
 
 /** Opens a backend; `label` names the NIC in errors ("net0"). */
 export async function openNetBackend(spec: NetBackendConfig, label: string, events: NetEndpointEvents): Promise<NetEndpoint | null> {

@@ -9,8 +9,7 @@
 import { libc, slirp as native } from '../../../native';
 import { type HostForward, parseHostForward, USER_NET } from '../config';
 import { NET_MAX_FRAME, NET_MIN_FRAME } from '../shared/net-messages';
-import type { NetEndpoint, NetEndpointEvents, SendResult } from './net-backends';
-import { NetBackendError } from './net-backends';
+import { NetBackendError, type NetEndpoint, type NetEndpointEvents, type SendResult } from './net-endpoint';
 
 const BACKLOG_LIMIT = 1024;
 /** The longest poll when slirp has no timer due sooner. */
