@@ -122,6 +122,13 @@ Diagnostics:
   --flat PATH[@ADDR]     run a raw real-mode test program at ADDR (default 0x1000)
 `;
 
+/** An option's value: after "=" in the same argument (`inline`), else the next argument; with the index of the last argument used. */
+function optionValue(argv: string[], i: number, flag: string, inline: string | undefined): [string, number] {
+  if (inline !== undefined) return [inline, i];
+  if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+  return [argv[i + 1], i + 1];
+}
+
 const VALUE_FLAGS = new Set([
   '--firmware', '--kernel', '--initrd', '--append', '--config', '--mem', '--cpus', '--name', '--serial', '--debugcon',
   '--option-rom', '--flat', '--stats-interval', '--usb', '--monitor', '--disk', '--nic', '--cdrom', '--boot-from',
@@ -146,11 +153,7 @@ function tokenize(argv: string[]): [string, string | null][] {
       out.push([flag, null]);
     } else if (VALUE_FLAGS.has(flag)) {
       let value: string;
-      if (eq >= 0) value = a.slice(eq + 1);
-      else {
-        if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-        value = argv[++i];
-      }
+      [value, i] = optionValue(argv, i, flag, eq >= 0 ? a.slice(eq + 1) : undefined);
       out.push([flag, value]);
     } else {
       throw new UsageError(`unknown option ${flag} (see porthole --help)`);
@@ -358,11 +361,7 @@ function parseCdromCommand(argv: string[]): CliCommand {
     const flag = eq >= 0 ? a.slice(0, eq) : a;
     if (flag !== '--drive' && flag !== '--monitor') throw new UsageError(`unknown option ${flag} (porthole cdrom takes --drive, --force, --monitor)`);
     let value: string;
-    if (eq >= 0) value = a.slice(eq + 1);
-    else {
-      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
+    [value, i] = optionValue(argv, i, flag, eq >= 0 ? a.slice(eq + 1) : undefined);
     if (flag === '--monitor') socket = socketPath(value);
     else drive = value;
   }
@@ -412,11 +411,7 @@ function parseStatsCommand(argv: string[]): CliCommand {
     const flag = a.startsWith('--') && eq >= 0 ? a.slice(0, eq) : a;
     if (!['--interval', '--monitor'].includes(flag)) throw new UsageError(`unknown option ${flag} (porthole stats takes --interval, --once, --json, --monitor)`);
     let value: string;
-    if (a.startsWith('--') && eq >= 0) value = a.slice(eq + 1);
-    else {
-      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
+    [value, i] = optionValue(argv, i, flag, a.startsWith('--') && eq >= 0 ? a.slice(eq + 1) : undefined);
     if (flag === '--monitor') socket = socketPath(value);
     else intervalMs = parseInterval(value);
   }
@@ -442,11 +437,7 @@ function parseCaptureCommand(argv: string[]): CliCommand {
     const flag = a.startsWith('--') && eq >= 0 ? a.slice(0, eq) : a;
     if (!['-w', '--write', '--port', '--snaplen', '--monitor'].includes(flag)) throw new UsageError(`unknown option ${flag} (see porthole --help)`);
     let value: string;
-    if (a.startsWith('--') && eq >= 0) value = a.slice(eq + 1);
-    else {
-      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
+    [value, i] = optionValue(argv, i, flag, a.startsWith('--') && eq >= 0 ? a.slice(eq + 1) : undefined);
     if (flag === '-w' || flag === '--write') file = nonEmpty(flag, value);
     else if (flag === '--monitor') socket = socketPath(value);
     else if (flag === '--port') port = checked(() => parseUsbPort(/^\d+$/.test(value) ? Number(value) : NaN));
@@ -488,11 +479,7 @@ function parseMonitorCommand(argv: string[]): CliCommand {
     }
     if (flag !== '--monitor' && flag !== '--port' && flag !== '--text') throw new UsageError(`unknown option ${flag} (see porthole --help)`);
     let value: string;
-    if (eq >= 0) value = a.slice(eq + 1);
-    else {
-      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
+    [value, i] = optionValue(argv, i, flag, eq >= 0 ? a.slice(eq + 1) : undefined);
     if (flag === '--monitor') socket = socketPath(value);
     else if (flag === '--port') port = value;
     else text = value;
@@ -574,11 +561,7 @@ function parseRulesCommand(argv: string[]): CliCommand {
     const flag = eq < 0 ? a : a.slice(0, eq);
     if (!(flag in RULE_FLAGS)) throw new UsageError(`unknown option ${flag} for porthole usb rule (use --vid, --pid, --serial, --class, --port-path, --port, --force)`);
     let value: string;
-    if (eq >= 0) value = a.slice(eq + 1);
-    else {
-      if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
+    [value, i] = optionValue(argv, i, flag, eq >= 0 ? a.slice(eq + 1) : undefined);
     if (values.has(flag)) throw new UsageError(`${flag} may be given once`);
     values.set(flag, value);
   }
