@@ -181,7 +181,8 @@ export interface VmCdromSpec {
 /**
  * A network card: `model` and `backend.kind` from NIC_MODEL_CHOICES and NIC_BACKEND_CHOICES
  * (main/api/nic-choices.ts), the backend's other fields as text (e.g. { kind: "tap", ifname:
- * "tap0" }, { kind: "socket", mode: "listen", path: "/tmp/net.sock" }); `mac` absent: a stable
+ * "tap0" }, { kind: "socket", mode: "listen", path: "/tmp/net.sock" }, { kind: "user", hostfwd:
+ * "tcp:127.0.0.1:8022-:22 udp::5353-:53" } with the port forwards space-separated); `mac` absent: a stable
  * one made from the VM's name; `pcap`: an absolute path for a pcapng file of its frames.
  */
 export interface VmNicSpec {

@@ -18,6 +18,8 @@ export interface NicBackendField {
   options?: readonly string[];
   /** An absolute file path (checked as one). */
   path?: true;
+  /** May be left empty. */
+  optional?: true;
 }
 
 export interface NicBackendChoice {
@@ -33,8 +35,12 @@ export const NIC_MODEL_CHOICES: readonly NicModelChoice[] = [
 
 export const NIC_BACKEND_CHOICES: readonly NicBackendChoice[] = [
   { kind: 'none', label: 'Not connected (link down)', fields: [] },
-  // Port forwards (hostfwd) are set in the config file or with --nic for now.
-  { kind: 'user', label: 'User-mode NAT (libslirp: DHCP, DNS, outgoing connections)', fields: [] },
+  {
+    // hostfwd: the VMM's rules (as --nic user,hostfwd=...), space-separated in one text field.
+    kind: 'user', label: 'User-mode NAT (libslirp: DHCP, DNS, outgoing connections)', fields: [
+      { key: 'hostfwd', label: 'Port forwards (optional, space-separated)', placeholder: 'tcp:127.0.0.1:8022-:22', optional: true },
+    ],
+  },
   { kind: 'tap', label: 'TAP interface', fields: [{ key: 'ifname', label: 'Interface', placeholder: 'tap0' }] },
   { kind: 'bridge', label: 'Bridge (a new TAP on it)', fields: [{ key: 'bridge', label: 'Bridge', placeholder: 'br0' }] },
   {
@@ -53,4 +59,9 @@ export const NIC_BACKEND_CHOICES: readonly NicBackendChoice[] = [
 
 export function nicBackendChoice(kind: string): NicBackendChoice | undefined {
   return NIC_BACKEND_CHOICES.find((b) => b.kind === kind);
+}
+
+/** The hostfwd rules in a user backend's "Port forwards" text (space- or comma-separated). */
+export function hostForwardRules(text: string | undefined): string[] {
+  return (text ?? '').split(/[\s,]+/).filter((r) => r !== '');
 }

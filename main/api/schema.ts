@@ -343,6 +343,7 @@ function nicProblems(v: unknown, out: FieldProblem[]): void {
     for (const f of choice.fields) {
       const value = b[f.key];
       const field = `${at}.backend.${f.key}`;
+      if (f.optional && (value === undefined || value === '')) continue;
       if (typeof value !== 'string' || value.trim() === '') out.push(problem(field, 'is required'));
       else if (f.options !== undefined && !f.options.includes(value)) out.push(problem(field, `must be ${f.options.map((o) => `"${o}"`).join(' or ')}`));
       else if (f.path) {
@@ -368,7 +369,10 @@ function copyNics(n: VmNicSpec[]): VmNicSpec[] {
   return n.map((x) => {
     const choice = nicBackendChoice(x.backend.kind);
     const backend: VmNicSpec['backend'] = { kind: x.backend.kind };
-    for (const f of choice?.fields ?? []) backend[f.key] = x.backend[f.key];
+    for (const f of choice?.fields ?? []) {
+      const v = x.backend[f.key];
+      if (!(f.optional && (v === undefined || v === ''))) backend[f.key] = v;
+    }
     return { model: x.model, ...(x.mac === undefined ? {} : { mac: x.mac }), backend, ...(x.pcap === undefined ? {} : { pcap: x.pcap }) };
   });
 }

@@ -1,7 +1,8 @@
 // From the UI's VmSpec to the VMM's MachineConfig, and the checks that need the host's
 // file system (done in main, never trusted from the UI).
 import fs from 'node:fs';
-import { ApiError, type FieldProblem, type SerialForward, type VmSpec } from '../api/contract';
+import { ApiError, type FieldProblem, type SerialForward, type VmNicSpec, type VmSpec } from '../api/contract';
+import { hostForwardRules } from '../api/nic-choices';
 import { fieldLabel } from '../api/schema';
 import { usbDeviceChoice } from '../api/usb-input';
 import {
@@ -78,6 +79,17 @@ function configSentence(field: string, e: unknown): FieldProblem {
   return { field, message: `${fieldLabel(field)}: ${s}${/[.!?]$/.test(s) ? '' : '.'}` };
 }
 
+/** A spec NIC as the VMM's JSON: the user backend's port-forward text becomes its hostfwd list. */
+function vmmNicJson(n: VmNicSpec): unknown {
+  const json = structuredClone(n) as { backend: Record<string, unknown> };
+  if (json.backend.kind === 'user') {
+    const rules = hostForwardRules(n.backend.hostfwd);
+    if (rules.length > 0) json.backend.hostfwd = rules;
+    else delete json.backend.hostfwd;
+  }
+  return json;
+}
+
 /** The spec's disks as the VMM takes them: boot.disks first (virtio, writable), then `disks`, then the CD-ROM drive. */
 function vmmDisks(spec: VmSpec): DiskConfig[] {
   const disks: DiskConfig[] = [];
@@ -101,7 +113,7 @@ export function specDeviceProblems(spec: VmSpec): FieldProblem[] {
   const nics: NicConfig[] = [];
   (spec.nics ?? []).forEach((n, i) => {
     try {
-      nics.push(nicConfigFromJson(structuredClone(n), `nics[${i}]`));
+      nics.push(nicConfigFromJson(vmmNicJson(n), `nics[${i}]`));
     } catch (e) {
       out.push(configSentence(`nics.${i}`, e));
     }
@@ -177,7 +189,7 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
   // first), then the spec's disks, then the CD-ROM drive.
   const disks = vmmDisks(spec);
   if (disks.length > 0) c.disks = disks;
-  if (spec.nics !== undefined && spec.nics.length > 0) c.nics = spec.nics.map((n, i) => nicConfigFromJson(structuredClone(n), `nics[${i}]`));
+  if (spec.nics !== undefined && spec.nics.length > 0) c.nics = spec.nics.map((n, i) => nicConfigFromJson(vmmNicJson(n), `nics[${i}]`));
   if (spec.usb !== undefined) {
     c.usb = {
       controller: spec.usb.controller,

@@ -136,6 +136,23 @@ test('the machine config: boot.disks, then disks, then the CD-ROM drive; boot fr
   }
 });
 
+test('user-mode NAT port forwards: optional text in the spec, the VMM\'s hostfwd list in the machine config, a bad rule a sentence naming the NIC', () => {
+  const user = (hostfwd?: string): VmSpec => spec({ nics: [{ model: 'virtio', backend: hostfwd === undefined ? { kind: 'user' } : { kind: 'user', hostfwd } }] });
+  assert.deepEqual(messages(user()), []);
+  assert.deepEqual(messages(user('')), []);
+  assert.deepEqual(messages(user('tcp:127.0.0.1:8022-:22 udp::5353-:53')), []);
+  assert.deepEqual(messages(user('tcp::22-:22\u0007')), ['nics.0.backend.hostfwd: NIC 1 port forwards (optional, space-separated) must be short text without control characters.']);
+  assert.deepEqual(parseVmSpec(user('')).nics, [{ model: 'virtio', backend: { kind: 'user' } }], 'an empty optional field is not saved');
+  assert.deepEqual(machineConfigOf(user('tcp:127.0.0.1:8022-:22, udp::5353-:53')).nics, [
+    { model: 'virtio', backend: { kind: 'user', hostfwd: ['tcp:127.0.0.1:8022-:22', 'udp::5353-:53'] } },
+  ]);
+  assert.deepEqual(machineConfigOf(user()).nics?.[0].backend, { kind: 'user', hostfwd: [] });
+  const bad = specDeviceProblems(user('tcp::8022-:22 tcp::8022-:23'));
+  assert.deepEqual(bad.map((p) => p.field), ['nics.0']);
+  assert.match(bad[0].message, /^NIC 1: .*host tcp port 8022 is forwarded by hostfwd\[0\] already/);
+  assert.match(specDeviceProblems(user('icmp::1-:1'))[0]?.message ?? '', /^NIC 1: .*only tcp and udp are forwarded/);
+});
+
 test('the CD-ROM calls\' arguments: an absolute ISO path, a drive name, force as a boolean; unknown fields refused', () => {
   assert.deepEqual(parseCdromInsertSpec({ path: '/a.iso', drive: 'disk1', force: true }), { path: '/a.iso', drive: 'disk1', force: true });
   assert.throws(() => parseCdromInsertSpec({ path: 'a.iso' }), /The ISO image path must be absolute \(starting with \/\), not "a\.iso"\./);
