@@ -73,7 +73,8 @@ export function loadSlirp(soname: string): SlirpLib {
   const n = (name: string) => `${name}_porthole${typeCounter}`;
   typeCounter++;
   const inAddr = 'uint32_t'; // struct in_addr: s_addr in network byte order
-  const in6Addr = koffi.array('uint8_t', 16);
+  // struct in6_addr is 4-aligned (its union has uint32_t[4]); 16 uint8_t would sit 3 bytes early.
+  const in6AddrType = koffi.array('uint32_t', 4);
   const SlirpConfig = koffi.struct(n('SlirpConfig'), {
     version: 'uint32_t',
     restricted: 'int',
@@ -82,16 +83,16 @@ export function loadSlirp(soname: string): SlirpLib {
     vnetmask: inAddr,
     vhost: inAddr,
     in6_enabled: 'bool',
-    vprefix_addr6: in6Addr,
+    vprefix_addr6: in6AddrType,
     vprefix_len: 'uint8_t',
-    vhost6: in6Addr,
+    vhost6: in6AddrType,
     vhostname: 'const char *',
     tftp_server_name: 'const char *',
     tftp_path: 'const char *',
     bootfile: 'const char *',
     vdhcp_start: inAddr,
     vnameserver: inAddr,
-    vnameserver6: in6Addr,
+    vnameserver6: in6AddrType,
     vdnssearch: 'void *',
     vdomainname: 'const char *',
     if_mtu: 'size_t',
@@ -103,7 +104,9 @@ export function loadSlirp(soname: string): SlirpLib {
   const guestError = koffi.proto(n('SlirpGuestErrorCb'), 'void', ['const char *', 'void *']);
   const clockGetNs = koffi.proto(n('SlirpClockCb'), 'int64_t', ['void *']);
   const timerCb = koffi.proto(n('SlirpTimerCb'), 'void', ['void *']);
-  const timerNew = koffi.proto(n('SlirpTimerNewCb'), 'void *', ['void *', 'void *', 'void *']);
+  // Returns void * in C; declared uintptr_t (the same register) because koffi takes no pointer
+  // value back from a JS callback. slirp_new makes its IPv6 router-advertisement timer at once.
+  const timerNew = koffi.proto(n('SlirpTimerNewCb'), 'uintptr_t', ['void *', 'void *', 'void *']);
   const timerFree = koffi.proto(n('SlirpTimerFreeCb'), 'void', ['void *', 'void *']);
   const timerMod = koffi.proto(n('SlirpTimerModCb'), 'void', ['void *', 'int64_t', 'void *']);
   const pollFd = koffi.proto(n('SlirpPollFdCb'), 'void', ['int', 'void *']);
@@ -152,12 +155,40 @@ export function inAddr(dotted: string): number {
   return (parts[0] | (parts[1] << 8) | (parts[2] << 16) | (parts[3] << 24)) >>> 0;
 }
 
+/** "fec0::2" as the 16 bytes of a struct in6_addr; throws RangeError for anything else. */
+export function in6Addr(text: string): number[] {
+  const bad = () => new RangeError(`"${text}" is not an IPv6 address`);
+  const halves = text.split('::');
+  if (halves.length > 2) throw bad();
+  const groups = (part: string) => (part === '' ? [] : part.split(':'));
+  const head = groups(halves[0]);
+  const tail = halves.length === 2 ? groups(halves[1]) : [];
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 1 ? missing !== 0 : missing < 1) throw bad();
+  const all = [...head, ...new Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail];
+  const bytes: number[] = [];
+  for (const g of all) {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) throw bad();
+    const v = parseInt(g, 16);
+    bytes.push(v >> 8, v & 0xff);
+  }
+  return bytes;
+}
+
+/** An IPv6 address as in6_addr's four 32-bit words in host order (the bytes stay in network order); absent: ::. */
+function in6Words(text: string | undefined): number[] {
+  const b = in6Addr(text ?? '::');
+  return [0, 4, 8, 12].map((i) => (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)) >>> 0);
+}
+
 export interface SlirpOptions {
   network: string;   // 10.0.2.0
   netmask: string;   // 255.255.255.0
   host: string;      // 10.0.2.2: the gateway, and the host's loopback as the guest sees it
   dhcpStart: string; // 10.0.2.15
   dns: string;       // 10.0.2.3
+  /** Absent: IPv4 only. Otherwise router advertisements of `prefix`/`prefixLength` (SLAAC). */
+  ipv6?: { prefix: string; prefixLength: number; host: string; dns: string };
   mtu?: number;
 }
 
@@ -218,17 +249,17 @@ export class Slirp {
       vnetwork: inAddr(options.network),
       vnetmask: inAddr(options.netmask),
       vhost: inAddr(options.host),
-      in6_enabled: false,
-      vprefix_addr6: new Array(16).fill(0),
-      vprefix_len: 0,
-      vhost6: new Array(16).fill(0),
+      in6_enabled: options.ipv6 !== undefined,
+      vprefix_addr6: in6Words(options.ipv6?.prefix),
+      vprefix_len: options.ipv6?.prefixLength ?? 0,
+      vhost6: in6Words(options.ipv6?.host),
       vhostname: null,
       tftp_server_name: null,
       tftp_path: null,
       bootfile: null,
       vdhcp_start: inAddr(options.dhcpStart),
       vnameserver: inAddr(options.dns),
-      vnameserver6: new Array(16).fill(0),
+      vnameserver6: in6Words(options.ipv6?.dns),
       vdnssearch: null,
       vdomainname: null,
       if_mtu: options.mtu ?? 1500,
@@ -282,7 +313,7 @@ export class Slirp {
   private timerNew(cb: unknown, cbOpaque: unknown): unknown {
     const token = koffi.alloc('uint8_t', 1);
     this.timers.set(BigInt(koffi.address(token)), { cb, cbOpaque, handle: null, token });
-    return token;
+    return koffi.address(token);
   }
 
   private timerFree(timer: unknown): void {

@@ -568,7 +568,11 @@ export function formatMac(mac: Uint8Array): string {
 const NIC_HELP = '[MODEL|model=MODEL][,mac=52:54:00:XX:XX:XX][,tap=IFNAME|bridge=BRIDGE|socket=listen:PATH|socket=connect:PATH|udp=LHOST:LPORT/RHOST:RPORT|user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...][,pcap=FILE]';
 
 /** The user backend's network (QEMU's defaults). */
-export const USER_NET = { network: '10.0.2.0', netmask: '255.255.255.0', host: '10.0.2.2', dhcpStart: '10.0.2.15', dns: '10.0.2.3' } as const;
+export const USER_NET = {
+  network: '10.0.2.0', netmask: '255.255.255.0', host: '10.0.2.2', dhcpStart: '10.0.2.15', dns: '10.0.2.3',
+  // QEMU's defaults: the guest takes a SLAAC address in fec0::/64 from slirp's router advertisements.
+  ipv6: { prefix: 'fec0::', prefixLength: 64, host: 'fec0::2', dns: 'fec0::3' },
+} as const;
 
 export interface HostForward {
   protocol: 'tcp' | 'udp';

@@ -105,3 +105,28 @@ export function freePort(): Promise<number> {
   });
 }
 
+
+/** The guest's IPv6 link-local address (from GUEST_MAC, EUI-64). */
+export const GUEST_LINK_LOCAL = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x50, 0x54, 0x00, 0xff, 0xfe, 0x12, 0x34, 0x56];
+
+/** Ethernet + IPv6 + ICMPv6 (`icmp`: type, code, 2 checksum bytes, body), the checksum over the pseudo-header filled in. */
+export function icmp6Frame(dstMac: number[], src: number[], dst: number[], icmp: number[], hopLimit = 255): Uint8Array {
+  const f = new Uint8Array(14 + 40 + icmp.length);
+  const v = new DataView(f.buffer);
+  f.set(dstMac, 0); f.set(GUEST_MAC, 6); v.setUint16(12, 0x86dd);
+  f[14] = 0x60; v.setUint16(18, icmp.length); f[20] = 58; f[21] = hopLimit;
+  f.set(src, 22); f.set(dst, 38); f.set(icmp, 54);
+  const pseudo = new Uint8Array(40 + icmp.length);
+  const pv = new DataView(pseudo.buffer);
+  pseudo.set(src, 0); pseudo.set(dst, 16); pv.setUint32(32, icmp.length); pseudo[39] = 58; pseudo.set(icmp, 40);
+  pv.setUint16(42, 0);
+  v.setUint16(56, checksum(pseudo, 0, pseudo.length));
+  return f;
+}
+
+/** The ICMPv6 message (type, code, body) in an Ethernet frame, or null if it is not one. */
+export function icmp6Of(frame: Uint8Array): { type: number; src: number[]; dst: number[]; body: Uint8Array } | null {
+  const v = new DataView(frame.buffer, frame.byteOffset);
+  if (frame.length < 14 + 40 + 4 || v.getUint16(12) !== 0x86dd || frame[20] !== 58) return null;
+  return { type: frame[54], src: [...frame.subarray(22, 38)], dst: [...frame.subarray(38, 54)], body: frame.subarray(58, 54 + v.getUint16(18)) };
+}

@@ -11,7 +11,8 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, machineConfigFromJson, parseHostForward, parseNic } from '../../main/vmm/config';
 import { NetBackendError, openNetBackend } from '../../main/vmm/host/net-backends';
-import { arpRequest, dhcpDiscover, dhcpReply, freePort, GUEST_MAC, ip, userNic } from '../helpers/slirp-guest';
+import { in6Addr } from '../../native/slirp';
+import { arpRequest, dhcpDiscover, dhcpReply, freePort, GUEST_LINK_LOCAL, GUEST_MAC, icmp6Frame, icmp6Of, ip, userNic } from '../helpers/slirp-guest';
 
 test('hostfwd rules parse as QEMU writes them, and bad ones say what is wrong', () => {
   assert.deepEqual(parseHostForward('tcp::8022-:22', 'x'), { protocol: 'tcp', hostAddr: '', hostPort: 8022, guestAddr: '10.0.2.15', guestPort: 22 });
@@ -42,6 +43,43 @@ test('--nic user and --nic virtio,user take hostfwd= options; the config file ta
   assert.throws(() => machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', hostfwd: 'tcp::1-:2' } }] }, 'vm.json'), /hostfwd must be a list of strings/);
   assert.throws(() => machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', hostfwd: ['tcp::1-:2', 'tcp::1-:3'] } }] }, 'vm.json'), /hostfwd\[1\]: host tcp port 1 is forwarded by hostfwd\[0\]/);
   assert.throws(() => machineConfigFromJson({ nics: [{ model: 'virtio', backend: { kind: 'user', net: '10.1.0.0' } }] }, 'vm.json'), /unknown field "net"/);
+});
+
+test('IPv6 addresses in text become in6_addr bytes; anything else is refused', () => {
+  assert.deepEqual(in6Addr('fec0::2'), [0xfe, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+  assert.deepEqual(in6Addr('::'), new Array(16).fill(0));
+  assert.deepEqual(in6Addr('1:2:3:4:5:6:7:8'), [0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0, 8]);
+  assert.deepEqual(in6Addr('fe80::5054:ff:fe12:3456'), GUEST_LINK_LOCAL);
+  for (const bad of ['', '1::2::3', '1:2:3:4:5:6:7', '1:2:3:4:5:6:7:8:9', 'fec0::g', '10.0.2.2', '1:2:3:4::5:6:7:8']) {
+    assert.throws(() => in6Addr(bad), RangeError, bad);
+  }
+});
+
+test('IPv6 on the user network (as QEMU\'s): a router solicitation gets an advertisement of fec0::/64 for SLAAC, and fec0::2 answers ping', async () => {
+  const u = await userNic([]);
+  try {
+    const allRouters = [0xff, 0x02, ...new Array(13).fill(0), 2];
+    // Router Solicitation with our link-layer address (option 1), from the link-local address.
+    u.send(icmp6Frame([0x33, 0x33, 0, 0, 0, 2], GUEST_LINK_LOCAL, allRouters, [133, 0, 0, 0, 0, 0, 0, 0, 1, 1, ...GUEST_MAC]));
+    const ra = await u.waitFor((f) => { const m = icmp6Of(f); return m && m.type === 134 ? m : null; });
+    const options = new Map<number, Uint8Array>();
+    for (let at = 12; at + 2 <= ra.body.length && ra.body[at + 1] > 0; at += ra.body[at + 1] * 8) options.set(ra.body[at], ra.body.subarray(at, at + ra.body[at + 1] * 8));
+    const prefix = options.get(3);
+    assert.ok(prefix, 'a prefix information option');
+    assert.equal(prefix[2], 64, 'prefix length');
+    assert.ok(prefix[3] & 0x40, 'autonomous (SLAAC) flag');
+    assert.deepEqual([...prefix.subarray(16, 32)], in6Addr('fec0::'));
+
+    const mark = u.frames.length;
+    const gatewayMac = [...u.frames[u.frames.length - 1].subarray(6, 12)];
+    u.send(icmp6Frame(gatewayMac, GUEST_LINK_LOCAL, in6Addr('fec0::2'), [128, 0, 0, 0, 0x12, 0x34, 0, 1, 0x70, 0x6f, 0x72, 0x74], 64));
+    const reply = await u.waitFor((f) => { const m = icmp6Of(f); return m && m.type === 129 ? m : null; }, mark);
+    assert.deepEqual(reply.src, in6Addr('fec0::2'));
+    assert.deepEqual(reply.dst, GUEST_LINK_LOCAL);
+    assert.deepEqual([...reply.body], [0x12, 0x34, 0, 1, 0x70, 0x6f, 0x72, 0x74], 'identifier, sequence and data echoed');
+  } finally {
+    await u.nic.close();
+  }
 });
 
 test('libslirp answers DHCP DISCOVER with an OFFER of 10.0.2.15 (router 10.0.2.2, DNS 10.0.2.3) and ARP for the gateway; the pcap file has both ways', async () => {
