@@ -468,6 +468,12 @@ export interface PciDeviceSummary {
   whyNot: string | null;
   /** The VM holding it ("name (process PID)"), or null. */
   heldBy: string | null;
+  /**
+   * PCI assignment (issue 11 item 6): what `whyNot` is about: "bridge", "no-iommu" (the IOMMU is
+   * off), "group-not-viable" (another member is on a host driver) or "host-needs" (assignable
+   * with force); null when assignable.
+   */
+  whyNotKind?: 'bridge' | 'no-iommu' | 'group-not-viable' | 'host-needs' | null;
   /** PCI assignment (issue 11 item 6): the VMs whose config lists it (VmSpec.pciAssign), in library order; absent from the CLI's list. */
   assignedTo?: { vm: VmId; vmName: string; force: boolean }[];
 }

@@ -22,8 +22,7 @@ export function pciAssignRefusal(address: string, device: PciDeviceInfo | null, 
   }
   if (device === null) return { code: 'not-found', message: `The host has no PCI device at ${address} (it may have been removed).` };
   if (device.whyNot === null) return null;
-  const otherObstacle = device.isBridge || device.iommuGroup === null || device.iommuGroup.heldByHost.length > 0;
-  if (!otherObstacle && device.hostNeeds !== null) {
+  if (device.whyNotKind === 'host-needs' && device.hostNeeds !== null) {
     if (force) return null;
     return {
       code: 'invalid-state',

@@ -6,9 +6,16 @@ import type { PciDeviceSummary, VmSummary } from '../../main/api/contract';
 export interface PciGroupView {
   /** The IOMMU group's number, or null for devices in none (IOMMU off). */
   id: number | null;
-  viable: boolean | null;
+  /**
+   * "viable": as the kernel sees it now (no member on a host driver); "once-taken": one device is
+   * on a host driver and becomes assignable by leaving it; "not-viable": two or more devices are on
+   * host drivers, so none can go alone; null: no group.
+   */
+  status: 'viable' | 'once-taken' | 'not-viable' | null;
   devices: PciDeviceSummary[];
 }
+
+const VFIO_FRIENDLY = new Set(['vfio-pci', 'pci-stub']);
 
 /** Devices by IOMMU group, groups in number order, devices without a group last. */
 export function groupPciDevices(devices: readonly PciDeviceSummary[]): PciGroupView[] {
@@ -17,17 +24,26 @@ export function groupPciDevices(devices: readonly PciDeviceSummary[]): PciGroupV
     const id = d.iommuGroup?.id ?? null;
     let g = groups.get(id);
     if (g === undefined) {
-      g = { id, viable: d.iommuGroup?.viable ?? null, devices: [] };
+      g = { id, status: null, devices: [] };
       groups.set(id, g);
     }
     g.devices.push(d);
+  }
+  for (const g of groups.values()) {
+    if (g.id === null) continue;
+    const hostHeld = g.devices.filter((d) => !d.isBridge && d.driver !== null && !VFIO_FRIENDLY.has(d.driver)).length;
+    g.status = g.devices[0].iommuGroup?.viable === true ? 'viable' : hostHeld >= 2 ? 'not-viable' : 'once-taken';
   }
   return [...groups.values()].sort((a, b) => (a.id ?? Infinity) - (b.id ?? Infinity));
 }
 
 export function pciGroupTitle(g: PciGroupView): string {
-  if (g.id === null) return 'No IOMMU group';
-  return `IOMMU group ${g.id}${g.viable ? ' (viable)' : ' (not viable)'}`;
+  switch (g.status) {
+    case null: return 'No IOMMU group (the IOMMU is off)';
+    case 'viable': return `IOMMU group ${g.id}: viable`;
+    case 'once-taken': return `IOMMU group ${g.id}: viable once its device leaves its host driver`;
+    case 'not-viable': return `IOMMU group ${g.id}: not viable (more than one member on a host driver)`;
+  }
 }
 
 export type PciDeviceState =
@@ -47,8 +63,7 @@ export function pciDeviceState(d: PciDeviceSummary, vm: Pick<VmSummary, 'id' | '
     return { kind: 'here', inUse: active && d.driver === 'vfio-pci', forced: mine.force === true };
   }
   if (d.assignable) return { kind: 'free' };
-  const onlyHostNeeds = !d.isBridge && d.iommuGroup !== null && d.iommuGroup.viable && d.hostNeeds !== null;
-  if (onlyHostNeeds) return { kind: 'host-needs', reason: d.hostNeeds ?? '' };
+  if (d.whyNotKind === 'host-needs' && d.hostNeeds !== null) return { kind: 'host-needs', reason: d.hostNeeds };
   return { kind: 'blocked', reason: d.whyNot ?? 'it cannot be assigned' };
 }
 

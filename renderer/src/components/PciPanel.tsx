@@ -74,7 +74,7 @@ export function PciPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
         const headId = `${uid}-group-${g.id ?? 'none'}`;
         return (
           <section key={g.id ?? 'none'} className="pci-group" aria-labelledby={headId}>
-            <h4 id={headId} className={`pci-group-title ${g.viable === false ? 'pci-not-viable' : ''}`}>{pciGroupTitle(g)}</h4>
+            <h4 id={headId} className={`pci-group-title ${g.status === 'not-viable' ? 'pci-not-viable' : ''}`}>{pciGroupTitle(g)}</h4>
             <table className="usb-table pci-table" aria-labelledby={headId}>
               <thead>
                 <tr>
