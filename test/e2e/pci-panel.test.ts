@@ -84,6 +84,9 @@ describe('the PCI tab in Chromium', { skip: skip ?? false }, () => {
     await panel.getByText(/^Members: 0000:00:1c\.0, 0000:01:00\.0\./).scrollIntoViewIfNeeded();
     await screenshot(page, 'pci-panel-groups');
 
+    await page.getByRole('tab', { name: 'Details' }).click();
+    await page.locator('.details-list dd', { hasText: 'Host devices taken at start' }).getByText('(forced)').waitFor();
+    await page.getByRole('tab', { name: 'PCI' }).click();
     await panel.getByRole('button', { name: 'Return 0000:00:02.0 to the host' }).click();
     await panel.getByRole('button', { name: 'Assign 0000:00:02.0 to this VM' }).waitFor();
     await panel.getByRole('button', { name: 'Return 0000:00:01.0 to the host' }).click();
