@@ -9,7 +9,7 @@ import { libraryDir } from '../../main/manager/library';
 import { RENDERER_DIR } from '../../main/manager/app-paths';
 import { VmManager } from '../../main/manager/manager';
 import type { HostRoots } from '../../main/host/pci-inventory';
-import { nodeVmProcessLauncher, type VmProcessHandle } from '../../main/manager/process-launcher';
+import { nodeVmProcessLauncher, type VmProcessHandle, type VmProcessLauncher } from '../../main/manager/process-launcher';
 import { startWebServer, type WebServer } from '../../main/web/server';
 import { guest, kvmSkipReason, repoRoot } from '../helpers/vm';
 
@@ -110,6 +110,8 @@ export interface E2eOptions {
   prepareLibrary?: (dir: string) => void;
   /** The host's sysfs and /proc as the manager sees them (PCI assignment tests give a fake tree). */
   hostRoots?: HostRoots;
+  /** VM processes other than real ones (a test that scripts a VM process needs no KVM). */
+  launcher?: VmProcessLauncher;
 }
 
 export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
@@ -120,7 +122,7 @@ export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
   const configHome = path.join(scratch, 'config');
   const diagnostics: string[] = [];
   const processes: LaunchedVmProcess[] = [];
-  const baseLauncher = nodeVmProcessLauncher();
+  const baseLauncher = options.launcher ?? nodeVmProcessLauncher();
   const library = libraryDir({ ...process.env, XDG_CONFIG_HOME: configHome });
   if (options.prepareLibrary) {
     fs.mkdirSync(library, { recursive: true });

@@ -2,15 +2,17 @@
 // host and the rig's kvm-tests L1 have no IOMMU groups to show): the host's devices grouped by
 // IOMMU group with the reason each blocked one cannot be assigned; a free NIC assigned to a
 // stopped VM and a boot display the host needs forced in after a confirm, each seen in the
-// library file; then both returned, and the file has no pciAssign again. No VM starts, so
-// no KVM is needed.
+// library file; then both returned, and the file has no pciAssign again. On a running VM (its
+// process scripted, so no KVM is needed) the tab says PCI hot-plug is not supported and an
+// assignment waits for the next start.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { VmSpec } from '../../main/api/contract';
 import { samplePciHost, type FakePciSysfs } from '../helpers/fake-pci-sysfs';
-import { chromiumSkipReason, fitsWidth, libraryItem, screenshot, startE2eApp, unnamedControls, waitUntil, withDiagnostics, type E2eApp } from './harness';
+import { ScriptedProcess } from '../helpers/scripted-process';
+import { chromiumSkipReason, fitsWidth, libraryItem, screenshot, startE2eApp, unnamedControls, waitForBadge, waitUntil, withDiagnostics, type E2eApp } from './harness';
 
 const skip = chromiumSkipReason();
 
@@ -22,12 +24,19 @@ function record(id: string, spec: VmSpec): string {
 describe('the PCI tab in Chromium', { skip: skip ?? false }, () => {
   let app: E2eApp;
   let host: FakePciSysfs;
+  /** The running VM's process is scripted (no KVM): it only has to say it runs. */
+  const processes: ScriptedProcess[] = [];
 
   before(async () => {
     host = samplePciHost();
     app = await startE2eApp({
       hostRoots: host.roots,
+      launcher: () => { const p = new ScriptedProcess(); processes.push(p); return p; },
       prepareLibrary: (dir) => {
+        fs.writeFileSync(path.join(dir, 'program.bin'), Buffer.alloc(16));
+        fs.writeFileSync(path.join(dir, 'runvm.json'), record('runvm', {
+          name: 'Running VM', memoryMiB: 32, cpus: 1, boot: { kind: 'flat', path: path.join(dir, 'program.bin') }, serial: ['ui', 'none', 'none', 'none'], debugExit: false,
+        }));
         fs.writeFileSync(path.join(dir, 'pcivm.json'), record('pcivm', {
           name: 'PCI VM', memoryMiB: 32, cpus: 1, boot: { kind: 'flat', path: '/nonexistent/echo.bin' }, serial: ['ui', 'none', 'none', 'none'], debugExit: false,
         }));
@@ -93,5 +102,28 @@ describe('the PCI tab in Chromium', { skip: skip ?? false }, () => {
     await panel.getByRole('button', { name: 'Force 0000:00:01.0 into this VM' }).waitFor();
     await waitUntil('the library file to have no pciAssign', async () => savedPci(), (v) => v === undefined, 5000);
     assert.deepEqual(app.manager.getVm('pcivm').spec.pciAssign, undefined);
+  }));
+
+  it('on a running VM says PCI hot-plug is not supported, and an assignment waits for the next start', () => withDiagnostics(app, async () => {
+    const { page } = app;
+    await libraryItem(page, 'Running VM').click();
+    await page.getByRole('button', { name: 'Start', exact: true }).click();
+    await waitUntil('the VM process to start', async () => processes.length, (n) => n === 1);
+    processes[0].boot();
+    await waitForBadge(page, 'Running');
+    await page.getByRole('tab', { name: 'PCI' }).click();
+    const panel = page.locator('.pci-panel');
+    await panel.getByRole('note').getByText('PCI hot-plug is not supported: what you assign or return here takes effect when the VM next starts.').waitFor();
+    await panel.getByRole('button', { name: 'Assign 0000:01:00.0 to this VM' }).click();
+    await page.getByText('Running VM: 0000:01:00.0 assigned; it takes effect at the next start.').waitFor();
+    await panel.getByText('Assigned to this VM: it takes it at start').waitFor();
+    assert.deepEqual(app.manager.getVm('runvm').spec.pciAssign, [{ address: '0000:01:00.0' }]);
+    await panel.getByRole('note').scrollIntoViewIfNeeded();
+    await screenshot(page, 'pci-panel-running');
+    await panel.getByRole('button', { name: 'Return 0000:01:00.0 to the host' }).click();
+    await page.getByText('Running VM: 0000:01:00.0 returned; the VM keeps it until it stops.').waitFor();
+    assert.equal(app.manager.getVm('runvm').spec.pciAssign, undefined);
+    await page.getByRole('button', { name: 'Force off', exact: true }).click();
+    await waitForBadge(page, 'Stopped');
   }));
 });
