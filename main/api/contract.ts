@@ -162,7 +162,31 @@ export interface VmSpec {
   cdrom?: VmCdromSpec;
   /** Network cards, PCI 00:10.0 on; absent: none. */
   nics?: VmNicSpec[];
+  /** Host PCI functions given to the VM through VFIO at start (VmPciAssignSpec, up to 4); absent: none. */
+  pciAssign?: VmPciAssignSpec[];
 }
+
+// ---- PCI assignment (issue 11 item 6): VmSpec.pciAssign, assignPciDevice, returnPciDevice ----
+
+/** Host PCI functions a VM config may list (the VMM's MAX_PCI_ASSIGN). */
+export const PCI_ASSIGN_MAX = 4;
+
+/**
+ * A host PCI function the VM takes at start (bound to vfio-pci while it runs, given back after):
+ * `address` "0000:01:00.0"; `force`: take it although the host needs it.
+ */
+export interface VmPciAssignSpec {
+  address: string;
+  force?: boolean;
+}
+
+/** assignPciDevice's request: a PCI address ("0000:01:00.0" or "01:00.0"); `force` only for a device the host needs. */
+export interface PciAssignRequest {
+  address: string;
+  force?: boolean;
+}
+
+// ---- end of PCI assignment ----
 
 /** A disk image: `bus` "virtio" (the default) or "sata"; `format` absent: detected (qcow2 by its magic, else raw). */
 export interface VmDiskSpec {
@@ -445,6 +469,14 @@ export interface PciDeviceSummary {
   whyNot: string | null;
   /** The VM holding it ("name (process PID)"), or null. */
   heldBy: string | null;
+  /**
+   * PCI assignment (issue 11 item 6): what `whyNot` is about: "bridge", "no-iommu" (the IOMMU is
+   * off), "group-not-viable" (another member is on a host driver) or "host-needs" (assignable
+   * with force); null when assignable.
+   */
+  whyNotKind?: 'bridge' | 'no-iommu' | 'group-not-viable' | 'host-needs' | null;
+  /** PCI assignment (issue 11 item 6): the VMs whose config lists it (VmSpec.pciAssign), in library order; absent from the CLI's list. */
+  assignedTo?: { vm: VmId; vmName: string; force: boolean }[];
 }
 
 // ---------------------------------------------------------------------------------
@@ -680,6 +712,22 @@ export interface PortholeApi {
   listHostUsbDevices(): Promise<HostUsbDeviceSummary[]>;
   /** The host's PCI devices with their IOMMU groups, whether each group is viable and whether each device can be assigned (and why not). */
   listPciDevices(): Promise<PciDeviceSummary[]>;
+  // ---- PCI assignment (issue 11 item 6) ----
+  /**
+   * Adds a host PCI function to the VM's `pciAssign` (saved atomically; up to 4) and resolves
+   * with the list after. It takes effect at the VM's next start: PCI hot-plug is not supported,
+   * so a running VM gets it only after a stop and start. "not-found" for an address the host has
+   * no device at; "invalid-state" for one this VM already lists, a full list, or a device that
+   * cannot be assigned (no IOMMU, a group that is not viable, a bridge: the message says which);
+   * one the host needs is refused unless `force`.
+   */
+  assignPciDevice(id: VmId, request: PciAssignRequest): Promise<VmPciAssignSpec[]>;
+  /**
+   * Removes a PCI address from the VM's `pciAssign` (saved atomically) and resolves with the list
+   * after. A running VM keeps the device until it stops, when it goes back to its host driver.
+   */
+  returnPciDevice(id: VmId, address: string): Promise<VmPciAssignSpec[]>;
+  // ---- end of PCI assignment ----
   /**
    * Passes a host USB device through to a running (or paused) VM: its kernel drivers are
    * detached and remembered, and it is plugged into a free port of its speed (or `spec.port`).

@@ -9,6 +9,7 @@
 import type { PortholeApi } from './contract';
 import { parseConsoleInput, parseConsolePort, parseFileChoice, parseStatsInterval, parseVmId, parseVmSpec } from './schema';
 import { parseCdromEjectSpec, parseCdromInsertSpec } from './media-input';
+import { parsePciAddress, parsePciAssignRequest } from './pci-input';
 import { parseHostUsbAttachSpec, parseUsbRule, parseUsbRuleIndex, parseUsbCaptureId, parseUsbCaptureOptions, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from './usb-input';
 
 /** One argument of a call: its name (used in error messages) and its validator. */
@@ -72,6 +73,9 @@ const usbCapture = { name: 'options', parse: parseUsbCaptureOptions } as const;
 const usbCaptureId = { name: 'capture', parse: parseUsbCaptureId } as const;
 const cdromInsert = { name: 'media', parse: parseCdromInsertSpec } as const;
 const cdromEject = { name: 'eject', parse: parseCdromEjectSpec } as const;
+// PCI assignment (issue 11 item 6)
+const pciAssignRequest = { name: 'request', parse: parsePciAssignRequest } as const;
+const pciAddress = { name: 'address', parse: parsePciAddress } as const;
 
 function call<const A extends readonly ArgSpec[]>(...args: A): { readonly kind: 'call'; readonly args: A } {
   return { kind: 'call', args };
@@ -116,6 +120,9 @@ export const API_METHODS = {
   removeUsbRule: call(vmId, usbRuleIndex),
   listHostUsbDevices: call(),
   listPciDevices: call(),
+  // PCI assignment (issue 11 item 6)
+  assignPciDevice: call(vmId, pciAssignRequest),
+  returnPciDevice: call(vmId, pciAddress),
   attachHostUsbDevice: call(vmId, hostUsbSpec),
   watchHostUsbDevices: {
     kind: 'stream', args: [], close: 'unwatchHostUsbDevices', message: 'host-usb-devices', subscribe: 'subscribeHostUsbDevices',

@@ -9,6 +9,7 @@ import {
 import { NIC_BACKEND_CHOICES, NIC_MODEL_CHOICES, nicBackendChoice } from './nic-choices';
 import { USB_MAX_RULES, usbRuleFromJson } from './usb-rule';
 import { USB_PORT_COUNT, usbDeviceChoice, usbDeviceProblems } from './usb-input';
+import { copyPciAssign, pciAssignListProblems } from './pci-input';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -81,6 +82,7 @@ const FIELD_LABELS: Record<string, string> = {
   'cdrom.path': 'CD-ROM ISO image',
   'cdrom.boot': 'Boot from CD',
   nics: 'Network cards',
+  pciAssign: 'PCI devices',
 };
 
 /** Disks and NICs a spec may list (as the VMM: 8 virtio disks, 6 SATA ports, 4 NICs). */
@@ -103,6 +105,8 @@ export function fieldLabel(field: string): string {
     const part = nic[2] === undefined ? '' : nic[2] === 'mac' ? ' MAC address' : nic[2] === 'pcap' ? ' capture file' : nic[2] === 'model' ? ' model' : nic[2] === 'backend.kind' ? ' backend' : ` ${nicFieldLabel(nic[2])}`;
     return `NIC ${Number(nic[1]) + 1}${part}`;
   }
+  const pci = /^pciAssign\.(\d+)$/.exec(field);
+  if (pci) return `PCI device ${Number(pci[1]) + 1}`;
   const usb = /^usb\.devices\.(\d+)(\.path)?$/.exec(field);
   if (usb) return `USB device ${Number(usb[1]) + 1}${usb[2] ? ' image' : ''}`;
   return FIELD_LABELS[field] ?? field;
@@ -235,7 +239,7 @@ function copyUsb(u: VmUsbSpec): VmUsbSpec {
 export function vmSpecProblems(input: unknown): FieldProblem[] {
   const out: FieldProblem[] = [];
   if (!isRecord(input)) return [{ field: '', message: 'The VM settings must be an object.' }];
-  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'usb', 'disks', 'cdrom', 'nics'], '', out);
+  unknownKeys(input, ['name', 'memoryMiB', 'cpus', 'boot', 'serial', 'debugExit', 'usb', 'disks', 'cdrom', 'nics', 'pciAssign'], '', out);
   const name = input.name;
   if (typeof name !== 'string' || name.trim() === '') out.push(problem('name', 'is required'));
   else if (name.length > LIMITS.nameMaxLength) out.push(problem('name', `must be at most ${LIMITS.nameMaxLength} characters`));
@@ -262,6 +266,10 @@ export function vmSpecProblems(input: unknown): FieldProblem[] {
   if (input.disks !== undefined) diskProblems(input.disks, out);
   if (input.cdrom !== undefined) cdromProblems(input.cdrom, input.boot, out);
   if (input.nics !== undefined) nicProblems(input.nics, out);
+  // PCI assignment (issue 11 item 6)
+  if (input.pciAssign !== undefined) {
+    for (const p of pciAssignListProblems(input.pciAssign)) out.push(problem(p.index === null ? 'pciAssign' : `pciAssign.${p.index}`, p.what));
+  }
   return out;
 }
 
@@ -404,6 +412,7 @@ export function parseVmSpec(input: unknown): VmSpec {
     ...(s.disks === undefined ? {} : { disks: copyDisks(s.disks) }),
     ...(s.cdrom === undefined ? {} : { cdrom: copyCdrom(s.cdrom) }),
     ...(s.nics === undefined ? {} : { nics: copyNics(s.nics) }),
+    ...(s.pciAssign === undefined ? {} : { pciAssign: copyPciAssign(s.pciAssign) }),
   };
 }
 

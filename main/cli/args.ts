@@ -5,6 +5,8 @@ import { parseCdromEjectSpec, parseCdromInsertSpec } from '../api/media-input';
 import { parseHostUsbAttachSpec, parseUsbDeviceSpec, parseUsbKeys, parseUsbPort } from '../api/usb-input';
 import type { MonitorMethod } from './monitor';
 import type { RulesAction } from './usb-rules-file';
+import type { PciAssignAction } from './pci-assign-file';
+import { pciAddressOf } from '../api/pci-input';
 import { usbRuleFromJson, UsbRuleError } from '../host/usb-rules';
 import { USB_CAPTURE_MAX_SNAP } from '../vmm/shared/usb-messages';
 import {
@@ -38,6 +40,8 @@ export type CliCommand =
   | { command: 'usb-host' }
   /** pci: the host's PCI devices with IOMMU groups (no VM needed). */
   | { command: 'pci'; json: boolean }
+  /** pci assign CONFIG ADDR [--force], pci return CONFIG ADDR: a VM config file's pciAssign. */
+  | { command: 'pci-assign'; file: string; action: PciAssignAction }
   /** usb rules FILE, usb rule add|rm FILE ...: the auto-attach rules of a VM config file. */
   | { command: 'usb-rules'; file: string; action: RulesAction }
   /** capture: a pcapng file of a running VM's USB transfers until Ctrl-C. */
@@ -56,7 +60,9 @@ export const USAGE = `Usage: porthole run [options]
        porthole usb host                      (the host's USB devices, for usb add host:NAME)
        porthole usb remove PORT --monitor PATH
        porthole cdrom VM list|insert ISO|eject [--drive NAME] [--force]   (VM: the --monitor socket)
-       porthole pci [--json]                   (the host's PCI devices, IOMMU groups, whether each can be assigned)
+       porthole pci [list] [--json]            (the host's PCI devices, IOMMU groups, whether each can be assigned)
+       porthole pci assign CONFIG ADDR [--force]   (add a host PCI device to a VM config file's pciAssign)
+       porthole pci return CONFIG ADDR          (take it out again)
        porthole usb rules CONFIG               (the auto-attach rules of a VM config file)
        porthole usb rule add CONFIG [--vid ID] [--pid ID] [--serial TEXT] [--class CODE]
                                     [--port-path 1-1.4] [--port N] [--force]
@@ -172,10 +178,11 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
     if (argv.length > 2) throw new UsageError('porthole usb host takes no arguments (it lists the host\'s USB devices)');
     return { command: 'usb-host' };
   }
+  if (argv[0] === 'pci' && (argv[1] === 'assign' || argv[1] === 'return')) return parsePciAssignCommand(argv);
   if (argv[0] === 'pci') {
-    const rest = argv.slice(1);
+    const rest = argv.slice(argv[1] === 'list' ? 2 : 1);
     const bad = rest.find((a) => a !== '--json');
-    if (bad !== undefined) throw new UsageError(`porthole pci takes only --json, not "${bad}"`);
+    if (bad !== undefined) throw new UsageError(`porthole pci takes list, assign or return, and --json, not "${bad}"`);
     return { command: 'pci', json: rest.length > 0 };
   }
   if (argv[0] === 'usb' && (argv[1] === 'rules' || argv[1] === 'rule')) return parseRulesCommand(argv);
@@ -622,4 +629,18 @@ export function isUserError(e: unknown): e is Error {
 function absoluteSerialBackend(text: string): string {
   const m = /^(file|unix|unix-listen):(.+)$/.exec(text);
   return m ? `${m[1]}:${path.resolve(m[2])}` : text;
+}
+
+/** porthole pci assign CONFIG ADDR [--force] / pci return CONFIG ADDR (PCI assignment, issue 11 item 6). */
+function parsePciAssignCommand(argv: string[]): CliCommand {
+  const op = argv[1] as 'assign' | 'return';
+  const words = argv.slice(2).filter((a) => a !== '--force');
+  const force = argv.length - 2 !== words.length;
+  const flag = words.find((a) => a.startsWith('-'));
+  if (flag !== undefined) throw new UsageError(`unknown option ${flag} for porthole pci ${op}${op === 'assign' ? ' (only --force)' : ''}`);
+  if (words.length !== 2) throw new UsageError(`porthole pci ${op} takes a VM config file and a PCI address, e.g. porthole pci ${op} vm.json 0000:01:00.0`);
+  if (op === 'return' && force) throw new UsageError('porthole pci return takes no --force');
+  const address = pciAddressOf(words[1]);
+  if (address === null) throw new UsageError(`"${words[1]}" is not a PCI address like 0000:01:00.0 or 01:00.0 (see porthole pci list)`);
+  return { command: 'pci-assign', file: words[0], action: op === 'assign' ? { op, address, force } : { op, address } };
 }

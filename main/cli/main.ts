@@ -18,6 +18,7 @@ import { formatPciDevices, listPciDevices, pciSummary } from '../host/pci-invent
 import { UsbJournal } from '../host/usb-journal';
 import { dataDir } from '../manager/app-paths';
 import { runUsbRulesAction } from './usb-rules-file';
+import { runPciAssignAction } from './pci-assign-file';
 
 const RING_NAMES = ['COM1', 'COM2', 'COM3', 'COM4', 'debugcon'];
 
@@ -117,6 +118,16 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     const list = listPciDevices().map((d) => pciSummary(d, held.get(d.address) ?? null));
     process.stdout.write(command.json ? `${JSON.stringify(list, null, 2)}\n` : formatPciDevices(list));
     return 0;
+  }
+  if (command.command === 'pci-assign') {
+    try {
+      process.stdout.write(runPciAssignAction(command.file, command.action));
+      return 0;
+    } catch (e) {
+      if (!isUserError(e)) throw e;
+      process.stderr.write(`porthole: ${e.message}\n`);
+      return 1;
+    }
   }
   if (command.command === 'usb-rules') {
     try {

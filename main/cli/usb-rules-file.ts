@@ -73,7 +73,8 @@ export function ruleToJson(r: UsbRule): Record<string, unknown> {
   return { match, ...(r.port === undefined ? {} : { port: r.port }), ...(r.force ? { force: true } : {}) };
 }
 
-function writeAtomically(file: string, text: string): void {
+/** Replaces `file` with `text`: a temp file in the same folder, fsync, rename, fsync of the folder. */
+export function writeAtomically(file: string, text: string): void {
   const dir = path.dirname(path.resolve(file));
   const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
   let fd: number | null = null;

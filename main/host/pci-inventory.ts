@@ -64,7 +64,11 @@ export interface PciDeviceInfo {
   assignable: boolean;
   /** Why not, in a sentence; null when assignable. */
   whyNot: string | null;
+  /** What `whyNot` is about (PCI assignment, issue 11 item 6); null when assignable. */
+  whyNotKind: PciWhyNotKind | null;
 }
+
+export type PciWhyNotKind = 'bridge' | 'no-iommu' | 'group-not-viable' | 'host-needs';
 
 const ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 
@@ -299,16 +303,25 @@ function describe(raw: RawDevice, all: Map<string, RawDevice>, roots: Required<H
   }
   const hostNeeds = raw.isBridge ? null : hostNeedsPciDevice(raw.address, roots);
   let whyNot: string | null = null;
-  if (raw.isBridge) whyNot = 'it is a bridge; Porthole assigns the devices behind it, not the bridge';
-  else if (iommuGroup === null) whyNot = 'it is in no IOMMU group: the IOMMU is off (boot with intel_iommu=on or amd_iommu=on) or VFIO is unavailable';
-  else if (iommuGroup.heldByHost.length > 0) {
+  let whyNotKind: PciWhyNotKind | null = null;
+  if (raw.isBridge) {
+    whyNot = 'it is a bridge; Porthole assigns the devices behind it, not the bridge';
+    whyNotKind = 'bridge';
+  } else if (iommuGroup === null) {
+    whyNot = 'it is in no IOMMU group: the IOMMU is off (boot with intel_iommu=on or amd_iommu=on) or VFIO is unavailable';
+    whyNotKind = 'no-iommu';
+  } else if (iommuGroup.heldByHost.length > 0) {
     whyNot = `its IOMMU group ${iommuGroup.id} is not viable: it also holds ${iommuGroup.heldByHost.join(', ')}, which would have to leave the host too`;
-  } else if (hostNeeds !== null) whyNot = `the host needs it: ${hostNeeds}`;
+    whyNotKind = 'group-not-viable';
+  } else if (hostNeeds !== null) {
+    whyNot = `the host needs it: ${hostNeeds}`;
+    whyNotKind = 'host-needs';
+  }
   return {
     address: raw.address, vendorId: raw.vendorId, deviceId: raw.deviceId, subsystemVendorId: raw.subsystemVendorId,
     subsystemId: raw.subsystemId, classCode: raw.classCode, className: pciClassName(raw.classCode), driver: raw.driver,
     driverOverride: raw.driverOverride, isBridge: raw.isBridge, iommuGroup, bootVga: raw.bootVga, sriov: raw.sriov,
-    physicalFunction: raw.physicalFunction, hostNeeds, assignable: whyNot === null, whyNot,
+    physicalFunction: raw.physicalFunction, hostNeeds, assignable: whyNot === null, whyNot, whyNotKind,
   };
 }
 
@@ -342,7 +355,7 @@ export function pciSummary(d: PciDeviceInfo, heldBy: string | null): PciDeviceSu
     address: d.address, vendorId: d.vendorId, deviceId: d.deviceId, classCode: d.classCode, className: d.className,
     driver: d.driver, isBridge: d.isBridge,
     iommuGroup: d.iommuGroup === null ? null : { id: d.iommuGroup.id, members: d.iommuGroup.members, viable: d.iommuGroup.viable },
-    sriov: d.sriov, physicalFunction: d.physicalFunction, hostNeeds: d.hostNeeds, assignable: d.assignable, whyNot: d.whyNot, heldBy,
+    sriov: d.sriov, physicalFunction: d.physicalFunction, hostNeeds: d.hostNeeds, assignable: d.assignable, whyNot: d.whyNot, whyNotKind: d.whyNotKind, heldBy,
   };
 }
 

@@ -189,6 +189,8 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
   // first), then the spec's disks, then the CD-ROM drive.
   const disks = vmmDisks(spec);
   if (disks.length > 0) c.disks = disks;
+  // PCI assignment (issue 11 item 6): bound to vfio-pci by the VM host at start.
+  if (spec.pciAssign !== undefined && spec.pciAssign.length > 0) c.pciAssign = spec.pciAssign.map((a) => ({ address: a.address, ...(a.force === true ? { force: true } : {}) }));
   if (spec.nics !== undefined && spec.nics.length > 0) c.nics = spec.nics.map((n, i) => nicConfigFromJson(vmmNicJson(n), `nics[${i}]`));
   if (spec.usb !== undefined) {
     c.usb = {

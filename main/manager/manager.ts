@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type CdromDriveInfo, type CdromEjectSpec, type CdromInsertSpec, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciDeviceSummary, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciAssignRequest, type PciDeviceSummary, type VmPciAssignSpec, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -29,7 +29,8 @@ import { repairUsbJournal, type UsbJournal } from '../host/usb-journal';
 import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/usb-inventory';
 import { hostNeeds } from '../host/host-needs';
 import { HostUsbWatch } from '../host/host-usb-watch';
-import { listPciDevices, pciSummary } from '../host/pci-inventory';
+import { listPciDevices, pciSummary, readPciDevice, type HostRoots } from '../host/pci-inventory';
+import { pciAssignEntry, pciAssignRefusal } from '../host/pci-assignment';
 import { describeUsbRule, firstMatchingRule, USB_MAX_RULES } from '../host/usb-rules';
 
 export function hostUsbSummary(d: HostUsbDeviceInfo, heldBy: string | null, all?: HostUsbDeviceInfo[]): HostUsbDeviceSummary {
@@ -62,6 +63,8 @@ export interface ManagerOptions {
    * process ends (a VM killed with its device gives it back). Absent: no repair (tests).
    */
   usbJournal?: UsbJournal;
+  /** PCI assignment: where the host's sysfs and /proc are ("/sys", "/proc" by default; tests give a fake tree). */
+  hostRoots?: HostRoots;
 }
 
 /** One VM of the library and what it keeps between runs. */
@@ -494,8 +497,63 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
 
   async listPciDevices(): Promise<PciDeviceSummary[]> {
     const held = new Map((this.options.usbJournal?.read().pci ?? []).map((e) => [e.address, `${e.vm} (process ${e.pid})`]));
-    return listPciDevices().map((d) => pciSummary(d, held.get(d.address) ?? null));
+    // PCI assignment (issue 11 item 6): which VMs' configs list each device.
+    const assigned = new Map<string, NonNullable<PciDeviceSummary['assignedTo']>>();
+    for (const vm of this.libraryOrder()) {
+      for (const a of vm.record.spec.pciAssign ?? []) {
+        const list = assigned.get(a.address) ?? [];
+        list.push({ vm: vm.record.id, vmName: vm.record.spec.name, force: a.force === true });
+        assigned.set(a.address, list);
+      }
+    }
+    return listPciDevices(this.options.hostRoots).map((d) => ({ ...pciSummary(d, held.get(d.address) ?? null), assignedTo: assigned.get(d.address) ?? [] }));
   }
+
+  // ---- PCI assignment (issue 11 item 6) ------------------------------------------
+
+  private libraryOrder(): VmEntry[] {
+    return [...this.vms.values()].sort((a, b) => a.record.createdAt.localeCompare(b.record.createdAt) || a.record.id.localeCompare(b.record.id));
+  }
+
+  /** Adds a host PCI function to the VM's pciAssign (saved atomically); it takes effect at the next start. */
+  async assignPciDevice(id: string, request: PciAssignRequest): Promise<VmPciAssignSpec[]> {
+    const vm = this.entry(id);
+    const current = vm.record.spec.pciAssign ?? [];
+    const device = readPciDevice(request.address, this.options.hostRoots);
+    const refusal = pciAssignRefusal(request.address, device, current, request.force === true);
+    if (refusal !== null || device === null) throw new ApiError(refusal?.code ?? 'not-found', refusal?.message ?? `The host has no PCI device at ${request.address}.`);
+    const entry = pciAssignEntry(request.address, device, request.force === true);
+    const next = [...current, entry];
+    this.savePciAssign(vm, next);
+    const running = vm.run !== null;
+    vm.log.addLine(`PCI: ${entry.address} (${device.className}) assigned${entry.force ? ' (forced: the host needs it)' : ''}; ` +
+      `${running ? 'the VM gets it at its next start (PCI hot-plug is not supported)' : 'the VM takes it at start'}`);
+    return structuredClone(next);
+  }
+
+  /** Removes a PCI address from the VM's pciAssign (saved atomically); a running VM keeps it until it stops. */
+  async returnPciDevice(id: string, address: string): Promise<VmPciAssignSpec[]> {
+    const vm = this.entry(id);
+    const current = vm.record.spec.pciAssign ?? [];
+    if (!current.some((c) => c.address === address)) {
+      throw new ApiError('not-found', current.length === 0 ? 'This VM has no PCI devices assigned.' : `This VM has no PCI device ${address} assigned.`);
+    }
+    const next = current.filter((c) => c.address !== address);
+    this.savePciAssign(vm, next);
+    vm.log.addLine(`PCI: ${address} returned${vm.run !== null ? '; the running VM keeps it until it stops, then it goes back to its host driver' : ''}`);
+    return structuredClone(next);
+  }
+
+  private savePciAssign(vm: VmEntry, list: VmPciAssignSpec[]): void {
+    const { pciAssign: _old, ...rest } = vm.record.spec;
+    const spec: VmSpec = list.length === 0 ? rest : { ...rest, pciAssign: list };
+    const record: VmRecord = { ...vm.record, spec, updatedAt: new Date().toISOString() };
+    this.library.save(record);
+    vm.record = record;
+    this.changed(vm);
+  }
+
+  // ---- end of PCI assignment ------------------------------------------------------
 
   async attachHostUsbDevice(id: string, spec: HostUsbAttachSpec): Promise<UsbPortInfo> {
     const vm = this.entry(id);

@@ -8,7 +8,8 @@ import { chromium, type Browser, type BrowserContext, type Locator, type Page } 
 import { libraryDir } from '../../main/manager/library';
 import { RENDERER_DIR } from '../../main/manager/app-paths';
 import { VmManager } from '../../main/manager/manager';
-import { nodeVmProcessLauncher, type VmProcessHandle } from '../../main/manager/process-launcher';
+import type { HostRoots } from '../../main/host/pci-inventory';
+import { nodeVmProcessLauncher, type VmProcessHandle, type VmProcessLauncher } from '../../main/manager/process-launcher';
 import { startWebServer, type WebServer } from '../../main/web/server';
 import { guest, kvmSkipReason, repoRoot } from '../helpers/vm';
 
@@ -75,6 +76,12 @@ export function browserSkipReason(): string | null {
   return kvmSkipReason();
 }
 
+/** Why a browser test that starts no VM (so needs no KVM) cannot run here, or null. */
+export function chromiumSkipReason(): string | null {
+  if (!process.env.PORTHOLE_E2E_BROWSER_WS && !fs.existsSync(CHROMIUM)) return `${CHROMIUM} is missing: run scripts/fixtures.sh (it installs Debian's chromium)`;
+  return null;
+}
+
 /** Why a test needing these guest fixtures must skip, or null. */
 export function fixtureSkipReason(...names: string[]): string | null {
   const missing = names.filter((n) => !fs.existsSync(guest(n)));
@@ -101,6 +108,10 @@ export interface E2eApp {
 export interface E2eOptions {
   /** Writes files into the (empty) library directory before the manager loads it. */
   prepareLibrary?: (dir: string) => void;
+  /** The host's sysfs and /proc as the manager sees them (PCI assignment tests give a fake tree). */
+  hostRoots?: HostRoots;
+  /** VM processes other than real ones (a test that scripts a VM process needs no KVM). */
+  launcher?: VmProcessLauncher;
 }
 
 export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
@@ -111,7 +122,7 @@ export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
   const configHome = path.join(scratch, 'config');
   const diagnostics: string[] = [];
   const processes: LaunchedVmProcess[] = [];
-  const baseLauncher = nodeVmProcessLauncher();
+  const baseLauncher = options.launcher ?? nodeVmProcessLauncher();
   const library = libraryDir({ ...process.env, XDG_CONFIG_HOME: configHome });
   if (options.prepareLibrary) {
     fs.mkdirSync(library, { recursive: true });
@@ -127,6 +138,7 @@ export async function startE2eApp(options: E2eOptions = {}): Promise<E2eApp> {
     mode: 'browser',
     appVersion: 'e2e',
     log: (line) => diagnostics.push(`manager: ${line}`),
+    ...(options.hostRoots === undefined ? {} : { hostRoots: options.hostRoots }),
   });
   manager.load();
   const remote = remoteBrowser();

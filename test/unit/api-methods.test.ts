@@ -23,7 +23,7 @@ const goodSpec: VmSpec = {
 
 /** A good value for each argument name used in the table. */
 const GOOD: Record<string, unknown> = {
-  id: 'vm-1', spec: goodSpec, port: 'com1', data: 'hi', choice: { purpose: 'disk' }, device: { kind: 'keyboard' }, usbPort: 5, keys: ['a'], hostDevice: { device: '1-1.4' }, intervalMs: 1000, options: { path: '/tmp/c.pcapng' }, capture: 1, rule: { match: { vendorId: 0x46f4 } }, index: 0, media: { path: '/tmp/a.iso' }, eject: { force: true },
+  id: 'vm-1', spec: goodSpec, port: 'com1', data: 'hi', choice: { purpose: 'disk' }, device: { kind: 'keyboard' }, usbPort: 5, keys: ['a'], hostDevice: { device: '1-1.4' }, intervalMs: 1000, options: { path: '/tmp/c.pcapng' }, capture: 1, rule: { match: { vendorId: 0x46f4 } }, index: 0, media: { path: '/tmp/a.iso' }, eject: { force: true }, request: { address: '0000:01:00.0' }, address: '01:00.0',
 };
 /** A value every validator in the table refuses (the checkVmSpec spec is the backend's to judge). */
 const BAD = 12345.5;

@@ -86,6 +86,8 @@ function recorder(): Recorder {
     removeUsbRule: async (id, index) => { record('removeUsbRule', id, index); return []; },
     listHostUsbDevices: async () => { record('listHostUsbDevices'); return []; },
     listPciDevices: async () => { record('listPciDevices'); return []; },
+    assignPciDevice: async (id, request) => { record('assignPciDevice', id, request); return [request]; },
+    returnPciDevice: async (id, address) => { record('returnPciDevice', id, address); return []; },
     attachHostUsbDevice: async (id, spec) => {
       record('attachHostUsbDevice', id, spec);
       return { port: 1, protocol: 'usb3', device: null };

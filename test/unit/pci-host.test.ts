@@ -359,14 +359,15 @@ test('sr-iov: VFs are created through sriov_numvfs (through 0 for a new count) a
 test('porthole pci: the command line, the listing and the API summary', () => {
   assert.deepEqual(parseArgs(['pci'], () => ({})), { command: 'pci', json: false });
   assert.deepEqual(parseArgs(['pci', '--json'], () => ({})), { command: 'pci', json: true });
-  assert.throws(() => parseArgs(['pci', '--all'], () => ({})), (e: Error) => e instanceof UsageError && /porthole pci takes only --json, not "--all"/.test(e.message));
+  assert.deepEqual(parseArgs(['pci', 'list', '--json'], () => ({})), { command: 'pci', json: true });
+  assert.throws(() => parseArgs(['pci', '--all'], () => ({})), (e: Error) => e instanceof UsageError && /porthole pci takes list, assign or return, and --json, not "--all"/.test(e.message));
   const s = rig();
   const list = listPciDevices({ sysfsRoot: s.root, procRoot: s.proc }).map((d) => pciSummary(d, d.address === '0000:00:04.0' ? 'win (process 7)' : null));
   const xhci = list.find((d) => d.address === '0000:00:04.0')!;
   assert.deepEqual(xhci, {
     address: '0000:00:04.0', vendorId: 0x1b36, deviceId: 0x000d, classCode: 0x0c0330, className: 'USB controller (xHCI)', driver: 'xhci_hcd',
     isBridge: false, iommuGroup: { id: 3, members: ['0000:00:04.0'], viable: false }, sriov: null, physicalFunction: null, hostNeeds: null,
-    assignable: true, whyNot: null, heldBy: 'win (process 7)',
+    assignable: true, whyNot: null, whyNotKind: null, heldBy: 'win (process 7)',
   });
   const text = formatPciDevices(list).split('\n');
   assert.match(text.find((l) => l.startsWith('0000:00:04.0'))!, /^0000:00:04.0 {2}1b36:000d {2}USB controller \(xHCI\) +driver xhci_hcd +group 3 not viable +\[in VM win \(process 7\)\] assignable$/);

@@ -48,6 +48,12 @@ export function Details({ vm }: { vm: VmSummary }) {
         )}
         {boot.kind === 'flat' && (<><dt>Boot</dt><dd>Test program <code>{boot.path}</code></dd></>)}
         {vm.spec.debugExit && (<><dt>Debug exit</dt><dd>Port 0xf4 enabled</dd></>)}
+        {(vm.spec.pciAssign?.length ?? 0) > 0 && (
+          <><dt>PCI devices</dt><dd>
+            {vm.spec.pciAssign?.map((a) => <span key={a.address}><code>{a.address}</code>{a.force ? ' (forced)' : ''} </span>)}
+            <span className="note-inline">Host devices taken at start (PCI tab).</span>
+          </dd></>
+        )}
         <dt>Created</dt><dd>{formatTime(vm.createdAt)}</dd>
         <dt>Changed</dt><dd>{formatTime(vm.updatedAt)}</dd>
         <dt>Library id</dt><dd><code>{vm.id}</code></dd>

@@ -57,7 +57,7 @@ function formFromSpec(spec: VmSpec): Form {
  * `usb`: the spec's USB section as it was; the form only turns the controller on and off
  * (devices plugged in at start are kept while it stays on).
  */
-function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb']): VmSpec {
+function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb'], pciAssign: VmSpec['pciAssign']): VmSpec {
   const memory = parseMemoryText(f.memory);
   const cpus = /^\s*\d+\s*$/.test(f.cpus) ? Number(f.cpus) : Number.NaN;
   const boot: VmSpec['boot'] =
@@ -78,6 +78,8 @@ function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb']): Vm
     ...(disks.length > 0 ? { disks: disks.map((d) => ({ ...d, path: d.path.trim() })) } : {}),
     ...(cd === null ? {} : { cdrom: cd }),
     ...(nics.length > 0 ? { nics } : {}),
+    // PCI assignment is edited on the PCI tab; the dialog keeps it as it was.
+    ...(pciAssign !== undefined && pciAssign.length > 0 ? { pciAssign } : {}),
   };
 }
 
@@ -115,7 +117,8 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
   const uid = useId();
   const nativeDialogs = info?.capabilities.nativeFileDialogs ?? false;
 
-  const spec = useMemo(() => specFromForm(form, initialSpec.serial, initialSpec.usb), [form, initialSpec.serial, initialSpec.usb]);
+  const spec = useMemo(() => specFromForm(form, initialSpec.serial, initialSpec.usb, initialSpec.pciAssign),
+    [form, initialSpec.serial, initialSpec.usb, initialSpec.pciAssign]);
   const specKey = JSON.stringify(spec);
 
   const localProblems = useMemo(() => {

@@ -1,5 +1,5 @@
 // One VM: its controls, how its last run ended, and tabs for the console, serial ports,
-// disks and network (changing the CD while it runs), USB, performance graphs and details.
+// disks and network (changing the CD while it runs), USB, PCI assignment, performance graphs and details.
 import { useId, useRef, type KeyboardEvent } from 'react';
 import type { ConsolePort, VmSummary } from '../../../main/api/contract';
 import { vmActions, type VmAction } from '../actions';
@@ -15,12 +15,14 @@ import type { StatsFeeds } from '../stats-feed';
 import { PerfPanel } from './PerfPanel';
 import { UsbPanel } from './UsbPanel';
 import { DevicesPanel } from './DevicesPanel';
+import { PciPanel } from './PciPanel';
 
 const TABS = [
   { id: 'console', label: 'Console' },
   { id: 'serial', label: 'Serial ports' },
   { id: 'devices', label: 'Disks & network' },
   { id: 'usb', label: 'USB' },
+  { id: 'pci', label: 'PCI' },
   { id: 'perf', label: 'Performance' },
   { id: 'details', label: 'Details' },
 ] as const;
@@ -125,6 +127,7 @@ export function VmPage({ store, vm, tab, onTabChange, port, onPortChange, onEdit
         {tab === 'serial' && <SerialSettings key={`${vm.id}-${vm.spec.serial.join('\u0000')}`} store={store} vm={vm} />}
         {tab === 'devices' && <DevicesPanel key={vm.id} vm={vm} info={state.info} />}
         {tab === 'usb' && <UsbPanel key={vm.id} store={store} vm={vm} />}
+        {tab === 'pci' && <PciPanel key={vm.id} store={store} vm={vm} />}
         {tab === 'perf' && <PerfPanel key={vm.id} vm={vm} feeds={feeds} />}
         {tab === 'details' && <Details vm={vm} />}
       </div>
