@@ -11,12 +11,13 @@
 //
 // Reaping: the kernel keeps the URB's user address and writes the results into it when it is
 // reaped, so each URB's memory (struct and data) is a JavaScript-owned ArrayBuffer kept in
-// `inFlight` until REAPURBNDELAY hands its address back. Completions are reaped by polling with
-// REAPURBNDELAY on a timer while URBs are in flight (never a blocking call on the VM host's
-// event loop, no extra thread): a URB's granularity is milliseconds (an audio URB carries 1 ms
-// per packet), so a 1 ms look costs one ioctl and keeps 2 to 4 URBs per endpoint fed.
+// `inFlight` until REAPURBNDELAY hands its address back. Completions are noticed by poll(2) on a
+// worker thread (usbfs-poller.ts: POLLOUT means a URB waits to be reaped) and reaped with
+// REAPURBNDELAY on this thread, so the event loop never blocks and no timer ticks while a URB
+// (a usb-serial's ever-pending bulk IN) waits.
 import { addressOf, close, ioctl, ioctlBuffer, NativeError, open, O_CLOEXEC, O_RDWR, read } from './libc';
 import koffi from 'koffi';
+import { type PolledUsbfs, type UsbfsPoller, usbfsPoller } from './usbfs-poller';
 
 export const URB_TYPE = { iso: 0, interrupt: 1, control: 2, bulk: 3 } as const;
 export type UrbType = keyof typeof URB_TYPE;
@@ -138,22 +139,25 @@ interface InFlightUrb {
   done: (r: UrbResult) => void;
 }
 
-const POLL_MS = 1;
-
 /** One opened usbfs device node. */
-export class UsbdevfsDevice {
-  private fd: number;
+export class UsbdevfsDevice implements PolledUsbfs {
+  private _fd: number;
   private readonly inFlight = new Map<bigint, InFlightUrb>();
-  private timer: ReturnType<typeof setTimeout> | null = null;
   private readonly reapSlot = new Uint8Array(new ArrayBuffer(8));
 
-  private constructor(fd: number, readonly path: string) {
-    this.fd = fd;
+  private constructor(fd: number, readonly path: string, private readonly poller: UsbfsPoller) {
+    this._fd = fd;
   }
 
   static open(busNumber: number, deviceAddress: number, root = '/dev/bus/usb'): UsbdevfsDevice {
     const path = `${root}/${String(busNumber).padStart(3, '0')}/${String(deviceAddress).padStart(3, '0')}`;
-    return new UsbdevfsDevice(open(path, O_RDWR | O_CLOEXEC), path);
+    const poller = usbfsPoller();
+    return new UsbdevfsDevice(open(path, O_RDWR | O_CLOEXEC), path, poller);
+  }
+
+  /** The node's fd, -1 once closed. */
+  get fd(): number {
+    return this._fd;
   }
 
   get urbsInFlight(): number {
@@ -265,7 +269,7 @@ export class UsbdevfsDevice {
     const key = addressOf(struct);
     ioctlBuffer(this.fd, `USBDEVFS_SUBMITURB(type ${req.type}, endpoint 0x${req.endpoint.toString(16)}) on ${this.path}`, USBDEVFS.SUBMITURB, struct);
     this.inFlight.set(key, { struct, data, packets, done });
-    this.schedule();
+    this.poller.watch(this);
     return () => {
       if (this.fd < 0 || !this.inFlight.has(key)) return;
       // DISCARDURB takes the URB's user address as its argument; EINVAL means it already completed.
@@ -273,13 +277,8 @@ export class UsbdevfsDevice {
     };
   }
 
-  private schedule(): void {
-    if (this.timer === null && this.inFlight.size > 0) this.timer = setTimeout(() => this.reapAll(), POLL_MS);
-  }
-
-  /** Reaps every completed URB without blocking. */
+  /** Reaps every completed URB without blocking (the poller calls it when the fd says so). */
   reapAll(): void {
-    this.timer = null;
     while (this.fd >= 0 && this.inFlight.size > 0) {
       const r = reapNoDelay(this.fd, this.reapSlot);
       if (r === -11) break; // EAGAIN: nothing completed yet
@@ -295,7 +294,6 @@ export class UsbdevfsDevice {
       const out = unpackUrb(urb.struct, urb.packets);
       urb.done({ ...out, data: urb.data });
     }
-    this.schedule();
   }
 
   private failAll(status: number): void {
@@ -307,8 +305,7 @@ export class UsbdevfsDevice {
   /** Discards every URB, reaps them (bounded wait), and closes the node. */
   close(): void {
     if (this.fd < 0) return;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    this.poller.forget(this);
     for (const key of this.inFlight.keys()) discard(this.fd, key);
     // Discarded URBs come back at once; a few looks are enough, and the kernel frees the rest on close.
     for (let i = 0; i < 100 && this.inFlight.size > 0; i++) {
@@ -321,8 +318,8 @@ export class UsbdevfsDevice {
       urb.done({ ...unpackUrb(urb.struct, urb.packets), data: urb.data });
     }
     this.failAll(-108); // ESHUTDOWN
-    close(this.fd);
-    this.fd = -1;
+    close(this._fd);
+    this._fd = -1;
   }
 }
 

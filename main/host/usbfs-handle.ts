@@ -5,7 +5,8 @@
 // that appears later never enters libusb's list. The kernel's /dev/bus/usb/BBB/DDD is there
 // regardless, and usbfs has everything passthrough needs: claims, driver detach/attach,
 // SET_CONFIGURATION/SET_INTERFACE, CLEAR_HALT, reset and URBs of every type.
-// Completions arrive on the thread that opened it (usbdevfs polls with REAPURBNDELAY).
+// Completions arrive on the thread that opened it (native/usbfs-poller.ts waits for them with
+// poll(2) on a worker; usbdevfs reaps them with REAPURBNDELAY here).
 import { type HostCallback, type HostIsoDone, type HostTransferDone, type HostUsbHandle, NodeUsbHandle, statusOfUrb } from './host-usb-handle';
 import type { HostUsbDeviceInfo } from './usb-inventory';
 import { openErrorSentence } from './usb-inventory';

@@ -35,6 +35,10 @@ export interface UsbPassthroughSample {
   host?: { transfers: number; waitUs: number; libusbUs: number };
   /** The machine thread's account: µs per transfer from the device's submit to the VM host's DONE. */
   machineUs?: number;
+  /** Of machineUs, the DONE record's hop (VM host send → machine drain), µs. */
+  doneHopUs?: number;
+  /** The guest's turnaround: µs from a DONE that left nothing in flight to the next submit. */
+  gapUs?: number;
   failure?: string;
 }
 
@@ -82,6 +86,11 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
     if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
     const mm = /transfers, (\d+) µs per transfer from submit to the VM host's DONE/.exec(chunk);
     if (mm) sample.machineUs = Number(mm[1]);
+    const mh = /(\d+) µs of it from the DONE's send to its drain; (\d+) µs per idle gap/.exec(chunk);
+    if (mh) {
+      sample.doneHopUs = Number(mh[1]);
+      sample.gapUs = Number(mh[2]);
+    }
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
@@ -131,7 +140,7 @@ function describe(s: UsbPassthroughSample): string {
     const r = s.rates[m]!;
     return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s (${(1e6 / r.iops).toFixed(0)} µs)` : `${m} ${r.mbPerSec.toFixed(2)} MB/s`;
   });
-  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it${s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE`}` : '';
+  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it${s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE (DONE hop ${s.doneHopUs ?? '-'} µs), guest gap ${s.gapUs ?? '-'} µs`}` : '';
   return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 

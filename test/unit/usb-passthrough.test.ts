@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { statusOfLibusb } from '../../main/host/host-usb-handle';
 import type { UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
-import { encodeDone, PASSTHROUGH_KIND } from '../../main/vmm/shared/usb-passthrough-messages';
+import { decodeDone, encodeDone, PASSTHROUGH_KIND } from '../../main/vmm/shared/usb-passthrough-messages';
 import { CONFIG, rig, setupOf, submit, transfer } from '../helpers/usb-passthrough';
 
 test('taking a device: the journal names the driver first, then drivers are detached and interfaces claimed; release gives them back', async () => {
@@ -259,4 +259,26 @@ test('a device that left the host mid-transfer: no-device completions, then rele
   assert.ok(!r.usb.calls.some((c) => c.startsWith('attach')), `no driver given back to a gone device: ${r.usb.calls.join(', ')}`);
   assert.deepEqual(problems, []);
   assert.deepEqual(r.journal.read().entries, [], 'the port path is free for what comes next');
+});
+
+test('DONE records carry the VM host\'s send time; the machine accounts the hop and the guest\'s idle gaps at detach', () => {
+  const stamped = decodeDone(encodeDone({ handle: 7, instance: 3, id: 9, status: 'ok', actual: 13, sentAt: 1764342000123.25 }));
+  assert.deepEqual(stamped, { handle: 7, instance: 3, id: 9, status: 'ok', actual: 13, sentAt: 1764342000123.25 });
+  assert.equal(decodeDone(encodeDone({ handle: 7, instance: 3, id: 9, status: 'ok', actual: 13 }))?.sentAt, undefined, 'a 20-byte DONE still decodes');
+  assert.equal(decodeDone(new Uint8Array(24)), null, 'no other length');
+  const r = rig();
+  r.host.take();
+  // Two transfers one after the other: one idle gap between them (the first submit has none before it).
+  for (let i = 0; i < 2; i++) {
+    const done = submit(r.device, transfer('bulk', 1, true, new Uint8Array(8)));
+    r.pump();
+    r.usb.complete('ok', new Uint8Array(8).fill(i));
+    r.pump();
+    assert.equal(done[0].status, 'ok');
+  }
+  assert.equal(r.device.roundTrips.transfers, 2);
+  assert.equal(r.device.roundTrips.doneHops, 2, 'the VM host stamps every DONE');
+  assert.equal(r.device.roundTrips.gaps, 1);
+  r.device.detach();
+  assert.ok(r.logs.some((l) => /2 transfers, \d+ µs per transfer from submit to the VM host's DONE \(machine thread\); \d+ µs of it from the DONE's send to its drain; \d+ µs per idle gap from a DONE to the guest's next submit \(1 gaps\)/.test(l)), r.logs.join('\n'));
 });

@@ -14,6 +14,7 @@
 // SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and the port reset (a device reset). While one of
 // those runs, later transfers wait. Isochronous transfers go to usbfs URBs (native/usbdevfs.ts
 // behind HostUsbHandle.submitIso): node-usb 2.x has none.
+import { epochMs } from '../shared/control';
 import type { HostUsbDeviceInfo } from '../../host/usb-inventory';
 import type { HostTransferStatus, HostUsbHandle } from '../../host/host-usb-handle';
 import { sysfsBind, type TakenInterface, type UsbJournal } from '../../host/usb-journal';
@@ -476,7 +477,7 @@ export class HostUsbPassthrough {
   }
 
   private finish(r: SubmitRecord, status: HostTransferStatus, actual: number): void {
-    this.link.send(PASSTHROUGH_KIND.DONE, encodeDone({ handle: this.handle, instance: r.instance, id: r.id, status, actual }));
+    this.link.send(PASSTHROUGH_KIND.DONE, encodeDone({ handle: this.handle, instance: r.instance, id: r.id, status, actual, sentAt: epochMs() }));
   }
 
   private cancelAll(): void {

@@ -64,6 +64,8 @@ export interface DoneRecord extends Addressed {
   id: number;
   status: PassthroughStatus;
   actual: number;
+  /** When the VM host sent it (epochMs, a clock both threads share): the machine times the hop. */
+  sentAt?: number;
 }
 
 const ADDRESS_BYTES = 8;
@@ -144,20 +146,26 @@ export function encodeAddressOnly(a: Addressed): Uint8Array {
 }
 
 export function encodeDone(r: DoneRecord): Uint8Array {
-  const { out, view } = header(20, r);
+  const { out, view } = header(r.sentAt === undefined ? 20 : 28, r);
   view.setUint32(8, r.id >>> 0, true);
   view.setUint32(12, STATUS_NAMES.indexOf(r.status), true);
   view.setUint32(16, r.actual >>> 0, true);
+  if (r.sentAt !== undefined) view.setFloat64(20, r.sentAt, true);
   return out;
 }
 
 export function decodeDone(p: Uint8Array): DoneRecord | null {
-  if (p.length !== 20) return null;
+  if (p.length !== 20 && p.length !== 28) return null;
   const v = viewOf(p);
   const status = STATUS_NAMES[v.getUint32(12, true)];
   if (status === undefined) return null;
-  return {
+  const r: DoneRecord = {
     handle: v.getUint32(0, true), instance: v.getUint32(4, true), id: v.getUint32(8, true),
     status, actual: v.getUint32(16, true),
   };
+  if (p.length === 28) {
+    const sentAt = v.getFloat64(20, true);
+    if (Number.isFinite(sentAt)) r.sentAt = sentAt;
+  }
+  return r;
 }

@@ -14,6 +14,7 @@ import {
   PASSTHROUGH_KIND,
 } from '../../../shared/usb-passthrough-messages';
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbTransfer } from '../usb-device';
+import { epochMs } from '../../../shared/control';
 
 export type HostDeviceConfig = Extract<UsbDeviceConfig, { kind: 'host' }>;
 
@@ -52,8 +53,15 @@ export class PassthroughDevice implements UsbDevice {
   private resendTimer: (() => void) | null = null;
   private port: UsbPortHost | null = null;
   private gone = false;
-  /** Transfers the VM host completed, and their summed submit → DONE time (ms): the machine's view of a round trip. */
-  readonly roundTrips = { transfers: 0, ms: 0 };
+  /**
+   * Transfers the VM host completed and their summed submit → DONE time (ms), the machine's
+   * view of a round trip; of it, the DONE records' hop (VM host send → drained here: channel,
+   * vCPU kick, KVM_RUN exit); and the idle gaps, from a DONE that left nothing in flight to the
+   * guest's next submit (event, interrupt, guest driver, doorbell exit).
+   */
+  readonly roundTrips = { transfers: 0, ms: 0, doneHops: 0, doneHopMs: 0, gaps: 0, gapMs: 0 };
+  /** performance.now() when the last in-flight transfer completed, or -1 while some are in flight. */
+  private idleSince = -1;
 
   constructor(config: HostDeviceConfig, private readonly link: PassthroughLink) {
     this.handle = config.handle;
@@ -79,7 +87,10 @@ export class PassthroughDevice implements UsbDevice {
   detach(): void {
     this.finishAll('no-device');
     if (this.roundTrips.transfers > 0) {
-      this.link.log(`${this.name}: ${this.roundTrips.transfers} transfers, ${((this.roundTrips.ms * 1000) / this.roundTrips.transfers).toFixed(0)} µs per transfer from submit to the VM host's DONE (machine thread)`);
+      const t = this.roundTrips;
+      const us = (ms: number, n: number) => (n > 0 ? ((ms * 1000) / n).toFixed(0) : '-');
+      this.link.log(`${this.name}: ${t.transfers} transfers, ${us(t.ms, t.transfers)} µs per transfer from submit to the VM host's DONE (machine thread); `
+        + `${us(t.doneHopMs, t.doneHops)} µs of it from the DONE's send to its drain; ${us(t.gapMs, t.gaps)} µs per idle gap from a DONE to the guest's next submit (${t.gaps} gaps)`);
     }
     this.post(PASSTHROUGH_KIND.DETACHED, encodeAddressOnly(this));
     this.gone = true;
@@ -119,7 +130,13 @@ export class PassthroughDevice implements UsbDevice {
       setupBytes[6] = setup.length & 0xff;
       setupBytes[7] = setup.length >>> 8;
     }
-    this.pending.set(id, { transfer, done, submittedAt: performance.now() });
+    const now = performance.now();
+    if (this.pending.size === 0 && this.idleSince >= 0) {
+      this.roundTrips.gaps++;
+      this.roundTrips.gapMs += now - this.idleSince;
+    }
+    this.idleSince = -1;
+    this.pending.set(id, { transfer, done, submittedAt: now });
     this.post(PASSTHROUGH_KIND.SUBMIT, encodeSubmit({
       handle: this.handle, instance: this.instance, id, endpoint: transfer.endpoint, in: transfer.in,
       type: transfer.type, setup: setupBytes, length: transfer.data.length,
@@ -160,8 +177,18 @@ export class PassthroughDevice implements UsbDevice {
       const p = this.pending.get(r.id);
       if (p === undefined) return;
       this.pending.delete(r.id);
+      const now = performance.now();
       this.roundTrips.transfers++;
-      this.roundTrips.ms += performance.now() - p.submittedAt;
+      this.roundTrips.ms += now - p.submittedAt;
+      if (r.sentAt !== undefined) {
+        const hop = epochMs() - r.sentAt;
+        // Both threads read one clock; a negative or huge hop means it stepped: left out.
+        if (hop >= 0 && hop < 10_000) {
+          this.roundTrips.doneHops++;
+          this.roundTrips.doneHopMs += hop;
+        }
+      }
+      if (this.pending.size === 0) this.idleSince = now;
       p.transfer.status = r.status;
       p.transfer.actualLength = Math.min(r.actual, p.transfer.data.length);
       p.done(p.transfer);
