@@ -81,8 +81,8 @@ export interface Options {
   batches: number;
   /** --batches was given (stats-stream otherwise runs a shorter QEMU loop). */
   batchesGiven: boolean;
-  /** stats-stream: subscriber on/off window pairs, and each window's length. */
-  pairs: number;
+  /** stats-stream: rounds of subscriber windows (off, packed, objects), and each window's length. */
+  rounds: number;
   windowMs: number;
   batch: number;
   only: VmmName[];
@@ -99,7 +99,7 @@ export class BenchError extends Error {}
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
-    benches: [], runs: 5, batches: 100, batchesGiven: false, pairs: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
+    benches: [], runs: 5, batches: 100, batchesGiven: false, rounds: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
   };
   const named = new Set<BenchName>();
   let noSerial = false;
@@ -123,7 +123,7 @@ export function parseArgs(argv: string[]): Options {
       o.batchesGiven = true;
     }
     else if (a === '--batch') o.batch = positiveInt(value(), a);
-    else if (a === '--pairs') o.pairs = positiveInt(value(), a);
+    else if (a === '--rounds') o.rounds = positiveInt(value(), a);
     else if (a === '--window-ms') {
       o.windowMs = positiveInt(value(), a);
       if (o.windowMs < 100) throw new BenchError('--window-ms must be at least 100');
@@ -143,7 +143,7 @@ export function parseArgs(argv: string[]): Options {
       o.serialBytes = n;
     } else if (a === '--no-serial') noSerial = true;
     else if (a === '--check') o.check = true;
-    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --pairs N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
+    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --rounds N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
   // No name: every bench; --no-serial (from before benches had names) leaves serial out.
@@ -496,7 +496,7 @@ async function statsStreamBench(o: Options): Promise<boolean> {
   const forever = path.join(benchOutputDir(), 'pio-loop-forever.bin');
   tool('nasm', ['-f', 'bin', '-I', `${guestsSrc}/`, path.join(guestsSrc, 'pio-loop-forever.asm'), '-o', forever], 'assembling pio-loop-forever.asm');
   const r = await runStatsStreamBench({
-    forever, rom, pairs: o.pairs, windowMs: o.windowMs, qemuExits: loop.batches * loop.batch, tscKhz: cpuinfoTscKhz,
+    forever, rom, pairs: o.rounds, windowMs: o.windowMs, qemuExits: loop.batches * loop.batch, tscKhz: cpuinfoTscKhz,
     parseLoop: (text, who) => parseLoop(text, who),
     runQemuText: has('qemu-system-x86_64') ? runQemuText : null,
   });
