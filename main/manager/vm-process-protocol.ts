@@ -8,6 +8,7 @@ import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbErrorCode, UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
 import type { UsbRule } from '../host/usb-rules';
 import type { CdromDriveInfo, UsbCaptureOptions, UsbCaptureInfo, UsbTransferRecord } from '../api/contract';
+import type { PackedStatsSample } from './stats-wire';
 
 /** Capture requests for the VM host, on the same numbered path as USB requests. */
 export type VmCaptureRequest =
@@ -51,6 +52,8 @@ export type VmToManager =
   | { type: 'log'; line: string }
   /** A sample of the statistics registry, only while the stream is on; at most every STATS_MIN_INTERVAL_MS. */
   | { type: 'stats'; sample: StatsSample }
+  /** The same sample packed (stats-wire.ts): what the VM process sends; "stats" is still read. */
+  | { type: 'stats-packed'; sample: PackedStatsSample }
   /** Decoded USB transfer records, batched, only while the transfer stream is on. */
   | { type: 'usb-transfers'; records: UsbTransferRecord[]; dropped: number }
   /** "stats" answers `sample` (no kick) when the registry has counters, else `stats` from the machine. */

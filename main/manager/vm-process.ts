@@ -12,6 +12,7 @@ import { VmHost } from '../vmm/host/vm-host';
 import { UsbRequestError, type UsbRequestBody } from '../vmm/shared/usb-messages';
 import { usbRulesFromJson } from '../host/usb-rules';
 import { SampleForwarder } from './sample-forwarder';
+import { StatsPacker } from './stats-wire';
 import { TransferForwarder } from './transfer-forwarder';
 import type { VmCaptureRequest } from './vm-process-protocol';
 import {
@@ -79,7 +80,8 @@ function queueOutput(ring: number, data: Uint8Array): void {
 }
 
 /** Samples from the VM host: the latest is kept, and sent on while the manager wants them. */
-const samples = new SampleForwarder((sample) => send({ type: 'stats', sample }));
+const packer = new StatsPacker();
+const samples = new SampleForwarder((sample) => send({ type: 'stats-packed', sample: packer.pack(sample) }));
 /** The VM host's sampling period: faster while a watcher wants more than 4 samples a second. */
 let statsPeriodMs = STATS_DEFAULT_PERIOD_MS;
 

@@ -16,6 +16,7 @@ import type { MachineEnd, MachineStats } from '../vmm/machine/machine';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { CommandAnswer, VmProcessLink } from './vm-process-link';
 import type { VmCaptureRequest, VmCommand, VmToManager } from './vm-process-protocol';
+import { StatsUnpacker } from './stats-wire';
 import type { UsbRequestBody } from '../vmm/shared/usb-messages';
 
 export type RunPhase = 'launching' | 'building' | 'live' | 'failed' | 'exited';
@@ -87,6 +88,8 @@ export class VmRun {
   private readonly startedPromise: Promise<void>;
   private readonly exitWaiters: (() => void)[] = [];
   private startTimer: NodeJS.Timeout | null = null;
+  /** Rebuilds the process's packed statistics samples. */
+  private readonly unpacker = new StatsUnpacker();
 
   constructor(
     private readonly link: VmProcessLink,
@@ -177,6 +180,11 @@ export class VmRun {
       case 'stats':
         if (typeof m.sample === 'object' && m.sample !== null && Array.isArray(m.sample.counters)) this.observer.sample(m.sample);
         break;
+      case 'stats-packed': {
+        const sample = this.unpacker.unpack(m.sample);
+        if (sample !== null) this.observer.sample(sample);
+        break;
+      }
       case 'usb-transfers':
         if (Array.isArray(m.records)) this.observer.transfers?.(m.records, Number.isInteger(m.dropped) ? m.dropped : 0);
         break;

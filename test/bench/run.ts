@@ -71,16 +71,19 @@ export type BenchName = (typeof BENCH_NAMES)[number];
 const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough', 'disk', 'net']);
 /** What runs when no bench is named (stats-stream, disk and net came later and run only by name). */
 const DEFAULT_BENCHES: readonly BenchName[] = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'];
-/** The stats-stream bench's loop when --batches is not given: long enough for dozens of 10 Hz samples. */
-const STATS_STREAM_BATCHES = 300;
+/** QEMU's reference loop in the stats-stream bench when --batches is not given (20 000 exits). */
+const STATS_STREAM_BATCHES = 20;
 
 export interface Options {
   /** The benches to run, in BENCH_NAMES order. */
   benches: BenchName[];
   runs: number;
   batches: number;
-  /** --batches was given (stats-stream otherwise runs a longer loop). */
+  /** --batches was given (stats-stream otherwise runs a shorter QEMU loop). */
   batchesGiven: boolean;
+  /** stats-stream: rounds of subscriber windows (off, packed, objects), and each window's length. */
+  rounds: number;
+  windowMs: number;
   batch: number;
   only: VmmName[];
   /** vCPU counts for the boot bench. */
@@ -96,7 +99,7 @@ export class BenchError extends Error {}
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
-    benches: [], runs: 5, batches: 100, batchesGiven: false, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
+    benches: [], runs: 5, batches: 100, batchesGiven: false, rounds: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
   };
   const named = new Set<BenchName>();
   let noSerial = false;
@@ -120,6 +123,11 @@ export function parseArgs(argv: string[]): Options {
       o.batchesGiven = true;
     }
     else if (a === '--batch') o.batch = positiveInt(value(), a);
+    else if (a === '--rounds') o.rounds = positiveInt(value(), a);
+    else if (a === '--window-ms') {
+      o.windowMs = positiveInt(value(), a);
+      if (o.windowMs < 100) throw new BenchError('--window-ms must be at least 100');
+    }
     else if (a === '--only') {
       const names = value().split(',').map((s) => s.trim());
       for (const n of names) if (!(n in VMM_LABELS)) throw new BenchError(`--only: "${n}" is not one of porthole, c, qemu`);
@@ -135,7 +143,7 @@ export function parseArgs(argv: string[]): Options {
       o.serialBytes = n;
     } else if (a === '--no-serial') noSerial = true;
     else if (a === '--check') o.check = true;
-    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
+    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --rounds N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
   // No name: every bench; --no-serial (from before benches had names) leaves serial out.
@@ -484,10 +492,11 @@ async function statsStreamBench(o: Options): Promise<boolean> {
   if (!fs.existsSync('/dev/kvm')) throw new BenchError('/dev/kvm is not available: the stats-stream bench needs KVM');
   if (!has('nasm')) throw new BenchError('missing tools: nasm (run npm run fixtures)');
   const loop = { ...o, batches: o.batchesGiven ? o.batches : STATS_STREAM_BATCHES };
-  if (loop.batches * loop.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
-  const { flat, rom } = buildGuests(loop);
+  const { rom } = buildGuests(loop);
+  const forever = path.join(benchOutputDir(), 'pio-loop-forever.bin');
+  tool('nasm', ['-f', 'bin', '-I', `${guestsSrc}/`, path.join(guestsSrc, 'pio-loop-forever.asm'), '-o', forever], 'assembling pio-loop-forever.asm');
   const r = await runStatsStreamBench({
-    flat, rom, runs: o.runs, exits: loop.batches * loop.batch, tscKhz: cpuinfoTscKhz,
+    forever, rom, pairs: o.rounds, windowMs: o.windowMs, qemuExits: loop.batches * loop.batch, tscKhz: cpuinfoTscKhz,
     parseLoop: (text, who) => parseLoop(text, who),
     runQemuText: has('qemu-system-x86_64') ? runQemuText : null,
   });

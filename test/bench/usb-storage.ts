@@ -12,6 +12,8 @@ import { SerialConsole } from '../rig/console';
 import { ddRate, diskOfSize, type DdRate } from '../rig/dd-rate';
 import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
 import { benchOutputDir, writeBenchResult } from './paths';
+import { monitorCall } from '../../main/cli/monitor';
+import type { StatsSample } from '../../main/vmm/shared/stats';
 
 /** Target from issue 9: Porthole's MB/s at least this multiple of QEMU's. */
 export const USB_STORAGE_TARGET = 1.2;
@@ -29,7 +31,52 @@ export interface UsbStorageSample {
   /** The stick's speed as L2's sysfs says (Mb/s). */
   speed?: string;
   rates: Partial<Record<Measure, DdRate>>;
+  /** Porthole: where each measure's time went, per dd block (one SCSI command). */
+  perCommand?: Partial<Record<Measure, PerCommand>>;
   failure?: string;
+}
+
+/** Porthole's counters over one dd phase, divided by its blocks (statistics registry deltas). */
+export interface PerCommand {
+  ms: number;
+  exits: Record<string, number>;
+  interrupts: number;
+  transfers: number;
+  /** Machine thread time in endpoint doorbells (ring walk + the stick's synchronous work), ms. */
+  doorbellMs: number;
+  /** The stick's submit-to-completion time summed over its transfers, ms. */
+  deviceMs: number;
+}
+
+type Totals = Map<string, number>;
+
+async function totals(socket: string): Promise<Totals> {
+  const sample = await monitorCall(socket, 'getVmStats', []) as StatsSample;
+  return new Map(sample.counters.map((c) => [`${c.group}/${c.name}`, c.total]));
+}
+
+function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
+  const n = Math.max(1, rate.transfers);
+  const delta = (key: string) => ((after.get(key) ?? 0) - (before.get(key) ?? 0)) / n;
+  const exits: Record<string, number> = {};
+  let deviceUs = 0;
+  for (const key of after.keys()) {
+    if (key.startsWith('exits/')) {
+      const d = delta(key);
+      if (d > 0) exits[key.slice(6)] = d;
+    } else if (/^usb\d+-storage\/.*-latency-us$/.test(key)) deviceUs += delta(key);
+  }
+  return {
+    ms: (rate.seconds * 1000) / n, exits, interrupts: delta('xhci/interrupts'), transfers: delta('xhci/transfers'),
+    doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000,
+  };
+}
+
+function describeCommand(m: Measure, c: PerCommand): string {
+  const exits = Object.entries(c.exits).sort((a, b) => b[1] - a[1]);
+  const all = exits.reduce((sum, [, v]) => sum + v, 0);
+  return `    ${m}: ${c.ms.toFixed(2)} ms per command; ${all.toFixed(1)} exits (${exits.slice(0, 4).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}),`
+    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts; doorbells ${c.doorbellMs.toFixed(2)} ms, stick ${c.deviceMs.toFixed(2)} ms`;
 }
 
 export interface UsbStorageBenchOptions {
@@ -61,9 +108,11 @@ function freshImage(dir: string, mib: number): string {
 
 async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, round: number, log: (l: string) => void): Promise<UsbStorageSample> {
   const sample: UsbStorageSample = { vmm, round, rates: {} };
+  const socket = path.join(os.tmpdir(), `porthole-usb-bench-${process.pid}.sock`);
+  fs.rmSync(socket, { force: true });
   const vm = spawnKitVm(vmm, kit, 1, {
     append: KIT_MODULES,
-    porthole: ['--usb', `storage:${image}`],
+    porthole: ['--usb', `storage:${image}`, '--monitor', socket],
     qemu: ['-device', 'qemu-xhci,id=xhci', '-drive', `if=none,id=stick,format=raw,file=${image}`, '-device', 'usb-storage,bus=xhci.0,drive=stick'],
   });
   let guestReset = false;
@@ -82,10 +131,15 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     // The stick's USB device is the last "bus-port" element of the disk's sysfs path.
     sample.speed = (await con.runOk(`u=$(readlink -f /sys/block/${disk}/device | grep -o '/[0-9]*-[0-9.]*/' | tail -1 | tr -d /); cat /sys/bus/usb/devices/$u/speed`)).trim();
     const dev = `/dev/${disk}`;
-    sample.rates.read = await ddRate(con, dev, 'read', 1048576, mib);
-    sample.rates.write = await ddRate(con, dev, 'write', 1048576, mib);
-    sample.rates.read4k = await ddRate(con, dev, 'read', 4096, SMALL_COUNT);
-    sample.rates.write4k = await ddRate(con, dev, 'write', 4096, SMALL_COUNT);
+    const phases: [Measure, 'read' | 'write', number, number][] = [
+      ['read', 'read', 1048576, mib], ['write', 'write', 1048576, mib], ['read4k', 'read', 4096, SMALL_COUNT], ['write4k', 'write', 4096, SMALL_COUNT],
+    ];
+    for (const [measure, op, block, count] of phases) {
+      const before = vmm === 'porthole' ? await totals(socket) : null;
+      const rate = await ddRate(con, dev, op, block, count);
+      sample.rates[measure] = rate;
+      if (before !== null) (sample.perCommand ??= {})[measure] = perCommand(before, await totals(socket), rate);
+    }
   } catch (e) {
     const why = (e as Error).message.split('\n')[0];
     sample.failure = guestReset ? `the guest reset by itself (${why})` : why;
@@ -93,8 +147,10 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
   } finally {
     con.close();
     await reapKitVm(vm);
+    fs.rmSync(socket, { force: true });
   }
   log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
+  for (const m of MEASURES) if (sample.perCommand?.[m]) log(describeCommand(m, sample.perCommand[m]!));
   return sample;
 }
 

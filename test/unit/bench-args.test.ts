@@ -49,6 +49,11 @@ test('stats-stream runs only when named; its loop length follows --batches when 
   assert.equal(parseArgs(['stats-stream']).batchesGiven, false);
   const o = parseArgs(['stats-stream', '--batches', '20', '--runs', '3']);
   assert.deepEqual([o.batches, o.batchesGiven, o.runs, o.optionArgs], [20, true, 3, ['--batches', '20', '--runs', '3']]);
+  const w = parseArgs(['stats-stream', '--rounds', '12', '--window-ms', '250']);
+  assert.deepEqual([w.rounds, w.windowMs, w.optionArgs], [12, 250, ['--rounds', '12', '--window-ms', '250']]);
+  assert.deepEqual([parseArgs([]).rounds, parseArgs([]).windowMs], [40, 500]);
+  assert.throws(() => parseArgs(['stats-stream', '--window-ms', '50']), /at least 100/);
+  assert.throws(() => parseArgs(['stats-stream', '--rounds', '0']), /whole number/);
 });
 
 test('disk runs only when named, always in the rig; the random-I/O helper\'s line is read or refused', () => {

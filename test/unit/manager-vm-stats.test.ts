@@ -12,6 +12,7 @@ import { createWebClient, type SocketLike, type WebClient } from '../../main/api
 import { VmManager } from '../../main/manager/manager';
 import { vmStatsOfSample } from '../../main/manager/stats-fanout';
 import { SampleForwarder } from '../../main/manager/sample-forwarder';
+import { StatsPacker } from '../../main/manager/stats-wire';
 import { STATS_DEFAULT_PERIOD_MS, STATS_MIN_INTERVAL_MS, STATS_TIMER_SLACK_MS, statsPeriodOf, type ManagerToVm } from '../../main/manager/vm-process-protocol';
 import type { StatsSample } from '../../main/vmm/shared/stats';
 import { startWebServer, type WebServer } from '../../main/web/server';
@@ -116,6 +117,25 @@ test('samples reach a subscribed browser client over the WebSocket, only while i
   assert.equal(received.length, 4, 'nothing after unwatching');
   assert.equal(other.length, 1);
   assert.deepEqual(streamWishes(proc), [true, false], 'the last watcher gone turns the stream off');
+});
+
+test('packed samples (what a VM process sends) reach a watcher as the VM host made them', async () => {
+  const { id, proc } = await startedVm();
+  const received: VmStatsEvent[] = [];
+  const stop = manager.subscribeVmStats(id, (e) => received.push(e));
+  const packer = new StatsPacker();
+  const first = packer.pack(sample(1000, 5, 6, 7));
+  const second = packer.pack(sample(1250, 10, 12, 14));
+  assert.ok(first.specs !== undefined && second.specs === undefined, 'names only with the first sample');
+  proc.message({ type: 'stats-packed', sample: first });
+  proc.message({ type: 'stats-packed', sample: second });
+  // Numbers that do not match the names are dropped, not shown under the wrong names.
+  proc.message({ type: 'stats-packed', sample: { ...second, totals: new Float64Array(2) } });
+  await waitFor(() => received.length === 2, 5000, () => `2 events, got ${received.length}`);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(received.length, 2);
+  assert.deepEqual(received.map((e) => e.sample), [sample(1000, 5, 6, 7), sample(1250, 10, 12, 14)]);
+  stop();
 });
 
 test('a stream opened before the VM starts carries on across runs', async () => {
