@@ -373,6 +373,12 @@ export interface UsbPortDeviceInfo {
   endpoint?: string;
   /** A host device: its sysfs name on the host ("1-1.4", as listHostUsbDevices shows it). */
   hostDevice?: string;
+  /**
+   * A host device: how it reaches the guest ('emulated': through this xHCI; a device whose whole
+   * controller went to the VM at start is not on these ports), and why, in a sentence.
+   */
+  passthroughPath?: 'emulated';
+  pathReason?: string;
 }
 
 export interface UsbPortInfo {

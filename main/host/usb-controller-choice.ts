@@ -106,3 +106,32 @@ export function applyUsbPathSetting(setting: UsbPassthroughSetting, choice: UsbP
   if (choice.path === 'controller') return choice;
   throw new Error(`the VM's usbPassthroughPath is "controller", but ${choice.reason.replace(/^its /, 'the device\'s ')}`);
 }
+
+/** A device a VM's rules take at start, and the path it goes by. */
+export interface UsbStartChoice {
+  sysfsName: string;
+  choice: UsbPathChoice;
+}
+
+/**
+ * At VM start: the path of every present host device `rules` match. The controllers of those on
+ * the controller path are assigned for the run (PCI is not hot-plugged, so only at start); the
+ * rest are left to the emulated path (the rules attach them once the VM runs). A pinned
+ * "controller" setting that a device's controller does not satisfy throws, naming the reason.
+ */
+export function planUsbControllers(
+  setting: UsbPassthroughSetting, matched: readonly HostUsbDeviceInfo[], roots: UsbChoiceRoots = {},
+): { controllers: string[]; choices: UsbStartChoice[] } {
+  const controllers: string[] = [];
+  const choices: UsbStartChoice[] = [];
+  if (setting === 'emulated') return { controllers, choices };
+  for (const d of matched) {
+    const choice = applyUsbPathSetting(setting, chooseUsbPath(d.sysfsName, roots));
+    choices.push({ sysfsName: d.sysfsName, choice });
+    if (choice.path === 'controller' && choice.controller !== null && !controllers.includes(choice.controller)) controllers.push(choice.controller);
+  }
+  return { controllers, choices };
+}
+
+/** Why a device attached to a running VM goes by the emulated path. */
+export const EMULATED_WHILE_RUNNING = 'the VM is running, and a whole USB controller can be assigned only at start (PCI is not hot-plugged)';

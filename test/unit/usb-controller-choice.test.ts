@@ -5,7 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { applyUsbPathSetting, chooseUsbPath, usbControllerOf, type UsbChoiceRoots } from '../../main/host/usb-controller-choice';
+import { applyUsbPathSetting, chooseUsbPath, planUsbControllers, usbControllerOf, type UsbChoiceRoots } from '../../main/host/usb-controller-choice';
+import { listSysfsUsbDevices } from '../../main/host/usb-inventory';
+import { ConfigError, machineConfigFromJson } from '../../main/vmm/config';
 
 function write(file: string, text: string): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -185,4 +187,27 @@ test('a pinned path overrides or refuses the choice', () => {
   const no = chooseUsbPath('1-1', h.roots);
   assert.equal(applyUsbPathSetting('auto', no), no);
   assert.throws(() => applyUsbPathSetting('controller', no), /usbPassthroughPath is "controller", but the device's controller 0000:00:05.0 shares IOMMU group 5/);
+});
+
+test('at start: the controllers of devices the rules take, once each; a pinned "emulated" assigns none', () => {
+  const h = new FakeHost();
+  const usbRoot = path.join(h.sys, 'bus', 'usb', 'devices');
+  const on = (names: string[]) => listSysfsUsbDevices(usbRoot).filter((d) => names.includes(d.sysfsName));
+  const both = planUsbControllers('auto', on(['1-1', '1-2']), h.roots);
+  assert.deepEqual(both.controllers, ['0000:00:05.0']);
+  assert.deepEqual(both.choices.map((c) => [c.sysfsName, c.choice.path]), [['1-1', 'controller'], ['1-2', 'controller']]);
+  assert.deepEqual(planUsbControllers('emulated', on(['1-1']), h.roots), { controllers: [], choices: [] });
+  // Controller B carries the host's only mouse (2-2) once 1-3.1 is gone: emulated under auto, refused when pinned.
+  fs.rmSync(path.join(usbRoot, '1-3.1'));
+  const b = planUsbControllers('auto', on(['2-1']), h.roots);
+  assert.deepEqual(b.controllers, []);
+  assert.match(b.choices[0].choice.reason, /also carries 2-2, which the host needs: it is the host's only mouse/);
+  assert.throws(() => planUsbControllers('controller', on(['2-1']), h.roots), /usbPassthroughPath is "controller", but the device's controller 0000:00:04\.0 also carries 2-2/);
+});
+
+test('config: usbPassthroughPath is "auto", "controller" or "emulated"', () => {
+  assert.equal(machineConfigFromJson({}).usbPassthroughPath, undefined);
+  for (const v of ['auto', 'controller', 'emulated'] as const) assert.equal(machineConfigFromJson({ usbPassthroughPath: v }).usbPassthroughPath, v);
+  assert.throws(() => machineConfigFromJson({ usbPassthroughPath: 'pci' }, 'vm.json'), /vm\.json: usbPassthroughPath must be "auto", "controller" or "emulated"/);
+  assert.throws(() => machineConfigFromJson({ usbPassthroughPath: 1 }, 'vm.json'), ConfigError);
 });
