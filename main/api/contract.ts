@@ -201,6 +201,12 @@ export interface VmUsbSpec {
    * none. When two running VMs' rules match one device, the first to see it takes it.
    */
   rules?: UsbRuleSpec[];
+  /**
+   * How the devices the rules take reach the guest: "auto" (absent: the same) assigns a device's
+   * whole USB controller at start when it qualifies, else the emulated xHCI; "controller"
+   * requires that at start; "emulated" never assigns a controller (config usbPassthroughPath).
+   */
+  passthroughPath?: 'auto' | 'controller' | 'emulated';
 }
 
 /**

@@ -8,6 +8,9 @@ import { test } from 'node:test';
 import { applyUsbPathSetting, chooseUsbPath, planUsbControllers, usbControllerOf, type UsbChoiceRoots } from '../../main/host/usb-controller-choice';
 import { listSysfsUsbDevices } from '../../main/host/usb-inventory';
 import { ConfigError, machineConfigFromJson } from '../../main/vmm/config';
+import { defaultVmSpec } from '../../main/api/contract';
+import { parseVmSpec, vmSpecProblems } from '../../main/api/schema';
+import { machineConfigOf } from '../../main/manager/machine-config';
 
 function write(file: string, text: string): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -210,4 +213,13 @@ test('config: usbPassthroughPath is "auto", "controller" or "emulated"', () => {
   for (const v of ['auto', 'controller', 'emulated'] as const) assert.equal(machineConfigFromJson({ usbPassthroughPath: v }).usbPassthroughPath, v);
   assert.throws(() => machineConfigFromJson({ usbPassthroughPath: 'pci' }, 'vm.json'), /vm\.json: usbPassthroughPath must be "auto", "controller" or "emulated"/);
   assert.throws(() => machineConfigFromJson({ usbPassthroughPath: 1 }, 'vm.json'), ConfigError);
+});
+
+test('a library VM spec: usb.passthroughPath is checked and reaches the machine config', () => {
+  const withPath = (p: unknown) => ({ ...defaultVmSpec(), usb: { controller: 'xhci', devices: [], passthroughPath: p } });
+  assert.deepEqual(vmSpecProblems(withPath('pci')).map((p) => [p.field, p.message]), [['usb.passthroughPath', 'usb.passthroughPath must be "auto", "controller" or "emulated".']]);
+  const parsed = parseVmSpec(withPath('emulated'));
+  assert.equal(parsed.usb?.passthroughPath, 'emulated');
+  assert.equal(machineConfigOf(parsed).usbPassthroughPath, 'emulated');
+  assert.equal(machineConfigOf(parseVmSpec({ ...defaultVmSpec(), usb: { controller: 'xhci', devices: [] } })).usbPassthroughPath, undefined);
 });
