@@ -275,7 +275,18 @@ export class VmHost extends EventEmitter<VmHostEvents> {
           });
           for (const line of lines) this.emit('log', line);
         }
-        this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
+        try {
+          this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
+        } catch (e) {
+          // A controller "auto" chose could not be taken (no VFIO access, ...): its devices take the emulated path.
+          const chosen = this.runPciAssign.length - (this.config.pciAssign?.length ?? 0);
+          if (chosen === 0 || this.config.usbPassthroughPath === 'controller') throw e;
+          this.emit('log', `USB: the controller path failed (${(e as Error).message}); the rules' devices take the emulated path`);
+          const why = `the controller path was chosen but failed: ${(e as Error).message}`;
+          this.usbPathChoices = this.usbPathChoices.map((c) => ({ ...c, choice: { ...c.choice, path: 'emulated', reason: why } }));
+          this.runPciAssign = [...(this.config.pciAssign ?? [])];
+          if (this.runPciAssign.length > 0) this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
+        }
       }
     } catch (e) {
       this.releaseAssignedPci();
@@ -767,7 +778,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     const name = p.device?.hostDevice;
     if (p.device === null || name === undefined) return p;
     const start = this.usbPathChoices.find((c) => c.sysfsName === name && c.choice.path === 'emulated');
-    const reason = start?.choice.reason ?? EMULATED_WHILE_RUNNING;
+    const reason = start?.choice.reason
+      ?? (this.config.usbPassthroughPath === 'emulated' ? 'the VM\'s usbPassthroughPath is "emulated"' : EMULATED_WHILE_RUNNING);
     return { ...p, device: { ...p.device, passthroughPath: 'emulated', pathReason: reason } };
   }
 
