@@ -92,10 +92,10 @@ export function chooseUsbPath(sysfsName: string, roots: UsbChoiceRoots = {}): Us
     const why = hostNeeds(d, all, paths);
     if (why !== null) return emulated(`its controller ${controller} also carries ${label(d)}, which the host needs: ${why}`, controller, also);
   }
-  const extra = also.length > 0 ? `; ${also.join(', ')} go${also.length === 1 ? 'es' : ''} with it` : ' and carries nothing else';
+  const extra = also.length > 0 ? `, and ${also.join(', ')} go${also.length === 1 ? 'es' : ''} with it` : ', and nothing else is on it';
   return {
     path: 'controller', controller, alsoOnController: also,
-    reason: `its controller ${controller} (${pci.className}) is alone in IOMMU group ${pci.iommuGroup.id} and the host needs nothing on it${extra}`,
+    reason: `its controller ${controller} (${pci.className}) is alone in IOMMU group ${pci.iommuGroup.id}, the host needs nothing on it${extra}`,
   };
 }
 
