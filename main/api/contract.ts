@@ -226,6 +226,12 @@ export interface VmUsbSpec {
    * none. When two running VMs' rules match one device, the first to see it takes it.
    */
   rules?: UsbRuleSpec[];
+  /**
+   * How the devices the rules take reach the guest: "auto" (absent: the same) assigns a device's
+   * whole USB controller at start when it qualifies, else the emulated xHCI; "controller"
+   * requires that at start; "emulated" never assigns a controller (config usbPassthroughPath).
+   */
+  passthroughPath?: 'auto' | 'controller' | 'emulated';
 }
 
 /**
@@ -398,6 +404,12 @@ export interface UsbPortDeviceInfo {
   endpoint?: string;
   /** A host device: its sysfs name on the host ("1-1.4", as listHostUsbDevices shows it). */
   hostDevice?: string;
+  /**
+   * A host device: how it reaches the guest ('emulated': through this xHCI; a device whose whole
+   * controller went to the VM at start is not on these ports), and why, in a sentence.
+   */
+  passthroughPath?: 'emulated';
+  pathReason?: string;
 }
 
 export interface UsbPortInfo {

@@ -182,7 +182,10 @@ function usbProblems(u: unknown, out: FieldProblem[]): void {
     out.push(problem('usb', 'must be { controller, devices } or left out'));
     return;
   }
-  unknownKeys(u, ['controller', 'devices', 'rules'], 'usb.', out);
+  unknownKeys(u, ['controller', 'devices', 'rules', 'passthroughPath'], 'usb.', out);
+  if (u.passthroughPath !== undefined && u.passthroughPath !== 'auto' && u.passthroughPath !== 'controller' && u.passthroughPath !== 'emulated') {
+    out.push(problem('usb.passthroughPath', 'must be "auto", "controller" or "emulated"'));
+  }
   if (u.rules !== undefined) {
     if (!Array.isArray(u.rules)) out.push(problem('usb.rules', 'must be a list'));
     else if (u.rules.length > USB_MAX_RULES) out.push(problem('usb.rules', `may have at most ${USB_MAX_RULES} entries`));
@@ -229,6 +232,7 @@ function copyUsb(u: VmUsbSpec): VmUsbSpec {
       return { ...usbDeviceChoice(d), ...port };
     }),
     ...(u.rules === undefined ? {} : { rules: u.rules.map((r) => usbRuleFromJson(r, 'rule')) }),
+    ...(u.passthroughPath === undefined ? {} : { passthroughPath: u.passthroughPath }),
   };
 }
 

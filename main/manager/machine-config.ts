@@ -203,6 +203,7 @@ export function machineConfigOf(spec: VmSpec): MachineConfig {
       }),
       ...(spec.usb.rules === undefined || spec.usb.rules.length === 0 ? {} : { rules: structuredClone(spec.usb.rules) }),
     };
+    if (spec.usb.passthroughPath !== undefined) c.usbPassthroughPath = spec.usb.passthroughPath;
   }
   return c;
 }

@@ -563,7 +563,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     })).usb;
     const port = answer?.ports.find((p) => p.port === answer.port);
     if (!port) throw new ApiError('internal', 'The VM did not say which port the device got.');
-    vm.log.addLine(`USB: host device ${spec.device} (${port.device?.product ?? '?'}) passed through on port ${port.port}`);
+    vm.log.addLine(`USB: host device ${spec.device} (${port.device?.product ?? '?'}) passed through on port ${port.port}${port.device?.pathReason ? ` by the emulated path: ${port.device.pathReason}` : ''}`);
     this.hostUsbWatch.refresh();
     return usbPortInfo(port);
   }
@@ -653,6 +653,10 @@ function usbPortInfo(p: UsbPortState): UsbPortInfo {
     device: d === null ? null : {
       kind: d.kind, name: d.name, product: d.product, speed: d.speed, vendorId: d.vendorId, productId: d.productId,
       path: d.path, readOnly: d.readOnly,
+      ...(d.endpoint === undefined ? {} : { endpoint: d.endpoint }),
+      ...(d.hostDevice === undefined ? {} : { hostDevice: d.hostDevice }),
+      ...(d.passthroughPath === undefined ? {} : { passthroughPath: d.passthroughPath }),
+      ...(d.pathReason === undefined ? {} : { pathReason: d.pathReason }),
     },
   };
 }

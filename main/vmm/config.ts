@@ -1,5 +1,6 @@
 // The machine configuration: what the CLI, the config file and the manager all produce.
 // Parsing and validation live here so every entry point gives the same clear errors.
+import { USB_PASSTHROUGH_PATHS, type UsbPassthroughSetting } from '../host/usb-controller-choice';
 import { reenumerationWindowFromJson, type UsbRule, UsbRuleError, usbRulesFromJson } from '../host/usb-rules';
 
 export type SerialBackend =
@@ -149,6 +150,12 @@ export interface MachineConfig {
   nics?: NicConfig[];
   /** Host PCI functions assigned through VFIO, PCI 00:18.0 on (absent or empty: none). */
   pciAssign?: PciAssignConfig[];
+  /**
+   * How host USB devices the usb.rules take reach the guest: 'auto' (the default) assigns a
+   * device's whole USB controller at start when it qualifies (host/usb-controller-choice.ts), else
+   * the emulated xHCI; 'controller' requires the controller path at start; 'emulated' never assigns one.
+   */
+  usbPassthroughPath?: UsbPassthroughSetting;
 }
 
 /** A host PCI function the VM takes (bound to vfio-pci while it runs, given back afterwards). */
@@ -478,7 +485,7 @@ function str(v: unknown, where: string): string {
 /** The JSON config file format (version 1). Later issues add fields; unknown fields are errors. */
 export function machineConfigFromJson(input: unknown, source = 'config'): MachineConfig {
   if (!isRecord(input)) throw new ConfigError(`${source}: the top level must be a JSON object`);
-  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks', 'nics', 'pciAssign']);
+  const allowed = new Set(['version', 'name', 'memory', 'cpus', 'boot', 'firmware', 'serial', 'debugcon', 'optionRoms', 'debugExit', 'usb', 'disks', 'nics', 'pciAssign', 'usbPassthroughPath']);
   for (const k of Object.keys(input)) {
     if (!allowed.has(k)) throw new ConfigError(`${source}: unknown field "${k}"`);
   }
@@ -537,6 +544,13 @@ export function machineConfigFromJson(input: unknown, source = 'config'): Machin
   if (input.pciAssign !== undefined) {
     if (!Array.isArray(input.pciAssign)) throw new ConfigError(`${source}: pciAssign must be a list like ["0000:01:00.0"]`);
     c.pciAssign = checkPciAssign(input.pciAssign.map((v, i) => pciAssignFromJson(v, `${source}: pciAssign[${i}]`)), `${source}: pciAssign`);
+  }
+  if (input.usbPassthroughPath !== undefined) {
+    const v = input.usbPassthroughPath;
+    if (typeof v !== 'string' || !(USB_PASSTHROUGH_PATHS as readonly string[]).includes(v)) {
+      throw new ConfigError(`${source}: usbPassthroughPath must be "auto", "controller" or "emulated"`);
+    }
+    c.usbPassthroughPath = v as UsbPassthroughSetting;
   }
   if (input.debugExit !== undefined) {
     if (typeof input.debugExit !== 'boolean') throw new ConfigError(`${source}: debugExit must be true or false`);

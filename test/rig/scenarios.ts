@@ -104,6 +104,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { iommu: true, nvmeSriov: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'usb-controller-l2',
+    description: 'A USB rule takes stick1 and Porthole\'s choice assigns its whole controller (L1\'s xhci1, alone in its IOMMU group) to the VM at start: L2\'s xhci_hcd drives it at 00:18.0 and reads all of stick1 (md5 of the pattern); after the VM, L1\'s xhci_hcd has it again and stick1 is back',
+    // One L1 boot and one L2 boot; multi-threaded TCG as for every L2 Linux boot.
+    devices: { iommu: true, extraXhci: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'perf-usb-l2',
     description: 'the Performance tab in Chromium (rig host) against the manager in L1: a library VM boots the L2 kit with an emulated stick, and while L2 reads the stick with dd the stick\'s USB bytes/s (bulk IN) rise above their idle value in 3 successive 2 Hz samples, with transfers/s; screenshots idle and while reading land in build/rig/out/<run>/test-artifacts/',
     // One L2 boot (25-80 s) and half a minute of graphs; multi-threaded TCG as for every L2 Linux boot.

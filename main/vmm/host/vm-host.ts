@@ -5,7 +5,8 @@
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { ConfigError, parseSerialBackend, type MachineConfig, type UsbDeviceConfig } from '../config';
+import { ConfigError, parseSerialBackend, type MachineConfig, type PciAssignConfig, type UsbDeviceConfig } from '../config';
+import { EMULATED_WHILE_RUNNING, planUsbControllers, type UsbStartChoice } from '../../host/usb-controller-choice';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
 import { DEBUGCON_RING } from '../platform/platform';
@@ -32,7 +33,7 @@ import type { HostUsbHandle } from '../../host/host-usb-handle';
 import { openHostUsbHandle } from '../../host/usbfs-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
 import { HostUsbWatch } from '../../host/host-usb-watch';
-import { type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, UsbAutoAttach, type UsbRule } from '../../host/usb-rules';
+import { firstMatchingRule, type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, UsbAutoAttach, type UsbRule } from '../../host/usb-rules';
 import { dataDir } from '../../manager/app-paths';
 import { HostNic } from './net-host';
 import { decodeNetRecord, NET_CHANNEL_TARGET } from '../shared/net-messages';
@@ -135,6 +136,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private runPages: { buffer: SharedArrayBuffer; offset: number }[] = [];
   /** Guest RAM: made at start, handed to every machine launch (it survives resets), dropped at the end. */
   private ram: MemoryRegion[] | null = null;
+  /** The host PCI functions of this run: config pciAssign and the USB controllers planUsbControllers chose. */
+  private runPciAssign: PciAssignConfig[] = [];
+  private usbPathChoices: UsbStartChoice[] = [];
   /** Host PCI functions this VM holds while it runs (config pciAssign). */
   private assignedPci: AssignedPci | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
@@ -261,16 +265,28 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       await this.openNics();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
-      if ((this.config.pciAssign?.length ?? 0) > 0) {
+      this.runPciAssign = [...(this.config.pciAssign ?? []), ...this.planUsbControllers()];
+      if (this.runPciAssign.length > 0) {
         const ram = this.ram.map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddr: hostAddressOf(r), name: r.name }));
         const journal = this.hostUsbSource.journal;
         if (journal !== null) {
-          const lines = reclaimFromDeadHolders((this.config.pciAssign ?? []).map((c) => c.address), journal.read().pci, {
+          const lines = reclaimFromDeadHolders(this.runPciAssign.map((c) => c.address), journal.read().pci, {
             self: process.pid, alive: processAlive, repair: (pid) => repairUsbJournal(journal, { pid }),
           });
           for (const line of lines) this.emit('log', line);
         }
-        this.assignedPci = AssignedPci.open(this.config.pciAssign ?? [], ram, { vm: this.config.name, journal });
+        try {
+          this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
+        } catch (e) {
+          // A controller "auto" chose could not be taken (no VFIO access, ...): its devices take the emulated path.
+          const chosen = this.runPciAssign.length - (this.config.pciAssign?.length ?? 0);
+          if (chosen === 0 || this.config.usbPassthroughPath === 'controller') throw e;
+          this.emit('log', `USB: the controller path failed (${(e as Error).message}); the rules' devices take the emulated path`);
+          const why = `the controller path was chosen but failed: ${(e as Error).message}`;
+          this.usbPathChoices = this.usbPathChoices.map((c) => ({ ...c, choice: { ...c.choice, path: 'emulated', reason: why } }));
+          this.runPciAssign = [...(this.config.pciAssign ?? [])];
+          if (this.runPciAssign.length > 0) this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
+        }
       }
     } catch (e) {
       this.releaseAssignedPci();
@@ -669,7 +685,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /** The config a launch builds: after a hot-plug, the USB devices plugged in at that moment. */
   private launchConfig(): MachineConfig {
-    let config: MachineConfig = this.assignedPci === null ? this.config : { ...this.config, pciAssign: this.assignedPci.withFds(this.config.pciAssign ?? []) };
+    let config: MachineConfig = this.assignedPci === null ? this.config : { ...this.config, pciAssign: this.assignedPci.withFds(this.runPciAssign) };
     if (this.usbPlugged !== null && config.usb) config = { ...config, usb: { ...config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
     const media = this.cdromMedia;
     if (media !== null && config.disks) {
@@ -754,7 +770,17 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /** Every port of the VM's xHCI and what sits on it. */
   async usbPorts(): Promise<UsbPortState[]> {
-    return (await this.usbRequest({ op: 'list' })).ports;
+    return (await this.usbRequest({ op: 'list' })).ports.map((p) => this.withPathReason(p));
+  }
+
+  /** A host device's port state with the path it took and why (the UI shows it). */
+  private withPathReason(p: UsbPortState): UsbPortState {
+    const name = p.device?.hostDevice;
+    if (p.device === null || name === undefined) return p;
+    const start = this.usbPathChoices.find((c) => c.sysfsName === name && c.choice.path === 'emulated');
+    const reason = start?.choice.reason
+      ?? (this.config.usbPassthroughPath === 'emulated' ? 'the VM\'s usbPassthroughPath is "emulated"' : EMULATED_WHILE_RUNNING);
+    return { ...p, device: { ...p.device, passthroughPath: 'emulated', pathReason: reason } };
   }
 
   /**
@@ -873,6 +899,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       throw new UsbRequestError('not-found', (e as Error).message);
     }
     if (info.isHub) throw new UsbRequestError('invalid-argument', `host USB device ${info.sysfsName} is a hub; hubs are not passed through`);
+    if (this.config.usbPassthroughPath === 'controller') {
+      throw new UsbRequestError('invalid-state', `this VM's usbPassthroughPath is "controller", and a USB controller can be assigned only at start (PCI is not hot-plugged): stop the VM, or set it to "auto"`);
+    }
     const source = this.hostUsbSource;
     const needs = source.hostNeeds !== undefined
       ? source.hostNeeds(info, all)
@@ -927,10 +956,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       });
       const entry = this.hostUsb.get(handle);
       if (entry) entry.port = state.port;
-      this.emit('log', `USB: host device ${info.sysfsName} (${product}) passed through on port ${state.port}`);
+      const described = this.withPathReason(state);
+      this.emit('log', `USB: host device ${info.sysfsName} (${product}) passed through on port ${state.port} by the emulated path: ${described.device?.pathReason ?? EMULATED_WHILE_RUNNING}`);
       // Watched from now on, so it can come back here if it re-enumerates.
       this.watchHostUsb();
-      return state;
+      return described;
     } catch (e) {
       this.hostUsb.delete(handle);
       await this.giveBack(passthrough);
@@ -944,6 +974,30 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (this._state !== 'running' && this._state !== 'paused') return;
     this.autoAttach ??= new UsbAutoAttach(this.config.usb.rules ?? [], this.config.usb.reenumerationWindowMs ?? USB_REENUMERATION_WINDOW_MS);
     this.stopHostUsbWatch = this.hostUsbWatch.watch((devices) => this.onHostUsbList(devices));
+  }
+
+  /**
+   * The USB controllers to assign for this run: those of present host devices the rules take
+   * whose controller qualifies (usb-controller-choice.ts). Each choice is logged and kept for the API.
+   */
+  private planUsbControllers(): PciAssignConfig[] {
+    this.usbPathChoices = [];
+    const rules = this.config.usb?.rules ?? [];
+    const setting = this.config.usbPassthroughPath ?? 'auto';
+    if (rules.length === 0 || setting === 'emulated') return [];
+    const matched = this.hostUsbSource.list().filter((d) => firstMatchingRule(rules, d) >= 0);
+    const taken = new Set((this.config.pciAssign ?? []).map((c) => c.address));
+    // hostUsbSource.sysfsRoot is SYSROOT/bus/usb/devices; the choice reads SYSROOT's PCI side too.
+    const sysfsRoot = this.hostUsbSource.sysfsRoot === undefined ? undefined : path.resolve(this.hostUsbSource.sysfsRoot, '..', '..', '..');
+    const plan = planUsbControllers(setting, matched, sysfsRoot === undefined ? {} : { sysfsRoot });
+    this.usbPathChoices = plan.choices;
+    for (const c of plan.choices) this.emit('log', `USB: host device ${c.sysfsName} goes by the ${c.choice.path} path: ${c.choice.reason}`);
+    return plan.controllers.filter((a) => !taken.has(a)).map((address) => ({ address }));
+  }
+
+  /** How the devices the rules took at start reach the guest (controller or emulated path), with why. */
+  get usbPathChoicesAtStart(): readonly UsbStartChoice[] {
+    return this.usbPathChoices;
   }
 
   /** Replaces the auto-attach rules of the running VM (the manager saved new ones); they apply to devices that appear from now on. */

@@ -41,7 +41,7 @@ export function HostUsbDevices({ store, vm, ports, reload, disabled }: Props) {
 
   const attach = async (d: HostUsbDeviceSummary, force: boolean) => {
     const got = await store.run(vm.id, 'Passing the device through…', () => store.api.attachHostUsbDevice(vm.id, hostAttachSpec(d, chosen, force)));
-    if (got) store.notify('info', `${vm.spec.name}: ${hostDeviceName(d)} passed through on port ${got.port}.`);
+    if (got) store.notify('info', `${vm.spec.name}: ${hostDeviceName(d)} passed through on port ${got.port}${got.device?.pathReason ? ` (emulated xHCI: ${got.device.pathReason})` : ''}.`);
     await reload();
   };
 

@@ -11,15 +11,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { listPciDevices } from '../../../main/host/pci-inventory';
 import { SerialConsole } from '../console';
+import { driverOf } from '../l1-pci';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, scenario } from '../scenario';
 
 const KIT_MODULES = 'e1000';
 const GUEST_ADDRESS = '0000:00:18.0';
-
-function driverOf(address: string): string | null {
-  try { return path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${address}/driver`)); } catch { return null; }
-}
 
 scenario('vfio-l2', async (ctx) => {
   const cli = `${l1ProjectDir}/bin/porthole`;

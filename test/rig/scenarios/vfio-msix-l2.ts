@@ -11,16 +11,13 @@ import path from 'node:path';
 import { setSriovVfs } from '../../../main/host/pci-binding';
 import { listPciDevices } from '../../../main/host/pci-inventory';
 import { SerialConsole } from '../console';
+import { driverOf } from '../l1-pci';
 import { onlineNvmeVf } from '../l1-nvme';
 import { readTrim, until } from '../l1-usb';
 import { l1ProjectDir } from '../paths';
 import { consoleLogger, scenario } from '../scenario';
 
 const GUEST_ADDRESS = '0000:00:18.0';
-
-function driverOf(address: string): string | null {
-  try { return path.basename(fs.readlinkSync(`/sys/bus/pci/devices/${address}/driver`)); } catch { return null; }
-}
 
 scenario('vfio-msix-l2', async (ctx) => {
   const cli = `${l1ProjectDir}/bin/porthole`;
