@@ -3,6 +3,7 @@
 // commands (pause, resume, stop, reset) and restarts the machine on a guest reset.
 // USB serial ports get their host backends here too, named to the machine by a link number.
 import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ConfigError, parseSerialBackend, type MachineConfig, type UsbDeviceConfig } from '../config';
@@ -373,6 +374,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         return;
       }
       this.emit('log', userReset ? 'reset by the user' : `guest reset${end.reason === 'reset' && end.cause ? ` (${end.cause})` : ''}`);
+      if (end.reason === 'reset' && end.cause?.includes('triple fault')) this.dumpRamAfterTripleFault();
       // Keys being typed went with the old machine's keyboard; other requests still queued
       // in the channel are answered by the new machine.
       this.failUsbRequests('the VM was reset before every key was sent', 'keys');
@@ -381,6 +383,27 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       return;
     }
     this.finish(end, stats);
+  }
+
+  /**
+   * With PORTHOLE_RAM_DUMP=FILE, the guest's RAM as the triple fault left it (before the
+   * relaunch reloads the kernel) goes to FILE.<guest base in hex>, once per region. On AMD
+   * the vCPU's registers are gone by then (KVM re-initialises the VMCB after a shutdown), so
+   * memory (the kernel's log buffer, its stacks) is what is left to read.
+   */
+  private dumpRamAfterTripleFault(): void {
+    const file = process.env.PORTHOLE_RAM_DUMP;
+    if (!file || this.ram === null) return;
+    for (const r of this.ram) {
+      const out = `${file}.${r.guestBase.toString(16)}`;
+      if (fs.existsSync(out)) continue; // the first triple fault is the one to read
+      try {
+        fs.writeFileSync(out, new Uint8Array(r.buffer, r.offset, r.size));
+        this.emit('log', `guest RAM at 0x${r.guestBase.toString(16)} (${r.size} bytes) written to ${out}`);
+      } catch (e) {
+        this.emit('log', `could not write guest RAM to ${out}: ${(e as Error).message}`);
+      }
+    }
   }
 
   private stopServing(): void {
