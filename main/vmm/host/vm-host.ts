@@ -3,7 +3,6 @@
 // commands (pause, resume, stop, reset) and restarts the machine on a guest reset.
 // USB serial ports get their host backends here too, named to the machine by a link number.
 import { EventEmitter } from 'node:events';
-import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ConfigError, parseSerialBackend, type MachineConfig, type UsbDeviceConfig } from '../config';
@@ -13,7 +12,7 @@ import { DEBUGCON_RING } from '../platform/platform';
 import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
-import { allocateRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
+import { allocateRam, dumpRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
 import { AssignedPci, reclaimFromDeadHolders } from './pci-assign';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
@@ -394,16 +393,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   private dumpRamAfterTripleFault(): void {
     const file = process.env.PORTHOLE_RAM_DUMP;
     if (!file || this.ram === null) return;
-    for (const r of this.ram) {
-      const out = `${file}.${r.guestBase.toString(16)}`;
-      if (fs.existsSync(out)) continue; // the first triple fault is the one to read
-      try {
-        fs.writeFileSync(out, new Uint8Array(r.buffer, r.offset, r.size));
-        this.emit('log', `guest RAM at 0x${r.guestBase.toString(16)} (${r.size} bytes) written to ${out}`);
-      } catch (e) {
-        this.emit('log', `could not write guest RAM to ${out}: ${(e as Error).message}`);
-      }
-    }
+    for (const line of dumpRam(file, this.ram)) this.emit('log', line);
   }
 
   private stopServing(): void {
