@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
-import { allocateRam, allocateRom, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory/guest-memory';
+import { allocateRam, allocateRom, dumpRam, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory/guest-memory';
 import { GuestRamBlock } from '../../native/kvm';
 import { Prng } from '../helpers/prng';
 
@@ -65,4 +68,27 @@ test('guest RAM blocks of 2 MiB or more start on a 2 MiB boundary (so KVM can ma
   const small = new GuestRamBlock(64 * 1024);
   assert.equal(small.hostAddr % 4096n, 0n);
   assert.equal(small.hugePages, false);
+});
+
+test('dumpRam writes each region to FILE.<base> once, with the guest bytes', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ramdump-'));
+  try {
+    const regions = allocateRam(4 * MiB);
+    const mem = new GuestMemory(regions);
+    mem.writeU32(0x1234, 0xcafef00d);
+    const file = path.join(dir, 'ram');
+    const lines = dumpRam(file, regions);
+    assert.match(lines[0], /guest RAM at 0x0 \(4194304 bytes\) written to .*ram\.0$/);
+    const bytes = fs.readFileSync(`${file}.0`);
+    assert.equal(bytes.length, 4 * MiB);
+    assert.equal(bytes.readUInt32LE(0x1234), 0xcafef00d);
+    // A second triple fault keeps the first dump.
+    mem.writeU32(0x1234, 0);
+    assert.match(dumpRam(file, regions)[0], /exists already/);
+    assert.equal(fs.readFileSync(`${file}.0`).readUInt32LE(0x1234), 0xcafef00d);
+    // An unwritable place is a log line, not a throw.
+    assert.match(dumpRam(path.join(dir, 'missing', 'ram'), regions)[0], /could not write guest RAM/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

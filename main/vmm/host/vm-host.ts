@@ -13,7 +13,7 @@ import { DEBUGCON_RING } from '../platform/platform';
 import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
-import { allocateRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
+import { allocateRam, dumpRam, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
 import { AssignedPci, reclaimFromDeadHolders } from './pci-assign';
 import { type CounterSpec, STATS_CAPACITY, type StatsSample, StatsSampler } from '../shared/stats';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
@@ -389,6 +389,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
         return;
       }
       this.emit('log', userReset ? 'reset by the user' : `guest reset${end.reason === 'reset' && end.cause ? ` (${end.cause})` : ''}`);
+      if (end.reason === 'reset' && end.cause?.includes('triple fault')) this.dumpRamAfterTripleFault();
       // Keys being typed went with the old machine's keyboard; other requests still queued
       // in the channel are answered by the new machine.
       this.failUsbRequests('the VM was reset before every key was sent', 'keys');
@@ -397,6 +398,18 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       return;
     }
     this.finish(end, stats);
+  }
+
+  /**
+   * With PORTHOLE_RAM_DUMP=FILE, the guest's RAM as the triple fault left it (before the
+   * relaunch reloads the kernel) goes to FILE.<guest base in hex>, once per region. On AMD
+   * the vCPU's registers are gone by then (KVM re-initialises the VMCB after a shutdown), so
+   * memory (the kernel's log buffer, its stacks) is what is left to read.
+   */
+  private dumpRamAfterTripleFault(): void {
+    const file = process.env.PORTHOLE_RAM_DUMP;
+    if (!file || this.ram === null) return;
+    for (const line of dumpRam(file, this.ram)) this.emit('log', line);
   }
 
   private stopServing(): void {

@@ -1,5 +1,6 @@
 // Guest physical memory: RAM below the PCI hole, RAM above 4 GiB for large guests,
 // and read-only ROM windows. All of it is V8-owned SharedArrayBuffer memory.
+import fs from 'node:fs';
 import { GuestRamBlock, libc } from '../../../native';
 
 export const MiB = 1024 * 1024;
@@ -177,4 +178,26 @@ export function allocateRom(guestBase: number, image: Uint8Array, name: string):
 /** The host address of a region's first byte (for KVM_SET_USER_MEMORY_REGION). */
 export function hostAddressOf(r: MemoryRegion): bigint {
   return libc.addressOf(new Uint8Array(r.buffer, r.offset, 1));
+}
+
+/**
+ * Writes each RAM region to `${file}.${guest base in hex}` (a file already there is kept: the
+ * first dump is the one to read). Returns one line per region for the VM's log.
+ */
+export function dumpRam(file: string, regions: readonly MemoryRegion[]): string[] {
+  const lines: string[] = [];
+  for (const r of regions) {
+    const out = `${file}.${r.guestBase.toString(16)}`;
+    if (fs.existsSync(out)) {
+      lines.push(`${out} exists already; guest RAM at 0x${r.guestBase.toString(16)} not written`);
+      continue;
+    }
+    try {
+      fs.writeFileSync(out, new Uint8Array(r.buffer, r.offset, r.size));
+      lines.push(`guest RAM at 0x${r.guestBase.toString(16)} (${r.size} bytes) written to ${out}`);
+    } catch (e) {
+      lines.push(`could not write guest RAM to ${out}: ${(e as Error).message}`);
+    }
+  }
+  return lines;
 }
