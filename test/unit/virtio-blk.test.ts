@@ -540,3 +540,46 @@ test('a raw image runs large transfers of one batch on worker threads; every byt
   same(back, ram.subarray(0, 4 * 1048576));
   image.close();
 });
+
+test('write zeroes: offered with its limits; zeros with and without unmap, unknown flags unsupported, ranges past the end or too many are I/O errors', () => {
+  const t = started({ features: 1 << VIRTIO_BLK_F.WRITE_ZEROES });
+  assert.ok(t.driver.offered()[0] & (1 << VIRTIO_BLK_F.WRITE_ZEROES));
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 48, 4), 0x10000, 'max_write_zeroes_sectors');
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 52, 4), 1, 'max_write_zeroes_seg');
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 56, 1), 1, 'write_zeroes_may_unmap');
+  const q = t.driver.queue(0);
+  const zeroes = (ranges: [number, number, number][]) => {
+    writeBlkHeader(t.bus, HDR, VIRTIO_BLK_T.WRITE_ZEROES, 0);
+    ranges.forEach(([sector, count, flags], i) => {
+      t.bus.view.setUint32(DATA + 16 * i, sector, true);
+      t.bus.view.setUint32(DATA + 16 * i + 4, 0, true);
+      t.bus.view.setUint32(DATA + 16 * i + 8, count, true);
+      t.bus.view.setUint32(DATA + 16 * i + 12, flags, true);
+    });
+    t.bus.ram[STATUS] = 0xee;
+    t.driver.writeDesc(q.desc, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+    t.driver.writeDesc(q.desc, 1, DATA, 16 * ranges.length, VIRTQ_DESC_F_NEXT, 2);
+    t.driver.writeDesc(q.desc, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    t.driver.submit(0, 0);
+    return t.bus.ram[STATUS];
+  };
+  assert.equal(zeroes([[3, 5, 0]]), VIRTIO_BLK_S.OK);
+  assert.equal(zeroes([[24, 8, 1]]), VIRTIO_BLK_S.OK, 'unmap: a hole');
+  let image = fs.readFileSync(t.file);
+  assert.ok(image.subarray(3 * 512, 8 * 512).every((b) => b === 0), 'sectors 3..7 read zeros');
+  assert.ok(image.subarray(24 * 512, 32 * 512).every((b) => b === 0), 'sectors 24..31 read zeros');
+  assert.ok(image.subarray(2 * 512, 3 * 512).some((b) => b !== 0) && image.subarray(8 * 512, 24 * 512).some((b) => b !== 0), 'the sectors around stay');
+  assert.equal(image.length, SECTORS * 512, 'the size stays');
+  assert.equal(zeroes([[40, 1, 2]]), VIRTIO_BLK_S.UNSUPP, 'an unknown flag');
+  assert.equal(zeroes([[SECTORS - 4, 8, 0]]), VIRTIO_BLK_S.IOERR, 'past the end');
+  assert.equal(zeroes([[40, 1, 0], [42, 1, 0]]), VIRTIO_BLK_S.IOERR, 'more ranges than max_write_zeroes_seg');
+  assert.equal(zeroes([[0, 0x10001, 0]]), VIRTIO_BLK_S.IOERR, 'more sectors than max_write_zeroes_sectors');
+  image = fs.readFileSync(t.file);
+  assert.ok(image.subarray(40 * 512, 43 * 512).some((b) => b !== 0), 'refused requests change nothing');
+  assert.equal(t.statistics.counts[t.statistics.counter('disk0', 'write-zeroes')], 2);
+
+  const plain = started();
+  request(plain, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false);
+  assert.equal(plain.bus.ram[STATUS], VIRTIO_BLK_S.UNSUPP, 'not negotiated');
+  assert.equal(started({ readOnly: true }).driver.offered()[0] & (1 << VIRTIO_BLK_F.WRITE_ZEROES), 0, 'never on a read-only disk');
+});
