@@ -14,7 +14,6 @@ import { DMA_OK, DmaMemory } from '../../memory/dma';
 import { type Counter, counter, type DeviceContext, type DeviceFactory } from '../device';
 import type { BlockBackend } from '../usb/storage/block-backend';
 import { openBlockImage } from '../block/open-image';
-import type { VectorIoJob } from '../block/vector-io-pool';
 import { VirtioPciDevice } from './virtio-pci';
 import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
 
@@ -55,13 +54,6 @@ export interface VirtioBlkOptions {
   router?: DeviceContext['interrupts'] | null;
   statistics?: DeviceContext['statistics'] | null;
   log?: (text: string) => void;
-}
-
-/** A read or write held for the batch (processQueue), with what completes it. */
-interface PendingTransfer {
-  job: VectorIoJob;
-  length: number;
-  done: (error: Error | null) => void;
 }
 
 interface BlkCounters {
@@ -129,43 +121,8 @@ export class VirtioBlk extends VirtioPciDevice {
     return v;
   }
 
-  /**
-   * Every request the notify found, the reads and writes among them run together: held in
-   * `pending` until a request of another kind (a flush completes only after every write before
-   * it), one that overlaps a held write, or the end of the queue; then all at once (the image's
-   * vectorBatchNow, in parallel for a raw file) and completed in ring order.
-   */
   protected processQueue(q: SplitVirtqueue): void {
-    try {
-      for (let chain = q.pop(this.dma); chain !== null; chain = q.pop(this.dma)) this.request(q, chain);
-    } finally {
-      this.runPending();
-    }
-  }
-
-  private readonly pending: PendingTransfer[] = [];
-
-  private hold(transfer: PendingTransfer): void {
-    const end = transfer.job.position + transfer.length;
-    const clash = this.pending.some((p) => (p.job.write || transfer.job.write)
-      && p.job.position < end && transfer.job.position < p.job.position + p.length);
-    if (clash) this.runPending();
-    this.pending.push(transfer);
-  }
-
-  private runPending(): void {
-    const held = this.pending.splice(0);
-    if (held.length === 0) return;
-    const batch = this.backend.vectorBatchNow;
-    if (batch && held.length > 1) {
-      const errors = batch(held.map((p) => p.job));
-      held.forEach((p, i) => p.done(errors[i]));
-      return;
-    }
-    for (const p of held) {
-      const now = p.job.write ? this.backend.writevNow : this.backend.readvNow;
-      p.done(now ? now(p.job.position, p.job.buffers) : new Error('the image has no synchronous transfers'));
-    }
+    for (let chain = q.pop(this.dma); chain !== null; chain = q.pop(this.dma)) this.request(q, chain);
   }
 
   private request(q: SplitVirtqueue, chain: DescriptorChain): void {
@@ -192,8 +149,6 @@ export class VirtioBlk extends VirtioPciDevice {
     const type = h.getUint32(0, true);
     const sectorHigh = h.getUint32(12, true);
     const sector = sectorHigh * 0x100000000 + h.getUint32(8, true);
-    // Anything but a read or write waits for the held transfers (a flush must follow the writes).
-    if (type !== VIRTIO_BLK_T.IN && type !== VIRTIO_BLK_T.OUT) this.runPending();
     switch (type) {
       case VIRTIO_BLK_T.IN: {
         const length = chain.writableBytes - 1;
@@ -207,18 +162,15 @@ export class VirtioBlk extends VirtioPciDevice {
         const readvNow = this.backend.readvNow;
         const targets = readvNow ? dma.views(data, true) : null;
         if (readvNow && targets) {
-          this.hold({ job: { write: false, position: offset, buffers: targets }, length, done: (error) => {
-            if (error) {
-              finish(VIRTIO_BLK_S.IOERR, 0);
-              return;
-            }
-            this.counters?.reads.add();
-            this.counters?.readBytes.add(length);
-            finish(VIRTIO_BLK_S.OK, length);
-          } });
+          if (readvNow(offset, targets)) {
+            finish(VIRTIO_BLK_S.IOERR, 0);
+            return;
+          }
+          this.counters?.reads.add();
+          this.counters?.readBytes.add(length);
+          finish(VIRTIO_BLK_S.OK, length);
           return;
         }
-        this.runPending();
         this.backend.read(offset, length, (error, bytes) => {
           if (generation !== this.generation) return;
           if (error || !bytes || dma.scatter(data, bytes) !== length) {
@@ -242,18 +194,15 @@ export class VirtioBlk extends VirtioPciDevice {
         const writevNow = this.backend.writevNow;
         const sources = writevNow ? dma.views(data, false) : null;
         if (writevNow && sources) {
-          this.hold({ job: { write: true, position: offset, buffers: sources }, length, done: (error) => {
-            if (error) {
-              finish(VIRTIO_BLK_S.IOERR, 0);
-              return;
-            }
-            this.counters?.writes.add();
-            this.counters?.writeBytes.add(length);
-            finish(VIRTIO_BLK_S.OK, 0);
-          } });
+          if (writevNow(offset, sources)) {
+            finish(VIRTIO_BLK_S.IOERR, 0);
+            return;
+          }
+          this.counters?.writes.add();
+          this.counters?.writeBytes.add(length);
+          finish(VIRTIO_BLK_S.OK, 0);
           return;
         }
-        this.runPending();
         const bytes = new Uint8Array(length);
         if (dma.gather(data, bytes) !== length) {
           finish(VIRTIO_BLK_S.IOERR, 0);

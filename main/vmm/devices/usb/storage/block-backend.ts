@@ -17,7 +17,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { libc } from '../../../../../native';
-import { type VectorIoJob, VectorIoPool } from '../../block/vector-io-pool';
 
 export type BlockReadCallback = (error: Error | null, data: Uint8Array | null) => void;
 export type BlockDoneCallback = (error: Error | null) => void;
@@ -49,11 +48,6 @@ export interface BlockBackend {
    */
   readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
   readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
-  /**
-   * Several readvNow/writevNow at once (in parallel where the backend can: a raw file), each
-   * job's error in order. Jobs must not overlap if one of them writes. Absent: one at a time.
-   */
-  readonly vectorBatchNow?: (jobs: readonly VectorIoJob[]) => (Error | null)[];
   /** Releases the image once the operations in flight have completed. */
   close(): void;
 }
@@ -150,8 +144,6 @@ export class RawImageFile implements BlockBackend {
   readonly readOnly: boolean;
   readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
   readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
-  readonly vectorBatchNow?: (jobs: readonly VectorIoJob[]) => (Error | null)[];
-  private pool: VectorIoPool | null = null;
   private fd: number;
   private inFlight = 0;
   private closing = false;
@@ -216,36 +208,7 @@ export class RawImageFile implements BlockBackend {
     if (synchronous) {
       this.readvNow = (offset, targets) => this.vectorNow('read', targets, offset);
       this.writevNow = (offset, sources) => this.vectorNow('write', sources, offset);
-      this.vectorBatchNow = (jobs) => this.batchNow(jobs);
     }
-  }
-
-  /** Transfers of vectorBatchNow that ran on a worker thread. */
-  get parallelTransfers(): number {
-    return this.pool?.workerJobs ?? 0;
-  }
-
-  /** The jobs in parallel (VectorIoPool), each checked here first as vectorNow checks it. */
-  private batchNow(jobs: readonly VectorIoJob[]): (Error | null)[] {
-    const here = (job: VectorIoJob): Error | null => this.vectorNow(job.write ? 'write' : 'read', job.buffers, job.position);
-    if (jobs.length < 2) return jobs.map(here);
-    const results: (Error | null)[] = new Array(jobs.length).fill(null);
-    const checked: VectorIoJob[] = [];
-    const at: number[] = [];
-    jobs.forEach((job, i) => {
-      let length = 0;
-      for (const b of job.buffers) length += b.length;
-      const refused = this.refuse(job.position, length, job.write)
-        ?? (job.write && job.position === 0 ? this.refuseMagic(0, firstBytesOf(job.buffers, 4)) : null);
-      if (refused) results[i] = refused;
-      else {
-        checked.push(job);
-        at.push(i);
-      }
-    });
-    this.pool ??= new VectorIoPool();
-    this.pool.run(this.fd, checked, here).forEach((error, k) => { results[at[k]] = error; });
-    return results;
   }
 
   read(offset: number, length: number, done: BlockReadCallback): void {
@@ -430,8 +393,6 @@ export class RawImageFile implements BlockBackend {
   }
 
   private release(): void {
-    this.pool?.close();
-    this.pool = null;
     if (this.fd < 0) return;
     fs.closeSync(this.fd);
     this.fd = -1;
