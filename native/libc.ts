@@ -433,6 +433,7 @@ export function flock(fd: number, operation: number): number {
 // fallocate(2) modes.
 export const FALLOC_FL_KEEP_SIZE = 1;
 export const FALLOC_FL_PUNCH_HOLE = 2;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
 
 /** fallocate(2): returns 0, or -errno (EOPNOTSUPP where the file system cannot punch holes). */
 export function fallocate(fd: number, mode: number, offset: number, length: number): number {

@@ -94,12 +94,12 @@ test('virtio-blk is a modern virtio PCI function: 1af4:1042 rev 1, the five vend
   assert.equal(caps.get(VIRTIO_PCI_CAP.DEVICE)!.offset, VIRTIO_BAR_LAYOUT.device);
   assert.ok(device.msix.vectors >= 2);
   assert.equal(driver.read(COMMON.NUM_QUEUES, 2), 1);
-  assert.equal(driver.read(COMMON.QUEUE_SIZE, 2), 256);
+  assert.equal(driver.read(COMMON.QUEUE_SIZE, 2), 1024);
   // Capacity in 512-byte sectors, blk_size 512, seg_max.
   assert.equal(driver.read(VIRTIO_BAR_LAYOUT.device, 4), SECTORS);
   assert.equal(driver.read(VIRTIO_BAR_LAYOUT.device + 4, 4), 0);
   assert.equal(driver.read(VIRTIO_BAR_LAYOUT.device + 20, 4), 512);
-  assert.equal(driver.read(VIRTIO_BAR_LAYOUT.device + 12, 4), 254);
+  assert.equal(driver.read(VIRTIO_BAR_LAYOUT.device + 12, 4), 1022);
 });
 
 test('features: VERSION_1, indirect, event idx, flush and blk_size offered; FEATURES_OK needs VERSION_1 and a subset', () => {
@@ -258,7 +258,7 @@ test('a descriptor loop and a head outside the table put the device in NEEDS_RES
 });
 
 test('queue sizes that are not powers of two, or too large, are refused at enable', () => {
-  for (const size of [0, 3, 512, 0xffff]) {
+  for (const size of [0, 3, 2048, 0xffff]) {
     const t = blk();
     assert.ok(t.driver.negotiate(0, F_VERSION_1_HIGH));
     t.driver.setupQueue(0, size, 0x10000);
@@ -469,4 +469,93 @@ test('several queues: VIRTIO_BLK_F_MQ, num_queues, one notify address and MSI-X 
   assert.equal(parseDisk('a.img,queues=4').queues, 4);
   assert.throws(() => parseDisk('a.img,queues=0'), /queues must be a whole number from 1 to 16/);
   device.close();
+});
+
+test('several requests in one notify: writes land, a flush follows them, an overlapping write keeps ring order, a bad one fails alone', () => {
+  const t = blk();
+  assert.ok(t.driver.negotiate(0, F_VERSION_1_HIGH));
+  t.driver.setupQueue(0, 32, 0x10000);
+  t.driver.driverOk();
+  const q = t.driver.queue(0);
+  const before = fs.readFileSync(t.file);
+  /** Chain at descriptors head..head+2 with its own header, data and status (slot n). */
+  const chain = (n: number, type: number, sector: number, length: number, fill?: number): void => {
+    const head = n * 3;
+    const hdr = HDR + n * 16;
+    const data = DATA + n * 0x1000;
+    writeBlkHeader(t.bus, hdr, type, sector);
+    if (fill !== undefined) t.bus.ram.fill(fill, data, data + length);
+    t.bus.ram[STATUS + n] = 0xee;
+    t.driver.writeDesc(q.desc, head, hdr, 16, VIRTQ_DESC_F_NEXT, head + 1);
+    if (length > 0) {
+      t.driver.writeDesc(q.desc, head + 1, data, length, VIRTQ_DESC_F_NEXT | (type === VIRTIO_BLK_T.IN ? VIRTQ_DESC_F_WRITE : 0), head + 2);
+      t.driver.writeDesc(q.desc, head + 2, STATUS + n, 1, VIRTQ_DESC_F_WRITE, 0);
+    } else {
+      t.driver.writeDesc(q.desc, head + 1, STATUS + n, 1, VIRTQ_DESC_F_WRITE, 0);
+    }
+    t.driver.submit(0, head, false);
+  };
+  chain(0, VIRTIO_BLK_T.OUT, 0, 2048, 0x11);
+  chain(1, VIRTIO_BLK_T.OUT, 8, 2048, 0x22);
+  chain(2, VIRTIO_BLK_T.OUT, SECTORS - 1, 1024, 0x33); // past the end: this one only fails
+  chain(3, VIRTIO_BLK_T.IN, 20, 1024);
+  chain(4, VIRTIO_BLK_T.OUT, 9, 512, 0x44); // overlaps request 1: it must win
+  chain(5, VIRTIO_BLK_T.FLUSH, 0, 0);
+  t.driver.notify(0);
+  assert.equal(t.driver.usedIdx(0), 6);
+  assert.deepEqual([0, 1, 2, 3, 4, 5].map((n) => t.bus.ram[STATUS + n]),
+    [VIRTIO_BLK_S.OK, VIRTIO_BLK_S.OK, VIRTIO_BLK_S.IOERR, VIRTIO_BLK_S.OK, VIRTIO_BLK_S.OK, VIRTIO_BLK_S.OK]);
+  const image = fs.readFileSync(t.file);
+  same(image.subarray(0, 2048), Buffer.alloc(2048, 0x11));
+  same(image.subarray(8 * 512, 9 * 512), Buffer.alloc(512, 0x22));
+  same(image.subarray(9 * 512, 10 * 512), Buffer.alloc(512, 0x44));
+  same(image.subarray(10 * 512, 12 * 512), Buffer.alloc(1024, 0x22));
+  same(image.subarray((SECTORS - 1) * 512), before.subarray((SECTORS - 1) * 512));
+  same(t.bus.ram.subarray(DATA + 3 * 0x1000, DATA + 3 * 0x1000 + 1024), before.subarray(20 * 512, 22 * 512));
+  const flushes = t.statistics.counts[t.statistics.counter('disk0', 'flushes')];
+  assert.equal(flushes, 1);
+  t.device.close();
+});
+
+test('write zeroes: offered with its limits; zeros with and without unmap, unknown flags unsupported, ranges past the end or too many are I/O errors', () => {
+  const t = started({ features: 1 << VIRTIO_BLK_F.WRITE_ZEROES });
+  assert.ok(t.driver.offered()[0] & (1 << VIRTIO_BLK_F.WRITE_ZEROES));
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 48, 4), 0x10000, 'max_write_zeroes_sectors');
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 52, 4), 1, 'max_write_zeroes_seg');
+  assert.equal(t.driver.read(VIRTIO_BAR_LAYOUT.device + 56, 1), 1, 'write_zeroes_may_unmap');
+  const q = t.driver.queue(0);
+  const zeroes = (ranges: [number, number, number][]) => {
+    writeBlkHeader(t.bus, HDR, VIRTIO_BLK_T.WRITE_ZEROES, 0);
+    ranges.forEach(([sector, count, flags], i) => {
+      t.bus.view.setUint32(DATA + 16 * i, sector, true);
+      t.bus.view.setUint32(DATA + 16 * i + 4, 0, true);
+      t.bus.view.setUint32(DATA + 16 * i + 8, count, true);
+      t.bus.view.setUint32(DATA + 16 * i + 12, flags, true);
+    });
+    t.bus.ram[STATUS] = 0xee;
+    t.driver.writeDesc(q.desc, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+    t.driver.writeDesc(q.desc, 1, DATA, 16 * ranges.length, VIRTQ_DESC_F_NEXT, 2);
+    t.driver.writeDesc(q.desc, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    t.driver.submit(0, 0);
+    return t.bus.ram[STATUS];
+  };
+  assert.equal(zeroes([[3, 5, 0]]), VIRTIO_BLK_S.OK);
+  assert.equal(zeroes([[24, 8, 1]]), VIRTIO_BLK_S.OK, 'unmap: a hole');
+  let image = fs.readFileSync(t.file);
+  assert.ok(image.subarray(3 * 512, 8 * 512).every((b) => b === 0), 'sectors 3..7 read zeros');
+  assert.ok(image.subarray(24 * 512, 32 * 512).every((b) => b === 0), 'sectors 24..31 read zeros');
+  assert.ok(image.subarray(2 * 512, 3 * 512).some((b) => b !== 0) && image.subarray(8 * 512, 24 * 512).some((b) => b !== 0), 'the sectors around stay');
+  assert.equal(image.length, SECTORS * 512, 'the size stays');
+  assert.equal(zeroes([[40, 1, 2]]), VIRTIO_BLK_S.UNSUPP, 'an unknown flag');
+  assert.equal(zeroes([[SECTORS - 4, 8, 0]]), VIRTIO_BLK_S.IOERR, 'past the end');
+  assert.equal(zeroes([[40, 1, 0], [42, 1, 0]]), VIRTIO_BLK_S.IOERR, 'more ranges than max_write_zeroes_seg');
+  assert.equal(zeroes([[0, 0x10001, 0]]), VIRTIO_BLK_S.IOERR, 'more sectors than max_write_zeroes_sectors');
+  image = fs.readFileSync(t.file);
+  assert.ok(image.subarray(40 * 512, 43 * 512).some((b) => b !== 0), 'refused requests change nothing');
+  assert.equal(t.statistics.counts[t.statistics.counter('disk0', 'write-zeroes')], 2);
+
+  const plain = started();
+  request(plain, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false);
+  assert.equal(plain.bus.ram[STATUS], VIRTIO_BLK_S.UNSUPP, 'not negotiated');
+  assert.equal(started({ readOnly: true }).driver.offered()[0] & (1 << VIRTIO_BLK_F.WRITE_ZEROES), 0, 'never on a read-only disk');
 });

@@ -18,7 +18,7 @@ import { VirtioPciDevice } from './virtio-pci';
 import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
 
 export const VIRTIO_BLK_DEVICE_TYPE = 2;
-export const VIRTIO_BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, GEOMETRY: 4, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, MQ: 12, DISCARD: 13 } as const;
+export const VIRTIO_BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, GEOMETRY: 4, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 } as const;
 export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
 export const VIRTIO_BLK_ID_BYTES = 20;
@@ -31,6 +31,15 @@ export const VIRTIO_BLK_MAX_DISCARD_SEGMENTS = 32;
 export const VIRTIO_BLK_MAX_DISCARD_SECTORS = 0x400000;
 const DISCARD_ALIGNMENT_SECTORS = 8;
 const DISCARD_FLAG_UNMAP = 1;
+/** Write zeroes: one range per request (as QEMU), of at most 32 MiB (a zero-write fallback stays short). */
+export const VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS = 1;
+export const VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS = 0x10000;
+/**
+ * Each queue's size, and so seg_max (the size less header and status): with 256, as QEMU's
+ * default, a 1 MiB transfer of 256 scattered pages is more segments than Linux may put in one
+ * request, so it splits in two, each an exit and a round of the request path; 1024 keeps it whole.
+ */
+export const VIRTIO_BLK_QUEUE_SIZE = 1024;
 /** Where the disks sit on bus 0: disk n at slot 8 + n. */
 export const VIRTIO_BLK_FIRST_SLOT = 8;
 export const VIRTIO_BLK_MAX_DISKS = 8;
@@ -54,6 +63,7 @@ interface BlkCounters {
   writeBytes: Counter;
   flushes: Counter;
   discards: Counter;
+  zeroWrites: Counter;
   errors: Counter;
 }
 
@@ -68,10 +78,11 @@ export class VirtioBlk extends VirtioPciDevice {
     const queues = options.queues ?? 1;
     const features = (1 << VIRTIO_BLK_F.SEG_MAX) | (1 << VIRTIO_BLK_F.BLK_SIZE) | (1 << VIRTIO_BLK_F.FLUSH)
       | (options.backend.readOnly ? 1 << VIRTIO_BLK_F.RO : 0) | (queues > 1 ? 1 << VIRTIO_BLK_F.MQ : 0)
-      | (options.backend.discard && !options.backend.readOnly ? 1 << VIRTIO_BLK_F.DISCARD : 0);
+      | (options.backend.discard && !options.backend.readOnly ? 1 << VIRTIO_BLK_F.DISCARD : 0)
+      | (options.backend.writeZeroes && !options.backend.readOnly ? 1 << VIRTIO_BLK_F.WRITE_ZEROES : 0);
     // Class 01/00 (SCSI-class mass storage), as QEMU's virtio-blk-pci.
     super(options.name, {
-      deviceType: VIRTIO_BLK_DEVICE_TYPE, classCode: 0x010000, queues, deviceFeatures: features,
+      deviceType: VIRTIO_BLK_DEVICE_TYPE, classCode: 0x010000, queues, queueSize: VIRTIO_BLK_QUEUE_SIZE, deviceFeatures: features,
       configSize: VIRTIO_BLK_CONFIG_SIZE, router: options.router, statistics: options.statistics, log: options.log,
     });
     this.backend = options.backend;
@@ -88,6 +99,9 @@ export class VirtioBlk extends VirtioPciDevice {
     view.setUint32(36, VIRTIO_BLK_MAX_DISCARD_SECTORS, true);
     view.setUint32(40, VIRTIO_BLK_MAX_DISCARD_SEGMENTS, true);
     view.setUint32(44, DISCARD_ALIGNMENT_SECTORS, true);
+    view.setUint32(48, VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS, true);
+    view.setUint32(52, VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS, true);
+    this.configBytes[56] = options.backend.writeZeroes ? 1 : 0; // write_zeroes_may_unmap
     const stats = options.statistics ?? null;
     this.counters = stats ? {
       reads: counter(stats, options.name, 'reads'),
@@ -96,6 +110,7 @@ export class VirtioBlk extends VirtioPciDevice {
       writeBytes: counter(stats, options.name, 'write-bytes', 'bytes'),
       flushes: counter(stats, options.name, 'flushes'),
       discards: counter(stats, options.name, 'discards'),
+      zeroWrites: counter(stats, options.name, 'write-zeroes'),
       errors: counter(stats, options.name, 'errors'),
     } : null;
   }
@@ -211,7 +226,8 @@ export class VirtioBlk extends VirtioPciDevice {
         });
         return;
       case VIRTIO_BLK_T.DISCARD:
-        this.discard(dma, chain, finish);
+      case VIRTIO_BLK_T.WRITE_ZEROES:
+        this.ranges(type === VIRTIO_BLK_T.DISCARD, dma, chain, finish);
         return;
       case VIRTIO_BLK_T.GET_ID: {
         const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableBytes - 1);
@@ -227,15 +243,24 @@ export class VirtioBlk extends VirtioPciDevice {
     }
   }
 
-  /** Discard ranges (§5.2.6: le64 sector, le32 num_sectors, le32 flags each), all or nothing checked first. */
-  private discard(dma: DmaMemory, chain: DescriptorChain, finish: (status: number, written: number) => void): void {
+  /**
+   * Discard or write-zeroes ranges (§5.2.6: le64 sector, le32 num_sectors, le32 flags each), all
+   * or nothing checked first. Discard takes no flags (unmap set is UNSUPP); write zeroes takes
+   * unmap (the zeros may be a hole) and no other bit.
+   */
+  private ranges(isDiscard: boolean, dma: DmaMemory, chain: DescriptorChain, finish: (status: number, written: number) => void): void {
     const backend = this.backend;
     const length = chain.readableBytes - 16;
-    if (!this.negotiated(VIRTIO_BLK_F.DISCARD) || !backend.discard || backend.readOnly) {
+    const maxSegments = isDiscard ? VIRTIO_BLK_MAX_DISCARD_SEGMENTS : VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS;
+    const maxSectors = isDiscard ? VIRTIO_BLK_MAX_DISCARD_SECTORS : VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS;
+    const supported = isDiscard
+      ? this.negotiated(VIRTIO_BLK_F.DISCARD) && backend.discard !== undefined
+      : this.negotiated(VIRTIO_BLK_F.WRITE_ZEROES) && backend.writeZeroes !== undefined;
+    if (!supported || backend.readOnly) {
       finish(VIRTIO_BLK_S.UNSUPP, 0);
       return;
     }
-    if (length === 0 || length % 16 !== 0 || length / 16 > VIRTIO_BLK_MAX_DISCARD_SEGMENTS) {
+    if (length === 0 || length % 16 !== 0 || length / 16 > maxSegments) {
       finish(VIRTIO_BLK_S.IOERR, 0);
       return;
     }
@@ -245,20 +270,21 @@ export class VirtioBlk extends VirtioPciDevice {
       return;
     }
     const view = new DataView(bytes.buffer);
-    const ranges: { offset: number; length: number }[] = [];
+    const ranges: { offset: number; length: number; unmap: boolean }[] = [];
     for (let at = 0; at < length; at += 16) {
       const high = view.getUint32(at + 4, true);
       const sectors = view.getUint32(at + 8, true);
-      if (view.getUint32(at + 12, true) & DISCARD_FLAG_UNMAP) {
+      const flags = view.getUint32(at + 12, true);
+      if (flags & (isDiscard ? ~0 : ~DISCARD_FLAG_UNMAP)) {
         finish(VIRTIO_BLK_S.UNSUPP, 0);
         return;
       }
-      const offset = sectors > VIRTIO_BLK_MAX_DISCARD_SECTORS ? -1 : this.checkedOffset(high * 0x100000000 + view.getUint32(at, true), high, 0);
+      const offset = sectors > maxSectors ? -1 : this.checkedOffset(high * 0x100000000 + view.getUint32(at, true), high, 0);
       if (offset < 0 || offset + sectors * SECTOR > backend.size) {
         finish(VIRTIO_BLK_S.IOERR, 0);
         return;
       }
-      if (sectors > 0) ranges.push({ offset, length: sectors * SECTOR });
+      if (sectors > 0) ranges.push({ offset, length: sectors * SECTOR, unmap: (flags & DISCARD_FLAG_UNMAP) !== 0 });
     }
     let left = ranges.length;
     let failed = false;
@@ -266,13 +292,15 @@ export class VirtioBlk extends VirtioPciDevice {
       finish(VIRTIO_BLK_S.OK, 0);
       return;
     }
+    const done = (error: Error | null): void => {
+      failed ||= error !== null;
+      if (--left > 0) return;
+      if (!failed) (isDiscard ? this.counters?.discards : this.counters?.zeroWrites)?.add();
+      finish(failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK, 0);
+    };
     for (const r of ranges) {
-      backend.discard(r.offset, r.length, (error) => {
-        failed ||= error !== null;
-        if (--left > 0) return;
-        if (!failed) this.counters?.discards.add();
-        finish(failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK, 0);
-      });
+      if (isDiscard) backend.discard!(r.offset, r.length, done);
+      else backend.writeZeroes!(r.offset, r.length, r.unmap, done);
     }
   }
 

@@ -61,6 +61,8 @@ export interface VirtioPciOptions {
   /** PCI class code (class << 16 | subclass << 8 | prog-if). */
   classCode: number;
   queues: number;
+  /** The largest size of each queue (a power of two, VIRTQ_MAX_SIZE unless given). */
+  queueSize?: number;
   /** Device-type feature bits (0..23), as a bit mask. */
   deviceFeatures: number;
   /** Bytes of the device configuration structure. */
@@ -97,9 +99,11 @@ export abstract class VirtioPciDevice extends PciDevice {
       revision: 1, subsystemVendorId: VIRTIO_PCI_VENDOR, subsystemId: 0x1100, interruptPin: 1,
     });
     if (options.queues < 1 || options.queues > 64) throw new Error(`${name}: ${options.queues} queues is not 1..64`);
+    const queueSize = options.queueSize ?? VIRTQ_MAX_SIZE;
+    if (queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) throw new Error(`${name}: queue size ${queueSize} is not a power of two up to 32768`);
     if (options.configSize > 0x1000) throw new Error(`${name}: device configuration too large`);
     this.log = options.log ?? (() => {});
-    this.queues = Array.from({ length: options.queues }, (_, i) => new SplitVirtqueue(i, VIRTQ_MAX_SIZE));
+    this.queues = Array.from({ length: options.queues }, (_, i) => new SplitVirtqueue(i, options.queueSize ?? VIRTQ_MAX_SIZE));
     this.offered = [
       (options.deviceFeatures | (1 << VIRTIO_F.INDIRECT_DESC) | (1 << VIRTIO_F.EVENT_IDX)) >>> 0,
       1 << (VIRTIO_F.VERSION_1 - 32),

@@ -37,6 +37,11 @@ export interface BlockBackend {
    */
   discard?(offset: number, length: number, done: BlockDoneCallback): void;
   /**
+   * Makes `length` bytes at `offset` read zeros; `unmap` lets the storage under them go (a
+   * hole) where the backend can. Absent: the backend cannot.
+   */
+  writeZeroes?(offset: number, length: number, unmap: boolean, done: BlockDoneCallback): void;
+  /**
    * Synchronous scatter-gather I/O between the image and the caller's buffers (guest memory,
    * with no copy in between): all of the buffers' bytes at `offset`, or an error. Present only
    * on a backend that completes everything inline (RawImageFile's `synchronous`).
@@ -278,6 +283,28 @@ export class RawImageFile implements BlockBackend {
     // One quick system call: done at once, even without `synchronous`.
     const r = libc.fallocate(this.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, length);
     this.later(() => done(r === 0 ? null : new Error(`discarding ${length} bytes at ${offset} of ${this.path}: ${libc.errnoName(-r)}`)));
+  }
+
+  /**
+   * Zeros without writing them where the file system can: a punched hole when `unmap` allows
+   * (it reads zeros), else an allocated zeroed range (FALLOC_FL_ZERO_RANGE); failing both, zeros
+   * written in 1 MiB pieces. Done inline, as discard.
+   */
+  writeZeroes(offset: number, length: number, unmap: boolean, done: BlockDoneCallback): void {
+    const refused = this.refuse(offset, length, true);
+    if (refused) {
+      this.later(() => done(refused));
+      return;
+    }
+    let error: Error | null = null;
+    const punched = unmap && libc.fallocate(this.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, length) === 0;
+    if (!punched && libc.fallocate(this.fd, libc.FALLOC_FL_ZERO_RANGE | libc.FALLOC_FL_KEEP_SIZE, offset, length) !== 0) {
+      const zeros = new Uint8Array(Math.min(length, 1048576));
+      for (let at = 0; at < length && !error; at += zeros.length) {
+        error = this.transferNow('write', zeros.subarray(0, Math.min(zeros.length, length - at)), offset + at);
+      }
+    }
+    this.later(() => done(error));
   }
 
   /** Hands the open, locked descriptor to a format layer (qcow2); this object is done with. */
