@@ -18,7 +18,7 @@ export interface RigDevices {
   usbAudio?: boolean;
   /** fatstick (usb-storage, serial RIGFAT0) on xhci0 port 5: a FAT filesystem with known files. */
   fatStick?: boolean;
-  /** An NVMe controller with SR-IOV (2 virtual functions) behind its own root port. */
+  /** An NVMe controller with SR-IOV (2 virtual functions) behind its own root port; namespace 1 shared, namespace 2 attached to none. */
   nvmeSriov?: boolean;
   /** Two empty PCIe root ports (hp0, hp1) that PCI devices can be hot-plugged into. */
   pciSlots?: boolean;
@@ -142,6 +142,14 @@ export function deviceArgs(d: RigDevices, stickDir: string, runDir: string, outD
     qemu.push('-device', 'nvme,id=nvme0,serial=RIGNVME0,bus=nvmerp,subsys=nvmesubsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=5');
     // Shared, so a VF's controller may have it attached too (nvme attach-ns; vfio-msix-l2).
     qemu.push('-device', 'nvme-ns,drive=nvme0-disk,bus=nvme0,nsid=1,shared=true,detached=false');
+    // A second namespace attached to no controller, so scenarios that do not ask for it see only
+    // nsid 1; vfio-sriov-l2 attaches it to the PF and one VF (nvme attach-ns).
+    const image2 = path.join(runDir, 'nvme0-ns2.img');
+    fs.writeFileSync(image2, '');
+    fs.truncateSync(image2, 32 * 1048576);
+    scratch.push(image2);
+    qemu.push('-blockdev', `driver=raw,node-name=nvme0-disk2,file.driver=file,file.filename=${image2}`);
+    qemu.push('-device', 'nvme-ns,drive=nvme0-disk2,bus=nvme0,nsid=2,shared=true,detached=true');
   }
   if (d.rigNet) {
     qemu.push('-netdev', 'user,id=rignet,net=10.0.2.0/24', '-device', `virtio-net-pci,netdev=rignet,mac=${RIG_NET_MAC}`);

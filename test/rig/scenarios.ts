@@ -110,6 +110,12 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { iommu: true, extraXhci: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'vfio-sriov-l2',
+    description: 'Two NVMe SR-IOV VFs assigned to two Porthole VMs running at once (--pci-assign), VF1 with namespace 1 only and VF2 with namespace 2 only: each L2\'s nvme driver binds its VF on MSI-X, sees one namespace with its own nsid, reads by DMA the MiB L1 wrote there through the PF and writes one L1 reads back (md5s); after both VMs the VFs are as before and the journal is empty. Then 20 times a VM holding both VFs (taken from L1\'s nvme) is SIGKILLed: the journal repair gives both back to nvme, controllers live, in 20 of 20',
+    // One L1 boot, two concurrent L2 boots (multi-threaded TCG) and 20 short VM starts.
+    devices: { iommu: true, nvmeSriov: true }, bootTimeoutSec: 240, timeoutSec: 1800, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'perf-usb-l2',
     description: 'the Performance tab in Chromium (rig host) against the manager in L1: a library VM boots the L2 kit with an emulated stick, and while L2 reads the stick with dd the stick\'s USB bytes/s (bulk IN) rise above their idle value in 3 successive 2 Hz samples, with transfers/s; screenshots idle and while reading land in build/rig/out/<run>/test-artifacts/',
     // One L2 boot (25-80 s) and half a minute of graphs; multi-threaded TCG as for every L2 Linux boot.
