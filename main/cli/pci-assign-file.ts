@@ -2,34 +2,17 @@
 // return CONFIG ADDR` edit a VM config file's `pciAssign` (the file `porthole run --config`
 // reads), with the same checks as the API's assignPciDevice (host/pci-assignment.ts). The file is
 // read and checked whole, only `pciAssign` changes, and it is written atomically.
-import fs from 'node:fs';
 import { ConfigError, machineConfigFromJson } from '../vmm/config';
 import { readPciDevice, type HostRoots } from '../host/pci-inventory';
 import { pciAssignEntry, pciAssignRefusal } from '../host/pci-assignment';
-import { writeAtomically } from './usb-rules-file';
+import { readConfigJson, writeAtomically } from './usb-rules-file';
 
 export type PciAssignAction = { op: 'assign'; address: string; force: boolean } | { op: 'return'; address: string };
 
-function readJson(file: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new ConfigError(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new ConfigError(`config file ${file} is not valid JSON: ${(e as Error).message}`);
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`${file}: the top level must be a JSON object`);
-  return v as Record<string, unknown>;
-}
 
 /** Runs the action on `file`; returns what to print. Throws ConfigError with a sentence. */
 export function runPciAssignAction(file: string, action: PciAssignAction, roots: HostRoots = {}): string {
-  const raw = readJson(file);
+  const raw = readConfigJson(file);
   const current = (machineConfigFromJson(raw, file).pciAssign ?? []).map((c) => ({ address: c.address, ...(c.force ? { force: true } : {}) }));
   let next;
   let said: string;

@@ -10,7 +10,8 @@ import { describeUsbRule, type UsbRule, USB_MAX_RULES } from '../host/usb-rules'
 
 export type RulesAction = { op: 'list' } | { op: 'add'; rule: UsbRule } | { op: 'remove'; index: number };
 
-function readJson(file: string): Record<string, unknown> {
+/** A VM config file's JSON object; a missing file or bad JSON is a ConfigError with a sentence. */
+export function readConfigJson(file: string): Record<string, unknown> {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -35,7 +36,7 @@ export function formatUsbRules(rules: readonly UsbRule[]): string {
 
 /** Runs a rules command on `file`; returns what to print. Throws ConfigError with a sentence. */
 export function runUsbRulesAction(file: string, action: RulesAction): string {
-  const raw = readJson(file);
+  const raw = readConfigJson(file);
   const config = machineConfigFromJson(raw, file);
   const rules = config.usb?.rules ?? [];
   if (action.op === 'list') return formatUsbRules(rules);
