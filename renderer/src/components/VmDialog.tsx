@@ -11,6 +11,7 @@ import { errorSentence } from '../store';
 import { FieldMessages, PathField, TextField } from './fields';
 import { Modal } from './Modal';
 import { DevicesEditor, type DevicesValue } from './DevicesEditor';
+import { USB_PASSTHROUGH_PATH_CHOICES, usbSpecFromForm, type UsbPassthroughPath } from '../usb-spec';
 
 interface Form {
   name: string;
@@ -27,6 +28,7 @@ interface Form {
   flatPath: string;
   debugExit: boolean;
   usbController: boolean;
+  usbPassthroughPath: UsbPassthroughPath;
 }
 
 function formFromSpec(spec: VmSpec): Form {
@@ -50,12 +52,13 @@ function formFromSpec(spec: VmSpec): Form {
     flatPath: b.kind === 'flat' ? b.path : '',
     debugExit: spec.debugExit,
     usbController: spec.usb?.controller === 'xhci',
+    usbPassthroughPath: spec.usb?.passthroughPath ?? 'auto',
   };
 }
 
 /**
- * `usb`: the spec's USB section as it was; the form only turns the controller on and off
- * (devices plugged in at start are kept while it stays on).
+ * `usb`: the spec's USB section as it was; the form turns the controller on and off and sets
+ * the passthrough path (devices plugged in at start and USB rules are kept while it stays on).
  */
 function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb'], pciAssign: VmSpec['pciAssign']): VmSpec {
   const memory = parseMemoryText(f.memory);
@@ -74,7 +77,7 @@ function specFromForm(f: Form, serial: VmSpec['serial'], usb: VmSpec['usb'], pci
   const cd = cdrom === null ? null : { path: cdrom.path.trim(), ...(cdrom.boot === true && f.bootKind === 'firmware' ? { boot: true } : {}) };
   return {
     name: f.name, memoryMiB: memory.ok ? memory.mib : Number.NaN, cpus, boot, serial, debugExit: f.debugExit,
-    ...(f.usbController ? { usb: { controller: 'xhci', devices: usb?.devices ?? [] } } : {}),
+    ...(f.usbController ? { usb: usbSpecFromForm(true, f.usbPassthroughPath, usb) } : {}),
     ...(disks.length > 0 ? { disks: disks.map((d) => ({ ...d, path: d.path.trim() })) } : {}),
     ...(cd === null ? {} : { cdrom: cd }),
     ...(nics.length > 0 ? { nics } : {}),
@@ -330,6 +333,17 @@ export function VmDialog({ info, vm, onClose, onSaved }: VmDialogProps) {
               <input type="checkbox" checked={form.usbController} onChange={(e) => update('usb', { usbController: e.target.checked })} />
               USB controller (xHCI): devices are plugged in from the USB tab while the VM runs
             </label>
+            {form.usbController && (
+              <label className="field">
+                Host USB devices taken by rules{' '}
+                <select
+                  aria-label="USB passthrough path" value={form.usbPassthroughPath}
+                  onChange={(e) => update('usb.passthroughPath', { usbPassthroughPath: e.target.value as UsbPassthroughPath })}
+                >
+                  {USB_PASSTHROUGH_PATH_CHOICES.map((c) => <option key={c.value} value={c.value}>{c.label}</option>)}
+                </select>
+              </label>
+            )}
             <label className="check">
               <input type="checkbox" checked={developer} onChange={(e) => setDeveloper(e.target.checked)} />
               Show developer options
