@@ -348,7 +348,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
     return this.summary(vm);
   }
 
-  /** The registry's latest sample when it has counters (no kick), else the machine's own counts. */
+  /** The registry's totals now when it has counters (no kick), else the machine's own counts. */
   async getVmStats(id: string): Promise<VmStats> {
     const vm = this.entry(id);
     const answer = await this.activeRun(vm, 'read the counters of', ['running', 'paused']).command('stats');

@@ -159,9 +159,10 @@ async function runCommand(id: number, command: VmCommand): Promise<void> {
         break;
       case 'stats': {
         flushOutput();
-        // The registry, read by the VM host anyway, once it has counters; else ask the machine.
-        const sample = samples.latestWithCounters;
-        if (sample) send({ type: 'reply', id, ok: true, sample });
+        // The registry's totals now (shared memory, no kick) once it has counters; else ask the
+        // machine. Not the stream's latest sample: that can be a whole period old.
+        const sample = h.readStats();
+        if (sample.counters.length > 0) send({ type: 'reply', id, ok: true, sample });
         else send({ type: 'reply', id, ok: true, stats: await h.stats() });
         return;
       }

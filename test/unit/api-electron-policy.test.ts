@@ -95,10 +95,10 @@ test('the compiled preload needs only "electron", exposes only window.porthole, 
 });
 
 test('the renderer-importable API files import no Node or Electron modules', () => {
-  for (const file of ['contract.ts', 'schema.ts', 'methods.ts', 'wire.ts', 'web-client.ts', 'usb-input.ts', 'usb-rule.ts', 'nic-choices.ts', 'media-input.ts']) {
+  for (const file of ['contract.ts', 'schema.ts', 'methods.ts', 'wire.ts', 'web-client.ts', 'usb-input.ts', 'usb-rule.ts', 'nic-choices.ts', 'media-input.ts', 'pci-input.ts']) {
     const src = fs.readFileSync(path.join(repoRoot, 'main', 'api', file), 'utf8');
     const imports = [...src.matchAll(/from\s+'([^']+)'/g)].map((m) => m[1]);
-    for (const i of imports) assert.match(i, /^\.\/(contract|schema|methods|wire|usb-input|usb-rule|nic-choices|media-input)$/, `${file} imports ${i}`);
+    for (const i of imports) assert.match(i, /^\.\/(contract|schema|methods|wire|usb-input|usb-rule|nic-choices|media-input|pci-input)$/, `${file} imports ${i}`);
     assert.ok(!/\brequire\(/.test(src), `${file} uses require`);
   }
 });
