@@ -158,28 +158,25 @@ export class VirtioBlk extends VirtioPciDevice {
           finish(VIRTIO_BLK_S.IOERR, 0);
           return;
         }
+        const done = (failed: boolean) => {
+          if (failed) {
+            finish(VIRTIO_BLK_S.IOERR, 0);
+            return;
+          }
+          this.counters?.reads.add();
+          this.counters?.readBytes.add(length);
+          finish(VIRTIO_BLK_S.OK, length);
+        };
         // Straight into guest memory when the image completes inline: no buffer, no copy.
         const readvNow = this.backend.readvNow;
         const targets = readvNow ? dma.views(data, true) : null;
         if (readvNow && targets) {
-          if (readvNow(offset, targets)) {
-            finish(VIRTIO_BLK_S.IOERR, 0);
-            return;
-          }
-          this.counters?.reads.add();
-          this.counters?.readBytes.add(length);
-          finish(VIRTIO_BLK_S.OK, length);
+          done(!!readvNow(offset, targets));
           return;
         }
         this.backend.read(offset, length, (error, bytes) => {
           if (generation !== this.generation) return;
-          if (error || !bytes || dma.scatter(data, bytes) !== length) {
-            finish(VIRTIO_BLK_S.IOERR, 0);
-            return;
-          }
-          this.counters?.reads.add();
-          this.counters?.readBytes.add(length);
-          finish(VIRTIO_BLK_S.OK, length);
+          done(!!error || !bytes || dma.scatter(data, bytes) !== length);
         });
         return;
       }
@@ -191,16 +188,19 @@ export class VirtioBlk extends VirtioPciDevice {
           return;
         }
         const data = sliceSegments(chain.readable, 16, length);
-        const writevNow = this.backend.writevNow;
-        const sources = writevNow ? dma.views(data, false) : null;
-        if (writevNow && sources) {
-          if (writevNow(offset, sources)) {
+        const done = (failed: boolean) => {
+          if (failed) {
             finish(VIRTIO_BLK_S.IOERR, 0);
             return;
           }
           this.counters?.writes.add();
           this.counters?.writeBytes.add(length);
           finish(VIRTIO_BLK_S.OK, 0);
+        };
+        const writevNow = this.backend.writevNow;
+        const sources = writevNow ? dma.views(data, false) : null;
+        if (writevNow && sources) {
+          done(!!writevNow(offset, sources));
           return;
         }
         const bytes = new Uint8Array(length);
@@ -208,15 +208,7 @@ export class VirtioBlk extends VirtioPciDevice {
           finish(VIRTIO_BLK_S.IOERR, 0);
           return;
         }
-        this.backend.write(offset, bytes, (error) => {
-          if (error) {
-            finish(VIRTIO_BLK_S.IOERR, 0);
-            return;
-          }
-          this.counters?.writes.add();
-          this.counters?.writeBytes.add(length);
-          finish(VIRTIO_BLK_S.OK, 0);
-        });
+        this.backend.write(offset, bytes, (error) => done(!!error));
         return;
       }
       case VIRTIO_BLK_T.FLUSH:
