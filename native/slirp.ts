@@ -7,6 +7,7 @@
 // to slirp_pollfds_poll (which also runs slirp's TCP timers). Every callback runs on the
 // calling thread, inside one of those calls or a timer we run.
 import koffi from 'koffi';
+import { ipv6Bytes } from './inet';
 
 export const SLIRP_POLL_IN = 1 << 0;
 export const SLIRP_POLL_OUT = 1 << 1;
@@ -36,6 +37,8 @@ export interface SlirpLib {
   slirp_pollfds_fill: koffi.KoffiFunction;
   slirp_pollfds_poll: koffi.KoffiFunction;
   slirp_add_hostfwd: koffi.KoffiFunction;
+  /** libslirp 4.5 and later: forwards with sockaddrs (IPv6). */
+  slirp_add_hostxfwd: koffi.KoffiFunction | undefined;
   slirp_version_string: koffi.KoffiFunction;
   SlirpCb: koffi.IKoffiCType;
   sendPacket: koffi.IKoffiCType;
@@ -131,6 +134,13 @@ export function loadSlirp(soname: string): SlirpLib {
       throw new SlirpMissingError(soname, `it has no ${name}: ${(e as Error).message}`);
     }
   };
+  const optionalFn = (name: string, result: string, params: string[]) => {
+    try {
+      return so.func(name, result, params);
+    } catch {
+      return undefined;
+    }
+  };
   return {
     slirp_new: fn('slirp_new', 'void *', [koffi.pointer(SlirpConfig), koffi.pointer(SlirpCb), 'void *']),
     slirp_cleanup: fn('slirp_cleanup', 'void', ['void *']),
@@ -138,6 +148,7 @@ export function loadSlirp(soname: string): SlirpLib {
     slirp_pollfds_fill: fn('slirp_pollfds_fill', 'void', ['void *', koffi.inout(koffi.pointer('uint32_t')), koffi.pointer(addPoll), 'void *']),
     slirp_pollfds_poll: fn('slirp_pollfds_poll', 'void', ['void *', 'int', koffi.pointer(getREvents), 'void *']),
     slirp_add_hostfwd: fn('slirp_add_hostfwd', 'int', ['void *', 'int', inAddr, 'int', inAddr, 'int']),
+    slirp_add_hostxfwd: optionalFn('slirp_add_hostxfwd', 'int', ['void *', 'const uint8_t *', 'uint32_t', 'const uint8_t *', 'uint32_t', 'int']),
     slirp_version_string: fn('slirp_version_string', 'const char *', []),
     SlirpCb, sendPacket, guestError, clockGetNs, timerNew, timerFree, timerMod, pollFd, notify, timerCb, addPoll, getREvents,
   };
@@ -157,21 +168,22 @@ export function inAddr(dotted: string): number {
 
 /** "fec0::2" as the 16 bytes of a struct in6_addr; throws RangeError for anything else. */
 export function in6Addr(text: string): number[] {
-  const bad = () => new RangeError(`"${text}" is not an IPv6 address`);
-  const halves = text.split('::');
-  if (halves.length > 2) throw bad();
-  const groups = (part: string) => (part === '' ? [] : part.split(':'));
-  const head = groups(halves[0]);
-  const tail = halves.length === 2 ? groups(halves[1]) : [];
-  const missing = 8 - head.length - tail.length;
-  if (halves.length === 1 ? missing !== 0 : missing < 1) throw bad();
-  const all = [...head, ...new Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail];
-  const bytes: number[] = [];
-  for (const g of all) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) throw bad();
-    const v = parseInt(g, 16);
-    bytes.push(v >> 8, v & 0xff);
-  }
+  const bytes = ipv6Bytes(text);
+  if (!bytes) throw new RangeError(`"${text}" is not an IPv6 address`);
+  return bytes;
+}
+
+const AF_INET6 = 10;
+const HOSTFWD_UDP = 1;
+const HOSTFWD_V6ONLY = 2;
+
+/** struct sockaddr_in6 (28 bytes): family, port (network order), flow info, address, scope. */
+function sockaddrIn6(addr: string, port: number): Uint8Array {
+  const bytes = new Uint8Array(28);
+  const view = new DataView(bytes.buffer);
+  view.setUint16(0, AF_INET6, true);
+  view.setUint16(2, port, false);
+  bytes.set(in6Addr(addr), 8);
   return bytes;
 }
 
@@ -304,10 +316,22 @@ export class Slirp {
   /** Forwards host HOSTADDR:HOSTPORT (tcp or udp) to the guest's GUESTADDR:GUESTPORT. */
   addHostForward(udp: boolean, hostAddr: string, hostPort: number, guestAddr: string, guestPort: number): void {
     const r = this.lib.slirp_add_hostfwd(this.handle, udp ? 1 : 0, inAddr(hostAddr), hostPort, inAddr(guestAddr), guestPort) as number;
-    if (r < 0) {
-      const errno = koffi.errno();
-      throw new SlirpError('slirp_add_hostfwd', `cannot listen on ${udp ? 'udp' : 'tcp'} ${hostAddr}:${hostPort}${errno ? ` (errno ${errno}: the port is taken, or the address is not this host's)` : ''}`);
-    }
+    if (r < 0) throw this.forwardError('slirp_add_hostfwd', udp, `${hostAddr}:${hostPort}`);
+  }
+
+  /** The same over IPv6: host [HOSTADDR]:HOSTPORT (only IPv6 connections) to the guest's [GUESTADDR]:GUESTPORT. */
+  addHostForward6(udp: boolean, hostAddr: string, hostPort: number, guestAddr: string, guestPort: number): void {
+    const add = this.lib.slirp_add_hostxfwd;
+    if (!add) throw new SlirpError('slirp_add_hostxfwd', `this libslirp (${this.lib.slirp_version_string() as string}) has no IPv6 port forwards; they need libslirp 4.5 or later`);
+    const host = sockaddrIn6(hostAddr, hostPort);
+    const guest = sockaddrIn6(guestAddr, guestPort);
+    const r = add(this.handle, host, host.length, guest, guest.length, (udp ? HOSTFWD_UDP : 0) | HOSTFWD_V6ONLY) as number;
+    if (r < 0) throw this.forwardError('slirp_add_hostxfwd', udp, `[${hostAddr}]:${hostPort}`);
+  }
+
+  private forwardError(call: string, udp: boolean, where: string): SlirpError {
+    const errno = koffi.errno();
+    return new SlirpError(call, `cannot listen on ${udp ? 'udp' : 'tcp'} ${where}${errno ? ` (errno ${errno}: the port is taken, or the address is not this host's)` : ''}`);
   }
 
   private timerNew(cb: unknown, cbOpaque: unknown): unknown {

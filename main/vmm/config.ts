@@ -1,5 +1,6 @@
 // The machine configuration: what the CLI, the config file and the manager all produce.
 // Parsing and validation live here so every entry point gives the same clear errors.
+import { ipv6Bytes, ipv6InPrefix } from '../../native/inet';
 import { USB_PASSTHROUGH_PATHS, type UsbPassthroughSetting } from '../host/usb-controller-choice';
 import { reenumerationWindowFromJson, type UsbRule, UsbRuleError, usbRulesFromJson } from '../host/usb-rules';
 
@@ -597,11 +598,15 @@ export interface HostForward {
   guestPort: number;
 }
 
-const HOSTFWD_FORM = '"tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT" (or udp:), e.g. "tcp:127.0.0.1:8022-:22"';
+const HOSTFWD_FORM = '"tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT" (or udp:; IPv6 addresses in brackets), e.g. "tcp:127.0.0.1:8022-:22" or "tcp:[::1]:8022-[fec0::15]:22"';
 
 function isIpv4(text: string): boolean {
   const parts = text.split('.');
   return parts.length === 4 && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255);
+}
+
+function isIpv6(text: string): boolean {
+  return ipv6Bytes(text) !== undefined;
 }
 
 /** Parses a hostfwd rule; a bad one is a ConfigError saying what is wrong with it. */
@@ -618,18 +623,36 @@ export function parseHostForward(text: string, where: string): HostForward {
   }
   const dash = rest.indexOf('-');
   if (dash < 0) throw bad('has no "-" between the host side and the guest side');
-  const side = (part: string, name: string, defaultAddr: string): [string, number] => {
-    const colon = part.lastIndexOf(':');
-    if (colon < 0) throw bad(`has no port on the ${name} side ("${part}" needs ADDR:PORT or :PORT)`);
-    const addr = part.slice(0, colon) || defaultAddr;
-    const portText = part.slice(colon + 1);
-    if (addr && !isIpv4(addr)) throw bad(`has ${name} address "${addr}", which is not an IPv4 address`);
+  const side = (part: string, name: string): [string, number] => {
+    let addr: string;
+    let portText: string;
+    if (part.startsWith('[')) {
+      const close = part.indexOf(']');
+      if (close < 0 || part[close + 1] !== ':') throw bad(`has ${name} side "${part}"; an IPv6 address goes as [ADDR]:PORT`);
+      addr = part.slice(1, close);
+      portText = part.slice(close + 2);
+      if (!isIpv6(addr)) throw bad(`has ${name} address "${addr}", which is not an IPv6 address`);
+    } else {
+      const colon = part.lastIndexOf(':');
+      if (colon < 0) throw bad(`has no port on the ${name} side ("${part}" needs ADDR:PORT or :PORT)`);
+      addr = part.slice(0, colon);
+      portText = part.slice(colon + 1);
+      if (addr.includes(':')) throw bad(`has ${name} address "${addr}"; an IPv6 address goes in brackets, as [${addr}]:PORT`);
+      if (addr && !isIpv4(addr)) throw bad(`has ${name} address "${addr}", which is not an IPv4 address`);
+    }
     if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) throw bad(`has ${name} port "${portText}"; a port is a number from 1 to 65535`);
     return [addr, Number(portText)];
   };
-  const [hostAddr, hostPort] = side(rest.slice(0, dash), 'host', '');
-  const [guestAddr, guestPort] = side(rest.slice(dash + 1), 'guest', USER_NET.dhcpStart);
-  if (!guestAddr.startsWith('10.0.2.')) throw bad(`sends to ${guestAddr}, which is outside the guest network 10.0.2.0/24`);
+  const [hostAddr, hostPort] = side(rest.slice(0, dash), 'host');
+  const [guestGiven, guestPort] = side(rest.slice(dash + 1), 'guest');
+  const hostV6 = hostAddr.includes(':');
+  if (hostV6 && !guestGiven) throw bad(`forwards IPv6 but names no guest address; give the guest's, e.g. [${USER_NET.ipv6.prefix}15] (a SLAAC guest's address is its ${USER_NET.ipv6.prefix}/64 address from its MAC)`);
+  const guestAddr = guestGiven || USER_NET.dhcpStart;
+  const guestV6 = guestAddr.includes(':');
+  if (hostAddr && hostV6 !== guestV6) throw bad(`mixes ${hostV6 ? 'IPv6' : 'IPv4'} on the host side with ${guestV6 ? 'IPv6' : 'IPv4'} on the guest side; both sides take the same kind`);
+  if (guestV6) {
+    if (!ipv6InPrefix(guestAddr, USER_NET.ipv6.prefix, USER_NET.ipv6.prefixLength)) throw bad(`sends to ${guestAddr}, which is outside the guest network ${USER_NET.ipv6.prefix}/${USER_NET.ipv6.prefixLength}`);
+  } else if (!guestAddr.startsWith('10.0.2.')) throw bad(`sends to ${guestAddr}, which is outside the guest network 10.0.2.0/24`);
   return { protocol, hostAddr, hostPort, guestAddr, guestPort };
 }
 
@@ -727,7 +750,7 @@ function netBackendFromJson(b: unknown, where: string): NetBackendConfig {
       const taken = new Map<string, number>();
       hostfwd.forEach((h, i) => {
         const f = parseHostForward(h, `${where}.hostfwd[${i}]`);
-        const key = `${f.protocol}:${f.hostAddr || '0.0.0.0'}:${f.hostPort}`;
+        const key = `${f.protocol}:${f.hostAddr || (f.guestAddr.includes(':') ? '::' : '0.0.0.0')}:${f.hostPort}`;
         if (taken.has(key)) throw new ConfigError(`${where}.hostfwd[${i}]: host ${f.protocol} port ${f.hostPort} is forwarded by hostfwd[${taken.get(key)}] already`);
         taken.set(key, i);
       });

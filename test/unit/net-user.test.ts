@@ -18,6 +18,8 @@ test('hostfwd rules parse as QEMU writes them, and bad ones say what is wrong', 
   assert.deepEqual(parseHostForward('tcp::8022-:22', 'x'), { protocol: 'tcp', hostAddr: '', hostPort: 8022, guestAddr: '10.0.2.15', guestPort: 22 });
   assert.deepEqual(parseHostForward('udp:127.0.0.1:5353-10.0.2.16:53', 'x'), { protocol: 'udp', hostAddr: '127.0.0.1', hostPort: 5353, guestAddr: '10.0.2.16', guestPort: 53 });
   assert.deepEqual(parseHostForward('::2222-:22', 'x').protocol, 'tcp');
+  assert.deepEqual(parseHostForward('tcp:[::1]:8022-[fec0::5054:ff:fe12:3456]:22', 'x'), { protocol: 'tcp', hostAddr: '::1', hostPort: 8022, guestAddr: 'fec0::5054:ff:fe12:3456', guestPort: 22 });
+  assert.deepEqual(parseHostForward('udp::5353-[fec0::15]:53', 'x'), { protocol: 'udp', hostAddr: '', hostPort: 5353, guestAddr: 'fec0::15', guestPort: 53 });
   const bad: [string, RegExp][] = [
     ['tcp:8022:22', /no "-"/],
     ['sctp::1-:2', /protocol "sctp"/],
@@ -26,6 +28,13 @@ test('hostfwd rules parse as QEMU writes them, and bad ones say what is wrong', 
     ['tcp:localhost:8022-:22', /host address "localhost"/],
     ['tcp::8022-22', /no port on the guest side/],
     ['tcp::8022-192.168.1.5:22', /outside the guest network/],
+    ['tcp:[::1]:8022-:22', /names no guest address/],
+    ['tcp:[::1]:8022-[fe80::1]:22', /outside the guest network fec0::\/64/],
+    ['tcp:[::1]:8022-10.0.2.15:22', /mixes IPv6 on the host side with IPv4/],
+    ['tcp:127.0.0.1:8022-[fec0::15]:22', /mixes IPv4 on the host side with IPv6/],
+    ['tcp:[::g]:8022-[fec0::15]:22', /host address "::g", which is not an IPv6 address/],
+    ['tcp:[::1]8022-[fec0::15]:22', /goes as \[ADDR\]:PORT/],
+    ['tcp:::1:8022-[fec0::15]:22', /goes in brackets/],
   ];
   for (const [text, why] of bad) {
     assert.throws(() => parseHostForward(text, 'nic'), (e: Error) => e instanceof ConfigError && why.test(e.message) && e.message.includes(text), text);
@@ -137,6 +146,34 @@ test('a TCP connect to a hostfwd port reaches the guest side as a SYN to 10.0.2.
       return (f[tcp + 13] & 0x12) === 0x02 ? { dst: [...f.subarray(30, 34)], dport: v.getUint16(tcp + 2), mac: [...f.subarray(0, 6)] } : null;
     }, mark);
     assert.deepEqual(syn, { dst: ip('10.0.2.15'), dport: 22, mac: GUEST_MAC });
+  } finally {
+    client.destroy();
+    await u.nic.close();
+  }
+});
+
+test('an IPv6 forward: a TCP connect to [::1]:PORT reaches the guest side as a SYN to its fec0:: address, port 22', async () => {
+  const port = await freePort();
+  const guest = in6Addr('fec0::5054:ff:fe12:3456');
+  const u = await userNic([`tcp:[::1]:${port}-[fec0::5054:ff:fe12:3456]:22`]);
+  const client = new net.Socket();
+  try {
+    assert.match(u.nic.description, new RegExp(`tcp \\[::1\\]:${port} -> \\[fec0::5054:ff:fe12:3456\\]:22`));
+    // slirp learns the guest's MAC from its neighbour solicitation for the gateway (as after SLAAC).
+    const gateway = in6Addr('fec0::2');
+    const solicitedNode = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, ...gateway.slice(13)];
+    u.send(icmp6Frame([0x33, 0x33, 0xff, ...gateway.slice(13)], guest, solicitedNode, [135, 0, 0, 0, 0, 0, 0, 0, ...gateway, 1, 1, ...GUEST_MAC]));
+    await u.waitFor((f) => { const m = icmp6Of(f); return m && m.type === 136 ? m : null; });
+    const mark = u.frames.length;
+    client.on('error', () => {});
+    client.connect(port, '::1');
+    const syn = await u.waitFor((f) => {
+      const v = new DataView(f.buffer, f.byteOffset);
+      if (f.length < 74 || v.getUint16(12) !== 0x86dd || f[20] !== 6) return null;
+      const tcp = 54;
+      return (f[tcp + 13] & 0x12) === 0x02 ? { dst: [...f.subarray(38, 54)], dport: v.getUint16(tcp + 2), mac: [...f.subarray(0, 6)] } : null;
+    }, mark);
+    assert.deepEqual(syn, { dst: guest, dport: 22, mac: GUEST_MAC });
   } finally {
     client.destroy();
     await u.nic.close();

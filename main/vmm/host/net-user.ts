@@ -64,7 +64,10 @@ export class UserEndpoint implements NetEndpoint {
       throw new NetBackendError(`${label}: cannot start user-mode networking: ${(e as Error).message}`);
     }
     try {
-      for (const f of forwards) this.slirp.addHostForward(f.protocol === 'udp', f.hostAddr || '0.0.0.0', f.hostPort, f.guestAddr, f.guestPort);
+      for (const f of forwards) {
+        if (f.guestAddr.includes(':')) this.slirp.addHostForward6(f.protocol === 'udp', f.hostAddr || '::', f.hostPort, f.guestAddr, f.guestPort);
+        else this.slirp.addHostForward(f.protocol === 'udp', f.hostAddr || '0.0.0.0', f.hostPort, f.guestAddr, f.guestPort);
+      }
     } catch (e) {
       this.slirp.close();
       throw new NetBackendError(`${label}: cannot forward ${(e as Error).message}`);
@@ -141,5 +144,7 @@ export class UserEndpoint implements NetEndpoint {
 }
 
 function describe(f: HostForward): string {
-  return `${f.protocol} ${f.hostAddr || '*'}:${f.hostPort} -> ${f.guestAddr}:${f.guestPort}`;
+  const v6 = f.guestAddr.includes(':');
+  const at = (addr: string, port: number) => (v6 ? `[${addr}]:${port}` : `${addr}:${port}`);
+  return `${f.protocol} ${at(f.hostAddr || '*', f.hostPort)} -> ${at(f.guestAddr, f.guestPort)}`;
 }
