@@ -5,6 +5,7 @@
 //
 // process.exit() hangs while a thread is inside KVM_RUN, so every way out stops the
 // machine first; if even that hangs, the process kills itself with SIGKILL.
+import './vm-process-prewarm';
 import type { MachineConfig } from '../vmm/config';
 import { UsbCaptureError } from '../vmm/host/usb-capture';
 import { CdromRequestError } from '../vmm/shared/cdrom-messages';

@@ -4,7 +4,8 @@
 // USB serial ports get their host backends here too, named to the machine by a link number.
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { launchMachineThread } from './machine-prewarm';
 import { ConfigError, parseSerialBackend, type MachineConfig, type PciAssignConfig, type UsbDeviceConfig } from '../config';
 import { EMULATED_WHILE_RUNNING, planUsbControllers, type UsbStartChoice } from '../../host/usb-controller-choice';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
@@ -320,7 +321,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       hostLink: { doorbell: this.doorbell.buffer, toMachine: this.toMachine.buffer, toHost: this.toHost.buffer },
       ram: this.ram ?? [],
     };
-    const worker = new Worker(path.join(__dirname, '..', 'machine', 'machine-thread.js'), { workerData: data });
+    const worker = launchMachineThread(data);
     this.worker = worker;
     return new Promise((resolve, reject) => {
       let started = false;

@@ -7,6 +7,7 @@ import { ByteRing, ControlBlock, epochMs } from '../shared/control';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import { type CounterSpec, StatsRegistry } from '../shared/stats';
 import type { MemoryRegion } from '../memory/guest-memory';
+import type { MachineThreadAwaitingLaunch } from '../host/machine-prewarm';
 
 // Control messages. Host I/O (serial input, backend completions) comes over the channel.
 export type HostToMachine =
@@ -30,7 +31,6 @@ export interface MachineThreadData {
 const threadReadyAt = epochMs();
 const port = parentPort;
 if (!port) throw new Error('machine-thread must run as a worker');
-const data = workerData as MachineThreadData;
 const post = (m: MachineToHost) => port.postMessage(m);
 
 function statsRegistryOf(stats: MachineThreadData['stats']): StatsRegistry {
@@ -39,7 +39,15 @@ function statsRegistryOf(stats: MachineThreadData['stats']): StatsRegistry {
   return registry;
 }
 
+/** The thread's data: workerData, or the first message for a thread started ahead (machine-prewarm.ts). */
+function launchData(): Promise<MachineThreadData> {
+  if (!(workerData as MachineThreadAwaitingLaunch | null)?.awaitLaunch) return Promise.resolve(workerData as MachineThreadData);
+  return new Promise((resolve) => port!.once('message', (m: { type: 'launch'; data: MachineThreadData }) => resolve(m.data)));
+}
+
 async function main(): Promise<void> {
+  const data = await launchData();
+  const configAt = epochMs();
   // The kernel and initrd are read while KVM creates the VM, its RAM and vCPUs.
   prefetchLinuxFiles(data.config.boot);
   const hostDoorbell = new Doorbell(data.hostLink.doorbell);
@@ -55,7 +63,7 @@ async function main(): Promise<void> {
     ram: data.ram,
     post,
   });
-  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt });
+  machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt }, { label: 'machine-config', epochMs: configAt });
   await machine.setup();
   port!.on('message', (m: HostToMachine) => {
     switch (m.type) {
