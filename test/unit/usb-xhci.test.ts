@@ -587,6 +587,32 @@ test('MFINDEX counts microframes from the clock while running and holds when hal
   assert.equal(d.r32(0x1000), held);
 });
 
+test('with EWE set, an MFINDEX Wrap Event comes at each wrap, none without EWE or while halted', () => {
+  const d = new Driver();
+  d.start();
+  d.clock.advance(3000);
+  assert.deepEqual(d.events().filter((e) => e.type === 39), [], 'EWE clear: no wrap events');
+  d.w32(OP, 1 | 4 | (1 << 10)); // RS | INTE | EWE
+  d.clock.advance(1000); // MFINDEX passes 0x3fff at 4096 ms
+  assert.equal(d.events().length, 0, 'not before the wrap');
+  d.clock.advance(100);
+  let wraps = d.events().filter((e) => e.type === 39);
+  assert.equal(wraps.length, 1, 'one wrap event');
+  assert.equal(wraps[0].code, 1, 'Success');
+  assert.equal(d.r32(0x1000), 4100 * 8 - 0x8000, 'MFINDEX counts on from 0 after its second wrap');
+  d.clock.advance(2048);
+  d.clock.advance(2048);
+  wraps = d.events().filter((e) => e.type === 39);
+  assert.equal(wraps.length, 2, 'one per wrap period');
+  d.w32(OP, 4 | (1 << 10)); // halted, EWE kept
+  d.clock.advance(5000);
+  assert.equal(d.events().filter((e) => e.type === 39).length, 0, 'none while halted');
+  d.w32(OP, 1 | 4); // running again, EWE clear
+  d.clock.advance(5000);
+  assert.equal(d.events().filter((e) => e.type === 39).length, 0, 'none after EWE is cleared');
+  assert.equal(d.clock.pending, 0, 'no timer left behind');
+});
+
 test('HCRST while transfers are pending cancels them and shows the connected ports again', () => {
   const d = new Driver();
   d.start();

@@ -36,6 +36,8 @@ export const USBCMD_RS = 1 << 0;
 export const USBCMD_HCRST = 1 << 1;
 export const USBCMD_INTE = 1 << 2;
 export const USBCMD_HSEE = 1 << 3;
+/** Enable Wrap Event: an MFINDEX Wrap Event each time MFINDEX passes from 0x3fff to 0. */
+export const USBCMD_EWE = 1 << 10;
 /** The bits USBCMD keeps (RS, INTE, HSEE, LHCRST-less: CSS/CRS are actions, EWE, EU3S, CME...). */
 export const USBCMD_STORED = USBCMD_RS | USBCMD_INTE | USBCMD_HSEE | (1 << 10) | (1 << 11) | (1 << 13);
 
@@ -54,6 +56,8 @@ export const CRCR_CRR = 1 << 3;
 
 // Runtime registers.
 export const RT_MFINDEX = 0x00;
+/** MFINDEX counts 125 µs microframes in 14 bits: it wraps every 2.048 s. */
+export const MFINDEX_WRAP_MS = 0x4000 / 8;
 export const RT_IR_BASE = 0x20;
 export const RT_IR_STRIDE = 0x20;
 export const IR_IMAN = 0x00;
@@ -129,6 +133,7 @@ export const TRB_TRANSFER_EVENT = 32;
 export const TRB_COMMAND_COMPLETION = 33;
 export const TRB_PORT_STATUS_CHANGE = 34;
 export const TRB_HOST_CONTROLLER_EVENT = 37;
+export const TRB_MFINDEX_WRAP = 39;
 
 // TRB control-word bits.
 export const TRB_CYCLE = 1 << 0;

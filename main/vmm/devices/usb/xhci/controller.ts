@@ -10,6 +10,7 @@ import {
   MAX_PORTS, MAX_SLOTS, OP_BASE, OP_CONFIG, OP_CRCR, OP_DCBAAP, OP_DNCTRL, OP_PAGESIZE, OP_USBCMD, OP_USBSTS,
   PORT_BASE, PORT_STRIDE, RT_BASE, RT_IR_BASE, RT_IR_STRIDE, RT_MFINDEX, TRB_COMMAND_COMPLETION,
   TRB_PORT_STATUS_CHANGE, USB2_PORTS, USB3_PORTS, USBCMD_HCRST, USBCMD_INTE, USBCMD_RS, USBCMD_STORED,
+  MFINDEX_WRAP_MS, TRB_MFINDEX_WRAP, USBCMD_EWE,
   USBSTS_EINT, USBSTS_HCE, USBSTS_HCH, USBSTS_HSE, USBSTS_PCD, USBSTS_RW1C, XECP_BASE, XHCI_BAR_SIZE,
 } from './constants';
 import { high32, low32, newSlots, pointer, type Slot, TWO_32, type XhciServices } from './core';
@@ -93,6 +94,7 @@ export class XhciController implements XhciServices {
   private cmdTimer: (() => void) | null = null;
   private mfindexBase = 0;
   private mfindexHeld = 0;
+  private wrapTimer: (() => void) | null = null;
 
   constructor(options: XhciOptions) {
     this.dma = options.dma;
@@ -300,6 +302,27 @@ export class XhciController implements XhciServices {
     }
   }
 
+  /** With EWE set and the controller running, an MFINDEX Wrap Event at each wrap (xHCI 4.14.2). */
+  private scheduleWrapEvent(): void {
+    this.wrapTimer?.();
+    this.wrapTimer = null;
+    if (!this.running() || !(this.usbcmd & USBCMD_EWE)) return;
+    const wrapsSoFar = () => Math.floor((this.clock.now() - this.mfindexBase) / MFINDEX_WRAP_MS);
+    const nextWrap = wrapsSoFar() + 1;
+    const arm = () => {
+      const untilWrap = this.mfindexBase + nextWrap * MFINDEX_WRAP_MS - this.clock.now();
+      this.wrapTimer = this.clock.setTimer(Math.max(0, untilWrap), () => {
+        this.wrapTimer = null;
+        if (!this.running() || !(this.usbcmd & USBCMD_EWE)) return;
+        if (wrapsSoFar() < nextWrap) return arm(); // a timer that fired early
+        this.postEvent(0, 0, 0, CC_SUCCESS << 24, TRB_MFINDEX_WRAP << 10, false);
+        this.count('mfindex-wraps');
+        this.scheduleWrapEvent();
+      });
+    };
+    arm();
+  }
+
   private mfindex(): number {
     if (!this.running()) return this.mfindexHeld;
     return Math.floor((this.clock.now() - this.mfindexBase) * 8) & 0x3fff;
@@ -350,6 +373,7 @@ export class XhciController implements XhciServices {
         if ((v & USBCMD_RS) && !(was & USBCMD_RS)) this.start();
         else if (!(v & USBCMD_RS) && (was & USBCMD_RS)) this.halt();
         if ((v ^ was) & USBCMD_INTE) for (let i = 0; i < MAX_INTRS; i++) this.updateLine(i);
+        if ((v ^ was) & (USBCMD_EWE | USBCMD_RS)) this.scheduleWrapEvent();
         return;
       }
       case OP_USBSTS:
@@ -446,6 +470,8 @@ export class XhciController implements XhciServices {
     this.cmdStopPending = false;
     this.cmdTimer?.();
     this.cmdTimer = null;
+    this.wrapTimer?.();
+    this.wrapTimer = null;
     this.commands.reset();
     for (const slot of this.slots) this.transfers.abortSlot(slot);
   }
