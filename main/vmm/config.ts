@@ -589,6 +589,11 @@ export const USER_NET = {
   ipv6: { prefix: 'fec0::', prefixLength: 64, host: 'fec0::2', dns: 'fec0::3' },
 } as const;
 
+/** The default name of disk `index` in statistics and logs. */
+export function diskName(disk: DiskConfig, index: number): string {
+  return disk.name ?? `disk${index}`;
+}
+
 export interface HostForward {
   protocol: 'tcp' | 'udp';
   /** Empty: every address of the host (0.0.0.0), as in QEMU. */

@@ -10,7 +10,7 @@ import { ConfigError, parseSerialBackend, type MachineConfig, type PciAssignConf
 import { EMULATED_WHILE_RUNNING, planUsbControllers, type UsbStartChoice } from '../../host/usb-controller-choice';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
-import { DEBUGCON_RING } from '../platform/platform';
+import { DEBUGCON_RING } from '../platform/layout';
 import { DeadlineKicker } from './deadline-kicker';
 import { openSerialBackend, type SerialEndpoint } from './serial-backends';
 import { CoalescedRing } from '../../../native/kvm';
@@ -42,7 +42,7 @@ import {
   CDROM_CHANNEL_TARGET, CDROM_KIND, type CdromRequestBody, CdromRequestError, decodeCdromMessage, encodeCdromMessage,
 } from '../shared/cdrom-messages';
 import type { CdromDriveInfo } from '../../api/contract';
-import { diskName } from '../devices/virtio/blk';
+import { diskName } from '../config';
 import { type UsbCaptureSpec, type UsbCaptureSummary, UsbCaptures, type UsbTransferRecord } from './usb-capture';
 
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';

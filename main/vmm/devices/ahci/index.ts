@@ -6,7 +6,7 @@ import { ConfigError } from '../../config';
 import { counter, type DeviceContext, type DeviceFactory } from '../device';
 import { RawImageFile } from '../usb/storage/block-backend';
 import { openBlockImage } from '../block/open-image';
-import { diskName } from '../virtio/blk';
+import { diskName } from '../../config';
 import type { SataDrive } from './ata';
 import { AtaDisk } from './ata-disk';
 import { AtapiCdrom } from './atapi-cdrom';

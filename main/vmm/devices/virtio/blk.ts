@@ -9,7 +9,7 @@
 // in a request (a data buffer outside guest memory, a length that is not whole sectors or is
 // too large, sectors past the end) is VIRTIO_BLK_S_IOERR; a request with no room for a
 // header or a status byte breaks the protocol and puts the device in NEEDS_RESET.
-import { ConfigError, type DiskConfig } from '../../config';
+import { ConfigError, type DiskConfig, diskName } from '../../config';
 import { DMA_OK, DmaMemory } from '../../memory/dma';
 import { type Counter, counter, type DeviceContext, type DeviceFactory } from '../device';
 import type { BlockBackend } from '../usb/storage/block-backend';
@@ -315,10 +315,6 @@ export class VirtioBlk extends VirtioPciDevice {
   }
 }
 
-/** The default name of disk `index` in statistics and logs. */
-export function diskName(disk: DiskConfig, index: number): string {
-  return disk.name ?? `disk${index}`;
-}
 
 /**
  * The VM's virtio-blk disks, one PCI function each (00:08.0 on). Every image is opened and
