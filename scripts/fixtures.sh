@@ -10,6 +10,8 @@ need=()
 command -v nasm >/dev/null || need+=(nasm)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v xz >/dev/null || need+=(xz-utils)
+# kernel-unpack tests unpack a zstd payload as well.
+command -v zstd >/dev/null || need+=(zstd)
 command -v gcc >/dev/null || need+=(gcc)
 command -v mkfs.fat >/dev/null || need+=(dosfstools)
 command -v mcopy >/dev/null || need+=(mtools)

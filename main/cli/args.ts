@@ -31,6 +31,8 @@ export type CliCommand =
     /** Print a line of the busiest counters every this many ms while the VM runs, or null. */
     liveStatsMs: number | null;
     verbose: boolean; timings: boolean;
+    /** Boot a bzImage's kernel unpacked ahead (main/vmm/boot/kernel-unpack.ts); off with --no-unpack-kernel. */
+    unpackKernel: boolean;
     /** --monitor: the control socket to listen on, or null. */
     monitor: string | null;
   }
@@ -80,6 +82,9 @@ Boot source (one of):
   --kernel PATH          Linux bzImage or vmlinux ELF, booted directly
     --initrd PATH        initial ramdisk for --kernel
     --append "ARGS"      kernel command line for --kernel
+    --no-unpack-kernel   always run the bzImage's own decompressor (by default the
+                         host unpacks a bzImage once, into ~/.cache/porthole/kernels,
+                         and later boots enter the unpacked kernel: faster, no KASLR)
   --config FILE          a VM config file (JSON, version 1); other options override it
 
 Machine:
@@ -142,7 +147,7 @@ const VALUE_FLAGS = new Set([
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
-const BOOL_FLAGS = new Set(['--verbose', '--timings', '--debug-exit']);
+const BOOL_FLAGS = new Set(['--verbose', '--timings', '--debug-exit', '--no-unpack-kernel']);
 
 /** Splits argv into [flag, value] pairs, accepting --flag=value and --flag value. */
 function tokenize(argv: string[]): [string, string | null][] {
@@ -208,6 +213,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   let liveStatsInterval: number | null = null;
   let verbose = false;
   let timings = false;
+  let unpackKernel = true;
   let nextSerial = 0;
   let kernel: string | undefined;
   let initrd: string | undefined;
@@ -243,6 +249,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       }
       case '--verbose': verbose = true; break;
       case '--timings': timings = true; break;
+      case '--no-unpack-kernel': unpackKernel = false; break;
       case '--debug-exit': config.debugExit = true; break;
       case '--mem': config.memoryBytes = parseMemorySize(v); break;
       case '--cpus': config.cpus = parseCpus(v, '--cpus'); break;
@@ -312,7 +319,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
   if (liveStatsInterval !== null) liveStatsMs = liveStatsInterval;
-  return { command: 'run', config, stats, liveStatsMs, verbose, timings, monitor };
+  return { command: 'run', config, stats, liveStatsMs, verbose, timings, unpackKernel, monitor };
 }
 
 /** "unix:PATH" or PATH. */

@@ -146,12 +146,12 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     process.stderr.write(`porthole: ${problem}\n`);
     return 1;
   }
-  const { config, stats, liveStatsMs, verbose, timings, monitor } = command;
+  const { config, stats, liveStatsMs, verbose, timings, unpackKernel, monitor } = command;
   if (timings) {
     if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
     printTiming('cli', epochMs());
   }
-  const host = new VmHost(config);
+  const host = new VmHost(config, { unpackKernel });
   if (timings) host.on('timing', (t) => printTiming(t.label, t.epochMs));
   host.on('endpoint', (ring, description) => {
     if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);

@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import { launchMachineThread } from './machine-prewarm';
+import { kernelForBoot } from '../boot/kernel-unpack';
 import { ConfigError, parseSerialBackend, type MachineConfig, type PciAssignConfig, type UsbDeviceConfig } from '../config';
 import { EMULATED_WHILE_RUNNING, planUsbControllers, type UsbStartChoice } from '../../host/usb-controller-choice';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
@@ -106,6 +107,14 @@ interface Backlogged {
 /** Waits before each try to take a host device that just appeared (it may still be enumerating). */
 const ENUMERATION_RETRY_MS = [0, 300, 700, 1500, 2500];
 
+export interface VmHostOptions {
+  /**
+   * Boot a bzImage as its kernel unpacked on the host (cached; after the first boot, which
+   * starts the unpack in the background). Faster; the guest loses the decompressor's KASLR. `porthole run` sets it.
+   */
+  unpackKernel?: boolean;
+}
+
 export class VmHost extends EventEmitter<VmHostEvents> {
   private worker: Worker | null = null;
   private control = new ControlBlock();
@@ -202,7 +211,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   readonly usbCaptures = new UsbCaptures(async (portMask, snapLength) =>
     (await this.usbRequest({ op: 'capture', portMask, snapLength })).capture);
 
-  constructor(readonly config: MachineConfig) {
+  /** The kernel file this run boots, when it is not the config's (kernel-unpack.ts). */
+  private bootKernel: string | null = null;
+
+  constructor(readonly config: MachineConfig, private readonly options: VmHostOptions = {}) {
     super();
     this.toMachine.onWake = () => this.kick(0);
     this.onMachineMessage(XHCI_CHANNEL_TARGET, (kind, payload) => this.onUsbReply(kind, payload));
@@ -264,6 +276,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.endpoints.forEach((e, i) => { if (e) this.emit('endpoint', i, e.description); });
       await this.openConfiguredUsbSerials();
       await this.openNics();
+      this.chooseBootKernel();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
       this.runPciAssign = [...(this.config.pciAssign ?? []), ...this.planUsbControllers()];
@@ -698,8 +711,19 @@ export class VmHost extends EventEmitter<VmHostEvents> {
   // ---- USB hot-plug ----------------------------------------------------------------------
 
   /** The config a launch builds: after a hot-plug, the USB devices plugged in at that moment. */
+  /** With unpackKernel, a bzImage boots as its cached unpacked kernel, or starts one (kernel-unpack.ts). */
+  private chooseBootKernel(): void {
+    this.bootKernel = null;
+    const boot = this.config.boot;
+    if (!this.options.unpackKernel || boot.kind !== 'linux') return;
+    const choice = kernelForBoot(boot.kernel);
+    this.emit('log', choice.note);
+    if (choice.path !== boot.kernel) this.bootKernel = choice.path;
+  }
+
   private launchConfig(): MachineConfig {
     let config: MachineConfig = this.assignedPci === null ? this.config : { ...this.config, pciAssign: this.assignedPci.withFds(this.runPciAssign) };
+    if (this.bootKernel !== null && config.boot.kind === 'linux') config = { ...config, boot: { ...config.boot, kernel: this.bootKernel } };
     if (this.usbPlugged !== null && config.usb) config = { ...config, usb: { ...config.usb, devices: this.usbPlugged.map((d) => ({ ...d })) } };
     const media = this.cdromMedia;
     if (media !== null && config.disks) {
