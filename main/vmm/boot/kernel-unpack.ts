@@ -8,7 +8,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { parseElfKernel } from './linux';
 
 /** How many unpacked kernels the cache keeps (each is the size of a vmlinux, 30 to 70 MB). */
 export const KERNEL_CACHE_KEEP = 4;
@@ -94,7 +93,8 @@ export async function unpackPayload(payload: Uint8Array, name: string, backgroun
     throw new KernelUnpackError(`${name}: its payload is compressed in a format Porthole does not unpack (only gzip, xz and zstd)`);
   }
   if (expect !== undefined && out.length !== expect) throw new KernelUnpackError(`${name}: unpacked to ${out.length} bytes, but the image says ${expect}`);
-  parseElfKernel(out, `${name} (unpacked)`);
+  // Loaded here, not at the top: the VM host only needs kernelForBoot, and linux.ts brings the PCI platform.
+  (require('./linux') as typeof import('./linux')).parseElfKernel(out, `${name} (unpacked)`);
   return out;
 }
 
