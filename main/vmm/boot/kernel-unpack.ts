@@ -51,6 +51,12 @@ export function bzImagePayload(image: Uint8Array, name: string): Uint8Array {
   return image.subarray(kernelAt + offset, kernelAt + offset + length);
 }
 
+/** /usr/bin's tool before whatever PATH finds first (busybox's xz lacks the kernel's filters). */
+function tool(name: string): string {
+  const full = path.join('/usr/bin', name);
+  return fs.existsSync(full) ? full : name;
+}
+
 function runFilter(command: string, args: string[], input: Uint8Array, background: boolean): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -61,10 +67,10 @@ function runFilter(command: string, args: string[], input: Uint8Array, backgroun
     let err = '';
     child.stdout.on('data', (c: Buffer) => out.push(c));
     child.stderr.setEncoding('utf8').on('data', (c: string) => { err = (err + c).slice(-500); });
-    child.on('error', (e: NodeJS.ErrnoException) => reject(new KernelUnpackError(e.code === 'ENOENT' ? `${command} is not installed` : `${command}: ${e.message}`)));
+    child.on('error', (e: NodeJS.ErrnoException) => reject(new KernelUnpackError(e.code === 'ENOENT' ? `${path.basename(command)} is not installed` : `${command}: ${e.message}`)));
     child.on('close', (code) => {
       if (code === 0) resolve(Buffer.concat(out));
-      else reject(new KernelUnpackError(`${command} failed (exit ${code}): ${err.trim()}`));
+      else reject(new KernelUnpackError(`${path.basename(command)} failed (exit ${code}): ${err.trim()}`));
     });
     child.stdin.on('error', () => { /* the close handler reports the failure */ });
     child.stdin.end(input);
@@ -78,10 +84,10 @@ export async function unpackPayload(payload: Uint8Array, name: string, backgroun
   const sizeAppended = () => new DataView(payload.buffer, payload.byteOffset + payload.length - 4, 4).getUint32(0, true);
   let expect: number | undefined;
   if (startsWith(payload, XZ_MAGIC)) {
-    out = await runFilter('xz', ['-dc', '--single-stream'], payload, background);
+    out = await runFilter(tool('xz'), ['-dc'], payload.subarray(0, payload.length - 4), background);
     expect = sizeAppended();
   } else if (startsWith(payload, ZSTD_MAGIC)) {
-    out = await runFilter('zstd', ['-dc'], payload.subarray(0, payload.length - 4), background);
+    out = await runFilter(tool('zstd'), ['-dc'], payload.subarray(0, payload.length - 4), background);
     expect = sizeAppended();
   } else if (startsWith(payload, GZIP_MAGIC)) {
     try {
