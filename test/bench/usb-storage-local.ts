@@ -73,7 +73,7 @@ class SegmentedRing {
   }
 }
 
-interface Bench {
+export interface Bench {
   d: Driver;
   stick: UsbStorage;
   slot: number;
@@ -86,7 +86,7 @@ interface Bench {
   image: string;
 }
 
-function setUp(contiguous: boolean): Bench {
+export function setUp(contiguous: boolean): Bench {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-usb-bench-'));
   const image = path.join(dir, 'stick.img');
   fs.writeFileSync(image, '');
@@ -198,7 +198,7 @@ function putCbw(b: Bench, write: boolean, bytes: number): void {
 }
 
 /** One SCSI READ(10)/WRITE(10) of `bytes`, as Linux's usb-storage runs it. */
-function command(b: Bench, write: boolean, bytes: number): void {
+export function command(b: Bench, write: boolean, bytes: number): void {
   const out = b.rings[DCI_OUT];
   putCbw(b, write, bytes);
   out.push(CBW_AT, 0, 31, trb(1, (1 << 5) | (1 << 2)));
@@ -220,6 +220,8 @@ export interface LocalResult {
   measure: Measure;
   /** Wall time per command, µs (median over rounds). */
   us: number;
+  /** This process's CPU time (user + system) per command, µs: less hurt by a busy host than wall time. */
+  cpuUs: number;
   /** Inside the endpoint doorbells, µs per command (median over rounds). */
   doorbellUs: number;
   /** JS heap bytes allocated per command (null: a GC ran in the window, or not measured). */
@@ -231,19 +233,23 @@ function median(values: number[]): number {
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-function timeMeasure(b: Bench, m: Measure, commands: number, rounds: number): { us: number; doorbellUs: number } {
+function timeMeasure(b: Bench, m: Measure, commands: number, rounds: number): { us: number; cpuUs: number; doorbellUs: number } {
   const write = m.startsWith('write');
   for (let i = 0; i < Math.min(commands, 50); i++) command(b, write, BYTES[m]); // warm-up
   const wall: number[] = [];
+  const cpu: number[] = [];
   const inDoorbells: number[] = [];
   for (let r = 0; r < rounds; r++) {
     const db0 = b.doorbellUs.value;
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     for (let i = 0; i < commands; i++) command(b, write, BYTES[m]);
     wall.push(((performance.now() - t0) * 1000) / commands);
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / commands);
     inDoorbells.push(((b.doorbellUs.value - db0) >>> 0) / commands);
   }
-  return { us: median(wall), doorbellUs: median(inDoorbells) };
+  return { us: median(wall), cpuUs: median(cpu), doorbellUs: median(inDoorbells) };
 }
 
 /** Bytes allocated per command, or null when a GC ran inside the window. */
@@ -298,13 +304,13 @@ async function main(): Promise<void> {
       console.error(`allocation run failed: ${child.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     }
     console.log(`xHCI + usb-storage on this host, Linux's pattern, ${args.contiguous ? 'contiguous' : 'shuffled'} 4 KiB pages; ${args.commands} commands x ${args.rounds} rounds (medians); load ${os.loadavg()[0].toFixed(2)}`);
-    console.log(`${'measure'.padEnd(9)}${'us/cmd'.padStart(10)}${'doorbells'.padStart(11)}${'KB alloc'.padStart(10)}`);
+    console.log(`${'measure'.padEnd(9)}${'us/cmd'.padStart(10)}${'cpu us'.padStart(10)}${'doorbells'.padStart(11)}${'KB alloc'.padStart(10)}`);
     const results: LocalResult[] = [];
     for (const m of args.only) {
       const t = timeMeasure(b, m, m.endsWith('1m') ? Math.max(1, Math.floor(args.commands / 8)) : args.commands, args.rounds);
       const a = allocated[m] ?? null;
-      results.push({ measure: m, us: t.us, doorbellUs: t.doorbellUs, allocatedBytes: a });
-      console.log(`${m.padEnd(9)}${t.us.toFixed(1).padStart(10)}${t.doorbellUs.toFixed(1).padStart(11)}${(a === null ? '-' : (a / 1024).toFixed(2)).padStart(10)}`);
+      results.push({ measure: m, us: t.us, cpuUs: t.cpuUs, doorbellUs: t.doorbellUs, allocatedBytes: a });
+      console.log(`${m.padEnd(9)}${t.us.toFixed(1).padStart(10)}${t.cpuUs.toFixed(1).padStart(10)}${t.doorbellUs.toFixed(1).padStart(11)}${(a === null ? '-' : (a / 1024).toFixed(2)).padStart(10)}`);
     }
   } finally {
     b.stick.close();
@@ -312,4 +318,4 @@ async function main(): Promise<void> {
   }
 }
 
-void main();
+if (require.main === module) void main();

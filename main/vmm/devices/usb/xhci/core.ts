@@ -42,8 +42,12 @@ export interface Td {
   /** A TRB Error found while fetching: reported, and the endpoint halted, when this TD retires. */
   errorTrb: number;
   errorCode: number;
-  /** The TD's TRBs in ring order, Links left out. */
+  /**
+   * The TD's TRBs in ring order, Links left out: the first `count` entries (the array and its
+   * TRB objects are reused when the TD is, so entries past `count` are stale).
+   */
   trbs: Trb[];
+  count: number;
   /** Ring position of the first TRB, and of the TRB after the TD. */
   start: number;
   startCycle: number;
@@ -53,7 +57,7 @@ export interface Td {
   complete: boolean;
   /** Dropped by the controller (stop, reset, unplug): its completion is ignored. */
   stale: boolean;
-  /** Bytes of each data TRB (IN gather/scatter), in `trbs` order; -1 for non-data TRBs. */
+  /** Bytes of each data TRB (IN gather/scatter), in `trbs` order; -1 for non-data TRBs (first `count`). */
   lengths: number[];
   /** performance.now() when it went to the device (0 while nothing counts traffic). */
   submittedMs: number;
@@ -74,6 +78,8 @@ export class Endpoint {
   fetch = 0;
   fetchCycle = 1;
   readonly inflight: Td[] = [];
+  /** Retired TDs (and their TRB objects) kept for the next fetches: no allocation per TRB. */
+  readonly spareTds: Td[] = [];
   /** A continuation of a kick that hit MAX_TDS_PER_KICK. */
   cancelTimer: (() => void) | null = null;
   kicking = false;
