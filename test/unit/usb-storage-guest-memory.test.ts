@@ -120,6 +120,39 @@ test('buffers that follow each other in guest memory go to the stick as one wind
   }
 });
 
+test('a TD naming the same buffers as the last one reuses its windows until the memory map changes or the buffers do', () => {
+  const dir = tempDir();
+  const image = makeImage(dir, 1 << 20);
+  const { d, stick, seen, command } = setUp(image);
+  try {
+    const all = imageBytes(1 << 20);
+    const readAt = (lba: number, at: number[]) => {
+      for (const page of at) d.dma.fill(page, 4096, 0xee);
+      const { csw } = command(false, lba, 64, at);
+      assert.equal(csw.status, 0);
+      at.forEach((page, i) => {
+        const got = new Uint8Array(4096);
+        d.dma.read(page, got);
+        assert.deepEqual(got, all.subarray(lba * 512 + i * 4096, lba * 512 + (i + 1) * 4096), `LBA ${lba} page ${i}`);
+      });
+      const t = seen.filter((x) => x.in && x.guest !== undefined).pop();
+      assert.ok(t?.guest);
+      return t.guest;
+    };
+    const first = readAt(0, pages);
+    assert.equal(readAt(64, pages), first, 'the same buffers: the same windows');
+    const other = [...pages.slice(0, 7), PAGES + 30 * 4096];
+    const moved = readAt(128, other);
+    assert.notEqual(moved, first, 'one buffer moved: new windows');
+    assert.equal(readAt(192, other), moved);
+    // A region added elsewhere replaces the memory map: windows are made again.
+    d.memory.add({ guestBase: 0x4000000, size: 0x1000, buffer: new SharedArrayBuffer(0x1000), offset: 0, readonly: false, name: 'later' });
+    assert.notEqual(readAt(256, other), moved, 'a new memory map: new windows');
+  } finally {
+    stick.close();
+  }
+});
+
 test('a scatter-gather WRITE(10) goes from guest memory to the image; the host asking more than the command moves gets padding and a residue', () => {
   const dir = tempDir();
   const image = makeImage(dir, 1 << 20);

@@ -1,6 +1,7 @@
 // What the parts of the xHCI controller (rings, ports, slots, transfers) share: the TRB and
 // context records and the controller services each part calls.
 import type { DmaMemory } from '../../../memory/dma';
+import type { MemoryRegion } from '../../../memory/guest-memory';
 import type { UsbTransfer } from '../usb-device';
 import type { XhciPort } from './ports';
 import { EP_DISABLED, MAX_SLOTS, SLOT_DISABLED } from './constants';
@@ -63,6 +64,16 @@ export interface Td {
   submittedMs: number;
 }
 
+export interface GuestSegmentsCache {
+  /** The memory map the windows were made in (GuestMemory replaces the list when it changes). */
+  regions: readonly MemoryRegion[] | null;
+  dirIn: boolean;
+  /** Address and length of each data TRB, interleaved: key[0..keyLength). */
+  key: number[];
+  keyLength: number;
+  segments: Uint8Array[] | null;
+}
+
 export class Endpoint {
   state = EP_DISABLED;
   /** Endpoint context EP Type. */
@@ -78,6 +89,8 @@ export class Endpoint {
   fetch = 0;
   fetchCycle = 1;
   readonly inflight: Td[] = [];
+  /** The guest windows of the last TD handed over as segments, by the buffers (address, length) it named. */
+  readonly guestCache: GuestSegmentsCache = { regions: null, dirIn: false, key: [], keyLength: 0, segments: null };
   /** Retired TDs (and their TRB objects) kept for the next fetches: no allocation per TRB. */
   readonly spareTds: Td[] = [];
   /** A continuation of a kick that hit MAX_TDS_PER_KICK. */

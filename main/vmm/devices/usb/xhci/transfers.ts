@@ -256,7 +256,7 @@ export class TransferEngine {
     // A device that moves guest memory itself (a disk reading into it with preadv) gets the
     // TD's buffers as segments, unless a capture wants the bytes on their way.
     const guest = device !== null && device.movesGuestMemory === true && this.capture === null && total >= GUEST_SEGMENTS_MIN_BYTES
-      && transferType(ep.type) === 'bulk' ? this.guestSegments(td, dirIn) : null;
+      && transferType(ep.type) === 'bulk' ? this.cachedGuestSegments(ep, td, dirIn) : null;
     const data = guest !== null ? NO_DATA : new Uint8Array(total);
     if (!dirIn && guest === null) {
       let at = 0;
@@ -311,6 +311,47 @@ export class TransferEngine {
    * Windows onto guest memory for the TD's data TRBs, in order; null if one is immediate data
    * or is not wholly inside one RAM region (the copying path then reports it as it does).
    */
+  /**
+   * guestSegments, or the endpoint's previous windows when this TD names the same buffers (a
+   * program reading a file into one buffer, as dd does, does so for every command) and the
+   * memory map has not changed: no windows made per TRB. The list is only read by devices.
+   */
+  private cachedGuestSegments(ep: Endpoint, td: Td, dirIn: boolean): Uint8Array[] | null {
+    const cache = ep.guestCache;
+    const regions = this.hc.dma.memory.regions;
+    if (cache.segments !== null && cache.regions === regions && cache.dirIn === dirIn) {
+      const { trbs, lengths, count } = td;
+      const key = cache.key;
+      let k = 0;
+      let same = true;
+      for (let i = 0; i < count && same; i++) {
+        const n = lengths[i];
+        if (n <= 0) continue;
+        const trb = trbs[i];
+        same = (trb.control & TRB_IDT) === 0 && k + 2 <= cache.keyLength && key[k] === pointer(trb.p0, trb.p1) && key[k + 1] === n;
+        k += 2;
+      }
+      // check(): bus mastering may have been turned off since.
+      if (same && k === cache.keyLength && k > 0 && this.hc.dma.check(key[0], key[1], dirIn) === DMA_OK) return cache.segments;
+    }
+    const segments = this.guestSegments(td, dirIn);
+    // Kept only for TDs of ordinary size, so what an endpoint holds stays small.
+    cache.segments = td.count <= SPARE_TRBS ? segments : null;
+    if (cache.segments !== null) {
+      cache.regions = regions;
+      cache.dirIn = dirIn;
+      let k = 0;
+      for (let i = 0; i < td.count; i++) {
+        const n = td.lengths[i];
+        if (n <= 0) continue;
+        cache.key[k++] = pointer(td.trbs[i].p0, td.trbs[i].p1);
+        cache.key[k++] = n;
+      }
+      cache.keyLength = k;
+    }
+    return segments;
+  }
+
   private guestSegments(td: Td, dirIn: boolean): Uint8Array[] | null {
     const { trbs, lengths, count } = td;
     const segments = new Array<Uint8Array>(count); // at most one per TRB; trimmed below
