@@ -30,6 +30,8 @@ export interface UsbStorageSample {
   round: number;
   /** The stick's speed as L2's sysfs says (Mb/s). */
   speed?: string;
+  /** L2's clocksource (a port-I/O one, acpi_pm, costs an exit per clock read). */
+  clocksource?: string;
   rates: Partial<Record<Measure, DdRate>>;
   /** Porthole: where each measure's time went, per dd block (one SCSI command). */
   perCommand?: Partial<Record<Measure, PerCommand>>;
@@ -46,6 +48,8 @@ export interface PerCommand {
   doorbellMs: number;
   /** The stick's submit-to-completion time summed over its transfers, ms. */
   deviceMs: number;
+  /** Port I/O per device (bus counters, "<device> r/w"), per command. */
+  pio: Record<string, number>;
 }
 
 type Totals = Map<string, number>;
@@ -59,16 +63,20 @@ function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
   const n = Math.max(1, rate.transfers);
   const delta = (key: string) => ((after.get(key) ?? 0) - (before.get(key) ?? 0)) / n;
   const exits: Record<string, number> = {};
+  const pio: Record<string, number> = {};
   let deviceUs = 0;
   for (const key of after.keys()) {
     if (key.startsWith('exits/')) {
       const d = delta(key);
       if (d > 0) exits[key.slice(6)] = d;
+    } else if (/\/pio-(reads|writes)$/.test(key)) {
+      const d = delta(key);
+      if (d > 0) pio[key.replace('/pio-reads', ' r').replace('/pio-writes', ' w')] = d;
     } else if (/^usb\d+-storage\/.*-latency-us$/.test(key)) deviceUs += delta(key);
   }
   return {
     ms: (rate.seconds * 1000) / n, exits, interrupts: delta('xhci/interrupts'), transfers: delta('xhci/transfers'),
-    doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000,
+    doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000, pio,
   };
 }
 
@@ -76,7 +84,8 @@ function describeCommand(m: Measure, c: PerCommand): string {
   const exits = Object.entries(c.exits).sort((a, b) => b[1] - a[1]);
   const all = exits.reduce((sum, [, v]) => sum + v, 0);
   return `    ${m}: ${c.ms.toFixed(2)} ms per command; ${all.toFixed(1)} exits (${exits.slice(0, 4).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}),`
-    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts; doorbells ${c.doorbellMs.toFixed(2)} ms, stick ${c.deviceMs.toFixed(2)} ms`;
+    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts; doorbells ${c.doorbellMs.toFixed(2)} ms, stick ${c.deviceMs.toFixed(2)} ms`
+    + `; port I/O: ${Object.entries(c.pio).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`;
 }
 
 export interface UsbStorageBenchOptions {
@@ -129,6 +138,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     const disk = ok.status === 0 ? await diskOfSize(con, mib) : null;
     if (!disk) throw new Error(`no ${mib} MiB disk appeared in L2`);
     // The stick's USB device is the last "bus-port" element of the disk's sysfs path.
+    sample.clocksource = (await con.runOk('cat /sys/devices/system/clocksource/clocksource0/current_clocksource')).trim();
     sample.speed = (await con.runOk(`u=$(readlink -f /sys/block/${disk}/device | grep -o '/[0-9]*-[0-9.]*/' | tail -1 | tr -d /); cat /sys/bus/usb/devices/$u/speed`)).trim();
     const dev = `/dev/${disk}`;
     const phases: [Measure, 'read' | 'write', number, number][] = [
@@ -159,7 +169,7 @@ function describe(s: UsbStorageSample): string {
     const r = s.rates[m]!;
     return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s` : `${m} ${r.mbPerSec.toFixed(1)} MB/s`;
   });
-  return `${s.speed ? `${s.speed} Mb/s stick; ` : ''}${rates.join(', ')}${s.failure ? ` FAILED (${s.failure})` : ''}`;
+  return `${s.speed ? `${s.speed} Mb/s stick; ` : ''}${s.clocksource ? `clocksource ${s.clocksource}; ` : ''}${rates.join(', ')}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 
 export async function runUsbStorageBench(o: UsbStorageBenchOptions): Promise<UsbStorageBenchResult> {

@@ -6,6 +6,7 @@ import { DmaMemory } from '../../main/vmm/memory/dma';
 import { GuestMemory, type MemoryRegion } from '../../main/vmm/memory/guest-memory';
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
 import { XhciController } from '../../main/vmm/devices/usb/xhci';
+import type { XhciOptions } from '../../main/vmm/devices/usb/xhci/controller';
 
 export const RAM_SIZE = 0x80000;
 export const DCBAA = 0x1000;
@@ -115,17 +116,21 @@ export class Driver {
   eventTrbs = EVENT_RING_TRBS;
   readonly rings = new Map<string, RingWriter>();
 
-  constructor(memory = makeMemory(), dma?: DmaMemory, statistics?: StatsRegistry) {
+  /**
+   * `options` replaces parts of the controller's wiring (a bench gives it the machine's
+   * counters, a real clock and an MSI sink that records nothing).
+   */
+  constructor(memory = makeMemory(), dma?: DmaMemory, statistics?: StatsRegistry, options: Partial<Pick<XhciOptions, 'clock' | 'interrupts' | 'count'>> = {}) {
     this.memory = memory;
     this.dma = dma ?? new DmaMemory(memory);
     this.hc = new XhciController({
       dma: this.dma,
-      clock: this.clock,
-      interrupts: {
+      clock: options.clock ?? this.clock,
+      interrupts: options.interrupts ?? {
         raise: (i) => { this.raised.push(i); return this.msi; },
         lower: (i) => { this.lowered.push(i); },
       },
-      count: (name, n) => this.counters.set(name, (this.counters.get(name) ?? 0) + n),
+      count: options.count ?? ((name, n) => this.counters.set(name, (this.counters.get(name) ?? 0) + n)),
       statistics,
       log: (text) => this.logs.push(text),
     });

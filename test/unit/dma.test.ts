@@ -291,3 +291,21 @@ test("a PCI function's DMA is refused while its bus-master bit is clear", () => 
   assert.deepEqual(bytesOf(low, 0x100, 4), [0xbb, 0xaa, 3, 4]);
   assert.equal(device.dma, dma, 'one accessor per function');
 });
+
+test('readU32s reads consecutive dwords inside a region and across adjacent ones, and refuses what read refuses', () => {
+  const { dma, high0 } = bigGuest();
+  const out = new Uint32Array(4);
+  for (let i = 0; i < 4; i++) assert.equal(dma.writeU32(0x200 + 4 * i, 0x01020304 * (i + 1)), DMA_OK);
+  assert.equal(dma.readU32s(0x200, out, 4), DMA_OK);
+  assert.deepEqual([...out], [1, 2, 3, 4].map((k) => (0x01020304 * k) >>> 0));
+  // A 16-byte record whose halves lie in the two high RAM blocks.
+  const edge = FOUR_GIB + K64 - 8;
+  for (let i = 0; i < 4; i++) assert.equal(dma.writeU32(edge + 4 * i, 0xa0000000 + i), DMA_OK);
+  assert.equal(dma.readU32s(edge, out, 4), DMA_OK);
+  assert.deepEqual([...out], [0xa0000000, 0xa0000001, 0xa0000002, 0xa0000003]);
+  assert.equal(new Uint32Array(high0.buffer)[K64 / 4 - 1], 0xa0000001, 'the first two dwords sit in the first block');
+  assert.equal(dma.readU32s(PCI_HOLE_START - 8, out, 4), DMA_OUTSIDE, 'running into the PCI hole');
+  assert.equal(dma.readU32s(-4, out, 1), DMA_INVALID);
+  const off = new DmaMemory(bigGuest().memory, () => false);
+  assert.equal(off.readU32s(0x200, out, 4), DMA_DISABLED);
+});

@@ -18,7 +18,11 @@ const CC_SUCCESS = 1;
 const CC_SHORT_PACKET = 13;
 
 function setUp(image: string) {
-  const d = new Driver(makeMemory([{ guestBase: PAGES, size: PAGES_SIZE, buffer: new SharedArrayBuffer(PAGES_SIZE), offset: 0, readonly: false, name: 'pages' }]));
+  // Two adjacent regions of pages (high RAM comes in adjacent blocks): a buffer may run across.
+  const d = new Driver(makeMemory([
+    { guestBase: PAGES, size: PAGES_SIZE, buffer: new SharedArrayBuffer(PAGES_SIZE), offset: 0, readonly: false, name: 'pages' },
+    { guestBase: PAGES + PAGES_SIZE, size: PAGES_SIZE, buffer: new SharedArrayBuffer(PAGES_SIZE), offset: 0, readonly: false, name: 'pages-2' },
+  ]));
   const stick = openUsbStorage(image, { synchronous: true, speed: 'super' });
   const seen: UsbTransfer[] = [];
   const submit = stick.submit.bind(stick);
@@ -77,6 +81,73 @@ test('a scatter-gather READ(10) lands in guest memory through the segments, byte
       d.dma.read(page, got);
       assert.deepEqual(got, expected.subarray(i * 4096, (i + 1) * 4096), `page ${i}`);
     });
+  } finally {
+    stick.close();
+  }
+});
+
+test('buffers that follow each other in guest memory go to the stick as one window, also across a region edge as one per TRB', () => {
+  const dir = tempDir();
+  const image = makeImage(dir, 1 << 20);
+  const { d, stick, seen, command } = setUp(image);
+  try {
+    const expected = imageBytes(1 << 20).subarray(32 * 512, 32 * 512 + 64 * 512);
+    // Pages 3..6 in a row, then 0 and 1 in a row: two windows.
+    const runs = [3, 4, 5, 6, 0, 1, 20, 21].map((p) => PAGES + p * 4096);
+    const { events, csw } = command(false, 32, 64, runs);
+    assert.deepEqual(events.map((e) => e.code), [CC_SUCCESS, CC_SUCCESS, CC_SUCCESS]);
+    assert.equal(csw.status, 0);
+    const data = seen.find((t) => t.in && t.guest !== undefined);
+    assert.deepEqual(data?.guest?.map((s) => s.length), [4 * 4096, 2 * 4096, 2 * 4096]);
+    runs.forEach((page, i) => {
+      const got = new Uint8Array(4096);
+      d.dma.read(page, got);
+      assert.deepEqual(got, expected.subarray(i * 4096, (i + 1) * 4096), `page ${i}`);
+    });
+
+    // The last two pages of the first region and the first two of the next: contiguous, but
+    // no one window holds them, so four (one per TRB); a write goes out byte for byte.
+    seen.length = 0;
+    const across = [-2, -1, 0, 1].map((k) => PAGES + PAGES_SIZE + k * 4096);
+    const payload = new Uint8Array(4 * 4096).map((_, i) => (i * 29 + 3) & 0xff);
+    across.forEach((page, i) => d.dma.write(page, payload.subarray(i * 4096, (i + 1) * 4096)));
+    const w = command(true, 200, 32, across);
+    assert.equal(w.csw.status, 0);
+    assert.deepEqual(seen.find((t) => !t.in && t.guest !== undefined)?.guest?.map((s) => s.length), [4096, 4096, 4096, 4096]);
+    assert.deepEqual(new Uint8Array(fs.readFileSync(image).subarray(200 * 512, 200 * 512 + payload.length)), payload);
+  } finally {
+    stick.close();
+  }
+});
+
+test('a TD naming the same buffers as the last one reuses its windows until the memory map changes or the buffers do', () => {
+  const dir = tempDir();
+  const image = makeImage(dir, 1 << 20);
+  const { d, stick, seen, command } = setUp(image);
+  try {
+    const all = imageBytes(1 << 20);
+    const readAt = (lba: number, at: number[]) => {
+      for (const page of at) d.dma.fill(page, 4096, 0xee);
+      const { csw } = command(false, lba, 64, at);
+      assert.equal(csw.status, 0);
+      at.forEach((page, i) => {
+        const got = new Uint8Array(4096);
+        d.dma.read(page, got);
+        assert.deepEqual(got, all.subarray(lba * 512 + i * 4096, lba * 512 + (i + 1) * 4096), `LBA ${lba} page ${i}`);
+      });
+      const t = seen.filter((x) => x.in && x.guest !== undefined).pop();
+      assert.ok(t?.guest);
+      return t.guest;
+    };
+    const first = readAt(0, pages);
+    assert.equal(readAt(64, pages), first, 'the same buffers: the same windows');
+    const other = [...pages.slice(0, 7), PAGES + 30 * 4096];
+    const moved = readAt(128, other);
+    assert.notEqual(moved, first, 'one buffer moved: new windows');
+    assert.equal(readAt(192, other), moved);
+    // A region added elsewhere replaces the memory map: windows are made again.
+    d.memory.add({ guestBase: 0x4000000, size: 0x1000, buffer: new SharedArrayBuffer(0x1000), offset: 0, readonly: false, name: 'later' });
+    assert.notEqual(readAt(256, other), moved, 'a new memory map: new windows');
   } finally {
     stick.close();
   }

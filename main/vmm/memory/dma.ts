@@ -165,6 +165,25 @@ export class DmaMemory {
     return (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
   }
 
+  /**
+   * Reads `count` consecutive u32s at `gpa` into out[0..count) (a TRB, a descriptor) without
+   * allocating. DMA_OK or the error of the first dword that failed (out is then partly filled).
+   */
+  readU32s(gpa: number, out: Uint32Array, count: number): DmaStatus {
+    const b = this.bytesAt(gpa, 4 * count, false);
+    if (b === null) {
+      for (let i = 0; i < count; i++) {
+        const v = this.readU32(gpa + 4 * i);
+        if (v < 0) return v;
+        out[i] = v;
+      }
+      return DMA_OK;
+    }
+    let o = this.at;
+    for (let i = 0; i < count; i++, o += 4) out[i] = (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
+    return DMA_OK;
+  }
+
   /** The u64 at `gpa` as a number: exact below 2^53, rounded above (see readU64Halves). */
   readU64(gpa: number): number {
     const b = this.bytesAt(gpa, 8, false);

@@ -158,7 +158,8 @@ export abstract class UsbDeviceBase implements UsbDevice {
   readonly #endpoints = new Map<number, UsbEndpointSpec>();
   readonly #halted = new Set<number>();
   readonly #queues = new Map<number, QueuedTransfer[]>();
-  readonly #servicing = new Set<number>();
+  /** Endpoints whose queue #service is running, one bit per address (a Set churned memory per transfer). */
+  #servicing = 0;
   #wakeupEnabled = false;
   #superSpeedFeatures = { u1: false, u2: false, ltm: false };
   #isochDelay = 0;
@@ -357,8 +358,9 @@ export abstract class UsbDeviceBase implements UsbDevice {
 
   /** Runs the queue of one endpoint until its head waits or the queue is empty. Not re-entrant. */
   #service(address: number): void {
-    if (this.#servicing.has(address)) return;
-    this.#servicing.add(address);
+    const bit = 1 << ((address & 0x0f) | ((address & 0x80) !== 0 ? 16 : 0));
+    if (this.#servicing & bit) return;
+    this.#servicing |= bit;
     try {
       for (;;) {
         const queue = this.#queues.get(address);
@@ -386,7 +388,7 @@ export abstract class UsbDeviceBase implements UsbDevice {
         this.#finishHead(address, head, result);
       }
     } finally {
-      this.#servicing.delete(address);
+      this.#servicing &= ~bit;
     }
   }
 

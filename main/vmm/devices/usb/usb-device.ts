@@ -52,6 +52,8 @@ export interface UsbTransfer {
    * transfer's length is the segments' total (transferLength). Saves the copies through `data`.
    */
   readonly guest?: readonly Uint8Array[];
+  /** The guest segments' total, when the controller knows it (saves a walk over them). */
+  readonly guestLength?: number;
   status: UsbStatus;
   actualLength: number;
 }
@@ -59,6 +61,7 @@ export interface UsbTransfer {
 /** Bytes the host asked for (IN) or sends (OUT): data.length, or the guest segments' total. */
 export function transferLength(t: UsbTransfer): number {
   if (t.guest === undefined) return t.data.length;
+  if (t.guestLength !== undefined) return t.guestLength;
   let n = 0;
   for (const s of t.guest) n += s.length;
   return n;

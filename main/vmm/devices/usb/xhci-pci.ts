@@ -5,7 +5,6 @@
 // the devices plugged in at that moment (the VM host hands them over).
 import { DmaMemory } from '../../memory/dma';
 import type { UsbConfig, UsbDeviceConfig } from '../../config';
-import { monotonicMs } from '../../shared/control';
 import { type Counter, counter, type DeviceContext, type DeviceFactory, type IoDevice } from '../device';
 import { MsixCapability } from '../pci/msix';
 import { PCI_CFG, PCI_COMMAND, PciDevice } from '../pci/pci-device';
@@ -57,7 +56,9 @@ export class XhciPci extends PciDevice {
     this.controller = new XhciController({
       dma,
       interrupts: { raise: (i) => this.raise(i), lower: (i) => this.lower(i) },
-      clock: { now: monotonicMs, setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn) },
+      // The controller only measures intervals with now() (MFINDEX, moderation, doorbell time):
+      // performance.now() does that without monotonicMs's BigInt per call.
+      clock: { now: () => performance.now(), setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn) },
       count: (name, n) => {
         let c = counters.get(name);
         if (!c) {

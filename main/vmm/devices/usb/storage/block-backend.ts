@@ -349,6 +349,9 @@ export class RawImageFile implements BlockBackend {
     const refused = this.refuse(position, length, op === 'write')
       ?? (op === 'write' && position === 0 ? this.refuseMagic(0, firstBytesOf(buffers, 4)) : null);
     if (refused) return refused;
+    // One buffer (a 4 KiB command, or pages that follow each other): pread/pwrite, which
+    // costs Node less than its readv/writev wrappers.
+    if (buffers.length === 1) return this.transferNow(op, buffers[0], position);
     try {
       let rest: Uint8Array[] = buffers as Uint8Array[];
       for (let moved = 0; moved < length;) {

@@ -450,7 +450,7 @@ export class BulkOnlyTransport {
   }
 }
 
-function concat(parts: Uint8Array[], length: number): Uint8Array {
+function concat(parts: readonly Uint8Array[], length: number): Uint8Array {
   const out = new Uint8Array(length);
   let at = 0;
   for (const p of parts) {
@@ -465,8 +465,11 @@ function targetsOf(t: UsbTransfer): readonly Uint8Array[] {
   return t.guest ?? [t.data];
 }
 
-/** The segments' first `n` bytes, as segments. */
-function firstBytes(segments: readonly Uint8Array[], n: number): Uint8Array[] {
+/** The segments' first `n` bytes, as segments (the list itself when it holds no more). */
+function firstBytes(segments: readonly Uint8Array[], n: number): readonly Uint8Array[] {
+  let total = 0;
+  for (let i = 0; i < segments.length; i++) total += segments[i].length;
+  if (total <= n) return segments;
   const out: Uint8Array[] = [];
   for (const s of segments) {
     if (n <= 0) break;

@@ -1,6 +1,7 @@
 // What the parts of the xHCI controller (rings, ports, slots, transfers) share: the TRB and
 // context records and the controller services each part calls.
 import type { DmaMemory } from '../../../memory/dma';
+import type { MemoryRegion } from '../../../memory/guest-memory';
 import type { UsbTransfer } from '../usb-device';
 import type { XhciPort } from './ports';
 import { EP_DISABLED, MAX_SLOTS, SLOT_DISABLED } from './constants';
@@ -42,8 +43,12 @@ export interface Td {
   /** A TRB Error found while fetching: reported, and the endpoint halted, when this TD retires. */
   errorTrb: number;
   errorCode: number;
-  /** The TD's TRBs in ring order, Links left out. */
+  /**
+   * The TD's TRBs in ring order, Links left out: the first `count` entries (the array and its
+   * TRB objects are reused when the TD is, so entries past `count` are stale).
+   */
   trbs: Trb[];
+  count: number;
   /** Ring position of the first TRB, and of the TRB after the TD. */
   start: number;
   startCycle: number;
@@ -53,10 +58,20 @@ export interface Td {
   complete: boolean;
   /** Dropped by the controller (stop, reset, unplug): its completion is ignored. */
   stale: boolean;
-  /** Bytes of each data TRB (IN gather/scatter), in `trbs` order; -1 for non-data TRBs. */
+  /** Bytes of each data TRB (IN gather/scatter), in `trbs` order; -1 for non-data TRBs (first `count`). */
   lengths: number[];
   /** performance.now() when it went to the device (0 while nothing counts traffic). */
   submittedMs: number;
+}
+
+export interface GuestSegmentsCache {
+  /** The memory map the windows were made in (GuestMemory replaces the list when it changes). */
+  regions: readonly MemoryRegion[] | null;
+  dirIn: boolean;
+  /** Address and length of each data TRB, interleaved: key[0..keyLength). */
+  key: number[];
+  keyLength: number;
+  segments: Uint8Array[] | null;
 }
 
 export class Endpoint {
@@ -74,6 +89,10 @@ export class Endpoint {
   fetch = 0;
   fetchCycle = 1;
   readonly inflight: Td[] = [];
+  /** The guest windows of the last TD handed over as segments, by the buffers (address, length) it named. */
+  readonly guestCache: GuestSegmentsCache = { regions: null, dirIn: false, key: [], keyLength: 0, segments: null };
+  /** Retired TDs (and their TRB objects) kept for the next fetches: no allocation per TRB. */
+  readonly spareTds: Td[] = [];
   /** A continuation of a kick that hit MAX_TDS_PER_KICK. */
   cancelTimer: (() => void) | null = null;
   kicking = false;

@@ -6,18 +6,17 @@ import {
 } from './constants';
 import { pointer, type Trb, trbType } from './core';
 
-const trbBytes = new Uint8Array(16);
-const trbView = new DataView(trbBytes.buffer);
+const trbWords = new Uint32Array(4);
 
-/** Reads the TRB at `addr` into `out`; returns a DMA status. */
+/** Reads the TRB at `addr` into `out`; returns a DMA status. Allocates nothing. */
 export function readTrb(dma: DmaMemory, addr: number, out: Trb): number {
-  const status = dma.read(addr, trbBytes);
+  const status = dma.readU32s(addr, trbWords, 4);
   if (status !== DMA_OK) return status;
   out.addr = addr;
-  out.p0 = trbView.getUint32(0, true);
-  out.p1 = trbView.getUint32(4, true);
-  out.status = trbView.getUint32(8, true);
-  out.control = trbView.getUint32(12, true);
+  out.p0 = trbWords[0];
+  out.p1 = trbWords[1];
+  out.status = trbWords[2];
+  out.control = trbWords[3];
   return DMA_OK;
 }
 

@@ -27,6 +27,9 @@ function transferType(epType: number): UsbTransferType {
   return 'bulk';
 }
 
+/** Retired TDs an endpoint keeps for reuse, and the TRB records each keeps (a 1 MiB TD of 4 KiB TRBs fits). */
+const SPARE_TDS = 4;
+const SPARE_TRBS = 512;
 /** Bulk TDs at least this long go to a device that moves guest memory itself as guest segments. */
 const GUEST_SEGMENTS_MIN_BYTES = 4096;
 const NO_DATA = new Uint8Array(0);
@@ -45,6 +48,8 @@ export class TransferEngine {
   /** Buffer bytes of the TDs in flight, and the endpoints waiting for some of them to finish. */
   private inflightBytes = 0;
   private readonly starved = new Set<Endpoint>();
+  /** fetchTd's ring cursor (a nested fetch from a completion starts after the outer one is done with it). */
+  private readonly cursor: RingCursor = { ptr: 0, cycle: 1 };
   /** The running USB capture, or null (then capturing costs one null check per transfer). */
   capture: UsbCaptureTap | null = null;
   /** Per device and endpoint counters, or null (tests without a registry). */
@@ -92,52 +97,84 @@ export class TransferEngine {
     }
   }
 
+  /** A TD record for `ep`: a retired one again (its TRB objects too), or a new one. */
+  private takeTd(ep: Endpoint): Td {
+    const td = ep.spareTds.pop();
+    if (td === undefined) {
+      return {
+        transfer: null, errorTrb: 0, errorCode: 0, trbs: [], count: 0, start: 0, startCycle: 0, end: 0, endCycle: 0,
+        complete: false, stale: false, lengths: [], submittedMs: 0,
+      };
+    }
+    td.transfer = null;
+    td.errorTrb = td.errorCode = td.count = td.start = td.startCycle = td.end = td.endCycle = td.submittedMs = 0;
+    td.complete = td.stale = false;
+    return td;
+  }
+
   /** Reads one TD at ep.fetch and submits it. False when there is none (or the ring broke). */
   private fetchTd(slot: Slot, ep: Endpoint): boolean {
-    const cursor: RingCursor = { ptr: ep.fetch, cycle: ep.fetchCycle };
-    const trbs: Trb[] = [];
+    const cursor = this.cursor;
+    cursor.ptr = ep.fetch;
+    cursor.cycle = ep.fetchCycle;
+    const td = this.takeTd(ep);
+    const trbs = td.trbs;
     const start = cursor.ptr;
     let startCycle = cursor.cycle;
     let control = false;
     let sawStatus = false;
     for (;;) {
-      const trb = newTrb();
-      const r = fetchTrb(this.hc.dma, cursor, trb);
-      if (r === FETCH_EMPTY) return false; // the TD is not all there yet
-      if (r === FETCH_DMA_ERROR) {
-        this.hc.fatal(`transfer ring of slot ${slot.id} DCI ${ep.dci}: TRB at 0x${cursor.ptr.toString(16)} is not readable`);
-        return false;
+      let trb = trbs[td.count];
+      if (trb === undefined) {
+        trb = newTrb();
+        trbs.push(trb);
       }
-      if (r !== FETCH_OK) return this.brokenTd(slot, ep, start, startCycle, cursor.ptr);
-      if (trbs.length === 0) startCycle = cursor.cycle;
+      const r = fetchTrb(this.hc.dma, cursor, trb);
+      if (r !== FETCH_OK) {
+        if (r === FETCH_EMPTY || r === FETCH_DMA_ERROR) {
+          this.recycle(ep, td);
+          // FETCH_EMPTY: the TD is not all there yet.
+          if (r === FETCH_DMA_ERROR) this.hc.fatal(`transfer ring of slot ${slot.id} DCI ${ep.dci}: TRB at 0x${cursor.ptr.toString(16)} is not readable`);
+          return false;
+        }
+        return this.brokenTd(slot, ep, start, startCycle, cursor.ptr, td);
+      }
+      if (td.count === 0) startCycle = cursor.cycle;
       ep.trbBudget--;
-      trbs.push(trb);
+      td.count++;
       cursor.ptr += 16;
       const type = trbType(trb.control);
-      if (trbs.length === 1) control = type === TRB_SETUP;
+      if (td.count === 1) control = type === TRB_SETUP;
       if (type === TRB_STATUS) sawStatus = true;
       const chained = (trb.control & TRB_CH) !== 0;
       if (control ? sawStatus && !chained : !chained) break;
-      if (trbs.length >= MAX_TRBS_PER_TD) return this.brokenTd(slot, ep, trbs[0].addr, startCycle, trb.addr);
+      if (td.count >= MAX_TRBS_PER_TD) return this.brokenTd(slot, ep, trbs[0].addr, startCycle, trb.addr, td);
     }
     // A TD starting after Links starts at its first TRB.
-    const first = trbs[0];
-    return this.submitTd(slot, ep, trbs, first.addr, startCycle, cursor);
+    td.start = trbs[0].addr;
+    td.startCycle = startCycle;
+    td.end = cursor.ptr;
+    td.endCycle = cursor.cycle;
+    return this.submitTd(slot, ep, td);
   }
 
   /** Queues a TRB Error at `trbAddr`: reported in order, then the endpoint halts. */
-  private brokenTd(slot: Slot, ep: Endpoint, start: number, startCycle: number, trbAddr: number): boolean {
+  private brokenTd(slot: Slot, ep: Endpoint, start: number, startCycle: number, trbAddr: number, reuse?: Td): boolean {
     this.hc.count('trb-errors');
-    ep.inflight.push({
-      transfer: null, errorTrb: trbAddr, errorCode: CC_TRB_ERROR, trbs: [], start, startCycle, end: start, endCycle: startCycle,
-      complete: true, stale: false, lengths: [], submittedMs: 0,
-    });
+    const td = reuse ?? this.takeTd(ep);
+    td.count = 0;
+    td.errorTrb = trbAddr;
+    td.errorCode = CC_TRB_ERROR;
+    td.start = td.end = start;
+    td.startCycle = td.endCycle = startCycle;
+    td.complete = true;
+    ep.inflight.push(td);
     this.retire(slot, ep);
     return false;
   }
 
-  private submitTd(slot: Slot, ep: Endpoint, trbs: Trb[], start: number, startCycle: number, end: RingCursor): boolean {
-    const lengths: number[] = [];
+  private submitTd(slot: Slot, ep: Endpoint, td: Td): boolean {
+    const { trbs, lengths, start, startCycle, count } = td;
     let total = 0;
     let setup: UsbSetup | null = null;
     let dirIn = (ep.dci & 1) === 1;
@@ -146,7 +183,7 @@ export class TransferEngine {
     const isIsochEp = ep.type === EPT_ISOCH_IN || ep.type === EPT_ISOCH_OUT;
     let stage = 0; // control: 0 setup seen, 1 in data stage, 2 status seen
     let dataTrbs = 0;
-    for (let i = 0; i < trbs.length; i++) {
+    for (let i = 0; i < count; i++) {
       const trb = trbs[i];
       const type = trbType(trb.control);
       let bad = false;
@@ -170,40 +207,36 @@ export class TransferEngine {
         else bad = type !== TRB_NORMAL && type !== TRB_EVENT_DATA && type !== TRB_NOOP;
       } else {
         // A lone No-Op or Event Data; anything else (a Status without Setup, a command TRB) is an error.
-        bad = trbs.length !== 1 || (type !== TRB_NOOP && type !== TRB_EVENT_DATA);
+        bad = count !== 1 || (type !== TRB_NOOP && type !== TRB_EVENT_DATA);
       }
       if (!bad && isDataTrb(type)) {
         const length = trb.status & 0x1ffff;
         if ((trb.control & TRB_IDT) !== 0 && (length > 8 || dirIn)) bad = true;
-        lengths.push(length);
+        lengths[i] = length;
         total += length;
         dataTrbs++;
         if (total > MAX_TD_BYTES) bad = true;
       } else {
-        lengths.push(-1);
+        lengths[i] = -1;
       }
-      if (bad) return this.brokenTd(slot, ep, start, startCycle, trb.addr);
+      if (bad) return this.brokenTd(slot, ep, start, startCycle, trb.addr, td);
     }
     if (isIsochEp && firstType === TRB_ISOCH && total > ep.maxPacket * (ep.maxBurst + 1) * (ep.mult + 1)) {
       // More than one service interval carries (wMaxPacketSize × burst × mult): a TRB Error.
-      return this.brokenTd(slot, ep, start, startCycle, trbs[0].addr);
+      return this.brokenTd(slot, ep, start, startCycle, trbs[0].addr, td);
     }
     if (firstType === TRB_SETUP) {
-      if (stage !== 2) return this.brokenTd(slot, ep, start, startCycle, trbs[trbs.length - 1].addr);
+      if (stage !== 2) return this.brokenTd(slot, ep, start, startCycle, trbs[count - 1].addr, td);
       const s = trbs[0];
       setup = {
         requestType: s.p0 & 0xff, request: (s.p0 >>> 8) & 0xff, value: s.p0 >>> 16, index: s.p1 & 0xffff, length: s.p1 >>> 16,
       };
       if (dataTrbs === 0) dirIn = (setup.requestType & 0x80) !== 0;
     }
-    const td: Td = {
-      transfer: null, errorTrb: 0, errorCode: 0, trbs, start, startCycle, end: end.ptr, endCycle: end.cycle,
-      complete: false, stale: false, lengths, submittedMs: 0,
-    };
     if (firstType !== TRB_SETUP && firstType !== TRB_NORMAL && firstType !== TRB_ISOCH) {
       td.complete = true; // No-Op / Event Data: only its event
-      ep.fetch = end.ptr;
-      ep.fetchCycle = end.cycle;
+      ep.fetch = td.end;
+      ep.fetchCycle = td.endCycle;
       ep.inflight.push(td);
       this.retire(slot, ep);
       return true;
@@ -214,19 +247,20 @@ export class TransferEngine {
       // endpoint may still send a small TD (an OUT that a big pending IN waits for); only
       // devices on ports have TDs in flight, so that is bounded too.
       this.starved.add(ep);
+      this.recycle(ep, td);
       return false;
     }
-    ep.fetch = end.ptr;
-    ep.fetchCycle = end.cycle;
+    ep.fetch = td.end;
+    ep.fetchCycle = td.endCycle;
     const device = this.deviceOf(slot);
     // A device that moves guest memory itself (a disk reading into it with preadv) gets the
     // TD's buffers as segments, unless a capture wants the bytes on their way.
     const guest = device !== null && device.movesGuestMemory === true && this.capture === null && total >= GUEST_SEGMENTS_MIN_BYTES
-      && transferType(ep.type) === 'bulk' ? this.guestSegments(trbs, lengths, dirIn) : null;
+      && transferType(ep.type) === 'bulk' ? this.cachedGuestSegments(ep, td, dirIn) : null;
     const data = guest !== null ? NO_DATA : new Uint8Array(total);
     if (!dirIn && guest === null) {
       let at = 0;
-      for (let i = 0; i < trbs.length; i++) {
+      for (let i = 0; i < count; i++) {
         const n = lengths[i];
         if (n <= 0) continue;
         const trb = trbs[i];
@@ -241,11 +275,12 @@ export class TransferEngine {
         at += n;
       }
     }
+    // One shape for every transfer (guest and isoPackets always present, maybe undefined).
     const transfer: UsbTransfer = {
       endpoint: ep.dci >>> 1, in: dirIn, type: transferType(ep.type), setup, data,
-      status: 'pending', actualLength: 0, ...(guest !== null ? { guest } : {}),
+      isoPackets: isIsochEp ? [total] : undefined, guest: guest ?? undefined, guestLength: guest !== null ? total : undefined,
+      status: 'pending', actualLength: 0,
     };
-    if (isIsochEp) (transfer as { isoPackets?: number[] }).isoPackets = [total];
     td.transfer = transfer;
     ep.inflight.push(td);
     this.inflightBytes += total;
@@ -276,18 +311,99 @@ export class TransferEngine {
    * Windows onto guest memory for the TD's data TRBs, in order; null if one is immediate data
    * or is not wholly inside one RAM region (the copying path then reports it as it does).
    */
-  private guestSegments(trbs: Trb[], lengths: number[], dirIn: boolean): Uint8Array[] | null {
-    const segments: Uint8Array[] = [];
-    for (let i = 0; i < trbs.length; i++) {
-      const n = lengths[i];
-      if (n <= 0) continue;
-      const trb = trbs[i];
-      if (trb.control & TRB_IDT) return null;
-      const view = this.hc.dma.view(pointer(trb.p0, trb.p1), n, dirIn);
-      if (view === null) return null;
-      segments.push(view);
+  /**
+   * guestSegments, or the endpoint's previous windows when this TD names the same buffers (a
+   * program reading a file into one buffer, as dd does, does so for every command) and the
+   * memory map has not changed: no windows made per TRB. The list is only read by devices.
+   */
+  private cachedGuestSegments(ep: Endpoint, td: Td, dirIn: boolean): Uint8Array[] | null {
+    const cache = ep.guestCache;
+    const regions = this.hc.dma.memory.regions;
+    if (cache.segments !== null && cache.regions === regions && cache.dirIn === dirIn) {
+      const { trbs, lengths, count } = td;
+      const key = cache.key;
+      let k = 0;
+      let same = true;
+      for (let i = 0; i < count && same; i++) {
+        const n = lengths[i];
+        if (n <= 0) continue;
+        const trb = trbs[i];
+        same = (trb.control & TRB_IDT) === 0 && k + 2 <= cache.keyLength && key[k] === pointer(trb.p0, trb.p1) && key[k + 1] === n;
+        k += 2;
+      }
+      // check(): bus mastering may have been turned off since.
+      if (same && k === cache.keyLength && k > 0 && this.hc.dma.check(key[0], key[1], dirIn) === DMA_OK) return cache.segments;
+    }
+    const segments = this.guestSegments(td, dirIn);
+    // Kept only for TDs of ordinary size, so what an endpoint holds stays small.
+    cache.segments = td.count <= SPARE_TRBS ? segments : null;
+    if (cache.segments !== null) {
+      cache.regions = regions;
+      cache.dirIn = dirIn;
+      let k = 0;
+      for (let i = 0; i < td.count; i++) {
+        const n = td.lengths[i];
+        if (n <= 0) continue;
+        cache.key[k++] = pointer(td.trbs[i].p0, td.trbs[i].p1);
+        cache.key[k++] = n;
+      }
+      cache.keyLength = k;
     }
     return segments;
+  }
+
+  private guestSegments(td: Td, dirIn: boolean): Uint8Array[] | null {
+    const { trbs, lengths, count } = td;
+    const segments = new Array<Uint8Array>(count); // at most one per TRB; trimmed below
+    let k = 0;
+    // Buffers that follow each other in guest memory become one window (one iovec).
+    let runFirst = -1;
+    let runStart = 0;
+    let runLength = 0;
+    for (let i = 0; i <= count; i++) {
+      let address = 0;
+      let n = 0;
+      if (i < count) {
+        n = lengths[i];
+        if (n <= 0) continue;
+        const trb = trbs[i];
+        if (trb.control & TRB_IDT) return null;
+        address = pointer(trb.p0, trb.p1);
+        if (runFirst >= 0 && address === runStart + runLength) {
+          runLength += n;
+          continue;
+        }
+      }
+      if (runFirst >= 0) {
+        k = this.pushRun(segments, k, td, runFirst, i, runStart, runLength, dirIn);
+        if (k < 0) return null;
+      }
+      runFirst = i;
+      runStart = address;
+      runLength = n;
+    }
+    segments.length = k;
+    return segments;
+  }
+
+  /**
+   * Windows onto the run of TRBs [first, end) from segments[k] on: one, or one per TRB where the
+   * run crosses a region edge. The next k, or -1 when a buffer is not guest RAM.
+   */
+  private pushRun(segments: Uint8Array[], k: number, td: Td, first: number, end: number, address: number, length: number, dirIn: boolean): number {
+    const view = this.hc.dma.view(address, length, dirIn);
+    if (view !== null) {
+      segments[k] = view;
+      return k + 1;
+    }
+    for (let i = first; i < end; i++) {
+      const n = td.lengths[i];
+      if (n <= 0) continue;
+      const v = this.hc.dma.view(pointer(td.trbs[i].p0, td.trbs[i].p1), n, dirIn);
+      if (v === null) return -1;
+      segments[k++] = v;
+    }
+    return k;
   }
 
   deviceOf(slot: Slot): UsbDevice | null {
@@ -299,10 +415,21 @@ export class TransferEngine {
     while (ep.inflight.length > 0 && ep.inflight[0].complete) {
       const td = ep.inflight.shift() as Td;
       this.release(td);
-      if (!this.finish(slot, ep, td)) return;
+      const going = this.finish(slot, ep, td);
+      this.recycle(ep, td);
+      if (!going) return;
       ep.deq = td.end;
       ep.deqCycle = td.endCycle;
     }
+  }
+
+  /** Keeps a retired TD for the next fetch (a few per endpoint, their TRB lists bounded). */
+  private recycle(ep: Endpoint, td: Td): void {
+    td.transfer = null; // its windows onto guest memory go
+    if (ep.spareTds.length >= SPARE_TDS) return;
+    if (td.trbs.length > SPARE_TRBS) td.trbs.length = SPARE_TRBS;
+    if (td.lengths.length > SPARE_TRBS) td.lengths.length = SPARE_TRBS;
+    ep.spareTds.push(td);
   }
 
   /** Posts the TD's events. False when the endpoint halted (or the controller did). */
@@ -329,10 +456,10 @@ export class TransferEngine {
     const code = t.status === 'stall' ? CC_STALL : t.status === 'babble' ? CC_BABBLE : CC_TRANSACTION_ERROR;
     this.hc.count('transfer-errors');
     // The TRB where the transfer stopped, and what was left of it.
-    let at = td.trbs[td.trbs.length - 1];
+    let at = td.trbs[td.count - 1];
     let residual = 0;
     let before = 0;
-    for (let i = 0; i < td.trbs.length; i++) {
+    for (let i = 0; i < td.count; i++) {
       const n = td.lengths[i];
       if (n < 0) continue;
       if (actual < before + n || (n === 0 && actual === before)) {
@@ -352,7 +479,7 @@ export class TransferEngine {
   private scatter(slot: Slot, ep: Endpoint, td: Td, actual: number): boolean {
     const data = (td.transfer as UsbTransfer).data;
     let at = 0;
-    for (let i = 0; i < td.trbs.length && at < actual; i++) {
+    for (let i = 0; i < td.count && at < actual; i++) {
       const n = Math.min(td.lengths[i], actual - at);
       if (n <= 0) continue;
       const trb = td.trbs[i];
@@ -375,7 +502,7 @@ export class TransferEngine {
     let edtla = 0;
     let short = false;
     let shortReported = false;
-    for (let i = 0; i < td.trbs.length; i++) {
+    for (let i = 0; i < td.count; i++) {
       const trb = td.trbs[i];
       const type = trbType(trb.control);
       const ioc = (trb.control & TRB_IOC) !== 0;
@@ -404,7 +531,7 @@ export class TransferEngine {
       }
     }
     if (short && !shortReported && td.transfer?.type !== 'control') {
-      const last = td.trbs[td.trbs.length - 1];
+      const last = td.trbs[td.count - 1];
       if ((last.control & TRB_IOC) && isDataTrb(trbType(last.control))) {
         // No ISP where it came up short: the TD's IOC TRB reports it, with what the whole TD
         // lacks (a driver computes requested - residual).
@@ -446,7 +573,7 @@ export class TransferEngine {
     const head = this.rewind(slot, ep);
     ep.state = EP_STOPPED;
     this.writeEndpointContext(slot, ep);
-    if (head !== undefined && head.trbs.length > 0) {
+    if (head !== undefined && head.count > 0) {
       const trb = head.trbs[0];
       this.event(slot, ep, trb.addr, 0, CC_STOPPED_LENGTH_INVALID, 0, false, (trb.status >>> 22) & 0x3ff, false);
     }
