@@ -1,5 +1,5 @@
 // Host USB passthrough throughput and latency: L1's stick0 (QEMU usb-storage, high speed) is
-// passed to the rig's L2 kit by Porthole (`porthole usb add host:NAME`: node-usb on the VM
+// passed to the rig's L2 kit by Porthole (`porthole usb add host:NAME`: usbfs on the VM
 // host, our xHCI in front) and by QEMU (`-device usb-host`, libusb, qemu-xhci), alternating
 // in one L1 run. Per boot, dd O_DIRECT: the whole stick in 1 MiB blocks read and written
 // (MB/s), then 1024 x 4 KiB read and written (transfers/s, shown as µs per transfer: each
@@ -39,6 +39,8 @@ export interface UsbPassthroughSample {
   doneHopUs?: number;
   /** The guest's turnaround: µs from a DONE that left nothing in flight to the next submit. */
   gapUs?: number;
+  /** Transfers the machine thread submitted to usbfs itself (direct URBs), and of them reaped by its backstop timer. */
+  direct?: { urbs: number; byBackstop: number };
   failure?: string;
 }
 
@@ -86,11 +88,13 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
     if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
     const mm = /transfers, (\d+) µs per transfer from submit to the VM host's DONE/.exec(chunk);
     if (mm) sample.machineUs = Number(mm[1]);
-    const mh = /(\d+) µs of it from the DONE's send to its drain; (\d+) µs per idle gap/.exec(chunk);
+    const mh = /([\d-]+) µs of it from the DONE's send to its drain; (\d+) µs per idle gap/.exec(chunk);
     if (mh) {
-      sample.doneHopUs = Number(mh[1]);
+      if (mh[1] !== '-') sample.doneHopUs = Number(mh[1]);
       sample.gapUs = Number(mh[2]);
     }
+    const md = /direct URBs (\d+), (\d+) of them reaped by the backstop timer/.exec(chunk);
+    if (md) sample.direct = { urbs: Number(md[1]), byBackstop: Number(md[2]) };
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
@@ -140,7 +144,9 @@ function describe(s: UsbPassthroughSample): string {
     const r = s.rates[m]!;
     return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s (${(1e6 / r.iops).toFixed(0)} µs)` : `${m} ${r.mbPerSec.toFixed(2)} MB/s`;
   });
-  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it${s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE (DONE hop ${s.doneHopUs ?? '-'} µs), guest gap ${s.gapUs ?? '-'} µs`}` : '';
+  const host = (s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it` : '')
+    + (s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE (DONE hop ${s.doneHopUs ?? '-'} µs), guest gap ${s.gapUs ?? '-'} µs`)
+    + (s.direct === undefined ? '' : `; direct URBs ${s.direct.urbs} (${s.direct.byBackstop} reaped by the backstop timer)`);
   return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 
@@ -149,7 +155,7 @@ export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Pro
   const retries = o.retries ?? 1;
   const mib = STICKS.stick0.sizeMiB;
   for (const f of [o.kit.vmlinuz, o.kit.initrd]) if (!fs.existsSync(f)) throw new Error(`the L2 kit file ${f} is missing`);
-  log(`USB passthrough: L1's stick0 (${mib} MiB) in the L2 kit, 1 vCPU, dd O_DIRECT: Porthole (porthole usb add host:, node-usb) against QEMU -accel kvm (usb-host), ${o.rounds} rounds alternating`);
+  log(`USB passthrough: L1's stick0 (${mib} MiB) in the L2 kit, 1 vCPU, dd O_DIRECT: Porthole (porthole usb add host:, usbfs URBs from the machine thread) against QEMU -accel kvm (usb-host), ${o.rounds} rounds alternating`);
   log(`  per boot: ${mib} x 1 MiB read, ${mib} x 1 MiB write (conv=fsync), ${SMALL_COUNT} x 4 KiB read, ${SMALL_COUNT} x 4 KiB write`);
   log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
   const samples: UsbPassthroughSample[] = [];

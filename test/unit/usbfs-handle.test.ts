@@ -33,7 +33,7 @@ function usbfsRoot(bytes: Uint8Array, bus = INFO.busNumber, address = INFO.devic
 test('usbfs descriptors: VID:PID and each configuration\'s interface numbers (alt settings folded)', () => {
   assert.deepEqual(parseUsbfsDescriptors(descriptors(0x1234, 0xabcd)), {
     vendorId: 0x1234, productId: 0xabcd,
-    configurations: [{ value: 1, interfaces: [0, 1] }, { value: 2, interfaces: [0] }],
+    configurations: [{ value: 1, interfaces: [0, 1] }, { value: 2, interfaces: [0] }], isochronous: true,
   });
   assert.equal(parseUsbfsDescriptors(new Uint8Array(10)), null, 'too short');
   const bad = descriptors();
