@@ -441,6 +441,9 @@ export class Machine implements MachineContext {
           // Kicked: clear immediate_exit and let the event loop deliver what the host sent.
           bytes[RUN.IMMEDIATE_EXIT] = 0;
           Atomics.add(this.counts, this.kickSlot, 1);
+          // A usbfs completion signal: its transfer completes (and interrupts the guest) now,
+          // not one event-loop turn later.
+          if (this.kickWatchers.size !== 0) this.pollKickWatchers();
           break;
         }
         const action = dispatcher.handle(run, bytes, 0);
