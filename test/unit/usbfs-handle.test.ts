@@ -76,3 +76,25 @@ test('node-usb hotplug is not used without udevd (libudev\'s monitor gets nothin
   assert.equal(udevRunning('/nonexistent/udev/control'), false);
   assert.equal(nodeUsbHotplugSource('/nonexistent/udev/control').start(() => undefined), null);
 });
+
+test('a device without isochronous endpoints opens through usbfs and offers its descriptor to the machine thread; one with them does not', () => {
+  const bulkOnly = descriptors();
+  bulkOnly[18 + 9 + 9 + 9 + 9 + 3] = 0x02; // config 1's one endpoint: bulk instead of isochronous
+  assert.equal(parseUsbfsDescriptors(bulkOnly)?.isochronous, false);
+  const root = usbfsRoot(bulkOnly);
+  const handle = openHostUsbHandle(INFO, root);
+  try {
+    assert.ok(handle instanceof UsbfsHandle);
+    assert.deepEqual(handle.usbfsNode?.(), { fd: (handle.usbfsNode?.() as { fd: number }).fd, path: `${root}/001/002` });
+    assert.ok((handle.usbfsNode?.() as { fd: number }).fd >= 0);
+  } finally {
+    handle.close();
+  }
+  assert.equal(handle.usbfsNode(), null, 'closed: nothing to offer');
+  const iso = UsbfsHandle.open(INFO, usbfsRoot(descriptors()));
+  try {
+    assert.equal(iso.usbfsNode(), null, 'isochronous URBs are reaped on the VM host: no second reaper');
+  } finally {
+    iso.close();
+  }
+});
