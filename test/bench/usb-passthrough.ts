@@ -29,6 +29,8 @@ const MEASURES: Measure[] = ['read', 'write', 'read4k', 'write4k'];
 
 export interface UsbPassthroughSample {
   vmm: BootVmm;
+  /** Porthole with PORTHOLE_USB_DIRECT=0. */
+  channel?: boolean;
   round: number;
   rates: Partial<Record<Measure, DdRate>>;
   /** Porthole's VM host's own account (--verbose log at the give-back): per transfer µs waiting, and in libusb. */
@@ -50,6 +52,8 @@ export interface UsbPassthroughBenchOptions {
   /** A boot that fails is tried again this many times. */
   retries?: number;
   log?: (line: string) => void;
+  /** Also boot Porthole with PORTHOLE_USB_DIRECT=0 (every transfer through the VM host, the old path): the same L1, for the direct URBs' gain. */
+  channelToo?: boolean;
 }
 
 export interface UsbPassthroughBenchResult {
@@ -69,13 +73,13 @@ async function measure(con: SerialConsole, disk: string, mib: number, sample: Us
   sample.rates.write4k = await ddRate(con, dev, 'write', 4096, SMALL_COUNT);
 }
 
-async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void): Promise<UsbPassthroughSample> {
+async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void, channel = false): Promise<UsbPassthroughSample> {
   const stick = STICKS.stick0;
-  const sample: UsbPassthroughSample = { vmm, round, rates: {} };
+  const sample: UsbPassthroughSample = { vmm, round, rates: {}, ...(channel ? { channel } : {}) };
   const held = await stickBoundInL1(stick);
   const dataDir = path.join(benchOutputDir(), 'usb-passthrough-data');
   const socket = path.join(benchOutputDir(), 'usb-passthrough.sock');
-  const env = { ...process.env, XDG_DATA_HOME: dataDir };
+  const env = { ...process.env, XDG_DATA_HOME: dataDir, ...(channel ? { PORTHOLE_USB_DIRECT: '0' } : {}) };
   const append = `kit.modules=${PASSTHROUGH_KIT_MODULES}`;
   const vm = vmm === 'porthole'
     ? spawnKitVm('porthole', kit, 1, { append, porthole: ['--usb', 'keyboard', '--monitor', socket, '--verbose'], env })
@@ -117,7 +121,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
   // A Porthole killed while it held the stick leaves a journal entry: give the stick back as the manager would.
   if (vmm === 'porthole') for (const line of repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')))) log(`  repair: ${line}`);
   await giveStickBackToL1(held.name, log);
-  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
+  log(`  round ${round}, ${(channel ? 'Porthole (channel)' : LABELS[vmm]).padEnd(8)} ${describe(sample)}`);
   return sample;
 }
 
@@ -162,15 +166,18 @@ export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Pro
   for (let round = 1; round <= o.rounds; round++) {
     const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
     for (const vmm of order) {
-      for (let attempt = 0; attempt <= retries; attempt++) {
-        const s = await runOnce(vmm, o.kit, round, log);
-        samples.push(s);
-        if (!s.failure) break;
+      for (const channel of vmm === 'porthole' && o.channelToo === true ? [false, true] : [false]) {
+        for (let attempt = 0; attempt <= retries; attempt++) {
+          const s = await runOnce(vmm, o.kit, round, log, channel);
+          samples.push(s);
+          if (!s.failure) break;
+        }
       }
     }
   }
 
-  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.failure);
+  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.channel && !s.failure);
+  const channelOk = samples.filter((s) => s.channel && !s.failure);
   const ratios: Partial<Record<Measure, number>> = {};
   let met = true;
   log(`\n${'medians'.padEnd(10)}${MEASURES.map((m) => m.padStart(16)).join('')}   (MB/s; 4k: µs per transfer)   boots failed`);
@@ -188,6 +195,13 @@ export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Pro
     const judged = m === 'read' || m === 'write';
     if (judged) met &&= ratio >= USB_PASSTHROUGH_TARGET;
     log(`Porthole / QEMU ${m.padEnd(8)} ${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x${judged ? `   target >= ${USB_PASSTHROUGH_TARGET.toFixed(1)}x: ${ratio >= USB_PASSTHROUGH_TARGET ? 'met' : 'MISSED'}` : ''}`);
+  }
+  if (channelOk.length > 0) {
+    for (const m of MEASURES) {
+      const value = (s: UsbPassthroughSample) => s.rates[m]!.mbPerSec;
+      const gain = median(ok('porthole').map(value)) / median(channelOk.map(value));
+      log(`Porthole direct URBs / through the VM host (PORTHOLE_USB_DIRECT=0) ${m.padEnd(8)} ${Number.isFinite(gain) ? gain.toFixed(2) : '-'}x; channel / QEMU ${(median(channelOk.map(value)) / median(ok('qemu').map(value))).toFixed(2)}x`);
+    }
   }
   for (const s of samples.filter((x) => x.failure)) log(`  failed boot: ${LABELS[s.vmm]} round ${s.round}: ${s.failure}`);
   log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
