@@ -15,7 +15,8 @@
 // worker thread (usbfs-poller.ts: POLLOUT means a URB waits to be reaped) and reaped with
 // REAPURBNDELAY on this thread, so the event loop never blocks and no timer ticks while a URB
 // (a usb-serial's ever-pending bulk IN) waits.
-import { addressOf, close, ioctl, ioctlBuffer, NativeError, open, O_CLOEXEC, O_RDWR, read } from './libc';
+import fs from 'node:fs';
+import { addressOf, close, dup, ioctl, ioctlBuffer, NativeError, open, O_CLOEXEC, O_RDWR, read } from './libc';
 import koffi from 'koffi';
 import { type PolledUsbfs, type UsbfsPoller, usbfsPoller } from './usbfs-poller';
 
@@ -80,6 +81,8 @@ export interface UrbRequest {
   /** Isochronous: each packet's length (their sum is data.length). */
   packetLengths?: number[];
   flags?: number;
+  /** A signal usbfs sends the process when the URB completes (0: none); an RT signal, 32 to 64. */
+  signal?: number;
 }
 
 /** Writes a URB struct (and its iso descriptors) into `urb`; exported for the layout tests. */
@@ -93,6 +96,7 @@ export function packUrb(urb: Uint8Array, req: UrbRequest, bufferAddress: bigint)
   v.setBigUint64(URB_OFFSET.buffer, bufferAddress, true);
   v.setInt32(URB_OFFSET.bufferLength, req.data.length, true);
   v.setInt32(URB_OFFSET.numberOfPackets, req.type === 'iso' ? packets.length : 0, true);
+  v.setUint32(URB_OFFSET.signr, (req.signal ?? 0) >>> 0, true);
   for (let i = 0; i < packets.length; i++) {
     v.setUint32(URB_OFFSET.isoFrameDesc + ISO_DESC_BYTES * i, packets[i] >>> 0, true);
   }
@@ -116,9 +120,22 @@ export function unpackUrb(urb: Uint8Array, packetCount: number): { status: numbe
   return { status: v.getInt32(URB_OFFSET.status, true), actual: v.getInt32(URB_OFFSET.actualLength, true), packets };
 }
 
+/** A usbfs URB status (0 or -errno) by name (the passthrough's transfer statuses). */
+export function statusOfUrb(status: number): 'ok' | 'stall' | 'babble' | 'no-device' | 'cancelled' | 'error' {
+  switch (-status) {
+    case 0: return 'ok';
+    case 2: case 104: return 'cancelled'; // ENOENT, ECONNRESET: discarded
+    case 32: return 'stall'; // EPIPE
+    case 75: return 'babble'; // EOVERFLOW
+    case 19: case 108: return 'no-device'; // ENODEV, ESHUTDOWN
+    default: return 'error'; // EXDEV (missed its frame), EPROTO, EILSEQ, ETIME...
+  }
+}
+
 /** Checks a URB request before it reaches the kernel; returns a sentence or null. */
 export function urbProblem(req: UrbRequest): string | null {
   if (!Number.isInteger(req.endpoint) || req.endpoint < 0 || req.endpoint > 0xff) return `endpoint ${req.endpoint} is not an endpoint address`;
+  if (req.signal !== undefined && req.signal !== 0 && (!Number.isInteger(req.signal) || req.signal < 32 || req.signal > 64)) return `signal ${req.signal} is not a real-time signal`;
   if (req.type === 'iso') {
     const p = req.packetLengths;
     if (p === undefined || p.length === 0 || p.length > MAX_ISO_PACKETS) return `an isochronous URB needs 1 to ${MAX_ISO_PACKETS} packets`;
@@ -145,8 +162,29 @@ export class UsbdevfsDevice implements PolledUsbfs {
   private readonly inFlight = new Map<bigint, InFlightUrb>();
   private readonly reapSlot = new Uint8Array(new ArrayBuffer(8));
 
-  private constructor(fd: number, readonly path: string, private readonly poller: UsbfsPoller) {
+  private constructor(fd: number, readonly path: string, private readonly poller: UsbfsPoller | null) {
     this._fd = fd;
+  }
+
+  /**
+   * A second descriptor (dup) of a usbfs node another part of the process opened and claimed
+   * on (claims belong to the open file, so URBs on the dup may use them), whose URBs this
+   * object's owner reaps itself (`reapAll`): no poller watches it. `path` must be what the
+   * descriptor names in /proc/self/fd, so a number closed and reused meanwhile is refused.
+   */
+  static adopt(fd: number, path: string): UsbdevfsDevice {
+    const own = dup(fd);
+    let target = '';
+    try {
+      target = fs.readlinkSync(`/proc/self/fd/${own}`);
+    } catch {
+      // Unreadable: refused below.
+    }
+    if (target !== path) {
+      close(own);
+      throw new Error(`fd ${fd} is ${target === '' ? 'not open' : target}, not ${path}`);
+    }
+    return new UsbdevfsDevice(own, path, null);
   }
 
   static open(busNumber: number, deviceAddress: number, root = '/dev/bus/usb'): UsbdevfsDevice {
@@ -269,7 +307,7 @@ export class UsbdevfsDevice implements PolledUsbfs {
     const key = addressOf(struct);
     ioctlBuffer(this.fd, `USBDEVFS_SUBMITURB(type ${req.type}, endpoint 0x${req.endpoint.toString(16)}) on ${this.path}`, USBDEVFS.SUBMITURB, struct);
     this.inFlight.set(key, { struct, data, packets, done });
-    this.poller.watch(this);
+    this.poller?.watch(this);
     return () => {
       if (this.fd < 0 || !this.inFlight.has(key)) return;
       // DISCARDURB takes the URB's user address as its argument; EINVAL means it already completed.
@@ -277,8 +315,9 @@ export class UsbdevfsDevice implements PolledUsbfs {
     };
   }
 
-  /** Reaps every completed URB without blocking (the poller calls it when the fd says so). */
-  reapAll(): void {
+  /** Reaps every completed URB without blocking (the poller calls it when the fd says so); how many. */
+  reapAll(): number {
+    let reaped = 0;
     while (this.fd >= 0 && this.inFlight.size > 0) {
       const r = reapNoDelay(this.fd, this.reapSlot);
       if (r === -11) break; // EAGAIN: nothing completed yet
@@ -291,9 +330,11 @@ export class UsbdevfsDevice implements PolledUsbfs {
       const urb = this.inFlight.get(key);
       if (urb === undefined) continue;
       this.inFlight.delete(key);
+      reaped++;
       const out = unpackUrb(urb.struct, urb.packets);
       urb.done({ ...out, data: urb.data });
     }
+    return reaped;
   }
 
   private failAll(status: number): void {
@@ -305,7 +346,7 @@ export class UsbdevfsDevice implements PolledUsbfs {
   /** Discards every URB, reaps them (bounded wait), and closes the node. */
   close(): void {
     if (this.fd < 0) return;
-    this.poller.forget(this);
+    this.poller?.forget(this);
     for (const key of this.inFlight.keys()) discard(this.fd, key);
     // Discarded URBs come back at once; a few looks are enough, and the kernel frees the rest on close.
     for (let i = 0; i < 100 && this.inFlight.size > 0; i++) {

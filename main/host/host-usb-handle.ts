@@ -5,7 +5,7 @@
 import type { usb as UsbModule } from 'usb';
 import type { HostUsbDeviceInfo } from './usb-inventory';
 import { openErrorSentence } from './usb-inventory';
-import { UsbdevfsDevice } from '../../native/usbdevfs';
+import { statusOfUrb, UsbdevfsDevice } from '../../native/usbdevfs';
 
 export type HostTransferType = 'control' | 'isochronous' | 'bulk' | 'interrupt';
 
@@ -42,6 +42,8 @@ export interface HostUsbHandle {
    */
   submitIso?(endpointAddress: number, buffer: Uint8Array, packetLengths: number[], done: HostIsoDone): () => void;
   close(): void;
+  /** A usbfs descriptor holding the claims, on which the machine thread may submit and reap its own URBs (null: none). */
+  usbfsNode?(): { fd: number; path: string } | null;
 }
 
 const TYPE_CODE = { control: 0, bulk: 2, interrupt: 3 } as const;
@@ -59,16 +61,7 @@ export function statusOfLibusb(code: number): HostTransferStatus {
 }
 
 /** A usbfs URB status (0 or -errno) → ours. */
-export function statusOfUrb(status: number): HostTransferStatus {
-  switch (-status) {
-    case 0: return 'ok';
-    case 2: case 104: return 'cancelled'; // ENOENT, ECONNRESET: discarded
-    case 32: return 'stall'; // EPIPE
-    case 75: return 'babble'; // EOVERFLOW
-    case 19: case 108: return 'no-device'; // ENODEV, ESHUTDOWN
-    default: return 'error'; // EXDEV (missed its frame), EPROTO, EILSEQ, ETIME...
-  }
-}
+export { statusOfUrb };
 
 /**
  * The interface a control request's recipient belongs to (usbfs checks the claim of that one),

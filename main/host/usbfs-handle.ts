@@ -22,6 +22,8 @@ export interface ParsedDescriptors {
   vendorId: number;
   productId: number;
   configurations: ParsedConfiguration[];
+  /** Some configuration has an isochronous endpoint (in any alt setting). */
+  isochronous: boolean;
 }
 
 /**
@@ -32,6 +34,7 @@ export function parseUsbfsDescriptors(bytes: Uint8Array): ParsedDescriptors | nu
   if (bytes.length < 18 || bytes[0] !== 18 || bytes[1] !== 1) return null;
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const configurations: ParsedConfiguration[] = [];
+  let isochronous = false;
   let at = 18;
   for (let i = 0; i < bytes[17] && at + 9 <= bytes.length; i++) {
     if (bytes[at + 1] !== 2 || bytes[at] < 9) return null;
@@ -41,11 +44,12 @@ export function parseUsbfsDescriptors(bytes: Uint8Array): ParsedDescriptors | nu
     for (let d = at + bytes[at]; d + 2 <= end; d += bytes[d]) {
       if (bytes[d] < 2) break;
       if (bytes[d + 1] === 4 && bytes[d] >= 9 && d + 9 <= end && !interfaces.includes(bytes[d + 2])) interfaces.push(bytes[d + 2]);
+      if (bytes[d + 1] === 5 && bytes[d] >= 7 && d + 7 <= end && (bytes[d + 3] & 3) === 1) isochronous = true;
     }
     configurations.push({ value: bytes[at + 5], interfaces });
     at = end;
   }
-  return { vendorId: v.getUint16(8, true), productId: v.getUint16(10, true), configurations };
+  return { vendorId: v.getUint16(8, true), productId: v.getUint16(10, true), configurations, isochronous };
 }
 
 function errnoStatus(e: unknown): 'no-device' | 'stall' | 'error' {
@@ -96,6 +100,15 @@ export class UsbfsHandle implements HostUsbHandle {
 
   configurationValue(): number {
     return this.configuration;
+  }
+
+  /**
+   * The descriptor the machine thread may submit its own URBs on (a dup of it), for a device
+   * without isochronous endpoints: no URB of this handle's is then in flight on it, so the
+   * machine thread is the file's only reaper (isochronous URBs stay on this thread's poller).
+   */
+  usbfsNode(): { fd: number; path: string } | null {
+    return this.descriptors.isochronous || this.dev.fd < 0 ? null : { fd: this.dev.fd, path: this.dev.path };
   }
 
   interfaceNumbers(): number[] {
@@ -177,9 +190,16 @@ export class UsbfsHandle implements HostUsbHandle {
 }
 
 /**
- * Opens a host device for passthrough: through node-usb when its list has the device (libusb's
- * event thread completes transfers at once), else through usbfs alone. Throws a sentence.
+ * Opens a host device for passthrough. A device without isochronous endpoints goes through
+ * usbfs alone, so the machine thread can submit its URBs on the same file (direct URBs, no
+ * channel hop); else through node-usb when its list has the device, else usbfs alone.
+ * PORTHOLE_USB_DIRECT=0 keeps node-usb first for every device. Throws a sentence.
  */
 export function openHostUsbHandle(info: HostUsbDeviceInfo, usbfsRoot?: string): HostUsbHandle {
+  if (process.env.PORTHOLE_USB_DIRECT !== '0') {
+    const handle = UsbfsHandle.open(info, usbfsRoot);
+    if (handle.usbfsNode() !== null) return handle;
+    handle.close();
+  }
   return NodeUsbHandle.open(info) ?? UsbfsHandle.open(info, usbfsRoot);
 }

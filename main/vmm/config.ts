@@ -39,7 +39,15 @@ export type UsbDeviceConfig = (
    * A host USB device passed through. Attached at run time only (the API, `porthole usb add
    * host:…`): the VM host holds the device as `handle`; configs and --usb do not take it.
    */
-  | { kind: 'host'; handle: number; hostName: string; product: string; speed: 'low' | 'full' | 'high' | 'super'; vendorId: number; productId: number }
+  | {
+    kind: 'host'; handle: number; hostName: string; product: string; speed: 'low' | 'full' | 'high' | 'super'; vendorId: number; productId: number;
+    /**
+     * The VM host's usbfs descriptor of the device (it claimed the interfaces on it) and its
+     * node: the machine thread then submits and reaps control, bulk and interrupt URBs on a dup
+     * of it itself, with no channel hop (devices/usb/passthrough/direct-urbs.ts).
+     */
+    usbfs?: { fd: number; path: string };
+  }
 ) & {
   /**
    * The root-hub port (1..4 USB 3, 5..8 USB 2); absent: the first free port of its speed.

@@ -91,6 +91,8 @@ export interface Options {
   /** Bytes per phase for the serial bench (its default when absent). */
   serialBytes?: number;
   check: boolean;
+  /** usb-passthrough: also boot Porthole with PORTHOLE_USB_DIRECT=0 (every transfer through the VM host), in the same L1. */
+  usbChannel: boolean;
   /** The option arguments as given (without names), to pass on to the rig. */
   optionArgs: string[];
 }
@@ -99,7 +101,7 @@ export class BenchError extends Error {}
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
-    benches: [], runs: 5, batches: 100, batchesGiven: false, rounds: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, optionArgs: [],
+    benches: [], runs: 5, batches: 100, batchesGiven: false, rounds: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, usbChannel: false, optionArgs: [],
   };
   const named = new Set<BenchName>();
   let noSerial = false;
@@ -143,7 +145,8 @@ export function parseArgs(argv: string[]): Options {
       o.serialBytes = n;
     } else if (a === '--no-serial') noSerial = true;
     else if (a === '--check') o.check = true;
-    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --rounds N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check)`);
+    else if (a === '--usb-channel') o.usbChannel = true;
+    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --rounds N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check, --usb-channel)`);
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
   // No name: every bench; --no-serial (from before benches had names) leaves serial out.
@@ -582,7 +585,7 @@ async function main(): Promise<void> {
       await runSerialThroughputBench({ bytes: o.serialBytes });
     } else if (bench === 'usb-passthrough') {
       console.log('');
-      met = (await runUsbPassthroughBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
+      met = (await runUsbPassthroughBench({ kit: await kitPaths(), rounds: o.runs, channelToo: o.usbChannel })).met && met;
     } else if (bench === 'stats-stream') {
       met = (await statsStreamBench(o)) && met;
     } else if (bench === 'disk') {

@@ -1,5 +1,5 @@
 // Host USB passthrough throughput and latency: L1's stick0 (QEMU usb-storage, high speed) is
-// passed to the rig's L2 kit by Porthole (`porthole usb add host:NAME`: node-usb on the VM
+// passed to the rig's L2 kit by Porthole (`porthole usb add host:NAME`: usbfs on the VM
 // host, our xHCI in front) and by QEMU (`-device usb-host`, libusb, qemu-xhci), alternating
 // in one L1 run. Per boot, dd O_DIRECT: the whole stick in 1 MiB blocks read and written
 // (MB/s), then 1024 x 4 KiB read and written (transfers/s, shown as µs per transfer: each
@@ -29,6 +29,8 @@ const MEASURES: Measure[] = ['read', 'write', 'read4k', 'write4k'];
 
 export interface UsbPassthroughSample {
   vmm: BootVmm;
+  /** Porthole with PORTHOLE_USB_DIRECT=0. */
+  channel?: boolean;
   round: number;
   rates: Partial<Record<Measure, DdRate>>;
   /** Porthole's VM host's own account (--verbose log at the give-back): per transfer µs waiting, and in libusb. */
@@ -39,6 +41,8 @@ export interface UsbPassthroughSample {
   doneHopUs?: number;
   /** The guest's turnaround: µs from a DONE that left nothing in flight to the next submit. */
   gapUs?: number;
+  /** Transfers the machine thread submitted to usbfs itself (direct URBs), and of them reaped by its backstop timer. */
+  direct?: { urbs: number; byBackstop: number };
   failure?: string;
 }
 
@@ -48,6 +52,8 @@ export interface UsbPassthroughBenchOptions {
   /** A boot that fails is tried again this many times. */
   retries?: number;
   log?: (line: string) => void;
+  /** Also boot Porthole with PORTHOLE_USB_DIRECT=0 (every transfer through the VM host, the old path): the same L1, for the direct URBs' gain. */
+  channelToo?: boolean;
 }
 
 export interface UsbPassthroughBenchResult {
@@ -67,13 +73,13 @@ async function measure(con: SerialConsole, disk: string, mib: number, sample: Us
   sample.rates.write4k = await ddRate(con, dev, 'write', 4096, SMALL_COUNT);
 }
 
-async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void): Promise<UsbPassthroughSample> {
+async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void, channel = false): Promise<UsbPassthroughSample> {
   const stick = STICKS.stick0;
-  const sample: UsbPassthroughSample = { vmm, round, rates: {} };
+  const sample: UsbPassthroughSample = { vmm, round, rates: {}, ...(channel ? { channel } : {}) };
   const held = await stickBoundInL1(stick);
   const dataDir = path.join(benchOutputDir(), 'usb-passthrough-data');
   const socket = path.join(benchOutputDir(), 'usb-passthrough.sock');
-  const env = { ...process.env, XDG_DATA_HOME: dataDir };
+  const env = { ...process.env, XDG_DATA_HOME: dataDir, ...(channel ? { PORTHOLE_USB_DIRECT: '0' } : {}) };
   const append = `kit.modules=${PASSTHROUGH_KIT_MODULES}`;
   const vm = vmm === 'porthole'
     ? spawnKitVm('porthole', kit, 1, { append, porthole: ['--usb', 'keyboard', '--monitor', socket, '--verbose'], env })
@@ -86,11 +92,13 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
     if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
     const mm = /transfers, (\d+) µs per transfer from submit to the VM host's DONE/.exec(chunk);
     if (mm) sample.machineUs = Number(mm[1]);
-    const mh = /(\d+) µs of it from the DONE's send to its drain; (\d+) µs per idle gap/.exec(chunk);
+    const mh = /([\d-]+) µs of it from the DONE's send to its drain; (\d+) µs per idle gap/.exec(chunk);
     if (mh) {
-      sample.doneHopUs = Number(mh[1]);
+      if (mh[1] !== '-') sample.doneHopUs = Number(mh[1]);
       sample.gapUs = Number(mh[2]);
     }
+    const md = /direct URBs (\d+), (\d+) of them reaped by the backstop timer/.exec(chunk);
+    if (md) sample.direct = { urbs: Number(md[1]), byBackstop: Number(md[2]) };
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
@@ -113,7 +121,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
   // A Porthole killed while it held the stick leaves a journal entry: give the stick back as the manager would.
   if (vmm === 'porthole') for (const line of repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')))) log(`  repair: ${line}`);
   await giveStickBackToL1(held.name, log);
-  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
+  log(`  round ${round}, ${(channel ? 'Porthole (channel)' : LABELS[vmm]).padEnd(8)} ${describe(sample)}`);
   return sample;
 }
 
@@ -140,7 +148,9 @@ function describe(s: UsbPassthroughSample): string {
     const r = s.rates[m]!;
     return m.endsWith('4k') ? `${m} ${r.iops.toFixed(0)}/s (${(1e6 / r.iops).toFixed(0)} µs)` : `${m} ${r.mbPerSec.toFixed(2)} MB/s`;
   });
-  const host = s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it${s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE (DONE hop ${s.doneHopUs ?? '-'} µs), guest gap ${s.gapUs ?? '-'} µs`}` : '';
+  const host = (s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it` : '')
+    + (s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE (DONE hop ${s.doneHopUs ?? '-'} µs), guest gap ${s.gapUs ?? '-'} µs`)
+    + (s.direct === undefined ? '' : `; direct URBs ${s.direct.urbs} (${s.direct.byBackstop} reaped by the backstop timer)`);
   return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 
@@ -149,22 +159,25 @@ export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Pro
   const retries = o.retries ?? 1;
   const mib = STICKS.stick0.sizeMiB;
   for (const f of [o.kit.vmlinuz, o.kit.initrd]) if (!fs.existsSync(f)) throw new Error(`the L2 kit file ${f} is missing`);
-  log(`USB passthrough: L1's stick0 (${mib} MiB) in the L2 kit, 1 vCPU, dd O_DIRECT: Porthole (porthole usb add host:, node-usb) against QEMU -accel kvm (usb-host), ${o.rounds} rounds alternating`);
+  log(`USB passthrough: L1's stick0 (${mib} MiB) in the L2 kit, 1 vCPU, dd O_DIRECT: Porthole (porthole usb add host:, usbfs URBs from the machine thread) against QEMU -accel kvm (usb-host), ${o.rounds} rounds alternating`);
   log(`  per boot: ${mib} x 1 MiB read, ${mib} x 1 MiB write (conv=fsync), ${SMALL_COUNT} x 4 KiB read, ${SMALL_COUNT} x 4 KiB write`);
   log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
   const samples: UsbPassthroughSample[] = [];
   for (let round = 1; round <= o.rounds; round++) {
     const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
     for (const vmm of order) {
-      for (let attempt = 0; attempt <= retries; attempt++) {
-        const s = await runOnce(vmm, o.kit, round, log);
-        samples.push(s);
-        if (!s.failure) break;
+      for (const channel of vmm === 'porthole' && o.channelToo === true ? [false, true] : [false]) {
+        for (let attempt = 0; attempt <= retries; attempt++) {
+          const s = await runOnce(vmm, o.kit, round, log, channel);
+          samples.push(s);
+          if (!s.failure) break;
+        }
       }
     }
   }
 
-  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.failure);
+  const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.channel && !s.failure);
+  const channelOk = samples.filter((s) => s.channel && !s.failure);
   const ratios: Partial<Record<Measure, number>> = {};
   let met = true;
   log(`\n${'medians'.padEnd(10)}${MEASURES.map((m) => m.padStart(16)).join('')}   (MB/s; 4k: µs per transfer)   boots failed`);
@@ -182,6 +195,13 @@ export async function runUsbPassthroughBench(o: UsbPassthroughBenchOptions): Pro
     const judged = m === 'read' || m === 'write';
     if (judged) met &&= ratio >= USB_PASSTHROUGH_TARGET;
     log(`Porthole / QEMU ${m.padEnd(8)} ${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x${judged ? `   target >= ${USB_PASSTHROUGH_TARGET.toFixed(1)}x: ${ratio >= USB_PASSTHROUGH_TARGET ? 'met' : 'MISSED'}` : ''}`);
+  }
+  if (channelOk.length > 0) {
+    for (const m of MEASURES) {
+      const value = (s: UsbPassthroughSample) => s.rates[m]!.mbPerSec;
+      const gain = median(ok('porthole').map(value)) / median(channelOk.map(value));
+      log(`Porthole direct URBs / through the VM host (PORTHOLE_USB_DIRECT=0) ${m.padEnd(8)} ${Number.isFinite(gain) ? gain.toFixed(2) : '-'}x; channel / QEMU ${(median(channelOk.map(value)) / median(ok('qemu').map(value))).toFixed(2)}x`);
+    }
   }
   for (const s of samples.filter((x) => x.failure)) log(`  failed boot: ${LABELS[s.vmm]} round ${s.round}: ${s.failure}`);
   log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);

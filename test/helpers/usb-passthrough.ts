@@ -9,6 +9,9 @@ import { UsbJournal } from '../../main/host/usb-journal';
 import { PassthroughDevice, PassthroughRouter, type HostDeviceConfig } from '../../main/vmm/devices/usb/passthrough/passthrough-device';
 import type { UsbSetup, UsbTransfer, UsbTransferType } from '../../main/vmm/devices/usb/usb-device';
 import { HostUsbPassthrough } from '../../main/vmm/host/usb-passthrough';
+import type { KickWatcher } from '../../main/vmm/devices/context';
+import type { DirectUrbDone, DirectUrbRequest, DirectUrbs } from '../../main/vmm/devices/usb/passthrough/direct-urbs';
+import type { PassthroughStatus } from '../../main/vmm/shared/usb-passthrough-messages';
 
 export interface HostUrb {
   address: number;
@@ -109,15 +112,74 @@ export const CONFIG: HostDeviceConfig = {
   kind: 'host', handle: 7, hostName: '1-1', product: 'QEMU QEMU USB HARDDRIVE', speed: 'super', vendorId: 0x46f4, productId: 1,
 };
 
+export interface FakeUrb {
+  req: DirectUrbRequest;
+  done: DirectUrbDone;
+  discarded: boolean;
+  /** Set by the test: the next reap completes it with this status, actual and IN bytes. */
+  result: { status: PassthroughStatus; actual: number; bytes?: Uint8Array } | null;
+}
+
+/** The machine thread's usbfs file, faked: URBs complete when the test sets a result and something reaps. */
+export class FakeDirectUrbs implements DirectUrbs {
+  urbs: FakeUrb[] = [];
+  reaps = 0;
+  closed = false;
+  /** errno the next submit is refused with (0: accepted). */
+  refuseErrno = 0;
+  submit(req: DirectUrbRequest, done: DirectUrbDone): () => void {
+    if (this.refuseErrno !== 0) {
+      const e = Object.assign(new Error('USBDEVFS_SUBMITURB: refused'), { errno: this.refuseErrno });
+      this.refuseErrno = 0;
+      throw e;
+    }
+    const urb: FakeUrb = { req: { ...req, data: Uint8Array.from(req.data) }, done, discarded: false, result: null };
+    this.urbs.push(urb);
+    return () => {
+      urb.discarded = true;
+      urb.result ??= { status: 'cancelled', actual: 0 };
+    };
+  }
+  reap(): number {
+    this.reaps++;
+    const ready = this.urbs.filter((u) => u.result !== null);
+    this.urbs = this.urbs.filter((u) => u.result === null);
+    for (const u of ready) {
+      const r = u.result as NonNullable<FakeUrb['result']>;
+      const data = Uint8Array.from(u.req.data);
+      if (r.bytes) data.set(r.bytes, u.req.type === 'control' ? 8 : 0);
+      u.done(r.status, r.actual, data);
+    }
+    return ready.length;
+  }
+  get inFlight(): number {
+    return this.urbs.length;
+  }
+  close(): void {
+    this.closed = true;
+    for (const u of this.urbs) u.discarded = true;
+    this.urbs = [];
+  }
+}
+
 /** The two sides joined: records queue in each direction until `pump()` (as the channel + kick would). */
-export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: () => boolean; handle?: H } = {}) {
+export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: () => boolean; handle?: H; direct?: FakeDirectUrbs | Error } = {}) {
   const usb = (options.handle ?? new FakeHandle()) as H;
   const journal = new UsbJournal(fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-pt-')));
   const toHost: [number, Uint8Array][] = [];
   const toMachine: [number, Uint8Array][] = [];
   const timers: (() => void)[] = [];
   const logs: string[] = [];
+  const watched = new Set<KickWatcher>();
+  const direct = options.direct;
   const router = new PassthroughRouter({
+    ...(direct === undefined ? {} : {
+      openDirect: () => {
+        if (direct instanceof Error) throw direct;
+        return direct;
+      },
+      kickWatch: { add: (w: KickWatcher) => { watched.add(w); }, remove: (w: KickWatcher) => { watched.delete(w); } },
+    }),
     send: (kind, payload) => {
       if (options.channelRoom && !options.channelRoom()) return false;
       toHost.push([kind, payload.slice()]);
@@ -126,7 +188,7 @@ export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: 
     setTimer: (_ms, fn) => { timers.push(fn); return () => undefined; },
     log: (t) => logs.push(t),
   });
-  const device = router.create(CONFIG);
+  const device = router.create(direct === undefined ? CONFIG : { ...CONFIG, usbfs: { fd: 99, path: '/dev/bus/usb/001/002' } });
   const gone: string[] = [];
   const host = new HostUsbPassthrough(INFO, CONFIG.handle, usb, {
     send: (kind, payload) => toMachine.push([kind, payload.slice()]),
@@ -140,7 +202,9 @@ export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: 
     }
   };
   device.attach({ wakeup: () => undefined, log: (t) => logs.push(t) });
-  return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs, gone };
+  /** What the run loop does after a kick or an exit: poll the watchers. */
+  const kick = () => { for (const w of [...watched]) w.poll(); };
+  return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs, gone, watched, kick };
 }
 
 export function transfer(type: UsbTransferType, endpoint: number, dirIn: boolean, data: Uint8Array, setup: UsbSetup | null = null): UsbTransfer {

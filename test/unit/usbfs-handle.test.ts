@@ -33,7 +33,7 @@ function usbfsRoot(bytes: Uint8Array, bus = INFO.busNumber, address = INFO.devic
 test('usbfs descriptors: VID:PID and each configuration\'s interface numbers (alt settings folded)', () => {
   assert.deepEqual(parseUsbfsDescriptors(descriptors(0x1234, 0xabcd)), {
     vendorId: 0x1234, productId: 0xabcd,
-    configurations: [{ value: 1, interfaces: [0, 1] }, { value: 2, interfaces: [0] }],
+    configurations: [{ value: 1, interfaces: [0, 1] }, { value: 2, interfaces: [0] }], isochronous: true,
   });
   assert.equal(parseUsbfsDescriptors(new Uint8Array(10)), null, 'too short');
   const bad = descriptors();
@@ -75,4 +75,26 @@ test('usbfs open: another device at the address (reused) is "gone", and so is a 
 test('node-usb hotplug is not used without udevd (libudev\'s monitor gets nothing): the list is polled instead', () => {
   assert.equal(udevRunning('/nonexistent/udev/control'), false);
   assert.equal(nodeUsbHotplugSource('/nonexistent/udev/control').start(() => undefined), null);
+});
+
+test('a device without isochronous endpoints opens through usbfs and offers its descriptor to the machine thread; one with them does not', () => {
+  const bulkOnly = descriptors();
+  bulkOnly[18 + 9 + 9 + 9 + 9 + 3] = 0x02; // config 1's one endpoint: bulk instead of isochronous
+  assert.equal(parseUsbfsDescriptors(bulkOnly)?.isochronous, false);
+  const root = usbfsRoot(bulkOnly);
+  const handle = openHostUsbHandle(INFO, root);
+  try {
+    assert.ok(handle instanceof UsbfsHandle);
+    assert.deepEqual(handle.usbfsNode?.(), { fd: (handle.usbfsNode?.() as { fd: number }).fd, path: `${root}/001/002` });
+    assert.ok((handle.usbfsNode?.() as { fd: number }).fd >= 0);
+  } finally {
+    handle.close();
+  }
+  assert.equal(handle.usbfsNode(), null, 'closed: nothing to offer');
+  const iso = UsbfsHandle.open(INFO, usbfsRoot(descriptors()));
+  try {
+    assert.equal(iso.usbfsNode(), null, 'isochronous URBs are reaped on the VM host: no second reaper');
+  } finally {
+    iso.close();
+  }
 });

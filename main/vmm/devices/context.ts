@@ -66,6 +66,23 @@ export interface MachineContext {
   onHostMessage(target: number, handler: (kind: number, payload: Uint8Array) => void): void;
   /** Sends a record to the VM host's handler for `target`; false when the channel is full (keep it, retry). */
   sendToHost(target: number, kind: number, payload?: Uint8Array): boolean;
+  /**
+   * Host work a device waits for without the VM host (usbfs URBs the machine thread submitted,
+   * whose completion signal kicks vCPU 0): a watcher added here is polled after every kick and
+   * every exit until it is removed. Absent in tests without a run loop.
+   */
+  readonly kickWatch?: KickWatch;
+}
+
+/** Something to look at each time vCPU 0 comes out of KVM_RUN (see MachineContext.kickWatch). */
+export interface KickWatcher {
+  poll(): void;
+}
+
+export interface KickWatch {
+  /** Polls `w` after every kick and exit from now on (adding twice is one watch). */
+  add(w: KickWatcher): void;
+  remove(w: KickWatcher): void;
 }
 
 export type HostNotification =

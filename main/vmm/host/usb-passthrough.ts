@@ -19,7 +19,7 @@ import type { HostUsbDeviceInfo } from '../../host/usb-inventory';
 import type { HostTransferStatus, HostUsbHandle } from '../../host/host-usb-handle';
 import { sysfsBind, type TakenInterface, type UsbJournal } from '../../host/usb-journal';
 import {
-  decodeAddress, decodeData, decodeIdRecord, decodeSubmit, encodeData, encodeDone, PASSTHROUGH_CHUNK, PASSTHROUGH_KIND,
+  decodeAddress, decodeData, decodeIdRecord, decodeSubmit, encodeAddressOnly, encodeData, encodeDone, PASSTHROUGH_CHUNK, PASSTHROUGH_KIND,
   PASSTHROUGH_MAX_TRANSFER, type SubmitRecord,
 } from '../shared/usb-passthrough-messages';
 
@@ -205,9 +205,17 @@ export class HostUsbPassthrough {
         t.cancel?.();
         return;
       }
-      case PASSTHROUGH_KIND.RESET:
+      case PASSTHROUGH_KIND.RESET: {
         this.cancelAll();
-        this.whenIdle(() => this.deviceCall('port reset', (done) => this.usb.reset(done)));
+        const instance = this.instance;
+        // The machine holds the URBs it submits itself until the reset is done.
+        this.whenIdle(() => this.deviceCall('port reset', (done) => this.usb.reset(done), () => {
+          this.link.send(PASSTHROUGH_KIND.RESET_DONE, encodeAddressOnly({ handle: this.handle, instance }));
+        }));
+        return;
+      }
+      case PASSTHROUGH_KIND.GONE:
+        this.reportGone();
         return;
       case PASSTHROUGH_KIND.DETACHED:
         this.cancelAll();
@@ -450,12 +458,16 @@ export class HostUsbPassthrough {
     }
   }
 
+  /** A transfer found the device gone from the host: the VM host unplugs it from the guest (once). */
+  private reportGone(): void {
+    if (this.goneReported || this.released) return;
+    this.goneReported = true;
+    this.link.log(`usb-host ${this.info.sysfsName}: the device left the host`);
+    this.link.gone?.();
+  }
+
   private complete(t: HostTransfer, status: HostTransferStatus, actual: number): void {
-    if (status === 'no-device' && !this.goneReported && !this.released) {
-      this.goneReported = true;
-      this.link.log(`usb-host ${this.info.sysfsName}: the device left the host`);
-      this.link.gone?.();
-    }
+    if (status === 'no-device') this.reportGone();
     if (this.transfers.get(t.record.id) !== t) return; // cancelled by the machine: it knows
     this.transfers.delete(t.record.id);
     this.completed++;

@@ -991,6 +991,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       const state = await this.attachUsb({
         kind: 'host', handle, hostName: info.sysfsName, product, speed, vendorId: info.vendorId, productId: info.productId,
         ...(port === undefined ? {} : { port }),
+        ...(usb.usbfsNode?.() ? { usbfs: usb.usbfsNode() as { fd: number; path: string } } : {}),
       });
       const entry = this.hostUsb.get(handle);
       if (entry) entry.port = state.port;

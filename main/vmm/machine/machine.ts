@@ -13,7 +13,7 @@ import { cpuidFor } from './cpuid';
 import { MachineTimers } from './timers';
 import { MmioBus, PioBus } from '../devices/bus';
 import type { MachineConfig } from '../config';
-import type { HostNotification, MachineContext } from '../devices/context';
+import type { HostNotification, KickWatch, KickWatcher, MachineContext } from '../devices/context';
 import { ACTION, type Action, ExitDispatcher } from './exits';
 import { GuestMemory, hostAddressOf, type MemoryRegion } from '../memory/guest-memory';
 import { MemorySlots } from '../memory/slots';
@@ -228,6 +228,15 @@ export class Machine implements MachineContext {
     if (this.hostHandlers.has(target)) throw new Error(`channel target ${target} has a handler already`);
     this.hostHandlers.set(target, handler);
   }
+  /** Watchers polled after every kick and exit (usbfs URBs the machine thread submitted). */
+  private readonly kickWatchers = new Set<KickWatcher>();
+  readonly kickWatch: KickWatch = {
+    add: (w) => { this.kickWatchers.add(w); },
+    remove: (w) => { this.kickWatchers.delete(w); },
+  };
+  private pollKickWatchers(): void {
+    for (const w of this.kickWatchers) w.poll();
+  }
   /** Sends a record to the VM host; false when its channel is full (the caller keeps it and retries). */
   sendToHost(target: number, kind: number, payload?: Uint8Array): boolean {
     return this.channels.toHost.send(target, kind, payload);
@@ -417,6 +426,7 @@ export class Machine implements MachineContext {
     if (queued !== ACTION.CONTINUE) return this.onAction(queued);
     // Host records and due timers: the VM host kicks vCPU 0 for both, so they come here.
     if (this.receiveFromHost()) return;
+    if (this.kickWatchers.size !== 0) this.pollKickWatchers();
     this.timers.runDue();
     if (control.apPending !== 0 && this.serviceAps()) return;
     const vcpu = this.vcpus[0].vcpu;
@@ -431,10 +441,15 @@ export class Machine implements MachineContext {
           // Kicked: clear immediate_exit and let the event loop deliver what the host sent.
           bytes[RUN.IMMEDIATE_EXIT] = 0;
           Atomics.add(this.counts, this.kickSlot, 1);
+          // A usbfs completion signal: its transfer completes (and interrupts the guest) now,
+          // not one event-loop turn later.
+          if (this.kickWatchers.size !== 0) this.pollKickWatchers();
           break;
         }
         const action = dispatcher.handle(run, bytes, 0);
         if (action !== ACTION.CONTINUE) return this.onAction(action);
+        // A completion signal that came while this thread ran JavaScript kicked nothing.
+        if (this.kickWatchers.size !== 0) this.pollKickWatchers();
       }
     } catch (e) {
       return this.end({ reason: 'error', message: (e as Error).message });

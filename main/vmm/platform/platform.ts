@@ -42,6 +42,7 @@ export class Platform {
       serialRing: (index) => ctx.serialRing(index),
       onHostMessage: (target, handler) => ctx.onHostMessage(target, handler),
       sendToHost: (target, kind, payload) => ctx.sendToHost(target, kind, payload),
+      get kickWatch() { return ctx.kickWatch; },
       irqPin: (gsi, name) => irqLinesOf(deviceCtx).pin(gsi, name),
     };
     const models: DeviceModel[] = [];

@@ -21,10 +21,24 @@ export const PASSTHROUGH_KIND = {
   DONE: 0x104,
   /** Machine → host: the device left its port (or the machine ended): drop everything in flight. */
   DETACHED: 0x105,
+  /** Host → machine: the port reset RESET asked for is done (URBs the machine submits itself may go again). */
+  RESET_DONE: 0x106,
+  /** Machine → host: a URB the machine submitted itself found the device gone from the host. */
+  GONE: 0x107,
 } as const;
 
 export function isPassthroughKind(kind: number): boolean {
-  return kind >= PASSTHROUGH_KIND.SUBMIT && kind <= PASSTHROUGH_KIND.DETACHED;
+  return kind >= PASSTHROUGH_KIND.SUBMIT && kind <= PASSTHROUGH_KIND.GONE;
+}
+
+/**
+ * SET_CONFIGURATION, SET_INTERFACE and CLEAR_FEATURE(ENDPOINT_HALT): requests that change the
+ * host device's state, which the VM host turns into host calls (never plain control URBs).
+ */
+export function isDeviceStateRequest(setup: Uint8Array): boolean {
+  const [type, request] = [setup[0], setup[1]];
+  return (type === 0x00 && request === 0x09) || (type === 0x01 && request === 0x0b)
+    || (type === 0x02 && request === 0x01 && setup[2] === 0 && setup[3] === 0);
 }
 
 /** Bytes of buffer one DATA record carries at most (the VM host's channels hold 4 MiB). */

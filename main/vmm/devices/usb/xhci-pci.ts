@@ -16,6 +16,7 @@ import type { UsbDevice } from './usb-device';
 import { XhciController } from './xhci';
 import { XhciHotplug, type UsbDeviceMaker, type UsbSerialLink } from './xhci-hotplug';
 import { PassthroughRouter } from './passthrough/passthrough-device';
+import { UsbfsDirectUrbs } from './passthrough/direct-urbs';
 import { isPassthroughKind } from '../../shared/usb-passthrough-messages';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
 import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
@@ -125,6 +126,11 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
     send: (kind, payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, kind, payload),
     setTimer: (delayMs, fn) => ctx.setTimer(delayMs, fn),
     log: (text) => ctx.log(text),
+    // PORTHOLE_USB_DIRECT=0 sends every transfer through the VM host (for comparison).
+    ...(ctx.kickWatch === undefined || process.env.PORTHOLE_USB_DIRECT === '0' ? {} : {
+      openDirect: (usbfs: { fd: number; path: string }) => UsbfsDirectUrbs.adopt(usbfs.fd, usbfs.path),
+      kickWatch: ctx.kickWatch,
+    }),
   });
   const make: UsbDeviceMaker = (config, options) => config.kind === 'host' ? passthrough.create(config) : createUsbDevice(config, options);
   const hotplug = new XhciHotplug(xhci.controller, make, {
@@ -143,6 +149,9 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
       target: XHCI_CHANNEL_TARGET,
       handle: (kind, payload) => isPassthroughKind(kind) ? passthrough.handle(kind, payload) : hotplug.handle(kind, payload),
     },
-    close: () => hotplug.close(),
+    close: () => {
+      hotplug.close();
+      passthrough.close();
+    },
   };
 };
