@@ -135,3 +135,9 @@ export function planUsbControllers(
 
 /** Why a device attached to a running VM goes by the emulated path. */
 export const EMULATED_WHILE_RUNNING = 'the VM is running, and a whole USB controller can be assigned only at start (PCI is not hot-plugged)';
+
+/** Why a VM with this setting refuses a host USB device while it runs, or null: a pinned controller path cannot take one then. */
+export function usbAttachRefusal(setting: UsbPassthroughSetting): string | null {
+  if (setting !== 'controller') return null;
+  return 'this VM\'s usbPassthroughPath is "controller", and a USB controller can be assigned only at start (PCI is not hot-plugged): stop the VM, or set it to "auto"';
+}

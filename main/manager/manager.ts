@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type CdromDriveInfo, type CdromEjectSpec, type CdromInsertSpec, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciAssignRequest, type PciDeviceSummary, type VmPciAssignSpec, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciAssignRequest, type PciDeviceSummary, type VmPciAssignSpec, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbPathChoiceInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -372,6 +372,13 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   async listUsbPorts(id: string): Promise<UsbPortInfo[]> {
     const run = this.activeRun(this.entry(id), 'list the USB ports of', ['running', 'paused']);
     return ((await run.usb({ op: 'list' })).usb?.ports ?? []).map(usbPortInfo);
+  }
+
+  async listUsbPathChoices(id: string): Promise<UsbPathChoiceInfo[]> {
+    const run = this.activeRun(this.entry(id), 'list the USB path choices of', ['running', 'paused']);
+    return ((await run.usb({ op: 'usb-paths' })).usbPaths ?? []).map((c) => ({
+      hostDevice: c.sysfsName, path: c.choice.path, controller: c.choice.controller, reason: c.choice.reason, alsoOnController: [...c.choice.alsoOnController],
+    }));
   }
 
   async attachUsbDevice(id: string, device: UsbDeviceConfig): Promise<UsbPortInfo> {

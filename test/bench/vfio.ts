@@ -58,6 +58,8 @@ export interface MsixProof {
   after: string[];
   vectors: number;
   delta: number;
+  /** What sysfs says each vector of the function is in L2 (msi_irqs/N: "msix" or "msi"). */
+  modes: string[];
 }
 
 export interface VfioBenchOptions {
@@ -76,6 +78,8 @@ export interface VfioBenchResult {
   samples: VfioSample[];
   msix: MsixProof[];
   failures: string[];
+  /** Porthole's VM exits by reason over each round's whole run (boot included), from --stats. */
+  portholeExits: { round: number; exits: Record<string, number> }[];
   ratios: Partial<Record<Measure, number>>;
   met: boolean;
 }
@@ -160,10 +164,24 @@ function unbindVfio(vf: string): void {
   } catch { /* the next round binds it again */ }
 }
 
+/** The "VM exits by reason" block of porthole run --stats (main/cli/stats.ts), as reason -> count. */
+export function parseExitTable(stderr: string): Record<string, number> | null {
+  const at = stderr.lastIndexOf('VM exits by reason:');
+  if (at < 0) return null;
+  const exits: Record<string, number> = {};
+  for (const line of stderr.slice(at).split('\n').slice(1)) {
+    const m = /^\s+([\w-]+)\s+(\d+)\s*$/.exec(line);
+    if (!m) break;
+    exits[m[1]] = Number(m[2]);
+  }
+  return exits;
+}
+
 interface KitVm {
   vmm: BootVmm;
   con: SerialConsole;
-  end: () => Promise<void>;
+  /** Powers L2 off and waits for the VMM; answers Porthole's exit table when it printed one. */
+  end: () => Promise<Record<string, number> | null>;
   why: (e: unknown) => string;
 }
 
@@ -174,13 +192,13 @@ async function bootKit(vmm: BootVmm, kit: KitPaths, s: Setup, helper: Buffer, lo
   if (vmm === 'qemu') bindVfio(vf);
   const vm = spawnKitVm(vmm, kit, 1, {
     append: 'kit.modules=nvme',
-    porthole: ['--pci-assign', vf, '--verbose'],
+    porthole: ['--pci-assign', vf, '--verbose', '--stats'],
     qemu: ['-device', `vfio-pci,host=${vf}`],
     env: { ...process.env, XDG_DATA_HOME: dataDir() },
   });
   let errText = '';
   vm.child.stderr!.setEncoding('utf8');
-  vm.child.stderr!.on('data', (chunk: string) => { errText = (errText + chunk).slice(-3000); });
+  vm.child.stderr!.on('data', (chunk: string) => { errText = (errText + chunk).slice(-20000); });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   const k: KitVm = {
     vmm, con,
@@ -188,12 +206,15 @@ async function bootKit(vmm: BootVmm, kit: KitPaths, s: Setup, helper: Buffer, lo
       // A clean poweroff lets Porthole give the VF back itself; a kill leaves it to the journal.
       if (vm.child.exitCode === null && vm.child.signalCode === null) {
         con.send('poweroff -f\n');
-        await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 60000))]);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([vm.exited, new Promise((r) => { timer = setTimeout(r, 60000); })]);
+        clearTimeout(timer);
       }
       con.close();
       await reapKitVm(vm);
       if (vmm === 'porthole') for (const l of repairUsbJournal(new UsbJournal(path.join(dataDir(), 'porthole')))) log(`  repair: ${l}`);
       else unbindVfio(vf);
+      return vmm === 'porthole' ? parseExitTable(errText) : null;
     },
     why: (e) => {
       let text = `${LABELS[vmm]}: ${(e as Error).message.split('\n')[0]}`;
@@ -240,6 +261,12 @@ async function interrupts(con: SerialConsole): Promise<{ lines: string[]; total:
   return parseNvmeMsix((await con.run('cat /proc/interrupts')).output);
 }
 
+/** The interrupt mode of each vector of the function L2's nvme drives ("24 msix"). */
+async function vectorModes(con: SerialConsole): Promise<string[]> {
+  const r = await con.run('for f in /sys/bus/pci/drivers/nvme/0*/msi_irqs/*; do [ -e "$f" ] && echo "vector ${f##*/} $(cat $f)"; done');
+  return [...r.output.matchAll(/^vector (\d+) (\w+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+}
+
 function cell(m: Measure, v: number): string {
   return Number.isFinite(v) ? (m.startsWith('rand') ? `${v.toFixed(0)}/s` : `${v.toFixed(1)} MB/s`) : '-';
 }
@@ -261,6 +288,7 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
   const samples: VfioSample[] = [];
   const msix: MsixProof[] = [];
   const failures: string[] = [];
+  const portholeExits: VfioBenchResult['portholeExits'] = [];
   for (let round = 1; round <= opts.rounds; round++) {
     const vms: Partial<Record<BootVmm, KitVm>> = {};
     try {
@@ -302,14 +330,23 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
       }
       for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
         const after = await interrupts(vms[vmm]!.con);
-        const proof: MsixProof = { round, vmm, before: before[vmm]!.lines, after: after.lines, vectors: after.lines.length, delta: after.total - before[vmm]!.total };
+        const modes = await vectorModes(vms[vmm]!.con);
+        const proof: MsixProof = { round, vmm, before: before[vmm]!.lines, after: after.lines, vectors: after.lines.length, delta: after.total - before[vmm]!.total, modes };
         msix.push(proof);
-        log(`  round ${round}, ${LABELS[vmm]}'s L2: ${proof.vectors} nvme MSI-X vector(s), ${proof.delta} interrupts over the measures`);
+        log(`  round ${round}, ${LABELS[vmm]}'s L2: ${proof.vectors} nvme vector(s) (msi_irqs: ${modes.join(', ') || 'none'}), ${proof.delta} interrupts over the measures`);
         for (const l of after.lines) log(`    ${l.trim()}`);
-        if (vmm === 'porthole' && (proof.vectors === 0 || proof.delta <= 0)) failures.push(`round ${round}: Porthole's L2 counted no nvme MSI-X interrupts over the measures`);
+        const msixOnly = modes.length > 0 && modes.every((m) => m.endsWith(' msix'));
+        if (vmm === 'porthole' && (proof.vectors === 0 || proof.delta <= 0 || !msixOnly)) {
+          failures.push(`round ${round}: Porthole's L2 did not count nvme MSI-X interrupts over the measures (vectors ${modes.join(', ') || 'none'}, ${proof.delta} interrupts)`);
+        }
       }
     } finally {
-      for (const vm of Object.values(vms)) await vm.end();
+      for (const vm of Object.values(vms)) {
+        const exits = await vm.end();
+        if (exits === null) continue;
+        portholeExits.push({ round, exits });
+        log(`  round ${round}, Porthole's VM exits by reason over the whole run (boot included): ${Object.entries(exits).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      }
     }
   }
   fs.rmSync(dataDir(), { recursive: true, force: true });
@@ -330,7 +367,7 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
   log(`\nvfio target (Porthole >= ${VFIO_TARGET}x QEMU on every measure): ${met ? 'met' : 'MISSED'}; ${rounds} of ${opts.rounds} rounds measured, ${failures.length} failures`);
   for (const f of failures) log(`  failure: ${f}`);
   log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  const result: VfioBenchResult = { namespaceMib: s.mib, randomOps: ops, rounds: opts.rounds, vfs: s.vfs, samples, msix, failures, ratios, met };
+  const result: VfioBenchResult = { namespaceMib: s.mib, randomOps: ops, rounds: opts.rounds, vfs: s.vfs, samples, msix, failures, portholeExits, ratios, met };
   writeBenchResult('vfio.json', result);
   return result;
 }
