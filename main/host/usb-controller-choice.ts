@@ -10,6 +10,7 @@ import path from 'node:path';
 import { hostNeeds, type HostNeedsPaths } from './host-needs';
 import { isPciAddress, readPciDevice, type HostRoots, PROC_ROOT, SYSFS_ROOT } from './pci-inventory';
 import { listSysfsUsbDevices, readSysfsUsbDevice, type HostUsbDeviceInfo } from './usb-inventory';
+import type { UsbPathChoiceInfo } from '../api/contract';
 
 export type UsbPassthroughPath = 'controller' | 'emulated';
 /** The per-VM setting: 'auto' lets chooseUsbPath decide. */
@@ -131,6 +132,11 @@ export function planUsbControllers(
     if (choice.path === 'controller' && choice.controller !== null && !controllers.includes(choice.controller)) controllers.push(choice.controller);
   }
   return { controllers, choices };
+}
+
+/** A start choice as the API (listUsbPathChoices) and the monitor socket answer it. */
+export function usbPathChoiceInfo(c: UsbStartChoice): UsbPathChoiceInfo {
+  return { hostDevice: c.sysfsName, path: c.choice.path, controller: c.choice.controller, reason: c.choice.reason, alsoOnController: [...c.choice.alsoOnController] };
 }
 
 /** Why a device attached to a running VM goes by the emulated path. */

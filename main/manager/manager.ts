@@ -30,6 +30,7 @@ import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/u
 import { hostNeeds } from '../host/host-needs';
 import { HostUsbWatch } from '../host/host-usb-watch';
 import { listPciDevices, pciSummary, readPciDevice, type HostRoots } from '../host/pci-inventory';
+import { usbPathChoiceInfo } from '../host/usb-controller-choice';
 import { pciAssignEntry, pciAssignRefusal } from '../host/pci-assignment';
 import { describeUsbRule, firstMatchingRule, USB_MAX_RULES } from '../host/usb-rules';
 
@@ -376,9 +377,7 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
 
   async listUsbPathChoices(id: string): Promise<UsbPathChoiceInfo[]> {
     const run = this.activeRun(this.entry(id), 'list the USB path choices of', ['running', 'paused']);
-    return ((await run.usb({ op: 'usb-paths' })).usbPaths ?? []).map((c) => ({
-      hostDevice: c.sysfsName, path: c.choice.path, controller: c.choice.controller, reason: c.choice.reason, alsoOnController: [...c.choice.alsoOnController],
-    }));
+    return ((await run.usb({ op: 'usb-paths' })).usbPaths ?? []).map(usbPathChoiceInfo);
   }
 
   async attachUsbDevice(id: string, device: UsbDeviceConfig): Promise<UsbPortInfo> {
