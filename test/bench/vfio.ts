@@ -227,6 +227,9 @@ async function bootKit(vmm: BootVmm, kit: KitPaths, s: Setup, helper: Buffer, lo
     const seen = await con.run(`for i in $(seq 120); do [ "$(cat /sys/block/nvme0n1/size 2>/dev/null)" = ${s.mib * 2048} ] && break; sleep 0.5; done; ls /sys/block; for d in /sys/bus/pci/drivers/nvme/0*; do echo "nvme-bound $(basename $d)"; done`, 120000);
     if (!/\bnvme0n1\b/.test(seen.output)) throw new Error(`L2 did not show nvme0n1 of ${s.mib} MiB (it has: ${seen.output.trim()})`);
     if (vmm === 'porthole' && !seen.output.includes(`nvme-bound ${PORTHOLE_GUEST_ADDRESS}`)) throw new Error(`L2's nvme did not bind ${PORTHOLE_GUEST_ADDRESS}: ${seen.output.trim()}`);
+    // What the guest times its I/O with: a clocksource that exits (acpi_pm, hpet) costs every request.
+    const clock = await con.run('cat /sys/devices/system/clocksource/clocksource0/current_clocksource');
+    log(`  ${LABELS[vmm]}'s L2 clocksource: ${clock.output.trim()}`);
     const md5 = crypto.createHash('md5').update(helper).digest('hex');
     const copied = await con.run(`head -c ${helper.length} /dev/nvme0n1 > /tmp/rio && chmod +x /tmp/rio && md5sum /tmp/rio`, 120000);
     if (!copied.output.includes(md5)) throw new Error(`the helper copied from nvme0n1 in L2 does not match (md5 ${md5}): ${copied.output.trim()}`);
