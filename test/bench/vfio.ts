@@ -47,6 +47,8 @@ export interface VfioSample {
   porthole: number;
   qemu: number;
   first: BootVmm;
+  /** CPU time (ms, user + system) each VMM's process used in L1 over its own run of the measure. */
+  cpuMs: Record<BootVmm, number>;
 }
 
 /** L2's MSI-X interrupt counts for the VF under one VMM, before and after a round's measures. */
@@ -164,6 +166,16 @@ function unbindVfio(vf: string): void {
   } catch { /* the next round binds it again */ }
 }
 
+/** CPU time (ms) process `pid` has used so far, from /proc/PID/stat (utime + stime); NaN if it is gone. */
+export function processCpuMs(pid: number, statText?: string): number {
+  let text = statText;
+  try { text ??= fs.readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { return NaN; }
+  // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(rest[11]) + Number(rest[12]);
+  return (ticks * 1000) / 100;
+}
+
 /** The "VM exits by reason" block of porthole run --stats (main/cli/stats.ts), as reason -> count. */
 export function parseExitTable(stderr: string): Record<string, number> | null {
   const at = stderr.lastIndexOf('VM exits by reason:');
@@ -180,6 +192,7 @@ export function parseExitTable(stderr: string): Record<string, number> | null {
 interface KitVm {
   vmm: BootVmm;
   con: SerialConsole;
+  pid: number;
   /** Powers L2 off and waits for the VMM; answers Porthole's exit table when it printed one. */
   end: () => Promise<Record<string, number> | null>;
   why: (e: unknown) => string;
@@ -201,7 +214,7 @@ async function bootKit(vmm: BootVmm, kit: KitPaths, s: Setup, helper: Buffer, lo
   vm.child.stderr!.on('data', (chunk: string) => { errText = (errText + chunk).slice(-20000); });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   const k: KitVm = {
-    vmm, con,
+    vmm, con, pid: vm.child.pid ?? -1,
     end: async () => {
       // A clean poweroff lets Porthole give the VF back itself; a kill leaves it to the journal.
       if (vm.child.exitCode === null && vm.child.signalCode === null) {
@@ -315,9 +328,12 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
       for (const measure of MEASURES) {
         const order: BootVmm[] = n++ % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
         const rate: Partial<Record<BootVmm, number>> = {};
+        const cpuMs: Partial<Record<BootVmm, number>> = {};
         for (const vmm of order) {
           try {
+            const cpu0 = processCpuMs(vms[vmm]!.pid);
             rate[vmm] = await measureOnce(vms[vmm]!.con, measure, s, ops);
+            cpuMs[vmm] = processCpuMs(vms[vmm]!.pid) - cpu0;
           } catch (e) {
             const text = `round ${round}: ${measure}: ${vms[vmm]!.why(e)}`;
             failures.push(text);
@@ -327,9 +343,9 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
           }
         }
         if (broke) break;
-        const sample: VfioSample = { round, measure, porthole: rate.porthole!, qemu: rate.qemu!, first: order[0] };
+        const sample: VfioSample = { round, measure, porthole: rate.porthole!, qemu: rate.qemu!, first: order[0], cpuMs: { porthole: cpuMs.porthole!, qemu: cpuMs.qemu! } };
         samples.push(sample);
-        log(`  round ${round}, ${measure.padEnd(9)} Porthole ${cell(measure, sample.porthole).padStart(11)}  QEMU ${cell(measure, sample.qemu).padStart(11)}  ${(sample.porthole / sample.qemu).toFixed(2)}x`);
+        log(`  round ${round}, ${measure.padEnd(9)} Porthole ${cell(measure, sample.porthole).padStart(11)}  QEMU ${cell(measure, sample.qemu).padStart(11)}  ${(sample.porthole / sample.qemu).toFixed(2)}x  (L1 CPU of the VMM process: Porthole ${sample.cpuMs.porthole} ms, QEMU ${sample.cpuMs.qemu} ms)`);
       }
       for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
         const after = await interrupts(vms[vmm]!.con);

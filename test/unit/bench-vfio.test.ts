@@ -1,7 +1,7 @@
 // The vfio bench's readers of L2's /proc/interrupts and of porthole run --stats (test/bench/vfio.ts).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseExitTable, parseNvmeMsix } from '../bench/vfio';
+import { parseExitTable, parseNvmeMsix, processCpuMs } from '../bench/vfio';
 import { formatStats } from '../../main/cli/stats';
 import { parseArgs, venueFor } from '../bench/run';
 
@@ -30,4 +30,11 @@ test('the exit table of porthole run --stats, read back as it is printed', () =>
   const table = formatStats({ exits: { io: 120, mmio: 46, hlt: 3000 }, devices: [], kicks: 0, apExits: 0 });
   assert.deepEqual(parseExitTable(`porthole: guest powered off\n${table}`), { hlt: 3000, io: 120, mmio: 46, total: 3166 });
   assert.equal(parseExitTable('no table here'), null);
+});
+
+test('a process\'s CPU time from /proc/PID/stat, a command name with spaces and parentheses included', () => {
+  const stat = '4242 (node (vm) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 150 25 0 0 20 0 11 0 100 0 0';
+  assert.equal(processCpuMs(0, stat), 1750);
+  assert.ok(processCpuMs(process.pid) >= 0);
+  assert.ok(Number.isNaN(processCpuMs(-1)));
 });
