@@ -412,6 +412,23 @@ export interface UsbPortDeviceInfo {
   pathReason?: string;
 }
 
+/**
+ * How a host USB device the VM's rules took at start reaches the guest (listUsbPathChoices):
+ * "controller" when its whole USB controller was assigned to the VM through VFIO (the guest's
+ * own xhci driver runs it; the device is on none of the VM's emulated ports), else "emulated".
+ */
+export interface UsbPathChoiceInfo {
+  /** The host device's sysfs name ("1-1.4"), as listHostUsbDevices shows it. */
+  hostDevice: string;
+  path: 'controller' | 'emulated';
+  /** The PCI address of its USB controller ("0000:00:14.0"), or null when it has none. */
+  controller: string | null;
+  /** Why this path, in a sentence (a controller path that failed at start says how). */
+  reason: string;
+  /** The other USB devices on that controller ("1-2 (Logitech Mouse)"), which went with it on the controller path. */
+  alsoOnController: string[];
+}
+
 export interface UsbPortInfo {
   /** 1-based, as the guest sees it. */
   port: number;
@@ -699,6 +716,13 @@ export interface PortholeApi {
    * paused; "invalid-state" when the VM has no USB controller.
    */
   listUsbPorts(id: VmId): Promise<UsbPortInfo[]>;
+  /**
+   * For each host USB device the VM's rules took at its start: the path it took (its whole
+   * controller assigned to the VM, or the emulated xHCI) and why. Only while it runs or is
+   * paused; empty when no rule took a device at start (devices attached later always take the
+   * emulated path: listUsbPorts says why).
+   */
+  listUsbPathChoices(id: VmId): Promise<UsbPathChoiceInfo[]>;
   /**
    * Plugs an emulated device into a free port (or `device.port`); the guest sees it connect.
    * Resolves with the port it got. A storage image that is missing ("not-found"), in use

@@ -112,6 +112,7 @@ export const API_METHODS = {
   },
   sendConsoleInput: call(vmId, consolePort, consoleInput),
   listUsbPorts: call(vmId),
+  listUsbPathChoices: call(vmId),
   attachUsbDevice: call(vmId, usbDevice),
   detachUsbDevice: call(vmId, usbPort),
   sendUsbKeys: call(vmId, usbKeys),

@@ -5,7 +5,7 @@
 //   ← {"id": 1, "ok": true, "value": {"port": 1, "protocol": "usb3", "device": {...}}}
 //   ← {"id": 1, "ok": false, "error": {"code": "not-found", "message": "Disk image /img: it does not exist."}}
 // Methods and arguments are the API's USB calls without the VM id (listUsbPorts,
-// attachUsbDevice, detachUsbDevice, sendUsbKeys), checked by the same validators
+// attachUsbDevice, detachUsbDevice, sendUsbKeys, listUsbPathChoices...), checked by the same validators
 // (main/api/usb-input.ts). The socket is the user's own (mode 0600).
 import fs from 'node:fs';
 import net from 'node:net';
@@ -17,6 +17,7 @@ import { UsbRequestError, type UsbPortState } from '../vmm/shared/usb-messages';
 import { CdromRequestError } from '../vmm/shared/cdrom-messages';
 import { UsbCaptureError, type UsbCaptureSpec, type UsbCaptureSummary } from '../vmm/host/usb-capture';
 import type { StatsSample } from '../vmm/shared/stats';
+import { usbPathChoiceInfo, type UsbStartChoice } from '../host/usb-controller-choice';
 
 /** What the socket controls: the VM host's USB requests (VmHost implements it). */
 export interface UsbControl {
@@ -33,11 +34,13 @@ export interface UsbControl {
   cdromDrives?(): Promise<CdromDriveInfo[]>;
   insertCdrom?(path: string, drive?: string, force?: boolean): Promise<CdromDriveInfo[]>;
   ejectCdrom?(drive?: string, force?: boolean): Promise<CdromDriveInfo[]>;
+  /** How the devices the rules took at start reach the guest (VmHost). */
+  readonly usbPathChoicesAtStart?: readonly UsbStartChoice[];
 }
 
 export const MONITOR_METHODS = [
   'listUsbPorts', 'attachUsbDevice', 'detachUsbDevice', 'sendUsbKeys', 'attachHostUsbDevice', 'startUsbCapture', 'stopUsbCapture',
-  'getVmStats', 'listCdromDrives', 'insertCdrom', 'ejectCdrom',
+  'getVmStats', 'listCdromDrives', 'insertCdrom', 'ejectCdrom', 'listUsbPathChoices',
 ] as const;
 
 /** What one connection started: its captures stop when it closes (a killed `porthole capture` leaves a whole file). */
@@ -92,6 +95,10 @@ export async function handleMonitorLine(
       case 'listUsbPorts':
         arity(method, args, 0);
         value = await control.usbPorts();
+        break;
+      case 'listUsbPathChoices':
+        arity(method, args, 0);
+        value = (control.usbPathChoicesAtStart ?? []).map(usbPathChoiceInfo);
         break;
       case 'attachUsbDevice':
         arity(method, args, 1);

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { hostNeeds, type HostNeedsPaths } from './host-needs';
 import { isPciAddress, readPciDevice, type HostRoots, PROC_ROOT, SYSFS_ROOT } from './pci-inventory';
 import { listSysfsUsbDevices, readSysfsUsbDevice, type HostUsbDeviceInfo } from './usb-inventory';
+import type { UsbPathChoiceInfo } from '../api/contract';
 
 export type UsbPassthroughPath = 'controller' | 'emulated';
 /** The per-VM setting: 'auto' lets chooseUsbPath decide. */
@@ -133,5 +134,16 @@ export function planUsbControllers(
   return { controllers, choices };
 }
 
+/** A start choice as the API (listUsbPathChoices) and the monitor socket answer it. */
+export function usbPathChoiceInfo(c: UsbStartChoice): UsbPathChoiceInfo {
+  return { hostDevice: c.sysfsName, path: c.choice.path, controller: c.choice.controller, reason: c.choice.reason, alsoOnController: [...c.choice.alsoOnController] };
+}
+
 /** Why a device attached to a running VM goes by the emulated path. */
 export const EMULATED_WHILE_RUNNING = 'the VM is running, and a whole USB controller can be assigned only at start (PCI is not hot-plugged)';
+
+/** Why a VM with this setting refuses a host USB device while it runs, or null: a pinned controller path cannot take one then. */
+export function usbAttachRefusal(setting: UsbPassthroughSetting): string | null {
+  if (setting !== 'controller') return null;
+  return 'this VM\'s usbPassthroughPath is "controller", and a USB controller can be assigned only at start (PCI is not hot-plugged): stop the VM, or set it to "auto"';
+}

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import {
   ApiError, CONSOLE_PORTS, LIMITS,
   type AppInfo, type CdromDriveInfo, type CdromEjectSpec, type CdromInsertSpec, type ConsolePort, type FieldProblem, type FileChoice, type LibraryProblem, type VmExitInfo,
-  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciAssignRequest, type PciDeviceSummary, type VmPciAssignSpec, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
+  type HostUsbAttachSpec, type HostUsbDeviceSummary, type UsbRuleSpec, type HostUsbDevicesEvent, type PciAssignRequest, type PciDeviceSummary, type VmPciAssignSpec, type UsbCaptureInfo, type UsbCaptureOptions, type UsbPortInfo, type UsbPathChoiceInfo, type UsbTransfersEvent, type VmList, type VmSpec, type VmState, type VmStats, type VmStatsEvent, type VmSummary,
 } from '../api/contract';
 import type { UsbKeyEvent } from '../api/usb-input';
 import type { UsbDeviceConfig } from '../vmm/config';
@@ -30,6 +30,7 @@ import { listSysfsUsbDevices, udevRule, type HostUsbDeviceInfo } from '../host/u
 import { hostNeeds } from '../host/host-needs';
 import { HostUsbWatch } from '../host/host-usb-watch';
 import { listPciDevices, pciSummary, readPciDevice, type HostRoots } from '../host/pci-inventory';
+import { usbPathChoiceInfo } from '../host/usb-controller-choice';
 import { pciAssignEntry, pciAssignRefusal } from '../host/pci-assignment';
 import { describeUsbRule, firstMatchingRule, USB_MAX_RULES } from '../host/usb-rules';
 
@@ -372,6 +373,11 @@ export class VmManager extends EventEmitter<{ event: [ServerEvent] }> implements
   async listUsbPorts(id: string): Promise<UsbPortInfo[]> {
     const run = this.activeRun(this.entry(id), 'list the USB ports of', ['running', 'paused']);
     return ((await run.usb({ op: 'list' })).usb?.ports ?? []).map(usbPortInfo);
+  }
+
+  async listUsbPathChoices(id: string): Promise<UsbPathChoiceInfo[]> {
+    const run = this.activeRun(this.entry(id), 'list the USB path choices of', ['running', 'paused']);
+    return ((await run.usb({ op: 'usb-paths' })).usbPaths ?? []).map(usbPathChoiceInfo);
   }
 
   async attachUsbDevice(id: string, device: UsbDeviceConfig): Promise<UsbPortInfo> {

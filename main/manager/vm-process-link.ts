@@ -7,6 +7,7 @@ import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
 import type { VmProcessHandle } from './process-launcher';
 import type { ManagerToVm, VmCaptureRequest, VmCommand, VmToManager } from './vm-process-protocol';
+import type { UsbStartChoice } from '../host/usb-controller-choice';
 
 /** What a command answered: for "stats", the VM host's latest sample or the machine's own counts. */
 export interface CommandAnswer {
@@ -18,6 +19,8 @@ export interface CommandAnswer {
   capture?: UsbCaptureInfo;
   /** A CD-ROM request's answer: the drives after it. */
   cdrom?: CdromDriveInfo[];
+  /** The USB path choices made at start (op "usb-paths"). */
+  usbPaths?: UsbStartChoice[];
 }
 
 function sentence(text: string): string {
@@ -77,7 +80,7 @@ export class VmProcessLink {
       const c = this.pending.get(m.id);
       if (!c) return;
       this.pending.delete(m.id);
-      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb, capture: m.capture, cdrom: m.cdrom });
+      if (m.ok) c.resolve({ stats: m.stats, sample: m.sample, usb: m.usb, capture: m.capture, cdrom: m.cdrom, usbPaths: m.usbPaths });
       else c.reject(new ApiError(m.code !== undefined && REPLY_CODES.includes(m.code) ? m.code : 'invalid-state', sentence(m.message)));
     });
   }

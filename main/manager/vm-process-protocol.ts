@@ -7,6 +7,7 @@ import type { VmState as HostState } from '../vmm/host/vm-host';
 import type { StatsSample } from '../vmm/shared/stats';
 import type { UsbErrorCode, UsbPortState, UsbRequestBody } from '../vmm/shared/usb-messages';
 import type { UsbRule } from '../host/usb-rules';
+import type { UsbStartChoice } from '../host/usb-controller-choice';
 import type { CdromDriveInfo, UsbCaptureOptions, UsbCaptureInfo, UsbTransferRecord } from '../api/contract';
 import type { PackedStatsSample } from './stats-wire';
 
@@ -16,6 +17,8 @@ export type VmCaptureRequest =
   | { op: 'capture-stop'; capture: number }
   /** The VM's auto-attach rules changed (host/usb-rules.ts): they apply to devices that appear from now on. */
   | { op: 'set-rules'; rules: UsbRule[] }
+  /** How the devices the rules took at start reach the guest; answered with `usbPaths`. */
+  | { op: 'usb-paths' }
   /** CD-ROM media (shared/cdrom-messages.ts), on the same numbered path; answered with `cdrom`. */
   | { op: 'cdrom-list' }
   | { op: 'cdrom-insert'; path: string; drive?: string; force?: boolean }
@@ -57,7 +60,7 @@ export type VmToManager =
   /** Decoded USB transfer records, batched, only while the transfer stream is on. */
   | { type: 'usb-transfers'; records: UsbTransferRecord[]; dropped: number }
   /** "stats" answers `sample` (no kick) when the registry has counters, else `stats` from the machine. */
-  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample; usb?: { ports: UsbPortState[]; port?: number }; capture?: UsbCaptureInfo; cdrom?: CdromDriveInfo[] }
+  | { type: 'reply'; id: number; ok: true; stats?: MachineStats; sample?: StatsSample; usb?: { ports: UsbPortState[]; port?: number }; capture?: UsbCaptureInfo; cdrom?: CdromDriveInfo[]; usbPaths?: UsbStartChoice[] }
   /** `code`: the API error code when the VM host knows it (USB requests); else "invalid-state". */
   | { type: 'reply'; id: number; ok: false; message: string; code?: UsbErrorCode }
   /** The machine ended; the process exits right after (code 0, or non-zero if the process itself failed). */

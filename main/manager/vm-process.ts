@@ -211,6 +211,9 @@ async function runUsb(id: number, request: UsbRequestBody | VmCaptureRequest): P
       case 'capture-stop':
         send({ type: 'reply', id, ok: true, capture: await h.stopUsbCapture(request.capture) });
         return;
+      case 'usb-paths':
+        send({ type: 'reply', id, ok: true, usbPaths: [...h.usbPathChoicesAtStart] });
+        return;
       case 'cdrom-list':
         send({ type: 'reply', id, ok: true, cdrom: await h.cdromDrives() });
         return;

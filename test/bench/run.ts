@@ -19,20 +19,22 @@
 //   net     TCP stream throughput both ways through a user-mode NAT (libslirp) port forward to
 //           virtio-net in the L2 kit: Porthole --nic virtio,user against QEMU -netdev user +
 //           virtio-net-pci (test/bench/net.ts).
+//   vfio    an NVMe SR-IOV VF of the rig L1's controller in the L2 kit: dd O_DIRECT and random 4 KiB
+//           O_DIRECT I/O at QD1, Porthole --pci-assign against QEMU -device vfio-pci (test/bench/vfio.ts).
 //   stats-stream  what a 10 Hz vm-stats watcher costs the PIO loop's exit rate, with QEMU's
 //           rate on the same loop as the reference (test/bench/stats-stream.ts).
 //   perf-ui  the Performance tab's frames/s in Chromium, graphs drawing against paused (no KVM,
 //           no QEMU: it measures the UI; test/bench/perf-ui.ts). Named only, alone, with its own options.
 //
-// No name runs them all but stats-stream, disk and net (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
-// is usable, boot, usb-storage, usb-passthrough, disk and net always in the rig's L1 (they need a KVM that boots Linux), and whatever
+// No name runs them all but stats-stream, disk, net and vfio (named only). Where they run: pio, mmio and serial on this machine's /dev/kvm when it
+// is usable, boot, usb-storage, usb-passthrough, disk, net and vfio always in the rig's L1 (they need a KVM that boots Linux), and whatever
 // cannot run here runs in one rig L1 (test/rig/scenarios/bench.ts), with QEMU in the same
 // L1. PORTHOLE_BENCH_VENUE=host|rig forces one venue for every bench (the rig scenario
 // sets host, since inside L1 "here" is the venue).
 //
-// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [disk] [net] [--runs N] [--batches N] [--batch N]
+// Usage: node dist/test/bench/run.js [pio] [mmio] [serial] [boot] [usb-storage] [usb-passthrough] [disk] [net] [vfio] [--runs N] [--batches N] [--batch N]
 //        [--only porthole,c,qemu] [--bytes N] [--no-serial] [--cpus 1,2] [--check]
-//   --runs N: pio runs, boot, usb-storage, usb-passthrough, disk and net rounds (default 5); --cpus: vCPU counts for boot;
+//   --runs N: pio runs, boot, usb-storage, usb-passthrough, disk, net and vfio rounds (default 5); --cpus: vCPU counts for boot;
 //   --bytes N: serial bytes per phase (default 1 MiB);
 //   --check: exit 1 if a target is missed.
 import { spawnSync } from 'node:child_process';
@@ -52,6 +54,7 @@ import { runNetBench } from './net';
 import { profileExitPath } from './exit-path';
 import { runStatsStreamBench } from './stats-stream';
 import { runDiskBench } from './disk';
+import { runVfioBench } from './vfio';
 
 /** Targets from the issue: Porthole within 1.10x of the C runner, and faster than QEMU. */
 const TARGET_VS_C = 1.1;
@@ -65,10 +68,10 @@ const TOUCH_PAGES = 128;
 type VmmName = 'porthole' | 'c' | 'qemu';
 const VMM_LABELS: Record<VmmName, string> = { porthole: 'Porthole', c: 'C baseline', qemu: 'QEMU' };
 
-export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'stats-stream', 'disk', 'net'] as const;
+export const BENCH_NAMES = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough', 'stats-stream', 'disk', 'net', 'vfio'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 /** Benches that boot Linux guests (the L2 kit): they run in the rig's L1 wherever npm run bench runs. */
-const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough', 'disk', 'net']);
+const LINUX_BENCHES: ReadonlySet<BenchName> = new Set<BenchName>(['boot', 'usb-storage', 'usb-passthrough', 'disk', 'net', 'vfio']);
 /** What runs when no bench is named (stats-stream, disk and net came later and run only by name). */
 const DEFAULT_BENCHES: readonly BenchName[] = ['pio', 'mmio', 'serial', 'boot', 'usb-storage', 'usb-passthrough'];
 /** QEMU's reference loop in the stats-stream bench when --batches is not given (20 000 exits). */
@@ -525,8 +528,11 @@ async function runInRig(o: Options, benches: BenchName[]): Promise<boolean> {
   const { findScenario } = await import('../rig/scenarios');
   const found = findScenario('bench');
   if (!found) throw new BenchError('the rig has no "bench" scenario');
-  // Passthrough needs L1's emulated USB devices (stick0); the other benches run without them.
-  const spec = benches.includes('usb-passthrough') ? { ...found, devices: { ...found.devices, usb: true } } : found;
+  // Passthrough needs L1's emulated USB devices (stick0), vfio the IOMMU and the NVMe with
+  // SR-IOV; the other benches run without them.
+  let spec = found;
+  if (benches.includes('usb-passthrough')) spec = { ...spec, devices: { ...spec.devices, usb: true } };
+  if (benches.includes('vfio')) spec = { ...spec, devices: { ...spec.devices, iommu: true, nvmeSriov: true } };
   const args = [...benches, ...o.optionArgs];
   console.log(`bench: running ${benches.join(', ')} in the rig's L1 (no usable /dev/kvm here${benches.some((b) => LINUX_BENCHES.has(b)) ? ', or it needs Linux guests' : ''}): ${args.join(' ')}`);
   // A stalled L1 (its heartbeat stops) is caught by the runner, which runs the bench once more.
@@ -591,6 +597,9 @@ async function main(): Promise<void> {
     } else if (bench === 'disk') {
       console.log('');
       met = (await runDiskBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
+    } else if (bench === 'vfio') {
+      console.log('');
+      met = (await runVfioBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
     } else if (bench === 'net') {
       console.log('');
       met = (await runNetBench({ kit: await kitPaths(), rounds: o.runs })).met && met;

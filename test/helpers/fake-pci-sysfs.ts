@@ -1,6 +1,7 @@
-// A fake sysfs and /proc tree of PCI devices in a temporary folder, for the PCI inventory and
-// PCI assignment (issue 11 item 6) without a real IOMMU: devices with IDs, class, driver link,
-// header type, boot_vga and IOMMU group, and optionally the interface of the default route.
+// A fake sysfs and /proc tree of PCI devices in a temporary folder, for the PCI inventory, PCI
+// assignment (issue 11 item 6) and the whole-USB-controller choice (fake-usb-host.ts builds on
+// it) without a real IOMMU: devices with IDs, class, driver link, header type, boot_vga and
+// IOMMU group, and optionally the interface of the default route.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,8 +26,9 @@ export class FakePciSysfs {
   readonly top: string;
   readonly roots: Required<HostRoots>;
 
-  constructor(devices: FakePciDevice[]) {
-    this.top = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-fake-pci-'));
+  /** `prefix`: the temporary folder's name start. */
+  constructor(devices: FakePciDevice[], prefix = 'porthole-fake-pci-') {
+    this.top = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
     this.roots = { sysfsRoot: path.join(this.top, 'sys'), procRoot: path.join(this.top, 'proc') };
     const { sysfsRoot: sys, procRoot: proc } = this.roots;
     fs.mkdirSync(path.join(sys, 'bus', 'pci', 'devices'), { recursive: true });
@@ -34,40 +36,50 @@ export class FakePciSysfs {
     fs.mkdirSync(path.join(proc, 'self'), { recursive: true });
     fs.mkdirSync(path.join(proc, 'net'), { recursive: true });
     fs.writeFileSync(path.join(proc, 'self', 'mountinfo'), '');
-    let route = 'Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n';
-    for (const d of devices) {
-      // Real sysfs: /sys/devices/pci0000:00/ADDR, linked from /sys/bus/pci/devices.
-      const dir = path.join(sys, 'devices', 'pci0000:00', d.address);
-      fs.mkdirSync(dir, { recursive: true });
-      fs.symlinkSync(dir, path.join(sys, 'bus', 'pci', 'devices', d.address));
-      const hex = (n: number, w: number) => `0x${n.toString(16).padStart(w, '0')}\n`;
-      fs.writeFileSync(path.join(dir, 'vendor'), hex(d.vendor, 4));
-      fs.writeFileSync(path.join(dir, 'device'), hex(d.device, 4));
-      fs.writeFileSync(path.join(dir, 'class'), hex(d.cls, 6));
-      fs.writeFileSync(path.join(dir, 'driver_override'), '(null)\n');
-      const config = Buffer.alloc(64);
-      config[14] = d.header ?? 0;
-      fs.writeFileSync(path.join(dir, 'config'), config);
-      if (d.bootVga !== undefined) fs.writeFileSync(path.join(dir, 'boot_vga'), d.bootVga ? '1\n' : '0\n');
-      if (d.driver !== undefined) {
-        const drv = path.join(sys, 'bus', 'pci', 'drivers', d.driver);
-        fs.mkdirSync(drv, { recursive: true });
-        fs.symlinkSync(drv, path.join(dir, 'driver'));
-      }
-      if (d.group !== undefined) {
-        const groupDir = path.join(sys, 'kernel', 'iommu_groups', String(d.group), 'devices');
-        fs.mkdirSync(groupDir, { recursive: true });
-        fs.symlinkSync(dir, path.join(groupDir, d.address));
-        fs.symlinkSync(path.dirname(groupDir), path.join(dir, 'iommu_group'));
-      }
-      if (d.defaultRouteIface !== undefined) {
-        const netDir = path.join(dir, 'net', d.defaultRouteIface);
-        fs.mkdirSync(netDir, { recursive: true });
-        fs.symlinkSync(netDir, path.join(sys, 'class', 'net', d.defaultRouteIface));
-        route += `${d.defaultRouteIface}\t00000000\t0102000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n`;
-      }
+    fs.writeFileSync(path.join(proc, 'net', 'route'), 'Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n');
+    for (const d of devices) this.add(d);
+  }
+
+  /** Where a device's sysfs folder is: /sys/devices/pci0000:00/ADDR, as on a real host. */
+  deviceDir(address: string): string {
+    return path.join(this.roots.sysfsRoot, 'devices', 'pci0000:00', address);
+  }
+
+  /** Adds a device (linked from /sys/bus/pci/devices). */
+  add(d: FakePciDevice): void {
+    const { sysfsRoot: sys, procRoot: proc } = this.roots;
+    const dir = this.deviceDir(d.address);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.symlinkSync(dir, path.join(sys, 'bus', 'pci', 'devices', d.address));
+    const hex = (n: number, w: number) => `0x${n.toString(16).padStart(w, '0')}\n`;
+    fs.writeFileSync(path.join(dir, 'vendor'), hex(d.vendor, 4));
+    fs.writeFileSync(path.join(dir, 'device'), hex(d.device, 4));
+    fs.writeFileSync(path.join(dir, 'class'), hex(d.cls, 6));
+    fs.writeFileSync(path.join(dir, 'driver_override'), '(null)\n');
+    const config = Buffer.alloc(64);
+    config[14] = d.header ?? 0;
+    fs.writeFileSync(path.join(dir, 'config'), config);
+    if (d.bootVga !== undefined) fs.writeFileSync(path.join(dir, 'boot_vga'), d.bootVga ? '1\n' : '0\n');
+    if (d.driver !== undefined) {
+      const drv = path.join(sys, 'bus', 'pci', 'drivers', d.driver);
+      fs.mkdirSync(drv, { recursive: true });
+      fs.symlinkSync(drv, path.join(dir, 'driver'));
     }
-    fs.writeFileSync(path.join(proc, 'net', 'route'), route);
+    if (d.group !== undefined) this.group(d.address, d.group);
+    if (d.defaultRouteIface !== undefined) {
+      const netDir = path.join(dir, 'net', d.defaultRouteIface);
+      fs.mkdirSync(netDir, { recursive: true });
+      fs.symlinkSync(netDir, path.join(sys, 'class', 'net', d.defaultRouteIface));
+      fs.appendFileSync(path.join(proc, 'net', 'route'), `${d.defaultRouteIface}\t00000000\t0102000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n`);
+    }
+  }
+
+  /** Puts device `address` (added already) into IOMMU group `group`. */
+  group(address: string, group: number): void {
+    const groupDir = path.join(this.roots.sysfsRoot, 'kernel', 'iommu_groups', String(group), 'devices');
+    fs.mkdirSync(groupDir, { recursive: true });
+    fs.symlinkSync(this.deviceDir(address), path.join(groupDir, address));
+    fs.symlinkSync(path.dirname(groupDir), path.join(this.deviceDir(address), 'iommu_group'));
   }
 
   cleanup(): void {

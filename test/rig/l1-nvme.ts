@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { ScenarioContext } from './scenario';
 import { readTrim, until } from './l1-usb';
 
-function run(ctx: ScenarioContext, cmd: string, args: string[]): string {
+function run(ctx: Pick<ScenarioContext, 'log'>, cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   const out = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
   ctx.log(`$ ${cmd} ${args.join(' ')}${out ? `\n${out}` : ''}`);
@@ -72,7 +72,7 @@ export async function checkNvmeSriov(ctx: ScenarioContext): Promise<string> {
  * resources (2 queues, 1 interrupt) and brings its secondary controller online, then resets the
  * VF so it picks them up. Returns the secondary controller's id.
  */
-export function onlineNvmeVf(ctx: ScenarioContext, ctrl: string, vf: string, vfNumber: number): number {
+export function onlineNvmeVf(ctx: Pick<ScenarioContext, 'log'>, ctrl: string, vf: string, vfNumber: number): number {
   const secondary = run(ctx, 'nvme', ['list-secondary', `/dev/${ctrl}`, '-o', 'json']);
   const entries = (JSON.parse(secondary) as { 'secondary-controllers'?: { 'secondary-controller-identifier'?: number; 'virtual-function-number'?: number }[] })['secondary-controllers'] ?? [];
   const scid = entries.find((e) => e['virtual-function-number'] === vfNumber)?.['secondary-controller-identifier'];

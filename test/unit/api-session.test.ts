@@ -72,6 +72,7 @@ function recorder(): Recorder {
     sendConsoleInput: (id, port, data) => { record('sendConsoleInput', id, port, data); },
     chooseFile: async (choice) => { record('chooseFile', choice.purpose); return null; },
     listUsbPorts: async (id) => { record('listUsbPorts', id); return []; },
+    listUsbPathChoices: async (id) => { record('listUsbPathChoices', id); return []; },
     attachUsbDevice: async (id, device) => {
       record('attachUsbDevice', id, device);
       return { port: 5, protocol: 'usb2', device: null };

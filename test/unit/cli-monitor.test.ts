@@ -215,7 +215,7 @@ test('the control socket answers bad requests with errors, never a stack trace, 
   const replies = lines.map((l) => JSON.parse(l));
   assert.deepEqual(replies.slice(0, 4), [
     { id: null, ok: false, error: { code: 'invalid-argument', message: 'A request is one JSON object per line.' } },
-    { id: 2, ok: false, error: { code: 'invalid-argument', message: 'The method must be one of listUsbPorts, attachUsbDevice, detachUsbDevice, sendUsbKeys, attachHostUsbDevice, startUsbCapture, stopUsbCapture, getVmStats, listCdromDrives, insertCdrom, ejectCdrom.' } },
+    { id: 2, ok: false, error: { code: 'invalid-argument', message: 'The method must be one of listUsbPorts, attachUsbDevice, detachUsbDevice, sendUsbKeys, attachHostUsbDevice, startUsbCapture, stopUsbCapture, getVmStats, listCdromDrives, insertCdrom, ejectCdrom, listUsbPathChoices.' } },
     { id: 3, ok: false, error: { code: 'invalid-argument', message: 'The USB port must be a whole number from 1 to 8.' } },
     { id: 4, ok: false, error: { code: 'invalid-argument', message: 'listUsbPorts takes no arguments.' } },
   ]);
@@ -228,6 +228,19 @@ test('the control socket answers bad requests with errors, never a stack trace, 
   const r = await handleMonitorLine(broken, '{"id": 9, "method": "listUsbPorts"}', (e) => bugs.push(e));
   assert.deepEqual(r, { id: 9, ok: false, error: { code: 'internal', message: 'Something went wrong inside Porthole; run with --verbose for details.' } });
   assert.equal(bugs.length, 1);
+});
+
+test('the control socket lists the USB path choices made at start, as the API does', async () => {
+  const none: UsbControl = { ...vm } as unknown as UsbControl;
+  assert.deepEqual(await handleMonitorLine(none, '{"id": 1, "method": "listUsbPathChoices", "args": []}'), { id: 1, ok: true, value: [] });
+  const chosen = {
+    ...vm, usbPathChoicesAtStart: [{ sysfsName: '1-1', choice: { path: 'controller', controller: '0000:00:05.0', reason: 'its controller is alone', alsoOnController: ['1-2'] } }],
+  } as unknown as UsbControl;
+  assert.deepEqual(await handleMonitorLine(chosen, '{"id": 2, "method": "listUsbPathChoices"}'), {
+    id: 2, ok: true, value: [{ hostDevice: '1-1', path: 'controller', controller: '0000:00:05.0', reason: 'its controller is alone', alsoOnController: ['1-2'] }],
+  });
+  const extra = await handleMonitorLine(chosen, '{"id": 3, "method": "listUsbPathChoices", "args": [1]}');
+  assert.equal(extra.ok, false);
 });
 
 test('the socket path: a stale socket is replaced, a live one or another file is refused, nothing listening is a clear error', async () => {

@@ -248,3 +248,33 @@ test('the longest key input the API takes crosses the host channel as one record
   const bad = decodeUsbRequest(new TextEncoder().encode('{"id": 3, "op": "keys", "codes": [4, 999]}'));
   assert.deepEqual(bad, { id: 3, op: 'keys', events: undefined });
 });
+
+test('listUsbPathChoices: the VM process\'s choices at start, per device with its reason; refused while stopped', async () => {
+  const { id, proc } = await runningVm();
+  const call = session.call('listUsbPathChoices', [id]);
+  await waitFor(() => usbMessages(proc).length === 1, 2000, () => 'the usb-paths message');
+  const m = usbMessages(proc)[0];
+  assert.deepEqual(m.request, { op: 'usb-paths' });
+  proc.message({
+    type: 'reply', id: m.id, ok: true, usbPaths: [
+      { sysfsName: '1-1', choice: { path: 'controller', controller: '0000:00:05.0', reason: 'its controller 0000:00:05.0 (USB controller (xHCI)) is alone in IOMMU group 5, the host needs nothing on it, and 1-2 goes with it', alsoOnController: ['1-2'] } },
+      { sysfsName: '2-1', choice: { path: 'emulated', controller: '0000:00:04.0', reason: 'the controller path was chosen but failed: no VFIO', alsoOnController: [] } },
+    ],
+  });
+  assert.deepEqual(await call, {
+    ok: true, value: [
+      { hostDevice: '1-1', path: 'controller', controller: '0000:00:05.0', reason: 'its controller 0000:00:05.0 (USB controller (xHCI)) is alone in IOMMU group 5, the host needs nothing on it, and 1-2 goes with it', alsoOnController: ['1-2'] },
+      { hostDevice: '2-1', path: 'emulated', controller: '0000:00:04.0', reason: 'the controller path was chosen but failed: no VFIO', alsoOnController: [] },
+    ],
+  });
+  // A VM process that made no choice (no rules took a device at start) answers none.
+  const none = session.call('listUsbPathChoices', [id]);
+  await waitFor(() => usbMessages(proc).length === 2, 2000, () => 'the second usb-paths message');
+  proc.message({ type: 'reply', id: usbMessages(proc)[1].id, ok: true, usbPaths: [] });
+  assert.deepEqual(await none, { ok: true, value: [] });
+  const stopped = manager.createVm(flatSpec('h', { boot: { kind: 'flat', path: path.join(home.home, 'g.bin') } }));
+  assert.deepEqual(await session.call('listUsbPathChoices', [stopped.id]), {
+    ok: false, error: { code: 'invalid-state', message: 'Cannot list the USB path choices of the VM while it is stopped.' },
+  });
+  assert.deepEqual(await session.call('listUsbPathChoices', ['nope']), { ok: false, error: { code: 'not-found', message: 'There is no VM with that id; it may have been deleted.' } });
+});

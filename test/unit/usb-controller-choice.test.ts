@@ -2,99 +2,29 @@
 // fake sysfs and /proc trees: every reason for each outcome.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
-import { applyUsbPathSetting, chooseUsbPath, planUsbControllers, usbControllerOf, type UsbChoiceRoots } from '../../main/host/usb-controller-choice';
+import { afterEach, test } from 'node:test';
+import { applyUsbPathSetting, chooseUsbPath, planUsbControllers, usbControllerOf } from '../../main/host/usb-controller-choice';
 import { listSysfsUsbDevices } from '../../main/host/usb-inventory';
 import { ConfigError, machineConfigFromJson } from '../../main/vmm/config';
 import { defaultVmSpec } from '../../main/api/contract';
 import { parseVmSpec, vmSpecProblems } from '../../main/api/schema';
 import { machineConfigOf } from '../../main/manager/machine-config';
+import { FakeUsbHost } from '../helpers/fake-usb-host';
 
 function write(file: string, text: string): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, text);
 }
 
-interface Pci { address: string; cls: number; group?: number; header?: number; driver?: string }
+/** The fake host of each test, removed after it. */
+const hosts: FakeUsbHost[] = [];
+afterEach(() => { for (const h of hosts.splice(0)) h.cleanup(); });
 
-/**
- * Controller A 0000:00:05.0 (bus 1: stick 1-1 with sda, keyboard 1-2, hub 1-3 with mouse 1-3.1) and
- * controller B 0000:00:04.0 (bus 2: keyboard 2-1, mouse 2-2). Each controller alone in its group
- * unless a test adds mates; /proc files empty until a test writes them.
- */
-class FakeHost {
-  readonly top = fs.mkdtempSync(path.join(os.tmpdir(), 'porthole-usbpath-'));
-  readonly sys = path.join(this.top, 'sys');
-  readonly proc = path.join(this.top, 'proc');
-  readonly roots: UsbChoiceRoots = { sysfsRoot: this.sys, procRoot: this.proc };
-
+class FakeHost extends FakeUsbHost {
   constructor() {
-    fs.mkdirSync(path.join(this.sys, 'bus', 'usb', 'drivers', 'usbhid'), { recursive: true });
-    fs.mkdirSync(path.join(this.sys, 'bus', 'usb', 'drivers', 'usb-storage'), { recursive: true });
-    fs.mkdirSync(path.join(this.sys, 'bus', 'pci', 'drivers', 'xhci_hcd'), { recursive: true });
-    write(path.join(this.proc, 'self', 'mountinfo'), '');
-    write(path.join(this.proc, 'swaps'), 'Filename\tType\tSize\tUsed\tPriority\n');
-    this.pci({ address: '0000:00:05.0', cls: 0x0c0330, group: 5, driver: 'xhci_hcd' });
-    this.pci({ address: '0000:00:04.0', cls: 0x0c0330, group: 4, driver: 'xhci_hcd' });
-    const a = path.join(this.pciDir('0000:00:05.0'), 'usb1');
-    this.usb(a, '1-1', { busnum: '1', devnum: '2', idVendor: '46f4', idProduct: '0001', bDeviceClass: '00', product: 'Stick' }, [['08', '06', '50', 'usb-storage']]);
-    write(path.join(a, '1-1', '1-1:1.0', 'host2', 'target2:0:0', '2:0:0:0', 'block', 'sda', 'dev'), '8:0\n');
-    write(path.join(a, '1-1', '1-1:1.0', 'host2', 'target2:0:0', '2:0:0:0', 'block', 'sda', 'sda1', 'dev'), '8:1\n');
-    this.usb(a, '1-2', { busnum: '1', devnum: '3', idVendor: '0627', idProduct: '0001', bDeviceClass: '00' }, [['03', '01', '01', 'usbhid']]);
-    this.usb(a, '1-3', { busnum: '1', devnum: '4', idVendor: '0409', idProduct: '55aa', bDeviceClass: '09' }, []);
-    this.usb(path.join(a, '1-3'), '1-3.1', { busnum: '1', devnum: '5', idVendor: '0627', idProduct: '0001', bDeviceClass: '00' }, [['03', '01', '02', 'usbhid']]);
-    const b = path.join(this.pciDir('0000:00:04.0'), 'usb2');
-    this.usb(b, '2-1', { busnum: '2', devnum: '2', idVendor: '0627', idProduct: '0001', bDeviceClass: '00' }, [['03', '01', '01', 'usbhid']]);
-    this.usb(b, '2-2', { busnum: '2', devnum: '3', idVendor: '0627', idProduct: '0001', bDeviceClass: '00' }, [['03', '01', '02', 'usbhid']]);
-  }
-
-  pciDir(address: string): string {
-    return path.join(this.sys, 'devices', 'pci0000:00', address);
-  }
-
-  pci(d: Pci): void {
-    const dir = this.pciDir(d.address);
-    write(path.join(dir, 'vendor'), '0x1b36\n');
-    write(path.join(dir, 'device'), '0x000d\n');
-    write(path.join(dir, 'class'), `0x${d.cls.toString(16).padStart(6, '0')}\n`);
-    const config = Buffer.alloc(64);
-    config[14] = d.header ?? 0;
-    fs.writeFileSync(path.join(dir, 'config'), config);
-    fs.mkdirSync(path.join(this.sys, 'bus', 'pci', 'devices'), { recursive: true });
-    fs.symlinkSync(dir, path.join(this.sys, 'bus', 'pci', 'devices', d.address));
-    if (d.driver !== undefined) fs.symlinkSync(path.join(this.sys, 'bus', 'pci', 'drivers', d.driver), path.join(dir, 'driver'));
-    if (d.group !== undefined) this.group(d.address, d.group);
-  }
-
-  group(address: string, group: number): void {
-    const g = path.join(this.sys, 'kernel', 'iommu_groups', String(group));
-    fs.mkdirSync(path.join(g, 'devices'), { recursive: true });
-    fs.symlinkSync(this.pciDir(address), path.join(g, 'devices', address));
-    fs.symlinkSync(g, path.join(this.pciDir(address), 'iommu_group'));
-  }
-
-  /** A USB device folder below `parent`, linked from /sys/bus/usb/devices, with its interfaces [class, subclass, protocol, driver]. */
-  usb(parent: string, name: string, attrs: Record<string, string>, interfaces: [string, string, string, string][]): void {
-    const dir = path.join(parent, name);
-    for (const [k, v] of Object.entries({ ...attrs, speed: '480', bConfigurationValue: '1' })) write(path.join(dir, k), `${v}\n`);
-    const devices = path.join(this.sys, 'bus', 'usb', 'devices');
-    fs.mkdirSync(devices, { recursive: true });
-    fs.symlinkSync(dir, path.join(devices, name));
-    interfaces.forEach(([cls, sub, proto, driver], i) => {
-      const itf = `${name}:1.${i}`;
-      const idir = path.join(dir, itf);
-      for (const [k, v] of Object.entries({ bInterfaceNumber: `0${i}`, bInterfaceClass: cls, bInterfaceSubClass: sub, bInterfaceProtocol: proto })) {
-        write(path.join(idir, k), `${v}\n`);
-      }
-      fs.symlinkSync(path.join(this.sys, 'bus', 'usb', 'drivers', driver), path.join(idir, 'driver'));
-      fs.symlinkSync(idir, path.join(devices, itf));
-    });
-  }
-
-  mount(majorMinor: string, point: string, source: string): void {
-    fs.appendFileSync(path.join(this.proc, 'self', 'mountinfo'), `22 1 ${majorMinor} / ${point} rw - ext4 ${source} rw\n`);
+    super();
+    hosts.push(this);
   }
 }
 

@@ -8,7 +8,8 @@ import type { Worker } from 'node:worker_threads';
 import { launchMachineThread } from './machine-prewarm';
 import { kernelForBoot } from '../boot/kernel-unpack';
 import { ConfigError, parseSerialBackend, type MachineConfig, type PciAssignConfig, type UsbDeviceConfig } from '../config';
-import { EMULATED_WHILE_RUNNING, planUsbControllers, type UsbStartChoice } from '../../host/usb-controller-choice';
+import { EMULATED_WHILE_RUNNING, usbAttachRefusal, type UsbChoiceRoots, type UsbStartChoice } from '../../host/usb-controller-choice';
+import { takeStartPci } from './start-pci';
 import type { HostToMachine, MachineThreadData } from '../machine/machine-thread';
 import type { MachineEnd, MachineStats, MachineToHost } from '../machine/machine';
 import { DEBUGCON_RING } from '../platform/layout';
@@ -204,6 +205,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     open(info: HostUsbDeviceInfo): HostUsbHandle;
     journal: UsbJournal | null;
     sysfsRoot?: string;
+    /** The /proc the whole-controller choice reads (host-needs: mounts, swaps, input devices); absent: /proc. */
+    procRoot?: string;
     /** Why the host depends on a device (host-needs.ts), or null; absent: the real /proc and sysfs. */
     hostNeeds?: (info: HostUsbDeviceInfo, all: HostUsbDeviceInfo[]) => string | null;
   } = { list: () => listSysfsUsbDevices(), open: (info) => openHostUsbHandle(info), journal: new UsbJournal(dataDir()) };
@@ -279,29 +282,30 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.chooseBootKernel();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
-      this.runPciAssign = [...(this.config.pciAssign ?? []), ...this.planUsbControllers()];
-      if (this.runPciAssign.length > 0) {
-        const ram = this.ram.map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddr: hostAddressOf(r), name: r.name }));
-        const journal = this.hostUsbSource.journal;
-        if (journal !== null) {
-          const lines = reclaimFromDeadHolders(this.runPciAssign.map((c) => c.address), journal.read().pci, {
+      const journal = this.hostUsbSource.journal;
+      const rules = this.config.usb?.rules ?? [];
+      const setting = this.config.usbPassthroughPath ?? 'auto';
+      this.usbPathChoices = [];
+      const taken = takeStartPci({
+        vm: this.config.name,
+        pciAssign: this.config.pciAssign ?? [],
+        rules,
+        setting,
+        hostUsb: rules.length > 0 && setting !== 'emulated' ? this.hostUsbSource.list() : [],
+        roots: this.usbChoiceRoots(),
+        ram: () => (this.ram ?? []).map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddr: hostAddressOf(r), name: r.name })),
+        journal,
+        reclaim: journal === null ? undefined : (addresses) => {
+          const lines = reclaimFromDeadHolders(addresses, journal.read().pci, {
             self: process.pid, alive: processAlive, repair: (pid) => repairUsbJournal(journal, { pid }),
           });
           for (const line of lines) this.emit('log', line);
-        }
-        try {
-          this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
-        } catch (e) {
-          // A controller "auto" chose could not be taken (no VFIO access, ...): its devices take the emulated path.
-          const chosen = this.runPciAssign.length - (this.config.pciAssign?.length ?? 0);
-          if (chosen === 0 || this.config.usbPassthroughPath === 'controller') throw e;
-          this.emit('log', `USB: the controller path failed (${(e as Error).message}); the rules' devices take the emulated path`);
-          const why = `the controller path was chosen but failed: ${(e as Error).message}`;
-          this.usbPathChoices = this.usbPathChoices.map((c) => ({ ...c, choice: { ...c.choice, path: 'emulated', reason: why } }));
-          this.runPciAssign = [...(this.config.pciAssign ?? [])];
-          if (this.runPciAssign.length > 0) this.assignedPci = AssignedPci.open(this.runPciAssign, ram, { vm: this.config.name, journal });
-        }
-      }
+        },
+        log: (line) => this.emit('log', line),
+      });
+      this.usbPathChoices = taken.choices;
+      this.runPciAssign = taken.pciAssign;
+      this.assignedPci = taken.assigned;
     } catch (e) {
       this.releaseAssignedPci();
       this.closeEndpoints();
@@ -937,9 +941,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       throw new UsbRequestError('not-found', (e as Error).message);
     }
     if (info.isHub) throw new UsbRequestError('invalid-argument', `host USB device ${info.sysfsName} is a hub; hubs are not passed through`);
-    if (this.config.usbPassthroughPath === 'controller') {
-      throw new UsbRequestError('invalid-state', `this VM's usbPassthroughPath is "controller", and a USB controller can be assigned only at start (PCI is not hot-plugged): stop the VM, or set it to "auto"`);
-    }
+    const refusal = usbAttachRefusal(this.config.usbPassthroughPath ?? 'auto');
+    if (refusal !== null) throw new UsbRequestError('invalid-state', refusal);
     const source = this.hostUsbSource;
     const needs = source.hostNeeds !== undefined
       ? source.hostNeeds(info, all)
@@ -1015,23 +1018,12 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.stopHostUsbWatch = this.hostUsbWatch.watch((devices) => this.onHostUsbList(devices));
   }
 
-  /**
-   * The USB controllers to assign for this run: those of present host devices the rules take
-   * whose controller qualifies (usb-controller-choice.ts). Each choice is logged and kept for the API.
-   */
-  private planUsbControllers(): PciAssignConfig[] {
-    this.usbPathChoices = [];
-    const rules = this.config.usb?.rules ?? [];
-    const setting = this.config.usbPassthroughPath ?? 'auto';
-    if (rules.length === 0 || setting === 'emulated') return [];
-    const matched = this.hostUsbSource.list().filter((d) => firstMatchingRule(rules, d) >= 0);
-    const taken = new Set((this.config.pciAssign ?? []).map((c) => c.address));
+  /** The sysfs and /proc roots the whole-controller choice reads (tests give hostUsbSource a fake tree). */
+  private usbChoiceRoots(): UsbChoiceRoots {
     // hostUsbSource.sysfsRoot is SYSROOT/bus/usb/devices; the choice reads SYSROOT's PCI side too.
-    const sysfsRoot = this.hostUsbSource.sysfsRoot === undefined ? undefined : path.resolve(this.hostUsbSource.sysfsRoot, '..', '..', '..');
-    const plan = planUsbControllers(setting, matched, sysfsRoot === undefined ? {} : { sysfsRoot });
-    this.usbPathChoices = plan.choices;
-    for (const c of plan.choices) this.emit('log', `USB: host device ${c.sysfsName} goes by the ${c.choice.path} path: ${c.choice.reason}`);
-    return plan.controllers.filter((a) => !taken.has(a)).map((address) => ({ address }));
+    const usbRoot = this.hostUsbSource.sysfsRoot;
+    const sysfsRoot = usbRoot === undefined ? undefined : path.resolve(usbRoot, '..', '..', '..');
+    return { ...(sysfsRoot === undefined ? {} : { sysfsRoot }), ...(this.hostUsbSource.procRoot === undefined ? {} : { procRoot: this.hostUsbSource.procRoot }) };
   }
 
   /** How the devices the rules took at start reach the guest (controller or emulated path), with why. */

@@ -2,7 +2,7 @@
 // devices in and out while the VM runs or is paused. Main sends no USB events, so the list
 // is read again after every change and on a modest interval (a guest may reset a port).
 import { useCallback, useEffect, useId, useRef, useState, type FormEvent } from 'react';
-import type { UsbPortInfo, VmSummary } from '../../../main/api/contract';
+import type { UsbPathChoiceInfo, UsbPortInfo, VmSummary } from '../../../main/api/contract';
 import { errorSentence, useStore, type VmStore } from '../store';
 import {
   attachRequest, configuredDeviceText, formatVidPid, freePortsFor, hasUsbController, portLabel, portsInUseText,
@@ -46,6 +46,41 @@ function PortRow({ port, disabled, onUnplug }: { port: UsbPortInfo; disabled: bo
         </>
       )}
     </tr>
+  );
+}
+
+/**
+ * How the host devices the VM's rules took at start reach it: a whole USB controller given to
+ * the VM (those devices are on none of the ports above) or the emulated xHCI, each with why.
+ * The choice is made once per start, so it is read once while the VM runs.
+ */
+function UsbPathChoices({ store, vm }: { store: VmStore; vm: VmSummary }) {
+  const [choices, setChoices] = useState<UsbPathChoiceInfo[] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    let live = true;
+    store.api.listUsbPathChoices(vm.id)
+      .then((c) => { if (live) setChoices(c); })
+      .catch((e: unknown) => { if (live) setError(errorSentence(e)); });
+    return () => { live = false; };
+  }, [store, vm.id]);
+  if (error) return <p className="form-error" role="alert">{error}</p>;
+  if (!choices || choices.length === 0) return null;
+  return (
+    <section className="usb-path-choices" aria-label="Host USB devices taken at start">
+      <h3>Host USB devices taken at start</h3>
+      <ul>
+        {choices.map((c) => (
+          <li key={c.hostDevice}>
+            <code>{c.hostDevice}</code>{' '}
+            {c.path === 'controller'
+              ? <b>whole controller{c.controller ? <> <code>{c.controller}</code></> : null} given to the VM</b>
+              : <b>emulated xHCI</b>}
+            : {c.reason}.
+          </li>
+        ))}
+      </ul>
+    </section>
   );
 }
 
@@ -168,6 +203,8 @@ export function UsbPanel({ store, vm }: { store: VmStore; vm: VmSummary }) {
           </tbody>
         </table>
       )}
+
+      <UsbPathChoices key={vm.id} store={store} vm={vm} />
 
       <form className="usb-add" onSubmit={plugIn} aria-labelledby={`${uid}-add`} noValidate>
         <h3 id={`${uid}-add`}>Plug in a device</h3>
