@@ -38,7 +38,14 @@ export type UsbDeviceConfig = (
    * A host USB device passed through. Attached at run time only (the API, `porthole usb add
    * host:…`): the VM host holds the device as `handle`; configs and --usb do not take it.
    */
-  | { kind: 'host'; handle: number; hostName: string; product: string; speed: 'low' | 'full' | 'high' | 'super'; vendorId: number; productId: number }
+  | {
+    kind: 'host'; handle: number; hostName: string; product: string; speed: 'low' | 'full' | 'high' | 'super'; vendorId: number; productId: number;
+    /**
+     * A SuperSpeed device: null if it may go on a USB 2 port, shown at high speed (no
+     * isochronous endpoints, no streams), else why not; absent: it may not (unchecked).
+     */
+    usb2Refusal?: string | null;
+  }
 ) & {
   /**
    * The root-hub port (1..4 USB 3, 5..8 USB 2); absent: the first free port of its speed.

@@ -15,6 +15,7 @@ import {
 } from '../../../shared/usb-passthrough-messages';
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbTransfer } from '../usb-device';
 import { epochMs } from '../../../shared/control';
+import { patchDescriptorForHighSpeed } from './high-speed-view';
 
 export type HostDeviceConfig = Extract<UsbDeviceConfig, { kind: 'host' }>;
 
@@ -62,12 +63,16 @@ export class PassthroughDevice implements UsbDevice {
   readonly roundTrips = { transfers: 0, ms: 0, doneHops: 0, doneHopMs: 0, gaps: 0, gapMs: 0 };
   /** performance.now() when the last in-flight transfer completed, or -1 while some are in flight. */
   private idleSince = -1;
+  /** A SuperSpeed device on a USB 2 port: the guest sees it at high speed (high-speed-view.ts). */
+  readonly highSpeedView: boolean;
 
-  constructor(config: HostDeviceConfig, private readonly link: PassthroughLink) {
+  /** `onUsb3Port: false` puts a SuperSpeed device on a USB 2 port; absent: it is shown at its own speed. */
+  constructor(config: HostDeviceConfig, private readonly link: PassthroughLink, options: { onUsb3Port?: boolean } = {}) {
     this.handle = config.handle;
     this.name = `usb-host ${config.hostName}`;
     this.product = config.product;
-    this.speed = config.speed;
+    this.highSpeedView = config.speed === 'super' && options.onUsb3Port === false;
+    this.speed = this.highSpeedView ? 'high' : config.speed;
     this.vendorId = config.vendorId;
     this.productId = config.productId;
     // Unique in this process, and different across processes' restarts of the machine thread.
@@ -191,6 +196,9 @@ export class PassthroughDevice implements UsbDevice {
       if (this.pending.size === 0) this.idleSince = now;
       p.transfer.status = r.status;
       p.transfer.actualLength = Math.min(r.actual, p.transfer.data.length);
+      if (this.highSpeedView && p.transfer.type === 'control' && p.transfer.setup !== null && r.status === 'ok') {
+        patchDescriptorForHighSpeed(p.transfer.setup, p.transfer.data, p.transfer.actualLength);
+      }
       p.done(p.transfer);
     }
   }
@@ -232,8 +240,8 @@ export class PassthroughRouter {
   constructor(private readonly link: PassthroughLink) {}
 
   /** Makes the machine-side device of a host device config (replacing an older one of that handle). */
-  create(config: HostDeviceConfig): PassthroughDevice {
-    const device = new PassthroughDevice(config, this.link);
+  create(config: HostDeviceConfig, options: { onUsb3Port?: boolean } = {}): PassthroughDevice {
+    const device = new PassthroughDevice(config, this.link, options);
     this.devices.set(config.handle, device);
     return device;
   }
