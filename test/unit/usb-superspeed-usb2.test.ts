@@ -10,6 +10,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { endpointsOf, usb2RefusalOf, usb2RefusalOfHostDevice } from '../../main/host/usb-speed-compat';
 import type { UsbDeviceConfig } from '../../main/vmm/config';
+import { patchDescriptorForHighSpeed } from '../../main/vmm/devices/usb/passthrough/high-speed-view';
 import { PassthroughRouter } from '../../main/vmm/devices/usb/passthrough/passthrough-device';
 import { createUsbDevice } from '../../main/vmm/devices/usb/xhci-pci';
 import { XhciHotplug } from '../../main/vmm/devices/usb/xhci-hotplug';
@@ -17,6 +18,7 @@ import {
   decodeSubmit, encodeData, encodeDone, PASSTHROUGH_KIND,
 } from '../../main/vmm/shared/usb-passthrough-messages';
 import { decodeUsbMessage, encodeUsbRequest, USB_KIND, type UsbReply, type UsbRequestBody } from '../../main/vmm/shared/usb-messages';
+import { fuzzCases, Prng } from '../helpers/prng';
 import { DATA, Driver, PORTSC } from '../helpers/xhci-driver';
 
 // ---- descriptors -------------------------------------------------------------------------
@@ -198,4 +200,32 @@ test('the guest enumerating it on the USB 2 port reads high-speed descriptors: b
   // Both bulk endpoints (bytes 4-5 of each endpoint descriptor) read 512; the companions are untouched.
   assert.deepEqual([whole[18 + 4], whole[18 + 5], whole[31 + 4], whole[31 + 5]], [0x00, 0x02, 0x00, 0x02]);
   assert.deepEqual(whole.slice(25, 31), companion(15, 0));
+});
+
+test('fuzz: random descriptor chains and answers never throw past a sentence, loop, or change a byte outside the answer', () => {
+  const rng = new Prng(0x5eed0b2);
+  const cases = fuzzCases(2000);
+  for (let i = 0; i < cases; i++) {
+    // Mostly well-formed pieces with random bytes mixed in, so both the walk and its refusals run.
+    const parts: number[] = [...SS_DEVICE];
+    const pieces = rng.below(12);
+    for (let p = 0; p < pieces; p++) {
+      switch (rng.below(5)) {
+        case 0: parts.push(...itf(rng.below(4), rng.below(3), rng.below(4))); break;
+        case 1: parts.push(...ep(rng.below(256), rng.below(256), rng.below(0x10000), rng.below(16))); break;
+        case 2: parts.push(...companion(rng.below(16), rng.below(256))); break;
+        case 3: parts.push(...config(1 + rng.below(3), [])); break;
+        default: for (let b = rng.below(8); b > 0; b--) parts.push(rng.below(256));
+      }
+    }
+    const raw = Uint8Array.from(parts);
+    const refusal = usb2RefusalOf(raw);
+    assert.ok(refusal === null || typeof refusal === 'string');
+    const buffer = new Uint8Array(raw.length + 16).fill(0xa5);
+    buffer.set(raw);
+    const length = rng.below(raw.length + 1);
+    const value = rng.pick([0x0100, 0x0200, 0x0300, 0x0f00, rng.below(0x10000)]);
+    patchDescriptorForHighSpeed({ requestType: rng.pick([0x80, 0x80, 0x81, 0xc0]), request: rng.pick([6, 6, 0]), value, index: 0, length }, buffer, length);
+    assert.ok(buffer.subarray(length).every((b, k) => b === (length + k < raw.length ? raw[length + k] : 0xa5)), `case ${i}: a byte past the answer changed`);
+  }
 });
