@@ -15,6 +15,7 @@ import { usbRulesFromJson } from '../host/usb-rules';
 import { SampleForwarder } from './sample-forwarder';
 import { StatsPacker } from './stats-wire';
 import { TransferForwarder } from './transfer-forwarder';
+import { stopAndGiveBack } from './vm-process-exit';
 import type { VmCaptureRequest } from './vm-process-protocol';
 import {
   OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, STATS_DEFAULT_PERIOD_MS, statsPeriodOf, type ManagerToVm, type VmCommand, type VmToManager,
@@ -95,8 +96,8 @@ function exitAfter(code: number): void {
   exitCode = code;
   // Last resort if the machine cannot be stopped (a thread stuck in KVM_RUN).
   setTimeout(() => process.kill(process.pid, 'SIGKILL'), 5000).unref();
-  const stopped = host ? host.stop() : Promise.resolve();
-  void stopped.finally(() => {
+  // Host USB devices go back before the process ends, as after a machine that ends by itself.
+  void stopAndGiveBack(host).finally(() => {
     flushOutput();
     process.exit(code);
   });

@@ -47,6 +47,11 @@ export type UsbDeviceConfig = (
      * of it itself, with no channel hop (devices/usb/passthrough/direct-urbs.ts).
      */
     usbfs?: { fd: number; path: string };
+    /**
+     * A SuperSpeed device: null if it may go on a USB 2 port, shown at high speed (no
+     * isochronous endpoints, no streams), else why not; absent: it may not (unchecked).
+     */
+    usb2Refusal?: string | null;
   }
 ) & {
   /**

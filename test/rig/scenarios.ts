@@ -74,6 +74,18 @@ export const SCENARIOS: ScenarioSpec[] = [
     devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 1200, expect: 'pass', ci: false, tcg: 'multi',
   },
   {
+    name: 'usb-crash',
+    description: 'host USB devices go home after crashes, with L1 as the host and the manager (browser mode) in L1: 20 times a SeaBIOS VM holding L1\'s stick0 (taken by a USB rule) is SIGKILLed (soon after the take, while SeaBIOS enumerates it, while it boots from it) and the manager gives stick0 back (usb-storage bound, /dev/sdX reads the pattern, journal empty); the manager SIGKILLed alone (its VM process must end and give stick0 back itself), then with its VM process (the next manager start repairs it from the journal)',
+    // No L2 Linux: one L1 boot, 22 SeaBIOS VM starts. Multi-threaded TCG, as for every SeaBIOS boot in L2.
+    devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 1800, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
+    name: 'usb-usb2-l2',
+    description: 'a SuperSpeed host device on a USB 2 port: L1\'s stick0 (bulk only, no streams) passed through with porthole usb add --port 5; L2\'s xhci_hcd enumerates it at 480 Mbit/s with bcdUSB 2.10 and a 64-byte EP0 (the high-speed view), no descriptor complaints in L2\'s kernel log, usb-storage reads the whole stick with L1\'s md5; L1\'s usb-storage has it again after the remove',
+    // One L2 boot (25-80 s) and one 16 MiB read.
+    devices: { usb: true }, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
+  },
+  {
     name: 'usb-audio-passthrough-l2',
     description: 'isochronous host USB passthrough: Porthole passes L1\'s usb-audio (usbfs iso URBs) to the L2 kit; snd-usb-audio binds, aplay plays a 1 kHz sine, and the wav file QEMU wrote on the rig host holds that tone (frequency, length, longest gap); L1\'s snd-usb-audio gets it back',
     // One L2 boot (25-80 s) and 3 s of audio.

@@ -35,6 +35,7 @@ import { HOST_NEEDS_PATHS, hostNeeds } from '../../host/host-needs';
 import type { HostUsbHandle } from '../../host/host-usb-handle';
 import { openHostUsbHandle } from '../../host/usbfs-handle';
 import { processAlive, repairUsbJournal, UsbJournal } from '../../host/usb-journal';
+import { usb2RefusalOfHostDevice } from '../../host/usb-speed-compat';
 import { HostUsbWatch } from '../../host/host-usb-watch';
 import { firstMatchingRule, type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, UsbAutoAttach, type UsbRule } from '../../host/usb-rules';
 import { dataDir } from '../../manager/app-paths';
@@ -993,6 +994,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     try {
       const state = await this.attachUsb({
         kind: 'host', handle, hostName: info.sysfsName, product, speed, vendorId: info.vendorId, productId: info.productId,
+        // Whether it may take a USB 2 port (at high speed) when no USB 3 port is free, or is asked to.
+        ...(speed === 'super' ? { usb2Refusal: usb2RefusalOfHostDevice(info.sysfsName, this.hostUsbSource.sysfsRoot) } : {}),
         ...(port === undefined ? {} : { port }),
         ...(usb.usbfsNode?.() ? { usbfs: usb.usbfsNode() as { fd: number; path: string } } : {}),
       });

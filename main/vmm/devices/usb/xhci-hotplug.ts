@@ -73,6 +73,21 @@ interface SerialState {
   outputRetry: (() => void) | null;
 }
 
+type HostConfig = Extract<UsbDeviceConfig, { kind: 'host' }>;
+
+function describeHost(config: HostConfig): string {
+  return `the SuperSpeed device ${config.product} (host ${config.hostName}, ${hex4(config.vendorId)}:${hex4(config.productId)})`;
+}
+
+const hex4 = (n: number) => n.toString(16).padStart(4, '0');
+
+/** Why a SuperSpeed host device may not be shown at high speed on a USB 2 port, or null if it may. */
+function usb2RefusalFor(config: HostConfig): string | null {
+  if (config.usb2Refusal === undefined) return 'its descriptors were not checked for isochronous endpoints and streams';
+  return config.usb2Refusal === null ? null
+    : `a SuperSpeed device may go on a USB 2 port only if it has no isochronous endpoints and no streams, and ${config.usb2Refusal}`;
+}
+
 export class XhciHotplug {
   private readonly plugged = new Map<number, Plugged>();
   /** USB serial ports by link. */
@@ -234,11 +249,18 @@ export class XhciHotplug {
 
   private freePortFor(config: UsbDeviceConfig): number {
     const free = this.controller.ports.filter((p) => p.device === null);
-    // A host device goes on a port of its own speed: SuperSpeed on USB 3, the rest on USB 2.
+    // A host device goes on a port of its own speed: SuperSpeed on USB 3, the rest on USB 2. A
+    // SuperSpeed device takes a USB 2 port (at high speed) when no USB 3 port is free, if it may.
     if (config.kind === 'host') {
       const port = free.find((p) => p.usb3 === (config.speed === 'super'));
-      if (port === undefined) throw new UsbRequestError('invalid-state', `the xHCI controller has no free ${config.speed === 'super' ? 'USB 3' : 'USB 2'} port for ${config.product}`);
-      return port.number;
+      if (port !== undefined) return port.number;
+      const usb2 = config.speed === 'super' ? free.find((p) => !p.usb3) : undefined;
+      if (usb2 === undefined) throw new UsbRequestError('invalid-state', `the xHCI controller has no free ${config.speed === 'super' ? 'USB 3' : 'USB 2'} port for ${config.product}`);
+      const refusal = usb2RefusalFor(config);
+      if (refusal !== null) {
+        throw new UsbRequestError('invalid-state', `the xHCI controller has no free USB 3 port for ${describeHost(config)}, and it cannot go on a USB 2 port instead: ${refusal}`);
+      }
+      return usb2.number;
     }
     // Storage runs at SuperSpeed where a USB 3 port is free; HID devices are full speed.
     const port = config.kind === 'storage' ? (free.find((p) => p.usb3) ?? free.find((p) => !p.usb3)) : free.find((p) => !p.usb3);
@@ -255,8 +277,12 @@ export class XhciHotplug {
       throw new UsbRequestError('invalid-argument', `there is no USB port ${portNumber} (ports 1 to ${this.controller.ports.length})`);
     }
     if (port.device !== null) throw new UsbRequestError('invalid-state', `USB port ${portNumber} already has ${port.device.name}`);
-    if (config.kind === 'host' && port.usb3 !== (config.speed === 'super')) {
-      throw new UsbRequestError('invalid-argument', `${config.product} runs at ${config.speed} speed and needs a USB ${config.speed === 'super' ? 3 : 2} port; port ${portNumber} is a USB ${port.usb3 ? 3 : 2} port`);
+    if (config.kind === 'host' && port.usb3 && config.speed !== 'super') {
+      throw new UsbRequestError('invalid-argument', `${config.product} runs at ${config.speed} speed and needs a USB 2 port; port ${portNumber} is a USB 3 port`);
+    }
+    if (config.kind === 'host' && !port.usb3 && config.speed === 'super') {
+      const refusal = usb2RefusalFor(config);
+      if (refusal !== null) throw new UsbRequestError('invalid-argument', `${describeHost(config)} cannot go on port ${portNumber}, a USB 2 port: ${refusal}`);
     }
     if (config.kind !== 'storage' && config.kind !== 'host' && port.usb3) {
       throw new UsbRequestError('invalid-argument', `a ${config.kind} needs a USB 2 port; port ${portNumber} is a USB 3 port`);

@@ -132,7 +132,7 @@ export const usbControllerDevice: DeviceFactory = (ctx) => {
       kickWatch: ctx.kickWatch,
     }),
   });
-  const make: UsbDeviceMaker = (config, options) => config.kind === 'host' ? passthrough.create(config) : createUsbDevice(config, options);
+  const make: UsbDeviceMaker = (config, options) => config.kind === 'host' ? passthrough.create(config, { onUsb3Port: options.superSpeed }) : createUsbDevice(config, options);
   const hotplug = new XhciHotplug(xhci.controller, make, {
     send: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.REPLY, payload),
     sendSerial: (payload) => ctx.sendToHost(XHCI_CHANNEL_TARGET, USB_KIND.SERIAL_OUTPUT, payload),

@@ -23,6 +23,7 @@ import {
 import type { UsbDevice, UsbPortHost, UsbSpeed, UsbTransfer } from '../usb-device';
 import { epochMs } from '../../../shared/control';
 import { type DirectUrbs, submitErrorStatus } from './direct-urbs';
+import { patchDescriptorForHighSpeed } from './high-speed-view';
 
 export type HostDeviceConfig = Extract<UsbDeviceConfig, { kind: 'host' }>;
 
@@ -92,12 +93,16 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
   private goneSent = false;
   /** Direct URBs: completed, and of them reaped by the backstop timer (a completion signal that kicked nothing). */
   readonly directCounts = { urbs: 0, byBackstop: 0 };
+  /** A SuperSpeed device on a USB 2 port: the guest sees it at high speed (high-speed-view.ts). */
+  readonly highSpeedView: boolean;
 
-  constructor(config: HostDeviceConfig, private readonly link: PassthroughLink) {
+  /** `onUsb3Port: false` puts a SuperSpeed device on a USB 2 port; absent: it is shown at its own speed. */
+  constructor(config: HostDeviceConfig, private readonly link: PassthroughLink, options: { onUsb3Port?: boolean } = {}) {
     this.handle = config.handle;
     this.name = `usb-host ${config.hostName}`;
     this.product = config.product;
-    this.speed = config.speed;
+    this.highSpeedView = config.speed === 'super' && options.onUsb3Port === false;
+    this.speed = this.highSpeedView ? 'high' : config.speed;
     this.vendorId = config.vendorId;
     this.productId = config.productId;
     // Unique in this process, and different across processes' restarts of the machine thread.
@@ -275,6 +280,9 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
       if (this.pending.size === 0) this.idleSince = now;
       p.transfer.status = r.status;
       p.transfer.actualLength = Math.min(r.actual, p.transfer.data.length);
+      if (this.highSpeedView && p.transfer.type === 'control' && p.transfer.setup !== null && r.status === 'ok') {
+        patchDescriptorForHighSpeed(p.transfer.setup, p.transfer.data, p.transfer.actualLength);
+      }
       p.done(p.transfer);
       if (p.stateCall) this.stateCallEnded();
     }
@@ -345,6 +353,7 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
     }
     t.status = status;
     t.actualLength = n;
+    if (this.highSpeedView && t.type === 'control' && t.setup !== null && status === 'ok') patchDescriptorForHighSpeed(t.setup, t.data, n);
     p.done(t);
   }
 
@@ -449,9 +458,9 @@ export class PassthroughRouter {
   constructor(private readonly link: PassthroughLink) {}
 
   /** Makes the machine-side device of a host device config (replacing an older one of that handle). */
-  create(config: HostDeviceConfig): PassthroughDevice {
+  create(config: HostDeviceConfig, options: { onUsb3Port?: boolean } = {}): PassthroughDevice {
     this.devices.get(config.handle)?.close();
-    const device = new PassthroughDevice(config, this.link);
+    const device = new PassthroughDevice(config, this.link, options);
     this.devices.set(config.handle, device);
     return device;
   }
