@@ -1,6 +1,6 @@
 // A SuperSpeed host device on a USB 2 port, as Linux in L2 sees it: L1's stick0 (QEMU
 // usb-storage at SuperSpeed, bulk only, no streams: allowed by host/usb-speed-compat.ts) is
-// passed through with `porthole usb add host:… --port 5`, a USB 2 port of our xHCI. L2's
+// passed through with `porthole usb add host:… --port 6`, a USB 2 port of our xHCI. L2's
 // xhci_hcd must enumerate it at high speed (480 Mbit/s, bcdUSB 2.10 and a 64-byte EP0 from the
 // high-speed view of its descriptors), with no complaint about its descriptors in L2's kernel
 // log, and usb-storage must read the whole stick with L1's md5. After `porthole usb remove`
@@ -16,7 +16,8 @@ import { l1PortholeCli, PASSTHROUGH_KIT_MODULES as KIT_MODULES, runPortholeCli, 
 
 const SOCKET = '/tmp/usb-usb2.sock';
 const DATA_DIR = '/tmp/usb-usb2-data';
-const USB2_PORT = 5;
+// The VM's xHCI comes with `--usb keyboard`, which takes port 5 (the first USB 2 port).
+const USB2_PORT = 6;
 
 scenario('usb-usb2-l2', async (ctx) => {
   if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built: run npm run build');
@@ -31,7 +32,7 @@ scenario('usb-usb2-l2', async (ctx) => {
   const env = { ...process.env, XDG_DATA_HOME: DATA_DIR, PORTHOLE_FORBID_KOFFI_VIEW: '1' };
   const vm = ctx.spawn(process.execPath, [l1PortholeCli(), 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
-    '--serial', 'stdio', '--verbose', '--monitor', SOCKET], { env });
+    '--serial', 'stdio', '--verbose', '--usb', 'keyboard', '--monitor', SOCKET], { env });
   vm.stderr!.on('data', (d: Buffer) => {
     for (const l of d.toString().split('\n')) if (l.trim()) ctx.log(`porthole: ${l}`);
   });
