@@ -42,7 +42,7 @@ scenario('usb-usb2-l2', async (ctx) => {
   ctx.log(`porthole usb add host:${sys.name} --port ${USB2_PORT}: ${added.trim()}`);
   const found: string[] = [];
   const l2Disk = await waitForDiskOfSize(con, stick.sizeMiB, 120000);
-  const info = await con.runOk(`for d in /sys/bus/usb/devices/*; do [ "$(cat $d/serial 2>/dev/null)" = ${stick.serial} ] && echo "$(cat $d/speed) $(cat $d/version) $(cat $d/bMaxPacketSize0)"; done`);
+  const info = await con.runOk(`for d in /sys/bus/usb/devices/*; do [ "$(cat $d/serial 2>/dev/null)" = ${stick.serial} ] && echo "$(cat $d/speed) $(cat $d/version) $(cat $d/bMaxPacketSize0)"; done; true`);
   ctx.log(`L2: stick0 speed, version, bMaxPacketSize0: ${info.trim()}`);
   const [l2Speed, version, ep0] = info.trim().split(/\s+/);
   if (l2Speed !== '480') throw new Error(`L2 sees stick0 at ${l2Speed} Mbit/s, not high speed (480) on USB 2 port ${USB2_PORT}`);
