@@ -22,6 +22,19 @@ export interface FakePciDevice {
   defaultRouteIface?: string;
 }
 
+/** A PCI function's sysfs attributes as the inventory reads them: IDs, class, driver_override, config header, boot_vga. */
+export function writePciAttributes(dir: string, d: { vendor: number; device: number; cls: number; header?: number; bootVga?: boolean }): void {
+  const hex = (n: number, w: number) => `0x${n.toString(16).padStart(w, '0')}\n`;
+  fs.writeFileSync(path.join(dir, 'vendor'), hex(d.vendor, 4));
+  fs.writeFileSync(path.join(dir, 'device'), hex(d.device, 4));
+  fs.writeFileSync(path.join(dir, 'class'), hex(d.cls, 6));
+  fs.writeFileSync(path.join(dir, 'driver_override'), '(null)\n');
+  const config = Buffer.alloc(64);
+  config[14] = d.header ?? 0;
+  fs.writeFileSync(path.join(dir, 'config'), config);
+  if (d.bootVga !== undefined) fs.writeFileSync(path.join(dir, 'boot_vga'), d.bootVga ? '1\n' : '0\n');
+}
+
 export class FakePciSysfs {
   readonly top: string;
   readonly roots: Required<HostRoots>;
@@ -51,15 +64,7 @@ export class FakePciSysfs {
     const dir = this.deviceDir(d.address);
     fs.mkdirSync(dir, { recursive: true });
     fs.symlinkSync(dir, path.join(sys, 'bus', 'pci', 'devices', d.address));
-    const hex = (n: number, w: number) => `0x${n.toString(16).padStart(w, '0')}\n`;
-    fs.writeFileSync(path.join(dir, 'vendor'), hex(d.vendor, 4));
-    fs.writeFileSync(path.join(dir, 'device'), hex(d.device, 4));
-    fs.writeFileSync(path.join(dir, 'class'), hex(d.cls, 6));
-    fs.writeFileSync(path.join(dir, 'driver_override'), '(null)\n');
-    const config = Buffer.alloc(64);
-    config[14] = d.header ?? 0;
-    fs.writeFileSync(path.join(dir, 'config'), config);
-    if (d.bootVga !== undefined) fs.writeFileSync(path.join(dir, 'boot_vga'), d.bootVga ? '1\n' : '0\n');
+    writePciAttributes(dir, d);
     if (d.driver !== undefined) {
       const drv = path.join(sys, 'bus', 'pci', 'drivers', d.driver);
       fs.mkdirSync(drv, { recursive: true });

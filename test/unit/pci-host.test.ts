@@ -10,6 +10,7 @@ import { givePciDeviceBack, restorePciDriver, setSriovVfs, takePciDevice, type S
 import { formatPciDevices, hostNeedsPciDevice, listPciDevices, normalizePciAddress, pciClassName, pciSummary, readPciDevice } from '../../main/host/pci-inventory';
 import { parseArgs, UsageError } from '../../main/cli/args';
 import { repairUsbJournal, UsbJournal, type JournalEntry } from '../../main/host/usb-journal';
+import { writePciAttributes } from '../helpers/fake-pci-sysfs';
 
 interface FakeDevice { address: string; vendor: number; device: number; cls: number; driver?: string; group: number; header?: number; bootVga?: boolean; totalVfs?: number }
 
@@ -45,15 +46,7 @@ class FakeSysfs {
   addDevice(d: FakeDevice): void {
     const dir = this.dev(d.address);
     fs.mkdirSync(dir, { recursive: true });
-    const hex = (n: number, w: number) => `0x${n.toString(16).padStart(w, '0')}\n`;
-    fs.writeFileSync(path.join(dir, 'vendor'), hex(d.vendor, 4));
-    fs.writeFileSync(path.join(dir, 'device'), hex(d.device, 4));
-    fs.writeFileSync(path.join(dir, 'class'), hex(d.cls, 6));
-    fs.writeFileSync(path.join(dir, 'driver_override'), '(null)\n');
-    const config = Buffer.alloc(64);
-    config[14] = d.header ?? 0;
-    fs.writeFileSync(path.join(dir, 'config'), config);
-    if (d.bootVga !== undefined) fs.writeFileSync(path.join(dir, 'boot_vga'), d.bootVga ? '1\n' : '0\n');
+    writePciAttributes(dir, d);
     const groupDir = path.join(this.root, 'kernel', 'iommu_groups', String(d.group), 'devices');
     fs.mkdirSync(groupDir, { recursive: true });
     fs.rmSync(path.join(groupDir, d.address), { force: true });
