@@ -20,7 +20,10 @@
 //           virtio-net in the L2 kit: Porthole --nic virtio,user against QEMU -netdev user +
 //           virtio-net-pci (test/bench/net.ts).
 //   vfio    an NVMe SR-IOV VF of the rig L1's controller in the L2 kit: dd O_DIRECT and random 4 KiB
-//           O_DIRECT I/O at QD1, Porthole --pci-assign against QEMU -device vfio-pci (test/bench/vfio.ts).
+//           O_DIRECT I/O at QD1, Porthole --pci-assign against QEMU -device vfio-pci (test/bench/vfio.ts);
+//           L1's e1000 assigned: ping round trip and TCP both ways, the same two VMMs; stick1 read
+//           through a whole assigned xHCI against Porthole's emulated xHCI with passthrough
+//           (test/bench/vfio-nic-usb.ts). --vfio-parts nvme,e1000,usb-controller picks parts.
 //   stats-stream  what a 10 Hz vm-stats watcher costs the PIO loop's exit rate, with QEMU's
 //           rate on the same loop as the reference (test/bench/stats-stream.ts).
 //   perf-ui  the Performance tab's frames/s in Chromium, graphs drawing against paused (no KVM,
@@ -54,7 +57,7 @@ import { runNetBench } from './net';
 import { profileExitPath } from './exit-path';
 import { runStatsStreamBench } from './stats-stream';
 import { runDiskBench } from './disk';
-import { runVfioBench } from './vfio';
+import { runVfioBench, VFIO_PARTS, type VfioPart } from './vfio';
 
 /** Targets from the issue: Porthole within 1.10x of the C runner, and faster than QEMU. */
 const TARGET_VS_C = 1.1;
@@ -96,6 +99,8 @@ export interface Options {
   check: boolean;
   /** usb-passthrough: also boot Porthole with PORTHOLE_USB_DIRECT=0 (every transfer through the VM host), in the same L1. */
   usbChannel: boolean;
+  /** vfio: which parts run (default all: nvme, e1000, usb-controller). */
+  vfioParts: VfioPart[];
   /** The option arguments as given (without names), to pass on to the rig. */
   optionArgs: string[];
 }
@@ -104,7 +109,7 @@ export class BenchError extends Error {}
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = {
-    benches: [], runs: 5, batches: 100, batchesGiven: false, rounds: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, usbChannel: false, optionArgs: [],
+    benches: [], runs: 5, batches: 100, batchesGiven: false, rounds: 40, windowMs: 500, batch: 1000, only: ['porthole', 'c', 'qemu'], cpus: [1, 2], check: false, usbChannel: false, vfioParts: [...VFIO_PARTS], optionArgs: [],
   };
   const named = new Set<BenchName>();
   let noSerial = false;
@@ -149,7 +154,13 @@ export function parseArgs(argv: string[]): Options {
     } else if (a === '--no-serial') noSerial = true;
     else if (a === '--check') o.check = true;
     else if (a === '--usb-channel') o.usbChannel = true;
-    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --rounds N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check, --usb-channel)`);
+    else if (a === '--vfio-parts') {
+      const text = value();
+      const parts = text.split(',').map((s) => s.trim()).filter(Boolean);
+      if (parts.length === 0 || parts.some((n) => !(VFIO_PARTS as readonly string[]).includes(n))) throw new BenchError(`--vfio-parts: "${text}" is not a list of ${VFIO_PARTS.join(', ')}`);
+      o.vfioParts = parts as VfioPart[];
+    }
+    else throw new BenchError(`unknown option "${a}" (use NAME..., --runs N, --batches N, --batch N, --rounds N, --window-ms N, --only LIST, --bytes N, --no-serial, --cpus LIST, --check, --usb-channel, --vfio-parts LIST)`);
   }
   if (o.batches * o.batch > 0xffffffff) throw new BenchError('--batches x --batch must stay below 2^32 exits');
   // No name: every bench; --no-serial (from before benches had names) leaves serial out.
@@ -532,7 +543,10 @@ async function runInRig(o: Options, benches: BenchName[]): Promise<boolean> {
   // SR-IOV; the other benches run without them.
   let spec = found;
   if (benches.includes('usb-passthrough')) spec = { ...spec, devices: { ...spec.devices, usb: true } };
-  if (benches.includes('vfio')) spec = { ...spec, devices: { ...spec.devices, iommu: true, nvmeSriov: true } };
+  if (benches.includes('vfio')) {
+    const parts = new Set(o.vfioParts);
+    spec = { ...spec, devices: { ...spec.devices, iommu: true, nvmeSriov: parts.has('nvme'), e1000: parts.has('e1000'), extraXhci: parts.has('usb-controller') } };
+  }
   const args = [...benches, ...o.optionArgs];
   console.log(`bench: running ${benches.join(', ')} in the rig's L1 (no usable /dev/kvm here${benches.some((b) => LINUX_BENCHES.has(b)) ? ', or it needs Linux guests' : ''}): ${args.join(' ')}`);
   // A stalled L1 (its heartbeat stops) is caught by the runner, which runs the bench once more.
@@ -599,7 +613,7 @@ async function main(): Promise<void> {
       met = (await runDiskBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
     } else if (bench === 'vfio') {
       console.log('');
-      met = (await runVfioBench({ kit: await kitPaths(), rounds: o.runs })).met && met;
+      met = (await runVfioBench({ kit: await kitPaths(), rounds: o.runs, parts: o.vfioParts })).met && met;
     } else if (bench === 'net') {
       console.log('');
       met = (await runNetBench({ kit: await kitPaths(), rounds: o.runs })).met && met;

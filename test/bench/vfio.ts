@@ -27,6 +27,9 @@ import { readTrim, until } from '../rig/l1-usb';
 import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
 import { buildRandomIoHelper, parseRandomIo } from './disk';
 import { benchOutputDir, writeBenchResult } from './paths';
+import { findL1E1000, measureE1000, measureStick1, parseExitTable, type NicSample, type UsbPathName } from './vfio-nic-usb';
+
+export { parseExitTable };
 
 /** Issue 11: within 5% of QEMU. */
 export const VFIO_TARGET = 0.95;
@@ -64,25 +67,54 @@ export interface MsixProof {
   modes: string[];
 }
 
+/** The bench's parts: the NVMe VF, L1's e1000, stick1 through a whole xHCI against emulated passthrough. */
+export const VFIO_PARTS = ['nvme', 'e1000', 'usb-controller'] as const;
+export type VfioPart = typeof VFIO_PARTS[number];
+
+/** One round of the e1000 part: each VMM's figures (one VM at a time: there is one e1000). */
+export interface NicRound {
+  round: number;
+  first: BootVmm;
+  porthole: NicSample;
+  qemu: NicSample;
+}
+
+/** One round of the usb-controller part: stick1's read rate through each path (both Porthole). */
+export interface UsbPathRound {
+  round: number;
+  first: UsbPathName;
+  controller: number;
+  emulated: number;
+}
+
 export interface VfioBenchOptions {
   kit: KitPaths;
   rounds: number;
+  /** Default: every part. */
+  parts?: readonly VfioPart[];
   randomOps?: number;
   retries?: number;
   log?: (line: string) => void;
 }
 
 export interface VfioBenchResult {
-  namespaceMib: number;
+  /** null when the nvme part did not run. */
+  namespaceMib: number | null;
   randomOps: number;
   rounds: number;
-  vfs: Record<BootVmm, string>;
+  vfs: Record<BootVmm, string> | null;
   samples: VfioSample[];
   msix: MsixProof[];
   failures: string[];
   /** Porthole's VM exits by reason over each round's whole run (boot included), from --stats. */
   portholeExits: { round: number; exits: Record<string, number> }[];
   ratios: Partial<Record<Measure, number>>;
+  nic: NicRound[];
+  /** Porthole / QEMU, median of pairs; for the round trip QEMU's time over Porthole's (higher is better). */
+  nicRatios: Partial<Record<keyof NicSample, number>>;
+  usbPaths: UsbPathRound[];
+  /** stick1 read, whole controller / emulated passthrough, median of pairs (no target: a comparison). */
+  controllerOverEmulated: number;
   met: boolean;
 }
 
@@ -174,19 +206,6 @@ export function processCpuMs(pid: number, statText?: string): number {
   const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(rest[11]) + Number(rest[12]);
   return (ticks * 1000) / 100;
-}
-
-/** The "VM exits by reason" block of porthole run --stats (main/cli/stats.ts), as reason -> count. */
-export function parseExitTable(stderr: string): Record<string, number> | null {
-  const at = stderr.lastIndexOf('VM exits by reason:');
-  if (at < 0) return null;
-  const exits: Record<string, number> = {};
-  for (const line of stderr.slice(at).split('\n').slice(1)) {
-    const m = /^\s+([\w-]+)\s+(\d+)\s*$/.exec(line);
-    if (!m) break;
-    exits[m[1]] = Number(m[2]);
-  }
-  return exits;
 }
 
 interface KitVm {
@@ -289,21 +308,87 @@ function cell(m: Measure, v: number): string {
 
 export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchResult> {
   const log = opts.log ?? ((line: string) => console.log(line));
-  const ops = opts.randomOps ?? RANDOM_OPS;
-  const retries = opts.retries ?? 1;
+  const parts = new Set<VfioPart>(opts.parts ?? VFIO_PARTS);
   for (const f of [opts.kit.vmlinuz, opts.kit.initrd]) if (!fs.existsSync(f)) throw new Error(`the L2 kit file ${f} is missing`);
   if (process.getuid?.() !== 0) throw new Error('the vfio bench binds PCI functions: it needs root (it runs in the rig\'s L1)');
+  log(`vfio: ${[...parts].join(', ')}; ${opts.rounds} rounds each`);
+  log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
+  fs.rmSync(dataDir(), { recursive: true, force: true });
+  const failures: string[] = [];
+  const nvmePart = parts.has('nvme') ? await runNvmePart(opts, failures, log) : null;
+  const nic = parts.has('e1000') ? await runE1000Part(opts, failures, log) : [];
+  const usbPaths = parts.has('usb-controller') ? await runUsbPathPart(opts, failures, log) : [];
+  fs.rmSync(dataDir(), { recursive: true, force: true });
+
+  let met = true;
+  const ratios: VfioBenchResult['ratios'] = {};
+  if (nvmePart) {
+    const { samples } = nvmePart;
+    met &&= samples.length > 0;
+    log(`\n${'NVMe VF'.padEnd(20)}${MEASURES.map((m) => m.padStart(14)).join('')}   (medians; rand*: 4 KiB IOPS at QD1)`);
+    const of = (m: Measure) => samples.filter((x) => x.measure === m);
+    for (const vmm of ['porthole', 'qemu'] as BootVmm[]) log(`  ${LABELS[vmm].padEnd(18)}${MEASURES.map((m) => cell(m, median(of(m).map((x) => x[vmm]))).padStart(14)).join('')}`);
+    const line = MEASURES.map((m) => {
+      const ratio = median(of(m).map((x) => x.porthole / x.qemu));
+      ratios[m] = ratio;
+      met &&= ratio >= VFIO_TARGET;
+      return `${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x`.padStart(14);
+    });
+    log(`  ${'Porthole / QEMU'.padEnd(18)}${line.join('')}   (median of back-to-back pairs; target >= ${VFIO_TARGET}x each)`);
+    log(`  ${new Set(samples.map((x) => x.round)).size} of ${opts.rounds} rounds measured`);
+  }
+  const nicRatios: VfioBenchResult['nicRatios'] = {};
+  if (parts.has('e1000')) {
+    met &&= nic.length > 0;
+    const keys: (keyof NicSample)[] = ['rttMs', 'sendMBps', 'receiveMBps'];
+    const heads: Record<keyof NicSample, string> = { rttMs: 'ping ms', sendMBps: 'send MB/s', receiveMBps: 'receive MB/s' };
+    log(`\n${'e1000 assigned'.padEnd(20)}${keys.map((k) => heads[k].padStart(14)).join('')}   (medians)`);
+    for (const vmm of ['porthole', 'qemu'] as BootVmm[]) log(`  ${LABELS[vmm].padEnd(18)}${keys.map((k) => median(nic.map((r) => r[vmm][k])).toFixed(k === 'rttMs' ? 3 : 2).padStart(14)).join('')}`);
+    const line = keys.map((k) => {
+      // A shorter round trip is better: the ratio is QEMU's over Porthole's, as for rates the other way.
+      const ratio = median(nic.map((r) => (k === 'rttMs' ? r.qemu[k] / r.porthole[k] : r.porthole[k] / r.qemu[k])));
+      nicRatios[k] = ratio;
+      met &&= ratio >= VFIO_TARGET;
+      return `${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x`.padStart(14);
+    });
+    log(`  ${'Porthole vs QEMU'.padEnd(18)}${line.join('')}   (median of pairs; ping: QEMU / Porthole; target >= ${VFIO_TARGET}x each)`);
+    log(`  ${nic.length} of ${opts.rounds} rounds measured`);
+  }
+  const controllerOverEmulated = median(usbPaths.map((r) => r.controller / r.emulated));
+  if (parts.has('usb-controller')) {
+    log(`\nstick1 read (Porthole), whole controller ${median(usbPaths.map((r) => r.controller)).toFixed(2)} MB/s, emulated xHCI with passthrough ${median(usbPaths.map((r) => r.emulated)).toFixed(2)} MB/s: ` +
+      `${Number.isFinite(controllerOverEmulated) ? controllerOverEmulated.toFixed(2) : '-'}x (median of pairs; ${usbPaths.length} of ${opts.rounds} rounds)`);
+  }
+  log(`\nvfio target (Porthole >= ${VFIO_TARGET}x QEMU on every measure): ${met ? 'met' : 'MISSED'}; ${failures.length} failures`);
+  for (const f of failures) log(`  failure: ${f}`);
+  log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  const result: VfioBenchResult = {
+    namespaceMib: nvmePart?.setup.mib ?? null, randomOps: opts.randomOps ?? RANDOM_OPS, rounds: opts.rounds, vfs: nvmePart?.setup.vfs ?? null,
+    samples: nvmePart?.samples ?? [], msix: nvmePart?.msix ?? [], failures, portholeExits: nvmePart?.portholeExits ?? [], ratios,
+    nic, nicRatios, usbPaths, controllerOverEmulated, met,
+  };
+  writeBenchResult('vfio.json', result);
+  return result;
+}
+
+interface NvmePart {
+  setup: Setup;
+  samples: VfioSample[];
+  msix: MsixProof[];
+  portholeExits: VfioBenchResult['portholeExits'];
+}
+
+async function runNvmePart(opts: VfioBenchOptions, failures: string[], log: (l: string) => void): Promise<NvmePart> {
+  const ops = opts.randomOps ?? RANDOM_OPS;
+  const retries = opts.retries ?? 1;
   const helperFile = buildRandomIoHelper();
   const helper = fs.readFileSync(helperFile);
-  log(`vfio: an NVMe SR-IOV VF in the L2 kit (1 vCPU, 256 MiB): Porthole --pci-assign against QEMU -accel kvm -device vfio-pci, ${opts.rounds} rounds`);
+  log(`\nvfio nvme: an NVMe SR-IOV VF in the L2 kit (1 vCPU, 256 MiB): Porthole --pci-assign against QEMU -accel kvm -device vfio-pci`);
   const s = await setUp(helperFile, helper, log);
   log(`  both VMs stay up; each measure runs under one and then the other (order alternating): ${s.mib} x 1 MiB dd read, ${s.mib / 2} x 1 MiB dd write`);
   log(`  (O_DIRECT; write with conv=fsync), ${ops} random 4 KiB reads (whole namespace) and writes (upper half), O_DIRECT, queue depth 1`);
-  log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
-  fs.rmSync(dataDir(), { recursive: true, force: true });
   const samples: VfioSample[] = [];
   const msix: MsixProof[] = [];
-  const failures: string[] = [];
   const portholeExits: VfioBenchResult['portholeExits'] = [];
   for (let round = 1; round <= opts.rounds; round++) {
     const vms: Partial<Record<BootVmm, KitVm>> = {};
@@ -313,7 +398,7 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
           try {
             vms[vmm] = await bootKit(vmm, opts.kit, s, helper, log);
           } catch (e) {
-            const text = `round ${round}: boot ${attempt + 1}: ${(e as Error).message}`;
+            const text = `nvme round ${round}: boot ${attempt + 1}: ${(e as Error).message}`;
             failures.push(text);
             log(`  ${text}`);
           }
@@ -321,8 +406,24 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
         if (!vms[vmm]) break;
       }
       if (!vms.porthole || !vms.qemu) continue;
+      // A VM whose console is lost (its L2 died) fails the round; the bench goes on.
+      const counted = async <T>(vmm: BootVmm, what: string, read: () => Promise<T>): Promise<T | null> => {
+        try {
+          return await read();
+        } catch (e) {
+          const text = `nvme round ${round}: ${what}: ${vms[vmm]!.why(e)}`;
+          failures.push(text);
+          log(`  ${text}`);
+          return null;
+        }
+      };
       const before: Partial<Record<BootVmm, { lines: string[]; total: number }>> = {};
-      for (const vmm of ['porthole', 'qemu'] as BootVmm[]) before[vmm] = await interrupts(vms[vmm]!.con);
+      for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
+        const read = await counted(vmm, 'interrupts before', () => interrupts(vms[vmm]!.con));
+        if (read === null) break;
+        before[vmm] = read;
+      }
+      if (!before.porthole || !before.qemu) continue;
       let n = round;
       let broke = false;
       for (const measure of MEASURES) {
@@ -330,17 +431,11 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
         const rate: Partial<Record<BootVmm, number>> = {};
         const cpuMs: Partial<Record<BootVmm, number>> = {};
         for (const vmm of order) {
-          try {
-            const cpu0 = processCpuMs(vms[vmm]!.pid);
-            rate[vmm] = await measureOnce(vms[vmm]!.con, measure, s, ops);
-            cpuMs[vmm] = processCpuMs(vms[vmm]!.pid) - cpu0;
-          } catch (e) {
-            const text = `round ${round}: ${measure}: ${vms[vmm]!.why(e)}`;
-            failures.push(text);
-            log(`  ${text}`);
-            broke = true;
-            break;
-          }
+          const cpu0 = processCpuMs(vms[vmm]!.pid);
+          const got = await counted(vmm, measure, () => measureOnce(vms[vmm]!.con, measure, s, ops));
+          if (got === null) { broke = true; break; }
+          rate[vmm] = got;
+          cpuMs[vmm] = processCpuMs(vms[vmm]!.pid) - cpu0;
         }
         if (broke) break;
         const sample: VfioSample = { round, measure, porthole: rate.porthole!, qemu: rate.qemu!, first: order[0], cpuMs: { porthole: cpuMs.porthole!, qemu: cpuMs.qemu! } };
@@ -348,15 +443,16 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
         log(`  round ${round}, ${measure.padEnd(9)} Porthole ${cell(measure, sample.porthole).padStart(11)}  QEMU ${cell(measure, sample.qemu).padStart(11)}  ${(sample.porthole / sample.qemu).toFixed(2)}x  (L1 CPU of the VMM process: Porthole ${sample.cpuMs.porthole} ms, QEMU ${sample.cpuMs.qemu} ms)`);
       }
       for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
-        const after = await interrupts(vms[vmm]!.con);
-        const modes = await vectorModes(vms[vmm]!.con);
+        const after = await counted(vmm, 'interrupts after', () => interrupts(vms[vmm]!.con));
+        const modes = after === null ? null : await counted(vmm, 'vector modes', () => vectorModes(vms[vmm]!.con));
+        if (after === null || modes === null) continue;
         const proof: MsixProof = { round, vmm, before: before[vmm]!.lines, after: after.lines, vectors: after.lines.length, delta: after.total - before[vmm]!.total, modes };
         msix.push(proof);
         log(`  round ${round}, ${LABELS[vmm]}'s L2: ${proof.vectors} nvme vector(s) (msi_irqs: ${modes.join(', ') || 'none'}), ${proof.delta} interrupts over the measures`);
         for (const l of after.lines) log(`    ${l.trim()}`);
         const msixOnly = modes.length > 0 && modes.every((m) => m.endsWith(' msix'));
         if (vmm === 'porthole' && (proof.vectors === 0 || proof.delta <= 0 || !msixOnly)) {
-          failures.push(`round ${round}: Porthole's L2 did not count nvme MSI-X interrupts over the measures (vectors ${modes.join(', ') || 'none'}, ${proof.delta} interrupts)`);
+          failures.push(`nvme round ${round}: Porthole's L2 did not count nvme MSI-X interrupts over the measures (vectors ${modes.join(', ') || 'none'}, ${proof.delta} interrupts)`);
         }
       }
     } finally {
@@ -368,25 +464,59 @@ export async function runVfioBench(opts: VfioBenchOptions): Promise<VfioBenchRes
       }
     }
   }
-  fs.rmSync(dataDir(), { recursive: true, force: true });
+  return { setup: s, samples, msix, portholeExits };
+}
 
-  const ratios: VfioBenchResult['ratios'] = {};
-  let met = samples.length > 0;
-  log(`\n${'NVMe VF'.padEnd(20)}${MEASURES.map((m) => m.padStart(14)).join('')}   (medians; rand*: 4 KiB IOPS at QD1)`);
-  const of = (m: Measure) => samples.filter((x) => x.measure === m);
-  for (const vmm of ['porthole', 'qemu'] as BootVmm[]) log(`  ${LABELS[vmm].padEnd(18)}${MEASURES.map((m) => cell(m, median(of(m).map((x) => x[vmm]))).padStart(14)).join('')}`);
-  const line = MEASURES.map((m) => {
-    const ratio = median(of(m).map((x) => x.porthole / x.qemu));
-    ratios[m] = ratio;
-    met &&= ratio >= VFIO_TARGET;
-    return `${Number.isFinite(ratio) ? ratio.toFixed(2) : '-'}x`.padStart(14);
-  });
-  log(`  ${'Porthole / QEMU'.padEnd(18)}${line.join('')}   (median of back-to-back pairs; target >= ${VFIO_TARGET}x each)`);
-  const rounds = new Set(samples.map((x) => x.round)).size;
-  log(`\nvfio target (Porthole >= ${VFIO_TARGET}x QEMU on every measure): ${met ? 'met' : 'MISSED'}; ${rounds} of ${opts.rounds} rounds measured, ${failures.length} failures`);
-  for (const f of failures) log(`  failure: ${f}`);
-  log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  const result: VfioBenchResult = { namespaceMib: s.mib, randomOps: ops, rounds: opts.rounds, vfs: s.vfs, samples, msix, failures, portholeExits, ratios, met };
-  writeBenchResult('vfio.json', result);
-  return result;
+async function runE1000Part(opts: VfioBenchOptions, failures: string[], log: (l: string) => void): Promise<NicRound[]> {
+  const rounds: NicRound[] = [];
+  let nic: string;
+  try {
+    nic = findL1E1000();
+  } catch (e) {
+    failures.push(`e1000: ${(e as Error).message}`);
+    return rounds;
+  }
+  log(`\nvfio e1000: L1's e1000 ${nic} assigned to the L2 kit (1 vCPU), Porthole --pci-assign against QEMU -device vfio-pci, one VM at a time;`);
+  log('  in L2: ping the user network\'s gateway (20 x 0.2 s), then 16 MiB by TCP to a sink and from a source of the rig host\'s QEMU (guestfwd), timed in L2');
+  for (let round = 1; round <= opts.rounds; round++) {
+    const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
+    const got: Partial<Record<BootVmm, NicSample>> = {};
+    for (const vmm of order) {
+      try {
+        got[vmm] = await measureE1000(vmm, opts.kit, nic, dataDir(), log);
+      } catch (e) {
+        const text = `e1000 round ${round}: ${(e as Error).message}`;
+        failures.push(text);
+        log(`  ${text}`);
+        break;
+      }
+    }
+    if (!got.porthole || !got.qemu) continue;
+    rounds.push({ round, first: order[0], porthole: got.porthole, qemu: got.qemu });
+    log(`  round ${round}: ping ${(got.qemu.rttMs / got.porthole.rttMs).toFixed(2)}x, send ${(got.porthole.sendMBps / got.qemu.sendMBps).toFixed(2)}x, receive ${(got.porthole.receiveMBps / got.qemu.receiveMBps).toFixed(2)}x (Porthole vs QEMU)`);
+  }
+  return rounds;
+}
+
+async function runUsbPathPart(opts: VfioBenchOptions, failures: string[], log: (l: string) => void): Promise<UsbPathRound[]> {
+  const rounds: UsbPathRound[] = [];
+  log('\nvfio usb-controller: stick1 on L1\'s second xHCI, read in the L2 kit (Porthole, 1 vCPU) through the whole controller (VFIO) and through the emulated xHCI with usbfs passthrough');
+  for (let round = 1; round <= opts.rounds; round++) {
+    const order: UsbPathName[] = round % 2 === 1 ? ['controller', 'emulated'] : ['emulated', 'controller'];
+    const got: Partial<Record<UsbPathName, number>> = {};
+    for (const p of order) {
+      try {
+        got[p] = await measureStick1(p, opts.kit, dataDir(), log);
+      } catch (e) {
+        const text = `usb-controller round ${round}: ${(e as Error).message}`;
+        failures.push(text);
+        log(`  ${text}`);
+        break;
+      }
+    }
+    if (got.controller === undefined || got.emulated === undefined) continue;
+    rounds.push({ round, first: order[0], controller: got.controller, emulated: got.emulated });
+    log(`  round ${round}: whole controller / emulated ${(got.controller / got.emulated).toFixed(2)}x`);
+  }
+  return rounds;
 }

@@ -34,6 +34,13 @@ export const RIG_NET_MAC = '52:54:00:72:69:67';
 export const RIG_NET_L1_ADDRESS = '10.0.2.15';
 export const RIG_NET_HOST_ADDRESS = '10.0.2.2';
 
+/**
+ * Stream services on the e1000's user network, run by the rig host's QEMU for each connection
+ * (guestfwd): the sink reads `bytes` and answers how many it got; the source sends `bytes` of
+ * zeros and closes. The vfio bench times TCP through an assigned e1000 with them.
+ */
+export const E1000_STREAM = { address: '10.0.2.100', sinkPort: 5555, sourcePort: 5556, bytes: 16 * 1048576 } as const;
+
 /** The names `--devices` takes, and the flag each sets. */
 export const DEVICE_NAMES: Record<string, keyof RigDevices> = {
   usb: 'usb', 'extra-xhci': 'extraXhci', e1000: 'e1000', iommu: 'iommu', 'usb-audio': 'usbAudio',
@@ -126,7 +133,9 @@ export function deviceArgs(d: RigDevices, stickDir: string, runDir: string, outD
     stick('xhci1', 1, STICKS.stick1);
   }
   if (d.e1000) {
-    qemu.push('-netdev', 'user,id=net0');
+    const { address, sinkPort, sourcePort, bytes } = E1000_STREAM;
+    // libslirp runs a guestfwd command without a shell (it splits the words itself).
+    qemu.push('-netdev', `user,id=net0,guestfwd=tcp:${address}:${sinkPort}-cmd:sh -c 'head -c ${bytes} | wc -c',guestfwd=tcp:${address}:${sourcePort}-cmd:head -c ${bytes} /dev/zero`);
     add({ id: 'nic0', driver: 'e1000', props: { netdev: 'net0' } });
   }
   if (d.nvmeSriov) {

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import { parseExitTable, parseNvmeMsix, processCpuMs } from '../bench/vfio';
 import { formatStats } from '../../main/cli/stats';
 import { parseArgs, venueFor } from '../bench/run';
+import { parsePingMean, parseTimedBytes } from '../bench/vfio-nic-usb';
 
 test('nvme MSI-X lines of /proc/interrupts and their counts on every CPU', () => {
   const text = [
@@ -37,4 +38,20 @@ test('a process\'s CPU time from /proc/PID/stat, a command name with spaces and 
   assert.equal(processCpuMs(0, stat), 1750);
   assert.ok(processCpuMs(process.pid) >= 0);
   assert.ok(Number.isNaN(processCpuMs(-1)));
+});
+
+test('the e1000 part reads busybox ping\'s mean and L2\'s timed byte counts, and refuses what is missing', () => {
+  assert.equal(parsePingMean('20 packets transmitted, 20 packets received, 0% packet loss\nround-trip min/avg/max = 0.421/0.610/1.020 ms\n'), 0.61);
+  assert.ok(Number.isNaN(parsePingMean('ping: sendto: Network is unreachable\n')));
+  assert.deepEqual(parseTimedBytes('elapsed 6.64 14.02\nbytes 16777216\n'), { seconds: 14.02 - 6.64, bytes: 16777216 });
+  // A stream that ended with nothing prints "bytes" alone.
+  assert.ok(Number.isNaN(parseTimedBytes('elapsed 1.00 2.00\nbytes\n').bytes));
+  assert.ok(Number.isNaN(parseTimedBytes('bytes 5\n').seconds));
+});
+
+test('--vfio-parts picks the vfio bench\'s parts, every part by default', () => {
+  assert.deepEqual(parseArgs(['vfio']).vfioParts, ['nvme', 'e1000', 'usb-controller']);
+  assert.deepEqual(parseArgs(['vfio', '--vfio-parts', 'e1000,usb-controller']).vfioParts, ['e1000', 'usb-controller']);
+  assert.throws(() => parseArgs(['vfio', '--vfio-parts', 'e1000,nic']), /--vfio-parts: "e1000,nic" is not a list of nvme, e1000, usb-controller/);
+  assert.throws(() => parseArgs(['vfio', '--vfio-parts', '']), /--vfio-parts/);
 });
