@@ -168,8 +168,8 @@ export async function measureE1000(vmm: BootVmm, kit: KitPaths, nic: string, dat
       const link = await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ' +
         'for i in $(seq 40); do [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ] && break; sleep 0.5; done; echo "carrier $(cat /sys/class/net/eth0/carrier)"', 90000);
       if (!/carrier 1/.test(link.output)) throw new Error(`eth0 has no carrier in L2: ${link.output.trim().slice(-200)}`);
-      // The first ping fills the ARP caches on both sides: not counted.
-      await con.run(`ping -c 1 -W 10 ${GATEWAY}`, 30000);
+      // The first pings fill the ARP caches and wake the path: not counted.
+      await con.run(`ping -c 5 -i 0.2 -W 10 ${GATEWAY}`, 60000);
       const ping = await con.run(`ping -c ${PINGS} -i 0.2 -W 10 ${GATEWAY}`, 120000);
       const rttMs = parsePingMean(ping.output);
       if (ping.status !== 0 || !Number.isFinite(rttMs)) throw new Error(`ping ${GATEWAY} failed: ${ping.output.trim().slice(-200)}`);
