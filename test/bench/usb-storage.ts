@@ -32,6 +32,8 @@ export interface UsbStorageSample {
   speed?: string;
   /** L2's clocksource (a port-I/O one, acpi_pm, costs an exit per clock read). */
   clocksource?: string;
+  /** The xHCI's interrupt lines in L2's /proc/interrupts (MSI-X or INTx), after the dd phases. */
+  xhciIrq?: string;
   rates: Partial<Record<Measure, DdRate>>;
   /** Porthole: where each measure's time went, per dd block (one SCSI command). */
   perCommand?: Partial<Record<Measure, PerCommand>>;
@@ -50,6 +52,8 @@ export interface PerCommand {
   deviceMs: number;
   /** Port I/O per device (bus counters, "<device> r/w"), per command. */
   pio: Record<string, number>;
+  /** The xHCI's MMIO accesses per register ("r iman", "w doorbell", ...), per command. */
+  xhciMmio: Record<string, number>;
 }
 
 type Totals = Map<string, number>;
@@ -64,6 +68,7 @@ function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
   const delta = (key: string) => ((after.get(key) ?? 0) - (before.get(key) ?? 0)) / n;
   const exits: Record<string, number> = {};
   const pio: Record<string, number> = {};
+  const xhciMmio: Record<string, number> = {};
   let deviceUs = 0;
   for (const key of after.keys()) {
     if (key.startsWith('exits/')) {
@@ -73,10 +78,14 @@ function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
       const d = delta(key);
       if (d > 0) pio[key.replace('/pio-reads', ' r').replace('/pio-writes', ' w')] = d;
     } else if (/^usb\d+-storage\/.*-latency-us$/.test(key)) deviceUs += delta(key);
+    else if (/^xhci\/mmio-(reads|writes)-/.test(key)) {
+      const d = delta(key);
+      if (d > 0) xhciMmio[key.replace(/^xhci\/mmio-(r)eads-|^xhci\/mmio-(w)rites-/, '$1$2 ')] = d;
+    }
   }
   return {
     ms: (rate.seconds * 1000) / n, exits, interrupts: delta('xhci/interrupts'), transfers: delta('xhci/transfers'),
-    doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000, pio,
+    doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000, pio, xhciMmio,
   };
 }
 
@@ -85,7 +94,8 @@ function describeCommand(m: Measure, c: PerCommand): string {
   const all = exits.reduce((sum, [, v]) => sum + v, 0);
   return `    ${m}: ${c.ms.toFixed(2)} ms per command; ${all.toFixed(1)} exits (${exits.slice(0, 4).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}),`
     + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts; doorbells ${c.doorbellMs.toFixed(2)} ms, stick ${c.deviceMs.toFixed(2)} ms`
-    + `; port I/O: ${Object.entries(c.pio).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`;
+    + `; port I/O: ${Object.entries(c.pio).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`
+    + `; xHCI MMIO: ${Object.entries(c.xhciMmio).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`;
 }
 
 export interface UsbStorageBenchOptions {
@@ -154,6 +164,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
       sample.rates[measure] = rate;
       if (before !== null) (sample.perCommand ??= {})[measure] = perCommand(before, await totals(socket), rate);
     }
+    sample.xhciIrq = (await con.run("grep -i xhci /proc/interrupts | tr -s ' '")).output.trim().split('\n').join(' | ');
   } catch (e) {
     const why = (e as Error).message.split('\n')[0];
     sample.failure = guestReset ? `the guest reset by itself (${why})` : why;
@@ -164,6 +175,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     fs.rmSync(socket, { force: true });
   }
   log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${describe(sample)}`);
+  if (sample.xhciIrq) log(`    L2 /proc/interrupts: ${sample.xhciIrq}`);
   for (const m of MEASURES) if (sample.perCommand?.[m]) log(describeCommand(m, sample.perCommand[m]!));
   return sample;
 }
