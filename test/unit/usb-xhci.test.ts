@@ -736,3 +736,32 @@ test('rings wrap: Link TRBs with Toggle Cycle on the command ring, event ring cy
   assert.equal(d.eventDeq, d.hc.interrupters[0].enqueue);
   assert.equal(d.usbsts & 1, 0);
 });
+
+test('MMIO accesses are counted per register: what an interrupt handler and a doorbell cost in exits', () => {
+  const d = new Driver();
+  d.start();
+  d.counters.clear();
+  // Linux's xhci_irq under MSI-X: USBSTS read and EINT clear, ERDP read and write as two dwords each.
+  d.w32(OP + 4, d.usbsts | 8);
+  d.r32(IR0 + 0x18);
+  d.r32(IR0 + 0x1c);
+  d.w64(IR0 + 0x18, EVENT_RING | 8);
+  d.hc.read(IR0, 4);
+  d.w32(IR0 + 4, 160);
+  d.hc.read(PORTSC(1), 4);
+  d.w32(DB, 0);
+  d.hc.read(0x14, 4); // DBOFF: a capability register
+  d.hc.read(0xffff0, 4); // outside the BAR
+  const c = (name: string) => d.counters.get(name) ?? 0;
+  assert.equal(c('mmio-reads-usbsts'), 1);
+  assert.equal(c('mmio-writes-usbsts'), 1);
+  assert.equal(c('mmio-reads-erdp'), 2);
+  assert.equal(c('mmio-writes-erdp'), 2);
+  assert.equal(c('mmio-reads-iman'), 1);
+  assert.equal(c('mmio-writes-imod'), 1);
+  assert.equal(c('mmio-reads-portsc'), 1);
+  assert.equal(c('mmio-writes-doorbell'), 1);
+  assert.equal(c('mmio-reads-other'), 2);
+  assert.equal(c('mmio-reads'), 1 + 2 + 1 + 1 + 2, 'the totals are still counted');
+  assert.equal(c('mmio-writes'), 1 + 2 + 1 + 1);
+});

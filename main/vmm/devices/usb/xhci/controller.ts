@@ -64,6 +64,29 @@ export interface XhciPortInfo {
   linkState: number;
 }
 
+/**
+ * Which register an MMIO access hits, for the per-register exit counters (each access is a
+ * VM exit: these say which of a command's exits are the driver's interrupt handling).
+ */
+const REGISTER_KINDS = ['usbsts', 'portsc', 'iman', 'imod', 'erdp', 'doorbell', 'other'] as const;
+const MMIO_READ_COUNTERS = REGISTER_KINDS.map((k) => `mmio-reads-${k}`);
+const MMIO_WRITE_COUNTERS = REGISTER_KINDS.map((k) => `mmio-writes-${k}`);
+
+function registerKind(offset: number): number {
+  const off = offset & ~3;
+  if (off === OP_BASE + OP_USBSTS) return 0;
+  if (off >= PORT_BASE && off < PORT_BASE + MAX_PORTS * PORT_STRIDE) return 1;
+  if (off >= RT_BASE + RT_IR_BASE && off < RT_BASE + RT_IR_BASE + MAX_INTRS * RT_IR_STRIDE) {
+    const reg = (off - RT_BASE - RT_IR_BASE) & 0x1f;
+    if (reg === IR_IMAN) return 2;
+    if (reg === IR_IMOD) return 3;
+    if (reg === IR_ERDP || reg === IR_ERDP + 4) return 4;
+    return 6;
+  }
+  if (off >= DB_BASE && off <= DB_BASE + 4 * MAX_SLOTS) return 5;
+  return 6;
+}
+
 export class XhciController implements XhciServices {
   static readonly BAR_SIZE = XHCI_BAR_SIZE;
   readonly dma: DmaMemory;
@@ -206,6 +229,7 @@ export class XhciController implements XhciServices {
   /** A guest read of `size` (1, 2, 4 or 8) bytes at `offset` in the BAR. */
   read(offset: number, size: number): number {
     this.count('mmio-reads');
+    this.count(MMIO_READ_COUNTERS[registerKind(offset)]);
     if (!(offset >= 0 && offset + size <= XHCI_BAR_SIZE)) return 0;
     if (size === 8) return this.read32(offset & ~3) + this.read32((offset & ~3) + 4) * TWO_32;
     const dword = this.read32(offset & ~3);
@@ -220,6 +244,7 @@ export class XhciController implements XhciServices {
    */
   write(offset: number, size: number, value: number): void {
     this.count('mmio-writes');
+    this.count(MMIO_WRITE_COUNTERS[registerKind(offset)]);
     if (!(offset >= 0 && offset + size <= XHCI_BAR_SIZE) || (offset & 3) !== 0) return;
     if (size === 8) {
       const v = Number.isFinite(value) && value >= 0 ? value : 0;
