@@ -4,8 +4,9 @@
 // entered at e_entry in long mode. The loader also writes the zero page, command line,
 // initrd, e820 map, MP and ACPI tables. Everything read from the image is checked: a
 // malformed kernel gives a KernelImageError naming the file, never a RangeError.
-import { existsSync } from 'node:fs';
+import { close, closeSync, existsSync, fstat, open, read, readSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import type { KvmVcpu } from '../../../native';
 import { buildAcpiTables, IAPC_BOOT_ARCH, type AcpiOptions } from '../platform/acpi';
 import { buildE820, type E820Entry } from '../platform/e820';
@@ -153,7 +154,11 @@ export interface BzImage {
 
 export interface ElfSegment {
   paddr: number;
-  data: Uint8Array;
+  /** Where the segment's file bytes start in the kernel file, and how many there are. */
+  offset: number;
+  filesz: number;
+  /** The file bytes, when the parsed bytes hold them (else they are read from the file). */
+  data?: Uint8Array;
   memsz: number;
 }
 
@@ -221,7 +226,11 @@ const ELF_PHDR_SIZE = 56;
 const PT_LOAD = 1;
 const ELF_MAX_PHDRS = 256;
 
-export function parseElfKernel(bytes: Uint8Array, name: string): ElfKernel {
+/**
+ * Parses an ELF vmlinux from `bytes`, the file's start (its headers at least); `fileSize` is
+ * the whole file's, so segments past `bytes` are checked against it and read later.
+ */
+export function parseElfKernel(bytes: Uint8Array, name: string, fileSize = bytes.length): ElfKernel {
   const what = `kernel ${name}`;
   const r = new ImageReader(bytes, what);
   const elfClass = r.u8(4);
@@ -248,10 +257,11 @@ export function parseElfKernel(bytes: Uint8Array, name: string): ElfKernel {
     const filesz = r.u64(p + 32, `segment ${i} p_filesz`);
     const memsz = r.u64(p + 40, `segment ${i} p_memsz`);
     if (filesz > memsz) throw new KernelImageError(`${what}: segment ${i} has more file bytes (${filesz}) than memory bytes (${memsz})`);
-    if (offset + filesz > bytes.length) {
-      throw new KernelImageError(`${what} is truncated: segment ${i} needs bytes up to ${hex(offset + filesz)} but the file has ${bytes.length}`);
+    if (offset + filesz > fileSize) {
+      throw new KernelImageError(`${what} is truncated: segment ${i} needs bytes up to ${hex(offset + filesz)} but the file has ${fileSize}`);
     }
-    segments.push({ paddr, vaddr, data: bytes.subarray(offset, offset + filesz), memsz });
+    const data = offset + filesz <= bytes.length ? bytes.subarray(offset, offset + filesz) : undefined;
+    segments.push({ paddr, vaddr, offset, filesz, data, memsz });
   }
   if (segments.length === 0) throw new KernelImageError(`${what} has no loadable segments`);
   // vmlinux's e_entry is physical already; a virtual one is translated through its segment.
@@ -262,15 +272,34 @@ export function parseElfKernel(bytes: Uint8Array, name: string): ElfKernel {
   if (physical) physEntry = Number(entry);
   else if (virtual) physEntry = Number(entry - virtual.vaddr) + virtual.paddr;
   if (physEntry < 0) throw new KernelImageError(`${what}: entry point 0x${entry.toString(16)} is not inside any loadable segment`);
-  return { format: 'elf', segments: segments.map(({ paddr, data, memsz }) => ({ paddr, data, memsz })), entry: physEntry };
+  return { format: 'elf', segments: segments.map(({ vaddr: _vaddr, ...seg }) => seg), entry: physEntry };
+}
+
+function isElf(bytes: Uint8Array): boolean {
+  return bytes.length >= 4 && bytes[0] === 0x7f && bytes[1] === 0x45 && bytes[2] === 0x4c && bytes[3] === 0x46;
+}
+
+/** An open kernel file whose ELF segments are read straight into guest RAM. */
+export interface KernelFile {
+  fd: number;
+  size: number;
+}
+
+/** Reads the whole of `into` from `fd` at `position`; a short file is a truncated kernel. */
+function readSegment(fd: number, into: Uint8Array, position: number, what: string): void {
+  let done = 0;
+  while (done < into.length) {
+    const n = readSync(fd, into, done, into.length - done, position + done);
+    if (n === 0) throw new KernelImageError(`${what} is truncated: it ended at ${hex(position + done)} while its segments were read`);
+    done += n;
+  }
 }
 
 /** Recognises a bzImage ("HdrS" + 0xAA55) or an ELF vmlinux. */
-export function parseKernelImage(bytes: Uint8Array, name: string): KernelImage {
+export function parseKernelImage(bytes: Uint8Array, name: string, file?: KernelFile): KernelImage {
   const r = new ImageReader(bytes, `kernel ${name}`);
-  if (bytes.length >= 4 && bytes[0] === 0x7f && bytes[1] === 0x45 && bytes[2] === 0x4c && bytes[3] === 0x46) {
-    return parseElfKernel(bytes, name);
-  }
+  if (isElf(bytes)) return parseElfKernel(bytes, name, file?.size);
+  if (file !== undefined && file.size !== bytes.length) throw new KernelImageError(`kernel ${name}: only an ELF vmlinux is read in parts`);
   if (bytes.length >= HDR.VERSION + 2 && r.u16(HDR.BOOT_FLAG) === 0xaa55 && r.u32(HDR.HEADER) === HDRS_MAGIC) {
     return parseBzImage(bytes, name);
   }
@@ -278,8 +307,11 @@ export function parseKernelImage(bytes: Uint8Array, name: string): KernelImage {
 }
 
 export interface LinuxLoadOptions {
+  /** The kernel file's bytes; with kernelFile only its start (an ELF's headers). */
   kernel: Uint8Array;
   kernelName: string;
+  /** The open kernel file: an ELF's segments beyond `kernel` are read from it into guest RAM. */
+  kernelFile?: KernelFile;
   initrd?: Uint8Array;
   initrdName?: string;
   cmdline: string;
@@ -369,7 +401,7 @@ function syntheticSetupHeader(): Uint8Array {
  */
 export function loadLinux(memory: GuestMemory, opts: LinuxLoadOptions): LinuxLoadResult {
   const L = LINUX_BOOT_LAYOUT;
-  const image = parseKernelImage(opts.kernel, opts.kernelName);
+  const image = parseKernelImage(opts.kernel, opts.kernelName, opts.kernelFile);
   const zp = Buffer.alloc(BP.SIZE);
 
   let mode: CpuMode;
@@ -405,8 +437,11 @@ export function loadLinux(memory: GuestMemory, opts: LinuxLoadOptions): LinuxLoa
       kernelEnd = Math.max(kernelEnd, s.paddr + s.memsz);
     }
     for (const s of image.segments) {
-      memory.write(s.paddr, s.data);
-      memory.slice(s.paddr + s.data.length, s.memsz - s.data.length, true).fill(0);
+      const dest = memory.slice(s.paddr, s.filesz, true);
+      if (s.data) dest.set(s.data);
+      else if (opts.kernelFile) readSegment(opts.kernelFile.fd, dest, s.offset, `kernel ${opts.kernelName}`);
+      else throw new KernelImageError(`kernel ${opts.kernelName} is truncated at segment ${hex(s.paddr)}`);
+      memory.slice(s.paddr + s.filesz, s.memsz - s.filesz, true).fill(0);
     }
     zp.set(syntheticSetupHeader(), HDR.SETUP_SECTS);
     mode = 'long';
@@ -474,8 +509,48 @@ export function loadLinux(memory: GuestMemory, opts: LinuxLoadOptions): LinuxLoa
   };
 }
 
+/** A kernel as read for loading: all its bytes, or an open ELF file's headers and the file. */
+export interface KernelInput {
+  bytes: Uint8Array;
+  file?: KernelFile;
+}
+
+/** How much of a kernel file is read first: an ELF vmlinux's headers fit in it. */
+const KERNEL_HEAD_BYTES = 64 * 1024;
+
+/**
+ * Reads a kernel file. A bzImage is read whole; an ELF vmlinux (tens of MB) only up to its
+ * program headers and kept open, so loadLinux reads its segments straight into guest RAM.
+ */
+export async function readKernelInput(file: string): Promise<KernelInput> {
+  // A raw fd, not a FileHandle: one left to the garbage collector would be closed under us.
+  const fd = await promisify(open)(file, 'r');
+  let keepOpen = false;
+  try {
+    const size = (await promisify(fstat)(fd)).size;
+    const readAt = async (length: number): Promise<Buffer> => {
+      const buf = Buffer.alloc(length);
+      const { bytesRead } = await promisify(read)(fd, buf, 0, length, 0);
+      return buf.subarray(0, bytesRead);
+    };
+    const head = await readAt(Math.min(size, KERNEL_HEAD_BYTES));
+    if (!isElf(head) || head.length < 0x40) return { bytes: await readFile(file) };
+    const phEnd = Number(head.readBigUInt64LE(0x20)) + head.readUInt16LE(0x38) * head.readUInt16LE(0x36);
+    const bytes = phEnd > head.length && phEnd <= size ? await readAt(phEnd) : head;
+    keepOpen = true;
+    return { bytes, file: { fd, size } };
+  } finally {
+    // An ELF kernel's fd is closed by closeKernelInput once its segments are read.
+    if (!keepOpen) await promisify(close)(fd);
+  }
+}
+
+export function closeKernelInput(input: KernelInput | undefined): void {
+  if (input?.file) closeSync(input.file.fd);
+}
+
 /** Reads started by prefetchLinuxFiles, taken (once) by readInput. */
-const prefetched = new Map<string, Promise<Uint8Array>>();
+const prefetched = new Map<string, Promise<KernelInput>>();
 
 /**
  * Starts reading a Linux boot's kernel and initrd, so the reads (slow from a network or 9p
@@ -484,19 +559,23 @@ const prefetched = new Map<string, Promise<Uint8Array>>();
  */
 export function prefetchLinuxFiles(boot: BootSource): void {
   if (boot.kind !== 'linux') return;
-  for (const file of [boot.kernel, boot.initrd]) {
+  for (const [file, isKernel] of [[boot.kernel, true], [boot.initrd, false]] as const) {
     if (file === undefined || prefetched.has(file)) continue;
-    const read = readFile(file);
+    const read = readWholeOrKernel(file, isKernel);
     read.catch(() => { /* handled in readInput */ });
     prefetched.set(file, read);
   }
 }
 
-async function readInput(file: string, what: string): Promise<Uint8Array> {
+async function readWholeOrKernel(file: string, isKernel: boolean): Promise<KernelInput> {
+  return isKernel ? readKernelInput(file) : { bytes: await readFile(file) };
+}
+
+async function readInput(file: string, what: 'kernel' | 'initrd'): Promise<KernelInput> {
   try {
     const early = prefetched.get(file);
     prefetched.delete(file);
-    return await (early ?? readFile(file));
+    return await (early ?? readWholeOrKernel(file, what === 'kernel'));
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const reason = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied'
@@ -534,19 +613,32 @@ export function hostIsPvm(): boolean {
 export async function bootLinux(
   machine: BootTarget, vcpus: KvmVcpu[], boot: { kernel: string; initrd?: string; append: string },
 ): Promise<LinuxLoadResult> {
-  const [kernel, initrd] = await Promise.all([
+  const [kernelRead, initrdRead] = await Promise.allSettled([
     readInput(boot.kernel, 'kernel'),
     boot.initrd === undefined ? Promise.resolve(undefined) : readInput(boot.initrd, 'initrd'),
   ]);
+  if (kernelRead.status === 'rejected') throw kernelRead.reason;
+  const kernel = kernelRead.value;
+  if (initrdRead.status === 'rejected') {
+    closeKernelInput(kernel);
+    throw initrdRead.reason;
+  }
+  const initrd = initrdRead.value;
   // No firmware will program the PIIX3's PIRQ routing: do it here, as the tables say.
   machine.devices.pci?.isaBridge.routePirqs(DIRECT_BOOT_PIRQ_IRQS);
   // Each device describes itself (the PCI root bridge its INTx wiring as just routed).
   const tables = machine.devices.tables();
-  const result = loadLinux(machine.memory, {
-    kernel, kernelName: boot.kernel, initrd, initrdName: boot.initrd, cmdline: boot.append, cpus: machine.cpuCount,
-    acpi: { has8042: ((tables.bootArch ?? 0) & IAPC_BOOT_ARCH.I8042) !== 0, pci: tables.pciRoot },
-    levelIsaIrqs: tables.levelIsaIrqs,
-  });
+  let result: LinuxLoadResult;
+  try {
+    result = loadLinux(machine.memory, {
+      kernel: kernel.bytes, kernelFile: kernel.file, kernelName: boot.kernel, initrd: initrd?.bytes, initrdName: boot.initrd,
+      cmdline: boot.append, cpus: machine.cpuCount,
+      acpi: { has8042: ((tables.bootArch ?? 0) & IAPC_BOOT_ARCH.I8042) !== 0, pci: tables.pciRoot },
+      levelIsaIrqs: tables.levelIsaIrqs,
+    });
+  } finally {
+    closeKernelInput(kernel);
+  }
   const pvm = hostIsPvm();
   if (pvm) machine.log(`linux boot: PVM host, hiding ${PVM_HIDDEN_FEATURES.map((f) => f.name).join(', ')} from the guest`);
   for (const vcpu of vcpus) {
