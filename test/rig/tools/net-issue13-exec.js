@@ -15,6 +15,8 @@ module.exports = async (ctx) => {
   } catch (e) {
     results.push(`ne2k: ERROR ${e.message.split('\n')[0]}`);
   }
+  // The checkout is read-only in L1: the bench's net.json goes to /rig-out (build/rig/out/<run>/).
+  process.env.PORTHOLE_BENCH_DIR = ctx.outDir;
   const { runNetBench } = require(path.join('/project', 'dist', 'test', 'bench', 'net.js'));
   const r = await runNetBench({ kit: ctx.kit, rounds: 1, bytes: Number(process.env.RIG_NET_MIB || 4) * 1048576, log: (l) => ctx.log(l) });
   const fmt = (x) => (Number.isFinite(x) ? x.toFixed(2) : '-');
