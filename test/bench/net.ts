@@ -37,6 +37,8 @@ export interface NetSample {
   /** MB/s (10^6 bytes per second). */
   rates: Partial<Record<Measure, number>>;
   failure?: string;
+  /** L2 reset (Porthole: a guest reset, QEMU with -no-reboot: it exited) during the round. */
+  lostL2?: boolean;
 }
 
 export interface NetBenchOptions {
@@ -105,32 +107,53 @@ export async function fromGuest(con: SerialConsole, bytes: number): Promise<numb
   return bytes / 1e6 / (ms / 1000);
 }
 
+/** Races `step` against the loss of L2: the promise `lost` rejects with why. */
+function unlessLost<T>(step: Promise<T>, lost: Promise<never>): Promise<T> {
+  return Promise.race([step, lost]);
+}
+
 async function runOnce(vmm: BootVmm, kit: KitPaths, bytes: number, round: number, log: (l: string) => void): Promise<NetSample> {
   const sample: NetSample = { vmm, round, rates: {} };
+  // --verbose: Porthole logs "guest reset" (a triple fault) and relaunches; QEMU has -no-reboot
+  // and exits. Either way L2 is lost and the round fails at once instead of at a 600 s timeout.
   const vm = spawnKitVm(vmm, kit, 1, {
     append: KIT_MODULES,
-    porthole: ['--nic', `virtio,user,${forwards}`],
+    porthole: ['--verbose', '--nic', `virtio,user,${forwards}`],
     qemu: ['-netdev', `user,id=net0,${forwards}`, '-device', 'virtio-net-pci,netdev=net0'],
   });
   let errText = '';
+  let errPartial = '';
+  let loseL2: (why: Error) => void = () => {};
+  const lost = new Promise<never>((_, reject) => { loseL2 = reject; });
+  lost.catch(() => {});
   vm.child.stderr!.setEncoding('utf8');
-  vm.child.stderr!.on('data', (chunk: string) => { errText = (errText + chunk).slice(-2000); });
+  vm.child.stderr!.on('data', (chunk: string) => {
+    const lines = (errPartial + chunk).split('\n');
+    errPartial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (line.startsWith('porthole: guest reset')) { sample.lostL2 = true; loseL2(new Error(`L2 lost: ${line.slice('porthole: '.length)}`)); }
+      if (line.trim()) errText = (errText + line + '\n').slice(-2000);
+    }
+  });
+  let reaping = false;
+  void vm.exited.then(() => { if (reaping) return; sample.lostL2 = true; loseL2(new Error(`L2 lost: ${LABELS[vmm]} exited (exit code ${vm.child.exitCode}, signal ${vm.child.signalCode})`)); });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
-    await con.waitForShell(300000);
-    await con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done');
-    const { lease } = await kitDhcp(con);
+    await unlessLost(con.waitForShell(300000), lost);
+    await unlessLost(con.run('for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done'), lost);
+    const { lease } = await unlessLost(kitDhcp(con), lost);
     if (lease.ip !== '10.0.2.15') throw new Error(`the lease is ${lease.ip}, not 10.0.2.15`);
-    sample.rates['to-guest'] = await toGuest(con, bytes);
-    sample.rates['from-guest'] = await fromGuest(con, bytes);
+    sample.rates['to-guest'] = await unlessLost(toGuest(con, bytes), lost);
+    sample.rates['from-guest'] = await unlessLost(fromGuest(con, bytes), lost);
   } catch (e) {
     sample.failure = (e as Error).message.split('\n')[0];
-    if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+    if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').filter((l) => !l.startsWith('porthole: timing')).slice(-3).join(' | ')}`;
   } finally {
     con.close();
+    reaping = true;
     await reapKitVm(vm);
   }
-  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${MEASURES.filter((m) => sample.rates[m] !== undefined).map((m) => `${m} ${sample.rates[m]!.toFixed(2)} MB/s`).join(', ')}${sample.failure ? ` FAILED (${sample.failure})` : ''}`);
+  log(`  round ${round}, ${LABELS[vmm].padEnd(8)} ${MEASURES.filter((m) => sample.rates[m] !== undefined).map((m) => `${m} ${sample.rates[m]!.toFixed(2)} MB/s`).join(', ')}${sample.failure ? ` FAILED${sample.lostL2 ? ' (L2 lost)' : ''} (${sample.failure})` : ''}`);
   return sample;
 }
 
@@ -156,13 +179,13 @@ export async function runNetBench(o: NetBenchOptions): Promise<NetBenchResult> {
   const ok = (vmm: BootVmm) => samples.filter((s) => s.vmm === vmm && !s.failure);
   const ratios: Partial<Record<Measure, number>> = {};
   let met = true;
-  log(`\n${'medians'.padEnd(10)}${MEASURES.map((m) => m.padStart(14)).join('')}   (MB/s)   boots ok, failed`);
+  log(`\n${'medians'.padEnd(10)}${MEASURES.map((m) => m.padStart(14)).join('')}   (MB/s)   boots ok, failed (of which L2 lost)`);
   for (const vmm of ['porthole', 'qemu'] as BootVmm[]) {
     const cells = MEASURES.map((m) => {
       const v = median(ok(vmm).map((s) => s.rates[m]!));
       return (Number.isFinite(v) ? v.toFixed(2) : '-').padStart(14);
     });
-    log(`${LABELS[vmm].padEnd(10)}${cells.join('')}   ${String(ok(vmm).length).padStart(5)} ${String(samples.filter((s) => s.vmm === vmm && s.failure).length).padStart(6)}`);
+    log(`${LABELS[vmm].padEnd(10)}${cells.join('')}   ${String(ok(vmm).length).padStart(5)} ${String(samples.filter((s) => s.vmm === vmm && s.failure).length).padStart(6)} (${samples.filter((s) => s.vmm === vmm && s.lostL2).length})`);
   }
   for (const m of MEASURES) {
     const ratio = median(ok('porthole').map((s) => s.rates[m]!)) / median(ok('qemu').map((s) => s.rates[m]!));
