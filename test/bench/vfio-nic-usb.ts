@@ -89,15 +89,21 @@ export function releaseFromVfio(address: string, probe: boolean): void {
   } catch { /* the next use binds it again */ }
 }
 
-interface Booted {
+export interface Booted {
   con: SerialConsole;
+  /** The VMM's process id in L1. */
+  pid: number;
   /** Powers L2 off, waits for the VMM and gives host devices back; answers the VMM's stderr. */
   end: () => Promise<string>;
   /** An error's first line with the VMM's last stderr lines. */
   why: (e: unknown) => string;
 }
 
-async function bootKitWith(vmm: BootVmm, kit: KitPaths, dataDir: string, append: string, porthole: string[], qemu: string[]): Promise<Booted> {
+/**
+ * Boots the kit (1 vCPU) under one VMM and waits for its shell. Porthole's journal is repaired
+ * at the end (its lines to `log`): a kill leaves host devices to it.
+ */
+export async function bootKitWith(vmm: BootVmm, kit: KitPaths, dataDir: string, append: string, porthole: string[], qemu: string[], log?: (l: string) => void): Promise<Booted> {
   const vm = spawnKitVm(vmm, kit, 1, { append, porthole, qemu, env: { ...process.env, XDG_DATA_HOME: dataDir } });
   let errText = '';
   const resets: string[] = [];
@@ -109,6 +115,7 @@ async function bootKitWith(vmm: BootVmm, kit: KitPaths, dataDir: string, append:
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   const booted: Booted = {
     con,
+    pid: vm.child.pid ?? -1,
     end: async () => {
       // A clean poweroff lets Porthole give devices back itself; a kill leaves it to the journal.
       if (vm.child.exitCode === null && vm.child.signalCode === null) {
@@ -119,7 +126,7 @@ async function bootKitWith(vmm: BootVmm, kit: KitPaths, dataDir: string, append:
       }
       con.close();
       await reapKitVm(vm);
-      if (vmm === 'porthole') repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')));
+      if (vmm === 'porthole') for (const l of repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')))) log?.(`  repair: ${l}`);
       return errText;
     },
     why: (e) => {

@@ -19,15 +19,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { setSriovVfs } from '../../main/host/pci-binding';
 import { listPciDevices } from '../../main/host/pci-inventory';
-import { repairUsbJournal, UsbJournal } from '../../main/host/usb-journal';
 import { SerialConsole } from '../rig/console';
-import { driverOf } from '../rig/l1-pci';
 import { onlineNvmeVf } from '../rig/l1-nvme';
 import { readTrim, until } from '../rig/l1-usb';
-import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { median, type BootVmm, type KitPaths } from './boot';
 import { buildRandomIoHelper, parseRandomIo } from './disk';
 import { benchOutputDir, writeBenchResult } from './paths';
-import { findL1E1000, measureE1000, measureStick1, parseExitTable, type NicSample, type UsbPathName } from './vfio-nic-usb';
+import {
+  bindToVfio, bootKitWith, findL1E1000, measureE1000, measureStick1, parseExitTable, releaseFromVfio, type Booted, type NicSample, type UsbPathName,
+} from './vfio-nic-usb';
 
 export { parseExitTable };
 
@@ -146,10 +146,6 @@ function nvme(log: (l: string) => void, args: string[], tolerate?: RegExp): void
   if (r.status !== 0 && !(tolerate?.test(out) ?? false)) throw new Error(`nvme ${args.join(' ')} exited with ${r.status}: ${out}`);
 }
 
-function sysfsWrite(file: string, value: string): void {
-  fs.writeFileSync(file, value);
-}
-
 interface Setup {
   vfs: Record<BootVmm, string>;
   /** L1's block device for namespace 1 through the PF. */
@@ -180,24 +176,6 @@ async function setUp(helperFile: string, helper: Buffer, log: (l: string) => voi
   return { vfs: { porthole: vf1, qemu: vf2 }, l1Dev, mib };
 }
 
-/** QEMU needs the VF on vfio-pci beforehand (Porthole binds its own). */
-function bindVfio(vf: string): void {
-  const dev = `/sys/bus/pci/devices/${vf}`;
-  if (driverOf(vf) === 'vfio-pci') return;
-  if (driverOf(vf) !== null) sysfsWrite(`${dev}/driver/unbind`, vf);
-  sysfsWrite(`${dev}/driver_override`, 'vfio-pci');
-  sysfsWrite('/sys/bus/pci/drivers_probe', vf);
-  if (driverOf(vf) !== 'vfio-pci') throw new Error(`VF ${vf} did not bind to vfio-pci (it is on ${driverOf(vf) ?? 'no driver'})`);
-}
-
-function unbindVfio(vf: string): void {
-  const dev = `/sys/bus/pci/devices/${vf}`;
-  try {
-    if (driverOf(vf) !== null) sysfsWrite(`${dev}/driver/unbind`, vf);
-    sysfsWrite(`${dev}/driver_override`, '\n');
-  } catch { /* the next round binds it again */ }
-}
-
 /** CPU time (ms) process `pid` has used so far, from /proc/PID/stat (utime + stime); NaN if it is gone. */
 export function processCpuMs(pid: number, statText?: string): number {
   let text = statText;
@@ -208,54 +186,35 @@ export function processCpuMs(pid: number, statText?: string): number {
   return (ticks * 1000) / 100;
 }
 
-interface KitVm {
+interface KitVm extends Omit<Booted, 'end'> {
   vmm: BootVmm;
-  con: SerialConsole;
-  pid: number;
-  /** Powers L2 off and waits for the VMM; answers Porthole's exit table when it printed one. */
+  /** As Booted's, answering Porthole's exit table when it printed one. */
   end: () => Promise<Record<string, number> | null>;
-  why: (e: unknown) => string;
 }
 
 const dataDir = () => path.join(benchOutputDir(), 'vfio-bench-data');
 
 async function bootKit(vmm: BootVmm, kit: KitPaths, s: Setup, helper: Buffer, log: (l: string) => void): Promise<KitVm> {
   const vf = s.vfs[vmm];
-  if (vmm === 'qemu') bindVfio(vf);
-  const vm = spawnKitVm(vmm, kit, 1, {
-    append: 'kit.modules=nvme',
-    porthole: ['--pci-assign', vf, '--verbose', '--stats'],
-    qemu: ['-device', `vfio-pci,host=${vf}`],
-    env: { ...process.env, XDG_DATA_HOME: dataDir() },
-  });
-  let errText = '';
-  vm.child.stderr!.setEncoding('utf8');
-  vm.child.stderr!.on('data', (chunk: string) => { errText = (errText + chunk).slice(-20000); });
-  const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
+  if (vmm === 'qemu') bindToVfio(vf);
+  let booted: Booted;
+  try {
+    booted = await bootKitWith(vmm, kit, dataDir(), 'kit.modules=nvme', ['--pci-assign', vf, '--verbose', '--stats'], ['-device', `vfio-pci,host=${vf}`], log);
+  } catch (e) {
+    if (vmm === 'qemu') releaseFromVfio(vf, false);
+    throw e;
+  }
+  const con = booted.con;
   const k: KitVm = {
-    vmm, con, pid: vm.child.pid ?? -1,
+    ...booted,
+    vmm,
     end: async () => {
-      // A clean poweroff lets Porthole give the VF back itself; a kill leaves it to the journal.
-      if (vm.child.exitCode === null && vm.child.signalCode === null) {
-        con.send('poweroff -f\n');
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([vm.exited, new Promise((r) => { timer = setTimeout(r, 60000); })]);
-        clearTimeout(timer);
-      }
-      con.close();
-      await reapKitVm(vm);
-      if (vmm === 'porthole') for (const l of repairUsbJournal(new UsbJournal(path.join(dataDir(), 'porthole')))) log(`  repair: ${l}`);
-      else unbindVfio(vf);
+      const errText = await booted.end();
+      if (vmm === 'qemu') releaseFromVfio(vf, false);
       return vmm === 'porthole' ? parseExitTable(errText) : null;
-    },
-    why: (e) => {
-      let text = `${LABELS[vmm]}: ${(e as Error).message.split('\n')[0]}`;
-      if (errText.trim()) text += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
-      return text;
     },
   };
   try {
-    await con.waitForShell(300000);
     const seen = await con.run(`for i in $(seq 120); do [ "$(cat /sys/block/nvme0n1/size 2>/dev/null)" = ${s.mib * 2048} ] && break; sleep 0.5; done; ls /sys/block; for d in /sys/bus/pci/drivers/nvme/0*; do echo "nvme-bound $(basename $d)"; done`, 120000);
     if (!/\bnvme0n1\b/.test(seen.output)) throw new Error(`L2 did not show nvme0n1 of ${s.mib} MiB (it has: ${seen.output.trim()})`);
     if (vmm === 'porthole' && !seen.output.includes(`nvme-bound ${PORTHOLE_GUEST_ADDRESS}`)) throw new Error(`L2's nvme did not bind ${PORTHOLE_GUEST_ADDRESS}: ${seen.output.trim()}`);
