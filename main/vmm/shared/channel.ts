@@ -118,14 +118,24 @@ export class Channel {
     return true;
   }
 
-  /** Resolves once a record of `payloadBytes` fits (at once if it does now). */
+  /**
+   * Resolves once a record of `payloadBytes` fits, or the consumer took something since
+   * (the caller tries send again). Only the producer clears WANT_SPACE: were the consumer
+   * to clear it, a request set just before that clear, whose wait began after it, would
+   * never be notified.
+   */
   waitForSpace(payloadBytes: number): Promise<void> {
     const size = recordBytes(payloadBytes);
     Atomics.store(this.words, WANT_SPACE, 1);
     const tail = Atomics.load(this.words, TAIL);
-    if (((Atomics.load(this.words, HEAD) - tail) >>> 0) + size <= this.capacity) return Promise.resolve();
+    if (((Atomics.load(this.words, HEAD) - tail) >>> 0) + size <= this.capacity) return this.spaceFound();
     const r = waitAsync(this.words, TAIL, tail);
-    return r.async ? r.value.then(() => undefined) : Promise.resolve();
+    return r.async ? r.value.then(() => this.spaceFound()) : this.spaceFound();
+  }
+
+  private spaceFound(): Promise<void> {
+    Atomics.store(this.words, WANT_SPACE, 0);
+    return Promise.resolve();
   }
 
   // --- consumer ---------------------------------------------------------------------
@@ -170,12 +180,10 @@ export class Channel {
     }
   }
 
+  /** Stores our position; a producer waiting for room (WANT_SPACE set, cleared by it alone) is notified. */
   private release(tail: number): void {
     Atomics.store(this.words, TAIL, tail);
-    if (Atomics.load(this.words, WANT_SPACE) !== 0) {
-      Atomics.store(this.words, WANT_SPACE, 0);
-      Atomics.notify(this.words, TAIL);
-    }
+    if (Atomics.load(this.words, WANT_SPACE) !== 0) Atomics.notify(this.words, TAIL);
   }
 
   /**
