@@ -318,11 +318,13 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
       if (!t.in) data.set(t.data, 8);
       endpoint = 0;
     } else {
-      data = t.in ? new Uint8Array(length) : t.data;
+      // The transfer's own buffer is the URB's: a 1 MiB read is then copied once (into guest
+      // memory by the xHCI), not allocated twice and copied twice more on the way.
+      data = t.data;
       endpoint = (t.endpoint & 0x0f) | (t.in ? 0x80 : 0);
     }
     try {
-      p.discard = direct.submit({ type: t.type === 'control' ? 'control' : t.type === 'interrupt' ? 'interrupt' : 'bulk', endpoint, data }, (status, actual, bytes) => {
+      p.discard = direct.submit({ type: t.type === 'control' ? 'control' : t.type === 'interrupt' ? 'interrupt' : 'bulk', endpoint, data, inPlace: t.type !== 'control' }, (status, actual, bytes) => {
         this.completeDirect(id, p, status, actual, bytes);
       });
     } catch (e) {
@@ -343,7 +345,7 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
     this.directCounts.urbs++;
     if (this.pending.size === 0) this.idleSince = now;
     const n = Math.max(0, Math.min(actual, t.data.length));
-    if (t.in && bytes !== null && n > 0 && (status === 'ok' || status === 'babble')) {
+    if (t.in && bytes !== null && bytes !== t.data && n > 0 && (status === 'ok' || status === 'babble')) {
       const base = t.type === 'control' ? 8 : 0;
       t.data.set(bytes.subarray(base, base + n), 0);
     }
