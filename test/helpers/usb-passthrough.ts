@@ -204,7 +204,7 @@ export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: 
   };
   device.attach({ wakeup: () => undefined, log: (t) => logs.push(t) });
   /** What the run loop does after a kick or an exit: poll the watchers. */
-  const kick = () => { for (const w of [...watched]) w.poll(); };
+  const kick = () => { for (const w of [...watched]) w.poll(true); };
   return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs, gone, watched, kick };
 }
 

@@ -44,7 +44,25 @@ test('bulk IN and OUT go to usbfs from the machine thread: no SUBMIT record, rea
   assert.equal(r.device.roundTrips.transfers, 2);
   assert.equal(r.usb.urbs.length, 0, 'the VM host ran no URB');
   r.device.detach();
-  assert.ok(r.logs.some((l) => /2 transfers, \d+ µs per transfer .*direct URBs 2, 0 of them reaped by the backstop timer/.test(l)), r.logs.join('\n'));
+  assert.ok(r.logs.some((l) => /2 transfers, \d+ µs per transfer .*direct URBs 2, 0 of them reaped by the backstop timer, 2 after a kick; 0 of 65536 bytes or more, - µs each/.test(l)), r.logs.join('\n'));
+});
+
+test('a 1 MiB bulk IN lands in the transfer\'s own buffer, counted as big; a reap at an exit is not counted as after a kick', () => {
+  const urbs = new FakeDirectUrbs();
+  const r = rig({ direct: urbs });
+  r.host.take();
+  const big = transfer('bulk', 1, true, new Uint8Array(1 << 20));
+  const done = submit(r.device, big);
+  assert.equal(urbs.urbs[0].req.data, big.data);
+  const bytes = Uint8Array.from({ length: 1 << 20 }, (_, i) => (i * 7) & 0xff);
+  urbs.urbs[0].result = { status: 'ok', actual: 1 << 20, bytes };
+  for (const w of [...r.watched]) w.poll(false); // an exit of vCPU 0, no kick
+  assert.equal(done[0].actualLength, 1 << 20);
+  assert.deepEqual(big.data, bytes);
+  assert.equal(r.device.directCounts.big, 1);
+  assert.equal(r.device.directCounts.byKick, 0);
+  r.device.detach();
+  assert.ok(r.logs.some((l) => /direct URBs 1, 0 of them reaped by the backstop timer, 0 after a kick; 1 of 65536 bytes or more, \d+ µs each/.test(l)), r.logs.join('\n'));
 });
 
 test('control transfers go direct with their SETUP bytes (wLength cut to the data stage); a short or babbling reply is bounded', () => {
