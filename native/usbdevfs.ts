@@ -83,7 +83,15 @@ export interface UrbRequest {
   flags?: number;
   /** A signal usbfs sends the process when the URB completes (0: none); an RT signal, 32 to 64. */
   signal?: number;
+  /**
+   * The URB uses `data` itself, no copy either way: the caller gives an off-heap buffer (a
+   * view over more than 64 bytes, which V8 never moves) and leaves it alone until done.
+   */
+  inPlace?: boolean;
 }
+
+/** Largest typed array V8 may keep on its (moving) heap; a bigger one has a fixed backing store. */
+const ON_HEAP_MAX_BYTES = 64;
 
 /** Writes a URB struct (and its iso descriptors) into `urb`; exported for the layout tests. */
 export function packUrb(urb: Uint8Array, req: UrbRequest, bufferAddress: bigint): void {
@@ -301,8 +309,14 @@ export class UsbdevfsDevice implements PolledUsbfs {
     const packets = req.type === 'iso' ? (req.packetLengths as number[]).length : 0;
     // Own ArrayBuffers: off V8's heap, never moved while the kernel holds their addresses.
     const struct = new Uint8Array(new ArrayBuffer(URB_BYTES + ISO_DESC_BYTES * packets));
-    const data = new Uint8Array(new ArrayBuffer(Math.max(1, req.data.length)), 0, req.data.length);
-    data.set(req.data);
+    let data: Uint8Array;
+    if (req.inPlace === true && req.data.buffer.byteLength > ON_HEAP_MAX_BYTES) {
+      data = req.data;
+    } else {
+      data = new Uint8Array(new ArrayBuffer(Math.max(1, req.data.length)), 0, req.data.length);
+      // An IN URB's buffer is only written: a fresh (zeroed) one needs none of the caller's bytes.
+      if (req.type === 'control' || (req.endpoint & 0x80) === 0) data.set(req.data);
+    }
     packUrb(struct, req, req.data.length > 0 ? addressOf(data) : 0n);
     const key = addressOf(struct);
     ioctlBuffer(this.fd, `USBDEVFS_SUBMITURB(type ${req.type}, endpoint 0x${req.endpoint.toString(16)}) on ${this.path}`, USBDEVFS.SUBMITURB, struct);

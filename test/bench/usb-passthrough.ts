@@ -41,8 +41,11 @@ export interface UsbPassthroughSample {
   doneHopUs?: number;
   /** The guest's turnaround: µs from a DONE that left nothing in flight to the next submit. */
   gapUs?: number;
-  /** Transfers the machine thread submitted to usbfs itself (direct URBs), and of them reaped by its backstop timer. */
-  direct?: { urbs: number; byBackstop: number };
+  /**
+   * Transfers the machine thread submitted to usbfs itself (direct URBs); of them reaped by its
+   * backstop timer and after a kick (the completion signal); the big ones (≥ 64 KiB) and their µs each.
+   */
+  direct?: { urbs: number; byBackstop: number; byKick?: number; big?: number; bigUs?: number };
   failure?: string;
 }
 
@@ -97,8 +100,11 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
       if (mh[1] !== '-') sample.doneHopUs = Number(mh[1]);
       sample.gapUs = Number(mh[2]);
     }
-    const md = /direct URBs (\d+), (\d+) of them reaped by the backstop timer/.exec(chunk);
-    if (md) sample.direct = { urbs: Number(md[1]), byBackstop: Number(md[2]) };
+    const md = /direct URBs (\d+), (\d+) of them reaped by the backstop timer(?:, (\d+) after a kick; (\d+) of \d+ bytes or more, ([\d-]+) µs each)?/.exec(chunk);
+    if (md) {
+      sample.direct = { urbs: Number(md[1]), byBackstop: Number(md[2]) };
+      if (md[3] !== undefined) Object.assign(sample.direct, { byKick: Number(md[3]), big: Number(md[4]), ...(md[5] === '-' ? {} : { bigUs: Number(md[5]) }) });
+    }
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
@@ -150,7 +156,8 @@ function describe(s: UsbPassthroughSample): string {
   });
   const host = (s.host ? `; VM host: ${s.host.transfers} transfers, ${s.host.libusbUs} µs in libusb, ${s.host.waitUs} µs before it` : '')
     + (s.machineUs === undefined ? '' : `; machine: ${s.machineUs} µs submit to DONE (DONE hop ${s.doneHopUs ?? '-'} µs), guest gap ${s.gapUs ?? '-'} µs`)
-    + (s.direct === undefined ? '' : `; direct URBs ${s.direct.urbs} (${s.direct.byBackstop} reaped by the backstop timer)`);
+    + (s.direct === undefined ? '' : `; direct URBs ${s.direct.urbs} (${s.direct.byBackstop} reaped by the backstop timer, ${s.direct.byKick ?? '-'} after a kick;`
+      + ` ${s.direct.big ?? '-'} of 64 KiB or more, ${s.direct.bigUs ?? '-'} µs each submit to reaped)`);
   return `${rates.join(', ')}${host}${s.failure ? ` FAILED (${s.failure})` : ''}`;
 }
 

@@ -133,7 +133,8 @@ export class FakeDirectUrbs implements DirectUrbs {
       this.refuseErrno = 0;
       throw e;
     }
-    const urb: FakeUrb = { req: { ...req, data: Uint8Array.from(req.data) }, done, discarded: false, result: null };
+    // In place: the caller's buffer is the URB's, as usbdevfs does; else a copy.
+    const urb: FakeUrb = { req: { ...req, data: req.inPlace === true ? req.data : Uint8Array.from(req.data) }, done, discarded: false, result: null };
     this.urbs.push(urb);
     return () => {
       urb.discarded = true;
@@ -146,7 +147,7 @@ export class FakeDirectUrbs implements DirectUrbs {
     this.urbs = this.urbs.filter((u) => u.result === null);
     for (const u of ready) {
       const r = u.result as NonNullable<FakeUrb['result']>;
-      const data = Uint8Array.from(u.req.data);
+      const data = u.req.inPlace === true ? u.req.data : Uint8Array.from(u.req.data);
       if (r.bytes) data.set(r.bytes, u.req.type === 'control' ? 8 : 0);
       u.done(r.status, r.actual, data);
     }
@@ -203,7 +204,7 @@ export function rig<H extends FakeHandle = FakeHandle>(options: { channelRoom?: 
   };
   device.attach({ wakeup: () => undefined, log: (t) => logs.push(t) });
   /** What the run loop does after a kick or an exit: poll the watchers. */
-  const kick = () => { for (const w of [...watched]) w.poll(); };
+  const kick = () => { for (const w of [...watched]) w.poll(true); };
   return { usb, journal, device, host, router, pump, toHost, toMachine, timers, logs, gone, watched, kick };
 }
 

@@ -76,7 +76,8 @@ export interface MachineContext {
 
 /** Something to look at each time vCPU 0 comes out of KVM_RUN (see MachineContext.kickWatch). */
 export interface KickWatcher {
-  poll(): void;
+  /** `kicked`: vCPU 0 came out of KVM_RUN on a signal (EINTR), not on an exit or at a slice's start. */
+  poll(kicked: boolean): void;
 }
 
 export interface KickWatch {

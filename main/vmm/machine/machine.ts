@@ -234,8 +234,8 @@ export class Machine implements MachineContext {
     add: (w) => { this.kickWatchers.add(w); },
     remove: (w) => { this.kickWatchers.delete(w); },
   };
-  private pollKickWatchers(): void {
-    for (const w of this.kickWatchers) w.poll();
+  private pollKickWatchers(kicked: boolean): void {
+    for (const w of this.kickWatchers) w.poll(kicked);
   }
   /** Sends a record to the VM host; false when its channel is full (the caller keeps it and retries). */
   sendToHost(target: number, kind: number, payload?: Uint8Array): boolean {
@@ -426,7 +426,7 @@ export class Machine implements MachineContext {
     if (queued !== ACTION.CONTINUE) return this.onAction(queued);
     // Host records and due timers: the VM host kicks vCPU 0 for both, so they come here.
     if (this.receiveFromHost()) return;
-    if (this.kickWatchers.size !== 0) this.pollKickWatchers();
+    if (this.kickWatchers.size !== 0) this.pollKickWatchers(false);
     this.timers.runDue();
     if (control.apPending !== 0 && this.serviceAps()) return;
     const vcpu = this.vcpus[0].vcpu;
@@ -443,13 +443,13 @@ export class Machine implements MachineContext {
           Atomics.add(this.counts, this.kickSlot, 1);
           // A usbfs completion signal: its transfer completes (and interrupts the guest) now,
           // not one event-loop turn later.
-          if (this.kickWatchers.size !== 0) this.pollKickWatchers();
+          if (this.kickWatchers.size !== 0) this.pollKickWatchers(true);
           break;
         }
         const action = dispatcher.handle(run, bytes, 0);
         if (action !== ACTION.CONTINUE) return this.onAction(action);
         // A completion signal that came while this thread ran JavaScript kicked nothing.
-        if (this.kickWatchers.size !== 0) this.pollKickWatchers();
+        if (this.kickWatchers.size !== 0) this.pollKickWatchers(false);
       }
     } catch (e) {
       return this.end({ reason: 'error', message: (e as Error).message });

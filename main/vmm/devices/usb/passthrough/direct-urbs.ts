@@ -16,6 +16,8 @@ export interface DirectUrbRequest {
   endpoint: number;
   /** Control: the 8 SETUP bytes then the data stage. OUT: the bytes; IN: the size to read. */
   data: Uint8Array;
+  /** The URB reads and writes `data` itself (see UrbRequest.inPlace): the caller leaves it alone until done. */
+  inPlace?: boolean;
 }
 
 /** How a URB ended: its status, bytes moved (control: of the data stage), and the URB's buffer (IN data). */
@@ -42,7 +44,7 @@ export class UsbfsDirectUrbs implements DirectUrbs {
 
   submit(req: DirectUrbRequest, done: DirectUrbDone): () => void {
     const control = req.type === 'control';
-    return this.dev.submit({ type: req.type, endpoint: req.endpoint, data: req.data, signal: SIG_KICK }, (r) => {
+    return this.dev.submit({ type: req.type, endpoint: req.endpoint, data: req.data, inPlace: req.inPlace, signal: SIG_KICK }, (r) => {
       const base = control ? 8 : 0;
       done(statusOfUrb(r.status), Math.max(0, Math.min(r.actual, r.data.length - base)), r.data);
     });

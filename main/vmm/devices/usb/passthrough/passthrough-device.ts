@@ -53,6 +53,9 @@ interface Pending {
 /** Direct URBs' backstop: a completion signal that reached no vCPU exit is reaped this late at most. */
 export const DIRECT_BACKSTOP_MS = { first: 20, max: 160 } as const;
 
+/** Direct transfers this big or bigger are timed apart (a 1 MiB dd block's READ(10) data stage). */
+const BIG_TRANSFER = 65536;
+
 /** How soon records that found the channel full are tried again. */
 const RESEND_MS = 1;
 
@@ -90,9 +93,15 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
   private resetPending = false;
   private backstop: (() => void) | null = null;
   private backstopMs: number = DIRECT_BACKSTOP_MS.first;
+  /** Set while `poll` reaps after a kick (for directCounts.byKick). */
+  private reapingAfterKick = false;
   private goneSent = false;
-  /** Direct URBs: completed, and of them reaped by the backstop timer (a completion signal that kicked nothing). */
-  readonly directCounts = { urbs: 0, byBackstop: 0 };
+  /**
+   * Direct URBs: completed; of them reaped after a kick out of KVM_RUN (the completion signal
+   * itself), by the backstop timer (a signal that kicked nothing); and the big ones (at least
+   * BIG_TRANSFER bytes) with their summed submit → reaped time (ms).
+   */
+  readonly directCounts = { urbs: 0, byKick: 0, byBackstop: 0, big: 0, bigMs: 0 };
   /** A SuperSpeed device on a USB 2 port: the guest sees it at high speed (high-speed-view.ts). */
   readonly highSpeedView: boolean;
 
@@ -138,7 +147,8 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
       const us = (ms: number, n: number) => (n > 0 ? ((ms * 1000) / n).toFixed(0) : '-');
       this.link.log(`${this.name}: ${t.transfers} transfers, ${us(t.ms, t.transfers)} µs per transfer from submit to the VM host's DONE (machine thread); `
         + `${us(t.doneHopMs, t.doneHops)} µs of it from the DONE's send to its drain; ${us(t.gapMs, t.gaps)} µs per idle gap from a DONE to the guest's next submit (${t.gaps} gaps)`
-        + `; direct URBs ${this.directCounts.urbs}, ${this.directCounts.byBackstop} of them reaped by the backstop timer`);
+        + `; direct URBs ${this.directCounts.urbs}, ${this.directCounts.byBackstop} of them reaped by the backstop timer`
+        + `, ${this.directCounts.byKick} after a kick; ${this.directCounts.big} of ${BIG_TRANSFER} bytes or more, ${us(this.directCounts.bigMs, this.directCounts.big)} µs each submit to reaped`);
     }
     this.closeDirect();
     this.post(PASSTHROUGH_KIND.DETACHED, encodeAddressOnly(this));
@@ -318,11 +328,13 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
       if (!t.in) data.set(t.data, 8);
       endpoint = 0;
     } else {
-      data = t.in ? new Uint8Array(length) : t.data;
+      // The transfer's own buffer is the URB's: a 1 MiB read is then copied once (into guest
+      // memory by the xHCI), not allocated twice and copied twice more on the way.
+      data = t.data;
       endpoint = (t.endpoint & 0x0f) | (t.in ? 0x80 : 0);
     }
     try {
-      p.discard = direct.submit({ type: t.type === 'control' ? 'control' : t.type === 'interrupt' ? 'interrupt' : 'bulk', endpoint, data }, (status, actual, bytes) => {
+      p.discard = direct.submit({ type: t.type === 'control' ? 'control' : t.type === 'interrupt' ? 'interrupt' : 'bulk', endpoint, data, inPlace: t.type !== 'control' }, (status, actual, bytes) => {
         this.completeDirect(id, p, status, actual, bytes);
       });
     } catch (e) {
@@ -341,9 +353,14 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
     this.roundTrips.transfers++;
     this.roundTrips.ms += now - p.submittedAt;
     this.directCounts.urbs++;
+    if (this.reapingAfterKick) this.directCounts.byKick++;
+    if (t.data.length >= BIG_TRANSFER) {
+      this.directCounts.big++;
+      this.directCounts.bigMs += now - p.submittedAt;
+    }
     if (this.pending.size === 0) this.idleSince = now;
     const n = Math.max(0, Math.min(actual, t.data.length));
-    if (t.in && bytes !== null && n > 0 && (status === 'ok' || status === 'babble')) {
+    if (t.in && bytes !== null && bytes !== t.data && n > 0 && (status === 'ok' || status === 'babble')) {
       const base = t.type === 'control' ? 8 : 0;
       t.data.set(bytes.subarray(base, base + n), 0);
     }
@@ -366,13 +383,16 @@ export class PassthroughDevice implements UsbDevice, KickWatcher {
   }
 
   /** Reaps completed direct URBs (after a kick or an exit of vCPU 0). */
-  poll(): void {
+  poll(kicked: boolean): void {
     const direct = this.direct;
     if (direct === null) return;
+    this.reapingAfterKick = kicked;
     try {
       direct.reap();
     } catch (e) {
       this.link.log(`${this.name}: reaping URBs: ${(e as Error).message}`);
+    } finally {
+      this.reapingAfterKick = false;
     }
     if (this.direct !== null && this.direct.inFlight === 0) this.link.kickWatch?.remove(this);
   }
