@@ -16,6 +16,7 @@ import { SampleForwarder } from './sample-forwarder';
 import { StatsPacker } from './stats-wire';
 import { TransferForwarder } from './transfer-forwarder';
 import { stopAndGiveBack } from './vm-process-exit';
+import { releasePrewarmedThread } from '../vmm/host/machine-prewarm';
 import type { VmCaptureRequest } from './vm-process-protocol';
 import {
   OUTPUT_BATCH_BYTES, OUTPUT_BATCH_MS, STATS_DEFAULT_PERIOD_MS, statsPeriodOf, type ManagerToVm, type VmCommand, type VmToManager,
@@ -97,7 +98,8 @@ function exitAfter(code: number): void {
   // Last resort if the machine cannot be stopped (a thread stuck in KVM_RUN).
   setTimeout(() => process.kill(process.pid, 'SIGKILL'), 5000).unref();
   // Host USB devices go back before the process ends, as after a machine that ends by itself.
-  void stopAndGiveBack(host).finally(() => {
+  // A machine thread started ahead and never launched must finish loading before the exit.
+  void stopAndGiveBack(host).then(() => releasePrewarmedThread()).finally(() => {
     flushOutput();
     process.exit(code);
   });
@@ -135,7 +137,8 @@ function startVm(config: MachineConfig): void {
       if (h.state === 'stopped' && !exiting) {
         exiting = true;
         flushOutput();
-        send({ type: 'ended', end: { reason: 'error', message: e.message }, stats: { exits: {}, devices: [], kicks: 0, apExits: 0 } }, () => process.exit(0));
+        const ended = () => send({ type: 'ended', end: { reason: 'error', message: e.message }, stats: { exits: {}, devices: [], kicks: 0, apExits: 0 } }, () => process.exit(0));
+        void releasePrewarmedThread().then(ended, ended);
       }
     },
   );

@@ -11,9 +11,17 @@ export interface MachineThreadAwaitingLaunch {
   awaitLaunch: true;
 }
 
+/** What a thread started ahead posts once its modules are loaded (before its launch). */
+export const AWAITING_LAUNCH = 'awaiting-launch';
+
+/** How long an exit waits for a thread started ahead to finish loading. */
+export const PREWARM_SETTLE_MS = 30_000;
+
 interface Warm {
   worker: Worker;
   failed: boolean;
+  /** Settles when the thread has loaded its modules, or has ended. */
+  loaded: Promise<void>;
 }
 
 let warm: Warm | undefined;
@@ -22,13 +30,38 @@ let warm: Warm | undefined;
 export function prewarmMachineThread(): void {
   if (warm) return;
   const workerData: MachineThreadAwaitingLaunch = { awaitLaunch: true };
-  const w: Warm = { worker: new Worker(MACHINE_THREAD_ENTRY, { workerData }), failed: false };
+  const worker = new Worker(MACHINE_THREAD_ENTRY, { workerData });
+  let settle = () => {};
+  const loaded = new Promise<void>((resolve) => { settle = resolve; });
+  const w: Warm = { worker, failed: false, loaded };
+  const onMessage = (m: { type?: string }) => {
+    if (m?.type !== AWAITING_LAUNCH) return;
+    worker.off('message', onMessage);
+    settle();
+  };
+  worker.on('message', onMessage);
   // A thread that failed to load is replaced at launch by a fresh one, whose failure is reported.
-  w.worker.once('error', () => { w.failed = true; });
-  w.worker.once('exit', () => { w.failed = true; });
+  worker.once('error', () => { w.failed = true; settle(); });
+  worker.once('exit', () => { w.failed = true; settle(); });
   // It must not keep a process alive that never launches a machine (a config error, say).
   w.worker.unref();
   warm = w;
+}
+
+/**
+ * Ends a thread started ahead that no machine took (the CLI exits on a config error, say).
+ * It first waits until the thread has loaded its modules: a process that exits while a
+ * worker is inside koffi's loading aborts (node-addon-api cannot throw into an ending
+ * thread), which printed a fatal-error dump after the user's one-line error.
+ */
+export async function releasePrewarmedThread(): Promise<void> {
+  const w = warm;
+  if (!w) return;
+  warm = undefined;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([w.loaded, new Promise<void>((resolve) => { timer = setTimeout(resolve, PREWARM_SETTLE_MS); })]);
+  clearTimeout(timer);
+  await w.worker.terminate();
 }
 
 /** Whether a thread started ahead is waiting for its launch. */

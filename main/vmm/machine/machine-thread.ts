@@ -7,7 +7,7 @@ import { ByteRing, ControlBlock, epochMs } from '../shared/control';
 import { Channel, CHANNEL_TARGET, Doorbell } from '../shared/channel';
 import { type CounterSpec, StatsRegistry } from '../shared/stats';
 import type { MemoryRegion } from '../memory/guest-memory';
-import type { MachineThreadAwaitingLaunch } from '../host/machine-prewarm';
+import { AWAITING_LAUNCH, type MachineThreadAwaitingLaunch } from '../host/machine-prewarm';
 
 // Control messages. Host I/O (serial input, backend completions) comes over the channel.
 export type HostToMachine =
@@ -42,6 +42,8 @@ function statsRegistryOf(stats: MachineThreadData['stats']): StatsRegistry {
 /** The thread's data: workerData, or the first message for a thread started ahead (machine-prewarm.ts). */
 function launchData(): Promise<MachineThreadData> {
   if (!(workerData as MachineThreadAwaitingLaunch | null)?.awaitLaunch) return Promise.resolve(workerData as MachineThreadData);
+  // Loaded: from here on the process may end this thread safely.
+  port!.postMessage({ type: AWAITING_LAUNCH });
   return new Promise((resolve) => port!.once('message', (m: { type: 'launch'; data: MachineThreadData }) => resolve(m.data)));
 }
 
