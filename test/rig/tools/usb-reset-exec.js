@@ -23,6 +23,10 @@ module.exports = async (ctx) => {
   const note = (s) => { ctx.log(s); out.push(s); };
   sh(`[ -e ${T}/trace ] || mount -t tracefs nodev ${T}`);
   sh(`cd ${T} && echo 0 > tracing_on && echo 4096 > buffer_size_kb && echo 1 > events/kvm/kvm_exit/enable && echo 1 > events/kvm/kvm_inj_exception/enable && echo 'exit_reason == 127' > events/kvm/kvm_exit/filter && echo > trace && echo 1 > tracing_on`);
+  // EMUL=1: every instruction L1's KVM emulates (an MMIO access trapped by NPT is one), with its
+  // bytes and whether it failed: an injected #PF then shows the instruction it came from.
+  if (process.env.RIG_EMUL === '1') sh(`cd ${T} && echo 1 > events/kvm/kvm_emulate_insn/enable && echo 1 > events/kvm/kvm_mmio/enable`);
+  note(`L1 kvm_amd: ${sh('cd /sys/module/kvm_amd/parameters && for p in npt nested avic vls vgif nrips; do printf "%s=%s " $p "$(cat $p 2>/dev/null)"; done; echo').trim()}`);
   // SPLITS=1: who splits huge PMDs (function tracer with stacks) and which mm khugepaged collapses.
   if (process.env.RIG_SPLITS === '1') {
     sh(`cd ${T} && echo 0 > tracing_on && (echo __split_huge_pmd > set_ftrace_filter) && echo function > current_tracer && echo 1 > options/func_stack_trace && ` +
@@ -54,24 +58,54 @@ module.exports = async (ctx) => {
   const vmstat = () => Object.fromEntries(fs.readFileSync('/proc/vmstat', 'utf8').trim().split('\n').map((l) => { const [k, v] = l.split(' '); return [k, Number(v)]; }));
   let named = false;
 
+  const THP = '/sys/kernel/mm/transparent_hugepage/enabled';
   async function boot(mode, i) {
-    const [vmm, path] = mode.split('-');
+    // A "~nothp" suffix boots with L1's transparent huge pages off (restored afterwards).
+    const noThp = mode.endsWith('~nothp');
+    const [vmm, path] = mode.replace(/~nothp$/, '').split('-');
+    const thpBefore = (/\[(\w+)\]/.exec(fs.readFileSync(THP, 'utf8')) || [])[1] || 'madvise';
+    if (noThp) fs.writeFileSync(THP, 'never');
     sh(`echo > ${T}/trace`);
     const vm0 = vmstat();
     let child;
     const resets = [];
     if (vmm === 'porthole') {
-      const cfg = `/tmp/usb-reset-${path}.json`;
-      fs.writeFileSync(cfg, JSON.stringify({ name: 'usb-reset', usbPassthroughPath: path, usb: { controller: 'xhci', rules: [{ match: { serial: STICK1_SERIAL } }] } }));
+      // path: controller / emulated (a USB rule for stick1, usbPassthroughPath pinned),
+      // assign (--pci-assign of L1's second xHCI, no USB config: no emulated xHCI),
+      // emustick (the emulated xHCI with an emulated stick on an image file, nothing from L1).
+      let extra;
+      if (path === 'assign') extra = ['--pci-assign', xhci];
+      else if (path === 'emustick') {
+        const img = '/tmp/usb-reset-stick.img';
+        if (!fs.existsSync(img)) { fs.writeFileSync(img, ''); fs.truncateSync(img, 8 * 1048576); }
+        extra = ['--usb', `storage:${img}`];
+      } else {
+        const cfg = `/tmp/usb-reset-${path}.json`;
+        fs.writeFileSync(cfg, JSON.stringify({ name: 'usb-reset', usbPassthroughPath: path, usb: { controller: 'xhci', rules: [{ match: { serial: STICK1_SERIAL } }] } }));
+        extra = ['--config', cfg];
+      }
       const dataDir = '/tmp/usb-reset-data';
-      child = ctx.spawn(process.execPath, ['/project/bin/porthole', 'run', '--config', cfg, '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
+      child = ctx.spawn(process.execPath, ['/project/bin/porthole', 'run', ...extra, '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
         '--append', APPEND, '--mem', '256M', '--cpus', '1', '--serial', 'stdio', '--verbose'],
       { env: { ...process.env, XDG_DATA_HOME: dataDir } });
     } else {
-      toVfio();
+      // path: controller (vfio-pci of L1's second xHCI), emulated (QEMU's own xHCI with stick1
+      // through usb-host), emustick (QEMU's own xHCI with usb-storage on an image file).
+      let extra;
+      if (path === 'controller') {
+        toVfio();
+        extra = ['-device', `vfio-pci,host=${xhci}`];
+      } else if (path === 'emustick') {
+        const img = '/tmp/usb-reset-stick.img';
+        if (!fs.existsSync(img)) { fs.writeFileSync(img, ''); fs.truncateSync(img, 8 * 1048576); }
+        extra = ['-device', 'qemu-xhci,id=x', '-drive', `if=none,id=stick,format=raw,file=${img}`, '-device', 'usb-storage,bus=x.0,drive=stick'];
+      } else {
+        const [bus, addr] = [usbDev.split('-')[0], fs.readFileSync(`/sys/bus/usb/devices/${usbDev}/devnum`, 'utf8').trim()];
+        extra = ['-device', 'qemu-xhci,id=x', '-device', `usb-host,bus=x.0,hostbus=${bus},hostaddr=${addr}`];
+      }
       child = ctx.spawn('qemu-system-x86_64', ['-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config',
         '-display', 'none', '-no-reboot', '-monitor', 'none', '-serial', 'stdio', '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', APPEND,
-        '-device', `vfio-pci,host=${xhci}`]);
+        ...extra]);
     }
     let stderr = '';
     child.stderr.on('data', (d) => {
@@ -117,7 +151,8 @@ module.exports = async (ctx) => {
       await Promise.race([exited, new Promise((r) => setTimeout(r, 30000))]);
       child.kill('SIGKILL');
       await exited;
-      if (vmm === 'qemu') toHost();
+      if ((vmm === 'qemu' && path === 'controller') || path === 'assign') toHost();
+      if (noThp) fs.writeFileSync(THP, thpBefore);
     }
     // QEMU runs with -no-reboot: a triple fault ends it.
     if (vmm === 'qemu' && outcome.startsWith('exited')) outcome = 'reset (QEMU exited)';
@@ -128,6 +163,11 @@ module.exports = async (ctx) => {
     if (process.env.RIG_SPLITS === '1') {
       const splits = sh(`grep -A14 "__split_huge_pmd <-" ${T}/trace | cut -c1-150 | head -120; grep -E "mm_collapse_huge_page[^_]|mm_khugepaged_scan_pmd" ${T}/trace | grep -v "status=(no_writable|exceed|pte_non_present|page_lru|scan_aborted|no_pte_table)" | tail -6; true`);
       note(`${mode} #${i}: splits and collapses:\n${splits}`);
+    }
+    if (shut > 0 || pf > 0) {
+      // What L1's KVM did just before the first injected exception and the first shutdown.
+      note(`${mode} #${i}: trace before the first exception:\n${sh(`grep -B10 -m1 kvm_inj_exception ${T}/trace | cut -c1-220; true`)}`);
+      if (shut > 0) note(`${mode} #${i}: trace before the first shutdown:\n${sh(`grep -B10 -m1 "reason shutdown" ${T}/trace | cut -c1-220; true`)}`);
     }
     note(`${mode} #${i}: L1 vmstat moved: ${moved.join(', ') || 'nothing'}; shutdown exits ${shut}, injected exceptions ${pf}`);
     note(`${mode} #${i}: ${outcome} after ${((Date.now() - t0) / 1000).toFixed(1)} s${resets.length ? ` (${resets.join('; ')})` : ''}${outcome !== 'disk' ? `; stderr tail: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`);
