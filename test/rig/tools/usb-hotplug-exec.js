@@ -7,7 +7,7 @@
 const { SerialConsole, consoleLogger, STICKS } = require('porthole-rig');
 const fs = require('fs');
 const { spawnSync } = require('child_process');
-const T = '/sys/kernel/tracing';
+const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows, symbolAt } = require('./kvm-trace');
 const SOCKET = '/tmp/usb-hotplug.sock';
 
 module.exports = async (ctx) => {
@@ -15,10 +15,7 @@ module.exports = async (ctx) => {
   const n = Number(process.env.RIG_N || 8);
   const out = [];
   const note = (s) => { ctx.log(s); out.push(s); };
-  sh(`[ -e ${T}/trace ] || mount -t tracefs nodev ${T}`);
-  sh(`cd ${T} && echo 0 > tracing_on && echo 8192 > buffer_size_kb && echo 1 > events/kvm/kvm_exit/enable && echo 1 > events/kvm/kvm_inj_exception/enable && echo 'exit_reason == 127' > events/kvm/kvm_exit/filter && echo > trace`);
-  if (process.env.RIG_EMUL === '1') sh(`cd ${T} && echo 1 > events/kvm/kvm_emulate_insn/enable && echo 1 > events/kvm/kvm_mmio/enable`);
-  sh(`echo 1 > ${T}/tracing_on`);
+  startKvmTrace(sh, { bufferKb: 8192, emulation: process.env.RIG_EMUL === '1' });
   const serial = STICKS.stick0.serial;
   const stickName = () => fs.readdirSync('/sys/bus/usb/devices').find((d) => {
     try { return fs.readFileSync(`/sys/bus/usb/devices/${d}/serial`, 'utf8').trim() === serial; } catch { return false; }
@@ -53,11 +50,9 @@ module.exports = async (ctx) => {
     plugged++;
     await waitFor('stick0 back with L1', 60000, boundInL1);
   }
-  const pf = Number(sh(`grep -c kvm_inj_exception ${T}/trace; true`).trim() || 0);
-  const shut = Number(sh(`grep -c "reason shutdown" ${T}/trace; true`).trim() || 0);
-  note(`injected exceptions ${pf}, shutdown exits ${shut}`);
-  if (pf > 0) note(`trace before the first injected exception:\n${sh(`grep -B16 -m1 kvm_inj_exception ${T}/trace | cut -c1-240; true`)}`);
-  if (shut > 0) note(`trace before the first shutdown:\n${sh(`grep -B16 -m1 "reason shutdown" ${T}/trace | cut -c1-240; true`)}`);
+  const counts = kvmTraceCounts(sh);
+  note(`injected exceptions ${counts.exceptions}, shutdown exits ${counts.shutdowns}`);
+  for (const w of kvmTraceWindows(sh, counts, 16, 240)) note(w);
   if (firstReset > 0) {
     try {
       await con.waitForShell(240000);
@@ -65,8 +60,7 @@ module.exports = async (ctx) => {
       const firstPf = /rip (0x)?([0-9a-f]+)/.exec(sh(`grep -B1 -m1 kvm_inj_exception ${T}/trace | head -1; true`))?.[2];
       for (const [what, r] of [['shutdown', rip], ['emulated before the first #PF', firstPf]]) {
         if (!r) continue;
-        const sym = await con.run(`awk -v a=${r.padStart(16, '0')} '$1 <= a && $1 > b { b = $1; s = $0 } END { print s }' /proc/kallsyms`);
-        note(`${what} rip ${r} is in: ${sym.output.trim()}`);
+        note(`${what} rip ${r} is in: ${await symbolAt(con, r)}`);
       }
     } catch (e) { note(`naming the rips failed: ${e.message.split('\n')[0]}`); }
   }

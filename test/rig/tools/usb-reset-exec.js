@@ -11,7 +11,7 @@
 // SPLITS=1 adds who split huge PMDs (function tracer stacks) and khugepaged's collapses.
 const { SerialConsole, consoleLogger } = require('porthole-rig');
 const fs = require('fs');
-const T = '/sys/kernel/tracing';
+const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows, symbolAt } = require('./kvm-trace');
 const STICK1_SERIAL = 'RIGSTICK1';
 const APPEND = 'console=ttyS0 quiet panic=-1 nokaslr kit.modules=xhci_pci,usb_storage,sd_mod';
 
@@ -21,11 +21,9 @@ module.exports = async (ctx) => {
   const modes = (process.env.RIG_MODES || 'porthole-controller,porthole-emulated,qemu-controller').split(',');
   const out = [];
   const note = (s) => { ctx.log(s); out.push(s); };
-  sh(`[ -e ${T}/trace ] || mount -t tracefs nodev ${T}`);
-  sh(`cd ${T} && echo 0 > tracing_on && echo 4096 > buffer_size_kb && echo 1 > events/kvm/kvm_exit/enable && echo 1 > events/kvm/kvm_inj_exception/enable && echo 'exit_reason == 127' > events/kvm/kvm_exit/filter && echo > trace && echo 1 > tracing_on`);
   // EMUL=1: every instruction L1's KVM emulates (an MMIO access trapped by NPT is one), with its
   // bytes and whether it failed: an injected #PF then shows the instruction it came from.
-  if (process.env.RIG_EMUL === '1') sh(`cd ${T} && echo 1 > events/kvm/kvm_emulate_insn/enable && echo 1 > events/kvm/kvm_mmio/enable`);
+  startKvmTrace(sh, { bufferKb: 4096, emulation: process.env.RIG_EMUL === '1' });
   note(`L1 kvm_amd: ${sh('cd /sys/module/kvm_amd/parameters && for p in npt nested avic vls vgif nrips; do printf "%s=%s " $p "$(cat $p 2>/dev/null)"; done; echo').trim()}`);
   // SPLITS=1: who splits huge PMDs (function tracer with stacks) and which mm khugepaged collapses.
   if (process.env.RIG_SPLITS === '1') {
@@ -137,9 +135,7 @@ module.exports = async (ctx) => {
           note(`trace at the reset:\n${trace}`);
           const rip = /rip (0x)?([0-9a-f]+)/.exec(trace)?.[2];
           if (rip) {
-            const padded = rip.padStart(16, '0');
-            const sym = await con.run(`awk -v a=${padded} '$1 <= a && $1 > b { b = $1; s = $0 } END { print s }' /proc/kallsyms`);
-            note(`rip ${padded} is in: ${sym.output.trim()}`);
+            note(`rip ${rip.padStart(16, '0')} is in: ${await symbolAt(con, rip)}`);
           }
         } catch (e) { note(`naming the rip failed: ${e.message}`); }
       }
@@ -158,17 +154,15 @@ module.exports = async (ctx) => {
     if (vmm === 'qemu' && outcome.startsWith('exited')) outcome = 'reset (QEMU exited)';
     const vm1 = vmstat();
     const moved = Object.keys(vm1).filter((k) => /migrat|compact|thp|numa|ksm|swp|pswp/.test(k) && vm1[k] !== vm0[k]).map((k) => `${k} +${vm1[k] - vm0[k]}`);
-    const shut = Number(sh(`grep -c "reason shutdown" ${T}/trace; true`).trim() || 0);
-    const pf = Number(sh(`grep -c "kvm_inj_exception" ${T}/trace; true`).trim() || 0);
+    const counts = kvmTraceCounts(sh);
+    const shut = counts.shutdowns;
+    const pf = counts.exceptions;
     if (process.env.RIG_SPLITS === '1') {
       const splits = sh(`grep -A14 "__split_huge_pmd <-" ${T}/trace | cut -c1-150 | head -120; grep -E "mm_collapse_huge_page[^_]|mm_khugepaged_scan_pmd" ${T}/trace | grep -v "status=(no_writable|exceed|pte_non_present|page_lru|scan_aborted|no_pte_table)" | tail -6; true`);
       note(`${mode} #${i}: splits and collapses:\n${splits}`);
     }
-    if (shut > 0 || pf > 0) {
-      // What L1's KVM did just before the first injected exception and the first shutdown.
-      note(`${mode} #${i}: trace before the first exception:\n${sh(`grep -B10 -m1 kvm_inj_exception ${T}/trace | cut -c1-220; true`)}`);
-      if (shut > 0) note(`${mode} #${i}: trace before the first shutdown:\n${sh(`grep -B10 -m1 "reason shutdown" ${T}/trace | cut -c1-220; true`)}`);
-    }
+    // What L1's KVM did just before the first injected exception and the first shutdown.
+    for (const w of kvmTraceWindows(sh, counts, 10, 220, `${mode} #${i}: `)) note(w);
     note(`${mode} #${i}: L1 vmstat moved: ${moved.join(', ') || 'nothing'}; shutdown exits ${shut}, injected exceptions ${pf}`);
     note(`${mode} #${i}: ${outcome} after ${((Date.now() - t0) / 1000).toFixed(1)} s${resets.length ? ` (${resets.join('; ')})` : ''}${outcome !== 'disk' ? `; stderr tail: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`);
     (tally[mode] ||= {})[outcome] = (tally[mode][outcome] || 0) + 1;
