@@ -12,7 +12,10 @@ for (const s of SCENARIOS.filter((x) => x.ci && x.expect === 'pass')) {
   test(`rig scenario ${s.name}: ${s.description}`, { skip, timeout: (2 * (s.bootTimeoutSec + s.timeoutSec) + 300) * 1000 }, async () => {
     const run = startRunner([s.name]);
     const { code, output } = await run.ended;
-    assert.equal(code, 0, `runner exit ${code}; output:\n${output.slice(-6000)}`);
+    // The result and the runner's own lines first: a report that shows only the start of a
+    // long message still names the cause.
+    const verdict = output.split('\n').filter((l) => /RIG-RESULT|rig: (ok|FAIL) /.test(l)).join('\n');
+    assert.equal(code, 0, `runner exit ${code}\n${verdict}\noutput:\n${output.slice(-6000)}`);
     assert.match(output, /RIG-RESULT: PASS /);
     const token = QEMU_PID_RE.exec(output)?.[2];
     assert.ok(token);

@@ -21,7 +21,10 @@ scenario('kit-qemu', async (ctx) => {
   for (const m of ['usb_storage', 'usbcore', 'scsi_mod', 'e1000', 'xhci_pci', 'usbhid', 'snd_usb_audio']) {
     if (!loaded.includes(m)) throw new Error(`kit.modules=usb-storage,e1000,xhci-pci,usbhid,snd-usb-audio did not load ${m}`);
   }
-  // Debian's lsusb and aplay, with their libraries, run in the kit.
+  // Debian's lsusb and aplay, with their libraries, run in the kit. Linux enumerates USB
+  // devices in its hub thread after xhci-pci has loaded, and the sound card appears when
+  // snd-usb-audio probes; under TCG both can trail the shell by seconds, so wait for them.
+  await con.run('for i in $(seq 120); do lsusb | grep -q 0627:0001 && lsusb | grep -q 46f4:0002 && grep -qi "USB Audio" /proc/asound/cards && break; sleep 0.5; done', 90_000);
   const lsusb = await con.runOk('lsusb');
   ctx.log(`lsusb:\n${lsusb.trim()}`);
   if (!/ID 0627:0001/.test(lsusb) || !/ID 46f4:0002/.test(lsusb)) throw new Error('lsusb in the kit does not list the usb-tablet (0627:0001) and usb-audio (46f4:0002)');
