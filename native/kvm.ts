@@ -604,6 +604,8 @@ export class CoalescedRing {
 
 /** Blocks of at least this size start on a 2 MiB boundary and ask for transparent huge pages. */
 const HUGE_PAGE = 2 * 1024 * 1024;
+/** glibc serves a request above its largest mmap threshold (32 MiB) with a mapping of its own. */
+export const OWN_MAPPING_BYTES = 64 * 1024 * 1024;
 
 export class GuestRamBlock {
   readonly buffer: SharedArrayBuffer;
@@ -612,6 +614,8 @@ export class GuestRamBlock {
   readonly offset: number;
   /** True if the kernel took MADV_HUGEPAGE for this block. */
   readonly hugePages: boolean;
+  /** True if the kernel took MADV_DONTFORK: a child process does not share this block. */
+  readonly keptFromChildren: boolean;
   constructor(readonly size: number) {
     if (size % 4096 !== 0) throw new Error(`guest RAM block size ${size} is not page aligned`);
     // A 2 MiB-aligned block lets KVM map guest RAM with 2 MiB pages (when the host backs it
@@ -626,6 +630,14 @@ export class GuestRamBlock {
     this.bytes = new Uint8Array(this.buffer, this.offset, size);
     const hugeLength = size - (size % HUGE_PAGE);
     this.hugePages = align === HUGE_PAGE && libc.madvise(this.hostAddr, hugeLength, libc.MADV_HUGEPAGE);
+    // Node's spawn forks this whole process. Without DONTFORK a fork write-protects every
+    // page of guest RAM for copy-on-write while the guest runs: KVM must drop and refault its
+    // mappings of all of it, and a page written before the child execs is copied behind the
+    // guest's back. QEMU keeps guest RAM out of forks for the same reason.
+    // Only a block big enough to be its own mapping, freed by munmap: the allocator could hand
+    // the pages of a smaller one to other objects later, still marked, and a child between fork
+    // and exec that touched them would fault.
+    this.keptFromChildren = size >= OWN_MAPPING_BYTES && libc.madvise(this.hostAddr, size, libc.MADV_DONTFORK);
   }
   /** Re-derives a block from a buffer passed to another thread (same memory, same address). */
   static fromShared(buffer: SharedArrayBuffer, offset: number, size: number): Uint8Array {

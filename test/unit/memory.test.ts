@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { allocateRam, allocateRom, dumpRam, FOUR_GIB, GuestMemory, GuestMemoryError, MiB, PCI_HOLE_START } from '../../main/vmm/memory/guest-memory';
-import { GuestRamBlock } from '../../native/kvm';
+import { GuestRamBlock, OWN_MAPPING_BYTES } from '../../native/kvm';
 import { Prng } from '../helpers/prng';
 
 test('small guests get one low RAM region', () => {
@@ -68,6 +68,24 @@ test('guest RAM blocks of 2 MiB or more start on a 2 MiB boundary (so KVM can ma
   const small = new GuestRamBlock(64 * 1024);
   assert.equal(small.hostAddr % 4096n, 0n);
   assert.equal(small.hugePages, false);
+});
+
+test('guest RAM of 64 MiB or more is kept out of forked children (MADV_DONTFORK: Node\'s spawn forks the VM process)', () => {
+  const flagsOf = (addr: bigint): string[] => {
+    // /proc/self/smaps: a mapping's "start-end ..." line, then its fields, VmFlags last (dc: not copied on fork).
+    let inside = false;
+    for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+      if (m) inside = BigInt(`0x${m[1]}`) <= addr && addr < BigInt(`0x${m[2]}`);
+      else if (inside && line.startsWith('VmFlags:')) return line.slice(8).trim().split(/\s+/);
+    }
+    throw new Error(`no mapping holds 0x${addr.toString(16)}`);
+  };
+  const big = new GuestRamBlock(OWN_MAPPING_BYTES);
+  assert.equal(big.keptFromChildren, true);
+  for (const at of [big.hostAddr, big.hostAddr + BigInt(OWN_MAPPING_BYTES - 4096)]) assert.ok(flagsOf(at).includes('dc'), `VmFlags at 0x${at.toString(16)}`);
+  const small = new GuestRamBlock(2 * MiB);
+  assert.equal(small.keptFromChildren, false);
 });
 
 test('dumpRam writes each region to FILE.<base> once, with the guest bytes', () => {
