@@ -25,7 +25,8 @@ async function vm(index: number, config: NicConfig) {
   const timers = new Set<NodeJS.Timeout>();
   const link = new NicLink(0, {
     send: (kind, payload) => {
-      const r = decodeNetRecord(payload)!;
+      // A copy, as the channel takes one: the link reuses its transmit buffer.
+      const r = decodeNetRecord(payload.slice())!;
       setImmediate(() => host?.onMachineRecord(kind, r.body));
       return true;
     },

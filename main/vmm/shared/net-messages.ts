@@ -24,9 +24,18 @@ export const NET_MAX_FRAME = 65535 + 18;
 export const NET_MIN_FRAME = 14;
 const HEAD = 4;
 
-export function encodeNetFrame(nic: number, frame: Uint8Array): Uint8Array {
-  const out = new Uint8Array(HEAD + frame.length);
+/** Where a FRAME or TX_FRAME record's frame starts. */
+export const NET_FRAME_OFFSET = HEAD;
+
+/** A FRAME or TX_FRAME record for a frame of `length` bytes, its frame still to be written at NET_FRAME_OFFSET. */
+export function netFrameRecord(nic: number, length: number): Uint8Array {
+  const out = new Uint8Array(HEAD + length);
   out[0] = nic;
+  return out;
+}
+
+export function encodeNetFrame(nic: number, frame: Uint8Array): Uint8Array {
+  const out = netFrameRecord(nic, frame.length);
   out.set(frame, HEAD);
   return out;
 }

@@ -417,7 +417,7 @@ export class Ne2000Pci extends PciDevice {
         this.counters?.rxDropped.add();
       }
     } else if (this.link) {
-      this.link.transmit(frame.slice());
+      this.link.transmit(frame); // copied into its record
       this.counters?.txPackets.add();
       this.counters?.txBytes.add(length);
     } else {

@@ -3,11 +3,14 @@
 // host within the transmit credit (shared/net-messages.ts). Nothing is dropped silently: a
 // frame the model cannot take is counted by the model, and the credit goes back either way.
 import {
-  decodeNetCount, encodeNetCount, encodeNetFrame, NET_KIND, NET_RX_WINDOW, NET_TX_WINDOW,
+  decodeNetCount, encodeNetCount, NET_FRAME_OFFSET, NET_KIND, NET_RX_WINDOW, NET_TX_WINDOW, netFrameRecord,
 } from '../../shared/net-messages';
 
 export interface NicLinkIo {
-  /** Sends a record to the VM host's network side; false when the channel is full. */
+  /**
+   * Sends a record to the VM host's network side; false when the channel is full. The payload
+   * is copied before this returns (as Channel.send does): the link reuses its buffer.
+   */
   send(kind: number, payload: Uint8Array): boolean;
   setTimer(delayMs: number, fn: () => void): () => void;
 }
@@ -47,7 +50,8 @@ export class NicLink {
         this.flush();
         return;
       }
-      this.rx.push(body.slice());
+      // The channel hands each record over as a copy of its own: kept as it is.
+      this.rx.push(body);
       this.onReceive();
       this.flush();
     } else if (kind === NET_KIND.TX_CREDIT) {
@@ -87,10 +91,27 @@ export class NicLink {
 
   /** Sends a guest frame to the VM host (call only while canTransmit). */
   transmit(frame: Uint8Array): void {
+    const record = this.transmitRecord(frame.length);
+    record.set(frame, NET_FRAME_OFFSET);
+    this.send(record);
+  }
+
+  /**
+   * A record for a guest frame of `length` bytes: the model writes the frame into it at
+   * NET_FRAME_OFFSET (straight from guest memory, no copy of its own) and passes it to send().
+   */
+  transmitRecord(length: number): Uint8Array {
+    // One buffer for every frame: the channel copies a record as it takes it.
+    if (this.scratch === null || this.scratch.length < NET_FRAME_OFFSET + length) this.scratch = netFrameRecord(this.nic, Math.max(length, 1518));
+    return this.scratch.subarray(0, NET_FRAME_OFFSET + length);
+  }
+  private scratch: Uint8Array | null = null;
+
+  /** Sends a record from transmitRecord, its frame written (call only while canTransmit). */
+  send(record: Uint8Array): void {
     this.txCredit--;
-    const record = encodeNetFrame(this.nic, frame);
     if (!this.io.send(NET_KIND.TX_FRAME, record)) {
-      this.stalled = record;
+      this.stalled = record.slice(); // the scratch buffer is the next frame's
       this.later();
     }
   }

@@ -12,7 +12,7 @@
 //    than an Ethernet header or longer than NET_MAX_FRAME, a header asking for offloads: that
 //    frame is dropped and counted; the buffer goes back used (0 bytes written).
 import { type Counter, counter, type DeviceContext } from '../device';
-import { NET_MAX_FRAME, NET_MIN_FRAME } from '../../shared/net-messages';
+import { NET_FRAME_OFFSET, NET_MAX_FRAME, NET_MIN_FRAME } from '../../shared/net-messages';
 import type { NicLink } from '../net/nic-link';
 import { VirtioPciDevice } from './virtio-pci';
 import { sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
@@ -167,12 +167,12 @@ export class VirtioNet extends VirtioPciDevice {
         throw new VirtqueueError(`queue ${q.index}: transmit buffer ${chain.head} has no room for its ${VIRTIO_NET_HDR_BYTES}-byte header`);
       }
       const length = chain.readableBytes - VIRTIO_NET_HDR_BYTES;
-      const frame = this.readFrame(chain.readable, length);
-      if (frame) {
+      const record = this.readFrame(chain.readable, length, link);
+      if (record) {
         if (link) {
-          link.transmit(frame);
+          link.send(record);
           this.counters?.txPackets.add();
-          this.counters?.txBytes.add(frame.length);
+          this.counters?.txBytes.add(length);
         } else {
           this.drops.txNoLink++;
           this.counters?.txDropped.add();
@@ -182,8 +182,11 @@ export class VirtioNet extends VirtioPciDevice {
     }
   }
 
-  /** The frame after the header, or null (counted in `drops`) if it cannot be sent as it is. */
-  private readFrame(readable: readonly { address: number; length: number }[], length: number): Uint8Array | null {
+  /**
+   * The frame after the header, read into the link's record for it (no link: a plain copy), or
+   * null (counted in `drops`) if it cannot be sent as it is.
+   */
+  private readFrame(readable: readonly { address: number; length: number }[], length: number, link: NicLink | null): Uint8Array | null {
     if (this.dma.gather(readable, this.header) !== VIRTIO_NET_HDR_BYTES) {
       this.drops.txFault++;
       return null;
@@ -197,12 +200,12 @@ export class VirtioNet extends VirtioPciDevice {
       this.drops.txBadLength++;
       return null;
     }
-    const frame = new Uint8Array(length);
-    if (this.dma.gather(sliceSegments(readable, VIRTIO_NET_HDR_BYTES, length), frame) !== length) {
+    const record = link ? link.transmitRecord(length) : new Uint8Array(length);
+    if (this.dma.gather(sliceSegments(readable, VIRTIO_NET_HDR_BYTES, length), record, link ? NET_FRAME_OFFSET : 0) !== length) {
       this.drops.txFault++;
       return null;
     }
-    return frame;
+    return record;
   }
 
   close(): void {
