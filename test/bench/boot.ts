@@ -237,6 +237,20 @@ function describeSample(s: BootSample): string {
   return parts.join(', ');
 }
 
+/**
+ * porthole run boots a bzImage's kernel unpacked on the host once the cache has it; a first boot
+ * only starts the unpack (kernel-unpack.ts). A bench does it ahead, timed and outside its rounds,
+ * so no round pays it or shares the CPU with it (and in the rig, a first boot from the bzImage
+ * is the one most often lost to an L2 reset: test/rig/README.md).
+ */
+export function unpackKitKernel(kit: KitPaths, log: (line: string) => void): void {
+  const unpackStart = Date.now();
+  const unpack = spawnSync(process.execPath, [KERNEL_UNPACK_ENTRY, kit.vmlinuz, kernelCacheDir()], { encoding: 'utf8' });
+  log(unpack.status === 0
+    ? `Porthole: kernel unpacked ahead in ${((Date.now() - unpackStart) / 1000).toFixed(2)} s (once per kernel file, into ${kernelCacheDir()}); its boots enter the unpacked kernel`
+    : `Porthole: kernel not unpacked ahead (${(unpack.stderr || unpack.error?.message || '').trim()}); its boots run the bzImage`);
+}
+
 export async function runBootBench(o: BootBenchOptions): Promise<BootBenchResult> {
   const log = o.log ?? ((line: string) => console.log(line));
   const timeoutMs = o.bootTimeoutMs ?? 180000;
@@ -245,14 +259,7 @@ export async function runBootBench(o: BootBenchOptions): Promise<BootBenchResult
   const loadStart = os.loadavg();
   log(`boot to shell: the L2 kit under Porthole and QEMU (-accel kvm), ${o.rounds} rounds alternating, vCPUs ${o.cpuCounts.join(', ')}; 256 MiB; "${KIT_APPEND}"`);
   log(`load average at start: ${loadStart.map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
-  // porthole run boots a bzImage's kernel unpacked on the host once the cache has it; a first boot
-  // only starts the unpack (kernel-unpack.ts). Done here, timed and outside the rounds, so no
-  // round pays it or shares the CPU with it.
-  const unpackStart = Date.now();
-  const unpack = spawnSync(process.execPath, [KERNEL_UNPACK_ENTRY, o.kit.vmlinuz, kernelCacheDir()], { encoding: 'utf8' });
-  log(unpack.status === 0
-    ? `Porthole: kernel unpacked ahead in ${((Date.now() - unpackStart) / 1000).toFixed(2)} s (once per kernel file, into ${kernelCacheDir()}); its boots enter the unpacked kernel`
-    : `Porthole: kernel not unpacked ahead (${(unpack.stderr || unpack.error?.message || '').trim()}); its boots run the bzImage`);
+  unpackKitKernel(o.kit, log);
   const samples: BootSample[] = [];
   for (let round = 1; round <= o.rounds; round++) {
     // Alternate who goes first, so slow drift in the machine's load hits both alike.

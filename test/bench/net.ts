@@ -6,8 +6,9 @@
 //               writes them to a file, and the time is until L2 reports the file complete;
 //   from-guest  L2's nc streams BYTES of zeros into the second forward; the time is from the
 //               connect until the last byte arrived here.
-// Both sides use the same libslirp (Debian's libslirp0); QEMU's virtio-net also offers the
-// guest checksum and segmentation offloads, which Porthole's card does not.
+// Both sides use the same libslirp (Debian's libslirp0) and the same card features: QEMU's
+// virtio-net withdraws its checksum and segmentation offloads when its peer has no virtio-net
+// header (virtio_net_get_features: -netdev user has none), and Porthole's never offers them.
 //
 // It needs a KVM that boots Linux: in practice the rig's L1 (npm run bench -- net).
 import fs from 'node:fs';
@@ -15,7 +16,7 @@ import net from 'node:net';
 import os from 'node:os';
 import { SerialConsole } from '../rig/console';
 import { kitDhcp } from '../rig/kit-net';
-import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { median, reapKitVm, spawnKitVm, unpackKitKernel, type BootVmm, type KitPaths } from './boot';
 import { writeBenchResult } from './paths';
 
 /** Target from issue 13: Porthole's MB/s at least QEMU's. */
@@ -48,6 +49,8 @@ export interface NetBenchOptions {
   bytes?: number;
   retries?: number;
   log?: (line: string) => void;
+  /** A folder for a pcap of each boot's card (Porthole pcap=, QEMU filter-dump): where time goes. */
+  pcapDir?: string;
 }
 
 export interface NetBenchResult {
@@ -112,14 +115,16 @@ function unlessLost<T>(step: Promise<T>, lost: Promise<never>): Promise<T> {
   return Promise.race([step, lost]);
 }
 
-async function runOnce(vmm: BootVmm, kit: KitPaths, bytes: number, round: number, log: (l: string) => void): Promise<NetSample> {
+async function runOnce(vmm: BootVmm, kit: KitPaths, bytes: number, round: number, log: (l: string) => void, pcapDir?: string): Promise<NetSample> {
   const sample: NetSample = { vmm, round, rates: {} };
+  const pcap = pcapDir ? `${pcapDir}/net-${vmm}-round${round}-${Date.now()}.pcap${vmm === 'porthole' ? 'ng' : ''}` : null;
+  if (pcap) log(`  round ${round}, ${LABELS[vmm]}: the card's frames go to ${pcap}`);
   // --verbose: Porthole logs "guest reset" (a triple fault) and relaunches; QEMU has -no-reboot
   // and exits. Either way L2 is lost and the round fails at once instead of at a 600 s timeout.
   const vm = spawnKitVm(vmm, kit, 1, {
     append: KIT_MODULES,
-    porthole: ['--verbose', '--nic', `virtio,user,${forwards}`],
-    qemu: ['-netdev', `user,id=net0,${forwards}`, '-device', 'virtio-net-pci,netdev=net0'],
+    porthole: ['--verbose', '--nic', `virtio,user,${forwards}${pcap ? `,pcap=${pcap}` : ''}`],
+    qemu: ['-netdev', `user,id=net0,${forwards}`, '-device', 'virtio-net-pci,netdev=net0', ...(pcap ? ['-object', `filter-dump,id=dump0,netdev=net0,file=${pcap}`] : [])],
   });
   let errText = '';
   let errPartial = '';
@@ -132,6 +137,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, bytes: number, round: number
     errPartial = lines.pop() ?? '';
     for (const line of lines) {
       if (line.startsWith('porthole: guest reset')) { sample.lostL2 = true; loseL2(new Error(`L2 lost: ${line.slice('porthole: '.length)}`)); }
+      if (/frames were dropped/.test(line)) log(`  ${LABELS[vmm]}: ${line}`);
       if (line.trim()) errText = (errText + line + '\n').slice(-2000);
     }
   });
@@ -165,12 +171,13 @@ export async function runNetBench(o: NetBenchOptions): Promise<NetBenchResult> {
   log(`network through user-mode NAT: the L2 kit, 1 vCPU, virtio-net on libslirp with TCP port forwards: Porthole (--nic virtio,user) against QEMU -accel kvm (-netdev user + virtio-net-pci), ${o.rounds} rounds alternating`);
   log(`  per boot: udhcpc, then ${bytes / 1048576} MiB host→guest (127.0.0.1:${TO_GUEST_HOST_PORT} → nc in L2) and ${bytes / 1048576} MiB guest→host (nc in L2 → 127.0.0.1:${FROM_GUEST_HOST_PORT})`);
   log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
+  unpackKitKernel(o.kit, log);
   const samples: NetSample[] = [];
   for (let round = 1; round <= o.rounds; round++) {
     const order: BootVmm[] = round % 2 === 1 ? ['porthole', 'qemu'] : ['qemu', 'porthole'];
     for (const vmm of order) {
       for (let attempt = 0; attempt <= retries; attempt++) {
-        const s = await runOnce(vmm, o.kit, bytes, round, log);
+        const s = await runOnce(vmm, o.kit, bytes, round, log, o.pcapDir);
         samples.push(s);
         if (!s.failure) break;
       }
