@@ -1,0 +1,83 @@
+// `npm run rig -- exec test/rig/tools/boot-fork-exec.js --tcg multi [--env N=4] [--env VARIANTS=a,b]`
+// Boots the L2 kit under Porthole N times per variant, alternating, each from the bzImage (a
+// fresh HOME, so no unpacked kernel is cached and each boot forks the background unpacker),
+// with a virtio-net card on user networking as in the net bench. A variant is ROOT[+ARG...]:
+// a checkout's root holding bin/ and dist/ (e.g. a build without a fix), then kernel
+// arguments added ('+' between them; 'verbose' drops quiet; 'nothp' turns L1's transparent
+// huge pages off for that boot; 'nonic' boots without the card; 'elf' unpacks the kernel into
+// the fresh HOME first, so Porthole boots the unpacked kernel; none of these is a kernel
+// argument). The variant `qemu` boots the same kit under QEMU -accel kvm (-no-reboot: a reset
+// ends it). L1 KVM's shutdown exits and injected exceptions are traced; a reset logs the
+// console's last lines and the trace's.
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { SerialConsole } = require(path.join('/project', 'dist', 'test', 'rig', 'console.js'));
+const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows } = require('./kvm-trace.js');
+module.exports = async (ctx) => {
+  const sh = (c) => ctx.exec('sh', ['-c', c]);
+  const n = Number(process.env.RIG_N || 4);
+  const variants = (process.env.RIG_VARIANTS || '/project').split(',');
+  const tally = Object.fromEntries(variants.map((v) => [v, { shell: 0, reset: 0, other: 0 }]));
+  const THP = '/sys/kernel/mm/transparent_hugepage/enabled';
+  const THP_DEFRAG = '/sys/kernel/mm/transparent_hugepage/defrag';
+  const chosen = (file) => (/\[(\w[\w+]*)\]/.exec(fs.readFileSync(file, 'utf8')) || [])[1];
+  const thpDefault = chosen(THP);
+  const defragDefault = chosen(THP_DEFRAG);
+  ctx.log(`L1 THP: enabled=${thpDefault} defrag=${defragDefault}`);
+  startKvmTrace(sh, { bufferKb: 8192, emulation: false });
+  for (let i = 0; i < n; i++) {
+    for (const variant of variants) {
+      const [root, ...extra] = variant.split('+');
+      const verbose = extra.includes('verbose');
+      const noThp = extra.includes('nothp');
+      fs.writeFileSync(THP, noThp ? 'never' : thpDefault);
+      fs.writeFileSync(THP_DEFRAG, noThp ? 'never' : defragDefault);
+      const append = ['console=ttyS0', verbose ? '' : 'quiet', 'panic=-1', 'kit.modules=virtio_pci,virtio_net', ...extra.filter((a) => !['verbose', 'nothp', 'nonic', 'elf'].includes(a))].filter(Boolean).join(' ');
+      const home = fs.mkdtempSync(path.join(os.tmpdir(), 'home-'));
+      sh(`echo > ${T}/trace`);
+      if (extra.includes('elf')) sh(`HOME=${home} node ${root}/dist/main/vmm/boot/kernel-unpack-main.js ${ctx.kit.vmlinuz} ${home}/.cache/porthole/kernels`);
+      const nic = extra.includes('nonic') ? null : 'virtio,user';
+      const child = root === 'qemu'
+        ? ctx.spawn('qemu-system-x86_64', ['-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
+          '-no-reboot', '-monitor', 'none', '-serial', 'stdio', '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', append,
+          ...(nic ? ['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0'] : [])], { stdio: ['pipe', 'pipe', 'pipe'] })
+        : ctx.spawn(process.execPath, [path.join(root, 'bin', 'porthole'), 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
+          '--append', append, '--mem', '256M', '--cpus', '1', '--serial', 'stdio', '--verbose', ...(nic ? ['--nic', nic] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, HOME: home } });
+      let reset = null;
+      let err = '';
+      const lost = new Promise((resolve) => {
+        child.stderr.on('data', (d) => {
+          err += d.toString();
+          const m = /porthole: (guest reset[^\n]*)/.exec(err);
+          if (m && !reset) { reset = m[1]; resolve('reset'); }
+        });
+        child.once('close', () => resolve('exit'));
+      });
+      const con = SerialConsole.fromChild(child, { name: `L2 ${variant}`, tailChars: 2500 });
+      let text = '';
+      child.stdout.on('data', (d) => { text = (text + d.toString()).slice(-2500); });
+      const ipis = () => Object.fromEntries(fs.readFileSync('/proc/interrupts', 'utf8').split('\n')
+        .filter((l) => /^\s*(TLB|CAL|RES|LOC):/.test(l)).map((l) => { const f = l.trim().split(/\s+/); return [f[0].slice(0, -1), f.slice(1, 3).reduce((a, b) => a + Number(b), 0)]; }));
+      const ipi0 = ipis();
+      const t0 = Date.now();
+      const outcome = await Promise.race([con.waitForShell(240000).then(() => 'shell', (e) => `other: ${e.message.split('\n')[0]}`), lost]);
+      const kind = outcome === 'shell' ? 'shell' : outcome === 'reset' || (root === 'qemu' && outcome === 'exit') ? 'reset' : 'other';
+      tally[variant][kind]++;
+      const ipi1 = ipis();
+      const perSec = (k) => ((ipi1[k] - ipi0[k]) / ((Date.now() - t0) / 1000)).toFixed(0);
+      ctx.log(`boot ${i + 1} ${variant}: ${outcome}${reset ? ` (${reset})` : ''} after ${((Date.now() - t0) / 1000).toFixed(1)} s; ${(/kernel: [^\n]*/.exec(err) || ['?'])[0].slice(0, 40)}; L1 interrupts/s meanwhile: TLB shootdowns ${perSec('TLB')}, function calls ${perSec('CAL')}, rescheduling ${perSec('RES')}, local timer ${perSec('LOC')}`);
+      if (kind !== 'shell') {
+        ctx.log(`  console before it:\n${text.replace(/\r/g, '').split('\n').slice(-25).join('\n')}`);
+        const counts = kvmTraceCounts(sh);
+        ctx.log(`  L1 KVM: ${counts.shutdowns} shutdown exits, ${counts.exceptions} injected exceptions`);
+        for (const w of kvmTraceWindows(sh, counts, 12, 220, '  ')) ctx.log(w);
+      }
+      con.close();
+      try { process.kill(-child.pid, 'SIGKILL'); } catch { try { child.kill('SIGKILL'); } catch { /* gone */ } }
+      await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('close', r)));
+      fs.rmSync(home, { recursive: true, force: true });
+    }
+  }
+  return variants.map((v) => `${v}: ${tally[v].shell} shells, ${tally[v].reset} resets, ${tally[v].other} other`).join('; ');
+};
