@@ -5,7 +5,8 @@
 // a checkout's root holding bin/ and dist/ (e.g. a build without a fix), then kernel
 // arguments added ('+' between them; 'verbose' drops quiet; 'nothp' turns L1's transparent
 // huge pages off for that boot; 'nonic' boots without the card; 'elf' unpacks the kernel into
-// the fresh HOME first, so Porthole boots the unpacked kernel; none of these is a kernel
+// the fresh HOME first, so Porthole boots the unpacked kernel; 'ramdump' has Porthole write
+// guest RAM at a reset to the run's out folder (PORTHOLE_RAM_DUMP); none of these is a kernel
 // argument). The variant `qemu` boots the same kit under QEMU -accel kvm (-no-reboot: a reset
 // ends it). L1 KVM's shutdown exits and injected exceptions are traced; a reset logs the
 // console's last lines and the trace's.
@@ -33,7 +34,7 @@ module.exports = async (ctx) => {
       const noThp = extra.includes('nothp');
       fs.writeFileSync(THP, noThp ? 'never' : thpDefault);
       fs.writeFileSync(THP_DEFRAG, noThp ? 'never' : defragDefault);
-      const append = ['console=ttyS0', verbose ? '' : 'quiet', 'panic=-1', 'kit.modules=virtio_pci,virtio_net', ...extra.filter((a) => !['verbose', 'nothp', 'nonic', 'elf'].includes(a))].filter(Boolean).join(' ');
+      const append = ['console=ttyS0', verbose ? '' : 'quiet', 'panic=-1', 'kit.modules=virtio_pci,virtio_net', ...extra.filter((a) => !['verbose', 'nothp', 'nonic', 'elf', 'ramdump'].includes(a))].filter(Boolean).join(' ');
       const home = fs.mkdtempSync(path.join(os.tmpdir(), 'home-'));
       sh(`echo > ${T}/trace`);
       if (extra.includes('elf')) sh(`HOME=${home} node ${root}/dist/main/vmm/boot/kernel-unpack-main.js ${ctx.kit.vmlinuz} ${home}/.cache/porthole/kernels`);
@@ -43,7 +44,7 @@ module.exports = async (ctx) => {
           '-no-reboot', '-monitor', 'none', '-serial', 'stdio', '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', append,
           ...(nic ? ['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0'] : [])], { stdio: ['pipe', 'pipe', 'pipe'] })
         : ctx.spawn(process.execPath, [path.join(root, 'bin', 'porthole'), 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
-          '--append', append, '--mem', '256M', '--cpus', '1', '--serial', 'stdio', '--verbose', ...(nic ? ['--nic', nic] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, HOME: home } });
+          '--append', append, '--mem', '256M', '--cpus', '1', '--serial', 'stdio', '--verbose', ...(nic ? ['--nic', nic] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, HOME: home, ...(extra.includes('ramdump') ? { PORTHOLE_RAM_DUMP: path.join(ctx.outDir, `ram-boot${i + 1}`) } : {}) } });
       let reset = null;
       let err = '';
       const lost = new Promise((resolve) => {
