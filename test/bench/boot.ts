@@ -83,14 +83,19 @@ export interface KitVmExtras {
   qemu?: string[];
   /** The VMM process's environment (default: this process's). */
   env?: NodeJS.ProcessEnv;
+  /** Without the kernel's `quiet`: every boot message on the console. */
+  verbose?: boolean;
+  /** A checkout (or a copy of another build's bin/ and dist/) whose bin/porthole runs (default: this one). */
+  portholeRoot?: string;
 }
 
 /** The command line that boots the kit under one VMM (QEMU: q35, -accel kvm, direct kernel boot). */
 export function kitVmCommand(vmm: BootVmm, kit: KitPaths, cpus: number, extras: KitVmExtras = {}): [string, string[]] {
-  const append = extras.append ? `${KIT_APPEND} ${extras.append}` : KIT_APPEND;
+  const base = extras.verbose ? KIT_APPEND.split(' ').filter((w) => w !== 'quiet').join(' ') : KIT_APPEND;
+  const append = extras.append ? `${base} ${extras.append}` : base;
   if (vmm === 'porthole') {
     return [process.execPath, [
-      path.join(repoRoot, 'bin', 'porthole'), 'run', '--kernel', kit.vmlinuz, '--initrd', kit.initrd, '--append', append,
+      path.join(extras.portholeRoot ?? repoRoot, 'bin', 'porthole'), 'run', '--kernel', kit.vmlinuz, '--initrd', kit.initrd, '--append', append,
       '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', ...(extras.porthole ?? []),
     ]];
   }

@@ -13,38 +13,35 @@
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { SerialConsole } = require(path.join('/project', 'dist', 'test', 'rig', 'console.js'));
-const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows } = require('./kvm-trace.js');
+const { SerialConsole } = require('porthole-rig');
+const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows, l1ThpOff } = require('./kvm-trace.js');
+const { kitVmCommand } = require(path.join('/project', 'dist', 'test', 'bench', 'boot.js'));
 module.exports = async (ctx) => {
   const sh = (c) => ctx.exec('sh', ['-c', c]);
   const n = Number(process.env.RIG_N || 4);
   const variants = (process.env.RIG_VARIANTS || '/project').split(',');
   const tally = Object.fromEntries(variants.map((v) => [v, { shell: 0, reset: 0, other: 0 }]));
-  const THP = '/sys/kernel/mm/transparent_hugepage/enabled';
-  const THP_DEFRAG = '/sys/kernel/mm/transparent_hugepage/defrag';
-  const chosen = (file) => (/\[(\w[\w+]*)\]/.exec(fs.readFileSync(file, 'utf8')) || [])[1];
-  const thpDefault = chosen(THP);
-  const defragDefault = chosen(THP_DEFRAG);
-  ctx.log(`L1 THP: enabled=${thpDefault} defrag=${defragDefault}`);
+  // L1's interprocessor and timer interrupts so far, summed over its two CPUs.
+  const ipis = () => Object.fromEntries(fs.readFileSync('/proc/interrupts', 'utf8').split('\n')
+    .filter((l) => /^\s*(TLB|CAL|RES|LOC):/.test(l)).map((l) => { const f = l.trim().split(/\s+/); return [f[0].slice(0, -1), f.slice(1, 3).reduce((a, b) => a + Number(b), 0)]; }));
   startKvmTrace(sh, { bufferKb: 8192, emulation: false });
   for (let i = 0; i < n; i++) {
     for (const variant of variants) {
       const [root, ...extra] = variant.split('+');
-      const verbose = extra.includes('verbose');
-      const noThp = extra.includes('nothp');
-      fs.writeFileSync(THP, noThp ? 'never' : thpDefault);
-      fs.writeFileSync(THP_DEFRAG, noThp ? 'never' : defragDefault);
-      const append = ['console=ttyS0', verbose ? '' : 'quiet', 'panic=-1', 'kit.modules=virtio_pci,virtio_net', ...extra.filter((a) => !['verbose', 'nothp', 'nonic', 'elf', 'ramdump'].includes(a))].filter(Boolean).join(' ');
+      const thpBack = extra.includes('nothp') ? l1ThpOff() : null;
+      const append = ['kit.modules=virtio_pci,virtio_net', ...extra.filter((a) => !['verbose', 'nothp', 'nonic', 'elf', 'ramdump'].includes(a))].join(' ');
       const home = fs.mkdtempSync(path.join(os.tmpdir(), 'home-'));
       sh(`echo > ${T}/trace`);
       if (extra.includes('elf')) sh(`HOME=${home} node ${root}/dist/main/vmm/boot/kernel-unpack-main.js ${ctx.kit.vmlinuz} ${home}/.cache/porthole/kernels`);
-      const nic = extra.includes('nonic') ? null : 'virtio,user';
-      const child = root === 'qemu'
-        ? ctx.spawn('qemu-system-x86_64', ['-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
-          '-no-reboot', '-monitor', 'none', '-serial', 'stdio', '-kernel', ctx.kit.vmlinuz, '-initrd', ctx.kit.initrd, '-append', append,
-          ...(nic ? ['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0'] : [])], { stdio: ['pipe', 'pipe', 'pipe'] })
-        : ctx.spawn(process.execPath, [path.join(root, 'bin', 'porthole'), 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
-          '--append', append, '--mem', '256M', '--cpus', '1', '--serial', 'stdio', '--verbose', ...(nic ? ['--nic', nic] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, HOME: home, ...(extra.includes('ramdump') ? { PORTHOLE_RAM_DUMP: path.join(ctx.outDir, `ram-boot${i + 1}`) } : {}) } });
+      const nic = !extra.includes('nonic');
+      // The benches' kit boot (test/bench/boot.ts), 1 vCPU.
+      const [command, args] = kitVmCommand(root === 'qemu' ? 'qemu' : 'porthole', ctx.kit, 1, {
+        append, verbose: extra.includes('verbose'), portholeRoot: root,
+        porthole: ['--verbose', ...(nic ? ['--nic', 'virtio,user'] : [])],
+        qemu: nic ? ['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0'] : [],
+      });
+      const env = { ...process.env, HOME: home, ...(extra.includes('ramdump') ? { PORTHOLE_RAM_DUMP: path.join(ctx.outDir, `ram-boot${i + 1}`) } : {}) };
+      const child = ctx.spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
       let reset = null;
       let err = '';
       const lost = new Promise((resolve) => {
@@ -58,8 +55,6 @@ module.exports = async (ctx) => {
       const con = SerialConsole.fromChild(child, { name: `L2 ${variant}`, tailChars: 2500 });
       let text = '';
       child.stdout.on('data', (d) => { text = (text + d.toString()).slice(-2500); });
-      const ipis = () => Object.fromEntries(fs.readFileSync('/proc/interrupts', 'utf8').split('\n')
-        .filter((l) => /^\s*(TLB|CAL|RES|LOC):/.test(l)).map((l) => { const f = l.trim().split(/\s+/); return [f[0].slice(0, -1), f.slice(1, 3).reduce((a, b) => a + Number(b), 0)]; }));
       const ipi0 = ipis();
       const t0 = Date.now();
       const outcome = await Promise.race([con.waitForShell(240000).then(() => 'shell', (e) => `other: ${e.message.split('\n')[0]}`), lost]);
@@ -77,6 +72,7 @@ module.exports = async (ctx) => {
       con.close();
       try { process.kill(-child.pid, 'SIGKILL'); } catch { try { child.kill('SIGKILL'); } catch { /* gone */ } }
       await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('close', r)));
+      thpBack?.();
       fs.rmSync(home, { recursive: true, force: true });
     }
   }

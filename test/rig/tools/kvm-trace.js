@@ -1,14 +1,43 @@
-// L1 KVM's tracepoints for the rig tools that hunt L2 resets (usb-reset-exec, usb-hotplug-exec):
+// L1 state for the rig tools that hunt L2 resets and time L2 (usb-reset-exec, usb-hotplug-exec,
+// boot-fork-exec, net-latency-exec): L1 KVM's tracepoints, and L1's transparent huge pages.
+// The tracepoints:
 // SVM shutdown exits (a triple fault; KVM resets the vCPU before userspace sees it, so the rip
 // is only here), the exceptions KVM injects, and with `emulation` every instruction it emulates.
+const fs = require('fs');
+
 const T = '/sys/kernel/tracing';
 
-/** Sets the events up, clears the buffer and starts tracing. */
-function startKvmTrace(sh, { bufferKb, emulation }) {
+/**
+ * Mounts tracefs if needed, enables the `kvm` events named (with an optional filter each),
+ * sets the clock ('local', or 'mono' to line up with other clocks) and the buffer, clears it
+ * and starts tracing.
+ */
+function startTrace(sh, { bufferKb, events, filters = {}, clock = 'local' }) {
   sh(`[ -e ${T}/trace ] || mount -t tracefs nodev ${T}`);
-  sh(`cd ${T} && echo 0 > tracing_on && echo ${bufferKb} > buffer_size_kb && echo 1 > events/kvm/kvm_exit/enable && echo 1 > events/kvm/kvm_inj_exception/enable && echo 'exit_reason == 127' > events/kvm/kvm_exit/filter && echo > trace`);
-  if (emulation) sh(`cd ${T} && echo 1 > events/kvm/kvm_emulate_insn/enable && echo 1 > events/kvm/kvm_mmio/enable`);
-  sh(`echo 1 > ${T}/tracing_on`);
+  sh(`cd ${T} && echo 0 > tracing_on && echo ${clock} > trace_clock && echo ${bufferKb} > buffer_size_kb`);
+  for (const e of events) {
+    sh(`echo 1 > ${T}/events/kvm/${e}/enable`);
+    if (filters[e]) sh(`echo '${filters[e]}' > ${T}/events/kvm/${e}/filter`);
+  }
+  sh(`cd ${T} && echo > trace && echo 1 > tracing_on`);
+}
+
+/** Shutdown exits (a triple fault) and injected exceptions; with `emulation`, every emulated instruction and MMIO. */
+function startKvmTrace(sh, { bufferKb, emulation }) {
+  startTrace(sh, {
+    bufferKb,
+    events: ['kvm_exit', 'kvm_inj_exception', ...(emulation ? ['kvm_emulate_insn', 'kvm_mmio'] : [])],
+    filters: { kvm_exit: 'exit_reason == 127' },
+  });
+}
+
+const THP = '/sys/kernel/mm/transparent_hugepage/enabled';
+
+/** Turns L1's transparent huge pages off (khugepaged with them); returns what puts the setting back. */
+function l1ThpOff() {
+  const before = (/\[(\w+)\]/.exec(fs.readFileSync(THP, 'utf8')) || [])[1] || 'madvise';
+  fs.writeFileSync(THP, 'never');
+  return () => fs.writeFileSync(THP, before);
 }
 
 /** Shutdown exits and injected exceptions in the buffer. */
@@ -30,4 +59,4 @@ async function symbolAt(con, rip) {
   return (await con.run(`awk -v a=${rip.padStart(16, '0')} '$1 <= a && $1 > b { b = $1; s = $0 } END { print s }' /proc/kallsyms`)).output.trim();
 }
 
-module.exports = { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows, symbolAt };
+module.exports = { T, startTrace, startKvmTrace, kvmTraceCounts, kvmTraceWindows, symbolAt, l1ThpOff };

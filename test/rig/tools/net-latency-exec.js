@@ -10,7 +10,7 @@
 // trace.txt and the pcaps stay in build/rig/out/<run>/.
 const fs = require('fs');
 const path = require('path');
-const { T } = require('./kvm-trace.js');
+const { T, startTrace } = require('./kvm-trace.js');
 
 const ms = (x) => (x * 1e3).toFixed(3);
 function summary(values) {
@@ -83,7 +83,9 @@ function traceReport(file) {
     const writes = new Map();
     for (const e of ev) {
       const g = e.kind === 'kvm_mmio' && /mmio write len \d+ gpa (0x[0-9a-f]+)/.exec(e.text);
-      if (g) writes.set(g[1], [...(writes.get(g[1]) || []), e.t]);
+      if (!g) continue;
+      if (!writes.has(g[1])) writes.set(g[1], []);
+      writes.get(g[1]).push(e.t);
     }
     // The transmit queue's notify address: the MMIO address written most.
     const [gpa, notifies] = [...writes].sort((a, b) => b[1].length - a[1].length)[0] || [null, []];
@@ -99,10 +101,7 @@ function traceReport(file) {
 
 module.exports = async (ctx) => {
   const sh = (c) => ctx.exec('sh', ['-c', c]);
-  sh(`[ -e ${T}/trace ] || mount -t tracefs nodev ${T}`);
-  sh(`cd ${T} && echo 0 > tracing_on && echo mono > trace_clock && echo 65536 > buffer_size_kb && echo > trace`);
-  for (const e of ['kvm_userspace_exit', 'kvm_mmio', 'kvm_msi_set_irq']) sh(`echo 1 > ${T}/events/kvm/${e}/enable`);
-  sh(`echo 1 > ${T}/tracing_on`);
+  startTrace(sh, { bufferKb: 65536, clock: 'mono', events: ['kvm_userspace_exit', 'kvm_mmio', 'kvm_msi_set_irq'] });
   process.env.PORTHOLE_BENCH_DIR = ctx.outDir;
   const { runNetBench } = require(path.join('/project', 'dist', 'test', 'bench', 'net.js'));
   let r;
@@ -121,5 +120,6 @@ module.exports = async (ctx) => {
   const fmt = (x) => (Number.isFinite(x) ? x.toFixed(2) : '-');
   return `to-guest ${fmt(r.ratios['to-guest'])}x, from-guest ${fmt(r.ratios['from-guest'])}x; ${r.samples.map((s) => `${s.vmm} ${JSON.stringify(s.rates)}${s.failure ? ` FAILED: ${s.failure.slice(0, 200)}` : ''}`).join('; ')}`;
 };
+// The two reports alone, for a run's files on the rig host (node -e, with a ctx whose exec runs tshark).
 module.exports.pcapReport = pcapReport;
 module.exports.traceReport = traceReport;

@@ -11,7 +11,7 @@
 // SPLITS=1 adds who split huge PMDs (function tracer stacks) and khugepaged's collapses.
 const { SerialConsole, consoleLogger } = require('porthole-rig');
 const fs = require('fs');
-const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows, symbolAt } = require('./kvm-trace');
+const { T, startKvmTrace, kvmTraceCounts, kvmTraceWindows, symbolAt, l1ThpOff } = require('./kvm-trace');
 const STICK1_SERIAL = 'RIGSTICK1';
 const APPEND = 'console=ttyS0 quiet panic=-1 nokaslr kit.modules=xhci_pci,usb_storage,sd_mod';
 
@@ -56,13 +56,11 @@ module.exports = async (ctx) => {
   const vmstat = () => Object.fromEntries(fs.readFileSync('/proc/vmstat', 'utf8').trim().split('\n').map((l) => { const [k, v] = l.split(' '); return [k, Number(v)]; }));
   let named = false;
 
-  const THP = '/sys/kernel/mm/transparent_hugepage/enabled';
   async function boot(mode, i) {
     // A "~nothp" suffix boots with L1's transparent huge pages off (restored afterwards).
     const noThp = mode.endsWith('~nothp');
     const [vmm, path] = mode.replace(/~nothp$/, '').split('-');
-    const thpBefore = (/\[(\w+)\]/.exec(fs.readFileSync(THP, 'utf8')) || [])[1] || 'madvise';
-    if (noThp) fs.writeFileSync(THP, 'never');
+    const thpBack = noThp ? l1ThpOff() : null;
     sh(`echo > ${T}/trace`);
     const vm0 = vmstat();
     let child;
@@ -148,7 +146,7 @@ module.exports = async (ctx) => {
       child.kill('SIGKILL');
       await exited;
       if ((vmm === 'qemu' && path === 'controller') || path === 'assign') toHost();
-      if (noThp) fs.writeFileSync(THP, thpBefore);
+      thpBack?.();
     }
     // QEMU runs with -no-reboot: a triple fault ends it.
     if (vmm === 'qemu' && outcome.startsWith('exited')) outcome = 'reset (QEMU exited)';

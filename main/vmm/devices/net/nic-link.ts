@@ -18,11 +18,15 @@ export interface NicLinkIo {
 /** Frames beyond this many waiting (the host overran its window, e.g. across a reset) are dropped. */
 const RX_QUEUE_LIMIT = 2 * NET_RX_WINDOW;
 const RETRY_MS = 1;
+/** The transmit record's first size: an MTU-1500 frame with a VLAN tag (bigger frames grow it). */
+const SCRATCH_FRAME_BYTES = 1518;
 
 export class NicLink {
   private readonly rx: Uint8Array[] = [];
   private rxCreditOwed = 0;
   private txCredit = NET_TX_WINDOW;
+  /** The record every transmitted frame is written into (transmitRecord); made at the first. */
+  private scratch: Uint8Array | null = null;
   /** A frame the channel refused; it goes first when there is room. */
   private stalled: Uint8Array | null = null;
   private retry: (() => void) | null = null;
@@ -102,10 +106,9 @@ export class NicLink {
    */
   transmitRecord(length: number): Uint8Array {
     // One buffer for every frame: the channel copies a record as it takes it.
-    if (this.scratch === null || this.scratch.length < NET_FRAME_OFFSET + length) this.scratch = netFrameRecord(this.nic, Math.max(length, 1518));
+    if (this.scratch === null || this.scratch.length < NET_FRAME_OFFSET + length) this.scratch = netFrameRecord(this.nic, Math.max(length, SCRATCH_FRAME_BYTES));
     return this.scratch.subarray(0, NET_FRAME_OFFSET + length);
   }
-  private scratch: Uint8Array | null = null;
 
   /** Sends a record from transmitRecord, its frame written (call only while canTransmit). */
   send(record: Uint8Array): void {
