@@ -149,7 +149,7 @@ export const SCENARIOS: ScenarioSpec[] = [
   },
   {
     name: 'net-user-l2',
-    description: 'Porthole boots the L2 kit with a virtio-net card on user-mode NAT (porthole run --nic virtio,user,hostfwd=…,pcap=…); L2\'s busybox udhcpc gets 10.0.2.15 from libslirp, pings 10.0.2.2, 4 MiB go from L1 through the port forward to L2\'s nc and 4 MiB from L2 to a server on L1\'s loopback through 10.0.2.2 (md5 compared), and tshark finds the DHCP exchange in the pcap',
+    description: 'Porthole boots the L2 kit with a virtio-net card on user-mode NAT (porthole run --nic virtio,user,hostfwd=…,pcap=…); L2\'s busybox udhcpc gets 10.0.2.15 from libslirp, pings 10.0.2.2, 4 MiB go from L1 through the port forward to L2\'s nc and 4 MiB from L2 to a server on L1\'s loopback through 10.0.2.2 (md5 compared), with the card\'s rings on the VM host thread (ioeventfd, irqfd); virtio_net unbound and bound again (the reset takes the rings back, DRIVER_OK hands them over), DHCP and ping again; tshark finds the DHCP exchange in the pcap',
     // One L2 boot (25-80 s) and 8 MiB through slirp; multi-threaded TCG as for every L2 Linux boot.
     devices: {}, bootTimeoutSec: 240, timeoutSec: 900, expect: 'pass', ci: false, tcg: 'multi',
   },

@@ -12,7 +12,7 @@ import type { NicConfig } from '../../main/vmm/config';
 import { NicLink } from '../../main/vmm/devices/net/nic-link';
 import { VIRTIO_NET_F, VIRTIO_NET_HDR_BYTES, VIRTIO_NET_RX, VIRTIO_NET_TX, VirtioNet } from '../../main/vmm/devices/virtio/net';
 import { VIRTIO_F } from '../../main/vmm/devices/virtio/virtio-pci';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import { HostNic } from '../../main/vmm/host/net-host';
 import { decodeNetRecord, NET_RX_WINDOW } from '../../main/vmm/shared/net-messages';
 import { VirtioTestDriver } from '../helpers/virtio-driver';

@@ -18,7 +18,7 @@ import { defaultConfig } from '../../main/vmm/config';
 import { privateStatistics, type DeviceContext } from '../../main/vmm/devices/device';
 import { VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk, virtioBlkDevices } from '../../main/vmm/devices/virtio/blk';
 import { VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import { VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
 
 const MiB = 1024 * 1024;

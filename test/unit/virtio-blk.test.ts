@@ -21,7 +21,7 @@ import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
 import { VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk, virtioBlkDevices } from '../../main/vmm/devices/virtio/blk';
 import { COMMON, VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_PCI_CAP, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import { RAM_BYTES } from '../helpers/virtio-driver';
 import { VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
 

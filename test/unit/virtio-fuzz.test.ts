@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import type { BlockBackend, BlockDoneCallback, BlockReadCallback } from '../../main/vmm/devices/usb/storage/block-backend';
 import { VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk } from '../../main/vmm/devices/virtio/blk';
 import { COMMON, VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import { Prng, fuzzCases } from '../helpers/prng';
 import { RAM_BYTES, VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
 

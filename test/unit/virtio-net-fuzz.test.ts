@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { NicLink } from '../../main/vmm/devices/net/nic-link';
 import { VIRTIO_NET_F, VIRTIO_NET_HDR_BYTES, VIRTIO_NET_RX, VIRTIO_NET_TX, VirtioNet } from '../../main/vmm/devices/virtio/net';
 import { VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import { decodeNetCount, decodeNetRecord, encodeNetCount, NET_KIND, NET_MAX_FRAME, NET_MIN_FRAME } from '../../main/vmm/shared/net-messages';
 import { Prng, fuzzCases } from '../helpers/prng';
 import { RAM_BYTES, VirtioTestDriver } from '../helpers/virtio-driver';

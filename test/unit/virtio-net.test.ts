@@ -11,12 +11,17 @@ import { NicLink } from '../../main/vmm/devices/net/nic-link';
 import {
   VIRTIO_NET_F, VIRTIO_NET_HDR_BYTES, VIRTIO_NET_RX, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_TX, VirtioNet,
 } from '../../main/vmm/devices/virtio/net';
-import { VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/devices/virtio/virtqueue';
+import { COMMON, VIRTIO_BAR_LAYOUT, VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import {
   decodeNetCount, decodeNetRecord, encodeNetCount, encodeNetFrame, NET_KIND, NET_TX_WINDOW,
 } from '../../main/vmm/shared/net-messages';
 import { VirtioTestDriver } from '../helpers/virtio-driver';
+import { FakeEventFds, FakeKvm } from '../helpers/fake-irq';
+import { IrqRouting } from '../../main/vmm/machine/irq-routing';
+import { Doorbells } from '../../main/vmm/machine/doorbells';
+import { pcIrqRoutes } from '../../main/vmm/platform/mptable';
+import { DATAPLANE_FLAG, DATAPLANE_STATE, NetDataPlaneBlock } from '../../main/vmm/shared/net-dataplane';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 const F_VERSION_1_HIGH = 1 << (VIRTIO_F.VERSION_1 - 32);
@@ -279,4 +284,72 @@ test('net records round-trip', () => {
   assert.deepEqual([...r.body], [1, 2, 3]);
   assert.equal(decodeNetCount(decodeNetRecord(encodeNetCount(1, 77))!.body), 77);
   assert.equal(decodeNetRecord(new Uint8Array(2)), null);
+});
+
+test('virtio-net lends its rings to the VM host at DRIVER_OK with MSI-X, forwards a notify that exited, and takes them back', () => {
+  const fds = new FakeEventFds();
+  const kvm = new FakeKvm(fds);
+  const routing = new IrqRouting(kvm, { lineRoutes: pcIrqRoutes(), maxRoutes: 4096, eventFds: fds });
+  routing.commit();
+  const doorbells = new Doorbells(kvm, fds);
+  const block = new NetDataPlaneBlock();
+  block.controlFd = fds.create();
+  const logs: string[] = [];
+  const device = new VirtioNet({
+    name: 'net0', mac: MAC, link: new NicLink(0, new FakeHost().io), statistics: privateStatistics(), router: routing,
+    dataPlane: { buffer: block.buffer, doorbells }, log: (t) => logs.push(t),
+  });
+  const driver = new VirtioTestDriver(device);
+  device.writeConfig(PCI_CFG.BAR0, 4, 0xfe000000);
+  const bring = (msix: boolean) => {
+    assert.ok(driver.negotiate((1 << VIRTIO_NET_F.MAC) | (1 << VIRTIO_F.EVENT_IDX), F_VERSION_1_HIGH));
+    if (msix) driver.enableMsix([{ vector: 0, data: 0x41 }, { vector: 1, data: 0x42 }, { vector: 2, data: 0x43 }]);
+    driver.setupQueue(VIRTIO_NET_RX, 16, RXQ, 0);
+    driver.setupQueue(VIRTIO_NET_TX, 16, TXQ, 1);
+    driver.driverOk();
+  };
+
+  bring(true);
+  assert.equal(device.ringsLent, true);
+  assert.equal(block.state, DATAPLANE_STATE.START);
+  assert.equal(fds.read(block.controlFd), 1, 'the host was woken');
+  const tx = block.queue(VIRTIO_NET_TX);
+  assert.equal(tx.descAddress, TXQ);
+  assert.equal(tx.size, 16);
+  assert.equal(block.flags & DATAPLANE_FLAG.EVENT_IDX, DATAPLANE_FLAG.EVENT_IDX);
+  const bell = kvm.ioeventfds.find((o) => o.eventFd === tx.notifyFd);
+  assert.deepEqual(bell && { address: bell.address, length: bell.length, pio: bell.pio }, { address: 0xfe000000 + VIRTIO_BAR_LAYOUT.notify + 4, length: 2, pio: false });
+  assert.equal(tx.irqFd, device.msix.vectorEventFd(1));
+  assert.ok(logs.some((l) => /rings handed to the VM host thread/.test(l)));
+
+  // A 4-byte notify is not the doorbell's width: it exits, and the card rings the doorbell itself.
+  driver.write(VIRTIO_BAR_LAYOUT.notify + VIRTIO_BAR_LAYOUT.notifyMultiplier * VIRTIO_NET_TX, 4, 1);
+  assert.equal(fds.read(tx.notifyFd), 1);
+  assert.equal(driver.usedIdx(VIRTIO_NET_TX), 0, 'the machine did not touch the lent ring');
+
+  // A reset before the host took the rings: they come straight back, the doorbells go.
+  driver.write(COMMON.DEVICE_STATUS, 1, 0);
+  assert.equal(device.ringsLent, false);
+  assert.equal(block.state, DATAPLANE_STATE.IDLE);
+  assert.equal(kvm.ioeventfds.length, 0);
+  assert.ok(fds.closed.has(tx.notifyFd));
+
+  // The host ran them and found a broken ring: the card takes its indices and goes to its error state.
+  bring(true);
+  assert.equal(device.ringsLent, true);
+  assert.ok(block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.RUNNING));
+  block.setIndices(VIRTIO_NET_TX, { lastAvail: 3, usedIdx: 3, signalledUsed: 2 });
+  assert.ok(block.move(DATAPLANE_STATE.RUNNING, DATAPLANE_STATE.IDLE));
+  device.dataPlaneFailed(block.epoch + 1, 'another run');
+  assert.equal(device.needsReset, false, 'a report from another run is ignored');
+  device.dataPlaneFailed(block.epoch, 'queue 1: broken');
+  assert.equal(device.needsReset, true);
+  assert.equal(device.ringsLent, false);
+  assert.deepEqual(device.queues[VIRTIO_NET_TX].ringIndices, { lastAvail: 3, usedIdx: 3, signalledUsed: 2 });
+
+  // Without MSI-X the rings stay on the machine thread.
+  device.writeConfig(device.msix.offset + 2, 2, device.readConfig(device.msix.offset + 2, 2) & ~0x8000);
+  bring(false);
+  assert.equal(device.ringsLent, false);
+  assert.equal(block.state, DATAPLANE_STATE.IDLE);
 });

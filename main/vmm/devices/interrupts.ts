@@ -80,6 +80,8 @@ export interface Doorbell extends Readonly<DoorbellSpec> {
   readonly eventFd: number;
   /** Reads and clears the number of rings so far (0 if none). */
   takeCount(): number;
+  /** Rings it as a guest write would (a write of another width exited instead). */
+  ring(): void;
   /** Unregisters the ioeventfd (guest writes exit again) and closes the eventfd. */
   release(): void;
 }
@@ -87,6 +89,8 @@ export interface Doorbell extends Readonly<DoorbellSpec> {
 export interface DoorbellRegistry {
   /** Registers an ioeventfd; throws if the spec is invalid or already registered. */
   register(spec: DoorbellSpec): Doorbell;
+  /** Adds 1 to an eventfd another thread polls (a VM host data plane's control eventfd). */
+  signal(eventFd: number): void;
 }
 
 /** What MSI and MSI-X capabilities need of the router. */

@@ -2,9 +2,16 @@
 // Frames from the backend go to the machine while fewer than NET_RX_WINDOW are unacknowledged
 // (beyond that the backend is paused); frames from the guest go to the backend in order,
 // waiting while it is busy, and their credit goes back once it took them.
+// A virtio-net card's rings may be run here instead (net-dataplane.ts): frames then go
+// straight between the backend and guest memory, and the channel carries none.
 import fs from 'node:fs';
 import type { NicConfig } from '../config';
-import { NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame } from '../shared/net-messages';
+import type { MemoryRegion } from '../memory/guest-memory';
+import {
+  NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame, encodeNetFailure,
+} from '../shared/net-messages';
+import { DATAPLANE_BLOCK_BYTES } from '../shared/net-dataplane';
+import { DATAPLANE_TX_QUEUE, HostNetDataPlane } from './net-dataplane';
 import { enhancedPacketBlock, interfaceDescriptionBlock, sectionHeaderBlock } from './pcapng';
 import { type NetEndpoint, openNetBackend } from './net-backends';
 
@@ -43,6 +50,10 @@ export interface HostNicIo {
   /** Sends a record to the machine (VmHost.sendToMachine); false if it was dropped. */
   sendToMachine(kind: number, payload: Uint8Array): boolean;
   log(text: string): void;
+  /** Guest RAM while the VM runs; given, a virtio-net card gets a data plane that runs its rings in it. */
+  ram?: () => readonly MemoryRegion[] | null;
+  /** The VM's statistics counters (the data plane counts into the card's). */
+  stats?: Uint32Array | null;
 }
 
 export class HostNic {
@@ -51,7 +62,12 @@ export class HostNic {
   /** Frames sent to the machine and not acknowledged yet. */
   private inFlight = 0;
   private paused = false;
-  private readonly toBackend: Uint8Array[] = [];
+  /** The data plane's own reason to pause the backend (its frames wait for guest buffers). */
+  private dataPlanePaused = false;
+  /** Guest frames for the backend, and whether each came through the channel (its credit goes back). */
+  private readonly toBackend: { frame: Uint8Array; fromChannel: boolean }[] = [];
+  /** A virtio-net card's rings when the machine hands them here; null for other cards. */
+  dataPlane: HostNetDataPlane | null = null;
   /** Frames lost on the way to the machine (the channel's backlog refused them). */
   dropsToMachine = 0;
 
@@ -70,6 +86,7 @@ export class HostNic {
       await nic.pcap?.close();
       throw e;
     }
+    if (config.model === 'virtio' && io.ram) nic.dataPlane = nic.openDataPlane(io.ram);
     return nic;
   }
 
@@ -77,14 +94,34 @@ export class HostNic {
     return this.endpoint?.description ?? 'none';
   }
 
+  private openDataPlane(ram: () => readonly MemoryRegion[] | null): HostNetDataPlane {
+    const toBackend = this.toBackend;
+    return new HostNetDataPlane(new SharedArrayBuffer(DATAPLANE_BLOCK_BYTES), ram, this.io.stats ?? null, {
+      transmit: (frame) => {
+        this.pcap?.write(frame);
+        this.toBackend.push({ frame, fromChannel: false });
+        if (this.toBackend.length === 1) this.pump();
+      },
+      get canTransmit() { return toBackend.length < DATAPLANE_TX_QUEUE; },
+      pauseReceive: (paused) => {
+        this.dataPlanePaused = paused;
+        this.updatePause();
+      },
+      failed: (epoch, why) => {
+        if (!this.io.sendToMachine(NET_KIND.DATAPLANE_FAILED, encodeNetFailure(this.index, epoch, why))) {
+          this.io.log(`${this.label}: the card's error could not reach the machine: ${why}`);
+        }
+      },
+      log: (text) => this.io.log(`${this.label}: ${text}`),
+    });
+  }
+
   private fromBackend(frame: Uint8Array): void {
     this.pcap?.write(frame);
+    if (this.dataPlane?.receive(frame)) return;
     if (this.io.sendToMachine(NET_KIND.FRAME, encodeNetFrame(this.index, frame))) this.inFlight++;
     else this.dropsToMachine++;
-    if (this.inFlight >= NET_RX_WINDOW && !this.paused) {
-      this.paused = true;
-      this.endpoint?.pauseReceive();
-    }
+    this.updatePause();
   }
 
   /** A record from the machine's NIC. */
@@ -101,7 +138,7 @@ export class HostNic {
         break;
       case NET_KIND.TX_FRAME:
         this.pcap?.write(body);
-        this.toBackend.push(body);
+        this.toBackend.push({ frame: body, fromChannel: true });
         if (this.toBackend.length === 1) this.pump();
         break;
       default:
@@ -110,22 +147,35 @@ export class HostNic {
   }
 
   private resume(): void {
-    if (this.paused && this.inFlight < NET_RX_WINDOW) {
-      this.paused = false;
-      this.endpoint?.resumeReceive();
-    }
+    this.updatePause();
+  }
+
+  /** The backend reads while the channel's window and the data plane both have room. */
+  private updatePause(): void {
+    const pause = this.inFlight >= NET_RX_WINDOW || this.dataPlanePaused;
+    if (pause === this.paused) return;
+    this.paused = pause;
+    if (pause) this.endpoint?.pauseReceive();
+    else this.endpoint?.resumeReceive();
   }
 
   /** Hands waiting guest frames to the backend; returns their credit. */
   private pump(): void {
     let taken = 0;
+    let moved = false;
     while (this.toBackend.length > 0) {
-      const result = this.endpoint ? this.endpoint.send(this.toBackend[0]) : 'dropped';
+      const result = this.endpoint ? this.endpoint.send(this.toBackend[0].frame) : 'dropped';
       if (result === 'busy') break;
-      this.toBackend.shift();
-      taken++;
+      if (this.toBackend.shift()?.fromChannel) taken++;
+      moved = true;
     }
     if (taken > 0) this.io.sendToMachine(NET_KIND.TX_CREDIT, encodeNetCount(this.index, taken));
+    if (moved) this.dataPlane?.transmitReady();
+  }
+
+  /** The machine thread ended (a reset or the end): a data plane stops with it. */
+  machineEnded(): void {
+    this.dataPlane?.machineEnded();
   }
 
   /** Drops the backend counts as lost (the pcap shows every frame either way). */
@@ -134,6 +184,7 @@ export class HostNic {
   }
 
   async close(): Promise<void> {
+    await this.dataPlane?.close();
     this.endpoint?.close();
     this.endpoint = null;
     if (this.drops > 0) this.io.log(`${this.label}: ${this.drops} frames were dropped on the host side`);

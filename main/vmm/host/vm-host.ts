@@ -238,6 +238,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       const nic = await HostNic.open(i, `net${i}`, config, {
         sendToMachine: (kind, payload) => this.sendToMachine(NET_CHANNEL_TARGET, kind, payload),
         log: (text) => this.emit('log', text),
+        ram: () => this.ram,
+        stats: new Uint32Array(this.statsBuffer),
       });
       this.nics.push(nic);
       this.emit('log', `net${i}: ${nic.description}`);
@@ -338,6 +340,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       stats: { buffer: this.statsBuffer, schema: this.statsSchema },
       hostLink: { doorbell: this.doorbell.buffer, toMachine: this.toMachine.buffer, toHost: this.toHost.buffer },
       ram: this.ram ?? [],
+      netDataPlanes: this.nics.map((nic) => nic.dataPlane?.block.buffer ?? null),
     };
     const worker = launchMachineThread(data);
     this.worker = worker;
@@ -397,6 +400,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.deadlines.stop();
     this.runPages = [];
     void worker?.terminate();
+    // The machine's doorbells and irqfds are gone: the NICs' data planes stop with it.
+    for (const nic of this.nics) nic.machineEnded();
     this.serviceMachine();
     const userReset = this.userResetRequested && end.reason === 'stopped';
     this.userResetRequested = false;

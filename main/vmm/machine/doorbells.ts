@@ -69,6 +69,10 @@ export class Doorbells implements DoorbellRegistry {
     return doorbell;
   }
 
+  signal(eventFd: number): void {
+    this.eventFds.write(eventFd);
+  }
+
   /** The machine ended: closes every eventfd (KVM drops the ioeventfds with the VM). */
   close(): void {
     if (this.closed) return;
@@ -111,6 +115,10 @@ class DoorbellImpl implements Doorbell {
 
   takeCount(): number {
     return this.released ? 0 : this.owner.fds.read(this.eventFd);
+  }
+
+  ring(): void {
+    if (!this.released) this.owner.fds.write(this.eventFd);
   }
 
   release(): void {

@@ -25,6 +25,8 @@ export interface MachineThreadData {
   hostLink: { doorbell: SharedArrayBuffer; toMachine: SharedArrayBuffer; toHost: SharedArrayBuffer };
   /** Guest RAM, made once per VM by the VM host and kept across resets. */
   ram: MemoryRegion[];
+  /** Per NIC, the VM host's data plane block (virtio-net cards with a backend), else null. */
+  netDataPlanes?: (SharedArrayBuffer | null)[];
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -63,6 +65,7 @@ async function main(): Promise<void> {
     fromHost: new Channel(data.hostLink.toMachine),
     toHost,
     ram: data.ram,
+    netDataPlanes: data.netDataPlanes ?? [],
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt }, { label: 'machine-config', epochMs: configAt });

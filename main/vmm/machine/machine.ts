@@ -52,6 +52,8 @@ export interface MachineChannels {
   toHost: Channel;
   /** Guest RAM (made by the VM host, kept across resets): the machine maps it, never allocates it. */
   ram: MemoryRegion[];
+  /** Per NIC, the VM host's virtio-net data plane block, or null. */
+  netDataPlanes?: (SharedArrayBuffer | null)[];
   post(message: MachineToHost): void;
 }
 
@@ -195,6 +197,10 @@ export class Machine implements MachineContext {
   log(text: string): void {
     this.channels.post({ type: 'log', text });
   }
+  get netDataPlanes(): readonly (SharedArrayBuffer | null)[] {
+    return this.channels.netDataPlanes ?? [];
+  }
+
   notifyHost(notification: HostNotification): void {
     // Line settings and modem lines are states: when the channel is full only the
     // latest of each kind per port is kept, and sent once there is room.

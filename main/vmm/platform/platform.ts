@@ -32,6 +32,7 @@ export class Platform {
       get interrupts() { return ctx.interrupts; },
       get doorbells() { return ctx.doorbells; },
       get slots() { return ctx.slots; },
+      get netDataPlanes() { return ctx.netDataPlanes; },
       setIrq: (gsi, level) => ctx.setIrq(gsi, level),
       signalMsi: (lo, hi, data) => ctx.signalMsi(lo, hi, data),
       requestReset: () => ctx.requestReset(),

@@ -12,10 +12,12 @@
 //    transmit buffers on the ring (the guest's queue stops, as on a busy NIC).
 //  - machine → host HELLO: a device was (re)built (a VM reset): the host forgets the frames the
 //    old one never acknowledged.
+//  - host → machine DATAPLANE_FAILED: the guest broke a ring the host ran (net-dataplane.ts);
+//    the card goes to its error state.
 import { CHANNEL_TARGET } from './channel';
 
 export const NET_CHANNEL_TARGET = CHANNEL_TARGET.FIRST_FREE + 2;
-export const NET_KIND = { FRAME: 1, RX_CREDIT: 2, TX_FRAME: 3, TX_CREDIT: 4, HELLO: 5 } as const;
+export const NET_KIND = { FRAME: 1, RX_CREDIT: 2, TX_FRAME: 3, TX_CREDIT: 4, HELLO: 5, DATAPLANE_FAILED: 6 } as const;
 export const NET_RX_WINDOW = 64;
 export const NET_TX_WINDOW = 64;
 /** The largest Ethernet frame either side passes (an MTU of 65535 plus a VLAN-tagged header). */
@@ -55,4 +57,18 @@ export function decodeNetRecord(payload: Uint8Array): { nic: number; body: Uint8
 
 export function decodeNetCount(body: Uint8Array): number {
   return body.length >= 4 ? new DataView(body.buffer, body.byteOffset, 4).getUint32(0, true) : 0;
+}
+
+/** A DATAPLANE_FAILED record: the run's epoch and why. */
+export function encodeNetFailure(nic: number, epoch: number, why: string): Uint8Array {
+  const text = new TextEncoder().encode(why.slice(0, 512));
+  const out = new Uint8Array(HEAD + 4 + text.length);
+  out[0] = nic;
+  new DataView(out.buffer).setUint32(HEAD, epoch >>> 0, true);
+  out.set(text, HEAD + 4);
+  return out;
+}
+
+export function decodeNetFailure(body: Uint8Array): { epoch: number; why: string } {
+  return { epoch: decodeNetCount(body), why: new TextDecoder().decode(body.subarray(4)) };
 }

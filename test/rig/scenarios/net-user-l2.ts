@@ -2,8 +2,10 @@
 // --nic user,hostfwd=tcp:127.0.0.1:HOSTPORT-:40001,pcap=…; L2's busybox udhcpc gets its lease
 // from libslirp over virtio-net (10.0.2.15, router 10.0.2.2, DNS 10.0.2.3), pings the gateway,
 // L1 sends 4 MiB through the port forward to L2's busybox nc, and L2 sends 4 MiB out to a
-// server on L1's loopback through 10.0.2.2 (md5 compared both ways); Debian's tshark reads
-// the pcap (the DHCP exchange, nothing malformed).
+// server on L1's loopback through 10.0.2.2 (md5 compared both ways), with the card's rings on
+// the VM host thread (the "rings handed" log line); L2 then unbinds and binds virtio_net (a
+// virtio reset takes the rings back, DRIVER_OK hands them over again) and gets its lease and
+// pings again; Debian's tshark reads the pcap (the DHCP exchange, nothing malformed).
 import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -113,6 +115,25 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, s
   const gotMd5 = crypto.createHash('md5').update(received).digest('hex');
   if (gotMd5 !== fromL2Md5) fail(`L1 received ${received.length} bytes (md5 ${gotMd5}); L2 sent md5 ${fromL2Md5} (nc: ${sent.output.trim()})`);
   else found.push(`4 MiB L2→10.0.2.2:${L1_SERVER_PORT}→L1's loopback, md5 matches (${(BYTES / 1048576 / ((Date.now() - t0) / 1000)).toFixed(2)} MiB/s)`);
+
+  // The driver let go and bound again: a virtio reset takes the rings back from the VM host
+  // thread and DRIVER_OK hands them over again, with traffic before and after.
+  const handoffs = () => stderr.filter((l) => l.includes('rings handed to the VM host thread')).length;
+  if (handoffs() < 1) fail('Porthole never handed the card\'s rings to the VM host thread (no "rings handed" line)');
+  else found.push('the rings ran on the VM host thread (ioeventfd notifies, irqfd interrupts)');
+  const before = handoffs();
+  const rebind = await con.run('d=$(basename $(readlink /sys/class/net/eth0/device)); echo $d > /sys/bus/virtio/drivers/virtio_net/unbind && echo $d > /sys/bus/virtio/drivers/virtio_net/bind'
+    + ' && for i in $(seq 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done; ip link set eth0 up', 60000);
+  if (rebind.status !== 0) fail(`rebinding virtio_net in L2 failed: ${rebind.output.trim()}`);
+  else {
+    const again = await kitDhcp(con);
+    const ping2 = await con.run('ping -c 3 -W 10 10.0.2.2', 90000);
+    for (let i = 0; i < 50 && handoffs() <= before; i++) await new Promise((r) => setTimeout(r, 100));
+    if (again.lease.ip !== '10.0.2.15' || ping2.status !== 0) fail(`after rebinding virtio_net, L2 got ${JSON.stringify(again.lease)} and ping said: ${ping2.output.trim().split('\n').slice(-2).join(' ')}`);
+    else if (handoffs() <= before) fail('after rebinding virtio_net the rings were not handed over again');
+    else if (stderr.some((l) => l.includes('did not hand the card\'s rings back'))) fail('the VM host did not hand the rings back at the driver\'s reset');
+    else found.push('virtio_net unbound and bound again: the reset took the rings back, DRIVER_OK handed them over again, DHCP and ping work');
+  }
 
   con.send('poweroff -f\n');
   let timer: NodeJS.Timeout | undefined;

@@ -2,7 +2,7 @@
 // backend on the VM host thread. One device model owns the network channel target and routes
 // records by NIC index.
 import { defaultMac, parseMac } from '../../config';
-import { decodeNetRecord, NET_CHANNEL_TARGET } from '../../shared/net-messages';
+import { decodeNetFailure, decodeNetRecord, NET_CHANNEL_TARGET, NET_KIND } from '../../shared/net-messages';
 import type { DeviceFactory } from '../device';
 import { VirtioNet } from '../virtio/net';
 import { Ne2000Pci } from './ne2000';
@@ -27,7 +27,9 @@ export const nicDevices: DeviceFactory = (ctx) => {
     links.push(link);
     const mac = nic.mac !== undefined ? parseMac(nic.mac, `nics[${i}].mac`) : defaultMac(ctx.config.name, i);
     const common = { name: nicName(i), mac, link, statistics: ctx.statistics, log: (text: string) => ctx.log(text) };
-    return nic.model === 'ne2k_pci' ? new Ne2000Pci(common) : new VirtioNet({ ...common, router: ctx.interrupts });
+    if (nic.model === 'ne2k_pci') return new Ne2000Pci(common);
+    const plane = ctx.netDataPlanes?.[i] ?? null;
+    return new VirtioNet({ ...common, router: ctx.interrupts, dataPlane: plane && { buffer: plane, doorbells: ctx.doorbells } });
   });
   for (const link of links) link?.hello();
   return {
@@ -38,7 +40,12 @@ export const nicDevices: DeviceFactory = (ctx) => {
       target: NET_CHANNEL_TARGET,
       handle: (kind, payload) => {
         const record = decodeNetRecord(payload);
-        if (record) links[record.nic]?.onRecord(kind, record.body);
+        if (!record) return;
+        if (kind === NET_KIND.DATAPLANE_FAILED) {
+          const device = devices[record.nic];
+          const failure = decodeNetFailure(record.body);
+          if (device instanceof VirtioNet) device.dataPlaneFailed(failure.epoch, failure.why);
+        } else links[record.nic]?.onRecord(kind, record.body);
       },
     },
     close: () => { for (const d of devices) d.close(); },

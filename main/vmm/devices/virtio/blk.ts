@@ -15,7 +15,7 @@ import { type Counter, counter, type DeviceContext, type DeviceFactory } from '.
 import type { BlockBackend } from '../usb/storage/block-backend';
 import { openBlockImage } from '../block/open-image';
 import { VirtioPciDevice } from './virtio-pci';
-import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
+import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from '../../shared/virtqueue';
 
 export const VIRTIO_BLK_DEVICE_TYPE = 2;
 export const VIRTIO_BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, GEOMETRY: 4, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 } as const;

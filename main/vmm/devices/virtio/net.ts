@@ -5,6 +5,10 @@
 //
 // Frames come and go through a NicLink (devices/net/nic-link.ts) to the VM host thread. With
 // VERSION_1 every buffer starts with the 12-byte virtio_net_hdr_v1 (§5.1.6).
+// Once the driver is running with MSI-X, the card lends both rings to the VM host thread
+// (net-handoff.ts, host/net-dataplane.ts): notifies become ioeventfds and interrupts irqfds,
+// so a queue kick never exits to JavaScript. The machine takes them back for a reset, the
+// error state, a BAR move, bus mastering off or MSI-X off, and runs them itself meanwhile.
 // What the guest can get wrong:
 //  - a receive buffer with a device-readable part, or a transmit buffer too short for its
 //    header: the device error state (DEVICE_NEEDS_RESET), as it breaks the protocol;
@@ -12,10 +16,19 @@
 //    than an Ethernet header or longer than NET_MAX_FRAME, a header asking for offloads: that
 //    frame is dropped and counted; the buffer goes back used (0 bytes written).
 import { type Counter, counter, type DeviceContext } from '../device';
-import { NET_FRAME_OFFSET, NET_MAX_FRAME, NET_MIN_FRAME } from '../../shared/net-messages';
+import type { DoorbellRegistry } from '../interrupts';
+import { PCI_COMMAND, type ConfigWriteResult } from '../pci/pci-device';
+import { NET_FRAME_OFFSET } from '../../shared/net-messages';
+import { DATAPLANE_FLAG } from '../../shared/net-dataplane';
 import type { NicLink } from '../net/nic-link';
-import { VirtioPciDevice } from './virtio-pci';
-import { sliceSegments, type SplitVirtqueue, VirtqueueError } from './virtqueue';
+import { DataPlaneHandoff } from './net-handoff';
+import {
+  readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
+} from '../../shared/virtio-net-frames';
+import { VIRTIO_BAR_LAYOUT, VIRTIO_F, VirtioPciDevice } from './virtio-pci';
+import { type SplitVirtqueue, VIRTIO_NO_VECTOR } from '../../shared/virtqueue';
+
+export { VIRTIO_NET_GSO_NONE, VIRTIO_NET_HDR_BYTES, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../shared/virtio-net-frames';
 
 export const VIRTIO_NET_DEVICE_TYPE = 1;
 export const VIRTIO_NET_F = {
@@ -23,9 +36,6 @@ export const VIRTIO_NET_F = {
   MRG_RXBUF: 15, STATUS: 16, CTRL_VQ: 17, MQ: 22,
 } as const;
 export const VIRTIO_NET_S_LINK_UP = 1;
-export const VIRTIO_NET_HDR_BYTES = 12;
-export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
-export const VIRTIO_NET_GSO_NONE = 0;
 export const VIRTIO_NET_CONFIG_SIZE = 12;
 export const VIRTIO_NET_RX = 0;
 export const VIRTIO_NET_TX = 1;
@@ -41,6 +51,8 @@ export interface VirtioNetOptions {
   router?: DeviceContext['interrupts'] | null;
   statistics?: DeviceContext['statistics'] | null;
   log?: (text: string) => void;
+  /** The VM host's data plane block for this card and the doorbells to reach it; absent: rings stay here. */
+  dataPlane?: { buffer: SharedArrayBuffer; doorbells: DoorbellRegistry } | null;
 }
 
 export interface NicCounters {
@@ -66,7 +78,8 @@ export function nicCounters(stats: DeviceContext['statistics'], name: string): N
 export class VirtioNet extends VirtioPciDevice {
   private readonly configBytes = new Uint8Array(VIRTIO_NET_CONFIG_SIZE);
   private readonly header = new Uint8Array(VIRTIO_NET_HDR_BYTES);
-  private readonly rxHeader = new Uint8Array(VIRTIO_NET_HDR_BYTES);
+  private readonly rxHeader = receiveHeader();
+  private readonly handoff: DataPlaneHandoff | null;
   readonly counters: NicCounters | null;
   readonly link: NicLink | null;
   /** Drops by reason, also when no registry is given (tests read them). */
@@ -87,15 +100,81 @@ export class VirtioNet extends VirtioPciDevice {
     view.setUint16(6, options.link ? VIRTIO_NET_S_LINK_UP : 0, true);
     view.setUint16(8, 1, true); // max_virtqueue_pairs
     view.setUint16(10, mtu, true);
-    this.rxHeader[10] = 1; // num_buffers: one buffer per frame (no MRG_RXBUF)
     this.counters = options.statistics ? nicCounters(options.statistics, options.name) : null;
     if (this.link) {
       this.link.onReceive = () => this.receiveWaiting();
       this.link.onTransmitReady = () => {
         const tx = this.queues[VIRTIO_NET_TX];
-        if (this.running && tx.enabled) this.batch(tx, () => this.transmit(tx));
+        if (this.running && tx.enabled && !this.handoff?.active) this.batch(tx, () => this.transmit(tx));
       };
     }
+    const plane = options.dataPlane;
+    this.handoff = plane && this.link && options.router
+      ? new DataPlaneHandoff(plane.buffer, plane.doorbells, (text) => options.log?.(`${options.name}: ${text}`))
+      : null;
+  }
+
+  /** Whether the VM host runs the rings now. */
+  get ringsLent(): boolean {
+    return this.handoff?.active ?? false;
+  }
+
+  override notify(index: number): void {
+    if (this.handoff?.active) this.handoff.forwardNotify(index);
+    else super.notify(index);
+  }
+
+  /** The host found a broken ring in run `epoch`: the card's error state (if that run is still on). */
+  dataPlaneFailed(epoch: number, why: string): void {
+    if (this.handoff?.active && this.handoff.runEpoch === epoch) this.fail(why);
+  }
+
+  protected override statusWritten(): void {
+    this.lendQueues();
+  }
+
+  protected override reclaimQueues(): void {
+    this.handoff?.stop();
+  }
+
+  protected override barMoved(index: number, address: number | null, previous: number | null): void {
+    super.barMoved(index, address, previous);
+    if (index !== VIRTIO_BAR_LAYOUT.bar) return;
+    this.reclaimQueues(); // the doorbells are at the old address
+    this.lendQueues();
+  }
+
+  protected override configWritten(offset: number, size: number, changes: ConfigWriteResult): void {
+    super.configWritten(offset, size, changes);
+    // Bus mastering or MSI-X turned off: the host must not touch guest memory or signal.
+    if (this.handoff?.active && (!(this.command & PCI_COMMAND.MASTER) || !this.msix.enabled)) this.reclaimQueues();
+    else this.lendQueues();
+  }
+
+  /** Lends the rings to the VM host when the driver runs them with MSI-X and DMA on. */
+  private lendQueues(): void {
+    const handoff = this.handoff;
+    if (!handoff || handoff.active || !this.running || !this.msix.enabled || !(this.command & PCI_COMMAND.MASTER)) return;
+    const bar = this.barAddress(VIRTIO_BAR_LAYOUT.bar);
+    const queues = [this.queues[VIRTIO_NET_RX], this.queues[VIRTIO_NET_TX]];
+    if (bar === null || queues.some((q) => !q.enabled || q.msixVector === VIRTIO_NO_VECTOR)) return;
+    let irqFds: number[];
+    try {
+      irqFds = queues.map((q) => this.msix.vectorEventFd(q.msixVector));
+    } catch {
+      return; // no irqfd route for a vector (KVM's table was full): the rings stay here
+    }
+    // Frames the channel brought before the hand-over have no ring to go to now.
+    this.dropWaiting();
+    const c = this.counters;
+    const slot = (x: Counter | undefined) => x?.slot ?? -1;
+    handoff.start(queues.map((queue, i) => ({
+      queue, irqFd: irqFds[i], irqCounter: this.msix.vectorCounter(queue.msixVector),
+      notifyAddress: bar + VIRTIO_BAR_LAYOUT.notify + VIRTIO_BAR_LAYOUT.notifyMultiplier * queue.index,
+    })), (this.negotiated(VIRTIO_F.EVENT_IDX) ? DATAPLANE_FLAG.EVENT_IDX : 0) | (this.negotiated(VIRTIO_F.INDIRECT_DESC) ? DATAPLANE_FLAG.INDIRECT : 0), {
+      rxPackets: slot(c?.rxPackets), rxBytes: slot(c?.rxBytes), txPackets: slot(c?.txPackets),
+      txBytes: slot(c?.txBytes), rxDropped: slot(c?.rxDropped), txDropped: slot(c?.txDropped),
+    });
   }
 
   protected readDeviceConfig(offset: number, size: number): number {
@@ -118,7 +197,7 @@ export class VirtioNet extends VirtioPciDevice {
   /** Frames arrived from the backend: into the guest's buffers if it has any, else they wait. */
   private receiveWaiting(): void {
     const rx = this.queues[VIRTIO_NET_RX];
-    if (!this.running || !rx.enabled) {
+    if (!this.running || !rx.enabled || this.handoff?.active) {
       this.dropWaiting();
       return;
     }
@@ -139,22 +218,15 @@ export class VirtioNet extends VirtioPciDevice {
       const chain = q.pop(this.dma);
       if (chain === null) return; // no buffer: the frames wait for the guest's next notify
       const frame = link.take() as Uint8Array;
-      if (chain.readableBytes > 0) throw new VirtqueueError(`queue ${q.index}: receive buffer ${chain.head} has a device-readable part`);
-      const total = VIRTIO_NET_HDR_BYTES + frame.length;
-      let written = 0;
-      if (chain.writableBytes < total) {
-        this.drops.rxNoRoom++;
-        this.counters?.rxDropped.add();
-      } else if (this.dma.scatter(sliceSegments(chain.writable, 0, VIRTIO_NET_HDR_BYTES), this.rxHeader) !== VIRTIO_NET_HDR_BYTES
-        || this.dma.scatter(sliceSegments(chain.writable, VIRTIO_NET_HDR_BYTES, frame.length), frame) !== frame.length) {
-        this.drops.rxFault++;
-        this.counters?.rxDropped.add();
-      } else {
-        written = total;
+      const result = writeReceivedFrame(this.dma, q.index, chain, this.rxHeader, frame);
+      if (result === 'delivered') {
         this.counters?.rxPackets.add();
         this.counters?.rxBytes.add(frame.length);
+      } else {
+        this.drops[result === 'no-room' ? 'rxNoRoom' : 'rxFault']++;
+        this.counters?.rxDropped.add();
       }
-      this.complete(q, chain.head, written, this.generation);
+      this.complete(q, chain.head, result === 'delivered' ? VIRTIO_NET_HDR_BYTES + frame.length : 0, this.generation);
     }
   }
 
@@ -163,10 +235,7 @@ export class VirtioNet extends VirtioPciDevice {
     while (!link || link.canTransmit) {
       const chain = q.pop(this.dma);
       if (chain === null) return;
-      if (chain.readableBytes < VIRTIO_NET_HDR_BYTES) {
-        throw new VirtqueueError(`queue ${q.index}: transmit buffer ${chain.head} has no room for its ${VIRTIO_NET_HDR_BYTES}-byte header`);
-      }
-      const length = chain.readableBytes - VIRTIO_NET_HDR_BYTES;
+      const length = transmitLength(q.index, chain);
       const record = this.readFrame(chain.readable, length, link);
       if (record) {
         if (link) {
@@ -187,28 +256,20 @@ export class VirtioNet extends VirtioPciDevice {
    * null (counted in `drops`) if it cannot be sent as it is.
    */
   private readFrame(readable: readonly { address: number; length: number }[], length: number, link: NicLink | null): Uint8Array | null {
-    if (this.dma.gather(readable, this.header) !== VIRTIO_NET_HDR_BYTES) {
-      this.drops.txFault++;
-      return null;
-    }
-    // Offloads were not offered: a header asking for one describes a frame we cannot finish.
-    if ((this.header[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) || this.header[1] !== VIRTIO_NET_GSO_NONE) {
-      this.drops.txOffload++;
-      return null;
-    }
-    if (length < NET_MIN_FRAME || length > NET_MAX_FRAME) {
-      this.drops.txBadLength++;
-      return null;
-    }
-    const record = link ? link.transmitRecord(length) : new Uint8Array(length);
-    if (this.dma.gather(sliceSegments(readable, VIRTIO_NET_HDR_BYTES, length), record, link ? NET_FRAME_OFFSET : 0) !== length) {
-      this.drops.txFault++;
+    let record: Uint8Array | null = null;
+    const drop = readTransmittedFrame(this.dma, readable, length, this.header, (n) => {
+      record = link ? link.transmitRecord(n) : new Uint8Array(n);
+      return { into: record, offset: link ? NET_FRAME_OFFSET : 0 };
+    });
+    if (drop !== null) {
+      this.drops[drop]++;
       return null;
     }
     return record;
   }
 
   close(): void {
+    this.reclaimQueues();
     this.link?.close();
   }
 }

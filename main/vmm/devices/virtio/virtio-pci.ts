@@ -14,7 +14,7 @@ import { MsixCapability, MsixMmio } from '../pci/msix';
 import { ConfigWriteResult, PCI_CAP_ID, PciDevice } from '../pci/pci-device';
 import type { MsiRouter } from '../interrupts';
 import type { StatsRegistry } from '../../shared/stats';
-import { SplitVirtqueue, VIRTIO_NO_VECTOR, VIRTQ_MAX_SIZE, VirtqueueError } from './virtqueue';
+import { SplitVirtqueue, VIRTIO_NO_VECTOR, VIRTQ_MAX_SIZE, VirtqueueError } from '../../shared/virtqueue';
 
 export const VIRTIO_PCI_VENDOR = 0x1af4;
 /** Modern device IDs are 0x1040 + the virtio device type. */
@@ -142,6 +142,10 @@ export abstract class VirtioPciDevice extends PciDevice {
   protected abstract processQueue(queue: SplitVirtqueue): void;
   /** The device was reset: forget requests (their completions are dropped by generation). */
   protected deviceReset(): void {}
+  /** A reset or the error state is coming: a device that lent its rings out takes them back. */
+  protected reclaimQueues(): void {}
+  /** The driver wrote a non-zero status (e.g. DRIVER_OK). */
+  protected statusWritten(): void {}
 
   /** Whether the driver accepted feature `bit`. */
   negotiated(bit: number): boolean {
@@ -264,6 +268,7 @@ export abstract class VirtioPciDevice extends PciDevice {
       }
     }
     this.status = next;
+    this.statusWritten();
   }
 
   private enableQueue(q: SplitVirtqueue): void {
@@ -277,6 +282,7 @@ export abstract class VirtioPciDevice extends PciDevice {
 
   /** Device reset (status 0 written): queues, features, status, ISR and interrupt all go back. */
   reset(): void {
+    this.reclaimQueues();
     this.generation++;
     for (const q of this.queues) q.reset();
     this.accepted[0] = 0;
@@ -364,6 +370,7 @@ export abstract class VirtioPciDevice extends PciDevice {
   /** The device error state (§2.1.2): NEEDS_RESET, and a configuration interrupt if the driver is running. */
   protected fail(why: string): void {
     if (this.needsReset) return;
+    this.reclaimQueues();
     this.log(`${this.name}: device error, needs reset: ${why}`);
     this.status |= VIRTIO_STATUS.NEEDS_RESET;
     if (this.status & VIRTIO_STATUS.DRIVER_OK) {

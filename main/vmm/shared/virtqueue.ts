@@ -6,7 +6,7 @@
 // or a ring outside guest memory is a VirtqueueError, which the transport turns into the
 // device error state (DEVICE_NEEDS_RESET). Data buffers are not checked here: their
 // addresses are the request's business (an I/O error in its status).
-import { DMA_DISABLED, DMA_OK, type DmaMemory, type DmaSegment, dmaErrorText } from '../../memory/dma';
+import { DMA_DISABLED, DMA_OK, type DmaMemory, type DmaSegment, dmaErrorText } from '../memory/dma';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -81,6 +81,17 @@ export class SplitVirtqueue {
     this.lastAvail = 0;
     this.usedIdx = 0;
     this.signalledUsed = 0;
+  }
+
+  /** The ring positions, for handing the queue to another thread (net-dataplane). */
+  get ringIndices(): { lastAvail: number; usedIdx: number; signalledUsed: number } {
+    return { lastAvail: this.lastAvail, usedIdx: this.usedIdx, signalledUsed: this.signalledUsed };
+  }
+
+  setRingIndices(v: { lastAvail: number; usedIdx: number; signalledUsed: number }): void {
+    this.lastAvail = v.lastAvail & 0xffff;
+    this.usedIdx = v.usedIdx & 0xffff;
+    this.signalledUsed = v.signalledUsed & 0xffff;
   }
 
   /** Why the driver's settings cannot be enabled, or null (checked on queue_enable). */

@@ -1,0 +1,102 @@
+// The machine thread's end of a virtio-net data plane (shared/net-dataplane.ts): hands the
+// card's two rings to the VM host thread with an ioeventfd per notify address, and takes them
+// back (ring indices included) before anything the guest does could make the host's work
+// wrong: a reset, the error state, a BAR move, bus mastering or MSI-X turned off.
+import type { Doorbell, DoorbellRegistry } from '../interrupts';
+import { DATAPLANE_STATE, type DataPlaneCounter, type DataPlaneQueue, NetDataPlaneBlock } from '../../shared/net-dataplane';
+import type { SplitVirtqueue } from '../../shared/virtqueue';
+
+/** How long a stop waits for the VM host to hand the rings back before going on without it. */
+const STOP_WAIT_MS = 2000;
+
+export interface HandoffQueue {
+  queue: SplitVirtqueue;
+  /** Guest-physical address of the queue's notify register. */
+  notifyAddress: number;
+  irqFd: number;
+  irqCounter: number;
+}
+
+export class DataPlaneHandoff {
+  readonly block: NetDataPlaneBlock;
+  private doorbells: Doorbell[] | null = null;
+  private queues: SplitVirtqueue[] = [];
+  private epoch = 0;
+  private refusalLogged = false;
+
+  constructor(buffer: SharedArrayBuffer, private readonly registry: DoorbellRegistry, private readonly log: (text: string) => void) {
+    this.block = new NetDataPlaneBlock(buffer);
+  }
+
+  /** Whether the VM host has (or is taking) the rings. */
+  get active(): boolean {
+    return this.doorbells !== null;
+  }
+
+  /**
+   * Hands the queues over; false (the machine keeps them) if the doorbells cannot be
+   * registered or the host has no control eventfd.
+   */
+  start(queues: HandoffQueue[], flags: number, counters: Record<DataPlaneCounter, number>): boolean {
+    if (this.active) return true;
+    const block = this.block;
+    if (block.controlFd < 0 || block.state !== DATAPLANE_STATE.IDLE) return false;
+    const bells: Doorbell[] = [];
+    try {
+      for (const q of queues) bells.push(this.registry.register({ space: 'mmio', address: q.notifyAddress, length: 2 }));
+    } catch (e) {
+      for (const b of bells) b.release();
+      if (!this.refusalLogged) this.log(`the card's rings stay on the machine thread: ${(e as Error).message}`);
+      this.refusalLogged = true;
+      return false;
+    }
+    queues.forEach((q, i) => {
+      const v: DataPlaneQueue = {
+        size: q.queue.size, descAddress: q.queue.descAddress, driverAddress: q.queue.driverAddress, deviceAddress: q.queue.deviceAddress,
+        ...q.queue.ringIndices, notifyFd: bells[i].eventFd, irqFd: q.irqFd, irqCounter: q.irqCounter,
+      };
+      block.setQueue(q.queue.index, v);
+    });
+    block.flags = flags;
+    for (const [name, slot] of Object.entries(counters)) block.setCounterSlot(name as DataPlaneCounter, slot);
+    block.epoch = ++this.epoch;
+    if (!block.move(DATAPLANE_STATE.IDLE, DATAPLANE_STATE.START)) {
+      for (const b of bells) b.release();
+      return false;
+    }
+    this.doorbells = bells;
+    this.queues = queues.map((q) => q.queue);
+    this.registry.signal(block.controlFd);
+    this.log(`rings handed to the VM host thread (run ${this.epoch}): notifies are ioeventfds, interrupts irqfds`);
+    return true;
+  }
+
+  /** The current run's epoch (a host failure report names it). */
+  get runEpoch(): number {
+    return this.active ? this.epoch : -1;
+  }
+
+  /** A notify that exited anyway (another width than the doorbell's): the host's doorbell rings. */
+  forwardNotify(index: number): void {
+    this.doorbells?.[this.queues.findIndex((q) => q.index === index)]?.ring();
+  }
+
+  /** Takes the rings back: the queues get the host's ring indices. Returns at once if not active. */
+  stop(): void {
+    if (!this.active) return;
+    const block = this.block;
+    // Still only requested: the host never touched the rings.
+    if (!block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE)) {
+      if (block.move(DATAPLANE_STATE.RUNNING, DATAPLANE_STATE.STOP)) {
+        this.registry.signal(block.controlFd);
+        const state = block.waitWhile(DATAPLANE_STATE.STOP, STOP_WAIT_MS);
+        if (state !== DATAPLANE_STATE.IDLE) this.log(`the VM host did not hand the card's rings back within ${STOP_WAIT_MS} ms`);
+      }
+      // IDLE: handed back (or the host stopped on its own, after a broken ring).
+      for (const q of this.queues) q.setRingIndices(block.queue(q.index));
+    }
+    for (const b of this.doorbells ?? []) b.release();
+    this.doorbells = null;
+    this.queues = [];
+  }
+}
