@@ -1,18 +1,21 @@
 // Worker entry for the unit tests that need a second (or third) thread: a channel
 // producer or consumer, a byte-ring producer, a counter incrementer, or a stand-in for
-// the machine thread that sets a timer and then blocks as KVM_RUN would.
+// the machine thread that sets a timer and then blocks as KVM_RUN would, or a VM host running a
+// virtio-net data plane while the test's thread plays the machine.
 import { parentPort, workerData } from 'node:worker_threads';
 import { Channel, Doorbell } from '../../main/vmm/shared/channel';
 import { ByteRing, ControlBlock } from '../../main/vmm/shared/control';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { MachineTimers } from '../../main/vmm/machine/timers';
+import { HostNetDataPlane } from '../../main/vmm/host/net-dataplane';
 
 export type ThreadRole =
   | { role: 'channel-producer'; buffer: SharedArrayBuffer; count: number }
   | { role: 'channel-consumer'; buffer: SharedArrayBuffer; count: number }
   | { role: 'ring-producer'; buffer: SharedArrayBuffer; doorbell: SharedArrayBuffer; count: number }
   | { role: 'stats-incrementer'; buffer: SharedArrayBuffer; slots: number[]; count: number }
-  | { role: 'timer-machine'; control: SharedArrayBuffer; doorbell: SharedArrayBuffer; kick: SharedArrayBuffer; delayMs: number };
+  | { role: 'timer-machine'; control: SharedArrayBuffer; doorbell: SharedArrayBuffer; kick: SharedArrayBuffer; delayMs: number }
+  | { role: 'net-dataplane-host'; block: SharedArrayBuffer; ram: SharedArrayBuffer; done: SharedArrayBuffer };
 
 /** The payload of record `seq`: its length varies so records straddle the ring's end. */
 export function payloadOf(seq: number): Uint8Array {
@@ -84,6 +87,23 @@ function timerMachine(role: Extract<ThreadRole, { role: 'timer-machine' }>): { f
   return { fired, kicks };
 }
 
+/** Runs a data plane on guest memory `ram` (at guest address 0) until `done` holds 1; counts the frames it sent. */
+async function dataPlaneHost(role: Extract<ThreadRole, { role: 'net-dataplane-host' }>): Promise<{ frames: number }> {
+  let frames = 0;
+  const region = { guestBase: 0, size: role.ram.byteLength, buffer: role.ram, offset: 0, readonly: false, name: 'ram' };
+  const plane = new HostNetDataPlane(role.block, () => [region], null, {
+    transmit: () => { frames++; },
+    canTransmit: true,
+    pauseReceive: () => {},
+    failed: () => {},
+    log: () => {},
+  });
+  const done = new Int32Array(role.done);
+  while (Atomics.load(done, 0) === 0) await new Promise((r) => setTimeout(r, 5));
+  await plane.close();
+  return { frames };
+}
+
 async function run(role: ThreadRole): Promise<unknown> {
   switch (role.role) {
     case 'channel-producer': return { fullTimes: await produceRecords(new Channel(role.buffer), role.count) };
@@ -95,6 +115,7 @@ async function run(role: ThreadRole): Promise<unknown> {
       return {};
     }
     case 'timer-machine': return timerMachine(role);
+    case 'net-dataplane-host': return dataPlaneHost(role);
   }
 }
 

@@ -11,8 +11,11 @@ import type { MemoryRegion } from '../../main/vmm/memory/guest-memory';
 import {
   DATAPLANE_BLOCK_BYTES, DATAPLANE_FLAG, DATAPLANE_RX, DATAPLANE_STATE, DATAPLANE_TX, NetDataPlaneBlock,
 } from '../../main/vmm/shared/net-dataplane';
-import { VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
+import { SplitVirtqueue, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
 import { fuzzCases, Prng } from '../helpers/prng';
+import { runOnThread } from '../helpers/threads';
+import { DataPlaneHandoff } from '../../main/vmm/devices/virtio/net-handoff';
+import type { DoorbellSpec } from '../../main/vmm/devices/interrupts';
 
 const RAM = 1 << 20;
 const SIZE = 8;
@@ -269,4 +272,62 @@ test('data plane fuzz: random rings and frames never throw out of the loop, hang
   } finally {
     await t.close();
   }
+});
+
+test('data plane across threads: the machine hands the rings over, a doorbell brings a frame out, and stop blocks until the host hands the indices back', async () => {
+  const ram = new SharedArrayBuffer(RAM);
+  const view = new DataView(ram);
+  const blockBuffer = new SharedArrayBuffer(DATAPLANE_BLOCK_BYTES);
+  const done = new SharedArrayBuffer(4);
+  const host = runOnThread<{ frames: number }>({ role: 'net-dataplane-host', block: blockBuffer, ram, done }, 30000);
+  const block = new NetDataPlaneBlock(blockBuffer);
+  const sleep = new Int32Array(new SharedArrayBuffer(4));
+  /** Blocks this thread (as the machine thread blocks) until cond holds. */
+  const spin = (what: string, cond: () => boolean) => {
+    for (let i = 0; i < 3000 && !cond(); i++) Atomics.wait(sleep, 0, 0, 1);
+    assert.ok(cond(), `timed out waiting for ${what}`);
+  };
+  await until('the host\'s control eventfd', () => block.controlFd > 0);
+  const owned: number[] = [];
+  const registry = {
+    register: (spec: DoorbellSpec) => {
+      const fd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+      return { ...spec, eventFd: fd, takeCount: () => libc.eventfdRead(fd), ring: () => libc.eventfdWrite(fd), release: () => libc.close(fd) };
+    },
+    signal: (fd: number) => libc.eventfdWrite(fd),
+  };
+  const irq = [libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK), libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK)];
+  owned.push(...irq);
+  const queues = [DATAPLANE_RX, DATAPLANE_TX].map((i) => {
+    const q = new SplitVirtqueue(i, SIZE);
+    const r = rings(i);
+    q.descAddress = r.desc;
+    q.driverAddress = r.avail;
+    q.deviceAddress = r.used;
+    q.enabled = true;
+    return q;
+  });
+  try {
+    const handoff = new DataPlaneHandoff(blockBuffer, registry, () => {});
+    const none = { rxPackets: -1, rxBytes: -1, txPackets: -1, txBytes: -1, rxDropped: -1, txDropped: -1 };
+    assert.ok(handoff.start(queues.map((queue, i) => ({ queue, notifyAddress: 0xfe003000 + 4 * i, irqFd: irq[i], irqCounter: -1 })), 0, none));
+    spin('the host to take the rings', () => block.state === DATAPLANE_STATE.RUNNING);
+    // One transmit chain: a zero header and a 60-byte frame.
+    const r = rings(DATAPLANE_TX);
+    view.setUint32(r.desc, BUFFERS, true);
+    view.setUint32(r.desc + 8, 72, true);
+    view.setUint16(r.avail + 4, 0, true);
+    view.setUint16(r.avail + 2, 1, true);
+    new Uint8Array(ram).fill(0xff, BUFFERS + 12, BUFFERS + 18);
+    handoff.forwardNotify(DATAPLANE_TX);
+    spin('the frame to be used', () => view.getUint16(r.used + 2, true) === 1);
+    handoff.stop();
+    assert.equal(block.state, DATAPLANE_STATE.IDLE);
+    assert.equal(handoff.active, false);
+    assert.deepEqual(queues[DATAPLANE_TX].ringIndices, { lastAvail: 1, usedIdx: 1, signalledUsed: 1 });
+  } finally {
+    Atomics.store(new Int32Array(done), 0, 1);
+    for (const fd of owned) libc.close(fd);
+  }
+  assert.equal((await host).frames, 1);
 });
