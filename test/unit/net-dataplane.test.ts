@@ -150,13 +150,23 @@ test('data plane: transmits and receives through guest memory, interrupting by i
     assert.equal(t.plane.drops.rxNoRoom, 1);
     assert.equal(t.stats[2], 1, 'rxDropped counted');
 
+    // The VM paused: a frame waits even with a buffer there, and goes in when the VM resumes.
+    t.plane.hold(true);
+    t.offer(DATAPLANE_RX, BUFFERS + 0x3000, 2048, true);
+    assert.equal(t.plane.receive(rx), true);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(t.usedIdx(DATAPLANE_RX), 2, 'nothing changes in a paused guest\'s memory');
+    t.plane.hold(false);
+    assert.equal(t.usedIdx(DATAPLANE_RX), 3);
+    assert.equal(t.usedLen(DATAPLANE_RX, 2), 112);
+
     await t.stop();
     assert.equal(t.plane.running, false);
     assert.equal(t.plane.receive(rx), false, 'without a run, frames go the channel\'s way');
     const back = t.block.queue(DATAPLANE_TX);
     assert.deepEqual([back.lastAvail, back.usedIdx, back.signalledUsed], [1, 1, 1]);
     const rxBack = t.block.queue(DATAPLANE_RX);
-    assert.deepEqual([rxBack.lastAvail, rxBack.usedIdx], [2, 2]);
+    assert.deepEqual([rxBack.lastAvail, rxBack.usedIdx], [3, 3]);
 
     // A second run carries on from the indices handed back.
     await t.start();

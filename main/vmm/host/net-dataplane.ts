@@ -51,6 +51,8 @@ export class HostNetDataPlane {
   private readonly waiting: Uint8Array[] = [];
   private receivePaused = false;
   private transmitting = false;
+  /** The VM is paused: the rings are left alone (frames for the guest wait) until it resumes. */
+  private held = false;
   private closed = false;
   /** Descriptors of ended runs, closed by the loop once no poll uses them. */
   private retired: number[] = [];
@@ -91,8 +93,19 @@ export class HostNetDataPlane {
     if (this.run !== null) this.transmit();
   }
 
+  /** The VM was paused (true) or resumed: a paused guest's memory does not change under it. */
+  hold(held: boolean): void {
+    if (held === this.held) return;
+    this.held = held;
+    if (!held) {
+      this.transmit();
+      this.deliver();
+    }
+  }
+
   /** The machine thread ended (a reset or the end): its rings and eventfds are gone with it. */
   machineEnded(): void {
+    this.held = false; // the next machine starts running
     if (this.run !== null) this.endRun();
     // The next machine starts from an idle block, whatever this one left.
     Atomics.store(this.block.words, 0, DATAPLANE_STATE.IDLE);
@@ -237,7 +250,7 @@ export class HostNetDataPlane {
   private transmit(): void {
     const run = this.run;
     // The backend taking a frame calls transmitReady() from inside this loop, which goes on anyway.
-    if (run === null || this.transmitting) return;
+    if (run === null || this.transmitting || this.held) return;
     this.transmitting = true;
     const tx = run.queues[DATAPLANE_TX];
     try {
@@ -271,6 +284,10 @@ export class HostNetDataPlane {
   private deliver(): void {
     const run = this.run;
     if (run === null) return;
+    if (this.held) {
+      this.setReceivePaused(this.waiting.length >= NET_RX_WINDOW);
+      return;
+    }
     const rx = run.queues[DATAPLANE_RX];
     try {
       while (this.waiting.length > 0) {

@@ -660,6 +660,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (this._state !== 'running') throw new Error(`cannot pause a VM that is ${this._state}`);
     this.control.setCommand(COMMAND.PAUSE);
     for (let cpu = 0; cpu < this.runPages.length; cpu++) this.kick(cpu);
+    for (const nic of this.nics) nic.dataPlane?.hold(true);
     this.setState('paused');
   }
 
@@ -667,6 +668,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     if (this._state !== 'paused') throw new Error(`cannot resume a VM that is ${this._state}`);
     this.control.setCommand(COMMAND.RUN);
     this.post({ type: 'resume' });
+    for (const nic of this.nics) nic.dataPlane?.hold(false);
     this.setState('running');
   }
 
