@@ -93,7 +93,7 @@ async function dataPlaneHost(role: Extract<ThreadRole, { role: 'net-dataplane-ho
   const region = { guestBase: 0, size: role.ram.byteLength, buffer: role.ram, offset: 0, readonly: false, name: 'ram' };
   const plane = new HostNetDataPlane(role.block, () => [region], null, {
     transmit: () => { frames++; },
-    canTransmit: true,
+    canTransmit: () => true,
     pauseReceive: () => {},
     failed: () => {},
     log: () => {},

@@ -45,7 +45,7 @@ function setup(flags = 0) {
   const buffer = new SharedArrayBuffer(DATAPLANE_BLOCK_BYTES);
   const plane = new HostNetDataPlane(buffer, () => [region], stats, {
     transmit: (frame) => transmitted.push(frame),
-    canTransmit: true,
+    canTransmit: () => true,
     pauseReceive: (p) => pauses.push(p),
     failed: (epoch, why) => failures.push({ epoch, why }),
     log: () => {},

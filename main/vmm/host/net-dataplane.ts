@@ -25,7 +25,7 @@ export interface DataPlaneHost {
   /** A guest frame (a buffer of its own) for the backend. */
   transmit(frame: Uint8Array): void;
   /** Whether the backend's queue has room for another frame. */
-  readonly canTransmit: boolean;
+  canTransmit(): boolean;
   /** Frames for the guest wait here: the backend should stop (true) or go on (false) reading. */
   pauseReceive(paused: boolean): void;
   /** The guest broke a ring in run `epoch`: the machine puts the card in its error state. */
@@ -108,7 +108,7 @@ export class HostNetDataPlane {
     this.held = false; // the next machine starts running
     if (this.run !== null) this.endRun();
     // The next machine starts from an idle block, whatever this one left.
-    Atomics.store(this.block.words, 0, DATAPLANE_STATE.IDLE);
+    this.block.forceIdle();
     this.wake();
   }
 
@@ -194,11 +194,16 @@ export class HostNetDataPlane {
       block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
       return;
     }
-    const dups: number[] = [];
+    const notifyFds: number[] = [];
+    const irqFds: number[] = [];
+    const dups = () => [...notifyFds, ...irqFds];
     try {
-      for (const { v } of queues) dups.push(libc.dup(v.notifyFd), libc.dup(v.irqFd));
+      for (const { v } of queues) {
+        notifyFds.push(libc.dup(v.notifyFd));
+        irqFds.push(libc.dup(v.irqFd));
+      }
     } catch (e) {
-      for (const fd of dups) libc.close(fd);
+      for (const fd of dups()) libc.close(fd);
       this.host.log(`data plane: cannot start: ${(e as Error).message}`);
       block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
       return;
@@ -208,12 +213,12 @@ export class HostNetDataPlane {
       epoch: block.epoch,
       dma: new DmaMemory(new GuestMemory([...(regions ?? [])])),
       queues: [queues[0].q, queues[1].q],
-      notifyFds: [dups[0], dups[2]],
-      irqFds: [dups[1], dups[3]],
+      notifyFds: [notifyFds[DATAPLANE_RX], notifyFds[DATAPLANE_TX]],
+      irqFds: [irqFds[DATAPLANE_RX], irqFds[DATAPLANE_TX]],
       irqCounters: [queues[0].v.irqCounter, queues[1].v.irqCounter],
     };
     if (!block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.RUNNING)) {
-      for (const fd of dups) libc.close(fd); // the machine withdrew the request meanwhile
+      for (const fd of dups()) libc.close(fd); // the machine withdrew the request meanwhile
       return;
     }
     this.run = run;
@@ -254,7 +259,7 @@ export class HostNetDataPlane {
     this.transmitting = true;
     const tx = run.queues[DATAPLANE_TX];
     try {
-      while (this.run === run && this.host.canTransmit) {
+      while (this.run === run && this.host.canTransmit()) {
         const chain = tx.pop(run.dma);
         if (chain === null) break;
         const length = transmitLength(DATAPLANE_TX, chain);

@@ -95,14 +95,13 @@ export class HostNic {
   }
 
   private openDataPlane(ram: () => readonly MemoryRegion[] | null): HostNetDataPlane {
-    const toBackend = this.toBackend;
     return new HostNetDataPlane(new SharedArrayBuffer(DATAPLANE_BLOCK_BYTES), ram, this.io.stats ?? null, {
       transmit: (frame) => {
         this.pcap?.write(frame);
         this.toBackend.push({ frame, fromChannel: false });
         if (this.toBackend.length === 1) this.pump();
       },
-      get canTransmit() { return toBackend.length < DATAPLANE_TX_QUEUE; },
+      canTransmit: () => this.toBackend.length < DATAPLANE_TX_QUEUE,
       pauseReceive: (paused) => {
         this.dataPlanePaused = paused;
         this.updatePause();

@@ -74,6 +74,12 @@ export class NetDataPlaneBlock {
     return true;
   }
 
+  /** The machine that used this block is gone: the next one starts from IDLE, whatever was left. */
+  forceIdle(): void {
+    Atomics.store(this.words, W.STATE, DATAPLANE_STATE.IDLE);
+    Atomics.notify(this.words, W.STATE);
+  }
+
   /** Waits up to `timeoutMs` while the state is `state`; returns the state then. */
   waitWhile(state: number, timeoutMs: number): number {
     const deadline = Date.now() + timeoutMs;
