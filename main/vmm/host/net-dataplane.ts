@@ -51,6 +51,7 @@ export class HostNetDataPlane {
   private readonly waiting: Uint8Array[] = [];
   private receivePaused = false;
   private transmitting = false;
+  private deliverQueued = false;
   /** The VM is paused: the rings are left alone (frames for the guest wait) until it resumes. */
   private held = false;
   private closed = false;
@@ -84,7 +85,15 @@ export class HostNetDataPlane {
   receive(frame: Uint8Array): boolean {
     if (this.run === null) return false;
     this.waiting.push(frame);
-    this.deliver();
+    // A backend hands over a burst in one go (slirp calls back once per frame inside one poll):
+    // the burst goes into the ring with one interrupt check once the backend's call returns.
+    if (!this.deliverQueued) {
+      this.deliverQueued = true;
+      queueMicrotask(() => {
+        this.deliverQueued = false;
+        this.deliver();
+      });
+    }
     return true;
   }
 
