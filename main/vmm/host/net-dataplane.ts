@@ -9,7 +9,7 @@
 import { libc } from '../../../native';
 import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
-import { NET_RX_WINDOW, NET_TX_WINDOW } from '../shared/net-messages';
+import { NET_RX_WINDOW } from '../shared/net-messages';
 import {
   DATAPLANE_COUNTERS, DATAPLANE_FLAG, DATAPLANE_RX, DATAPLANE_STATE, DATAPLANE_TX, type DataPlaneCounter, NetDataPlaneBlock,
 } from '../shared/net-dataplane';
@@ -350,6 +350,3 @@ export class HostNetDataPlane {
     if (this.stats && slot >= 0) Atomics.add(this.stats, slot, n);
   }
 }
-
-/** How many guest frames the host's backend queue holds before the data plane stops taking more. */
-export const DATAPLANE_TX_QUEUE = NET_TX_WINDOW;

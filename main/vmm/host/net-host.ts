@@ -8,10 +8,10 @@ import fs from 'node:fs';
 import type { NicConfig } from '../config';
 import type { MemoryRegion } from '../memory/guest-memory';
 import {
-  NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame, encodeNetFailure,
+  NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, NET_TX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame, encodeNetFailure,
 } from '../shared/net-messages';
 import { DATAPLANE_BLOCK_BYTES } from '../shared/net-dataplane';
-import { DATAPLANE_TX_QUEUE, HostNetDataPlane } from './net-dataplane';
+import { HostNetDataPlane } from './net-dataplane';
 import { enhancedPacketBlock, interfaceDescriptionBlock, sectionHeaderBlock } from './pcapng';
 import { type NetEndpoint, openNetBackend } from './net-backends';
 
@@ -101,7 +101,8 @@ export class HostNic {
         this.toBackend.push({ frame, fromChannel: false });
         if (this.toBackend.length === 1) this.pump();
       },
-      canTransmit: () => this.toBackend.length < DATAPLANE_TX_QUEUE,
+      // The data plane takes guest frames while the backend's queue is within the channel's window.
+      canTransmit: () => this.toBackend.length < NET_TX_WINDOW,
       pauseReceive: (paused) => {
         this.dataPlanePaused = paused;
         this.updatePause();
@@ -129,11 +130,11 @@ export class HostNic {
       case NET_KIND.HELLO:
         // A new machine (reset): what the old one never acknowledged is gone.
         this.inFlight = 0;
-        this.resume();
+        this.updatePause();
         break;
       case NET_KIND.RX_CREDIT:
         this.inFlight = Math.max(0, this.inFlight - decodeNetCount(body));
-        this.resume();
+        this.updatePause();
         break;
       case NET_KIND.TX_FRAME:
         this.pcap?.write(body);
@@ -143,10 +144,6 @@ export class HostNic {
       default:
         break;
     }
-  }
-
-  private resume(): void {
-    this.updatePause();
   }
 
   /** The backend reads while the channel's window and the data plane both have room. */

@@ -19,7 +19,7 @@ import { type Counter, counter, type DeviceContext } from '../device';
 import type { DoorbellRegistry } from '../interrupts';
 import { PCI_COMMAND, type ConfigWriteResult } from '../pci/pci-device';
 import { NET_FRAME_OFFSET } from '../../shared/net-messages';
-import { DATAPLANE_FLAG } from '../../shared/net-dataplane';
+import { DATAPLANE_COUNTERS, DATAPLANE_FLAG, type DataPlaneCounter } from '../../shared/net-dataplane';
 import type { NicLink } from '../net/nic-link';
 import { DataPlaneHandoff } from './net-handoff';
 import {
@@ -166,15 +166,11 @@ export class VirtioNet extends VirtioPciDevice {
     }
     // Frames the channel brought before the hand-over have no ring to go to now.
     this.dropWaiting();
-    const c = this.counters;
-    const slot = (x: Counter | undefined) => x?.slot ?? -1;
+    const counters = Object.fromEntries(DATAPLANE_COUNTERS.map((name) => [name, this.counters?.[name].slot ?? -1])) as Record<DataPlaneCounter, number>;
     handoff.start(queues.map((queue, i) => ({
       queue, irqFd: irqFds[i], irqCounter: this.msix.vectorCounter(queue.msixVector),
       notifyAddress: bar + VIRTIO_BAR_LAYOUT.notify + VIRTIO_BAR_LAYOUT.notifyMultiplier * queue.index,
-    })), (this.negotiated(VIRTIO_F.EVENT_IDX) ? DATAPLANE_FLAG.EVENT_IDX : 0) | (this.negotiated(VIRTIO_F.INDIRECT_DESC) ? DATAPLANE_FLAG.INDIRECT : 0), {
-      rxPackets: slot(c?.rxPackets), rxBytes: slot(c?.rxBytes), txPackets: slot(c?.txPackets),
-      txBytes: slot(c?.txBytes), rxDropped: slot(c?.rxDropped), txDropped: slot(c?.txDropped),
-    });
+    })), (this.negotiated(VIRTIO_F.EVENT_IDX) ? DATAPLANE_FLAG.EVENT_IDX : 0) | (this.negotiated(VIRTIO_F.INDIRECT_DESC) ? DATAPLANE_FLAG.INDIRECT : 0), counters);
   }
 
   protected readDeviceConfig(offset: number, size: number): number {
