@@ -21,7 +21,8 @@ import { FakeEventFds, FakeKvm } from '../helpers/fake-irq';
 import { IrqRouting } from '../../main/vmm/machine/irq-routing';
 import { Doorbells } from '../../main/vmm/machine/doorbells';
 import { pcIrqRoutes } from '../../main/vmm/platform/mptable';
-import { DATAPLANE_FLAG, DATAPLANE_STATE, NetDataPlaneBlock } from '../../main/vmm/shared/net-dataplane';
+import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../../main/vmm/shared/dataplane-block';
+import { NET_DATAPLANE } from '../../main/vmm/shared/virtio-net-frames';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 const F_VERSION_1_HIGH = 1 << (VIRTIO_F.VERSION_1 - 32);
@@ -292,7 +293,7 @@ test('virtio-net lends its rings to the VM host at DRIVER_OK with MSI-X, forward
   const routing = new IrqRouting(kvm, { lineRoutes: pcIrqRoutes(), maxRoutes: 4096, eventFds: fds });
   routing.commit();
   const doorbells = new Doorbells(kvm, fds);
-  const block = new NetDataPlaneBlock();
+  const block = new DataPlaneBlock(NET_DATAPLANE);
   block.controlFd = fds.create();
   const logs: string[] = [];
   const device = new VirtioNet({

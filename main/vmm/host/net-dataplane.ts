@@ -1,4 +1,4 @@
-// A virtio-net card's rings, run on the VM host thread (shared/net-dataplane.ts says how the
+// A virtio-net card's rings, run on the VM host thread (shared/dataplane-block.ts says how the
 // machine hands them over). Guest notifies arrive as ioeventfds this loop polls, interrupts
 // leave as writes to the MSI-X vectors' irqfds, and frames go straight between guest memory
 // and the backend: the vCPU neither exits to JavaScript for a notify nor is kicked to take a
@@ -10,12 +10,10 @@ import { libc } from '../../../native';
 import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
 import { NET_RX_WINDOW } from '../shared/net-messages';
-import {
-  DATAPLANE_COUNTERS, DATAPLANE_FLAG, DATAPLANE_RX, DATAPLANE_STATE, DATAPLANE_TX, type DataPlaneCounter, NetDataPlaneBlock,
-} from '../shared/net-dataplane';
+import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
 import { SplitVirtqueue, VIRTQ_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
 import {
-  readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
+  NET_DATAPLANE, NET_DATAPLANE_COUNTERS, NET_DATAPLANE_RX, NET_DATAPLANE_TX, type NetDataPlaneCounter, readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
 } from '../shared/virtio-net-frames';
 
 /** A poll's longest wait: the control eventfd ends it sooner; this only bounds a lost wake-up. */
@@ -44,7 +42,7 @@ interface Run {
 }
 
 export class HostNetDataPlane {
-  readonly block: NetDataPlaneBlock;
+  readonly block: DataPlaneBlock;
   private readonly controlFd: number;
   private run: Run | null = null;
   /** Frames from the backend waiting for receive buffers. */
@@ -59,7 +57,7 @@ export class HostNetDataPlane {
   private retired: number[] = [];
   private readonly header = new Uint8Array(VIRTIO_NET_HDR_BYTES);
   private readonly rxHeader = receiveHeader();
-  private readonly counterSlots = new Map<DataPlaneCounter, number>();
+  private readonly counterSlots = new Map<NetDataPlaneCounter, number>();
   private readonly done: Promise<void>;
   /** Drops by reason (tests read them). */
   readonly drops = { rxNoRoom: 0, rxFault: 0, rxStopped: 0, txBadLength: 0, txOffload: 0, txFault: 0 };
@@ -70,8 +68,8 @@ export class HostNetDataPlane {
     private readonly stats: Uint32Array | null,
     private readonly host: DataPlaneHost,
   ) {
-    this.block = new NetDataPlaneBlock(buffer);
-    for (const name of DATAPLANE_COUNTERS) this.block.setCounterSlot(name, -1);
+    this.block = new DataPlaneBlock(NET_DATAPLANE, buffer);
+    for (const name of NET_DATAPLANE_COUNTERS) this.block.setCounterSlot(name, -1);
     this.controlFd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
     this.block.controlFd = this.controlFd;
     this.done = this.loop();
@@ -137,7 +135,7 @@ export class HostNetDataPlane {
     while (!this.closed) {
       const run = this.run;
       const fds = [{ fd: this.controlFd, events: libc.POLLIN }];
-      if (run) fds.push({ fd: run.notifyFds[DATAPLANE_RX], events: libc.POLLIN }, { fd: run.notifyFds[DATAPLANE_TX], events: libc.POLLIN });
+      if (run) fds.push({ fd: run.notifyFds[NET_DATAPLANE_RX], events: libc.POLLIN }, { fd: run.notifyFds[NET_DATAPLANE_TX], events: libc.POLLIN });
       let revents: number[];
       try {
         revents = await libc.pollAsync(fds, POLL_MS);
@@ -153,8 +151,8 @@ export class HostNetDataPlane {
         this.control();
         // Only the run that was polled: a stop and a new start may have come in between.
         if (run !== null && this.run === run) {
-          if (revents[1]) libc.eventfdRead(run.notifyFds[DATAPLANE_RX]);
-          if (revents[2]) libc.eventfdRead(run.notifyFds[DATAPLANE_TX]);
+          if (revents[1]) libc.eventfdRead(run.notifyFds[NET_DATAPLANE_RX]);
+          if (revents[2]) libc.eventfdRead(run.notifyFds[NET_DATAPLANE_TX]);
           if (revents[2]) this.transmit();
           if (revents[1]) this.deliver();
         }
@@ -183,7 +181,7 @@ export class HostNetDataPlane {
   private start(): void {
     const block = this.block;
     const regions = this.ram();
-    const queues = [DATAPLANE_RX, DATAPLANE_TX].map((index) => {
+    const queues = [NET_DATAPLANE_RX, NET_DATAPLANE_TX].map((index) => {
       const v = block.queue(index);
       const q = new SplitVirtqueue(index, VIRTQ_MAX_SIZE);
       q.size = v.size;
@@ -217,13 +215,13 @@ export class HostNetDataPlane {
       block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
       return;
     }
-    for (const name of DATAPLANE_COUNTERS) this.counterSlots.set(name, block.counterSlot(name));
+    for (const name of NET_DATAPLANE_COUNTERS) this.counterSlots.set(name, block.counterSlot(name));
     const run: Run = {
       epoch: block.epoch,
       dma: new DmaMemory(new GuestMemory([...(regions ?? [])])),
       queues: [queues[0].q, queues[1].q],
-      notifyFds: [notifyFds[DATAPLANE_RX], notifyFds[DATAPLANE_TX]],
-      irqFds: [irqFds[DATAPLANE_RX], irqFds[DATAPLANE_TX]],
+      notifyFds: [notifyFds[NET_DATAPLANE_RX], notifyFds[NET_DATAPLANE_TX]],
+      irqFds: [irqFds[NET_DATAPLANE_RX], irqFds[NET_DATAPLANE_TX]],
       irqCounters: [queues[0].v.irqCounter, queues[1].v.irqCounter],
     };
     if (!block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.RUNNING)) {
@@ -266,12 +264,12 @@ export class HostNetDataPlane {
     // The backend taking a frame calls transmitReady() from inside this loop, which goes on anyway.
     if (run === null || this.transmitting || this.held) return;
     this.transmitting = true;
-    const tx = run.queues[DATAPLANE_TX];
+    const tx = run.queues[NET_DATAPLANE_TX];
     try {
       while (this.run === run && this.host.canTransmit()) {
         const chain = tx.pop(run.dma);
         if (chain === null) break;
-        const length = transmitLength(DATAPLANE_TX, chain);
+        const length = transmitLength(NET_DATAPLANE_TX, chain);
         let frame: Uint8Array | null = null;
         const drop = readTransmittedFrame(run.dma, chain.readable, length, this.header, (n) => {
           frame = new Uint8Array(n);
@@ -287,7 +285,7 @@ export class HostNetDataPlane {
           this.count('txDropped', 1);
         }
       }
-      this.interruptIfWanted(run, DATAPLANE_TX);
+      this.interruptIfWanted(run, NET_DATAPLANE_TX);
     } catch (e) {
       this.fail(run, this.failure(e));
     } finally {
@@ -302,13 +300,13 @@ export class HostNetDataPlane {
       this.setReceivePaused(this.waiting.length >= NET_RX_WINDOW);
       return;
     }
-    const rx = run.queues[DATAPLANE_RX];
+    const rx = run.queues[NET_DATAPLANE_RX];
     try {
       while (this.waiting.length > 0) {
         const chain = rx.pop(run.dma);
         if (chain === null) break; // no buffer: the frames wait for the guest's next notify
         const frame = this.waiting.shift() as Uint8Array;
-        const result = writeReceivedFrame(run.dma, DATAPLANE_RX, chain, this.rxHeader, frame);
+        const result = writeReceivedFrame(run.dma, NET_DATAPLANE_RX, chain, this.rxHeader, frame);
         rx.push(run.dma, chain.head, result === 'delivered' ? VIRTIO_NET_HDR_BYTES + frame.length : 0);
         if (result === 'delivered') {
           this.count('rxPackets', 1);
@@ -318,7 +316,7 @@ export class HostNetDataPlane {
           this.count('rxDropped', 1);
         }
       }
-      this.interruptIfWanted(run, DATAPLANE_RX);
+      this.interruptIfWanted(run, NET_DATAPLANE_RX);
     } catch (e) {
       this.fail(run, this.failure(e));
       return;
@@ -345,7 +343,7 @@ export class HostNetDataPlane {
     this.host.pauseReceive(paused);
   }
 
-  private count(name: DataPlaneCounter, n: number): void {
+  private count(name: NetDataPlaneCounter, n: number): void {
     const slot = this.counterSlots.get(name) ?? -1;
     if (this.stats && slot >= 0) Atomics.add(this.stats, slot, n);
   }

@@ -10,7 +10,8 @@ import type { MemoryRegion } from '../memory/guest-memory';
 import {
   NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, NET_TX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame, encodeNetFailure,
 } from '../shared/net-messages';
-import { DATAPLANE_BLOCK_BYTES } from '../shared/net-dataplane';
+import { dataPlaneBlockBytes } from '../shared/dataplane-block';
+import { NET_DATAPLANE } from '../shared/virtio-net-frames';
 import { HostNetDataPlane } from './net-dataplane';
 import { enhancedPacketBlock, interfaceDescriptionBlock, sectionHeaderBlock } from './pcapng';
 import { type NetEndpoint, openNetBackend } from './net-backends';
@@ -95,7 +96,7 @@ export class HostNic {
   }
 
   private openDataPlane(ram: () => readonly MemoryRegion[] | null): HostNetDataPlane {
-    return new HostNetDataPlane(new SharedArrayBuffer(DATAPLANE_BLOCK_BYTES), ram, this.io.stats ?? null, {
+    return new HostNetDataPlane(new SharedArrayBuffer(dataPlaneBlockBytes(NET_DATAPLANE)), ram, this.io.stats ?? null, {
       transmit: (frame) => {
         this.pcap?.write(frame);
         this.toBackend.push({ frame, fromChannel: false });

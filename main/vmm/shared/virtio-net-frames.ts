@@ -4,8 +4,16 @@
 import type { DmaMemory, DmaSegment } from '../memory/dma';
 import { NET_MAX_FRAME, NET_MIN_FRAME } from './net-messages';
 import { type DescriptorChain, sliceSegments, VirtqueueError } from './virtqueue';
+import type { DataPlaneLayout } from './dataplane-block';
 
 export const VIRTIO_NET_HDR_BYTES = 12;
+
+/** A card's data plane block: its receive and transmit queues and six counters. */
+export const NET_DATAPLANE_RX = 0;
+export const NET_DATAPLANE_TX = 1;
+export const NET_DATAPLANE_COUNTERS = ['rxPackets', 'rxBytes', 'txPackets', 'txBytes', 'rxDropped', 'txDropped'] as const;
+export type NetDataPlaneCounter = (typeof NET_DATAPLANE_COUNTERS)[number];
+export const NET_DATAPLANE: DataPlaneLayout = { queues: 2, counters: NET_DATAPLANE_COUNTERS, deviceWords: 0 };
 export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
 export const VIRTIO_NET_GSO_NONE = 0;
 

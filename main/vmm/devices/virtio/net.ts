@@ -6,9 +6,7 @@
 // Frames come and go through a NicLink (devices/net/nic-link.ts) to the VM host thread. With
 // VERSION_1 every buffer starts with the 12-byte virtio_net_hdr_v1 (§5.1.6).
 // Once the driver is running with MSI-X, the card lends both rings to the VM host thread
-// (net-handoff.ts, host/net-dataplane.ts): notifies become ioeventfds and interrupts irqfds,
-// so a queue kick never exits to JavaScript. The machine takes them back for a reset, the
-// error state, a BAR move, bus mastering off or MSI-X off, and runs them itself meanwhile.
+// (virtio-pci.ts, host/net-dataplane.ts), and runs them itself whenever they are back.
 // What the guest can get wrong:
 //  - a receive buffer with a device-readable part, or a transmit buffer too short for its
 //    header: the device error state (DEVICE_NEEDS_RESET), as it breaks the protocol;
@@ -17,16 +15,14 @@
 //    frame is dropped and counted; the buffer goes back used (0 bytes written).
 import { type Counter, counter, type DeviceContext } from '../device';
 import type { DoorbellRegistry } from '../interrupts';
-import { PCI_COMMAND, type ConfigWriteResult } from '../pci/pci-device';
 import { NET_FRAME_OFFSET } from '../../shared/net-messages';
-import { DATAPLANE_COUNTERS, DATAPLANE_FLAG, type DataPlaneCounter } from '../../shared/net-dataplane';
 import type { NicLink } from '../net/nic-link';
-import { DataPlaneHandoff } from './net-handoff';
+import { DataPlaneHandoff } from './dataplane-handoff';
 import {
-  readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
+  NET_DATAPLANE, NET_DATAPLANE_COUNTERS, readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
 } from '../../shared/virtio-net-frames';
-import { VIRTIO_BAR_LAYOUT, VIRTIO_F, VirtioPciDevice } from './virtio-pci';
-import { type SplitVirtqueue, VIRTIO_NO_VECTOR } from '../../shared/virtqueue';
+import { type LendTerms, VirtioPciDevice } from './virtio-pci';
+import type { SplitVirtqueue } from '../../shared/virtqueue';
 
 export { VIRTIO_NET_GSO_NONE, VIRTIO_NET_HDR_BYTES, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../shared/virtio-net-frames';
 
@@ -79,7 +75,6 @@ export class VirtioNet extends VirtioPciDevice {
   private readonly configBytes = new Uint8Array(VIRTIO_NET_CONFIG_SIZE);
   private readonly header = new Uint8Array(VIRTIO_NET_HDR_BYTES);
   private readonly rxHeader = receiveHeader();
-  private readonly handoff: DataPlaneHandoff | null;
   readonly counters: NicCounters | null;
   readonly link: NicLink | null;
   /** Drops by reason, also when no registry is given (tests read them). */
@@ -105,72 +100,19 @@ export class VirtioNet extends VirtioPciDevice {
       this.link.onReceive = () => this.receiveWaiting();
       this.link.onTransmitReady = () => {
         const tx = this.queues[VIRTIO_NET_TX];
-        if (this.running && tx.enabled && !this.handoff?.active) this.batch(tx, () => this.transmit(tx));
+        if (this.running && tx.enabled && !this.ringsLent) this.batch(tx, () => this.transmit(tx));
       };
     }
     const plane = options.dataPlane;
-    this.handoff = plane && this.link && options.router
-      ? new DataPlaneHandoff(plane.buffer, plane.doorbells, (text) => options.log?.(`${options.name}: ${text}`))
-      : null;
-  }
-
-  /** Whether the VM host runs the rings now. */
-  get ringsLent(): boolean {
-    return this.handoff?.active ?? false;
-  }
-
-  override notify(index: number): void {
-    if (this.handoff?.active) this.handoff.forwardNotify(index);
-    else super.notify(index);
-  }
-
-  /** The host found a broken ring in run `epoch`: the card's error state (if that run is still on). */
-  dataPlaneFailed(epoch: number, why: string): void {
-    if (this.handoff?.active && this.handoff.runEpoch === epoch) this.fail(why);
-  }
-
-  protected override statusWritten(): void {
-    this.lendQueues();
-  }
-
-  protected override reclaimQueues(): void {
-    this.handoff?.stop();
-  }
-
-  protected override barMoved(index: number, address: number | null, previous: number | null): void {
-    super.barMoved(index, address, previous);
-    if (index !== VIRTIO_BAR_LAYOUT.bar) return;
-    this.reclaimQueues(); // the doorbells are at the old address
-    this.lendQueues();
-  }
-
-  protected override configWritten(offset: number, size: number, changes: ConfigWriteResult): void {
-    super.configWritten(offset, size, changes);
-    // Bus mastering or MSI-X turned off: the host must not touch guest memory or signal.
-    if (this.handoff?.active && (!(this.command & PCI_COMMAND.MASTER) || !this.msix.enabled)) this.reclaimQueues();
-    else this.lendQueues();
-  }
-
-  /** Lends the rings to the VM host when the driver runs them with MSI-X and DMA on. */
-  private lendQueues(): void {
-    const handoff = this.handoff;
-    if (!handoff || handoff.active || !this.running || !this.msix.enabled || !(this.command & PCI_COMMAND.MASTER)) return;
-    const bar = this.barAddress(VIRTIO_BAR_LAYOUT.bar);
-    const queues = [this.queues[VIRTIO_NET_RX], this.queues[VIRTIO_NET_TX]];
-    if (bar === null || queues.some((q) => !q.enabled || q.msixVector === VIRTIO_NO_VECTOR)) return;
-    let irqFds: number[];
-    try {
-      irqFds = queues.map((q) => this.msix.vectorEventFd(q.msixVector));
-    } catch {
-      return; // no irqfd route for a vector (KVM's table was full): the rings stay here
+    if (plane && this.link && options.router) {
+      this.dataPlane = new DataPlaneHandoff(NET_DATAPLANE, plane.buffer, plane.doorbells, 'VM host thread', (text) => options.log?.(`${options.name}: ${text}`));
     }
+  }
+
+  protected override lendTerms(): LendTerms {
     // Frames the channel brought before the hand-over have no ring to go to now.
     this.dropWaiting();
-    const counters = Object.fromEntries(DATAPLANE_COUNTERS.map((name) => [name, this.counters?.[name].slot ?? -1])) as Record<DataPlaneCounter, number>;
-    handoff.start(queues.map((queue, i) => ({
-      queue, irqFd: irqFds[i], irqCounter: this.msix.vectorCounter(queue.msixVector),
-      notifyAddress: bar + VIRTIO_BAR_LAYOUT.notify + VIRTIO_BAR_LAYOUT.notifyMultiplier * queue.index,
-    })), (this.negotiated(VIRTIO_F.EVENT_IDX) ? DATAPLANE_FLAG.EVENT_IDX : 0) | (this.negotiated(VIRTIO_F.INDIRECT_DESC) ? DATAPLANE_FLAG.INDIRECT : 0), counters);
+    return { counters: Object.fromEntries(NET_DATAPLANE_COUNTERS.map((name) => [name, this.counters?.[name].slot ?? -1])) };
   }
 
   protected readDeviceConfig(offset: number, size: number): number {
@@ -193,7 +135,7 @@ export class VirtioNet extends VirtioPciDevice {
   /** Frames arrived from the backend: into the guest's buffers if it has any, else they wait. */
   private receiveWaiting(): void {
     const rx = this.queues[VIRTIO_NET_RX];
-    if (!this.running || !rx.enabled || this.handoff?.active) {
+    if (!this.running || !rx.enabled || this.ringsLent) {
       this.dropWaiting();
       return;
     }

@@ -9,10 +9,17 @@
 // A device type (virtio-blk) extends VirtioPciDevice: its features, its configuration bytes,
 // and what a notify makes it do. A guest that breaks the rings gets DEVICE_NEEDS_RESET (and a
 // configuration interrupt if it was running), never an exception out of the BAR handlers.
+//
+// A device given a data plane (dataplane-handoff.ts) lends its rings to another thread once
+// the driver runs them with MSI-X and bus mastering on: notifies become ioeventfds and
+// interrupts irqfds, so a queue kick never exits to JavaScript. It takes them back for a
+// reset, the error state, a BAR move, bus mastering off, MSI-X off and its close.
 import type { IoDevice } from '../io-device';
 import { MsixCapability, MsixMmio } from '../pci/msix';
-import { ConfigWriteResult, PCI_CAP_ID, PciDevice } from '../pci/pci-device';
+import { ConfigWriteResult, PCI_CAP_ID, PCI_COMMAND, PciDevice } from '../pci/pci-device';
 import type { MsiRouter } from '../interrupts';
+import { DATAPLANE_FLAG } from '../../shared/dataplane-block';
+import type { DataPlaneHandoff } from './dataplane-handoff';
 import type { StatsRegistry } from '../../shared/stats';
 import { SplitVirtqueue, VIRTIO_NO_VECTOR, VIRTQ_MAX_SIZE, VirtqueueError } from '../../shared/virtqueue';
 
@@ -70,6 +77,13 @@ export interface VirtioPciOptions {
   router?: MsiRouter | null;
   statistics?: StatsRegistry | null;
   log?: (text: string) => void;
+}
+
+export interface LendTerms {
+  counters: Readonly<Record<string, number>>;
+  deviceWords?: readonly number[];
+  /** The device's own DATAPLANE_FLAG bits (from FIRST_DEVICE up). */
+  flags?: number;
 }
 
 export abstract class VirtioPciDevice extends PciDevice {
@@ -142,10 +156,59 @@ export abstract class VirtioPciDevice extends PciDevice {
   protected abstract processQueue(queue: SplitVirtqueue): void;
   /** The device was reset: forget requests (their completions are dropped by generation). */
   protected deviceReset(): void {}
-  /** A reset or the error state is coming: a device that lent its rings out takes them back. */
-  protected reclaimQueues(): void {}
-  /** The driver wrote a non-zero status (e.g. DRIVER_OK). */
-  protected statusWritten(): void {}
+  /**
+   * What a run of the data plane needs besides the rings (counter slots, device words, the
+   * device's own flags), or null: the rings stay here this time. Called just before lending.
+   */
+  protected lendTerms(): LendTerms | null {
+    return null;
+  }
+
+  /** Where this device's rings may be lent; null: they always stay on the machine thread. */
+  protected dataPlane: DataPlaneHandoff | null = null;
+
+  /** Whether another thread runs the rings now. */
+  get ringsLent(): boolean {
+    return this.dataPlane?.active ?? false;
+  }
+
+  /** The runner found a broken ring in run `epoch`: the error state (if that run is still on). */
+  dataPlaneFailed(epoch: number, why: string): void {
+    if (this.dataPlane?.active && this.dataPlane.runEpoch === epoch) this.fail(why);
+  }
+
+  /** A reset or the error state is coming: rings lent out come back, with their indices. */
+  protected reclaimQueues(): void {
+    this.dataPlane?.stop();
+  }
+
+  /** Lends the rings when the driver runs them with MSI-X and DMA on, every queue with a vector. */
+  private lendQueues(): void {
+    const handoff = this.dataPlane;
+    if (!handoff || handoff.active || !this.running || !this.msix.enabled || !(this.command & PCI_COMMAND.MASTER)) return;
+    const bar = this.barAddress(VIRTIO_BAR_LAYOUT.bar);
+    if (bar === null || this.queues.some((q) => !q.enabled || q.msixVector === VIRTIO_NO_VECTOR)) return;
+    let irqFds: number[];
+    try {
+      irqFds = this.queues.map((q) => this.msix.vectorEventFd(q.msixVector));
+    } catch {
+      return; // no irqfd route for a vector (KVM's table was full): the rings stay here
+    }
+    const terms = this.lendTerms();
+    if (!terms) return;
+    const flags = (this.negotiated(VIRTIO_F.EVENT_IDX) ? DATAPLANE_FLAG.EVENT_IDX : 0) | (this.negotiated(VIRTIO_F.INDIRECT_DESC) ? DATAPLANE_FLAG.INDIRECT : 0);
+    handoff.start(this.queues.map((queue, i) => ({
+      queue, irqFd: irqFds[i], irqCounter: this.msix.vectorCounter(queue.msixVector),
+      notifyAddress: bar + VIRTIO_BAR_LAYOUT.notify + VIRTIO_BAR_LAYOUT.notifyMultiplier * queue.index,
+    })), flags | (terms.flags ?? 0), terms.counters, terms.deviceWords);
+  }
+
+  protected override barMoved(index: number, address: number | null, previous: number | null): void {
+    super.barMoved(index, address, previous);
+    if (index !== VIRTIO_BAR_LAYOUT.bar || !this.dataPlane) return;
+    this.reclaimQueues(); // the doorbells are at the old address
+    this.lendQueues();
+  }
 
   /** Whether the driver accepted feature `bit`. */
   negotiated(bit: number): boolean {
@@ -268,7 +331,7 @@ export abstract class VirtioPciDevice extends PciDevice {
       }
     }
     this.status = next;
-    this.statusWritten();
+    this.lendQueues();
   }
 
   private enableQueue(q: SplitVirtqueue): void {
@@ -308,6 +371,10 @@ export abstract class VirtioPciDevice extends PciDevice {
 
   /** The driver notified queue `index` (a write to its notify address). */
   notify(index: number): void {
+    if (this.dataPlane?.active) {
+      this.dataPlane.forwardNotify(index);
+      return;
+    }
     const q = this.queues[index];
     if (!q || !q.enabled || !this.running) return;
     this.batch(q, () => this.processQueue(q));
@@ -410,6 +477,15 @@ export abstract class VirtioPciDevice extends PciDevice {
   }
 
   protected override configWritten(offset: number, size: number, _changes: ConfigWriteResult): void {
+    this.configWindowWritten(offset, size);
+    if (!this.dataPlane) return;
+    // Bus mastering or MSI-X turned off: the runner must not touch guest memory or signal.
+    if (this.dataPlane.active && (!(this.command & PCI_COMMAND.MASTER) || !this.msix.enabled)) this.reclaimQueues();
+    else this.lendQueues();
+  }
+
+  /** A write to the configuration access capability's data reaches BAR 0. */
+  private configWindowWritten(offset: number, size: number): void {
     const data = this.pciCfgCap + 16;
     if (offset >= data + 4 || offset + size <= data) return;
     const w = this.cfgWindow();

@@ -1,12 +1,12 @@
-// The machine thread's end of a virtio-net data plane (shared/net-dataplane.ts): hands the
-// card's two rings to the VM host thread with an ioeventfd per notify address, and takes them
-// back (ring indices included) before anything the guest does could make the host's work
-// wrong: a reset, the error state, a BAR move, bus mastering or MSI-X turned off.
+// The machine thread's end of a virtio device's data plane (shared/dataplane-block.ts): hands
+// the device's rings to the thread that runs them with an ioeventfd per notify address, and
+// takes them back (ring indices included) before anything the guest does could make that
+// thread's work wrong: a reset, the error state, a BAR move, bus mastering or MSI-X turned off.
 import type { Doorbell, DoorbellRegistry } from '../interrupts';
-import { DATAPLANE_STATE, type DataPlaneCounter, type DataPlaneQueue, NetDataPlaneBlock } from '../../shared/net-dataplane';
+import { DATAPLANE_STATE, DataPlaneBlock, type DataPlaneLayout, type DataPlaneQueue } from '../../shared/dataplane-block';
 import type { SplitVirtqueue } from '../../shared/virtqueue';
 
-/** How long a stop waits for the VM host to hand the rings back before going on without it. */
+/** How long a stop waits for the runner to hand the rings back before going on without it. */
 const STOP_WAIT_MS = 2000;
 
 export interface HandoffQueue {
@@ -18,26 +18,30 @@ export interface HandoffQueue {
 }
 
 export class DataPlaneHandoff {
-  readonly block: NetDataPlaneBlock;
+  readonly block: DataPlaneBlock;
   private doorbells: Doorbell[] | null = null;
   private queues: SplitVirtqueue[] = [];
   private epoch = 0;
   private refusalLogged = false;
 
-  constructor(buffer: SharedArrayBuffer, private readonly registry: DoorbellRegistry, private readonly log: (text: string) => void) {
-    this.block = new NetDataPlaneBlock(buffer);
+  /** `runner` names the thread the rings go to, for the log ("VM host thread"). */
+  constructor(
+    layout: DataPlaneLayout, buffer: SharedArrayBuffer, private readonly registry: DoorbellRegistry,
+    private readonly runner: string, private readonly log: (text: string) => void,
+  ) {
+    this.block = new DataPlaneBlock(layout, buffer);
   }
 
-  /** Whether the VM host has (or is taking) the rings. */
+  /** Whether the runner has (or is taking) the rings. */
   get active(): boolean {
     return this.doorbells !== null;
   }
 
   /**
    * Hands the queues over; false (the machine keeps them) if the doorbells cannot be
-   * registered or the host has no control eventfd.
+   * registered or the runner has no control eventfd.
    */
-  start(queues: HandoffQueue[], flags: number, counters: Record<DataPlaneCounter, number>): boolean {
+  start(queues: HandoffQueue[], flags: number, counters: Readonly<Record<string, number>>, deviceWords: readonly number[] = []): boolean {
     if (this.active) return true;
     const block = this.block;
     if (block.controlFd < 0 || block.state !== DATAPLANE_STATE.IDLE) return false;
@@ -46,7 +50,7 @@ export class DataPlaneHandoff {
       for (const q of queues) bells.push(this.registry.register({ space: 'mmio', address: q.notifyAddress, length: 2 }));
     } catch (e) {
       for (const b of bells) b.release();
-      if (!this.refusalLogged) this.log(`the card's rings stay on the machine thread: ${(e as Error).message}`);
+      if (!this.refusalLogged) this.log(`the rings stay on the machine thread: ${(e as Error).message}`);
       this.refusalLogged = true;
       return false;
     }
@@ -58,7 +62,8 @@ export class DataPlaneHandoff {
       block.setQueue(q.queue.index, v);
     });
     block.flags = flags;
-    for (const [name, slot] of Object.entries(counters)) block.setCounterSlot(name as DataPlaneCounter, slot);
+    for (const [name, slot] of Object.entries(counters)) block.setCounterSlot(name, slot);
+    deviceWords.forEach((v, i) => block.setDeviceWord(i, v));
     block.epoch = ++this.epoch;
     if (!block.move(DATAPLANE_STATE.IDLE, DATAPLANE_STATE.START)) {
       for (const b of bells) b.release();
@@ -67,7 +72,7 @@ export class DataPlaneHandoff {
     this.doorbells = bells;
     this.queues = queues.map((q) => q.queue);
     this.registry.signal(block.controlFd);
-    this.log(`rings handed to the VM host thread (run ${this.epoch}): notifies are ioeventfds, interrupts irqfds`);
+    this.log(`rings handed to the ${this.runner} (run ${this.epoch}): notifies are ioeventfds, interrupts irqfds`);
     return true;
   }
 
@@ -76,7 +81,7 @@ export class DataPlaneHandoff {
     return this.active ? this.epoch : -1;
   }
 
-  /** A notify that exited anyway (another width than the doorbell's): the host's doorbell rings. */
+  /** A notify that exited anyway (another width than the doorbell's): the runner's doorbell rings. */
   forwardNotify(index: number): void {
     this.doorbells?.[this.queues.findIndex((q) => q.index === index)]?.ring();
   }
@@ -90,9 +95,9 @@ export class DataPlaneHandoff {
       if (block.move(DATAPLANE_STATE.RUNNING, DATAPLANE_STATE.STOP)) {
         this.registry.signal(block.controlFd);
         const state = block.waitWhile(DATAPLANE_STATE.STOP, STOP_WAIT_MS);
-        if (state !== DATAPLANE_STATE.IDLE) this.log(`the VM host did not hand the card's rings back within ${STOP_WAIT_MS} ms`);
+        if (state !== DATAPLANE_STATE.IDLE) this.log(`the ${this.runner} did not hand the rings back within ${STOP_WAIT_MS} ms`);
       }
-      // IDLE: handed back (or the host stopped on its own, after a broken ring).
+      // IDLE: handed back (or the runner stopped on its own, after a broken ring).
       for (const q of this.queues) q.setRingIndices(block.queue(q.index));
     }
     for (const b of this.doorbells ?? []) b.release();
