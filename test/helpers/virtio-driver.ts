@@ -33,10 +33,10 @@ export interface QueueLayout {
 }
 
 export class VirtioTestDriver {
-  readonly bus = new TestBus();
   private readonly queues = new Map<number, QueueLayout & { nextAvail: number }>();
 
-  constructor(readonly device: VirtioPciDevice) {
+  /** `bus`: the guest memory to use (one another thread was given too). */
+  constructor(readonly device: VirtioPciDevice, readonly bus = new TestBus()) {
     device.bus = this.bus;
     device.writeConfig(PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
   }

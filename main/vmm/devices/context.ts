@@ -46,8 +46,10 @@ export interface MachineContext {
   };
   /** ioeventfds: doorbell registers whose guest writes do not exit. */
   readonly doorbells: DoorbellRegistry;
-  /** Per NIC, the VM host's virtio-net data plane block (shared/net-dataplane.ts), or null; absent in tests. */
+  /** Per NIC, the VM host's virtio-net data plane block (shared/dataplane-block.ts), or null; absent in tests. */
   readonly netDataPlanes?: readonly (SharedArrayBuffer | null)[];
+  /** Per disk of the config, the disk I/O thread's data plane block (virtio disks), or null; absent in tests. */
+  readonly diskDataPlanes?: readonly (SharedArrayBuffer | null)[];
   requestReset(): void;
   requestPowerOff(): void;
   /** A line for the VM's log (shown by the CLI with --verbose and kept by the manager). */

@@ -169,7 +169,9 @@ export class HostNetDataPlane {
   /** Follows the machine's requests: start a run, or stop one and hand the ring indices back. */
   private control(): void {
     const state = this.block.state;
-    if (this.run !== null && state === DATAPLANE_STATE.STOP) {
+    if (this.run !== null && state === DATAPLANE_STATE.IDLE) {
+      this.endRun(); // the machine took the rings back without waiting for us
+    } else if (this.run !== null && state === DATAPLANE_STATE.STOP) {
       this.saveIndices(this.run);
       this.endRun();
       this.block.move(DATAPLANE_STATE.STOP, DATAPLANE_STATE.IDLE);

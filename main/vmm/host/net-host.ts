@@ -8,9 +8,9 @@ import fs from 'node:fs';
 import type { NicConfig } from '../config';
 import type { MemoryRegion } from '../memory/guest-memory';
 import {
-  NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, NET_TX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame, encodeNetFailure,
+  NET_KIND, NET_MAX_FRAME, NET_RX_WINDOW, NET_TX_WINDOW, decodeNetCount, encodeNetCount, encodeNetFrame,
 } from '../shared/net-messages';
-import { dataPlaneBlockBytes } from '../shared/dataplane-block';
+import { dataPlaneBlockBytes, encodeDataPlaneFailure } from '../shared/dataplane-block';
 import { NET_DATAPLANE } from '../shared/virtio-net-frames';
 import { HostNetDataPlane } from './net-dataplane';
 import { enhancedPacketBlock, interfaceDescriptionBlock, sectionHeaderBlock } from './pcapng';
@@ -109,7 +109,7 @@ export class HostNic {
         this.updatePause();
       },
       failed: (epoch, why) => {
-        if (!this.io.sendToMachine(NET_KIND.DATAPLANE_FAILED, encodeNetFailure(this.index, epoch, why))) {
+        if (!this.io.sendToMachine(NET_KIND.DATAPLANE_FAILED, encodeDataPlaneFailure(this.index, epoch, why))) {
           this.io.log(`${this.label}: the card's error could not reach the machine: ${why}`);
         }
       },

@@ -40,6 +40,8 @@ import { HostUsbWatch } from '../../host/host-usb-watch';
 import { firstMatchingRule, type AutoAttachAction, type HeldDevice, USB_REENUMERATION_WINDOW_MS, UsbAutoAttach, type UsbRule } from '../../host/usb-rules';
 import { dataDir } from '../../manager/app-paths';
 import { HostNic } from './net-host';
+import { DiskIoThread } from './disk-io';
+import { DISK_CHANNEL_TARGET, DISK_KIND } from '../shared/virtio-blk-requests';
 import { decodeNetRecord, NET_CHANNEL_TARGET } from '../shared/net-messages';
 import {
   CDROM_CHANNEL_TARGET, CDROM_KIND, type CdromRequestBody, CdromRequestError, decodeCdromMessage, encodeCdromMessage,
@@ -229,6 +231,9 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     });
   }
 
+  /** The thread that runs what the virtio disks lend it, made at start, kept across resets. */
+  private diskIo: DiskIoThread | null = null;
+
   /** The NICs' host sides (backends and pcaps), opened at start, kept across resets. */
   private nics: HostNic[] = [];
 
@@ -285,6 +290,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       this.chooseBootKernel();
       // As on a PC, RAM keeps its contents through resets; only a new start gets new RAM.
       this.ram = allocateRam(this.config.memoryBytes);
+      this.diskIo = DiskIoThread.open(this.config, this.ram, this.statsBuffer, {
+        sendFailure: (record) => this.sendToMachine(DISK_CHANNEL_TARGET, DISK_KIND.DATAPLANE_FAILED, record),
+        log: (text) => this.emit('log', text),
+      });
       const journal = this.hostUsbSource.journal;
       const rules = this.config.usb?.rules ?? [];
       const setting = this.config.usbPassthroughPath ?? 'auto';
@@ -341,6 +350,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
       hostLink: { doorbell: this.doorbell.buffer, toMachine: this.toMachine.buffer, toHost: this.toHost.buffer },
       ram: this.ram ?? [],
       netDataPlanes: this.nics.map((nic) => nic.dataPlane?.block.buffer ?? null),
+      diskDataPlanes: this.diskIo?.blockBuffers(this.config.disks?.length ?? 0) ?? [],
     };
     const worker = launchMachineThread(data);
     this.worker = worker;
@@ -402,6 +412,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     void worker?.terminate();
     // The machine's doorbells and irqfds are gone: the NICs' data planes stop with it.
     for (const nic of this.nics) nic.machineEnded();
+    this.diskIo?.machineEnded();
     this.serviceMachine();
     const userReset = this.userResetRequested && end.reason === 'stopped';
     this.userResetRequested = false;
@@ -501,6 +512,8 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.usbSerials.clear();
     for (const nic of this.nics) void nic.close();
     this.nics = [];
+    void this.diskIo?.close();
+    this.diskIo = null;
   }
 
   /**

@@ -27,6 +27,8 @@ export interface MachineThreadData {
   ram: MemoryRegion[];
   /** Per NIC, the VM host's data plane block (virtio-net cards with a backend), else null. */
   netDataPlanes?: (SharedArrayBuffer | null)[];
+  /** Per disk of the config, the disk I/O thread's data plane block (virtio disks), else null. */
+  diskDataPlanes?: (SharedArrayBuffer | null)[];
 }
 
 // Stamped once this thread's modules (koffi and the device models) are loaded.
@@ -66,6 +68,7 @@ async function main(): Promise<void> {
     toHost,
     ram: data.ram,
     netDataPlanes: data.netDataPlanes ?? [],
+    diskDataPlanes: data.diskDataPlanes ?? [],
     post,
   });
   machine.timings.unshift({ label: 'machine-thread', epochMs: threadReadyAt }, { label: 'machine-config', epochMs: configAt });

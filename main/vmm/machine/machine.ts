@@ -54,6 +54,8 @@ export interface MachineChannels {
   ram: MemoryRegion[];
   /** Per NIC, the VM host's virtio-net data plane block, or null. */
   netDataPlanes?: (SharedArrayBuffer | null)[];
+  /** Per disk of the config, the disk I/O thread's data plane block, or null. */
+  diskDataPlanes?: (SharedArrayBuffer | null)[];
   post(message: MachineToHost): void;
 }
 
@@ -199,6 +201,9 @@ export class Machine implements MachineContext {
   }
   get netDataPlanes(): readonly (SharedArrayBuffer | null)[] {
     return this.channels.netDataPlanes ?? [];
+  }
+  get diskDataPlanes(): readonly (SharedArrayBuffer | null)[] {
+    return this.channels.diskDataPlanes ?? [];
   }
 
   notifyHost(notification: HostNotification): void {

@@ -33,6 +33,7 @@ export class Platform {
       get doorbells() { return ctx.doorbells; },
       get slots() { return ctx.slots; },
       get netDataPlanes() { return ctx.netDataPlanes; },
+      get diskDataPlanes() { return ctx.diskDataPlanes; },
       setIrq: (gsi, level) => ctx.setIrq(gsi, level),
       signalMsi: (lo, hi, data) => ctx.signalMsi(lo, hi, data),
       requestReset: () => ctx.requestReset(),

@@ -194,3 +194,22 @@ export class DataPlaneBlock {
     Atomics.store(this.words, at + Q.SIGNALLED_USED, v.signalledUsed);
   }
 }
+
+/**
+ * A run's failure, reported to the machine (a DATAPLANE_FAILED record): the device's index in
+ * the first byte (a NIC record's layout), the run's epoch at byte 4, then why.
+ */
+export function encodeDataPlaneFailure(device: number, epoch: number, why: string): Uint8Array {
+  const text = new TextEncoder().encode(why.slice(0, 512));
+  const out = new Uint8Array(8 + text.length);
+  out[0] = device;
+  new DataView(out.buffer).setUint32(4, epoch >>> 0, true);
+  out.set(text, 8);
+  return out;
+}
+
+export function decodeDataPlaneFailure(payload: Uint8Array): { device: number; epoch: number; why: string } | null {
+  if (payload.length < 8) return null;
+  const epoch = new DataView(payload.buffer, payload.byteOffset, 8).getUint32(4, true);
+  return { device: payload[0], epoch, why: new TextDecoder().decode(payload.subarray(8)) };
+}

@@ -59,16 +59,3 @@ export function decodeNetCount(body: Uint8Array): number {
   return body.length >= 4 ? new DataView(body.buffer, body.byteOffset, 4).getUint32(0, true) : 0;
 }
 
-/** A DATAPLANE_FAILED record: the run's epoch and why. */
-export function encodeNetFailure(nic: number, epoch: number, why: string): Uint8Array {
-  const text = new TextEncoder().encode(why.slice(0, 512));
-  const out = new Uint8Array(HEAD + 4 + text.length);
-  out[0] = nic;
-  new DataView(out.buffer).setUint32(HEAD, epoch >>> 0, true);
-  out.set(text, HEAD + 4);
-  return out;
-}
-
-export function decodeNetFailure(body: Uint8Array): { epoch: number; why: string } {
-  return { epoch: decodeNetCount(body), why: new TextDecoder().decode(body.subarray(4)) };
-}

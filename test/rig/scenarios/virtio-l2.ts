@@ -243,6 +243,12 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, images: Images,
     else found.push('qemu-img convert shows L2\'s qcow2 writes over the backing data');
     if (md5File(images.qcow2Base) !== images.qcow2BaseMd5) fail('the qcow2 image\'s backing file changed');
   }
+  // vda and vdb ran on the disk I/O thread (ioeventfd notifies); vdc, qcow2, stayed on the machine thread.
+  const handed = (name: string) => stderr.some((l) => l.includes(`${name}: rings handed to the disk I/O thread`));
+  if (!handed('disk0') || !handed('ro')) fail('virtio-blk did not hand the rings of vda and vdb to the disk I/O thread (no "rings handed" lines)');
+  if (stderr.some((l) => /did not hand the rings back|disk data plane: (internal error|cannot start)/.test(l))) {
+    fail(`the disk I/O thread misbehaved: ${stderr.filter((l) => /did not hand the rings back|disk data plane/.test(l)).join(' | ')}`);
+  }
   const stats = stderr.filter((l) => /^\s*(disk0|ro|qcow2|sata|cd|ahci)\/[a-z-]+\s/.test(l)).map((l) => l.trim().replace(/\s+/g, ' ')).join(', ');
   if (stats) ctx.log(`disk counters: ${stats}`);
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);

@@ -2,7 +2,8 @@
 // backend on the VM host thread. One device model owns the network channel target and routes
 // records by NIC index.
 import { defaultMac, parseMac } from '../../config';
-import { decodeNetFailure, decodeNetRecord, NET_CHANNEL_TARGET, NET_KIND } from '../../shared/net-messages';
+import { decodeNetRecord, NET_CHANNEL_TARGET, NET_KIND } from '../../shared/net-messages';
+import { decodeDataPlaneFailure } from '../../shared/dataplane-block';
 import type { DeviceFactory } from '../device';
 import { VirtioNet } from '../virtio/net';
 import { Ne2000Pci } from './ne2000';
@@ -43,8 +44,8 @@ export const nicDevices: DeviceFactory = (ctx) => {
         if (!record) return;
         if (kind === NET_KIND.DATAPLANE_FAILED) {
           const device = devices[record.nic];
-          const failure = decodeNetFailure(record.body);
-          if (device instanceof VirtioNet) device.dataPlaneFailed(failure.epoch, failure.why);
+          const failure = decodeDataPlaneFailure(payload);
+          if (device instanceof VirtioNet && failure) device.dataPlaneFailed(failure.epoch, failure.why);
         } else links[record.nic]?.onRecord(kind, record.body);
       },
     },

@@ -1,39 +1,37 @@
-// virtio-blk (virtio 1.x §5.2) over the modern PCI transport, on a BlockBackend (a raw image,
-// the same backend USB sticks use). Requests: read, write, flush (fdatasync), get-id (the
-// serial); a read-only disk offers VIRTIO_BLK_F_RO and fails writes. Completions may come
-// later than the request (an asynchronous backend): each goes on the used ring when it
-// arrives, unless the device was reset in between.
+// virtio-blk (virtio 1.x §5.2) over the modern PCI transport, on a BlockBackend (a raw or
+// qcow2 image, the same backends USB sticks and AHCI use). Requests: read, write, flush
+// (fdatasync), discard, write zeroes, get-id (the serial); a read-only disk offers
+// VIRTIO_BLK_F_RO and fails writes. Each request is served by shared/virtio-blk-requests.ts.
 //
-// A request is framed by bytes, not descriptors (§2.6.4): the first 16 readable bytes are the
-// header, the last writable byte the status, the rest the data. What the guest can get wrong
-// in a request (a data buffer outside guest memory, a length that is not whole sectors or is
-// too large, sectors past the end) is VIRTIO_BLK_S_IOERR; a request with no room for a
-// header or a status byte breaks the protocol and puts the device in NEEDS_RESET.
-import { ConfigError, type DiskConfig, diskName } from '../../config';
-import { DMA_OK, DmaMemory } from '../../memory/dma';
-import { type Counter, counter, type DeviceContext, type DeviceFactory } from '../device';
+// Once the driver runs the disk with MSI-X, its rings go to the disk I/O thread
+// (host/blk-dataplane.ts) with the image's descriptor: a queue kick no longer exits to
+// JavaScript, and the guest's vCPU runs on while the I/O happens. An image that cannot be lent
+// (qcow2, whose metadata is cached here) keeps its rings on the machine thread.
+import { ConfigError, diskName } from '../../config';
+import { counter, type Counter, type DeviceContext, type DeviceFactory } from '../device';
+import type { DoorbellRegistry } from '../interrupts';
 import type { BlockBackend } from '../usb/storage/block-backend';
 import { openBlockImage } from '../block/open-image';
-import { VirtioPciDevice } from './virtio-pci';
-import { type DescriptorChain, sliceSegments, type SplitVirtqueue, VirtqueueError } from '../../shared/virtqueue';
+import { DataPlaneHandoff } from './dataplane-handoff';
+import { decodeDataPlaneFailure } from '../../shared/dataplane-block';
+import { type LendTerms, VirtioPciDevice } from './virtio-pci';
+import type { SplitVirtqueue } from '../../shared/virtqueue';
+import {
+  BLK_COUNTERS, BLK_DATAPLANE_FLAG, BLK_IMAGE, type BlkCounter, type BlkDisk, blkDataPlaneLayout, blkDeviceWords, DISK_CHANNEL_TARGET,
+  DISK_KIND, serveBlkRequest,
+  VIRTIO_BLK_DISCARD_ALIGNMENT_SECTORS, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_MAX_DISCARD_SECTORS, VIRTIO_BLK_MAX_DISCARD_SEGMENTS,
+  VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS, VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS,
+} from '../../shared/virtio-blk-requests';
+
+export {
+  VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_MAX_DISCARD_SECTORS, VIRTIO_BLK_MAX_DISCARD_SEGMENTS, VIRTIO_BLK_MAX_REQUEST,
+  VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS, VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS, VIRTIO_BLK_S, VIRTIO_BLK_T,
+} from '../../shared/virtio-blk-requests';
 
 export const VIRTIO_BLK_DEVICE_TYPE = 2;
 export const VIRTIO_BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, GEOMETRY: 4, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 } as const;
-export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
-export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
-export const VIRTIO_BLK_ID_BYTES = 20;
 export const VIRTIO_BLK_CONFIG_SIZE = 60;
 const SECTOR = 512;
-/** The most data one request may move (Linux sends at most max_sectors_kb, 1280 KiB by default). */
-export const VIRTIO_BLK_MAX_REQUEST = 32 * 1024 * 1024;
-/** Discard: ranges per request, sectors per range, and the granularity (4 KiB) we tell the driver. */
-export const VIRTIO_BLK_MAX_DISCARD_SEGMENTS = 32;
-export const VIRTIO_BLK_MAX_DISCARD_SECTORS = 0x400000;
-const DISCARD_ALIGNMENT_SECTORS = 8;
-const DISCARD_FLAG_UNMAP = 1;
-/** Write zeroes: one range per request (as QEMU), of at most 32 MiB (a zero-write fallback stays short). */
-export const VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS = 1;
-export const VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS = 0x10000;
 /**
  * Each queue's size, and so seg_max (the size less header and status): with 256, as QEMU's
  * default, a 1 MiB transfer of 256 scattered pages is more segments than Linux may put in one
@@ -54,25 +52,23 @@ export interface VirtioBlkOptions {
   router?: DeviceContext['interrupts'] | null;
   statistics?: DeviceContext['statistics'] | null;
   log?: (text: string) => void;
+  /** The disk I/O thread's data plane block for this disk and the doorbells to reach it; absent: rings stay here. */
+  dataPlane?: { buffer: SharedArrayBuffer; doorbells: DoorbellRegistry } | null;
 }
 
-interface BlkCounters {
-  reads: Counter;
-  writes: Counter;
-  readBytes: Counter;
-  writeBytes: Counter;
-  flushes: Counter;
-  discards: Counter;
-  zeroWrites: Counter;
-  errors: Counter;
-}
+/** The statistics entries of a disk's counters. */
+const COUNTER_ENTRIES: Record<BlkCounter, [string, 'bytes'?]> = {
+  reads: ['reads'], writes: ['writes'], readBytes: ['read-bytes', 'bytes'], writeBytes: ['write-bytes', 'bytes'],
+  flushes: ['flushes'], discards: ['discards'], zeroWrites: ['write-zeroes'], errors: ['errors'],
+};
 
 export class VirtioBlk extends VirtioPciDevice {
   readonly backend: BlockBackend;
   private readonly configBytes = new Uint8Array(VIRTIO_BLK_CONFIG_SIZE);
   private readonly serial: Uint8Array;
-  private readonly header = new Uint8Array(16);
-  private readonly counters: BlkCounters | null;
+  private readonly counters: Record<BlkCounter, Counter> | null;
+  private readonly disk: BlkDisk;
+  private lendRefusalLogged = false;
 
   constructor(options: VirtioBlkOptions) {
     const queues = options.queues ?? 1;
@@ -98,21 +94,28 @@ export class VirtioBlk extends VirtioPciDevice {
     view.setUint16(34, queues, true); // num_queues
     view.setUint32(36, VIRTIO_BLK_MAX_DISCARD_SECTORS, true);
     view.setUint32(40, VIRTIO_BLK_MAX_DISCARD_SEGMENTS, true);
-    view.setUint32(44, DISCARD_ALIGNMENT_SECTORS, true);
+    view.setUint32(44, VIRTIO_BLK_DISCARD_ALIGNMENT_SECTORS, true);
     view.setUint32(48, VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS, true);
     view.setUint32(52, VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS, true);
     this.configBytes[56] = options.backend.writeZeroes ? 1 : 0; // write_zeroes_may_unmap
     const stats = options.statistics ?? null;
-    this.counters = stats ? {
-      reads: counter(stats, options.name, 'reads'),
-      writes: counter(stats, options.name, 'writes'),
-      readBytes: counter(stats, options.name, 'read-bytes', 'bytes'),
-      writeBytes: counter(stats, options.name, 'write-bytes', 'bytes'),
-      flushes: counter(stats, options.name, 'flushes'),
-      discards: counter(stats, options.name, 'discards'),
-      zeroWrites: counter(stats, options.name, 'write-zeroes'),
-      errors: counter(stats, options.name, 'errors'),
-    } : null;
+    this.counters = stats ? Object.fromEntries(BLK_COUNTERS.map((name) => {
+      const [entry, unit] = COUNTER_ENTRIES[name];
+      return [name, counter(stats, options.name, entry, unit)];
+    })) as Record<BlkCounter, Counter> : null;
+    const device = this;
+    this.disk = {
+      backend: this.backend,
+      serial: this.serial,
+      get discard() { return device.negotiated(VIRTIO_BLK_F.DISCARD); },
+      get writeZeroes() { return device.negotiated(VIRTIO_BLK_F.WRITE_ZEROES); },
+      count: (name, n) => this.counters?.[name].add(n),
+    };
+    const plane = options.dataPlane;
+    if (plane && options.router) {
+      this.dataPlane = new DataPlaneHandoff(blkDataPlaneLayout(queues), plane.buffer, plane.doorbells, 'disk I/O thread',
+        (text) => options.log?.(`${options.name}: ${text}`));
+    }
   }
 
   protected readDeviceConfig(offset: number, size: number): number {
@@ -121,196 +124,35 @@ export class VirtioBlk extends VirtioPciDevice {
     return v;
   }
 
+  protected override lendTerms(): LendTerms | null {
+    const image = this.backend.lendable?.() ?? null;
+    if (image === null) {
+      if (!this.lendRefusalLogged) this.log(`${this.name}: the rings stay on the machine thread: this image cannot be handed to another thread`);
+      this.lendRefusalLogged = true;
+      return null;
+    }
+    return {
+      counters: Object.fromEntries(BLK_COUNTERS.map((name) => [name, this.counters?.[name].slot ?? -1])),
+      deviceWords: blkDeviceWords({ fd: image.fd, flags: (this.backend.readOnly ? BLK_IMAGE.READ_ONLY : 0) | (image.guardProbedFormat ? BLK_IMAGE.GUARD_FORMAT : 0) }, this.serial),
+      flags: (this.negotiated(VIRTIO_BLK_F.DISCARD) ? BLK_DATAPLANE_FLAG.DISCARD : 0) | (this.negotiated(VIRTIO_BLK_F.WRITE_ZEROES) ? BLK_DATAPLANE_FLAG.WRITE_ZEROES : 0),
+    };
+  }
+
   protected processQueue(q: SplitVirtqueue): void {
-    for (let chain = q.pop(this.dma); chain !== null; chain = q.pop(this.dma)) this.request(q, chain);
-  }
-
-  private request(q: SplitVirtqueue, chain: DescriptorChain): void {
-    if (chain.readableBytes < 16 || chain.writableBytes < 1) {
-      throw new VirtqueueError(`queue ${q.index}: request ${chain.head} has no room for its header or status byte`);
-    }
-    const generation = this.generation;
-    const dma = this.dma;
-    const statusAt = sliceSegments(chain.writable, chain.writableBytes - 1, 1);
-    const finish = (status: number, dataWritten: number): void => {
-      if (generation !== this.generation) return;
-      if (status !== VIRTIO_BLK_S.OK) this.counters?.errors.add();
-      if (dma.scatter(statusAt, Uint8Array.of(status)) < 0) {
-        this.fail(`queue ${q.index}: the status byte of request ${chain.head} is outside guest memory`);
-        return;
-      }
-      this.complete(q, chain.head, (status === VIRTIO_BLK_S.OK ? dataWritten : 0) + 1, generation);
-    };
-    if (dma.gather(chain.readable, this.header) < 0) {
-      finish(VIRTIO_BLK_S.IOERR, 0);
-      return;
-    }
-    const h = new DataView(this.header.buffer);
-    const type = h.getUint32(0, true);
-    const sectorHigh = h.getUint32(12, true);
-    const sector = sectorHigh * 0x100000000 + h.getUint32(8, true);
-    switch (type) {
-      case VIRTIO_BLK_T.IN: {
-        const length = chain.writableBytes - 1;
-        const offset = this.checkedOffset(sector, sectorHigh, length);
-        const data = sliceSegments(chain.writable, 0, length);
-        if (offset < 0 || !this.reachable(dma, data, true)) {
-          finish(VIRTIO_BLK_S.IOERR, 0);
-          return;
-        }
-        const done = (failed: boolean) => {
-          if (failed) {
-            finish(VIRTIO_BLK_S.IOERR, 0);
-            return;
-          }
-          this.counters?.reads.add();
-          this.counters?.readBytes.add(length);
-          finish(VIRTIO_BLK_S.OK, length);
-        };
-        // Straight into guest memory when the image completes inline: no buffer, no copy.
-        const readvNow = this.backend.readvNow;
-        const targets = readvNow ? dma.views(data, true) : null;
-        if (readvNow && targets) {
-          done(!!readvNow(offset, targets));
-          return;
-        }
-        this.backend.read(offset, length, (error, bytes) => {
-          if (generation !== this.generation) return;
-          done(!!error || !bytes || dma.scatter(data, bytes) !== length);
-        });
-        return;
-      }
-      case VIRTIO_BLK_T.OUT: {
-        const length = chain.readableBytes - 16;
-        const offset = this.checkedOffset(sector, sectorHigh, length);
-        if (offset < 0 || this.backend.readOnly) {
-          finish(VIRTIO_BLK_S.IOERR, 0);
-          return;
-        }
-        const data = sliceSegments(chain.readable, 16, length);
-        const done = (failed: boolean) => {
-          if (failed) {
-            finish(VIRTIO_BLK_S.IOERR, 0);
-            return;
-          }
-          this.counters?.writes.add();
-          this.counters?.writeBytes.add(length);
-          finish(VIRTIO_BLK_S.OK, 0);
-        };
-        const writevNow = this.backend.writevNow;
-        const sources = writevNow ? dma.views(data, false) : null;
-        if (writevNow && sources) {
-          done(!!writevNow(offset, sources));
-          return;
-        }
-        const bytes = new Uint8Array(length);
-        if (dma.gather(data, bytes) !== length) {
-          finish(VIRTIO_BLK_S.IOERR, 0);
-          return;
-        }
-        this.backend.write(offset, bytes, (error) => done(!!error));
-        return;
-      }
-      case VIRTIO_BLK_T.FLUSH:
-        this.backend.flush((error) => {
-          if (!error) this.counters?.flushes.add();
-          finish(error ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK, 0);
-        });
-        return;
-      case VIRTIO_BLK_T.DISCARD:
-      case VIRTIO_BLK_T.WRITE_ZEROES:
-        this.ranges(type === VIRTIO_BLK_T.DISCARD, dma, chain, finish);
-        return;
-      case VIRTIO_BLK_T.GET_ID: {
-        const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableBytes - 1);
-        if (dma.scatter(sliceSegments(chain.writable, 0, n), this.serial.subarray(0, n)) !== n) {
-          finish(VIRTIO_BLK_S.IOERR, 0);
-          return;
-        }
-        finish(VIRTIO_BLK_S.OK, n);
-        return;
-      }
-      default:
-        finish(VIRTIO_BLK_S.UNSUPP, 0);
+    for (let chain = q.pop(this.dma); chain !== null; chain = q.pop(this.dma)) {
+      const generation = this.generation;
+      const head = chain.head;
+      serveBlkRequest(this.disk, this.dma, q.index, chain, {
+        current: () => generation === this.generation,
+        complete: (written) => this.complete(q, head, written, generation),
+        fail: (why) => this.fail(why),
+      });
     }
   }
 
-  /**
-   * Discard or write-zeroes ranges (§5.2.6: le64 sector, le32 num_sectors, le32 flags each), all
-   * or nothing checked first. Discard takes no flags (unmap set is UNSUPP); write zeroes takes
-   * unmap (the zeros may be a hole) and no other bit.
-   */
-  private ranges(isDiscard: boolean, dma: DmaMemory, chain: DescriptorChain, finish: (status: number, written: number) => void): void {
-    const backend = this.backend;
-    const length = chain.readableBytes - 16;
-    const maxSegments = isDiscard ? VIRTIO_BLK_MAX_DISCARD_SEGMENTS : VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS;
-    const maxSectors = isDiscard ? VIRTIO_BLK_MAX_DISCARD_SECTORS : VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS;
-    const supported = isDiscard
-      ? this.negotiated(VIRTIO_BLK_F.DISCARD) && backend.discard !== undefined
-      : this.negotiated(VIRTIO_BLK_F.WRITE_ZEROES) && backend.writeZeroes !== undefined;
-    if (!supported || backend.readOnly) {
-      finish(VIRTIO_BLK_S.UNSUPP, 0);
-      return;
-    }
-    if (length === 0 || length % 16 !== 0 || length / 16 > maxSegments) {
-      finish(VIRTIO_BLK_S.IOERR, 0);
-      return;
-    }
-    const bytes = new Uint8Array(length);
-    if (dma.gather(sliceSegments(chain.readable, 16, length), bytes) !== length) {
-      finish(VIRTIO_BLK_S.IOERR, 0);
-      return;
-    }
-    const view = new DataView(bytes.buffer);
-    const ranges: { offset: number; length: number; unmap: boolean }[] = [];
-    for (let at = 0; at < length; at += 16) {
-      const high = view.getUint32(at + 4, true);
-      const sectors = view.getUint32(at + 8, true);
-      const flags = view.getUint32(at + 12, true);
-      if (flags & (isDiscard ? ~0 : ~DISCARD_FLAG_UNMAP)) {
-        finish(VIRTIO_BLK_S.UNSUPP, 0);
-        return;
-      }
-      const offset = sectors > maxSectors ? -1 : this.checkedOffset(high * 0x100000000 + view.getUint32(at, true), high, 0);
-      if (offset < 0 || offset + sectors * SECTOR > backend.size) {
-        finish(VIRTIO_BLK_S.IOERR, 0);
-        return;
-      }
-      if (sectors > 0) ranges.push({ offset, length: sectors * SECTOR, unmap: (flags & DISCARD_FLAG_UNMAP) !== 0 });
-    }
-    let left = ranges.length;
-    let failed = false;
-    if (left === 0) {
-      finish(VIRTIO_BLK_S.OK, 0);
-      return;
-    }
-    const done = (error: Error | null): void => {
-      failed ||= error !== null;
-      if (--left > 0) return;
-      if (!failed) (isDiscard ? this.counters?.discards : this.counters?.zeroWrites)?.add();
-      finish(failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK, 0);
-    };
-    for (const r of ranges) {
-      if (isDiscard) backend.discard!(r.offset, r.length, done);
-      else backend.writeZeroes!(r.offset, r.length, r.unmap, done);
-    }
-  }
-
-  /** The byte offset of a transfer, or -1 if it is not whole sectors inside the disk or too large. */
-  private checkedOffset(sector: number, sectorHigh: number, length: number): number {
-    if (length % SECTOR !== 0 || length > VIRTIO_BLK_MAX_REQUEST || sectorHigh >= 0x200000) return -1;
-    const offset = sector * SECTOR;
-    if (!Number.isSafeInteger(offset + length) || offset + length > this.backend.size) return -1;
-    return offset;
-  }
-
-  private reachable(dma: DmaMemory, segments: readonly { address: number; length: number }[], forWrite: boolean): boolean {
-    for (const s of segments) if (dma.check(s.address, s.length, forWrite) !== DMA_OK) return false;
-    return true;
-  }
-
-  /** Releases the image once requests in flight are done. */
+  /** Takes the rings back, then releases the image once requests in flight are done. */
   close(): void {
+    this.reclaimQueues();
     this.backend.close();
   }
 }
@@ -333,10 +175,11 @@ export const virtioBlkDevices: DeviceFactory = (ctx) => {
       // The machine thread sits in KVM_RUN, so the image completes each request before the
       // call returns (see RawImageOptions.synchronous), as USB sticks do.
       const backend = openBlockImage(disk.path, { readOnly: disk.readOnly, synchronous: true, format: disk.format });
+      const plane = ctx.diskDataPlanes?.[index] ?? null;
       try {
         opened.push(new VirtioBlk({
           name: diskName(disk, index), backend, serial: disk.serial, queues: disk.queues, router: ctx.interrupts, statistics: ctx.statistics,
-          log: (text) => ctx.log(text),
+          log: (text) => ctx.log(text), dataPlane: plane && { buffer: plane, doorbells: ctx.doorbells },
         }));
       } catch (error) {
         backend.close();
@@ -351,6 +194,14 @@ export const virtioBlkDevices: DeviceFactory = (ctx) => {
     name: 'virtio-blk',
     instance: opened,
     pci: opened.map((device, i) => ({ slot: VIRTIO_BLK_FIRST_SLOT + i, fn: 0, device })),
+    hostMessages: {
+      target: DISK_CHANNEL_TARGET,
+      handle: (kind, payload) => {
+        const failure = kind === DISK_KIND.DATAPLANE_FAILED ? decodeDataPlaneFailure(payload) : null;
+        const at = failure ? disks.findIndex(({ index }) => index === failure.device) : -1;
+        if (failure && at >= 0) opened[at].dataPlaneFailed(failure.epoch, failure.why);
+      },
+    },
     close: () => { for (const d of opened) d.close(); },
   };
 };

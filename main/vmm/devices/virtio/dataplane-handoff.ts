@@ -95,7 +95,10 @@ export class DataPlaneHandoff {
       if (block.move(DATAPLANE_STATE.RUNNING, DATAPLANE_STATE.STOP)) {
         this.registry.signal(block.controlFd);
         const state = block.waitWhile(DATAPLANE_STATE.STOP, STOP_WAIT_MS);
-        if (state !== DATAPLANE_STATE.IDLE) this.log(`the ${this.runner} did not hand the rings back within ${STOP_WAIT_MS} ms`);
+        // Taken back anyway: IDLE tells the runner the rings are no longer its to touch.
+        if (state !== DATAPLANE_STATE.IDLE && block.move(DATAPLANE_STATE.STOP, DATAPLANE_STATE.IDLE)) {
+          this.log(`the ${this.runner} did not hand the rings back within ${STOP_WAIT_MS} ms`);
+        }
       }
       // IDLE: handed back (or the runner stopped on its own, after a broken ring).
       for (const q of this.queues) q.setRingIndices(block.queue(q.index));

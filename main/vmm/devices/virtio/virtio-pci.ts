@@ -103,7 +103,7 @@ export abstract class VirtioPciDevice extends PciDevice {
   protected generation = 0;
   /** Set while notifications are processed: interrupts wait for the end of the batch. */
   private batching = false;
-  private readonly log: (text: string) => void;
+  protected readonly log: (text: string) => void;
   private readonly pciCfgCap: number;
   readonly bar0: IoDevice;
 

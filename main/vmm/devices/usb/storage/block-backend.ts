@@ -48,8 +48,19 @@ export interface BlockBackend {
    */
   readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
   readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
+  /**
+   * The open image as another thread may adopt it (RawImageFile.adopt on a dup of `fd`) while
+   * this object leaves it alone, or null when it cannot be lent now. Absent: never (a format
+   * that caches metadata, whose copy here would go stale).
+   */
+  readonly lendable?: () => LendableImage | null;
   /** Releases the image once the operations in flight have completed. */
   close(): void;
+}
+
+export interface LendableImage {
+  fd: number;
+  guardProbedFormat: boolean;
 }
 
 export type ImageProblem =
@@ -84,6 +95,15 @@ export interface RawImageOptions {
 }
 
 const BLOCK = 512;
+
+/** The path a descriptor was opened with (for messages), or a name for the descriptor itself. */
+function fdPath(fd: number): string {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return `descriptor ${fd}`;
+  }
+}
 
 function describeOpenError(file: string, code: string | undefined, readOnly: boolean): ImageError {
   const mode = readOnly ? 'reading' : 'reading and writing';
@@ -155,10 +175,32 @@ export class RawImageFile implements BlockBackend {
     return image;
   }
 
-  private guardProbedFormat = false;
+  /**
+   * A synchronous image on `fd`, a descriptor of an image another thread opened, checked and
+   * locked (see lendable); this object owns `fd` and closes it.
+   */
+  static adopt(fd: number, options: { readOnly: boolean; guardProbedFormat: boolean }): RawImageFile {
+    const image = new RawImageFile(fdPath(fd), options.readOnly, true, true, fd);
+    image.guardProbedFormat = options.guardProbedFormat;
+    return image;
+  }
 
-  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean, anySize: boolean) {
+  private guardProbedFormat = false;
+  private readonly adopted: boolean;
+
+  readonly lendable = (): LendableImage | null =>
+    this.closing || this.inFlight > 0 ? null : { fd: this.fd, guardProbedFormat: this.guardProbedFormat };
+
+  private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean, anySize: boolean, adoptedFd = -1) {
     this.readOnly = readOnly;
+    this.adopted = adoptedFd >= 0;
+    if (adoptedFd >= 0) {
+      this.fd = adoptedFd;
+      this.size = fs.fstatSync(adoptedFd).size;
+      this.readvNow = (offset, targets) => this.vectorNow('read', targets, offset);
+      this.writevNow = (offset, sources) => this.vectorNow('write', sources, offset);
+      return;
+    }
     let fd: number;
     try {
       fd = fs.openSync(path,
@@ -397,7 +439,9 @@ export class RawImageFile implements BlockBackend {
 
   private release(): void {
     if (this.fd < 0) return;
-    fs.closeSync(this.fd);
+    // An adopted descriptor was not opened through fs (whose bookkeeping warns of a stranger).
+    if (this.adopted) libc.close(this.fd);
+    else fs.closeSync(this.fd);
     this.fd = -1;
   }
 }

@@ -1,0 +1,72 @@
+// Entry point of the disk I/O thread (a worker of the VM process, one per VM with virtio
+// disks): runs the disks' rings lent to it (blk-dataplane.ts). Everything here blocks, on
+// purpose: a poll(2) on the control eventfd and the lent queues' notify eventfds, then
+// synchronous I/O. So a flush that takes a second holds up this thread only, and nothing of
+// it goes through libuv's small thread pool. It never returns to its event loop until the VM
+// host ends it (the CLOSING word and the control eventfd).
+import { parentPort, workerData } from 'node:worker_threads';
+import { libc } from '../../../native';
+import type { MemoryRegion } from '../memory/guest-memory';
+import { BlkDataPlane } from './blk-dataplane';
+
+export interface DiskIoThreadData {
+  /** Per lent disk: its index in the config's disks, its block and its queue count. */
+  disks: { index: number; buffer: SharedArrayBuffer; queues: number }[];
+  ram: MemoryRegion[];
+  stats: SharedArrayBuffer | null;
+  /** The eventfd every block names as its control fd (the VM host made it and closes it). */
+  controlFd: number;
+  /** Int32 word 0 becomes 1 when the thread should end. */
+  closing: SharedArrayBuffer;
+}
+
+export type DiskIoThreadMessage =
+  | { type: 'failed'; disk: number; epoch: number; why: string }
+  | { type: 'log'; text: string };
+
+/** A poll's longest wait: the control eventfd ends it sooner; this only bounds a lost wake-up. */
+const POLL_MS = 1000;
+
+function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) => void): void {
+  const stats = data.stats ? new Uint32Array(data.stats) : null;
+  const closing = new Int32Array(data.closing);
+  const planes = data.disks.map((d) => new BlkDataPlane(d.buffer, d.queues, data.ram, stats, {
+    failed: (epoch, why) => post({ type: 'failed', disk: d.index, epoch, why }),
+    log: (text) => post({ type: 'log', text: `disk${d.index}: ${text}` }),
+  }));
+  while (Atomics.load(closing, 0) === 0) {
+    const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
+    const owners: { plane: number; queue: number }[] = [];
+    const polledRuns = planes.map((p) => p.runNumber);
+    planes.forEach((p, plane) => p.notifyFds.forEach((fd, queue) => {
+      fds.push({ fd, events: libc.POLLIN });
+      owners.push({ plane, queue });
+    }));
+    let revents: number[];
+    try {
+      revents = libc.poll(fds, POLL_MS);
+    } catch (e) {
+      post({ type: 'log', text: `disk I/O thread: poll failed, its disks go back to the machine thread: ${(e as Error).message}` });
+      break;
+    }
+    if (revents[0]) libc.eventfdRead(data.controlFd);
+    for (const p of planes) p.control();
+    const notified = polledRuns.map((_, i) => owners.filter((o) => o.plane === i).map(() => false));
+    owners.forEach((o, i) => {
+      if (revents[i + 1]) notified[o.plane][o.queue] = true;
+    });
+    // A run that started or stopped in control() is not the one polled: its turn is the next poll.
+    planes.forEach((p, i) => {
+      if (p.runNumber === polledRuns[i]) p.serve(notified[i]);
+    });
+  }
+  for (const p of planes) {
+    p.block.controlFd = -1;
+    p.close();
+  }
+}
+
+const port = parentPort;
+if (port && (workerData as { diskIo?: DiskIoThreadData } | null)?.diskIo) {
+  runDiskIoThread((workerData as { diskIo: DiskIoThreadData }).diskIo, (m) => port.postMessage(m));
+}
