@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import { libc } from '../../native';
 import { machineConfigFromJson } from '../../main/vmm/config';
 import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
-import { VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk } from '../../main/vmm/devices/virtio/blk';
+import { VIRTIO_BLK_QUEUE_SIZE, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlk } from '../../main/vmm/devices/virtio/blk';
 import { COMMON, VIRTIO_F, VIRTIO_STATUS } from '../../main/vmm/devices/virtio/virtio-pci';
 import { PCI_CFG } from '../../main/vmm/devices/pci/pci-device';
 import { DiskIoThread } from '../../main/vmm/host/disk-io';
@@ -22,7 +22,9 @@ import { pcIrqRoutes } from '../../main/vmm/platform/mptable';
 import { DATAPLANE_STATE, DataPlaneBlock, dataPlaneBlockBytes, decodeDataPlaneFailure } from '../../main/vmm/shared/dataplane-block';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { blkDataPlaneLayout, blkDeviceWords, BLK_IMAGE } from '../../main/vmm/shared/virtio-blk-requests';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
+import { SplitVirtqueue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
+import { DataPlaneHandoff } from '../../main/vmm/devices/virtio/dataplane-handoff';
+import type { DoorbellSpec } from '../../main/vmm/devices/interrupts';
 import { FakeEventFds, FakeKvm } from '../helpers/fake-irq';
 import { fuzzCases, Prng } from '../helpers/prng';
 import { TestBus, VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
@@ -121,7 +123,7 @@ test('virtio-blk runs on the disk I/O thread: requests between image and guest m
     bus.ram.fill(0, QUEUE, QUEUE + 0x10000); // fresh rings, as a driver allocates after a reset
     assert.ok(driver.negotiate(0, F_VERSION_1_HIGH));
     if (msix) driver.enableMsix([{ vector: 0, data: 0x41 }, { vector: 1, data: 0x42 }]);
-    driver.setupQueue(0, 16, QUEUE, msix ? 0 : undefined);
+    driver.setupQueue(0, VIRTIO_BLK_QUEUE_SIZE, QUEUE, msix ? 0 : undefined); // the size Linux takes
     driver.driverOk();
   };
   const status = () => bus.ram[STATUS];
@@ -284,4 +286,41 @@ test('disk data plane fuzz: random descriptors, chains, headers and ring indices
   }
   // The cases reach both ends: requests served, and runs failed on a broken ring.
   assert.ok(failedRuns > 0 && completed > 0, `${failedRuns} failed runs, ${completed} requests completed`);
+});
+
+test('a run the runner cannot take comes back untouched: the machine is told, keeps the rings, and does not lend them again', () => {
+  const t = runner();
+  const registry = {
+    register: (spec: DoorbellSpec) => {
+      const fd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+      return { ...spec, eventFd: fd, takeCount: () => libc.eventfdRead(fd), ring: () => libc.eventfdWrite(fd), release: () => libc.close(fd) };
+    },
+    signal: () => t.plane.control(), // the runner lives on this thread: it follows at once
+  };
+  const irq = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+  try {
+    t.block.controlFd = irq; // any descriptor: the handoff only needs one to signal
+    const logs: string[] = [];
+    const handoff = new DataPlaneHandoff(blkDataPlaneLayout(1), t.block.buffer, registry, 'disk I/O thread', (text) => logs.push(text));
+    const queue = new SplitVirtqueue(0, 16);
+    queue.size = 3; // not a power of two: the runner refuses what the machine should never have sent
+    queue.descAddress = QUEUE;
+    queue.driverAddress = QUEUE + 0x100;
+    queue.deviceAddress = QUEUE + 0x200;
+    queue.setRingIndices({ lastAvail: 5, usedIdx: 5, signalledUsed: 4 });
+    const lend = () => handoff.start([{ queue, notifyAddress: 0xfe003000, irqFd: irq, irqCounter: -1 }], 0, {}, blkDeviceWords({ fd: 0, flags: 0 }, new Uint8Array(20)));
+    assert.equal(lend(), true);
+    assert.equal(t.block.state, DATAPLANE_STATE.IDLE);
+    assert.equal(t.failures.length, 1);
+    assert.match(t.failures[0], /cannot run the rings: queue 0/);
+    assert.equal(handoff.failed(handoff.runEpoch + 1), 'stale');
+    assert.equal(handoff.failed(handoff.runEpoch), 'refused');
+    assert.equal(handoff.active, false);
+    assert.deepEqual(queue.ringIndices, { lastAvail: 5, usedIdx: 5, signalledUsed: 4 });
+    assert.equal(lend(), false, 'not lent again');
+    assert.ok(logs.some((l) => /could not take the rings/.test(l)));
+  } finally {
+    libc.close(irq);
+    t.close();
+  }
 });

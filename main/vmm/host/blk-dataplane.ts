@@ -10,7 +10,7 @@ import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
 import { RawImageFile } from '../devices/usb/storage/block-backend';
 import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
-import { SplitVirtqueue, VIRTQ_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
+import { SplitVirtqueue, VIRTQ_SPEC_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
 import {
   BLK_COUNTERS, BLK_DATAPLANE_FLAG, BLK_IMAGE, type BlkCounter, type BlkDisk, blkDataPlaneLayout, blkRunImage, serveBlkRequest,
 } from '../shared/virtio-blk-requests';
@@ -108,7 +108,7 @@ export class BlkDataPlane {
     const flags = block.flags;
     const queues = Array.from({ length: block.layout.queues }, (_, index) => {
       const v = block.queue(index);
-      const q = new SplitVirtqueue(index, VIRTQ_MAX_SIZE);
+      const q = new SplitVirtqueue(index, VIRTQ_SPEC_MAX_SIZE);
       q.size = v.size;
       q.descAddress = v.descAddress;
       q.driverAddress = v.driverAddress;
@@ -122,8 +122,7 @@ export class BlkDataPlane {
     const refusal = queues.map(({ q }) => q.enableError()).find((e) => e !== null);
     if (refusal) {
       // The machine checked these already: a mismatch is ours, so say so and leave the rings alone.
-      this.host.log(`disk data plane: cannot start: ${refusal}`);
-      block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
+      this.refuse(refusal);
       return;
     }
     const image = blkRunImage(block);
@@ -151,8 +150,7 @@ export class BlkDataPlane {
       };
     } catch (e) {
       for (const fd of owned) libc.close(fd);
-      this.host.log(`disk data plane: cannot start: ${(e as Error).message}`);
-      block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
+      this.refuse((e as Error).message);
       return;
     }
     for (const name of BLK_COUNTERS) this.counterSlots.set(name, block.counterSlot(name));
@@ -164,6 +162,14 @@ export class BlkDataPlane {
     this.runs++;
     // Requests the guest made available before the hand-over.
     for (const q of run.queues) if (this.run === run) this.serveQueue(run, q);
+  }
+
+  /** Leaves the rings to the machine (which keeps them from then on), telling it why. */
+  private refuse(why: string): void {
+    const epoch = this.block.epoch;
+    this.host.log(`disk data plane: cannot start: ${why}`);
+    this.block.refuse(epoch);
+    this.host.failed(epoch, `the disk I/O thread cannot run the rings: ${why}`);
   }
 
   private serveQueue(run: Run, q: SplitVirtqueue): void {

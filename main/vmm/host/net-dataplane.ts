@@ -11,7 +11,7 @@ import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
 import { NET_RX_WINDOW } from '../shared/net-messages';
 import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
-import { SplitVirtqueue, VIRTQ_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
+import { SplitVirtqueue, VIRTQ_SPEC_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
 import {
   NET_DATAPLANE, NET_DATAPLANE_COUNTERS, NET_DATAPLANE_RX, NET_DATAPLANE_TX, type NetDataPlaneCounter, readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
 } from '../shared/virtio-net-frames';
@@ -185,7 +185,7 @@ export class HostNetDataPlane {
     const regions = this.ram();
     const queues = [NET_DATAPLANE_RX, NET_DATAPLANE_TX].map((index) => {
       const v = block.queue(index);
-      const q = new SplitVirtqueue(index, VIRTQ_MAX_SIZE);
+      const q = new SplitVirtqueue(index, VIRTQ_SPEC_MAX_SIZE);
       q.size = v.size;
       q.descAddress = v.descAddress;
       q.driverAddress = v.driverAddress;
@@ -199,8 +199,7 @@ export class HostNetDataPlane {
     const refusal = regions === null ? 'the VM has no guest memory' : queues.map(({ q }) => q.enableError()).find((e) => e !== null);
     if (refusal) {
       // The machine checked these already: a mismatch is ours, so say so and leave the rings alone.
-      this.host.log(`data plane: cannot start: ${refusal}`);
-      block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
+      this.refuse(refusal);
       return;
     }
     const notifyFds: number[] = [];
@@ -213,8 +212,7 @@ export class HostNetDataPlane {
       }
     } catch (e) {
       for (const fd of dups()) libc.close(fd);
-      this.host.log(`data plane: cannot start: ${(e as Error).message}`);
-      block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
+      this.refuse((e as Error).message);
       return;
     }
     for (const name of NET_DATAPLANE_COUNTERS) this.counterSlots.set(name, block.counterSlot(name));
@@ -234,6 +232,14 @@ export class HostNetDataPlane {
     // Buffers the guest made available before the hand-over.
     this.transmit();
     this.deliver();
+  }
+
+  /** Leaves the rings to the machine (which keeps them from then on), telling it why. */
+  private refuse(why: string): void {
+    const epoch = this.block.epoch;
+    this.host.log(`data plane: cannot start: ${why}`);
+    this.block.refuse(epoch);
+    this.host.failed(epoch, `the VM host cannot run the rings: ${why}`);
   }
 
   private endRun(): void {

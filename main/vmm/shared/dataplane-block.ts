@@ -30,6 +30,8 @@ const W = {
   EPOCH: 3,
   /** Bumped when the machine thread that used the block is gone (forceIdle). */
   MACHINES: 4,
+  /** The epoch of a run the runner could not start (it then reports it failed). */
+  REFUSED_EPOCH: 5,
   FIRST_QUEUE: 8,
 } as const;
 const QUEUE_WORDS = 8;
@@ -115,6 +117,16 @@ export class DataPlaneBlock {
       if (left <= 0 || Atomics.wait(this.words, W.STATE, state, left) === 'timed-out') return this.state;
       if (this.state !== state) return this.state;
     }
+  }
+
+  /** The runner could not take run `epoch` (its resources, not the guest): it left the rings alone. */
+  refuse(epoch: number): void {
+    Atomics.store(this.words, W.REFUSED_EPOCH, epoch);
+    this.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE);
+  }
+
+  get refusedEpoch(): number {
+    return Atomics.load(this.words, W.REFUSED_EPOCH);
   }
 
   get controlFd(): number {

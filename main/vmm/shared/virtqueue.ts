@@ -15,6 +15,8 @@ export const VIRTQ_DESC_F_INDIRECT = 4;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 /** The largest queue this implementation offers (a power of two, at most 32768 by the spec). */
 export const VIRTQ_MAX_SIZE = 256;
+/** The largest queue the split layout allows (virtio 1.x §2.7). */
+export const VIRTQ_SPEC_MAX_SIZE = 32768;
 /** An indirect table's entries, at most (QEMU's VIRTQUEUE_MAX_SIZE). */
 export const VIRTQ_MAX_INDIRECT = 1024;
 export const VIRTIO_NO_VECTOR = 0xffff;

@@ -44,7 +44,7 @@ export class DataPlaneHandoff {
   start(queues: HandoffQueue[], flags: number, counters: Readonly<Record<string, number>>, deviceWords: readonly number[] = []): boolean {
     if (this.active) return true;
     const block = this.block;
-    if (block.controlFd < 0 || block.state !== DATAPLANE_STATE.IDLE) return false;
+    if (this.refused || block.controlFd < 0 || block.state !== DATAPLANE_STATE.IDLE) return false;
     const bells: Doorbell[] = [];
     try {
       for (const q of queues) bells.push(this.registry.register({ space: 'mmio', address: q.notifyAddress, length: 2 }));
@@ -74,6 +74,23 @@ export class DataPlaneHandoff {
     this.registry.signal(block.controlFd);
     this.log(`rings handed to the ${this.runner} (run ${this.epoch}): notifies are ioeventfds, interrupts irqfds`);
     return true;
+  }
+
+  /** Set once the runner could not take a run: the rings stay here from then on. */
+  private refused = false;
+
+  /**
+   * The runner reported run `epoch` failed. True if it never took the rings (it refused the
+   * run): they are back here untouched and no run is tried again; false if the guest broke a
+   * ring in it (the device's error state follows). A report of another run is neither.
+   */
+  failed(epoch: number): 'refused' | 'broken' | 'stale' {
+    if (!this.active || this.runEpoch !== epoch) return 'stale';
+    if (this.block.refusedEpoch !== epoch) return 'broken';
+    this.refused = true;
+    this.log(`the ${this.runner} could not take the rings: they stay on the machine thread`);
+    this.stop();
+    return 'refused';
   }
 
   /** The current run's epoch (a host failure report names it). */

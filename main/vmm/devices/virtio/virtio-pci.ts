@@ -21,7 +21,7 @@ import type { MsiRouter } from '../interrupts';
 import { DATAPLANE_FLAG } from '../../shared/dataplane-block';
 import type { DataPlaneHandoff } from './dataplane-handoff';
 import type { StatsRegistry } from '../../shared/stats';
-import { SplitVirtqueue, VIRTIO_NO_VECTOR, VIRTQ_MAX_SIZE, VirtqueueError } from '../../shared/virtqueue';
+import { SplitVirtqueue, VIRTIO_NO_VECTOR, VIRTQ_MAX_SIZE, VIRTQ_SPEC_MAX_SIZE, VirtqueueError } from '../../shared/virtqueue';
 
 export const VIRTIO_PCI_VENDOR = 0x1af4;
 /** Modern device IDs are 0x1040 + the virtio device type. */
@@ -114,7 +114,7 @@ export abstract class VirtioPciDevice extends PciDevice {
     });
     if (options.queues < 1 || options.queues > 64) throw new Error(`${name}: ${options.queues} queues is not 1..64`);
     const queueSize = options.queueSize ?? VIRTQ_MAX_SIZE;
-    if (queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) throw new Error(`${name}: queue size ${queueSize} is not a power of two up to 32768`);
+    if (queueSize < 1 || queueSize > VIRTQ_SPEC_MAX_SIZE || (queueSize & (queueSize - 1)) !== 0) throw new Error(`${name}: queue size ${queueSize} is not a power of two up to 32768`);
     if (options.configSize > 0x1000) throw new Error(`${name}: device configuration too large`);
     this.log = options.log ?? (() => {});
     this.queues = Array.from({ length: options.queues }, (_, i) => new SplitVirtqueue(i, options.queueSize ?? VIRTQ_MAX_SIZE));
@@ -172,9 +172,14 @@ export abstract class VirtioPciDevice extends PciDevice {
     return this.dataPlane?.active ?? false;
   }
 
-  /** The runner found a broken ring in run `epoch`: the error state (if that run is still on). */
+  /**
+   * The runner reported run `epoch` failed: a broken ring is the error state; a run it could
+   * not take leaves the rings here, so what the guest queued meanwhile is served now.
+   */
   dataPlaneFailed(epoch: number, why: string): void {
-    if (this.dataPlane?.active && this.dataPlane.runEpoch === epoch) this.fail(why);
+    const outcome = this.dataPlane?.failed(epoch) ?? 'stale';
+    if (outcome === 'broken') this.fail(why);
+    else if (outcome === 'refused' && this.running) for (const q of this.queues) if (q.enabled) this.batch(q, () => this.processQueue(q));
   }
 
   /** A reset or the error state is coming: rings lent out come back, with their indices. */
