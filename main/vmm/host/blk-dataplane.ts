@@ -8,7 +8,8 @@
 import { libc } from '../../../native';
 import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
-import { RawImageFile } from '../devices/usb/storage/block-backend';
+import type { BlockBackend } from '../devices/usb/storage/block-backend';
+import { adoptBlockImage } from '../devices/block/open-image';
 import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
 import { SplitVirtqueue, VIRTQ_SPEC_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
 import {
@@ -31,7 +32,7 @@ interface Run {
   notifyFds: number[];
   irqFds: number[];
   irqCounters: number[];
-  disk: BlkDisk & { backend: RawImageFile };
+  disk: BlkDisk & { backend: BlockBackend };
   /** Set by a request that broke the protocol mid-batch. */
   failure: string | null;
 }
@@ -136,7 +137,9 @@ export class BlkDataPlane {
       };
       const notifyFds = queues.map(({ v }) => dup(v.notifyFd));
       const irqFds = queues.map(({ v }) => dup(v.irqFd));
-      const backend = RawImageFile.adopt(dup(image.fd), {
+      // The image owns its descriptor from here (closing it itself if it cannot be adopted).
+      const backend = adoptBlockImage(libc.dup(image.fd), {
+        format: image.flags & BLK_IMAGE.QCOW2 ? 'qcow2' : 'raw',
         readOnly: (image.flags & BLK_IMAGE.READ_ONLY) !== 0, guardProbedFormat: (image.flags & BLK_IMAGE.GUARD_FORMAT) !== 0,
       });
       run = {

@@ -44,7 +44,7 @@ export function blkDataPlaneLayout(queues: number): DataPlaneLayout {
   return { queues, counters: BLK_COUNTERS, deviceWords: BLK_WORD.SERIAL + VIRTIO_BLK_ID_BYTES / 4 };
 }
 const BLK_WORD = { IMAGE_FD: 0, IMAGE_FLAGS: 1, SERIAL: 2 } as const;
-export const BLK_IMAGE = { READ_ONLY: 1, GUARD_FORMAT: 2 } as const;
+export const BLK_IMAGE = { READ_ONLY: 1, GUARD_FORMAT: 2, QCOW2: 4 } as const;
 /** What the driver negotiated, in the block's flags. */
 export const BLK_DATAPLANE_FLAG = { DISCARD: DATAPLANE_FLAG.FIRST_DEVICE, WRITE_ZEROES: DATAPLANE_FLAG.FIRST_DEVICE << 1 } as const;
 

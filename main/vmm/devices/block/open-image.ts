@@ -3,7 +3,7 @@
 // before a device exists.
 import fs from 'node:fs';
 import path from 'node:path';
-import { ImageError, RawImageFile, type BlockBackend } from '../usb/storage/block-backend';
+import { descriptorPath, ImageError, RawImageFile, type BlockBackend, type LendableImage } from '../usb/storage/block-backend';
 import { QCOW2_MAGIC, Qcow2Image } from './qcow2';
 
 export type ImageFormat = 'raw' | 'qcow2';
@@ -58,6 +58,20 @@ function openAt(file: string, options: OpenImageOptions, depth: number): BlockIm
     synchronous: options.synchronous,
     depth,
     // Backing files are read only and complete at once (the qcow2 layer reads through them inline).
+    openBacking: (backing, backingFormat, d) => openAt(backing, { readOnly: true, synchronous: true, format: backingFormat }, d),
+  });
+}
+
+/**
+ * A synchronous image on `fd`, a descriptor of an image another thread opened, checked and
+ * locked, and lends (BlockBackend.lendable): a qcow2 image reads its metadata from the file and
+ * opens its backing files itself (read-only, their shared lock beside the lender's). The image
+ * owns `fd` and closes it, also when this throws.
+ */
+export function adoptBlockImage(fd: number, image: Pick<LendableImage, 'format' | 'guardProbedFormat'> & { readOnly: boolean }): BlockImage {
+  if (image.format === 'raw') return RawImageFile.adopt(fd, image);
+  return Qcow2Image.open(descriptorPath(fd), {
+    fd, readOnly: image.readOnly, synchronous: true,
     openBacking: (backing, backingFormat, d) => openAt(backing, { readOnly: true, synchronous: true, format: backingFormat }, d),
   });
 }

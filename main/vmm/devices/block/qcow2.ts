@@ -20,9 +20,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
+import { libc } from '../../../../native';
 import {
   ImageError, RawImageFile,
-  type BlockBackend, type BlockDoneCallback, type BlockReadCallback,
+  type BlockBackend, type BlockDoneCallback, type BlockReadCallback, type LendableImage,
 } from '../usb/storage/block-backend';
 
 export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
@@ -59,6 +60,8 @@ export interface Qcow2Options {
   openBacking?: (file: string, format: 'raw' | 'qcow2' | undefined, depth: number) => BlockBackend;
   /** How many images lie above this one (backing chains are bounded). */
   depth?: number;
+  /** An open, locked descriptor of the image to use instead of opening `path` (see lendable); it is closed with the image. */
+  fd?: number;
 }
 
 interface Header {
@@ -102,13 +105,13 @@ export class Qcow2Image implements BlockBackend {
 
   private fd: number;
   private fileSize: number;
-  private readonly header: Header;
+  private header: Header;
   private readonly clusterBits: number;
   private readonly l2Bits: number;
-  private readonly l1: Float64Array; // offsets; flags kept apart
-  private readonly l1Raw: Uint8Array;
+  private l1 = new Float64Array(0); // offsets; flags kept apart
+  private l1Raw: Uint8Array = new Uint8Array(0);
   private l1Dirty = false;
-  private refTable: Float64Array;
+  private refTable = new Float64Array(0);
   private refTableDirty = false;
   private readonly refBits: number;
   private readonly refsPerBlock: number;
@@ -127,17 +130,60 @@ export class Qcow2Image implements BlockBackend {
   private reserved = { from: 0, to: 0 };
   private closing = false;
   private broken: Error | null = null;
+  private readonly adopted: boolean;
 
   /** Opens and locks a qcow2 image; throws ImageError naming the file and the problem. */
   static open(file: string, options: Qcow2Options = {}): Qcow2Image {
     return new Qcow2Image(path.resolve(file), options);
   }
 
+  /**
+   * The image as another thread may run it meanwhile: the cached metadata is written back
+   * first (the other thread reads it from the file), and taken up again from the file when it
+   * comes back (reclaimed). Null when it cannot be lent (closed or broken).
+   */
+  readonly lendable = (): LendableImage | null => {
+    if (this.closing || this.broken) return null;
+    try {
+      if (!this.readOnly) this.flushNow();
+    } catch (e) {
+      this.broken = this.requestError(e, 'handing over');
+      return null;
+    }
+    return { fd: this.fd, guardProbedFormat: false, format: 'qcow2' };
+  };
+
+  /** Back from another thread: its metadata is read again (a takeover by force leaves the image read-only). */
+  reclaimed(handedBack: boolean): void {
+    this.l2Cache.clear();
+    this.refCache.clear();
+    this.dirtyL2.clear();
+    this.dirtyRef.clear();
+    this.l1Dirty = false;
+    this.refTableDirty = false;
+    this.pendingFree = [];
+    this.pendingFreeSet.clear();
+    this.freeHint = 0;
+    this.reserved = { from: 0, to: 0 };
+    try {
+      this.fileSize = fs.fstatSync(this.fd).size;
+      this.header = this.readHeader();
+      this.readTables();
+    } catch (e) {
+      this.broken = new Error(`${this.path}: its metadata cannot be read back after the disk I/O thread wrote it (${(e as Error).message})`);
+      return;
+    }
+    if (!handedBack && !this.readOnly) {
+      this.broken = new Error(`${this.path}: the disk I/O thread did not hand it back in time; writes are refused to keep it consistent`);
+    }
+  }
+
   private constructor(readonly path: string, options: Qcow2Options) {
     this.readOnly = options.readOnly ?? false;
     this.synchronous = options.synchronous ?? false;
     const readOnly = this.readOnly;
-    this.fd = openLocked(path, readOnly);
+    this.adopted = options.fd !== undefined;
+    this.fd = options.fd ?? openLocked(path, readOnly);
     try {
       this.fileSize = fs.fstatSync(this.fd).size;
       const h = this.header = this.readHeader();
@@ -149,28 +195,7 @@ export class Qcow2Image implements BlockBackend {
       this.refBits = 2 ** h.refcountOrder;
       this.refsPerBlock = this.clusterSize * 8 / this.refBits;
       this.refMax = this.refBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.refBits - 1;
-      // L1: inside the file, clear of the header, entries aligned and inside the file.
-      this.l1Raw = this.readChecked(h.l1Offset, h.l1Size * 8, 'its L1 table');
-      this.l1 = new Float64Array(h.l1Size);
-      for (let i = 0; i < h.l1Size; i++) {
-        const off = this.entryOffset(this.l1Raw, i);
-        if (off !== 0) {
-          if (off % this.clusterSize !== 0 || off < this.clusterSize || off + this.clusterSize > this.fileSize) {
-            throw this.corrupt(`L1 entry ${i} points at ${off}, ${off % this.clusterSize ? 'not at a cluster boundary' : 'outside the file or into the header'}`);
-          }
-        }
-        this.l1[i] = off;
-      }
-      const refTableBytes = h.refTableClusters * this.clusterSize;
-      const rawRefTable = this.readChecked(h.refTableOffset, refTableBytes, 'its refcount table');
-      this.refTable = new Float64Array(refTableBytes / 8);
-      for (let i = 0; i < this.refTable.length; i++) {
-        const off = this.entryOffset(rawRefTable, i, true);
-        if (off !== 0 && (off % this.clusterSize !== 0 || off < this.clusterSize || off + this.clusterSize > this.fileSize)) {
-          throw this.corrupt(`refcount table entry ${i} points at ${off}, outside the file, into the header or off a cluster boundary`);
-        }
-        this.refTable[i] = off;
-      }
+      this.readTables();
       this.readExtensionsAndBacking(options);
       if (!readOnly && h.autoclear !== 0) {
         // Autoclear bits describe extensions (bitmaps, raw data file) we do not keep up to date.
@@ -180,10 +205,36 @@ export class Qcow2Image implements BlockBackend {
       }
     } catch (error) {
       this.backing?.close();
-      fs.closeSync(this.fd);
-      this.fd = -1;
+      this.closeFd();
       if (error instanceof ImageError) throw error;
       throw new ImageError(path, 'corrupt', `it cannot be read as qcow2 (${(error as Error).message})`);
+    }
+  }
+
+  /** The L1 and refcount tables, read and checked against the file. */
+  private readTables(): void {
+    const h = this.header;
+    // L1: inside the file, clear of the header, entries aligned and inside the file.
+    this.l1Raw = this.readChecked(h.l1Offset, h.l1Size * 8, 'its L1 table');
+    this.l1 = new Float64Array(h.l1Size);
+    for (let i = 0; i < h.l1Size; i++) {
+      const off = this.entryOffset(this.l1Raw, i);
+      if (off !== 0) {
+        if (off % this.clusterSize !== 0 || off < this.clusterSize || off + this.clusterSize > this.fileSize) {
+          throw this.corrupt(`L1 entry ${i} points at ${off}, ${off % this.clusterSize ? 'not at a cluster boundary' : 'outside the file or into the header'}`);
+        }
+      }
+      this.l1[i] = off;
+    }
+    const refTableBytes = h.refTableClusters * this.clusterSize;
+    const rawRefTable = this.readChecked(h.refTableOffset, refTableBytes, 'its refcount table');
+    this.refTable = new Float64Array(refTableBytes / 8);
+    for (let i = 0; i < this.refTable.length; i++) {
+      const off = this.entryOffset(rawRefTable, i, true);
+      if (off !== 0 && (off % this.clusterSize !== 0 || off < this.clusterSize || off + this.clusterSize > this.fileSize)) {
+        throw this.corrupt(`refcount table entry ${i} points at ${off}, outside the file, into the header or off a cluster boundary`);
+      }
+      this.refTable[i] = off;
     }
   }
 
@@ -749,9 +800,16 @@ export class Qcow2Image implements BlockBackend {
       if (!this.readOnly && !this.broken) this.flushNow();
     } finally {
       this.backing?.close();
-      if (this.fd >= 0) fs.closeSync(this.fd);
-      this.fd = -1;
+      this.closeFd();
     }
+  }
+
+  private closeFd(): void {
+    if (this.fd < 0) return;
+    // An adopted descriptor was not opened through fs (whose bookkeeping warns of a stranger).
+    if (this.adopted) libc.close(this.fd);
+    else fs.closeSync(this.fd);
+    this.fd = -1;
   }
 
   private complete(fn: () => void): void {

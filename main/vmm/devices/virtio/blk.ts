@@ -5,8 +5,8 @@
 //
 // Once the driver runs the disk with MSI-X, its rings go to the disk I/O thread
 // (host/blk-dataplane.ts) with the image's descriptor: a queue kick no longer exits to
-// JavaScript, and the guest's vCPU runs on while the I/O happens. An image that cannot be lent
-// (qcow2, whose metadata is cached here) keeps its rings on the machine thread.
+// JavaScript, and the guest's vCPU runs on while the I/O happens. A qcow2 image writes its
+// cached metadata back before it goes and reads it again when it comes back.
 import { ConfigError, diskName } from '../../config';
 import { counter, type Counter, type DeviceContext, type DeviceFactory } from '../device';
 import type { DoorbellRegistry } from '../interrupts';
@@ -133,7 +133,10 @@ export class VirtioBlk extends VirtioPciDevice {
     }
     return {
       counters: Object.fromEntries(BLK_COUNTERS.map((name) => [name, this.counters?.[name].slot ?? -1])),
-      deviceWords: blkDeviceWords({ fd: image.fd, flags: (this.backend.readOnly ? BLK_IMAGE.READ_ONLY : 0) | (image.guardProbedFormat ? BLK_IMAGE.GUARD_FORMAT : 0) }, this.serial),
+      deviceWords: blkDeviceWords({
+        fd: image.fd,
+        flags: (this.backend.readOnly ? BLK_IMAGE.READ_ONLY : 0) | (image.guardProbedFormat ? BLK_IMAGE.GUARD_FORMAT : 0) | (image.format === 'qcow2' ? BLK_IMAGE.QCOW2 : 0),
+      }, this.serial),
       flags: (this.negotiated(VIRTIO_BLK_F.DISCARD) ? BLK_DATAPLANE_FLAG.DISCARD : 0) | (this.negotiated(VIRTIO_BLK_F.WRITE_ZEROES) ? BLK_DATAPLANE_FLAG.WRITE_ZEROES : 0),
     };
   }
@@ -148,6 +151,11 @@ export class VirtioBlk extends VirtioPciDevice {
         fail: (why) => this.fail(why),
       });
     }
+  }
+
+  /** The image comes back from the disk I/O thread with them: a qcow2 image reads its metadata again. */
+  protected override queuesReclaimed(handedBack: boolean): void {
+    this.backend.reclaimed?.(handedBack);
   }
 
   /** Takes the rings back, then releases the image once requests in flight are done. */

@@ -103,9 +103,13 @@ export class DataPlaneHandoff {
     this.doorbells?.[this.queues.findIndex((q) => q.index === index)]?.ring();
   }
 
-  /** Takes the rings back: the queues get the host's ring indices. Returns at once if not active. */
-  stop(): void {
-    if (!this.active) return;
+  /**
+   * Takes the rings back: the queues get the runner's ring indices. Returns at once if not
+   * active. False when the runner did not hand them back in time and they were taken anyway.
+   */
+  stop(): boolean {
+    if (!this.active) return true;
+    let handedBack = true;
     const block = this.block;
     // Still only requested: the host never touched the rings.
     if (!block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE)) {
@@ -115,6 +119,7 @@ export class DataPlaneHandoff {
         // Taken back anyway: IDLE tells the runner the rings are no longer its to touch.
         if (state !== DATAPLANE_STATE.IDLE && block.move(DATAPLANE_STATE.STOP, DATAPLANE_STATE.IDLE)) {
           this.log(`the ${this.runner} did not hand the rings back within ${STOP_WAIT_MS} ms`);
+          handedBack = false;
         }
       }
       // IDLE: handed back (or the runner stopped on its own, after a broken ring).
@@ -123,5 +128,6 @@ export class DataPlaneHandoff {
     for (const b of this.doorbells ?? []) b.release();
     this.doorbells = null;
     this.queues = [];
+    return handedBack;
   }
 }

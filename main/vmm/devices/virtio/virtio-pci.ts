@@ -184,8 +184,13 @@ export abstract class VirtioPciDevice extends PciDevice {
 
   /** A reset or the error state is coming: rings lent out come back, with their indices. */
   protected reclaimQueues(): void {
-    this.dataPlane?.stop();
+    const lent = this.dataPlane?.active ?? false;
+    const handedBack = this.dataPlane?.stop() ?? true;
+    if (lent) this.queuesReclaimed(handedBack);
   }
+
+  /** Lent rings came back (`handedBack` false: taken by force, the runner did not answer in time). */
+  protected queuesReclaimed(_handedBack: boolean): void {}
 
   /** Lends the rings when the driver runs them with MSI-X and DMA on, every queue with a vector. */
   private lendQueues(): void {

@@ -54,6 +54,11 @@ export interface BlockBackend {
    * that caches metadata, whose copy here would go stale).
    */
   readonly lendable?: () => LendableImage | null;
+  /**
+   * The image lent out (lendable) is back; `handedBack` is false when it was taken back by force
+   * (the other thread did not answer in time). A format that caches metadata reads it again.
+   */
+  reclaimed?(handedBack: boolean): void;
   /** Releases the image once the operations in flight have completed. */
   close(): void;
 }
@@ -61,6 +66,7 @@ export interface BlockBackend {
 export interface LendableImage {
   fd: number;
   guardProbedFormat: boolean;
+  format: 'raw' | 'qcow2';
 }
 
 export type ImageProblem =
@@ -97,7 +103,7 @@ export interface RawImageOptions {
 const BLOCK = 512;
 
 /** The path a descriptor was opened with (for messages), or a name for the descriptor itself. */
-function fdPath(fd: number): string {
+export function descriptorPath(fd: number): string {
   try {
     return fs.readlinkSync(`/proc/self/fd/${fd}`);
   } catch {
@@ -177,10 +183,10 @@ export class RawImageFile implements BlockBackend {
 
   /**
    * A synchronous image on `fd`, a descriptor of an image another thread opened, checked and
-   * locked (see lendable); this object owns `fd` and closes it.
+   * locked (see lendable); this object owns `fd` and closes it (also when this throws).
    */
   static adopt(fd: number, options: { readOnly: boolean; guardProbedFormat: boolean }): RawImageFile {
-    const image = new RawImageFile(fdPath(fd), options.readOnly, true, true, fd);
+    const image = new RawImageFile(descriptorPath(fd), options.readOnly, true, true, fd);
     image.guardProbedFormat = options.guardProbedFormat;
     return image;
   }
@@ -189,14 +195,19 @@ export class RawImageFile implements BlockBackend {
   private readonly adopted: boolean;
 
   readonly lendable = (): LendableImage | null =>
-    this.closing || this.inFlight > 0 ? null : { fd: this.fd, guardProbedFormat: this.guardProbedFormat };
+    this.closing || this.inFlight > 0 ? null : { fd: this.fd, guardProbedFormat: this.guardProbedFormat, format: 'raw' };
 
   private constructor(readonly path: string, readOnly: boolean, readonly synchronous: boolean, anySize: boolean, adoptedFd = -1) {
     this.readOnly = readOnly;
     this.adopted = adoptedFd >= 0;
     if (adoptedFd >= 0) {
       this.fd = adoptedFd;
-      this.size = fs.fstatSync(adoptedFd).size;
+      try {
+        this.size = fs.fstatSync(adoptedFd).size;
+      } catch (error) {
+        libc.close(adoptedFd);
+        throw error;
+      }
       this.readvNow = (offset, targets) => this.vectorNow('read', targets, offset);
       this.writevNow = (offset, sources) => this.vectorNow('write', sources, offset);
       return;
