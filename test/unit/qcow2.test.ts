@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { openBlockImage, probeImageFormat, type OpenImageOptions } from '../../main/vmm/devices/block/open-image';
+import { adoptBlockImage, openBlockImage, probeImageFormat, type OpenImageOptions } from '../../main/vmm/devices/block/open-image';
+import { libc } from '../../native';
 import { Qcow2Image } from '../../main/vmm/devices/block/qcow2';
 import { ImageError, type BlockBackend } from '../../main/vmm/devices/usb/storage/block-backend';
 import { parseDisk, diskConfigFromJson, ConfigError } from '../../main/vmm/config';
@@ -476,4 +477,47 @@ test('virtio-blk on a qcow2 disk from the config: the guest reads and writes it;
   model.close?.();
   // QEMU sees the guest's write (qemu-io reads it back through its own qcow2 driver).
   qemuIo(file, 'read -P 0x6b 51200 8k');
+});
+
+test('lent to another thread and back (the disk I/O thread\'s way): metadata written back before, read again after; qemu-img check stays clean', () => {
+  const dir = tmp();
+  const base = path.join(dir, 'base.raw');
+  const model = Buffer.from(pattern(4 * MiB, 11));
+  fs.writeFileSync(base, model);
+  const overlay = path.join(dir, 'top.qcow2');
+  qemuImg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', '-b', 'base.raw', '-F', 'raw', overlay);
+  const machine = open(overlay, { synchronous: true });
+  const rng = new Prng(21);
+  const scribble = (image: BlockBackend, seed: number) => {
+    for (let i = 0; i < 60; i++) {
+      const at = rng.below(8192) * 512, len = Math.min(4 * MiB - at, 512 * (1 + rng.below(24)));
+      const data = pattern(len, seed + i);
+      writeSync(image, at, data);
+      model.set(data, at);
+    }
+  };
+  for (let round = 0; round < 3; round++) {
+    scribble(machine, 1000 * round); // dirty metadata cached here
+    const lent = machine.lendable?.();
+    assert.ok(lent && lent.format === 'qcow2');
+    const runner = adoptBlockImage(libc.dup(lent.fd), { format: 'qcow2', readOnly: false, guardProbedFormat: false });
+    assert.ok(Buffer.from(readSync(runner, 0, 4 * MiB)).equals(model), `round ${round}: the runner sees the machine's writes`);
+    scribble(runner, 1000 * round + 500); // new clusters, L2 tables and refcounts from the other side
+    runner.close(); // writes its metadata back, and closes its descriptor only
+    machine.reclaimed?.(true);
+    assert.ok(Buffer.from(readSync(machine, 0, 4 * MiB)).equals(model), `round ${round}: the machine sees the runner's writes`);
+  }
+  scribble(machine, 9000);
+  machine.close();
+  assertClean(overlay);
+  assert.ok(qemuBytes(overlay).equals(model), 'QEMU reads what both sides wrote');
+
+  // Taken back by force (the runner did not answer): reads go on, writes are refused.
+  const again = open(overlay, { synchronous: true });
+  assert.ok(again.lendable?.());
+  again.reclaimed?.(false);
+  assert.ok(Buffer.from(readSync(again, 0, 4 * MiB)).equals(model));
+  assert.throws(() => writeSync(again, 0, new Uint8Array(512)), /did not hand it back in time/);
+  again.close();
+  assertClean(overlay);
 });
