@@ -19,7 +19,7 @@ import { BlkDataPlane } from '../../main/vmm/host/blk-dataplane';
 import { Doorbells } from '../../main/vmm/machine/doorbells';
 import { IrqRouting } from '../../main/vmm/machine/irq-routing';
 import { pcIrqRoutes } from '../../main/vmm/platform/mptable';
-import { DATAPLANE_STATE, DataPlaneBlock, dataPlaneBlockBytes, decodeDataPlaneFailure } from '../../main/vmm/shared/dataplane-block';
+import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock, dataPlaneBlockBytes, decodeDataPlaneFailure } from '../../main/vmm/shared/dataplane-block';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { blkDataPlaneLayout, blkDeviceWords, BLK_IMAGE } from '../../main/vmm/shared/virtio-blk-requests';
 import { SplitVirtqueue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
@@ -28,6 +28,7 @@ import type { DoorbellSpec } from '../../main/vmm/devices/interrupts';
 import { FakeEventFds, FakeKvm } from '../helpers/fake-irq';
 import { fuzzCases, Prng } from '../helpers/prng';
 import { TestBus, VirtioTestDriver, writeBlkHeader } from '../helpers/virtio-driver';
+import { waitFor } from '../helpers/uart';
 
 const SECTORS = 64;
 const F_VERSION_1_HIGH = 1 << (VIRTIO_F.VERSION_1 - 32);
@@ -63,18 +64,6 @@ function tempImage(): string {
   for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 13 + (i >> 9)) & 0xff;
   fs.writeFileSync(file, bytes);
   return file;
-}
-
-function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  return new Promise((resolve, reject) => {
-    const tick = () => {
-      if (cond()) resolve();
-      else if (Date.now() > end) reject(new Error(`timed out waiting for ${what}`));
-      else setTimeout(tick, 2);
-    };
-    tick();
-  });
 }
 
 /** Header, data and status as three chained descriptors from `head` of queue 0; submits them. */
@@ -131,33 +120,33 @@ test('virtio-blk runs on the disk I/O thread: requests between image and guest m
     bring(true);
     assert.equal(device.ringsLent, true);
     assert.ok(logs.some((l) => /rings handed to the disk I\/O thread/.test(l)), logs.join('\n'));
-    await until('the thread to take the rings', () => block.state === DATAPLANE_STATE.RUNNING);
+    await waitFor(() => block.state === DATAPLANE_STATE.RUNNING, 'the thread to take the rings');
     const irqFd = device.msix.vectorEventFd(0);
 
     // A write: the notify rings the doorbell (a real ioeventfd would catch it in the kernel).
     const written = new Uint8Array(1024).map((_, i) => (i * 5 + 1) & 0xff);
     bus.ram.set(written, DATA);
     request(driver, VIRTIO_BLK_T.OUT, 3, 1024, false);
-    await until('the write to complete', () => driver.usedIdx(0) === 1);
+    await waitFor(() => driver.usedIdx(0) === 1, 'the write to complete');
     assert.equal(status(), VIRTIO_BLK_S.OK);
     assert.deepEqual(new Uint8Array(fs.readFileSync(file)).subarray(3 * 512, 3 * 512 + 1024), written);
-    await until('the interrupt', () => libc.eventfdRead(irqFd) >= 1);
+    await waitFor(() => libc.eventfdRead(irqFd) >= 1, 'the interrupt');
 
     // A read straight into guest memory, a flush, and the serial.
     request(driver, VIRTIO_BLK_T.IN, 0, 512, true);
-    await until('the read', () => driver.usedIdx(0) === 2);
+    await waitFor(() => driver.usedIdx(0) === 2, 'the read');
     assert.equal(status(), VIRTIO_BLK_S.OK);
     assert.deepEqual(bus.ram.subarray(DATA, DATA + 512), image.subarray(0, 512));
     assert.equal(driver.used(0, 1).len, 513);
     request(driver, VIRTIO_BLK_T.FLUSH, 0, 0, false);
-    await until('the flush', () => driver.usedIdx(0) === 3);
+    await waitFor(() => driver.usedIdx(0) === 3, 'the flush');
     assert.equal(status(), VIRTIO_BLK_S.OK);
     request(driver, VIRTIO_BLK_T.GET_ID, 0, 20, true);
-    await until('the serial', () => driver.usedIdx(0) === 4);
+    await waitFor(() => driver.usedIdx(0) === 4, 'the serial');
     assert.equal(Buffer.from(bus.ram.subarray(DATA, DATA + 4)).toString('latin1'), 'DP-1');
     // Sectors past the end: an I/O error, as on the machine thread.
     request(driver, VIRTIO_BLK_T.IN, SECTORS, 512, true);
-    await until('the refused read', () => driver.usedIdx(0) === 5);
+    await waitFor(() => driver.usedIdx(0) === 5, 'the refused read');
     assert.equal(status(), VIRTIO_BLK_S.IOERR);
     const count = (name: string) => statistics.counts[statistics.counter('disk0', name)];
     assert.equal(count('writes'), 1);
@@ -180,11 +169,11 @@ test('virtio-blk runs on the disk I/O thread: requests between image and guest m
     device.writeConfig(device.msix.offset + 2, 2, device.readConfig(device.msix.offset + 2, 2) | 0x8000);
     driver.write(COMMON.DEVICE_STATUS, 1, 0);
     bring(true);
-    await until('the thread to take the rings again', () => block.state === DATAPLANE_STATE.RUNNING);
+    await waitFor(() => block.state === DATAPLANE_STATE.RUNNING, 'the thread to take the rings again');
     const q = driver.queue(0);
     driver.writeDesc(q.desc, 0, HDR, 16, 0, 0);
     driver.submit(0, 0);
-    await until('the failure report', () => failures.length === 1);
+    await waitFor(() => failures.length === 1, 'the failure report');
     const failure = decodeDataPlaneFailure(failures[0]);
     assert.ok(failure);
     assert.equal(failure.device, 0);
@@ -219,7 +208,8 @@ function runner() {
   const fd = (backing as unknown as { lendable(): { fd: number } }).lendable().fd;
   return {
     bus, block, plane, failures, internal,
-    start(size: number) {
+    start(size: number, flags = 0) {
+      block.flags = flags;
       block.setQueue(0, {
         size, descAddress: QUEUE, driverAddress: QUEUE + 16 * size, deviceAddress: QUEUE + 0x8000, lastAvail: 0, usedIdx: 0, signalledUsed: 0,
         notifyFd: notify, irqFd: irq, irqCounter: -1,
@@ -322,5 +312,50 @@ test('a run the runner cannot take comes back untouched: the machine is told, ke
   } finally {
     libc.close(irq);
     t.close();
+  }
+});
+
+test('while the runner polls the ring itself the driver is told not to notify (flags, or avail_event with EVENT_IDX), and told again after', () => {
+  for (const eventIdx of [false, true]) {
+    const t = runner();
+    try {
+      const size = 16;
+      t.start(size, eventIdx ? DATAPLANE_FLAG.EVENT_IDX : 0);
+      const v = t.bus.view;
+      const used = QUEUE + 0x8000;
+      const availEvent = used + 4 + 8 * size;
+      /** Whether a driver that just put entry `idx` on the ring would notify (virtio §2.7.10). */
+      const wouldNotify = (idx: number) => eventIdx
+        ? ((idx - v.getUint16(availEvent, true) - 1) & 0xffff) < 1
+        : (v.getUint16(used, true) & 1) === 0;
+      const offer = (k: number) => {
+        v.setUint32(HDR + 16 * k, VIRTIO_BLK_T.GET_ID, true);
+        const desc = QUEUE + 16 * 2 * k;
+        v.setUint32(desc, HDR + 16 * k, true);
+        v.setUint32(desc + 8, 16, true);
+        v.setUint16(desc + 12, VIRTQ_DESC_F_NEXT, true);
+        v.setUint16(desc + 14, 2 * k + 1, true);
+        v.setUint32(desc + 16, DATA + 0x100 * k, true);
+        v.setUint32(desc + 24, 21, true);
+        v.setUint16(desc + 28, VIRTQ_DESC_F_WRITE, true);
+        v.setUint16(QUEUE + 16 * size + 4 + 2 * k, 2 * k, true);
+        v.setUint16(QUEUE + 16 * size + 2, k + 1, true);
+      };
+      assert.equal(t.plane.serveAvailable(), false);
+      t.plane.quiet(true);
+      offer(0);
+      assert.equal(wouldNotify(1), false, `eventIdx ${eventIdx}: quiet`);
+      assert.equal(t.plane.serveAvailable(), true);
+      assert.equal(v.getUint16(used + 2, true), 1, 'served without a notify');
+      offer(1);
+      assert.equal(wouldNotify(2), false, `eventIdx ${eventIdx}: still quiet after a pop`);
+      assert.equal(t.plane.serveAvailable(), true);
+      t.plane.quiet(false);
+      assert.equal(wouldNotify(3), true, `eventIdx ${eventIdx}: notifies again`);
+      assert.equal(t.plane.serveAvailable(), false);
+      assert.deepEqual(t.failures, []);
+    } finally {
+      t.close();
+    }
   }
 });

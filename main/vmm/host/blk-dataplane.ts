@@ -10,8 +10,8 @@ import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
 import type { BlockBackend } from '../devices/usb/storage/block-backend';
 import { adoptBlockImage } from '../devices/block/open-image';
-import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
-import { SplitVirtqueue, VIRTQ_SPEC_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
+import { DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
+import { type SplitVirtqueue, VirtqueueError } from '../shared/virtqueue';
 import {
   BLK_COUNTERS, BLK_DATAPLANE_FLAG, BLK_IMAGE, type BlkCounter, type BlkDisk, blkDataPlaneLayout, blkRunImage, serveBlkRequest,
 } from '../shared/virtio-blk-requests';
@@ -83,16 +83,53 @@ export class BlkDataPlane {
     if (this.run === null && this.block.state === DATAPLANE_STATE.START) this.start();
   }
 
-  /** Serves the queues whose notify fired (`notified[i]` for queue i). */
-  serve(notified: readonly boolean[]): void {
+  /** Serves the queues whose notify fired (`notified[i]` for queue i); true if any did. */
+  serve(notified: readonly boolean[]): boolean {
     const run = this.run;
-    if (run === null) return;
+    if (run === null) return false;
+    let served = false;
     notified.forEach((fired, i) => {
       if (fired && this.run === run) {
         libc.eventfdRead(run.notifyFds[i]);
         this.serveQueue(run, run.queues[i]);
+        served = true;
       }
     });
+    return served;
+  }
+
+  /** Serves what the driver made available without a notify (the thread polls); true if any. */
+  serveAvailable(): boolean {
+    const run = this.run;
+    if (run === null) return false;
+    let served = false;
+    for (const q of run.queues) {
+      if (this.owns(run) && q.hasAvailable(run.dma)) {
+        this.serveQueue(run, q);
+        served = true;
+      }
+    }
+    return served;
+  }
+
+  /**
+   * Notifies off (true) while the thread polls the rings itself, so a request costs the guest
+   * no exit, or back on; after `quiet(false)` serveAvailable() takes what came in between.
+   */
+  quiet(on: boolean): void {
+    const run = this.run;
+    if (run === null || !this.owns(run)) return;
+    try {
+      for (const q of run.queues) q.setNotifications(run.dma, !on);
+    } catch (e) {
+      this.fail(run, e);
+    }
+  }
+
+  /** Whether the machine wants something the poll loop must follow (a stop, or its end). */
+  get controlPending(): boolean {
+    const run = this.run;
+    return run !== null && (this.block.state !== DATAPLANE_STATE.RUNNING || this.block.machinesEnded !== run.machines);
   }
 
   /** The thread is ending: a run's descriptors are closed (the machine takes the rings back on its own). */
@@ -107,19 +144,7 @@ export class BlkDataPlane {
   private start(): void {
     const block = this.block;
     const flags = block.flags;
-    const queues = Array.from({ length: block.layout.queues }, (_, index) => {
-      const v = block.queue(index);
-      const q = new SplitVirtqueue(index, VIRTQ_SPEC_MAX_SIZE);
-      q.size = v.size;
-      q.descAddress = v.descAddress;
-      q.driverAddress = v.driverAddress;
-      q.deviceAddress = v.deviceAddress;
-      q.eventIdx = (flags & DATAPLANE_FLAG.EVENT_IDX) !== 0;
-      q.indirect = (flags & DATAPLANE_FLAG.INDIRECT) !== 0;
-      q.setRingIndices(v);
-      q.enabled = true;
-      return { q, v };
-    });
+    const queues = Array.from({ length: block.layout.queues }, (_, index) => ({ q: block.runQueue(index), v: block.queue(index) }));
     const refusal = queues.map(({ q }) => q.enableError()).find((e) => e !== null);
     if (refusal) {
       // The machine checked these already: a mismatch is ours, so say so and leave the rings alone.
@@ -181,7 +206,12 @@ export class BlkDataPlane {
         const head = chain.head;
         serveBlkRequest(run.disk, run.dma, q.index, chain, {
           current: () => this.owns(run),
-          complete: (written) => q.push(run.dma, head, written),
+          complete: (written) => {
+            q.push(run.dma, head, written);
+            // Published at once: a machine that takes the rings by force (a stop left waiting
+            // on a slow flush) carries on from here and serves again only what is unfinished.
+            this.block.setIndices(q.index, q.ringIndices);
+          },
           fail: (why) => {
             run.failure ??= why;
           },
@@ -191,6 +221,7 @@ export class BlkDataPlane {
       if (this.owns(run) && q.needsInterrupt(run.dma)) {
         libc.eventfdWrite(run.irqFds[q.index]);
         if (this.stats && run.irqCounters[q.index] >= 0) Atomics.add(this.stats, run.irqCounters[q.index], 1);
+        this.block.setIndices(q.index, q.ringIndices);
       }
     } catch (e) {
       this.fail(run, e);

@@ -32,7 +32,7 @@ export class DiskIoThread {
     return new DiskIoThread(disks.map(({ disk, index }) => ({ index, queues: disk.queues ?? 1 })), ram, stats, host);
   }
 
-  private constructor(disks: { index: number; queues: number }[], ram: readonly MemoryRegion[], stats: SharedArrayBuffer | null, private readonly host: DiskIoHost) {
+  private constructor(disks: { index: number; queues: number }[], ram: readonly MemoryRegion[], stats: SharedArrayBuffer | null, host: DiskIoHost) {
     this.blocks = disks.map((d) => {
       const layout = blkDataPlaneLayout(d.queues);
       return { index: d.index, block: new DataPlaneBlock(layout, new SharedArrayBuffer(dataPlaneBlockBytes(layout))) };

@@ -10,8 +10,8 @@ import { libc } from '../../../native';
 import { DmaMemory } from '../memory/dma';
 import { GuestMemory, type MemoryRegion } from '../memory/guest-memory';
 import { NET_RX_WINDOW } from '../shared/net-messages';
-import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
-import { SplitVirtqueue, VIRTQ_SPEC_MAX_SIZE, VirtqueueError } from '../shared/virtqueue';
+import { DATAPLANE_STATE, DataPlaneBlock } from '../shared/dataplane-block';
+import { type SplitVirtqueue, VirtqueueError } from '../shared/virtqueue';
 import {
   NET_DATAPLANE, NET_DATAPLANE_COUNTERS, NET_DATAPLANE_RX, NET_DATAPLANE_TX, type NetDataPlaneCounter, readTransmittedFrame, receiveHeader, transmitLength, VIRTIO_NET_HDR_BYTES, writeReceivedFrame,
 } from '../shared/virtio-net-frames';
@@ -183,19 +183,7 @@ export class HostNetDataPlane {
   private start(): void {
     const block = this.block;
     const regions = this.ram();
-    const queues = [NET_DATAPLANE_RX, NET_DATAPLANE_TX].map((index) => {
-      const v = block.queue(index);
-      const q = new SplitVirtqueue(index, VIRTQ_SPEC_MAX_SIZE);
-      q.size = v.size;
-      q.descAddress = v.descAddress;
-      q.driverAddress = v.driverAddress;
-      q.deviceAddress = v.deviceAddress;
-      q.eventIdx = (block.flags & DATAPLANE_FLAG.EVENT_IDX) !== 0;
-      q.indirect = (block.flags & DATAPLANE_FLAG.INDIRECT) !== 0;
-      q.setRingIndices(v);
-      q.enabled = true;
-      return { q, v };
-    });
+    const queues = [NET_DATAPLANE_RX, NET_DATAPLANE_TX].map((index) => ({ q: block.runQueue(index), v: block.queue(index) }));
     const refusal = regions === null ? 'the VM has no guest memory' : queues.map(({ q }) => q.enableError()).find((e) => e !== null);
     if (refusal) {
       // The machine checked these already: a mismatch is ours, so say so and leave the rings alone.

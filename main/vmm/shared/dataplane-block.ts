@@ -9,6 +9,8 @@
 // a ring (it then tells the machine, which puts the device in its error state). Both sides
 // change it with compareExchange only; the machine waits on it with Atomics.wait.
 
+import { SplitVirtqueue, VIRTQ_SPEC_MAX_SIZE } from './virtqueue';
+
 export const DATAPLANE_STATE = { IDLE: 0, START: 1, RUNNING: 2, STOP: 3 } as const;
 
 /** What a kind of device keeps in its block besides the rings. */
@@ -184,6 +186,25 @@ export class DataPlaneBlock {
       notifyFd: w(Q.NOTIFY_FD), irqFd: w(Q.IRQ_FD), irqCounter: w(Q.IRQ_COUNTER),
       descAddress: this.addresses[q * 3], driverAddress: this.addresses[q * 3 + 1], deviceAddress: this.addresses[q * 3 + 2],
     };
+  }
+
+  /**
+   * Queue `q` as the machine described it, for the runner: enabled, at the machine's ring
+   * indices; its enableError() says whether the description is usable.
+   */
+  runQueue(q: number): SplitVirtqueue {
+    const v = this.queue(q);
+    const flags = this.flags;
+    const queue = new SplitVirtqueue(q, VIRTQ_SPEC_MAX_SIZE);
+    queue.size = v.size;
+    queue.descAddress = v.descAddress;
+    queue.driverAddress = v.driverAddress;
+    queue.deviceAddress = v.deviceAddress;
+    queue.eventIdx = (flags & DATAPLANE_FLAG.EVENT_IDX) !== 0;
+    queue.indirect = (flags & DATAPLANE_FLAG.INDIRECT) !== 0;
+    queue.setRingIndices(v);
+    queue.enabled = true;
+    return queue;
   }
 
   setQueue(q: number, v: DataPlaneQueue): void {
