@@ -19,7 +19,7 @@ import { BlkDataPlane } from '../../main/vmm/host/blk-dataplane';
 import { Doorbells } from '../../main/vmm/machine/doorbells';
 import { IrqRouting } from '../../main/vmm/machine/irq-routing';
 import { pcIrqRoutes } from '../../main/vmm/platform/mptable';
-import { DATAPLANE_FLAG, DATAPLANE_STATE, DataPlaneBlock, dataPlaneBlockBytes, decodeDataPlaneFailure } from '../../main/vmm/shared/dataplane-block';
+import { DATAPLANE_STATE, DataPlaneBlock, dataPlaneBlockBytes, decodeDataPlaneFailure } from '../../main/vmm/shared/dataplane-block';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 import { blkDataPlaneLayout, blkDeviceWords, BLK_IMAGE } from '../../main/vmm/shared/virtio-blk-requests';
 import { SplitVirtqueue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../main/vmm/shared/virtqueue';
@@ -208,8 +208,7 @@ function runner() {
   const fd = (backing as unknown as { lendable(): { fd: number } }).lendable().fd;
   return {
     bus, block, plane, failures, internal,
-    start(size: number, flags = 0) {
-      block.flags = flags;
+    start(size: number) {
       block.setQueue(0, {
         size, descAddress: QUEUE, driverAddress: QUEUE + 16 * size, deviceAddress: QUEUE + 0x8000, lastAvail: 0, usedIdx: 0, signalledUsed: 0,
         notifyFd: notify, irqFd: irq, irqCounter: -1,
@@ -315,47 +314,3 @@ test('a run the runner cannot take comes back untouched: the machine is told, ke
   }
 });
 
-test('while the runner polls the ring itself the driver is told not to notify (flags, or avail_event with EVENT_IDX), and told again after', () => {
-  for (const eventIdx of [false, true]) {
-    const t = runner();
-    try {
-      const size = 16;
-      t.start(size, eventIdx ? DATAPLANE_FLAG.EVENT_IDX : 0);
-      const v = t.bus.view;
-      const used = QUEUE + 0x8000;
-      const availEvent = used + 4 + 8 * size;
-      /** Whether a driver that just put entry `idx` on the ring would notify (virtio §2.7.10). */
-      const wouldNotify = (idx: number) => eventIdx
-        ? ((idx - v.getUint16(availEvent, true) - 1) & 0xffff) < 1
-        : (v.getUint16(used, true) & 1) === 0;
-      const offer = (k: number) => {
-        v.setUint32(HDR + 16 * k, VIRTIO_BLK_T.GET_ID, true);
-        const desc = QUEUE + 16 * 2 * k;
-        v.setUint32(desc, HDR + 16 * k, true);
-        v.setUint32(desc + 8, 16, true);
-        v.setUint16(desc + 12, VIRTQ_DESC_F_NEXT, true);
-        v.setUint16(desc + 14, 2 * k + 1, true);
-        v.setUint32(desc + 16, DATA + 0x100 * k, true);
-        v.setUint32(desc + 24, 21, true);
-        v.setUint16(desc + 28, VIRTQ_DESC_F_WRITE, true);
-        v.setUint16(QUEUE + 16 * size + 4 + 2 * k, 2 * k, true);
-        v.setUint16(QUEUE + 16 * size + 2, k + 1, true);
-      };
-      assert.equal(t.plane.serveAvailable(), false);
-      t.plane.quiet(true);
-      offer(0);
-      assert.equal(wouldNotify(1), false, `eventIdx ${eventIdx}: quiet`);
-      assert.equal(t.plane.serveAvailable(), true);
-      assert.equal(v.getUint16(used + 2, true), 1, 'served without a notify');
-      offer(1);
-      assert.equal(wouldNotify(2), false, `eventIdx ${eventIdx}: still quiet after a pop`);
-      assert.equal(t.plane.serveAvailable(), true);
-      t.plane.quiet(false);
-      assert.equal(wouldNotify(3), true, `eventIdx ${eventIdx}: notifies again`);
-      assert.equal(t.plane.serveAvailable(), false);
-      assert.deepEqual(t.failures, []);
-    } finally {
-      t.close();
-    }
-  }
-});

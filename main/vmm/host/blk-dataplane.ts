@@ -83,53 +83,16 @@ export class BlkDataPlane {
     if (this.run === null && this.block.state === DATAPLANE_STATE.START) this.start();
   }
 
-  /** Serves the queues whose notify fired (`notified[i]` for queue i); true if any did. */
-  serve(notified: readonly boolean[]): boolean {
+  /** Serves the queues whose notify fired (`notified[i]` for queue i). */
+  serve(notified: readonly boolean[]): void {
     const run = this.run;
-    if (run === null) return false;
-    let served = false;
+    if (run === null) return;
     notified.forEach((fired, i) => {
       if (fired && this.run === run) {
         libc.eventfdRead(run.notifyFds[i]);
         this.serveQueue(run, run.queues[i]);
-        served = true;
       }
     });
-    return served;
-  }
-
-  /** Serves what the driver made available without a notify (the thread polls); true if any. */
-  serveAvailable(): boolean {
-    const run = this.run;
-    if (run === null) return false;
-    let served = false;
-    for (const q of run.queues) {
-      if (this.owns(run) && q.hasAvailable(run.dma)) {
-        this.serveQueue(run, q);
-        served = true;
-      }
-    }
-    return served;
-  }
-
-  /**
-   * Notifies off (true) while the thread polls the rings itself, so a request costs the guest
-   * no exit, or back on; after `quiet(false)` serveAvailable() takes what came in between.
-   */
-  quiet(on: boolean): void {
-    const run = this.run;
-    if (run === null || !this.owns(run)) return;
-    try {
-      for (const q of run.queues) q.setNotifications(run.dma, !on);
-    } catch (e) {
-      this.fail(run, e);
-    }
-  }
-
-  /** Whether the machine wants something the poll loop must follow (a stop, or its end). */
-  get controlPending(): boolean {
-    const run = this.run;
-    return run !== null && (this.block.state !== DATAPLANE_STATE.RUNNING || this.block.machinesEnded !== run.machines);
   }
 
   /** The thread is ending: a run's descriptors are closed (the machine takes the rings back on its own). */

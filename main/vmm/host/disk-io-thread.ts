@@ -26,29 +26,6 @@ export type DiskIoThreadMessage =
 
 /** A poll's longest wait: the control eventfd ends it sooner; this only bounds a lost wake-up. */
 const POLL_MS = 1000;
-/**
- * After serving a request the thread watches the rings itself for a while, with the guest's
- * notifies off (QEMU's iothreads do the same, poll-max-ns): the next request of a busy disk
- * then costs the guest no exit and this thread no wake-up. The spin doubles while the next
- * request keeps coming just after a spin gave up, and halves once the disks go idle.
- */
-const SPIN_MIN_MS = 0.016;
-const SPIN_MAX_MS = 1;
-
-/** Serves the planes' rings without notifies until `ms` pass without a request. */
-function spin(planes: readonly BlkDataPlane[], ms: number, closing: Int32Array): void {
-  for (const p of planes) p.quiet(true);
-  let deadline = performance.now() + ms;
-  while (performance.now() < deadline && Atomics.load(closing, 0) === 0 && !planes.some((p) => p.controlPending)) {
-    let served = false;
-    for (const p of planes) served = p.serveAvailable() || served;
-    if (served) deadline = performance.now() + ms;
-  }
-  for (const p of planes) p.quiet(false);
-  // What came in before the notifies were back on has no notify of its own.
-  for (const p of planes) p.serveAvailable();
-}
-
 function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) => void): void {
   const stats = data.stats ? new Uint32Array(data.stats) : null;
   const closing = new Int32Array(data.closing);
@@ -56,7 +33,6 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
     failed: (epoch, why) => post({ type: 'failed', disk: d.index, epoch, why }),
     log: (text) => post({ type: 'log', text: `disk${d.index}: ${text}` }),
   }));
-  let spinMs = SPIN_MIN_MS;
   while (Atomics.load(closing, 0) === 0) {
     const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
     const owners: { plane: number; queue: number }[] = [];
@@ -66,7 +42,6 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
       owners.push({ plane, queue });
     }));
     let revents: number[];
-    const waitStart = performance.now();
     try {
       revents = libc.poll(fds, POLL_MS);
     } catch (e) {
@@ -80,16 +55,9 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
       if (revents[i + 1]) notified[o.plane][o.queue] = true;
     });
     // A run that started or stopped in control() is not the one polled: its turn is the next poll.
-    let served = false;
     planes.forEach((p, i) => {
-      if (p.runNumber === polledRuns[i]) served = p.serve(notified[i]) || served;
+      if (p.runNumber === polledRuns[i]) p.serve(notified[i]);
     });
-    if (served) {
-      // A request that came soon after the last spin gave up: spin longer; one after an idle while: shorter.
-      const waited = performance.now() - waitStart;
-      spinMs = waited < SPIN_MAX_MS ? Math.min(spinMs * 2, SPIN_MAX_MS) : Math.max(spinMs / 2, SPIN_MIN_MS);
-      spin(planes, spinMs, closing);
-    }
   }
   for (const p of planes) {
     p.block.controlFd = -1;

@@ -13,8 +13,7 @@ export const VIRTQ_DESC_F_WRITE = 2;
 export const VIRTQ_DESC_F_INDIRECT = 4;
 /** Driver ring flag: the driver does not want interrupts (without EVENT_IDX). */
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
-/** Device ring flag: the device does not want notifies (without EVENT_IDX). */
-export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
 /** The largest queue this implementation offers (a power of two, at most 32768 by the spec). */
 export const VIRTQ_MAX_SIZE = 256;
 /** The largest queue the split layout allows (virtio 1.x §2.7). */
@@ -67,8 +66,6 @@ export class SplitVirtqueue {
   private usedIdx = 0;
   /** The used index when the driver was last interrupted (or told it was not needed). */
   private signalledUsed = 0;
-  /** Whether the driver is asked to notify new buffers (off while a runner polls the ring itself). */
-  private notifying = true;
   private readonly halves = new Uint32Array(2);
 
   constructor(readonly index: number, readonly maxSize = VIRTQ_MAX_SIZE) {
@@ -87,31 +84,6 @@ export class SplitVirtqueue {
     this.lastAvail = 0;
     this.usedIdx = 0;
     this.signalledUsed = 0;
-    this.notifying = true;
-  }
-
-  /** Whether the driver has made a buffer available that pop() has not taken (false when the ring cannot be read). */
-  hasAvailable(dma: DmaMemory): boolean {
-    if (!this.enabled) return false;
-    const availIdx = dma.readU16(this.driverAddress + 2);
-    return availIdx >= 0 && availIdx !== this.lastAvail;
-  }
-
-  /**
-   * Asks the driver to notify new buffers (on) or not to bother (off: the device looks at the
-   * ring itself meanwhile, and saves the guest an exit per request; virtio §2.7.7 and §2.7.10).
-   * After turning them back on, look at the ring once more: a buffer may have come in between.
-   */
-  setNotifications(dma: DmaMemory, on: boolean): void {
-    if (on === this.notifying || !this.enabled) return;
-    this.notifying = on;
-    // EVENT_IDX: avail_event one behind the next entry is already passed, so the driver does
-    // not notify again until it is moved (pop() leaves it alone meanwhile).
-    const status = this.eventIdx
-      ? dma.writeU16(this.deviceAddress + 4 + 8 * this.size, on ? this.lastAvail : (this.lastAvail - 1) & 0xffff)
-      : dma.writeU16(this.deviceAddress, on ? 0 : VIRTQ_USED_F_NO_NOTIFY);
-    if (status !== DMA_OK) throw this.ringError(this.eventIdx ? 'avail_event' : 'device ring flags', status);
-    fence();
   }
 
   /** The ring positions, for handing the queue to another thread (net-dataplane). */
@@ -155,7 +127,7 @@ export class SplitVirtqueue {
     if (head < 0) throw this.ringError('driver ring entry', head);
     if (head >= this.size) throw new VirtqueueError(`queue ${this.index}: head index ${head} is outside the table of ${this.size}`);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.eventIdx && this.notifying) {
+    if (this.eventIdx) {
       // avail_event: ask to be notified of every new buffer from here on.
       const status = dma.writeU16(this.deviceAddress + 4 + 8 * this.size, this.lastAvail);
       if (status !== DMA_OK) throw this.ringError('avail_event', status);
