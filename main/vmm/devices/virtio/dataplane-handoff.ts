@@ -23,6 +23,8 @@ export class DataPlaneHandoff {
   private queues: SplitVirtqueue[] = [];
   private epoch = 0;
   private refusalLogged = false;
+  /** Set once the runner could not take a run: the rings stay here from then on. */
+  private refused = false;
 
   /** `runner` names the thread the rings go to, for the log ("VM host thread"). */
   constructor(
@@ -76,13 +78,10 @@ export class DataPlaneHandoff {
     return true;
   }
 
-  /** Set once the runner could not take a run: the rings stay here from then on. */
-  private refused = false;
-
   /**
-   * The runner reported run `epoch` failed. True if it never took the rings (it refused the
-   * run): they are back here untouched and no run is tried again; false if the guest broke a
-   * ring in it (the device's error state follows). A report of another run is neither.
+   * The runner reported run `epoch` failed. 'refused': it never took the rings, which are back
+   * here untouched, and no run is tried again; 'broken': the guest broke a ring in it (the
+   * device's error state follows); 'stale': the report is of another run.
    */
   failed(epoch: number): 'refused' | 'broken' | 'stale' {
     if (!this.active || this.runEpoch !== epoch) return 'stale';
@@ -111,7 +110,7 @@ export class DataPlaneHandoff {
     if (!this.active) return true;
     let handedBack = true;
     const block = this.block;
-    // Still only requested: the host never touched the rings.
+    // Still only requested: the runner never touched the rings.
     if (!block.move(DATAPLANE_STATE.START, DATAPLANE_STATE.IDLE)) {
       if (block.move(DATAPLANE_STATE.RUNNING, DATAPLANE_STATE.STOP)) {
         this.registry.signal(block.controlFd);

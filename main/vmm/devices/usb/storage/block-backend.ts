@@ -49,9 +49,9 @@ export interface BlockBackend {
   readonly readvNow?: (offset: number, targets: readonly Uint8Array[]) => Error | null;
   readonly writevNow?: (offset: number, sources: readonly Uint8Array[]) => Error | null;
   /**
-   * The open image as another thread may adopt it (RawImageFile.adopt on a dup of `fd`) while
-   * this object leaves it alone, or null when it cannot be lent now. Absent: never (a format
-   * that caches metadata, whose copy here would go stale).
+   * The open image as another thread may adopt it (adoptBlockImage on a dup of `fd`) while this
+   * object leaves it alone, or null when it cannot be lent now; absent: never. A format that
+   * caches metadata writes it back first.
    */
   readonly lendable?: () => LendableImage | null;
   /**
