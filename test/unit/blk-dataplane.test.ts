@@ -154,6 +154,7 @@ test('virtio-blk runs on the disk I/O thread: requests between image and guest m
     assert.equal(count('reads'), 1);
     assert.equal(count('flushes'), 1);
     assert.equal(count('errors'), 1);
+    assert.ok(count('io-thread-us') > 0, 'the thread\'s time is counted');
 
     // A reset takes the rings back, indices included; without MSI-X the machine serves them.
     driver.write(COMMON.DEVICE_STATUS, 1, 0);

@@ -164,6 +164,7 @@ export class BlkDataPlane {
   }
 
   private serveQueue(run: Run, q: SplitVirtqueue): void {
+    const startedAt = performance.now();
     try {
       for (let chain = q.pop(run.dma); chain !== null; chain = this.owns(run) ? q.pop(run.dma) : null) {
         const head = chain.head;
@@ -189,6 +190,7 @@ export class BlkDataPlane {
     } catch (e) {
       this.fail(run, e);
     }
+    this.count('ioThreadUs', Math.round((performance.now() - startedAt) * 1000));
   }
 
   /**

@@ -32,8 +32,11 @@ const DISCARD_FLAG_UNMAP = 1;
 export const VIRTIO_BLK_MAX_WRITE_ZEROES_SEGMENTS = 1;
 export const VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS = 0x10000;
 
-/** A disk's counters, by name (the statistics group's entries). */
-export const BLK_COUNTERS = ['reads', 'writes', 'readBytes', 'writeBytes', 'flushes', 'discards', 'zeroWrites', 'errors'] as const;
+/**
+ * A disk's counters, by name (the statistics group's entries). `ioThreadUs` is the disk I/O
+ * thread's time serving the disk's requests, in microseconds.
+ */
+export const BLK_COUNTERS = ['reads', 'writes', 'readBytes', 'writeBytes', 'flushes', 'discards', 'zeroWrites', 'errors', 'ioThreadUs'] as const;
 export type BlkCounter = (typeof BLK_COUNTERS)[number];
 
 /**

@@ -59,7 +59,7 @@ export interface VirtioBlkOptions {
 /** The statistics entries of a disk's counters. */
 const COUNTER_ENTRIES: Record<BlkCounter, [string, 'bytes'?]> = {
   reads: ['reads'], writes: ['writes'], readBytes: ['read-bytes', 'bytes'], writeBytes: ['write-bytes', 'bytes'],
-  flushes: ['flushes'], discards: ['discards'], zeroWrites: ['write-zeroes'], errors: ['errors'],
+  flushes: ['flushes'], discards: ['discards'], zeroWrites: ['write-zeroes'], errors: ['errors'], ioThreadUs: ['io-thread-us'],
 };
 
 export class VirtioBlk extends VirtioPciDevice {
