@@ -148,10 +148,18 @@ test('virtio-blk runs on the disk I/O thread: requests between image and guest m
     request(driver, VIRTIO_BLK_T.IN, SECTORS, 512, true);
     await waitFor(() => driver.usedIdx(0) === 5, 'the refused read');
     assert.equal(status(), VIRTIO_BLK_S.IOERR);
+    // The VM paused: a request waits, guest memory untouched, and is served at the resume.
+    diskIo.hold(true);
+    request(driver, VIRTIO_BLK_T.IN, 1, 512, true);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(driver.usedIdx(0), 5, 'nothing changes in a paused guest\'s memory');
+    diskIo.hold(false);
+    await waitFor(() => driver.usedIdx(0) === 6, 'the request held over the pause');
+    assert.deepEqual(bus.ram.subarray(DATA, DATA + 512), image.subarray(512, 1024));
     const count = (name: string) => statistics.counts[statistics.counter('disk0', name)];
     assert.equal(count('writes'), 1);
     assert.equal(count('write-bytes'), 1024);
-    assert.equal(count('reads'), 1);
+    assert.equal(count('reads'), 2);
     assert.equal(count('flushes'), 1);
     assert.equal(count('errors'), 1);
     assert.ok(count('io-thread-us') > 0, 'the thread\'s time is counted');

@@ -16,9 +16,12 @@ export interface DiskIoThreadData {
   stats: SharedArrayBuffer | null;
   /** The eventfd every block names as its control fd (the VM host made it and closes it). */
   controlFd: number;
-  /** Int32 word 0 becomes 1 when the thread should end. */
-  closing: SharedArrayBuffer;
+  /** Int32 words set by the VM host (DISK_IO_SWITCH), each followed by a write to the control eventfd. */
+  switches: SharedArrayBuffer;
 }
+
+/** CLOSING: the thread ends. HELD: the VM is paused, requests wait (their notifies stay counted). */
+export const DISK_IO_SWITCH = { CLOSING: 0, HELD: 1 } as const;
 
 export type DiskIoThreadMessage =
   | { type: 'failed'; disk: number; epoch: number; why: string }
@@ -28,16 +31,18 @@ export type DiskIoThreadMessage =
 const POLL_MS = 1000;
 function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) => void): void {
   const stats = data.stats ? new Uint32Array(data.stats) : null;
-  const closing = new Int32Array(data.closing);
+  const switches = new Int32Array(data.switches);
   const planes = data.disks.map((d) => new BlkDataPlane(d.buffer, d.queues, data.ram, stats, {
     failed: (epoch, why) => post({ type: 'failed', disk: d.index, epoch, why }),
     log: (text) => post({ type: 'log', text: `disk${d.index}: ${text}` }),
   }));
-  while (Atomics.load(closing, 0) === 0) {
+  while (Atomics.load(switches, DISK_IO_SWITCH.CLOSING) === 0) {
+    const held = Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0;
     const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
     const owners: { plane: number; queue: number }[] = [];
     const polledRuns = planes.map((p) => p.runNumber);
-    planes.forEach((p, plane) => p.notifyFds.forEach((fd, queue) => {
+    // Held: the notifies stay in their eventfds, and are served at the first poll after the resume.
+    if (!held) planes.forEach((p, plane) => p.notifyFds.forEach((fd, queue) => {
       fds.push({ fd, events: libc.POLLIN });
       owners.push({ plane, queue });
     }));
@@ -54,6 +59,8 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
     owners.forEach((o, i) => {
       if (revents[i + 1]) notified[o.plane][o.queue] = true;
     });
+    // Held while this poll waited: the notifies it saw stay counted for the first poll after the resume.
+    if (Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0) continue;
     // A run that started or stopped in control() is not the one polled: its turn is the next poll.
     planes.forEach((p, i) => {
       if (p.runNumber === polledRuns[i]) p.serve(notified[i]);

@@ -8,7 +8,7 @@ import type { MachineConfig } from '../config';
 import type { MemoryRegion } from '../memory/guest-memory';
 import { DATAPLANE_STATE, dataPlaneBlockBytes, DataPlaneBlock, encodeDataPlaneFailure } from '../shared/dataplane-block';
 import { blkDataPlaneLayout } from '../shared/virtio-blk-requests';
-import type { DiskIoThreadData, DiskIoThreadMessage } from './disk-io-thread';
+import { DISK_IO_SWITCH, type DiskIoThreadData, type DiskIoThreadMessage } from './disk-io-thread';
 
 export const DISK_IO_THREAD_ENTRY = path.join(__dirname, 'disk-io-thread.js');
 
@@ -20,7 +20,8 @@ export interface DiskIoHost {
 
 export class DiskIoThread {
   private readonly blocks: { index: number; block: DataPlaneBlock }[];
-  private readonly closing = new SharedArrayBuffer(4);
+  /** Int32 words: CLOSING, HELD (see DiskIoThreadData.switches). */
+  private readonly switches = new SharedArrayBuffer(8);
   private readonly controlFd: number;
   private readonly worker: Worker;
   private readonly exited: Promise<void>;
@@ -42,7 +43,7 @@ export class DiskIoThread {
     for (const { block } of this.blocks) block.controlFd = this.controlFd;
     const data: DiskIoThreadData = {
       disks: this.blocks.map(({ index, block }) => ({ index, buffer: block.buffer, queues: block.layout.queues })),
-      ram: [...ram], stats, controlFd: this.controlFd, closing: this.closing,
+      ram: [...ram], stats, controlFd: this.controlFd, switches: this.switches,
     };
     this.worker = new Worker(DISK_IO_THREAD_ENTRY, { workerData: { diskIo: data } });
     this.worker.on('message', (m: DiskIoThreadMessage) => {
@@ -73,8 +74,14 @@ export class DiskIoThread {
     libc.eventfdWrite(this.controlFd);
   }
 
+  /** The VM was paused (true) or resumed: a paused guest's memory does not change under it. */
+  hold(held: boolean): void {
+    Atomics.store(new Int32Array(this.switches), DISK_IO_SWITCH.HELD, held ? 1 : 0);
+    libc.eventfdWrite(this.controlFd);
+  }
+
   async close(): Promise<void> {
-    Atomics.store(new Int32Array(this.closing), 0, 1);
+    Atomics.store(new Int32Array(this.switches), DISK_IO_SWITCH.CLOSING, 1);
     libc.eventfdWrite(this.controlFd);
     await this.exited;
     libc.close(this.controlFd);

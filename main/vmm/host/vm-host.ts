@@ -674,6 +674,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.control.setCommand(COMMAND.PAUSE);
     for (let cpu = 0; cpu < this.runPages.length; cpu++) this.kick(cpu);
     for (const nic of this.nics) nic.dataPlane?.hold(true);
+    this.diskIo?.hold(true);
     this.setState('paused');
   }
 
@@ -682,6 +683,7 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     this.control.setCommand(COMMAND.RUN);
     this.post({ type: 'resume' });
     for (const nic of this.nics) nic.dataPlane?.hold(false);
+    this.diskIo?.hold(false);
     this.setState('running');
   }
 
