@@ -1,4 +1,5 @@
-// `npm run rig -- exec test/rig/tools/disk-qd1-exec.js` (issue 13): where a queue-depth-1 virtio-blk
+// `npm run rig -- exec test/rig/tools/disk-qd1-exec.js --tcg multi [--env DISK_QD1_OPS=N]
+// [--env DISK_QD1_QEMU_FIRST=1]` (issue 13): where a queue-depth-1 virtio-blk
 // read's time goes. L2 reads N × 4 KiB with O_DIRECT (one dd: one request at a time) from a
 // raw disk under Porthole and then under QEMU -accel kvm, each after a warm-up pass. Porthole
 // reports the disk I/O thread's own time (`io-thread-us`) and its reads, so the report splits a
@@ -7,10 +8,11 @@ const fs = require('fs');
 const path = require('path');
 const { SerialConsole, consoleLogger } = require('porthole-rig');
 
-const N = Number(process.env.DISK_QD1_OPS || 1000);
+// The runner's --env NAME=VALUE arrives as RIG_NAME.
+const N = Number(process.env.RIG_DISK_QD1_OPS || 1000);
 const WARM_UP = 300;
 /** QEMU first when set (to see whether a stall is L1's, not Porthole's). */
-const QEMU_FIRST = process.env.DISK_QD1_QEMU_FIRST === '1';
+const QEMU_FIRST = process.env.RIG_DISK_QD1_QEMU_FIRST === '1';
 const MIB = 64;
 
 async function measure(ctx, con) {
