@@ -36,39 +36,39 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
     failed: (epoch, why) => post({ type: 'failed', disk: d.index, epoch, why }),
     log: (text) => post({ type: 'log', text: `disk${d.index}: ${text}` }),
   }));
-  while (Atomics.load(switches, DISK_IO_SWITCH.CLOSING) === 0) {
-    const held = Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0;
-    const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
-    const owners: { plane: number; queue: number }[] = [];
-    const polledRuns = planes.map((p) => p.runNumber);
-    // Held: the notifies stay in their eventfds, and are served at the first poll after the resume.
-    if (!held) planes.forEach((p, plane) => p.notifyFds.forEach((fd, queue) => {
-      fds.push({ fd, events: libc.POLLIN });
-      owners.push({ plane, queue });
-    }));
-    let revents: number[];
-    try {
-      revents = libc.poll(fds, POLL_MS);
-    } catch (e) {
-      post({ type: 'log', text: `disk I/O thread: poll failed, its disks go back to the machine thread: ${(e as Error).message}` });
-      break;
+  try {
+    while (Atomics.load(switches, DISK_IO_SWITCH.CLOSING) === 0) {
+      const held = Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0;
+      const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
+      // Each plane's notify fds follow from `first[i]`; held: none (they stay counted for the resume).
+      const first: number[] = [];
+      const polledRuns = planes.map((p) => p.runNumber);
+      for (const p of planes) {
+        first.push(fds.length);
+        if (!held) for (const fd of p.notifyFds) fds.push({ fd, events: libc.POLLIN });
+      }
+      let revents: number[];
+      try {
+        revents = libc.poll(fds, POLL_MS);
+      } catch (e) {
+        // The thread's end: the VM host fails the disks lent to it, and their drivers reset them.
+        throw new Error(`disk I/O thread: poll failed: ${(e as Error).message}`);
+      }
+      if (revents[0]) libc.eventfdRead(data.controlFd);
+      for (const p of planes) p.control();
+      // Held while this poll waited: the notifies it saw stay counted for the first poll after the resume.
+      if (Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0) continue;
+      // A run that started or stopped in control() is not the one polled: its turn is the next poll.
+      planes.forEach((p, i) => {
+        const end = i + 1 < first.length ? first[i + 1] : fds.length;
+        if (p.runNumber === polledRuns[i]) p.serve(revents.slice(first[i], end).map((r) => r !== 0));
+      });
     }
-    if (revents[0]) libc.eventfdRead(data.controlFd);
-    for (const p of planes) p.control();
-    const notified = polledRuns.map((_, i) => owners.filter((o) => o.plane === i).map(() => false));
-    owners.forEach((o, i) => {
-      if (revents[i + 1]) notified[o.plane][o.queue] = true;
-    });
-    // Held while this poll waited: the notifies it saw stay counted for the first poll after the resume.
-    if (Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0) continue;
-    // A run that started or stopped in control() is not the one polled: its turn is the next poll.
-    planes.forEach((p, i) => {
-      if (p.runNumber === polledRuns[i]) p.serve(notified[i]);
-    });
-  }
-  for (const p of planes) {
-    p.block.controlFd = -1;
-    p.close();
+  } finally {
+    for (const p of planes) {
+      p.block.controlFd = -1;
+      p.close();
+    }
   }
 }
 
