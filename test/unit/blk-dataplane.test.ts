@@ -121,6 +121,9 @@ test('virtio-blk runs on the disk I/O thread: requests between image and guest m
     assert.equal(device.ringsLent, true);
     assert.ok(logs.some((l) => /rings handed to the disk I\/O thread/.test(l)), logs.join('\n'));
     await waitFor(() => block.state === DATAPLANE_STATE.RUNNING, 'the thread to take the rings');
+    // The thread is named, so `top -H` and `ps -L` show it apart from the vCPUs.
+    const threadNames = fs.readdirSync('/proc/self/task').map((t) => fs.readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim());
+    assert.ok(threadNames.includes('disk-io'), threadNames.join(', '));
     const irqFd = device.msix.vectorEventFd(0);
 
     // A write: the notify rings the doorbell (a real ioeventfd would catch it in the kernel).

@@ -30,6 +30,7 @@ export type DiskIoThreadMessage =
 /** A poll's longest wait: the control eventfd ends it sooner; this only bounds a lost wake-up. */
 const POLL_MS = 1000;
 function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) => void): void {
+  libc.setThreadName('disk-io');
   const stats = data.stats ? new Uint32Array(data.stats) : null;
   const switches = new Int32Array(data.switches);
   const planes = data.disks.map((d) => new BlkDataPlane(d.buffer, d.queues, data.ram, stats, {

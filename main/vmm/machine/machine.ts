@@ -349,6 +349,7 @@ export class Machine implements MachineContext {
   start(): void {
     const control = this.channels.control;
     libc.installKickHandler();
+    libc.setThreadName('vcpu0');
     control.setTid(0, libc.gettid());
     for (const h of this.vcpus.slice(1)) {
       h.worker = new Worker(path.join(__dirname, '..', 'vcpu', 'ap-worker.js'), {

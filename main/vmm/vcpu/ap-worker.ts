@@ -25,6 +25,7 @@ const KVM_RUN = KVM.RUN;
 const kickBsp = () => kickVcpu(data.bspRunBuffer, data.bspRunOffset, control.tid(0));
 
 libc.installKickHandler();
+libc.setThreadName(`vcpu${data.cpu}`);
 control.setTid(data.cpu, libc.gettid());
 try {
   for (;;) {
