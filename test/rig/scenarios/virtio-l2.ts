@@ -3,12 +3,14 @@
 // Porthole's COM1. virtio-pci must bind 00:08.0 and use MSI-X, virtio_blk must make vda (two
 // request queues, one per vCPU) and vdb of the images' sizes with the serial we gave, dd must read each image's known pattern, a
 // write from L2 must be in the image file after Porthole exits, and vdb must be read-only. The
-// same boot checks AHCI: ahci on 00:05.0, sda (a SATA image) and sr0 (an ISO on the CD-ROM).
+// same boot checks AHCI: ahci on 00:05.0, sda (a SATA image) and sr0 (an ISO on the CD-ROM),
+// and a disc change while L2 runs (`porthole cdrom`): refused while sr_mod holds the tray locked,
+// then an eject L2 sees as no medium, then a second ISO L2 reads.
 // vdc is a qcow2 image over a raw backing file (made by L1's qemu-img, the rig host's through
 // L1's /usr): L2 reads the backing data through it and writes into it, and afterwards
 // `qemu-img check` finds it clean and `qemu-img convert` shows L2's bytes over the backing data.
 // All three virtio disks must run on the disk I/O thread (their "rings handed" lines).
-import { execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,6 +28,9 @@ const SERIAL = 'PH-VDA-0001';
 const WRITE_SECTOR = 1000;
 const SATA_DISK: StickSpec = { label: 'l2sda', sizeMiB: 8, serial: '' };
 const CD_IMAGE: StickSpec = { label: 'l2sr0', sizeMiB: 4, serial: '' };
+/** The disc put in while L2 runs: another size and pattern than the first. */
+const CD_IMAGE_2: StickSpec = { label: 'l2sr0-second', sizeMiB: 2, serial: '' };
+const MONITOR_SOCKET = `${WORK_DIR}/monitor.sock`;
 const SATA_SERIAL = 'PH-SATA-0001';
 const KIT_MODULES = 'virtio_pci,virtio_blk,ahci,sd_mod,sr_mod';
 
@@ -40,6 +45,8 @@ interface Images {
   sataMd5: string;
   iso: string;
   isoMd5: string;
+  iso2: string;
+  iso2Md5: string;
   /** A qcow2 overlay (cluster size 64 KiB, v3) over the raw `qcow2Base`. */
   qcow2: string;
   qcow2Base: string;
@@ -70,6 +77,7 @@ function makeImages(ctx: ScenarioContext): Images {
   const roDisk = copy(RO_DISK);
   const sata = copy(SATA_DISK);
   const iso = copy(CD_IMAGE);
+  const iso2 = copy(CD_IMAGE_2);
   const qcow2Base = copy(QCOW2_BASE);
   const qcow2 = path.join(WORK_DIR, 'l2vdc.qcow2');
   fs.rmSync(qcow2, { force: true });
@@ -77,6 +85,7 @@ function makeImages(ctx: ScenarioContext): Images {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.basename(qcow2Base), '-F', 'raw', qcow2], { cwd: WORK_DIR });
   const images = {
     disk, roDisk, diskMd5: md5File(disk), roDiskMd5: md5File(roDisk), sata, sataMd5: md5File(sata), iso, isoMd5: md5File(iso),
+    iso2, iso2Md5: md5File(iso2),
     qcow2, qcow2Base, qcow2BaseMd5: md5File(qcow2Base),
   };
   ctx.log(`AHCI images: ${sata} (md5 ${images.sataMd5}), ${iso} on the CD-ROM (md5 ${images.isoMd5})`);
@@ -91,7 +100,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, images: Images): 
     '--serial', 'stdio', '--verbose', '--stats',
     '--disk', `${images.disk},serial=${SERIAL},queues=2`, '--disk', `${images.roDisk},ro,name=ro`,
     '--disk', `${images.sata},bus=sata,serial=${SATA_SERIAL},name=sata`, '--cdrom', `${images.iso},name=cd`,
-    '--disk', `${images.qcow2},name=qcow2`,
+    '--disk', `${images.qcow2},name=qcow2`, '--monitor', MONITOR_SOCKET,
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
@@ -292,9 +301,62 @@ async function ahciChecks(ctx: ScenarioContext, con: SerialConsole, images: Imag
   else {
     const sum = (await con.run('dd if=/dev/sr0 bs=2048 2>/dev/null | md5sum', 300000)).output;
     if (!sum.includes(images.isoMd5)) fail(`md5sum of /dev/sr0 in L2 is "${sum.trim()}", the ISO's is ${images.isoMd5}`);
-    else found.push(`sr0 (ATAPI CD-ROM, ${CD_IMAGE.sizeMiB} MiB): dd matches the ISO`);
+    else {
+      found.push(`sr0 (ATAPI CD-ROM, ${CD_IMAGE.sizeMiB} MiB): dd matches the ISO`);
+      await discChangeChecks(ctx, con, images, fail, found);
+    }
   }
-  const errors = await con.run('dmesg | grep -iE "ata[0-9]|ahci|sr0|sda" | tail -40');
+  const errors = await con.run('dmesg | grep -iE "ata[0-9]|ahci|sr0|sda|cdrom" | tail -40');
   ctx.log(`L2 dmesg (ahci lines):\n${errors.output}`);
   return marker;
+}
+
+/** `porthole cdrom MONITOR ARGS…` in L1: its exit status and output. */
+function cdrom(ctx: ScenarioContext, args: string[]): { ok: boolean; output: string } {
+  const r = spawnSync(process.execPath, [`${l1ProjectDir}/bin/porthole`, 'cdrom', MONITOR_SOCKET, ...args], { encoding: 'utf8', timeout: 60000 });
+  const output = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
+  ctx.log(`porthole cdrom ${args.join(' ')}: ${r.status === 0 ? 'ok' : `exit ${r.status ?? r.signal}`}: ${output}`);
+  return { ok: r.status === 0, output };
+}
+
+/**
+ * A disc change while L2 runs, with Linux's sr_mod and cdrom layer as the client: while L2's
+ * shell holds sr0 open, sr_mod has the tray locked (PREVENT ALLOW MEDIUM REMOVAL), so the host's
+ * eject is refused with the reason; once closed, the eject goes through and opening sr0 in L2
+ * fails with no medium; after the second ISO goes in, L2 sees its size (after the media-change
+ * unit attention, READ CAPACITY again) and reads its bytes.
+ */
+async function discChangeChecks(ctx: ScenarioContext, con: SerialConsole, images: Images, fail: (why: string) => void, found: string[]): Promise<void> {
+  const held = await con.run('exec 3</dev/sr0 && echo HELD');
+  if (!/^HELD$/m.test(held.output)) {
+    fail(`L2 could not hold /dev/sr0 open: ${held.output}`);
+    return;
+  }
+  const refused = cdrom(ctx, ['eject', '--drive', 'cd']);
+  const listed = cdrom(ctx, ['list']);
+  await con.run('exec 3<&-');
+  if (refused.ok) fail(`porthole cdrom eject went through while L2 held sr0 open (sr_mod locks the tray): ${refused.output}`);
+  else if (!/locked cd \(PREVENT ALLOW MEDIUM REMOVAL\)/.test(refused.output)) fail(`the refused eject did not say the guest locked the drive: ${refused.output}`);
+  else found.push('sr0 held open in L2: the host\'s eject refused (the guest locked the tray)');
+  if (!listed.ok) fail(`porthole cdrom list failed: ${listed.output}`);
+
+  const ejected = cdrom(ctx, ['eject', '--drive', 'cd']);
+  if (!ejected.ok) {
+    fail(`porthole cdrom eject failed after L2 closed sr0: ${ejected.output}`);
+    return;
+  }
+  const empty = await con.run('dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>&1');
+  if (empty.status === 0 || !/No medium found/i.test(empty.output)) fail(`after the eject, reading /dev/sr0 in L2 gave status ${empty.status}: ${empty.output.trim()} (expected "No medium found")`);
+  else found.push('eject: L2 finds no medium in sr0');
+
+  const inserted = cdrom(ctx, ['insert', images.iso2, '--drive', 'cd']);
+  if (!inserted.ok) {
+    fail(`porthole cdrom insert ${images.iso2} failed: ${inserted.output}`);
+    return;
+  }
+  const sum = (await con.run('dd if=/dev/sr0 bs=2048 2>/dev/null | md5sum; echo "size $(cat /sys/block/sr0/size)"', 300000)).output;
+  const size = Number(/^size (\d+)$/m.exec(sum)?.[1]);
+  if (!sum.includes(images.iso2Md5)) fail(`after inserting ${images.iso2}, md5sum of /dev/sr0 in L2 is "${sum.trim()}", the ISO's is ${images.iso2Md5}`);
+  else if (size !== CD_IMAGE_2.sizeMiB * 2048) fail(`after the disc change L2's sr0 has ${size} sectors, expected ${CD_IMAGE_2.sizeMiB * 2048}`);
+  else found.push(`disc change: L2 reads the second ISO (${CD_IMAGE_2.sizeMiB} MiB) through sr0`);
 }
