@@ -6,6 +6,8 @@
 // the VM host thread (the "rings handed" log line); L2 then unbinds and binds virtio_net (a
 // virtio reset takes the rings back, DRIVER_OK hands them over again) and gets its lease and
 // pings again; Debian's tshark reads the pcap (the DHCP exchange, nothing malformed).
+// IPv6: L2 takes its fec0::/64 address from libslirp's router advertisement (SLAAC), pings
+// slirp's fec0::2, and L1 sends 1 MiB through an IPv6 port forward ([::1] → L2's fec0:: address).
 import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -22,6 +24,11 @@ const BYTES = 4 * 1024 * 1024;
 const HOST_PORT = 40022;
 const GUEST_PORT = 40001;
 const L1_SERVER_PORT = 40002;
+const HOST_PORT_V6 = 40023;
+const GUEST_PORT_V6 = 40003;
+const BYTES_V6 = 1024 * 1024;
+/** L2's SLAAC address in libslirp's fec0::/64, from MAC by EUI-64. */
+const GUEST_V6 = 'fec0::5054:ff:fe75:7372';
 
 scenario('net-user-l2', async (ctx) => {
   const cli = `${l1ProjectDir}/bin/porthole`;
@@ -31,7 +38,8 @@ scenario('net-user-l2', async (ctx) => {
   const args = [
     cli, 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd,
     '--append', `console=ttyS0 quiet panic=-1 kit.modules=${KIT_MODULES}`, '--mem', '256M', '--cpus', '1',
-    '--serial', 'stdio', '--verbose', '--stats', '--nic', `virtio,mac=${MAC},user,hostfwd=tcp:127.0.0.1:${HOST_PORT}-:${GUEST_PORT},pcap=${pcap}`,
+    '--serial', 'stdio', '--verbose', '--stats', '--nic', `virtio,mac=${MAC},user,hostfwd=tcp:127.0.0.1:${HOST_PORT}-:${GUEST_PORT},`
+      + `hostfwd=tcp:[::1]:${HOST_PORT_V6}-[${GUEST_V6}]:${GUEST_PORT_V6},pcap=${pcap}`,
   ];
   ctx.log(`node ${args.join(' ')}`);
   const vm = ctx.spawn(process.execPath, args, { env: { ...process.env, PORTHOLE_FORBID_KOFFI_VIEW: '1' } });
@@ -116,6 +124,8 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, s
   if (gotMd5 !== fromL2Md5) fail(`L1 received ${received.length} bytes (md5 ${gotMd5}); L2 sent md5 ${fromL2Md5} (nc: ${sent.output.trim()})`);
   else found.push(`4 MiB L2→10.0.2.2:${L1_SERVER_PORT}→L1's loopback, md5 matches (${(BYTES / 1048576 / ((Date.now() - t0) / 1000)).toFixed(2)} MiB/s)`);
 
+  await ipv6Checks(ctx, con, fail, found);
+
   // The driver let go and bound again: a virtio reset takes the rings back from the VM host
   // thread and DRIVER_OK hands them over again, with traffic before and after.
   const handoffs = () => stderr.filter((l) => l.includes('rings handed to the VM host thread')).length;
@@ -157,4 +167,35 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, s
   } else fail('tshark is not installed on the rig host (scripts/fixtures.sh installs it)');
   if (failures.length > 0) throw new Error(`${failures.length} check(s) failed: ${failures.join('; ')}`);
   return found.join('; ');
+}
+
+/** L2's IPv6 through libslirp: SLAAC, a ping to slirp's fec0::2, and 1 MiB in through the IPv6 port forward. */
+async function ipv6Checks(ctx: ScenarioContext, con: SerialConsole, fail: (why: string) => void, found: string[]): Promise<void> {
+  const addr = await con.run(`for i in $(seq 60); do ip -6 addr show dev eth0 | grep -q '${GUEST_V6}/64' && break; sleep 0.5; done; ip -6 addr show dev eth0; ip -6 route`, 60000);
+  ctx.log(`L2's IPv6:\n${addr.output}`);
+  if (!addr.output.includes(`${GUEST_V6}/64`)) {
+    fail(`L2 did not take ${GUEST_V6}/64 from libslirp's router advertisement: ${addr.output.trim()}`);
+    return;
+  }
+  found.push(`L2 took ${GUEST_V6}/64 by SLAAC from libslirp`);
+  const ping = await con.run('ping -6 -c 3 -W 10 fec0::2 || ping6 -c 3 -W 10 fec0::2', 90000);
+  ctx.log(`L2 ping -6 fec0::2:\n${ping.output}`);
+  if (ping.status !== 0) fail(`L2 could not ping libslirp's fec0::2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
+  else found.push(`L2 pings fec0::2: ${/(\d+) packets received/.exec(ping.output)?.[0] ?? 'ok'}`);
+
+  const data = crypto.randomBytes(BYTES_V6);
+  const md5 = crypto.createHash('md5').update(data).digest('hex');
+  await con.runOk(`rm -f /tmp/rx6; (sleep 100000 | nc -l -p ${GUEST_PORT_V6} > /tmp/rx6 &) ; sleep 1`);
+  let socket: net.Socket | null = null;
+  await new Promise<void>((resolve, reject) => {
+    const s = net.connect(HOST_PORT_V6, '::1', () => s.end(data));
+    socket = s;
+    s.once('error', reject);
+    s.once('finish', () => resolve());
+    s.setTimeout(300000, () => s.destroy(new Error('the TCP stream to L2 stalled')));
+  }).catch((e: Error) => fail(`sending ${BYTES_V6} bytes to [::1]:${HOST_PORT_V6} (forwarded to L2's ${GUEST_V6}): ${e.message}`));
+  const got = await con.run(`for i in $(seq 240); do [ "$(stat -c %s /tmp/rx6)" -ge ${BYTES_V6} ] && break; sleep 0.5; done; stat -c %s /tmp/rx6; md5sum /tmp/rx6`, 180000);
+  (socket as net.Socket | null)?.destroy();
+  if (!got.output.includes(md5)) fail(`through the IPv6 forward L2 received ${got.output.trim().replace(/\n/g, ' ')}; L1 sent md5 ${md5}`);
+  else found.push(`1 MiB L1→[::1]:${HOST_PORT_V6}→[${GUEST_V6}]:${GUEST_PORT_V6} through the IPv6 port forward, md5 matches`);
 }
