@@ -301,20 +301,44 @@ export function copyToAddress(dst: bigint, src: Uint8Array, length = src.length)
   c.copyToAddress(dst, src, length);
 }
 
+/**
+ * A fixed set of descriptors for poll(2), laid out once: a thread that polls the same set on
+ * every wake-up (the disk I/O thread) allocates nothing per wait.
+ */
+export class PollSet {
+  private readonly fds: Buffer;
+  readonly size: number;
+
+  constructor(fds: readonly { fd: number; events: number }[]) {
+    this.size = fds.length;
+    this.fds = Buffer.alloc(8 * fds.length);
+    fds.forEach((p, i) => {
+      this.fds.writeInt32LE(p.fd, i * 8);
+      this.fds.writeInt16LE(p.events, i * 8 + 4);
+    });
+  }
+
+  /** Waits up to `timeoutMs` (-1: no limit); how many descriptors have events, 0 on a timeout or a signal. */
+  wait(timeoutMs: number): number {
+    const r = c.poll(this.fds, this.size, timeoutMs) as number;
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== os.constants.errno.EINTR) throw new NativeError('poll', e);
+    for (let i = 0; i < this.size; i++) this.fds.writeInt16LE(0, i * 8 + 6);
+    return 0;
+  }
+
+  /** The i-th descriptor's revents from the last wait. */
+  revents(i: number): number {
+    return this.fds.readInt16LE(i * 8 + 6);
+  }
+}
+
 /** poll() over fds; returns the revents of each. */
 export function poll(fds: { fd: number; events: number }[], timeoutMs: number): number[] {
-  const buf = Buffer.alloc(8 * fds.length);
-  fds.forEach((p, i) => {
-    buf.writeInt32LE(p.fd, i * 8);
-    buf.writeInt16LE(p.events, i * 8 + 4);
-  });
-  const r = c.poll(buf, fds.length, timeoutMs) as number;
-  if (r < 0) {
-    const e = koffi.errno();
-    if (e === os.constants.errno.EINTR) return fds.map(() => 0);
-    throw new NativeError('poll', e);
-  }
-  return fds.map((_, i) => buf.readInt16LE(i * 8 + 6));
+  const set = new PollSet(fds);
+  set.wait(timeoutMs);
+  return fds.map((_, i) => set.revents(i));
 }
 
 export function gettid(): number {

@@ -183,9 +183,11 @@ export class BlkDataPlane {
       }
       if (run.failure !== null) throw new VirtqueueError(run.failure);
       if (this.owns(run) && q.needsInterrupt(run.dma)) {
-        libc.eventfdWrite(run.irqFds[q.index]);
-        if (this.stats && run.irqCounters[q.index] >= 0) Atomics.add(this.stats, run.irqCounters[q.index], 1);
+        // The bookkeeping goes first: the interrupt wakes the vCPU, which may take this CPU
+        // (in a small VM, the same one) before this thread gets back to its poll.
         this.block.setIndices(q.index, q.ringIndices);
+        if (this.stats && run.irqCounters[q.index] >= 0) Atomics.add(this.stats, run.irqCounters[q.index], 1);
+        libc.eventfdWrite(run.irqFds[q.index]);
       }
     } catch (e) {
       this.fail(run, e);

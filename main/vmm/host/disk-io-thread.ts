@@ -37,33 +37,47 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
     failed: (epoch, why) => post({ type: 'failed', disk: d.index, epoch, why }),
     log: (text) => post({ type: 'log', text: `disk${d.index}: ${text}` }),
   }));
+  // The poll set is laid out again only when it changes (a run starts or ends, a hold): a
+  // request's wake-up allocates nothing for it.
+  let pollSet: libc.PollSet | null = null;
+  let pollKey = '';
+  let first: number[] = [];
+  let polledRuns: number[] = [];
   try {
     while (Atomics.load(switches, DISK_IO_SWITCH.CLOSING) === 0) {
       const held = Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0;
-      const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
-      // Each plane's notify fds follow from `first[i]`; held: none (they stay counted for the resume).
-      const first: number[] = [];
-      const polledRuns = planes.map((p) => p.runNumber);
-      for (const p of planes) {
+      const key = `${held ? 1 : 0}:${planes.map((p) => p.runNumber).join(',')}`;
+      if (pollSet === null || key !== pollKey) {
+        // Each plane's notify fds follow from `first[i]`; held: none (they stay counted for the resume).
+        const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
+        first = [];
+        for (const p of planes) {
+          first.push(fds.length);
+          if (!held) for (const fd of p.notifyFds) fds.push({ fd, events: libc.POLLIN });
+        }
         first.push(fds.length);
-        if (!held) for (const fd of p.notifyFds) fds.push({ fd, events: libc.POLLIN });
+        polledRuns = planes.map((p) => p.runNumber);
+        pollSet = new libc.PollSet(fds);
+        pollKey = key;
       }
-      let revents: number[];
       try {
-        revents = libc.poll(fds, POLL_MS);
+        pollSet.wait(POLL_MS);
       } catch (e) {
         // The thread's end: the VM host fails the disks lent to it, and their drivers reset them.
         throw new Error(`disk I/O thread: poll failed: ${(e as Error).message}`);
       }
-      if (revents[0]) libc.eventfdRead(data.controlFd);
+      if (pollSet.revents(0)) libc.eventfdRead(data.controlFd);
       for (const p of planes) p.control();
       // Held while this poll waited: the notifies it saw stay counted for the first poll after the resume.
       if (Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0) continue;
       // A run that started or stopped in control() is not the one polled: its turn is the next poll.
-      planes.forEach((p, i) => {
-        const end = i + 1 < first.length ? first[i + 1] : fds.length;
-        if (p.runNumber === polledRuns[i]) p.serve(revents.slice(first[i], end).map((r) => r !== 0));
-      });
+      for (let i = 0; i < planes.length; i++) {
+        const p = planes[i];
+        if (p.runNumber !== polledRuns[i] || first[i + 1] === first[i]) continue;
+        const notified: boolean[] = [];
+        for (let at = first[i]; at < first[i + 1]; at++) notified.push(pollSet.revents(at) !== 0);
+        p.serve(notified);
+      }
     }
   } finally {
     for (const p of planes) {

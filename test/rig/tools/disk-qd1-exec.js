@@ -8,7 +8,9 @@
 // scheduler accounting (/proc/PID/task/TID/schedstat: time on a CPU, time waiting for one, and
 // the CPUs it ran on), so a thread that waits behind the vCPU's thread shows.
 // HALT_POLL_NS sets L1 KVM's halt_poll_ns for both VMMs; PIN=1 puts each VMM's vCPU thread on L1
-// CPU 0 and its other threads on CPU 1.
+// CPU 0 and its other threads on CPU 1. STRACE=1 traces each VMM's threads but the vCPU and the
+// I/O thread during the timed pass, and reports their system calls and what woke their epoll
+// waits (strace slows them: counts, not times).
 const fs = require('fs');
 const path = require('path');
 const { SerialConsole, consoleLogger } = require('porthole-rig');
@@ -21,6 +23,45 @@ const QEMU_FIRST = process.env.RIG_DISK_QD1_QEMU_FIRST === '1';
 const MIB = 64;
 const HALT_POLL_NS = process.env.RIG_DISK_QD1_HALT_POLL_NS;
 const PIN = process.env.RIG_DISK_QD1_PIN === '1';
+const STRACE = process.env.RIG_DISK_QD1_STRACE === '1';
+
+/**
+ * strace on the VMM's threads other than the vCPU and the disk thread (tracing those would
+ * interrupt KVM_RUN and the I/O being measured) until the returned stop is called. The stop
+ * reports the system calls per thread and, for each epoll wait that returned events, what
+ * the woken descriptors are (/proc/PID/fd), the commonest first.
+ */
+function traceSyscalls(ctx, pid, skip) {
+  const out = `/tmp/qd1-strace-${pid}`;
+  const threads = [...threadSched(pid)].filter(([, t]) => !skip.includes(t.comm));
+  const names = new Map(threads.map(([tid, t]) => [tid, t.comm]));
+  const child = ctx.spawn('strace', ['-f', '-qq', '-o', out, ...threads.flatMap(([tid]) => ['-p', tid])]);
+  return async () => {
+    child.kill('SIGINT');
+    await new Promise((r) => child.once('exit', r));
+    const perThread = new Map();
+    const wakers = new Map();
+    for (const line of fs.readFileSync(out, 'utf8').split('\n')) {
+      // A call that blocked shows twice ("<unfinished ...>", then "<... resumed>"): count its start.
+      const m = /^(\d+)\s+([a-z_0-9]+)\(/.exec(line);
+      if (m) {
+        const calls = perThread.get(m[1]) || new Map();
+        calls.set(m[2], (calls.get(m[2]) || 0) + 1);
+        perThread.set(m[1], calls);
+      }
+      // epoll_pwait(fd, [{events=EPOLLIN, data={u32=12, u64=12}}], ...) = 1: libuv keeps the fd in u32.
+      if (/epoll_pwait/.test(line) && /= [1-9]/.test(line)) {
+        for (const w of line.matchAll(/u32=(\d+)/g)) wakers.set(w[1], (wakers.get(w[1]) || 0) + 1);
+      }
+    }
+    const fdName = (fd) => { try { return fs.readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return 'closed'; } };
+    return [
+      ...[...perThread].map(([tid, calls]) => `${names.get(tid) || '?'}[${tid}]: ` +
+        [...calls].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([n, c]) => `${c} ${n}`).join(', ')),
+      `epoll wake-ups by descriptor: ${[...wakers].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([fd, c]) => `fd ${fd} (${fdName(fd)}) ${c}`).join(', ')}`,
+    ];
+  };
+}
 
 /** Per thread of `pid`: name, ns on a CPU, ns waiting for one, and the CPU it last ran on. */
 function threadSched(pid) {
@@ -65,9 +106,12 @@ async function measure(ctx, con, pid, vmm) {
   await con.runOk(`dd if=/dev/vda of=/dev/null bs=4k count=${WARM_UP} iflag=direct 2>/dev/null`, 150000);
   if (PIN) pinThreads(ctx, pid, vmm === 'porthole' ? 'vcpu0' : 'CPU 0/KVM');
   const before = threadSched(pid);
+  const stopTrace = STRACE ? traceSyscalls(ctx, pid, vmm === 'porthole' ? ['vcpu0', 'disk-io'] : ['CPU 0/KVM', 'worker']) : null;
+  if (stopTrace) await new Promise((r) => setTimeout(r, 2000)); // attached to every thread
   const out = await con.runOk(`a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=4k count=${N} skip=${N} iflag=direct 2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo "T $a $b"`, 150000);
   const sched = schedReport(before, threadSched(pid), N);
   for (const l of sched) ctx.log(`${vmm} thread ${l}`);
+  if (stopTrace) for (const l of await stopTrace()) ctx.log(`${vmm} syscalls ${l}`);
   const m = /T ([\d.]+) ([\d.]+)/.exec(out);
   if (!m) throw new Error(`no timing in ${out}`);
   return { seconds: Number(m[2]) - Number(m[1]), sched };
