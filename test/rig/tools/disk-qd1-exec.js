@@ -35,12 +35,14 @@ function traceSyscalls(ctx, pid, skip) {
   const out = `/tmp/qd1-strace-${pid}`;
   const threads = [...threadSched(pid)].filter(([, t]) => !skip.includes(t.comm));
   const names = new Map(threads.map(([tid, t]) => [tid, t.comm]));
-  const child = ctx.spawn('strace', ['-f', '-qq', '-o', out, ...threads.flatMap(([tid]) => ['-p', tid])]);
+  // No -f: that would attach every thread of the process, the vCPU's among them.
+  const child = ctx.spawn('strace', ['-qq', '-o', out, ...threads.flatMap(([tid]) => ['-p', tid])]);
   return async () => {
     child.kill('SIGINT');
     await new Promise((r) => child.once('exit', r));
     const perThread = new Map();
     const wakers = new Map();
+    const timeouts = new Map();
     for (const line of fs.readFileSync(out, 'utf8').split('\n')) {
       // A call that blocked shows twice ("<unfinished ...>", then "<... resumed>"): count its start.
       const m = /^(\d+)\s+([a-z_0-9]+)\(/.exec(line);
@@ -53,11 +55,15 @@ function traceSyscalls(ctx, pid, skip) {
       if (/epoll_pwait/.test(line) && /= [1-9]/.test(line)) {
         for (const w of line.matchAll(/u32=(\d+)/g)) wakers.set(w[1], (wakers.get(w[1]) || 0) + 1);
       }
+      // The wait's timeout is libuv's next timer: its spread shows which timers keep waking the thread.
+      const t = /epoll_pwait(?:\(\d+, | resumed>)(?:\[\]|\[.*\]|0x[0-9a-f]+), \d+, (-?\d+)/.exec(line);
+      if (t) timeouts.set(t[1], (timeouts.get(t[1]) || 0) + 1);
     }
     const fdName = (fd) => { try { return fs.readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return 'closed'; } };
     return [
       ...[...perThread].map(([tid, calls]) => `${names.get(tid) || '?'}[${tid}]: ` +
         [...calls].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([n, c]) => `${c} ${n}`).join(', ')),
+      `epoll_pwait timeouts (ms: count): ${[...timeouts].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([ms, c]) => `${ms}: ${c}`).join(', ')}`,
       `epoll wake-ups by descriptor: ${[...wakers].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([fd, c]) => `fd ${fd} (${fdName(fd)}) ${c}`).join(', ')}`,
     ];
   };
@@ -161,6 +167,9 @@ function counter(stderr, name) {
 module.exports = async (ctx) => {
   const haltPoll = '/sys/module/kvm/parameters/halt_poll_ns';
   ctx.log(`L1 KVM halt_poll_ns ${fs.readFileSync(haltPoll, 'utf8').trim()}`);
+  // Without a vDSO-capable clocksource every clock read in L1 (performance.now) is a system call.
+  const clocks = '/sys/devices/system/clocksource/clocksource0';
+  ctx.log(`L1 clocksource ${fs.readFileSync(`${clocks}/current_clocksource`, 'utf8').trim()} (available: ${fs.readFileSync(`${clocks}/available_clocksource`, 'utf8').trim()})`);
   if (HALT_POLL_NS !== undefined) {
     fs.writeFileSync(haltPoll, HALT_POLL_NS);
     ctx.log(`L1 KVM halt_poll_ns set to ${fs.readFileSync(haltPoll, 'utf8').trim()}`);
