@@ -84,25 +84,11 @@ async function runChecks(ctx: ScenarioContext, vm: ChildProcess, pcap: string, s
   if (ping.status !== 0) fail(`L2 could not ping the gateway 10.0.2.2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
   else found.push(`L2 pings 10.0.2.2: ${/(\d+) packets received/.exec(ping.output)?.[0] ?? 'ok'}`);
 
-  // L1 → L2 through the port forward: L2's nc listens and writes a file; its size tells when all arrived.
-  const toL2 = crypto.randomBytes(BYTES);
-  const toL2Md5 = crypto.createHash('md5').update(toL2).digest('hex');
-  // nc's stdin stays open and empty: at EOF on its stdin busybox nc may close the connection early.
-  await con.runOk(`rm -f /tmp/rx; (sleep 100000 | nc -l -p ${GUEST_PORT} > /tmp/rx &) ; sleep 1`);
-  const started = Date.now();
-  let toL2Socket: net.Socket | null = null;
-  await new Promise<void>((resolve, reject) => {
-    const s = net.connect(HOST_PORT, '127.0.0.1', () => s.end(toL2));
-    toL2Socket = s;
-    s.once('error', reject);
-    s.once('finish', () => resolve());
-    s.setTimeout(300000, () => s.destroy(new Error('the TCP stream to L2 stalled')));
-  }).catch((e: Error) => fail(`sending ${BYTES} bytes to 127.0.0.1:${HOST_PORT} (forwarded to L2): ${e.message}`));
-  const size = await con.run(`for i in $(seq 240); do [ "$(stat -c %s /tmp/rx)" -ge ${BYTES} ] && break; sleep 0.5; done; stat -c %s /tmp/rx; md5sum /tmp/rx`, 180000);
-  const seconds = (Date.now() - started) / 1000;
-  (toL2Socket as net.Socket | null)?.destroy();
-  if (!size.output.includes(toL2Md5)) fail(`L2 received ${size.output.trim().replace(/\n/g, ' ')}; L1 sent md5 ${toL2Md5}`);
-  else found.push(`4 MiB L1→127.0.0.1:${HOST_PORT}→L2:${GUEST_PORT} through the port forward, md5 matches (${(BYTES / 1048576 / seconds).toFixed(2)} MiB/s, not a benchmark)`);
+  // L1 → L2 through the port forward.
+  const toL2 = await sendIntoL2(con, '127.0.0.1', HOST_PORT, GUEST_PORT, BYTES, '/tmp/rx');
+  if (toL2.sendError !== null) fail(`sending ${BYTES} bytes to 127.0.0.1:${HOST_PORT} (forwarded to L2): ${toL2.sendError}`);
+  if (!toL2.arrived) fail(`L2 received ${toL2.output}; L1 sent md5 ${toL2.md5}`);
+  else found.push(`4 MiB L1→127.0.0.1:${HOST_PORT}→L2:${GUEST_PORT} through the port forward, md5 matches (${(BYTES / 1048576 / toL2.seconds).toFixed(2)} MiB/s, not a benchmark)`);
 
   // L2 → L1: L2 connects to 10.0.2.2 (slirp's name for the host's loopback), this process listens there.
   let received = Buffer.alloc(0);
@@ -183,19 +169,36 @@ async function ipv6Checks(ctx: ScenarioContext, con: SerialConsole, fail: (why: 
   if (ping.status !== 0) fail(`L2 could not ping libslirp's fec0::2: ${ping.output.trim().split('\n').slice(-2).join(' ')}`);
   else found.push(`L2 pings fec0::2: ${/(\d+) packets received/.exec(ping.output)?.[0] ?? 'ok'}`);
 
-  const data = crypto.randomBytes(BYTES_V6);
+  const toL2 = await sendIntoL2(con, '::1', HOST_PORT_V6, GUEST_PORT_V6, BYTES_V6, '/tmp/rx6');
+  if (toL2.sendError !== null) fail(`sending ${BYTES_V6} bytes to [::1]:${HOST_PORT_V6} (forwarded to L2's ${GUEST_V6}): ${toL2.sendError}`);
+  if (!toL2.arrived) fail(`through the IPv6 forward L2 received ${toL2.output}; L1 sent md5 ${toL2.md5}`);
+  else found.push(`1 MiB L1→[::1]:${HOST_PORT_V6}→[${GUEST_V6}]:${GUEST_PORT_V6} through the IPv6 port forward, md5 matches`);
+}
+
+/**
+ * L1 → L2 through a port forward: L2's busybox nc listens on `guestPort` into `file`, and L1
+ * sends `bytes` random bytes to host:hostPort. Says whether the file came to hold them (by md5),
+ * what L2 reported, how long it took, and why the send failed (null: it did not).
+ */
+async function sendIntoL2(con: SerialConsole, host: string, hostPort: number, guestPort: number, bytes: number, file: string):
+Promise<{ arrived: boolean; md5: string; output: string; seconds: number; sendError: string | null }> {
+  const data = crypto.randomBytes(bytes);
   const md5 = crypto.createHash('md5').update(data).digest('hex');
-  await con.runOk(`rm -f /tmp/rx6; (sleep 100000 | nc -l -p ${GUEST_PORT_V6} > /tmp/rx6 &) ; sleep 1`);
+  // nc's stdin stays open and empty: at EOF on its stdin busybox nc may close the connection early.
+  await con.runOk(`rm -f ${file}; (sleep 100000 | nc -l -p ${guestPort} > ${file} &) ; sleep 1`);
+  const started = Date.now();
   let socket: net.Socket | null = null;
+  let sendError: string | null = null;
   await new Promise<void>((resolve, reject) => {
-    const s = net.connect(HOST_PORT_V6, '::1', () => s.end(data));
+    const s = net.connect(hostPort, host, () => s.end(data));
     socket = s;
     s.once('error', reject);
     s.once('finish', () => resolve());
     s.setTimeout(300000, () => s.destroy(new Error('the TCP stream to L2 stalled')));
-  }).catch((e: Error) => fail(`sending ${BYTES_V6} bytes to [::1]:${HOST_PORT_V6} (forwarded to L2's ${GUEST_V6}): ${e.message}`));
-  const got = await con.run(`for i in $(seq 240); do [ "$(stat -c %s /tmp/rx6)" -ge ${BYTES_V6} ] && break; sleep 0.5; done; stat -c %s /tmp/rx6; md5sum /tmp/rx6`, 180000);
+  }).catch((e: Error) => { sendError = e.message; });
+  // The file's size tells when all arrived.
+  const got = await con.run(`for i in $(seq 240); do [ "$(stat -c %s ${file})" -ge ${bytes} ] && break; sleep 0.5; done; stat -c %s ${file}; md5sum ${file}`, 180000);
+  const seconds = (Date.now() - started) / 1000;
   (socket as net.Socket | null)?.destroy();
-  if (!got.output.includes(md5)) fail(`through the IPv6 forward L2 received ${got.output.trim().replace(/\n/g, ' ')}; L1 sent md5 ${md5}`);
-  else found.push(`1 MiB L1→[::1]:${HOST_PORT_V6}→[${GUEST_V6}]:${GUEST_PORT_V6} through the IPv6 port forward, md5 matches`);
+  return { arrived: got.output.includes(md5), md5, output: got.output.trim().replace(/\n/g, ' '), seconds, sendError };
 }
