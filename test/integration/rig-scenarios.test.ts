@@ -1,6 +1,6 @@
 // The rig scenarios fast enough for CI (ci: true in test/rig/scenarios.ts): each boots the
 // L1 workstation under QEMU TCG and must end with RIG-RESULT: PASS. The others run behind
-// npm run test:rig. The runner may run a scenario twice (an L1 triple fault or stall).
+// npm run test:rig. The runner may run a scenario twice (an L1 triple fault, stall or kernel panic).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SCENARIOS } from '../rig/scenarios';

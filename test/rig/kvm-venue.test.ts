@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it, test, type TestContext } from 'node:test';
 import { repoRoot } from './paths';
-import { runScenario, type RunReport } from './runner';
+import { l1Spoiled, runScenario, type RunReport } from './runner';
 import { findScenario, type TcgMode } from './scenarios';
 import { kvmTestFiles, type ReportedFile, type ReportedTest } from './test-events';
 
@@ -61,9 +61,9 @@ async function runInL1(): Promise<void> {
         },
       });
       attempts.push({ tcg, report });
-      const spoiled = report.outcome.kind === 'stall' || report.l1TripleFault;
-      if (!spoiled) break;
-      process.stderr.write(`rig venue: RETRY: L1 (${tcg}-threaded TCG) ${report.outcome.kind === 'stall' ? 'stalled' : 'triple-faulted'} (${report.outcome.detail}); ` +
+      const spoiled = l1Spoiled(report);
+      if (spoiled === null) break;
+      process.stderr.write(`rig venue: RETRY: L1 (${tcg}-threaded TCG) ${spoiled} (${report.outcome.detail}); ` +
         `${venueFiles.filter((f) => !results.has(f)).length} test files to run again\n`);
     }
   }

@@ -35,7 +35,7 @@ async function tally(specs: ScenarioSpec[], opts: RunOptions, times: number): Pr
     for (const spec of specs) {
       const r = await runScenario(spec, { ...opts, l1FaultRetries: 0 });
       if (r.interrupted) return SIGNAL_CODES[r.interrupted] ?? 1;
-      const kind = r.l1TripleFault ? 'triple-fault' : r.outcome.kind;
+      const kind = r.l1TripleFault ? 'triple-fault' : r.l1KernelPanic ? 'kernel-panic' : r.outcome.kind;
       const key = `${spec.name} ${kind}`;
       counts.set(key, (counts.get(key) ?? 0) + 1);
       seconds.push(r.totalSeconds);

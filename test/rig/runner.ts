@@ -37,7 +37,9 @@ export interface RunReport {
   interrupted: NodeJS.Signals | null;
   /** QEMU ended because L1 triple-faulted. */
   l1TripleFault: boolean;
-  /** Earlier attempts of this run that L1 spoiled (stall, triple fault), in order. */
+  /** L1's own kernel panicked (its console said so) before the scenario gave a result. */
+  l1KernelPanic: boolean;
+  /** Earlier attempts of this run that L1 spoiled (stall, triple fault, kernel panic), in order. */
   retried: { outcome: RigOutcome; logFile: string }[];
 }
 
@@ -170,10 +172,27 @@ function pruneLogs(dir: string, keep: number): void {
   for (const f of logs.slice(0, Math.max(0, logs.length - keep))) fs.rmSync(path.join(dir, f), { force: true });
 }
 
+/** Whether a console line is L1's own kernel panicking ("[   28.298600] Kernel panic - not syncing: …"), not an L2 line a scenario relays with its prefix. */
+export function isL1KernelPanic(line: string): boolean {
+  return /^\[\s*\d+\.\d+\] Kernel panic - not syncing/.test(line);
+}
+
+/**
+ * How L1 itself spoiled a run, below the scenario ('stalled', 'triple-faulted', 'kernel
+ * panicked'), or null when the scenario's own outcome stands.
+ */
+export function l1Spoiled(report: RunReport): string | null {
+  if (report.outcome.kind === 'stall') return 'stalled';
+  if (report.l1TripleFault) return 'triple-faulted';
+  if (report.l1KernelPanic) return 'kernel panicked';
+  return null;
+}
+
 /**
  * Runs one scenario to its end; never leaves QEMU running when it returns or throws. A run
- * whose L1 triple-faults (QEMU 7.2's TCG emulation of nested SVM does that now and then, in
- * L1's own kernel, whatever the scenario does) is repeated up to `opts.l1FaultRetries` times.
+ * whose L1 triple-faults, stalls or panics (QEMU 7.2's TCG emulation of nested SVM does that
+ * now and then, in L1's own kernel, whatever the scenario does) is repeated up to
+ * `opts.l1FaultRetries` times.
  */
 export async function runScenario(spec: ScenarioSpec, opts: RunOptions = {}): Promise<RunReport> {
   const retries = opts.l1FaultRetries ?? 1;
@@ -183,11 +202,11 @@ export async function runScenario(spec: ScenarioSpec, opts: RunOptions = {}): Pr
     report.retried = retried.slice();
     // A stall is L1 itself stopping (its heartbeat stops), not the scenario hanging: the
     // scenario's own timeouts cannot fire. A scenario that hangs with L1 alive times out.
-    const stalled = report.outcome.kind === 'stall';
-    if (!(report.l1TripleFault || stalled) || report.interrupted || attempt >= retries) return report;
+    const spoiled = l1Spoiled(report);
+    if (spoiled === null || report.interrupted || attempt >= retries) return report;
     retried.push({ outcome: report.outcome, logFile: report.logFile });
     (opts.print ?? ((l: string) => process.stdout.write(l + '\n')))(
-      `rig: RETRY ${retried.length}: L1 ${stalled ? 'stalled' : 'triple-faulted'} (below the scenario, not its result); running ${spec.name} again`);
+      `rig: RETRY ${retried.length}: L1 ${spoiled} (below the scenario, not its result); running ${spec.name} again`);
   }
 }
 
@@ -261,6 +280,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   // Assigned from event callbacks; the explicit type keeps TS from narrowing it to null.
   let bootSeconds = null as number | null;
   let tripleFault = false;
+  let kernelPanic = false;
   let exitInfo: string | null = null;
   let heartbeats = 0;
   const outcome = await new Promise<RigOutcome>((resolve) => {
@@ -304,7 +324,10 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
       }
       const m = RESULT_RE.exec(line);
       if (m) finish?.({ kind: m[1] === 'PASS' ? 'pass' : 'fail', detail: m[2] });
-      else if (/Kernel panic - not syncing/.test(line)) finish?.({ kind: 'fail', detail: `L1 kernel panic: ${line}` });
+      else if (isL1KernelPanic(line)) {
+        kernelPanic = true;
+        finish?.({ kind: 'error', detail: `L1 kernel panic: ${line}` });
+      }
     };
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => {
@@ -363,7 +386,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   }
   const report: RunReport = {
     scenario: spec.name, outcome, bootSeconds, totalSeconds: (Date.now() - t0) / 1000, qemuPid: pgid, token, logFile, interrupted: signalled,
-    l1TripleFault: outcome.kind === 'error' && tripleFault, retried: [],
+    l1TripleFault: outcome.kind === 'error' && tripleFault, l1KernelPanic: outcome.kind === 'error' && kernelPanic, retried: [],
   };
   say(`${outcome.kind.toUpperCase()}: ${outcome.detail} (L1 boot ${bootSeconds === null ? '-' : bootSeconds.toFixed(1)} s, total ${report.totalSeconds.toFixed(1)} s)`);
   return report;
