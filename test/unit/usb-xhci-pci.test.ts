@@ -10,7 +10,7 @@ import { defaultConfig, type MachineConfig, type UsbConfig } from '../../main/vm
 import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
 import type { MachineContext } from '../../main/vmm/devices/context';
 import { PCI_CAP_ID, PCI_CFG, PCI_COMMAND } from '../../main/vmm/devices/pci';
-import { XHCI_PCI_SLOT, XhciPci } from '../../main/vmm/devices/usb/xhci-pci';
+import { XHCI_DOORBELL_PAGE, XHCI_PCI_SLOT, XhciPci } from '../../main/vmm/devices/usb/xhci-pci';
 import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
 import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
 import { PC_DEVICES } from '../../main/vmm/platform/pc';
@@ -18,7 +18,7 @@ import { Platform } from '../../main/vmm/platform/platform';
 import { ByteRing } from '../../main/vmm/shared/control';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 
-function pcWith(usb: UsbConfig | undefined): { pc: Platform; ctx: MachineContext } {
+function pcWith(usb: UsbConfig | undefined, slots?: MachineContext['slots'], log: (text: string) => void = () => {}): { pc: Platform; ctx: MachineContext } {
   const config: MachineConfig = { ...defaultConfig(), usb };
   const statistics = new StatsRegistry();
   const rings = Array.from({ length: 5 }, () => new ByteRing());
@@ -33,7 +33,7 @@ function pcWith(usb: UsbConfig | undefined): { pc: Platform; ctx: MachineContext
     signalMsi: () => {},
     requestReset: () => {},
     requestPowerOff: () => {},
-    log: () => {},
+    log,
     notifyHost: () => {},
     setTimer: () => () => {},
     serialRing: (i) => rings[i],
@@ -46,6 +46,7 @@ function pcWith(usb: UsbConfig | undefined): { pc: Platform; ctx: MachineContext
       lineIrqfd: () => { throw new Error('not in this test'); },
     } as unknown as MachineContext['interrupts'],
     doorbells: {} as MachineContext['doorbells'],
+    slots,
   };
   return { pc: new Platform(ctx, PC_DEVICES), ctx };
 }
@@ -88,6 +89,42 @@ test('with BAR 0 mapped, the capability registers and the MSI-X table answer on 
   assert.equal(ctx.mmio.read(base + 0x8000, 4), 0xfee00000);
   const ports = pc.instance('xhci', XhciPci)!.controller.portList().filter((p) => p.device);
   assert.deepEqual(ports.map((p) => [p.port, p.protocol, p.device!.name]), [[5, 'usb2', 'usb-kbd'], [6, 'usb2', 'usb-tablet']]);
+});
+
+test('the doorbell page is a read-only slot of zeros while BAR 0 decodes (doorbells read as 0, so their reads need no exit); it follows the BAR, goes with decoding, and a refused slot leaves the reads exiting', () => {
+  const live = new Map<number, { base: number; size: number; readonly: boolean; name: string }>();
+  let next = 1;
+  let refuse = false;
+  const slots: MachineContext['slots'] = {
+    add: (base, size, _host, opts) => {
+      if (refuse) throw new Error('KVM_SET_USER_MEMORY_REGION: Invalid argument');
+      live.set(next, { base, size, readonly: opts.readonly === true, name: opts.name });
+      return next++;
+    },
+    remove: (slot) => { assert.ok(live.delete(slot), `slot ${slot} is in use`); },
+  };
+  const logs: string[] = [];
+  const { pc } = pcWith({ controller: 'xhci', devices: [] }, slots, (t) => logs.push(t));
+  const bus = pc.pci!.bus;
+  const xhci = pc.instance('xhci', XhciPci)!;
+  // What the page stands for: every doorbell, and the rest of the page, reads 0 from the controller.
+  for (let off = 0; off < XHCI_DOORBELL_PAGE.size; off += 4) assert.equal(xhci.controller.read(XHCI_DOORBELL_PAGE.offset + off, 4), 0, `0x${off.toString(16)}`);
+  const map = (base: number) => {
+    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, base);
+    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0);
+  };
+  map(0xfebf0000);
+  assert.equal(live.size, 0, 'no slot before memory decoding is on');
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  assert.deepEqual([...live.values()], [{ base: 0xfebf2000, size: 0x1000, readonly: true, name: 'xhci/doorbells' }]);
+  map(0xfeb00000);
+  assert.deepEqual([...live.values()].map((s) => s.base), [0xfeb02000], 'the slot moved with the BAR');
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0);
+  assert.equal(live.size, 0, 'decoding off: no slot');
+  refuse = true;
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  assert.equal(live.size, 0);
+  assert.ok(logs.some((l) => /xhci: doorbell reads exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
 });
 
 test('no usb section, or controller none: no function at 00:04.0', () => {

@@ -39,9 +39,12 @@ export interface MachineContext {
   signalMsi(addressLo: number, addressHi: number, data: number): void;
   /** MSI routes and line irqfds: interrupts any thread injects by writing an eventfd. */
   readonly interrupts: InterruptRouter;
-  /** KVM memory slots for host memory a device maps into the guest (VFIO BARs); absent in tests without KVM. */
+  /**
+   * KVM memory slots for host memory a device maps into the guest (VFIO BARs; with `readonly`,
+   * registers the guest reads without an exit while its writes still exit); absent in tests without KVM.
+   */
   readonly slots?: {
-    add(guestBase: number, size: number, hostAddr: bigint, opts: { name: string }): number;
+    add(guestBase: number, size: number, hostAddr: bigint, opts: { readonly?: boolean; name: string }): number;
     remove(slot: number): void;
   };
   /** ioeventfds: doorbell registers whose guest writes do not exit. */

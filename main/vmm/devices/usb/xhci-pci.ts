@@ -3,7 +3,11 @@
 // vector n, or INTx A while MSI-X is off. The emulated devices of the VM's config are plugged
 // in at build time, and hot-plugged through host messages; a reset rebuilds the machine with
 // the devices plugged in at that moment (the VM host hands them over).
+// The doorbell page is a read-only KVM slot of zeros where KVM allows it: doorbells read as 0
+// (xHCI 5.6), so the read-back Linux makes after each doorbell write takes no exit, while the
+// writes still exit to the controller.
 import { DmaMemory } from '../../memory/dma';
+import { allocateRom, hostAddressOf } from '../../memory/guest-memory';
 import type { UsbConfig, UsbDeviceConfig } from '../../config';
 import { type Counter, counter, type DeviceContext, type DeviceFactory, type IoDevice } from '../device';
 import { MsixCapability } from '../pci/msix';
@@ -19,7 +23,7 @@ import { PassthroughRouter } from './passthrough/passthrough-device';
 import { UsbfsDirectUrbs } from './passthrough/direct-urbs';
 import { isPassthroughKind } from '../../shared/usb-passthrough-messages';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
-import { MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
+import { DB_BASE, MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
 
 /** Where the controller sits on bus 0. */
 export const XHCI_PCI_SLOT = 4;
@@ -29,14 +33,25 @@ const MSIX_PBA_OFFSET = 0x9000;
 /** Serial Bus Release Number register (xHCI 5.2.3): 0x30 = USB 3.0. */
 const PCI_SBRN = 0x60;
 const PCI_FLADJ = 0x61;
+/** The doorbell array's page: nothing else of the controller's reads from it. */
+export const XHCI_DOORBELL_PAGE = { offset: DB_BASE, size: 0x1000 } as const;
+
+/** One page of zeros for every controller of this thread (never written: the guest's slot is read-only). */
+let zeroPageAddress: bigint | null = null;
+function zeroPage(): bigint {
+  zeroPageAddress ??= hostAddressOf(allocateRom(0, new Uint8Array(XHCI_DOORBELL_PAGE.size), 'xhci-doorbells'));
+  return zeroPageAddress;
+}
 
 export class XhciPci extends PciDevice {
   readonly controller: XhciController;
   readonly msix: MsixCapability;
   /** Interrupters whose level is up while MSI-X is off (they share INTx A). */
   private intxLevels = 0;
+  /** The doorbell page's read-only slot while BAR 0 decodes (-1: none; its reads exit). */
+  private doorbellSlot = -1;
 
-  constructor(ctx: DeviceContext) {
+  constructor(private readonly ctx: DeviceContext) {
     // Register-compatible with QEMU's qemu-xhci (1b36:000d): guests' drivers need no quirks.
     super('xhci', { vendorId: 0x1b36, deviceId: 0x000d, classCode: 0x0c0330, revision: 1, interruptPin: 1 });
     this.config[PCI_SBRN] = 0x30;
@@ -71,6 +86,20 @@ export class XhciPci extends PciDevice {
       statistics: ctx.statistics,
       log: (text) => ctx.log(`xhci: ${text}`),
     });
+  }
+
+  protected override barMoved(index: number, address: number | null): void {
+    const slots = this.ctx.slots;
+    if (index !== 0 || !slots) return;
+    if (this.doorbellSlot >= 0) slots.remove(this.doorbellSlot);
+    this.doorbellSlot = -1;
+    if (address === null) return;
+    try {
+      this.doorbellSlot = slots.add(address + XHCI_DOORBELL_PAGE.offset, XHCI_DOORBELL_PAGE.size, zeroPage(), { readonly: true, name: 'xhci/doorbells' });
+    } catch (e) {
+      // No read-only slots in this KVM, or no free slot: the doorbells' reads exit as before.
+      this.ctx.log(`xhci: doorbell reads exit (${(e as Error).message})`);
+    }
   }
 
   private raise(interrupter: number): boolean {
