@@ -7,7 +7,7 @@
 // (xHCI 5.6), so the read-back Linux makes after each doorbell write takes no exit, while the
 // writes still exit to the controller.
 import { DmaMemory } from '../../memory/dma';
-import { allocateRom, hostAddressOf } from '../../memory/guest-memory';
+import { allocateRom, hostAddressOf, type MemoryRegion } from '../../memory/guest-memory';
 import type { UsbConfig, UsbDeviceConfig } from '../../config';
 import { type Counter, counter, type DeviceContext, type DeviceFactory, type IoDevice } from '../device';
 import { MsixCapability } from '../pci/msix';
@@ -36,11 +36,15 @@ const PCI_FLADJ = 0x61;
 /** The doorbell array's page: nothing else of the controller's reads from it. */
 export const XHCI_DOORBELL_PAGE = { offset: DB_BASE, size: 0x1000 } as const;
 
-/** One page of zeros for every controller of this thread (never written: the guest's slot is read-only). */
-let zeroPageAddress: bigint | null = null;
+/**
+ * One page of zeros for every controller of this thread (never written: the guest's slot is
+ * read-only). The region is held here for the thread's life: KVM maps its memory, which the
+ * garbage collector would otherwise free under the slot.
+ */
+let zeroPageRegion: MemoryRegion | null = null;
 function zeroPage(): bigint {
-  zeroPageAddress ??= hostAddressOf(allocateRom(0, new Uint8Array(XHCI_DOORBELL_PAGE.size), 'xhci-doorbells'));
-  return zeroPageAddress;
+  zeroPageRegion ??= allocateRom(0, new Uint8Array(XHCI_DOORBELL_PAGE.size), 'xhci-doorbells');
+  return hostAddressOf(zeroPageRegion);
 }
 
 export class XhciPci extends PciDevice {
