@@ -40,14 +40,13 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
   // The poll set is laid out again only when it changes (a run starts or ends, a hold): a
   // request's wake-up allocates nothing for it.
   let pollSet: libc.PollSet | null = null;
-  let pollKey = '';
+  let polledHeld = false;
   let first: number[] = [];
   let polledRuns: number[] = [];
   try {
     while (Atomics.load(switches, DISK_IO_SWITCH.CLOSING) === 0) {
       const held = Atomics.load(switches, DISK_IO_SWITCH.HELD) !== 0;
-      const key = `${held ? 1 : 0}:${planes.map((p) => p.runNumber).join(',')}`;
-      if (pollSet === null || key !== pollKey) {
+      if (pollSet === null || held !== polledHeld || planes.some((p, i) => p.runNumber !== polledRuns[i])) {
         // Each plane's notify fds follow from `first[i]`; held: none (they stay counted for the resume).
         const fds = [{ fd: data.controlFd, events: libc.POLLIN }];
         first = [];
@@ -58,7 +57,7 @@ function runDiskIoThread(data: DiskIoThreadData, post: (m: DiskIoThreadMessage) 
         first.push(fds.length);
         polledRuns = planes.map((p) => p.runNumber);
         pollSet = new libc.PollSet(fds);
-        pollKey = key;
+        polledHeld = held;
       }
       try {
         pollSet.wait(POLL_MS);
