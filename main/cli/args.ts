@@ -35,6 +35,8 @@ export type CliCommand =
     unpackKernel: boolean;
     /** --monitor: the control socket to listen on, or null. */
     monitor: string | null;
+    /** --no-reboot: a guest reset ends the run. */
+    noReboot: boolean;
   }
   /** usb list/add/remove and keys: one request to a running VM's control socket. */
   | { command: 'monitor'; socket: string; method: MonitorMethod; args: unknown[] }
@@ -120,6 +122,8 @@ Machine:
   --boot-from disk|cdrom what SeaBIOS boots first (default disk: hard disk, then CD)
   --monitor PATH         listen on a Unix socket (unix:PATH also works) where
                          "porthole usb" and "porthole keys" reach this VM
+  --no-reboot            a guest reset ends the run (exit status 0), as QEMU's
+                         -no-reboot; without it the VM restarts
 
 Diagnostics:
   --stats                print VM exits by reason and by device when the VM ends
@@ -147,7 +151,7 @@ const VALUE_FLAGS = new Set([
 ]);
 /** Flags that stand alone or take a value after "=" (never the next argument). */
 const OPTIONAL_VALUE_FLAGS = new Set(['--stats']);
-const BOOL_FLAGS = new Set(['--verbose', '--timings', '--debug-exit', '--no-unpack-kernel']);
+const BOOL_FLAGS = new Set(['--verbose', '--timings', '--debug-exit', '--no-unpack-kernel', '--no-reboot']);
 
 /** Splits argv into [flag, value] pairs, accepting --flag=value and --flag value. */
 function tokenize(argv: string[]): [string, string | null][] {
@@ -214,6 +218,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   let verbose = false;
   let timings = false;
   let unpackKernel = true;
+  let noReboot = false;
   let nextSerial = 0;
   let kernel: string | undefined;
   let initrd: string | undefined;
@@ -250,6 +255,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
       case '--verbose': verbose = true; break;
       case '--timings': timings = true; break;
       case '--no-unpack-kernel': unpackKernel = false; break;
+      case '--no-reboot': noReboot = true; break;
       case '--debug-exit': config.debugExit = true; break;
       case '--mem': config.memoryBytes = parseMemorySize(v); break;
       case '--cpus': config.cpus = parseCpus(v, '--cpus'); break;
@@ -319,7 +325,7 @@ export function parseArgs(argv: string[], readConfig: (file: string) => unknown)
   const stdioPorts = [...config.serial, config.debugcon].filter((s) => s.kind === 'stdio').length;
   if (stdioPorts > 1) throw new UsageError('only one port can be connected to stdio');
   if (liveStatsInterval !== null) liveStatsMs = liveStatsInterval;
-  return { command: 'run', config, stats, liveStatsMs, verbose, timings, unpackKernel, monitor };
+  return { command: 'run', config, stats, liveStatsMs, verbose, timings, unpackKernel, monitor, noReboot };
 }
 
 /** "unix:PATH" or PATH. */

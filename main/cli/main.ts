@@ -146,12 +146,12 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
     process.stderr.write(`porthole: ${problem}\n`);
     return 1;
   }
-  const { config, stats, liveStatsMs, verbose, timings, unpackKernel, monitor } = command;
+  const { config, stats, liveStatsMs, verbose, timings, unpackKernel, monitor, noReboot } = command;
   if (timings) {
     if (launch.nodeReadyAt !== undefined) printTiming('node-ready', launch.nodeReadyAt);
     printTiming('cli', epochMs());
   }
-  const host = new VmHost(config, { unpackKernel });
+  const host = new VmHost(config, { unpackKernel, noReboot });
   if (timings) host.on('timing', (t) => printTiming(t.label, t.epochMs));
   host.on('endpoint', (ring, description) => {
     if (description !== 'stdio') process.stderr.write(`porthole: ${RING_NAMES[ring]} is ${description}\n`);
@@ -196,6 +196,7 @@ export async function main(argv: string[], launch: LaunchInfo = {}): Promise<num
   await host.hostUsbReleased;
   monitorServer?.close();
   if (end.reason === 'error') process.stderr.write(`porthole: the VM stopped with an error: ${end.message}\n`);
+  if (end.reason === 'reset' && noReboot) process.stderr.write(`porthole: guest reset${end.cause ? ` (${end.cause})` : ''}; --no-reboot ends the run\n`);
   if (stats) process.stderr.write(formatStats(machineStats, lastSample));
   return exitCodeFor(end);
 }

@@ -96,7 +96,8 @@ export function kitVmCommand(vmm: BootVmm, kit: KitPaths, cpus: number, extras: 
   if (vmm === 'porthole') {
     return [process.execPath, [
       path.join(extras.portholeRoot ?? repoRoot, 'bin', 'porthole'), 'run', '--kernel', kit.vmlinuz, '--initrd', kit.initrd, '--append', append,
-      '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', ...(extras.porthole ?? []),
+      // A guest reset ends the run, as QEMU's -no-reboot below: the bench retries that boot.
+      '--mem', '256M', '--cpus', String(cpus), '--serial', 'stdio', '--no-reboot', ...(extras.porthole ?? []),
     ]];
   }
   return ['qemu-system-x86_64', [

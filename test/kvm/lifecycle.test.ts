@@ -4,7 +4,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import type { MachineConfig } from '../../main/vmm/config';
 import type { MachineEnd, MachineStats } from '../../main/vmm/machine/machine';
-import { VmHost, type VmState } from '../../main/vmm/host/vm-host';
+import { VmHost, type VmHostOptions, type VmState } from '../../main/vmm/host/vm-host';
 import { flatConfig, kvmSkipReason } from '../helpers/vm';
 
 const skip = kvmSkipReason() ?? false;
@@ -35,8 +35,8 @@ interface Watched {
   ended: Promise<{ end: MachineEnd; stats: MachineStats }>;
 }
 
-function watch(config: MachineConfig, setup: (host: VmHost) => void = () => {}): Watched {
-  const host = new VmHost(config);
+function watch(config: MachineConfig, setup: (host: VmHost) => void = () => {}, options: VmHostOptions = {}): Watched {
+  const host = new VmHost(config, options);
   setup(host);
   let debugcon = '';
   const states: VmState[] = [];
@@ -165,6 +165,16 @@ for (const { guest, banner, how } of resetGuests) {
     if (guest === 'reset-port92') assert.equal(stats.devices.find((d) => d.name === 'port92')?.writes, 2);
   });
 }
+
+test('with noReboot (porthole run --no-reboot) a guest reset ends the VM instead of restarting it', { skip }, async () => {
+  const w = watch(flatConfig('reset-i8042'), () => {}, { noReboot: true });
+  await w.host.start();
+  const { end } = await endedWithin(w);
+  const out = w.debugcon();
+  assert.equal(out.split('boot: i8042 reset\n').length - 1, 1, `the guest ran once; debug console:\n${out}`);
+  assert.equal(end.reason, 'reset', JSON.stringify(end));
+  assert.equal(w.states.filter((st) => st === 'running').length, 1, `states: ${w.states.join(', ')}`);
+});
 
 test('guest RAM is made once per VM: it keeps its buffers and contents through a guest reset and a user reset', { skip }, async () => {
   // Each launch (start, after the guest's reset, after the user's) records the RAM buffers

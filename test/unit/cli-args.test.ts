@@ -120,6 +120,12 @@ test('--timings is off by default, a flag without a value, and prints ms since p
   assert.match(formatTiming('first-console-byte', 1764265000123.4, 1764265000000), /^porthole: timing: first-console-byte \+123\.4 ms \(epoch 1764265000123\.4\)\n$/);
 });
 
+test('--no-reboot is off by default and a flag without a value', () => {
+  assert.equal(run(['--kernel', 'k']).noReboot, false);
+  assert.equal(run(['--kernel', 'k', '--no-reboot']).noReboot, true);
+  assert.throws(() => run(['--kernel', 'k', '--no-reboot=1']), UsageError);
+});
+
 test('--usb adds emulated devices on an xHCI controller; bad specs name the problem', () => {
   const r = run(['--usb', 'keyboard', '--usb', 'storage:/tmp/a.img', '--usb', 'storage-ro:/tmp/b.img', '--usb', 'tablet']);
   assert.deepEqual(r.config.usb, {

@@ -118,6 +118,8 @@ export interface VmHostOptions {
    * starts the unpack in the background). Faster; the guest loses the decompressor's KASLR. `porthole run` sets it.
    */
   unpackKernel?: boolean;
+  /** A guest reset ends the VM (end reason 'reset') instead of restarting it, as QEMU's -no-reboot. */
+  noReboot?: boolean;
 }
 
 export class VmHost extends EventEmitter<VmHostEvents> {
@@ -420,6 +422,10 @@ export class VmHost extends EventEmitter<VmHostEvents> {
     // A guest that has run a while since its last reset is not in a reset loop.
     if (Date.now() - this.launchedAt > 10000) this.resetCount = 0;
     if ((end.reason === 'reset' || userReset) && !this.stopRequested) {
+      if (this.options.noReboot && !userReset) {
+        this.finish(end, stats);
+        return;
+      }
       if (this.resetCount++ >= this.maxResets) {
         this.finish({ reason: 'error', message: `the guest reset ${this.maxResets} times in a row; stopped it` }, stats);
         return;
