@@ -17,7 +17,7 @@ import path from 'node:path';
 import { SerialConsole } from '../rig/console';
 import { ddRate, type DdRate } from '../rig/dd-rate';
 import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
-import { benchOutputDir, repoRoot, writeBenchResult } from './paths';
+import { benchOutputDir, keepFailureTranscript, repoRoot, writeBenchResult } from './paths';
 
 /** Target from issue 13: Porthole at least QEMU's rate on every measure. */
 export const DISK_TARGET = 1.0;
@@ -150,6 +150,8 @@ async function bootKit(vmm: BootVmm, o: Settings, helper: Buffer): Promise<KitVm
       const first = (e as Error).message.split('\n')[0];
       let text = `${LABELS[vmm]}: ${guestReset ? `the guest reset by itself (${first})` : first}`;
       if (errText.trim()) text += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+      const kept = keepFailureTranscript(`disk ${vmm}`, con.transcript(), errText);
+      if (kept) text += `; console kept in ${kept}`;
       return text;
     },
   };

@@ -23,3 +23,20 @@ export function writeBenchResult(name: string, value: unknown): void {
   fs.writeFileSync(path.join(benchOutputDir(), name), `${JSON.stringify(value, null, 2)}\n`);
   if (process.env.PORTHOLE_BENCH_FORWARD_RESULTS === '1') process.stdout.write(`BENCH-JSON ${name} ${text}\n`);
 }
+
+/**
+ * Keeps what a failed guest said: its console transcript and its VMM's stderr, in a file of
+ * PORTHOLE_BENCH_KEEP_DIR (in the rig, L1's share that lands in build/rig/out/ on the host),
+ * else of the output directory. Returns the file's name for the failure line, or null.
+ */
+export function keepFailureTranscript(label: string, transcript: string, stderr: string): string | null {
+  const dir = process.env.PORTHOLE_BENCH_KEEP_DIR || benchOutputDir();
+  const file = path.join(dir, `failure-${new Date().toISOString().replace(/[:.]/g, '-')}-${label.replace(/[^\w-]+/g, '-')}.txt`);
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(file, `${label}\n\n--- console (last 64 KiB) ---\n${transcript.slice(-65536)}\n\n--- VMM stderr (last part) ---\n${stderr}\n`);
+    return path.basename(file);
+  } catch {
+    return null;
+  }
+}

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { SerialConsole } from '../rig/console';
 import { ddRate, diskOfSize, type DdRate } from '../rig/dd-rate';
 import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
-import { benchOutputDir, writeBenchResult } from './paths';
+import { benchOutputDir, keepFailureTranscript, writeBenchResult } from './paths';
 import { monitorCall } from '../../main/cli/monitor';
 import type { StatsSample } from '../../main/vmm/shared/stats';
 
@@ -169,6 +169,8 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     const why = (e as Error).message.split('\n')[0];
     sample.failure = guestReset ? `the guest reset by itself (${why})` : why;
     if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+    const kept = keepFailureTranscript(`usb-storage ${vmm} round ${round}`, con.transcript(), errText);
+    if (kept) sample.failure += `; console kept in ${kept}`;
   } finally {
     con.close();
     await reapKitVm(vm);

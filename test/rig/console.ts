@@ -107,6 +107,30 @@ export class SerialConsole {
    * probe itself follows after a pause.
    */
   async waitForShell(timeoutMs: number, probeMs = 3000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      await this.probeForShell(deadline - Date.now(), probeMs);
+      // Probes still in flight carry a Ctrl-C that would cancel the next command: repeat a
+      // plain marker until the shell prints it, which means it has consumed all of them. A
+      // shell that never prints it is inside an open quote (the guest reset and its new shell
+      // got half a line): probe again, whose Ctrl-C ends the quote.
+      const syncId = this.nextId();
+      const syncFrom = this.text.length;
+      const sync = () => { if (this.closedWhy === null) this.send(`printf '@@S%s@@\\n' ${syncId}\n`); };
+      sync();
+      const again = setInterval(sync, probeMs);
+      try {
+        await this.waitFor(new RegExp(`@@S${syncId}@@`), probeMs * 4, syncFrom);
+        return;
+      } catch (e) {
+        if (!(e instanceof ConsoleTimeoutError) || Date.now() >= deadline) throw e;
+      } finally {
+        clearInterval(again);
+      }
+    }
+  }
+
+  private async probeForShell(timeoutMs: number, probeMs: number): Promise<void> {
     const id = this.nextId();
     const from = this.text.length;
     let pause: NodeJS.Timeout | null = null;
@@ -114,26 +138,13 @@ export class SerialConsole {
       this.send('\x03\n');
       pause = setTimeout(() => { if (this.closedWhy === null) this.send(`printf '@@R%s@@\\n' ${id}\n`); }, 300);
     };
-    const deadline = Date.now() + timeoutMs;
     probe();
     const interval = setInterval(probe, probeMs);
     try {
-      await this.waitFor(new RegExp(`@@R${id}@@`), timeoutMs, from);
+      await this.waitFor(new RegExp(`@@R${id}@@`), Math.max(1, timeoutMs), from);
     } finally {
       clearInterval(interval);
       if (pause) clearTimeout(pause);
-    }
-    // Probes still in flight carry a Ctrl-C that would cancel the next command: repeat a
-    // plain marker until the shell prints it, which means it has consumed all of them.
-    const syncId = this.nextId();
-    const syncFrom = this.text.length;
-    const sync = () => { if (this.closedWhy === null) this.send(`printf '@@S%s@@\\n' ${syncId}\n`); };
-    sync();
-    const again = setInterval(sync, probeMs);
-    try {
-      await this.waitFor(new RegExp(`@@S${syncId}@@`), Math.max(deadline - Date.now(), probeMs * 3), syncFrom);
-    } finally {
-      clearInterval(again);
     }
   }
 

@@ -251,6 +251,59 @@ test('console helper: the shell going away ends a wait with a clear error', asyn
   }
 });
 
+/**
+ * A shell on a tty as far as the console helper sees it: it prints the markers of printf lines,
+ * a line with an odd number of single quotes opens (or closes) a quote, and Ctrl-C drops the
+ * partial line and the open quote. With `resetBeforeSync` the "guest" resets just as the first
+ * sync marker comes, and its new shell gets half of that line: it sits inside an open quote.
+ */
+class FakeTtyShell implements ConsoleTransport {
+  private listener: (chunk: Buffer) => void = () => {};
+  private line = '';
+  private inQuote = false;
+  constructor(private resetBeforeSync: boolean) {}
+  write(data: string): void {
+    for (const ch of data) {
+      if (ch === '\x03') {
+        this.line = '';
+        this.inQuote = false;
+      } else if (ch === '\n') {
+        this.run(this.line);
+        this.line = '';
+      } else {
+        this.line += ch;
+      }
+    }
+  }
+  private run(line: string): void {
+    const quotes = line.split("'").length - 1;
+    if (this.inQuote || quotes % 2 === 1) {
+      if (quotes % 2 === 1) this.inQuote = !this.inQuote;
+      return;
+    }
+    const m = /^printf '(@@[RSBE])%s@@\\n' (\S+)$/.exec(line);
+    if (!m) return;
+    if (m[1] === '@@S' && this.resetBeforeSync) {
+      this.resetBeforeSync = false;
+      this.inQuote = true; // the new shell got "@\n' id" of this line
+      return;
+    }
+    const out = `${m[1]}${m[2]}@@\n`;
+    setImmediate(() => this.listener(Buffer.from(out)));
+  }
+  onData(listener: (chunk: Buffer) => void): void { this.listener = listener; }
+  onClose(): void {}
+  close(): void {}
+}
+
+test('console helper: waitForShell gets a shell that a guest reset left inside an open quote out of it', async () => {
+  const clean = new SerialConsole(new FakeTtyShell(false), { name: 'tty' });
+  await clean.waitForShell(5000, 20);
+  const stuck = new SerialConsole(new FakeTtyShell(true), { name: 'tty after a reset' });
+  await stuck.waitForShell(5000, 20);
+  assert.equal((stuck.transcript().match(/@@S\w+@@/g) ?? []).length, 1, 'the second sync answered after a new probe');
+});
+
 test('console helper: waitForShell keeps probing a guest that is still booting', async () => {
   // The "guest" ignores input for a while, then starts a shell: earlier probes are lost.
   const late = spawn('sh', ['-c', 'timeout 1 cat >/dev/null; exec sh'], { stdio: ['pipe', 'pipe', 'ignore'], detached: true });

@@ -18,6 +18,8 @@ scenario('bench', async (ctx) => {
       ...process.env,
       // Inside L1 every bench runs here; results go to a tmpfs and back to the host as lines.
       PORTHOLE_BENCH_VENUE: 'host', PORTHOLE_BENCH_DIR: '/tmp/porthole-bench', PORTHOLE_BENCH_FORWARD_RESULTS: '1',
+      // A failed guest's console goes to the share that lands on the host (build/rig/out/).
+      PORTHOLE_BENCH_KEEP_DIR: ctx.outDir,
     },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
