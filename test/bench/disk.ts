@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { SerialConsole } from '../rig/console';
 import { ddRate, type DdRate } from '../rig/dd-rate';
-import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { median, reapKitVm, spawnKitVm, unpackKitKernel, type BootVmm, type KitPaths } from './boot';
 import { benchOutputDir, keepFailureTranscript, repoRoot, writeBenchResult } from './paths';
 
 /** Target from issue 13: Porthole at least QEMU's rate on every measure. */
@@ -245,6 +245,7 @@ export async function runDiskBench(opts: DiskBenchOptions): Promise<DiskBenchRes
   log(`  per round both VMMs boot and stay up; each measure runs under one and then the other (order alternating): ${o.mib} x 1 MiB dd read and write`);
   log(`  (O_DIRECT; write with conv=fsync), ${o.randomOps} random 4 KiB reads and writes (O_DIRECT, queue depth 1, fsync after the writes)`);
   log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
+  unpackKitKernel(o.kit, log);
   const samples: DiskSample[] = [];
   const failures: string[] = [];
   for (let round = 1; round <= o.rounds; round++) await runRound(round, o, helper, samples, failures, log);

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { SerialConsole } from '../rig/console';
 import { ddRate, diskOfSize, type DdRate } from '../rig/dd-rate';
-import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { median, reapKitVm, spawnKitVm, unpackKitKernel, type BootVmm, type KitPaths } from './boot';
 import { benchOutputDir, keepFailureTranscript, writeBenchResult } from './paths';
 import { monitorCall } from '../../main/cli/monitor';
 import type { StatsSample } from '../../main/vmm/shared/stats';
@@ -198,6 +198,7 @@ export async function runUsbStorageBench(o: UsbStorageBenchOptions): Promise<Usb
   log(`USB storage: the L2 kit, 1 vCPU, dd O_DIRECT on a ${mib} MiB stick: Porthole (xHCI + usb-storage) against QEMU -accel kvm (qemu-xhci + usb-storage), ${o.rounds} rounds alternating`);
   log(`  per boot, after an untimed warm-up of each phase (a quarter of its blocks): ${mib} x 1 MiB read, ${mib} x 1 MiB write (conv=fsync), ${SMALL_COUNT} x 4 KiB read, ${SMALL_COUNT} x 4 KiB write`);
   log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs`);
+  unpackKitKernel(o.kit, log);
   const dir = benchOutputDir();
   const samples: UsbStorageSample[] = [];
   for (let round = 1; round <= o.rounds; round++) {
