@@ -26,6 +26,7 @@ export const KVM = {
   SET_USER_MEMORY_REGION: iow(0x46, 32),
   SET_TSS_ADDR: io(0x47),
   REGISTER_COALESCED_MMIO: iow(0x67, 16),
+  UNREGISTER_COALESCED_MMIO: iow(0x68, 16),
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, 8),
@@ -282,6 +283,15 @@ export class KvmSystem {
   }
 }
 
+/** struct kvm_coalesced_mmio_zone: addr, size, and pio (a union with a pad in older headers). */
+function coalescedZone(address: number, size: number, pio: boolean): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(BigInt(address), 0);
+  b.writeUInt32LE(size, 8);
+  b.writeUInt32LE(pio ? 1 : 0, 12);
+  return b;
+}
+
 export class KvmVm {
   constructor(readonly fd: number) {}
 
@@ -304,11 +314,15 @@ export class KvmVm {
    * coalesced ring (CoalescedRing), which must be drained before any other exit is handled.
    */
   registerCoalescedPio(port: number, size: number): void {
-    const b = Buffer.alloc(16);
-    b.writeBigUInt64LE(BigInt(port), 0);
-    b.writeUInt32LE(size, 8);
-    b.writeUInt32LE(1, 12); // pio
-    libc.ioctlBuffer(this.fd, 'KVM_REGISTER_COALESCED_MMIO', KVM.REGISTER_COALESCED_MMIO, b);
+    libc.ioctlBuffer(this.fd, 'KVM_REGISTER_COALESCED_MMIO', KVM.REGISTER_COALESCED_MMIO, coalescedZone(port, size, true));
+  }
+  /** The same for guest-physical memory [address, address+size) that no memory slot backs (device registers). */
+  registerCoalescedMmio(address: number, size: number): void {
+    libc.ioctlBuffer(this.fd, 'KVM_REGISTER_COALESCED_MMIO', KVM.REGISTER_COALESCED_MMIO, coalescedZone(address, size, false));
+  }
+  /** Writes to that range exit again (the zone must match a registered one exactly). */
+  unregisterCoalescedMmio(address: number, size: number): void {
+    libc.ioctlBuffer(this.fd, 'KVM_UNREGISTER_COALESCED_MMIO', KVM.UNREGISTER_COALESCED_MMIO, coalescedZone(address, size, false));
   }
   createIrqchip(): void {
     libc.ioctl(this.fd, 'KVM_CREATE_IRQCHIP', KVM.CREATE_IRQCHIP);
@@ -580,11 +594,13 @@ export class CoalescedRing {
    * most 4). Returns how many were applied.
    */
   drain(apply: (isPio: boolean, address: number, length: number, value: number, high: number) => void): number {
-    let first = Atomics.load(this.header, 0);
-    // Atomics.load of `last` orders the entry reads after KVM's writes to them.
-    const last = Atomics.load(this.header, 1);
     let n = 0;
-    while (first !== last && n < CoalescedRing.CAPACITY) {
+    // Both ends are read again for each entry: an apply may drain the ring itself (a device
+    // settling queued writes before it changes state), and this loop goes on after it.
+    while (n < CoalescedRing.CAPACITY) {
+      let first = Atomics.load(this.header, 0);
+      // Atomics.load of `last` orders the entry reads after KVM's writes to them.
+      if (first === Atomics.load(this.header, 1)) break;
       const e = 8 + first * 24;
       const address = this.view.getUint32(e, true) + this.view.getUint32(e + 4, true) * 0x100000000;
       const length = this.view.getUint32(e + 8, true);

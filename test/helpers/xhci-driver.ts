@@ -22,8 +22,9 @@ export const DATA = 0x40000;
 
 export const OP = 0x40;
 export const PORTSC = (port: number): number => 0x440 + 0x10 * (port - 1);
-export const IR0 = 0x1020;
-export const DB = 0x2000;
+export const MFINDEX = 0x1fe0;
+export const IR0 = 0x2000;
+export const DB = 0x3000;
 
 export class FakeClock {
   time = 0;
@@ -120,7 +121,10 @@ export class Driver {
    * `options` replaces parts of the controller's wiring (a bench gives it the machine's
    * counters, a real clock and an MSI sink that records nothing).
    */
-  constructor(memory = makeMemory(), dma?: DmaMemory, statistics?: StatsRegistry, options: Partial<Pick<XhciOptions, 'clock' | 'interrupts' | 'count'>> = {}) {
+  /** The interrupters' register page, as the PCI function maps it into the guest (IR0 is its start). */
+  readonly interrupterPage = new Uint32Array(0x1000 / 4);
+
+  constructor(memory = makeMemory(), dma?: DmaMemory, statistics?: StatsRegistry, options: Partial<Pick<XhciOptions, 'clock' | 'interrupts' | 'count' | 'settleQueuedWrites'>> = {}) {
     this.memory = memory;
     this.dma = dma ?? new DmaMemory(memory);
     this.hc = new XhciController({
@@ -133,6 +137,8 @@ export class Driver {
       count: options.count ?? ((name, n) => this.counters.set(name, (this.counters.get(name) ?? 0) + n)),
       statistics,
       log: (text) => this.logs.push(text),
+      interrupterRegisters: this.interrupterPage,
+      settleQueuedWrites: options.settleQueuedWrites,
     });
   }
 

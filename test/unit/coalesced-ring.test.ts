@@ -67,3 +67,23 @@ test('queued writes are applied before the next exit, and a queued reset wins ov
   assert.deepEqual(dev.writes, []);
   assert.equal(d.drainCoalesced(), ACTION.CONTINUE);
 });
+
+test('a queued write whose device settles the queue itself (a nested drain) leaves every write applied once, in order', () => {
+  const pio = new PioBus();
+  const seen: string[] = [];
+  const d = new ExitDispatcher(pio, new MmioBus());
+  const buffer = new SharedArrayBuffer(3 * 4096);
+  d.coalesced = new CoalescedRing(buffer, 2 * 4096);
+  pio.register(0x500, 4, {
+    name: 'settling',
+    read: () => 0,
+    write: (offset, _size, value) => {
+      seen.push(`${offset}=${value}`);
+      if (value === 1) d.applyQueuedWrites(); // as the xHCI does before it sets a status bit
+    },
+  });
+  for (let v = 1; v <= 4; v++) queue(buffer, 2 * 4096, 0x500, 4, v);
+  d.applyQueuedWrites();
+  assert.deepEqual(seen, ['0=1', '0=2', '0=3', '0=4']);
+  assert.equal(d.coalesced.pending(), false);
+});

@@ -186,12 +186,12 @@ class Fuzzer {
       case 5: { // a register write
         const offsets = [OP, OP + 4, OP + 0x18, OP + 0x1c, OP + 0x30, OP + 0x34, OP + 0x38, OP + 0x14,
           PORTSC(1 + rng.below(8)), PORTSC(1 + rng.below(8)) + 4, IR0 + 0x20 * (1 + rng.below(3)) + 4 * rng.below(8),
-          IR0, IR0 + 4, 0x1000, DB + 4 * rng.below(40), 4 * rng.below(0x4000)];
+          IR0, IR0 + 4, 0x1fe0, DB + 4 * rng.below(40), 4 * rng.below(0x4000)];
         const off = rng.pick(offsets);
         let value = rng.next();
         if (off === OP) value = rng.below(16) === 0 ? 2 : rng.pick([0, 1, 5, 4, 1 | 8]);
-        if (off >= 0x1020 && off < 0x1040 && off !== IR0 && off !== IR0 + 4) this.eventsTrusted = false;
-        if (off >= 0x1020 && off < 0x1040 && (off === IR0 + 0x10 || off === IR0 + 0x14 || off === IR0 + 0x18 || off === IR0 + 0x1c || off === IR0 + 8)) this.eventsTrusted = false;
+        if (off >= IR0 && off < IR0 + 0x20 && off !== IR0 && off !== IR0 + 4) this.eventsTrusted = false;
+        if (off >= IR0 && off < IR0 + 0x20 && (off === IR0 + 0x10 || off === IR0 + 0x14 || off === IR0 + 0x18 || off === IR0 + 0x1c || off === IR0 + 8)) this.eventsTrusted = false;
         if (off === OP && (value & 2)) this.eventsTrusted = false;
         const size = rng.below(8) === 0 ? rng.pick([1, 2, 8]) : 4;
         this.bounded('register write', () => d.hc.write(off, size, value));
@@ -287,6 +287,14 @@ class Fuzzer {
       const sc = d.r32(PORTSC(p));
       assert.equal(sc & 1, d.hc.ports[p - 1].device === null ? 0 : 1, `port ${p} CCS`);
       if ((sc & 1) === 0) assert.equal(sc & 2, 0, `port ${p} enabled without a device`);
+    }
+    // The page the guest reads without an exit says what the registers say.
+    for (let w = 0; w < d.interrupterPage.length; w++) {
+      if (w >= 4 * 8) {
+        if (d.interrupterPage[w] !== 0) assert.fail(`interrupter page word 0x${(4 * w).toString(16)}, past the interrupters, is 0x${d.interrupterPage[w].toString(16)}`);
+        continue;
+      }
+      if (d.interrupterPage[w] !== d.r32(IR0 + 4 * w)) assert.fail(`interrupter page word 0x${(4 * w).toString(16)}: 0x${d.interrupterPage[w].toString(16)} in memory, 0x${d.r32(IR0 + 4 * w).toString(16)} read`);
     }
     if (!this.eventsTrusted) return;
     const ir = d.hc.interrupters[0];

@@ -10,7 +10,7 @@ import { defaultConfig, type MachineConfig, type UsbConfig } from '../../main/vm
 import { MmioBus, PioBus } from '../../main/vmm/devices/bus';
 import type { MachineContext } from '../../main/vmm/devices/context';
 import { PCI_CAP_ID, PCI_CFG, PCI_COMMAND } from '../../main/vmm/devices/pci';
-import { XHCI_DOORBELL_PAGE, XHCI_PCI_SLOT, XhciPci } from '../../main/vmm/devices/usb/xhci-pci';
+import { XHCI_DOORBELL_PAGE, XHCI_INTERRUPTER_PAGE, XHCI_PCI_SLOT, XhciPci } from '../../main/vmm/devices/usb/xhci-pci';
 import { RawImageFile } from '../../main/vmm/devices/usb/storage/block-backend';
 import type { GuestMemory } from '../../main/vmm/memory/guest-memory';
 import { PC_DEVICES } from '../../main/vmm/platform/pc';
@@ -18,7 +18,7 @@ import { Platform } from '../../main/vmm/platform/platform';
 import { ByteRing } from '../../main/vmm/shared/control';
 import { StatsRegistry } from '../../main/vmm/shared/stats';
 
-function pcWith(usb: UsbConfig | undefined, slots?: MachineContext['slots'], log: (text: string) => void = () => {}): { pc: Platform; ctx: MachineContext } {
+function pcWith(usb: UsbConfig | undefined, slots?: MachineContext['slots'], log: (text: string) => void = () => {}, queuedWrites?: MachineContext['queuedWrites']): { pc: Platform; ctx: MachineContext } {
   const config: MachineConfig = { ...defaultConfig(), usb };
   const statistics = new StatsRegistry();
   const rings = Array.from({ length: 5 }, () => new ByteRing());
@@ -47,6 +47,7 @@ function pcWith(usb: UsbConfig | undefined, slots?: MachineContext['slots'], log
     } as unknown as MachineContext['interrupts'],
     doorbells: {} as MachineContext['doorbells'],
     slots,
+    queuedWrites,
   };
   return { pc: new Platform(ctx, PC_DEVICES), ctx };
 }
@@ -91,7 +92,7 @@ test('with BAR 0 mapped, the capability registers and the MSI-X table answer on 
   assert.deepEqual(ports.map((p) => [p.port, p.protocol, p.device!.name]), [[5, 'usb2', 'usb-kbd'], [6, 'usb2', 'usb-tablet']]);
 });
 
-test('the doorbell page is a read-only slot of zeros while BAR 0 decodes (doorbells read as 0, so their reads need no exit); it follows the BAR, goes with decoding, and a refused slot leaves the reads exiting', () => {
+test('the doorbell page (zeros: doorbells read as 0) and the interrupters\' page are read-only slots while BAR 0 decodes, so their reads need no exit; they follow the BAR, go with decoding, and a refused slot leaves the reads exiting', () => {
   const live = new Map<number, { base: number; size: number; readonly: boolean; name: string }>();
   let next = 1;
   let refuse = false;
@@ -116,15 +117,52 @@ test('the doorbell page is a read-only slot of zeros while BAR 0 decodes (doorbe
   map(0xfebf0000);
   assert.equal(live.size, 0, 'no slot before memory decoding is on');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
-  assert.deepEqual([...live.values()], [{ base: 0xfebf2000, size: 0x1000, readonly: true, name: 'xhci/doorbells' }]);
+  assert.deepEqual([...live.values()], [
+    { base: 0xfebf3000, size: 0x1000, readonly: true, name: 'xhci/doorbells' },
+    { base: 0xfebf2000, size: 0x1000, readonly: true, name: 'xhci/interrupters' },
+  ]);
   map(0xfeb00000);
-  assert.deepEqual([...live.values()].map((s) => s.base), [0xfeb02000], 'the slot moved with the BAR');
+  assert.deepEqual([...live.values()].map((s) => s.base), [0xfeb03000, 0xfeb02000], 'the slots moved with the BAR');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0);
   assert.equal(live.size, 0, 'decoding off: no slot');
   refuse = true;
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
   assert.equal(live.size, 0);
-  assert.ok(logs.some((l) => /xhci: doorbell reads exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
+  assert.ok(logs.some((l) => /xhci: reads of the doorbells page exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
+  assert.ok(logs.some((l) => /xhci: reads of the interrupters page exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
+  assert.equal(XHCI_INTERRUPTER_PAGE.offset, 0x2000);
+});
+
+test('USBSTS writes queue in KVM instead of exiting while BAR 0 decodes: the zone follows the BAR and goes with decoding; a refusal leaves them exiting', () => {
+  const zones = new Map<number, number>();
+  let refuse = false;
+  const queuedWrites: MachineContext['queuedWrites'] = {
+    add: (address, size) => {
+      if (refuse) return false;
+      zones.set(address, size);
+      return true;
+    },
+    remove: (address, size) => { assert.equal(zones.get(address), size, `zone 0x${address.toString(16)} is registered`); zones.delete(address); },
+    settle: () => {},
+  };
+  const { pc } = pcWith({ controller: 'xhci', devices: [] }, undefined, () => {}, queuedWrites);
+  const bus = pc.pci!.bus;
+  const map = (base: number) => {
+    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, base);
+    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0);
+  };
+  map(0xfebf0000);
+  assert.equal(zones.size, 0, 'none before memory decoding is on');
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  assert.deepEqual([...zones], [[0xfebf0044, 4]], 'USBSTS (operational base 0x40 + 4)');
+  map(0xfeb00000);
+  assert.deepEqual([...zones], [[0xfeb00044, 4]], 'moved with the BAR');
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0);
+  assert.equal(zones.size, 0, 'decoding off: no zone');
+  refuse = true;
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  assert.equal(zones.size, 0);
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0); // nothing to remove
 });
 
 test('no usb section, or controller none: no function at 00:04.0', () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DmaMemory } from '../../main/vmm/memory/dma';
 import {
-  DATA, DB, DCBAA, Driver, DEVICE_DESCRIPTOR, ERST, EVENT_RING, INPUT_CTX, IR0, LoopbackDevice, makeMemory, OP, PORTSC,
+  DATA, DB, DCBAA, Driver, DEVICE_DESCRIPTOR, ERST, EVENT_RING, INPUT_CTX, IR0, LoopbackDevice, makeMemory, MFINDEX, OP, PORTSC,
   RingWriter, trb,
 } from '../helpers/xhci-driver';
 
@@ -25,8 +25,8 @@ test('capability registers describe 32 slots, 4 interrupters, 8 ports and USB 3 
   assert.equal(hcc1 & 4, 0, '32-byte contexts');
   const dboff = d.r32(0x14);
   const rtsoff = d.r32(0x18);
-  assert.equal(dboff, 0x2000);
-  assert.equal(rtsoff, 0x1000);
+  assert.equal(dboff, 0x3000);
+  assert.equal(rtsoff, 0x1fe0);
   // Walk the extended capability list.
   let at = (hcc1 >>> 16) * 4;
   const protocols: [number, number, number][] = [];
@@ -574,17 +574,62 @@ test('interrupts: IE and INTE gate the line, EHB holds further interrupts, MSI c
   assert.equal(d.raised.length, before + 2);
 });
 
+test('the interrupters keep their registers in the page the guest reads without an exit: IP, EHB, ERDP and ERSTBA as a read returns them', () => {
+  const d = new Driver();
+  const page = d.interrupterPage;
+  const asRead = () => Array.from({ length: 32 }, (_, w) => d.r32(IR0 + 4 * w));
+  assert.equal(page[1], 4000, 'IMOD after reset');
+  d.start();
+  d.hc.attach(1, new LoopbackDevice('super'));
+  assert.equal(page[0] & 3, 3, 'IMAN: IP and IE');
+  assert.equal(page[6] & 8, 8, 'ERDP.EHB');
+  assert.equal(page[4], ERST, 'ERSTBA');
+  assert.deepEqual([...page.subarray(0, 32)], asRead());
+  d.w32(IR0, 3); // clear IP, keep IE
+  d.events();
+  assert.equal(page[0] & 3, 2, 'IP cleared by the write, IE kept');
+  assert.equal(page[6] & 8, 0, 'EHB cleared by the write');
+  assert.equal(page[6] & ~0xf, d.eventDeq, 'ERDP where the driver left it');
+  assert.deepEqual([...page.subarray(0, 32)], asRead());
+  d.w32(OP, 2); // HCRST
+  assert.deepEqual([...page.subarray(0, 32)], asRead());
+  assert.equal(page[4], 0, 'ERSTBA after reset');
+  assert.ok(page.subarray(32).every((w) => w === 0), 'nothing else on the page');
+});
+
+test('a USBSTS write-1-to-clear that KVM queued is applied before the controller sets a status bit, so it cannot clear the newer one', () => {
+  const EINT = 1 << 3;
+  const queued: number[] = [];
+  let settles = 0;
+  const applyQueued = () => { for (const v of queued.splice(0)) d.hc.write(OP + 4, 4, v); };
+  const d: Driver = new Driver(undefined, undefined, undefined, { settleQueuedWrites: () => { settles++; applyQueued(); } });
+  d.msi = true;
+  d.start();
+  d.hc.attach(1, new LoopbackDevice('super'));
+  assert.ok(d.usbsts & EINT, 'EINT with the connect event');
+  // The guest's interrupt handler clears EINT; KVM queues that write instead of exiting.
+  queued.push(EINT);
+  d.events();
+  // A device event comes with no exit in between (a completion on a kick): a new interrupt.
+  const before = settles;
+  d.hc.attach(2, new LoopbackDevice('super'));
+  assert.ok(settles > before, 'the controller applied the queue before setting EINT');
+  applyQueued(); // the next exit: nothing left to apply
+  assert.ok(d.usbsts & EINT, 'EINT of the newer interrupt is still set');
+  assert.equal(d.raised.length, 2);
+});
+
 test('MFINDEX counts microframes from the clock while running and holds when halted', () => {
   const d = new Driver();
   d.start();
   d.clock.advance(1);
-  assert.equal(d.r32(0x1000), 8);
+  assert.equal(d.r32(MFINDEX), 8);
   d.clock.advance(2048);
-  assert.equal(d.r32(0x1000), (8 * 2049) & 0x3fff);
+  assert.equal(d.r32(MFINDEX), (8 * 2049) & 0x3fff);
   d.w32(OP, 0);
-  const held = d.r32(0x1000);
+  const held = d.r32(MFINDEX);
   d.clock.advance(5);
-  assert.equal(d.r32(0x1000), held);
+  assert.equal(d.r32(MFINDEX), held);
 });
 
 test('with EWE set, an MFINDEX Wrap Event comes at each wrap, none without EWE or while halted', () => {
@@ -599,7 +644,7 @@ test('with EWE set, an MFINDEX Wrap Event comes at each wrap, none without EWE o
   let wraps = d.events().filter((e) => e.type === 39);
   assert.equal(wraps.length, 1, 'one wrap event');
   assert.equal(wraps[0].code, 1, 'Success');
-  assert.equal(d.r32(0x1000), 4100 * 8 - 0x8000, 'MFINDEX counts on from 0 after its second wrap');
+  assert.equal(d.r32(MFINDEX), 4100 * 8 - 0x8000, 'MFINDEX counts on from 0 after its second wrap');
   d.clock.advance(2048);
   d.clock.advance(2048);
   wraps = d.events().filter((e) => e.type === 39);

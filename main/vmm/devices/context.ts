@@ -47,6 +47,20 @@ export interface MachineContext {
     add(guestBase: number, size: number, hostAddr: bigint, opts: { readonly?: boolean; name: string }): number;
     remove(slot: number): void;
   };
+  /**
+   * Registers whose guest writes need no exit (KVM's coalesced MMIO): KVM queues them, and
+   * they are applied before the next exit is handled and before the machine thread runs
+   * timers or host messages. Only for registers no read of which goes without an exit.
+   * Absent in tests without KVM.
+   */
+  readonly queuedWrites?: {
+    /** Queues writes to [address, address+size); false where KVM cannot (the writes exit). */
+    add(address: number, size: number): boolean;
+    /** Writes to a range `add` took exit again. */
+    remove(address: number, size: number): void;
+    /** Applies the queued writes now: for a device about to change what they may have written. */
+    settle(): void;
+  };
   /** ioeventfds: doorbell registers whose guest writes do not exit. */
   readonly doorbells: DoorbellRegistry;
   /** Per NIC, the VM host's virtio-net data plane block (shared/dataplane-block.ts), or null; absent in tests. */

@@ -67,6 +67,15 @@ export class ExitDispatcher {
     return action;
   }
 
+  /**
+   * Applies queued writes now, for a device about to change state that those writes may have
+   * changed first (they happened before it). An action one of them asks for stays pending.
+   */
+  applyQueuedWrites(): void {
+    const ring = this.coalesced;
+    if (ring !== null && ring.pending()) ring.drain(this.applyCoalesced);
+  }
+
   requestReset(cause = 'a reset register (i8042, port 0x92 or 0xcf9)'): void {
     if (this.pendingAction !== ACTION.CONTINUE) return;
     this.pendingAction = ACTION.RESET;

@@ -320,7 +320,11 @@ export class Machine implements MachineContext {
       vcpu.setCpuid2(cpuidFor(cpuid, cpu, this.cpuCount, { tscDeadline }));
       this.vcpus.push({ cpu, vcpu, worker: null, exited: null });
     }
-    this.coalescePciAddressWrites(mmapSize);
+    if (this.queuedWritesPage > 0) {
+      const bsp = this.vcpus[0].vcpu;
+      this.dispatcher.coalesced = new CoalescedRing(bsp.runBuffer, bsp.runBytes.byteOffset + this.queuedWritesPage * 4096);
+      this.coalescePciAddressWrites();
+    }
     this.timings.push({ label: 'vcpus-created', epochMs: epochMs() });
     await prepareBoot(this, this.vcpus.map((v) => v.vcpu));
     this.timings.push({ label: 'boot-loaded', epochMs: epochMs() });
@@ -332,19 +336,39 @@ export class Machine implements MachineContext {
    * on an AMD family 0xf CPU probes every bus for a GART bridge: about half its 34,000
    * boot-time exits here are those writes. Skipped where KVM lacks coalesced PIO.
    */
-  private coalescePciAddressWrites(mmapSize: number): void {
+  private coalescePciAddressWrites(): void {
     if (!this.platform.pci || this.kvm.checkExtension(KVM_CAP.COALESCED_PIO) <= 0) return;
-    const ringPage = this.kvm.checkExtension(KVM_CAP.COALESCED_MMIO);
-    if (ringPage <= 0 || (ringPage + 1) * 4096 > mmapSize) return;
     try {
       this.vm.registerCoalescedPio(PCI_CONFIG_ADDRESS_PORT, 4);
     } catch (e) {
       this.log(`coalesced PIO refused (${(e as Error).message}); 0xcf8 writes exit as usual`);
-      return;
     }
-    const bsp = this.vcpus[0].vcpu;
-    this.dispatcher.coalesced = new CoalescedRing(bsp.runBuffer, bsp.runBytes.byteOffset + ringPage * 4096);
   }
+
+  /** KVM's page of queued (coalesced) writes in vCPU 0's mapping, or 0 where KVM has none. */
+  private queuedWritesPageCache = -1;
+  private get queuedWritesPage(): number {
+    if (this.queuedWritesPageCache < 0) {
+      const page = this.kvm.checkExtension(KVM_CAP.COALESCED_MMIO);
+      this.queuedWritesPageCache = page > 0 && (page + 1) * 4096 <= this.kvm.vcpuMmapSize() ? page : 0;
+    }
+    return this.queuedWritesPageCache;
+  }
+
+  readonly queuedWrites: NonNullable<MachineContext['queuedWrites']> = {
+    add: (address, size) => {
+      if (this.queuedWritesPage === 0) return false;
+      try {
+        this.vm.registerCoalescedMmio(address, size);
+        return true;
+      } catch (e) {
+        this.log(`queued writes at 0x${address.toString(16)} refused (${(e as Error).message}); they exit as usual`);
+        return false;
+      }
+    },
+    remove: (address, size) => this.vm.unregisterCoalescedMmio(address, size),
+    settle: () => this.dispatcher.applyQueuedWrites(),
+  };
 
   start(): void {
     const control = this.channels.control;

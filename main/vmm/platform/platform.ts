@@ -32,6 +32,7 @@ export class Platform {
       get interrupts() { return ctx.interrupts; },
       get doorbells() { return ctx.doorbells; },
       get slots() { return ctx.slots; },
+      get queuedWrites() { return ctx.queuedWrites; },
       get netDataPlanes() { return ctx.netDataPlanes; },
       get diskDataPlanes() { return ctx.diskDataPlanes; },
       setIrq: (gsi, level) => ctx.setIrq(gsi, level),

@@ -3,9 +3,12 @@
 // vector n, or INTx A while MSI-X is off. The emulated devices of the VM's config are plugged
 // in at build time, and hot-plugged through host messages; a reset rebuilds the machine with
 // the devices plugged in at that moment (the VM host hands them over).
-// The doorbell page is a read-only KVM slot of zeros where KVM allows it: doorbells read as 0
-// (xHCI 5.6), so the read-back Linux makes after each doorbell write takes no exit, while the
-// writes still exit to the controller.
+// Two pages of BAR 0 are read-only KVM slots where KVM allows them, so reads take no exit while
+// writes still exit to the controller: the doorbell page, of zeros (doorbells read as 0, xHCI
+// 5.6; Linux reads one back after each write), and the interrupters' page, whose memory is
+// where the controller keeps those registers (Linux reads IMAN and ERDP at every interrupt).
+// USBSTS writes (the write-1-to-clear of EINT at every interrupt) queue in KVM's coalesced
+// ring instead of exiting; USBSTS reads still exit, and the ring is applied before each.
 import { DmaMemory } from '../../memory/dma';
 import { allocateRom, hostAddressOf, type MemoryRegion } from '../../memory/guest-memory';
 import type { UsbConfig, UsbDeviceConfig } from '../../config';
@@ -23,11 +26,11 @@ import { PassthroughRouter } from './passthrough/passthrough-device';
 import { UsbfsDirectUrbs } from './passthrough/direct-urbs';
 import { isPassthroughKind } from '../../shared/usb-passthrough-messages';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
-import { DB_BASE, MAX_INTRS, XHCI_BAR_SIZE } from './xhci/constants';
+import { DB_BASE, MAX_INTRS, OP_BASE, OP_USBSTS, RT_IR_PAGE, XHCI_BAR_SIZE } from './xhci/constants';
 
 /** Where the controller sits on bus 0. */
 export const XHCI_PCI_SLOT = 4;
-/** MSI-X table and PBA inside BAR 0, clear of the controller's registers (which end below 0x4000). */
+/** MSI-X table and PBA inside BAR 0, clear of the controller's registers (which end below 0x5000). */
 const MSIX_TABLE_OFFSET = 0x8000;
 const MSIX_PBA_OFFSET = 0x9000;
 /** Serial Bus Release Number register (xHCI 5.2.3): 0x30 = USB 3.0. */
@@ -35,6 +38,8 @@ const PCI_SBRN = 0x60;
 const PCI_FLADJ = 0x61;
 /** The doorbell array's page: nothing else of the controller's reads from it. */
 export const XHCI_DOORBELL_PAGE = { offset: DB_BASE, size: 0x1000 } as const;
+/** The interrupters' page: nothing but their registers. */
+export const XHCI_INTERRUPTER_PAGE = { offset: RT_IR_PAGE, size: 0x1000 } as const;
 
 /**
  * One page of zeros for every controller of this thread (never written: the guest's slot is
@@ -52,8 +57,12 @@ export class XhciPci extends PciDevice {
   readonly msix: MsixCapability;
   /** Interrupters whose level is up while MSI-X is off (they share INTx A). */
   private intxLevels = 0;
-  /** The doorbell page's read-only slot while BAR 0 decodes (-1: none; its reads exit). */
-  private doorbellSlot = -1;
+  /** The read-only slots of the doorbell and interrupter pages while BAR 0 decodes (its reads exit without them). */
+  private pageSlots: number[] = [];
+  /** Where USBSTS's queued-write zone is registered (null: none, its writes exit). */
+  private usbstsZone: number | null = null;
+  /** The interrupters' registers (the controller's own storage), held for as long as KVM may map it. */
+  private readonly interrupterPage = allocateRom(0, new Uint8Array(XHCI_INTERRUPTER_PAGE.size), 'xhci-interrupters');
 
   constructor(private readonly ctx: DeviceContext) {
     // Register-compatible with QEMU's qemu-xhci (1b36:000d): guests' drivers need no quirks.
@@ -89,20 +98,36 @@ export class XhciPci extends PciDevice {
       },
       statistics: ctx.statistics,
       log: (text) => ctx.log(`xhci: ${text}`),
+      interrupterRegisters: new Uint32Array(this.interrupterPage.buffer, this.interrupterPage.offset, XHCI_INTERRUPTER_PAGE.size / 4),
+      settleQueuedWrites: ctx.queuedWrites ? () => ctx.queuedWrites!.settle() : undefined,
     });
   }
 
   protected override barMoved(index: number, address: number | null): void {
+    // PORTHOLE_XHCI_TRAP_REGISTERS=1: every register access exits, as before the pages and
+    // the queue (for comparing the two in one bench).
+    if (index !== 0 || process.env.PORTHOLE_XHCI_TRAP_REGISTERS === '1') return;
+    const queued = this.ctx.queuedWrites;
+    // The config write that moved the BAR exited, and the queue was applied before it.
+    if (queued && this.usbstsZone !== null) queued.remove(this.usbstsZone, 4);
+    this.usbstsZone = null;
+    if (queued && address !== null && queued.add(address + OP_BASE + OP_USBSTS, 4)) this.usbstsZone = address + OP_BASE + OP_USBSTS;
     const slots = this.ctx.slots;
-    if (index !== 0 || !slots) return;
-    if (this.doorbellSlot >= 0) slots.remove(this.doorbellSlot);
-    this.doorbellSlot = -1;
+    if (!slots) return;
+    for (const slot of this.pageSlots) slots.remove(slot);
+    this.pageSlots = [];
     if (address === null) return;
-    try {
-      this.doorbellSlot = slots.add(address + XHCI_DOORBELL_PAGE.offset, XHCI_DOORBELL_PAGE.size, zeroPage(), { readonly: true, name: 'xhci/doorbells' });
-    } catch (e) {
-      // No read-only slots in this KVM, or no free slot: the doorbells' reads exit as before.
-      this.ctx.log(`xhci: doorbell reads exit (${(e as Error).message})`);
+    const pages = [
+      { page: XHCI_DOORBELL_PAGE, memory: zeroPage(), name: 'doorbells' },
+      { page: XHCI_INTERRUPTER_PAGE, memory: hostAddressOf(this.interrupterPage), name: 'interrupters' },
+    ];
+    for (const { page, memory, name } of pages) {
+      try {
+        this.pageSlots.push(slots.add(address + page.offset, page.size, memory, { readonly: true, name: `xhci/${name}` }));
+      } catch (e) {
+        // No read-only slots in this KVM, or no free slot: these reads exit as before.
+        this.ctx.log(`xhci: reads of the ${name} page exit (${(e as Error).message})`);
+      }
     }
   }
 

@@ -16,9 +16,14 @@ export const CAP_LENGTH = 0x40;
 export const OP_BASE = CAP_LENGTH;
 export const PORT_BASE = OP_BASE + 0x400;
 export const PORT_STRIDE = 0x10;
-export const RT_BASE = 0x1000;
-export const DB_BASE = 0x2000;
-export const XECP_BASE = 0x3000;
+/**
+ * The runtime registers start 0x20 below a page, so that MFINDEX (computed at each read) ends
+ * one page and the interrupters start the next, which holds nothing else: the PCI function
+ * maps that page read-only into the guest. The doorbell array has the page after it.
+ */
+export const RT_BASE = 0x1fe0;
+export const DB_BASE = 0x3000;
+export const XECP_BASE = 0x4000;
 
 // Capability registers.
 export const CAP_HCIVERSION = 0x0100;
@@ -60,6 +65,8 @@ export const RT_MFINDEX = 0x00;
 export const MFINDEX_WRAP_MS = 0x4000 / 8;
 export const RT_IR_BASE = 0x20;
 export const RT_IR_STRIDE = 0x20;
+/** The interrupters' page: interrupter i's registers at i * RT_IR_STRIDE in it. */
+export const RT_IR_PAGE = RT_BASE + RT_IR_BASE;
 export const IR_IMAN = 0x00;
 export const IR_IMOD = 0x04;
 export const IR_ERSTSZ = 0x08;

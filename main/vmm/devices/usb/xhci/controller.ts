@@ -15,7 +15,7 @@ import {
 } from './constants';
 import { high32, low32, newSlots, pointer, type Slot, TWO_32, type XhciServices } from './core';
 import { XhciPort } from './ports';
-import { EventRing, FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, type RingCursor } from './rings';
+import { EventRing, FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, INTERRUPTER_WORDS, newTrb, type RingCursor } from './rings';
 import { CommandRunner } from './slots';
 import { TransferEngine } from './transfers';
 import type { UsbCaptureTap } from './capture';
@@ -51,6 +51,17 @@ export interface XhciOptions {
   /** Where per device and endpoint counters go (usb<port>-<kind>/ep...); none without it. */
   statistics?: StatsRegistry;
   log?: (text: string) => void;
+  /**
+   * Where the interrupters keep their registers (INTERRUPTER_WORDS per interrupter, as the
+   * guest reads them): the PCI function passes memory it maps into the guest read-only.
+   */
+  interrupterRegisters?: Uint32Array;
+  /**
+   * Applies the guest's writes that KVM queued instead of exiting (the PCI function queues
+   * USBSTS writes): called before the controller sets a USBSTS bit, so that a write-1-to-clear
+   * the guest made earlier cannot clear a bit set after it.
+   */
+  settleQueuedWrites?: () => void;
 }
 
 export interface XhciPortInfo {
@@ -100,6 +111,7 @@ export class XhciController implements XhciServices {
   private readonly clock: XhciClock;
   private readonly countFn: (name: string, n: number) => void;
   private readonly logFn: (text: string) => void;
+  private readonly settleQueuedWrites: () => void;
 
   private usbcmd = 0;
   private usbsts = USBSTS_HCH;
@@ -125,12 +137,15 @@ export class XhciController implements XhciServices {
     this.clock = options.clock;
     this.countFn = options.count ?? (() => {});
     this.logFn = options.log ?? (() => {});
+    this.settleQueuedWrites = options.settleQueuedWrites ?? (() => {});
     const portEvents = {
       changed: (port: XhciPort) => this.portChanged(port),
       resetting: (port: XhciPort) => this.slotsOn(port.number).forEach((s) => this.transfers.abortSlot(s)),
     };
     for (let i = 1; i <= MAX_PORTS; i++) this.ports.push(new XhciPort(i, i <= USB3_PORTS, portEvents));
-    for (let i = 0; i < MAX_INTRS; i++) this.interrupters.push(new EventRing());
+    const registers = options.interrupterRegisters ?? new Uint32Array(MAX_INTRS * INTERRUPTER_WORDS);
+    if (registers.length < MAX_INTRS * INTERRUPTER_WORDS) throw new Error(`the interrupters need ${MAX_INTRS * INTERRUPTER_WORDS} register words`);
+    for (let i = 0; i < MAX_INTRS; i++) this.interrupters.push(new EventRing(registers.subarray(i * INTERRUPTER_WORDS, (i + 1) * INTERRUPTER_WORDS)));
     this.transfers = new TransferEngine(this);
     this.traffic = options.statistics ? new UsbTrafficStats(options.statistics) : null;
     this.transfers.traffic = this.traffic;
@@ -270,7 +285,7 @@ export class XhciController implements XhciServices {
     if (off === RT_BASE + RT_MFINDEX) return this.mfindex();
     if (off >= RT_BASE + RT_IR_BASE && off < RT_BASE + RT_IR_BASE + MAX_INTRS * RT_IR_STRIDE) {
       const rel = off - RT_BASE - RT_IR_BASE;
-      return this.readInterrupter(this.interrupters[rel >>> 5], rel & 0x1f);
+      return this.interrupters[rel >>> 5].register(rel & 0x1f);
     }
     if (off >= XECP_BASE && off < XECP_BASE + 32) return this.readExtendedCapability(off - XECP_BASE);
     return 0; // doorbells read as 0, the rest is reserved
@@ -310,19 +325,6 @@ export class XhciController implements XhciServices {
       case OP_DCBAAP: return this.dcbaapLow;
       case OP_DCBAAP + 4: return this.dcbaapHigh;
       case OP_CONFIG: return this.config;
-      default: return 0;
-    }
-  }
-
-  private readInterrupter(ir: EventRing, reg: number): number {
-    switch (reg) {
-      case IR_IMAN: return ir.iman;
-      case IR_IMOD: return ir.imod;
-      case IR_ERSTSZ: return ir.erstsz;
-      case IR_ERSTBA: return ir.erstbaLow;
-      case IR_ERSTBA + 4: return ir.erstbaHigh;
-      case IR_ERDP: return (ir.erdpLow | (ir.busy ? ERDP_EHB : 0)) >>> 0;
-      case IR_ERDP + 4: return ir.erdpHigh;
       default: return 0;
     }
   }
@@ -471,6 +473,12 @@ export class XhciController implements XhciServices {
     }
   }
 
+  /** Sets USBSTS bits, after the guest's queued writes (write-1-to-clear) that came before. */
+  private setStatus(bits: number): void {
+    this.settleQueuedWrites();
+    this.usbsts |= bits;
+  }
+
   // --- run state --------------------------------------------------------------------------
 
   running(): boolean {
@@ -490,7 +498,7 @@ export class XhciController implements XhciServices {
   private halt(): void {
     if (this.running()) this.mfindexHeld = this.mfindex();
     this.usbcmd &= ~USBCMD_RS;
-    this.usbsts |= USBSTS_HCH;
+    this.setStatus(USBSTS_HCH);
     this.crr = false;
     this.cmdStopPending = false;
     this.cmdTimer?.();
@@ -502,7 +510,7 @@ export class XhciController implements XhciServices {
   }
 
   fatal(reason: string, controllerError = false): void {
-    this.usbsts |= controllerError ? USBSTS_HCE : USBSTS_HSE;
+    this.setStatus(controllerError ? USBSTS_HCE : USBSTS_HSE);
     this.count(controllerError ? 'host-controller-errors' : 'host-system-errors');
     this.logFn(`xhci: ${controllerError ? 'host controller error' : 'host system error'}: ${reason}`);
     this.halt();
@@ -521,7 +529,7 @@ export class XhciController implements XhciServices {
   }
 
   private portChanged(port: XhciPort): void {
-    this.usbsts |= USBSTS_PCD;
+    this.setStatus(USBSTS_PCD);
     if (this.running()) this.postEvent(0, (port.number << 24) >>> 0, 0, CC_SUCCESS << 24, TRB_PORT_STATUS_CHANGE << 10, false);
   }
 
@@ -628,7 +636,7 @@ export class XhciController implements XhciServices {
     ir.lastInterrupt = now;
     ir.busy = true;
     ir.iman |= IMAN_IP;
-    this.usbsts |= USBSTS_EINT;
+    this.setStatus(USBSTS_EINT);
     this.count('interrupts');
     this.updateLine(i);
   }

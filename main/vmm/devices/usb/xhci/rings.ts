@@ -2,7 +2,7 @@
 // interrupter with its segment table (ERST).
 import { DMA_OK, type DmaMemory } from '../../../memory/dma';
 import {
-  CC_EVENT_RING_FULL, ERST_MAX_LOG2, MAX_LINKS_IN_A_ROW, TRB_CYCLE, TRB_HOST_CONTROLLER_EVENT, TRB_LINK, TRB_TC,
+  CC_EVENT_RING_FULL, ERDP_EHB, ERST_MAX_LOG2, MAX_LINKS_IN_A_ROW, TRB_CYCLE, TRB_HOST_CONTROLLER_EVENT, TRB_LINK, TRB_TC,
 } from './constants';
 import { pointer, type Trb, trbType } from './core';
 
@@ -58,17 +58,50 @@ interface Segment {
   size: number;
 }
 
-/** The event ring of one interrupter, and its interrupter registers. */
+/** An interrupter's register set: 8 dwords (xHCI 5.5.2), in the order of the register map. */
+export const INTERRUPTER_WORDS = 8;
+const W_IMAN = 0;
+const W_IMOD = 1;
+const W_ERSTSZ = 2;
+const W_ERSTBA_LO = 4;
+const W_ERSTBA_HI = 5;
+const W_ERDP_LO = 6;
+const W_ERDP_HI = 7;
+
+/**
+ * The event ring of one interrupter, and its interrupter registers. The registers live in
+ * `words` exactly as the guest reads them (ERDP's low dword carries EHB), so the PCI function
+ * can map that memory into the guest read-only and the driver's register reads take no exit.
+ */
 export class EventRing {
-  iman = 0;
-  imod = 0;
-  erstsz = 0;
-  erstbaLow = 0;
-  erstbaHigh = 0;
-  erdpLow = 0;
-  erdpHigh = 0;
+  constructor(private readonly words: Uint32Array = new Uint32Array(INTERRUPTER_WORDS)) {
+    if (words.length < INTERRUPTER_WORDS) throw new Error('an interrupter needs 8 register words');
+  }
+
+  get iman(): number { return this.words[W_IMAN]; }
+  set iman(v: number) { this.words[W_IMAN] = v; }
+  get imod(): number { return this.words[W_IMOD]; }
+  set imod(v: number) { this.words[W_IMOD] = v; }
+  get erstsz(): number { return this.words[W_ERSTSZ]; }
+  set erstsz(v: number) { this.words[W_ERSTSZ] = v; }
+  get erstbaLow(): number { return this.words[W_ERSTBA_LO]; }
+  set erstbaLow(v: number) { this.words[W_ERSTBA_LO] = v; }
+  get erstbaHigh(): number { return this.words[W_ERSTBA_HI]; }
+  set erstbaHigh(v: number) { this.words[W_ERSTBA_HI] = v; }
+  /** ERDP's pointer and DESI, without EHB. */
+  get erdpLow(): number { return this.words[W_ERDP_LO] & ~ERDP_EHB; }
+  set erdpLow(v: number) { this.words[W_ERDP_LO] = (v & ~ERDP_EHB) | (this.words[W_ERDP_LO] & ERDP_EHB); }
+  get erdpHigh(): number { return this.words[W_ERDP_HI]; }
+  set erdpHigh(v: number) { this.words[W_ERDP_HI] = v; }
   /** ERDP.EHB: an interrupt was signalled and software has not yet cleared it. */
-  busy = false;
+  get busy(): boolean { return (this.words[W_ERDP_LO] & ERDP_EHB) !== 0; }
+  set busy(v: boolean) { this.words[W_ERDP_LO] = v ? this.words[W_ERDP_LO] | ERDP_EHB : this.words[W_ERDP_LO] & ~ERDP_EHB; }
+
+  /** The register a read of dword `reg` (byte offset in the set) returns. */
+  register(reg: number): number {
+    return reg >= 0 && reg < 4 * INTERRUPTER_WORDS && (reg & 3) === 0 ? this.words[reg >>> 2] : 0;
+  }
+
   /** Events were posted that software may not have seen yet. */
   pending = false;
   /** Set up by a valid ERSTBA write. */
@@ -86,6 +119,7 @@ export class EventRing {
   asserted = false;
 
   reset(): void {
+    this.words.fill(0, 0, INTERRUPTER_WORDS);
     this.iman = 0;
     this.imod = 4000; // 1 ms, the spec's default
     this.erstsz = 0;
