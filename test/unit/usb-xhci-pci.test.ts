@@ -54,6 +54,12 @@ function pcWith(usb: UsbConfig | undefined, slots?: MachineContext['slots'], log
 
 const DEVFN = XHCI_PCI_SLOT << 3;
 
+/** Programs BAR 0 (64-bit) at `base`, as firmware does. */
+function mapBar0(bus: { writeConfig(bus: number, devfn: number, offset: number, size: number, value: number): void }, base: number): void {
+  bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, base);
+  bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0);
+}
+
 test('the xHCI sits at 00:04.0 as a USB 3 controller with a 64 KiB 64-bit BAR and 4 MSI-X vectors in it', () => {
   const { pc } = pcWith({ controller: 'xhci', devices: [] });
   const bus = pc.pci!.bus;
@@ -110,10 +116,7 @@ test('the doorbell page (zeros: doorbells read as 0) and the interrupters\' page
   const xhci = pc.instance('xhci', XhciPci)!;
   // What the page stands for: every doorbell, and the rest of the page, reads 0 from the controller.
   for (let off = 0; off < XHCI_DOORBELL_PAGE.size; off += 4) assert.equal(xhci.controller.read(XHCI_DOORBELL_PAGE.offset + off, 4), 0, `0x${off.toString(16)}`);
-  const map = (base: number) => {
-    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, base);
-    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0);
-  };
+  const map = (base: number) => mapBar0(bus, base);
   map(0xfebf0000);
   assert.equal(live.size, 0, 'no slot before memory decoding is on');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
@@ -147,10 +150,7 @@ test('USBSTS writes queue in KVM instead of exiting while BAR 0 decodes: the zon
   };
   const { pc } = pcWith({ controller: 'xhci', devices: [] }, undefined, () => {}, queuedWrites);
   const bus = pc.pci!.bus;
-  const map = (base: number) => {
-    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0, 4, base);
-    bus.writeConfig(0, DEVFN, PCI_CFG.BAR0 + 4, 4, 0);
-  };
+  const map = (base: number) => mapBar0(bus, base);
   map(0xfebf0000);
   assert.equal(zones.size, 0, 'none before memory decoding is on');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
