@@ -22,14 +22,14 @@ export class DdError extends Error {}
  * Runs one dd in L2 and times it. `direction` read copies the device to /dev/null, write copies
  * zeros onto the device (and fsyncs). Throws DdError with dd's output if dd fails.
  */
-export async function ddRate(con: SerialConsole, device: string, direction: 'read' | 'write', blockBytes: number, count: number): Promise<DdRate> {
+export async function ddRate(con: Pick<SerialConsole, 'run'>, device: string, direction: 'read' | 'write', blockBytes: number, count: number, timeoutMs = 900000): Promise<DdRate> {
   if (!/^\/dev\/[\w-]+$/.test(device)) throw new DdError(`"${device}" is not a /dev node`);
   const dd = direction === 'read'
     ? `dd if=${device} of=/dev/null bs=${blockBytes} count=${count} iflag=direct`
     : `dd if=/dev/zero of=${device} bs=${blockBytes} count=${count} oflag=direct conv=fsync`;
   const bytes = blockBytes * count;
   const what = `${formatBytes(bytes)} dd ${direction} (${formatBytes(blockBytes)} blocks)`;
-  const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); ${dd} 2>&1; s=$?; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"; [ $s = 0 ]`, 900000);
+  const r = await con.run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); ${dd} 2>&1; s=$?; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"; [ $s = 0 ]`, timeoutMs);
   const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
   const seconds = m ? Number(m[2]) - Number(m[1]) : NaN;
   if (r.status !== 0 || !(seconds > 0)) throw new DdError(`${what} of ${device} failed: ${r.output.trim()}`);

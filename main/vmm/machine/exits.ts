@@ -59,9 +59,8 @@ export class ExitDispatcher {
    * Returns the action one of them asked for (a reset through 0xcf9), else CONTINUE.
    */
   drainCoalesced(): Action {
-    const ring = this.coalesced;
-    if (ring === null || !ring.pending()) return ACTION.CONTINUE;
-    ring.drain(this.applyCoalesced);
+    if (this.coalesced === null || !this.coalesced.pending()) return ACTION.CONTINUE;
+    this.applyQueuedWrites();
     const action = this.pendingAction;
     if (action !== ACTION.CONTINUE && action !== ACTION.ERROR) this.pendingAction = ACTION.CONTINUE;
     return action;

@@ -95,6 +95,8 @@ export class Machine implements MachineContext {
   readonly memory = new GuestMemory();
   /** KVM memory slots behind `memory`'s regions. */
   readonly slots: MemorySlots;
+  /** KVM's page of queued (coalesced) writes in vCPU 0's mapping, or 0 where KVM has none. */
+  private readonly queuedWritesPage: number;
   private readonly slotOfRegion = new Map<MemoryRegion, number>();
   readonly cpuCount: number;
   readonly dispatcher: ExitDispatcher;
@@ -162,6 +164,8 @@ export class Machine implements MachineContext {
     this.doorbells = new Doorbells(this.vm);
     this.vm.createPit2();
     if (process.env.PORTHOLE_PIT_DISCARD) this.vm.setPitReinject(false);
+    const ringPage = this.kvm.checkExtension(KVM_CAP.COALESCED_MMIO);
+    this.queuedWritesPage = ringPage > 0 && (ringPage + 1) * 4096 <= this.kvm.vcpuMmapSize() ? ringPage : 0;
     this.slots = new MemorySlots(
       (slot, flags, guestBase, size, hostAddr) => this.vm.setUserMemoryRegion(slot, BigInt(guestBase), size, hostAddr, flags),
       this.kvm.checkExtension(KVM_CAP.NR_MEMSLOTS),
@@ -343,16 +347,6 @@ export class Machine implements MachineContext {
     } catch (e) {
       this.log(`coalesced PIO refused (${(e as Error).message}); 0xcf8 writes exit as usual`);
     }
-  }
-
-  /** KVM's page of queued (coalesced) writes in vCPU 0's mapping, or 0 where KVM has none. */
-  private queuedWritesPageCache = -1;
-  private get queuedWritesPage(): number {
-    if (this.queuedWritesPageCache < 0) {
-      const page = this.kvm.checkExtension(KVM_CAP.COALESCED_MMIO);
-      this.queuedWritesPageCache = page > 0 && (page + 1) * 4096 <= this.kvm.vcpuMmapSize() ? page : 0;
-    }
-    return this.queuedWritesPageCache;
   }
 
   readonly queuedWrites: NonNullable<MachineContext['queuedWrites']> = {

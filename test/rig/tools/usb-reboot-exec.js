@@ -6,6 +6,7 @@
 const fs = require('fs');
 const path = require('path');
 const { SerialConsole } = require('porthole-rig');
+const { waitForDiskOfSize } = require('/project/dist/test/rig/dd-rate.js');
 const APPEND = 'console=ttyS0 quiet panic=-1 kit.modules=xhci_pci,usb_storage,sd_mod';
 const MIB = 64;
 
@@ -32,9 +33,7 @@ module.exports = async (ctx) => {
     for (let boot = 1; boot <= boots; boot++) {
       const from = Date.now();
       await con.waitForShell(300000);
-      const found = await con.run(`for i in $(seq 120); do for b in /sys/block/sd*; do [ "$(cat $b/size 2>/dev/null)" = ${MIB * 2048} ] && echo \${b##*/} && break 2; done; sleep 0.5; done`, 120000);
-      const disk = found.output.trim().split('\n').pop();
-      if (!/^sd[a-z]+$/.test(disk ?? '')) throw new Error(`boot ${boot}: no ${MIB} MiB disk in L2 (${found.output.trim()})`);
+      const disk = await waitForDiskOfSize(con, MIB, 120000);
       const marker = `boot${boot}-${Date.now()}`;
       await con.runOk(`printf '%-512s' ${marker} | dd of=/dev/${disk} bs=512 seek=${boot} count=1 oflag=direct conv=fsync 2>/dev/null`, 120000);
       const back = await con.runOk(`dd if=/dev/${disk} bs=512 skip=${boot} count=1 iflag=direct 2>/dev/null | head -c ${marker.length}`, 120000);

@@ -6,6 +6,7 @@
 const fs = require('fs');
 const { SerialConsole } = require('porthole-rig');
 const path = require('path');
+const { ddRate, waitForDiskOfSize } = require('/project/dist/test/rig/dd-rate.js');
 const APPEND = 'console=ttyS0 quiet panic=-1 kit.modules=xhci_pci,usb_storage,sd_mod';
 const MIB = 64;
 const PHASES = [['read', 'read', 1048576, MIB], ['write', 'write', 1048576, MIB], ['read4k', 'read', 4096, 1024], ['write4k', 'write', 4096, 1024]];
@@ -35,24 +36,14 @@ async function bootOnce(ctx, variant) {
       clearTimeout(dump);
     }
   };
-  const ddRate = async (device, op, block, count) => {
-    const dd = op === 'read' ? `dd if=${device} of=/dev/null bs=${block} count=${count} iflag=direct` : `dd if=/dev/zero of=${device} bs=${block} count=${count} oflag=direct conv=fsync`;
-    const r = await run(`sync; echo 3 > /proc/sys/vm/drop_caches; a=$(cut -d' ' -f1 /proc/uptime); ${dd} 2>&1; s=$?; b=$(cut -d' ' -f1 /proc/uptime); echo "elapsed $a $b"; [ $s = 0 ]`, 180000);
-    const m = /elapsed ([\d.]+) ([\d.]+)/.exec(r.output);
-    const seconds = m ? Number(m[2]) - Number(m[1]) : NaN;
-    if (r.status !== 0 || !(seconds > 0)) throw new Error(`dd ${op} failed: ${r.output.trim()}`);
-    return { mbPerSec: block * count / 1e6 / seconds, iops: count / seconds };
-  };
   let failed = true;
   try {
     await con.waitForShell(300000);
-    const found = await con.run(`for i in $(seq 120); do for b in /sys/block/sd*; do [ "$(cat $b/size 2>/dev/null)" = ${MIB * 2048} ] && echo \${b##*/} && break 2; done; sleep 0.5; done`, 120000);
-    const disk = found.output.trim().split('\n').pop();
-    if (!/^sd[a-z]+$/.test(disk ?? '')) throw new Error(`no ${MIB} MiB disk in L2 (${found.output.trim()})`);
-    for (const [, op, block, count] of PHASES) await ddRate(`/dev/${disk}`, op, block, Math.ceil(count / 4));
+    const disk = await waitForDiskOfSize(con, MIB, 120000);
+    for (const [, op, block, count] of PHASES) await ddRate({ run }, `/dev/${disk}`, op, block, Math.ceil(count / 4), 180000);
     const rates = {};
     for (const [name, op, block, count] of PHASES) {
-      const r = await ddRate(`/dev/${disk}`, op, block, count);
+      const r = await ddRate({ run }, `/dev/${disk}`, op, block, count, 180000);
       rates[name] = block === 4096 ? r.iops : r.mbPerSec;
     }
     failed = false;
