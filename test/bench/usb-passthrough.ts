@@ -18,6 +18,7 @@ import {
 } from '../rig/usb-passthrough-l1';
 import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
 import { benchOutputDir, writeBenchResult } from './paths';
+import { describeCommand, perCommand, type PerCommand, totals } from './usb-storage';
 
 /** Target from issue 10: Porthole's MB/s at least QEMU usb-host's. */
 export const USB_PASSTHROUGH_TARGET = 1.0;
@@ -46,6 +47,8 @@ export interface UsbPassthroughSample {
    * backstop timer and after a kick (the completion signal); the big ones (≥ 64 KiB) and their µs each.
    */
   direct?: { urbs: number; byBackstop: number; byKick?: number; big?: number; bigUs?: number };
+  /** Porthole: the machine's counters over each dd phase, per dd block (monitor statistics). */
+  perCommand?: Partial<Record<Measure, PerCommand>>;
   failure?: string;
 }
 
@@ -68,21 +71,28 @@ export interface UsbPassthroughBenchResult {
   met: boolean;
 }
 
-async function measure(con: SerialConsole, disk: string, mib: number, sample: UsbPassthroughSample): Promise<void> {
+/** `socket`: Porthole's monitor, for where each phase's time went (null under QEMU). */
+async function measure(con: SerialConsole, disk: string, mib: number, sample: UsbPassthroughSample, socket: string | null): Promise<void> {
   const dev = `/dev/${disk}`;
-  sample.rates.read = await ddRate(con, dev, 'read', 1048576, mib);
-  sample.rates.write = await ddRate(con, dev, 'write', 1048576, mib);
-  sample.rates.read4k = await ddRate(con, dev, 'read', 4096, SMALL_COUNT);
-  sample.rates.write4k = await ddRate(con, dev, 'write', 4096, SMALL_COUNT);
+  const phases: [Measure, 'read' | 'write', number, number][] = [
+    ['read', 'read', 1048576, mib], ['write', 'write', 1048576, mib], ['read4k', 'read', 4096, SMALL_COUNT], ['write4k', 'write', 4096, SMALL_COUNT],
+  ];
+  for (const [m, op, block, count] of phases) {
+    const before = socket !== null ? await totals(socket) : null;
+    const rate = await ddRate(con, dev, op, block, count);
+    sample.rates[m] = rate;
+    if (before !== null && socket !== null) (sample.perCommand ??= {})[m] = perCommand(before, await totals(socket), rate);
+  }
 }
 
-async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void, channel = false): Promise<UsbPassthroughSample> {
+/** One boot and its dd phases; `extraEnv` goes to Porthole (a variant to compare, from an exec script). */
+export async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void, channel = false, extraEnv: NodeJS.ProcessEnv = {}): Promise<UsbPassthroughSample> {
   const stick = STICKS.stick0;
   const sample: UsbPassthroughSample = { vmm, round, rates: {}, ...(channel ? { channel } : {}) };
   const held = await stickBoundInL1(stick);
   const dataDir = path.join(benchOutputDir(), 'usb-passthrough-data');
   const socket = path.join(benchOutputDir(), 'usb-passthrough.sock');
-  const env = { ...process.env, XDG_DATA_HOME: dataDir, ...(channel ? { PORTHOLE_USB_DIRECT: '0' } : {}) };
+  const env = { ...process.env, ...extraEnv, XDG_DATA_HOME: dataDir, ...(channel ? { PORTHOLE_USB_DIRECT: '0' } : {}) };
   const append = `kit.modules=${PASSTHROUGH_KIT_MODULES}`;
   const vm = vmm === 'porthole'
     ? spawnKitVm('porthole', kit, 1, { append, porthole: ['--usb', 'keyboard', '--monitor', socket, '--verbose'], env })
@@ -111,7 +121,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
     await con.waitForShell(300000);
     let port: string | null = null;
     if (vmm === 'porthole') port = passStickThrough(held.name, socket, env).port;
-    await measure(con, await waitForDiskOfSize(con, stick.sizeMiB, 120000), stick.sizeMiB, sample);
+    await measure(con, await waitForDiskOfSize(con, stick.sizeMiB, 120000), stick.sizeMiB, sample, vmm === 'porthole' ? socket : null);
     if (port !== null) {
       runPortholeCli(['usb', 'remove', port, '--monitor', socket], env);
       // The give-back's log line carries the VM host's timing.
@@ -128,6 +138,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: stri
   if (vmm === 'porthole') for (const line of repairUsbJournal(new UsbJournal(path.join(dataDir, 'porthole')))) log(`  repair: ${line}`);
   await giveStickBackToL1(held.name, log);
   log(`  round ${round}, ${(channel ? 'Porthole (channel)' : LABELS[vmm]).padEnd(8)} ${describe(sample)}`);
+  for (const m of MEASURES) if (sample.perCommand?.[m]) log(describeCommand(m, sample.perCommand[m]!));
   return sample;
 }
 

@@ -48,6 +48,8 @@ export interface PerCommand {
   transfers: number;
   /** Machine thread time in endpoint doorbells (ring walk + the stick's synchronous work), ms. */
   doorbellMs: number;
+  /** Mean time from an xHCI interrupt to the guest handler's USBSTS read (a halted guest's wake-up included), ms. */
+  irqToHandlerMs: number;
   /** The stick's submit-to-completion time summed over its transfers, ms. */
   deviceMs: number;
   /** Port I/O per device (bus counters, "<device> r/w"), per command. */
@@ -56,14 +58,14 @@ export interface PerCommand {
   xhciMmio: Record<string, number>;
 }
 
-type Totals = Map<string, number>;
+export type Totals = Map<string, number>;
 
-async function totals(socket: string): Promise<Totals> {
+export async function totals(socket: string): Promise<Totals> {
   const sample = await monitorCall(socket, 'getVmStats', []) as StatsSample;
   return new Map(sample.counters.map((c) => [`${c.group}/${c.name}`, c.total]));
 }
 
-function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
+export function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
   const n = Math.max(1, rate.transfers);
   const delta = (key: string) => ((after.get(key) ?? 0) - (before.get(key) ?? 0)) / n;
   const exits: Record<string, number> = {};
@@ -86,14 +88,15 @@ function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
   return {
     ms: (rate.seconds * 1000) / n, exits, interrupts: delta('xhci/interrupts'), transfers: delta('xhci/transfers'),
     doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000, pio, xhciMmio,
+    irqToHandlerMs: delta('xhci/irq-to-handler-us') / 1000 / Math.max(1e-9, delta('xhci/irq-to-handler')),
   };
 }
 
-function describeCommand(m: Measure, c: PerCommand): string {
+export function describeCommand(m: string, c: PerCommand): string {
   const exits = Object.entries(c.exits).sort((a, b) => b[1] - a[1]);
   const all = exits.reduce((sum, [, v]) => sum + v, 0);
   return `    ${m}: ${c.ms.toFixed(2)} ms per command; ${all.toFixed(1)} exits (${exits.slice(0, 4).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}),`
-    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts; doorbells ${c.doorbellMs.toFixed(2)} ms, stick ${c.deviceMs.toFixed(2)} ms`
+    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts (${c.irqToHandlerMs.toFixed(2)} ms each to the handler); doorbells ${c.doorbellMs.toFixed(2)} ms${c.deviceMs > 0 ? `, stick ${c.deviceMs.toFixed(2)} ms` : ''}`
     + `; port I/O: ${Object.entries(c.pio).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`
     + `; xHCI MMIO: ${Object.entries(c.xhciMmio).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`;
 }

@@ -418,3 +418,14 @@ test('accesses past the eight registers of a wide access read as 0xff and are ig
   assert.equal(b.rd(REG.SCR), 0xcd);
   assert.equal(b.uart.checkInvariants(), null);
 });
+
+test('describeState shows the pending source, the line and the queues without reading them away', () => {
+  const b = uartBench();
+  b.wr(REG.MCR, MCR.OUT2);
+  b.wr(REG.IER, IER.RX_DATA);
+  b.uart.receive(bytes('x'.repeat(20)));
+  const state = b.uart.describeState();
+  assert.match(state, /ier 0x1 .* pending 0x4 irq high rx fifo 1 host queue 19 /, state);
+  assert.equal(b.rd(REG.IIR) & 0x0f, IIR.RX_DATA, 'the dump consumed nothing');
+  assert.equal(readAll(b).length, 20);
+});

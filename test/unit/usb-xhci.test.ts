@@ -810,3 +810,20 @@ test('MMIO accesses are counted per register: what an interrupt handler and a do
   assert.equal(c('mmio-reads'), 1 + 2 + 1 + 1 + 2, 'the totals are still counted');
   assert.equal(c('mmio-writes'), 1 + 2 + 1 + 1);
 });
+
+test('the time from an interrupt to the handler\'s USBSTS read is counted once per interrupt (irq-to-handler-us)', () => {
+  const d = new Driver();
+  d.msi = true;
+  d.start();
+  d.clock.advance(5);
+  d.hc.attach(1, new LoopbackDevice('super'));
+  assert.equal(d.raised.length, 1);
+  d.clock.advance(2.5);
+  void d.usbsts; // the handler begins
+  d.clock.advance(1);
+  void d.usbsts; // a later read of the same handler: not another interrupt
+  assert.equal(d.counters.get('irq-to-handler'), 1);
+  assert.equal(d.counters.get('irq-to-handler-us'), 2500);
+  void d.usbsts; // no interrupt pending: nothing counted
+  assert.equal(d.counters.get('irq-to-handler'), 1);
+});

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { allocateRam, GuestMemory, MiB } from '../../main/vmm/memory/guest-memory';
-import { apicVectors, describePic, translate } from '../../main/vmm/machine/vcpu-dump';
+import { apicVectors, describeIoapicPins, describePic, translate } from '../../main/vmm/machine/vcpu-dump';
 
 test('apicVectors lists the set bits of a 256-bit LAPIC register (words 16 bytes apart)', () => {
   const page = Buffer.alloc(1024);
@@ -63,4 +63,14 @@ test('describePic reads kvm_pic_state after the chip id', () => {
   state[11] = 0x00;
   state[13] = 0x30;
   assert.equal(describePic('PIC master', state), 'PIC master: irr 0x1 imr 0xfb isr 0x0 vector base 0x30');
+});
+
+test('describeIoapicPins reads kvm_ioapic_state after the chip id: trigger, mask, remote IRR and the request bit', () => {
+  const state = Buffer.alloc(520);
+  state.writeUInt32LE(2, 0); // KVM_IRQCHIP_IOAPIC
+  state.writeUInt32LE(1 << 4, 24); // irr: pin 4 requested
+  state.writeBigUInt64LE(0x24n, 32 + 4 * 8); // pin 4: vector 0x24, edge, unmasked, to APIC 0
+  state.writeBigUInt64LE((1n << 56n) | (1n << 16n) | (1n << 15n) | (1n << 14n) | 0x31n, 32 + 11 * 8); // pin 11: level, masked, remote IRR, to APIC 1
+  assert.equal(describeIoapicPins(state, [4, 11]),
+    'pin 4: vector 0x24 edge dest 0x0 irr 1; pin 11: vector 0x31 level masked remote-irr dest 0x1 irr 0');
 });

@@ -83,6 +83,8 @@ export interface DeviceModel<T = unknown> {
   readonly pciBus?: PciBus;
   /** Releases host resources (image files and their locks) when the machine ends or is rebuilt. */
   close?(): void;
+  /** Its internal state in one line, for the dump of a guest that stopped making progress (SIGUSR2). */
+  describeState?(): string;
 }
 
 /** What a device factory gets: the machine, and its shared interrupt lines. */

@@ -572,6 +572,16 @@ export class Uart16550 implements IoDevice {
     this.irq.set(gated && this.interruptId() !== IIR.NONE);
   }
 
+  /** Registers and queues without side effects, for a stuck console's dump. */
+  describeState(): string {
+    const h = (v: number) => `0x${v.toString(16)}`;
+    return `ier ${h(this.ier)} lcr ${h(this.lcr)} mcr ${h(this.mcr)} fcr ${this.fifoEnabled ? `on trigger ${this.triggerLevel}` : 'off'}`
+      + ` pending ${h(this.interruptId())} irq ${this.irq.level ? 'high' : 'low'} rx fifo ${this.rxCount} host queue ${this.hostQueued}`
+      + ` tx fifo ${this.txCount} thr ${this.transmitterEmpty ? 'empty' : 'busy'} thre source ${this.thrInterrupt ? 'set' : 'clear'}`
+      + ` output ring free ${this.output.free} retry ${this.retryPending ? 'pending' : 'none'}`
+      + ` line errors ${h(this.lineErrors)} rx ${this.counters.rxBytes.value} tx ${this.counters.txBytes.value}`;
+  }
+
   /** Invariants checked by the fuzz test. */
   checkInvariants(): string | null {
     if (this.rxCount < 0 || this.rxCount > this.receiveCapacity) return `receive FIFO holds ${this.rxCount}`;
@@ -604,6 +614,7 @@ export function serialPortDevice(index: number): DeviceFactory {
     });
     return {
       name, instance: uart, pio: [{ base, length: 8, io: uart }], irqs: [irq], counters: { ...uart.counters },
+      describeState: () => uart.describeState(),
       // Input and modem lines from the port's host backend (VmHost.sendSerialInput, sendModemStatus).
       hostMessages: {
         target: CHANNEL_TARGET.SERIAL + index,

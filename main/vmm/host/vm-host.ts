@@ -730,7 +730,11 @@ export class VmHost extends EventEmitter<VmHostEvents> {
 
   /** Asks the machine thread to log vCPU 0's state (a 'log' event), for a guest that hangs. */
   dumpVcpus(): void {
-    if (this.worker) this.post({ type: 'dump-vcpus' });
+    if (!this.worker) return;
+    // This thread's half of the serial path: output not yet taken, input not yet delivered.
+    const rings = this.rings.map((r, i) => `ring ${i} ${r.used}`).filter((_, i) => this.endpoints[i]).join(', ');
+    this.emit('log', `VM host: output waiting: ${rings || 'none'}; to the machine: ${this.toMachine.used} bytes in the channel, ${this.backlogBytes} in the backlog`);
+    this.post({ type: 'dump-vcpus' });
   }
 
   /** Exit and device counters from the running machine. */

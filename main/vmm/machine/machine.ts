@@ -22,7 +22,7 @@ import { prepareBoot } from '../boot';
 import { pcIrqRoutes } from '../platform/mptable';
 import { IrqRouting } from './irq-routing';
 import { Doorbells } from './doorbells';
-import { describePic, describeVcpu } from './vcpu-dump';
+import { describeIoapicPins, describePic, describeVcpu } from './vcpu-dump';
 import type { CounterSpec, StatsRegistry } from '../shared/stats';
 import { machineStatsFrom, type MachineStats } from './machine-stats';
 import { type Channel, type ChannelHandler, CHANNEL_TARGET, type Doorbell } from '../shared/channel';
@@ -417,6 +417,10 @@ export class Machine implements MachineContext {
     try {
       this.log(describeVcpu(0, this.bsp, this.memory));
       this.log(`  ${describePic('PIC master', this.vm.getIrqchip(0))}; ${describePic('PIC slave', this.vm.getIrqchip(1))}`);
+      // Where a device's interrupt went: its line, the IOAPIC pin, then the LAPIC above.
+      const pins = [...new Set(this.platform.models.flatMap((m) => m.irqs ?? []))].sort((a, b) => a - b);
+      if (pins.length > 0) this.log(`  IOAPIC ${describeIoapicPins(this.vm.getIrqchip(2), pins)}`);
+      for (const m of this.platform.models) if (m.describeState) this.log(`  ${m.name}: ${m.describeState()}`);
       const st = this.stats();
       this.log(`  exits so far: ${JSON.stringify(st.exits)} kicks ${st.kicks}; devices: ${st.devices.map((d) => `${d.name} ${d.reads}r/${d.writes}w`).join(', ')}`);
     } catch (e) {

@@ -69,6 +69,24 @@ export function describePic(name: string, state: Buffer): string {
   return `${name}: irr ${h(PIC_IRR)} imr ${h(PIC_IMR)} isr ${h(PIC_ISR)} vector base ${h(PIC_IRQ_BASE)}`;
 }
 
+/** struct kvm_irqchip for the IOAPIC: chip id and padding, then struct kvm_ioapic_state. */
+const IOAPIC_IRR = 8 + 16;
+const IOAPIC_REDIRECTION = 8 + 24;
+
+/**
+ * The IOAPIC pins `pins` from KVM_GET_IRQCHIP (chip 2): vector, trigger, mask, remote IRR and
+ * the pin's request bit, to tell a lost edge from a masked or unacknowledged line.
+ */
+export function describeIoapicPins(state: Buffer, pins: readonly number[]): string {
+  const irr = state.readUInt32LE(IOAPIC_IRR);
+  return pins.map((pin) => {
+    const entry = state.readBigUInt64LE(IOAPIC_REDIRECTION + pin * 8);
+    const bit = (n: number) => (entry >> BigInt(n)) & 1n;
+    return `pin ${pin}: vector ${hex(entry & 0xffn)} ${bit(15) ? 'level' : 'edge'}${bit(16) ? ' masked' : ''}`
+      + `${bit(14) ? ' remote-irr' : ''}${bit(12) ? ' send-pending' : ''} dest ${hex(entry >> 56n)} irr ${(irr >>> pin) & 1}`;
+  }).join('; ');
+}
+
 export function describeVcpu(cpu: number, vcpu: KvmVcpu, memory: GuestMemory, stackWords = 96): string {
   const r = vcpu.getRegs();
   const s = vcpu.getSregs();
