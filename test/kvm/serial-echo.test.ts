@@ -53,3 +53,21 @@ test('all 256 byte values pass through unchanged', { skip }, async () => {
     assert.deepEqual(Buffer.from(output().slice(BANNER.length), 'latin1'), Buffer.from(all));
   });
 });
+
+test('a guest halted between inputs still answers every stats request: kicks served in place leave posted messages to the event loop', { skip }, async () => {
+  await withEchoGuest(async (host, output) => {
+    let expected = BANNER;
+    for (let i = 0; i < 20; i++) {
+      // The input's kick is served in the run loop; the stats request right after it is a
+      // posted message, which only the machine thread's event loop can take.
+      host.sendSerialInput(0, Buffer.from(String.fromCharCode(0x41 + i)));
+      expected += String.fromCharCode(0x41 + i);
+      const stats = await Promise.race([
+        host.stats(),
+        new Promise<null>((resolve) => setTimeout(() => resolve(null), 10000)),
+      ]);
+      assert.ok(stats !== null, `stats request ${i} was not answered within 10 s`);
+      await waitFor(() => output() === expected, () => `echo so far: ${JSON.stringify(output())}`, 20000);
+    }
+  });
+});
