@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DmaMemory } from '../../main/vmm/memory/dma';
+import type { UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
 import {
   DATA, DB, DCBAA, Driver, DEVICE_DESCRIPTOR, ERST, EVENT_RING, INPUT_CTX, IR0, LoopbackDevice, makeMemory, MFINDEX, OP, PORTSC,
   RingWriter, trb,
@@ -826,4 +827,64 @@ test('the time from an interrupt to the handler\'s USBSTS read is counted once p
   assert.equal(d.counters.get('irq-to-handler-us'), 2500);
   void d.usbsts; // no interrupt pending: nothing counted
   assert.equal(d.counters.get('irq-to-handler'), 1);
+});
+
+/** Holds bulk IN transfers until the test finishes them; a cancel lets go of the buffer only later, as a usbfs discard does. */
+class HeldInDevice extends LoopbackDevice {
+  held: { t: UsbTransfer; done: (t: UsbTransfer) => void }[] = [];
+  override submit(t: UsbTransfer, done: (t: UsbTransfer) => void): void {
+    if (t.type === 'bulk' && t.in) this.held.push({ t, done });
+    else super.submit(t, done);
+  }
+  override cancel(t: UsbTransfer): void {
+    this.cancelled.push(t);
+  }
+  finish(i: number, fill: number, actual: number): void {
+    const { t, done } = this.held[i];
+    t.data.fill(fill, 0, actual);
+    t.actualLength = actual;
+    t.status = 'ok';
+    done(t);
+  }
+}
+
+test('a big TD reuses the buffer of one the device completed and the controller scattered, never one of a dropped TD', () => {
+  const d = new Driver();
+  d.start();
+  const dev = new HeldInDevice('high');
+  d.hc.attach(5, dev);
+  const slot = d.enumerate(5, 3);
+  d.configure(slot, [[3, 6]]);
+  const inRing = d.ring(slot, 3);
+  const bigIn = (at: number) => {
+    inRing.push(at, 0, 0x10000, trb(1, (1 << 5) | (1 << 2)));
+    d.w32(DB + 4 * slot, 3);
+    return dev.held[dev.held.length - 1].t;
+  };
+  const a = bigIn(DATA);
+  assert.equal(a.data.length, 0x10000);
+  dev.finish(0, 0xaa, 0x10000);
+  assert.deepEqual(bytes(d, DATA + 0xfffc, 4), [0xaa, 0xaa, 0xaa, 0xaa], 'scattered before the buffer went back');
+  const b = bigIn(DATA + 0x10000);
+  assert.equal(b.data.buffer, a.data.buffer, 'the next big TD reuses it');
+  // Stop Endpoint drops B, but the device has not let go of its buffer yet.
+  assert.equal(d.command(0, 0, 0, trb(15, (slot << 24) | (3 << 16))).code, CC.SUCCESS);
+  assert.equal(dev.cancelled.length, 1);
+  const next = inRing.push(DATA + 0x20000, 0, 0x10000, trb(1, (1 << 5) | (1 << 2)));
+  assert.equal(d.command(next | inRing.cycle, 0, 0, trb(16, (slot << 24) | (3 << 16))).code, CC.SUCCESS);
+  d.w32(DB + 4 * slot, 3);
+  const c = dev.held[2].t;
+  assert.notEqual(c.data.buffer, a.data.buffer, 'a buffer the device still holds is not handed out');
+  // The device lets go of B (its late completion changes nothing in the guest), then finishes C short.
+  dev.finish(1, 0xbb, 0x10000);
+  assert.deepEqual(bytes(d, DATA + 0x10000, 4), [0, 0, 0, 0], 'a dropped TD is not scattered');
+  dev.finish(2, 0x55, 16);
+  const ev = d.events().filter((e) => e.ep === 3);
+  assert.deepEqual(ev.map((e) => [e.code, e.length]), [[CC.SHORT, 0x10000 - 16]], 'C came back short, and nothing for B');
+  // D reuses C's buffer, whose old bytes past what its device moves never reach the guest; B's stays out.
+  const dd = bigIn(DATA + 0x30000);
+  assert.equal(dd.data.buffer, c.data.buffer);
+  assert.notEqual(dd.data.buffer, a.data.buffer, 'a dropped TD\'s buffer is never handed out again');
+  dev.finish(3, 0x66, 8);
+  assert.deepEqual(bytes(d, DATA + 0x30000, 12), [0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0, 0, 0, 0]);
 });

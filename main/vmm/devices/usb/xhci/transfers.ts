@@ -15,6 +15,7 @@ import { type Endpoint, high32, low32, pointer, type Slot, type Td, type Trb, tr
 import { FETCH_DMA_ERROR, FETCH_EMPTY, FETCH_OK, fetchTrb, newTrb, type RingCursor } from './rings';
 import type { UsbCaptureTap } from './capture';
 import type { UsbTrafficStats } from './traffic-stats';
+import { POOLED_TD_BYTES, TdBufferPool } from './td-buffers';
 
 function isDataTrb(type: number): boolean {
   return type === TRB_NORMAL || type === TRB_DATA || type === TRB_ISOCH;
@@ -47,6 +48,8 @@ const immediateView = new DataView(immediate.buffer);
 export class TransferEngine {
   /** Buffer bytes of the TDs in flight, and the endpoints waiting for some of them to finish. */
   private inflightBytes = 0;
+  /** Data buffers of big TDs, reused across TDs (td-buffers.ts). */
+  readonly buffers = new TdBufferPool();
   private readonly starved = new Set<Endpoint>();
   /** fetchTd's ring cursor (a nested fetch from a completion starts after the outer one is done with it). */
   private readonly cursor: RingCursor = { ptr: 0, cycle: 1 };
@@ -257,7 +260,10 @@ export class TransferEngine {
     // TD's buffers as segments, unless a capture wants the bytes on their way.
     const guest = device !== null && device.movesGuestMemory === true && this.capture === null && total >= GUEST_SEGMENTS_MIN_BYTES
       && transferType(ep.type) === 'bulk' ? this.cachedGuestSegments(ep, td, dirIn) : null;
-    const data = guest !== null ? NO_DATA : new Uint8Array(total);
+    // A big TD that carries its own bytes reuses a buffer (td-buffers.ts); a capture keeps
+    // what it saw, so it gets fresh ones.
+    const data = guest !== null ? NO_DATA
+      : total >= POOLED_TD_BYTES && this.capture === null ? this.buffers.take(total) : new Uint8Array(total);
     if (!dirIn && guest === null) {
       let at = 0;
       for (let i = 0; i < count; i++) {
@@ -296,6 +302,9 @@ export class TransferEngine {
     let called = false;
     if (this.traffic !== null) td.submittedMs = performance.now();
     device.submit(transfer, () => {
+      // A TD the controller dropped keeps its buffer out of the pool for good: a device may
+      // call done at the cancel while the host still writes there (a usbfs URB copies its
+      // data in when it is reaped, after the discard).
       if (called || td.stale) return;
       called = true;
       if (this.traffic !== null) this.traffic.completed(slot.port, ep.dci, movedBytes(transfer), performance.now() - td.submittedMs);
@@ -416,6 +425,8 @@ export class TransferEngine {
       const td = ep.inflight.shift() as Td;
       this.release(td);
       const going = this.finish(slot, ep, td);
+      // The device called done and finish scattered IN bytes: the buffer may serve another TD.
+      if (td.transfer !== null) this.buffers.give(td.transfer.data);
       this.recycle(ep, td);
       if (!going) return;
       ep.deq = td.end;
