@@ -34,6 +34,8 @@ const SPARE_TRBS = 512;
 /** Bulk TDs at least this long go to a device that moves guest memory itself as guest segments. */
 const GUEST_SEGMENTS_MIN_BYTES = 4096;
 const NO_DATA = new Uint8Array(0);
+/** PORTHOLE_XHCI_FRESH_TD_BUFFERS=1: every TD gets a new buffer (the old way, for comparing). */
+const freshTdBuffers = process.env.PORTHOLE_XHCI_FRESH_TD_BUFFERS === '1';
 /** What a completed transfer moved: an OUT that succeeded all of it, else what the device reports. */
 function movedBytes(t: UsbTransfer): number {
   const total = transferLength(t);
@@ -263,7 +265,7 @@ export class TransferEngine {
     // A big TD that carries its own bytes reuses a buffer (td-buffers.ts); a capture keeps
     // what it saw, so it gets fresh ones.
     const data = guest !== null ? NO_DATA
-      : total >= POOLED_TD_BYTES && this.capture === null ? this.buffers.take(total) : new Uint8Array(total);
+      : total >= POOLED_TD_BYTES && this.capture === null && !freshTdBuffers ? this.buffers.take(total) : new Uint8Array(total);
     if (!dirIn && guest === null) {
       let at = 0;
       for (let i = 0; i < count; i++) {
