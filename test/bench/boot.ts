@@ -123,6 +123,21 @@ export function spawnKitVm(vmm: BootVmm, kit: KitPaths, cpus: number, extras: Ki
   return { child, exited };
 }
 
+/**
+ * A Porthole kit VM (run with --verbose) whose guest stopped answering a command: asks it for
+ * vCPU 0's registers, the interrupt controllers, the UARTs and the serial rings (SIGUSR2, logged
+ * on its stderr) and gives it a moment, so the failure's kept stderr holds the picture.
+ */
+export async function askStuckPortholeForState(vm: { child: ChildProcess }): Promise<void> {
+  if (vm.child.exitCode !== null || vm.child.pid === undefined) return;
+  try {
+    process.kill(vm.child.pid, 'SIGUSR2');
+  } catch {
+    return; // gone meanwhile
+  }
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+}
+
 /** Kills a kit VM's process group and waits until it is gone. */
 export async function reapKitVm(vm: { child: ChildProcess; exited: Promise<void> }): Promise<void> {
   killGroup(vm.child);

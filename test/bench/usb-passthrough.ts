@@ -10,14 +10,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { repairUsbJournal, UsbJournal } from '../../main/host/usb-journal';
-import { SerialConsole } from '../rig/console';
+import { ConsoleTimeoutError, SerialConsole } from '../rig/console';
 import { ddRate, waitForDiskOfSize, type DdRate } from '../rig/dd-rate';
 import { STICKS } from '../rig/sticks';
 import {
   passStickThrough, PASSTHROUGH_KIT_MODULES, qemuUsbHostArgs, runPortholeCli, stickBoundInL1,
 } from '../rig/usb-passthrough-l1';
-import { median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
-import { benchOutputDir, writeBenchResult } from './paths';
+import { askStuckPortholeForState, median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
+import { benchOutputDir, keepFailureTranscript, writeBenchResult } from './paths';
 import { describeCommand, perCommand, type PerCommand, totals } from './usb-storage';
 
 /** Target from issue 10: Porthole's MB/s at least QEMU usb-host's. */
@@ -100,7 +100,7 @@ export async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (
   let errText = '';
   vm.child.stderr!.setEncoding('utf8');
   vm.child.stderr!.on('data', (chunk: string) => {
-    errText = (errText + chunk).slice(-2000);
+    errText = (errText + chunk).slice(-30000);
     const m = /(\d+) transfers, per transfer (\d+) µs from SUBMIT record to libusb submit, (\d+) µs in libusb/.exec(chunk);
     if (m) sample.host = { transfers: Number(m[1]), waitUs: Number(m[2]), libusbUs: Number(m[3]) };
     const mm = /transfers, (\d+) µs per transfer from submit to the VM host's DONE/.exec(chunk);
@@ -129,7 +129,10 @@ export async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (
     }
   } catch (e) {
     sample.failure = (e as Error).message.split('\n')[0];
+    if (vmm === 'porthole' && e instanceof ConsoleTimeoutError) await askStuckPortholeForState(vm);
     if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
+    const kept = keepFailureTranscript(`usb-passthrough ${channel ? 'porthole-channel' : vmm} round ${round}`, con.transcript(), errText);
+    if (kept) sample.failure += `; console kept in ${kept}`;
   } finally {
     con.close();
     await reapKitVm(vm);

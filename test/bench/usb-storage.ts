@@ -8,9 +8,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SerialConsole } from '../rig/console';
+import { ConsoleTimeoutError, SerialConsole } from '../rig/console';
 import { ddRate, diskOfSize, type DdRate } from '../rig/dd-rate';
-import { median, reapKitVm, spawnKitVm, unpackKitKernel, type BootVmm, type KitPaths } from './boot';
+import { askStuckPortholeForState, median, reapKitVm, spawnKitVm, unpackKitKernel, type BootVmm, type KitPaths } from './boot';
 import { benchOutputDir, keepFailureTranscript, writeBenchResult } from './paths';
 import { monitorCall } from '../../main/cli/monitor';
 import type { StatsSample } from '../../main/vmm/shared/stats';
@@ -134,7 +134,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
   fs.rmSync(socket, { force: true });
   const vm = spawnKitVm(vmm, kit, 1, {
     append: KIT_MODULES,
-    porthole: ['--usb', `storage:${image}`, '--monitor', socket],
+    porthole: ['--usb', `storage:${image}`, '--monitor', socket, '--verbose'],
     qemu: ['-device', 'qemu-xhci,id=xhci', '-drive', `if=none,id=stick,format=raw,file=${image}`, '-device', 'usb-storage,bus=xhci.0,drive=stick'],
   });
   let guestReset = false;
@@ -142,7 +142,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
   vm.child.stderr!.setEncoding('utf8');
   vm.child.stderr!.on('data', (chunk: string) => {
     if (chunk.includes('porthole: guest reset')) guestReset = true;
-    errText = (errText + chunk).slice(-2000);
+    errText = (errText + chunk).slice(-30000);
   });
   const con = SerialConsole.fromChild(vm.child, { name: `L2 on ${LABELS[vmm]}` });
   try {
@@ -170,6 +170,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     sample.xhciIrq = (await con.run("grep -i xhci /proc/interrupts | tr -s ' '")).output.trim().split('\n').join(' | ');
   } catch (e) {
     const why = (e as Error).message.split('\n')[0];
+    if (vmm === 'porthole' && e instanceof ConsoleTimeoutError) await askStuckPortholeForState(vm);
     sample.failure = guestReset ? `the guest reset by itself (${why})` : why;
     if (errText.trim()) sample.failure += `; stderr: ${errText.trim().split('\n').slice(-3).join(' | ')}`;
     const kept = keepFailureTranscript(`usb-storage ${vmm} round ${round}`, con.transcript(), errText);
