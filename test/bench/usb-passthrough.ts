@@ -11,19 +11,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { repairUsbJournal, UsbJournal } from '../../main/host/usb-journal';
 import { ConsoleTimeoutError, SerialConsole } from '../rig/console';
-import { ddRate, waitForDiskOfSize, type DdRate } from '../rig/dd-rate';
+import { waitForDiskOfSize, type DdRate } from '../rig/dd-rate';
 import { STICKS } from '../rig/sticks';
 import {
   passStickThrough, PASSTHROUGH_KIT_MODULES, qemuUsbHostArgs, runPortholeCli, stickBoundInL1,
 } from '../rig/usb-passthrough-l1';
 import { askStuckPortholeForState, median, reapKitVm, spawnKitVm, type BootVmm, type KitPaths } from './boot';
 import { benchOutputDir, keepFailureTranscript, writeBenchResult } from './paths';
-import { describeCommand, perCommand, type PerCommand, totals } from './usb-storage';
+import { ddPhases, describeCommand, type PerCommand, SMALL_COUNT, timeDdPhases } from './usb-storage';
 
 /** Target from issue 10: Porthole's MB/s at least QEMU usb-host's. */
 export const USB_PASSTHROUGH_TARGET = 1.0;
 const LABELS: Record<BootVmm, string> = { porthole: 'Porthole', qemu: 'QEMU' };
-const SMALL_COUNT = 1024;
 
 type Measure = 'read' | 'write' | 'read4k' | 'write4k';
 const MEASURES: Measure[] = ['read', 'write', 'read4k', 'write4k'];
@@ -71,20 +70,6 @@ export interface UsbPassthroughBenchResult {
   met: boolean;
 }
 
-/** `socket`: Porthole's monitor, for where each phase's time went (null under QEMU). */
-async function measure(con: SerialConsole, disk: string, mib: number, sample: UsbPassthroughSample, socket: string | null): Promise<void> {
-  const dev = `/dev/${disk}`;
-  const phases: [Measure, 'read' | 'write', number, number][] = [
-    ['read', 'read', 1048576, mib], ['write', 'write', 1048576, mib], ['read4k', 'read', 4096, SMALL_COUNT], ['write4k', 'write', 4096, SMALL_COUNT],
-  ];
-  for (const [m, op, block, count] of phases) {
-    const before = socket !== null ? await totals(socket) : null;
-    const rate = await ddRate(con, dev, op, block, count);
-    sample.rates[m] = rate;
-    if (before !== null && socket !== null) (sample.perCommand ??= {})[m] = perCommand(before, await totals(socket), rate);
-  }
-}
-
 /** One boot and its dd phases; `extraEnv` goes to Porthole (a variant to compare, from an exec script). */
 export async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (l: string) => void, channel = false, extraEnv: NodeJS.ProcessEnv = {}): Promise<UsbPassthroughSample> {
   const stick = STICKS.stick0;
@@ -121,7 +106,8 @@ export async function runOnce(vmm: BootVmm, kit: KitPaths, round: number, log: (
     await con.waitForShell(300000);
     let port: string | null = null;
     if (vmm === 'porthole') port = passStickThrough(held.name, socket, env).port;
-    await measure(con, await waitForDiskOfSize(con, stick.sizeMiB, 120000), stick.sizeMiB, sample, vmm === 'porthole' ? socket : null);
+    const disk = await waitForDiskOfSize(con, stick.sizeMiB, 120000);
+    await timeDdPhases(con, `/dev/${disk}`, ddPhases(stick.sizeMiB), vmm === 'porthole' ? socket : null, sample);
     if (port !== null) {
       runPortholeCli(['usb', 'remove', port, '--monitor', socket], env);
       // The give-back's log line carries the VM host's timing.

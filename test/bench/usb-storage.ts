@@ -20,7 +20,7 @@ export const USB_STORAGE_TARGET = 1.2;
 const LABELS: Record<BootVmm, string> = { porthole: 'Porthole', qemu: 'QEMU' };
 const KIT_MODULES = 'kit.modules=xhci_pci,usb_storage,sd_mod';
 /** 4 KiB transfers per small-block phase. */
-const SMALL_COUNT = 1024;
+export const SMALL_COUNT = 1024;
 
 type Measure = 'read' | 'write' | 'read4k' | 'write4k';
 const MEASURES: Measure[] = ['read', 'write', 'read4k', 'write4k'];
@@ -58,14 +58,14 @@ export interface PerCommand {
   xhciMmio: Record<string, number>;
 }
 
-export type Totals = Map<string, number>;
+type Totals = Map<string, number>;
 
-export async function totals(socket: string): Promise<Totals> {
+async function totals(socket: string): Promise<Totals> {
   const sample = await monitorCall(socket, 'getVmStats', []) as StatsSample;
   return new Map(sample.counters.map((c) => [`${c.group}/${c.name}`, c.total]));
 }
 
-export function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
+function perCommand(before: Totals, after: Totals, rate: DdRate): PerCommand {
   const n = Math.max(1, rate.transfers);
   const delta = (key: string) => ((after.get(key) ?? 0) - (before.get(key) ?? 0)) / n;
   const exits: Record<string, number> = {};
@@ -90,6 +90,27 @@ export function perCommand(before: Totals, after: Totals, rate: DdRate): PerComm
     doorbellMs: delta('xhci/doorbell-us') / 1000, deviceMs: deviceUs / 1000, pio, xhciMmio,
     irqToHandlerMs: delta('xhci/irq-to-handler-us') / 1000 / Math.max(1e-9, delta('xhci/irq-to-handler')),
   };
+}
+
+/** The dd phases both USB benches time: `mib` blocks of 1 MiB each way, then SMALL_COUNT of 4 KiB. */
+export function ddPhases(mib: number): [Measure, 'read' | 'write', number, number][] {
+  return [['read', 'read', 1048576, mib], ['write', 'write', 1048576, mib], ['read4k', 'read', 4096, SMALL_COUNT], ['write4k', 'write', 4096, SMALL_COUNT]];
+}
+
+/**
+ * Times each phase with dd into `into.rates`; with Porthole's monitor `socket`, also where each
+ * phase's time went, per dd block, into `into.perCommand`.
+ */
+export async function timeDdPhases(
+  con: SerialConsole, dev: string, phases: [Measure, 'read' | 'write', number, number][], socket: string | null,
+  into: { rates: Partial<Record<Measure, DdRate>>; perCommand?: Partial<Record<Measure, PerCommand>> },
+): Promise<void> {
+  for (const [measure, op, block, count] of phases) {
+    const before = socket !== null ? await totals(socket) : null;
+    const rate = await ddRate(con, dev, op, block, count);
+    into.rates[measure] = rate;
+    if (before !== null && socket !== null) (into.perCommand ??= {})[measure] = perCommand(before, await totals(socket), rate);
+  }
 }
 
 export function describeCommand(m: string, c: PerCommand): string {
@@ -154,19 +175,12 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     sample.clocksource = (await con.runOk('cat /sys/devices/system/clocksource/clocksource0/current_clocksource')).trim();
     sample.speed = (await con.runOk(`u=$(readlink -f /sys/block/${disk}/device | grep -o '/[0-9]*-[0-9.]*/' | tail -1 | tr -d /); cat /sys/bus/usb/devices/$u/speed`)).trim();
     const dev = `/dev/${disk}`;
-    const phases: [Measure, 'read' | 'write', number, number][] = [
-      ['read', 'read', 1048576, mib], ['write', 'write', 1048576, mib], ['read4k', 'read', 4096, SMALL_COUNT], ['write4k', 'write', 4096, SMALL_COUNT],
-    ];
+    const phases = ddPhases(mib);
     // Untimed warm-up, the same for both VMMs: one pass of every phase's kind, so the timed
     // phases measure the steady state rather than V8 compiling Porthole's device models (in L1
     // that compile work ran inside the first seconds of the timed phases).
     for (const [, op, block, count] of phases) await ddRate(con, dev, op, block, Math.max(1, Math.ceil(count / 4)));
-    for (const [measure, op, block, count] of phases) {
-      const before = vmm === 'porthole' ? await totals(socket) : null;
-      const rate = await ddRate(con, dev, op, block, count);
-      sample.rates[measure] = rate;
-      if (before !== null) (sample.perCommand ??= {})[measure] = perCommand(before, await totals(socket), rate);
-    }
+    await timeDdPhases(con, dev, phases, vmm === 'porthole' ? socket : null, sample);
     sample.xhciIrq = (await con.run("grep -i xhci /proc/interrupts | tr -s ' '")).output.trim().split('\n').join(' | ');
   } catch (e) {
     const why = (e as Error).message.split('\n')[0];
