@@ -117,7 +117,7 @@ export function describeCommand(m: string, c: PerCommand): string {
   const exits = Object.entries(c.exits).sort((a, b) => b[1] - a[1]);
   const all = exits.reduce((sum, [, v]) => sum + v, 0);
   return `    ${m}: ${c.ms.toFixed(2)} ms per command; ${all.toFixed(1)} exits (${exits.slice(0, 4).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}),`
-    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts (${c.irqToHandlerMs.toFixed(2)} ms each to the handler); doorbells ${c.doorbellMs.toFixed(2)} ms${c.deviceMs > 0 ? `, stick ${c.deviceMs.toFixed(2)} ms` : ''}`
+    + ` ${c.transfers.toFixed(1)} transfers, ${c.interrupts.toFixed(1)} interrupts (${c.irqToHandlerMs.toFixed(2)} ms each to the handler's first exit); doorbells ${c.doorbellMs.toFixed(2)} ms${c.deviceMs > 0 ? `, stick ${c.deviceMs.toFixed(2)} ms` : ''}`
     + `; port I/O: ${Object.entries(c.pio).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`
     + `; xHCI MMIO: ${Object.entries(c.xhciMmio).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'none'}`;
 }

@@ -123,6 +123,8 @@ export class Driver {
    */
   /** The interrupters' register page, as the PCI function maps it into the guest (IR0 is its start). */
   readonly interrupterPage = new Uint32Array(0x1000 / 4);
+  /** BAR 0's first page (capability, operational and port registers), as the PCI function maps it. */
+  readonly registerPage = new Uint32Array(0x1000 / 4);
 
   constructor(memory = makeMemory(), dma?: DmaMemory, statistics?: StatsRegistry, options: Partial<Pick<XhciOptions, 'clock' | 'interrupts' | 'count' | 'settleQueuedWrites'>> = {}) {
     this.memory = memory;
@@ -138,6 +140,7 @@ export class Driver {
       statistics,
       log: (text) => this.logs.push(text),
       interrupterRegisters: this.interrupterPage,
+      registerPage: this.registerPage,
       settleQueuedWrites: options.settleQueuedWrites,
     });
   }

@@ -288,7 +288,11 @@ class Fuzzer {
       assert.equal(sc & 1, d.hc.ports[p - 1].device === null ? 0 : 1, `port ${p} CCS`);
       if ((sc & 1) === 0) assert.equal(sc & 2, 0, `port ${p} enabled without a device`);
     }
-    // The page the guest reads without an exit says what the registers say.
+    // The pages the guest reads without an exit say what the registers say.
+    for (const port of d.hc.ports) {
+      const word = d.registerPage[PORTSC(port.number) >>> 2];
+      if (word !== port.read()) assert.fail(`PORTSC ${port.number}: 0x${word.toString(16)} in the register page, the port says 0x${port.read().toString(16)}`);
+    }
     for (let w = 0; w < d.interrupterPage.length; w++) {
       if (w >= 4 * 8) {
         if (d.interrupterPage[w] !== 0) assert.fail(`interrupter page word 0x${(4 * w).toString(16)}, past the interrupters, is 0x${d.interrupterPage[w].toString(16)}`);

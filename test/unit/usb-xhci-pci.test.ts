@@ -98,7 +98,7 @@ test('with BAR 0 mapped, the capability registers and the MSI-X table answer on 
   assert.deepEqual(ports.map((p) => [p.port, p.protocol, p.device!.name]), [[5, 'usb2', 'usb-kbd'], [6, 'usb2', 'usb-tablet']]);
 });
 
-test('the doorbell page (zeros: doorbells read as 0) and the interrupters\' page are read-only slots while BAR 0 decodes, so their reads need no exit; they follow the BAR, go with decoding, and a refused slot leaves the reads exiting', () => {
+test('the doorbell page (zeros: doorbells read as 0), the interrupters\' page and the register page are read-only slots while BAR 0 decodes, so their reads need no exit; they follow the BAR, go with decoding, and a refused slot leaves the reads exiting', () => {
   const live = new Map<number, { base: number; size: number; readonly: boolean; name: string }>();
   let next = 1;
   let refuse = false;
@@ -123,9 +123,10 @@ test('the doorbell page (zeros: doorbells read as 0) and the interrupters\' page
   assert.deepEqual([...live.values()], [
     { base: 0xfebf3000, size: 0x1000, readonly: true, name: 'xhci/doorbells' },
     { base: 0xfebf2000, size: 0x1000, readonly: true, name: 'xhci/interrupters' },
+    { base: 0xfebf0000, size: 0x1000, readonly: true, name: 'xhci/registers' },
   ]);
   map(0xfeb00000);
-  assert.deepEqual([...live.values()].map((s) => s.base), [0xfeb03000, 0xfeb02000], 'the slots moved with the BAR');
+  assert.deepEqual([...live.values()].map((s) => s.base), [0xfeb03000, 0xfeb02000, 0xfeb00000], 'the slots moved with the BAR');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0);
   assert.equal(live.size, 0, 'decoding off: no slot');
   refuse = true;
@@ -133,15 +134,17 @@ test('the doorbell page (zeros: doorbells read as 0) and the interrupters\' page
   assert.equal(live.size, 0);
   assert.ok(logs.some((l) => /xhci: reads of the doorbells page exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
   assert.ok(logs.some((l) => /xhci: reads of the interrupters page exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
+  assert.ok(logs.some((l) => /xhci: reads of the registers page exit \(KVM_SET_USER_MEMORY_REGION: Invalid argument\)/.test(l)), logs.join('\n'));
   assert.equal(XHCI_INTERRUPTER_PAGE.offset, 0x2000);
 });
 
-test('USBSTS writes queue in KVM instead of exiting while BAR 0 decodes: the zone follows the BAR and goes with decoding; a refusal leaves them exiting', () => {
+test('USBSTS writes and the high dword of each interrupter\'s ERDP queue in KVM instead of exiting while BAR 0 decodes: the zones follow the BAR and go with decoding; a refusal leaves them exiting', () => {
   const zones = new Map<number, number>();
   let refuse = false;
+  let refuseAt = -1;
   const queuedWrites: MachineContext['queuedWrites'] = {
     add: (address, size) => {
-      if (refuse) return false;
+      if (refuse || address === refuseAt) return false;
       zones.set(address, size);
       return true;
     },
@@ -154,15 +157,24 @@ test('USBSTS writes queue in KVM instead of exiting while BAR 0 decodes: the zon
   map(0xfebf0000);
   assert.equal(zones.size, 0, 'none before memory decoding is on');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
-  assert.deepEqual([...zones], [[0xfebf0044, 4]], 'USBSTS (operational base 0x40 + 4)');
+  // USBSTS at operational base 0x40 + 4; interrupter i's ERDP at 0x2000 + 0x20 i + 0x18, its high dword 4 on.
+  const expected = (bar: number) => [[bar + 0x44, 4], [bar + 0x201c, 4], [bar + 0x203c, 4], [bar + 0x205c, 4], [bar + 0x207c, 4]];
+  assert.deepEqual([...zones], expected(0xfebf0000));
   map(0xfeb00000);
-  assert.deepEqual([...zones], [[0xfeb00044, 4]], 'moved with the BAR');
+  assert.deepEqual([...zones], expected(0xfeb00000), 'moved with the BAR');
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0);
   assert.equal(zones.size, 0, 'decoding off: no zone');
   refuse = true;
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
   assert.equal(zones.size, 0);
   bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0); // nothing to remove
+  // One zone refused, the others taken: only those taken are removed later.
+  refuse = false;
+  refuseAt = 0xfeb0203c;
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, PCI_COMMAND.MEMORY);
+  assert.equal(zones.size, 4);
+  bus.writeConfig(0, DEVFN, PCI_CFG.COMMAND, 2, 0);
+  assert.equal(zones.size, 0);
 });
 
 test('no usb section, or controller none: no function at 00:04.0', () => {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DmaMemory } from '../../main/vmm/memory/dma';
+import type { MemoryRegion } from '../../main/vmm/memory/guest-memory';
 import type { UsbTransfer } from '../../main/vmm/devices/usb/usb-device';
 import {
   DATA, DB, DCBAA, Driver, DEVICE_DESCRIPTOR, ERST, EVENT_RING, INPUT_CTX, IR0, LoopbackDevice, makeMemory, MFINDEX, OP, PORTSC,
@@ -598,6 +599,49 @@ test('the interrupters keep their registers in the page the guest reads without 
   assert.ok(page.subarray(32).every((w) => w === 0), 'nothing else on the page');
 });
 
+test('the capability, operational and port registers live in the page the guest reads without an exit: current before each interrupt and event, and after a reset', () => {
+  const EINT = 1 << 3;
+  const CCS_CSC = 1 | (1 << 17);
+  const seen: { usbsts: number; portsc: number }[] = [];
+  const d: Driver = new Driver(undefined, undefined, undefined, {
+    interrupts: { raise: () => { seen.push({ usbsts: d.registerPage[(OP + 4) >>> 2], portsc: d.registerPage[PORTSC(2) >>> 2] }); return true; } },
+  });
+  const page = d.registerPage;
+  const checkPage = (when: string) => {
+    for (let w = 0; w < page.length; w++) {
+      const read = d.r32(4 * w);
+      if (page[w] !== read) assert.fail(`${when}: word 0x${(4 * w).toString(16)} is 0x${page[w].toString(16)} in the page, 0x${read.toString(16)} read`);
+    }
+    for (const port of d.hc.ports) assert.equal(page[PORTSC(port.number) >>> 2], port.read(), `${when}: PORTSC ${port.number}`);
+  };
+  assert.equal(page[0], 0x01000040, 'CAPLENGTH and HCIVERSION');
+  assert.equal(page[(OP + 4) >>> 2], 1, 'USBSTS: halted');
+  assert.equal(page[(OP + 8) >>> 2], 1, 'PAGESIZE');
+  checkPage('after reset');
+  d.start();
+  d.hc.attach(2, new LoopbackDevice('super'));
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0].usbsts & EINT, EINT, 'EINT was in the page when the interrupt went out');
+  assert.equal(seen[0].portsc & CCS_CSC, CCS_CSC, 'so were the connection and its change bit');
+  checkPage('after a connect');
+  d.cmd.push(0, 0, 0, trb(23));
+  d.w32(DB, 0);
+  d.events();
+  assert.equal(page[(OP + 0x18) >>> 2], 8, 'CRCR: Command Ring Running, the pointer reads as 0');
+  checkPage('after a command');
+  d.w32(PORTSC(2), (1 << 17) | (1 << 9)); // clear CSC
+  d.w32(PORTSC(2) + 4, 0x12345678); // PORTPMSC
+  assert.equal(page[(PORTSC(2) >>> 2) + 1], 0x12345678);
+  checkPage('after port writes');
+  d.hc.detach(2);
+  checkPage('after a disconnect');
+  d.w32(OP, 0); // halt
+  checkPage('halted');
+  d.w32(OP, 2); // HCRST
+  checkPage('after HCRST');
+  assert.equal(page[(PORTSC(2) >>> 2) + 1], 0, 'PORTPMSC after reset');
+});
+
 test('a USBSTS write-1-to-clear that KVM queued is applied before the controller sets a status bit, so it cannot clear the newer one', () => {
   const EINT = 1 << 3;
   const queued: number[] = [];
@@ -618,6 +662,59 @@ test('a USBSTS write-1-to-clear that KVM queued is applied before the controller
   applyQueued(); // the next exit: nothing left to apply
   assert.ok(d.usbsts & EINT, 'EINT of the newer interrupt is still set');
   assert.equal(d.raised.length, 2);
+});
+
+test('a queued write of ERDP\'s high dword is applied before the controller posts an event: with a segment above 4 GiB the ring still fills where the guest left it', () => {
+  const HIGH = 0x1_0000_0000;
+  const high: MemoryRegion = { guestBase: HIGH, size: 0x1000, buffer: new SharedArrayBuffer(0x1000), offset: 0, readonly: false, name: 'high' };
+  const queued: number[] = [];
+  const d: Driver = new Driver(makeMemory([high]), undefined, undefined, {
+    settleQueuedWrites: () => { for (const v of queued.splice(0)) d.hc.write(IR0 + 0x1c, 4, v); },
+  });
+  d.start();
+  // Two segments of 16 TRBs: one below 4 GiB, one above, so ERDP's high dword changes between them.
+  d.dma.writeU64(ERST, EVENT_RING);
+  d.dma.writeU32(ERST + 8, 16);
+  d.dma.writeU64(ERST + 16, HIGH);
+  d.dma.writeU32(ERST + 24, 16);
+  d.dma.fill(EVENT_RING, 16 * 16, 0);
+  d.w32(IR0 + 8, 2); // ERSTSZ
+  d.w64(IR0 + 0x18, EVENT_RING);
+  d.w64(IR0 + 0x10, ERST); // ERSTBA: the ring starts over
+  const noOps = (n: number) => {
+    for (let i = 0; i < n; i++) d.cmd.push(0, 0, 0, trb(23));
+    d.w32(DB, 0);
+  };
+  /** Reads the new events across both segments, as a driver walks them. */
+  let deq = EVENT_RING;
+  let cycle = 1;
+  const read = (): { type: number; code: number }[] => {
+    const out: { type: number; code: number }[] = [];
+    for (;;) {
+      const control = d.dma.readU32(deq + 12);
+      if ((control & 1) !== cycle) return out;
+      out.push({ type: (control >>> 10) & 0x3f, code: d.dma.readU32(deq + 8) >>> 24 });
+      deq += 16;
+      if (deq === EVENT_RING + 256) deq = HIGH;
+      else if (deq === HIGH + 256) {
+        deq = EVENT_RING;
+        cycle ^= 1;
+      }
+    }
+  };
+  noOps(20);
+  assert.equal(read().length, 20);
+  assert.equal(deq, HIGH + 4 * 16, 'the guest is 4 TRBs into the segment above 4 GiB');
+  // ERDP low (pointer and EHB) exits; KVM queues the high dword.
+  d.hc.write(IR0 + 0x18, 4, ((deq % HIGH) | 8) >>> 0);
+  queued.push(1);
+  // 32 commands complete with no exit in between: 31 slots of 32 take events, the last of them
+  // Event Ring Full Error (xHCI 4.9.4), and nothing overwrites what the guest has not read.
+  noOps(32);
+  const events = read();
+  assert.equal(queued.length, 0, 'the queue was applied');
+  assert.deepEqual(events.map((e) => e.type).slice(0, 30), Array(30).fill(33), '30 command completions');
+  assert.deepEqual(events.slice(30), [{ type: 37, code: 21 }], 'then Event Ring Full Error, and nothing after it');
 });
 
 test('MFINDEX counts microframes from the clock while running and holds when halted', () => {

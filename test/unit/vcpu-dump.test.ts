@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { allocateRam, GuestMemory, MiB } from '../../main/vmm/memory/guest-memory';
-import { apicVectors, describeIoapicPins, describePic, translate } from '../../main/vmm/machine/vcpu-dump';
+import { apicVectors, describeIoapicPins, describePic, interruptFrames, translate } from '../../main/vmm/machine/vcpu-dump';
 
 test('apicVectors lists the set bits of a 256-bit LAPIC register (words 16 bytes apart)', () => {
   const page = Buffer.alloc(1024);
@@ -73,4 +73,25 @@ test('describeIoapicPins reads kvm_ioapic_state after the chip id: trigger, mask
   state.writeBigUInt64LE((1n << 56n) | (1n << 16n) | (1n << 15n) | (1n << 14n) | 0x31n, 32 + 11 * 8); // pin 11: level, masked, remote IRR, to APIC 1
   assert.equal(describeIoapicPins(state, [4, 11]),
     'pin 4: vector 0x24 edge dest 0x0 irr 1; pin 11: vector 0x31 level masked remote-irr dest 0x1 irr 0');
+});
+
+test('interruptFrames finds the frames the CPU pushed for kernel interrupts, with the interrupted RFLAGS', () => {
+  const base = 0xffffcc9ac0003e60n;
+  const words = [
+    0xffffffffba85a025n, 0x101n, // return addresses and data
+    0xffffffffbaa00e62n, 0x0n,
+    // an interrupt taken at 0xffffffff8185a1a9 with IF clear
+    0xffffffffba85a1a9n, 0x10n, 0x2n, 0xffffcc9ac0003f60n, 0x18n,
+    0x10n, 0x18n, // not a frame: no RIP before them
+    // one taken with IF set
+    0xffffffffb9e70cb0n, 0x10n, 0x246n, 0xffffcc9ac059fb68n, 0x18n,
+    // user CS, or RFLAGS without bit 1: not kernel interrupt frames
+    0xffffffffb9e70cb0n, 0x33n, 0x246n, 0x7ffc0000n, 0x2bn,
+    0xffffffffb9e70cb0n, 0x10n, 0x200n, 0xffffcc9ac059fb68n, 0x18n,
+  ];
+  assert.deepEqual(interruptFrames(words, base), [
+    { at: base + 4n * 8n, rip: 0xffffffffba85a1a9n, rflags: 0x2n },
+    { at: base + 11n * 8n, rip: 0xffffffffb9e70cb0n, rflags: 0x246n },
+  ]);
+  assert.deepEqual(interruptFrames(words.slice(0, 8), base), [], 'a frame cut off by the end of the stack read');
 });

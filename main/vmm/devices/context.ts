@@ -50,7 +50,9 @@ export interface MachineContext {
   /**
    * Registers whose guest writes need no exit (KVM's coalesced MMIO): KVM queues them, and
    * they are applied before the next exit is handled and before the machine thread runs
-   * timers or host messages. Only for registers no read of which goes without an exit.
+   * timers or host messages (the VM host kicks vCPU 0 when a queued write waits 100 ms). A read
+   * that takes no exit (a read-only slot) shows the register's value from before the queued
+   * writes until then: only for registers a guest does not read back before its next exit.
    * Absent in tests without KVM.
    */
   readonly queuedWrites?: {

@@ -87,6 +87,31 @@ export function describeIoapicPins(state: Buffer, pins: readonly number[]): stri
   }).join('; ');
 }
 
+/** A frame the CPU pushed when it took an interrupt or exception in the kernel (x86-64). */
+export interface InterruptFrame {
+  /** Stack address of the saved RIP. */
+  at: bigint;
+  rip: bigint;
+  rflags: bigint;
+}
+
+/**
+ * Interrupt frames among stack words read from `base` up: RIP in kernel text, the kernel's CS
+ * (0x10), RFLAGS (bit 1 always set, nothing above bit 21), a kernel RSP and the kernel's SS
+ * (0x18). The saved RFLAGS tell whether the interrupted code had interrupts enabled: a frame of
+ * an external interrupt over IF 0 is one the guest could not have taken.
+ */
+export function interruptFrames(words: readonly bigint[], base: bigint): InterruptFrame[] {
+  const frames: InterruptFrame[] = [];
+  for (let i = 0; i + 4 < words.length; i++) {
+    const [rip, cs, rflags, rsp, ss] = words.slice(i, i + 5);
+    if (!isKernelText(rip) || cs !== 0x10n || ss !== 0x18n) continue;
+    if ((rflags & 2n) === 0n || rflags >= 1n << 22n || rsp < 0xffff800000000000n) continue;
+    frames.push({ at: base + BigInt(i * 8), rip, rflags });
+  }
+  return frames;
+}
+
 export function describeVcpu(cpu: number, vcpu: KvmVcpu, memory: GuestMemory, stackWords = 96): string {
   const r = vcpu.getRegs();
   const s = vcpu.getSregs();
@@ -118,13 +143,19 @@ export function describeVcpu(cpu: number, vcpu: KvmVcpu, memory: GuestMemory, st
     return lines.join('\n');
   }
   const texts: string[] = [];
+  const words: bigint[] = [];
   for (let i = 0; i < stackWords; i++) {
     const virt = r.rsp + BigInt(i * 8);
     const phys = translate(memory, s.cr3, virt);
     if (phys === null || !memory.contains(phys, 8)) break;
     const word = memory.readU64(phys);
+    words.push(word);
     if (isKernelText(word)) texts.push(`${hex(virt)}: ${hex(word)}`);
   }
   lines.push(`  stack words in kernel text: ${texts.length ? texts.join(', ') : 'none'}`);
+  const frames = interruptFrames(words, r.rsp);
+  if (frames.length) {
+    lines.push(`  interrupt frames on the stack: ${frames.map((f) => `${hex(f.at)}: rip ${hex(f.rip)} rflags ${hex(f.rflags)} (IF ${(f.rflags >> 9n) & 1n})`).join(', ')}`);
+  }
   return lines.join('\n');
 }

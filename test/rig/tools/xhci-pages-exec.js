@@ -3,6 +3,8 @@
 // (PORTHOLE_XHCI_TRAP_REGISTERS=1), in one L1: N boots of each, alternating, of the L2 kit
 // under Porthole with a 64 MiB stick; per boot (after a warm-up of each kind) 1 MiB reads and
 // writes and 4 KiB reads and writes with dd O_DIRECT, as the usb-storage bench does.
+// `--env B=NAME` compares against Porthole with NAME=1 in its environment instead (for example
+// B=PORTHOLE_XHCI_EXIT_REGISTERS: the register page and ERDP's high dwords exit).
 const fs = require('fs');
 const { SerialConsole } = require('porthole-rig');
 const path = require('path');
@@ -17,7 +19,7 @@ async function bootOnce(ctx, variant) {
   fs.writeFileSync(image, '');
   fs.truncateSync(image, MIB * 1048576);
   const env = { ...process.env };
-  if (variant === 'trap') env.PORTHOLE_XHCI_TRAP_REGISTERS = '1';
+  if (variant === 'trap') env[process.env.RIG_B || 'PORTHOLE_XHCI_TRAP_REGISTERS'] = '1';
   const child = ctx.spawn(process.execPath, [
     '/project/bin/porthole', 'run', '--kernel', ctx.kit.vmlinuz, '--initrd', ctx.kit.initrd, '--append', APPEND,
     '--mem', '256M', '--cpus', '1', '--serial', 'stdio', '--usb', `storage:${image}`, '--no-reboot',
@@ -79,5 +81,5 @@ module.exports = async (ctx) => {
     const t = median(samples.trap.map((r) => r[m]));
     return `${m} ${p.toFixed(1)} vs ${t.toFixed(1)} (${(p / t).toFixed(2)}x)`;
   }).join('; ');
-  return `pages+queue against all exiting, medians of ${samples.pages.length} and ${samples.trap.length} boots: ${line}`;
+  return `as is against ${process.env.RIG_B || 'PORTHOLE_XHCI_TRAP_REGISTERS'}=1, medians of ${samples.pages.length} and ${samples.trap.length} boots: ${line}`;
 };

@@ -3,12 +3,18 @@
 // vector n, or INTx A while MSI-X is off. The emulated devices of the VM's config are plugged
 // in at build time, and hot-plugged through host messages; a reset rebuilds the machine with
 // the devices plugged in at that moment (the VM host hands them over).
-// Two pages of BAR 0 are read-only KVM slots where KVM allows them, so reads take no exit while
-// writes still exit to the controller: the doorbell page, of zeros (doorbells read as 0, xHCI
-// 5.6; Linux reads one back after each write), and the interrupters' page, whose memory is
-// where the controller keeps those registers (Linux reads IMAN and ERDP at every interrupt).
+// Three pages of BAR 0 are read-only KVM slots where KVM allows them, so reads take no exit
+// while writes still exit to the controller: the doorbell page, of zeros (doorbells read as 0,
+// xHCI 5.6; Linux reads one back after each write); the interrupters' page, whose memory is
+// where the controller keeps those registers (Linux reads IMAN and ERDP at every interrupt);
+// and the first page, where it keeps the capability, operational and port registers (Linux
+// reads USBSTS at every interrupt). MFINDEX, which changes with time, has page 1 to itself.
 // USBSTS writes (the write-1-to-clear of EINT at every interrupt) queue in KVM's coalesced
-// ring instead of exiting; USBSTS reads still exit, and the ring is applied before each.
+// ring instead of exiting, and so do writes to the high dword of each interrupter's ERDP (Linux
+// writes ERDP low, then high, at the end of every interrupt). The machine applies the ring before
+// it handles any exit, and the controller before it sets a USBSTS bit or posts an event. Until
+// then a read shows the register's older value: Linux's handler writes ERDP low (pointer and
+// EHB, which exits) before it reads USBSTS or ERDP again.
 import { DmaMemory } from '../../memory/dma';
 import { allocateRom, hostAddressOf, type MemoryRegion } from '../../memory/guest-memory';
 import type { UsbConfig, UsbDeviceConfig } from '../../config';
@@ -26,7 +32,7 @@ import { PassthroughRouter } from './passthrough/passthrough-device';
 import { UsbfsDirectUrbs } from './passthrough/direct-urbs';
 import { isPassthroughKind } from '../../shared/usb-passthrough-messages';
 import { USB_KIND, XHCI_CHANNEL_TARGET } from '../../shared/usb-messages';
-import { DB_BASE, MAX_INTRS, OP_BASE, OP_USBSTS, RT_IR_PAGE, XHCI_BAR_SIZE } from './xhci/constants';
+import { DB_BASE, IR_ERDP, MAX_INTRS, OP_BASE, OP_USBSTS, REGISTER_PAGE_WORDS, RT_IR_PAGE, RT_IR_STRIDE, XHCI_BAR_SIZE } from './xhci/constants';
 
 /** Where the controller sits on bus 0. */
 export const XHCI_PCI_SLOT = 4;
@@ -39,6 +45,8 @@ const PCI_FLADJ = 0x61;
 /** The doorbell array's page: nothing else of the controller's reads from it. */
 export const XHCI_DOORBELL_PAGE = { offset: DB_BASE, size: 0x1000 } as const;
 /** The interrupters' page: nothing but their registers. */
+/** The capability, operational and port registers' page. */
+export const XHCI_REGISTER_PAGE = { offset: 0, size: REGISTER_PAGE_WORDS * 4 } as const;
 export const XHCI_INTERRUPTER_PAGE = { offset: RT_IR_PAGE, size: 0x1000 } as const;
 
 /**
@@ -46,6 +54,14 @@ export const XHCI_INTERRUPTER_PAGE = { offset: RT_IR_PAGE, size: 0x1000 } as con
  * read-only). The region is held here for the thread's life: KVM maps its memory, which the
  * garbage collector would otherwise free under the slot.
  */
+/**
+ * PORTHOLE_XHCI_EXIT_REGISTERS=1: reads of the register page and writes of ERDP's high dwords
+ * exit, as before they were mapped and queued (for comparing the two in one bench).
+ */
+function exitRegisters(): boolean {
+  return process.env.PORTHOLE_XHCI_EXIT_REGISTERS === '1';
+}
+
 let zeroPageRegion: MemoryRegion | null = null;
 function zeroPage(): bigint {
   zeroPageRegion ??= allocateRom(0, new Uint8Array(XHCI_DOORBELL_PAGE.size), 'xhci-doorbells');
@@ -60,9 +76,16 @@ export class XhciPci extends PciDevice {
   /** The read-only slots of the doorbell and interrupter pages while BAR 0 decodes (its reads exit without them). */
   private pageSlots: number[] = [];
   /** Where USBSTS's queued-write zone is registered (null: none, its writes exit). */
-  private usbstsZone: number | null = null;
+  /** BAR 0 offsets of the registers whose writes KVM queues (see the top of this file). */
+  private static readonly QUEUED_REGISTERS = [
+    OP_BASE + OP_USBSTS,
+    ...Array.from({ length: MAX_INTRS }, (_, i) => RT_IR_PAGE + i * RT_IR_STRIDE + IR_ERDP + 4),
+  ];
+  /** Guest addresses of the queued registers KVM took (4 bytes each). */
+  private queuedZones: number[] = [];
   /** The interrupters' registers (the controller's own storage), held for as long as KVM may map it. */
   private readonly interrupterPage = allocateRom(0, new Uint8Array(XHCI_INTERRUPTER_PAGE.size), 'xhci-interrupters');
+  private readonly registerPage = allocateRom(0, new Uint8Array(XHCI_REGISTER_PAGE.size), 'xhci-registers');
 
   constructor(private readonly ctx: DeviceContext) {
     // Register-compatible with QEMU's qemu-xhci (1b36:000d): guests' drivers need no quirks.
@@ -99,6 +122,7 @@ export class XhciPci extends PciDevice {
       statistics: ctx.statistics,
       log: (text) => ctx.log(`xhci: ${text}`),
       interrupterRegisters: new Uint32Array(this.interrupterPage.buffer, this.interrupterPage.offset, XHCI_INTERRUPTER_PAGE.size / 4),
+      registerPage: new Uint32Array(this.registerPage.buffer, this.registerPage.offset, REGISTER_PAGE_WORDS),
       settleQueuedWrites: ctx.queuedWrites ? () => ctx.queuedWrites!.settle() : undefined,
     });
   }
@@ -109,9 +133,12 @@ export class XhciPci extends PciDevice {
     if (index !== 0 || process.env.PORTHOLE_XHCI_TRAP_REGISTERS === '1') return;
     const queued = this.ctx.queuedWrites;
     // The config write that moved the BAR exited, and the queue was applied before it.
-    if (queued && this.usbstsZone !== null) queued.remove(this.usbstsZone, 4);
-    this.usbstsZone = null;
-    if (queued && address !== null && queued.add(address + OP_BASE + OP_USBSTS, 4)) this.usbstsZone = address + OP_BASE + OP_USBSTS;
+    if (queued) for (const zone of this.queuedZones) queued.remove(zone, 4);
+    this.queuedZones = [];
+    if (queued && address !== null) {
+      const offsets = exitRegisters() ? XhciPci.QUEUED_REGISTERS.slice(0, 1) : XhciPci.QUEUED_REGISTERS;
+      for (const offset of offsets) if (queued.add(address + offset, 4)) this.queuedZones.push(address + offset);
+    }
     const slots = this.ctx.slots;
     if (!slots) return;
     for (const slot of this.pageSlots) slots.remove(slot);
@@ -120,7 +147,9 @@ export class XhciPci extends PciDevice {
     const pages = [
       { page: XHCI_DOORBELL_PAGE, memory: zeroPage(), name: 'doorbells' },
       { page: XHCI_INTERRUPTER_PAGE, memory: hostAddressOf(this.interrupterPage), name: 'interrupters' },
+      { page: XHCI_REGISTER_PAGE, memory: hostAddressOf(this.registerPage), name: 'registers' },
     ];
+    if (exitRegisters()) pages.pop();
     for (const { page, memory, name } of pages) {
       try {
         this.pageSlots.push(slots.add(address + page.offset, page.size, memory, { readonly: true, name: `xhci/${name}` }));

@@ -14,6 +14,8 @@ export const ERST_MAX_LOG2 = 4;
 // Register map (offsets in the BAR).
 export const CAP_LENGTH = 0x40;
 export const OP_BASE = CAP_LENGTH;
+/** BAR 0's first page holds the capability, operational and port registers, nothing else. */
+export const REGISTER_PAGE_WORDS = 0x1000 / 4;
 export const PORT_BASE = OP_BASE + 0x400;
 export const PORT_STRIDE = 0x10;
 /**

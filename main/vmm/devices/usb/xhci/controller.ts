@@ -11,7 +11,7 @@ import {
   PORT_BASE, PORT_STRIDE, RT_BASE, RT_IR_BASE, RT_IR_STRIDE, RT_MFINDEX, TRB_COMMAND_COMPLETION,
   TRB_PORT_STATUS_CHANGE, USB2_PORTS, USB3_PORTS, USBCMD_HCRST, USBCMD_INTE, USBCMD_RS, USBCMD_STORED,
   MFINDEX_WRAP_MS, TRB_MFINDEX_WRAP, USBCMD_EWE,
-  USBSTS_EINT, USBSTS_HCE, USBSTS_HCH, USBSTS_HSE, USBSTS_PCD, USBSTS_RW1C, XECP_BASE, XHCI_BAR_SIZE,
+  USBSTS_EINT, USBSTS_HCE, USBSTS_HCH, USBSTS_HSE, USBSTS_PCD, USBSTS_RW1C, XECP_BASE, XHCI_BAR_SIZE, REGISTER_PAGE_WORDS,
 } from './constants';
 import { high32, low32, newSlots, pointer, type Slot, TWO_32, type XhciServices } from './core';
 import { XhciPort } from './ports';
@@ -21,6 +21,15 @@ import { TransferEngine } from './transfers';
 import type { UsbCaptureTap } from './capture';
 import type { StatsRegistry } from '../../../shared/stats';
 import { UsbTrafficStats } from './traffic-stats';
+
+// Words of the register page (XhciOptions.registerPage) that hold operational registers.
+const W_USBCMD = (OP_BASE + OP_USBCMD) >>> 2;
+const W_USBSTS = (OP_BASE + OP_USBSTS) >>> 2;
+const W_PAGESIZE = (OP_BASE + OP_PAGESIZE) >>> 2;
+const W_DNCTRL = (OP_BASE + OP_DNCTRL) >>> 2;
+const W_CRCR = (OP_BASE + OP_CRCR) >>> 2;
+const W_DCBAAP = (OP_BASE + OP_DCBAAP) >>> 2;
+const W_CONFIG = (OP_BASE + OP_CONFIG) >>> 2;
 
 /** Where the controller's interrupts go (MSI-X vectors or INTx; the wiring decides). */
 export interface XhciInterruptSink {
@@ -57,9 +66,16 @@ export interface XhciOptions {
    */
   interrupterRegisters?: Uint32Array;
   /**
+   * BAR 0's first page (REGISTER_PAGE_WORDS words): the capability, operational and port
+   * registers, kept as the guest reads them; the PCI function maps it into the guest read-only.
+   */
+  registerPage?: Uint32Array;
+  /**
    * Applies the guest's writes that KVM queued instead of exiting (the PCI function queues
-   * USBSTS writes): called before the controller sets a USBSTS bit, so that a write-1-to-clear
-   * the guest made earlier cannot clear a bit set after it.
+   * USBSTS writes and ERDP's high dwords): called before the controller sets a USBSTS bit, so
+   * that a write-1-to-clear the guest made earlier cannot clear a bit set after it, and before
+   * it posts an event, so that the event ring's room follows the guest's last ERDP write.
+   * Until then, a read of ERDP's high dword (the read-only page) still shows the older value.
    */
   settleQueuedWrites?: () => void;
 }
@@ -113,16 +129,25 @@ export class XhciController implements XhciServices {
   private readonly logFn: (text: string) => void;
   private readonly settleQueuedWrites: () => void;
 
-  private usbcmd = 0;
-  private usbsts = USBSTS_HCH;
-  private dnctrl = 0;
-  private config = 0;
-  private dcbaapLow = 0;
-  private dcbaapHigh = 0;
+  /** BAR 0's first page as the guest reads it: these registers live there (see XhciOptions). */
+  private readonly page: Uint32Array;
+  private get usbcmd(): number { return this.page[W_USBCMD]; }
+  private set usbcmd(v: number) { this.page[W_USBCMD] = v; }
+  private get usbsts(): number { return this.page[W_USBSTS]; }
+  private set usbsts(v: number) { this.page[W_USBSTS] = v; }
+  private get dnctrl(): number { return this.page[W_DNCTRL]; }
+  private set dnctrl(v: number) { this.page[W_DNCTRL] = v; }
+  private get config(): number { return this.page[W_CONFIG]; }
+  private set config(v: number) { this.page[W_CONFIG] = v; }
+  private get dcbaapLow(): number { return this.page[W_DCBAAP]; }
+  private set dcbaapLow(v: number) { this.page[W_DCBAAP] = v; }
+  private get dcbaapHigh(): number { return this.page[W_DCBAAP + 1]; }
+  private set dcbaapHigh(v: number) { this.page[W_DCBAAP + 1] = v; }
+  /** Command Ring Running: the one CRCR bit that reads back (the pointer reads as 0). */
+  private get crr(): boolean { return (this.page[W_CRCR] & CRCR_CRR) !== 0; }
+  private set crr(v: boolean) { this.page[W_CRCR] = v ? CRCR_CRR : 0; }
   private crcrLow = 0;
   private crcrHigh = 0;
-  /** Command Ring Running. */
-  private crr = false;
   private readonly cmd: RingCursor = { ptr: 0, cycle: 1 };
   private cmdLoop = false;
   private cmdStopPending = false;
@@ -140,11 +165,19 @@ export class XhciController implements XhciServices {
     this.countFn = options.count ?? (() => {});
     this.logFn = options.log ?? (() => {});
     this.settleQueuedWrites = options.settleQueuedWrites ?? (() => {});
+    this.page = options.registerPage ?? new Uint32Array(REGISTER_PAGE_WORDS);
+    if (this.page.length < REGISTER_PAGE_WORDS) throw new Error(`the register page needs ${REGISTER_PAGE_WORDS} words`);
+    this.page.fill(0);
+    for (let off = 0; off < CAP_LENGTH; off += 4) this.page[off >>> 2] = this.readCapability(off);
+    this.page[W_PAGESIZE] = 1; // 4 KiB
     const portEvents = {
       changed: (port: XhciPort) => this.portChanged(port),
       resetting: (port: XhciPort) => this.slotsOn(port.number).forEach((s) => this.transfers.abortSlot(s)),
     };
-    for (let i = 1; i <= MAX_PORTS; i++) this.ports.push(new XhciPort(i, i <= USB3_PORTS, portEvents));
+    for (let i = 1; i <= MAX_PORTS; i++) {
+      const at = (PORT_BASE + (i - 1) * PORT_STRIDE) >>> 2;
+      this.ports.push(new XhciPort(i, i <= USB3_PORTS, portEvents, this.page.subarray(at, at + 4)));
+    }
     const registers = options.interrupterRegisters ?? new Uint32Array(MAX_INTRS * INTERRUPTER_WORDS);
     if (registers.length < MAX_INTRS * INTERRUPTER_WORDS) throw new Error(`the interrupters need ${MAX_INTRS * INTERRUPTER_WORDS} register words`);
     for (let i = 0; i < MAX_INTRS; i++) this.interrupters.push(new EventRing(registers.subarray(i * INTERRUPTER_WORDS, (i + 1) * INTERRUPTER_WORDS)));
@@ -274,17 +307,12 @@ export class XhciController implements XhciServices {
   }
 
   private read32(off: number): number {
-    if (off < CAP_LENGTH) return this.readCapability(off);
-    if (off >= PORT_BASE && off < PORT_BASE + MAX_PORTS * PORT_STRIDE) {
-      const port = this.ports[(off - PORT_BASE) >>> 4];
-      switch (off & 0xf) {
-        case 0: return port.read();
-        case 4: return port.pmsc;
-        case 8: return 0; // PORTLI: no link errors
-        default: return port.hlpmc;
-      }
+    // The capability, operational and port registers: what the guest reads without an exit
+    // where the page is mapped, so the same words answer an exit.
+    if (off < REGISTER_PAGE_WORDS * 4) {
+      if (off === OP_BASE + OP_USBSTS) this.handlerBegan();
+      return this.page[off >>> 2];
     }
-    if (off >= OP_BASE && off < PORT_BASE) return this.readOperational(off - OP_BASE);
     if (off === RT_BASE + RT_MFINDEX) return this.mfindex();
     if (off >= RT_BASE + RT_IR_BASE && off < RT_BASE + RT_IR_BASE + MAX_INTRS * RT_IR_STRIDE) {
       const rel = off - RT_BASE - RT_IR_BASE;
@@ -318,26 +346,17 @@ export class XhciController implements XhciServices {
     }
   }
 
-  private readOperational(off: number): number {
-    switch (off) {
-      case OP_USBCMD: return this.usbcmd;
-      case OP_USBSTS:
-        // Linux's and SeaBIOS's handlers begin with this read: how long the interrupt took to
-        // reach a running handler (a halted guest's wake-up included) is counted for the benches.
-        if (this.interruptRaisedAt >= 0) {
-          this.count('irq-to-handler-us', Math.round((this.clock.now() - this.interruptRaisedAt) * 1000));
-          this.count('irq-to-handler');
-          this.interruptRaisedAt = -1;
-        }
-        return this.usbsts >>> 0;
-      case OP_PAGESIZE: return 1; // 4 KiB
-      case OP_DNCTRL: return this.dnctrl;
-      case OP_CRCR: return this.crr ? CRCR_CRR : 0; // the pointer reads as 0
-      case OP_DCBAAP: return this.dcbaapLow;
-      case OP_DCBAAP + 4: return this.dcbaapHigh;
-      case OP_CONFIG: return this.config;
-      default: return 0;
-    }
+  /**
+   * The guest's interrupt handler has begun: Linux's and SeaBIOS's begin with a USBSTS read,
+   * which exits where the register page is not mapped; where it is, the handler's ERDP write
+   * is the first access that exits. How long an interrupt took to get there (a halted guest's
+   * wake-up included) is counted for the benches.
+   */
+  private handlerBegan(): void {
+    if (this.interruptRaisedAt < 0) return;
+    this.count('irq-to-handler-us', Math.round((this.clock.now() - this.interruptRaisedAt) * 1000));
+    this.count('irq-to-handler');
+    this.interruptRaisedAt = -1;
   }
 
   /** With EWE set and the controller running, an MFINDEX Wrap Event at each wrap (xHCI 4.14.2). */
@@ -470,6 +489,7 @@ export class XhciController implements XhciServices {
       case IR_ERDP:
       case IR_ERDP + 4:
         if (reg === IR_ERDP) {
+          this.handlerBegan();
           ir.erdpLow = ((v & ~0xf) | (v & 7)) >>> 0; // pointer and DESI; EHB is write-1-to-clear
           if (v & ERDP_EHB) ir.busy = false;
         } else {
@@ -615,6 +635,8 @@ export class XhciController implements XhciServices {
     }
     const i = interrupter < MAX_INTRS ? interrupter : 0;
     const ir = this.interrupters[i];
+    // A queued ERDP write (its high dword) came before this event: the ring's room follows it.
+    this.settleQueuedWrites();
     if (!ir.valid) {
       this.fatal(`an event for interrupter ${i}, whose event ring is not set up`);
       return;

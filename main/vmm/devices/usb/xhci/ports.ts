@@ -1,4 +1,6 @@
-// Root hub ports: PORTSC and friends, connect/disconnect, reset, link states.
+// Root hub ports: PORTSC and friends, connect/disconnect, reset, link states. A port keeps its
+// four registers as the guest reads them in `words` (the controller's register page), current
+// after every change and before any event that tells the guest to look.
 import type { UsbDevice, UsbSpeed } from '../usb-device';
 import {
   PLS_DISABLED, PLS_POLLING, PLS_RESUME, PLS_RX_DETECT, PLS_U0, PLS_U3, PORTSC_CCS, PORTSC_CHANGES, PORTSC_CSC,
@@ -29,11 +31,23 @@ export class XhciPort {
   private changes = 0;
   private wake = 0;
   private indicator = 0;
-  pmsc = 0;
-  hlpmc = 0;
 
-  /** `number` is 1-based. */
-  constructor(readonly number: number, readonly usb3: boolean, private readonly events: PortEvents) {}
+  /** `number` is 1-based; `words` are PORTSC, PORTPMSC, PORTLI (no link errors: 0) and PORTHLPMC. */
+  constructor(readonly number: number, readonly usb3: boolean, private readonly events: PortEvents,
+    private readonly words: Uint32Array = new Uint32Array(4)) {
+    this.words.fill(0);
+    this.sync();
+  }
+
+  get pmsc(): number { return this.words[1]; }
+  set pmsc(v: number) { this.words[1] = v; }
+  get hlpmc(): number { return this.words[3]; }
+  set hlpmc(v: number) { this.words[3] = v; }
+
+  /** PORTSC as the guest reads it, into `words`. */
+  private sync(): void {
+    this.words[0] = this.read();
+  }
 
   /** Whether a device of this speed belongs on this port. */
   accepts(speed: UsbSpeed): boolean {
@@ -67,12 +81,14 @@ export class XhciPort {
     if (v & PORTSC_PR) this.reset(false);
     else if (this.usb3 && (v & PORTSC_WPR)) this.reset(true);
     else if (v & PORTSC_LWS) this.writeLinkState((v >>> PORTSC_PLS_SHIFT) & 0xf);
+    this.sync();
   }
 
   connect(device: UsbDevice): void {
     this.device = device;
     this.linkUp();
     this.change(PORTSC_CSC);
+    this.sync();
   }
 
   disconnect(): void {
@@ -81,6 +97,7 @@ export class XhciPort {
     this.enabled = false;
     this.pls = PLS_RX_DETECT;
     if (wasThere) this.change(PORTSC_CSC);
+    this.sync();
   }
 
   /** Host controller reset: back to power-on state, a device present shows as a new connection. */
@@ -93,6 +110,7 @@ export class XhciPort {
       this.linkUp();
       this.changes = PORTSC_CSC;
     }
+    this.sync();
   }
 
   /** Device-initiated resume (remote wake-up) from U3. */
@@ -100,6 +118,7 @@ export class XhciPort {
     if (this.device === null || !this.enabled || this.pls !== PLS_U3) return false;
     this.pls = this.usb3 ? PLS_U0 : PLS_RESUME;
     this.change(PORTSC_PLC);
+    this.sync();
     return true;
   }
 
@@ -158,6 +177,8 @@ export class XhciPort {
   private change(bits: number): void {
     const fresh = bits & ~this.changes;
     this.changes |= bits;
+    // The event (and its interrupt, which may reach another vCPU at once) comes after the page is current.
+    this.sync();
     if (fresh !== 0) this.events.changed(this);
   }
 
