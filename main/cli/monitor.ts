@@ -257,15 +257,21 @@ export async function startMonitor(path: string, control: UsbControl, log: (line
   };
 }
 
-/** Sends one request to the VM listening on `path`; resolves with its value or rejects with its sentence. */
-export function monitorCall(path: string, method: MonitorMethod, args: unknown[]): Promise<unknown> {
+/**
+ * Sends one request to the VM listening on `path`; resolves with its value or rejects with its
+ * sentence. With `timeoutMs`, a VM that has not answered by then is given up on.
+ */
+export function monitorCall(path: string, method: MonitorMethod, args: unknown[], timeoutMs?: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(path);
     let buffered = '';
     let settled = false;
+    const timer = timeoutMs === undefined ? null : setTimeout(() => settle(() => reject(new MonitorError(
+      `the VM at ${path} did not answer ${method} within ${timeoutMs >= 1000 ? `${Math.round(timeoutMs / 1000)} s` : `${timeoutMs} ms`}`))), timeoutMs);
     const settle = (fn: () => void) => {
       if (settled) return;
       settled = true;
+      if (timer !== null) clearTimeout(timer);
       socket.destroy();
       fn();
     };

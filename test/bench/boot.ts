@@ -138,11 +138,27 @@ export async function askStuckPortholeForState(vm: { child: ChildProcess }): Pro
   await new Promise((resolve) => setTimeout(resolve, 3000));
 }
 
-/** Kills a kit VM's process group and waits until it is gone. */
+/** How long a killed kit VM gets to go away before the bench goes on without it. */
+const REAP_WAIT_MS = 30_000;
+
+/**
+ * Kills a kit VM's process group and waits until it is gone (its output closed), for at most
+ * REAP_WAIT_MS: a VM process stuck in the kernel, or one whose output another process still
+ * holds, is reported and left behind rather than holding up the rest of the bench.
+ */
 export async function reapKitVm(vm: { child: ChildProcess; exited: Promise<void> }): Promise<void> {
   killGroup(vm.child);
-  await vm.exited;
+  let timer: NodeJS.Timeout | undefined;
+  const gone = await Promise.race([
+    vm.exited.then(() => true),
+    new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), REAP_WAIT_MS); }),
+  ]);
+  clearTimeout(timer);
   live.delete(vm.child);
+  if (!gone) {
+    const state = vm.child.exitCode !== null || vm.child.signalCode !== null ? 'exited, but its output is still open' : 'has not exited';
+    console.error(`bench: the VM process ${vm.child.pid} ${state} ${REAP_WAIT_MS / 1000} s after SIGKILL; going on without it`);
+  }
 }
 
 async function bootOnce(vmm: BootVmm, kit: KitPaths, cpus: number, round: number, timeoutMs: number): Promise<BootSample> {

@@ -60,8 +60,16 @@ export interface PerCommand {
 
 type Totals = Map<string, number>;
 
+/** A VM whose monitor has not answered a stats request by then is stuck: the round fails. */
+const MONITOR_TIMEOUT_MS = 30_000;
+/**
+ * A dd phase that has not finished by then is stuck (the slowest phase takes well under a
+ * minute in the rig): the round fails, after a stuck Porthole is asked for its state.
+ */
+const DD_TIMEOUT_MS = 240_000;
+
 async function totals(socket: string): Promise<Totals> {
-  const sample = await monitorCall(socket, 'getVmStats', []) as StatsSample;
+  const sample = await monitorCall(socket, 'getVmStats', [], MONITOR_TIMEOUT_MS) as StatsSample;
   return new Map(sample.counters.map((c) => [`${c.group}/${c.name}`, c.total]));
 }
 
@@ -107,7 +115,7 @@ export async function timeDdPhases(
 ): Promise<void> {
   for (const [measure, op, block, count] of phases) {
     const before = socket !== null ? await totals(socket) : null;
-    const rate = await ddRate(con, dev, op, block, count);
+    const rate = await ddRate(con, dev, op, block, count, DD_TIMEOUT_MS);
     into.rates[measure] = rate;
     if (before !== null && socket !== null) (into.perCommand ??= {})[measure] = perCommand(before, await totals(socket), rate);
   }
@@ -179,7 +187,7 @@ async function runOnce(vmm: BootVmm, kit: KitPaths, image: string, mib: number, 
     // Untimed warm-up, the same for both VMMs: one pass of every phase's kind, so the timed
     // phases measure the steady state rather than V8 compiling Porthole's device models (in L1
     // that compile work ran inside the first seconds of the timed phases).
-    for (const [, op, block, count] of phases) await ddRate(con, dev, op, block, Math.max(1, Math.ceil(count / 4)));
+    for (const [, op, block, count] of phases) await ddRate(con, dev, op, block, Math.max(1, Math.ceil(count / 4)), DD_TIMEOUT_MS);
     await timeDdPhases(con, dev, phases, vmm === 'porthole' ? socket : null, sample);
     sample.xhciIrq = (await con.run("grep -i xhci /proc/interrupts | tr -s ' '")).output.trim().split('\n').join(' | ');
   } catch (e) {

@@ -260,3 +260,16 @@ test('the socket path: a stale socket is replaced, a live one or another file is
   fs.writeFileSync(file, 'x');
   await assert.rejects(startMonitor(file, vm), { message: `--monitor ${file}: that file exists and is not a socket` });
 });
+
+test('a call with a timeout gives up on a VM that takes the request and never answers', { timeout: 10_000 }, async () => {
+  const silent = net.createServer(() => { /* takes the connection, answers nothing */ });
+  const where = path.join(dir, 'silent.sock');
+  await new Promise<void>((resolve) => silent.listen(where, resolve));
+  try {
+    await assert.rejects(monitorCall(where, 'getVmStats', [], 200), {
+      message: `the VM at ${where} did not answer getVmStats within 200 ms`,
+    });
+  } finally {
+    silent.close();
+  }
+});
