@@ -85,6 +85,8 @@ test('interruptFrames finds the frames the CPU pushed for kernel interrupts, wit
     0x10n, 0x18n, // not a frame: no RIP before them
     // one taken with IF set
     0xffffffffb9e70cb0n, 0x10n, 0x246n, 0xffffcc9ac059fb68n, 0x18n,
+    // one taken in a module
+    0xffffffffc04b420cn, 0x10n, 0x10246n, 0xffffd19e80b2bb60n, 0x18n,
     // user CS, or RFLAGS without bit 1: not kernel interrupt frames
     0xffffffffb9e70cb0n, 0x33n, 0x246n, 0x7ffc0000n, 0x2bn,
     0xffffffffb9e70cb0n, 0x10n, 0x200n, 0xffffcc9ac059fb68n, 0x18n,
@@ -92,6 +94,7 @@ test('interruptFrames finds the frames the CPU pushed for kernel interrupts, wit
   assert.deepEqual(interruptFrames(words, base), [
     { at: base + 4n * 8n, rip: 0xffffffffba85a1a9n, rflags: 0x2n },
     { at: base + 11n * 8n, rip: 0xffffffffb9e70cb0n, rflags: 0x246n },
+    { at: base + 16n * 8n, rip: 0xffffffffc04b420cn, rflags: 0x10246n },
   ]);
   assert.deepEqual(interruptFrames(words.slice(0, 8), base), [], 'a frame cut off by the end of the stack read');
 });

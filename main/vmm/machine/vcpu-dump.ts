@@ -56,6 +56,8 @@ export function translate(memory: GuestMemory, cr3: bigint, virt: bigint): numbe
 
 /** Kernel text on x86-64 Linux lies in the top 2 GiB. */
 const isKernelText = (v: bigint) => v >= 0xffffffff80000000n && v < 0xffffffffc0000000n;
+/** Kernel text or a module's (the module area runs to the fixmap). */
+const isKernelCode = (v: bigint) => v >= 0xffffffff80000000n && v < 0xffffffffff000000n;
 
 /** struct kvm_irqchip for a PIC: chip id and padding, then struct kvm_pic_state. */
 const PIC_IRR = 9;
@@ -96,7 +98,7 @@ export interface InterruptFrame {
 }
 
 /**
- * Interrupt frames among stack words read from `base` up: RIP in kernel text, the kernel's CS
+ * Interrupt frames among stack words read from `base` up: RIP in kernel or module code, the kernel's CS
  * (0x10), RFLAGS (bit 1 always set, nothing above bit 21), a kernel RSP and the kernel's SS
  * (0x18). The saved RFLAGS tell whether the interrupted code had interrupts enabled: a frame of
  * an external interrupt over IF 0 is one the guest could not have taken.
@@ -105,7 +107,7 @@ export function interruptFrames(words: readonly bigint[], base: bigint): Interru
   const frames: InterruptFrame[] = [];
   for (let i = 0; i + 4 < words.length; i++) {
     const [rip, cs, rflags, rsp, ss] = words.slice(i, i + 5);
-    if (!isKernelText(rip) || cs !== 0x10n || ss !== 0x18n) continue;
+    if (!isKernelCode(rip) || cs !== 0x10n || ss !== 0x18n) continue;
     if ((rflags & 2n) === 0n || rflags >= 1n << 22n || rsp < 0xffff800000000000n) continue;
     frames.push({ at: base + BigInt(i * 8), rip, rflags });
   }

@@ -45,15 +45,10 @@ const PCI_FLADJ = 0x61;
 /** The doorbell array's page: nothing else of the controller's reads from it. */
 export const XHCI_DOORBELL_PAGE = { offset: DB_BASE, size: 0x1000 } as const;
 /** The interrupters' page: nothing but their registers. */
+export const XHCI_INTERRUPTER_PAGE = { offset: RT_IR_PAGE, size: 0x1000 } as const;
 /** The capability, operational and port registers' page. */
 export const XHCI_REGISTER_PAGE = { offset: 0, size: REGISTER_PAGE_WORDS * 4 } as const;
-export const XHCI_INTERRUPTER_PAGE = { offset: RT_IR_PAGE, size: 0x1000 } as const;
 
-/**
- * One page of zeros for every controller of this thread (never written: the guest's slot is
- * read-only). The region is held here for the thread's life: KVM maps its memory, which the
- * garbage collector would otherwise free under the slot.
- */
 /**
  * PORTHOLE_XHCI_EXIT_REGISTERS=1: reads of the register page and writes of ERDP's high dwords
  * exit, as before they were mapped and queued (for comparing the two in one bench).
@@ -62,6 +57,11 @@ function exitRegisters(): boolean {
   return process.env.PORTHOLE_XHCI_EXIT_REGISTERS === '1';
 }
 
+/**
+ * One page of zeros for every controller of this thread (never written: the guest's slot is
+ * read-only). The region is held here for the thread's life: KVM maps its memory, which the
+ * garbage collector would otherwise free under the slot.
+ */
 let zeroPageRegion: MemoryRegion | null = null;
 function zeroPage(): bigint {
   zeroPageRegion ??= allocateRom(0, new Uint8Array(XHCI_DOORBELL_PAGE.size), 'xhci-doorbells');
@@ -73,9 +73,8 @@ export class XhciPci extends PciDevice {
   readonly msix: MsixCapability;
   /** Interrupters whose level is up while MSI-X is off (they share INTx A). */
   private intxLevels = 0;
-  /** The read-only slots of the doorbell and interrupter pages while BAR 0 decodes (its reads exit without them). */
+  /** The read-only slots of the doorbell, interrupter and register pages while BAR 0 decodes (their reads exit without them). */
   private pageSlots: number[] = [];
-  /** Where USBSTS's queued-write zone is registered (null: none, its writes exit). */
   /** BAR 0 offsets of the registers whose writes KVM queues (see the top of this file). */
   private static readonly QUEUED_REGISTERS = [
     OP_BASE + OP_USBSTS,
