@@ -76,10 +76,8 @@ export class XhciPci extends PciDevice {
   /** The read-only slots of the doorbell, interrupter and register pages while BAR 0 decodes (their reads exit without them). */
   private pageSlots: number[] = [];
   /** BAR 0 offsets of the registers whose writes KVM queues (see the top of this file). */
-  private static readonly QUEUED_REGISTERS = [
-    OP_BASE + OP_USBSTS,
-    ...Array.from({ length: MAX_INTRS }, (_, i) => RT_IR_PAGE + i * RT_IR_STRIDE + IR_ERDP + 4),
-  ];
+  private static readonly QUEUED_USBSTS = [OP_BASE + OP_USBSTS];
+  private static readonly QUEUED_ERDP_HIGH = Array.from({ length: MAX_INTRS }, (_, i) => RT_IR_PAGE + i * RT_IR_STRIDE + IR_ERDP + 4);
   /** Guest addresses of the queued registers KVM took (4 bytes each). */
   private queuedZones: number[] = [];
   /** The interrupters' registers (the controller's own storage), held for as long as KVM may map it. */
@@ -135,7 +133,7 @@ export class XhciPci extends PciDevice {
     if (queued) for (const zone of this.queuedZones) queued.remove(zone, 4);
     this.queuedZones = [];
     if (queued && address !== null) {
-      const offsets = exitRegisters() ? XhciPci.QUEUED_REGISTERS.slice(0, 1) : XhciPci.QUEUED_REGISTERS;
+      const offsets = exitRegisters() ? XhciPci.QUEUED_USBSTS : [...XhciPci.QUEUED_USBSTS, ...XhciPci.QUEUED_ERDP_HIGH];
       for (const offset of offsets) if (queued.add(address + offset, 4)) this.queuedZones.push(address + offset);
     }
     const slots = this.ctx.slots;
@@ -146,9 +144,8 @@ export class XhciPci extends PciDevice {
     const pages = [
       { page: XHCI_DOORBELL_PAGE, memory: zeroPage(), name: 'doorbells' },
       { page: XHCI_INTERRUPTER_PAGE, memory: hostAddressOf(this.interrupterPage), name: 'interrupters' },
-      { page: XHCI_REGISTER_PAGE, memory: hostAddressOf(this.registerPage), name: 'registers' },
+      ...exitRegisters() ? [] : [{ page: XHCI_REGISTER_PAGE, memory: hostAddressOf(this.registerPage), name: 'registers' }],
     ];
-    if (exitRegisters()) pages.pop();
     for (const { page, memory, name } of pages) {
       try {
         this.pageSlots.push(slots.add(address + page.offset, page.size, memory, { readonly: true, name: `xhci/${name}` }));
