@@ -3,13 +3,15 @@
 // outcomes, skips and errors they had in L1. scripts/run-tests.mjs runs this file in place
 // of dist/test/kvm and dist/test/e2e on such a host. A stalled L1 gets one rerun of the
 // files it had not finished; every rerun is printed and counted in the last test.
-// Files marked `// rig-tcg: multi` run in a second L1 on multi-threaded TCG (see
+// With QEMU 10 (rig-qemu.ts) every file shares one L1 on multi-threaded TCG. With an older
+// QEMU, files marked `// rig-tcg: multi` run in a second L1 on multi-threaded TCG (see
 // test/rig/README.md, "Which TCG"); the rest share one L1 on single-threaded TCG.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it, test, type TestContext } from 'node:test';
 import { repoRoot } from './paths';
+import { rigQemu } from './rig-qemu';
 import { l1Spoiled, runScenario, type RunReport } from './runner';
 import { findScenario, type TcgMode } from './scenarios';
 import { kvmTestFiles, type ReportedFile, type ReportedTest } from './test-events';
@@ -23,13 +25,13 @@ const waiters = new Map<string, (r: ReportedFile | null) => void>();
 const attempts: { tcg: TcgMode; report: RunReport }[] = [];
 const MAX_RERUNS = 1;
 
-/** A test file's TCG threading in L1: what its source's `// rig-tcg: multi` line asks, else single. */
-function tcgModeOf(file: string): TcgMode {
+/** A test file's TCG threading in L1: what its source's `// rig-tcg: multi` line asks, else the rig QEMU's default. */
+function tcgModeOf(file: string, fallback: TcgMode): TcgMode {
   const source = path.join(repoRoot, file.replace(/^dist\//, '').replace(/\.js$/, '.ts'));
   try {
-    return /^\/\/ rig-tcg: multi\b/m.test(fs.readFileSync(source, 'utf8')) ? 'multi' : 'single';
+    return /^\/\/ rig-tcg: multi\b/m.test(fs.readFileSync(source, 'utf8')) ? 'multi' : fallback;
   } catch {
-    return 'single';
+    return fallback;
   }
 }
 
@@ -42,8 +44,9 @@ async function runInL1(): Promise<void> {
   const spec = findScenario('kvm-tests');
   if (!spec) throw new Error('the rig has no kvm-tests scenario');
   const modes: TcgMode[] = ['single', 'multi'];
+  const fallback = rigQemu((line) => process.stderr.write(`rig venue: ${line}\n`)).defaultTcg;
   for (const tcg of modes) {
-    const venueFiles = files.filter((f) => tcgModeOf(f) === tcg);
+    const venueFiles = files.filter((f) => tcgModeOf(f, fallback) === tcg);
     for (let attempt = 0; attempt <= MAX_RERUNS; attempt++) {
       const remaining = venueFiles.filter((f) => !results.has(f));
       if (remaining.length === 0) break;

@@ -14,6 +14,7 @@ import { CONTROL_PORT_NAME, ControlServer, type ControlMessage } from './control
 import { RIG_NET_HOST_ADDRESS, RIG_NET_L1_ADDRESS, deviceArgs, type PluggableDevice, type RigDevices } from './devices';
 import { inL1, repoRoot, rigBuildDir } from './paths';
 import { QmpServerClient } from './qmp';
+import { rigQemu } from './rig-qemu';
 import type { ScenarioSpec, TcgMode } from './scenarios';
 
 export type RigOutcome =
@@ -115,10 +116,9 @@ export interface QemuCommand {
   hostFiles: Record<string, string>;
 }
 
-export function qemuArgs(spec: ScenarioSpec, image: RigImage, opts: RunOptions, token: string, debugLog: string, files: RunFiles): QemuCommand {
+export function qemuArgs(spec: ScenarioSpec, image: RigImage, opts: RunOptions, token: string, debugLog: string, files: RunFiles, tcg: TcgMode): QemuCommand {
   const shares = hostShares();
   const devices = deviceArgs(opts.devices ?? spec.devices, path.join(rigBuildDir, 'sticks'), files.dir, files.outDir);
-  const tcg = opts.tcg ?? spec.tcg ?? 'single';
   const append = [
     'console=ttyS0,115200', 'panic=-1', 'mitigations=off', opts.verbose ? 'loglevel=7' : 'quiet',
     `rig.scenario=${spec.name}`, `rig.kit=${inL1(image.dir)}`, `rig.node=${shares.nodeInL1}`,
@@ -216,8 +216,14 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   const stamp = () => `[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}]`;
   const say = (msg: string) => print(`${stamp()} rig: ${msg}`);
 
-  const qemu = which(QEMU);
-  if (!qemu) throw new RigError(`${QEMU} is not installed; run "npm run fixtures" (it installs qemu-system-x86 when run as root)`);
+  let l1Qemu;
+  try {
+    l1Qemu = rigQemu(say);
+  } catch (e) {
+    throw new RigError((e as Error).message);
+  }
+  const qemu = l1Qemu.binary;
+  const tcg = opts.tcg ?? spec.tcg ?? l1Qemu.defaultTcg;
   const image = await ensureImage({ log: say });
   const token = `porthole-rig-${spec.name}-${crypto.randomBytes(4).toString('hex')}`;
   const logDir = path.join(rigBuildDir, 'logs');
@@ -228,14 +234,14 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   const files = makeRunFiles(token);
   let command: QemuCommand;
   try {
-    command = qemuArgs(spec, image, opts, token, debugLog, files);
+    command = qemuArgs(spec, image, opts, token, debugLog, files, tcg);
   } catch (e) {
     removeRunFiles(files);
     throw new RigError(`cannot prepare L1's devices: ${(e as Error).message}`);
   }
   const args = command.args;
   const log = fs.openSync(logFile, 'w');
-  fs.writeSync(log, `${QEMU} ${args.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
+  fs.writeSync(log, `${qemu} ${args.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
 
   const qmp = await QmpServerClient.listen(files.qmpSocket);
   const requests = new RigRequests(qmp, command, (m) => say(m));
@@ -248,13 +254,12 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   const timeoutSec = opts.timeoutSec ?? spec.timeoutSec;
   const bootTimeoutSec = opts.bootTimeoutSec ?? spec.bootTimeoutSec;
   const stallSec = opts.stallSec ?? 30;
-  const tcg = opts.tcg ?? spec.tcg ?? 'single';
   say(`scenario ${spec.name}: ${spec.description}`);
-  say(`starting ${QEMU} (TCG ${tcg}-threaded, ${opts.cpus ?? 2} CPUs, ${opts.memory ?? '2G'}); boot timeout ${bootTimeoutSec} s, scenario timeout ${timeoutSec} s, stall after ${stallSec} s without a heartbeat; log ${path.relative(repoRoot, logFile)}`);
+  say(`starting QEMU ${l1Qemu.version} (${l1Qemu.origin}; TCG ${tcg}-threaded, ${opts.cpus ?? 2} CPUs, ${opts.memory ?? '2G'}); boot timeout ${bootTimeoutSec} s, scenario timeout ${timeoutSec} s, stall after ${stallSec} s without a heartbeat; log ${path.relative(repoRoot, logFile)}`);
 
   let child: ChildProcess;
   try {
-    child = spawn(cmd, cmdArgs, { detached: true, stdio: [opts.interactive ? 'inherit' : 'pipe', 'pipe', 'pipe'] });
+    child = spawn(cmd, cmdArgs, { detached: true, env: { ...process.env, ...l1Qemu.env }, stdio: [opts.interactive ? 'inherit' : 'pipe', 'pipe', 'pipe'] });
   } catch (e) {
     fs.closeSync(log);
     control.close();

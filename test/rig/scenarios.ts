@@ -19,7 +19,7 @@ export interface ScenarioSpec {
   expect: 'pass' | 'timeout';
   /** Fast enough for CI (test/integration/rig-*.test.ts); the rest run behind npm run test:rig. */
   ci: boolean;
-  /** TCG threading for L1; default single (multi-threaded TCG stalls L1 now and then). */
+  /** TCG threading for L1; default: the rig QEMU's (rig-qemu.ts: multi from QEMU 10 on, single before). */
   tcg?: TcgMode;
 }
 
