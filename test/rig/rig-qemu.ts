@@ -100,9 +100,23 @@ function run(cmd: string, args: string[], cwd?: string): { ok: boolean; detail: 
   return { ok: r.status === 0, detail: r.status === 0 ? '' : `${cmd} ${args[args.length - 1]}: ${last || `status ${r.status}`}`, stdout: r.stdout ?? '' };
 }
 
-/** Fetches QEMU from bookworm-backports into build/rig/qemu/<version>/; an error sentence on failure. */
+/**
+ * Fetches QEMU from bookworm-backports into build/rig/qemu/<version>/; an error sentence on
+ * failure. Each process works in its own apt and staging folders, so two runners starting at
+ * once do not trip over each other; the first to finish publishes its copy.
+ */
 function fetchBackports(log: (line: string) => void): RigQemu | { error: string } {
-  const aptDir = path.join(fetchedRoot, 'apt');
+  fs.mkdirSync(fetchedRoot, { recursive: true });
+  const work = fs.mkdtempSync(path.join(fetchedRoot, 'fetch-'));
+  try {
+    return fetchInto(work, log);
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+function fetchInto(work: string, log: (line: string) => void): RigQemu | { error: string } {
+  const aptDir = path.join(work, 'apt');
   for (const d of ['lists/partial', 'cache/archives/partial', 'parts', 'debs']) fs.mkdirSync(path.join(aptDir, d), { recursive: true });
   fs.writeFileSync(path.join(aptDir, 'sources.list'), `deb [signed-by=${KEYRING}] ${MIRROR} ${SUITE} main\n`);
   fs.writeFileSync(path.join(aptDir, 'status'), '');
@@ -121,27 +135,33 @@ function fetchBackports(log: (line: string) => void): RigQemu | { error: string 
   const candidate = /^\s*Candidate:\s*(\S+)/m.exec(policy.stdout)?.[1];
   if (!candidate || candidate === '(none)') return { error: `${SUITE} has no ${PACKAGES[0]}` };
   const debs = path.join(aptDir, 'debs');
-  for (const f of fs.readdirSync(debs)) fs.rmSync(path.join(debs, f));
   const download = run('apt-get', [...opts, 'download', ...PACKAGES.map((p) => `${p}/${SUITE}`)], debs);
   if (!download.ok) return { error: download.detail };
-  const dirName = candidate.replace(/[^A-Za-z0-9.+~-]/g, '_');
-  const dir = path.join(fetchedRoot, dirName);
-  const staging = `${dir}.partial`;
-  fs.rmSync(staging, { recursive: true, force: true });
+  const staging = path.join(work, 'root');
   for (const deb of fs.readdirSync(debs).filter((f) => f.endsWith('.deb'))) {
     const x = run('dpkg-deb', ['-x', path.join(debs, deb), staging]);
     if (!x.ok) return { error: x.detail };
   }
-  const q = fromBinary(path.join(staging, 'usr', 'bin', BINARY), fetchedEnv(staging), '');
   // A library the system lacks shows here: the loader refuses the binary.
-  if ('error' in q) return q;
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.renameSync(staging, dir);
-  for (const f of fs.readdirSync(debs)) fs.rmSync(path.join(debs, f));
-  const tmp = `${readyFile}.tmp`;
+  const probed = fromBinary(path.join(staging, 'usr', 'bin', BINARY), fetchedEnv(staging), '');
+  if ('error' in probed) return probed;
+  const dirName = candidate.replace(/[^A-Za-z0-9.+~-]/g, '_');
+  const dir = path.join(fetchedRoot, dirName);
+  // Another runner may have published this version first (then its copy is used), or a
+  // broken copy may be in the way (then it goes).
+  if (fs.existsSync(dir) && 'error' in fromBinary(path.join(dir, 'usr', 'bin', BINARY), fetchedEnv(dir), '')) {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  try {
+    fs.renameSync(staging, dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') return { error: `cannot move QEMU into ${dir}: ${code ?? (e as Error).message}` };
+  }
+  const tmp = path.join(work, 'ready.json');
   fs.writeFileSync(tmp, JSON.stringify({ dir: dirName, package: candidate }) + '\n');
   fs.renameSync(tmp, readyFile);
-  return { ...q, binary: path.join(dir, 'usr', 'bin', BINARY), env: fetchedEnv(dir), origin: `${SUITE} ${candidate}` };
+  return { ...probed, binary: path.join(dir, 'usr', 'bin', BINARY), env: fetchedEnv(dir), origin: `${SUITE} ${candidate}` };
 }
 
 let fetched: RigQemu | null = null;

@@ -11,19 +11,10 @@ scenario('smoke', async (ctx) => {
   const cpus = Number(process.env.RIG_L2_CPUS ?? 2);
   const cli = `${l1ProjectDir}/bin/porthole`;
   if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
-  try {
-    return await bootAndCheck(ctx, cli, cpus);
-  } catch (e) {
-    // Nested SVM under QEMU TCG now and then resets L2 on its own (no panic, no request
-    // from the guest), as it triple-faults L1. Porthole says "guest reset" (--verbose):
-    // only then is the run tried once more. Both attempts are in the log.
-    if (!(e instanceof UnexpectedGuestReset)) throw e;
-    ctx.log(`${e.message}; running the smoke checks once more`);
-    return await bootAndCheck(ctx, cli, cpus);
-  }
+  // No second try: on the rig's QEMU 10 (multi-threaded TCG) Porthole's L2 reached its shell in
+  // 45 of 45 boots (test/rig/README.md, "Which QEMU"), so a guest that resets by itself fails.
+  return await bootAndCheck(ctx, cli, cpus);
 });
-
-class UnexpectedGuestReset extends Error {}
 
 async function bootAndCheck(ctx: ScenarioContext, cli: string, cpus: number): Promise<string> {
   const args = [
@@ -45,7 +36,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, cpus: number): Pr
     return await runChecks(ctx, vm, cpus);
   } catch (e) {
     vm.kill('SIGKILL');
-    if (guestReset) throw new UnexpectedGuestReset(`the L2 guest reset by itself (${(e as Error).message.split('\n')[0]})`);
+    if (guestReset) throw new Error(`the L2 guest reset by itself (${(e as Error).message.split('\n')[0]})`);
     throw e;
   }
 }
