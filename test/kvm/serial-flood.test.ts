@@ -1,3 +1,4 @@
+// rig-tcg: single (in the rig on QEMU 10's multi-threaded TCG its interrupt-driven sender lost a THRE interrupt once in 13 L1s; test/rig/README.md, "Which QEMU")
 // A guest that writes as fast as LSR allows to a real tty (the device backend on a PTY
 // slave, the test holding the master) whose reader stops for a while: the guest must be
 // held back (busy transmitter), not have its output dropped, and every byte must arrive.

@@ -3,9 +3,10 @@
 // outcomes, skips and errors they had in L1. scripts/run-tests.mjs runs this file in place
 // of dist/test/kvm and dist/test/e2e on such a host. A stalled L1 gets one rerun of the
 // files it had not finished; every rerun is printed and counted in the last test.
-// With QEMU 10 (rig-qemu.ts) every file shares one L1 on multi-threaded TCG. With an older
-// QEMU, files marked `// rig-tcg: multi` run in a second L1 on multi-threaded TCG (see
-// test/rig/README.md, "Which TCG"); the rest share one L1 on single-threaded TCG.
+// Files share one L1 on the rig QEMU's default TCG threading (rig-qemu.ts: multi-threaded on
+// QEMU 10, single-threaded on 7.2); a file whose source has a `// rig-tcg: multi` or
+// `// rig-tcg: single` line runs in an L1 of that kind instead (test/rig/README.md, "Which
+// QEMU" and "Which TCG").
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -25,11 +26,12 @@ const waiters = new Map<string, (r: ReportedFile | null) => void>();
 const attempts: { tcg: TcgMode; report: RunReport }[] = [];
 const MAX_RERUNS = 1;
 
-/** A test file's TCG threading in L1: what its source's `// rig-tcg: multi` line asks, else the rig QEMU's default. */
+/** A test file's TCG threading in L1: what its source's `// rig-tcg: multi|single` line asks, else the rig QEMU's default. */
 function tcgModeOf(file: string, fallback: TcgMode): TcgMode {
   const source = path.join(repoRoot, file.replace(/^dist\//, '').replace(/\.js$/, '.ts'));
   try {
-    return /^\/\/ rig-tcg: multi\b/m.test(fs.readFileSync(source, 'utf8')) ? 'multi' : fallback;
+    const asked = /^\/\/ rig-tcg: (multi|single)\b/m.exec(fs.readFileSync(source, 'utf8'))?.[1];
+    return asked === 'multi' || asked === 'single' ? asked : fallback;
   } catch {
     return fallback;
   }
