@@ -1,6 +1,7 @@
 // The QEMU that runs the rig's L1 (TCG with nested SVM). Debian 12's QEMU 7.2 loses L1s:
 // its multi-threaded TCG stalls L1 around nested VM resets, and on its single-threaded TCG
-// every nested Linux boot stalls. QEMU 10 (bookworm-backports) passes both, so on Debian 12
+// every nested Linux boot stalls. QEMU 10's multi-threaded TCG (bookworm-backports) does
+// neither (its single-threaded TCG still stalls nested boots, half as often), so on Debian 12
 // the rig fetches it into build/rig/qemu/ with an apt state of its own: the system's apt
 // sources and installed packages stay as they are, and the system QEMU (7.2) stays the one
 // L1 runs for its own guests (the benches' reference). Elsewhere, or when the fetch fails,

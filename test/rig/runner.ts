@@ -14,7 +14,7 @@ import { CONTROL_PORT_NAME, ControlServer, type ControlMessage } from './control
 import { RIG_NET_HOST_ADDRESS, RIG_NET_L1_ADDRESS, deviceArgs, type PluggableDevice, type RigDevices } from './devices';
 import { inL1, repoRoot, rigBuildDir } from './paths';
 import { QmpServerClient } from './qmp';
-import { rigQemu } from './rig-qemu';
+import { rigQemu, type RigQemu } from './rig-qemu';
 import type { ScenarioSpec, TcgMode } from './scenarios';
 
 export type RigOutcome =
@@ -216,7 +216,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
   const stamp = () => `[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}]`;
   const say = (msg: string) => print(`${stamp()} rig: ${msg}`);
 
-  let l1Qemu;
+  let l1Qemu: RigQemu;
   try {
     l1Qemu = rigQemu(say);
   } catch (e) {
