@@ -52,7 +52,8 @@ export function osCodename(osRelease: string): string | null {
   return m ? m[1] : null;
 }
 
-function which(cmd: string): string | null {
+/** The path of an executable `cmd` on PATH, or null. */
+export function which(cmd: string): string | null {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
     const p = path.join(dir, cmd);
     try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }

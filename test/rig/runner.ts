@@ -14,7 +14,7 @@ import { CONTROL_PORT_NAME, ControlServer, type ControlMessage } from './control
 import { RIG_NET_HOST_ADDRESS, RIG_NET_L1_ADDRESS, deviceArgs, type PluggableDevice, type RigDevices } from './devices';
 import { inL1, repoRoot, rigBuildDir } from './paths';
 import { QmpServerClient } from './qmp';
-import { rigQemu, type RigQemu } from './rig-qemu';
+import { rigQemu, which, type RigQemu } from './rig-qemu';
 import type { ScenarioSpec, TcgMode } from './scenarios';
 
 export type RigOutcome =
@@ -76,15 +76,6 @@ export interface RunOptions {
 
 export class RigError extends Error {}
 
-const QEMU = 'qemu-system-x86_64';
-
-function which(cmd: string): string | null {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = path.join(dir, cmd);
-    try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }
-  }
-  return null;
-}
 
 /** Shares and kernel arguments that let L1 run the host's own node binary. */
 function hostShares(): { virtfs: [tag: string, hostPath: string][]; nodeInL1: string } {
@@ -265,7 +256,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
     control.close();
     qmp.close();
     removeRunFiles(files);
-    throw new RigError(`cannot start ${QEMU}: ${(e as Error).message}`);
+    throw new RigError(`cannot start ${qemu}: ${(e as Error).message}`);
   }
   const pgid = child.pid ?? null;
 
@@ -314,7 +305,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
     };
     arm(bootTimeoutSec, `L1 did not start scenario ${spec.name} within ${bootTimeoutSec} s of starting QEMU`);
 
-    if (pgid === null) { finish({ kind: 'error', detail: `cannot start ${QEMU}` }); return; }
+    if (pgid === null) { finish({ kind: 'error', detail: `cannot start ${qemu}` }); return; }
     say(`QEMU pid ${pgid} (-name ${token})`);
     let partial = '';
     const onLine = (raw: string) => {
@@ -355,7 +346,7 @@ async function runAttempt(spec: ScenarioSpec, opts: RunOptions): Promise<RunRepo
       lines.forEach(onErrLine);
     });
     child.stderr!.on('end', () => { onErrLine(errPartial); errPartial = ''; });
-    child.on('error', (e) => finish?.({ kind: 'error', detail: `cannot start ${QEMU}: ${e.message}` }));
+    child.on('error', (e) => finish?.({ kind: 'error', detail: `cannot start ${qemu}: ${e.message}` }));
     child.on('exit', (code, sig) => {
       exitInfo = sig ? `signal ${sig}` : `exit code ${code}`;
       if (partial) { onLine(partial); partial = ''; }
