@@ -76,7 +76,6 @@ export interface RunOptions {
 
 export class RigError extends Error {}
 
-
 /** Shares and kernel arguments that let L1 run the host's own node binary. */
 function hostShares(): { virtfs: [tag: string, hostPath: string][]; nodeInL1: string } {
   const virtfs: [string, string][] = [['hostusr', '/usr'], ['hostetc', '/etc'], ['project', repoRoot]];
