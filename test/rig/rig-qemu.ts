@@ -38,7 +38,7 @@ export function parseQemuVersion(versionOutput: string): string | null {
 
 /**
  * Multi-threaded TCG from QEMU 10 on: measured here, it neither stalls L1 at nested resets
- * (10 of 10 reset loops) nor L2 boots (10 of 10); 7.2's did the first 4 times in 10.
+ * (10 of 10 reset loops) nor L2 boots (25 of 25 per VMM); 7.2's did the first 4 times in 10.
  * Single-threaded TCG stalls nested Linux boots on both (QEMU 10: 3 of 8 shells).
  */
 export function defaultTcgFor(version: string): TcgMode {
