@@ -11,11 +11,20 @@ scenario('smoke', async (ctx) => {
   const cpus = Number(process.env.RIG_L2_CPUS ?? 2);
   const cli = `${l1ProjectDir}/bin/porthole`;
   if (!fs.existsSync(`${l1ProjectDir}/dist/main/cli/main.js`)) throw new Error('Porthole is not built (dist/main/cli/main.js is missing): run npm run build');
-  // No second try: on the rig's QEMU 10 (multi-threaded TCG) Porthole's L2 reached its shell in
-  // 42 of 42 boots on 2026-11-30 (test/rig/README.md, "Which QEMU"), so a guest that resets by
-  // itself fails.
-  return await bootAndCheck(ctx, cli, cpus);
+  try {
+    return await bootAndCheck(ctx, cli, cpus);
+  } catch (e) {
+    // Nested SVM under QEMU TCG now and then resets L2 on its own (no panic, no request
+    // from the guest). Porthole says "guest reset" (--verbose): only then is the run tried
+    // once more. Both attempts are in the log. On the rig's QEMU 10 this is rare (42 boots
+    // clean, then one triple fault mid-run in a disk bench) but not gone (test/rig/README.md).
+    if (!(e instanceof UnexpectedGuestReset)) throw e;
+    ctx.log(`${e.message}; running the smoke checks once more`);
+    return await bootAndCheck(ctx, cli, cpus);
+  }
 });
+
+class UnexpectedGuestReset extends Error {}
 
 async function bootAndCheck(ctx: ScenarioContext, cli: string, cpus: number): Promise<string> {
   const args = [
@@ -37,7 +46,7 @@ async function bootAndCheck(ctx: ScenarioContext, cli: string, cpus: number): Pr
     return await runChecks(ctx, vm, cpus);
   } catch (e) {
     vm.kill('SIGKILL');
-    if (guestReset) throw new Error(`the L2 guest reset by itself (${(e as Error).message.split('\n')[0]})`);
+    if (guestReset) throw new UnexpectedGuestReset(`the L2 guest reset by itself (${(e as Error).message.split('\n')[0]})`);
     throw e;
   }
 }
